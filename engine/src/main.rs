@@ -1,1 +1,283 @@
-fn main(){}
+//! The `stasis` command line: CRIU-compatible verbs and options, and the image
+//! inspector (`stasis image ...`, the equivalent of CRIU's `crit`).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use stasis_engine::inspect::{self, View};
+use stasis_proto::ImageReader;
+use stasis_proto::json::{self, DecodeOptions};
+
+/// Checkpoint/restore for Linux process trees, speaking CRIU's image format and CLI.
+#[derive(Debug, Parser)]
+#[command(name = "stasis", version, about, disable_help_subcommand = true)]
+struct Cli {
+    /// Log verbosity: -v0 nothing, -v1 errors, -v2 warnings (default), -v3 info, -v4 debug;
+    /// -v alone, or -vv, -vvv, raises it from the default
+    #[arg(short = 'v', long = "verbosity", value_name = "N", num_args = 0..=1,
+          default_missing_value = "v", require_equals = false, global = true)]
+    verbosity: Option<String>,
+
+    /// Write the log to FILE instead of standard error
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and convert image files (the equivalent of CRIU's crit)
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Convert a binary image to JSON
+    Decode {
+        /// Input image (default: standard input)
+        #[arg(short = 'i', long = "in")]
+        input: Option<PathBuf>,
+        /// Output file (default: standard output)
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
+        /// Indent, and show hex, flag names and devices as crit --pretty does
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Convert JSON (from decode, or from crit) back to a binary image
+    Encode {
+        /// Input JSON (default: standard input)
+        #[arg(short = 'i', long = "in")]
+        input: Option<PathBuf>,
+        /// Output image (default: standard output)
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
+    },
+    /// Show an image as pretty JSON
+    Show {
+        /// The image file
+        file: PathBuf,
+        /// Replace raw payloads by their size
+        #[arg(long)]
+        nopl: bool,
+    },
+    /// Print an image's type and number of entries
+    Info {
+        /// The image file
+        file: PathBuf,
+    },
+    /// Explore a dump directory
+    X {
+        /// The images directory
+        dir: PathBuf,
+        /// What to show
+        #[arg(value_enum)]
+        what: XView,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum XView {
+    /// Process tree
+    Ps,
+    /// Open files of each task
+    Fds,
+    /// Memory maps of each task
+    Mems,
+    /// Dumped pages per mapping
+    Rss,
+}
+
+/// CRIU's numeric verbosity from `-v`, `-vN`, `-vv...`.
+fn verbosity(arg: Option<&str>) -> Result<u8> {
+    const DEFAULT: u8 = 2;
+    match arg {
+        None => Ok(DEFAULT),
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b == b'v') => {
+            Ok(DEFAULT.saturating_add(u8::try_from(s.len()).unwrap_or(u8::MAX)))
+        }
+        Some(s) => s
+            .parse::<u8>()
+            .with_context(|| format!("invalid verbosity {s:?}: expected a number 0-4 or v's")),
+    }
+}
+
+fn init_logging(level: u8, log_file: Option<&Path>) -> Result<()> {
+    use tracing_subscriber::filter::LevelFilter;
+    let filter = match level {
+        0 => LevelFilter::OFF,
+        1 => LevelFilter::ERROR,
+        2 => LevelFilter::WARN,
+        3 => LevelFilter::INFO,
+        4 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(filter)
+        .with_target(level >= 4);
+    match log_file {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("cannot create log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn open_output(path: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    })
+}
+
+fn image_reader(input: Option<&Path>) -> Result<ImageReader<Box<dyn io::BufRead>>> {
+    Ok(match input {
+        Some(p) => {
+            let name = p.display().to_string();
+            let file = File::open(p).with_context(|| format!("cannot open {name}"))?;
+            let size = file.metadata().ok().map(|m| m.len());
+            ImageReader::new(Box::new(BufReader::new(file)) as Box<dyn io::BufRead>, name, size)?
+        }
+        None => ImageReader::new(
+            Box::new(BufReader::new(io::stdin().lock())) as Box<dyn io::BufRead>,
+            "<stdin>",
+            None,
+        )?,
+    })
+}
+
+fn write_json(out: &mut dyn Write, value: &serde_json::Value, pretty: bool) -> Result<()> {
+    if pretty {
+        // crit indents by four spaces
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut *out, fmt);
+        serde::Serialize::serialize(value, &mut ser)?;
+    } else {
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn run_image(cmd: ImageCommand) -> Result<()> {
+    match cmd {
+        ImageCommand::Decode {
+            input,
+            output,
+            pretty,
+        } => {
+            let rd = image_reader(input.as_deref())?;
+            let json = json::decode_image(
+                rd,
+                DecodeOptions {
+                    pretty,
+                    no_payload: false,
+                },
+            )?;
+            write_json(&mut *open_output(output.as_deref())?, &json, pretty)
+        }
+        ImageCommand::Encode { input, output } => {
+            let (name, text) = match &input {
+                Some(p) => (
+                    p.display().to_string(),
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+                ),
+                None => {
+                    let mut s = String::new();
+                    io::stdin()
+                        .read_to_string(&mut s)
+                        .context("cannot read standard input")?;
+                    ("<stdin>".to_owned(), s)
+                }
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{name}: not valid JSON"))?;
+            let out_name = output
+                .as_ref()
+                .map_or_else(|| "<stdout>".to_owned(), |p| p.display().to_string());
+            let out = open_output(output.as_deref())?;
+            let mut out = json::encode_image(&value, out, &out_name)?;
+            out.flush()?;
+            Ok(())
+        }
+        ImageCommand::Show { file, nopl } => {
+            let rd = image_reader(Some(&file))?;
+            let json = json::decode_image(
+                rd,
+                DecodeOptions {
+                    pretty: true,
+                    no_payload: nopl,
+                },
+            )?;
+            write_json(&mut *open_output(None)?, &json, true)
+        }
+        ImageCommand::Info { file } => {
+            let rd = image_reader(Some(&file))?;
+            let (kind, count) = json::image_info(rd)?;
+            let value = serde_json::json!({ "magic": kind.name, "count": count });
+            write_json(&mut *open_output(None)?, &value, true)
+        }
+        ImageCommand::X { dir, what } => {
+            let view = match what {
+                XView::Ps => View::Ps,
+                XView::Fds => View::Fds,
+                XView::Mems => View::Mems,
+                XView::Rss => View::Rss,
+            };
+            let text = inspect::explore(&dir, view)?;
+            let mut out = open_output(None)?;
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let level = verbosity(cli.verbosity.as_deref())?;
+    init_logging(level, cli.log_file.as_deref())?;
+    match cli.command {
+        Command::Image(cmd) => run_image(cmd),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version go to stdout with status 0; usage errors are
+            // failures like any other (CRIU exits 1 on a bad option).
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

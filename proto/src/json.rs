@@ -326,7 +326,10 @@ fn value_to_json(field: &FieldDescriptor, v: &Value, pretty: bool, hex: bool, h:
     let int = |n: u64, signed: Option<i64>| -> Json {
         if pretty {
             if hex {
-                return Json::String(format!("{n:#x}"));
+                return Json::String(match signed {
+                    Some(s) if s < 0 => format!("-{:#x}", s.unsigned_abs()),
+                    _ => format!("{n:#x}"),
+                });
             }
             if h.dev {
                 return Json::String(format_dev(n, h.odev));

@@ -1,0 +1,208 @@
+//! Wire compatibility with CRIU: every image type stasis writes, with every
+//! field of every message set, is decoded by Debian's `crit` (package `criu`)
+//! and must show the same values as `stasis image decode`, plain and pretty.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use prost_reflect::{Kind, MessageDescriptor};
+use serde_json::Value as Json;
+use stasis_proto::json as pj;
+use stasis_proto::kind::{KINDS, Layout};
+use stasis_proto::sample::sample_image;
+
+const STASIS: &str = env!("CARGO_BIN_EXE_stasis");
+const CRIT: &str = "/usr/bin/crit";
+
+/// pycriu's schema: message name -> field number -> field name.
+type Known = HashMap<String, HashMap<String, String>>;
+
+fn pycriu_schema() -> Known {
+    let script = r#"
+import sys, json, glob, importlib, os
+d = '/usr/lib/python3/dist-packages/pycriu/images'
+sys.path.insert(0, d)
+out = {}
+def walk(m):
+    out[m.name] = {str(f.number): f.name for f in m.fields}
+    for n in m.nested_types: walk(n)
+for p in sorted(glob.glob(d + '/*_pb2.py')):
+    mod = importlib.import_module(os.path.basename(p)[:-3])
+    for m in mod.DESCRIPTOR.message_types_by_name.values(): walk(m)
+print(json.dumps(out))
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .output()
+        .expect("run /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "reading pycriu's schema failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn require_crit() {
+    assert!(
+        Path::new(CRIT).exists(),
+        "{CRIT} not found: this test needs Debian's criu package (apt-get install criu; .ci/run installs it)"
+    );
+}
+
+fn run_json(cmd: &mut Command) -> Json {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd:?}: bad JSON: {e}"))
+}
+
+fn strip_ws(v: &Json) -> Json {
+    match v {
+        Json::String(s) => Json::String(s.chars().filter(|c| !c.is_ascii_whitespace()).collect()),
+        other => other.clone(),
+    }
+}
+
+fn compare(ours: &Json, crit: &Json, desc: &MessageDescriptor, known: &Known, at: &str, errs: &mut Vec<String>) {
+    let (Some(o), Some(c)) = (ours.as_object(), crit.as_object()) else {
+        errs.push(format!("{at}: not objects: ours {ours} crit {crit}"));
+        return;
+    };
+    let Some(kf) = known.get(desc.name()) else {
+        errs.push(format!("{at}: crit decoded {} which pycriu does not know", desc.name()));
+        return;
+    };
+    for (ckey, cval) in c {
+        if ckey == "extra" {
+            if strip_ws(cval) != strip_ws(o.get("extra").unwrap_or(&Json::Null)) {
+                errs.push(format!("{at}.extra differs"));
+            }
+            continue;
+        }
+        let Some(num) = kf.iter().find(|(_, n)| *n == ckey).map(|(k, _)| k.parse::<u32>().unwrap()) else {
+            errs.push(format!("{at}: crit shows unknown field {ckey}"));
+            continue;
+        };
+        let Some(field) = desc.get_field(num) else {
+            errs.push(format!("{at}: field {num} ({ckey}) of {} is missing from stasis' schema", desc.name()));
+            continue;
+        };
+        let Some(oval) = o.get(field.name()) else {
+            errs.push(format!("{at}.{ckey}: crit shows it, stasis does not"));
+            continue;
+        };
+        compare_value(oval, cval, &field.kind(), known, &format!("{at}.{ckey}"), errs);
+    }
+    for okey in o.keys().filter(|k| *k != "extra") {
+        let field = desc.get_field_by_name(okey).unwrap();
+        if let Some(cname) = kf.get(&field.number().to_string()) {
+            if !c.contains_key(cname) {
+                errs.push(format!("{at}.{okey}: stasis shows it, crit does not"));
+            }
+        }
+        // Fields newer than pycriu 3.17 are unknown to crit and skipped by it.
+    }
+}
+
+fn compare_value(o: &Json, c: &Json, kind: &Kind, known: &Known, at: &str, errs: &mut Vec<String>) {
+    match (o, c) {
+        (Json::Array(a), Json::Array(b)) => {
+            if a.len() != b.len() {
+                errs.push(format!("{at}: {} items vs crit's {}", a.len(), b.len()));
+                return;
+            }
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                compare_value(x, y, kind, known, &format!("{at}[{i}]"), errs);
+            }
+        }
+        _ => match kind {
+            Kind::Message(m) => compare(o, c, m, known, at, errs),
+            Kind::Bytes => {
+                if strip_ws(o) != strip_ws(c) {
+                    errs.push(format!("{at}: bytes {o} vs crit's {c}"));
+                }
+            }
+            _ => {
+                if o != c {
+                    errs.push(format!("{at}: {o} vs crit's {c}"));
+                }
+            }
+        },
+    }
+}
+
+fn entry_desc(layout: Layout, index: usize) -> MessageDescriptor {
+    let name = match layout {
+        Layout::Entries(n) | Layout::WithPayload(n, _) => n,
+        Layout::Pagemap if index == 0 => "pagemap_head",
+        Layout::Pagemap => "pagemap_entry",
+        Layout::GhostFile if index == 0 => "ghost_file_entry",
+        Layout::GhostFile => "ghost_chunk_entry",
+    };
+    pj::message(name).unwrap()
+}
+
+#[test]
+fn crit_decodes_every_image_type_with_the_same_values() {
+    require_crit();
+    let known = pycriu_schema();
+    let dir = tempfile::tempdir().unwrap();
+    let mut errs = Vec::new();
+    let mut checked = 0;
+    for kind in KINDS {
+        let path = dir.path().join(format!("{}.img", kind.name));
+        std::fs::write(&path, sample_image(kind, 6)).unwrap();
+        for pretty in [false, true] {
+            let mut ours_cmd = Command::new(STASIS);
+            ours_cmd.args(["image", "decode", "-i"]).arg(&path);
+            let mut crit_cmd = Command::new(CRIT);
+            crit_cmd.args(["decode", "-i"]).arg(&path);
+            if pretty {
+                ours_cmd.arg("--pretty");
+                crit_cmd.arg("--pretty");
+            }
+            let ours = run_json(&mut ours_cmd);
+            let crit = run_json(&mut crit_cmd);
+            assert_eq!(ours["magic"], crit["magic"], "{}", kind.name);
+            let (oe, ce) = (ours["entries"].as_array().unwrap(), crit["entries"].as_array().unwrap());
+            assert_eq!(oe.len(), ce.len(), "{}: entry count", kind.name);
+            for (i, (o, c)) in oe.iter().zip(ce).enumerate() {
+                let at = format!("{}{}[{i}]", kind.name, if pretty { " (pretty)" } else { "" });
+                compare(o, c, &entry_desc(kind.layout, i), &known, &at, &mut errs);
+            }
+            checked += 1;
+        }
+    }
+    assert!(errs.is_empty(), "{} differences:\n{}", errs.len(), errs.join("\n"));
+    assert_eq!(checked, KINDS.len() * 2);
+}
+
+#[test]
+fn every_message_crit_knows_has_the_same_field_numbers() {
+    // Field names may differ (CRIU renamed pagemap_entry.nr_pages to
+    // compat_nr_pages), numbers and wire types may not.
+    let known = pycriu_schema();
+    let mut compared = 0;
+    for desc in pj::all_messages() {
+        let Some(kf) = known.get(desc.name()) else { continue };
+        for field in desc.fields() {
+            if let Some(name) = kf.get(&field.number().to_string()) {
+                let renamed = desc.name() == "pagemap_entry" && field.name() == "compat_nr_pages";
+                assert!(
+                    name == field.name() || renamed,
+                    "{}.{} is field {} in CRIU's schema, named {name} there",
+                    desc.name(),
+                    field.name(),
+                    field.number()
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 300, "only {compared} fields compared");
+}
