@@ -46,7 +46,10 @@ fn compile(files: &[&str], descriptor_name: &str) -> Result<(), Box<dyn std::err
     compiler.open_files(files)?;
     // The reflection copy must keep the `(criu)` field options; prost_types'
     // FileDescriptorSet would drop them, so encode from the compiler itself.
-    std::fs::write(out.join(descriptor_name), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out.join(descriptor_name),
+        compiler.encode_file_descriptor_set(),
+    )?;
     let fds = compiler.file_descriptor_set();
     let mut config = prost_build::Config::new();
     config.out_dir(&out);

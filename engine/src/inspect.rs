@@ -57,10 +57,13 @@ fn kind(name: &str) -> &'static ImageKind {
     kind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is defined"))
 }
 
-fn read_all<M: prost::Message + Default>(path: &Path, kind_name: &str) -> Result<Vec<M>, ImageError> {
+fn read_all<M: prost::Message + Default>(
+    path: &Path,
+    kind_name: &str,
+) -> Result<Vec<M>, ImageError> {
     let mut rd = ImageReader::open_kind(path, kind(kind_name))?;
     let mut out = Vec::new();
-    while let Some(m) = rd.next()? {
+    while let Some(m) = rd.read_entry()? {
         out.push(m);
     }
     Ok(out)
@@ -87,7 +90,11 @@ impl Dump {
         }
     }
 
-    fn one<M: prost::Message + Default>(&self, file: &str, kind_name: &str) -> Result<M, InspectError> {
+    fn one<M: prost::Message + Default>(
+        &self,
+        file: &str,
+        kind_name: &str,
+    ) -> Result<M, InspectError> {
         let p = self.require(file)?;
         read_all::<M>(&p, kind_name)?
             .into_iter()
@@ -179,7 +186,7 @@ pub fn explore(dir: &Path, view: View) -> Result<String, InspectError> {
 }
 
 fn ps(dump: &Dump, tree: &[PstreeEntry], out: &mut String) -> Result<(), InspectError> {
-    let _ = writeln!(out, "{:>7}{:>7}{:>7}   {}", "PID", "PGID", "SID", "COMM");
+    let _ = writeln!(out, "{:>7}{:>7}{:>7}   COMM", "PID", "PGID", "SID");
     let depth_of = |pid: u32| {
         let mut depth = 0;
         let mut cur = pid;
@@ -242,17 +249,17 @@ fn fds(dump: &Dump, tree: &[PstreeEntry], out: &mut String) -> Result<(), Inspec
             }
         }
         let p = dump.path(&format!("fs-{}.img", e.pid));
-        if p.exists() {
-            if let Some(fs) = read_all::<FsEntry>(&p, "FS")?.into_iter().next() {
-                let _ = writeln!(out, "\t{:>5}: {}", "cwd", describe(&files, fs.cwd_id));
-                let _ = writeln!(out, "\t{:>5}: {}", "root", describe(&files, fs.root_id));
-            }
+        if p.exists()
+            && let Some(fs) = read_all::<FsEntry>(&p, "FS")?.into_iter().next()
+        {
+            let _ = writeln!(out, "\t{:>5}: {}", "cwd", describe(&files, fs.cwd_id));
+            let _ = writeln!(out, "\t{:>5}: {}", "root", describe(&files, fs.root_id));
         }
         let p = dump.path(&format!("mm-{}.img", e.pid));
-        if p.exists() {
-            if let Some(mm) = read_all::<MmEntry>(&p, "MM")?.into_iter().next() {
-                let _ = writeln!(out, "\t{:>5}: {}", "exe", describe(&files, mm.exe_file_id));
-            }
+        if p.exists()
+            && let Some(mm) = read_all::<MmEntry>(&p, "MM")?.into_iter().next()
+        {
+            let _ = writeln!(out, "\t{:>5}: {}", "exe", describe(&files, mm.exe_file_id));
         }
     }
     Ok(())
@@ -348,13 +355,17 @@ fn rss(dump: &Dump, tree: &[PstreeEntry], out: &mut String) -> Result<(), Inspec
             continue;
         };
         let mut rd = ImageReader::open_kind(&pm_path, kind("PAGEMAP"))?;
-        let _head: Option<PagemapHead> = rd.next()?;
+        let _head: Option<PagemapHead> = rd.read_entry()?;
         let mut runs = Vec::new();
-        while let Some(pe) = rd.next::<PagemapEntry>()? {
+        while let Some(pe) = rd.read_entry::<PagemapEntry>()? {
             let n = pe.nr_pages.unwrap_or(u64::from(pe.compat_nr_pages));
-            runs.push((pe.vaddr, pe.vaddr.saturating_add(n.saturating_mul(page)), pe.flags.unwrap_or(4)));
+            runs.push((
+                pe.vaddr,
+                pe.vaddr.saturating_add(n.saturating_mul(page)),
+                pe.flags.unwrap_or(4),
+            ));
         }
-        let _ = writeln!(out, "\t{:>33} {:>8} {:>8}  {}", "mapping", "pages", "dumped", "");
+        let _ = writeln!(out, "\t{:>33} {:>8} {:>8}", "mapping", "pages", "dumped");
         let mut total = 0u64;
         for v in &mm.vmas {
             let dumped: u64 = runs
@@ -383,7 +394,18 @@ mod tests {
 
     #[test]
     fn kinds_used_here_exist() {
-        for k in ["PSTREE", "CORE", "IDS", "FILES", "REG_FILES", "FDINFO", "FS", "MM", "PAGEMAP", "INVENTORY"] {
+        for k in [
+            "PSTREE",
+            "CORE",
+            "IDS",
+            "FILES",
+            "REG_FILES",
+            "FDINFO",
+            "FS",
+            "MM",
+            "PAGEMAP",
+            "INVENTORY",
+        ] {
             assert!(kind::by_name(k).is_some(), "{k}");
         }
     }

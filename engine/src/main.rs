@@ -151,7 +151,11 @@ fn image_reader(input: Option<&Path>) -> Result<ImageReader<Box<dyn io::BufRead>
             let name = p.display().to_string();
             let file = File::open(p).with_context(|| format!("cannot open {name}"))?;
             let size = file.metadata().ok().map(|m| m.len());
-            ImageReader::new(Box::new(BufReader::new(file)) as Box<dyn io::BufRead>, name, size)?
+            ImageReader::new(
+                Box::new(BufReader::new(file)) as Box<dyn io::BufRead>,
+                name,
+                size,
+            )?
         }
         None => ImageReader::new(
             Box::new(BufReader::new(io::stdin().lock())) as Box<dyn io::BufRead>,
@@ -196,7 +200,8 @@ fn run_image(cmd: ImageCommand) -> Result<()> {
             let (name, text) = match &input {
                 Some(p) => (
                     p.display().to_string(),
-                    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))?,
                 ),
                 None => {
                     let mut s = String::new();

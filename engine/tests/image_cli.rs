@@ -1,6 +1,8 @@
 //! The image inspector from the command line: byte-identical round trips
 //! through JSON, and one clear error line (file and offset) with exit status 1
 //! for every class of malformed image.
+// Integration tests are their own crate: helpers may unwrap, and tests need no test module.
+#![allow(clippy::unwrap_used, clippy::tests_outside_test_module)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,8 +40,14 @@ fn decode_then_encode_reproduces_every_image_byte_for_byte() {
         .iter()
         .map(|k| (k.name.to_owned(), sample_image(k, 5)))
         .collect();
-    images.push(("ghost-plain".into(), sample_plain_ghost(b"deleted file contents\n")));
-    images.push(("empty-core".into(), sample_image(kind::by_name("CORE").unwrap(), 0)));
+    images.push((
+        "ghost-plain".into(),
+        sample_plain_ghost(b"deleted file contents\n"),
+    ));
+    images.push((
+        "empty-core".into(),
+        sample_image(kind::by_name("CORE").unwrap(), 0),
+    ));
     for (name, bytes) in &images {
         let path = write(dir.path(), name, bytes);
         for pretty in [false, true] {
@@ -48,10 +56,21 @@ fn decode_then_encode_reproduces_every_image_byte_for_byte() {
                 args.push("--pretty");
             }
             let json = stasis(&args, None);
-            assert!(json.status.success(), "{name}: {}", String::from_utf8_lossy(&json.stderr));
+            assert!(
+                json.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&json.stderr)
+            );
             let back = stasis(&["image", "encode"], Some(&json.stdout));
-            assert!(back.status.success(), "{name}: {}", String::from_utf8_lossy(&back.stderr));
-            assert!(back.stdout == *bytes, "{name} (pretty={pretty}): round trip differs");
+            assert!(
+                back.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&back.stderr)
+            );
+            assert!(
+                back.stdout == *bytes,
+                "{name} (pretty={pretty}): round trip differs"
+            );
         }
     }
 }
@@ -59,14 +78,22 @@ fn decode_then_encode_reproduces_every_image_byte_for_byte() {
 #[test]
 fn info_and_show_describe_an_image() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "pagemap-1.img", &sample_image(kind::by_name("PAGEMAP").unwrap(), 3));
+    let path = write(
+        dir.path(),
+        "pagemap-1.img",
+        &sample_image(kind::by_name("PAGEMAP").unwrap(), 3),
+    );
     let out = stasis(&["image", "info", path.to_str().unwrap()], None);
     assert!(out.status.success());
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["magic"], "PAGEMAP");
     assert_eq!(info["count"], 3);
 
-    let pipes = write(dir.path(), "pipes-data.img", &sample_image(kind::by_name("PIPES_DATA").unwrap(), 2));
+    let pipes = write(
+        dir.path(),
+        "pipes-data.img",
+        &sample_image(kind::by_name("PIPES_DATA").unwrap(), 2),
+    );
     let out = stasis(&["image", "show", pipes.to_str().unwrap(), "--nopl"], None);
     assert!(out.status.success());
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -90,7 +117,10 @@ fn expect_error(bytes: &[u8], name: Option<&str>, expect: &[&str]) {
     assert!(out.stdout.is_empty(), "no partial output on error");
     assert_eq!(err.lines().count(), 1, "one error line, got: {err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains(name.unwrap_or("<stdin>")), "names the file: {err}");
+    assert!(
+        err.contains(name.unwrap_or("<stdin>")),
+        "names the file: {err}"
+    );
     for e in expect {
         assert!(err.contains(e), "expected {e:?} in: {err}");
     }
@@ -109,13 +139,25 @@ fn empty_image_is_refused() {
 
 #[test]
 fn truncated_magic_is_refused() {
-    expect_error(&[0x19, 0x43], Some("core-1.img"), &["offset 0", "truncated magic", "found 2"]);
-    expect_error(&kind::COMMON_MAGIC.to_le_bytes(), Some("core-1.img"), &["offset 4", "truncated magic"]);
+    expect_error(
+        &[0x19, 0x43],
+        Some("core-1.img"),
+        &["offset 0", "truncated magic", "found 2"],
+    );
+    expect_error(
+        &kind::COMMON_MAGIC.to_le_bytes(),
+        Some("core-1.img"),
+        &["offset 4", "truncated magic"],
+    );
 }
 
 #[test]
 fn unknown_magic_is_refused() {
-    expect_error(&0x1234_5678u32.to_le_bytes(), Some("x.img"), &["offset 0", "unknown image magic 0x12345678"]);
+    expect_error(
+        &0x1234_5678u32.to_le_bytes(),
+        Some("x.img"),
+        &["offset 0", "unknown image magic 0x12345678"],
+    );
 }
 
 #[test]
@@ -129,7 +171,11 @@ fn service_image_under_common_magic_is_refused() {
 fn truncated_entry_length_is_refused() {
     let mut v = core_head();
     v.extend_from_slice(&[5, 0]);
-    expect_error(&v, Some("core-1.img"), &["offset 8", "truncated entry length", "found 2"]);
+    expect_error(
+        &v,
+        Some("core-1.img"),
+        &["offset 8", "truncated entry length", "found 2"],
+    );
 }
 
 #[test]
@@ -137,7 +183,15 @@ fn entry_past_end_of_file_is_refused() {
     let mut v = core_head();
     v.extend_from_slice(&100u32.to_le_bytes());
     v.extend_from_slice(&[0; 10]);
-    expect_error(&v, Some("core-1.img"), &["offset 8", "entry of 100 bytes runs past the end", "10 bytes left"]);
+    expect_error(
+        &v,
+        Some("core-1.img"),
+        &[
+            "offset 8",
+            "entry of 100 bytes runs past the end",
+            "10 bytes left",
+        ],
+    );
 }
 
 #[test]
@@ -152,7 +206,15 @@ fn truncated_entry_on_a_stream_is_refused() {
     let mut v = core_head();
     v.extend_from_slice(&100u32.to_le_bytes());
     v.extend_from_slice(&[0; 10]);
-    expect_error(&v, None, &["offset 8", "truncated entry", "expected 100 bytes, found 10"]);
+    expect_error(
+        &v,
+        None,
+        &[
+            "offset 8",
+            "truncated entry",
+            "expected 100 bytes, found 10",
+        ],
+    );
 }
 
 #[test]
@@ -160,7 +222,11 @@ fn undecodable_message_is_refused() {
     let mut v = core_head();
     v.extend_from_slice(&3u32.to_le_bytes());
     v.extend_from_slice(&[0xff, 0xff, 0xff]);
-    expect_error(&v, Some("core-1.img"), &["offset 8", "not a valid core_entry message"]);
+    expect_error(
+        &v,
+        Some("core-1.img"),
+        &["offset 8", "not a valid core_entry message"],
+    );
 }
 
 #[test]
@@ -169,29 +235,53 @@ fn missing_required_field_is_refused() {
     // core_entry with only field 2 (thread_info, empty): mtype is missing
     v.extend_from_slice(&2u32.to_le_bytes());
     v.extend_from_slice(&[0x12, 0x00]);
-    expect_error(&v, Some("core-1.img"), &["offset 8", "lacks required field mtype"]);
+    expect_error(
+        &v,
+        Some("core-1.img"),
+        &["offset 8", "lacks required field mtype"],
+    );
 }
 
 #[test]
 fn truncated_payload_is_refused() {
     let full = sample_image(kind::by_name("PIPES_DATA").unwrap(), 1);
     let cut = &full[..full.len() - 5];
-    expect_error(cut, Some("pipes-data.img"), &["payload of 17 bytes runs past the end", "12 bytes left"]);
-    expect_error(cut, None, &["truncated payload", "expected 17 bytes, found 12"]);
+    expect_error(
+        cut,
+        Some("pipes-data.img"),
+        &["payload of 17 bytes runs past the end", "12 bytes left"],
+    );
+    expect_error(
+        cut,
+        None,
+        &["truncated payload", "expected 17 bytes, found 12"],
+    );
 }
 
 #[test]
 fn bad_json_is_refused_with_its_location() {
-    let out = stasis(&["image", "encode"], Some(br#"{"magic": "PSTREE", "entries": [{"pid": 1, "ppid": 0, "pgid": 1}]}"#));
+    let out = stasis(
+        &["image", "encode"],
+        Some(br#"{"magic": "PSTREE", "entries": [{"pid": 1, "ppid": 0, "pgid": 1}]}"#),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("entries[0]") && err.contains("lacks required field sid"), "{err}");
+    assert!(
+        err.contains("entries[0]") && err.contains("lacks required field sid"),
+        "{err}"
+    );
 
-    let out = stasis(&["image", "encode"], Some(br#"{"magic": "PSTREE", "entries": [{"pid": -1}]}"#));
+    let out = stasis(
+        &["image", "encode"],
+        Some(br#"{"magic": "PSTREE", "entries": [{"pid": -1}]}"#),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("entries[0].pid"));
 
-    let out = stasis(&["image", "encode"], Some(br#"{"magic": "NOPE", "entries": []}"#));
+    let out = stasis(
+        &["image", "encode"],
+        Some(br#"{"magic": "NOPE", "entries": []}"#),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown magic \"NOPE\""));
 }

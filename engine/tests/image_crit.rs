@@ -1,6 +1,8 @@
 //! Wire compatibility with CRIU: every image type stasis writes, with every
 //! field of every message set, is decoded by Debian's `crit` (package `criu`)
 //! and must show the same values as `stasis image decode`, plain and pretty.
+// Integration tests are their own crate: helpers may unwrap, and tests need no test module.
+#![allow(clippy::unwrap_used, clippy::tests_outside_test_module)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -68,13 +70,23 @@ fn strip_ws(v: &Json) -> Json {
     }
 }
 
-fn compare(ours: &Json, crit: &Json, desc: &MessageDescriptor, known: &Known, at: &str, errs: &mut Vec<String>) {
+fn compare(
+    ours: &Json,
+    crit: &Json,
+    desc: &MessageDescriptor,
+    known: &Known,
+    at: &str,
+    errs: &mut Vec<String>,
+) {
     let (Some(o), Some(c)) = (ours.as_object(), crit.as_object()) else {
         errs.push(format!("{at}: not objects: ours {ours} crit {crit}"));
         return;
     };
     let Some(kf) = known.get(desc.name()) else {
-        errs.push(format!("{at}: crit decoded {} which pycriu does not know", desc.name()));
+        errs.push(format!(
+            "{at}: crit decoded {} which pycriu does not know",
+            desc.name()
+        ));
         return;
     };
     for (ckey, cval) in c {
@@ -84,26 +96,40 @@ fn compare(ours: &Json, crit: &Json, desc: &MessageDescriptor, known: &Known, at
             }
             continue;
         }
-        let Some(num) = kf.iter().find(|(_, n)| *n == ckey).map(|(k, _)| k.parse::<u32>().unwrap()) else {
+        let Some(num) = kf
+            .iter()
+            .find(|(_, n)| *n == ckey)
+            .map(|(k, _)| k.parse::<u32>().unwrap())
+        else {
             errs.push(format!("{at}: crit shows unknown field {ckey}"));
             continue;
         };
         let Some(field) = desc.get_field(num) else {
-            errs.push(format!("{at}: field {num} ({ckey}) of {} is missing from stasis' schema", desc.name()));
+            errs.push(format!(
+                "{at}: field {num} ({ckey}) of {} is missing from stasis' schema",
+                desc.name()
+            ));
             continue;
         };
         let Some(oval) = o.get(field.name()) else {
             errs.push(format!("{at}.{ckey}: crit shows it, stasis does not"));
             continue;
         };
-        compare_value(oval, cval, &field.kind(), known, &format!("{at}.{ckey}"), errs);
+        compare_value(
+            oval,
+            cval,
+            &field.kind(),
+            known,
+            &format!("{at}.{ckey}"),
+            errs,
+        );
     }
     for okey in o.keys().filter(|k| *k != "extra") {
         let field = desc.get_field_by_name(okey).unwrap();
-        if let Some(cname) = kf.get(&field.number().to_string()) {
-            if !c.contains_key(cname) {
-                errs.push(format!("{at}.{okey}: stasis shows it, crit does not"));
-            }
+        if let Some(cname) = kf.get(&field.number().to_string())
+            && !c.contains_key(cname)
+        {
+            errs.push(format!("{at}.{okey}: stasis shows it, crit does not"));
         }
         // Fields newer than pycriu 3.17 are unknown to crit and skipped by it.
     }
@@ -169,16 +195,28 @@ fn crit_decodes_every_image_type_with_the_same_values() {
             let ours = run_json(&mut ours_cmd);
             let crit = run_json(&mut crit_cmd);
             assert_eq!(ours["magic"], crit["magic"], "{}", kind.name);
-            let (oe, ce) = (ours["entries"].as_array().unwrap(), crit["entries"].as_array().unwrap());
+            let (oe, ce) = (
+                ours["entries"].as_array().unwrap(),
+                crit["entries"].as_array().unwrap(),
+            );
             assert_eq!(oe.len(), ce.len(), "{}: entry count", kind.name);
             for (i, (o, c)) in oe.iter().zip(ce).enumerate() {
-                let at = format!("{}{}[{i}]", kind.name, if pretty { " (pretty)" } else { "" });
+                let at = format!(
+                    "{}{}[{i}]",
+                    kind.name,
+                    if pretty { " (pretty)" } else { "" }
+                );
                 compare(o, c, &entry_desc(kind.layout, i), &known, &at, &mut errs);
             }
             checked += 1;
         }
     }
-    assert!(errs.is_empty(), "{} differences:\n{}", errs.len(), errs.join("\n"));
+    assert!(
+        errs.is_empty(),
+        "{} differences:\n{}",
+        errs.len(),
+        errs.join("\n")
+    );
     assert_eq!(checked, KINDS.len() * 2);
 }
 
@@ -189,7 +227,9 @@ fn every_message_crit_knows_has_the_same_field_numbers() {
     let known = pycriu_schema();
     let mut compared = 0;
     for desc in pj::all_messages() {
-        let Some(kf) = known.get(desc.name()) else { continue };
+        let Some(kf) = known.get(desc.name()) else {
+            continue;
+        };
         for field in desc.fields() {
             if let Some(name) = kf.get(&field.number().to_string()) {
                 let renamed = desc.name() == "pagemap_entry" && field.name() == "compat_nr_pages";

@@ -34,7 +34,9 @@ pub enum ImageError {
         got: usize,
     },
     /// A magic number that is not a known image type.
-    #[error("{path}: offset {offset}: unknown image magic {found:#010x}, not a stasis/CRIU image of a known type")]
+    #[error(
+        "{path}: offset {offset}: unknown image magic {found:#010x}, not a stasis/CRIU image of a known type"
+    )]
     UnknownMagic {
         /// Image file name.
         path: String,
@@ -44,7 +46,9 @@ pub enum ImageError {
         found: u32,
     },
     /// The head magic does not go with the type magic (a service image under the common magic, ...).
-    #[error("{path}: offset 0: head magic {found:#010x} does not go with image type {kind}, expected {expected:#010x}")]
+    #[error(
+        "{path}: offset 0: head magic {found:#010x} does not go with image type {kind}, expected {expected:#010x}"
+    )]
     WrongHead {
         /// Image file name.
         path: String,
@@ -90,7 +94,9 @@ pub enum ImageError {
         max: u64,
     },
     /// An entry or payload that would extend past the end of the file.
-    #[error("{path}: offset {offset}: {what} of {len} bytes runs past the end of the file ({remaining} bytes left)")]
+    #[error(
+        "{path}: offset {offset}: {what} of {len} bytes runs past the end of the file ({remaining} bytes left)"
+    )]
     PastEnd {
         /// Image file name.
         path: String,

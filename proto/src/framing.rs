@@ -198,7 +198,7 @@ impl<R: BufRead> ImageReader<R> {
     }
 
     /// The next entry decoded as `M`, or `None` at a clean end of file.
-    pub fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, ImageError> {
+    pub fn read_entry<M: prost::Message + Default>(&mut self) -> Result<Option<M>, ImageError> {
         let Some(buf) = self.next_frame()? else {
             return Ok(None);
         };
@@ -256,7 +256,8 @@ impl<R: BufRead> ImageReader<R> {
     /// Copy everything up to the end of the file into `dst` (the contents of a
     /// ghost file saved without chunks). Returns the number of bytes.
     pub fn copy_rest(&mut self, dst: &mut dyn Write) -> Result<u64, ImageError> {
-        let n = io::copy(&mut self.src, dst).map_err(|e| ImageError::io(&self.path, self.offset, e))?;
+        let n =
+            io::copy(&mut self.src, dst).map_err(|e| ImageError::io(&self.path, self.offset, e))?;
         self.offset += n;
         Ok(n)
     }
@@ -336,7 +337,11 @@ impl ImageWriter<BufWriter<File>> {
 
 impl<W: Write> ImageWriter<W> {
     /// Start an image of type `kind` on `dst`.
-    pub fn new(dst: W, path: impl Into<String>, kind: &'static ImageKind) -> Result<Self, ImageError> {
+    pub fn new(
+        dst: W,
+        path: impl Into<String>,
+        kind: &'static ImageKind,
+    ) -> Result<Self, ImageError> {
         let mut w = Self {
             dst,
             path: path.into(),
@@ -411,7 +416,11 @@ impl PagesReader<BufReader<File>> {
     pub fn open(path: &Path, page_size: usize) -> Result<Self, ImageError> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|e| ImageError::io(&name, 0, e))?;
-        Ok(Self::new(BufReader::with_capacity(CHUNK, file), name, page_size))
+        Ok(Self::new(
+            BufReader::with_capacity(CHUNK, file),
+            name,
+            page_size,
+        ))
     }
 }
 

@@ -386,7 +386,11 @@ fn value_to_json(field: &FieldDescriptor, v: &Value, pretty: bool, hex: bool, h:
 // JSON -> message
 
 /// Build a message of type `desc` from its JSON form. `at` names the value in errors.
-pub fn message_from_json(desc: &MessageDescriptor, json: &Json, at: &str) -> Result<DynamicMessage, JsonError> {
+pub fn message_from_json(
+    desc: &MessageDescriptor,
+    json: &Json,
+    at: &str,
+) -> Result<DynamicMessage, JsonError> {
     let msg = from_json(desc, json, at)?;
     if let Some(missing) = missing_required(&msg) {
         return Err(JsonError::Field {
@@ -405,10 +409,12 @@ fn from_json(desc: &MessageDescriptor, json: &Json, at: &str) -> Result<DynamicM
     let mut msg = DynamicMessage::new(desc.clone());
     for (key, val) in obj {
         let here = format!("{at}.{key}");
-        let field = desc.get_field_by_name(key).ok_or_else(|| JsonError::Field {
-            at: here.clone(),
-            what: format!("{} has no field {key:?}", desc.name()),
-        })?;
+        let field = desc
+            .get_field_by_name(key)
+            .ok_or_else(|| JsonError::Field {
+                at: here.clone(),
+                what: format!("{} has no field {key:?}", desc.name()),
+            })?;
         let h = hints(&field);
         let value = if field.is_list() {
             let arr = val.as_array().ok_or_else(|| JsonError::Field {
@@ -455,7 +461,12 @@ fn ip_from_json(arr: &[Json], at: &str) -> Result<Value, JsonError> {
     Ok(Value::List(words.into_iter().map(Value::U32).collect()))
 }
 
-fn value_from_json(field: &FieldDescriptor, json: &Json, h: &Hints, at: &str) -> Result<Value, JsonError> {
+fn value_from_json(
+    field: &FieldDescriptor,
+    json: &Json,
+    h: &Hints,
+    at: &str,
+) -> Result<Value, JsonError> {
     let err = |what: String| JsonError::Field {
         at: at.to_owned(),
         what,
@@ -472,7 +483,8 @@ fn value_from_json(field: &FieldDescriptor, json: &Json, h: &Hints, at: &str) ->
                     parse_dev(s, h.odev)
                 } else if let Some(table) = h.flags.as_deref().and_then(flag_table) {
                     parse_flags(s, table)
-                } else if let Some(t) = h.dict.as_deref().and_then(|d| dict_table(d, field.name())) {
+                } else if let Some(t) = h.dict.as_deref().and_then(|d| dict_table(d, field.name()))
+                {
                     t.iter()
                         .find(|(_, name)| name == s)
                         .map(|(k, _)| *k)
@@ -499,7 +511,10 @@ fn value_from_json(field: &FieldDescriptor, json: &Json, h: &Hints, at: &str) ->
         }
     };
     Ok(match field.kind() {
-        Kind::Bool => Value::Bool(json.as_bool().ok_or_else(|| err("expected true or false".into()))?),
+        Kind::Bool => Value::Bool(
+            json.as_bool()
+                .ok_or_else(|| err("expected true or false".into()))?,
+        ),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             let v = range(int()?, i128::from(i32::MIN), i128::from(i32::MAX))?;
             Value::I32(i32::try_from(v).unwrap_or_default())
@@ -516,8 +531,18 @@ fn value_from_json(field: &FieldDescriptor, json: &Json, h: &Hints, at: &str) ->
             let v = range(int()?, 0, i128::from(u64::MAX))?;
             Value::U64(u64::try_from(v).unwrap_or_default())
         }
-        Kind::Float => Value::F32(json.as_f64().ok_or_else(|| err("expected a number".into()))? as f32),
-        Kind::Double => Value::F64(json.as_f64().ok_or_else(|| err("expected a number".into()))?),
+        Kind::Float => {
+            let x = json
+                .as_f64()
+                .ok_or_else(|| err("expected a number".into()))?;
+            // JSON numbers are doubles; a float field keeps the nearest float.
+            #[allow(clippy::cast_possible_truncation)]
+            Value::F32(x as f32)
+        }
+        Kind::Double => Value::F64(
+            json.as_f64()
+                .ok_or_else(|| err("expected a number".into()))?,
+        ),
         Kind::String => Value::String(
             json.as_str()
                 .ok_or_else(|| err("expected a string".into()))?
@@ -547,10 +572,11 @@ fn decode_base64(json: &Json, at: &str) -> Result<Vec<u8>, JsonError> {
     })?;
     // crit wraps base64 at 76 columns; accept any ASCII whitespace.
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    B64.decode(compact.as_bytes()).map_err(|e| JsonError::Field {
-        at: at.to_owned(),
-        what: format!("invalid base64: {e}"),
-    })
+    B64.decode(compact.as_bytes())
+        .map_err(|e| JsonError::Field {
+            at: at.to_owned(),
+            what: format!("invalid base64: {e}"),
+        })
 }
 
 /// Dotted name of the first required field missing in `msg` or its sub-messages.
@@ -645,7 +671,11 @@ fn payload_len(msg: &DynamicMessage, message: &'static str, field: &'static str)
     }
 }
 
-fn payload_json<R: BufRead>(rd: &mut ImageReader<R>, len: u64, opts: DecodeOptions) -> Result<Json, ImageError> {
+fn payload_json<R: BufRead>(
+    rd: &mut ImageReader<R>,
+    len: u64,
+    opts: DecodeOptions,
+) -> Result<Json, ImageError> {
     if opts.no_payload {
         rd.skip_payload(len)?;
         Ok(Json::String(format!("... <{}>", human_size(len))))
@@ -666,7 +696,10 @@ fn human_size(n: u64) -> String {
 }
 
 /// Decode a whole image into crit-style JSON.
-pub fn decode_image<R: BufRead>(mut rd: ImageReader<R>, opts: DecodeOptions) -> Result<Json, ImageError> {
+pub fn decode_image<R: BufRead>(
+    mut rd: ImageReader<R>,
+    opts: DecodeOptions,
+) -> Result<Json, ImageError> {
     let kind = rd.kind();
     let mut entries = Vec::new();
     match kind.layout {
@@ -690,13 +723,14 @@ pub fn decode_image<R: BufRead>(mut rd: ImageReader<R>, opts: DecodeOptions) -> 
             let desc = schema_message(name);
             while let Some(msg) = next_dynamic(&mut rd, &desc)? {
                 let at = rd.entry_offset();
-                let len = payload_len(&msg, name, field).ok_or_else(|| ImageError::BadPayloadLength {
-                    path: rd.path().to_owned(),
-                    offset: at,
-                    message: name,
-                    field,
-                    value: "missing".into(),
-                })?;
+                let len =
+                    payload_len(&msg, name, field).ok_or_else(|| ImageError::BadPayloadLength {
+                        path: rd.path().to_owned(),
+                        offset: at,
+                        message: name,
+                        field,
+                        value: "missing".into(),
+                    })?;
                 let mut json = message_to_json(&msg, opts.pretty);
                 let extra = payload_json(&mut rd, len, opts)?;
                 if let Json::Object(map) = &mut json {
@@ -749,7 +783,9 @@ pub fn decode_image<R: BufRead>(mut rd: ImageReader<R>, opts: DecodeOptions) -> 
 
 /// Magic name and number of entries of an image (`crit info`). For pagemap
 /// images the head is not counted.
-pub fn image_info<R: BufRead>(rd: ImageReader<R>) -> Result<(&'static ImageKind, usize), ImageError> {
+pub fn image_info<R: BufRead>(
+    rd: ImageReader<R>,
+) -> Result<(&'static ImageKind, usize), ImageError> {
     let kind = rd.kind();
     let json = decode_image(
         rd,

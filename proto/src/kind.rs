@@ -124,7 +124,12 @@ pub const KINDS: &[ImageKind] = &[
     entries("CREDS", 0x5402_3547, "creds_entry", "creds-%d.img"),
     entries("SIGACT", 0x5534_4201, "sa_entry", "sigacts-%d.img"),
     entries("ITIMERS", 0x5746_4056, "itimer_entry", "itimers-%d.img"),
-    entries("POSIX_TIMERS", 0x5260_3957, "posix_timer_entry", "posix-timers-%d.img"),
+    entries(
+        "POSIX_TIMERS",
+        0x5260_3957,
+        "posix_timer_entry",
+        "posix-timers-%d.img",
+    ),
     entries("RLIMIT", 0x5711_3925, "rlimit_entry", "rlimit-%d.img"),
     entries("SECCOMP", 0x6441_3049, "seccomp_entry", "seccomp.img"),
     ImageKind {
@@ -134,7 +139,12 @@ pub const KINDS: &[ImageKind] = &[
         layout: Layout::GhostFile,
         file_pattern: "ghost-file-%x.img",
     },
-    entries("REMAP_FPATH", 0x5913_3954, "remap_file_path_entry", "remap-fpath.img"),
+    entries(
+        "REMAP_FPATH",
+        0x5913_3954,
+        "remap_file_path_entry",
+        "remap-fpath.img",
+    ),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {
         name: "STATS",
@@ -158,7 +168,9 @@ pub fn by_name(name: &str) -> Option<&'static ImageKind> {
 /// Guess the kind of an image from its file name (`core-42.img` -> CORE).
 /// Raw images (`pages-N.img`) have no kind and return `None`.
 pub fn by_file_name(file_name: &str) -> Option<&'static ImageKind> {
-    KINDS.iter().find(|k| pattern_matches(k.file_pattern, file_name))
+    KINDS
+        .iter()
+        .find(|k| pattern_matches(k.file_pattern, file_name))
 }
 
 fn pattern_matches(pattern: &str, name: &str) -> bool {
@@ -201,10 +213,19 @@ mod tests {
     #[test]
     fn file_names_map_to_kinds() {
         assert_eq!(by_file_name("core-42.img").map(|k| k.name), Some("CORE"));
-        assert_eq!(by_file_name("inventory.img").map(|k| k.name), Some("INVENTORY"));
-        assert_eq!(by_file_name("pagemap-1.img").map(|k| k.name), Some("PAGEMAP"));
+        assert_eq!(
+            by_file_name("inventory.img").map(|k| k.name),
+            Some("INVENTORY")
+        );
+        assert_eq!(
+            by_file_name("pagemap-1.img").map(|k| k.name),
+            Some("PAGEMAP")
+        );
         assert_eq!(by_file_name("stats-dump").map(|k| k.name), Some("STATS"));
-        assert_eq!(by_file_name("ghost-file-1a.img").map(|k| k.name), Some("GHOST_FILE"));
+        assert_eq!(
+            by_file_name("ghost-file-1a.img").map(|k| k.name),
+            Some("GHOST_FILE")
+        );
         assert_eq!(by_file_name("pages-1.img"), None);
         assert_eq!(by_file_name("core-.img"), None);
         assert_eq!(by_file_name("core-x.img"), None);

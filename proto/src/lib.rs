@@ -13,7 +13,13 @@ pub mod framing;
 pub mod json;
 pub mod kind;
 #[cfg(feature = "test-utils")]
-#[allow(missing_docs, clippy::unwrap_used, clippy::cast_possible_truncation, clippy::cast_possible_wrap, clippy::cast_sign_loss)]
+#[allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 pub mod sample;
 
 pub use error::{ImageError, JsonError};

@@ -23,17 +23,26 @@ impl Filler {
         let n = self.next();
         match kind {
             Kind::Bool => Value::Bool(true),
-            Kind::Int32 | Kind::Sfixed32 => Value::I32(i32::try_from(n * 1009 % 100_000).unwrap_or(1)),
+            Kind::Int32 | Kind::Sfixed32 => {
+                Value::I32(i32::try_from(n * 1009 % 100_000).unwrap_or(1))
+            }
             Kind::Sint32 => Value::I32(-i32::try_from(n % 1000).unwrap_or(1) - 1),
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
                 Value::I64(-i64::try_from(n).unwrap_or(1) * 1_000_003)
             }
-            Kind::Uint32 | Kind::Fixed32 => Value::U32(u32::try_from(n * 7919 % 4_000_000).unwrap_or(7)),
+            Kind::Uint32 | Kind::Fixed32 => {
+                Value::U32(u32::try_from(n * 7919 % 4_000_000).unwrap_or(7))
+            }
             Kind::Uint64 | Kind::Fixed64 => Value::U64(0x7f00_0000_0000 + n * 0x1000),
             Kind::Float => Value::F32(1.5),
             Kind::Double => Value::F64(2.5),
             Kind::String => Value::String(format!("s{n}/é")),
-            Kind::Bytes => Value::Bytes((0..(n % 13 + 3)).map(|i| (i * 37 + n) as u8).collect::<Vec<u8>>().into()),
+            Kind::Bytes => Value::Bytes(
+                (0..(n % 13 + 3))
+                    .map(|i| (i * 37 + n) as u8)
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             Kind::Enum(e) => {
                 let v = e.values().nth(1).or_else(|| e.values().next());
                 Value::EnumNumber(v.map_or(0, |v| v.number()))
@@ -43,7 +52,12 @@ impl Filler {
     }
 
     /// Fill every field; for each oneof only member number `variant` (mod its size).
-    fn message(&mut self, desc: &MessageDescriptor, depth: usize, variant: usize) -> DynamicMessage {
+    fn message(
+        &mut self,
+        desc: &MessageDescriptor,
+        depth: usize,
+        variant: usize,
+    ) -> DynamicMessage {
         let mut msg = DynamicMessage::new(desc.clone());
         if depth > 6 {
             return msg;
@@ -97,7 +111,9 @@ fn desc(name: &str) -> MessageDescriptor {
 /// A sample image of `kind` with `entries` entries whose every field is set
 /// (different oneof members in different entries), payloads included.
 pub fn sample_image(kind: &'static ImageKind, entries: usize) -> Vec<u8> {
-    let mut filler = Filler { seed: u64::from(kind.magic % 1000) };
+    let mut filler = Filler {
+        seed: u64::from(kind.magic % 1000),
+    };
     let mut w = ImageWriter::new(Vec::new(), kind.name, kind).expect("writing to memory");
     match kind.layout {
         Layout::Entries(name) => {
