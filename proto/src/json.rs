@@ -803,6 +803,21 @@ pub fn image_info<R: BufRead>(
     Ok((kind, n))
 }
 
+/// crit before CRIU 4 names field 2 of pagemap_entry `nr_pages`; CRIU 4 renamed
+/// it `compat_nr_pages` and added a 64-bit `nr_pages` (field 5). Accept the old
+/// JSON by deriving the required field 2 from `nr_pages` when it is absent.
+fn compat_nr_pages(entry: &mut Json) {
+    if let Json::Object(map) = entry
+        && !map.contains_key("compat_nr_pages")
+        && let Some(n) = map.get("nr_pages").and_then(Json::as_u64)
+    {
+        map.insert(
+            "compat_nr_pages".into(),
+            Json::from(n.min(u64::from(u32::MAX))),
+        );
+    }
+}
+
 fn extra_of(entry: &Json, at: &str) -> Result<Option<Vec<u8>>, JsonError> {
     match entry.get("extra") {
         None => Ok(None),
@@ -846,7 +861,11 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
             Layout::GhostFile if i == 0 => "ghost_file_entry",
             Layout::GhostFile => "ghost_chunk_entry",
         };
-        let msg = message_from_json(&schema_message(name), &without_extra(entry), &at)?;
+        let mut fields = without_extra(entry);
+        if name == "pagemap_entry" {
+            compat_nr_pages(&mut fields);
+        }
+        let msg = message_from_json(&schema_message(name), &fields, &at)?;
         w.write_frame(&msg.encode_to_vec()).map_err(io)?;
         let extra = extra_of(entry, &at)?;
         match kind.layout {
