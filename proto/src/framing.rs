@@ -521,3 +521,96 @@ impl<W: Write> PagesWriter<W> {
         Ok(self.dst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::{PstreeEntry, StatsEntry};
+
+    #[test]
+    fn typed_entries_round_trip() {
+        let kind = kind::by_name("PSTREE").unwrap();
+        let mut w = ImageWriter::new(Vec::new(), "pstree.img", kind).unwrap();
+        let entries: Vec<PstreeEntry> = (1..=3)
+            .map(|pid| PstreeEntry {
+                pid,
+                ppid: pid - 1,
+                pgid: 1,
+                sid: 1,
+                threads: vec![pid, pid + 100],
+            })
+            .collect();
+        for e in &entries {
+            w.write(e).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        assert_eq!(&bytes[..4], &kind::COMMON_MAGIC.to_le_bytes());
+        let mut r =
+            ImageReader::new(bytes.as_slice(), "pstree.img", Some(bytes.len() as u64)).unwrap();
+        assert_eq!(r.kind().name, "PSTREE");
+        let mut back = Vec::new();
+        while let Some(e) = r.read_entry::<PstreeEntry>().unwrap() {
+            back.push(e);
+        }
+        assert_eq!(back, entries);
+    }
+
+    #[test]
+    fn service_and_inventory_heads() {
+        let stats = kind::by_name("STATS").unwrap();
+        let bytes = ImageWriter::new(Vec::new(), "stats-dump", stats)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(&bytes[..4], &kind::SERVICE_MAGIC.to_le_bytes());
+        let mut r = ImageReader::new(bytes.as_slice(), "stats-dump", None).unwrap();
+        assert!(r.read_entry::<StatsEntry>().unwrap().is_none());
+
+        let inv = kind::by_name("INVENTORY").unwrap();
+        let bytes = ImageWriter::new(Vec::new(), "inventory.img", inv)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(bytes, kind::INVENTORY_MAGIC.to_le_bytes());
+    }
+
+    #[test]
+    fn wrong_kind_is_reported() {
+        let bytes = ImageWriter::new(Vec::new(), "x", kind::by_name("MM").unwrap())
+            .unwrap()
+            .finish()
+            .unwrap();
+        let err = ImageReader::new(bytes.as_slice(), "core-1.img", None)
+            .unwrap()
+            .expect_kind(kind::by_name("CORE").unwrap())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "core-1.img: offset 0: image type MM, expected CORE"
+        );
+    }
+
+    #[test]
+    fn pages_stream_in_page_units() {
+        let page = 4096;
+        let mut w = PagesWriter::new(Vec::new(), "pages-1.img");
+        let data: Vec<u8> = (0..3 * page)
+            .map(|i| u8::try_from(i / page + 1).unwrap())
+            .collect();
+        w.write_pages(&data).unwrap();
+        assert_eq!(w.written(), 3 * page as u64);
+        let bytes = w.finish().unwrap();
+        let mut r = PagesReader::new(bytes.as_slice(), "pages-1.img", page);
+        let mut buf = vec![0u8; page];
+        r.skip_pages(1).unwrap();
+        r.read_pages(&mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 2));
+        r.read_pages(&mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 3));
+        let err = r.read_pages(&mut buf).unwrap_err();
+        assert!(
+            err.to_string().contains("offset 12288: truncated pages"),
+            "{err}"
+        );
+    }
+}

@@ -77,6 +77,22 @@ const fn entries(
     }
 }
 
+const fn with_payload(
+    name: &'static str,
+    magic: u32,
+    message: &'static str,
+    length_field: &'static str,
+    file_pattern: &'static str,
+) -> ImageKind {
+    ImageKind {
+        name,
+        magic,
+        head: Head::Common,
+        layout: Layout::WithPayload(message, Payload::Field(length_field)),
+        file_pattern,
+    }
+}
+
 /// Every image kind stasis knows, in no particular order.
 pub const KINDS: &[ImageKind] = &[
     ImageKind {
@@ -102,21 +118,21 @@ pub const KINDS: &[ImageKind] = &[
     entries("FILES", 0x5630_3138, "file_entry", "files.img"),
     entries("REG_FILES", 0x5036_3636, "reg_file_entry", "reg-files.img"),
     entries("PIPES", 0x5651_3555, "pipe_entry", "pipes.img"),
-    ImageKind {
-        name: "PIPES_DATA",
-        magic: 0x5645_3709,
-        head: Head::Common,
-        layout: Layout::WithPayload("pipe_data_entry", Payload::Field("bytes")),
-        file_pattern: "pipes-data.img",
-    },
+    with_payload(
+        "PIPES_DATA",
+        0x5645_3709,
+        "pipe_data_entry",
+        "bytes",
+        "pipes-data.img",
+    ),
     entries("FIFO", 0x5836_4939, "fifo_entry", "fifo.img"),
-    ImageKind {
-        name: "FIFO_DATA",
-        magic: 0x5933_3054,
-        head: Head::Common,
-        layout: Layout::WithPayload("pipe_data_entry", Payload::Field("bytes")),
-        file_pattern: "fifo-data.img",
-    },
+    with_payload(
+        "FIFO_DATA",
+        0x5933_3054,
+        "pipe_data_entry",
+        "bytes",
+        "fifo-data.img",
+    ),
     entries("TTY_FILES", 0x5943_3025, "tty_file_entry", "tty.img"),
     entries("TTY_INFO", 0x5945_3036, "tty_info_entry", "tty-info.img"),
     entries("TTY_DATA", 0x5941_3026, "tty_data_entry", "tty-data.img"),
