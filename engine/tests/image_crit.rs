@@ -288,3 +288,65 @@ fn crit_json_encodes_back_to_the_same_image() {
     }
     assert_eq!(identical, KINDS.len() - NEWER_FIELDS.len());
 }
+
+#[test]
+fn rpc_schema_matches_pycriu_and_messages_cross_the_wire() {
+    // pycriu (Debian's criu package) speaks RPC with these messages; field
+    // numbers and names must agree, and a request we encode must parse there.
+    let pool = prost_reflect::DescriptorPool::decode(stasis_proto::RPC_DESCRIPTOR).unwrap();
+    let script = r#"
+import sys, json
+sys.path.insert(0, '/usr/lib/python3/dist-packages/pycriu')
+import rpc_pb2
+out = {m.name: {str(f.number): f.name for f in m.fields} for m in rpc_pb2.DESCRIPTOR.message_types_by_name.values()}
+req = rpc_pb2.criu_req()
+req.ParseFromString(sys.stdin.buffer.read())
+out['__req'] = {'type': req.type, 'pid': req.opts.pid, 'dir': req.opts.images_dir_fd, 'shell_job': req.opts.shell_job, 'keep_open': req.keep_open}
+print(json.dumps(out))
+"#;
+    use prost::Message as _;
+    use stasis_proto::rpc::{CriuOpts, CriuReq, CriuReqType};
+    let req = CriuReq {
+        r#type: CriuReqType::Dump as i32,
+        opts: Some(CriuOpts {
+            images_dir_fd: 7,
+            pid: Some(4242),
+            shell_job: Some(true),
+            ..Default::default()
+        }),
+        keep_open: Some(true),
+        ..Default::default()
+    };
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &req.encode_to_vec()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known: serde_json::Map<String, Json> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        known["__req"],
+        serde_json::json!({"type": 1, "pid": 4242, "dir": 7, "shell_job": true, "keep_open": true})
+    );
+    let mut compared = 0;
+    for desc in pool.all_messages() {
+        let Some(fields) = known.get(desc.name()).and_then(Json::as_object) else {
+            continue;
+        };
+        for field in desc.fields() {
+            if let Some(name) = fields.get(&field.number().to_string()) {
+                assert_eq!(name, field.name(), "{}.{}", desc.name(), field.number());
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 90, "only {compared} RPC fields compared");
+}
