@@ -226,14 +226,7 @@ fn ps(dump: &Dump, tree: &[PstreeEntry], out: &mut String) -> Result<(), Inspect
 
 fn fds(dump: &Dump, tree: &[PstreeEntry], out: &mut String) -> Result<(), InspectError> {
     let files = dump.files()?;
-    let inv_path = dump.require("inventory.img")?;
-    let inventory: InventoryEntry = read_all(&inv_path, "INVENTORY")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| InspectError::Inconsistent {
-            path: inv_path,
-            what: "image holds no entry".into(),
-        })?;
+    let inventory: InventoryEntry = dump.one("inventory.img", "INVENTORY")?;
     for e in tree {
         let _ = writeln!(out, "{}", e.pid);
         let ids = dump.ids(e.pid)?;

@@ -660,15 +660,19 @@ fn schema_message(name: &str) -> MessageDescriptor {
     message(name).unwrap_or_else(|| panic!("image message {name} is missing from the schema"))
 }
 
-fn payload_len(msg: &DynamicMessage, message: &'static str, field: &'static str) -> Option<u64> {
+fn payload_len(msg: &DynamicMessage, field: &str) -> Option<u64> {
     match msg.get_field_by_name(field)?.as_ref() {
         Value::U32(v) => Some(u64::from(*v)),
         Value::U64(v) => Some(*v),
-        _ => {
-            let _ = message;
-            None
-        }
+        _ => None,
     }
+}
+
+fn with_extra(mut entry: Json, extra: Json) -> Json {
+    if let Json::Object(map) = &mut entry {
+        map.insert("extra".into(), extra);
+    }
+    entry
 }
 
 fn payload_json<R: BufRead>(
@@ -723,20 +727,15 @@ pub fn decode_image<R: BufRead>(
             let desc = schema_message(name);
             while let Some(msg) = next_dynamic(&mut rd, &desc)? {
                 let at = rd.entry_offset();
-                let len =
-                    payload_len(&msg, name, field).ok_or_else(|| ImageError::BadPayloadLength {
-                        path: rd.path().to_owned(),
-                        offset: at,
-                        message: name,
-                        field,
-                        value: "missing".into(),
-                    })?;
-                let mut json = message_to_json(&msg, opts.pretty);
-                let extra = payload_json(&mut rd, len, opts)?;
-                if let Json::Object(map) = &mut json {
-                    map.insert("extra".into(), extra);
-                }
-                entries.push(json);
+                let len = payload_len(&msg, field).ok_or_else(|| ImageError::BadPayloadLength {
+                    path: rd.path().to_owned(),
+                    offset: at,
+                    message: name,
+                    field,
+                    value: "missing".into(),
+                })?;
+                let json = message_to_json(&msg, opts.pretty);
+                entries.push(with_extra(json, payload_json(&mut rd, len, opts)?));
             }
         }
         Layout::GhostFile => {
@@ -747,17 +746,13 @@ pub fn decode_image<R: BufRead>(
                     .get_field_by_name("chunks")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
-                let mut first = message_to_json(&msg, opts.pretty);
+                let first = message_to_json(&msg, opts.pretty);
                 if chunked {
                     entries.push(first);
                     while let Some(c) = next_dynamic(&mut rd, &chunk)? {
-                        let len = payload_len(&c, "ghost_chunk_entry", "len").unwrap_or(0);
-                        let mut json = message_to_json(&c, opts.pretty);
-                        let extra = payload_json(&mut rd, len, opts)?;
-                        if let Json::Object(map) = &mut json {
-                            map.insert("extra".into(), extra);
-                        }
-                        entries.push(json);
+                        let len = payload_len(&c, "len").unwrap_or(0);
+                        let json = message_to_json(&c, opts.pretty);
+                        entries.push(with_extra(json, payload_json(&mut rd, len, opts)?));
                     }
                 } else {
                     let mut data = Vec::new();
@@ -767,10 +762,7 @@ pub fn decode_image<R: BufRead>(
                     } else {
                         Json::String(B64.encode(&data))
                     };
-                    if let Json::Object(map) = &mut first {
-                        map.insert("extra".into(), extra);
-                    }
-                    entries.push(first);
+                    entries.push(with_extra(first, extra));
                 }
             }
         }
@@ -869,9 +861,9 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
         w.write_frame(&msg.encode_to_vec()).map_err(io)?;
         let extra = extra_of(entry, &at)?;
         match kind.layout {
-            Layout::WithPayload(msg_name, Payload::Field(field)) => {
+            Layout::WithPayload(_, Payload::Field(field)) => {
                 let data = extra.unwrap_or_default();
-                let want = payload_len(&msg, msg_name, field).unwrap_or(0);
+                let want = payload_len(&msg, field).unwrap_or(0);
                 if want != data.len() as u64 {
                     return Err(JsonError::Field {
                         at: format!("{at}.extra"),

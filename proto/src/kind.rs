@@ -62,19 +62,29 @@ pub struct ImageKind {
     pub file_pattern: &'static str,
 }
 
-const fn entries(
+/// A kind under the common head magic.
+const fn common(
     name: &'static str,
     magic: u32,
-    message: &'static str,
+    layout: Layout,
     file_pattern: &'static str,
 ) -> ImageKind {
     ImageKind {
         name,
         magic,
         head: Head::Common,
-        layout: Layout::Entries(message),
+        layout,
         file_pattern,
     }
+}
+
+const fn entries(
+    name: &'static str,
+    magic: u32,
+    message: &'static str,
+    file_pattern: &'static str,
+) -> ImageKind {
+    common(name, magic, Layout::Entries(message), file_pattern)
 }
 
 const fn with_payload(
@@ -84,13 +94,12 @@ const fn with_payload(
     length_field: &'static str,
     file_pattern: &'static str,
 ) -> ImageKind {
-    ImageKind {
+    common(
         name,
         magic,
-        head: Head::Common,
-        layout: Layout::WithPayload(message, Payload::Field(length_field)),
+        Layout::WithPayload(message, Payload::Field(length_field)),
         file_pattern,
-    }
+    )
 }
 
 /// Every image kind stasis knows, in no particular order.
@@ -107,13 +116,7 @@ pub const KINDS: &[ImageKind] = &[
     entries("IDS", 0x5443_2030, "task_kobj_ids_entry", "ids-%d.img"),
     entries("MM", 0x5749_2820, "mm_entry", "mm-%d.img"),
     entries("VMAS", 0x5412_3737, "vma_entry", "vmas-%d.img"),
-    ImageKind {
-        name: "PAGEMAP",
-        magic: 0x5608_4025,
-        head: Head::Common,
-        layout: Layout::Pagemap,
-        file_pattern: "pagemap-%d.img",
-    },
+    common("PAGEMAP", 0x5608_4025, Layout::Pagemap, "pagemap-%d.img"),
     entries("FDINFO", 0x5621_3732, "fdinfo_entry", "fdinfo-%d.img"),
     entries("FILES", 0x5630_3138, "file_entry", "files.img"),
     entries("REG_FILES", 0x5036_3636, "reg_file_entry", "reg-files.img"),
@@ -148,13 +151,12 @@ pub const KINDS: &[ImageKind] = &[
     ),
     entries("RLIMIT", 0x5711_3925, "rlimit_entry", "rlimit-%d.img"),
     entries("SECCOMP", 0x6441_3049, "seccomp_entry", "seccomp.img"),
-    ImageKind {
-        name: "GHOST_FILE",
-        magic: 0x5258_3605,
-        head: Head::Common,
-        layout: Layout::GhostFile,
-        file_pattern: "ghost-file-%x.img",
-    },
+    common(
+        "GHOST_FILE",
+        0x5258_3605,
+        Layout::GhostFile,
+        "ghost-file-%x.img",
+    ),
     entries(
         "REMAP_FPATH",
         0x5913_3954,
