@@ -35,6 +35,53 @@ enum Command {
     /// Inspect and convert image files (the equivalent of CRIU's crit)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Check whether the kernel supports what checkpoint/restore needs
+    #[command(after_help = check_after_help())]
+    Check(CheckArgs),
+}
+
+/// `stasis check`: CRIU's options plus --json, --list and --timeout.
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Also check extra kernel features (some process trees need them)
+    #[arg(long)]
+    extra: bool,
+    /// Also check experimental kernel features
+    #[arg(long)]
+    experimental: bool,
+    /// Check everything: --extra --experimental, the CRIU client feature
+    /// names and stasis' own probes
+    #[arg(long)]
+    all: bool,
+    /// Only check this feature (repeatable); exit 0 only if all are supported
+    #[arg(long = "feature", value_name = "FEAT")]
+    feature: Vec<String>,
+    /// Print the results as JSON (schema documented in README)
+    #[arg(long)]
+    json: bool,
+    /// Print every probe name and exit
+    #[arg(long)]
+    list: bool,
+    /// Per-probe time limit in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    timeout: f64,
+}
+
+fn check_after_help() -> String {
+    let names = stasis_check::report::criu_feature_names();
+    let mut out = String::from("CRIU feature names for --feature (see --list for every probe):\n");
+    let mut line = String::from(" ");
+    for n in names {
+        if line.len() + n.len() + 1 > 78 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from(" ");
+        }
+        line.push(' ');
+        line.push_str(n);
+    }
+    out.push_str(&line);
+    out
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,11 +301,67 @@ fn run_image(cmd: ImageCommand) -> Result<()> {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run_check(args: &CheckArgs) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    use stasis_check::{RunOptions, Selection, Verdict, report};
+    if args.list {
+        print!("{}", report::list());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = RunOptions {
+        timeout: std::time::Duration::try_from_secs_f64(args.timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--timeout must be a positive number of seconds")?,
+        ..RunOptions::default()
+    };
+    if !args.feature.is_empty() {
+        let mut probes = Vec::new();
+        for name in &args.feature {
+            let probe = stasis_check::by_name(name).with_context(|| {
+                format!("unknown feature {name:?}; `stasis check --list` prints every name")
+            })?;
+            probes.push(probe);
+        }
+        let findings = stasis_check::run(&probes, &opts);
+        if args.json {
+            let v: Vec<_> = findings.iter().map(report::finding_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        let mut ok = true;
+        for f in &findings {
+            if f.outcome.is_supported() {
+                if !args.json {
+                    println!("{} is supported", f.probe.name);
+                }
+            } else {
+                ok = false;
+                eprintln!("{} is not supported: {}", f.probe.name, f.outcome.reason());
+            }
+        }
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let sel = if args.all {
+        Selection::all()
+    } else {
+        Selection { extra: args.extra, experimental: args.experimental, stasis: false }
+    };
+    let findings = stasis_check::run(&sel.probes(), &opts);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report::json(&findings))?);
+    } else {
+        let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", report::table(&findings, color));
+    }
+    Ok(ExitCode::from(Verdict::of(&findings).exit_code()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     let level = verbosity(cli.verbosity.as_deref())?;
     init_logging(level, cli.log_file.as_deref())?;
     match cli.command {
-        Command::Image(cmd) => run_image(cmd),
+        Command::Image(cmd) => run_image(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => run_check(&args),
     }
 }
 
@@ -274,7 +377,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if e.downcast_ref::<io::Error>()
                 .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)

@@ -1,0 +1,192 @@
+//! A minimal netlink client for the probes: builds a request with attributes,
+//! sends it, and collects the replies (all parts of a dump, or the ACK).
+//! Used with NETLINK_SOCK_DIAG, NETLINK_ROUTE and NETLINK_NETFILTER.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, socket,
+};
+
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+pub const NLM_F_REQUEST: u16 = 1;
+pub const NLM_F_ACK: u16 = 4;
+pub const NLM_F_ROOT: u16 = 0x100;
+pub const NLM_F_MATCH: u16 = 0x200;
+pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_EXCL: u16 = 0x200;
+pub const NLA_F_NESTED: u16 = 0x8000;
+
+/// One received message: type, flags and payload (after the 16-byte header).
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub ty: u16,
+    pub payload: Vec<u8>,
+}
+
+/// A netlink message under construction.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    buf: Vec<u8>,
+    nests: Vec<usize>,
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl Builder {
+    /// Starts a message of type `ty` with `flags` and a fixed header `fixed`.
+    pub fn new(ty: u16, flags: u16, fixed: &[u8]) -> Self {
+        let mut buf = vec![0u8; 16];
+        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
+        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
+        buf[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        buf.extend_from_slice(fixed);
+        buf.resize(align4(buf.len()), 0);
+        Self { buf, nests: Vec::new() }
+    }
+
+    /// Appends an attribute.
+    pub fn attr(mut self, ty: u16, data: &[u8]) -> Self {
+        let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.buf.resize(align4(self.buf.len()), 0);
+        self
+    }
+
+    /// Appends a NUL-terminated string attribute.
+    pub fn str(self, ty: u16, s: &str) -> Self {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.attr(ty, &v)
+    }
+
+    /// Appends a big-endian u32 attribute (netfilter's convention).
+    pub fn be32(self, ty: u16, v: u32) -> Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+
+    /// Opens a nested attribute; close with [`Builder::end`].
+    pub fn nest(mut self, ty: u16) -> Self {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    /// Closes the innermost nested attribute.
+    pub fn end(mut self) -> Self {
+        if let Some(at) = self.nests.pop() {
+            let len = u16::try_from(self.buf.len() - at).unwrap_or(u16::MAX);
+            self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        }
+        self
+    }
+
+    /// The finished message bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+/// A bound netlink socket.
+#[derive(Debug)]
+pub struct Socket(OwnedFd);
+
+impl Socket {
+    pub fn open(proto: SockProtocol) -> Result<Self, Errno> {
+        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &NetlinkAddr::new(0, 0))?;
+        Ok(Self(fd))
+    }
+
+    /// Sends raw bytes (one message or a batch).
+    pub fn send(&self, bytes: &[u8]) -> Result<(), Errno> {
+        send(std::os::fd::AsRawFd::as_raw_fd(&self.0), bytes, MsgFlags::empty()).map(drop)
+    }
+
+    /// Receives until NLMSG_DONE, an error, or (for non-dumps) the ACK.
+    /// A negative NLMSG_ERROR code becomes `Err`; data messages are returned.
+    pub fn collect(&self, acks: usize) -> Result<Vec<Msg>, Errno> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut acked = 0;
+        loop {
+            let n = recv(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut buf, MsgFlags::empty())?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if len < 16 || off + len > n {
+                    return Err(Errno::EBADMSG);
+                }
+                let payload = &buf[off + 16..off + len];
+                match ty {
+                    NLMSG_DONE => {
+                        let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return if code < 0 { Err(Errno::from_raw(-code)) } else { Ok(out) };
+                    }
+                    NLMSG_ERROR => {
+                        let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        if code < 0 {
+                            return Err(Errno::from_raw(-code));
+                        }
+                        acked += 1;
+                        if acked >= acks {
+                            return Ok(out);
+                        }
+                    }
+                    _ => out.push(Msg { ty, payload: payload.to_vec() }),
+                }
+                off += align4(len);
+            }
+        }
+    }
+
+    /// Sends one request and collects its answer.
+    pub fn request(&self, msg: Vec<u8>) -> Result<Vec<Msg>, Errno> {
+        self.send(&msg)?;
+        self.collect(1)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Iterates over the attributes in `data`: (type without flags, payload).
+pub fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while data.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
+        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            break;
+        }
+        out.push((ty, &data[4..len]));
+        data = &data[align4(len).min(data.len())..];
+    }
+    out
+}
+
+/// Finds attribute `ty` in `data`.
+pub fn find(data: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(data).into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
+}
+
+impl Builder {
+    /// Appends bytes that are already encoded attributes.
+    pub fn attr_raw(mut self, bytes: &[u8]) -> Self {
+        self.buf.extend_from_slice(bytes);
+        self.buf.resize(align4(self.buf.len()), 0);
+        self
+    }
+}
