@@ -121,7 +121,9 @@ impl Outcome {
     /// The explanation, or "" for a plain success.
     pub fn reason(&self) -> String {
         match self {
-            Self::Supported(s) | Self::Unsupported(s) | Self::NotApplicable(s) | Self::Error(s) => s.clone(),
+            Self::Supported(s) | Self::Unsupported(s) | Self::NotApplicable(s) | Self::Error(s) => {
+                s.clone()
+            }
             Self::TimedOut(d) => format!("the probe did not finish within {} ms", d.as_millis()),
         }
     }
@@ -146,7 +148,10 @@ pub struct Probe {
 
 impl fmt::Debug for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Probe").field("name", &self.name).field("category", &self.category).finish_non_exhaustive()
+        f.debug_struct("Probe")
+            .field("name", &self.name)
+            .field("category", &self.category)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,7 +169,11 @@ pub struct Selection {
 impl Selection {
     /// `--all`: everything.
     pub fn all() -> Self {
-        Self { extra: true, experimental: true, stasis: true }
+        Self {
+            extra: true,
+            experimental: true,
+            stasis: true,
+        }
     }
 
     /// Whether a probe of `category` runs under this selection.
@@ -179,7 +188,10 @@ impl Selection {
 
     /// The probes this selection runs, in table order.
     pub fn probes(self) -> Vec<&'static Probe> {
-        PROBES.iter().filter(|p| self.includes(p.category)).collect()
+        PROBES
+            .iter()
+            .filter(|p| self.includes(p.category))
+            .collect()
     }
 }
 
@@ -198,7 +210,9 @@ impl Verdict {
     /// Computes the verdict from findings.
     pub fn of(findings: &[Finding]) -> Self {
         let failed = |c: fn(Category) -> bool| {
-            findings.iter().any(|f| c(f.probe.category) && f.outcome.is_failure())
+            findings
+                .iter()
+                .any(|f| c(f.probe.category) && f.outcome.is_failure())
         };
         if failed(|c| c == Category::Required) {
             Self::Bad

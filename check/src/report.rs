@@ -21,16 +21,32 @@ use serde_json::{Value, json};
 use crate::{Category, Finding, Outcome, PROBES, Verdict};
 
 const ORDER: [(Category, &str); 6] = [
-    (Category::Required, "required: C/R cannot work without these"),
-    (Category::Extra, "extra (--extra): some process trees need these"),
+    (
+        Category::Required,
+        "required: C/R cannot work without these",
+    ),
+    (
+        Category::Extra,
+        "extra (--extra): some process trees need these",
+    ),
     (Category::Experimental, "experimental (--experimental)"),
     (Category::Feature, "CRIU client features (--feature NAME)"),
-    (Category::Informational, "informational: reported, never counted"),
-    (Category::Stasis, "stasis: beyond CRIU's probes, reported, never counted"),
+    (
+        Category::Informational,
+        "informational: reported, never counted",
+    ),
+    (
+        Category::Stasis,
+        "stasis: beyond CRIU's probes, reported, never counted",
+    ),
 ];
 
 fn paint(s: &str, code: &str, color: bool) -> String {
-    if color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
 }
 
 fn needs(f: &Finding) -> String {
@@ -42,29 +58,48 @@ fn needs(f: &Finding) -> String {
     if !n.config.is_empty() {
         parts.push(n.config.replace(' ', ", "));
     }
-    if parts.is_empty() { String::new() } else { format!(" [needs {}]", parts.join(", ")) }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [needs {}]", parts.join(", "))
+    }
 }
 
 /// The human-readable table, grouped by category, ending with the verdict.
 pub fn table(findings: &[Finding], color: bool) -> String {
-    let width = findings.iter().map(|f| f.probe.name.len()).max().unwrap_or(10);
+    let width = findings
+        .iter()
+        .map(|f| f.probe.name.len())
+        .max()
+        .unwrap_or(10);
     let mut out = String::new();
     for (cat, title) in ORDER {
-        let rows: Vec<&Finding> = findings.iter().filter(|f| f.probe.category == cat).collect();
+        let rows: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.probe.category == cat)
+            .collect();
         if rows.is_empty() {
             continue;
         }
         let _ = writeln!(out, "{}", paint(title, "1", color));
         for f in rows {
             let (mark, text) = match &f.outcome {
-                Outcome::Supported(d) => {
-                    (paint("✓", "32", color), if d.is_empty() { f.probe.description.to_string() } else { d.clone() })
-                }
+                Outcome::Supported(d) => (
+                    paint("✓", "32", color),
+                    if d.is_empty() {
+                        f.probe.description.to_string()
+                    } else {
+                        d.clone()
+                    },
+                ),
                 Outcome::Unsupported(r) => (paint("✗", "31", color), format!("{r}{}", needs(f))),
-                Outcome::NotApplicable(r) => (paint("-", "2", color), format!("not applicable: {r}")),
-                o @ (Outcome::Error(_) | Outcome::TimedOut(_)) => {
-                    (paint("!", "33", color), format!("could not run: {}", o.reason()))
+                Outcome::NotApplicable(r) => {
+                    (paint("-", "2", color), format!("not applicable: {r}"))
                 }
+                o @ (Outcome::Error(_) | Outcome::TimedOut(_)) => (
+                    paint("!", "33", color),
+                    format!("could not run: {}", o.reason()),
+                ),
             };
             let _ = writeln!(out, "  {mark} {:<width$}  {text}", f.probe.name);
         }
@@ -86,7 +121,9 @@ pub fn table(findings: &[Finding], color: bool) -> String {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// One probe's JSON object.
@@ -128,5 +165,9 @@ pub fn list() -> String {
 
 /// CRIU's 45 feature names, in CRIU's order.
 pub fn criu_feature_names() -> Vec<&'static str> {
-    PROBES.iter().filter(|p| p.criu_feature).map(|p| p.name).collect()
+    PROBES
+        .iter()
+        .filter(|p| p.criu_feature)
+        .map(|p| p.name)
+        .collect()
 }

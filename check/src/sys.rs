@@ -64,7 +64,13 @@ pub fn kcmp(pid1: Pid, pid2: Pid, kind: i32, idx1: u64, idx2: u64) -> Result<i64
     unsafe {
         raw(
             libc::SYS_kcmp,
-            [long(pid1.as_raw()), long(pid2.as_raw()), long(kind), long(idx1), long(idx2)],
+            [
+                long(pid1.as_raw()),
+                long(pid2.as_raw()),
+                long(kind),
+                long(idx1),
+                long(idx2),
+            ],
         )
     }
     .map(i64::from)
@@ -88,7 +94,16 @@ pub fn kcmp_epoll(pid: Pid, fd: RawFd, slot: &KcmpEpollSlot) -> Result<i64, Errn
     let p = long(pid.as_raw());
     // SAFETY: `slot` is a live, correctly laid out kcmp_epoll_slot the kernel only reads.
     unsafe {
-        raw(libc::SYS_kcmp, [p, p, KCMP_EPOLL_TFD, long(fd), std::ptr::from_ref(slot) as libc::c_long])
+        raw(
+            libc::SYS_kcmp,
+            [
+                p,
+                p,
+                KCMP_EPOLL_TFD,
+                long(fd),
+                std::ptr::from_ref(slot) as libc::c_long,
+            ],
+        )
     }
     .map(i64::from)
 }
@@ -102,13 +117,24 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
 /// `pidfd_getfd(2)`: duplicate `target_fd` of the process behind `pidfd`.
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target_fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: integer arguments only.
-    owned(unsafe { raw(nr::PIDFD_GETFD, [long(pidfd.as_raw_fd()), long(target_fd), 0, 0, 0]) }?)
+    owned(unsafe {
+        raw(
+            nr::PIDFD_GETFD,
+            [long(pidfd.as_raw_fd()), long(target_fd), 0, 0, 0],
+        )
+    }?)
 }
 
 /// `pidfd_send_signal(2)` without siginfo.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
     // SAFETY: a null siginfo pointer is allowed; the rest are integers.
-    unsafe { raw(nr::PIDFD_SEND_SIGNAL, [long(pidfd.as_raw_fd()), long(sig), 0, 0, 0]) }.map(drop)
+    unsafe {
+        raw(
+            nr::PIDFD_SEND_SIGNAL,
+            [long(pidfd.as_raw_fd()), long(sig), 0, 0, 0],
+        )
+    }
+    .map(drop)
 }
 
 /// `struct clone_args` up to and including `cgroup` (CLONE_ARGS_SIZE_VER2).
@@ -158,15 +184,28 @@ pub unsafe fn clone3(args: &CloneArgs) -> Result<Forked, Errno> {
     let size = long(std::mem::size_of::<CloneArgs>());
     // SAFETY: args is a live clone_args of the size passed; the caller upholds
     // the fork rules and the set_tid pointer contract.
-    let ret = unsafe { raw(nr::CLONE3, [std::ptr::from_ref(args) as libc::c_long, size, 0, 0, 0]) }?;
-    Ok(if ret == 0 { Forked::Child } else { Forked::Parent(Pid::from_raw(i32::try_from(ret).unwrap_or(-1))) })
+    let ret = unsafe {
+        raw(
+            nr::CLONE3,
+            [std::ptr::from_ref(args) as libc::c_long, size, 0, 0, 0],
+        )
+    }?;
+    Ok(if ret == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(Pid::from_raw(i32::try_from(ret).unwrap_or(-1)))
+    })
 }
 
 /// Calls clone3 with a deliberately invalid set_tid (size 1, null array) so
 /// that the kernel answers with an error and creates nothing: ENOSYS (no
 /// clone3), E2BIG (no set_tid fields) or EINVAL (set_tid understood).
 pub fn clone3_probe_set_tid() -> Errno {
-    let args = CloneArgs { set_tid_size: 1, exit_signal: 17, ..CloneArgs::default() };
+    let args = CloneArgs {
+        set_tid_size: 1,
+        exit_signal: 17,
+        ..CloneArgs::default()
+    };
     // SAFETY: set_tid is null with a non-zero size, which every kernel rejects
     // before creating a task, so no child can ever run.
     match unsafe { clone3(&args) } {
@@ -206,13 +245,29 @@ pub unsafe fn mseal(addr: *mut libc::c_void, len: usize) -> Result<(), Errno> {
 pub fn io_uring_setup(entries: u32) -> Result<OwnedFd, Errno> {
     let mut params = [0u8; 120];
     // SAFETY: params is a zeroed struct io_uring_params (120 bytes) the kernel fills.
-    owned(unsafe { raw(nr::IO_URING_SETUP, [long(entries), params.as_mut_ptr() as libc::c_long, 0, 0, 0]) }?)
+    owned(unsafe {
+        raw(
+            nr::IO_URING_SETUP,
+            [long(entries), params.as_mut_ptr() as libc::c_long, 0, 0, 0],
+        )
+    }?)
 }
 
 /// `open_tree(dirfd, path, flags)`.
 pub fn open_tree(path: &std::ffi::CStr, flags: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: path is a NUL-terminated string alive for the call.
-    owned(unsafe { raw(nr::OPEN_TREE, [long(libc::AT_FDCWD), path.as_ptr() as libc::c_long, long(flags), 0, 0]) }?)
+    owned(unsafe {
+        raw(
+            nr::OPEN_TREE,
+            [
+                long(libc::AT_FDCWD),
+                path.as_ptr() as libc::c_long,
+                long(flags),
+                0,
+                0,
+            ],
+        )
+    }?)
 }
 
 /// `move_mount(from_dirfd, from_path, to_dirfd, to_path, flags)`.
@@ -228,7 +283,13 @@ pub fn move_mount(
     unsafe {
         raw(
             nr::MOVE_MOUNT,
-            [dfd(from), from_path.as_ptr() as libc::c_long, dfd(to), to_path.as_ptr() as libc::c_long, long(flags)],
+            [
+                dfd(from),
+                from_path.as_ptr() as libc::c_long,
+                dfd(to),
+                to_path.as_ptr() as libc::c_long,
+                long(flags),
+            ],
         )
     }
     .map(drop)
@@ -317,11 +378,17 @@ pub struct UffdioApi {
 const fn iowr(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
     // _IOC(_IOC_READ|_IOC_WRITE, type, nr, size) in the generic layout; powerpc
     // uses different direction bits, handled by `dir_rw`.
-    ((dir_rw() as libc::c_ulong) << 30) | ((size as libc::c_ulong) << 16) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
+    ((dir_rw() as libc::c_ulong) << 30)
+        | ((size as libc::c_ulong) << 16)
+        | ((ty as libc::c_ulong) << 8)
+        | nr as libc::c_ulong
 }
 
 const fn iow(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
-    ((dir_w() as libc::c_ulong) << 30) | ((size as libc::c_ulong) << 16) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
+    ((dir_w() as libc::c_ulong) << 30)
+        | ((size as libc::c_ulong) << 16)
+        | ((ty as libc::c_ulong) << 8)
+        | nr as libc::c_ulong
 }
 
 const fn io(ty: u8, nr: u8) -> libc::c_ulong {
@@ -373,7 +440,11 @@ pub mod ioc {
 /// # Safety
 /// `req` must be a request whose argument is a `T` (or a prefix of it the
 /// kernel bounds by a size field inside `T`).
-pub unsafe fn ioctl_ptr<T>(fd: BorrowedFd<'_>, req: libc::c_ulong, arg: &mut T) -> Result<i64, Errno> {
+pub unsafe fn ioctl_ptr<T>(
+    fd: BorrowedFd<'_>,
+    req: libc::c_ulong,
+    arg: &mut T,
+) -> Result<i64, Errno> {
     // SAFETY: forwarded to the caller; arg is live and exclusive for the call.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, std::ptr::from_mut(arg)) };
     check(libc::c_long::from(ret)).map(i64::from)
@@ -467,12 +538,21 @@ impl Mapping {
     pub fn anon(len: usize, prot: i32, extra: i32) -> Result<Self, Errno> {
         // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+                -1,
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(Errno::last());
         }
-        std::ptr::NonNull::new(p).map(|addr| Self { addr, len }).ok_or(Errno::EFAULT)
+        std::ptr::NonNull::new(p)
+            .map(|addr| Self { addr, len })
+            .ok_or(Errno::EFAULT)
     }
 
     /// `mmap(NULL, len, prot, flags, fd, 0)` of a file.
@@ -482,7 +562,9 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(Errno::last());
         }
-        std::ptr::NonNull::new(p).map(|addr| Self { addr, len }).ok_or(Errno::EFAULT)
+        std::ptr::NonNull::new(p)
+            .map(|addr| Self { addr, len })
+            .ok_or(Errno::EFAULT)
     }
 
     /// Start address.
@@ -530,8 +612,11 @@ impl Mapping {
             return Err(Errno::EINVAL);
         }
         // SAFETY: the range lies inside our own mapping; no Rust reference points into it.
-        check(unsafe { libc::madvise(self.addr.as_ptr().cast::<u8>().add(off).cast(), len, advice) }.into())
-            .map(drop)
+        check(
+            unsafe { libc::madvise(self.addr.as_ptr().cast::<u8>().add(off).cast(), len, advice) }
+                .into(),
+        )
+        .map(drop)
     }
 
     /// Gives up ownership without unmapping (after mseal, say).
@@ -563,7 +648,11 @@ pub unsafe fn mremap_fixed(old: u64, len: u64, new: u64) -> Result<u64, Errno> {
             new as *mut libc::c_void,
         )
     };
-    if p == libc::MAP_FAILED { Err(Errno::last()) } else { Ok(p as u64) }
+    if p == libc::MAP_FAILED {
+        Err(Errno::last())
+    } else {
+        Ok(p as u64)
+    }
 }
 
 /// `ptrace(req, pid, addr, data)` for the requests nix does not wrap.
@@ -574,8 +663,19 @@ pub unsafe fn mremap_fixed(old: u64, len: u64, new: u64) -> Result<u64, Errno> {
 pub unsafe fn ptrace_raw(req: u32, pid: Pid, addr: u64, data: u64) -> Result<i64, Errno> {
     Errno::clear();
     // SAFETY: forwarded to the caller.
-    let ret = unsafe { libc::ptrace(req as _, pid.as_raw(), addr as *mut libc::c_void, data as *mut libc::c_void) };
-    if ret == -1 && Errno::last_raw() != 0 { Err(Errno::last()) } else { Ok(ret) }
+    let ret = unsafe {
+        libc::ptrace(
+            req as _,
+            pid.as_raw(),
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if ret == -1 && Errno::last_raw() != 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// `rt_sigqueueinfo(pid, sig, info)` with `si_code = code` (positive: "from the kernel").
@@ -590,8 +690,19 @@ pub fn rt_sigqueueinfo(pid: Pid, sig: i32, code: i32, value: i32) -> Result<(), 
     info[5] = i32::from_ne_bytes(unsafe { libc::getuid() }.to_ne_bytes());
     info[6] = value;
     // SAFETY: info is a live 128-byte siginfo_t the kernel copies in.
-    unsafe { raw(libc::SYS_rt_sigqueueinfo, [long(pid.as_raw()), long(sig), info.as_mut_ptr() as libc::c_long, 0, 0]) }
-        .map(drop)
+    unsafe {
+        raw(
+            libc::SYS_rt_sigqueueinfo,
+            [
+                long(pid.as_raw()),
+                long(sig),
+                info.as_mut_ptr() as libc::c_long,
+                0,
+                0,
+            ],
+        )
+    }
+    .map(drop)
 }
 
 /// `arch_prctl(ARCH_MAP_VDSO_64, addr)`: x86-64 only.
@@ -599,7 +710,13 @@ pub fn rt_sigqueueinfo(pid: Pid, sig: i32, code: i32, value: i32) -> Result<(), 
 pub fn arch_map_vdso(addr: u64) -> Result<i64, Errno> {
     const ARCH_MAP_VDSO_64: libc::c_long = 0x2003;
     // SAFETY: integer arguments; the kernel maps a new vdso at a free address we chose.
-    unsafe { raw(libc::SYS_arch_prctl, [ARCH_MAP_VDSO_64, addr as libc::c_long, 0, 0, 0]) }.map(i64::from)
+    unsafe {
+        raw(
+            libc::SYS_arch_prctl,
+            [ARCH_MAP_VDSO_64, addr as libc::c_long, 0, 0, 0],
+        )
+    }
+    .map(i64::from)
 }
 
 /// `prctl` with integer arguments.
@@ -619,16 +736,37 @@ pub mod aio {
     pub fn setup(nr: u32) -> Result<u64, Errno> {
         let mut ctx: u64 = 0;
         // SAFETY: ctx is a live, zeroed aio_context_t the kernel fills.
-        unsafe { raw(libc::SYS_io_setup, [long(nr), std::ptr::from_mut(&mut ctx) as libc::c_long, 0, 0, 0]) }?;
+        unsafe {
+            raw(
+                libc::SYS_io_setup,
+                [
+                    long(nr),
+                    std::ptr::from_mut(&mut ctx) as libc::c_long,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        }?;
         Ok(ctx)
     }
 
     /// `io_getevents(ctx, 0, 0, NULL, &zero_timeout)`.
     pub fn getevents_nowait(ctx: u64) -> Result<i64, Errno> {
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: no events are requested, so the null events pointer is never written.
         check(unsafe {
-            libc::syscall(libc::SYS_io_getevents, ctx, 0, 0, std::ptr::null_mut::<u8>(), std::ptr::from_ref(&ts))
+            libc::syscall(
+                libc::SYS_io_getevents,
+                ctx,
+                0,
+                0,
+                std::ptr::null_mut::<u8>(),
+                std::ptr::from_ref(&ts),
+            )
         })
         .map(i64::from)
     }
@@ -652,7 +790,11 @@ pub mod aio {
         /// Moves the ring (`len` bytes) elsewhere with mremap; the kernel
         /// renames the context to the new address.
         pub fn remap(&mut self, len: u64) -> Result<(), Errno> {
-            let dst = super::Mapping::anon(usize::try_from(len).map_err(|_| Errno::EINVAL)?, libc::PROT_NONE, 0)?;
+            let dst = super::Mapping::anon(
+                usize::try_from(len).map_err(|_| Errno::EINVAL)?,
+                libc::PROT_NONE,
+                0,
+            )?;
             let to = dst.addr();
             dst.leak();
             // SAFETY: the ring is ours and nothing in Rust refers into it.
@@ -706,7 +848,10 @@ pub fn fork_child(f: impl FnOnce(&ChildCtx) -> i32) -> Result<Child, Errno> {
     // SAFETY: the child runs only `f`, which by this function's contract is
     // async-signal-safe, then _exit; it never returns into the parent's code.
     match unsafe { nix::unistd::fork() }? {
-        ForkResult::Parent { child } => Ok(Child { pid: child, reaped: false }),
+        ForkResult::Parent { child } => Ok(Child {
+            pid: child,
+            reaped: false,
+        }),
         ForkResult::Child => {
             // SAFETY: prctl is async-signal-safe.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -728,7 +873,11 @@ impl Child {
 
     /// Waits up to `timeout` for the child to exit or stop (`WUNTRACED`
     /// style flags are the caller's choice through `flags`).
-    pub fn wait_timeout(&mut self, timeout: Duration, flags: WaitPidFlag) -> Result<WaitStatus, Errno> {
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+        flags: WaitPidFlag,
+    ) -> Result<WaitStatus, Errno> {
         let deadline = Instant::now() + timeout;
         let pidfd = pidfd_open(self.pid).ok();
         loop {
@@ -761,7 +910,10 @@ impl Child {
             Ok(WaitStatus::Exited(_, code)) => Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => Err(format!("the child was killed by {sig}")),
             Ok(other) => Err(format!("unexpected child state {other:?}")),
-            Err(Errno::ETIMEDOUT) => Err(format!("the child did not finish within {} ms", timeout.as_millis())),
+            Err(Errno::ETIMEDOUT) => Err(format!(
+                "the child did not finish within {} ms",
+                timeout.as_millis()
+            )),
             Err(e) => Err(format!("waitpid: {e}")),
         }
     }
@@ -809,7 +961,12 @@ pub fn borrow_fd(fd: RawFd) -> BorrowedFd<'static> {
 /// `timer_create` through the raw system call, so that the kernel sees the
 /// timer id we pass (needed for PR_TIMER_CREATE_RESTORE_IDS); `want` is the
 /// id to request, if any. Async-signal-safe.
-pub fn timer_create_raw(clock: i32, signo: i32, value: i64, want: Option<i32>) -> Result<i32, Errno> {
+pub fn timer_create_raw(
+    clock: i32,
+    signo: i32,
+    value: i64,
+    want: Option<i32>,
+) -> Result<i32, Errno> {
     // struct sigevent: sigev_value (8), sigev_signo (4), sigev_notify (4), rest.
     let mut sev = [0u8; 64];
     sev[..8].copy_from_slice(&value.to_ne_bytes());
@@ -821,7 +978,13 @@ pub fn timer_create_raw(clock: i32, signo: i32, value: i64, want: Option<i32>) -
     unsafe {
         raw(
             libc::SYS_timer_create,
-            [long(clock), sev.as_mut_ptr() as libc::c_long, std::ptr::from_mut(&mut id) as libc::c_long, 0, 0],
+            [
+                long(clock),
+                sev.as_mut_ptr() as libc::c_long,
+                std::ptr::from_mut(&mut id) as libc::c_long,
+                0,
+                0,
+            ],
         )
     }?;
     Ok(id)
@@ -859,18 +1022,36 @@ pub fn setsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, val: &[u8]) -> 
 
 /// `getsockopt` into a buffer of `cap` bytes; returns the bytes the kernel wrote
 /// (or, for options answering in optlen, a buffer of the length it reported).
-pub fn getsockopt_raw(fd: BorrowedFd<'_>, level: i32, name: i32, cap: usize) -> Result<Vec<u8>, Errno> {
+pub fn getsockopt_raw(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    cap: usize,
+) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; cap];
     let mut len = libc::socklen_t::try_from(cap).map_err(|_| Errno::EINVAL)?;
     // SAFETY: buf has `len` writable bytes and len is a live socklen_t.
-    let ret = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) };
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
     check(ret.into())?;
     buf.resize(usize::try_from(len).unwrap_or(0), 0);
     Ok(buf)
 }
 
 /// An ioctl taking a `struct ifreq` (name + 24 bytes of union) in and out.
-pub fn ioctl_ifreq(fd: BorrowedFd<'_>, req: libc::c_ulong, name: &str, data: &mut [u8; 24]) -> Result<(), Errno> {
+pub fn ioctl_ifreq(
+    fd: BorrowedFd<'_>,
+    req: libc::c_ulong,
+    name: &str,
+    data: &mut [u8; 24],
+) -> Result<(), Errno> {
     let mut ifr = [0u8; 40];
     let n = name.len().min(15);
     ifr[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -884,7 +1065,10 @@ pub fn ioctl_ifreq(fd: BorrowedFd<'_>, req: libc::c_ulong, name: &str, data: &mu
 /// `sigtimedwait` for one signal with a zero timeout: (si_code, si_int).
 pub fn sigtimedwait_now(sig: Signal) -> Result<(i32, i32), Errno> {
     let set = nix::sys::signal::SigSet::from(sig);
-    let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     let mut info = [0i32; 32];
     // SAFETY: set is a valid sigset, info a 128-byte siginfo buffer, ts a live timespec.
     let ret = unsafe { libc::sigtimedwait(set.as_ref(), info.as_mut_ptr().cast(), &ts) };
@@ -944,8 +1128,16 @@ pub fn auxv(key: u64) -> u64 {
 /// removing their vdso, say).
 pub unsafe fn munmap(addr: u64, len: u64) -> Result<(), Errno> {
     // SAFETY: forwarded to the caller.
-    check(unsafe { libc::munmap(addr as *mut libc::c_void, usize::try_from(len).map_err(|_| Errno::EINVAL)?) }.into())
-        .map(drop)
+    check(
+        unsafe {
+            libc::munmap(
+                addr as *mut libc::c_void,
+                usize::try_from(len).map_err(|_| Errno::EINVAL)?,
+            )
+        }
+        .into(),
+    )
+    .map(drop)
 }
 
 /// A 32-bit system call through `int $0x80` (x86-64 with IA32 emulation).
@@ -974,7 +1166,11 @@ pub fn int80(nr: u32, a: [u32; 5]) -> i64 {
 /// Installs `handler` for `sig` (async-signal-safe: for use in probe children).
 pub fn set_handler(sig: Signal, handler: extern "C" fn(i32)) -> Result<(), Errno> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
-    let act = SigAction::new(SigHandler::Handler(handler), SaFlags::empty(), nix::sys::signal::SigSet::empty());
+    let act = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
     // SAFETY: the handlers passed here only store to an atomic.
     unsafe { sigaction(sig, &act) }.map(drop)
 }
@@ -1026,7 +1222,11 @@ pub fn clone3_exit(flags: u64, exit_signal: u64, set_tid: &[i32], code: i32) -> 
     let args = CloneArgs {
         flags,
         exit_signal,
-        set_tid: if set_tid.is_empty() { 0 } else { set_tid.as_ptr() as u64 },
+        set_tid: if set_tid.is_empty() {
+            0
+        } else {
+            set_tid.as_ptr() as u64
+        },
         set_tid_size: set_tid.len() as u64,
         ..CloneArgs::default()
     };
@@ -1045,8 +1245,19 @@ pub fn ptrace_peeksiginfo(pid: Pid, shared: bool) -> Result<Vec<(i32, i32)>, Err
     let args: [u32; 4] = [0, 0, u32::from(shared), 8];
     let mut infos = [[0i32; 32]; 8];
     // SAFETY: args is a live ptrace_peeksiginfo_args; infos has room for the 8 siginfo_t asked for.
-    let n = unsafe { ptrace_raw(PTRACE_PEEKSIGINFO, pid, args.as_ptr() as u64, infos.as_mut_ptr() as u64) }?;
-    Ok(infos.iter().take(usize::try_from(n).unwrap_or(0)).map(|i| (i[0], i[2])).collect())
+    let n = unsafe {
+        ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            pid,
+            args.as_ptr() as u64,
+            infos.as_mut_ptr() as u64,
+        )
+    }?;
+    Ok(infos
+        .iter()
+        .take(usize::try_from(n).unwrap_or(0))
+        .map(|i| (i[0], i[2]))
+        .collect())
 }
 
 /// ptrace GETSIGMASK of a stopped tracee.
@@ -1054,7 +1265,14 @@ pub fn ptrace_getsigmask(pid: Pid) -> Result<u64, Errno> {
     const PTRACE_GETSIGMASK: u32 = 0x420a;
     let mut mask: u64 = 0;
     // SAFETY: addr is the sigset size and data a live u64 of that size.
-    unsafe { ptrace_raw(PTRACE_GETSIGMASK, pid, 8, std::ptr::from_mut(&mut mask) as u64) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_GETSIGMASK,
+            pid,
+            8,
+            std::ptr::from_mut(&mut mask) as u64,
+        )
+    }?;
     Ok(mask)
 }
 
@@ -1089,7 +1307,11 @@ pub fn ptrace_regset_len(pid: Pid, nt: u64) -> Result<u64, Errno> {
 
 /// UFFDIO_API: negotiates `features`, returns the granted (or, for 0, the offered) set.
 pub fn uffdio_api(fd: BorrowedFd<'_>, features: u64) -> Result<u64, Errno> {
-    let mut api = UffdioApi { api: 0xAA, features, ioctls: 0 };
+    let mut api = UffdioApi {
+        api: 0xAA,
+        features,
+        ioctls: 0,
+    };
     // SAFETY: UFFDIO_API takes a struct uffdio_api, which `api` is.
     unsafe { ioctl_ptr(fd, ioc::UFFDIO_API, &mut api) }?;
     Ok(api.features)
@@ -1121,4 +1343,52 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: integer arguments only.
     let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
     owned(check(fd.into())?)
+}
+
+/// getsockopt(SO_GET_FILTER): the attached classic BPF program as raw
+/// `sock_filter` bytes (the option's length is counted in instructions).
+pub fn getsockopt_filter(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: with optlen 0 the kernel writes nothing to optval and returns the count in optlen.
+    check(
+        unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                std::ptr::null_mut(),
+                &mut n,
+            )
+        }
+        .into(),
+    )?;
+    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
+    // SAFETY: buf holds n sock_filter entries (8 bytes each), the count passed in optlen.
+    check(
+        unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                buf.as_mut_ptr().cast(),
+                &mut n,
+            )
+        }
+        .into(),
+    )?;
+    buf.truncate(usize::try_from(n).unwrap_or(0) * 8);
+    Ok(buf)
+}
+
+/// `setns(fd, nstype)` for the calling thread.
+pub fn setns(fd: BorrowedFd<'_>, nstype: nix::sched::CloneFlags) -> Result<(), Errno> {
+    nix::sched::setns(fd, nstype)
+}
+
+/// Restores the default action for `sig` (in a probe child, so that a fault
+/// kills it plainly instead of entering the Rust runtime's handler, which
+/// may need locks another thread of the parent held at fork time).
+pub fn default_action(sig: Signal) {
+    // SAFETY: setting SIG_DFL installs no handler code and is async-signal-safe.
+    let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
 }

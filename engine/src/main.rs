@@ -65,7 +65,12 @@ struct CheckArgs {
     /// Per-probe time limit in seconds
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     timeout: f64,
+    /// Probes run at once (they mostly wait in the kernel)
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = RunOptions::default().threads)]
+    jobs: usize,
 }
+
+use stasis_check::RunOptions;
 
 fn check_after_help() -> String {
     let names = stasis_check::report::criu_feature_names();
@@ -302,8 +307,8 @@ fn run_image(cmd: ImageCommand) -> Result<()> {
 }
 
 fn run_check(args: &CheckArgs) -> Result<ExitCode> {
+    use stasis_check::{Selection, Verdict, report};
     use std::io::IsTerminal;
-    use stasis_check::{RunOptions, Selection, Verdict, report};
     if args.list {
         print!("{}", report::list());
         return Ok(ExitCode::SUCCESS);
@@ -313,7 +318,7 @@ fn run_check(args: &CheckArgs) -> Result<ExitCode> {
             .ok()
             .filter(|d| !d.is_zero())
             .context("--timeout must be a positive number of seconds")?,
-        ..RunOptions::default()
+        threads: args.jobs.max(1),
     };
     if !args.feature.is_empty() {
         let mut probes = Vec::new();
@@ -339,16 +344,27 @@ fn run_check(args: &CheckArgs) -> Result<ExitCode> {
                 eprintln!("{} is not supported: {}", f.probe.name, f.outcome.reason());
             }
         }
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let sel = if args.all {
         Selection::all()
     } else {
-        Selection { extra: args.extra, experimental: args.experimental, stasis: false }
+        Selection {
+            extra: args.extra,
+            experimental: args.experimental,
+            stasis: false,
+        }
     };
     let findings = stasis_check::run(&sel.probes(), &opts);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report::json(&findings))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json(&findings))?
+        );
     } else {
         let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         print!("{}", report::table(&findings, color));

@@ -75,15 +75,38 @@ pub fn has_cap(cap: u32) -> bool {
     cap_eff() & (1u64 << cap) != 0
 }
 
-/// Runs `f` on a new thread inside a new, empty network namespace with the
-/// loopback up. The namespace disappears when the thread ends.
+/// The scratch network namespace the probes share: created once per
+/// process (an empty namespace with only `lo`, brought up), kept alive by
+/// this descriptor, gone when the process exits. Creating one namespace per
+/// probe would cost more than all the probes together.
+fn scratch_netns() -> Result<&'static std::fs::File, Outcome> {
+    static NS: std::sync::OnceLock<Result<std::fs::File, String>> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    format!("unshare(CLONE_NEWNET) for a throw-away network namespace: {e}")
+                })?;
+                super::net::loopback_up().map_err(|o| o.reason())?;
+                std::fs::File::open("/proc/thread-self/ns/net")
+                    .map_err(|e| format!("opening the scratch namespace: {e}"))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the namespace thread panicked".into()))
+        })
+    })
+    .as_ref()
+    .map_err(|e| error(e.clone()))
+}
+
+/// Runs `f` on a new thread inside the scratch network namespace (never the
+/// host's). Objects `f` creates there must have names no other probe uses.
 pub fn in_netns<T: Send>(f: impl FnOnce() -> Result<T, Outcome> + Send) -> Result<T, Outcome> {
+    let ns = scratch_netns()?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
-                error(format!("unshare(CLONE_NEWNET) for a throw-away network namespace: {e}"))
-            })?;
-            super::net::loopback_up()?;
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
+                .fail("entering the scratch network namespace")?;
             f()
         })
         .join()
@@ -98,12 +121,27 @@ pub fn in_mntns<T: Send>(f: impl FnOnce() -> Result<T, Outcome> + Send) -> Resul
     use nix::mount::{MsFlags, mount};
     std::thread::scope(|s| {
         s.spawn(|| {
-            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
-                .map_err(|e| error(format!("unshare(CLONE_NEWNS) for a throw-away mount namespace: {e}")))?;
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                .fail("making / private in the throw-away mount namespace")?;
-            mount(Some("stasis-probe"), "/tmp", Some("tmpfs"), MsFlags::empty(), Some("size=4m"))
-                .fail("mounting a scratch tmpfs on /tmp")?;
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(|e| {
+                error(format!(
+                    "unshare(CLONE_NEWNS) for a throw-away mount namespace: {e}"
+                ))
+            })?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .fail("making / private in the throw-away mount namespace")?;
+            mount(
+                Some("stasis-probe"),
+                "/tmp",
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=4m"),
+            )
+            .fail("mounting a scratch tmpfs on /tmp")?;
             f()
         })
         .join()
@@ -113,5 +151,7 @@ pub fn in_mntns<T: Send>(f: impl FnOnce() -> Result<T, Outcome> + Send) -> Resul
 
 /// The `key:` line of an fdinfo/status style file.
 pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
 }

@@ -17,22 +17,37 @@ use super::common::{CHILD_TIMEOUT, R, Step, error, in_mntns, no, read};
 use crate::{Outcome, sys};
 
 pub fn ptmx_lock() -> R {
-    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).no("opening /dev/ptmx")?;
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .no("opening /dev/ptmx")?;
     let slave = nix::pty::ptsname_r(&m).fail("ptsname")?;
     let mut lock = 1i32;
     sys::ioctl_int_ptr(m.as_fd(), sys::ioc::TIOCSPTLCK, &mut lock).no("ioctl(TIOCSPTLCK)")?;
-    match nix::fcntl::open(slave.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty()) {
+    match nix::fcntl::open(
+        slave.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
         Err(nix::errno::Errno::EIO) => Ok(String::new()),
         Ok(_) => Err(no("a locked pty slave could be opened")),
-        Err(e) => Err(no(format!("opening a locked pty slave failed with {e}, expected EIO"))),
+        Err(e) => Err(no(format!(
+            "opening a locked pty slave failed with {e}, expected EIO"
+        ))),
     }
 }
 
 pub fn timerfd() -> R {
     use nix::sys::time::TimeSpec;
     use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-    let t = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK).no("timerfd_create")?;
-    t.set(Expiration::Interval(TimeSpec::new(3600, 0)), TimerSetTimeFlags::empty()).fail("timerfd_settime")?;
+    let t = TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+    )
+    .no("timerfd_create")?;
+    t.set(
+        Expiration::Interval(TimeSpec::new(3600, 0)),
+        TimerSetTimeFlags::empty(),
+    )
+    .fail("timerfd_settime")?;
     sys::timerfd_set_ticks(t.as_fd(), 5)
         .no("ioctl(TFD_IOC_SET_TICKS) (CONFIG_CHECKPOINT_RESTORE)")?;
     let text = read(&format!("/proc/self/fdinfo/{}", t.as_fd().as_raw_fd()))?;
@@ -43,7 +58,11 @@ pub fn timerfd() -> R {
 }
 
 pub fn openat2() -> R {
-    let how = sys::OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC) as u64, mode: 0, resolve: 0x04 /* RESOLVE_NO_SYMLINKS */ };
+    let how = sys::OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: 0x04, /* RESOLVE_NO_SYMLINKS */
+    };
     sys::openat2(c"/proc", &how).no("openat2")?;
     Ok(String::new())
 }
@@ -58,18 +77,44 @@ fn mountinfo_line(mountpoint: &str) -> Result<String, Outcome> {
 }
 
 fn shared_group(line: &str) -> Option<&str> {
-    line.split_whitespace().find_map(|f| f.strip_prefix("shared:"))
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("shared:"))
 }
 
 pub fn move_mount_set_group() -> R {
     in_mntns(|| {
+        // Two private mounts of one superblock (a tmpfs and a bind of it),
+        // then the first becomes shared and the second is put in its group.
         for d in ["/tmp/a", "/tmp/b"] {
             std::fs::create_dir(d).fail("mkdir")?;
-            mount(Some("stasis-probe"), d, Some("tmpfs"), MsFlags::empty(), Some("size=64k")).fail("mount tmpfs")?;
         }
-        mount(None::<&str>, "/tmp/a", None::<&str>, MsFlags::MS_SHARED, None::<&str>).fail("make /tmp/a shared")?;
+        mount(
+            Some("stasis-probe"),
+            "/tmp/a",
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .fail("mount tmpfs")?;
+        mount(
+            Some("/tmp/a"),
+            "/tmp/b",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .fail("bind mount")?;
+        mount(
+            None::<&str>,
+            "/tmp/a",
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .fail("make /tmp/a shared")?;
         const MOVE_MOUNT_SET_GROUP: u32 = 0x100;
-        sys::move_mount(None, c"/tmp/a", None, c"/tmp/b", MOVE_MOUNT_SET_GROUP).no("move_mount(MOVE_MOUNT_SET_GROUP)")?;
+        sys::move_mount(None, c"/tmp/a", None, c"/tmp/b", MOVE_MOUNT_SET_GROUP)
+            .no("move_mount(MOVE_MOUNT_SET_GROUP)")?;
         let (a, b) = (mountinfo_line("/tmp/a")?, mountinfo_line("/tmp/b")?);
         match (shared_group(&a), shared_group(&b)) {
             (Some(x), Some(y)) if x == y => Ok(String::new()),
@@ -84,9 +129,17 @@ pub fn open_tree() -> R {
         std::fs::create_dir("/tmp/dst").fail("mkdir")?;
         std::fs::write("/tmp/src/marker", b"x").fail("write")?;
         const OPEN_TREE_CLONE: u32 = 1;
-        let t = sys::open_tree(c"/tmp/src", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32).no("open_tree(OPEN_TREE_CLONE)")?;
+        let t = sys::open_tree(c"/tmp/src", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+            .no("open_tree(OPEN_TREE_CLONE)")?;
         const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
-        sys::move_mount(Some(t.as_fd()), c"", None, c"/tmp/dst", MOVE_MOUNT_F_EMPTY_PATH).no("move_mount")?;
+        sys::move_mount(
+            Some(t.as_fd()),
+            c"",
+            None,
+            c"/tmp/dst",
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .no("move_mount")?;
         if !Path::new("/tmp/dst/marker").exists() {
             return Err(no("the moved tree is not visible at its new place"));
         }
@@ -116,7 +169,8 @@ fn userns_child() -> Result<(sys::Child, std::fs::File), Outcome> {
     for f in ["uid_map", "gid_map"] {
         std::fs::write(format!("/proc/{}/{f}", c.pid()), "0 100000 1000\n").fail(f)?;
     }
-    let ns = std::fs::File::open(format!("/proc/{}/ns/user", c.pid())).fail("opening the user namespace")?;
+    let ns = std::fs::File::open(format!("/proc/{}/ns/user", c.pid()))
+        .fail("opening the user namespace")?;
     Ok((c, ns))
 }
 
@@ -125,8 +179,13 @@ pub fn idmapped_mounts() -> R {
     in_mntns(|| {
         std::fs::create_dir("/tmp/src").fail("mkdir")?;
         const OPEN_TREE_CLONE: u32 = 1;
-        let t = sys::open_tree(c"/tmp", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32).no("open_tree")?;
-        let attr = sys::MountAttr { attr_set: 0x0010_0000, userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(0), ..Default::default() };
+        let t =
+            sys::open_tree(c"/tmp", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32).no("open_tree")?;
+        let attr = sys::MountAttr {
+            attr_set: 0x0010_0000,
+            userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(0),
+            ..Default::default()
+        };
         sys::mount_setattr(t.as_fd(), &attr).no("mount_setattr(MOUNT_ATTR_IDMAP) on tmpfs")?;
         Ok(String::new())
     })
@@ -136,9 +195,19 @@ pub fn autofs() -> R {
     in_mntns(|| {
         std::fs::create_dir("/tmp/auto").fail("mkdir")?;
         let (r, w) = nix::unistd::pipe().fail("pipe")?;
-        let opts = format!("fd={},pgrp={},minproto=5,maxproto=5,direct", w.as_raw_fd(), nix::unistd::getpgrp());
-        mount(Some("stasis-probe"), "/tmp/auto", Some("autofs"), MsFlags::empty(), Some(opts.as_str()))
-            .no("mounting autofs (CONFIG_AUTOFS_FS)")?;
+        let opts = format!(
+            "fd={},pgrp={},minproto=5,maxproto=5,direct",
+            w.as_raw_fd(),
+            nix::unistd::getpgrp()
+        );
+        mount(
+            Some("stasis-probe"),
+            "/tmp/auto",
+            Some("autofs"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .no("mounting autofs (CONFIG_AUTOFS_FS)")?;
         let line = mountinfo_line("/tmp/auto")?;
         drop(r);
         if !line.contains("pipe_ino=") {
@@ -164,16 +233,31 @@ pub fn overlayfs_maps() -> R {
         .no("mounting overlayfs (CONFIG_OVERLAY_FS)")?;
         let f = std::fs::File::open("/tmp/merged/file").fail("open")?;
         let st = f.metadata().fail("fstat")?;
-        let m = sys::Mapping::file(4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_fd()).fail("mmap")?;
+        let m =
+            sys::Mapping::file(4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_fd()).fail("mmap")?;
         let maps = read("/proc/self/maps")?;
         let start = format!("{:x}-", m.addr());
-        let line = maps.lines().find(|l| l.starts_with(&start)).ok_or_else(|| error("mapping not in maps"))?.to_string();
+        let line = maps
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .ok_or_else(|| error("mapping not in maps"))?
+            .to_string();
         drop(m);
         let mut it = line.split_whitespace().skip(3);
-        let (dev, ino) = (it.next().unwrap_or(""), it.next().unwrap_or("").parse::<u64>().unwrap_or(0));
-        let want_dev = format!("{:02x}:{:02x}", libc::major(st.st_dev()), libc::minor(st.st_dev()));
+        let (dev, ino) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or("").parse::<u64>().unwrap_or(0),
+        );
+        let want_dev = format!(
+            "{:02x}:{:02x}",
+            libc::major(st.st_dev()),
+            libc::minor(st.st_dev())
+        );
         if ino != st.st_ino() || dev != want_dev {
-            return Err(no(format!("maps shows {dev} {ino}, stat() says {want_dev} {}", st.st_ino())));
+            return Err(no(format!(
+                "maps shows {dev} {ino}, stat() says {want_dev} {}",
+                st.st_ino()
+            )));
         }
         Ok(String::new())
     })
@@ -182,7 +266,11 @@ pub fn overlayfs_maps() -> R {
 fn cgroup2_root() -> Result<String, Outcome> {
     let mi = read("/proc/self/mountinfo")?;
     mi.lines()
-        .find(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
         .and_then(|l| l.split_whitespace().nth(4))
         .map(str::to_string)
         .ok_or_else(|| no("no cgroup2 hierarchy is mounted"))
@@ -192,14 +280,21 @@ fn cgroup2_root() -> Result<String, Outcome> {
 /// removes both.
 fn with_cgroup(f: impl FnOnce(&Path, &mut sys::Child) -> R) -> R {
     let root = cgroup2_root()?;
-    let dir = Path::new(&root).join(format!("stasis-probe-{}-{}", nix::unistd::getpid(), sys::gettid()));
+    let dir = Path::new(&root).join(format!(
+        "stasis-probe-{}-{}",
+        nix::unistd::getpid(),
+        sys::gettid()
+    ));
     std::fs::create_dir(&dir).no(&format!("creating a cgroup under {root}"))?;
     let r = (|| {
-        let mut c = sys::fork_child(|_cx| loop {
-            nix::unistd::pause();
+        let mut c = sys::fork_child(|_cx| {
+            loop {
+                nix::unistd::pause();
+            }
         })
         .fail("fork")?;
-        std::fs::write(dir.join("cgroup.procs"), c.pid().to_string()).no("moving a process into the cgroup")?;
+        std::fs::write(dir.join("cgroup.procs"), c.pid().to_string())
+            .no("moving a process into the cgroup")?;
         let r = f(&dir, &mut c);
         drop(c);
         r
@@ -218,7 +313,10 @@ pub fn cgroup2_freeze() -> R {
     with_cgroup(|dir, _| {
         std::fs::write(dir.join("cgroup.freeze"), "1").no("writing cgroup.freeze (kernel 5.2)")?;
         for _ in 0..200 {
-            if read(&dir.join("cgroup.events").to_string_lossy())?.lines().any(|l| l == "frozen 1") {
+            if read(&dir.join("cgroup.events").to_string_lossy())?
+                .lines()
+                .any(|l| l == "frozen 1")
+            {
                 let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
                 return Ok("a tree can be frozen before seizing it".into());
             }
@@ -234,17 +332,26 @@ pub fn cgroup2_kill() -> R {
         std::fs::write(dir.join("cgroup.kill"), "1").no("writing cgroup.kill (kernel 5.14)")?;
         match c.exit_code(CHILD_TIMEOUT) {
             Err(e) if e.contains("SIGKILL") => Ok(String::new()),
-            other => Err(no(format!("cgroup.kill did not kill the member: {other:?}"))),
+            other => Err(no(format!(
+                "cgroup.kill did not kill the member: {other:?}"
+            ))),
         }
     })
 }
 
 pub fn timens_offsets() -> R {
     let mut c = sys::fork_child(|_cx| {
-        if nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).is_err() {
+        if nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
+            libc::CLONE_NEWTIME,
+        ))
+        .is_err()
+        {
             return 1;
         }
-        let Ok(fd) = nix::fcntl::open(c"/proc/self/timens_offsets", OFlag::O_WRONLY, Mode::empty()) else { return 2 };
+        let Ok(fd) = nix::fcntl::open(c"/proc/self/timens_offsets", OFlag::O_WRONLY, Mode::empty())
+        else {
+            return 2;
+        };
         if nix::unistd::write(&fd, b"monotonic 86400 0").is_err() {
             return 3;
         }
@@ -261,9 +368,12 @@ pub fn timens_offsets() -> R {
 
 pub fn apparmor_stacking() -> R {
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let present = Path::new("/sys/kernel/security/apparmor").exists() || lsm.split(',').any(|l| l.trim() == "apparmor");
+    let present = Path::new("/sys/kernel/security/apparmor").exists()
+        || lsm.split(',').any(|l| l.trim() == "apparmor");
     if !present {
-        return Err(Outcome::NotApplicable("the LSM is not AppArmor (CONFIG_SECURITY_APPARMOR)".into()));
+        return Err(Outcome::NotApplicable(
+            "the LSM is not AppArmor (CONFIG_SECURITY_APPARMOR)".into(),
+        ));
     }
     let stack = read("/sys/kernel/security/apparmor/features/domain/stack")?;
     if stack.trim() != "yes" {
@@ -272,8 +382,10 @@ pub fn apparmor_stacking() -> R {
     let ver = read("/sys/kernel/security/apparmor/features/domain/version")?;
     let v: f32 = ver.trim().parse().unwrap_or(0.0);
     if v < 1.2 {
-        return Err(no(format!("AppArmor domain version {} is older than 1.2", ver.trim())));
+        return Err(no(format!(
+            "AppArmor domain version {} is older than 1.2",
+            ver.trim()
+        )));
     }
     Ok(String::new())
 }
-

@@ -12,8 +12,8 @@ use nix::sys::wait::WaitPidFlag;
 use nix::unistd::pipe;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, no, read};
-use crate::sys::{self, Mapping, PageRegion};
 use crate::Outcome;
+use crate::sys::{self, Mapping, PageRegion};
 
 const PAGE: usize = 4096;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -23,15 +23,23 @@ const MADV_GUARD_INSTALL: i32 = 102;
 const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
 
 fn page() -> usize {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().and_then(|v| usize::try_from(v).ok()).unwrap_or(PAGE)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(PAGE)
 }
 
 pub fn vmsplice() -> R {
     let (r, w) = pipe().fail("pipe")?;
     let buf: Vec<u8> = (0..=255u8).cycle().take(2 * page() + 1).collect();
     let part = &buf[1..=page()];
-    let n = nix::fcntl::vmsplice(w.as_fd(), &[std::io::IoSlice::new(part)], SpliceFFlags::SPLICE_F_GIFT | SpliceFFlags::SPLICE_F_NONBLOCK)
-        .no("vmsplice of an unaligned buffer with SPLICE_F_GIFT")?;
+    let n = nix::fcntl::vmsplice(
+        w.as_fd(),
+        &[std::io::IoSlice::new(part)],
+        SpliceFFlags::SPLICE_F_GIFT | SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .no("vmsplice of an unaligned buffer with SPLICE_F_GIFT")?;
     let mut back = vec![0u8; n];
     let m = nix::unistd::read(&r, &mut back).fail("read")?;
     if m != n || back != part[..n] {
@@ -51,7 +59,11 @@ fn vdso_areas() -> Result<Vec<(u64, u64, String)>, Outcome> {
                 return None;
             }
             let (a, b) = l.split_whitespace().next()?.split_once('-')?;
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?, name.to_string()))
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                name.to_string(),
+            ))
         })
         .collect())
 }
@@ -78,11 +90,22 @@ pub fn vdso_remap() -> R {
             return 3;
         }
         sys::raise(Signal::SIGUSR1);
-        if GOT_SIGNAL.load(Ordering::SeqCst) { 0 } else { 4 }
+        if GOT_SIGNAL.load(Ordering::SeqCst) {
+            0
+        } else {
+            4
+        }
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
-        Ok(0) => Ok(format!("moved {}", areas.iter().map(|a| a.2.as_str()).collect::<Vec<_>>().join(", "))),
+        Ok(0) => Ok(format!(
+            "moved {}",
+            areas
+                .iter()
+                .map(|a| a.2.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
         Ok(2) => Err(no("mremap of the vdso/vvar areas failed")),
         Ok(4) => Err(no("no signal delivered after moving the vdso")),
         Ok(n) => Err(error(format!("child setup failed ({n})"))),
@@ -93,7 +116,11 @@ pub fn vdso_remap() -> R {
 #[cfg(target_arch = "x86_64")]
 fn map_vdso_in_child() -> Result<i32, Outcome> {
     let areas = vdso_areas()?;
-    let base = areas.iter().map(|a| a.0).min().ok_or_else(|| no("no [vdso] in /proc/self/maps"))?;
+    let base = areas
+        .iter()
+        .map(|a| a.0)
+        .min()
+        .ok_or_else(|| no("no [vdso] in /proc/self/maps"))?;
     let ranges: Vec<(u64, u64)> = areas.iter().map(|a| (a.0, a.1)).collect();
     let mut c = sys::fork_child(|cx| {
         for &(s, e) in &ranges {
@@ -114,14 +141,18 @@ fn map_vdso_in_child() -> Result<i32, Outcome> {
 pub fn can_map_vdso() -> R {
     match map_vdso_in_child()? {
         0 => Ok(String::new()),
-        2 => Err(no("arch_prctl(ARCH_MAP_VDSO_64) failed (CONFIG_CHECKPOINT_RESTORE); restore falls back to mremap")),
+        2 => Err(no(
+            "arch_prctl(ARCH_MAP_VDSO_64) failed (CONFIG_CHECKPOINT_RESTORE); restore falls back to mremap",
+        )),
         n => Err(error(format!("child setup failed ({n})"))),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 pub fn can_map_vdso() -> R {
-    Err(no("ARCH_MAP_VDSO exists on x86 only; restore moves the vdso with mremap instead"))
+    Err(no(
+        "ARCH_MAP_VDSO exists on x86 only; restore moves the vdso with mremap instead",
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -142,9 +173,13 @@ pub fn compat_cr() -> R {
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        Ok(1) => Err(no("32-bit system calls do not work (CONFIG_IA32_EMULATION, or ia32_emulation=0)")),
+        Ok(1) => Err(no(
+            "32-bit system calls do not work (CONFIG_IA32_EMULATION, or ia32_emulation=0)",
+        )),
         Ok(2) => Err(no("a 32-bit mmap from a 64-bit task failed")),
-        other => Err(no(format!("the 32-bit probe child ended with {other:?} (CONFIG_IA32_EMULATION)"))),
+        other => Err(no(format!(
+            "the 32-bit probe child ended with {other:?} (CONFIG_IA32_EMULATION)"
+        ))),
     }
 }
 
@@ -158,11 +193,18 @@ pub fn aio_remap() -> R {
     let ctx = ring.id();
     let maps = read("/proc/self/maps")?;
     let start = format!("{ctx:x}-");
-    let line = maps.lines().find(|l| l.starts_with(&start)).ok_or_else(|| no("the aio ring is not in /proc/self/maps"))?;
+    let line = maps
+        .lines()
+        .find(|l| l.starts_with(&start))
+        .ok_or_else(|| no("the aio ring is not in /proc/self/maps"))?;
     if !line.contains("/[aio]") {
         return Err(no(format!("the ring mapping is not named /[aio]: {line}")));
     }
-    let end = line.split_whitespace().next().and_then(|r| r.split_once('-')).and_then(|(_, e)| u64::from_str_radix(e, 16).ok());
+    let end = line
+        .split_whitespace()
+        .next()
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(_, e)| u64::from_str_radix(e, 16).ok());
     let len = end.ok_or_else(|| error("parsing the ring mapping"))? - ctx;
     ring.remap(len).no("mremap of the aio ring")?;
     sys::aio::getevents_nowait(ring.id()).no("io_getevents on the moved ring")?;
@@ -173,24 +215,36 @@ pub fn mem_dirty_track() -> R {
     let m = Mapping::anon(page(), RW, 0).fail("mmap")?;
     let (addr, pg) = (m.addr(), page());
     let mut c = sys::fork_child(|_cx| {
-        let Ok(cr) = open(c"/proc/self/clear_refs", OFlag::O_WRONLY, Mode::empty()) else { return 1 };
+        let Ok(cr) = open(c"/proc/self/clear_refs", OFlag::O_WRONLY, Mode::empty()) else {
+            return 1;
+        };
         if nix::unistd::write(&cr, b"4").is_err() {
             return 1;
         }
         m.poke(0, 1);
-        let Ok(pm) = open(c"/proc/self/pagemap", OFlag::O_RDONLY, Mode::empty()) else { return 3 };
+        let Ok(pm) = open(c"/proc/self/pagemap", OFlag::O_RDONLY, Mode::empty()) else {
+            return 3;
+        };
         let mut e = [0u8; 8];
         let off = i64::try_from(addr / pg as u64 * 8).unwrap_or(0);
         if nix::sys::uio::pread(&pm, &mut e, off) != Ok(8) {
             return 3;
         }
-        if u64::from_ne_bytes(e) & (1 << 55) != 0 { 0 } else { 2 }
+        if u64::from_ne_bytes(e) & (1 << 55) != 0 {
+            0
+        } else {
+            2
+        }
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        Ok(1) => Err(no("clearing soft-dirty bits through /proc/self/clear_refs failed")),
-        Ok(2) => Err(no("a written page is not marked soft-dirty (CONFIG_MEM_SOFT_DIRTY); stasis tracks memory with userfaultfd write-protect instead")),
+        Ok(1) => Err(no(
+            "clearing soft-dirty bits through /proc/self/clear_refs failed",
+        )),
+        Ok(2) => Err(no(
+            "a written page is not marked soft-dirty (CONFIG_MEM_SOFT_DIRTY); stasis tracks memory with userfaultfd write-protect instead",
+        )),
         other => Err(error(format!("child ended with {other:?}"))),
     }
 }
@@ -198,7 +252,14 @@ pub fn mem_dirty_track() -> R {
 fn scan(m: &Mapping, flags: u64, mask: u64) -> Result<Vec<PageRegion>, nix::errno::Errno> {
     let pm = std::fs::File::open("/proc/self/pagemap").map_err(|_| nix::errno::Errno::ENOENT)?;
     let mut out = [PageRegion::default(); 8];
-    let n = sys::pagemap_scan(pm.as_fd(), m.addr(), m.addr() + m.len() as u64, flags, mask, &mut out)?;
+    let n = sys::pagemap_scan(
+        pm.as_fd(),
+        m.addr(),
+        m.addr() + m.len() as u64,
+        flags,
+        mask,
+        &mut out,
+    )?;
     Ok(out[..n.min(8)].to_vec())
 }
 
@@ -209,7 +270,9 @@ pub fn pagemap_scan() -> R {
     let regions = scan(&m, 0, PAGE_IS_PRESENT).no("ioctl(PAGEMAP_SCAN) (kernel 6.7)")?;
     let want = (m.addr() + pg as u64, m.addr() + 2 * pg as u64);
     if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
-        return Err(no(format!("PAGEMAP_SCAN reported {regions:?}, expected only the written page")));
+        return Err(no(format!(
+            "PAGEMAP_SCAN reported {regions:?}, expected only the written page"
+        )));
     }
     Ok(String::new())
 }
@@ -217,11 +280,14 @@ pub fn pagemap_scan() -> R {
 pub fn pagemap_scan_guard_pages() -> R {
     let pg = page();
     let m = Mapping::anon(3 * pg, RW, 0).fail("mmap")?;
-    m.madvise(pg, pg, MADV_GUARD_INSTALL).no("madvise(MADV_GUARD_INSTALL) (kernel 6.13)")?;
+    m.madvise(pg, pg, MADV_GUARD_INSTALL)
+        .no("madvise(MADV_GUARD_INSTALL) (kernel 6.13)")?;
     let regions = scan(&m, 0, PAGE_IS_GUARD).no("ioctl(PAGEMAP_SCAN)")?;
     let want = (m.addr() + pg as u64, m.addr() + 2 * pg as u64);
     if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
-        return Err(no(format!("PAGEMAP_SCAN did not report the guard page as PAGE_IS_GUARD: {regions:?}")));
+        return Err(no(format!(
+            "PAGEMAP_SCAN did not report the guard page as PAGE_IS_GUARD: {regions:?}"
+        )));
     }
     Ok(String::new())
 }
@@ -233,14 +299,19 @@ pub fn madv_guard() -> R {
         if m.madvise(pg, pg, MADV_GUARD_INSTALL).is_err() {
             return 1;
         }
+        sys::default_action(Signal::SIGSEGV);
         m.poke(pg, 1);
         0
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
-        Err(e) if e.contains("SIGSEGV") => Ok("guard regions fault; their markers are dumped and restored".into()),
+        Err(e) if e.contains("SIGSEGV") => {
+            Ok("guard regions fault; their markers are dumped and restored".into())
+        }
         Ok(1) => Err(no("madvise(MADV_GUARD_INSTALL) failed (kernel 6.13)")),
-        other => Err(no(format!("touching a guard page did not fault: {other:?}"))),
+        other => Err(no(format!(
+            "touching a guard page did not fault: {other:?}"
+        ))),
     }
 }
 
@@ -274,10 +345,16 @@ pub fn uffd() -> R {
 }
 
 pub fn uffd_noncoop() -> R {
-    let want = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+    let want = UFFD_FEATURE_EVENT_FORK
+        | UFFD_FEATURE_EVENT_REMAP
+        | UFFD_FEATURE_EVENT_REMOVE
+        | UFFD_FEATURE_EVENT_UNMAP;
     let have = uffd_available()?;
     if have & want != want {
-        return Err(no(format!("missing non-cooperative events: {:#x}", want & !have)));
+        return Err(no(format!(
+            "missing non-cooperative events: {:#x}",
+            want & !have
+        )));
     }
     uffd_api(want).map(|_| String::new())
 }
@@ -289,7 +366,8 @@ fn uffd_register_wp(fd: std::os::fd::BorrowedFd<'_>, m: &Mapping) -> Result<(), 
 }
 
 pub fn uffd_wp() -> R {
-    let (fd, _) = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP).map_err(|e| no(format!("write-protect feature: {}", e.reason())))?;
+    let (fd, _) = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+        .map_err(|e| no(format!("write-protect feature: {}", e.reason())))?;
     let m = Mapping::anon(2 * page(), RW, 0).fail("mmap")?;
     m.poke(0, 1);
     uffd_register_wp(fd.as_fd(), &m)?;
@@ -301,7 +379,9 @@ pub fn uffd_wp() -> R {
 pub fn uffd_wp_async() -> R {
     let have = uffd_available()?;
     if have & UFFD_FEATURE_WP_ASYNC == 0 {
-        return Err(no("UFFD_FEATURE_WP_ASYNC is not offered (kernel 6.7, CONFIG_PTE_MARKER_UFFD_WP)"));
+        return Err(no(
+            "UFFD_FEATURE_WP_ASYNC is not offered (kernel 6.7, CONFIG_PTE_MARKER_UFFD_WP)",
+        ));
     }
     uffd_api(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED).map(|_| String::new())
 }
@@ -318,7 +398,9 @@ pub fn pagemap_scan_written() -> R {
     let regions = scan(&m, 0, PAGE_IS_WRITTEN).no("PAGEMAP_SCAN for written pages")?;
     let want = (m.addr() + 2 * pg as u64, m.addr() + 3 * pg as u64);
     if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
-        return Err(no(format!("expected exactly the written page, PAGEMAP_SCAN reported {regions:?}")));
+        return Err(no(format!(
+            "expected exactly the written page, PAGEMAP_SCAN reported {regions:?}"
+        )));
     }
     drop(fd);
     Ok("dirty pages can be tracked without soft-dirty".into())
@@ -326,7 +408,11 @@ pub fn pagemap_scan_written() -> R {
 
 pub fn memfd_hugetlb() -> R {
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    memfd_create(c"stasis-probe", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB).no("memfd_create(MFD_HUGETLB) (CONFIG_HUGETLBFS)")?;
+    memfd_create(
+        c"stasis-probe",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB,
+    )
+    .no("memfd_create(MFD_HUGETLB) (CONFIG_HUGETLBFS)")?;
     Ok(String::new())
 }
 
@@ -343,7 +429,9 @@ pub fn memfd_secret() -> R {
 
 pub fn mseal() -> R {
     let mut c = sys::fork_child(|cx| {
-        let Ok(m) = Mapping::anon(page(), RW, 0) else { return 1 };
+        let Ok(m) = Mapping::anon(page(), RW, 0) else {
+            return 1;
+        };
         let Ok((a, l)) = cx.seal(m) else { return 2 };
         match cx.unmap(a, l) {
             Err(nix::errno::Errno::EPERM) => 0,
@@ -352,7 +440,9 @@ pub fn mseal() -> R {
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
-        Ok(0) => Ok("sealed mappings exist; restore must seal after rebuilding the address space".into()),
+        Ok(0) => Ok(
+            "sealed mappings exist; restore must seal after rebuilding the address space".into(),
+        ),
         Ok(2) => Err(no("mseal failed (kernel 6.10)")),
         Ok(3) => Err(no("a sealed mapping could be unmapped")),
         other => Err(error(format!("child ended with {other:?}"))),
@@ -367,6 +457,7 @@ pub fn io_uring() -> R {
         Some("1") => " (restricted to the io_uring_group)",
         _ => "",
     };
-    Ok(format!("io_uring is available{extra}; a tree using a ring cannot be dumped"))
+    Ok(format!(
+        "io_uring is available{extra}; a tree using a ring cannot be dumped"
+    ))
 }
-

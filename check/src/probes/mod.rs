@@ -11,7 +11,9 @@ mod procfs;
 mod task;
 
 use crate::{Category, Needs, Probe};
-use Category::{Experimental as Exp, Extra, Feature, Informational as Info, Required as Req, Stasis};
+use Category::{
+    Experimental as Exp, Extra, Feature, Informational as Info, Required as Req, Stasis,
+};
 
 macro_rules! probes {
     ($( $name:literal, $cat:expr, $criu:literal, $f:path, $kernel:literal, $config:literal, $desc:literal; )*) => {

@@ -44,8 +44,15 @@ fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
 pub fn loopback_up() -> Result<(), Outcome> {
     let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
     let iff_up = libc::IFF_UP as u32;
-    s.request(Builder::new(RTM_NEWLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK, &ifinfomsg(1, iff_up, iff_up)).finish())
-        .fail("bringing lo up in the throw-away namespace")?;
+    s.request(
+        Builder::new(
+            RTM_NEWLINK,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK,
+            &ifinfomsg(1, iff_up, iff_up),
+        )
+        .finish(),
+    )
+    .fail("bringing lo up in the throw-away namespace")?;
     Ok(())
 }
 
@@ -65,7 +72,14 @@ fn inet_req(family: u8, proto: u8) -> Vec<u8> {
 
 fn diag_req(family: u8, proto: u8, states: bool, show: u32) -> Vec<u8> {
     // unix_diag_req (24 bytes) / packet_diag_req and netlink_diag_req (20 bytes).
-    let mut r = vec![0u8; if family == libc::AF_UNIX as u8 { 24 } else { 20 }];
+    let mut r = vec![
+        0u8;
+        if family == libc::AF_UNIX as u8 {
+            24
+        } else {
+            20
+        }
+    ];
     r[0] = family;
     r[1] = proto;
     if states {
@@ -80,12 +94,27 @@ fn diag_req(family: u8, proto: u8, states: bool, show: u32) -> Vec<u8> {
 /// Dumps one family/protocol and returns the inodes found.
 fn diag_inodes(s: &nl::Socket, req: Vec<u8>) -> Result<Vec<u32>, nix::errno::Errno> {
     let family = req[0];
-    let msgs = s.request(Builder::new(SOCK_DIAG_BY_FAMILY, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, &req).finish())?;
+    let msgs = s.request(
+        Builder::new(
+            SOCK_DIAG_BY_FAMILY,
+            nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
+            &req,
+        )
+        .finish(),
+    )?;
     // Inode offset in each reply: inet_diag_msg 68, unix/packet/netlink 4 (after family, type, state/proto, pad).
-    let at = if family == libc::AF_INET as u8 || family == libc::AF_INET6 as u8 { 68 } else { 4 };
+    let at = match i32::from(family) {
+        libc::AF_INET | libc::AF_INET6 => 68,
+        libc::AF_NETLINK => 16,
+        _ => 4,
+    };
     Ok(msgs
         .iter()
-        .filter_map(|m| m.payload.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+        .filter_map(|m| {
+            m.payload
+                .get(at..at + 4)
+                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        })
         .collect())
 }
 
@@ -106,7 +135,12 @@ pub fn sock_diag() -> R {
         let tcp6 = TcpListener::bind("[::1]:0").fail("tcp6 listen")?;
         let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).fail("udp bind")?;
         let udp6 = UdpSocket::bind("[::1]:0").fail("udp6 bind")?;
-        let (af4, af6, tcp, udp) = (libc::AF_INET as u8, libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8);
+        let (af4, af6, tcp, udp) = (
+            libc::AF_INET as u8,
+            libc::AF_INET6 as u8,
+            libc::IPPROTO_TCP as u8,
+            libc::IPPROTO_UDP as u8,
+        );
         let mut fatal = Vec::new();
         let unix = diag_req(libc::AF_UNIX as u8, 0, true, 0);
         for (what, req, fd) in [
@@ -124,21 +158,44 @@ pub fn sock_diag() -> R {
         let mut missing = Vec::new();
         let udplite = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE);
         if let Ok(fd) = &udplite {
-            let _ = nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0));
-            if let Err(e) = expect_found(&s, "udplite", inet_req(af4, libc::IPPROTO_UDPLITE as u8), ino(fd.as_fd())?) {
+            let _ = nix::sys::socket::bind(
+                fd.as_raw_fd(),
+                &nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, 0),
+            );
+            if let Err(e) = expect_found(
+                &s,
+                "udplite",
+                inet_req(af4, libc::IPPROTO_UDPLITE as u8),
+                ino(fd.as_fd())?,
+            ) {
                 missing.push(e);
             }
         }
-        match socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, None) {
+        match socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ) {
             Ok(fd) => {
-                if let Err(e) = expect_found(&s, "packet", diag_req(libc::AF_PACKET as u8, 0, false, 0), ino(fd.as_fd())?) {
+                if let Err(e) = expect_found(
+                    &s,
+                    "packet",
+                    diag_req(libc::AF_PACKET as u8, 0, false, 0),
+                    ino(fd.as_fd())?,
+                ) {
                     missing.push(e);
                 }
             }
             Err(e) => missing.push(format!("packet: socket: {e}")),
         }
         let nls = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink socket")?;
-        if let Err(e) = expect_found(&s, "netlink", diag_req(libc::AF_NETLINK as u8, 255, false, 0), ino(nls.fd())?) {
+        if let Err(e) = expect_found(
+            &s,
+            "netlink",
+            diag_req(libc::AF_NETLINK as u8, 255, false, 0),
+            ino(nls.fd())?,
+        ) {
             missing.push(e);
         }
         if !fatal.is_empty() {
@@ -150,7 +207,10 @@ pub fn sock_diag() -> R {
         if missing.is_empty() {
             Ok("unix, tcp, udp, udplite (v4/v6), packet and netlink sockets all found".into())
         } else {
-            Ok(format!("unix, tcp and udp found; trees using these cannot be dumped: {}", missing.join("; ")))
+            Ok(format!(
+                "unix, tcp and udp found; trees using these cannot be dumped: {}",
+                missing.join("; ")
+            ))
         }
     })
 }
@@ -158,10 +218,27 @@ pub fn sock_diag() -> R {
 pub fn net_diag_raw() -> R {
     in_netns(|| {
         let s = nl::Socket::open(SockProtocol::NetlinkSockDiag).no("socket(NETLINK_SOCK_DIAG)")?;
-        for (fam, af, name) in [(AddressFamily::Inet, libc::AF_INET, "raw"), (AddressFamily::Inet6, libc::AF_INET6, "raw6")] {
-            let fd = socket(fam, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::Raw).fail("socket(SOCK_RAW)")?;
-            expect_found(&s, name, inet_req(af as u8, libc::IPPROTO_RAW as u8), ino(fd.as_fd())?).map_err(|e| {
-                no(format!("{e}: raw sockets cannot be dumped (CONFIG_INET_RAW_DIAG)"))
+        for (fam, af, name) in [
+            (AddressFamily::Inet, libc::AF_INET, "raw"),
+            (AddressFamily::Inet6, libc::AF_INET6, "raw6"),
+        ] {
+            let fd = socket(
+                fam,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Raw,
+            )
+            .fail("socket(SOCK_RAW)")?;
+            expect_found(
+                &s,
+                name,
+                inet_req(af as u8, libc::IPPROTO_RAW as u8),
+                ino(fd.as_fd())?,
+            )
+            .map_err(|e| {
+                no(format!(
+                    "{e}: raw sockets cannot be dumped (CONFIG_INET_RAW_DIAG)"
+                ))
             })?;
         }
         Ok(String::new())
@@ -170,24 +247,40 @@ pub fn net_diag_raw() -> R {
 
 pub fn so_peek_off() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
-    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4).no("getsockopt(SO_PEEK_OFF)")?;
+    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4)
+        .no("getsockopt(SO_PEEK_OFF)")?;
     let v = i32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
     if v != -1 {
-        return Err(no(format!("SO_PEEK_OFF of a new socket is {v}, expected -1")));
+        return Err(no(format!(
+            "SO_PEEK_OFF of a new socket is {v}, expected -1"
+        )));
     }
     Ok(String::new())
 }
 
 pub fn so_peek_off_stream() -> R {
     let (mut a, b) = UnixStream::pair().fail("socketpair")?;
-    sys::setsockopt_raw(b.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, &0i32.to_ne_bytes())
-        .no("setsockopt(SO_PEEK_OFF) on a stream socket")?;
+    sys::setsockopt_raw(
+        b.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEEK_OFF,
+        &0i32.to_ne_bytes(),
+    )
+    .no("setsockopt(SO_PEEK_OFF) on a stream socket")?;
     a.write_all(b"abcdef").fail("write")?;
     let mut buf = [0u8; 3];
     for want in [b"abc", b"def"] {
-        let n = nix::sys::socket::recv(b.as_raw_fd(), &mut buf, nix::sys::socket::MsgFlags::MSG_PEEK).fail("recv")?;
+        let n = nix::sys::socket::recv(
+            b.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_PEEK,
+        )
+        .fail("recv")?;
         if &buf[..n] != want {
-            return Err(no(format!("peeking with an offset returned {:?}", String::from_utf8_lossy(&buf[..n]))));
+            return Err(no(format!(
+                "peeking with an offset returned {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            )));
         }
     }
     Ok("queued stream data can be read without consuming it".into())
@@ -207,13 +300,16 @@ fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> Result<(), nix:
 
 fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32, nix::errno::Errno> {
     let v = sys::getsockopt_raw(fd, level, name, 4)?;
-    Ok(i32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4])))
+    Ok(i32::from_ne_bytes(
+        v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+    ))
 }
 
 pub fn tcp_repair() -> R {
     in_netns(|| {
         let (c, _s) = tcp_pair()?;
-        set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1).no("setsockopt(TCP_REPAIR) (CONFIG_CHECKPOINT_RESTORE, CAP_NET_ADMIN)")?;
+        set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1)
+            .no("setsockopt(TCP_REPAIR) (CONFIG_CHECKPOINT_RESTORE, CAP_NET_ADMIN)")?;
         get_int(c.as_fd(), SOL_TCP, TCP_TIMESTAMP).no("getsockopt(TCP_TIMESTAMP)")?;
         set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 0).no("leaving repair mode")?;
         Ok(String::new())
@@ -223,7 +319,8 @@ pub fn tcp_repair() -> R {
 pub fn tcp_half_closed() -> R {
     in_netns(|| {
         let (c, mut s) = tcp_pair()?;
-        c.shutdown(std::net::Shutdown::Write).fail("shutdown(SHUT_WR)")?;
+        c.shutdown(std::net::Shutdown::Write)
+            .fail("shutdown(SHUT_WR)")?;
         let mut b = [0u8; 1];
         let _ = s.read(&mut b);
         set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1).no("TCP_REPAIR on a half-closed socket")?;
@@ -235,9 +332,13 @@ pub fn tcp_repair_window() -> R {
     in_netns(|| {
         let (c, _s) = tcp_pair()?;
         set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1).no("TCP_REPAIR")?;
-        let w = sys::getsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20).no("getsockopt(TCP_REPAIR_WINDOW)")?;
+        let w = sys::getsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20)
+            .no("getsockopt(TCP_REPAIR_WINDOW)")?;
         if w.len() != 20 {
-            return Err(no(format!("TCP_REPAIR_WINDOW returned {} bytes, expected 20", w.len())));
+            return Err(no(format!(
+                "TCP_REPAIR_WINDOW returned {} bytes, expected 20",
+                w.len()
+            )));
         }
         Ok(String::new())
     })
@@ -267,7 +368,8 @@ pub fn tcp_repair_options() -> R {
             opts.extend_from_slice(&code.to_ne_bytes());
             opts.extend_from_slice(&val.to_ne_bytes());
         }
-        sys::setsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts).no("setsockopt(TCP_REPAIR_OPTIONS)")?;
+        sys::setsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
+            .no("setsockopt(TCP_REPAIR_OPTIONS)")?;
         Ok(String::new())
     })
 }
@@ -281,15 +383,23 @@ pub fn so_get_filter() -> R {
         prog.extend_from_slice(&1u16.to_ne_bytes());
         prog.extend_from_slice(&[0; 6]);
         prog.extend_from_slice(&(insn.as_ptr() as u64).to_ne_bytes());
-        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog).fail("SO_ATTACH_FILTER")?;
-        let got = sys::getsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, 64).no("getsockopt(SO_GET_FILTER)")?;
-        if got.get(..8) != Some(&insn[..]) {
-            return Err(no(format!("SO_GET_FILTER returned {got:?}, not the attached program")));
+        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+            .fail("SO_ATTACH_FILTER")?;
+        let got = sys::getsockopt_filter(s.as_fd()).no("getsockopt(SO_GET_FILTER)")?;
+        if got != insn {
+            return Err(no(format!(
+                "SO_GET_FILTER returned {got:?}, not the attached program"
+            )));
         }
-        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0").fail("SO_BINDTODEVICE lo")?;
-        let dev = sys::getsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16).no("getsockopt(SO_BINDTODEVICE)")?;
+        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0")
+            .fail("SO_BINDTODEVICE lo")?;
+        let dev = sys::getsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16)
+            .no("getsockopt(SO_BINDTODEVICE)")?;
         if !dev.starts_with(b"lo") {
-            return Err(no(format!("SO_BINDTODEVICE read back {:?}", String::from_utf8_lossy(&dev))));
+            return Err(no(format!(
+                "SO_BINDTODEVICE read back {:?}",
+                String::from_utf8_lossy(&dev)
+            )));
         }
         Ok(String::new())
     })
@@ -309,9 +419,17 @@ pub fn sockopt_buf_lock() -> R {
 }
 
 pub fn ipv6_freebind() -> R {
-    let fd = socket(AddressFamily::Inet6, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).no("socket(AF_INET6)")?;
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .no("socket(AF_INET6)")?;
     set_int(fd.as_fd(), libc::SOL_IPV6, libc::IPV6_FREEBIND, 1).no("setsockopt(IPV6_FREEBIND)")?;
-    if get_int(fd.as_fd(), libc::SOL_IPV6, libc::IPV6_FREEBIND).no("getsockopt(IPV6_FREEBIND)")? != 1 {
+    if get_int(fd.as_fd(), libc::SOL_IPV6, libc::IPV6_FREEBIND).no("getsockopt(IPV6_FREEBIND)")?
+        != 1
+    {
         return Err(no("IPV6_FREEBIND did not read back as 1"));
     }
     Ok(String::new())
@@ -340,7 +458,8 @@ pub fn sk_ns() -> R {
 pub fn netns_cookie() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
     const SO_NETNS_COOKIE: i32 = 71;
-    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8).no("getsockopt(SO_NETNS_COOKIE)")?;
+    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        .no("getsockopt(SO_NETNS_COOKIE)")?;
     if v.len() != 8 || v.iter().all(|b| *b == 0) {
         return Err(no("SO_NETNS_COOKIE returned no cookie"));
     }
@@ -366,56 +485,123 @@ pub fn nsid() -> R {
     let s = nl::Socket::open(SockProtocol::NetlinkRoute).no("netlink route socket")?;
     let pid = u32::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0);
     let msgs = s
-        .request(Builder::new(RTM_GETNSID, nl::NLM_F_REQUEST, &[0u8; 4]).attr(2, &pid.to_ne_bytes()).finish())
+        .request(
+            Builder::new(RTM_GETNSID, nl::NLM_F_REQUEST | nl::NLM_F_ACK, &[0u8; 4])
+                .attr(2, &pid.to_ne_bytes())
+                .finish(),
+        )
         .no("RTM_GETNSID")?;
     let m = msgs.first().ok_or_else(|| no("no answer to RTM_GETNSID"))?;
-    nl::find(m.payload.get(4..).unwrap_or(&[]), 1).ok_or_else(|| no("RTM_GETNSID answer lacks NETNSA_NSID"))?;
+    nl::find(m.payload.get(4..).unwrap_or(&[]), 1)
+        .ok_or_else(|| no("RTM_GETNSID answer lacks NETNSA_NSID"))?;
     Ok(String::new())
 }
 
-fn new_veth(s: &nl::Socket, name: &str, peer: &str, index: Option<i32>, peer_ns: Option<BorrowedFd<'_>>) -> Result<(), nix::errno::Errno> {
+fn new_veth(
+    s: &nl::Socket,
+    name: &str,
+    peer: &str,
+    index: Option<i32>,
+    peer_ns: Option<BorrowedFd<'_>>,
+) -> Result<(), nix::errno::Errno> {
     let mut peer_msg = Builder::new(0, 0, &ifinfomsg(0, 0, 0)).str(IFLA_IFNAME, peer);
     if let Some(ns) = peer_ns {
         peer_msg = peer_msg.attr(IFLA_NET_NS_FD, &ns.as_raw_fd().to_ne_bytes());
     }
     let peer_bytes = peer_msg.finish();
-    let mut b = Builder::new(RTM_NEWLINK, nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL, &ifinfomsg(0, 0, 0))
-        .str(IFLA_IFNAME, name);
+    let mut b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE | nl::NLM_F_EXCL,
+        &ifinfomsg(0, 0, 0),
+    )
+    .str(IFLA_IFNAME, name);
     if let Some(i) = index {
         b = b.attr(IFLA_NEW_IFINDEX, &i.to_ne_bytes());
     }
-    let msg = b.nest(IFLA_LINKINFO).str(1, "veth").nest(2).attr(1, &peer_bytes[16..]).end().end().finish();
+    let msg = b
+        .nest(IFLA_LINKINFO)
+        .str(1, "veth")
+        .nest(2)
+        .attr(1, &peer_bytes[16..])
+        .end()
+        .end()
+        .finish();
     s.request(msg).map(drop)
 }
 
 fn links(s: &nl::Socket) -> Result<Vec<nl::Msg>, nix::errno::Errno> {
-    s.request(Builder::new(RTM_GETLINK, nl::NLM_F_REQUEST | nl::NLM_F_DUMP, &ifinfomsg(0, 0, 0)).finish())
+    s.request(
+        Builder::new(
+            RTM_GETLINK,
+            nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
+            &ifinfomsg(0, 0, 0),
+        )
+        .finish(),
+    )
+}
+
+fn link_index(s: &nl::Socket, name: &str) -> Result<Option<i32>, nix::errno::Errno> {
+    Ok(links(s)?.iter().find_map(|m| {
+        let n = nl::find(m.payload.get(16..).unwrap_or(&[]), IFLA_IFNAME)?;
+        (n.strip_suffix(&[0]).unwrap_or(n) == name.as_bytes())
+            .then(|| {
+                m.payload
+                    .get(4..8)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .flatten()
+    }))
 }
 
 pub fn newifindex() -> R {
     in_netns(|| {
+        // Create a veth pair in a second namespace, then move one end into
+        // the first with IFLA_NEW_IFINDEX, as restore does for links.
+        let first =
+            std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        new_veth(&s, "stasisp0", "stasisp1", Some(4242), None).no("RTM_NEWLINK veth with IFLA_NEW_IFINDEX (CONFIG_VETH)")?;
-        let found = links(&s).fail("RTM_GETLINK")?.iter().any(|m| {
-            m.payload.get(4..8).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])) == Some(4242)
-        });
-        if !found {
-            return Err(no("the link was not created with the requested index 4242"));
+        new_veth(&s, "stasisi0", "stasisi1", None, None)
+            .no("creating a veth pair (CONFIG_VETH)")?;
+        let idx = link_index(&s, "stasisi1")
+            .fail("RTM_GETLINK")?
+            .ok_or_else(|| error("the new veth end is not listed"))?;
+        let msg = Builder::new(
+            RTM_NEWLINK,
+            nl::NLM_F_REQUEST | nl::NLM_F_ACK,
+            &ifinfomsg(idx, 0, 0),
+        )
+        .attr(IFLA_NET_NS_FD, &first.as_raw_fd().to_ne_bytes())
+        .attr(IFLA_NEW_IFINDEX, &4242i32.to_ne_bytes())
+        .finish();
+        s.request(msg).no("moving a link with IFLA_NEW_IFINDEX")?;
+        sys::setns(first.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).fail("setns back")?;
+        let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
+        match link_index(&s, "stasisi1").fail("RTM_GETLINK")? {
+            Some(4242) => Ok(String::new()),
+            other => Err(no(format!(
+                "the moved link has index {other:?}, not the requested 4242"
+            ))),
         }
-        Ok(String::new())
     })
 }
 
 pub fn link_nsid() -> R {
     in_netns(|| {
-        let first = std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
+        let first =
+            std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        new_veth(&s, "stasisp0", "stasisp1", None, Some(first.as_fd())).no("veth pair across namespaces (CONFIG_VETH)")?;
+        new_veth(&s, "stasisp0", "stasisp1", None, Some(first.as_fd()))
+            .no("veth pair across namespaces (CONFIG_VETH)")?;
         let msgs = links(&s).fail("RTM_GETLINK")?;
-        let has = msgs.iter().any(|m| nl::find(m.payload.get(16..).unwrap_or(&[]), IFLA_LINK_NETNSID).is_some());
+        let has = msgs
+            .iter()
+            .any(|m| nl::find(m.payload.get(16..).unwrap_or(&[]), IFLA_LINK_NETNSID).is_some());
         if !has {
-            return Err(no("no IFLA_LINK_NETNSID on a veth whose peer is in another namespace"));
+            return Err(no(
+                "no IFLA_LINK_NETNSID on a veth whose peer is in another namespace",
+            ));
         }
         Ok(String::new())
     })
@@ -437,18 +623,14 @@ pub fn tun() -> R {
 }
 
 pub fn tun_ns() -> R {
-    in_netns(|| {
-        let f = open_tun()?;
-        let mut data = [0u8; 24];
-        let flags: u16 = 0x0002 | 0x1000; // IFF_TAP | IFF_NO_PI
-        data[..2].copy_from_slice(&flags.to_ne_bytes());
-        sys::ioctl_ifreq(f.as_fd(), sys::ioc::TUNSETIFF, "stasist0", &mut data).no("TUNSETIFF")?;
-        let ns = skns(f.as_fd())?;
-        if !same_ns(ns.as_fd(), "/proc/thread-self/ns/net")? {
-            return Err(no("SIOCGSKNS on a tun fd returned another namespace"));
-        }
-        Ok(String::new())
-    })
+    // A tun file remembers the namespace it was opened in; SIOCGSKNS on it
+    // must return that namespace even before a device is attached.
+    let f = open_tun()?;
+    let ns = skns(f.as_fd())?;
+    if !same_ns(ns.as_fd(), "/proc/thread-self/ns/net")? {
+        return Err(no("SIOCGSKNS on a tun fd returned another namespace"));
+    }
+    Ok(String::new())
 }
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -458,7 +640,6 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_GETSET: u16 = 10;
 const NFPROTO_INET: u8 = 1;
-const TABLE: &str = "stasis_probe";
 
 fn nfgen(family: u8, res_id: u16) -> [u8; 4] {
     let r = res_id.to_be_bytes();
@@ -481,41 +662,67 @@ fn nft_batch(s: &nl::Socket, msgs: Vec<Vec<u8>>) -> Result<(), nix::errno::Errno
     s.collect(n).map(drop)
 }
 
-fn nft_table_msg(ty: u16) -> Vec<u8> {
-    let flags = nl::NLM_F_REQUEST | nl::NLM_F_ACK | if ty == NFT_MSG_NEWTABLE { nl::NLM_F_CREATE } else { 0 };
-    Builder::new(nft(ty), flags, &nfgen(NFPROTO_INET, 0)).str(1, TABLE).finish()
+fn nft_table_msg(ty: u16, table: &str) -> Vec<u8> {
+    let flags = nl::NLM_F_REQUEST
+        | nl::NLM_F_ACK
+        | if ty == NFT_MSG_NEWTABLE {
+            nl::NLM_F_CREATE
+        } else {
+            0
+        };
+    Builder::new(nft(ty), flags, &nfgen(NFPROTO_INET, 0))
+        .str(1, table)
+        .finish()
 }
 
-fn nft_with_table(body: impl FnOnce(&nl::Socket) -> Result<String, Outcome> + Send) -> R {
+fn nft_with_table(
+    table: &str,
+    body: impl FnOnce(&nl::Socket) -> Result<String, Outcome> + Send,
+) -> R {
     in_netns(|| {
         let s = nl::Socket::open(SockProtocol::NetlinkNetFilter).no("socket(NETLINK_NETFILTER)")?;
-        nft_batch(&s, vec![nft_table_msg(NFT_MSG_NEWTABLE)]).no("creating an nftables table (CONFIG_NF_TABLES)")?;
+        nft_batch(&s, vec![nft_table_msg(NFT_MSG_NEWTABLE, table)])
+            .no("creating an nftables table (CONFIG_NF_TABLES)")?;
         let tables = s
-            .request(Builder::new(nft(NFT_MSG_GETTABLE), nl::NLM_F_REQUEST | nl::NLM_F_DUMP, &nfgen(NFPROTO_INET, 0)).finish())
+            .request(
+                Builder::new(
+                    nft(NFT_MSG_GETTABLE),
+                    nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
+                    &nfgen(NFPROTO_INET, 0),
+                )
+                .finish(),
+            )
             .no("listing nftables tables")?;
-        if !tables.iter().any(|m| nl::find(m.payload.get(4..).unwrap_or(&[]), 1).is_some_and(|n| n.starts_with(TABLE.as_bytes()))) {
+        if !tables.iter().any(|m| {
+            nl::find(m.payload.get(4..).unwrap_or(&[]), 1)
+                .is_some_and(|n| n.starts_with(table.as_bytes()))
+        }) {
             return Err(no("the new table is not listed"));
         }
         let r = body(&s);
-        nft_batch(&s, vec![nft_table_msg(NFT_MSG_DELTABLE)]).fail("deleting the probe table")?;
+        nft_batch(&s, vec![nft_table_msg(NFT_MSG_DELTABLE, table)])
+            .fail("deleting the probe table")?;
         r
     })
 }
 
 pub fn nftables() -> R {
-    nft_with_table(|_| Ok("nftables tables can be created and deleted over netlink".into()))
+    nft_with_table("stasis_probe", |_| {
+        Ok("nftables tables can be created and deleted over netlink".into())
+    })
 }
 
 pub fn network_lock_nftables() -> R {
-    nft_with_table(|s| {
+    nft_with_table("stasis_lock_probe", |s| {
         let elem = |len: u32| Builder::new(0, 0, &[]).nest(1).be32(1, len).end().finish();
         let (e1, e2) = (elem(4), elem(4));
         let set = Builder::new(nft(NFT_MSG_NEWSET), nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE, &nfgen(NFPROTO_INET, 0))
-            .str(1, TABLE)
+            .str(1, "stasis_lock_probe")
             .str(2, "lock")
             .be32(4, (7 << 6) | 13) // ipv4_addr . inet_service
             .be32(5, 8)
             .be32(10, 1)
+            .be32(3, 0x80) // NFT_SET_CONCAT
             .nest(9)
             .nest(2)
             .attr_raw(&e1[16..])
@@ -525,13 +732,25 @@ pub fn network_lock_nftables() -> R {
             .finish();
         nft_batch(s, vec![set]).no("creating a set with a concatenated key")?;
         let sets = s
-            .request(Builder::new(nft(NFT_MSG_GETSET), nl::NLM_F_REQUEST | nl::NLM_F_DUMP, &nfgen(NFPROTO_INET, 0)).str(1, TABLE).finish())
+            .request(
+                Builder::new(
+                    nft(NFT_MSG_GETSET),
+                    nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
+                    &nfgen(NFPROTO_INET, 0),
+                )
+                .str(1, "stasis_lock_probe")
+                .finish(),
+            )
             .no("listing sets")?;
         let concat = sets.iter().any(|m| {
-            nl::find(m.payload.get(4..).unwrap_or(&[]), 9).and_then(|d| nl::find(d, 2)).is_some()
+            nl::find(m.payload.get(4..).unwrap_or(&[]), 9)
+                .and_then(|d| nl::find(d, 2))
+                .is_some()
         });
         if !concat {
-            return Err(no("the kernel dropped the set's concatenation description (needs 5.6+)"));
+            return Err(no(
+                "the kernel dropped the set's concatenation description (needs 5.6+)",
+            ));
         }
         Ok(String::new())
     })
@@ -548,7 +767,10 @@ pub fn has_ipt_legacy() -> R {
     if missing.is_empty() {
         Ok(String::new())
     } else {
-        Err(no(format!("{} not found in PATH (stasis locks the network with nftables and does not need them)", missing.join(" and "))))
+        Err(no(format!(
+            "{} not found in PATH (stasis locks the network with nftables and does not need them)",
+            missing.join(" and ")
+        )))
     }
 }
 
@@ -566,13 +788,15 @@ pub fn unix_diag_peers() -> R {
     req[8..12].copy_from_slice(&ia.to_ne_bytes());
     req[16..24].copy_from_slice(&[0xff; 8]);
     let msgs = s
-        .request(Builder::new(SOCK_DIAG_BY_FAMILY, nl::NLM_F_REQUEST, &req).finish())
+        .request(
+            Builder::new(SOCK_DIAG_BY_FAMILY, nl::NLM_F_REQUEST | nl::NLM_F_ACK, &req).finish(),
+        )
         .no("unix_diag lookup by inode")?;
     let m = msgs.first().ok_or_else(|| no("no answer for our socket"))?;
-    let peer = nl::find(m.payload.get(16..).unwrap_or(&[]), 2).ok_or_else(|| no("UNIX_DIAG_PEER missing"))?;
+    let peer = nl::find(m.payload.get(16..).unwrap_or(&[]), 2)
+        .ok_or_else(|| no("UNIX_DIAG_PEER missing"))?;
     if peer.get(..4) != Some(&ib.to_ne_bytes()[..]) {
         return Err(no("UNIX_DIAG_PEER names the wrong socket"));
     }
     Ok(String::new())
 }
-

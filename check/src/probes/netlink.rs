@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
+    socket,
 };
 
 pub const NLMSG_ERROR: u16 = 2;
@@ -47,7 +48,10 @@ impl Builder {
         buf[8..12].copy_from_slice(&1u32.to_ne_bytes());
         buf.extend_from_slice(fixed);
         buf.resize(align4(buf.len()), 0);
-        Self { buf, nests: Vec::new() }
+        Self {
+            buf,
+            nests: Vec::new(),
+        }
     }
 
     /// Appends an attribute.
@@ -76,7 +80,8 @@ impl Builder {
     pub fn nest(mut self, ty: u16) -> Self {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
@@ -103,14 +108,33 @@ pub struct Socket(OwnedFd);
 
 impl Socket {
     pub fn open(proto: SockProtocol) -> Result<Self, Errno> {
-        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &NetlinkAddr::new(0, 0))?;
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            proto,
+        )?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &NetlinkAddr::new(0, 0),
+        )?;
+        // A kernel that never answers must not hang the probe.
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(2, 0),
+        )?;
         Ok(Self(fd))
     }
 
     /// Sends raw bytes (one message or a batch).
     pub fn send(&self, bytes: &[u8]) -> Result<(), Errno> {
-        send(std::os::fd::AsRawFd::as_raw_fd(&self.0), bytes, MsgFlags::empty()).map(drop)
+        send(
+            std::os::fd::AsRawFd::as_raw_fd(&self.0),
+            bytes,
+            MsgFlags::empty(),
+        )
+        .map(drop)
     }
 
     /// Receives until NLMSG_DONE, an error, or (for non-dumps) the ACK.
@@ -120,10 +144,15 @@ impl Socket {
         let mut buf = vec![0u8; 64 * 1024];
         let mut acked = 0;
         loop {
-            let n = recv(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut buf, MsgFlags::empty())?;
+            let n = recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                &mut buf,
+                MsgFlags::empty(),
+            )?;
             let mut off = 0;
             while off + 16 <= n {
-                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
                 let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
                 if len < 16 || off + len > n {
                     return Err(Errno::EBADMSG);
@@ -131,11 +160,19 @@ impl Socket {
                 let payload = &buf[off + 16..off + len];
                 match ty {
                     NLMSG_DONE => {
-                        let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                        return if code < 0 { Err(Errno::from_raw(-code)) } else { Ok(out) };
+                        let code = payload
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        return if code < 0 {
+                            Err(Errno::from_raw(-code))
+                        } else {
+                            Ok(out)
+                        };
                     }
                     NLMSG_ERROR => {
-                        let code = payload.get(..4).map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                        let code = payload
+                            .get(..4)
+                            .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         if code < 0 {
                             return Err(Errno::from_raw(-code));
                         }
@@ -144,7 +181,10 @@ impl Socket {
                             return Ok(out);
                         }
                     }
-                    _ => out.push(Msg { ty, payload: payload.to_vec() }),
+                    _ => out.push(Msg {
+                        ty,
+                        payload: payload.to_vec(),
+                    }),
                 }
                 off += align4(len);
             }
@@ -179,7 +219,10 @@ pub fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
 
 /// Finds attribute `ty` in `data`.
 pub fn find(data: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(data).into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
+    attrs(data)
+        .into_iter()
+        .find(|(t, _)| *t == ty)
+        .map(|(_, v)| v)
 }
 
 impl Builder {

@@ -35,16 +35,24 @@ pub fn map_files() -> R {
 pub fn proc_stat() -> R {
     let s = read("/proc/self/stat")?;
     // The command may hold spaces and parentheses: fields start after the last ')'.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| no("no ')' in /proc/self/stat"))?;
+    let rest = s
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| no("no ')' in /proc/self/stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Field 3 is fields[0]; CRIU needs up to field 52 (exit_code).
     if fields.len() < 50 {
-        return Err(no(format!("/proc/self/stat has {} fields, need 52 (start_data ... exit_code)", fields.len() + 2)));
+        return Err(no(format!(
+            "/proc/self/stat has {} fields, need 52 (start_data ... exit_code)",
+            fields.len() + 2
+        )));
     }
     let nums: Result<Vec<u64>, _> = fields[42..50].iter().map(|f| f.parse::<u64>()).collect();
     let nums = nums.no("parsing the memory layout fields of /proc/self/stat")?;
     if nums[3] == 0 || nums[4] <= nums[3] {
-        return Err(no("arg_start/arg_end in /proc/self/stat are not a valid range"));
+        return Err(no(
+            "arg_start/arg_end in /proc/self/stat are not a valid range",
+        ));
     }
     Ok(format!("{} fields", fields.len() + 2))
 }
@@ -52,7 +60,8 @@ pub fn proc_stat() -> R {
 pub fn ns_last_pid() -> R {
     let path = "/proc/sys/kernel/ns_last_pid";
     let cur = read(path)?;
-    open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).no("opening ns_last_pid for writing")?;
+    open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .no("opening ns_last_pid for writing")?;
     Ok(format!("writable (now {})", cur.trim()))
 }
 
@@ -60,7 +69,12 @@ pub fn ipc_next_id() -> R {
     for name in ["sem_next_id", "msg_next_id", "shm_next_id"] {
         let path = format!("/proc/sys/kernel/{name}");
         read(&path)?;
-        open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()).no(&format!("opening {path} for writing"))?;
+        open(
+            path.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .no(&format!("opening {path} for writing"))?;
     }
     Ok("sem/msg/shm_next_id writable".into())
 }
@@ -70,16 +84,30 @@ pub fn fdinfo_ext() -> R {
     let text = fdinfo(&efd)?;
     match field(&text, "eventfd-count:") {
         Some(v) if u64::from_str_radix(v, 16).ok() == Some(42) || v == "42" => {}
-        other => return Err(no(format!("eventfd fdinfo: eventfd-count is {other:?}, expected 42"))),
+        other => {
+            return Err(no(format!(
+                "eventfd fdinfo: eventfd-count is {other:?}, expected 42"
+            )));
+        }
     }
 
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).fail("epoll_create")?;
-    ep.add(efd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0x5ca1ab1e)).fail("epoll_ctl")?;
+    ep.add(
+        efd.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, 0x5ca1ab1e),
+    )
+    .fail("epoll_ctl")?;
     let text = fdinfo(&ep.0)?;
     let want = format!("tfd: {:>8}", efd.as_fd().as_raw_fd());
-    let line = text.lines().find(|l| l.starts_with(&want)).ok_or_else(|| no("epoll fdinfo has no tfd: line"))?;
-    if !line.contains("data: 5ca1ab1e") {
-        return Err(no(format!("epoll fdinfo line lacks the registered data: {line}")));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .ok_or_else(|| no("epoll fdinfo has no tfd: line"))?;
+    let data = line.split_whitespace().skip_while(|w| *w != "data:").nth(1);
+    if data != Some("5ca1ab1e") {
+        return Err(no(format!(
+            "epoll fdinfo line lacks the registered data: {line}"
+        )));
     }
 
     let mut mask = SigSet::empty();
@@ -92,11 +120,17 @@ pub fn fdinfo_ext() -> R {
     }
 
     let ino = Inotify::init(InitFlags::IN_CLOEXEC).fail("inotify_init")?;
-    ino.add_watch("/proc/self", AddWatchFlags::IN_ACCESS).fail("inotify_add_watch")?;
+    ino.add_watch("/proc/self", AddWatchFlags::IN_ACCESS)
+        .fail("inotify_add_watch")?;
     let text = fdinfo(&ino)?;
-    let line = text.lines().find(|l| l.starts_with("inotify wd:")).ok_or_else(|| no("inotify fdinfo has no wd: line"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("inotify wd:"))
+        .ok_or_else(|| no("inotify fdinfo has no wd: line"))?;
     if !line.contains("mask:1") || !line.contains("fhandle-bytes:") {
-        return Err(no(format!("inotify fdinfo line lacks mask or file handle: {line}")));
+        return Err(no(format!(
+            "inotify fdinfo line lacks mask or file handle: {line}"
+        )));
     }
     Ok("eventfd, epoll, signalfd and inotify fdinfo complete".into())
 }
@@ -104,15 +138,21 @@ pub fn fdinfo_ext() -> R {
 pub fn mnt_id() -> R {
     let f = std::fs::File::open("/proc/self/stat").fail("open")?;
     let text = fdinfo(&f)?;
-    field(&text, "mnt_id:").and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| no("no mnt_id: in fdinfo"))?;
+    field(&text, "mnt_id:")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| no("no mnt_id: in fdinfo"))?;
     Ok(String::new())
 }
 
 pub fn fdinfo_lock() -> R {
     let f = tempfile::tempfile().fail("creating a temporary file")?;
-    let f = nix::fcntl::Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| error(format!("flock: {e}")))?;
+    let f = nix::fcntl::Flock::lock(f, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| error(format!("flock: {e}")))?;
     let text = read(&format!("/proc/self/fdinfo/{}", f.as_raw_fd()))?;
-    let line = text.lines().find(|l| l.starts_with("lock:")).ok_or_else(|| no("no lock: line in fdinfo of a flock()ed file"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("lock:"))
+        .ok_or_else(|| no("no lock: line in fdinfo of a flock()ed file"))?;
     if !line.contains("FLOCK") || !line.contains("WRITE") {
         return Err(no(format!("unexpected lock line: {line}")));
     }
@@ -145,8 +185,14 @@ pub fn timens() -> R {
 pub fn userns() -> R {
     std::fs::metadata("/proc/self/ns/user").no("/proc/self/ns/user")?;
     let mut size: u32 = 0;
-    sys::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE as u64, std::ptr::from_mut(&mut size) as u64, 0, 0)
-        .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
+    sys::prctl(
+        libc::PR_SET_MM,
+        libc::PR_SET_MM_MAP_SIZE as u64,
+        std::ptr::from_mut(&mut size) as u64,
+        0,
+        0,
+    )
+    .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
     Ok(String::new())
 }
 
@@ -181,7 +227,9 @@ pub fn loginuid() -> R {
     .fail("fork")?;
     match child.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(format!("loginuid {cur} can be unset and restored")),
-        Ok(1) => Err(no("writing 4294967295 to /proc/self/loginuid failed (CAP_AUDIT_CONTROL, or an immutable loginuid)")),
+        Ok(1) => Err(no(
+            "writing 4294967295 to /proc/self/loginuid failed (CAP_AUDIT_CONTROL, or an immutable loginuid)",
+        )),
         Ok(2) => Err(no("/proc/self/loginuid did not read back as unset")),
         Ok(3) => Err(no("restoring the original loginuid failed")),
         Ok(c) => Err(error(format!("child exited with {c}"))),
@@ -193,7 +241,9 @@ pub fn posix_timers() -> R {
     // The child creates a timer with a known signal and stops; we read its
     // /proc/PID/timers from outside, as a dump does.
     let mut child = sys::fork_child(|_cx| {
-        let Ok(id) = sys::timer_create_raw(libc::CLOCK_MONOTONIC, libc::SIGRTMIN() + 3, 0x5eed, None) else {
+        let Ok(id) =
+            sys::timer_create_raw(libc::CLOCK_MONOTONIC, libc::SIGRTMIN() + 3, 0x5eed, None)
+        else {
             return 1;
         };
         let _ = id;
@@ -209,7 +259,7 @@ pub fn posix_timers() -> R {
     }
     let text = read(&format!("/proc/{}/timers", child.pid()))?;
     let sig = format!("signal: {}/", libc::SIGRTMIN() + 3);
-    if !text.contains("ID:") || !text.contains(&sig) || !text.contains("clockid: 1") {
+    if !text.contains("ID:") || !text.contains(&sig) || !text.contains("ClockID: 1") {
         return Err(no(format!("/proc/PID/timers lacks the timer: {text:?}")));
     }
     Ok(String::new())
@@ -217,7 +267,8 @@ pub fn posix_timers() -> R {
 
 pub fn mqueue_state() -> R {
     use nix::mqueue::{MQ_OFlag, MqAttr, mq_close, mq_open, mq_send, mq_unlink};
-    let name = std::ffi::CString::new(format!("/stasis-probe-{}-{}", getpid(), sys::gettid())).fail("name")?;
+    let name = std::ffi::CString::new(format!("/stasis-probe-{}-{}", getpid(), sys::gettid()))
+        .fail("name")?;
     let attr = MqAttr::new(0, 4, 64, 0);
     let mq = mq_open(
         name.as_c_str(),
@@ -235,9 +286,14 @@ pub fn mqueue_state() -> R {
         let n = nix::unistd::read(sys::borrow_fd(fd), &mut buf).no("read(2) of the queue state")?;
         let s = String::from_utf8_lossy(&buf[..n]).to_string();
         if !s.contains("QSIZE:5") {
-            return Err(no(format!("queue state {s:?} does not show the 5 queued bytes")));
+            return Err(no(format!(
+                "queue state {s:?} does not show the 5 queued bytes"
+            )));
         }
-        Ok("queue state readable; messages are dumped by receiving and re-sending them".to_string())
+        Ok(
+            "queue state readable; messages are dumped by receiving and re-sending them"
+                .to_string(),
+        )
     })();
     let _ = mq_close(mq);
     r
@@ -262,7 +318,9 @@ pub fn procmap_query() -> R {
     let addr = std::ptr::from_ref(&probe) as u64;
     let (start, end) = sys::procmap_query(maps.as_fd(), addr).no("ioctl(PROCMAP_QUERY)")?;
     if !(start <= addr && addr < end) {
-        return Err(no(format!("PROCMAP_QUERY returned {start:#x}-{end:#x}, not covering {addr:#x}")));
+        return Err(no(format!(
+            "PROCMAP_QUERY returned {start:#x}-{end:#x}, not covering {addr:#x}"
+        )));
     }
     Ok("VMAs can be queried without parsing /proc/PID/maps".into())
 }
@@ -278,8 +336,18 @@ pub fn nsfs_ioctl() -> R {
 
 pub fn fanotify() -> R {
     use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags as FInit, MarkFlags, MaskFlags};
-    let fa = Fanotify::init(FInit::FAN_CLASS_NOTIF | FInit::FAN_CLOEXEC, EventFFlags::O_RDONLY).no("fanotify_init")?;
-    fa.mark(MarkFlags::FAN_MARK_ADD, MaskFlags::FAN_OPEN, nix::fcntl::AT_FDCWD, Some("/proc/self")).no("fanotify_mark")?;
+    let fa = Fanotify::init(
+        FInit::FAN_CLASS_NOTIF | FInit::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY,
+    )
+    .no("fanotify_init")?;
+    fa.mark(
+        MarkFlags::FAN_MARK_ADD,
+        MaskFlags::FAN_OPEN,
+        nix::fcntl::AT_FDCWD,
+        Some("/proc/self"),
+    )
+    .no("fanotify_mark")?;
     let text = fdinfo(&fa)?;
     if !text.contains("fanotify flags:") || !text.contains("fanotify ino:") {
         return Err(no("fanotify fdinfo lacks the flags or the mark"));

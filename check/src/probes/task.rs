@@ -32,7 +32,10 @@ fn traced_child(setup: impl FnOnce() -> bool) -> Result<Child, Outcome> {
         0
     })
     .fail("fork")?;
-    match c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED).fail("waiting for the traced child")? {
+    match c
+        .wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED)
+        .fail("waiting for the traced child")?
+    {
         WaitStatus::Stopped(_, Signal::SIGSTOP) => Ok(c),
         WaitStatus::Exited(_, 10) => Err(no("PTRACE_TRACEME failed")),
         WaitStatus::Exited(_, 11) => Err(error("setting up the traced child failed")),
@@ -46,7 +49,8 @@ pub fn kcmp() -> R {
     let g = f.try_clone().fail("dup")?;
     let fd = u64::try_from(f.as_raw_fd()).unwrap_or(0);
     let gd = u64::try_from(g.as_raw_fd()).unwrap_or(0);
-    let same = sys::kcmp(me, me, 0, fd, gd).no("kcmp(KCMP_FILE) (CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE)")?;
+    let same = sys::kcmp(me, me, 0, fd, gd)
+        .no("kcmp(KCMP_FILE) (CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE)")?;
     if same != 0 {
         return Err(no("kcmp says a dup()ed fd is a different file"));
     }
@@ -61,7 +65,8 @@ pub fn kcmp_epoll() -> R {
     use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).fail("epoll_create")?;
     let (r, _w) = pipe().fail("pipe")?;
-    ep.add(r.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1)).fail("epoll_ctl")?;
+    ep.add(r.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
+        .fail("epoll_ctl")?;
     let slot = sys::KcmpEpollSlot {
         efd: u32::try_from(ep.0.as_raw_fd()).unwrap_or(0),
         tfd: u32::try_from(r.as_raw_fd()).unwrap_or(0),
@@ -76,17 +81,32 @@ pub fn kcmp_epoll() -> R {
 
 pub fn prctl() -> R {
     let mut addr: u64 = 0;
-    sys::prctl(libc::PR_GET_TID_ADDRESS, std::ptr::from_mut(&mut addr) as u64, 0, 0, 0).no("prctl(PR_GET_TID_ADDRESS)")?;
+    sys::prctl(
+        libc::PR_GET_TID_ADDRESS,
+        std::ptr::from_mut(&mut addr) as u64,
+        0,
+        0,
+        0,
+    )
+    .no("prctl(PR_GET_TID_ADDRESS)")?;
     prctl_mm_map_size()?;
     Ok(String::new())
 }
 
 pub fn prctl_mm_map_size() -> R {
     let mut size: u32 = 0;
-    sys::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE as u64, std::ptr::from_mut(&mut size) as u64, 0, 0)
-        .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE) (CONFIG_CHECKPOINT_RESTORE)")?;
+    sys::prctl(
+        libc::PR_SET_MM,
+        libc::PR_SET_MM_MAP_SIZE as u64,
+        std::ptr::from_mut(&mut size) as u64,
+        0,
+        0,
+    )
+    .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE) (CONFIG_CHECKPOINT_RESTORE)")?;
     if size != 104 {
-        return Err(no(format!("PR_SET_MM_MAP_SIZE reports {size}, expected 104")));
+        return Err(no(format!(
+            "PR_SET_MM_MAP_SIZE reports {size}, expected 104"
+        )));
     }
     Ok(String::new())
 }
@@ -95,21 +115,43 @@ pub fn prctl_mm_map() -> R {
     // Apply the current layout through PR_SET_MM_MAP in a child: the same call
     // restore makes, without needing CAP_SYS_RESOURCE.
     let stat = read("/proc/self/stat")?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| error("bad /proc/self/stat"))?;
-    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| error("bad /proc/self/stat"))?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
     let at = |n: usize| f.get(n - 3).copied().unwrap_or(0);
     let map: [u64; 13] = [
-        at(26), at(27), at(45), at(46), at(47), sys::current_brk(), at(28), at(48), at(49), at(50), at(51), 0,
+        at(26),
+        at(27),
+        at(45),
+        at(46),
+        at(47),
+        sys::current_brk(),
+        at(28),
+        at(48),
+        at(49),
+        at(50),
+        at(51),
+        0,
         u64::from(u32::MAX) << 32, // auxv_size 0 (keep), exe_fd -1 (keep)
     ];
-    let mut c = sys::fork_child(|_cx| match sys::prctl(libc::PR_SET_MM, 14, std::ptr::from_ref(&map) as u64, 104, 0) {
-        Ok(_) => 0,
-        Err(e) => e as i32,
+    let mut c = sys::fork_child(|_cx| {
+        match sys::prctl(libc::PR_SET_MM, 14, std::ptr::from_ref(&map) as u64, 104, 0) {
+            Ok(_) => 0,
+            Err(e) => e as i32,
+        }
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        Ok(e) => Err(no(format!("prctl(PR_SET_MM, PR_SET_MM_MAP): {}", nix::errno::Errno::from_raw(e)))),
+        Ok(e) => Err(no(format!(
+            "prctl(PR_SET_MM, PR_SET_MM_MAP): {}",
+            nix::errno::Errno::from_raw(e)
+        ))),
         Err(e) => Err(error(e)),
     }
 }
@@ -137,8 +179,12 @@ pub fn rt_sigqueueinfo() -> R {
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        Ok(2) => Err(no("rt_sigqueueinfo with a positive si_code to ourselves was refused")),
-        Ok(3) => Err(no("the queued siginfo came back with a different code or value")),
+        Ok(2) => Err(no(
+            "rt_sigqueueinfo with a positive si_code to ourselves was refused",
+        )),
+        Ok(3) => Err(no(
+            "the queued siginfo came back with a different code or value",
+        )),
         Ok(4) => Err(no("the queued signal was not pending")),
         Ok(n) => Err(error(format!("child setup failed ({n})"))),
         Err(e) => Err(error(e)),
@@ -146,22 +192,32 @@ pub fn rt_sigqueueinfo() -> R {
 }
 
 pub fn ptrace_peeksiginfo() -> R {
-    let c = traced_child(|| SigSet::from(Signal::SIGUSR1).thread_block().is_ok() && { sys::raise(Signal::SIGUSR1); true })?;
+    let c = traced_child(|| {
+        SigSet::from(Signal::SIGUSR1).thread_block().is_ok() && {
+            sys::raise(Signal::SIGUSR1);
+            true
+        }
+    })?;
     let infos = sys::ptrace_peeksiginfo(c.pid(), false).no("ptrace(PTRACE_PEEKSIGINFO)")?;
     if infos.len() != 1 || infos[0].0 != libc::SIGUSR1 {
-        return Err(no(format!("PTRACE_PEEKSIGINFO returned {infos:?}, expected one SIGUSR1")));
+        return Err(no(format!(
+            "PTRACE_PEEKSIGINFO returned {infos:?}, expected one SIGUSR1"
+        )));
     }
     let mask = sys::ptrace_getsigmask(c.pid()).no("ptrace(PTRACE_GETSIGMASK)")?;
     if mask & (1 << (libc::SIGUSR1 - 1)) == 0 {
-        return Err(no(format!("PTRACE_GETSIGMASK returned {mask:#x} without SIGUSR1")));
+        return Err(no(format!(
+            "PTRACE_GETSIGMASK returned {mask:#x} without SIGUSR1"
+        )));
     }
     Ok(String::new())
 }
 
 pub fn seccomp_suspend() -> R {
     let c = traced_child(|| true)?;
-    sys::ptrace_setoptions(c.pid(), PTRACE_O_SUSPEND_SECCOMP)
-        .no("PTRACE_O_SUSPEND_SECCOMP (CONFIG_SECCOMP, CONFIG_CHECKPOINT_RESTORE, CAP_SYS_ADMIN)")?;
+    sys::ptrace_setoptions(c.pid(), PTRACE_O_SUSPEND_SECCOMP).no(
+        "PTRACE_O_SUSPEND_SECCOMP (CONFIG_SECCOMP, CONFIG_CHECKPOINT_RESTORE, CAP_SYS_ADMIN)",
+    )?;
     Ok(String::new())
 }
 
@@ -175,18 +231,26 @@ pub fn seccomp_filters() -> R {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).is_ok()
             && sys::prctl(libc::PR_SET_SECCOMP, 2, prog.as_ptr() as u64, 0, 0).is_ok()
     })?;
-    let n = sys::ptrace_seccomp_filter_len(c.pid(), 0)
-        .no("ptrace(PTRACE_SECCOMP_GET_FILTER) (CONFIG_SECCOMP_FILTER, CONFIG_CHECKPOINT_RESTORE)")?;
+    let n = sys::ptrace_seccomp_filter_len(c.pid(), 0).no(
+        "ptrace(PTRACE_SECCOMP_GET_FILTER) (CONFIG_SECCOMP_FILTER, CONFIG_CHECKPOINT_RESTORE)",
+    )?;
     if n != 1 {
-        return Err(no(format!("PTRACE_SECCOMP_GET_FILTER reports {n} instructions, expected 1")));
+        return Err(no(format!(
+            "PTRACE_SECCOMP_GET_FILTER reports {n} instructions, expected 1"
+        )));
     }
     Ok(String::new())
 }
 
 pub fn get_rseq_conf() -> R {
     let c = traced_child(|| true)?;
-    let (area, size) = sys::ptrace_rseq_conf(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
-    Ok(if area != 0 { format!("the child has a {size}-byte rseq area registered") } else { String::new() })
+    let (area, size) =
+        sys::ptrace_rseq_conf(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
+    Ok(if area != 0 {
+        format!("the child has a {size}-byte rseq area registered")
+    } else {
+        String::new()
+    })
 }
 
 #[inline(never)]
@@ -204,23 +268,31 @@ pub fn breakpoints() -> R {
         std::hint::black_box(breakpoint_target as fn() -> i32)()
     })
     .fail("fork")?;
-    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED).fail("waiting for the child to stop")?;
+    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED)
+        .fail("waiting for the child to stop")?;
     // offsetof(struct user, u_debugreg) on x86-64.
     const DEBUGREG: u64 = 848;
     let target = breakpoint_target as fn() -> i32 as usize as i64;
     nix::sys::ptrace::write_user(c.pid(), DEBUGREG as _, target).no("PTRACE_POKEUSER DR0")?;
     nix::sys::ptrace::write_user(c.pid(), (DEBUGREG + 7 * 8) as _, 1).no("PTRACE_POKEUSER DR7")?;
     nix::sys::ptrace::cont(c.pid(), None).fail("PTRACE_CONT")?;
-    match c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED).fail("waiting for the breakpoint")? {
+    match c
+        .wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED)
+        .fail("waiting for the breakpoint")?
+    {
         WaitStatus::Stopped(_, Signal::SIGTRAP) => Ok(String::new()),
-        other => Err(no(format!("the hardware breakpoint did not trap: {other:?}"))),
+        other => Err(no(format!(
+            "the hardware breakpoint did not trap: {other:?}"
+        ))),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 pub fn breakpoints() -> R {
     let _ = breakpoint_target();
-    Err(Outcome::NotApplicable("hardware breakpoints are probed on x86-64 only".into()))
+    Err(Outcome::NotApplicable(
+        "hardware breakpoints are probed on x86-64 only".into(),
+    ))
 }
 
 pub fn clone3_set_tid() -> R {
@@ -228,7 +300,9 @@ pub fn clone3_set_tid() -> R {
         nix::errno::Errno::EINVAL => Ok(String::new()),
         nix::errno::Errno::ENOSYS => Err(no("clone3: ENOSYS (kernel older than 5.3)")),
         nix::errno::Errno::E2BIG => Err(no("clone3 does not know set_tid (kernel older than 5.5)")),
-        e => Err(error(format!("clone3 with an invalid set_tid answered {e}"))),
+        e => Err(error(format!(
+            "clone3 with an invalid set_tid answered {e}"
+        ))),
     }
 }
 
@@ -241,8 +315,14 @@ pub fn clone3() -> R {
 }
 
 pub fn set_tid() -> R {
-    let last: i32 = read("/proc/sys/kernel/ns_last_pid")?.trim().parse().fail("ns_last_pid")?;
-    let max: i32 = read("/proc/sys/kernel/pid_max")?.trim().parse().fail("pid_max")?;
+    let last: i32 = read("/proc/sys/kernel/ns_last_pid")?
+        .trim()
+        .parse()
+        .fail("ns_last_pid")?;
+    let max: i32 = read("/proc/sys/kernel/pid_max")?
+        .trim()
+        .parse()
+        .fail("pid_max")?;
     let mut want = last + 1000;
     for _ in 0..16 {
         if want >= max {
@@ -263,7 +343,11 @@ pub fn set_tid() -> R {
                 };
             }
             Err(nix::errno::Errno::EEXIST) => want += 37,
-            Err(e) => return Err(no(format!("clone3 with set_tid: {e} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"))),
+            Err(e) => {
+                return Err(no(format!(
+                    "clone3 with set_tid: {e} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)"
+                )));
+            }
         }
     }
     Err(error("no free PID found to try"))
@@ -275,7 +359,11 @@ pub fn clone_newpid_parent() -> R {
         match cx.clone3_exit((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, 0, 0) {
             Ok(gc) => {
                 let pid = gc.as_raw();
-                if nix::unistd::write(&w, &pid.to_ne_bytes()).is_err() { 2 } else { 0 }
+                if nix::unistd::write(&w, &pid.to_ne_bytes()).is_err() {
+                    2
+                } else {
+                    0
+                }
             }
             Err(_) => 1,
         }
@@ -298,8 +386,10 @@ pub fn clone_newpid_parent() -> R {
 }
 
 fn sleeper() -> Result<Child, Outcome> {
-    sys::fork_child(|_cx| loop {
-        nix::unistd::pause();
+    sys::fork_child(|_cx| {
+        loop {
+            nix::unistd::pause();
+        }
     })
     .fail("fork")
 }
@@ -308,7 +398,10 @@ pub fn pidfd_store() -> R {
     let pidfd = sys::pidfd_open(getpid()).no("pidfd_open")?;
     let (r, _w) = pipe().fail("pipe")?;
     let dup = sys::pidfd_getfd(pidfd.as_fd(), r.as_raw_fd()).no("pidfd_getfd")?;
-    let (a, b) = (nix::sys::stat::fstat(r.as_fd()).fail("fstat")?, nix::sys::stat::fstat(dup.as_fd()).fail("fstat")?);
+    let (a, b) = (
+        nix::sys::stat::fstat(r.as_fd()).fail("fstat")?,
+        nix::sys::stat::fstat(dup.as_fd()).fail("fstat")?,
+    );
     if a.st_ino != b.st_ino {
         return Err(no("pidfd_getfd returned another file"));
     }
@@ -319,11 +412,16 @@ pub fn pidfd_open() -> R {
     let mut c = sleeper()?;
     let pidfd = sys::pidfd_open(c.pid()).no("pidfd_open")?;
     kill(c.pid(), Signal::SIGKILL).fail("kill")?;
-    let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(2000u16)).fail("poll")?;
     let _ = c.exit_code(CHILD_TIMEOUT);
     if n != 1 {
-        return Err(no("the pidfd did not become readable when the process died"));
+        return Err(no(
+            "the pidfd did not become readable when the process died",
+        ));
     }
     Ok(String::new())
 }
@@ -356,11 +454,16 @@ pub fn pidfd_getfd() -> R {
     })
     .fail("fork")?;
     let mut b = [0u8; 4];
-    std::fs::File::from(r).read_exact(&mut b).fail("reading the child's fd number")?;
+    std::fs::File::from(r)
+        .read_exact(&mut b)
+        .fail("reading the child's fd number")?;
     let pidfd = sys::pidfd_open(_c.pid()).no("pidfd_open")?;
-    let fd = sys::pidfd_getfd(pidfd.as_fd(), i32::from_ne_bytes(b)).no("pidfd_getfd (CAP_SYS_PTRACE)")?;
+    let fd = sys::pidfd_getfd(pidfd.as_fd(), i32::from_ne_bytes(b))
+        .no("pidfd_getfd (CAP_SYS_PTRACE)")?;
     let mut buf = [0u8; 10];
-    std::fs::File::from(fd).read_exact(&mut buf).fail("reading the stolen pipe")?;
+    std::fs::File::from(fd)
+        .read_exact(&mut buf)
+        .fail("reading the stolen pipe")?;
     if &buf != b"from child" {
         return Err(no("the duplicated fd does not carry the child's data"));
     }
@@ -376,10 +479,15 @@ pub fn process_vm_readv() -> R {
         0
     })
     .fail("fork")?;
-    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED).fail("waiting for the child")?;
+    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED)
+        .fail("waiting for the child")?;
     let mut v = [0u8; 8];
-    let n = nix::sys::uio::process_vm_readv(c.pid(), &mut [std::io::IoSliceMut::new(&mut v)], &[RemoteIoVec { base: addr, len: 8 }])
-        .no("process_vm_readv")?;
+    let n = nix::sys::uio::process_vm_readv(
+        c.pid(),
+        &mut [std::io::IoSliceMut::new(&mut v)],
+        &[RemoteIoVec { base: addr, len: 8 }],
+    )
+    .no("process_vm_readv")?;
     if n != 8 || u64::from_ne_bytes(v) != 0xfeed_f00d {
         return Err(no("process_vm_readv read the wrong value"));
     }
@@ -394,13 +502,21 @@ pub fn process_vm_writev() -> R {
         if cell.get() == 0xbeef { 0 } else { 1 }
     })
     .fail("fork")?;
-    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED).fail("waiting for the child")?;
+    c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::WUNTRACED)
+        .fail("waiting for the child")?;
     let v = 0xbeefu64.to_ne_bytes();
-    nix::sys::uio::process_vm_writev(c.pid(), &[std::io::IoSlice::new(&v)], &[RemoteIoVec { base: addr, len: 8 }]).no("process_vm_writev")?;
+    nix::sys::uio::process_vm_writev(
+        c.pid(),
+        &[std::io::IoSlice::new(&v)],
+        &[RemoteIoVec { base: addr, len: 8 }],
+    )
+    .no("process_vm_writev")?;
     kill(c.pid(), Signal::SIGCONT).fail("SIGCONT")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        other => Err(no(format!("the child did not see the written value: {other:?}"))),
+        other => Err(no(format!(
+            "the child did not see the written value: {other:?}"
+        ))),
     }
 }
 
@@ -408,9 +524,14 @@ fn seized() -> Result<Child, Outcome> {
     let mut c = sleeper()?;
     nix::sys::ptrace::seize(c.pid(), nix::sys::ptrace::Options::empty()).no("PTRACE_SEIZE")?;
     nix::sys::ptrace::interrupt(c.pid()).no("PTRACE_INTERRUPT")?;
-    match c.wait_timeout(CHILD_TIMEOUT, WaitPidFlag::__WALL).fail("waiting for the interrupt stop")? {
+    match c
+        .wait_timeout(CHILD_TIMEOUT, WaitPidFlag::__WALL)
+        .fail("waiting for the interrupt stop")?
+    {
         WaitStatus::PtraceEvent(_, Signal::SIGTRAP, 128) => Ok(c),
-        other => Err(no(format!("PTRACE_INTERRUPT gave {other:?}, not a PTRACE_EVENT_STOP"))),
+        other => Err(no(format!(
+            "PTRACE_INTERRUPT gave {other:?}, not a PTRACE_EVENT_STOP"
+        ))),
     }
 }
 
@@ -422,7 +543,9 @@ pub fn ptrace_syscall_info() -> R {
     let c = seized()?;
     let info = nix::sys::ptrace::syscall_info(c.pid()).no("PTRACE_GET_SYSCALL_INFO")?;
     if info.instruction_pointer == 0 {
-        return Err(no("PTRACE_GET_SYSCALL_INFO returned no instruction pointer"));
+        return Err(no(
+            "PTRACE_GET_SYSCALL_INFO returned no instruction pointer",
+        ));
     }
     Ok(String::new())
 }
@@ -456,7 +579,9 @@ pub fn timer_cr_ids() -> R {
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(0) => Ok(String::new()),
-        Ok(1) => Err(no("prctl(PR_TIMER_CREATE_RESTORE_IDS) failed (kernel older than 6.17)")),
+        Ok(1) => Err(no(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS) failed (kernel older than 6.17)",
+        )),
         Ok(2) => Err(no("timer_create ignored the requested id")),
         Ok(3) => Err(no("timer_create with a requested id failed")),
         other => Err(error(format!("child ended with {other:?}"))),
@@ -468,33 +593,63 @@ pub fn rseq() -> R {
         nix::errno::Errno::ENOSYS => Err(no("rseq: ENOSYS (CONFIG_RSEQ)")),
         _ => {
             let size = sys::auxv(27);
-            Ok(if size > 0 { format!("rseq feature size {size}") } else { String::new() })
+            Ok(if size > 0 {
+                format!("rseq feature size {size}")
+            } else {
+                String::new()
+            })
         }
     }
 }
 
 pub fn landlock() -> R {
-    let v = sys::landlock_abi_version().no("landlock_create_ruleset (CONFIG_SECURITY_LANDLOCK, lsm=landlock)")?;
-    Ok(format!("ABI version {v}; processes inside a Landlock domain cannot be dumped"))
+    let v = sys::landlock_abi_version()
+        .no("landlock_create_ruleset (CONFIG_SECURITY_LANDLOCK, lsm=landlock)")?;
+    Ok(format!(
+        "ABI version {v}; processes inside a Landlock domain cannot be dumped"
+    ))
 }
 
 pub fn cap_checkpoint_restore() -> R {
-    let last: u32 = read("/proc/sys/kernel/cap_last_cap")?.trim().parse().fail("cap_last_cap")?;
+    let last: u32 = read("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .fail("cap_last_cap")?;
     if last < 40 {
-        return Err(no(format!("the kernel knows capabilities up to {last}; CAP_CHECKPOINT_RESTORE (40) needs 5.9")));
+        return Err(no(format!(
+            "the kernel knows capabilities up to {last}; CAP_CHECKPOINT_RESTORE (40) needs 5.9"
+        )));
     }
     if !has_cap(40) {
-        return Err(no("the kernel has CAP_CHECKPOINT_RESTORE but this process does not hold it"));
+        return Err(no(
+            "the kernel has CAP_CHECKPOINT_RESTORE but this process does not hold it",
+        ));
     }
     Ok(String::new())
 }
 
 /// Capabilities C/R uses and what breaks without each.
 const CAPS: &[(u32, &str, &str)] = &[
-    (21, "CAP_SYS_ADMIN", "namespaces, mounts, PTRACE_O_SUSPEND_SECCOMP, most of restore"),
-    (19, "CAP_SYS_PTRACE", "seizing tasks, pidfd_getfd, /proc/PID/map_files"),
-    (40, "CAP_CHECKPOINT_RESTORE", "clone3 set_tid and ns_last_pid without CAP_SYS_ADMIN"),
-    (12, "CAP_NET_ADMIN", "TCP_REPAIR, the nftables network lock, network namespaces"),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "namespaces, mounts, PTRACE_O_SUSPEND_SECCOMP, most of restore",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "seizing tasks, pidfd_getfd, /proc/PID/map_files",
+    ),
+    (
+        40,
+        "CAP_CHECKPOINT_RESTORE",
+        "clone3 set_tid and ns_last_pid without CAP_SYS_ADMIN",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        "TCP_REPAIR, the nftables network lock, network namespaces",
+    ),
     (
         24,
         "CAP_SYS_RESOURCE",
@@ -504,11 +659,23 @@ const CAPS: &[(u32, &str, &str)] = &[
     (6, "CAP_SETGID", "restoring gids and supplementary groups"),
     (7, "CAP_SETUID", "restoring uids"),
     (8, "CAP_SETPCAP", "restoring capability sets and securebits"),
-    (1, "CAP_DAC_OVERRIDE", "opening files the dumped task could open but we cannot"),
-    (3, "CAP_FOWNER", "restoring file modes and owners of ghost files"),
+    (
+        1,
+        "CAP_DAC_OVERRIDE",
+        "opening files the dumped task could open but we cannot",
+    ),
+    (
+        3,
+        "CAP_FOWNER",
+        "restoring file modes and owners of ghost files",
+    ),
     (13, "CAP_NET_RAW", "packet and raw sockets"),
     (29, "CAP_AUDIT_CONTROL", "restoring loginuid"),
-    (23, "CAP_SYS_NICE", "restoring scheduling policies and nice values below 0"),
+    (
+        23,
+        "CAP_SYS_NICE",
+        "restoring scheduling policies and nice values below 0",
+    ),
 ];
 
 pub fn caps() -> R {
