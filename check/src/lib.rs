@@ -242,3 +242,234 @@ impl Verdict {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn finding(name: &str, outcome: Outcome) -> Finding {
+        Finding {
+            probe: by_name(name).expect("known probe"),
+            outcome,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn table_has_criu_counts_and_order() {
+        let count = |c: Category| PROBES.iter().filter(|p| p.category == c).count();
+        assert_eq!(count(Category::Required), 17);
+        // 38 extra probes plus apparmor_stacking, as in CRIU.
+        assert_eq!(count(Category::Extra), 39);
+        assert_eq!(count(Category::Experimental), 2);
+        assert!(
+            count(Category::Stasis) >= 30,
+            "at least 30 probes of our own"
+        );
+        let names: Vec<&str> = report::criu_feature_names();
+        assert_eq!(names.len(), 45);
+        let mut seen = std::collections::HashSet::new();
+        for p in PROBES {
+            assert!(seen.insert(p.name), "duplicate probe name {}", p.name);
+            assert!(
+                !p.description.is_empty() && !p.needs.kernel.is_empty(),
+                "{} lacks metadata",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn criu_feature_names_are_criu_order() {
+        // criu --help order (shared/reference/criu.md §3.2); breakpoints is
+        // listed with the required probes here but keeps its CRIU name.
+        let want = [
+            "breakpoints",
+            "mnt_id",
+            "mem_dirty_track",
+            "aio_remap",
+            "timerfd",
+            "tun",
+            "tun_ns",
+            "userns",
+            "fdinfo_lock",
+            "seccomp_suspend",
+            "seccomp_filters",
+            "loginuid",
+            "cgroupns",
+            "autofs",
+            "tcp_half_closed",
+            "compat_cr",
+            "uffd",
+            "uffd-noncoop",
+            "can_map_vdso",
+            "sk_ns",
+            "sk_unix_file",
+            "net_diag_raw",
+            "nsid",
+            "link_nsid",
+            "kcmp_epoll",
+            "timens",
+            "external_net_ns",
+            "clone3_set_tid",
+            "newifindex",
+            "nftables",
+            "has_ipt_legacy",
+            "pidfd_store",
+            "ns_pid",
+            "apparmor_stacking",
+            "network_lock_nftables",
+            "sockopt_buf_lock",
+            "memfd_hugetlb",
+            "move_mount_set_group",
+            "openat2",
+            "get_rseq_conf",
+            "ipv6_freebind",
+            "pagemap_scan",
+            "timer_cr_ids",
+            "overlayfs_maps",
+            "pagemap_scan_guard_pages",
+        ];
+        let mut got = report::criu_feature_names();
+        got.sort_unstable();
+        let mut w = want.to_vec();
+        w.sort_unstable();
+        assert_eq!(got, w);
+    }
+
+    #[test]
+    fn selection_follows_criu_options() {
+        let plain = Selection::default();
+        assert!(plain.includes(Category::Required) && plain.includes(Category::Informational));
+        assert!(!plain.includes(Category::Extra) && !plain.includes(Category::Stasis));
+        let extra = Selection {
+            extra: true,
+            ..Selection::default()
+        };
+        assert!(extra.includes(Category::Extra) && !extra.includes(Category::Experimental));
+        assert_eq!(Selection::all().probes().len(), PROBES.len());
+    }
+
+    #[test]
+    fn verdict_counts_only_criu_categories() {
+        let ok = Outcome::Supported(String::new());
+        let bad = Outcome::Unsupported("x".into());
+        let base = || {
+            vec![
+                finding("map_files", ok.clone()),
+                finding("mnt_id", ok.clone()),
+            ]
+        };
+        assert_eq!(Verdict::of(&base()), Verdict::Good);
+
+        let mut f = base();
+        f.push(finding("pidfd_open", bad.clone()));
+        f.push(finding("breakpoints", bad.clone()));
+        f.push(finding("has_ipt_legacy", bad.clone()));
+        f.push(finding(
+            "apparmor_stacking",
+            Outcome::NotApplicable("no AppArmor".into()),
+        ));
+        assert_eq!(
+            Verdict::of(&f),
+            Verdict::Good,
+            "stasis, informational, feature-only and n/a never count"
+        );
+
+        let mut f = base();
+        f.push(finding("autofs", Outcome::TimedOut(Duration::from_secs(1))));
+        assert_eq!(Verdict::of(&f), Verdict::GoodButMissing);
+        assert_eq!(Verdict::GoodButMissing.exit_code(), 1);
+
+        let mut f = base();
+        f.push(finding("kcmp", Outcome::Error("fork: EAGAIN".into())));
+        assert_eq!(Verdict::of(&f), Verdict::Bad);
+        assert_eq!(Verdict::Bad.message(), "Does not look good.");
+    }
+
+    #[test]
+    fn table_shows_reason_fix_and_verdict_without_color() {
+        let f = vec![
+            finding("map_files", Outcome::Supported(String::new())),
+            finding(
+                "mem_dirty_track",
+                Outcome::Unsupported("no soft-dirty bit".into()),
+            ),
+            finding(
+                "apparmor_stacking",
+                Outcome::NotApplicable("the LSM is not AppArmor".into()),
+            ),
+        ];
+        let t = report::table(&f, false);
+        assert!(!t.contains('\x1b'));
+        assert!(t.contains("✓ map_files"));
+        assert!(
+            t.contains("✗ mem_dirty_track")
+                && t.contains("no soft-dirty bit [needs Linux 3.11+, CONFIG_MEM_SOFT_DIRTY]")
+        );
+        assert!(t.contains("- apparmor_stacking"));
+        assert!(t.trim_end().ends_with("dump or restore failure."));
+        assert!(
+            !t.contains("Error"),
+            "a table that ends well never shows an Error line"
+        );
+        assert!(report::table(&f, true).contains("\x1b[31m✗\x1b[0m"));
+    }
+
+    static SLOW: Probe = Probe {
+        name: "slow",
+        category: Category::Stasis,
+        criu_feature: false,
+        description: "sleeps",
+        needs: Needs {
+            kernel: "-",
+            config: "",
+        },
+        run: || {
+            std::thread::sleep(Duration::from_secs(3));
+            Outcome::Supported(String::new())
+        },
+    };
+    static PANICS: Probe = Probe {
+        name: "panics",
+        category: Category::Stasis,
+        criu_feature: false,
+        description: "panics",
+        needs: Needs {
+            kernel: "-",
+            config: "",
+        },
+        run: || panic!("probe bug"),
+    };
+    static FAST: Probe = Probe {
+        name: "fast",
+        category: Category::Stasis,
+        criu_feature: false,
+        description: "returns at once",
+        needs: Needs {
+            kernel: "-",
+            config: "",
+        },
+        run: || Outcome::Unsupported("nope".into()),
+    };
+
+    #[test]
+    fn runner_times_out_and_survives_panics_in_order() {
+        // Generous limit: printing the panic's backtrace can take a while.
+        let opts = RunOptions {
+            threads: 1,
+            timeout: Duration::from_secs(1),
+        };
+        let f = run(&[&SLOW, &PANICS, &FAST], &opts);
+        let names: Vec<&str> = f.iter().map(|f| f.probe.name).collect();
+        assert_eq!(names, ["slow", "panics", "fast"]);
+        assert_eq!(f[0].outcome, Outcome::TimedOut(Duration::from_secs(1)));
+        assert!(
+            matches!(&f[1].outcome, Outcome::Error(e) if e.contains("panicked")),
+            "{:?}",
+            f[1].outcome
+        );
+        assert_eq!(f[2].outcome, Outcome::Unsupported("nope".into()));
+    }
+}

@@ -529,6 +529,18 @@ fn new_veth(
     s.request(msg).map(drop)
 }
 
+/// Deletes the link named `name` (a veth end takes its peer with it).
+fn del_link(s: &nl::Socket, name: &str) -> Result<(), Outcome> {
+    let found = link_index(s, name).fail("RTM_GETLINK")?;
+    if let Some(idx) = found {
+        s.request(
+            Builder::new(17, nl::NLM_F_REQUEST | nl::NLM_F_ACK, &ifinfomsg(idx, 0, 0)).finish(),
+        )
+        .fail(&format!("deleting the probe link {name}"))?;
+    }
+    Ok(())
+}
+
 fn links(s: &nl::Socket) -> Result<Vec<nl::Msg>, nix::errno::Errno> {
     s.request(
         Builder::new(
@@ -577,7 +589,9 @@ pub fn newifindex() -> R {
         s.request(msg).no("moving a link with IFLA_NEW_IFINDEX")?;
         sys::setns(first.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).fail("setns back")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        match link_index(&s, "stasisi1").fail("RTM_GETLINK")? {
+        let got = link_index(&s, "stasisi1").fail("RTM_GETLINK")?;
+        del_link(&s, "stasisi1")?;
+        match got {
             Some(4242) => Ok(String::new()),
             other => Err(no(format!(
                 "the moved link has index {other:?}, not the requested 4242"
@@ -598,6 +612,7 @@ pub fn link_nsid() -> R {
         let has = msgs
             .iter()
             .any(|m| nl::find(m.payload.get(16..).unwrap_or(&[]), IFLA_LINK_NETNSID).is_some());
+        del_link(&s, "stasisp0")?;
         if !has {
             return Err(no(
                 "no IFLA_LINK_NETNSID on a veth whose peer is in another namespace",

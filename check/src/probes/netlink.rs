@@ -233,3 +233,35 @@ impl Builder {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_lays_out_header_attributes_and_nests() {
+        let m = Builder::new(20, NLM_F_REQUEST, &[1, 2, 3])
+            .str(3, "lo")
+            .nest(18)
+            .be32(1, 7)
+            .end()
+            .finish();
+        assert_eq!(
+            u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
+            m.len()
+        );
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 20);
+        assert_eq!(&m[16..19], &[1, 2, 3]);
+        let a = attrs(&m[20..]);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0], (3, &b"lo\0"[..]));
+        assert_eq!(a[1].0, 18, "nested flag is masked off");
+        assert_eq!(find(a[1].1, 1), Some(&7u32.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn attrs_stop_at_truncated_input() {
+        assert!(attrs(&[8, 0, 1, 0, 0]).is_empty());
+        assert!(attrs(&[2, 0, 1, 0]).is_empty());
+    }
+}
