@@ -73,7 +73,6 @@ pub fn kcmp(pid1: Pid, pid2: Pid, kind: i32, idx1: u64, idx2: u64) -> Result<i64
             ],
         )
     }
-    .map(i64::from)
 }
 
 /// `struct kcmp_epoll_slot` for KCMP_EPOLL_TFD.
@@ -105,7 +104,6 @@ pub fn kcmp_epoll(pid: Pid, fd: RawFd, slot: &KcmpEpollSlot) -> Result<i64, Errn
             ],
         )
     }
-    .map(i64::from)
 }
 
 /// `pidfd_open(2)`.
@@ -229,7 +227,7 @@ pub fn memfd_secret() -> Result<OwnedFd, Errno> {
 /// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the ABI version.
 pub fn landlock_abi_version() -> Result<i64, Errno> {
     // SAFETY: a null attr with size 0 is the documented version query.
-    unsafe { raw(nr::LANDLOCK_CREATE_RULESET, [0, 0, 1, 0, 0]) }.map(i64::from)
+    unsafe { raw(nr::LANDLOCK_CREATE_RULESET, [0, 0, 1, 0, 0]) }
 }
 
 /// `mseal(2)` on a mapping the caller owns.
@@ -429,7 +427,6 @@ pub mod ioc {
     pub const UFFDIO_WRITEPROTECT: libc::c_ulong = iowr(0xAA, 0x06, 24);
     pub const PAGEMAP_SCAN: libc::c_ulong = iowr(b'f', 16, 96);
     pub const TFD_IOC_SET_TICKS: libc::c_ulong = iow(b'T', 0, 8);
-    pub const TUNSETIFF: libc::c_ulong = iow(b'T', 202, 4);
     pub const TUNSETIFINDEX: libc::c_ulong = iow(b'T', 218, 4);
     pub const TIOCSPTLCK: libc::c_ulong = iow(b'T', 0x31, 4);
     pub const NS_GET_NSTYPE: libc::c_ulong = io(0xb7, 0x3);
@@ -447,7 +444,7 @@ pub unsafe fn ioctl_ptr<T>(
 ) -> Result<i64, Errno> {
     // SAFETY: forwarded to the caller; arg is live and exclusive for the call.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, std::ptr::from_mut(arg)) };
-    check(libc::c_long::from(ret)).map(i64::from)
+    check(libc::c_long::from(ret))
 }
 
 /// An ioctl with an integer argument (or none).
@@ -455,7 +452,7 @@ pub fn ioctl_int(fd: BorrowedFd<'_>, req: libc::c_ulong, arg: libc::c_ulong) -> 
     // SAFETY: only called with requests whose argument is an integer (SIOCGSKNS,
     // NS_GET_NSTYPE, SIOCUNIXFILE), never a pointer.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
-    check(libc::c_long::from(ret)).map(i64::from)
+    check(libc::c_long::from(ret))
 }
 
 /// `struct pm_scan_arg` for PAGEMAP_SCAN.
@@ -577,11 +574,6 @@ impl Mapping {
         self.len
     }
 
-    /// Whether the mapping is empty (never: mmap refuses length 0).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Raw pointer to the start.
     pub fn ptr(&self) -> *mut libc::c_void {
         self.addr.as_ptr()
@@ -593,7 +585,9 @@ impl Mapping {
             // SAFETY: off is inside the mapping, which we own and which is
             // writable by the caller's contract; volatile because the kernel
             // observes the access (dirty bits, uffd).
-            unsafe { std::ptr::write_volatile(self.addr.as_ptr().cast::<u8>().add(off), val) }
+            unsafe {
+                std::ptr::write_volatile(self.addr.as_ptr().cast::<u8>().wrapping_add(off), val)
+            }
         }
     }
 
@@ -603,7 +597,7 @@ impl Mapping {
             return 0;
         }
         // SAFETY: off is inside the readable mapping we own.
-        unsafe { std::ptr::read_volatile(self.addr.as_ptr().cast::<u8>().add(off)) }
+        unsafe { std::ptr::read_volatile(self.addr.as_ptr().cast::<u8>().wrapping_add(off)) }
     }
 
     /// `madvise` on the sub-range `[off, off+len)`.
@@ -613,8 +607,14 @@ impl Mapping {
         }
         // SAFETY: the range lies inside our own mapping; no Rust reference points into it.
         check(
-            unsafe { libc::madvise(self.addr.as_ptr().cast::<u8>().add(off).cast(), len, advice) }
-                .into(),
+            unsafe {
+                libc::madvise(
+                    self.addr.as_ptr().cast::<u8>().wrapping_add(off).cast(),
+                    len,
+                    advice,
+                )
+            }
+            .into(),
         )
         .map(drop)
     }
@@ -713,10 +713,9 @@ pub fn arch_map_vdso(addr: u64) -> Result<i64, Errno> {
     unsafe {
         raw(
             libc::SYS_arch_prctl,
-            [ARCH_MAP_VDSO_64, addr as libc::c_long, 0, 0, 0],
+            [ARCH_MAP_VDSO_64, long(addr), 0, 0, 0],
         )
     }
-    .map(i64::from)
 }
 
 /// `prctl` with integer arguments.
@@ -725,7 +724,7 @@ pub fn prctl(op: i32, a: u64, b: u64, c: u64, d: u64) -> Result<i64, Errno> {
     // integer the caller passes as `a` and keeps alive (PR_GET_TID_ADDRESS,
     // PR_SET_MM_MAP_SIZE).
     let ret = unsafe { libc::prctl(op, a, b, c, d) };
-    check(libc::c_long::from(ret)).map(i64::from)
+    check(libc::c_long::from(ret))
 }
 
 /// `io_setup`, `io_getevents(0 events)`, `io_destroy` around a ring.
@@ -768,7 +767,6 @@ pub mod aio {
                 std::ptr::from_ref(&ts),
             )
         })
-        .map(i64::from)
     }
 
     /// An aio context whose ring we may move: no Rust reference ever
@@ -821,7 +819,7 @@ pub mod aio {
     /// `io_destroy(ctx)`.
     pub fn destroy(ctx: u64) {
         // SAFETY: ctx is a ring we created; destroying twice only returns EINVAL.
-        let _ = unsafe { raw(libc::SYS_io_destroy, [ctx as libc::c_long, 0, 0, 0, 0]) };
+        let _ = unsafe { raw(libc::SYS_io_destroy, [long(ctx), 0, 0, 0, 0]) };
     }
 }
 
@@ -990,12 +988,6 @@ pub fn timer_create_raw(
     Ok(id)
 }
 
-/// `timer_delete` through the raw system call.
-pub fn timer_delete_raw(id: i32) {
-    // SAFETY: integer argument; deleting an unknown id only returns EINVAL.
-    let _ = unsafe { raw(libc::SYS_timer_delete, [long(id), 0, 0, 0, 0]) };
-}
-
 /// PROCMAP_QUERY on an open /proc/PID/maps: the VMA covering `addr`.
 pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> Result<(u64, u64), Errno> {
     // struct procmap_query (104 bytes): size, query_flags, query_addr,
@@ -1043,23 +1035,6 @@ pub fn getsockopt_raw(
     check(ret.into())?;
     buf.resize(usize::try_from(len).unwrap_or(0), 0);
     Ok(buf)
-}
-
-/// An ioctl taking a `struct ifreq` (name + 24 bytes of union) in and out.
-pub fn ioctl_ifreq(
-    fd: BorrowedFd<'_>,
-    req: libc::c_ulong,
-    name: &str,
-    data: &mut [u8; 24],
-) -> Result<(), Errno> {
-    let mut ifr = [0u8; 40];
-    let n = name.len().min(15);
-    ifr[..n].copy_from_slice(&name.as_bytes()[..n]);
-    ifr[16..40].copy_from_slice(data);
-    // SAFETY: ifr is a 40-byte struct ifreq, as every request used here expects.
-    unsafe { ioctl_ptr(fd, req, &mut ifr) }?;
-    data.copy_from_slice(&ifr[16..40]);
-    Ok(())
 }
 
 /// `sigtimedwait` for one signal with a zero timeout: (si_code, si_int).
@@ -1160,7 +1135,7 @@ pub fn int80(nr: u32, a: [u32; 5]) -> i64 {
             in("ecx") a[1], in("edx") a[2], in("esi") a[3], in("edi") a[4],
         );
     }
-    i64::from(ret as i32)
+    i64::from(i32::from_ne_bytes(ret.to_ne_bytes()))
 }
 
 /// Installs `handler` for `sig` (async-signal-safe: for use in probe children).
@@ -1349,33 +1324,14 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
 /// `sock_filter` bytes (the option's length is counted in instructions).
 pub fn getsockopt_filter(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     let mut n: libc::socklen_t = 0;
+    let (fd, level, name) = (fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER);
     // SAFETY: with optlen 0 the kernel writes nothing to optval and returns the count in optlen.
-    check(
-        unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                std::ptr::null_mut(),
-                &mut n,
-            )
-        }
-        .into(),
-    )?;
+    let ret = unsafe { libc::getsockopt(fd, level, name, std::ptr::null_mut(), &mut n) };
+    check(ret.into())?;
     let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
     // SAFETY: buf holds n sock_filter entries (8 bytes each), the count passed in optlen.
-    check(
-        unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                buf.as_mut_ptr().cast(),
-                &mut n,
-            )
-        }
-        .into(),
-    )?;
+    let ret = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut n) };
+    check(ret.into())?;
     buf.truncate(usize::try_from(n).unwrap_or(0) * 8);
     Ok(buf)
 }

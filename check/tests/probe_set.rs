@@ -3,6 +3,8 @@
 //! left behind (children, links, nftables tables, mounts, cgroups).
 //! Needs root: C/R probes need CAP_SYS_ADMIN and friends.
 
+#![allow(clippy::tests_outside_test_module)]
+
 use std::collections::BTreeMap;
 
 use stasis_check::{Category, Outcome, PROBES, RunOptions, Selection, run};

@@ -14,7 +14,13 @@ use stasis_proto::json::{self, DecodeOptions};
 
 /// Checkpoint/restore for Linux process trees, speaking CRIU's image format and CLI.
 #[derive(Debug, Parser)]
-#[command(name = "stasis", version, about, disable_help_subcommand = true)]
+#[command(
+    name = "stasis",
+    version,
+    about,
+    disable_help_subcommand = true,
+    term_width = 80
+)]
 struct Cli {
     /// Log verbosity: -v0 nothing, -v1 errors, -v2 warnings (default), -v3 info, -v4 debug;
     /// -v alone, or -vv, -vvv, raises it from the default

@@ -3,7 +3,6 @@
 //! idmapped mounts), autofs and overlayfs as C/R sees them, the cgroup v2
 //! freezer and cgroup.kill, time namespace offsets, AppArmor stacking.
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::fs::MetadataExt;
 use std::path::Path;
@@ -11,7 +10,6 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::mount::{MsFlags, mount};
 use nix::sys::stat::Mode;
-use nix::sys::wait::WaitPidFlag;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, in_mntns, no, read};
 use crate::{Outcome, sys};

@@ -2,13 +2,12 @@
 //! ring, dirty-page tracking (soft-dirty, userfaultfd write-protect,
 //! PAGEMAP_SCAN), memfd flavours, mseal, guard regions, io_uring.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{OFlag, SpliceFFlags, open};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
-use nix::sys::wait::WaitPidFlag;
 use nix::unistd::pipe;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, no, read};

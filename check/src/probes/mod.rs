@@ -67,9 +67,6 @@ probes! {
         "ptrace PEEKSIGINFO and GETSIGMASK on a traced child";
     "vdso_remap", Req, false, mm::vdso_remap, "3.16", "",
         "a child survives moving its vdso/vvar areas with mremap and still gets signals";
-    // Always run, never counted (CRIU's category 4).
-    "breakpoints", Info, true, task::breakpoints, "2.6.33", "CONFIG_HAVE_HW_BREAKPOINT",
-        "a hardware breakpoint set through ptrace traps";
 
     // CRIU's named features, in CRIU's order.
     "mnt_id", Extra, true, procfs::mnt_id, "3.15", "",
@@ -158,6 +155,9 @@ probes! {
         "prctl(PR_TIMER_CREATE_RESTORE_IDS) lets timer_create take a chosen id";
     "overlayfs_maps", Extra, true, fs::overlayfs_maps, "4.19", "CONFIG_OVERLAY_FS",
         "/proc/PID/maps shows the same device and inode as stat() for overlayfs files";
+    // Always run, never counted (CRIU's category 4); CRIU lists it here.
+    "breakpoints", Info, true, task::breakpoints, "2.6.33", "CONFIG_HAVE_HW_BREAKPOINT",
+        "a hardware breakpoint set through ptrace traps";
     "pagemap_scan_guard_pages", Extra, true, mm::pagemap_scan_guard_pages, "6.14", "",
         "PAGEMAP_SCAN reports MADV_GUARD_INSTALL regions as PAGE_IS_GUARD";
 

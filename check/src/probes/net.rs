@@ -16,6 +16,16 @@ use super::netlink::{self as nl, Builder};
 use crate::{Outcome, sys};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+// Address families and protocols as the one-byte fields of diag requests.
+const AF_UNIX: u8 = 1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const AF_NETLINK: u8 = 16;
+const AF_PACKET: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_RAW: u8 = 255;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const RTM_GETNSID: u16 = 90;
@@ -72,14 +82,7 @@ fn inet_req(family: u8, proto: u8) -> Vec<u8> {
 
 fn diag_req(family: u8, proto: u8, states: bool, show: u32) -> Vec<u8> {
     // unix_diag_req (24 bytes) / packet_diag_req and netlink_diag_req (20 bytes).
-    let mut r = vec![
-        0u8;
-        if family == libc::AF_UNIX as u8 {
-            24
-        } else {
-            20
-        }
-    ];
+    let mut r = vec![0u8; if family == AF_UNIX { 24 } else { 20 }];
     r[0] = family;
     r[1] = proto;
     if states {
@@ -103,9 +106,9 @@ fn diag_inodes(s: &nl::Socket, req: Vec<u8>) -> Result<Vec<u32>, nix::errno::Err
         .finish(),
     )?;
     // Inode offset in each reply: inet_diag_msg 68, unix/packet/netlink 4 (after family, type, state/proto, pad).
-    let at = match i32::from(family) {
-        libc::AF_INET | libc::AF_INET6 => 68,
-        libc::AF_NETLINK => 16,
+    let at = match family {
+        AF_INET | AF_INET6 => 68,
+        AF_NETLINK => 16,
         _ => 4,
     };
     Ok(msgs
@@ -135,14 +138,9 @@ pub fn sock_diag() -> R {
         let tcp6 = TcpListener::bind("[::1]:0").fail("tcp6 listen")?;
         let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).fail("udp bind")?;
         let udp6 = UdpSocket::bind("[::1]:0").fail("udp6 bind")?;
-        let (af4, af6, tcp, udp) = (
-            libc::AF_INET as u8,
-            libc::AF_INET6 as u8,
-            libc::IPPROTO_TCP as u8,
-            libc::IPPROTO_UDP as u8,
-        );
+        let (af4, af6, tcp, udp) = (AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP);
         let mut fatal = Vec::new();
-        let unix = diag_req(libc::AF_UNIX as u8, 0, true, 0);
+        let unix = diag_req(AF_UNIX, 0, true, 0);
         for (what, req, fd) in [
             ("unix", unix, ua.as_fd()),
             ("tcp", inet_req(af4, tcp), tcp4.as_fd()),
@@ -165,7 +163,7 @@ pub fn sock_diag() -> R {
             if let Err(e) = expect_found(
                 &s,
                 "udplite",
-                inet_req(af4, libc::IPPROTO_UDPLITE as u8),
+                inet_req(af4, IPPROTO_UDPLITE),
                 ino(fd.as_fd())?,
             ) {
                 missing.push(e);
@@ -181,7 +179,7 @@ pub fn sock_diag() -> R {
                 if let Err(e) = expect_found(
                     &s,
                     "packet",
-                    diag_req(libc::AF_PACKET as u8, 0, false, 0),
+                    diag_req(AF_PACKET, 0, false, 0),
                     ino(fd.as_fd())?,
                 ) {
                     missing.push(e);
@@ -193,7 +191,7 @@ pub fn sock_diag() -> R {
         if let Err(e) = expect_found(
             &s,
             "netlink",
-            diag_req(libc::AF_NETLINK as u8, 255, false, 0),
+            diag_req(AF_NETLINK, 255, false, 0),
             ino(nls.fd())?,
         ) {
             missing.push(e);
@@ -219,8 +217,8 @@ pub fn net_diag_raw() -> R {
     in_netns(|| {
         let s = nl::Socket::open(SockProtocol::NetlinkSockDiag).no("socket(NETLINK_SOCK_DIAG)")?;
         for (fam, af, name) in [
-            (AddressFamily::Inet, libc::AF_INET, "raw"),
-            (AddressFamily::Inet6, libc::AF_INET6, "raw6"),
+            (AddressFamily::Inet, AF_INET, "raw"),
+            (AddressFamily::Inet6, AF_INET6, "raw6"),
         ] {
             let fd = socket(
                 fam,
@@ -229,13 +227,7 @@ pub fn net_diag_raw() -> R {
                 SockProtocol::Raw,
             )
             .fail("socket(SOCK_RAW)")?;
-            expect_found(
-                &s,
-                name,
-                inet_req(af as u8, libc::IPPROTO_RAW as u8),
-                ino(fd.as_fd())?,
-            )
-            .map_err(|e| {
+            expect_found(&s, name, inet_req(af, IPPROTO_RAW), ino(fd.as_fd())?).map_err(|e| {
                 no(format!(
                     "{e}: raw sockets cannot be dumped (CONFIG_INET_RAW_DIAG)"
                 ))
@@ -799,7 +791,7 @@ pub fn unix_diag_peers() -> R {
     let s = nl::Socket::open(SockProtocol::NetlinkSockDiag).no("socket(NETLINK_SOCK_DIAG)")?;
     // A single-socket query by inode, asking for the peer (UDIAG_SHOW_PEER = 4)
     // and the queue lengths (UDIAG_SHOW_RQLEN = 16).
-    let mut req = diag_req(libc::AF_UNIX as u8, 0, true, 4 | 16);
+    let mut req = diag_req(AF_UNIX, 0, true, 4 | 16);
     req[8..12].copy_from_slice(&ia.to_ne_bytes());
     req[16..24].copy_from_slice(&[0xff; 8]);
     let msgs = s

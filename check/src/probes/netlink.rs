@@ -21,10 +21,9 @@ pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLA_F_NESTED: u16 = 0x8000;
 
-/// One received message: type, flags and payload (after the 16-byte header).
+/// One received data message: its payload (after the 16-byte header).
 #[derive(Debug, Clone)]
 pub struct Msg {
-    pub ty: u16,
     pub payload: Vec<u8>,
 }
 
@@ -182,7 +181,6 @@ impl Socket {
                         }
                     }
                     _ => out.push(Msg {
-                        ty,
                         payload: payload.to_vec(),
                     }),
                 }

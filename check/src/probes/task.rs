@@ -272,7 +272,7 @@ pub fn breakpoints() -> R {
         .fail("waiting for the child to stop")?;
     // offsetof(struct user, u_debugreg) on x86-64.
     const DEBUGREG: u64 = 848;
-    let target = breakpoint_target as fn() -> i32 as usize as i64;
+    let target = i64::try_from(breakpoint_target as fn() -> i32 as usize).unwrap_or(0);
     nix::sys::ptrace::write_user(c.pid(), DEBUGREG as _, target).no("PTRACE_POKEUSER DR0")?;
     nix::sys::ptrace::write_user(c.pid(), (DEBUGREG + 7 * 8) as _, 1).no("PTRACE_POKEUSER DR7")?;
     nix::sys::ptrace::cont(c.pid(), None).fail("PTRACE_CONT")?;
