@@ -521,16 +521,13 @@ fn new_veth(
     s.request(msg).map(drop)
 }
 
-/// Deletes the link named `name` (a veth end takes its peer with it).
-fn del_link(s: &nl::Socket, name: &str) -> Result<(), Outcome> {
-    let found = link_index(s, name).fail("RTM_GETLINK")?;
-    if let Some(idx) = found {
-        s.request(
-            Builder::new(17, nl::NLM_F_REQUEST | nl::NLM_F_ACK, &ifinfomsg(idx, 0, 0)).finish(),
-        )
-        .fail(&format!("deleting the probe link {name}"))?;
-    }
-    Ok(())
+/// A number and an ifindex no earlier probe run in this process used: links
+/// made in a second namespace vanish with it, but asynchronously, so
+/// repeated runs must not reuse names.
+fn unique() -> (u32, i32) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100_000;
+    (n, 4242 + i32::try_from(n).unwrap_or(0))
 }
 
 fn links(s: &nl::Socket) -> Result<Vec<nl::Msg>, nix::errno::Errno> {
@@ -558,6 +555,8 @@ fn link_index(s: &nl::Socket, name: &str) -> Result<Option<i32>, nix::errno::Err
 }
 
 pub fn newifindex() -> R {
+    let (n, index) = unique();
+    let (end0, end1) = (format!("stasisi{n}"), format!("stasisj{n}"));
     in_netns(|| {
         // Create a veth pair in a second namespace, then move one end into
         // the first with IFLA_NEW_IFINDEX, as restore does for links.
@@ -565,9 +564,8 @@ pub fn newifindex() -> R {
             std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        new_veth(&s, "stasisi0", "stasisi1", None, None)
-            .no("creating a veth pair (CONFIG_VETH)")?;
-        let idx = link_index(&s, "stasisi1")
+        new_veth(&s, &end0, &end1, None, None).no("creating a veth pair (CONFIG_VETH)")?;
+        let idx = link_index(&s, &end1)
             .fail("RTM_GETLINK")?
             .ok_or_else(|| error("the new veth end is not listed"))?;
         let msg = Builder::new(
@@ -576,35 +574,35 @@ pub fn newifindex() -> R {
             &ifinfomsg(idx, 0, 0),
         )
         .attr(IFLA_NET_NS_FD, &first.as_raw_fd().to_ne_bytes())
-        .attr(IFLA_NEW_IFINDEX, &4242i32.to_ne_bytes())
+        .attr(IFLA_NEW_IFINDEX, &index.to_ne_bytes())
         .finish();
         s.request(msg).no("moving a link with IFLA_NEW_IFINDEX")?;
         sys::setns(first.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).fail("setns back")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        let got = link_index(&s, "stasisi1").fail("RTM_GETLINK")?;
-        del_link(&s, "stasisi1")?;
+        let got = link_index(&s, &end1).fail("RTM_GETLINK")?;
         match got {
-            Some(4242) => Ok(String::new()),
+            Some(i) if i == index => Ok(String::new()),
             other => Err(no(format!(
-                "the moved link has index {other:?}, not the requested 4242"
+                "the moved link has index {other:?}, not the requested {index}"
             ))),
         }
     })
 }
 
 pub fn link_nsid() -> R {
+    let (n, _) = unique();
+    let (end0, end1) = (format!("stasisp{n}"), format!("stasisq{n}"));
     in_netns(|| {
         let first =
             std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
-        new_veth(&s, "stasisp0", "stasisp1", None, Some(first.as_fd()))
+        new_veth(&s, &end0, &end1, None, Some(first.as_fd()))
             .no("veth pair across namespaces (CONFIG_VETH)")?;
         let msgs = links(&s).fail("RTM_GETLINK")?;
         let has = msgs
             .iter()
             .any(|m| nl::find(m.payload.get(16..).unwrap_or(&[]), IFLA_LINK_NETNSID).is_some());
-        del_link(&s, "stasisp0")?;
         if !has {
             return Err(no(
                 "no IFLA_LINK_NETNSID on a veth whose peer is in another namespace",
