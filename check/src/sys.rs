@@ -894,7 +894,7 @@ impl Child {
                 // A pidfd becomes readable only at exit; stops need polling.
                 Some(fd) if flags.is_empty() => {
                     let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
-                    let mut fds = [PollFd::new(fd.as_fd_borrowed(), PollFlags::POLLIN)];
+                    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
                     let _ = poll(&mut fds, PollTimeout::from(ms));
                 }
                 _ => std::thread::sleep(Duration::from_micros(200).min(left)),
@@ -917,16 +917,6 @@ impl Child {
     }
 }
 
-trait AsFdBorrowed {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_>;
-}
-
-impl AsFdBorrowed for OwnedFd {
-    fn as_fd_borrowed(&self) -> BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self)
-    }
-}
-
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {
@@ -946,14 +936,6 @@ pub fn raise(sig: Signal) {
 pub fn gettid() -> Pid {
     // SAFETY: gettid has no preconditions.
     Pid::from_raw(unsafe { libc::gettid() })
-}
-
-/// Borrows a raw descriptor the caller knows stays open for `'static` uses
-/// within one probe (a descriptor owned by a nix wrapper lacking `AsFd`).
-pub fn borrow_fd(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass descriptors owned by an object that outlives every
-    // use of the returned borrow inside the same probe function.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// `timer_create` through the raw system call, so that the kernel sees the
@@ -1336,15 +1318,23 @@ pub fn getsockopt_filter(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     Ok(buf)
 }
 
-/// `setns(fd, nstype)` for the calling thread.
-pub fn setns(fd: BorrowedFd<'_>, nstype: nix::sched::CloneFlags) -> Result<(), Errno> {
-    nix::sched::setns(fd, nstype)
-}
-
 /// Restores the default action for `sig` (in a probe child, so that a fault
 /// kills it plainly instead of entering the Rust runtime's handler, which
 /// may need locks another thread of the parent held at fork time).
 pub fn default_action(sig: Signal) {
     // SAFETY: setting SIG_DFL installs no handler code and is async-signal-safe.
     let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)`: the size of `struct prctl_mm_map`.
+pub fn mm_map_size() -> Result<u32, Errno> {
+    let mut size: u32 = 0;
+    prctl(
+        libc::PR_SET_MM,
+        libc::PR_SET_MM_MAP_SIZE as u64,
+        std::ptr::from_mut(&mut size) as u64,
+        0,
+        0,
+    )?;
+    Ok(size)
 }

@@ -262,13 +262,18 @@ fn scan(m: &Mapping, flags: u64, mask: u64) -> Result<Vec<PageRegion>, nix::errn
     Ok(out[..n.min(8)].to_vec())
 }
 
+/// Whether `regions` is exactly page `k` of `m`.
+fn only_page(m: &Mapping, pg: usize, k: u64, regions: &[PageRegion]) -> bool {
+    let start = m.addr() + k * pg as u64;
+    matches!(regions, [r] if (r.start, r.end) == (start, start + pg as u64))
+}
+
 pub fn pagemap_scan() -> R {
     let pg = page();
     let m = Mapping::anon(4 * pg, RW, 0).fail("mmap")?;
     m.poke(pg, 1);
     let regions = scan(&m, 0, PAGE_IS_PRESENT).no("ioctl(PAGEMAP_SCAN) (kernel 6.7)")?;
-    let want = (m.addr() + pg as u64, m.addr() + 2 * pg as u64);
-    if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
+    if !only_page(&m, pg, 1, &regions) {
         return Err(no(format!(
             "PAGEMAP_SCAN reported {regions:?}, expected only the written page"
         )));
@@ -282,8 +287,7 @@ pub fn pagemap_scan_guard_pages() -> R {
     m.madvise(pg, pg, MADV_GUARD_INSTALL)
         .no("madvise(MADV_GUARD_INSTALL) (kernel 6.13)")?;
     let regions = scan(&m, 0, PAGE_IS_GUARD).no("ioctl(PAGEMAP_SCAN)")?;
-    let want = (m.addr() + pg as u64, m.addr() + 2 * pg as u64);
-    if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
+    if !only_page(&m, pg, 1, &regions) {
         return Err(no(format!(
             "PAGEMAP_SCAN did not report the guard page as PAGE_IS_GUARD: {regions:?}"
         )));
@@ -395,8 +399,7 @@ pub fn pagemap_scan_written() -> R {
     scan(&m, 1 | 2, PAGE_IS_WRITTEN).no("PAGEMAP_SCAN with PM_SCAN_WP_MATCHING")?;
     m.poke(2 * pg, 7);
     let regions = scan(&m, 0, PAGE_IS_WRITTEN).no("PAGEMAP_SCAN for written pages")?;
-    let want = (m.addr() + 2 * pg as u64, m.addr() + 3 * pg as u64);
-    if regions.len() != 1 || (regions[0].start, regions[0].end) != want {
+    if !only_page(&m, pg, 2, &regions) {
         return Err(no(format!(
             "expected exactly the written page, PAGEMAP_SCAN reported {regions:?}"
         )));

@@ -398,9 +398,7 @@ pub fn so_get_filter() -> R {
 }
 
 pub fn sockopt_buf_lock() -> R {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).fail("udp socket");
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
-    drop(s);
     const SO_BUF_LOCK: i32 = 72;
     set_int(a.as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK, 3).no("setsockopt(SO_BUF_LOCK)")?;
     let v = get_int(a.as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK).no("getsockopt(SO_BUF_LOCK)")?;
@@ -554,16 +552,23 @@ fn link_index(s: &nl::Socket, name: &str) -> Result<Option<i32>, nix::errno::Err
     }))
 }
 
+/// From inside the scratch namespace: keeps a handle on it, moves the calling
+/// thread into a second, new namespace and opens a route socket there.
+fn second_netns() -> Result<(std::fs::File, nl::Socket), Outcome> {
+    let first =
+        std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
+    let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
+    Ok((first, s))
+}
+
 pub fn newifindex() -> R {
     let (n, index) = unique();
     let (end0, end1) = (format!("stasisi{n}"), format!("stasisj{n}"));
     in_netns(|| {
         // Create a veth pair in a second namespace, then move one end into
         // the first with IFLA_NEW_IFINDEX, as restore does for links.
-        let first =
-            std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
-        let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
+        let (first, s) = second_netns()?;
         new_veth(&s, &end0, &end1, None, None).no("creating a veth pair (CONFIG_VETH)")?;
         let idx = link_index(&s, &end1)
             .fail("RTM_GETLINK")?
@@ -577,7 +582,7 @@ pub fn newifindex() -> R {
         .attr(IFLA_NEW_IFINDEX, &index.to_ne_bytes())
         .finish();
         s.request(msg).no("moving a link with IFLA_NEW_IFINDEX")?;
-        sys::setns(first.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).fail("setns back")?;
+        nix::sched::setns(&first, nix::sched::CloneFlags::CLONE_NEWNET).fail("setns back")?;
         let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
         let got = link_index(&s, &end1).fail("RTM_GETLINK")?;
         match got {
@@ -593,10 +598,7 @@ pub fn link_nsid() -> R {
     let (n, _) = unique();
     let (end0, end1) = (format!("stasisp{n}"), format!("stasisq{n}"));
     in_netns(|| {
-        let first =
-            std::fs::File::open("/proc/thread-self/ns/net").fail("opening the first namespace")?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).fail("a second namespace")?;
-        let s = nl::Socket::open(SockProtocol::NetlinkRoute).fail("netlink route socket")?;
+        let (first, s) = second_netns()?;
         new_veth(&s, &end0, &end1, None, Some(first.as_fd()))
             .no("veth pair across namespaces (CONFIG_VETH)")?;
         let msgs = links(&s).fail("RTM_GETLINK")?;

@@ -184,15 +184,7 @@ pub fn timens() -> R {
 
 pub fn userns() -> R {
     std::fs::metadata("/proc/self/ns/user").no("/proc/self/ns/user")?;
-    let mut size: u32 = 0;
-    sys::prctl(
-        libc::PR_SET_MM,
-        libc::PR_SET_MM_MAP_SIZE as u64,
-        std::ptr::from_mut(&mut size) as u64,
-        0,
-        0,
-    )
-    .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
+    sys::mm_map_size().no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
     Ok(String::new())
 }
 
@@ -282,8 +274,7 @@ pub fn mqueue_state() -> R {
         mq_send(&mq, b"hello", 7).fail("mq_send")?;
         // read(2) on a queue descriptor returns its state line.
         let mut buf = [0u8; 128];
-        let fd = mq.as_fd().as_raw_fd();
-        let n = nix::unistd::read(sys::borrow_fd(fd), &mut buf).no("read(2) of the queue state")?;
+        let n = nix::unistd::read(mq.as_fd(), &mut buf).no("read(2) of the queue state")?;
         let s = String::from_utf8_lossy(&buf[..n]).to_string();
         if !s.contains("QSIZE:5") {
             return Err(no(format!(

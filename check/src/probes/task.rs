@@ -94,15 +94,8 @@ pub fn prctl() -> R {
 }
 
 pub fn prctl_mm_map_size() -> R {
-    let mut size: u32 = 0;
-    sys::prctl(
-        libc::PR_SET_MM,
-        libc::PR_SET_MM_MAP_SIZE as u64,
-        std::ptr::from_mut(&mut size) as u64,
-        0,
-        0,
-    )
-    .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE) (CONFIG_CHECKPOINT_RESTORE)")?;
+    let size = sys::mm_map_size()
+        .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE) (CONFIG_CHECKPOINT_RESTORE)")?;
     if size != 104 {
         return Err(no(format!(
             "PR_SET_MM_MAP_SIZE reports {size}, expected 104"
