@@ -5,6 +5,8 @@
 //! are plain data that compiles on every host, so any host can read a foreign
 //! arch's images.
 
+pub mod x86;
+
 use stasis_proto::images::core_entry::March;
 
 /// A CPU architecture stasis checkpoints and restores.

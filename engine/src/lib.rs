@@ -1,7 +1,21 @@
 //! stasis: checkpoint/restore of Linux process trees in CRIU's image format.
 //!
-//! This library holds the engine; the `stasis` binary is its command line.
-//! Dump and restore arrive with the engine issue; today the library explores
-//! dump directories for the image inspector.
+//! This library holds the engine (dump, restore) and the image inspector; the
+//! `stasis` binary is its command line. `dump/` and `restore/` orchestrate;
+//! each kernel object has its own module.
 
+pub mod creds;
+pub mod dump;
+pub mod error;
+pub mod files;
+pub mod images;
 pub mod inspect;
+pub mod mm;
+pub mod proc;
+pub mod remote;
+pub mod restore;
+pub mod seize;
+pub mod sys;
+pub mod task;
+
+pub use error::{Error, Result};

@@ -44,6 +44,127 @@ enum Command {
     /// Check whether the kernel supports what checkpoint/restore needs
     #[command(after_help = check_after_help())]
     Check(CheckArgs),
+    /// Checkpoint a process tree into an images directory
+    Dump(DumpArgs),
+    /// Restore a process tree from an images directory
+    Restore(RestoreArgs),
+}
+
+/// `stasis dump`: CRIU's options.
+#[derive(Debug, clap::Args)]
+struct DumpArgs {
+    /// PID of the root of the tree to dump
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    tree: i32,
+    /// Directory to write the images to (must exist)
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    images_dir: PathBuf,
+    /// Write the log to FILE (relative to the images directory)
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Leave the tree running after the dump
+    #[arg(short = 'R', long = "leave-running")]
+    leave_running: bool,
+    /// The tree is a job of a shell: its terminal stays outside the dump
+    #[arg(short = 'j', long = "shell-job")]
+    shell_job: bool,
+    /// Give up freezing after SECS seconds
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Write the root's PID to FILE
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+    /// Print the dump statistics
+    #[arg(long)]
+    display_stats: bool,
+    /// Ignore configuration files (stasis reads none)
+    #[arg(long)]
+    no_default_config: bool,
+}
+
+/// `stasis restore`: CRIU's options.
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// Directory to read the images from
+    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    images_dir: PathBuf,
+    /// Write the log to FILE (relative to the images directory)
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Detach: exit once the tree runs instead of waiting for its root
+    #[arg(short = 'd', long = "restore-detached")]
+    restore_detached: bool,
+    /// Write the restored root's PID to FILE
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
+    /// The tree is a job of a shell (reopen its terminal by path)
+    #[arg(short = 'j', long = "shell-job")]
+    shell_job: bool,
+    /// Print the restore statistics
+    #[arg(long)]
+    display_stats: bool,
+    /// Ignore configuration files (stasis reads none)
+    #[arg(long)]
+    no_default_config: bool,
+}
+
+fn log_path(dir: &Path, file: Option<&PathBuf>) -> Option<PathBuf> {
+    // CRIU resolves a relative log file against the images directory.
+    file.map(|f| if f.is_absolute() { f.clone() } else { dir.join(f) })
+}
+
+fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
+    std::fs::write(path, format!("{pid}\n"))
+        .with_context(|| format!("cannot write pidfile {}", path.display()))
+}
+
+fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
+    use stasis_engine::dump;
+    let opts = dump::Opts {
+        pid: nix::unistd::Pid::from_raw(a.tree),
+        dir: a.images_dir.clone(),
+        leave_running: a.leave_running,
+        shell_job: a.shell_job,
+    };
+    let _ = (a.timeout, a.no_default_config);
+    let stats = dump::dump(&opts)?;
+    tracing::info!(?stats, "dump finished");
+    if let Some(p) = &a.pidfile {
+        write_pidfile(p, a.tree)?;
+    }
+    if a.display_stats {
+        println!("Displaying dump stats:");
+        println!("Freezing time: {} us", stats.freezing_us);
+        println!("Frozen time: {} us", stats.frozen_us);
+        println!("Memory dump time: {} us", stats.memdump_us);
+        println!("Memory pages scanned: {}", stats.pages.scanned);
+        println!("Memory pages written: {}", stats.pages.written);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
+    use stasis_engine::restore;
+    let opts = restore::Opts {
+        dir: a.images_dir.clone(),
+        shell_job: a.shell_job,
+    };
+    let _ = a.no_default_config;
+    let t = std::time::Instant::now();
+    let done = restore::restore(&opts)?;
+    if let Some(p) = &a.pidfile {
+        write_pidfile(p, done.root.as_raw())?;
+    }
+    if a.display_stats {
+        println!("Displaying restore stats:");
+        println!("Pages restored: {}", done.pages);
+        println!("Restore time: {} us", t.elapsed().as_micros());
+    }
+    if a.restore_detached {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let code = restore::wait_root(done.root);
+    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
 }
 
 /// `stasis check`: CRIU's options plus --json, --list and --timeout.
@@ -380,10 +501,18 @@ fn run_check(args: &CheckArgs) -> Result<ExitCode> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let level = verbosity(cli.verbosity.as_deref())?;
-    init_logging(level, cli.log_file.as_deref())?;
+    let log = match &cli.command {
+        Command::Dump(a) => log_path(&a.images_dir, a.log_file.as_ref()),
+        Command::Restore(a) => log_path(&a.images_dir, a.log_file.as_ref()),
+        _ => None,
+    }
+    .or(cli.log_file);
+    init_logging(level, log.as_deref())?;
     match cli.command {
         Command::Image(cmd) => run_image(cmd).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => run_check(&args),
+        Command::Dump(a) => run_dump(&a).inspect_err(|e| tracing::error!("{e:#}")),
+        Command::Restore(a) => run_restore(&a).inspect_err(|e| tracing::error!("{e:#}")),
     }
 }
 

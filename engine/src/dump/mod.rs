@@ -1,0 +1,307 @@
+//! `stasis dump`: freeze the tree, have every object module describe its
+//! objects into the images directory, then kill the tree (or let it run on
+//! with `--leave-running`). Any failure releases the tree exactly as it was.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+use stasis_arch::x86::nr;
+use stasis_proto::images::{
+    DumpStatsEntry, FdinfoEntry, FsEntry, InventoryEntry, Lsmtype, MmEntry, PstreeEntry,
+    StatsEntry, TaskKobjIdsEntry,
+};
+
+use crate::error::{Error, Result};
+use crate::files::{self, Table};
+use crate::images::Dir;
+use crate::remote::{self, Remote};
+use crate::seize::{self, State, Task, Tree};
+use crate::{creds, mm, proc, sys, task};
+
+/// What `stasis dump` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Root of the tree (`-t`).
+    pub pid: Pid,
+    /// Images directory (`-D`).
+    pub dir: PathBuf,
+    /// `--leave-running`.
+    pub leave_running: bool,
+    /// `--shell-job`.
+    pub shell_job: bool,
+}
+
+/// Figures of a dump, as `stats-dump` records them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    /// Microseconds spent freezing.
+    pub freezing_us: u32,
+    /// Microseconds the tree stayed frozen.
+    pub frozen_us: u32,
+    /// Microseconds spent copying memory.
+    pub memdump_us: u32,
+    /// Pages looked at and written.
+    pub pages: mm::PageStats,
+    /// Processes dumped.
+    pub tasks: usize,
+}
+
+fn us(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Dump the tree under `opts.pid` into `opts.dir`.
+pub fn dump(opts: &Opts) -> Result<Stats> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::Arch {
+            want: "x86_64",
+            host: std::env::consts::ARCH.into(),
+        });
+    }
+    let dir = Dir::open(&opts.dir)?;
+    let t0 = Instant::now();
+    let tree = seize::freeze(opts.pid)?;
+    let freezing_us = us(t0);
+    let t1 = Instant::now();
+    match dump_frozen(&tree, &dir, opts) {
+        Ok(mut stats) => {
+            stats.freezing_us = freezing_us;
+            if opts.leave_running {
+                tree.release();
+            } else {
+                tree.kill();
+            }
+            stats.frozen_us = us(t1);
+            write_stats(&dir, &stats)?;
+            Ok(stats)
+        }
+        Err(e) => {
+            tree.release();
+            Err(e)
+        }
+    }
+}
+
+fn write_stats(dir: &Dir, s: &Stats) -> Result<()> {
+    let mut w = dir.create_stats("dump")?;
+    w.write(&StatsEntry {
+        dump: Some(DumpStatsEntry {
+            freezing_time: s.freezing_us,
+            frozen_time: s.frozen_us,
+            memdump_time: s.memdump_us,
+            memwrite_time: s.memdump_us,
+            pages_scanned: s.pages.scanned,
+            pages_skipped_parent: 0,
+            pages_written: s.pages.written,
+            pages_lazy: 0,
+            ..DumpStatsEntry::default()
+        }),
+        restore: None,
+    })?;
+    w.finish()?;
+    Ok(())
+}
+
+fn ids(pid: Pid) -> TaskKobjIdsEntry {
+    let id = pid.as_raw().cast_unsigned();
+    TaskKobjIdsEntry {
+        vm_id: id,
+        files_id: id,
+        fs_id: id,
+        sighand_id: id,
+        ..TaskKobjIdsEntry::default()
+    }
+}
+
+/// Address of a `syscall` instruction in the task's vdso.
+fn syscall_insn(pid: Pid) -> Result<u64> {
+    let vdso = proc::maps(pid)?
+        .into_iter()
+        .find(|m| m.name == "[vdso]")
+        .ok_or_else(|| Error::Unsupported {
+            pid,
+            what: "a task without a vdso".into(),
+        })?;
+    let mut code = vec![0u8; usize::try_from(vdso.len()).unwrap_or(0)];
+    remote::read_mem(pid, vdso.start, &mut code)?;
+    code.windows(2)
+        .position(|w| *w == stasis_arch::x86::SYSCALL_INSN[..2])
+        .map(|i| vdso.start + i as u64)
+        .ok_or_else(|| Error::Unsupported {
+            pid,
+            what: "a vdso without a syscall instruction".into(),
+        })
+}
+
+fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
+    let mut files = Table::default();
+    let mut pstree = Vec::new();
+    let mut stats = Stats::default();
+    let fopts = files::Opts {
+        shell_job: opts.shell_job,
+    };
+    for (i, t) in tree.tasks.iter().enumerate() {
+        pstree.push(PstreeEntry {
+            pid: t.pid.as_raw().cast_unsigned(),
+            ppid: t.ppid.as_raw().cast_unsigned(),
+            pgid: t.pgid.as_raw().cast_unsigned(),
+            sid: t.sid.as_raw().cast_unsigned(),
+            threads: if t.threads.is_empty() {
+                vec![t.pid.as_raw().cast_unsigned()]
+            } else {
+                t.threads.iter().map(|th| th.tid.as_raw().cast_unsigned()).collect()
+            },
+        });
+        if let State::Zombie(code) = t.state {
+            let mut core = task::zombie_core(t, code);
+            core.ids = Some(ids(t.pid));
+            dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
+            continue;
+        }
+        let pages_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        dump_task(t, dir, &mut files, fopts, pages_id, &mut stats)?;
+        stats.tasks += 1;
+    }
+    files.write(dir)?;
+    dir.write_all("PSTREE", 0, &pstree)?;
+    let root = tree.root().map_or(opts.pid, |t| t.pid);
+    dir.write_all(
+        "INVENTORY",
+        0,
+        &[InventoryEntry {
+            img_version: stasis_proto::kind::IMAGES_VERSION,
+            fdinfo_per_id: Some(true),
+            root_ids: Some(ids(root)),
+            ns_per_id: Some(true),
+            lsmtype: Some(Lsmtype::NoLsm as i32),
+            dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
+            ..InventoryEntry::default()
+        }],
+    )?;
+    Ok(stats)
+}
+
+fn dump_task(
+    t: &Task,
+    dir: &Dir,
+    files: &mut Table,
+    fopts: files::Opts,
+    pages_id: u32,
+    stats: &mut Stats,
+) -> Result<()> {
+    let pid = t.pid;
+    let id = u64::from(pid.as_raw().cast_unsigned());
+    // Objects first, so an unsupported one fails the dump before any work.
+    let fds = proc::fds(pid)?;
+    let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
+    for fd in &fds {
+        fdinfo.push(files.dump_fd(pid, fd, fopts)?);
+    }
+    let vmas = mm::dump_vmas(pid, files)?;
+    let tm = Instant::now();
+    let pages = mm::dump_pages(pid, &vmas, dir, pages_id)?;
+    stats.memdump_us = stats.memdump_us.saturating_add(us(tm));
+    stats.pages.scanned += pages.scanned;
+    stats.pages.written += pages.written;
+
+    let leader = t.threads.first().ok_or(Error::NoSuchTask { pid })?;
+    let insn = syscall_insn(pid)?;
+    let r = Remote::new(leader.tid, leader.regs, insn);
+    leader.touched.set(true);
+    sys::set_sigmask(leader.tid, u64::MAX).map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
+    let page = sys::page_size();
+    let prot = (libc::PROT_READ | libc::PROT_WRITE).cast_unsigned();
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).cast_unsigned();
+    let scratch = r.call(
+        "mmap",
+        nr::MMAP,
+        [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
+    )?;
+    let res = dump_task_state(t, &r, insn, scratch, dir, files, &vmas, pages_id, fdinfo, id);
+    r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dump_task_state(
+    t: &Task,
+    r: &Remote,
+    insn: u64,
+    scratch: u64,
+    dir: &Dir,
+    files: &mut Table,
+    vmas: &[stasis_proto::images::VmaEntry],
+    pages_id: u32,
+    fdinfo: Vec<FdinfoEntry>,
+    id: u64,
+) -> Result<()> {
+    let pid = t.pid;
+    let tc = task::dump_task(t, r, scratch)?;
+    let brk = r.call("brk", nr::BRK, [0; 6])?;
+    let st = proc::stat(pid, None)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| Error::Proc {
+            pid,
+            path: format!("/proc/{pid}/exe"),
+            err: e,
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let mm = MmEntry {
+        mm_start_code: st.start_code,
+        mm_end_code: st.end_code,
+        mm_start_data: st.start_data,
+        mm_end_data: st.end_data,
+        mm_start_stack: st.start_stack,
+        mm_start_brk: st.start_brk,
+        mm_brk: brk,
+        mm_arg_start: st.arg_start,
+        mm_arg_end: st.arg_end,
+        mm_env_start: st.env_start,
+        mm_env_end: st.env_end,
+        exe_file_id: files.path_id(&exe, libc::O_RDONLY.cast_unsigned()),
+        mm_saved_auxv: proc::auxv(pid)?,
+        vmas: vmas.to_vec(),
+        dumpable: None,
+        aios: Vec::new(),
+        thp_disabled: None,
+    };
+    dir.write_all("MM", id, &[mm])?;
+    let _ = pages_id;
+    let cwd = link(pid, "cwd")?;
+    let root = link(pid, "root")?;
+    let status = proc::status(pid, None)?;
+    let fs = FsEntry {
+        cwd_id: files.path_id(&cwd, libc::O_RDONLY.cast_unsigned()),
+        root_id: files.path_id(&root, libc::O_RDONLY.cast_unsigned()),
+        umask: status
+            .get("Umask")
+            .and_then(|u| u32::from_str_radix(u, 8).ok()),
+    };
+    dir.write_all("FS", id, &[fs])?;
+    dir.write_all("FDINFO", id, &fdinfo)?;
+    let creds = creds::dump(pid, &status);
+    let mut tc = Some(tc);
+    for th in &t.threads {
+        let (ti, mut thc) = task::dump_thread(pid, th, insn, scratch)?;
+        let leader = th.tid == pid;
+        if leader {
+            thc.creds = Some(creds.clone());
+        }
+        let mut core = task::core_entry(ti, thc, if leader { tc.take() } else { None });
+        if leader {
+            core.ids = Some(ids(pid));
+        }
+        dir.write_all("CORE", u64::from(th.tid.as_raw().cast_unsigned()), &[core])?;
+    }
+    Ok(())
+}
+
+fn link(pid: Pid, what: &str) -> Result<String> {
+    let path = format!("/proc/{pid}/{what}");
+    Ok(std::fs::read_link(&path)
+        .map_err(|e| Error::Proc { pid, path, err: e })?
+        .to_string_lossy()
+        .into_owned())
+}

@@ -1,0 +1,104 @@
+//! The engine's error type: one variant per failing step, each naming the
+//! task and the object, so a message tells the user what to do.
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use stasis_proto::ImageError;
+
+/// Result with the engine's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything dump and restore can fail at.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum Error {
+    #[error("task {pid}: cannot read {path}: {err}")]
+    Proc {
+        pid: Pid,
+        path: String,
+        err: std::io::Error,
+    },
+    #[error("task {pid}: unexpected format of /proc/{pid}/{file}")]
+    ProcFormat { pid: Pid, file: String },
+    #[error("task {pid} does not exist (check the -t argument)")]
+    NoSuchTask { pid: Pid },
+    #[error("task {pid}: cannot freeze it with ptrace ({errno}); is it traced by a debugger?")]
+    Seize { pid: Pid, errno: Errno },
+    #[error("thread {tid}: ptrace {op} failed: {errno}")]
+    Ptrace {
+        tid: Pid,
+        op: &'static str,
+        errno: Errno,
+    },
+    #[error("thread {tid}: stopped unexpectedly while running {op} ({what})")]
+    Unexpected {
+        tid: Pid,
+        op: &'static str,
+        what: String,
+    },
+    #[error("thread {tid}: {syscall} inside the task failed: {errno}")]
+    Remote {
+        tid: Pid,
+        syscall: &'static str,
+        errno: Errno,
+    },
+    #[error("task {pid}: {what} is not supported yet; nothing was dumped and the task keeps running")]
+    Unsupported { pid: Pid, what: String },
+    #[error("task {pid}: reading memory at {addr:#x}: {errno}")]
+    MemRead { pid: Pid, addr: u64, errno: Errno },
+    #[error("task {pid}: writing memory at {addr:#x}: {errno}")]
+    MemWrite { pid: Pid, addr: u64, errno: Errno },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("images directory {path}: {err}")]
+    ImagesDir { path: String, err: std::io::Error },
+    #[error("image {path}: {what}")]
+    BadImage { path: String, what: String },
+    #[error("PID {pid} is in use by another process; stop it or restore elsewhere (another PID namespace)")]
+    PidTaken { pid: Pid },
+    #[error("task {pid}: cannot create it with its PID: {errno}")]
+    Fork { pid: Pid, errno: Errno },
+    #[error("task {pid}: restoring {what} failed: {errno}")]
+    Restore {
+        pid: Pid,
+        what: String,
+        errno: Errno,
+    },
+    #[error("task {pid}: fd {fd}: cannot open {path}: {err}")]
+    OpenFile {
+        pid: Pid,
+        fd: i32,
+        path: String,
+        err: std::io::Error,
+    },
+    #[error("task {pid}: fd {fd}: {path} changed since the dump ({what})")]
+    FileChanged {
+        pid: Pid,
+        fd: i32,
+        path: String,
+        what: String,
+    },
+    #[error("task {pid} exited during {step}{status}")]
+    TaskDied {
+        pid: Pid,
+        step: &'static str,
+        status: String,
+    },
+    #[error("timed out after {secs} s while {step}")]
+    Timeout { secs: u64, step: &'static str },
+    #[error("this engine checkpoints {want} tasks only so far; this machine is {host}")]
+    Arch { want: &'static str, host: String },
+}
+
+impl Error {
+    /// A ptrace failure on a thread.
+    pub fn ptrace(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> Error {
+        move |errno| Error::Ptrace { tid, op, errno }
+    }
+
+    /// A failed step of restoring a task.
+    pub fn restore(pid: Pid, what: impl Into<String>) -> impl FnOnce(Errno) -> Error {
+        let what = what.into();
+        move |errno| Error::Restore { pid, what, errno }
+    }
+}

@@ -1,0 +1,425 @@
+//! Open files: the fd table of each task (`fdinfo-ID.img`) and the open file
+//! descriptions behind it (`files.img`), plus pipe contents (`pipes-data.img`).
+//! Each kind is one [`FileKind`] with a dump half (from the dumper's view of
+//! the task's fd) and a restore half (open it again in the engine, before the
+//! tasks are forked, so that tasks sharing a description inherit one).
+//! Shared descriptions are found with kcmp(KCMP_FILE).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::unistd::Pid;
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{
+    FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry, RegFileEntry,
+};
+
+use crate::error::{Error, Result};
+use crate::images::Dir;
+use crate::{proc, sys};
+
+/// Options that change which fds a dump accepts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts {
+    /// `--shell-job`: terminals are outside the tree and reopened by path.
+    pub shell_job: bool,
+}
+
+/// What the dump half of a kind sees.
+#[derive(Debug)]
+pub struct FdCtx<'a> {
+    /// The task.
+    pub pid: Pid,
+    /// The fd as /proc shows it.
+    pub fd: &'a proc::Fd,
+    /// Metadata of the open file (following the link).
+    pub meta: &'a fs::Metadata,
+}
+
+/// One kind of open file.
+pub trait FileKind {
+    /// The image's type for it.
+    const TYPE: FdTypes;
+    /// Describe the open file `cx` (the entry's id is filled in by the caller).
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind>;
+}
+
+/// Regular files, directories and device nodes opened by path.
+#[derive(Debug)]
+pub struct Reg;
+
+/// Pipes (both ends).
+#[derive(Debug)]
+pub struct Pipe;
+
+fn tty_major(major: u32) -> bool {
+    matches!(major, 4 | 5 | 136..=143)
+}
+
+impl FileKind for Reg {
+    const TYPE: FdTypes = FdTypes::Reg;
+    fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
+        Ok(Kind::Reg(RegFileEntry {
+            id: 0,
+            flags: cx.fd.flags & !(libc::O_CLOEXEC.cast_unsigned()),
+            pos: cx.fd.pos,
+            fown: FownEntry::default(),
+            name: cx.fd.target.clone(),
+            mnt_id: Some(cx.fd.mnt_id),
+            size: Some(cx.meta.size()),
+            mode: Some(cx.meta.mode()),
+            ..RegFileEntry::default()
+        }))
+    }
+}
+
+impl FileKind for Pipe {
+    const TYPE: FdTypes = FdTypes::Pipe;
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let ino = cx.meta.ino();
+        let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
+        if table.pipes_seen.insert(ino, ()).is_none() {
+            table.dump_pipe_data(cx, pipe_id)?;
+        }
+        Ok(Kind::Pipe(PipeEntry {
+            id: 0,
+            pipe_id,
+            flags: cx.fd.flags & !(libc::O_CLOEXEC.cast_unsigned()),
+            fown: FownEntry::default(),
+        }))
+    }
+}
+
+/// The open files of a dump or a restore.
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: Vec<FileEntry>,
+    /// Described fds, to find shared descriptions: (pid, fd, dev, ino, id).
+    described: Vec<(Pid, i32, u64, u64, u32)>,
+    by_path: HashMap<String, u32>,
+    pipes_seen: HashMap<u64, ()>,
+    pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
+}
+
+impl Table {
+    fn next_id(&self) -> u32 {
+        u32::try_from(self.entries.len() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// A file referred to by path (mapped file, exe, cwd, root): one entry per path.
+    pub fn path_id(&mut self, path: &str, flags: u32) -> u32 {
+        if let Some(&id) = self.by_path.get(path) {
+            return id;
+        }
+        let id = self.next_id();
+        let meta = fs::metadata(path).ok();
+        self.entries.push(FileEntry {
+            r#type: FdTypes::Reg as i32,
+            id,
+            kind: Some(Kind::Reg(RegFileEntry {
+                id,
+                flags,
+                pos: 0,
+                fown: FownEntry::default(),
+                name: path.to_owned(),
+                size: meta.as_ref().filter(|m| m.is_file()).map(MetadataExt::size),
+                mode: meta.as_ref().map(MetadataExt::mode),
+                ..RegFileEntry::default()
+            })),
+        });
+        self.by_path.insert(path.to_owned(), id);
+        id
+    }
+
+    /// Describe fd `fd` of `pid`; errors name the fd and its kind when the
+    /// kind is not supported.
+    pub fn dump_fd(&mut self, pid: Pid, fd: &proc::Fd, opts: Opts) -> Result<FdinfoEntry> {
+        let link = format!("/proc/{pid}/fd/{}", fd.fd);
+        let unsupported = |what: String| Error::Unsupported {
+            pid,
+            what: format!("fd {} ({what})", fd.fd),
+        };
+        let meta = fs::metadata(&link).map_err(|e| Error::Proc {
+            pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let ft = meta.file_type();
+        let ty = if fd.target.starts_with("pipe:[") {
+            FdTypes::Pipe
+        } else if !fd.target.starts_with('/') {
+            return Err(unsupported(fd.target.clone()));
+        } else if fd.target.ends_with(" (deleted)") {
+            return Err(unsupported(format!("{}, a file deleted while open", fd.target)));
+        } else if ft.is_fifo() {
+            return Err(unsupported(format!("FIFO {}", fd.target)));
+        } else if ft.is_char_device() && tty_major(nix::sys::stat::major(meta.rdev()) as u32) {
+            if !opts.shell_job {
+                return Err(unsupported(format!(
+                    "terminal {}; dump a job started from a shell with --shell-job",
+                    fd.target
+                )));
+            }
+            FdTypes::Reg
+        } else if ft.is_socket() {
+            return Err(unsupported(format!("socket {}", fd.target)));
+        } else {
+            FdTypes::Reg
+        };
+        // The same open file description seen before (dup, fork)?
+        for &(opid, ofd, dev, ino, id) in &self.described {
+            if dev == meta.dev()
+                && ino == meta.ino()
+                && sys::kcmp_file(pid, fd.fd, opid, ofd).unwrap_or(false)
+            {
+                return Ok(fdinfo(id, ty, fd));
+            }
+        }
+        let cx = FdCtx {
+            pid,
+            fd,
+            meta: &meta,
+        };
+        let mut kind = match ty {
+            FdTypes::Pipe => Pipe::dump(&cx, self)?,
+            _ => Reg::dump(&cx, self)?,
+        };
+        let id = self.next_id();
+        match &mut kind {
+            Kind::Reg(r) => r.id = id,
+            Kind::Pipe(p) => p.id = id,
+            _ => {}
+        }
+        self.entries.push(FileEntry {
+            r#type: ty as i32,
+            id,
+            kind: Some(kind),
+        });
+        self.described
+            .push((pid, fd.fd, meta.dev(), meta.ino(), id));
+        Ok(fdinfo(id, ty, fd))
+    }
+
+    /// Copy the bytes queued in a pipe without consuming them (tee into a
+    /// pipe of our own).
+    fn dump_pipe_data(&mut self, cx: &FdCtx<'_>, pipe_id: u32) -> Result<()> {
+        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
+        let err = |e: std::io::Error| Error::Proc {
+            pid: cx.pid,
+            path: link.clone(),
+            err: e,
+        };
+        // Opening the pipe through /proc gives a read end whichever end the
+        // task holds.
+        let src = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&link)
+            .map_err(err)?;
+        let size = fcntl(src.as_fd(), FcntlArg::F_GETPIPE_SZ).unwrap_or(65536);
+        let (r, w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
+        let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size.into()));
+        let mut data = Vec::new();
+        match nix::fcntl::tee(
+            src.as_fd(),
+            w.as_fd(),
+            usize::try_from(size).unwrap_or(65536),
+            nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK,
+        ) {
+            Ok(n) if n > 0 => {
+                drop(w);
+                let mut f = File::from(r);
+                f.read_to_end(&mut data).map_err(err)?;
+                data.truncate(n);
+            }
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(err(e.into())),
+        }
+        self.pipe_data.push((
+            PipeDataEntry {
+                pipe_id,
+                bytes: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                size: u32::try_from(size).ok(),
+            },
+            data,
+        ));
+        Ok(())
+    }
+
+    /// Write `files.img` and `pipes-data.img`.
+    pub fn write(&self, dir: &Dir) -> Result<()> {
+        dir.write_all("FILES", 0, &self.entries)?;
+        let mut w = dir.create("PIPES_DATA", 0)?;
+        for (e, data) in &self.pipe_data {
+            w.write(e)?;
+            w.write_payload(data)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    /// Load `files.img` and `pipes-data.img`.
+    pub fn load(dir: &Dir) -> Result<Table> {
+        let entries: Vec<FileEntry> = dir.read_all("FILES", 0)?;
+        let mut t = Table {
+            entries,
+            ..Table::default()
+        };
+        if dir.exists("PIPES_DATA", 0) {
+            let mut r = dir.open_image("PIPES_DATA", 0)?;
+            while let Some(e) = r.read_entry::<PipeDataEntry>()? {
+                let data = r.read_payload(u64::from(e.bytes))?;
+                t.pipe_data.push((e, data));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The entry with id `id`.
+    pub fn get(&self, id: u32) -> Option<&FileEntry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+
+    /// The path of a regular-file entry.
+    pub fn path_of(&self, id: u32) -> Option<&str> {
+        match self.get(id)?.kind.as_ref()? {
+            Kind::Reg(r) => Some(&r.name),
+            _ => None,
+        }
+    }
+
+    /// Open every file in `ids` again, once per open file description.
+    /// Errors name `pid`/`fd`, the first task using the file.
+    pub fn open_all(&self, uses: &[(Pid, i32, u32)]) -> Result<HashMap<u32, OwnedFd>> {
+        let mut out: HashMap<u32, OwnedFd> = HashMap::new();
+        let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
+        for &(pid, fd, id) in uses {
+            if out.contains_key(&id) {
+                continue;
+            }
+            let entry = self.get(id).ok_or_else(|| Error::BadImage {
+                path: "files.img".into(),
+                what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
+            })?;
+            let opened = match entry.kind.as_ref() {
+                Some(Kind::Reg(r)) => open_reg(pid, fd, r)?,
+                Some(Kind::Pipe(p)) => {
+                    if !pipes.contains_key(&p.pipe_id) {
+                        let pair = self.new_pipe(pid, p.pipe_id)?;
+                        pipes.insert(p.pipe_id, pair);
+                    }
+                    let (r, w) = pipes.get(&p.pipe_id).ok_or_else(|| Error::BadImage {
+                        path: "pipes.img".into(),
+                        what: "pipe vanished".into(),
+                    })?;
+                    let end = if p.flags & libc::O_ACCMODE.cast_unsigned()
+                        == libc::O_WRONLY.cast_unsigned()
+                    {
+                        w
+                    } else {
+                        r
+                    };
+                    let dup = end
+                        .try_clone()
+                        .map_err(|e| open_err(pid, fd, "pipe", e))?;
+                    let fl = OFlag::from_bits_truncate(
+                        (p.flags & libc::O_NONBLOCK.cast_unsigned()).cast_signed(),
+                    );
+                    fcntl(dup.as_fd(), FcntlArg::F_SETFL(fl))
+                        .map_err(|e| open_err(pid, fd, "pipe", e.into()))?;
+                    dup
+                }
+                other => {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!("fd {fd}: file kind {:?} in the images", other.map(kind_name)),
+                    });
+                }
+            };
+            out.insert(id, opened);
+        }
+        Ok(out)
+    }
+
+    fn new_pipe(&self, pid: Pid, pipe_id: u32) -> Result<(OwnedFd, OwnedFd)> {
+        let (r, w) = nix::unistd::pipe().map_err(Error::restore(pid, format!("pipe {pipe_id}")))?;
+        if let Some((e, data)) = self.pipe_data.iter().find(|(e, _)| e.pipe_id == pipe_id) {
+            if let Some(size) = e.size
+                && let Ok(size) = i32::try_from(size)
+            {
+                let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size.into()));
+            }
+            let mut f = File::from(w.try_clone().map_err(|e| open_err(pid, -1, "pipe", e))?);
+            f.write_all(data)
+                .map_err(|e| open_err(pid, -1, "pipe data", e))?;
+        }
+        Ok((r, w))
+    }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Reg(_) => "regular file",
+        Kind::Fifo(_) => "fifo",
+        Kind::Pipe(_) => "pipe",
+        Kind::Tty(_) => "tty",
+        Kind::Memfd(_) => "memfd",
+        Kind::Pidfd(_) => "pidfd",
+    }
+}
+
+fn open_err(pid: Pid, fd: i32, path: &str, err: std::io::Error) -> Error {
+    Error::OpenFile {
+        pid,
+        fd,
+        path: path.to_owned(),
+        err,
+    }
+}
+
+fn open_reg(pid: Pid, fd: i32, r: &RegFileEntry) -> Result<OwnedFd> {
+    let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let flags = r.flags.cast_signed() & !strip;
+    let acc = flags & libc::O_ACCMODE;
+    let file = OpenOptions::new()
+        .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+        .custom_flags(flags & !libc::O_ACCMODE | libc::O_NOCTTY)
+        .open(&r.name)
+        .map_err(|e| open_err(pid, fd, &r.name, e))?;
+    if flags & libc::O_PATH == 0 {
+        let meta = file.metadata().map_err(|e| open_err(pid, fd, &r.name, e))?;
+        if meta.is_file() {
+            if let Some(size) = r.size
+                && meta.size() < size
+                && r.pos > meta.size()
+            {
+                return Err(Error::FileChanged {
+                    pid,
+                    fd,
+                    path: r.name.clone(),
+                    what: format!("it was {size} bytes and is {} now", meta.size()),
+                });
+            }
+            let mut f = &file;
+            f.seek(SeekFrom::Start(r.pos))
+                .map_err(|e| open_err(pid, fd, &r.name, e))?;
+        }
+    }
+    let _ = file.as_raw_fd();
+    Ok(OwnedFd::from(file))
+}
+
+fn fdinfo(id: u32, ty: FdTypes, fd: &proc::Fd) -> FdinfoEntry {
+    FdinfoEntry {
+        id,
+        flags: u32::from(fd.flags & libc::O_CLOEXEC.cast_unsigned() != 0),
+        r#type: ty as i32,
+        fd: fd.fd.cast_unsigned(),
+        xattr_security_selinux: None,
+    }
+}

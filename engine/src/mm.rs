@@ -1,0 +1,461 @@
+//! A task's address space: its VMAs (`mm-ID.img`), the pages in them
+//! (`pagemap-ID.img` + `pages-N.img`) and the special kernel areas (vdso,
+//! vvar, vvar_vclock). Dump reads `/proc/PID/maps`, `smaps` VmFlags and
+//! `pagemap`, and copies present pages in bounded chunks. Restore maps every
+//! VMA from inside the task (remote mmap), fills the pages with
+//! `process_vm_writev` and moves the vdso areas to their dumped addresses.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use nix::unistd::Pid;
+use stasis_arch::x86::nr;
+use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
+
+use crate::error::{Error, Result};
+use crate::files::Table;
+use crate::images::Dir;
+use crate::remote::{self, Remote};
+use crate::{proc, sys};
+
+/// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_FILE_* / VMA_ANON_*).
+#[allow(missing_docs)]
+pub mod status {
+    pub const REGULAR: u32 = 1 << 0;
+    pub const STACK: u32 = 1 << 1;
+    pub const VSYSCALL: u32 = 1 << 2;
+    pub const VDSO: u32 = 1 << 3;
+    pub const HEAP: u32 = 1 << 5;
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    pub const FILE_SHARED: u32 = 1 << 7;
+    pub const ANON_SHARED: u32 = 1 << 8;
+    pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const VVAR: u32 = 1 << 12;
+}
+
+/// `pagemap_entry.flags`: the pages are in the pages image.
+const PE_PRESENT: u32 = 1 << 2;
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+/// Bytes copied per read from the task: bounds the dumper's memory use.
+const CHUNK: usize = 4 << 20;
+
+fn is_special(v: &VmaEntry) -> bool {
+    v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0
+}
+
+/// Describe every VMA of `pid`, registering mapped files in `files`.
+pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
+    let maps = proc::maps(pid)?;
+    let flags = proc::vm_flags(pid)?;
+    let mut out = Vec::with_capacity(maps.len());
+    for m in &maps {
+        let vmflags = flags.get(&m.start).map(Vec::as_slice).unwrap_or(&[]);
+        let has = |f: &str| vmflags.iter().any(|x| x == f);
+        let mut mflags = if m.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        }
+        .cast_unsigned();
+        if has("gd") {
+            mflags |= libc::MAP_GROWSDOWN.cast_unsigned();
+        }
+        let anon = libc::MAP_ANONYMOUS.cast_unsigned();
+        let mut shmid = 0;
+        let st = match m.name.as_str() {
+            "[vdso]" => status::REGULAR | status::VDSO,
+            "[vvar]" | "[vvar_vclock]" => status::REGULAR | status::VVAR,
+            "[vsyscall]" => status::VSYSCALL,
+            "[heap]" => {
+                mflags |= anon;
+                status::REGULAR | status::HEAP | status::ANON_PRIVATE
+            }
+            "[stack]" => {
+                mflags |= anon;
+                status::REGULAR | status::STACK | status::ANON_PRIVATE
+            }
+            n if n.is_empty() || n.starts_with("[anon:") || n.starts_with("[anon_shmem:") => {
+                mflags |= anon;
+                if m.shared {
+                    shmid = m.ino;
+                    status::REGULAR | status::ANON_SHARED
+                } else {
+                    status::REGULAR | status::ANON_PRIVATE
+                }
+            }
+            n if n.starts_with("/dev/zero") && m.shared => {
+                mflags |= anon;
+                shmid = m.ino;
+                status::REGULAR | status::ANON_SHARED
+            }
+            n if n.starts_with('/') && !n.ends_with(" (deleted)") && !n.starts_with("/memfd:") => {
+                shmid = u64::from(files.path_id(n, libc::O_RDONLY.cast_unsigned()));
+                if m.shared {
+                    status::REGULAR | status::FILE_SHARED
+                } else {
+                    status::REGULAR | status::FILE_PRIVATE
+                }
+            }
+            n => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("memory mapping {:#x}-{:#x} of {n}", m.start, m.end),
+                });
+            }
+        };
+        out.push(VmaEntry {
+            start: m.start,
+            end: m.end,
+            pgoff: m.pgoff,
+            shmid,
+            prot: m.prot,
+            flags: mflags,
+            status: st,
+            fd: -1,
+            madv: None,
+            fdflags: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a page with pagemap word `pm` in `v` belongs in the image.
+fn wanted(v: &VmaEntry, pm: u64) -> bool {
+    if v.status & status::FILE_SHARED != 0 || is_special(v) {
+        return false;
+    }
+    if v.status & status::FILE_PRIVATE != 0 {
+        // Only pages the task changed (copied on write) differ from the file.
+        return pm & PM_SWAP != 0 || (pm & PM_PRESENT != 0 && pm & PM_FILE == 0);
+    }
+    pm & (PM_PRESENT | PM_SWAP) != 0
+}
+
+/// Page counts of a memory dump.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageStats {
+    /// Pages looked at.
+    pub scanned: u64,
+    /// Pages written to the image.
+    pub written: u64,
+}
+
+/// Write the pages of `vmas` to `pagemap-ID.img` and `pages-ID.img`.
+pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<PageStats> {
+    let ps = sys::page_size();
+    let pagemap_path = format!("/proc/{pid}/pagemap");
+    let pagemap = File::open(&pagemap_path).map_err(|e| Error::Proc {
+        pid,
+        path: pagemap_path.clone(),
+        err: e,
+    })?;
+    let mut head = dir.create("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
+    head.write(&PagemapHead { pages_id: id })?;
+    let pages_path = dir.pages_file(id);
+    let mut pages = BufWriter::with_capacity(
+        1 << 20,
+        File::create(&pages_path).map_err(|e| Error::ImagesDir {
+            path: pages_path.display().to_string(),
+            err: e,
+        })?,
+    );
+    let mut stats = PageStats::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut pm = vec![0u8; 8 * 4096];
+    for v in vmas.iter().filter(|v| {
+        v.status & (status::ANON_PRIVATE | status::ANON_SHARED | status::FILE_PRIVATE) != 0
+            && !is_special(v)
+    }) {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut addr = v.start;
+        while addr < v.end {
+            let n = ((v.end - addr) / ps).min(4096);
+            let bytes = usize::try_from(n * 8).unwrap_or(0);
+            pagemap
+                .read_exact_at(&mut pm[..bytes], addr / ps * 8)
+                .map_err(|e| Error::Proc {
+                    pid,
+                    path: pagemap_path.clone(),
+                    err: e,
+                })?;
+            for (i, w) in pm[..bytes].chunks_exact(8).enumerate() {
+                let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                let page = addr + i as u64 * ps;
+                stats.scanned += 1;
+                if wanted(v, word) {
+                    match runs.last_mut() {
+                        Some((s, len)) if *s + *len * ps == page => *len += 1,
+                        _ => runs.push((page, 1)),
+                    }
+                }
+            }
+            addr += n * ps;
+        }
+        for (start, len) in runs {
+            head.write(&PagemapEntry {
+                vaddr: start,
+                compat_nr_pages: u32::try_from(len).unwrap_or(u32::MAX),
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(len),
+            })?;
+            let mut off = 0;
+            let total = len * ps;
+            while off < total {
+                let n = usize::try_from((total - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+                remote::read_mem(pid, start + off, &mut buf[..n])?;
+                pages.write_all(&buf[..n]).map_err(|e| Error::ImagesDir {
+                    path: pages_path.display().to_string(),
+                    err: e,
+                })?;
+                off += n as u64;
+            }
+            stats.written += len;
+        }
+    }
+    head.finish()?;
+    pages.flush().map_err(|e| Error::ImagesDir {
+        path: pages_path.display().to_string(),
+        err: e,
+    })?;
+    Ok(stats)
+}
+
+/// Where the engine's trampoline lives in a task being restored, and the
+/// free room next to it used to park the vdso areas while moving them.
+#[derive(Debug, Clone, Copy)]
+pub struct Trampoline {
+    /// Start of the trampoline mapping (code page, then data pages).
+    pub start: u64,
+    /// Its length.
+    pub len: u64,
+    /// Start of the data pages.
+    pub data: u64,
+    /// Free room reserved after it.
+    pub park: u64,
+}
+
+/// Write `bytes` into the trampoline's data area at `off` and return the address.
+pub fn put(pid: Pid, t: &Trampoline, off: u64, bytes: &[u8]) -> Result<u64> {
+    remote::write_mem(pid, t.data + off, bytes)?;
+    Ok(t.data + off)
+}
+
+fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64> {
+    let mut p = path.as_bytes().to_vec();
+    p.push(0);
+    let at = put(r.tid, t, 8192, &p)?;
+    r.call(
+        "openat",
+        nr::OPENAT,
+        [
+            libc::AT_FDCWD.cast_unsigned().into(),
+            at,
+            flags.cast_unsigned().into(),
+            0,
+            0,
+            0,
+        ],
+    )
+}
+
+/// Rebuild the address space of a freshly forked task stopped under `r`.
+pub fn restore(
+    r: &Remote,
+    t: &Trampoline,
+    vmas: &[VmaEntry],
+    files: &Table,
+    dir: &Dir,
+) -> Result<u64> {
+    let pid = r.tid;
+    let current = proc::maps(pid)?;
+    // 1. Everything inherited from the engine goes, except the trampoline
+    //    and the kernel's special areas (moved below).
+    for m in &current {
+        let special = matches!(
+            m.name.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        );
+        if special || (m.start >= t.start && m.end <= t.start + t.len) {
+            continue;
+        }
+        r.call("munmap", nr::MUNMAP, [m.start, m.len(), 0, 0, 0, 0])?;
+    }
+    // 2. The special areas, matched by kind in address order; parked first
+    //    so that no move lands on another area still in the way.
+    let cur_special: Vec<&proc::Map> = current
+        .iter()
+        .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .collect();
+    let want: Vec<&VmaEntry> = vmas
+        .iter()
+        .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
+        .collect();
+    let kind_of = |name: &str| if name == "[vdso]" { status::VDSO } else { status::VVAR };
+    let mismatch = || Error::Restore {
+        pid,
+        what: format!(
+            "the vdso: the image has {} vdso/vvar areas, this kernel {}; restore on the kernel that made the dump",
+            want.len(),
+            cur_special.len()
+        ),
+        errno: nix::errno::Errno::EINVAL,
+    };
+    if want.len() != cur_special.len() {
+        return Err(mismatch());
+    }
+    let mut parked = Vec::new();
+    let mut park = t.park;
+    for (m, v) in cur_special.iter().zip(&want) {
+        if kind_of(&m.name) & v.status == 0 || m.len() != v.end - v.start {
+            return Err(mismatch());
+        }
+        let mremap = |from: u64, to: u64| {
+            r.call(
+                "mremap",
+                nr::MREMAP,
+                [
+                    from,
+                    m.len(),
+                    m.len(),
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned().into(),
+                    to,
+                    0,
+                ],
+            )
+        };
+        mremap(m.start, park)?;
+        parked.push((park, v.start));
+        park += m.len();
+    }
+    for (from, to) in parked {
+        let len = want
+            .iter()
+            .find(|v| v.start == to)
+            .map_or(0, |v| v.end - v.start);
+        r.call(
+            "mremap",
+            nr::MREMAP,
+            [
+                from,
+                len,
+                len,
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned().into(),
+                to,
+                0,
+            ],
+        )?;
+    }
+    // 3. Every other VMA, writable until its pages are in.
+    let page_vmas: Vec<&VmaEntry> = vmas
+        .iter()
+        .filter(|v| v.status & status::REGULAR != 0 && !is_special(v))
+        .collect();
+    for v in &page_vmas {
+        let len = v.end - v.start;
+        let fixed = libc::MAP_FIXED.cast_unsigned();
+        let needs_pages = v.status & status::FILE_SHARED == 0;
+        let prot = if needs_pages {
+            v.prot | libc::PROT_WRITE.cast_unsigned()
+        } else {
+            v.prot
+        };
+        if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+            let id = u32::try_from(v.shmid).unwrap_or(0);
+            let path = files.path_of(id).ok_or_else(|| Error::BadImage {
+                path: format!("mm-{pid}.img"),
+                what: format!("mapping at {:#x} names file id {id}, which is not in files.img", v.start),
+            })?;
+            let oflags = if v.status & status::FILE_SHARED != 0
+                && v.prot & libc::PROT_WRITE.cast_unsigned() != 0
+            {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let fd = remote_open(r, t, path, oflags | libc::O_CLOEXEC)?;
+            let res = r.call(
+                "mmap",
+                nr::MMAP,
+                [
+                    v.start,
+                    len,
+                    u64::from(prot),
+                    u64::from(v.flags | fixed),
+                    fd,
+                    v.pgoff,
+                ],
+            );
+            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+            res?;
+        } else {
+            r.call(
+                "mmap",
+                nr::MMAP,
+                [
+                    v.start,
+                    len,
+                    u64::from(prot),
+                    u64::from(v.flags | fixed | libc::MAP_ANONYMOUS.cast_unsigned()),
+                    u64::MAX,
+                    0,
+                ],
+            )?;
+        }
+    }
+    // 4. Pages, streamed from the image in bounded chunks.
+    let restored = restore_pages(pid, dir)?;
+    // 5. Final protections.
+    for v in &page_vmas {
+        if v.status & status::FILE_SHARED == 0 && v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
+            r.call(
+                "mprotect",
+                nr::MPROTECT,
+                [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
+            )?;
+        }
+    }
+    Ok(restored)
+}
+
+fn restore_pages(pid: Pid, dir: &Dir) -> Result<u64> {
+    let ps = sys::page_size();
+    let mut r = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
+    let head: PagemapHead = r.read_entry()?.ok_or_else(|| Error::BadImage {
+        path: r.path().to_owned(),
+        what: "no pagemap head".into(),
+    })?;
+    let path = dir.pages_file(head.pages_id);
+    let mut pages = std::io::BufReader::with_capacity(
+        1 << 20,
+        File::open(&path).map_err(|e| Error::ImagesDir {
+            path: path.display().to_string(),
+            err: e,
+        })?,
+    );
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    while let Some(e) = r.read_entry::<PagemapEntry>()? {
+        let n = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        let mut off = 0;
+        while off < n * ps {
+            let len = usize::try_from((n * ps - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+            pages
+                .read_exact(&mut buf[..len])
+                .map_err(|err| Error::BadImage {
+                    path: path.display().to_string(),
+                    what: format!("truncated: pages for {:#x} missing ({err})", e.vaddr + off),
+                })?;
+            remote::write_mem(pid, e.vaddr + off, &buf[..len])?;
+            off += len as u64;
+        }
+        total += n;
+    }
+    Ok(total)
+}

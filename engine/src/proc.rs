@@ -1,0 +1,374 @@
+//! Readers of `/proc/PID/*`: the task tree (children, threads, stat, status),
+//! memory maps, fd targets and fdinfo, limits and auxv. Parsing only; the
+//! object modules decide what the values mean for an image.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+fn read(pid: Pid, what: &str) -> Result<String> {
+    let path = format!("/proc/{pid}/{what}");
+    fs::read_to_string(&path).map_err(|e| Error::Proc { pid, path, err: e })
+}
+
+/// The fields of `/proc/PID/stat` the engine uses.
+#[derive(Debug, Clone, Default)]
+pub struct Stat {
+    /// One-letter state (R, S, D, T, t, Z, ...).
+    pub state: char,
+    /// Parent PID.
+    pub ppid: i32,
+    /// Process group.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// PF_* flags.
+    pub flags: u32,
+    /// Start of the main stack.
+    pub start_stack: u64,
+    /// Code, data, brk, argument and environment bounds.
+    pub start_code: u64,
+    #[allow(missing_docs)]
+    pub end_code: u64,
+    #[allow(missing_docs)]
+    pub start_data: u64,
+    #[allow(missing_docs)]
+    pub end_data: u64,
+    #[allow(missing_docs)]
+    pub start_brk: u64,
+    #[allow(missing_docs)]
+    pub arg_start: u64,
+    #[allow(missing_docs)]
+    pub arg_end: u64,
+    #[allow(missing_docs)]
+    pub env_start: u64,
+    #[allow(missing_docs)]
+    pub env_end: u64,
+    /// Exit status of a zombie, as wait() reports it.
+    pub exit_code: u32,
+    /// Scheduling priority (nice).
+    pub nice: i32,
+    /// Process name.
+    pub comm: String,
+}
+
+/// Parse `/proc/PID/stat` (or `/proc/PID/task/TID/stat`).
+pub fn stat(pid: Pid, tid: Option<Pid>) -> Result<Stat> {
+    let what = match tid {
+        Some(t) => format!("task/{t}/stat"),
+        None => "stat".to_owned(),
+    };
+    let text = read(pid, &what)?;
+    let bad = || Error::ProcFormat {
+        pid,
+        file: what.clone(),
+    };
+    let open = text.find('(').ok_or_else(bad)?;
+    let close = text.rfind(')').ok_or_else(bad)?;
+    let comm = text.get(open + 1..close).ok_or_else(bad)?.to_owned();
+    // Fields after the name, numbered as in proc(5) from 3.
+    let f: Vec<&str> = text.get(close + 2..).ok_or_else(bad)?.split(' ').collect();
+    let n = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map(|v| v.cast_unsigned())
+            .ok_or_else(bad)
+    };
+    let i = |i: usize| -> Result<i32> {
+        f.get(i - 3)
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .ok_or_else(bad)
+    };
+    Ok(Stat {
+        state: f.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+        ppid: i(4)?,
+        pgid: i(5)?,
+        sid: i(6)?,
+        flags: u32::try_from(n(9)? & 0xffff_ffff).unwrap_or(0),
+        nice: i(19)?,
+        start_code: n(26)?,
+        end_code: n(27)?,
+        start_stack: n(28)?,
+        start_data: n(45)?,
+        end_data: n(46)?,
+        start_brk: n(47)?,
+        arg_start: n(48)?,
+        arg_end: n(49)?,
+        env_start: n(50)?,
+        env_end: n(51)?,
+        exit_code: u32::try_from(n(52)? & 0xffff_ffff).unwrap_or(0),
+        comm,
+    })
+}
+
+/// `/proc/PID/status` as key -> value.
+pub fn status(pid: Pid, tid: Option<Pid>) -> Result<BTreeMap<String, String>> {
+    let what = match tid {
+        Some(t) => format!("task/{t}/status"),
+        None => "status".to_owned(),
+    };
+    Ok(read(pid, &what)?
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+/// Threads of a process, the leader first.
+pub fn threads(pid: Pid) -> Result<Vec<Pid>> {
+    let path = format!("/proc/{pid}/task");
+    let mut tids: Vec<i32> = fs::read_dir(&path)
+        .map_err(|e| Error::Proc {
+            pid,
+            path: path.clone(),
+            err: e,
+        })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable_by_key(|&t| (t != pid.as_raw(), t));
+    Ok(tids.into_iter().map(Pid::from_raw).collect())
+}
+
+/// Children of every thread of a process.
+pub fn children(pid: Pid) -> Result<Vec<Pid>> {
+    let mut out = Vec::new();
+    for tid in threads(pid)? {
+        // A thread that exited since the listing has no children file.
+        if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) {
+            out.extend(s.split_whitespace().filter_map(|c| c.parse().ok()).map(Pid::from_raw));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Map {
+    #[allow(missing_docs)]
+    pub start: u64,
+    #[allow(missing_docs)]
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    /// MAP_SHARED (else private).
+    pub shared: bool,
+    /// File offset in bytes.
+    pub pgoff: u64,
+    /// Device of the mapped file (major, minor) and its inode.
+    pub dev: (u32, u32),
+    #[allow(missing_docs)]
+    pub ino: u64,
+    /// Path or pseudo-name (`[heap]`, `[vdso]`), empty for anonymous memory.
+    pub name: String,
+}
+
+impl Map {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the map is empty (never, for a kernel-listed map).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// Parse `/proc/PID/maps`.
+pub fn maps(pid: Pid) -> Result<Vec<Map>> {
+    let text = read(pid, "maps")?;
+    let bad = || Error::ProcFormat {
+        pid,
+        file: "maps".into(),
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad());
+        };
+        let name = it.next().unwrap_or("").trim_start().to_owned();
+        let (s, e) = range.split_once('-').ok_or_else(bad)?;
+        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad());
+        let (maj, min) = dev.split_once(':').ok_or_else(bad)?;
+        let p = perms.as_bytes();
+        let mut prot = 0;
+        for (i, bit) in [(0, libc::PROT_READ), (1, libc::PROT_WRITE), (2, libc::PROT_EXEC)] {
+            if p.get(i).is_some_and(|&c| c != b'-') {
+                prot |= bit.cast_unsigned();
+            }
+        }
+        out.push(Map {
+            start: hex(s)?,
+            end: hex(e)?,
+            prot,
+            shared: p.get(3) == Some(&b's'),
+            pgoff: hex(off)?,
+            dev: (
+                u32::from_str_radix(maj, 16).map_err(|_| bad())?,
+                u32::from_str_radix(min, 16).map_err(|_| bad())?,
+            ),
+            ino: ino.parse().map_err(|_| bad())?,
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// `VmFlags` of every map in `/proc/PID/smaps`, by start address.
+pub fn vm_flags(pid: Pid) -> Result<BTreeMap<u64, Vec<String>>> {
+    let text = read(pid, "smaps")?;
+    let mut out = BTreeMap::new();
+    let mut start = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmFlags:") {
+            if let Some(s) = start.take() {
+                out.insert(s, rest.split_whitespace().map(str::to_owned).collect());
+            }
+        } else if let Some((range, _)) = line.split_once(' ')
+            && let Some((s, _)) = range.split_once('-')
+            && let Ok(s) = u64::from_str_radix(s, 16)
+        {
+            start = Some(s);
+        }
+    }
+    Ok(out)
+}
+
+/// One open fd of a task, as seen from /proc.
+#[derive(Debug, Clone)]
+pub struct Fd {
+    #[allow(missing_docs)]
+    pub fd: i32,
+    /// Target of `/proc/PID/fd/N`.
+    pub target: String,
+    /// `pos:` of fdinfo.
+    pub pos: u64,
+    /// `flags:` of fdinfo (octal in the file), O_CLOEXEC included.
+    pub flags: u32,
+    /// `mnt_id:` of fdinfo.
+    pub mnt_id: i32,
+    /// The other fdinfo lines.
+    pub extra: Vec<String>,
+}
+
+/// The open fds of a process, in fd order.
+pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
+    let path = format!("/proc/{pid}/fd");
+    let mut nums: Vec<i32> = fs::read_dir(&path)
+        .map_err(|e| Error::Proc {
+            pid,
+            path: path.clone(),
+            err: e,
+        })?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    nums.sort_unstable();
+    let mut out = Vec::with_capacity(nums.len());
+    for fd in nums {
+        let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+        let target = fs::read_link(&link)
+            .map_err(|e| Error::Proc {
+                pid,
+                path: link.display().to_string(),
+                err: e,
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let info = read(pid, &format!("fdinfo/{fd}"))?;
+        let mut f = Fd {
+            fd,
+            target,
+            pos: 0,
+            flags: 0,
+            mnt_id: -1,
+            extra: Vec::new(),
+        };
+        for line in info.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k {
+                "pos" => f.pos = v.parse().unwrap_or(0),
+                "flags" => f.flags = u32::from_str_radix(v, 8).unwrap_or(0),
+                "mnt_id" => f.mnt_id = v.parse().unwrap_or(-1),
+                _ => f.extra.push(line.to_owned()),
+            }
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// `/proc/PID/limits` as (soft, hard) per RLIMIT_* number; `u64::MAX` is
+/// unlimited. Readable without CAP_SYS_RESOURCE, unlike prlimit().
+pub fn limits(pid: Pid) -> Result<Vec<(u64, u64)>> {
+    // The file lists limits in RLIMIT_* order, one per line after a header.
+    let text = read(pid, "limits")?;
+    let bad = || Error::ProcFormat {
+        pid,
+        file: "limits".into(),
+    };
+    let parse = |v: &str| -> Result<u64> {
+        if v == "unlimited" {
+            Ok(u64::MAX)
+        } else {
+            v.parse().map_err(|_| bad())
+        }
+    };
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        // Columns: name (may contain spaces, padded to 26), soft, hard, units.
+        let cols = line.get(26..).ok_or_else(bad)?;
+        let mut it = cols.split_whitespace();
+        let (Some(soft), Some(hard)) = (it.next(), it.next()) else {
+            return Err(bad());
+        };
+        out.push((parse(soft)?, parse(hard)?));
+    }
+    Ok(out)
+}
+
+/// `/proc/PID/auxv` as native-endian words.
+pub fn auxv(pid: Pid) -> Result<Vec<u64>> {
+    let path = format!("/proc/{pid}/auxv");
+    let bytes = fs::read(&path).map_err(|e| Error::Proc { pid, path, err: e })?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_stat_maps_fds_and_limits_parse() {
+        let me = nix::unistd::getpid();
+        let st = stat(me, None).expect("stat");
+        assert_eq!(st.state, 'R');
+        assert!(st.start_code < st.end_code);
+        let maps = maps(me).expect("maps");
+        assert!(maps.iter().any(|m| m.name == "[stack]"));
+        assert!(maps.iter().any(|m| m.name == "[vdso]"));
+        let flags = vm_flags(me).expect("smaps");
+        let stack = maps.iter().find(|m| m.name == "[stack]").expect("stack");
+        assert!(flags[&stack.start].iter().any(|f| f == "gd"));
+        let fds = fds(me).expect("fds");
+        assert!(fds.iter().any(|f| f.fd == 0));
+        let lim = limits(me).expect("limits");
+        assert_eq!(lim.len(), 16);
+        assert!(!threads(me).expect("threads").is_empty());
+        assert!(auxv(me).expect("auxv").len() > 10);
+    }
+}

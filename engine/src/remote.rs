@@ -1,0 +1,184 @@
+//! Acting inside a ptrace-stopped thread: system calls executed in its context
+//! (registers set to a `syscall` instruction, run from syscall-entry to
+//! syscall-exit stop with `PTRACE_SYSCALL`, so the instruction after it never
+//! runs and no signal is involved), and reading and writing its memory.
+
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::unix::fs::FileExt;
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use stasis_arch::x86::Regs;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Wait for the next stop of a traced thread.
+pub fn wait(tid: Pid, op: &'static str) -> Result<WaitStatus> {
+    loop {
+        match waitpid(tid, Some(WaitPidFlag::__WALL)) {
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(Error::Ptrace { tid, op, errno }),
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return Err(Error::TaskDied {
+                    pid: tid,
+                    step: op,
+                    status: format!(" ({s:?})"),
+                });
+            }
+            Ok(s) => return Ok(s),
+        }
+    }
+}
+
+/// A thread in a ptrace stop, driven through system calls.
+#[derive(Debug)]
+pub struct Remote {
+    /// The thread.
+    pub tid: Pid,
+    /// Registers the syscalls start from (the thread's own, saved by the caller).
+    base: Regs,
+    /// Address of a `syscall` instruction mapped executable in the task.
+    insn: u64,
+}
+
+impl Remote {
+    /// Drive `tid`, whose registers are `base`, through the `syscall`
+    /// instruction at `insn`.
+    pub fn new(tid: Pid, base: Regs, insn: u64) -> Remote {
+        Remote { tid, base, insn }
+    }
+
+    /// Run one syscall and return its result; a negative result is an error.
+    pub fn call(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<u64> {
+        let r = self.call_raw(name, nr, args)?;
+        if (-4095..0).contains(&r) {
+            let errno = Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL));
+            return Err(Error::Remote {
+                tid: self.tid,
+                syscall: name,
+                errno,
+            });
+        }
+        Ok(r.cast_unsigned())
+    }
+
+    /// Run one syscall and return its raw result.
+    pub fn call_raw(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<i64> {
+        let tid = self.tid;
+        sys::setregs(tid, &self.base.for_syscall(self.insn, nr, args))
+            .map_err(Error::ptrace(tid, "SETREGS"))?;
+        self.step(name, true)?;
+        self.step(name, false)?;
+        let r = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+        Ok(r.retval())
+    }
+
+    /// Resume to the next syscall stop (entry or exit).
+    fn step(&self, name: &'static str, entry: bool) -> Result<()> {
+        let tid = self.tid;
+        loop {
+            ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
+            match wait(tid, name)? {
+                WaitStatus::PtraceSyscall(_) => return Ok(()),
+                // A remote clone reports the new thread first; carry on.
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_CLONE => {
+                    if entry {
+                        return Err(Error::Unexpected {
+                            tid,
+                            op: name,
+                            what: "clone event before the syscall entered".into(),
+                        });
+                    }
+                    // The clone event precedes the exit stop: wait for it.
+                    ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
+                    match wait(tid, name)? {
+                        WaitStatus::PtraceSyscall(_) => return Ok(()),
+                        other => {
+                            return Err(Error::Unexpected {
+                                tid,
+                                op: name,
+                                what: format!("{other:?}"),
+                            });
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::Unexpected {
+                        tid,
+                        op: name,
+                        what: format!("{other:?}"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn mem_file(pid: Pid, write: bool) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(format!("/proc/{pid}/mem"))
+}
+
+/// Read `buf.len()` bytes of a task's memory at `addr`. Pages the task cannot
+/// read itself (PROT_NONE) are read through /proc/PID/mem.
+pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
+    let len = buf.len();
+    let remote = [RemoteIoVec {
+        base: usize::try_from(addr).map_err(|_| Error::MemRead {
+            pid,
+            addr,
+            errno: Errno::EFAULT,
+        })?,
+        len,
+    }];
+    if let Ok(n) = process_vm_readv(pid, &mut [IoSliceMut::new(buf)], &remote)
+        && n == len
+    {
+        return Ok(());
+    }
+    let f = mem_file(pid, false).map_err(|e| Error::MemRead {
+        pid,
+        addr,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    f.read_exact_at(buf, addr).map_err(|e| Error::MemRead {
+        pid,
+        addr,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+/// Write `data` into a task's memory at `addr`; read-only pages are written
+/// through /proc/PID/mem.
+pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
+    let remote = [RemoteIoVec {
+        base: usize::try_from(addr).map_err(|_| Error::MemWrite {
+            pid,
+            addr,
+            errno: Errno::EFAULT,
+        })?,
+        len: data.len(),
+    }];
+    if let Ok(n) = process_vm_writev(pid, &[std::io::IoSlice::new(data)], &remote)
+        && n == data.len()
+    {
+        return Ok(());
+    }
+    let f = mem_file(pid, true).map_err(|e| Error::MemWrite {
+        pid,
+        addr,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    f.write_all_at(data, addr).map_err(|e| Error::MemWrite {
+        pid,
+        addr,
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}

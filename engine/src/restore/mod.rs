@@ -1,0 +1,499 @@
+//! `stasis restore`: fork the tree with the dumped PIDs (clone3 set_tid), let
+//! each new task put its own fds, session and cwd in place, then rebuild its
+//! address space and thread state from the engine through remote syscalls
+//! run from a trampoline page, and release every task at once. A failure
+//! kills every task created.
+
+mod child;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use stasis_arch::x86::{self, nr};
+use stasis_proto::images::{
+    CoreEntry, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, RestoreStatsEntry,
+    StatsEntry,
+};
+
+use crate::error::{Error, Result};
+use crate::files::Table;
+use crate::images::Dir;
+use crate::mm::{self, Trampoline};
+use crate::remote::{self, Remote};
+use crate::{proc, sys, task};
+
+/// What `stasis restore` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Images directory (`-D`).
+    pub dir: PathBuf,
+    /// `--shell-job`.
+    pub shell_job: bool,
+}
+
+/// A restored tree, released and running.
+#[derive(Debug)]
+pub struct Restored {
+    /// PID of the root task (a child of this process).
+    pub root: Pid,
+    /// Pages written into the tasks.
+    pub pages: u64,
+}
+
+/// One task to create.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub pst: PstreeEntry,
+    pub core: CoreEntry,
+    pub zombie: Option<u32>,
+    pub mm: Option<MmEntry>,
+    pub fs: Option<FsEntry>,
+    pub fdinfo: Vec<FdinfoEntry>,
+    pub thread_cores: Vec<CoreEntry>,
+    /// (target fd, pool fd, close-on-exec).
+    pub fds: Vec<(RawFd, RawFd, bool)>,
+    pub cwd: Option<String>,
+    pub root_dir: Option<String>,
+}
+
+fn pid_of(v: u32) -> Pid {
+    Pid::from_raw(v.cast_signed())
+}
+
+fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
+    let inv: InventoryEntry = dir.read_one("INVENTORY", 0)?;
+    if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
+        return Err(Error::BadImage {
+            path: "inventory.img".into(),
+            what: format!("image version {} (expected 2)", inv.img_version),
+        });
+    }
+    let files = Table::load(dir)?;
+    let pstree: Vec<PstreeEntry> = dir.read_all("PSTREE", 0)?;
+    let mut plans = Vec::new();
+    for pst in pstree {
+        let id = u64::from(pst.pid);
+        let core: CoreEntry = dir.read_one("CORE", id)?;
+        let tc = core.tc.as_ref().ok_or_else(|| Error::BadImage {
+            path: format!("core-{id}.img"),
+            what: "no task_core_entry".into(),
+        })?;
+        if core.mtype != stasis_proto::images::core_entry::March::X8664 as i32 {
+            return Err(Error::Arch {
+                want: "x86_64",
+                host: format!("an image of arch {}", core.mtype),
+            });
+        }
+        let zombie = (tc.task_state == task::state::ZOMBIE).then_some(tc.exit_code);
+        let mut plan = Plan {
+            pst,
+            core,
+            zombie,
+            mm: None,
+            fs: None,
+            fdinfo: Vec::new(),
+            thread_cores: Vec::new(),
+            fds: Vec::new(),
+            cwd: None,
+            root_dir: None,
+        };
+        if zombie.is_none() {
+            let files_id = plan.core.ids.as_ref().map_or(id, |i| u64::from(i.files_id));
+            plan.mm = Some(dir.read_one("MM", id)?);
+            let fs: FsEntry = dir.read_one("FS", id)?;
+            plan.cwd = files.path_of(fs.cwd_id).map(str::to_owned);
+            plan.root_dir = files.path_of(fs.root_id).map(str::to_owned);
+            plan.fs = Some(fs);
+            plan.fdinfo = dir.read_all("FDINFO", files_id)?;
+            for &tid in plan.pst.threads.iter().skip(1) {
+                plan.thread_cores.push(dir.read_one("CORE", u64::from(tid))?);
+            }
+        }
+        plans.push(plan);
+    }
+    Ok((plans, files))
+}
+
+/// Find a free 4 MiB hole for the trampoline, outside every dumped VMA and
+/// every mapping of this process.
+fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
+    let me = nix::unistd::getpid();
+    let mut busy: Vec<(u64, u64)> = proc::maps(me)?.iter().map(|m| (m.start, m.end)).collect();
+    for p in plans {
+        if let Some(mm) = &p.mm {
+            busy.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
+        }
+    }
+    let size = 4 << 20;
+    let mut at: u64 = 0x1000_0000;
+    while at < 0x7f00_0000_0000 {
+        if !busy.iter().any(|&(s, e)| s < at + size && at < e) {
+            return Ok(at);
+        }
+        at += size;
+    }
+    Err(Error::Restore {
+        pid: me,
+        what: "a free address range for the restore trampoline".into(),
+        errno: nix::errno::Errno::ENOMEM,
+    })
+}
+
+/// Restore the images in `opts.dir`.
+pub fn restore(opts: &Opts) -> Result<Restored> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::Arch {
+            want: "x86_64",
+            host: std::env::consts::ARCH.into(),
+        });
+    }
+    let _ = opts.shell_job;
+    let dir = Dir::open(&opts.dir)?;
+    let (mut plans, files) = load(&dir)?;
+    for p in &plans {
+        for &t in &p.pst.threads {
+            if std::path::Path::new(&format!("/proc/{t}")).exists() {
+                return Err(Error::PidTaken { pid: pid_of(t) });
+            }
+        }
+    }
+    // Open every file once, above every fd number a task will use.
+    let uses: Vec<(Pid, i32, u32)> = plans
+        .iter()
+        .flat_map(|p| {
+            p.fdinfo
+                .iter()
+                .map(move |f| (pid_of(p.pst.pid), f.fd.cast_signed(), f.id))
+        })
+        .collect();
+    let max_fd = uses.iter().map(|u| u.1).max().unwrap_or(2);
+    let opened = files.open_all(&uses)?;
+    let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut next = max_fd + 16;
+    for (id, fd) in opened {
+        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
+            .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
+        next = raw + 1;
+        pool.insert(id, sys::own(raw));
+    }
+    for p in &mut plans {
+        p.fds = p
+            .fdinfo
+            .iter()
+            .filter_map(|f| {
+                pool.get(&f.id)
+                    .map(|o| (f.fd.cast_signed(), o.as_raw_fd(), f.flags & 1 != 0))
+            })
+            .collect();
+    }
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
+    let ready_w = sys::own(
+        fcntl(ready_w.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
+            .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?,
+    );
+
+    let ps = sys::page_size();
+    let tstart = pick_trampoline(&plans)?;
+    let code = sys::map_fixed_anon(tstart, usize::try_from(5 * ps).unwrap_or(20480), libc::PROT_READ | libc::PROT_WRITE)
+        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
+    code[..8].copy_from_slice(&x86::SYSCALL_INSN);
+    let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
+    sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
+        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
+    let tramp = Trampoline {
+        start: tstart,
+        len: 5 * ps,
+        data: tstart + ps,
+        park: tstart + (1 << 20),
+    };
+
+    let t0 = Instant::now();
+    let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
+    // SAFETY: the restore runs on the engine's only thread, so the child may
+    // run ordinary code; it never returns into the engine.
+    match unsafe_fork(root)? {
+        sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
+        sys::Forked::Parent(_) => {}
+    }
+    drop(ready_w);
+    drop(pool);
+    let result = finish(&plans, &files, &dir, &tramp, ready_r, t0);
+    match result {
+        Ok(pages) => Ok(Restored { root, pages }),
+        Err(e) => {
+            for p in plans.iter().rev() {
+                let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
+            }
+            let _ = waitpid(root, None);
+            Err(e)
+        }
+    }
+}
+
+fn unsafe_fork(pid: Pid) -> Result<sys::Forked> {
+    // SAFETY: see the caller: single-threaded engine.
+    #[allow(unsafe_code)]
+    unsafe { sys::fork_with_pid(pid, libc::SIGCHLD) }.map_err(|errno| Error::Fork { pid, errno })
+}
+
+fn finish(
+    plans: &[Plan],
+    files: &Table,
+    dir: &Dir,
+    tramp: &Trampoline,
+    ready_r: OwnedFd,
+    t0: Instant,
+) -> Result<u64> {
+    let _ = files;
+    let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
+    // Every task reports (pid, errno, step) once its own setup is done.
+    let mut f = std::fs::File::from(ready_r);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..alive.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        if poll(&mut pfd, PollTimeout::from(ms)).unwrap_or(0) == 0 {
+            return Err(Error::Timeout {
+                secs: 10,
+                step: "waiting for the restored tasks to set up their files",
+            });
+        }
+        let mut msg = [0u8; 12];
+        f.read_exact(&mut msg).map_err(|_| Error::TaskDied {
+            pid: Pid::from_raw(0),
+            step: "setting up its files",
+            status: String::new(),
+        })?;
+        let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        if word(4) != 0 {
+            return Err(Error::Restore {
+                pid: Pid::from_raw(word(0)),
+                what: child::step_name(word(8)).into(),
+                errno: nix::errno::Errno::from_raw(word(4)),
+            });
+        }
+    }
+    let forking = t0.elapsed();
+    let mut pages = 0;
+    let mut threads: Vec<Pid> = Vec::new();
+    for p in &alive {
+        pages += restore_task(p, files, dir, tramp, &mut threads)?;
+    }
+    for p in &alive {
+        let pid = pid_of(p.pst.pid);
+        if p.core.tc.as_ref().is_some_and(|t| t.task_state == task::state::STOPPED) {
+            let _ = kill(pid, Signal::SIGSTOP);
+        }
+    }
+    for tid in &threads {
+        let _ = ptrace::detach(*tid, None);
+    }
+    let mut w = dir.create_stats("restore")?;
+    w.write(&StatsEntry {
+        dump: None,
+        restore: Some(RestoreStatsEntry {
+            pages_compared: 0,
+            pages_skipped_cow: 0,
+            forking_time: u32::try_from(forking.as_micros()).unwrap_or(u32::MAX),
+            restore_time: u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX),
+            pages_restored: Some(pages),
+        }),
+    })?;
+    w.finish()?;
+    Ok(pages)
+}
+
+fn seize(tid: Pid) -> Result<x86::Regs> {
+    ptrace::seize(
+        tid,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE,
+    )
+    .map_err(Error::ptrace(tid, "SEIZE"))?;
+    ptrace::interrupt(tid).map_err(Error::ptrace(tid, "INTERRUPT"))?;
+    loop {
+        match remote::wait(tid, "taking over a restored task")? {
+            WaitStatus::PtraceEvent(..) => break,
+            WaitStatus::Stopped(_, sig) => {
+                ptrace::cont(tid, sig).map_err(Error::ptrace(tid, "CONT"))?;
+            }
+            _ => {}
+        }
+    }
+    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))
+}
+
+fn restore_task(
+    p: &Plan,
+    files: &Table,
+    dir: &Dir,
+    t: &Trampoline,
+    threads: &mut Vec<Pid>,
+) -> Result<u64> {
+    let pid = pid_of(p.pst.pid);
+    let base = seize(pid)?;
+    threads.push(pid);
+    let r = Remote::new(pid, base, t.start);
+    let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
+        path: format!("mm-{pid}.img"),
+        what: "missing".into(),
+    })?;
+    // The fork inherited the engine's rseq registration; it must go before
+    // the memory it points to does.
+    let rs = sys::rseq_config(pid).map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
+    if rs.abi_pointer != 0 {
+        r.call(
+            "rseq(unregister)",
+            nr::RSEQ,
+            [rs.abi_pointer, u64::from(rs.abi_size), 1, u64::from(rs.signature), 0, 0],
+        )?;
+    }
+    let pages = mm::restore(&r, t, &mm.vmas, files, dir)?;
+    set_mm_map(&r, t, mm, files)?;
+    let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
+        path: format!("core-{pid}.img"),
+        what: "no task_core_entry".into(),
+    })?;
+    task::restore_task(&r, tc, t.data)?;
+    if let Some(fs) = &p.fs
+        && let Some(umask) = fs.umask
+    {
+        r.call("umask", 95, [u64::from(umask), 0, 0, 0, 0, 0])?;
+    }
+    set_comm(&r, t, &tc.comm)?;
+    // Threads: created from the leader with their own TIDs.
+    for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
+        let tid = pid_of(tid);
+        let flags: u64 = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM)
+            .cast_unsigned()
+            .into();
+        let set_tid = mm::put(pid, t, 4096, &tid.as_raw().to_ne_bytes())?;
+        let mut args = [0u64; 11];
+        args[0] = flags;
+        args[8] = set_tid;
+        args[9] = 1;
+        let a = mm::put(pid, t, 0, &args.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>())?;
+        r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
+        match remote::wait(tid, "creating a thread")? {
+            WaitStatus::PtraceEvent(..) => {}
+            other => {
+                return Err(Error::Unexpected {
+                    tid,
+                    op: "clone3",
+                    what: format!("{other:?}"),
+                });
+            }
+        }
+        threads.push(tid);
+        sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+        let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+        let tr = Remote::new(tid, tregs, t.start);
+        task::restore_thread(&tr, pid, core, t.data)?;
+        if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
+            set_comm(&tr, t, comm)?;
+        }
+        task::restore_regs(tid, core)?;
+    }
+    task::restore_thread(&r, pid, &p.core, t.data)?;
+    // The parent-death signal was SIGKILL while restoring (a dying engine
+    // takes its half-made tasks along); now the dumped one.
+    let pdeath = p
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.pdeath_sig)
+        .unwrap_or(0);
+    r.call("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, [1, u64::from(pdeath), 0, 0, 0, 0])?;
+    // Last: the trampoline itself. The leader stops at the syscall's exit
+    // and never runs the (now unmapped) instruction after it.
+    r.call("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
+    task::restore_regs(pid, &p.core)?;
+    Ok(pages)
+}
+
+fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
+    let mut b = comm.as_bytes().to_vec();
+    b.truncate(15);
+    b.push(0);
+    let at = mm::put(r.tid, t, 8192, &b)?;
+    r.call("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0]).map(drop)
+}
+
+fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result<()> {
+    let pid = r.tid;
+    let auxv: Vec<u8> = mm.mm_saved_auxv.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let auxv_at = mm::put(pid, t, 4096, &auxv)?;
+    let exe = files.path_of(mm.exe_file_id).ok_or_else(|| Error::BadImage {
+        path: format!("mm-{pid}.img"),
+        what: "the executable's file id is not in files.img".into(),
+    })?;
+    let mut path = exe.as_bytes().to_vec();
+    path.push(0);
+    let path_at = mm::put(pid, t, 8192, &path)?;
+    let fd = r.call(
+        "openat(exe)",
+        nr::OPENAT,
+        [
+            libc::AT_FDCWD.cast_unsigned().into(),
+            path_at,
+            (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned().into(),
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let auxv_len = u64::try_from(auxv.len()).unwrap_or(0);
+    let words = [
+        mm.mm_start_code,
+        mm.mm_end_code,
+        mm.mm_start_data,
+        mm.mm_end_data,
+        mm.mm_start_brk,
+        mm.mm_brk,
+        mm.mm_start_stack,
+        mm.mm_arg_start,
+        mm.mm_arg_end,
+        mm.mm_env_start,
+        mm.mm_env_end,
+        auxv_at,
+        auxv_len | (fd << 32),
+    ];
+    let map: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let at = mm::put(pid, t, 0, &map)?;
+    let res = r.call(
+        "prctl(PR_SET_MM_MAP)",
+        nr::PRCTL,
+        [35, 14, at, map.len() as u64, 0, 0],
+    );
+    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    res.map(drop)
+}
+
+/// Wait for the restored root to exit; its exit code (128+signal if killed).
+pub fn wait_root(root: Pid) -> i32 {
+    loop {
+        match waitpid(root, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 1,
+        }
+    }
+}

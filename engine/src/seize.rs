@@ -1,0 +1,201 @@
+//! Freezing a process tree with ptrace: every thread of every process under
+//! the root is seized and interrupted, repeatedly, until no new task appears.
+//! Releasing puts back each thread's registers and signal mask exactly as they
+//! were (a failed or `--leave-running` dump) or kills the tree.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use stasis_arch::x86::Regs;
+
+use crate::error::{Error, Result};
+use crate::{proc, remote, sys};
+
+/// What a process was doing when frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Running or sleeping.
+    Alive,
+    /// Stopped by a job-control signal (the signal).
+    Stopped(i32),
+    /// Exited, not yet reaped (its wait status).
+    Zombie(u32),
+}
+
+/// A frozen thread and the state to put back when releasing it.
+#[derive(Debug)]
+pub struct Thread {
+    #[allow(missing_docs)]
+    pub tid: Pid,
+    /// Registers at the freeze.
+    pub regs: Regs,
+    /// Blocked signals at the freeze.
+    pub sigmask: u64,
+    /// Whether the engine ran syscalls in it (then it sits in a syscall-exit
+    /// stop and needs its interrupted syscall restarted by hand).
+    pub touched: Cell<bool>,
+}
+
+/// A frozen process.
+#[derive(Debug)]
+pub struct Task {
+    #[allow(missing_docs)]
+    pub pid: Pid,
+    /// Parent PID (0 for the dump's root).
+    pub ppid: Pid,
+    #[allow(missing_docs)]
+    pub pgid: Pid,
+    #[allow(missing_docs)]
+    pub sid: Pid,
+    #[allow(missing_docs)]
+    pub state: State,
+    /// Threads, the leader first; empty for a zombie.
+    pub threads: Vec<Thread>,
+}
+
+/// A frozen tree, root first, parents before children.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Processes in tree order.
+    pub tasks: Vec<Task>,
+}
+
+fn seize_thread(tid: Pid) -> Result<Option<Thread>> {
+    match ptrace::seize(tid, Options::PTRACE_O_TRACESYSGOOD) {
+        Ok(()) => {}
+        Err(Errno::ESRCH) => return Ok(None),
+        Err(errno) => return Err(Error::Seize { pid: tid, errno }),
+    }
+    ptrace::interrupt(tid).map_err(Error::ptrace(tid, "INTERRUPT"))?;
+    loop {
+        match remote::wait(tid, "freezing") {
+            Ok(WaitStatus::PtraceEvent(..)) => break,
+            // A signal arrived first: let it through, the interrupt stays pending.
+            Ok(WaitStatus::Stopped(_, sig)) => {
+                ptrace::cont(tid, sig).map_err(Error::ptrace(tid, "CONT"))?;
+            }
+            Ok(_) => {}
+            Err(Error::TaskDied { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let regs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+    let sigmask = sys::get_sigmask(tid).map_err(Error::ptrace(tid, "GETSIGMASK"))?;
+    Ok(Some(Thread {
+        tid,
+        regs,
+        sigmask,
+        touched: Cell::new(false),
+    }))
+}
+
+/// Freeze the tree under `root`. On failure every seized thread is released.
+pub fn freeze(root: Pid) -> Result<Tree> {
+    if !std::path::Path::new(&format!("/proc/{root}")).exists() {
+        return Err(Error::NoSuchTask { pid: root });
+    }
+    let mut tree = Tree::default();
+    match freeze_into(root, &mut tree) {
+        Ok(()) => Ok(tree),
+        Err(e) => {
+            tree.release();
+            Err(e)
+        }
+    }
+}
+
+fn freeze_into(root: Pid, tree: &mut Tree) -> Result<()> {
+    let mut seen: BTreeSet<Pid> = BTreeSet::new();
+    // Breadth-first; each process is revisited until its threads are stable.
+    let mut queue = vec![(root, Pid::from_raw(0))];
+    while let Some((pid, ppid)) = queue.first().copied() {
+        queue.remove(0);
+        let st = proc::stat(pid, None)?;
+        let state = match st.state {
+            'Z' => State::Zombie(st.exit_code),
+            'T' => State::Stopped(0),
+            _ => State::Alive,
+        };
+        let mut task = Task {
+            pid,
+            ppid,
+            pgid: Pid::from_raw(st.pgid),
+            sid: Pid::from_raw(st.sid),
+            state,
+            threads: Vec::new(),
+        };
+        if !matches!(state, State::Zombie(_)) {
+            loop {
+                let mut grew = false;
+                for tid in proc::threads(pid)? {
+                    if seen.insert(tid)
+                        && let Some(t) = seize_thread(tid)?
+                    {
+                        task.threads.push(t);
+                        grew = true;
+                    }
+                }
+                if !grew {
+                    break;
+                }
+            }
+            if task.threads.is_empty() {
+                continue; // exited meanwhile
+            }
+            if let State::Stopped(_) = state {
+                // The job-control signal shows in the group-stop report; the
+                // stopped state is what matters, SIGSTOP is the usual cause.
+                task.state = State::Stopped(libc::SIGSTOP);
+            }
+        }
+        let children = if matches!(state, State::Zombie(_)) {
+            Vec::new()
+        } else {
+            proc::children(pid)?
+        };
+        tree.tasks.push(task);
+        for c in children {
+            queue.push((c, pid));
+        }
+    }
+    Ok(())
+}
+
+impl Tree {
+    /// The frozen root.
+    pub fn root(&self) -> Option<&Task> {
+        self.tasks.first()
+    }
+
+    /// Let every thread run again exactly as it was frozen.
+    pub fn release(&self) {
+        for t in &self.tasks {
+            for th in &t.threads {
+                if th.touched.get() {
+                    let _ = sys::setregs(th.tid, &th.regs.with_syscall_restarted());
+                }
+                let _ = sys::set_sigmask(th.tid, th.sigmask);
+                let _ = ptrace::detach(th.tid, None);
+            }
+        }
+    }
+
+    /// Kill every process of the tree (after a successful dump).
+    pub fn kill(&self) {
+        for t in &self.tasks {
+            if !matches!(t.state, State::Zombie(_)) {
+                let _ = kill(t.pid, Signal::SIGKILL);
+            }
+        }
+        for t in &self.tasks {
+            for th in &t.threads {
+                let _ = ptrace::detach(th.tid, None);
+            }
+        }
+    }
+}

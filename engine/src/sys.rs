@@ -1,0 +1,438 @@
+//! The engine's only `unsafe`: thin wrappers over the ptrace requests, system
+//! calls and memory operations `nix` does not expose safely (register sets,
+//! signal masks and queues of a traced thread, rseq configuration, robust
+//! lists, clone3 with set_tid, pidfd_getfd, fixed anonymous mappings).
+//! Wrappers return `Errno` without context; callers say what failed.
+#![allow(unsafe_code)]
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+use stasis_arch::x86::Regs;
+
+/// System calls numbered alike on every arch (the unified table, 424+).
+mod nr {
+    pub const PIDFD_OPEN: libc::c_long = 434;
+    pub const CLONE3: libc::c_long = 435;
+    pub const PIDFD_GETFD: libc::c_long = 438;
+}
+
+const PTRACE_PEEKSIGINFO: u32 = 0x4209;
+const PTRACE_GETSIGMASK: u32 = 0x420a;
+const PTRACE_SETSIGMASK: u32 = 0x420b;
+const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
+const PTRACE_GETREGSET: u32 = 0x4204;
+const PTRACE_SETREGSET: u32 = 0x4205;
+
+fn ptrace_raw(req: u32, tid: Pid, addr: u64, data: u64) -> Result<i64, Errno> {
+    Errno::clear();
+    // SAFETY: every request issued through this helper writes at most into the
+    // buffer `data` points to, which the callers size as the kernel requires.
+    let ret = unsafe {
+        libc::ptrace(
+            req as _,
+            tid.as_raw(),
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if ret == -1 && Errno::last_raw() != 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// The general registers of a stopped tracee.
+#[cfg(target_arch = "x86_64")]
+pub fn getregs(tid: Pid) -> Result<Regs, Errno> {
+    let r = nix::sys::ptrace::getregs(tid)?;
+    Ok(Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        bp: r.rbp,
+        bx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        ax: r.rax,
+        cx: r.rcx,
+        dx: r.rdx,
+        si: r.rsi,
+        di: r.rdi,
+        orig_ax: r.orig_rax,
+        ip: r.rip,
+        cs: r.cs,
+        flags: r.eflags,
+        sp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    })
+}
+
+/// Set the general registers of a stopped tracee.
+#[cfg(target_arch = "x86_64")]
+pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
+    let u = libc::user_regs_struct {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.bp,
+        rbx: r.bx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.ax,
+        rcx: r.cx,
+        rdx: r.dx,
+        rsi: r.si,
+        rdi: r.di,
+        orig_rax: r.orig_ax,
+        rip: r.ip,
+        cs: r.cs,
+        eflags: r.flags,
+        rsp: r.sp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    };
+    nix::sys::ptrace::setregs(tid, u)
+}
+
+/// Only x86-64 is implemented so far.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn getregs(_tid: Pid) -> Result<Regs, Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// Only x86-64 is implemented so far.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn setregs(_tid: Pid, _r: &Regs) -> Result<(), Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// A register set (`NT_*`) of a stopped tracee, as many bytes as the kernel
+/// gives.
+pub fn getregset(tid: Pid, nt: u32) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace_raw(
+        PTRACE_GETREGSET,
+        tid,
+        u64::from(nt),
+        std::ptr::from_mut(&mut iov) as u64,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+/// Set a register set (`NT_*`) of a stopped tracee.
+pub fn setregset(tid: Pid, nt: u32, data: &[u8]) -> Result<(), Errno> {
+    let mut copy = data.to_vec();
+    let mut iov = libc::iovec {
+        iov_base: copy.as_mut_ptr().cast(),
+        iov_len: copy.len(),
+    };
+    ptrace_raw(
+        PTRACE_SETREGSET,
+        tid,
+        u64::from(nt),
+        std::ptr::from_mut(&mut iov) as u64,
+    )
+    .map(drop)
+}
+
+/// The blocked-signal mask of a stopped tracee.
+pub fn get_sigmask(tid: Pid) -> Result<u64, Errno> {
+    let mut mask = 0u64;
+    ptrace_raw(PTRACE_GETSIGMASK, tid, 8, std::ptr::from_mut(&mut mask) as u64)?;
+    Ok(mask)
+}
+
+/// Set the blocked-signal mask of a stopped tracee.
+pub fn set_sigmask(tid: Pid, mask: u64) -> Result<(), Errno> {
+    let mut m = mask;
+    ptrace_raw(PTRACE_SETSIGMASK, tid, 8, std::ptr::from_mut(&mut m) as u64).map(drop)
+}
+
+/// Size of the kernel's `siginfo_t`.
+pub const SIGINFO_SIZE: usize = 128;
+
+/// The queued signals of a stopped tracee: its own (`shared` false) or its
+/// thread group's, each as raw `siginfo_t` bytes.
+pub fn peek_siginfo(tid: Pid, shared: bool) -> Result<Vec<Vec<u8>>, Errno> {
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; SIGINFO_SIZE * 32];
+    loop {
+        let mut args = Args {
+            off: out.len() as u64,
+            flags: u32::from(shared),
+            nr: 32,
+        };
+        let n = ptrace_raw(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            std::ptr::from_mut(&mut args) as u64,
+            buf.as_mut_ptr() as u64,
+        )?;
+        let n = usize::try_from(n).map_err(|_| Errno::EINVAL)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend(buf.chunks_exact(SIGINFO_SIZE).take(n).map(<[u8]>::to_vec));
+    }
+}
+
+/// A thread's rseq registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RseqConf {
+    /// Address of the registered `struct rseq`, 0 if none.
+    pub abi_pointer: u64,
+    /// Registered length.
+    pub abi_size: u32,
+    /// Abort signature.
+    pub signature: u32,
+}
+
+/// The rseq registration of a stopped tracee.
+pub fn rseq_config(tid: Pid) -> Result<RseqConf, Errno> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Conf {
+        abi_pointer: u64,
+        abi_size: u32,
+        signature: u32,
+        flags: u32,
+        pad: u32,
+    }
+    let mut c = Conf::default();
+    ptrace_raw(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<Conf>() as u64,
+        std::ptr::from_mut(&mut c) as u64,
+    )?;
+    Ok(RseqConf {
+        abi_pointer: c.abi_pointer,
+        abi_size: c.abi_size,
+        signature: c.signature,
+    })
+}
+
+/// The robust-futex list head and its length of any thread.
+pub fn robust_list(tid: Pid) -> Result<(u64, u64), Errno> {
+    let mut head: u64 = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: both out-pointers are live locals of the sizes the syscall writes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid.as_raw(),
+            std::ptr::from_mut(&mut head),
+            std::ptr::from_mut(&mut len),
+        )
+    };
+    Errno::result(ret)?;
+    Ok((head, len as u64))
+}
+
+/// A pidfd for a process.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes two integers and returns a new fd.
+    let fd = Errno::result(unsafe { libc::syscall(nr::PIDFD_OPEN, pid.as_raw(), 0) })?;
+    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Duplicate fd `fd` of the process behind `pidfd` into this process.
+pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments only; the result is a new fd.
+    let ret = unsafe { libc::syscall(nr::PIDFD_GETFD, pidfd.as_raw_fd(), fd, 0) };
+    let fd = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which side of a clone this process is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The new task.
+    Child,
+    /// The caller, with the new task's PID.
+    Parent(Pid),
+}
+
+/// Fork a child process with PID `pid` (in the caller's PID namespace).
+///
+/// # Safety
+/// As for `fork`: in a multi-threaded caller the child may only run
+/// async-signal-safe code. The restore path forks from a single thread.
+pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32) -> Result<Forked, Errno> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid: [libc::pid_t; 1] = [pid.as_raw()];
+    let args = CloneArgs {
+        exit_signal: u64::try_from(exit_signal).map_err(|_| Errno::EINVAL)?,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: args and the set_tid array outlive the call; the fork contract
+    // is forwarded to the caller.
+    let ret = unsafe {
+        libc::syscall(
+            nr::CLONE3,
+            std::ptr::from_ref(&args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let ret = Errno::result(ret)?;
+    Ok(if ret == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(Pid::from_raw(
+            libc::pid_t::try_from(ret).map_err(|_| Errno::EINVAL)?,
+        ))
+    })
+}
+
+/// Map `len` bytes of anonymous memory at exactly `addr`, failing if anything
+/// is mapped there already. Returns the mapping for the caller to fill.
+pub fn map_fixed_anon(addr: u64, len: usize, prot: i32) -> Result<&'static mut [u8], Errno> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
+    // memory the program uses can change under it.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    if p as u64 != addr {
+        // An old kernel that ignores NOREPLACE placed it elsewhere.
+        // SAFETY: p is the mapping just created, of length len.
+        unsafe { libc::munmap(p, len) };
+        return Err(Errno::EEXIST);
+    }
+    // SAFETY: the mapping is fresh, private to this process, len bytes long and
+    // never unmapped by this process, so a 'static slice over it is sound.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+/// Change the protection of a mapping made by [`map_fixed_anon`].
+pub fn protect(mem: &mut [u8], prot: i32) -> Result<(), Errno> {
+    // SAFETY: mem is a whole mapping this process owns.
+    Errno::result(unsafe { libc::mprotect(mem.as_mut_ptr().cast(), mem.len(), prot) }).map(drop)
+}
+
+/// `_exit`: leave a forked child without running the parent's destructors.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).unwrap_or(4096)
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file
+/// description (kcmp KCMP_FILE).
+pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes integers only and has no memory effects.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid1.as_raw(),
+            pid2.as_raw(),
+            KCMP_FILE,
+            libc::c_long::from(fd1),
+            libc::c_long::from(fd2),
+        )
+    };
+    Ok(Errno::result(ret)? == 0)
+}
+
+/// Borrow an fd number this process knows is open for as long as it lives
+/// (the restore's inherited pipe ends).
+pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass fds that stay open until the process exits.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Close an fd number (an inherited one nobody owns in this process).
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd number has no memory effects; callers only close
+    // fds that no owned handle refers to.
+    unsafe { libc::close(fd) };
+}
+
+/// dup3 `from` onto `to`, with or without close-on-exec.
+pub fn dup_to(from: RawFd, to: RawFd, cloexec: bool) -> Result<(), Errno> {
+    if from == to {
+        return Ok(());
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 on fd numbers; `to` is replaced atomically.
+    Errno::result(unsafe { libc::dup3(from, to, flags) }).map(drop)
+}
+
+/// Ask for `sig` when the parent dies.
+pub fn set_pdeathsig(sig: i32) {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig) };
+}
+
+/// Take ownership of an fd number just returned by a syscall.
+pub fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass fds fresh from the kernel that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,0 +1,351 @@
+//! A task and its threads (`core-TID.img`): registers and FPU/AVX state,
+//! signal masks, sigactions, pending signals, sigaltstack, itimers, rseq,
+//! robust-futex list and tid address, rlimits and the task's identity
+//! (comm, state, exit code). What /proc and ptrace cannot tell is asked
+//! inside the task with remote syscalls; restore sets it the same way.
+
+use nix::unistd::Pid;
+use stasis_arch::x86::{self, Regs, nr};
+use stasis_proto::images::core_entry::March;
+use stasis_proto::images::{
+    CoreEntry, ItimerEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry,
+    TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86,
+    ThreadSasEntry,
+};
+
+use crate::error::{Error, Result};
+use crate::remote::{self, Remote};
+use crate::seize::{State, Task, Thread};
+use crate::{proc, sys};
+
+/// `task_core_entry.task_state` values (CRIU's).
+pub mod state {
+    /// Running or sleeping.
+    pub const ALIVE: u32 = 1;
+    /// Stopped by job control.
+    pub const STOPPED: u32 = 3;
+    /// Exited, not reaped.
+    pub const ZOMBIE: u32 = 6;
+}
+
+const PR_GET_TID_ADDRESS: u64 = 40;
+const NSIG: u64 = 64;
+
+fn read_words<const N: usize>(pid: Pid, addr: u64) -> Result<[u64; N]> {
+    let mut b = vec![0u8; 8 * N];
+    remote::read_mem(pid, addr, &mut b)?;
+    let mut out = [0u64; N];
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+        *o = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    }
+    Ok(out)
+}
+
+fn words(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// The per-thread part of the dump, asked inside `thread` (`scratch` is a
+/// writable page mapped in the task for the answers).
+pub fn dump_thread(pid: Pid, th: &Thread, insn: u64, scratch: u64) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
+    let tid = th.tid;
+    let r = Remote::new(tid, th.regs, insn);
+    th.touched.set(true);
+    // Nothing may interrupt the remote calls; the mask is put back on release.
+    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    r.call("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
+    let [ss_sp, ss_flags, ss_size] = read_words::<3>(tid, scratch)?;
+    r.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0])?;
+    let [tid_addr] = read_words::<1>(tid, scratch)?;
+    r.call("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, [2, scratch, 0, 0, 0, 0])?;
+    let [pdeath] = read_words::<1>(tid, scratch)?;
+    let xstate = sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+    let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
+    let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
+    let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
+    let st = proc::stat(pid, Some(tid))?;
+    let ti = ThreadInfoX86 {
+        clear_tid_addr: tid_addr,
+        gpregs: th.regs.to_proto(),
+        fpregs: x86::fpregs_from_xsave(&xstate),
+        tls: Vec::new(),
+    };
+    let tc = ThreadCoreEntry {
+        futex_rla: rla,
+        futex_rla_len: u32::try_from(rla_len).unwrap_or(0),
+        sched_nice: Some(st.nice),
+        pdeath_sig: u32::try_from(pdeath & 0xffff_ffff).ok().filter(|&s| s != 0),
+        blk_sigset: Some(th.sigmask),
+        sas: Some(ThreadSasEntry {
+            ss_sp,
+            ss_size,
+            ss_flags: u32::try_from(ss_flags & 0xffff_ffff).unwrap_or(0),
+        }),
+        signals_p: Some(queue(pending)),
+        comm: Some(st.comm),
+        rseq_entry: (rseq.abi_pointer != 0).then_some(RseqEntry {
+            rseq_abi_pointer: rseq.abi_pointer,
+            rseq_abi_size: rseq.abi_size,
+            signature: rseq.signature,
+            rseq_cs_pointer: None,
+        }),
+        ..ThreadCoreEntry::default()
+    };
+    Ok((ti, tc))
+}
+
+fn queue(sigs: Vec<Vec<u8>>) -> SignalQueueEntry {
+    SignalQueueEntry {
+        signals: sigs.into_iter().map(|siginfo| SiginfoEntry { siginfo }).collect(),
+    }
+}
+
+/// The task-wide part of the dump (leader's `core` image), asked through `r`.
+pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry> {
+    let pid = task.pid;
+    let st = proc::stat(pid, None)?;
+    let mut sigactions = Vec::new();
+    for sig in 1..=NSIG {
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+            continue;
+        }
+        r.call("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])?;
+        let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
+        sigactions.push(SaEntry {
+            sigaction: handler,
+            flags,
+            restorer,
+            mask,
+            compat_sigaction: None,
+            mask_extended: None,
+        });
+    }
+    let mut itimers = Vec::new();
+    for which in 0..3 {
+        r.call("getitimer", nr::GETITIMER, [which, scratch, 0, 0, 0, 0])?;
+        let [isec, iusec, vsec, vusec] = read_words::<4>(pid, scratch)?;
+        itimers.push(ItimerEntry {
+            isec,
+            iusec,
+            vsec,
+            vusec,
+        });
+    }
+    let [real, virt, prof]: [ItimerEntry; 3] =
+        itimers.try_into().map_err(|_| Error::ProcFormat {
+            pid,
+            file: "itimers".into(),
+        })?;
+    if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| !t.trim().is_empty()) {
+        return Err(Error::Unsupported {
+            pid,
+            what: "POSIX timers (timer_create)".into(),
+        });
+    }
+    let shared = sys::peek_siginfo(r.tid, true).map_err(Error::ptrace(r.tid, "PEEKSIGINFO"))?;
+    let rlimits = proc::limits(pid)?
+        .into_iter()
+        .map(|(cur, max)| RlimitEntry { cur, max })
+        .collect();
+    let status = proc::status(pid, None)?;
+    let (task_state, exit_code, stop_signo) = match task.state {
+        State::Alive => (state::ALIVE, 0, None),
+        State::Stopped(s) => (state::STOPPED, 0, u32::try_from(s).ok()),
+        State::Zombie(c) => (state::ZOMBIE, c, None),
+    };
+    Ok(TaskCoreEntry {
+        task_state,
+        exit_code,
+        personality: personality(pid),
+        flags: st.flags,
+        blk_sigset: task.threads.first().map_or(0, |t| t.sigmask),
+        comm: st.comm,
+        timers: Some(TaskTimersEntry {
+            real,
+            virt,
+            prof,
+            posix: Vec::new(),
+        }),
+        rlimits: Some(TaskRlimitsEntry { rlimits }),
+        signals_s: Some(queue(shared)),
+        oom_score_adj: std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        sigactions,
+        stop_signo,
+        loginuid: status.get("loginuid").and_then(|s| s.parse().ok()),
+        ..TaskCoreEntry::default()
+    })
+}
+
+fn personality(pid: Pid) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/personality"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// A zombie's core: only its identity and exit status.
+pub fn zombie_core(task: &Task, code: u32) -> CoreEntry {
+    CoreEntry {
+        mtype: March::X8664 as i32,
+        tc: Some(TaskCoreEntry {
+            task_state: state::ZOMBIE,
+            exit_code: code,
+            comm: String::new(),
+            ..TaskCoreEntry::default()
+        }),
+        ..core_base(task.pid)
+    }
+}
+
+fn core_base(_pid: Pid) -> CoreEntry {
+    CoreEntry {
+        mtype: March::X8664 as i32,
+        ..CoreEntry::default()
+    }
+}
+
+/// Restore the task-wide state through the leader's remote `r`.
+pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
+    let pid = r.tid;
+    for (i, sa) in tc.sigactions.iter().enumerate() {
+        // Entries are signals 1..=64 without SIGKILL and SIGSTOP, in order.
+        let mut sig = i as u64 + 1;
+        if sig >= libc::SIGKILL as u64 {
+            sig += 1;
+        }
+        if sig >= libc::SIGSTOP as u64 {
+            sig += 1;
+        }
+        let at = data;
+        remote::write_mem(pid, at, &words(&[sa.sigaction, sa.flags, sa.restorer, sa.mask]))?;
+        r.call("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
+    }
+    if let Some(t) = &tc.timers {
+        for (which, it) in [(0u64, &t.real), (1, &t.virt), (2, &t.prof)] {
+            if it.vsec == 0 && it.vusec == 0 {
+                continue;
+            }
+            remote::write_mem(pid, data, &words(&[it.isec, it.iusec, it.vsec, it.vusec]))?;
+            r.call("setitimer", nr::SETITIMER, [which, data, 0, 0, 0, 0])?;
+        }
+    }
+    if let Some(q) = &tc.signals_s {
+        for s in &q.signals {
+            queue_signal(r, pid, None, &s.siginfo, data)?;
+        }
+    }
+    Ok(())
+}
+
+fn queue_signal(r: &Remote, pid: Pid, tid: Option<Pid>, siginfo: &[u8], data: u64) -> Result<()> {
+    let signo = siginfo
+        .get(..4)
+        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    remote::write_mem(pid, data, siginfo)?;
+    // A shared signal queued at the leader's thread group, a private one at the thread.
+    let (nr, args) = match tid {
+        Some(t) => (
+            nr::RT_TGSIGQUEUEINFO,
+            [
+                u64::from(pid.as_raw().cast_unsigned()),
+                u64::from(t.as_raw().cast_unsigned()),
+                u64::from(signo.cast_unsigned()),
+                data,
+                0,
+                0,
+            ],
+        ),
+        None => (
+            129, // rt_sigqueueinfo
+            [
+                u64::from(pid.as_raw().cast_unsigned()),
+                u64::from(signo.cast_unsigned()),
+                data,
+                0,
+                0,
+                0,
+            ],
+        ),
+    };
+    r.call("rt_sigqueueinfo", nr, args).map(drop)
+}
+
+/// Restore one thread's own state through its remote `r` (run in that thread).
+pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Result<()> {
+    let tid = r.tid;
+    let Some(tc) = &core.thread_core else {
+        return Ok(());
+    };
+    if tc.futex_rla != 0 {
+        r.call(
+            "set_robust_list",
+            nr::SET_ROBUST_LIST,
+            [tc.futex_rla, u64::from(tc.futex_rla_len), 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(ti) = &core.thread_info {
+        r.call("set_tid_address", nr::SET_TID_ADDRESS, [ti.clear_tid_addr, 0, 0, 0, 0, 0])?;
+    }
+    if let Some(sas) = &tc.sas
+        && sas.ss_size != 0
+    {
+        remote::write_mem(pid, data, &words(&[sas.ss_sp, u64::from(sas.ss_flags), sas.ss_size]))?;
+        r.call("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0])?;
+    }
+    if let Some(rs) = &tc.rseq_entry {
+        r.call(
+            "rseq",
+            nr::RSEQ,
+            [
+                rs.rseq_abi_pointer,
+                u64::from(rs.rseq_abi_size),
+                0,
+                u64::from(rs.signature),
+                0,
+                0,
+            ],
+        )?;
+    }
+    if let Some(q) = &tc.signals_p {
+        for s in &q.signals {
+            queue_signal(r, pid, Some(tid), &s.siginfo, data)?;
+        }
+    }
+    Ok(())
+}
+
+/// Registers and FPU state last: the thread resumes exactly where it was
+/// dumped. It sits in a syscall-exit stop, so an interrupted syscall is
+/// restarted by hand.
+pub fn restore_regs(tid: Pid, core: &CoreEntry) -> Result<()> {
+    let ti = core.thread_info.as_ref().ok_or_else(|| Error::BadImage {
+        path: format!("core-{tid}.img"),
+        what: "no x86-64 registers (thread_info)".into(),
+    })?;
+    let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
+    let mut xs = sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+    x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
+    sys::setregset(tid, x86::NT_X86_XSTATE, &xs).map_err(Error::ptrace(tid, "SETREGSET"))?;
+    sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))?;
+    let mask = core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.blk_sigset)
+        .or_else(|| core.tc.as_ref().map(|t| t.blk_sigset))
+        .unwrap_or(0);
+    sys::set_sigmask(tid, mask).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    Ok(())
+}
+
+/// A full core entry for a thread.
+pub fn core_entry(ti: ThreadInfoX86, thc: ThreadCoreEntry, tc: Option<TaskCoreEntry>) -> CoreEntry {
+    CoreEntry {
+        mtype: March::X8664 as i32,
+        thread_info: Some(ti),
+        tc,
+        thread_core: Some(thc),
+        ..CoreEntry::default()
+    }
+}
