@@ -5,7 +5,7 @@
 //! host so any host can read an x86-64 image.
 
 use stasis_proto::images::{
-    UserX86FpregsEntry, UserX86RegsEntry, UserX86XsaveEntry, UserX86RegsMode,
+    UserX86FpregsEntry, UserX86RegsEntry, UserX86RegsMode, UserX86XsaveEntry,
 };
 
 /// `syscall` followed by `int3`: the remote-syscall trampoline. The trap
@@ -371,13 +371,13 @@ mod tests {
             ..Regs::default()
         };
         let r = Regs {
-            ax: (-512i64) as u64,
+            ax: (-512i64).cast_unsigned(),
             ..base
         }
         .with_syscall_restarted();
         assert_eq!((r.ax, r.ip), (61, 0x1000));
         let r = Regs {
-            ax: (-516i64) as u64,
+            ax: (-516i64).cast_unsigned(),
             ..base
         }
         .with_syscall_restarted();
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!((done.ax, done.ip), (3, 0x1002));
         let user = Regs {
             orig_ax: u64::MAX,
-            ax: (-512i64) as u64,
+            ax: (-512i64).cast_unsigned(),
             ..base
         };
         assert_eq!(user.with_syscall_restarted(), user);
@@ -396,7 +396,7 @@ mod tests {
     fn xsave_round_trips() {
         let mut area = vec![0u8; 2696];
         for (i, b) in area.iter_mut().enumerate() {
-            *b = (i % 251) as u8;
+            *b = u8::try_from(i % 251).expect("below 251");
         }
         // Only the components the image keeps, with valid header bits.
         area[xoff::XSTATE_BV..xoff::XSTATE_BV + 8]
@@ -405,7 +405,10 @@ mod tests {
         assert_eq!(fp.st_space.len(), 32);
         assert_eq!(fp.xmm_space.len(), 64);
         let x = fp.xsave.as_ref().expect("xsave part");
-        assert_eq!((x.ymmh_space.len(), x.zmm_upper.len(), x.hi16_zmm.len()), (64, 64, 128));
+        assert_eq!(
+            (x.ymmh_space.len(), x.zmm_upper.len(), x.hi16_zmm.len()),
+            (64, 64, 128)
+        );
         let mut back = vec![0u8; 2696];
         fpregs_into_xsave(&fp, &mut back);
         for (name, range) in [

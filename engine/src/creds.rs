@@ -9,7 +9,11 @@ use stasis_proto::images::CredsEntry;
 fn ids(status: &BTreeMap<String, String>, key: &str) -> Vec<u32> {
     status
         .get(key)
-        .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -6,12 +6,12 @@ use nix::unistd::Pid;
 use stasis_proto::ImageError;
 
 /// Result with the engine's error.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// Everything dump and restore can fail at.
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
-pub enum Error {
+pub enum EngineError {
     #[error("task {pid}: cannot read {path}: {err}")]
     Proc {
         pid: Pid,
@@ -42,7 +42,9 @@ pub enum Error {
         syscall: &'static str,
         errno: Errno,
     },
-    #[error("task {pid}: {what} is not supported yet; nothing was dumped and the task keeps running")]
+    #[error(
+        "task {pid}: {what} is not supported yet; nothing was dumped and the task keeps running"
+    )]
     Unsupported { pid: Pid, what: String },
     #[error("task {pid}: reading memory at {addr:#x}: {errno}")]
     MemRead { pid: Pid, addr: u64, errno: Errno },
@@ -54,7 +56,9 @@ pub enum Error {
     ImagesDir { path: String, err: std::io::Error },
     #[error("image {path}: {what}")]
     BadImage { path: String, what: String },
-    #[error("PID {pid} is in use by another process; stop it or restore elsewhere (another PID namespace)")]
+    #[error(
+        "PID {pid} is in use by another process; stop it or restore elsewhere (another PID namespace)"
+    )]
     PidTaken { pid: Pid },
     #[error("task {pid}: cannot create it with its PID: {errno}")]
     Fork { pid: Pid, errno: Errno },
@@ -90,15 +94,15 @@ pub enum Error {
     Arch { want: &'static str, host: String },
 }
 
-impl Error {
+impl EngineError {
     /// A ptrace failure on a thread.
-    pub fn ptrace(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> Error {
-        move |errno| Error::Ptrace { tid, op, errno }
+    pub fn ptrace(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> EngineError {
+        move |errno| EngineError::Ptrace { tid, op, errno }
     }
 
     /// A failed step of restoring a task.
-    pub fn restore(pid: Pid, what: impl Into<String>) -> impl FnOnce(Errno) -> Error {
+    pub fn restore(pid: Pid, what: impl Into<String>) -> impl FnOnce(Errno) -> EngineError {
         let what = what.into();
-        move |errno| Error::Restore { pid, what, errno }
+        move |errno| EngineError::Restore { pid, what, errno }
     }
 }

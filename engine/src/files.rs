@@ -18,7 +18,7 @@ use stasis_proto::images::{
     FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry, RegFileEntry,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::{proc, sys};
 
@@ -154,10 +154,15 @@ impl Table {
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)") {
-            return Err(unsupported(format!("{}, a file deleted while open", fd.target)));
+            return Err(unsupported(format!(
+                "{}, a file deleted while open",
+                fd.target
+            )));
         } else if ft.is_fifo() {
             return Err(unsupported(format!("FIFO {}", fd.target)));
-        } else if ft.is_char_device() && tty_major(nix::sys::stat::major(meta.rdev()) as u32) {
+        } else if ft.is_char_device()
+            && tty_major(u32::try_from(nix::sys::stat::major(meta.rdev())).unwrap_or(0))
+        {
             if !opts.shell_job {
                 return Err(unsupported(format!(
                     "terminal {}; dump a job started from a shell with --shell-job",
@@ -222,7 +227,7 @@ impl Table {
             .map_err(err)?;
         let size = fcntl(src.as_fd(), FcntlArg::F_GETPIPE_SZ).unwrap_or(65536);
         let (r, w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
-        let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size.into()));
+        let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size));
         let mut data = Vec::new();
         match nix::fcntl::tee(
             src.as_fd(),
@@ -308,9 +313,9 @@ impl Table {
             let opened = match entry.kind.as_ref() {
                 Some(Kind::Reg(r)) => open_reg(pid, fd, r)?,
                 Some(Kind::Pipe(p)) => {
-                    if !pipes.contains_key(&p.pipe_id) {
-                        let pair = self.new_pipe(pid, p.pipe_id)?;
-                        pipes.insert(p.pipe_id, pair);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = pipes.entry(p.pipe_id)
+                    {
+                        slot.insert(self.new_pipe(pid, p.pipe_id)?);
                     }
                     let (r, w) = pipes.get(&p.pipe_id).ok_or_else(|| Error::BadImage {
                         path: "pipes.img".into(),
@@ -323,9 +328,7 @@ impl Table {
                     } else {
                         r
                     };
-                    let dup = end
-                        .try_clone()
-                        .map_err(|e| open_err(pid, fd, "pipe", e))?;
+                    let dup = end.try_clone().map_err(|e| open_err(pid, fd, "pipe", e))?;
                     let fl = OFlag::from_bits_truncate(
                         (p.flags & libc::O_NONBLOCK.cast_unsigned()).cast_signed(),
                     );
@@ -336,7 +339,10 @@ impl Table {
                 other => {
                     return Err(Error::Unsupported {
                         pid,
-                        what: format!("fd {fd}: file kind {:?} in the images", other.map(kind_name)),
+                        what: format!(
+                            "fd {fd}: file kind {:?} in the images",
+                            other.map(kind_name)
+                        ),
                     });
                 }
             };
@@ -351,7 +357,7 @@ impl Table {
             if let Some(size) = e.size
                 && let Ok(size) = i32::try_from(size)
             {
-                let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size.into()));
+                let _ = fcntl(w.as_fd(), FcntlArg::F_SETPIPE_SZ(size));
             }
             let mut f = File::from(w.try_clone().map_err(|e| open_err(pid, -1, "pipe", e))?);
             f.write_all(data)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use stasis_proto::kind::{self, ImageKind};
 use stasis_proto::{ImageReader, ImageWriter};
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 
 /// The directory given with `-D`.
 #[derive(Debug, Clone)]

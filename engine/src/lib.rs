@@ -18,4 +18,4 @@ pub mod seize;
 pub mod sys;
 pub mod task;
 
-pub use error::{Error, Result};
+pub use error::{EngineError, Result};

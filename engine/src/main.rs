@@ -57,7 +57,12 @@ struct DumpArgs {
     #[arg(short = 't', long = "tree", value_name = "PID")]
     tree: i32,
     /// Directory to write the images to (must exist)
-    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    #[arg(
+        short = 'D',
+        long = "images-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
     images_dir: PathBuf,
     /// Write the log to FILE (relative to the images directory)
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
@@ -86,7 +91,12 @@ struct DumpArgs {
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
     /// Directory to read the images from
-    #[arg(short = 'D', long = "images-dir", value_name = "DIR", default_value = ".")]
+    #[arg(
+        short = 'D',
+        long = "images-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
     images_dir: PathBuf,
     /// Write the log to FILE (relative to the images directory)
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
@@ -110,7 +120,13 @@ struct RestoreArgs {
 
 fn log_path(dir: &Path, file: Option<&PathBuf>) -> Option<PathBuf> {
     // CRIU resolves a relative log file against the images directory.
-    file.map(|f| if f.is_absolute() { f.clone() } else { dir.join(f) })
+    file.map(|f| {
+        if f.is_absolute() {
+            f.clone()
+        } else {
+            dir.join(f)
+        }
+    })
 }
 
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
@@ -508,11 +524,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     .or(cli.log_file);
     init_logging(level, log.as_deref())?;
+    // The error also goes to the log file; on stderr main prints it once.
+    let to_file = log.is_some();
+    let log_err = |e: &anyhow::Error| {
+        if to_file {
+            tracing::error!("{e:#}");
+        }
+    };
     match cli.command {
         Command::Image(cmd) => run_image(cmd).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => run_check(&args),
-        Command::Dump(a) => run_dump(&a).inspect_err(|e| tracing::error!("{e:#}")),
-        Command::Restore(a) => run_restore(&a).inspect_err(|e| tracing::error!("{e:#}")),
+        Command::Dump(a) => run_dump(&a).inspect_err(log_err),
+        Command::Restore(a) => run_restore(&a).inspect_err(log_err),
     }
 }
 

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use stasis_arch::x86::nr;
 use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::remote::{self, Remote};
@@ -294,7 +294,13 @@ pub fn restore(
         .iter()
         .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
         .collect();
-    let kind_of = |name: &str| if name == "[vdso]" { status::VDSO } else { status::VVAR };
+    let kind_of = |name: &str| {
+        if name == "[vdso]" {
+            status::VDSO
+        } else {
+            status::VVAR
+        }
+    };
     let mismatch = || Error::Restore {
         pid,
         what: format!(
@@ -321,7 +327,9 @@ pub fn restore(
                     from,
                     m.len(),
                     m.len(),
-                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned().into(),
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED)
+                        .cast_unsigned()
+                        .into(),
                     to,
                     0,
                 ],
@@ -343,7 +351,9 @@ pub fn restore(
                 from,
                 len,
                 len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned().into(),
+                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED)
+                    .cast_unsigned()
+                    .into(),
                 to,
                 0,
             ],
@@ -367,7 +377,10 @@ pub fn restore(
             let id = u32::try_from(v.shmid).unwrap_or(0);
             let path = files.path_of(id).ok_or_else(|| Error::BadImage {
                 path: format!("mm-{pid}.img"),
-                what: format!("mapping at {:#x} names file id {id}, which is not in files.img", v.start),
+                what: format!(
+                    "mapping at {:#x} names file id {id}, which is not in files.img",
+                    v.start
+                ),
             })?;
             let oflags = if v.status & status::FILE_SHARED != 0
                 && v.prot & libc::PROT_WRITE.cast_unsigned() != 0

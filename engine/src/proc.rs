@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use nix::unistd::Pid;
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 
 fn read(pid: Pid, what: &str) -> Result<String> {
     let path = format!("/proc/{pid}/{what}");
@@ -139,7 +139,11 @@ pub fn children(pid: Pid) -> Result<Vec<Pid>> {
     for tid in threads(pid)? {
         // A thread that exited since the listing has no children file.
         if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) {
-            out.extend(s.split_whitespace().filter_map(|c| c.parse().ok()).map(Pid::from_raw));
+            out.extend(
+                s.split_whitespace()
+                    .filter_map(|c| c.parse().ok())
+                    .map(Pid::from_raw),
+            );
         }
     }
     out.sort_unstable();
@@ -201,7 +205,11 @@ pub fn maps(pid: Pid) -> Result<Vec<Map>> {
         let (maj, min) = dev.split_once(':').ok_or_else(bad)?;
         let p = perms.as_bytes();
         let mut prot = 0;
-        for (i, bit) in [(0, libc::PROT_READ), (1, libc::PROT_WRITE), (2, libc::PROT_EXEC)] {
+        for (i, bit) in [
+            (0, libc::PROT_READ),
+            (1, libc::PROT_WRITE),
+            (2, libc::PROT_EXEC),
+        ] {
             if p.get(i).is_some_and(|&c| c != b'-') {
                 prot |= bit.cast_unsigned();
             }

@@ -14,7 +14,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use stasis_arch::x86::Regs;
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::sys;
 
 /// Wait for the next stop of a traced thread.
@@ -81,40 +81,23 @@ impl Remote {
     /// Resume to the next syscall stop (entry or exit).
     fn step(&self, name: &'static str, entry: bool) -> Result<()> {
         let tid = self.tid;
-        loop {
-            ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
-            match wait(tid, name)? {
-                WaitStatus::PtraceSyscall(_) => return Ok(()),
-                // A remote clone reports the new thread first; carry on.
-                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_CLONE => {
-                    if entry {
-                        return Err(Error::Unexpected {
-                            tid,
-                            op: name,
-                            what: "clone event before the syscall entered".into(),
-                        });
-                    }
-                    // The clone event precedes the exit stop: wait for it.
-                    ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
-                    match wait(tid, name)? {
-                        WaitStatus::PtraceSyscall(_) => return Ok(()),
-                        other => {
-                            return Err(Error::Unexpected {
-                                tid,
-                                op: name,
-                                what: format!("{other:?}"),
-                            });
-                        }
-                    }
-                }
-                other => {
-                    return Err(Error::Unexpected {
-                        tid,
-                        op: name,
-                        what: format!("{other:?}"),
-                    });
+        let unexpected = |what: String| Error::Unexpected {
+            tid,
+            op: name,
+            what,
+        };
+        ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
+        match wait(tid, name)? {
+            WaitStatus::PtraceSyscall(_) => Ok(()),
+            // A remote clone reports the new thread before its exit stop.
+            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_CLONE && !entry => {
+                ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
+                match wait(tid, name)? {
+                    WaitStatus::PtraceSyscall(_) => Ok(()),
+                    other => Err(unexpected(format!("{other:?}"))),
                 }
             }
+            other => Err(unexpected(format!("{other:?}"))),
         }
     }
 }

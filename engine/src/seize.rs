@@ -13,7 +13,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use stasis_arch::x86::Regs;
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::{proc, remote, sys};
 
 /// What a process was doing when frozen.

@@ -163,7 +163,12 @@ pub fn setregset(tid: Pid, nt: u32, data: &[u8]) -> Result<(), Errno> {
 /// The blocked-signal mask of a stopped tracee.
 pub fn get_sigmask(tid: Pid) -> Result<u64, Errno> {
     let mut mask = 0u64;
-    ptrace_raw(PTRACE_GETSIGMASK, tid, 8, std::ptr::from_mut(&mut mask) as u64)?;
+    ptrace_raw(
+        PTRACE_GETSIGMASK,
+        tid,
+        8,
+        std::ptr::from_mut(&mut mask) as u64,
+    )?;
     Ok(mask)
 }
 
@@ -435,4 +440,23 @@ pub fn set_pdeathsig(sig: i32) {
 pub fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass fds fresh from the kernel that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Fork a child with PID `pid` from a single-threaded process (the restore
+/// path). Refuses with EDEADLK when other threads exist, since the child of a
+/// multi-threaded fork may only run async-signal-safe code.
+pub fn fork_single_threaded(pid: Pid) -> Result<Forked, Errno> {
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned()))
+        })
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    if threads != 1 {
+        return Err(Errno::EDEADLK);
+    }
+    // SAFETY: the process has one thread, so the child may run ordinary code.
+    unsafe { fork_with_pid(pid, libc::SIGCHLD) }
 }

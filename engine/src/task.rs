@@ -13,7 +13,7 @@ use stasis_proto::images::{
     ThreadSasEntry,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::remote::{self, Remote};
 use crate::seize::{State, Task, Thread};
 use crate::{proc, sys};
@@ -47,7 +47,12 @@ fn words(v: &[u64]) -> Vec<u8> {
 
 /// The per-thread part of the dump, asked inside `thread` (`scratch` is a
 /// writable page mapped in the task for the answers).
-pub fn dump_thread(pid: Pid, th: &Thread, insn: u64, scratch: u64) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
+pub fn dump_thread(
+    pid: Pid,
+    th: &Thread,
+    insn: u64,
+    scratch: u64,
+) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
     let tid = th.tid;
     let r = Remote::new(tid, th.regs, insn);
     th.touched.set(true);
@@ -55,11 +60,20 @@ pub fn dump_thread(pid: Pid, th: &Thread, insn: u64, scratch: u64) -> Result<(Th
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     r.call("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
     let [ss_sp, ss_flags, ss_size] = read_words::<3>(tid, scratch)?;
-    r.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0])?;
+    r.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        nr::PRCTL,
+        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
+    )?;
     let [tid_addr] = read_words::<1>(tid, scratch)?;
-    r.call("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, [2, scratch, 0, 0, 0, 0])?;
+    r.call(
+        "prctl(PR_GET_PDEATHSIG)",
+        nr::PRCTL,
+        [2, scratch, 0, 0, 0, 0],
+    )?;
     let [pdeath] = read_words::<1>(tid, scratch)?;
-    let xstate = sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+    let xstate =
+        sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
     let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
     let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
     let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
@@ -96,7 +110,10 @@ pub fn dump_thread(pid: Pid, th: &Thread, insn: u64, scratch: u64) -> Result<(Th
 
 fn queue(sigs: Vec<Vec<u8>>) -> SignalQueueEntry {
     SignalQueueEntry {
-        signals: sigs.into_iter().map(|siginfo| SiginfoEntry { siginfo }).collect(),
+        signals: sigs
+            .into_iter()
+            .map(|siginfo| SiginfoEntry { siginfo })
+            .collect(),
     }
 }
 
@@ -219,7 +236,11 @@ pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
             sig += 1;
         }
         let at = data;
-        remote::write_mem(pid, at, &words(&[sa.sigaction, sa.flags, sa.restorer, sa.mask]))?;
+        remote::write_mem(
+            pid,
+            at,
+            &words(&[sa.sigaction, sa.flags, sa.restorer, sa.mask]),
+        )?;
         r.call("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
     }
     if let Some(t) = &tc.timers {
@@ -286,12 +307,20 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
         )?;
     }
     if let Some(ti) = &core.thread_info {
-        r.call("set_tid_address", nr::SET_TID_ADDRESS, [ti.clear_tid_addr, 0, 0, 0, 0, 0])?;
+        r.call(
+            "set_tid_address",
+            nr::SET_TID_ADDRESS,
+            [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+        )?;
     }
     if let Some(sas) = &tc.sas
         && sas.ss_size != 0
     {
-        remote::write_mem(pid, data, &words(&[sas.ss_sp, u64::from(sas.ss_flags), sas.ss_size]))?;
+        remote::write_mem(
+            pid,
+            data,
+            &words(&[sas.ss_sp, u64::from(sas.ss_flags), sas.ss_size]),
+        )?;
         r.call("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0])?;
     }
     if let Some(rs) = &tc.rseq_entry {
@@ -325,7 +354,8 @@ pub fn restore_regs(tid: Pid, core: &CoreEntry) -> Result<()> {
         what: "no x86-64 registers (thread_info)".into(),
     })?;
     let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
-    let mut xs = sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+    let mut xs =
+        sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
     x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
     sys::setregset(tid, x86::NT_X86_XSTATE, &xs).map_err(Error::ptrace(tid, "SETREGSET"))?;
     sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))?;

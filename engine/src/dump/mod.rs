@@ -12,7 +12,7 @@ use stasis_proto::images::{
     StatsEntry, TaskKobjIdsEntry,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::files::{self, Table};
 use crate::images::Dir;
 use crate::remote::{self, Remote};
@@ -150,7 +150,10 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             threads: if t.threads.is_empty() {
                 vec![t.pid.as_raw().cast_unsigned()]
             } else {
-                t.threads.iter().map(|th| th.tid.as_raw().cast_unsigned()).collect()
+                t.threads
+                    .iter()
+                    .map(|th| th.tid.as_raw().cast_unsigned())
+                    .collect()
             },
         });
         if let State::Zombie(code) = t.state {
@@ -218,7 +221,9 @@ fn dump_task(
         nr::MMAP,
         [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
     )?;
-    let res = dump_task_state(t, &r, insn, scratch, dir, files, &vmas, pages_id, fdinfo, id);
+    let res = dump_task_state(
+        t, &r, insn, scratch, dir, files, &vmas, pages_id, fdinfo, id,
+    );
     r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
     res
 }

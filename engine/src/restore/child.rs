@@ -35,13 +35,8 @@ fn report(ready: RawFd, pid: i32, errno: i32, step: i32) {
     msg[..4].copy_from_slice(&pid.to_ne_bytes());
     msg[4..8].copy_from_slice(&errno.to_ne_bytes());
     msg[8..].copy_from_slice(&step.to_ne_bytes());
-    // SAFETY: `ready` is the pipe's write end, inherited and open.
-    let fd = unsafe_borrow(ready);
-    let _ = nix::unistd::write(fd, &msg);
-}
-
-fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
-    sys::borrow(fd)
+    // `ready` is the pipe's write end, inherited and open until exit.
+    let _ = nix::unistd::write(sys::borrow(ready), &msg);
 }
 
 /// Run task `idx` of `plans`; never returns.
@@ -89,9 +84,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         if c.pst.ppid != pid {
             continue;
         }
-        // SAFETY: this task is single-threaded (a fork of the single-threaded engine).
-        #[allow(unsafe_code)]
-        match unsafe { sys::fork_with_pid(pid_of(c.pst.pid), libc::SIGCHLD) } {
+        match sys::fork_single_threaded(pid_of(c.pst.pid)) {
             Ok(sys::Forked::Child) => run(plans, ci, ready),
             Ok(sys::Forked::Parent(_)) => {}
             Err(e) => return Err((e, 2)),

@@ -24,7 +24,7 @@ use stasis_proto::images::{
     StatsEntry,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::mm::{self, Trampoline};
@@ -115,7 +115,8 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
             plan.fs = Some(fs);
             plan.fdinfo = dir.read_all("FDINFO", files_id)?;
             for &tid in plan.pst.threads.iter().skip(1) {
-                plan.thread_cores.push(dir.read_one("CORE", u64::from(tid))?);
+                plan.thread_cores
+                    .push(dir.read_one("CORE", u64::from(tid))?);
             }
         }
         plans.push(plan);
@@ -204,8 +205,12 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
 
     let ps = sys::page_size();
     let tstart = pick_trampoline(&plans)?;
-    let code = sys::map_fixed_anon(tstart, usize::try_from(5 * ps).unwrap_or(20480), libc::PROT_READ | libc::PROT_WRITE)
-        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
+    let code = sys::map_fixed_anon(
+        tstart,
+        usize::try_from(5 * ps).unwrap_or(20480),
+        libc::PROT_READ | libc::PROT_WRITE,
+    )
+    .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
     code[..8].copy_from_slice(&x86::SYSCALL_INSN);
     let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
     sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
@@ -219,9 +224,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
 
     let t0 = Instant::now();
     let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
-    // SAFETY: the restore runs on the engine's only thread, so the child may
-    // run ordinary code; it never returns into the engine.
-    match unsafe_fork(root)? {
+    // The child never returns into the engine.
+    match sys::fork_single_threaded(root).map_err(|errno| fork_error(root, errno))? {
         sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
         sys::Forked::Parent(_) => {}
     }
@@ -240,10 +244,13 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     }
 }
 
-fn unsafe_fork(pid: Pid) -> Result<sys::Forked> {
-    // SAFETY: see the caller: single-threaded engine.
-    #[allow(unsafe_code)]
-    unsafe { sys::fork_with_pid(pid, libc::SIGCHLD) }.map_err(|errno| Error::Fork { pid, errno })
+/// EEXIST from clone3 set_tid means another process took the PID meanwhile.
+pub(crate) fn fork_error(pid: Pid, errno: nix::errno::Errno) -> Error {
+    if errno == nix::errno::Errno::EEXIST {
+        Error::PidTaken { pid }
+    } else {
+        Error::Fork { pid, errno }
+    }
 }
 
 fn finish(
@@ -292,7 +299,11 @@ fn finish(
     }
     for p in &alive {
         let pid = pid_of(p.pst.pid);
-        if p.core.tc.as_ref().is_some_and(|t| t.task_state == task::state::STOPPED) {
+        if p.core
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.task_state == task::state::STOPPED)
+        {
             let _ = kill(pid, Signal::SIGSTOP);
         }
     }
@@ -356,7 +367,14 @@ fn restore_task(
         r.call(
             "rseq(unregister)",
             nr::RSEQ,
-            [rs.abi_pointer, u64::from(rs.abi_size), 1, u64::from(rs.signature), 0, 0],
+            [
+                rs.abi_pointer,
+                u64::from(rs.abi_size),
+                1,
+                u64::from(rs.signature),
+                0,
+                0,
+            ],
         )?;
     }
     let pages = mm::restore(&r, t, &mm.vmas, files, dir)?;
@@ -388,7 +406,15 @@ fn restore_task(
         args[0] = flags;
         args[8] = set_tid;
         args[9] = 1;
-        let a = mm::put(pid, t, 0, &args.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>())?;
+        let a = mm::put(
+            pid,
+            t,
+            0,
+            &args
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
         r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
         match remote::wait(tid, "creating a thread")? {
             WaitStatus::PtraceEvent(..) => {}
@@ -419,7 +445,11 @@ fn restore_task(
         .as_ref()
         .and_then(|t| t.pdeath_sig)
         .unwrap_or(0);
-    r.call("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, [1, u64::from(pdeath), 0, 0, 0, 0])?;
+    r.call(
+        "prctl(PR_SET_PDEATHSIG)",
+        nr::PRCTL,
+        [1, u64::from(pdeath), 0, 0, 0, 0],
+    )?;
     // Last: the trampoline itself. The leader stops at the syscall's exit
     // and never runs the (now unmapped) instruction after it.
     r.call("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
@@ -432,17 +462,24 @@ fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
     b.truncate(15);
     b.push(0);
     let at = mm::put(r.tid, t, 8192, &b)?;
-    r.call("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0]).map(drop)
+    r.call("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0])
+        .map(drop)
 }
 
 fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result<()> {
     let pid = r.tid;
-    let auxv: Vec<u8> = mm.mm_saved_auxv.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
     let auxv_at = mm::put(pid, t, 4096, &auxv)?;
-    let exe = files.path_of(mm.exe_file_id).ok_or_else(|| Error::BadImage {
-        path: format!("mm-{pid}.img"),
-        what: "the executable's file id is not in files.img".into(),
-    })?;
+    let exe = files
+        .path_of(mm.exe_file_id)
+        .ok_or_else(|| Error::BadImage {
+            path: format!("mm-{pid}.img"),
+            what: "the executable's file id is not in files.img".into(),
+        })?;
     let mut path = exe.as_bytes().to_vec();
     path.push(0);
     let path_at = mm::put(pid, t, 8192, &path)?;
