@@ -27,17 +27,6 @@ fn run(args: &[&str]) -> Output {
         .expect("run stasis")
 }
 
-fn wait_gone(pid: i32) {
-    let t = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "pid {pid} did not go away"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
