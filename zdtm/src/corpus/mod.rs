@@ -1,0 +1,13 @@
+//! The corpus: every test program, grouped by the kernel object it checks.
+//! Each category module holds its metadata table (`TESTS`) next to the
+//! bodies, so a test and its needs are read and changed in one place.
+
+mod memory;
+pub mod util;
+
+use crate::meta::Test;
+
+/// Every test, in listing order.
+pub fn all() -> Vec<Test> {
+    [memory::TESTS].concat()
+}
