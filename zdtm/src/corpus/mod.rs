@@ -2,6 +2,7 @@
 //! Each category module holds its metadata table (`TESTS`) next to the
 //! bodies, so a test and its needs are read and changed in one place.
 
+mod files;
 mod memory;
 pub mod util;
 
@@ -9,5 +10,5 @@ use crate::meta::Test;
 
 /// Every test, in listing order.
 pub fn all() -> Vec<Test> {
-    [memory::TESTS].concat()
+    [memory::TESTS, files::TESTS].concat()
 }

@@ -205,21 +205,30 @@ impl Ctx {
 
     /// Signal readiness after the first step, then keep calling
     /// `step(Tick::Step)` until SIGTERM; on SIGUSR2 call
-    /// `step(Tick::Sabotage)` once and log `sabotage: WHAT`.
+    /// `step(Tick::Sabotage)` once and log `sabotage: WHAT`. A step that
+    /// fails stops the stepping; the error is returned after SIGTERM, so the
+    /// test stays up until it is asked for its verdict.
     pub fn transition(&mut self, what: &str, mut step: impl FnMut(Tick) -> Res) -> Res {
         let mut sabotaged = false;
         step(Tick::Step)?;
         self.ready()?;
+        let mut failed = None;
         loop {
             if USR2.swap(false, Ordering::SeqCst) && !sabotaged {
                 sabotaged = true;
-                step(Tick::Sabotage)?;
+                if failed.is_none() {
+                    failed = step(Tick::Sabotage).err();
+                }
                 self.log(&format!("sabotage: {what}"));
             }
             if TERM.load(Ordering::SeqCst) {
-                return Ok(());
+                return failed.map_or(Ok(()), Err);
             }
-            step(Tick::Step)?;
+            if failed.is_none() {
+                failed = step(Tick::Step).err();
+            } else {
+                nap(50);
+            }
         }
     }
 
@@ -393,6 +402,8 @@ const USAGE: &str =
 
 /// The `zdtm-tests` program: list the corpus or run one test by the protocol.
 pub fn main(tests: &[Test], args: &[OsString]) -> ExitCode {
+    // fds inherited from whoever started us are not the test's objects.
+    sys::close_from(3);
     if args.first().is_some_and(|a| a == "--list") {
         for t in tests {
             println!("{}", t.name);

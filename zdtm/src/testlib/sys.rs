@@ -253,3 +253,15 @@ pub fn page_size() -> usize {
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(v).unwrap_or(4096)
 }
+
+/// Close every fd from `first` up (close_range(2)).
+pub fn close_from(first: u32) {
+    // SAFETY: called first thing in main, before any fd is wrapped in an
+    // owning Rust object, so nothing closed here is used afterwards.
+    let _ = unsafe {
+        syscall6(
+            libc::SYS_close_range,
+            [u64::from(first), u64::from(u32::MAX), 0, 0, 0, 0],
+        )
+    };
+}
