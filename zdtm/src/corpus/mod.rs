@@ -4,11 +4,13 @@
 
 mod files;
 mod memory;
+mod pipes;
+mod pstree;
 pub mod util;
 
 use crate::meta::Test;
 
 /// Every test, in listing order.
 pub fn all() -> Vec<Test> {
-    [memory::TESTS, files::TESTS].concat()
+    [memory::TESTS, files::TESTS, pipes::TESTS, pstree::TESTS].concat()
 }

@@ -295,6 +295,11 @@ impl Ctx {
             .unwrap_or_default()
     }
 
+    /// Stop tracking the children (the test reaped them itself).
+    pub fn take_kids(&mut self) -> Vec<Kid> {
+        std::mem::take(&mut self.kids)
+    }
+
     /// Ask every child to verify (SIGTERM) and collect their verdicts.
     pub fn check_kids(&mut self) -> Res {
         let kids = std::mem::take(&mut self.kids);
@@ -327,9 +332,18 @@ impl Ctx {
         }
     }
 
+    /// SIGKILL every child with all its descendants (collected first, so an
+    /// orphaned grandchild is not missed), then reap the children.
     fn kill_kids(&mut self) {
-        for k in std::mem::take(&mut self.kids) {
-            let _ = kill(k.pid, Signal::SIGKILL);
+        let kids = std::mem::take(&mut self.kids);
+        let all: Vec<i32> = kids
+            .iter()
+            .flat_map(|k| crate::runner::state::tree(k.pid.as_raw()))
+            .collect();
+        for pid in all {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for k in kids {
             let _ = waitpid(k.pid, None);
         }
     }
