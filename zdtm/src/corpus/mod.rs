@@ -6,11 +6,21 @@ mod files;
 mod memory;
 mod pipes;
 mod pstree;
+mod signals;
+mod threads;
 pub mod util;
 
 use crate::meta::Test;
 
 /// Every test, in listing order.
 pub fn all() -> Vec<Test> {
-    [memory::TESTS, files::TESTS, pipes::TESTS, pstree::TESTS].concat()
+    [
+        memory::TESTS,
+        files::TESTS,
+        pipes::TESTS,
+        pstree::TESTS,
+        threads::TESTS,
+        signals::TESTS,
+    ]
+    .concat()
 }
