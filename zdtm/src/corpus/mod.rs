@@ -2,12 +2,15 @@
 //! Each category module holds its metadata table (`TESTS`) next to the
 //! bodies, so a test and its needs are read and changed in one place.
 
+mod creds;
+mod environment;
 mod files;
 mod memory;
 mod pipes;
 mod pstree;
 mod signals;
 mod threads;
+mod timers;
 pub mod util;
 
 use crate::meta::Test;
@@ -21,6 +24,9 @@ pub fn all() -> Vec<Test> {
         pstree::TESTS,
         threads::TESTS,
         signals::TESTS,
+        timers::TESTS,
+        creds::TESTS,
+        environment::TESTS,
     ]
     .concat()
 }

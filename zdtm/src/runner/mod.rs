@@ -311,8 +311,9 @@ impl<'a> Case<'a> {
     fn new(t: &'a Test, flavor: Flavor, opts: &'a Options, dir: &Path) -> Result<Self, String> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        // Tests that drop their ids still have to rename their outfile here.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
+        // Tests that drop their ids still have to rename their (root-owned)
+        // outfile here: world-writable, and not sticky.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
         Ok(Self {
             t,

@@ -58,12 +58,16 @@ impl<T, E: Display> OrFail<T> for Result<T, E> {
 #[macro_export]
 macro_rules! ensure_eq {
     ($what:expr, $got:expr, $want:expr) => {{
-        let (got, want) = (&$got, &$want);
-        if got != want {
-            return Err($crate::testlib::Fail::Mismatch(format!(
-                "{}: got {:?}, want {:?}",
-                $what, got, want
-            )));
+        // A match keeps temporaries in the operands alive (as assert_eq! does).
+        match (&$got, &$want) {
+            (got, want) => {
+                if got != want {
+                    return Err($crate::testlib::Fail::Mismatch(format!(
+                        "{}: got {:?}, want {:?}",
+                        $what, got, want
+                    )));
+                }
+            }
         }
     }};
 }
