@@ -4,13 +4,18 @@
 
 mod creds;
 mod environment;
+mod events;
 mod files;
+mod ipc;
 mod memory;
+mod namespaces;
 mod pipes;
 mod pstree;
 mod signals;
+mod sockets;
 mod threads;
 mod timers;
+mod tty;
 pub mod util;
 
 use crate::meta::Test;
@@ -27,6 +32,11 @@ pub fn all() -> Vec<Test> {
         timers::TESTS,
         creds::TESTS,
         environment::TESTS,
+        sockets::TESTS,
+        events::TESTS,
+        ipc::TESTS,
+        tty::TESTS,
+        namespaces::TESTS,
     ]
     .concat()
 }
