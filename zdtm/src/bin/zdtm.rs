@@ -28,7 +28,7 @@ enum Cmd {
         json: bool,
     },
     /// Run tests
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -112,7 +112,7 @@ fn real_main() -> Result<ExitCode> {
             list(&tests, json);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run(args) => run(&tests, args),
+        Cmd::Run(args) => run(&tests, *args),
     }
 }
 
@@ -134,8 +134,8 @@ fn list(tests: &[zdtm::meta::Test], json: bool) {
         return;
     }
     println!(
-        "{:<24} {:<12} {:<10} {:<8} {:<14} {}",
-        "NAME", "CATEGORY", "FLAVORS", "KIND", "FLAGS", "NEEDS"
+        "{:<24} {:<12} {:<10} {:<8} {:<14} NEEDS",
+        "NAME", "CATEGORY", "FLAVORS", "KIND", "FLAGS"
     );
     for t in tests {
         let flavors: Vec<_> = t.flavors.iter().map(|f| f.as_str()).collect();

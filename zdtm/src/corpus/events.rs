@@ -118,13 +118,8 @@ fn epoll00(t: &mut Ctx) -> Res {
 
 fn signalfd00(t: &mut Ctx) -> Res {
     let s = sigrt(3);
-    let mut set: libc::sigset_t = *nix::sys::signal::SigSet::empty().as_ref();
-    // SAFETY: valid set and signals; blocking only changes our mask.
-    unsafe {
-        libc::sigaddset(&raw mut set, s);
-        libc::sigaddset(&raw mut set, libc::SIGUSR1);
-        libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
-    }
+    let set = super::util::sigset(&[s, libc::SIGUSR1]);
+    super::util::block_sigs(&[s, libc::SIGUSR1]);
     // SAFETY: a valid mask pointer; returns a new fd.
     let fd = unsafe { libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
     nix::errno::Errno::result(fd).or_fail("signalfd")?;
@@ -148,7 +143,11 @@ fn signalfd00(t: &mut Ctx) -> Res {
     ensure_eq!("signalfd_siginfo size", b.len(), 128);
     let word = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     ensure_eq!("ssi_signo", word(0), u32::try_from(s).unwrap_or(0));
-    ensure_eq!("ssi_code", word(8) as i32, libc::SI_QUEUE);
+    ensure_eq!(
+        "ssi_code",
+        i32::from_ne_bytes(word(8).to_ne_bytes()),
+        libc::SI_QUEUE
+    );
     ensure_eq!(
         "ssi_pid",
         word(12),

@@ -360,8 +360,8 @@ fn mprotect00(t: &mut Ctx) -> Res {
         let line = maps_at(m.addr() + i * ps)?;
         ensure_eq!(format!("protection of page {i}"), line.perms, perms_of(*p));
         if *p != PROT_NONE {
-            for j in i * ps..(i + 1) * ps {
-                ensure!(m.get(j) == want[j], "page {i}: byte {j} differs");
+            for (j, w) in want.iter().enumerate().skip(i * ps).take(ps) {
+                ensure!(m.get(j) == *w, "page {i}: byte {j} differs");
             }
         }
     }
@@ -505,11 +505,11 @@ fn madv_dontneed(t: &mut Ctx) -> Res {
         Ok(())
     })?;
     let want = pattern_vec(13, 16 * ps);
-    for i in 0..16 * ps {
+    for (i, pat) in want.iter().enumerate() {
         let w = if (4 * ps..8 * ps).contains(&i) {
             0
         } else {
-            want[i]
+            *pat
         };
         ensure!(
             m.get(i) == w,

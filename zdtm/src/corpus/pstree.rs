@@ -417,9 +417,9 @@ fn zombie_signal(t: &mut Ctx) -> Res {
 
 fn stopped00(t: &mut Ctx) -> Res {
     let kid = t.spawn("stopped", |c| {
-        let v = std::hint::black_box(0x5707_bedu32);
+        let v = std::hint::black_box(0x0570_7bed_u32);
         c.wait("nothing", || Ok(()))?;
-        ensure_eq!("value", v, 0x5707_bedu32);
+        ensure_eq!("value", v, 0x0570_7bed_u32);
         Ok(())
     })?;
     kill(kid, Signal::SIGSTOP).or_fail("SIGSTOP")?;

@@ -187,7 +187,7 @@ fn block(sigs: &[i32]) {
 
 fn queue(sig: i32, value: i32) -> Res {
     let v = libc::sigval {
-        sival_ptr: value as usize as *mut libc::c_void,
+        sival_ptr: usize::try_from(value).unwrap_or(0) as *mut libc::c_void,
     };
     // SAFETY: sigqueue to ourselves with an integer payload.
     let r = unsafe { libc::sigqueue(nix::unistd::getpid().as_raw(), sig, v) };
@@ -212,7 +212,9 @@ fn take(sig: i32) -> Res<Option<(i32, i32, i32)>> {
         };
     }
     // SAFETY: for SI_QUEUE / SI_TKILL signals the kernel filled the rt fields.
-    let (value, pid) = unsafe { (info.si_value().sival_ptr as usize, info.si_pid()) };
+    let value = unsafe { info.si_value() }.sival_ptr as usize;
+    // SAFETY: as above.
+    let pid = unsafe { info.si_pid() };
     Ok(Some((
         info.si_code,
         i32::try_from(value).unwrap_or(-1),
@@ -293,21 +295,14 @@ fn sig_pending_thread(t: &mut Ctx) -> Res {
             crate::testlib::nap(1);
         }
         let target = i32::try_from(tid.load(Ordering::SeqCst)).unwrap_or(0);
-        // SAFETY: plain old data.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        info.si_signo = libc::SIGUSR1;
-        info.si_code = libc::SI_QUEUE;
-        // The value sits where sigqueue puts it: right after pid and uid.
-        // SAFETY: siginfo_t is larger than the 3 ints + pid/uid + pointer written.
-        unsafe {
-            let p = (&raw mut info).cast::<u8>().add(16);
-            p.cast::<i32>()
-                .write_unaligned(nix::unistd::getpid().as_raw());
-            p.add(4)
-                .cast::<u32>()
-                .write_unaligned(nix::unistd::getuid().as_raw());
-            p.add(8).cast::<usize>().write_unaligned(77);
-        }
+        // siginfo_t as bytes: signo, errno, code, then (at 16) pid, uid and
+        // the value, where sigqueue puts them.
+        let mut info = [0u8; 128];
+        info[0..4].copy_from_slice(&libc::SIGUSR1.to_ne_bytes());
+        info[8..12].copy_from_slice(&libc::SI_QUEUE.to_ne_bytes());
+        info[16..20].copy_from_slice(&nix::unistd::getpid().as_raw().to_ne_bytes());
+        info[20..24].copy_from_slice(&nix::unistd::getuid().as_raw().to_ne_bytes());
+        info[24..32].copy_from_slice(&77u64.to_ne_bytes());
         let me = nix::unistd::getpid().as_raw();
         // SAFETY: rt_tgsigqueueinfo to a thread of our own process with a valid siginfo.
         let r = unsafe {
@@ -317,7 +312,7 @@ fn sig_pending_thread(t: &mut Ctx) -> Res {
                     u64::try_from(me).unwrap_or(0),
                     u64::try_from(target).unwrap_or(0),
                     u64::try_from(libc::SIGUSR1).unwrap_or(0),
-                    (&raw const info) as u64,
+                    info.as_ptr() as u64,
                     0,
                     0,
                 ],

@@ -167,28 +167,12 @@ fn thread_sigmask(t: &mut Ctx) -> Res {
         "unblocked thread 2's signal",
         2,
         |i| {
-            let mut set = SigSet::empty();
-            set.add(nix::sys::signal::Signal::try_from(libc::SIGUSR1).or_fail("sig")?);
             let s = sig(i);
-            // SAFETY: sigaddset on a valid sigset_t with a valid signal number.
-            let mut raw: libc::sigset_t = *set.as_ref();
-            unsafe { libc::sigaddset(&raw mut raw, s) };
-            // SAFETY: pthread_sigmask with valid pointers changes only this thread's mask.
-            let r = unsafe {
-                libc::pthread_sigmask(libc::SIG_BLOCK, &raw const raw, std::ptr::null_mut())
-            };
-            ensure_eq!("pthread_sigmask", r, 0);
+            super::util::block_sigs(&[libc::SIGUSR1, s]);
             Ok(s)
         },
         |_, s| {
-            let mut raw: libc::sigset_t = *SigSet::empty().as_ref();
-            // SAFETY: as above.
-            unsafe { libc::sigaddset(&raw mut raw, *s) };
-            // SAFETY: as above.
-            let r = unsafe {
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const raw, std::ptr::null_mut())
-            };
-            ensure_eq!("pthread_sigmask", r, 0);
+            super::util::unblock_sigs(&[*s]);
             Ok(())
         },
         |_, s| {

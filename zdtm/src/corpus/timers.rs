@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use super::util::{fdinfo, getfl, mono_ns, read_n, sigrt};
 use crate::meta::{Category::Timers, Test};
-use crate::testlib::{Ctx, Fail, OrFail, Res, status_field};
+use crate::testlib::{Ctx, OrFail, Res, status_field};
 use crate::{ensure, ensure_eq};
 
 pub(crate) const TESTS: &[Test] = &[
@@ -187,12 +187,7 @@ fn timer_get(id: libc::timer_t) -> Res<libc::itimerspec> {
 }
 
 fn block(sig: i32) {
-    let mut s: libc::sigset_t = *nix::sys::signal::SigSet::empty().as_ref();
-    // SAFETY: valid set and signal; changes only our mask.
-    unsafe {
-        libc::sigaddset(&raw mut s, sig);
-        libc::sigprocmask(libc::SIG_BLOCK, &raw const s, std::ptr::null_mut());
-    }
+    super::util::block_sigs(&[sig]);
 }
 
 fn posix_timers(t: &mut Ctx) -> Res {
@@ -250,22 +245,24 @@ fn posix_timer_overrun(t: &mut Ctx) -> Res {
     })?;
     let its = timer_get(id)?;
     ensure_eq!("period", ts_ns(&its.it_interval), 1_000_000);
-    // SAFETY: valid set and out pointer; no wait.
-    let (code, value, overrun) = unsafe {
-        let mut set: libc::sigset_t = *nix::sys::signal::SigSet::empty().as_ref();
-        libc::sigaddset(&raw mut set, s);
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let zero = ts(0, 0);
-        if libc::sigtimedwait(&raw const set, &raw mut info, &raw const zero) != s {
-            return Err(Fail::Mismatch("the timer's signal is not pending".into()));
-        }
-        // si_overrun sits after si_tid (an int) at offset 20.
-        let overrun = (&raw const info)
+    let set = super::util::sigset(&[s]);
+    // SAFETY: plain old data.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let zero = ts(0, 0);
+    // SAFETY: valid set, out and timeout pointers; no wait.
+    let got = unsafe { libc::sigtimedwait(&raw const set, &raw mut info, &raw const zero) };
+    ensure!(got == s, "the timer's signal is not pending");
+    // SAFETY: the kernel filled the timer fields of a SI_TIMER siginfo.
+    let value = unsafe { info.si_value() }.sival_ptr as usize;
+    let code = info.si_code;
+    // si_overrun sits after si_tid (an int), at offset 20.
+    // SAFETY: reading an int inside the siginfo's 128 bytes.
+    let overrun = unsafe {
+        (&raw const info)
             .cast::<u8>()
-            .add(20)
+            .wrapping_add(20)
             .cast::<i32>()
-            .read_unaligned();
-        (info.si_code, info.si_value().sival_ptr as usize, overrun)
+            .read_unaligned()
     };
     ensure_eq!("si_code", code, libc::SI_TIMER);
     ensure_eq!("sigev value", value, 0xabc);

@@ -271,3 +271,28 @@ pub fn proc_stat_fields(pid: nix::unistd::Pid) -> Res<Vec<String>> {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     Ok(rest.split_whitespace().map(str::to_owned).collect())
 }
+
+/// A raw signal set holding `sigs` (real-time signals included, which nix's
+/// `Signal` cannot name).
+pub fn sigset(sigs: &[i32]) -> libc::sigset_t {
+    let mut s: libc::sigset_t = *nix::sys::signal::SigSet::empty().as_ref();
+    for sig in sigs {
+        // SAFETY: a valid sigset and a signal number in range.
+        unsafe { libc::sigaddset(&raw mut s, *sig) };
+    }
+    s
+}
+
+/// Block `sigs` in the calling thread.
+pub fn block_sigs(sigs: &[i32]) {
+    let s = sigset(sigs);
+    // SAFETY: a valid set pointer; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const s, std::ptr::null_mut()) };
+}
+
+/// Unblock `sigs` in the calling thread.
+pub fn unblock_sigs(sigs: &[i32]) {
+    let s = sigset(sigs);
+    // SAFETY: a valid set pointer; only this thread's mask changes.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const s, std::ptr::null_mut()) };
+}

@@ -178,7 +178,7 @@ impl Map {
         );
         // SAFETY: off is inside the mapping (checked), which is readable by
         // the caller's choice of protection.
-        unsafe { self.addr.add(off).read_volatile() }
+        unsafe { self.addr.wrapping_add(off).read_volatile() }
     }
 
     /// Write one byte.
@@ -190,22 +190,28 @@ impl Map {
         );
         // SAFETY: off is inside the mapping (checked), which is writable by
         // the caller's choice of protection.
-        unsafe { self.addr.add(off).write_volatile(v) }
+        unsafe { self.addr.wrapping_add(off).write_volatile(v) }
     }
 
     /// Read a u64 at an 8-aligned offset.
     pub fn get_u64(&self, off: usize) -> u64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "bad u64 offset {off}");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.len,
+            "bad u64 offset {off}"
+        );
         // SAFETY: aligned (mappings are page aligned and off is 8-aligned)
         // and inside the mapping.
-        unsafe { self.addr.add(off).cast::<u64>().read_volatile() }
+        unsafe { self.addr.wrapping_add(off).cast::<u64>().read_volatile() }
     }
 
     /// Write a u64 at an 8-aligned offset.
     pub fn set_u64(&self, off: usize, v: u64) {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "bad u64 offset {off}");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.len,
+            "bad u64 offset {off}"
+        );
         // SAFETY: aligned and inside the mapping.
-        unsafe { self.addr.add(off).cast::<u64>().write_volatile(v) }
+        unsafe { self.addr.wrapping_add(off).cast::<u64>().write_volatile(v) }
     }
 
     /// Fill with the position-dependent pattern of `seed`.
@@ -227,14 +233,14 @@ impl Map {
     pub fn protect(&self, off: usize, len: usize, prot: i32) -> Result<(), Errno> {
         // SAFETY: the range lies in this mapping, which no Rust reference
         // points into.
-        let r = unsafe { libc::mprotect(self.addr.add(off).cast(), len, prot) };
+        let r = unsafe { libc::mprotect(self.addr.wrapping_add(off).cast(), len, prot) };
         Errno::result(r).map(drop)
     }
 
     /// madvise(2) part of the mapping.
     pub fn advise(&self, off: usize, len: usize, advice: i32) -> Result<(), Errno> {
         // SAFETY: as for protect; advice on our own range.
-        let r = unsafe { libc::madvise(self.addr.add(off).cast(), len, advice) };
+        let r = unsafe { libc::madvise(self.addr.wrapping_add(off).cast(), len, advice) };
         Errno::result(r).map(drop)
     }
 
@@ -242,7 +248,7 @@ impl Map {
     pub fn unmap_part(&self, off: usize, len: usize) -> Result<(), Errno> {
         // SAFETY: the range lies in this mapping; later accesses to it are the
         // test's deliberate business (they are never made by the helpers).
-        let r = unsafe { libc::munmap(self.addr.add(off).cast(), len) };
+        let r = unsafe { libc::munmap(self.addr.wrapping_add(off).cast(), len) };
         Errno::result(r).map(drop)
     }
 }
