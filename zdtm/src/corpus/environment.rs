@@ -1,0 +1,296 @@
+//! Environment: command line and environment block as seen in /proc, umask,
+//! rlimits, personality, and the prctl state a process carries (name,
+//! THP-disable, timer slack, dumpable, child subreaper), plus nice value and
+//! oom_score_adj.
+#![allow(unsafe_code)]
+
+use std::os::unix::fs::FileExt;
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::stat::{Mode, umask};
+
+use crate::meta::{Category::Environment, Test};
+use crate::testlib::sys::{prctl, prctl_get_int};
+use crate::testlib::{Ctx, Fail, OrFail, Res, slurp};
+use crate::{ensure, ensure_eq};
+
+pub(crate) const TESTS: &[Test] = &[
+    Test::new(
+        "cmdline00",
+        Environment,
+        "/proc/self/cmdline matches argv",
+        cmdline00,
+    ),
+    Test::new(
+        "environ00",
+        Environment,
+        "/proc/self/environ holds the runner's variable",
+        environ00,
+    ),
+    Test::new("umask00", Environment, "umask 027", umask00),
+    Test::new(
+        "rlimits00",
+        Environment,
+        "lowered soft and hard rlimits",
+        rlimits00,
+    ),
+    Test::new(
+        "personality00",
+        Environment,
+        "personality flags",
+        personality00,
+    ),
+    Test::new(
+        "prctl-name",
+        Environment,
+        "process name set by PR_SET_NAME",
+        prctl_name,
+    ),
+    Test::new(
+        "prctl-misc",
+        Environment,
+        "THP-disable, timer slack and subreaper",
+        prctl_misc,
+    ),
+    Test::new(
+        "dumpable00",
+        Environment,
+        "a non-dumpable process",
+        dumpable00,
+    ),
+    Test::new(
+        "nice00",
+        Environment,
+        "nice value and oom_score_adj",
+        nice00,
+    ),
+];
+
+/// Overwrite one byte of our own memory through /proc/self/mem (reaches the
+/// argv/env area, which Rust code does not own).
+fn poke_mem(addr: u64, byte: u8) -> Res {
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .or_fail("open /proc/self/mem")?;
+    mem.write_all_at(&[byte], addr)
+        .or_fail("write /proc/self/mem")
+}
+
+/// Field `idx` (1-based as in proc(5)) of /proc/self/stat.
+fn stat_field(idx: usize) -> Res<u64> {
+    let f = super::util::proc_stat_fields(nix::unistd::getpid())?;
+    f.get(idx - 3)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Fail::Sys(format!("stat field {idx}")))
+}
+
+fn cmdline00(t: &mut Ctx) -> Res {
+    let want: Vec<u8> = std::env::args_os()
+        .flat_map(|a| {
+            let mut v = a.into_encoded_bytes();
+            v.push(0);
+            v
+        })
+        .collect();
+    let arg_start = stat_field(48)?;
+    t.wait("overwrote the first byte of argv[0]", || {
+        poke_mem(arg_start, b'#')
+    })?;
+    let got = std::fs::read("/proc/self/cmdline").or_fail("read cmdline")?;
+    ensure_eq!(
+        "/proc/self/cmdline",
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+    Ok(())
+}
+
+fn environ00(t: &mut Ctx) -> Res {
+    let want = std::env::var("ZDTM_ENV00")
+        .map_err(|_| Fail::Sys("ZDTM_ENV00 is not set (the runner sets it)".into()))?;
+    let env_start = stat_field(50)?;
+    let text = std::fs::read("/proc/self/environ").or_fail("read environ")?;
+    let off = text
+        .split(|b| *b == 0)
+        .scan(0usize, |pos, e| {
+            let here = *pos;
+            *pos += e.len() + 1;
+            Some((here, e))
+        })
+        .find(|(_, e)| e.starts_with(b"ZDTM_ENV00="))
+        .map(|(p, _)| p)
+        .ok_or_else(|| Fail::Sys("ZDTM_ENV00 not in /proc/self/environ".into()))?;
+    let value_at = env_start + u64::try_from(off + "ZDTM_ENV00=".len()).unwrap_or(0);
+    t.wait("changed a byte of the variable in memory", || {
+        poke_mem(value_at, b'Z')
+    })?;
+    let now = std::fs::read("/proc/self/environ").or_fail("read environ")?;
+    let line = format!("ZDTM_ENV00={want}");
+    ensure!(
+        now.split(|b| *b == 0).any(|e| e == line.as_bytes()),
+        "ZDTM_ENV00 in /proc/self/environ is not {want:?}"
+    );
+    Ok(())
+}
+
+fn umask00(t: &mut Ctx) -> Res {
+    umask(Mode::from_bits_truncate(0o027));
+    t.wait("set umask 022", || {
+        umask(Mode::from_bits_truncate(0o022));
+        Ok(())
+    })?;
+    ensure_eq!(
+        "Umask in status",
+        super::util::self_status("Umask")?,
+        "0027"
+    );
+    let old = umask(Mode::from_bits_truncate(0o027));
+    ensure_eq!("umask", old.bits(), 0o027);
+    Ok(())
+}
+
+const LIMITS: [(Resource, u64, u64); 4] = [
+    (Resource::RLIMIT_NOFILE, 900, 1000),
+    (Resource::RLIMIT_CORE, 0, 1 << 20),
+    (Resource::RLIMIT_MSGQUEUE, 40000, 50000),
+    (Resource::RLIMIT_NICE, 5, 10),
+];
+
+fn rlimits00(t: &mut Ctx) -> Res {
+    // Hard limits can only go down here (no CAP_SYS_RESOURCE), so aim below
+    // the current ones.
+    let mut want = Vec::new();
+    for (r, soft, hard) in LIMITS {
+        let (_, cur_hard) = getrlimit(r).or_fail("getrlimit")?;
+        let hard = hard.min(cur_hard);
+        let soft = soft.min(hard);
+        setrlimit(r, soft, hard).or_fail("setrlimit")?;
+        want.push((r, soft, hard));
+    }
+    let (nofile_soft, nofile_hard) = (want[0].1, want[0].2);
+    t.wait("lowered the NOFILE soft limit", || {
+        setrlimit(Resource::RLIMIT_NOFILE, nofile_soft - 1, nofile_hard).or_fail("setrlimit")
+    })?;
+    for (r, soft, hard) in want {
+        ensure_eq!(
+            format!("{r:?}"),
+            getrlimit(r).or_fail("getrlimit")?,
+            (soft, hard)
+        );
+    }
+    Ok(())
+}
+
+fn personality00(t: &mut Ctx) -> Res {
+    const ADDR_NO_RANDOMIZE: u64 = 0x0040000;
+    const UNAME26: u64 = 0x0020000;
+    const READ_IMPLIES_EXEC: u64 = 0x0400000;
+    let set = |p: u64| -> Res {
+        // SAFETY: personality only changes a per-process flag word.
+        let r = unsafe { libc::personality(p) };
+        nix::errno::Errno::result(r)
+            .or_fail("personality")
+            .map(drop)
+    };
+    set(ADDR_NO_RANDOMIZE | UNAME26)?;
+    t.wait("added READ_IMPLIES_EXEC", || {
+        set(ADDR_NO_RANDOMIZE | UNAME26 | READ_IMPLIES_EXEC)
+    })?;
+    // SAFETY: 0xffffffff only queries.
+    let got = unsafe { libc::personality(0xffff_ffff) };
+    ensure_eq!(
+        "personality",
+        format!("{got:#x}"),
+        format!("{:#x}", ADDR_NO_RANDOMIZE | UNAME26)
+    );
+    Ok(())
+}
+
+fn set_name(n: &std::ffi::CStr) -> Res {
+    prctl(libc::PR_SET_NAME, n.as_ptr() as u64, 0, 0, 0)
+        .or_fail("PR_SET_NAME")
+        .map(drop)
+}
+
+fn prctl_name(t: &mut Ctx) -> Res {
+    set_name(c"zdtm-n\u{e4}me")?;
+    t.wait("renamed the process", || set_name(c"renamed"))?;
+    let mut buf = [0u8; 16];
+    prctl(libc::PR_GET_NAME, buf.as_mut_ptr() as u64, 0, 0, 0).or_fail("PR_GET_NAME")?;
+    let name = buf.split(|b| *b == 0).next().unwrap_or_default();
+    ensure_eq!("name", String::from_utf8_lossy(name), "zdtm-n\u{e4}me");
+    ensure_eq!(
+        "comm",
+        slurp("/proc/self/comm")?.trim_end(),
+        "zdtm-n\u{e4}me"
+    );
+    Ok(())
+}
+
+fn prctl_misc(t: &mut Ctx) -> Res {
+    prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0).or_fail("PR_SET_THP_DISABLE")?;
+    prctl(libc::PR_SET_TIMERSLACK, 123_456, 0, 0, 0).or_fail("PR_SET_TIMERSLACK")?;
+    prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0).or_fail("PR_SET_CHILD_SUBREAPER")?;
+    t.wait("changed the timer slack", || {
+        prctl(libc::PR_SET_TIMERSLACK, 50_000, 0, 0, 0)
+            .or_fail("set")
+            .map(drop)
+    })?;
+    ensure_eq!(
+        "THP disabled",
+        prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0).or_fail("get")?,
+        1
+    );
+    ensure_eq!(
+        "timer slack",
+        prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0).or_fail("get")?,
+        123_456
+    );
+    ensure_eq!(
+        "child subreaper",
+        prctl_get_int(libc::PR_GET_CHILD_SUBREAPER).or_fail("get")?,
+        1
+    );
+    Ok(())
+}
+
+fn dumpable00(t: &mut Ctx) -> Res {
+    prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0).or_fail("PR_SET_DUMPABLE")?;
+    t.wait("made the process dumpable", || {
+        prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0)
+            .or_fail("set")
+            .map(drop)
+    })?;
+    ensure_eq!(
+        "dumpable",
+        prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0).or_fail("get")?,
+        0
+    );
+    Ok(())
+}
+
+fn nice00(t: &mut Ctx) -> Res {
+    let set_nice = |n: i32| -> Res {
+        // SAFETY: setpriority on ourselves takes integers only.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+        nix::errno::Errno::result(r)
+            .or_fail("setpriority")
+            .map(drop)
+    };
+    set_nice(7)?;
+    std::fs::write("/proc/self/oom_score_adj", "345").or_fail("write oom_score_adj")?;
+    t.wait("changed the nice value", || set_nice(8))?;
+    let f = super::util::proc_stat_fields(nix::unistd::getpid())?;
+    ensure_eq!(
+        "nice (stat field 19)",
+        f.get(16).map(String::as_str),
+        Some("7")
+    );
+    ensure_eq!(
+        "oom_score_adj",
+        slurp("/proc/self/oom_score_adj")?.trim(),
+        "345"
+    );
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Event objects: eventfd counters (plain and semaphore), epoll with
+//! registered fds and their data words, signalfd with a pending signal, and
+//! inotify watches (checked by an event after restore).
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use super::util::{fdinfo, read_n, sigrt, write_all};
+use crate::meta::{Category::Events, Test};
+use crate::testlib::{Ctx, OrFail, Res, status_field};
+use crate::{ensure, ensure_eq};
+
+pub(crate) const TESTS: &[Test] = &[
+    Test::new("eventfd00", Events, "eventfd counter 12345", eventfd00),
+    Test::new(
+        "eventfd-sem",
+        Events,
+        "semaphore eventfd counts down by one",
+        eventfd_sem,
+    ),
+    Test::new(
+        "epoll00",
+        Events,
+        "epoll with three fds, their events and data words",
+        epoll00,
+    ),
+    Test::new(
+        "signalfd00",
+        Events,
+        "signalfd mask and a pending queued signal",
+        signalfd00,
+    ),
+    Test::new(
+        "inotify00",
+        Events,
+        "inotify watch reports a file created after restore",
+        inotify00,
+    ),
+];
+
+fn eventfd(init: u32, flags: i32) -> Res<OwnedFd> {
+    // SAFETY: eventfd returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(init, flags | libc::EFD_CLOEXEC) };
+    nix::errno::Errno::result(fd).or_fail("eventfd")?;
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_u64(fd: &impl AsFd) -> Res<Option<u64>> {
+    let mut b = [0u8; 8];
+    match nix::unistd::read(fd, &mut b) {
+        Ok(8) => Ok(Some(u64::from_ne_bytes(b))),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        r => Err(crate::testlib::Fail::Sys(format!("read counter: {r:?}"))),
+    }
+}
+
+fn eventfd00(t: &mut Ctx) -> Res {
+    let fd = eventfd(12345, libc::EFD_NONBLOCK)?;
+    t.wait("added one", || write_all(&fd, &1u64.to_ne_bytes()))?;
+    ensure_eq!(
+        "eventfd-count in fdinfo",
+        status_field(&fdinfo(&fd)?, "eventfd-count"),
+        Some("3039".to_owned())
+    );
+    ensure_eq!("counter", read_u64(&fd)?, Some(12345));
+    ensure_eq!("counter after reading", read_u64(&fd)?, None);
+    Ok(())
+}
+
+fn eventfd_sem(t: &mut Ctx) -> Res {
+    let fd = eventfd(3, libc::EFD_NONBLOCK | libc::EFD_SEMAPHORE)?;
+    t.wait("took one unit", || read_u64(&fd).map(drop))?;
+    for i in 0..3 {
+        ensure_eq!(format!("semaphore read {i}"), read_u64(&fd)?, Some(1));
+    }
+    ensure_eq!("empty semaphore", read_u64(&fd)?, None);
+    Ok(())
+}
+
+fn epoll00(t: &mut Ctx) -> Res {
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).or_fail("epoll_create")?;
+    let ev = eventfd(1, libc::EFD_NONBLOCK)?;
+    let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).or_fail("pipe")?;
+    let quiet = eventfd(0, libc::EFD_NONBLOCK)?;
+    ep.add(&ev, EpollEvent::new(EpollFlags::EPOLLIN, 0x1111))
+        .or_fail("add eventfd")?;
+    ep.add(
+        &pw,
+        EpollEvent::new(EpollFlags::EPOLLOUT | EpollFlags::EPOLLET, 0x2222),
+    )
+    .or_fail("add pipe")?;
+    ep.add(&quiet, EpollEvent::new(EpollFlags::EPOLLIN, 0x3333))
+        .or_fail("add quiet eventfd")?;
+    let _ = &pr;
+    t.wait("removed the eventfd from the set", || {
+        ep.delete(&ev).or_fail("EPOLL_CTL_DEL")
+    })?;
+    let info = fdinfo(ep.0.as_fd())?;
+    let tfds = info.lines().filter(|l| l.starts_with("tfd:")).count();
+    ensure_eq!("registered fds in fdinfo", tfds, 3);
+    let mut events = [EpollEvent::empty(); 8];
+    let n = ep.wait(&mut events, 0u8).or_fail("epoll_wait")?;
+    let mut got: Vec<(u64, i32)> = events[..n]
+        .iter()
+        .map(|e| (e.data(), e.events().bits()))
+        .collect();
+    got.sort_unstable();
+    let want = vec![
+        (0x1111, EpollFlags::EPOLLIN.bits()),
+        (0x2222, EpollFlags::EPOLLOUT.bits()),
+    ];
+    ensure_eq!("ready events (data, events)", got, want);
+    Ok(())
+}
+
+fn signalfd00(t: &mut Ctx) -> Res {
+    let s = sigrt(3);
+    let set = super::util::sigset(&[s, libc::SIGUSR1]);
+    super::util::block_sigs(&[s, libc::SIGUSR1]);
+    // SAFETY: a valid mask pointer; returns a new fd.
+    let fd = unsafe { libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    nix::errno::Errno::result(fd).or_fail("signalfd")?;
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let v = libc::sigval {
+        sival_ptr: 31337usize as *mut libc::c_void,
+    };
+    // SAFETY: queue to ourselves with an integer payload.
+    nix::errno::Errno::result(unsafe { libc::sigqueue(nix::unistd::getpid().as_raw(), s, v) })
+        .or_fail("sigqueue")?;
+    t.wait("read the signal early", || read_n(&fd, 128).map(drop))?;
+    let mask = status_field(&fdinfo(&fd)?, "sigmask").unwrap_or_default();
+    let want = super::util::sigbit(s) | super::util::sigbit(libc::SIGUSR1);
+    ensure_eq!(
+        "sigmask in fdinfo",
+        u64::from_str_radix(&mask, 16).unwrap_or(0),
+        want
+    );
+    let b = read_n(&fd, 128)?;
+    ensure_eq!("signalfd_siginfo size", b.len(), 128);
+    let word = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    ensure_eq!("ssi_signo", word(0), u32::try_from(s).unwrap_or(0));
+    ensure_eq!(
+        "ssi_code",
+        i32::from_ne_bytes(word(8).to_ne_bytes()),
+        libc::SI_QUEUE
+    );
+    ensure_eq!(
+        "ssi_pid",
+        word(12),
+        u32::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0)
+    );
+    ensure_eq!("ssi_int", word(44), 31337);
+    Ok(())
+}
+
+fn inotify00(t: &mut Ctx) -> Res {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dir = t.mkdir()?;
+    let ino =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).or_fail("inotify_init")?;
+    let wd = ino
+        .add_watch(&dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE)
+        .or_fail("add_watch")?;
+    t.wait("removed the watch", || ino.rm_watch(wd).or_fail("rm_watch"))?;
+    let info = fdinfo(ino.as_fd())?;
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("inotify "))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(line.contains("mask:300"), "watch mask in fdinfo: {line:?}");
+    std::fs::write(dir.join("created-after-restore"), "x").or_fail("create")?;
+    let events = ino.read_events().or_fail("read events")?;
+    let names: Vec<_> = events
+        .iter()
+        .map(|e| (e.mask.bits(), e.name.clone()))
+        .collect();
+    ensure_eq!(
+        "events",
+        names,
+        vec![(
+            AddWatchFlags::IN_CREATE.bits(),
+            Some(std::ffi::OsString::from("created-after-restore"))
+        )]
+    );
+    ensure_eq!("watch descriptor", events[0].wd, wd);
+    let _ = AsRawFd::as_raw_fd(&ino.as_fd());
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Namespaces a test creates for itself: UTS names, a network namespace
+//! with a changed device MTU and sysctl, IPC sysctls, a private mount
+//! namespace with a tmpfs, and a child in a nested pid namespace.
+#![allow(unsafe_code)]
+
+use std::os::fd::AsRawFd;
+
+use nix::mount::{MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::getpid;
+
+use crate::meta::{Category::Namespaces, Test};
+use crate::testlib::{Ctx, Fail, OrFail, Res, slurp, status_field};
+use crate::{ensure, ensure_eq};
+
+pub(crate) const TESTS: &[Test] = &[
+    Test::new(
+        "uts00",
+        Namespaces,
+        "hostname and domainname in a new UTS namespace",
+        uts00,
+    ),
+    Test::new(
+        "netns-dev",
+        Namespaces,
+        "loopback MTU and ip_default_ttl in a new netns",
+        netns_dev,
+    ),
+    Test::new(
+        "ipcns-sysctl",
+        Namespaces,
+        "IPC sysctls in a new IPC namespace",
+        ipcns_sysctl,
+    ),
+    Test::new(
+        "mntns-tmpfs",
+        Namespaces,
+        "a tmpfs with options in a private mount namespace",
+        mntns_tmpfs,
+    ),
+    Test::new(
+        "pidns-nested",
+        Namespaces,
+        "a child that is init of a nested pid namespace",
+        pidns_nested,
+    ),
+];
+
+fn uts00(t: &mut Ctx) -> Res {
+    unshare(CloneFlags::CLONE_NEWUTS).or_fail("unshare(CLONE_NEWUTS)")?;
+    nix::unistd::sethostname("zdtm-host").or_fail("sethostname")?;
+    std::fs::write("/proc/sys/kernel/domainname", "zdtm.example").or_fail("set domainname")?;
+    t.wait("changed the hostname", || {
+        nix::unistd::sethostname("other").or_fail("sethostname")
+    })?;
+    let u = nix::sys::utsname::uname().or_fail("uname")?;
+    ensure_eq!("hostname", u.nodename().to_string_lossy(), "zdtm-host");
+    ensure_eq!(
+        "domainname",
+        u.domainname().to_string_lossy(),
+        "zdtm.example"
+    );
+    Ok(())
+}
+
+/// SIOCGIFMTU / SIOCSIFMTU on lo (sysfs shows the mounter's netns, not ours).
+fn lo_mtu(set: Option<i32>) -> Res<i32> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("socket")?;
+    // SAFETY: plain old data.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = libc::c_char::from_ne_bytes([*s]);
+    }
+    let req = match set {
+        Some(mtu) => {
+            ifr.ifr_ifru.ifru_mtu = mtu;
+            libc::SIOCSIFMTU
+        }
+        None => libc::SIOCGIFMTU,
+    };
+    // SAFETY: the MTU ioctls read or write the valid ifreq.
+    nix::errno::Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), req, &raw mut ifr) })
+        .or_fail("MTU ioctl")?;
+    // SAFETY: the mtu member is the one these ioctls use.
+    Ok(unsafe { ifr.ifr_ifru.ifru_mtu })
+}
+
+fn netns_dev(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    lo_mtu(Some(12345))?;
+    std::fs::write("/proc/sys/net/ipv4/ip_default_ttl", "33").or_fail("set ip_default_ttl")?;
+    t.wait("changed the MTU", || lo_mtu(Some(1500)).map(drop))?;
+    ensure_eq!("lo MTU", lo_mtu(None)?, 12345);
+    ensure_eq!(
+        "ip_default_ttl",
+        slurp("/proc/sys/net/ipv4/ip_default_ttl")?.trim(),
+        "33"
+    );
+    Ok(())
+}
+
+fn ipcns_sysctl(t: &mut Ctx) -> Res {
+    unshare(CloneFlags::CLONE_NEWIPC).or_fail("unshare(CLONE_NEWIPC)")?;
+    std::fs::write("/proc/sys/kernel/msgmax", "12345").or_fail("set msgmax")?;
+    std::fs::write("/proc/sys/kernel/shmmni", "777").or_fail("set shmmni")?;
+    t.wait("changed msgmax", || {
+        std::fs::write("/proc/sys/kernel/msgmax", "8192").or_fail("set msgmax")
+    })?;
+    ensure_eq!("msgmax", slurp("/proc/sys/kernel/msgmax")?.trim(), "12345");
+    ensure_eq!("shmmni", slurp("/proc/sys/kernel/shmmni")?.trim(), "777");
+    Ok(())
+}
+
+fn mntns_tmpfs(t: &mut Ctx) -> Res {
+    let dir = t.mkdir()?;
+    unshare(CloneFlags::CLONE_NEWNS).or_fail("unshare(CLONE_NEWNS)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .or_fail("make / private")?;
+    mount(
+        Some("zdtm"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=1m,mode=750"),
+    )
+    .or_fail("mount tmpfs")?;
+    std::fs::write(dir.join("data"), "inside the tmpfs").or_fail("write")?;
+    let d2 = dir.clone();
+    t.wait("unmounted the tmpfs", || {
+        umount2(&d2, nix::mount::MntFlags::MNT_DETACH).or_fail("umount")
+    })?;
+    let info = slurp("/proc/self/mountinfo")?;
+    let p = dir.to_string_lossy().into_owned();
+    let line = info
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+        .ok_or_else(|| Fail::Mismatch(format!("no mount at {p}")))?;
+    ensure!(
+        line.contains(" - tmpfs zdtm ") && line.contains("size=1024k") && line.contains("mode=750"),
+        "mount: {line}"
+    );
+    ensure!(
+        line.contains("nosuid") && line.contains("nodev"),
+        "mount flags: {line}"
+    );
+    ensure_eq!(
+        "file in the tmpfs",
+        slurp(dir.join("data"))?,
+        "inside the tmpfs"
+    );
+    Ok(())
+}
+
+fn pidns_nested(t: &mut Ctx) -> Res {
+    unshare(CloneFlags::CLONE_NEWPID).or_fail("unshare(CLONE_NEWPID)")?;
+    let kid = t.spawn("pidns-init", |c| {
+        ensure_eq!("pid inside the new namespace", getpid().as_raw(), 1);
+        c.wait("nothing", || Ok(()))?;
+        ensure_eq!(
+            "pid inside the new namespace after restore",
+            getpid().as_raw(),
+            1
+        );
+        Ok(())
+    })?;
+    let outer = kid.as_raw();
+    t.wait("killed the namespace's init", || {
+        nix::sys::signal::kill(kid, nix::sys::signal::Signal::SIGKILL).or_fail("kill")
+    })?;
+    let st = slurp(format!("/proc/{outer}/status"))?;
+    let nspid = status_field(&st, "NSpid").unwrap_or_default();
+    ensure_eq!(
+        "NSpid of the child",
+        nspid.split_whitespace().collect::<Vec<_>>(),
+        vec![outer.to_string().as_str(), "1"]
+    );
+    t.check_kids()
+}

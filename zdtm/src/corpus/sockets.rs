@@ -1,0 +1,312 @@
+//! Sockets. AF_UNIX: stream, datagram and seqpacket pairs with queued data
+//! (message boundaries checked), a listener with a connection waiting in its
+//! backlog, an fd in flight (SCM_RIGHTS). AF_INET: a TCP listener, a bound
+//! UDP socket with queued datagrams and an established TCP connection, each
+//! in a network namespace the test creates.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
+    UnixAddr, getpeername, getsockname, recvmsg, sendmsg, socketpair,
+};
+
+use super::util::{dup_over, fionread, new_netns, read_n, write_all};
+use crate::meta::{Category::Inet, Category::Unix, Test};
+use crate::testlib::{Ctx, Fail, OrFail, Res, diff_bytes, pattern_vec};
+use crate::{ensure, ensure_eq};
+
+pub(crate) const TESTS: &[Test] = &[
+    Test::new(
+        "unix-stream",
+        Unix,
+        "stream socketpair with data queued both ways",
+        unix_stream,
+    ),
+    Test::new(
+        "unix-dgram",
+        Unix,
+        "datagram socketpair with three queued datagrams",
+        unix_dgram,
+    ),
+    Test::new(
+        "unix-seqpacket",
+        Unix,
+        "seqpacket socketpair keeps record boundaries",
+        unix_seqpacket,
+    ),
+    Test::new(
+        "unix-listen",
+        Unix,
+        "listener with a queued, unaccepted connection",
+        unix_listen,
+    ),
+    Test::new(
+        "unix-scm-rights",
+        Unix,
+        "a pipe fd in flight over SCM_RIGHTS",
+        unix_scm_rights,
+    ),
+    Test::new(
+        "unix-shutdown",
+        Unix,
+        "stream pair with one direction shut down",
+        unix_shutdown,
+    ),
+    Test::new(
+        "tcp-listen",
+        Inet,
+        "TCP listener on 127.0.0.1 in the test's netns",
+        tcp_listen,
+    ),
+    Test::new(
+        "udp-queued",
+        Inet,
+        "bound UDP socket with queued datagrams",
+        udp_queued,
+    ),
+    Test::new(
+        "tcp-established",
+        Inet,
+        "established TCP connection with unread data",
+        tcp_established,
+    )
+    .opts(&["--tcp-established"]),
+];
+
+fn pair(ty: SockType) -> Res<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC).or_fail("socketpair")
+}
+
+fn recv_one(fd: &impl AsFd) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let n = nix::sys::socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+        .or_fail("recv")?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn drain_one(fd: &impl AsFd) -> Res {
+    recv_one(fd).map(drop)
+}
+
+fn unix_stream(t: &mut Ctx) -> Res {
+    let (a, b) = pair(SockType::Stream)?;
+    let (ab, ba) = (pattern_vec(50, 5000), pattern_vec(51, 3000));
+    write_all(&a, &ab)?;
+    write_all(&b, &ba)?;
+    t.wait("drained data queued for b", || drain_one(&b))?;
+    ensure_eq!("bytes queued for b", fionread(&b)?, ab.len());
+    diff_bytes("a -> b", &read_n(&b, ab.len())?, &ab)?;
+    diff_bytes("b -> a", &read_n(&a, ba.len())?, &ba)?;
+    write_all(&a, b"more")?;
+    ensure_eq!("new data", read_n(&b, 4)?, b"more".to_vec());
+    Ok(())
+}
+
+fn records(t: &mut Ctx, ty: SockType) -> Res {
+    let (a, b) = pair(ty)?;
+    let msgs: Vec<Vec<u8>> = (0..3)
+        .map(|i| pattern_vec(52 + i, 10 + 700 * usize::try_from(i).unwrap_or(0)))
+        .collect();
+    for m in &msgs {
+        write_all(&a, m)?;
+    }
+    t.wait("received the first record", || drain_one(&b))?;
+    for (i, m) in msgs.iter().enumerate() {
+        diff_bytes(&format!("record {i}"), &recv_one(&b)?, m)?;
+    }
+    ensure_eq!(
+        "after the records",
+        nix::sys::socket::recv(b.as_raw_fd(), &mut [0u8; 4], MsgFlags::MSG_DONTWAIT).err(),
+        Some(nix::errno::Errno::EAGAIN)
+    );
+    Ok(())
+}
+
+fn unix_dgram(t: &mut Ctx) -> Res {
+    records(t, SockType::Datagram)
+}
+
+fn unix_seqpacket(t: &mut Ctx) -> Res {
+    records(t, SockType::SeqPacket)
+}
+
+fn unix_listen(t: &mut Ctx) -> Res {
+    let path = t.mkdir()?.join("sock");
+    let l = UnixListener::bind(&path).or_fail("bind")?;
+    let mut c = UnixStream::connect(&path).or_fail("connect")?;
+    c.write_all(b"hello from the backlog").or_fail("write")?;
+    l.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("accepted the connection early", || {
+        l.accept().map(drop).or_fail("accept")
+    })?;
+    let (mut s, _) = l.accept().or_fail("accept after restore")?;
+    s.set_nonblocking(true).or_fail("nonblocking")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).or_fail("read")?;
+    ensure_eq!(
+        "data of the queued connection",
+        String::from_utf8_lossy(&buf[..n]),
+        "hello from the backlog"
+    );
+    let name = getsockname::<UnixAddr>(l.as_raw_fd()).or_fail("getsockname")?;
+    ensure_eq!(
+        "listener address",
+        name.path().map(std::path::Path::to_path_buf),
+        Some(path)
+    );
+    Ok(())
+}
+
+fn unix_scm_rights(t: &mut Ctx) -> Res {
+    let (a, b) = pair(SockType::Stream)?;
+    let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).or_fail("pipe")?;
+    write_all(&pw, b"through the passed fd")?;
+    let fds = [pr.as_raw_fd()];
+    sendmsg::<()>(
+        a.as_raw_fd(),
+        &[IoSlice::new(b"F")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .or_fail("sendmsg")?;
+    drop(pr);
+    let receive = || -> Res<Vec<OwnedFd>> {
+        let mut byte = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            b.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .or_fail("recvmsg")?;
+        let mut out = Vec::new();
+        for c in msg.cmsgs().or_fail("cmsgs")? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                for fd in v {
+                    // SAFETY: SCM_RIGHTS gave us this fd; nothing else owns it.
+                    #[allow(unsafe_code)]
+                    out.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Ok(out)
+    };
+    t.wait("received the fd early", || receive().map(drop))?;
+    let got = receive()?;
+    ensure_eq!("fds received", got.len(), 1);
+    ensure_eq!(
+        "data through the passed pipe",
+        String::from_utf8_lossy(&read_n(&got[0], 21)?),
+        "through the passed fd"
+    );
+    Ok(())
+}
+
+fn unix_shutdown(t: &mut Ctx) -> Res {
+    let (a, b) = pair(SockType::Stream)?;
+    write_all(&a, b"final")?;
+    nix::sys::socket::shutdown(a.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+        .or_fail("shutdown")?;
+    t.wait("shut down the other direction too", || {
+        nix::sys::socket::shutdown(b.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .or_fail("shutdown")
+    })?;
+    ensure_eq!(
+        "data before the shutdown",
+        read_n(&b, 100)?,
+        b"final".to_vec()
+    );
+    write_all(&b, b"reply").map_err(|e| Fail::Mismatch(format!("b can no longer send: {e}")))?;
+    ensure_eq!("reply", read_n(&a, 5)?, b"reply".to_vec());
+    Ok(())
+}
+
+fn tcp_listen(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let l = std::net::TcpListener::bind("127.0.0.1:5901").or_fail("bind")?;
+    t.wait("replaced the listener by one on another port", || {
+        let other = std::net::TcpListener::bind("127.0.0.1:5902").or_fail("bind")?;
+        dup_over(&other, &l)
+    })?;
+    ensure_eq!(
+        "listen address",
+        l.local_addr().or_fail("getsockname")?.to_string(),
+        "127.0.0.1:5901"
+    );
+    let mut c = std::net::TcpStream::connect("127.0.0.1:5901").or_fail("connect after restore")?;
+    c.write_all(b"hi").or_fail("write")?;
+    let (mut s, _) = l.accept().or_fail("accept")?;
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).or_fail("read")?;
+    ensure_eq!("data", &buf, b"hi");
+    Ok(())
+}
+
+fn udp_queued(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let r = std::net::UdpSocket::bind("127.0.0.1:6001").or_fail("bind")?;
+    let s = std::net::UdpSocket::bind("127.0.0.1:6002").or_fail("bind")?;
+    let msgs: Vec<Vec<u8>> = (0..3)
+        .map(|i| pattern_vec(60 + i, 100 + 200 * usize::try_from(i).unwrap_or(0)))
+        .collect();
+    for m in &msgs {
+        s.send_to(m, "127.0.0.1:6001").or_fail("send_to")?;
+    }
+    r.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("received a datagram", || {
+        r.recv_from(&mut [0u8; 2048]).map(drop).or_fail("recv_from")
+    })?;
+    for (i, m) in msgs.iter().enumerate() {
+        let mut buf = [0u8; 2048];
+        let (n, from) = r.recv_from(&mut buf).or_fail("recv_from")?;
+        diff_bytes(&format!("datagram {i}"), &buf[..n], m)?;
+        ensure_eq!("sender", from.to_string(), "127.0.0.1:6002");
+    }
+    let peer = getpeername::<SockaddrIn>(r.as_raw_fd()).err();
+    ensure_eq!(
+        "the receiver is not connected",
+        peer,
+        Some(nix::errno::Errno::ENOTCONN)
+    );
+    Ok(())
+}
+
+fn tcp_established(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let l = std::net::TcpListener::bind("127.0.0.1:7001").or_fail("bind")?;
+    let mut c = std::net::TcpStream::connect("127.0.0.1:7001").or_fail("connect")?;
+    let (mut s, _) = l.accept().or_fail("accept")?;
+    drop(l);
+    c.set_nodelay(true).or_fail("TCP_NODELAY")?;
+    let (cs, sc) = (pattern_vec(62, 10_000), pattern_vec(63, 3000));
+    c.write_all(&cs).or_fail("write")?;
+    s.write_all(&sc).or_fail("write")?;
+    crate::testlib::nap(20);
+    s.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("read 10 bytes on the server side", || {
+        let mut b = [0u8; 10];
+        (&s).read_exact(&mut b).or_fail("read")
+    })?;
+    s.set_nonblocking(false).or_fail("blocking")?;
+    ensure_eq!("bytes queued at the server", fionread(&s)?, cs.len());
+    ensure_eq!("bytes queued at the client", fionread(&c)?, sc.len());
+    let mut got = vec![0u8; cs.len()];
+    s.read_exact(&mut got).or_fail("read client data")?;
+    diff_bytes("client -> server", &got, &cs)?;
+    let mut got = vec![0u8; sc.len()];
+    c.read_exact(&mut got).or_fail("read server data")?;
+    diff_bytes("server -> client", &got, &sc)?;
+    ensure!(c.nodelay().or_fail("TCP_NODELAY")?, "TCP_NODELAY lost");
+    c.write_all(b"after").or_fail("write")?;
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).or_fail("read")?;
+    ensure_eq!("new data", &b, b"after");
+    Ok(())
+}
