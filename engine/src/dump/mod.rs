@@ -195,6 +195,7 @@ fn dump_task(
 ) -> Result<()> {
     let pid = t.pid;
     let id = u64::from(pid.as_raw().cast_unsigned());
+    refuse_unsupported_state(pid)?;
     // Objects first, so an unsupported one fails the dump before any work.
     let fds = proc::fds(pid)?;
     let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
@@ -299,6 +300,37 @@ fn dump_task_state(
             core.ids = Some(ids(pid));
         }
         dir.write_all("CORE", u64::from(th.tid.as_raw().cast_unsigned()), &[core])?;
+    }
+    Ok(())
+}
+
+/// Namespaces and credentials other than the dumper's would come back wrong:
+/// refuse them until they are restored.
+fn refuse_unsupported_state(pid: Pid) -> Result<()> {
+    for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs != ours {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("a {ns} namespace of its own"),
+            });
+        }
+    }
+    let me = proc::status(nix::unistd::getpid(), None)?;
+    let them = proc::status(pid, None)?;
+    for key in [
+        "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+    ] {
+        if me.get(key) != them.get(key) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "credentials other than the dumper's ({key}: {})",
+                    them.get(key).map_or("?", String::as_str)
+                ),
+            });
+        }
     }
     Ok(())
 }

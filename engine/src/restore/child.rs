@@ -109,6 +109,12 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     for &(target, from, cloexec) in &p.fds {
         sys::dup_to(from, target, cloexec).map_err(|e| (e, 3))?;
     }
+    // The pool goes; the report pipe is closed by the engine once it took over.
+    for fd in open_fds() {
+        if fd >= keep_from && fd != ready && !p.fds.iter().any(|f| f.0 == fd) {
+            sys::close(fd);
+        }
+    }
     Ok(())
 }
 

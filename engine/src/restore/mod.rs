@@ -229,9 +229,10 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
         sys::Forked::Parent(_) => {}
     }
+    let ready_fd = ready_w.as_raw_fd();
     drop(ready_w);
     drop(pool);
-    let result = finish(&plans, &files, &dir, &tramp, ready_r, t0);
+    let result = finish(&plans, &files, &dir, &tramp, ready_r, ready_fd, t0);
     match result {
         Ok(pages) => Ok(Restored { root, pages }),
         Err(e) => {
@@ -259,6 +260,7 @@ fn finish(
     dir: &Dir,
     tramp: &Trampoline,
     ready_r: OwnedFd,
+    ready_fd: RawFd,
     t0: Instant,
 ) -> Result<u64> {
     let _ = files;
@@ -295,7 +297,7 @@ fn finish(
     let mut pages = 0;
     let mut threads: Vec<Pid> = Vec::new();
     for p in &alive {
-        pages += restore_task(p, files, dir, tramp, &mut threads)?;
+        pages += restore_task(p, files, dir, tramp, ready_fd, &mut threads)?;
     }
     for p in &alive {
         let pid = pid_of(p.pst.pid);
@@ -350,12 +352,16 @@ fn restore_task(
     files: &Table,
     dir: &Dir,
     t: &Trampoline,
+    ready_fd: RawFd,
     threads: &mut Vec<Pid>,
 ) -> Result<u64> {
     let pid = pid_of(p.pst.pid);
     let base = seize(pid)?;
     threads.push(pid);
     let r = Remote::new(pid, base, t.start);
+    if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
+        r.call("close", nr::CLOSE, [u64::from(ready_fd.cast_unsigned()), 0, 0, 0, 0, 0])?;
+    }
     let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
         path: format!("mm-{pid}.img"),
         what: "missing".into(),
