@@ -320,7 +320,15 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     let me = proc::status(nix::unistd::getpid(), None)?;
     let them = proc::status(pid, None)?;
     for key in [
-        "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
     ] {
         if me.get(key) != them.get(key) {
             return Err(Error::Unsupported {

@@ -360,7 +360,11 @@ fn restore_task(
     threads.push(pid);
     let r = Remote::new(pid, base, t.start);
     if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
-        r.call("close", nr::CLOSE, [u64::from(ready_fd.cast_unsigned()), 0, 0, 0, 0, 0])?;
+        r.call(
+            "close",
+            nr::CLOSE,
+            [u64::from(ready_fd.cast_unsigned()), 0, 0, 0, 0, 0],
+        )?;
     }
     let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
         path: format!("mm-{pid}.img"),
