@@ -364,7 +364,7 @@ mod tests {
     fn own_stat_maps_fds_and_limits_parse() {
         let me = nix::unistd::getpid();
         let st = stat(me, None).expect("stat");
-        assert_eq!(st.state, 'R');
+        assert!(matches!(st.state, 'R' | 'S'), "state {}", st.state);
         assert!(st.start_code < st.end_code);
         let maps = maps(me).expect("maps");
         assert!(maps.iter().any(|m| m.name == "[stack]"));
