@@ -283,15 +283,21 @@ pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {
         let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-        let target = fs::read_link(&link)
-            .map_err(|e| Error::Proc {
-                pid,
-                path: link.display().to_string(),
-                err: e,
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let info = read(pid, &format!("fdinfo/{fd}"))?;
+        let target = match fs::read_link(&link) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            // Closed since the listing (only a running task does that).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::Proc {
+                    pid,
+                    path: link.display().to_string(),
+                    err: e,
+                });
+            }
+        };
+        let Ok(info) = read(pid, &format!("fdinfo/{fd}")) else {
+            continue;
+        };
         let mut f = Fd {
             fd,
             target,
