@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -416,7 +416,6 @@ fn open_reg(pid: Pid, fd: i32, r: &RegFileEntry) -> Result<OwnedFd> {
                 .map_err(|e| open_err(pid, fd, &r.name, e))?;
         }
     }
-    let _ = file.as_raw_fd();
     Ok(OwnedFd::from(file))
 }
 

@@ -50,13 +50,10 @@ enum Command {
     Restore(RestoreArgs),
 }
 
-/// `stasis dump`: CRIU's options.
+/// Options `dump` and `restore` share, as CRIU spells them.
 #[derive(Debug, clap::Args)]
-struct DumpArgs {
-    /// PID of the root of the tree to dump
-    #[arg(short = 't', long = "tree", value_name = "PID")]
-    tree: i32,
-    /// Directory to write the images to (must exist)
+struct CrArgs {
+    /// The images directory (must exist)
     #[arg(
         short = 'D',
         long = "images-dir",
@@ -67,6 +64,29 @@ struct DumpArgs {
     /// Write the log to FILE (relative to the images directory)
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Print the statistics of the run
+    #[arg(long)]
+    display_stats: bool,
+    /// Ignore configuration files (stasis reads none)
+    #[arg(long)]
+    no_default_config: bool,
+}
+
+impl CrArgs {
+    /// The log file: CRIU resolves a relative one against the images directory.
+    fn log(&self) -> Option<PathBuf> {
+        self.log_file.as_ref().map(|f| self.images_dir.join(f))
+    }
+}
+
+/// `stasis dump`: CRIU's options.
+#[derive(Debug, clap::Args)]
+struct DumpArgs {
+    /// PID of the root of the tree to dump
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    tree: i32,
+    #[command(flatten)]
+    cr: CrArgs,
     /// Leave the tree running after the dump
     #[arg(short = 'R', long = "leave-running")]
     leave_running: bool,
@@ -79,28 +99,13 @@ struct DumpArgs {
     /// Write the root's PID to FILE
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
-    /// Print the dump statistics
-    #[arg(long)]
-    display_stats: bool,
-    /// Ignore configuration files (stasis reads none)
-    #[arg(long)]
-    no_default_config: bool,
 }
 
 /// `stasis restore`: CRIU's options.
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
-    /// Directory to read the images from
-    #[arg(
-        short = 'D',
-        long = "images-dir",
-        value_name = "DIR",
-        default_value = "."
-    )]
-    images_dir: PathBuf,
-    /// Write the log to FILE (relative to the images directory)
-    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
-    log_file: Option<PathBuf>,
+    #[command(flatten)]
+    cr: CrArgs,
     /// Detach: exit once the tree runs instead of waiting for its root
     #[arg(short = 'd', long = "restore-detached")]
     restore_detached: bool,
@@ -110,23 +115,6 @@ struct RestoreArgs {
     /// The tree is a job of a shell (reopen its terminal by path)
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
-    /// Print the restore statistics
-    #[arg(long)]
-    display_stats: bool,
-    /// Ignore configuration files (stasis reads none)
-    #[arg(long)]
-    no_default_config: bool,
-}
-
-fn log_path(dir: &Path, file: Option<&PathBuf>) -> Option<PathBuf> {
-    // CRIU resolves a relative log file against the images directory.
-    file.map(|f| {
-        if f.is_absolute() {
-            f.clone()
-        } else {
-            dir.join(f)
-        }
-    })
 }
 
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
@@ -138,17 +126,17 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
     use stasis_engine::dump;
     let opts = dump::Opts {
         pid: nix::unistd::Pid::from_raw(a.tree),
-        dir: a.images_dir.clone(),
+        dir: a.cr.images_dir.clone(),
         leave_running: a.leave_running,
         shell_job: a.shell_job,
     };
-    let _ = (a.timeout, a.no_default_config);
+    let _ = (a.timeout, a.cr.no_default_config);
     let stats = dump::dump(&opts)?;
     tracing::info!(?stats, "dump finished");
     if let Some(p) = &a.pidfile {
         write_pidfile(p, a.tree)?;
     }
-    if a.display_stats {
+    if a.cr.display_stats {
         println!("Displaying dump stats:");
         println!("Freezing time: {} us", stats.freezing_us);
         println!("Frozen time: {} us", stats.frozen_us);
@@ -162,16 +150,16 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
 fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
     use stasis_engine::restore;
     let opts = restore::Opts {
-        dir: a.images_dir.clone(),
+        dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
     };
-    let _ = a.no_default_config;
+    let _ = a.cr.no_default_config;
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;
     if let Some(p) = &a.pidfile {
         write_pidfile(p, done.root.as_raw())?;
     }
-    if a.display_stats {
+    if a.cr.display_stats {
         println!("Displaying restore stats:");
         println!("Pages restored: {}", done.pages);
         println!("Restore time: {} us", t.elapsed().as_micros());
@@ -518,8 +506,8 @@ fn run_check(args: &CheckArgs) -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let level = verbosity(cli.verbosity.as_deref())?;
     let log = match &cli.command {
-        Command::Dump(a) => log_path(&a.images_dir, a.log_file.as_ref()),
-        Command::Restore(a) => log_path(&a.images_dir, a.log_file.as_ref()),
+        Command::Dump(a) => a.cr.log(),
+        Command::Restore(a) => a.cr.log(),
         _ => None,
     }
     .or(cli.log_file);

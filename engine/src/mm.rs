@@ -262,6 +262,16 @@ fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64
     )
 }
 
+/// Move a mapping of `len` bytes from `from` to `to` inside the task.
+fn move_area(r: &Remote, from: u64, len: u64, to: u64) -> Result<u64> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned();
+    r.call(
+        "mremap",
+        nr::MREMAP,
+        [from, len, len, u64::from(flags), to, 0],
+    )
+}
+
 /// Rebuild the address space of a freshly forked task stopped under `r`.
 pub fn restore(
     r: &Remote,
@@ -319,45 +329,12 @@ pub fn restore(
         if kind_of(&m.name) & v.status == 0 || m.len() != v.end - v.start {
             return Err(mismatch());
         }
-        let mremap = |from: u64, to: u64| {
-            r.call(
-                "mremap",
-                nr::MREMAP,
-                [
-                    from,
-                    m.len(),
-                    m.len(),
-                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED)
-                        .cast_unsigned()
-                        .into(),
-                    to,
-                    0,
-                ],
-            )
-        };
-        mremap(m.start, park)?;
-        parked.push((park, v.start));
+        move_area(r, m.start, m.len(), park)?;
+        parked.push((park, m.len(), v.start));
         park += m.len();
     }
-    for (from, to) in parked {
-        let len = want
-            .iter()
-            .find(|v| v.start == to)
-            .map_or(0, |v| v.end - v.start);
-        r.call(
-            "mremap",
-            nr::MREMAP,
-            [
-                from,
-                len,
-                len,
-                (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED)
-                    .cast_unsigned()
-                    .into(),
-                to,
-                0,
-            ],
-        )?;
+    for (from, len, to) in parked {
+        move_area(r, from, len, to)?;
     }
     // 3. Every other VMA, writable until its pages are in.
     let page_vmas: Vec<&VmaEntry> = vmas

@@ -118,17 +118,22 @@ pub fn status(pid: Pid, tid: Option<Pid>) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// Threads of a process, the leader first.
-pub fn threads(pid: Pid) -> Result<Vec<Pid>> {
-    let path = format!("/proc/{pid}/task");
-    let mut tids: Vec<i32> = fs::read_dir(&path)
+/// The numeric entries of `/proc/PID/<what>` (tids, fd numbers), unsorted.
+fn numbered(pid: Pid, what: &str) -> Result<Vec<i32>> {
+    let path = format!("/proc/{pid}/{what}");
+    Ok(fs::read_dir(&path)
         .map_err(|e| Error::Proc {
             pid,
             path: path.clone(),
             err: e,
         })?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+        .collect())
+}
+
+/// Threads of a process, the leader first.
+pub fn threads(pid: Pid) -> Result<Vec<Pid>> {
+    let mut tids = numbered(pid, "task")?;
     tids.sort_unstable_by_key(|&t| (t != pid.as_raw(), t));
     Ok(tids.into_iter().map(Pid::from_raw).collect())
 }
@@ -270,15 +275,7 @@ pub struct Fd {
 
 /// The open fds of a process, in fd order.
 pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
-    let path = format!("/proc/{pid}/fd");
-    let mut nums: Vec<i32> = fs::read_dir(&path)
-        .map_err(|e| Error::Proc {
-            pid,
-            path: path.clone(),
-            err: e,
-        })?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut nums = numbered(pid, "fd")?;
     nums.sort_unstable();
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {

@@ -102,6 +102,10 @@ impl Remote {
     }
 }
 
+fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 fn mem_file(pid: Pid, write: bool) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)
@@ -126,16 +130,14 @@ pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
     {
         return Ok(());
     }
-    let f = mem_file(pid, false).map_err(|e| Error::MemRead {
+    let err = |e: std::io::Error| Error::MemRead {
         pid,
         addr,
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    f.read_exact_at(buf, addr).map_err(|e| Error::MemRead {
-        pid,
-        addr,
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })
+        errno: errno_of(&e),
+    };
+    mem_file(pid, false)
+        .and_then(|f| f.read_exact_at(buf, addr))
+        .map_err(err)
 }
 
 /// Write `data` into a task's memory at `addr`; read-only pages are written
@@ -154,14 +156,12 @@ pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
     {
         return Ok(());
     }
-    let f = mem_file(pid, true).map_err(|e| Error::MemWrite {
+    let err = |e: std::io::Error| Error::MemWrite {
         pid,
         addr,
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    f.write_all_at(data, addr).map_err(|e| Error::MemWrite {
-        pid,
-        addr,
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })
+        errno: errno_of(&e),
+    };
+    mem_file(pid, true)
+        .and_then(|f| f.write_all_at(data, addr))
+        .map_err(err)
 }

@@ -203,7 +203,7 @@ fn personality(pid: Pid) -> u32 {
 }
 
 /// A zombie's core: only its identity and exit status.
-pub fn zombie_core(task: &Task, code: u32) -> CoreEntry {
+pub fn zombie_core(code: u32) -> CoreEntry {
     CoreEntry {
         mtype: March::X8664 as i32,
         tc: Some(TaskCoreEntry {
@@ -212,13 +212,6 @@ pub fn zombie_core(task: &Task, code: u32) -> CoreEntry {
             comm: String::new(),
             ..TaskCoreEntry::default()
         }),
-        ..core_base(task.pid)
-    }
-}
-
-fn core_base(_pid: Pid) -> CoreEntry {
-    CoreEntry {
-        mtype: March::X8664 as i32,
         ..CoreEntry::default()
     }
 }

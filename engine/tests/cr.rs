@@ -78,6 +78,14 @@ impl Job {
         }
     }
 
+    /// A shell loop writing 1, 2, 3, ... to `file`, one number per `period`.
+    fn counter(file: &Path, period: &str) -> Job {
+        Job::start(&format!(
+            "i=0; while :; do i=$((i+1)); echo $i > {}; sleep {period}; done",
+            file.display()
+        ))
+    }
+
     /// Reap the original after a dump killed it, and wait until every
     /// process of its group is gone (init reaps the orphans).
     fn reap(&mut self) {
@@ -139,11 +147,7 @@ fn shell_loop_counter_resumes_after_restore() {
     need_root();
     let tmp = tmpdir();
     let counter = tmp.path().join("count");
-    let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.1; done",
-        counter.display()
-    );
-    let mut job = Job::start(&script);
+    let mut job = Job::counter(&counter, "0.1");
     wait_counter(&counter, 3);
     let img = images(tmp.path(), "img");
     let pid = job.pgid.to_string();
@@ -225,11 +229,7 @@ fn leave_running_twice_then_restore_the_second() {
     need_root();
     let tmp = tmpdir();
     let counter = tmp.path().join("count");
-    let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
-        counter.display()
-    );
-    let mut job = Job::start(&script);
+    let mut job = Job::counter(&counter, "0.05");
     wait_counter(&counter, 2);
     let pid = job.pgid.to_string();
     for name in ["one", "two"] {
@@ -307,11 +307,7 @@ fn corrupt_image_restore_fails_and_leaves_no_task() {
     need_root();
     let tmp = tmpdir();
     let counter = tmp.path().join("count");
-    let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
-        counter.display()
-    );
-    let mut job = Job::start(&script);
+    let mut job = Job::counter(&counter, "0.05");
     wait_counter(&counter, 2);
     let img = images(tmp.path(), "img");
     let pid = job.pgid.to_string();

@@ -157,7 +157,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             },
         });
         if let State::Zombie(code) = t.state {
-            let mut core = task::zombie_core(t, code);
+            let mut core = task::zombie_core(code);
             core.ids = Some(ids(t.pid));
             dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
             continue;
@@ -222,9 +222,7 @@ fn dump_task(
         nr::MMAP,
         [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
     )?;
-    let res = dump_task_state(
-        t, &r, insn, scratch, dir, files, &vmas, pages_id, fdinfo, id,
-    );
+    let res = dump_task_state(t, &r, insn, scratch, dir, files, &vmas, fdinfo, id);
     r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
     res
 }
@@ -238,7 +236,6 @@ fn dump_task_state(
     dir: &Dir,
     files: &mut Table,
     vmas: &[stasis_proto::images::VmaEntry],
-    pages_id: u32,
     fdinfo: Vec<FdinfoEntry>,
     id: u64,
 ) -> Result<()> {
@@ -274,7 +271,6 @@ fn dump_task_state(
         thp_disabled: None,
     };
     dir.write_all("MM", id, &[mm])?;
-    let _ = pages_id;
     let cwd = link(pid, "cwd")?;
     let root = link(pid, "root")?;
     let status = proc::status(pid, None)?;

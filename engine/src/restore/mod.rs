@@ -157,7 +157,6 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             host: std::env::consts::ARCH.into(),
         });
     }
-    let _ = opts.shell_job;
     let dir = Dir::open(&opts.dir)?;
     let (mut plans, files) = load(&dir)?;
     for p in &plans {
@@ -263,7 +262,6 @@ fn finish(
     ready_fd: RawFd,
     t0: Instant,
 ) -> Result<u64> {
-    let _ = files;
     let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
     // Every task reports (pid, errno, step) once its own setup is done.
     let mut f = std::fs::File::from(ready_r);
