@@ -65,10 +65,17 @@ pub struct Tree {
     pub tasks: Vec<Task>,
 }
 
-fn seize_thread(tid: Pid) -> Result<Option<Thread>> {
+fn seize_thread(pid: Pid, tid: Pid) -> Result<Option<Thread>> {
     match ptrace::seize(tid, Options::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(None),
+        // A thread that exited since the listing cannot be seized either.
+        Err(Errno::EPERM)
+            if proc::stat(pid, Some(tid)).is_ok_and(|s| s.state == 'Z')
+                || !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() =>
+        {
+            return Ok(None);
+        }
         Err(errno) => return Err(Error::Seize { pid: tid, errno }),
     }
     ptrace::interrupt(tid).map_err(Error::ptrace(tid, "INTERRUPT"))?;
@@ -134,7 +141,7 @@ fn freeze_into(root: Pid, tree: &mut Tree) -> Result<()> {
                 let mut grew = false;
                 for tid in proc::threads(pid)? {
                     if seen.insert(tid)
-                        && let Some(t) = seize_thread(tid)?
+                        && let Some(t) = seize_thread(pid, tid)?
                     {
                         task.threads.push(t);
                         grew = true;
@@ -145,7 +152,15 @@ fn freeze_into(root: Pid, tree: &mut Tree) -> Result<()> {
                 }
             }
             if task.threads.is_empty() {
-                continue; // exited meanwhile
+                // Exited meanwhile: a zombie now, or already reaped.
+                match proc::stat(pid, None) {
+                    Ok(s) if s.state == 'Z' => {
+                        task.state = State::Zombie(s.exit_code);
+                        tree.tasks.push(task);
+                    }
+                    _ => {}
+                }
+                continue;
             }
             if let State::Stopped(_) = state {
                 // The job-control signal shows in the group-stop report; the
