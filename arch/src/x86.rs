@@ -47,6 +47,17 @@ pub mod nr {
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const RSEQ: u64 = 334;
     pub const CLONE3: u64 = 435;
+    pub const UMASK: u64 = 95;
+    pub const SETGROUPS: u64 = 116;
+    pub const SETRESUID: u64 = 117;
+    pub const SETRESGID: u64 = 119;
+    pub const SETFSUID: u64 = 122;
+    pub const SETFSGID: u64 = 123;
+    pub const CAPSET: u64 = 126;
+    pub const RT_SIGQUEUEINFO: u64 = 129;
+    pub const SETPRIORITY: u64 = 141;
+    pub const MLOCK: u64 = 149;
+    pub const PRLIMIT64: u64 = 302;
 }
 
 /// `struct user_regs_struct` in kernel order.

@@ -329,9 +329,9 @@ impl Table {
                         r
                     };
                     let dup = end.try_clone().map_err(|e| open_err(pid, fd, "pipe", e))?;
-                    let fl = OFlag::from_bits_truncate(
-                        (p.flags & libc::O_NONBLOCK.cast_unsigned()).cast_signed(),
-                    );
+                    // O_DIRECT is packet mode (each write one packet).
+                    let keep = (libc::O_NONBLOCK | libc::O_DIRECT).cast_unsigned();
+                    let fl = OFlag::from_bits_truncate((p.flags & keep).cast_signed());
                     fcntl(dup.as_fd(), FcntlArg::F_SETFL(fl))
                         .map_err(|e| open_err(pid, fd, "pipe", e.into()))?;
                     dup

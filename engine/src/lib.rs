@@ -17,5 +17,6 @@ pub mod restore;
 pub mod seize;
 pub mod sys;
 pub mod task;
+pub mod timers;
 
 pub use error::{EngineError, Result};

@@ -32,6 +32,10 @@ struct Cli {
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
 
+    /// Ignore configuration files (stasis reads none; accepted for CRIU's callers)
+    #[arg(long, global = true)]
+    no_default_config: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -67,9 +71,6 @@ struct CrArgs {
     /// Print the statistics of the run
     #[arg(long)]
     display_stats: bool,
-    /// Ignore configuration files (stasis reads none)
-    #[arg(long)]
-    no_default_config: bool,
 }
 
 impl CrArgs {
@@ -130,7 +131,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         leave_running: a.leave_running,
         shell_job: a.shell_job,
     };
-    let _ = (a.timeout, a.cr.no_default_config);
+    let _ = a.timeout;
     let stats = dump::dump(&opts)?;
     tracing::info!(?stats, "dump finished");
     if let Some(p) = &a.pidfile {
@@ -153,7 +154,6 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
     };
-    let _ = a.cr.no_default_config;
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;
     if let Some(p) = &a.pidfile {

@@ -39,8 +39,26 @@ const PE_PRESENT: u32 = 1 << 2;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+/// A guard region marker (Linux 6.15), reported as a swap-like entry.
+const PM_GUARD: u64 = 1 << 58;
 /// Bytes copied per read from the task: bounds the dumper's memory use.
 const CHUNK: usize = 4 << 20;
+
+/// smaps VmFlags set by madvise(), and the advice that sets each.
+const MADV_FLAGS: [(&str, u32); 8] = [
+    ("rr", 1),  // MADV_RANDOM
+    ("sr", 2),  // MADV_SEQUENTIAL
+    ("dc", 10), // MADV_DONTFORK
+    ("mg", 12), // MADV_MERGEABLE
+    ("hg", 14), // MADV_HUGEPAGE
+    ("nh", 15), // MADV_NOHUGEPAGE
+    ("dd", 16), // MADV_DONTDUMP
+    ("wf", 18), // MADV_WIPEONFORK
+];
+
+fn is_special_name(name: &str) -> bool {
+    matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
+}
 
 fn is_special(v: &VmaEntry) -> bool {
     v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0
@@ -63,6 +81,13 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
         if has("gd") {
             mflags |= libc::MAP_GROWSDOWN.cast_unsigned();
         }
+        if has("lo") {
+            mflags |= libc::MAP_LOCKED.cast_unsigned();
+        }
+        let madv = MADV_FLAGS
+            .iter()
+            .filter(|(f, _)| has(f))
+            .fold(0u64, |acc, (_, a)| acc | 1 << a);
         let anon = libc::MAP_ANONYMOUS.cast_unsigned();
         let mut shmid = 0;
         let st = match m.name.as_str() {
@@ -115,7 +140,7 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
             flags: mflags,
             status: st,
             fd: -1,
-            madv: None,
+            madv: (madv != 0 && !is_special_name(&m.name)).then_some(madv),
             fdflags: None,
         });
     }
@@ -185,6 +210,12 @@ pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<Pag
                 let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
                 let page = addr + i as u64 * ps;
                 stats.scanned += 1;
+                if word & PM_GUARD != 0 {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!("a guard page (MADV_GUARD_INSTALL) at {page:#x}"),
+                    });
+                }
                 if wanted(v, word) {
                     match runs.last_mut() {
                         Some((s, len)) if *s + *len * ps == page => *len += 1,
@@ -272,6 +303,11 @@ fn move_area(r: &Remote, from: u64, len: u64, to: u64) -> Result<u64> {
     )
 }
 
+/// Shared anonymous memory objects already restored: the dump's shmid, and
+/// the first task that mapped it (pid, VMA start, end and page offset).
+/// Later tasks map the same object through that task's `map_files`.
+pub type SharedAnon = std::collections::HashMap<u64, (Pid, u64, u64, u64)>;
+
 /// Rebuild the address space of a freshly forked task stopped under `r`.
 pub fn restore(
     r: &Remote,
@@ -279,6 +315,7 @@ pub fn restore(
     vmas: &[VmaEntry],
     files: &Table,
     dir: &Dir,
+    shared: &mut SharedAnon,
 ) -> Result<u64> {
     let pid = r.tid;
     let current = proc::maps(pid)?;
@@ -341,9 +378,22 @@ pub fn restore(
         .iter()
         .filter(|v| v.status & status::REGULAR != 0 && !is_special(v))
         .collect();
+    let mut prev: Option<&VmaEntry> = None;
     for v in &page_vmas {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED.cast_unsigned();
+        let anon = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0;
+        // Two anonymous VMAs the dump saw apart would merge if mapped side
+        // by side (fresh anonymous VMAs get contiguous page offsets); one
+        // mapped elsewhere and moved keeps its own offset and stays apart.
+        let would_merge = anon
+            && prev.is_some_and(|p| {
+                p.end == v.start
+                    && p.prot == v.prot
+                    && p.flags == v.flags
+                    && p.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0
+            });
+        prev = Some(v);
         let needs_pages = v.status & status::FILE_SHARED == 0;
         let prot = if needs_pages {
             v.prot | libc::PROT_WRITE.cast_unsigned()
@@ -381,24 +431,89 @@ pub fn restore(
             );
             r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
             res?;
-        } else {
-            r.call(
+        } else if v.status & status::ANON_SHARED != 0
+            && let Some(&(owner, ostart, oend, opgoff)) = shared.get(&v.shmid)
+        {
+            // The object exists: map it from the task that made it.
+            let page = v
+                .pgoff
+                .checked_sub(opgoff)
+                .filter(|&p| p + len <= oend - ostart);
+            let Some(off) = page else {
+                return Err(Error::Restore {
+                    pid,
+                    what: format!(
+                        "shared memory at {:#x}: it maps beyond the part task {owner} maps",
+                        v.start
+                    ),
+                    errno: nix::errno::Errno::EINVAL,
+                });
+            };
+            let fd = remote_open(
+                r,
+                t,
+                &format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}"),
+                libc::O_RDWR | libc::O_CLOEXEC,
+            )?;
+            let shared_flags = v.flags & !libc::MAP_ANONYMOUS.cast_unsigned();
+            let res = r.call(
                 "mmap",
                 nr::MMAP,
                 [
                     v.start,
                     len,
                     u64::from(prot),
-                    u64::from(v.flags | fixed | libc::MAP_ANONYMOUS.cast_unsigned()),
-                    u64::MAX,
-                    0,
+                    u64::from(shared_flags | fixed),
+                    fd,
+                    off,
                 ],
-            )?;
+            );
+            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+            res?;
+        } else {
+            if v.status & status::ANON_SHARED != 0 {
+                shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));
+            }
+            let flags = v.flags | libc::MAP_ANONYMOUS.cast_unsigned();
+            let (at, flags) = if would_merge {
+                (0, flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned())
+            } else {
+                (v.start, flags | fixed)
+            };
+            let map = || {
+                r.call(
+                    "mmap",
+                    nr::MMAP,
+                    [at, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
+                )
+            };
+            let mut got = map()?;
+            if would_merge && got == v.start {
+                // The kernel chose the target itself (same offset as a
+                // fixed mapping): map again elsewhere, move over it.
+                got = map()?;
+            }
+            if got != v.start {
+                // A never-touched anonymous VMA takes the offset of where it
+                // lands and would merge after all: touch one page first.
+                remote::write_mem(pid, got, &[0])?;
+                move_area(r, got, len, v.start)?;
+            }
         }
     }
     // 4. Pages, streamed from the image in bounded chunks.
     let restored = restore_pages(pid, dir)?;
-    // 5. Final protections.
+    // 5. Advice, then final protections.
+    for v in &page_vmas {
+        let madv = v.madv.unwrap_or(0);
+        for advice in (0..64).filter(|a| madv & (1 << a) != 0) {
+            r.call(
+                "madvise",
+                nr::MADVISE,
+                [v.start, v.end - v.start, advice, 0, 0, 0],
+            )?;
+        }
+    }
     for v in &page_vmas {
         if v.status & status::FILE_SHARED == 0 && v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
             r.call(

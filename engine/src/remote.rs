@@ -87,7 +87,19 @@ impl Remote {
             what,
         };
         ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
-        match wait(tid, name)? {
+        let mut status = wait(tid, name)?;
+        // A task seized in a group stop (a stopped job) reports that stop
+        // again when first resumed: resume it once more.
+        for _ in 0..8 {
+            match status {
+                WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP && entry => {
+                    ptrace::syscall(tid, None).map_err(Error::ptrace(tid, "SYSCALL"))?;
+                    status = wait(tid, name)?;
+                }
+                _ => break,
+            }
+        }
+        match status {
             WaitStatus::PtraceSyscall(_) => Ok(()),
             // A remote clone reports the new thread before its exit stop.
             WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_CLONE && !entry => {

@@ -436,6 +436,36 @@ pub fn set_pdeathsig(sig: i32) {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig) };
 }
 
+extern "C" fn no_op_handler(_: libc::c_int) {}
+
+/// Give `sig` a disposition: default, ignored, or caught (by a handler that
+/// does nothing; used for zombies, whose own handlers are gone).
+pub fn set_disposition(sig: i32, ignore: bool, catch: bool) {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let Ok(s) = Signal::try_from(sig) else {
+        return;
+    };
+    let h = if catch {
+        SigHandler::Handler(no_op_handler)
+    } else if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: the handler is async-signal-safe (it does nothing).
+    let _ = unsafe { sigaction(s, &SigAction::new(h, SaFlags::empty(), SigSet::empty())) };
+}
+
+/// Set the calling thread's name (PR_SET_NAME).
+pub fn set_comm(name: &str) {
+    let mut b = [0u8; 16];
+    for (d, c) in b.iter_mut().zip(name.bytes().take(15)) {
+        *d = c;
+    }
+    // SAFETY: PR_SET_NAME reads at most 16 bytes from a NUL-terminated buffer.
+    unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr()) };
+}
+
 /// Take ownership of an fd number just returned by a syscall.
 pub fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass fds fresh from the kernel that nothing else owns.

@@ -8,15 +8,14 @@ use nix::unistd::Pid;
 use stasis_arch::x86::{self, Regs, nr};
 use stasis_proto::images::core_entry::March;
 use stasis_proto::images::{
-    CoreEntry, ItimerEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry,
-    TaskCoreEntry, TaskRlimitsEntry, TaskTimersEntry, ThreadCoreEntry, ThreadInfoX86,
-    ThreadSasEntry,
+    CoreEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry, TaskCoreEntry,
+    TaskRlimitsEntry, ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
 use crate::remote::{self, Remote};
 use crate::seize::{State, Task, Thread};
-use crate::{proc, sys};
+use crate::{creds, proc, sys, timers};
 
 /// `task_core_entry.task_state` values (CRIU's).
 pub mod state {
@@ -72,6 +71,11 @@ pub fn dump_thread(
         [2, scratch, 0, 0, 0, 0],
     )?;
     let [pdeath] = read_words::<1>(tid, scratch)?;
+    let secbits = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0])?;
+    let creds = creds::dump(
+        &proc::status(pid, Some(tid))?,
+        u32::try_from(secbits).unwrap_or(0),
+    );
     let xstate =
         sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
     let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
@@ -97,6 +101,7 @@ pub fn dump_thread(
         }),
         signals_p: Some(queue(pending)),
         comm: Some(st.comm),
+        creds: Some(creds),
         rseq_entry: (rseq.abi_pointer != 0).then_some(RseqEntry {
             rseq_abi_pointer: rseq.abi_pointer,
             rseq_abi_size: rseq.abi_size,
@@ -122,10 +127,7 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
     let pid = task.pid;
     let st = proc::stat(pid, None)?;
     let mut sigactions = Vec::new();
-    for sig in 1..=NSIG {
-        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-            continue;
-        }
+    for sig in sigaction_signals() {
         r.call("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])?;
         let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
         sigactions.push(SaEntry {
@@ -137,29 +139,15 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
             mask_extended: None,
         });
     }
-    let mut itimers = Vec::new();
-    for which in 0..3 {
-        r.call("getitimer", nr::GETITIMER, [which, scratch, 0, 0, 0, 0])?;
-        let [isec, iusec, vsec, vusec] = read_words::<4>(pid, scratch)?;
-        itimers.push(ItimerEntry {
-            isec,
-            iusec,
-            vsec,
-            vusec,
-        });
-    }
-    let [real, virt, prof]: [ItimerEntry; 3] =
-        itimers.try_into().map_err(|_| Error::ProcFormat {
-            pid,
-            file: "itimers".into(),
-        })?;
-    if std::fs::read_to_string(format!("/proc/{pid}/timers")).is_ok_and(|t| !t.trim().is_empty()) {
-        return Err(Error::Unsupported {
-            pid,
-            what: "POSIX timers (timer_create)".into(),
-        });
-    }
+    let mut timers = timers::dump(pid, r, scratch)?;
+    r.call(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        nr::PRCTL,
+        [37, scratch, 0, 0, 0, 0],
+    )?;
+    let [subreaper] = read_words::<1>(pid, scratch)?;
     let shared = sys::peek_siginfo(r.tid, true).map_err(Error::ptrace(r.tid, "PEEKSIGINFO"))?;
+    let shared = timers::absorb_pending(&mut timers, shared);
     let rlimits = proc::limits(pid)?
         .into_iter()
         .map(|(cur, max)| RlimitEntry { cur, max })
@@ -177,12 +165,8 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
         flags: st.flags,
         blk_sigset: task.threads.first().map_or(0, |t| t.sigmask),
         comm: st.comm,
-        timers: Some(TaskTimersEntry {
-            real,
-            virt,
-            prof,
-            posix: Vec::new(),
-        }),
+        timers: Some(timers),
+        child_subreaper: Some(subreaper & 0xffff_ffff != 0),
         rlimits: Some(TaskRlimitsEntry { rlimits }),
         signals_s: Some(queue(shared)),
         oom_score_adj: std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
@@ -202,32 +186,57 @@ fn personality(pid: Pid) -> u32 {
         .unwrap_or(0)
 }
 
-/// A zombie's core: only its identity and exit status.
-pub fn zombie_core(code: u32) -> CoreEntry {
+/// `sa_entry.sigaction` of a zombie's caught signal: the handler is gone
+/// with the task, only the fact that one was set is known.
+pub const ZOMBIE_HANDLER: u64 = 2;
+
+/// A zombie's core: its identity, exit status and signal dispositions (what
+/// `/proc` still shows of it).
+pub fn zombie_core(pid: Pid, code: u32) -> CoreEntry {
+    let status = proc::status(pid, None).unwrap_or_default();
+    let mask = |k: &str| {
+        status
+            .get(k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    let (caught, ignored) = (mask("SigCgt"), mask("SigIgn"));
+    let sigactions = sigaction_signals()
+        .map(|s| {
+            let bit = 1u64 << (s - 1);
+            SaEntry {
+                sigaction: if caught & bit != 0 {
+                    ZOMBIE_HANDLER
+                } else {
+                    u64::from(ignored & bit != 0)
+                },
+                ..SaEntry::default()
+            }
+        })
+        .collect();
     CoreEntry {
         mtype: March::X8664 as i32,
         tc: Some(TaskCoreEntry {
             task_state: state::ZOMBIE,
             exit_code: code,
-            comm: String::new(),
+            comm: proc::stat(pid, None).map(|s| s.comm).unwrap_or_default(),
+            sigactions,
             ..TaskCoreEntry::default()
         }),
         ..CoreEntry::default()
     }
 }
 
+/// Signal numbers of `sigactions` entries, in order (1..=64 without SIGKILL
+/// and SIGSTOP).
+pub fn sigaction_signals() -> impl Iterator<Item = u64> {
+    (1..=NSIG).filter(|&s| s != libc::SIGKILL as u64 && s != libc::SIGSTOP as u64)
+}
+
 /// Restore the task-wide state through the leader's remote `r`.
 pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
     let pid = r.tid;
-    for (i, sa) in tc.sigactions.iter().enumerate() {
-        // Entries are signals 1..=64 without SIGKILL and SIGSTOP, in order.
-        let mut sig = i as u64 + 1;
-        if sig >= libc::SIGKILL as u64 {
-            sig += 1;
-        }
-        if sig >= libc::SIGSTOP as u64 {
-            sig += 1;
-        }
+    for (sa, sig) in tc.sigactions.iter().zip(sigaction_signals()) {
         let at = data;
         remote::write_mem(
             pid,
@@ -237,17 +246,62 @@ pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
         r.call("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
     }
     if let Some(t) = &tc.timers {
-        for (which, it) in [(0u64, &t.real), (1, &t.virt), (2, &t.prof)] {
-            if it.vsec == 0 && it.vusec == 0 {
-                continue;
-            }
-            remote::write_mem(pid, data, &words(&[it.isec, it.iusec, it.vsec, it.vusec]))?;
-            r.call("setitimer", nr::SETITIMER, [which, data, 0, 0, 0, 0])?;
-        }
+        timers::restore_itimers(r, t, data)?;
     }
     if let Some(q) = &tc.signals_s {
         for s in &q.signals {
             queue_signal(r, pid, None, &s.siginfo, data)?;
+        }
+    }
+    Ok(())
+}
+
+/// The task-wide state that must wait until every thread exists and the
+/// address space is final: POSIX timers (one may target a thread), the
+/// personality, the child-subreaper flag, oom_score_adj and the resource
+/// limits (lowered limits could stop the restore's own calls).
+pub fn restore_task_late(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
+    let pid = r.tid;
+    if let Some(t) = &tc.timers {
+        timers::restore_posix(r, t, data)?;
+    }
+    r.call(
+        "personality",
+        nr::PERSONALITY,
+        [u64::from(tc.personality), 0, 0, 0, 0, 0],
+    )?;
+    if tc.child_subreaper == Some(true) {
+        r.call(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            nr::PRCTL,
+            [36, 1, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(adj) = tc.oom_score_adj {
+        let path = format!("/proc/{pid}/oom_score_adj");
+        std::fs::write(&path, adj.to_string()).map_err(|err| Error::Restore {
+            pid,
+            what: format!(
+                "oom_score_adj {adj} ({path}: lowering it below this restore's own value needs CAP_SYS_RESOURCE)"
+            ),
+            errno: nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+    }
+    if let Some(rl) = &tc.rlimits {
+        for (res, l) in rl.rlimits.iter().enumerate() {
+            remote::write_mem(pid, data, &words(&[l.cur, l.max]))?;
+            let rc = r.call_raw("prlimit64", nr::PRLIMIT64, [0, res as u64, data, 0, 0, 0])?;
+            if rc < 0 {
+                let errno = nix::errno::Errno::from_raw(i32::try_from(-rc).unwrap_or(libc::EINVAL));
+                return Err(Error::Restore {
+                    pid,
+                    what: format!(
+                        "resource limit {res} (soft {}, hard {}): raising a hard limit above this restore's own needs CAP_SYS_RESOURCE",
+                        l.cur, l.max
+                    ),
+                    errno,
+                });
+            }
         }
     }
     Ok(())
@@ -272,7 +326,7 @@ fn queue_signal(r: &Remote, pid: Pid, tid: Option<Pid>, siginfo: &[u8], data: u6
             ],
         ),
         None => (
-            129, // rt_sigqueueinfo
+            nr::RT_SIGQUEUEINFO,
             [
                 u64::from(pid.as_raw().cast_unsigned()),
                 u64::from(signo.cast_unsigned()),
@@ -292,6 +346,13 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
     let Some(tc) = &core.thread_core else {
         return Ok(());
     };
+    if let Some(nice) = tc.sched_nice {
+        r.call(
+            "setpriority",
+            nr::SETPRIORITY,
+            [0, 0, i64::from(nice).cast_unsigned(), 0, 0, 0],
+        )?;
+    }
     if tc.futex_rla != 0 {
         r.call(
             "set_robust_list",

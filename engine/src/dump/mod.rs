@@ -17,7 +17,7 @@ use crate::files::{self, Table};
 use crate::images::Dir;
 use crate::remote::{self, Remote};
 use crate::seize::{self, State, Task, Tree};
-use crate::{creds, mm, proc, sys, task};
+use crate::{mm, proc, sys, task};
 
 /// What `stasis dump` was asked to do.
 #[derive(Debug, Clone)]
@@ -157,7 +157,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             },
         });
         if let State::Zombie(code) = t.state {
-            let mut core = task::zombie_core(code);
+            let mut core = task::zombie_core(t.pid, code);
             core.ids = Some(ids(t.pid));
             dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
             continue;
@@ -242,6 +242,8 @@ fn dump_task_state(
     let pid = t.pid;
     let tc = task::dump_task(t, r, scratch)?;
     let brk = r.call("brk", nr::BRK, [0; 6])?;
+    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0])?;
+    let thp = r.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, [42, 0, 0, 0, 0, 0])?;
     let st = proc::stat(pid, None)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| Error::Proc {
@@ -266,9 +268,9 @@ fn dump_task_state(
         exe_file_id: files.path_id(&exe, libc::O_RDONLY.cast_unsigned()),
         mm_saved_auxv: proc::auxv(pid)?,
         vmas: vmas.to_vec(),
-        dumpable: None,
+        dumpable: Some(i32::try_from(dumpable).unwrap_or(1)),
         aios: Vec::new(),
-        thp_disabled: None,
+        thp_disabled: Some(thp != 0),
     };
     dir.write_all("MM", id, &[mm])?;
     let cwd = link(pid, "cwd")?;
@@ -283,14 +285,10 @@ fn dump_task_state(
     };
     dir.write_all("FS", id, &[fs])?;
     dir.write_all("FDINFO", id, &fdinfo)?;
-    let creds = creds::dump(pid, &status);
     let mut tc = Some(tc);
     for th in &t.threads {
-        let (ti, mut thc) = task::dump_thread(pid, th, insn, scratch)?;
+        let (ti, thc) = task::dump_thread(pid, th, insn, scratch)?;
         let leader = th.tid == pid;
-        if leader {
-            thc.creds = Some(creds.clone());
-        }
         let mut core = task::core_entry(ti, thc, if leader { tc.take() } else { None });
         if leader {
             core.ids = Some(ids(pid));
@@ -300,7 +298,7 @@ fn dump_task_state(
     Ok(())
 }
 
-/// Namespaces and credentials other than the dumper's would come back wrong:
+/// Namespaces other than the dumper's and seccomp would come back wrong:
 /// refuse them until they are restored.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
@@ -313,28 +311,12 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
             });
         }
     }
-    let me = proc::status(nix::unistd::getpid(), None)?;
-    let them = proc::status(pid, None)?;
-    for key in [
-        "Uid",
-        "Gid",
-        "Groups",
-        "CapInh",
-        "CapPrm",
-        "CapEff",
-        "CapBnd",
-        "CapAmb",
-        "NoNewPrivs",
-    ] {
-        if me.get(key) != them.get(key) {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!(
-                    "credentials other than the dumper's ({key}: {})",
-                    them.get(key).map_or("?", String::as_str)
-                ),
-            });
-        }
+    let status = proc::status(pid, None)?;
+    if status.get("Seccomp").is_some_and(|m| m != "0") {
+        return Err(Error::Unsupported {
+            pid,
+            what: "a seccomp filter or strict mode".into(),
+        });
     }
     Ok(())
 }

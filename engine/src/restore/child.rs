@@ -46,8 +46,21 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
     };
     let pid = p.pst.pid.cast_signed();
     if let Some(code) = p.zombie {
-        // A zombie: exit at once the way it did; its parent never reaps it.
+        // A zombie: exit at once the way it did, with its name and signal
+        // dispositions; its parent never reaps it.
         let sig = code & 0x7f;
+        if let Some(tc) = &p.core.tc {
+            for (sa, s) in tc.sigactions.iter().zip(crate::task::sigaction_signals()) {
+                let s = i32::try_from(s).unwrap_or(0);
+                // The signal it died of must kill it again.
+                let dies = s == sig.cast_signed();
+                let catch = sa.sigaction >= crate::task::ZOMBIE_HANDLER && !dies;
+                sys::set_disposition(s, sa.sigaction == 1 && !dies, catch);
+            }
+            if !tc.comm.is_empty() {
+                sys::set_comm(&tc.comm);
+            }
+        }
         if sig != 0 {
             let _ = nix::sys::signal::raise(
                 nix::sys::signal::Signal::try_from(sig.cast_signed())

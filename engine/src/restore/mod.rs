@@ -29,7 +29,7 @@ use crate::files::Table;
 use crate::images::Dir;
 use crate::mm::{self, Trampoline};
 use crate::remote::{self, Remote};
-use crate::{proc, sys, task};
+use crate::{creds, proc, sys, task};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -294,8 +294,9 @@ fn finish(
     let forking = t0.elapsed();
     let mut pages = 0;
     let mut threads: Vec<Pid> = Vec::new();
+    let mut shared = mm::SharedAnon::new();
     for p in &alive {
-        pages += restore_task(p, files, dir, tramp, ready_fd, &mut threads)?;
+        pages += restore_task(p, files, dir, tramp, ready_fd, &mut threads, &mut shared)?;
     }
     for p in &alive {
         let pid = pid_of(p.pst.pid);
@@ -352,6 +353,7 @@ fn restore_task(
     t: &Trampoline,
     ready_fd: RawFd,
     threads: &mut Vec<Pid>,
+    shared: &mut mm::SharedAnon,
 ) -> Result<u64> {
     let pid = pid_of(p.pst.pid);
     let base = seize(pid)?;
@@ -385,84 +387,103 @@ fn restore_task(
             ],
         )?;
     }
-    let pages = mm::restore(&r, t, &mm.vmas, files, dir)?;
+    let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
     set_mm_map(&r, t, mm, files)?;
     let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
         path: format!("core-{pid}.img"),
         what: "no task_core_entry".into(),
     })?;
+    if mm.thp_disabled == Some(true) {
+        r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, [41, 1, 0, 0, 0, 0])?;
+    }
     task::restore_task(&r, tc, t.data)?;
     if let Some(fs) = &p.fs
         && let Some(umask) = fs.umask
     {
-        r.call("umask", 95, [u64::from(umask), 0, 0, 0, 0, 0])?;
+        r.call("umask", nr::UMASK, [u64::from(umask), 0, 0, 0, 0, 0])?;
     }
     set_comm(&r, t, &tc.comm)?;
     // Threads: created from the leader with their own TIDs.
+    let mut made = Vec::new();
     for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
         let tid = pid_of(tid);
-        let flags: u64 = (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM)
-            .cast_unsigned()
-            .into();
-        let set_tid = mm::put(pid, t, 4096, &tid.as_raw().to_ne_bytes())?;
-        let mut args = [0u64; 11];
-        args[0] = flags;
-        args[8] = set_tid;
-        args[9] = 1;
-        let a = mm::put(
-            pid,
-            t,
-            0,
-            &args
-                .iter()
-                .flat_map(|w| w.to_ne_bytes())
-                .collect::<Vec<u8>>(),
-        )?;
-        r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
-        match remote::wait(tid, "creating a thread")? {
-            WaitStatus::PtraceEvent(..) => {}
-            other => {
-                return Err(Error::Unexpected {
-                    tid,
-                    op: "clone3",
-                    what: format!("{other:?}"),
-                });
-            }
-        }
+        let tr = clone_thread(&r, t, tid)?;
         threads.push(tid);
-        sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
-        let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
-        let tr = Remote::new(tid, tregs, t.start);
         task::restore_thread(&tr, pid, core, t.data)?;
         if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
             set_comm(&tr, t, comm)?;
         }
-        task::restore_regs(tid, core)?;
+        made.push((tr, core));
     }
     task::restore_thread(&r, pid, &p.core, t.data)?;
-    // The parent-death signal was SIGKILL while restoring (a dying engine
-    // takes its half-made tasks along); now the dumped one.
-    let pdeath = p
-        .core
-        .thread_core
-        .as_ref()
-        .and_then(|t| t.pdeath_sig)
-        .unwrap_or(0);
-    r.call(
-        "prctl(PR_SET_PDEATHSIG)",
-        nr::PRCTL,
-        [1, u64::from(pdeath), 0, 0, 0, 0],
-    )?;
+    task::restore_task_late(&r, tc, t.data)?;
+    // Credentials last: each thread its own. A credential change resets
+    // the dumpable flag and the parent-death signal, so those follow.
+    for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
+        let thc = core.thread_core.as_ref();
+        if let Some(c) = thc.and_then(|c| c.creds.as_ref()) {
+            creds::restore(tr, pid, c, t.data)?;
+            creds::restore_no_new_privs(tr, c)?;
+        }
+        // While restoring it was SIGKILL (a dying engine takes its
+        // half-made tasks along); now the dumped one.
+        let pdeath = thc.and_then(|c| c.pdeath_sig).unwrap_or(0);
+        tr.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            nr::PRCTL,
+            [1, u64::from(pdeath), 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(d @ (0 | 1)) = mm.dumpable {
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            nr::PRCTL,
+            [4, d.unsigned_abs().into(), 0, 0, 0, 0],
+        )?;
+    }
     // Last: the trampoline itself. The leader stops at the syscall's exit
     // and never runs the (now unmapped) instruction after it.
     r.call("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
+    for (tr, core) in &made {
+        task::restore_regs(tr.tid, core)?;
+    }
     task::restore_regs(pid, &p.core)?;
     Ok(pages)
+}
+
+/// Create thread `tid` from the leader under `r` (clone3 with set_tid) and
+/// take it over.
+fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
+    let pid = r.tid;
+    let flags: u64 = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM)
+        .cast_unsigned()
+        .into();
+    let set_tid = mm::put(pid, t, 4096, &tid.as_raw().to_ne_bytes())?;
+    let mut args = [0u64; 11];
+    args[0] = flags;
+    args[8] = set_tid;
+    args[9] = 1;
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let a = mm::put(pid, t, 0, &bytes)?;
+    r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
+    match remote::wait(tid, "creating a thread")? {
+        WaitStatus::PtraceEvent(..) => {}
+        other => {
+            return Err(Error::Unexpected {
+                tid,
+                op: "clone3",
+                what: format!("{other:?}"),
+            });
+        }
+    }
+    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+    Ok(Remote::new(tid, tregs, t.start))
 }
 
 fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
