@@ -94,9 +94,9 @@ struct DumpArgs {
     /// The tree is a job of a shell: its terminal stays outside the dump
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
-    /// Give up freezing after SECS seconds
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<u64>,
+    /// Give up freezing after SECS seconds (the tree is left running)
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
     /// Write the root's PID to FILE
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
@@ -130,8 +130,8 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         dir: a.cr.images_dir.clone(),
         leave_running: a.leave_running,
         shell_job: a.shell_job,
+        timeout: std::time::Duration::from_secs(a.timeout.max(1)),
     };
-    let _ = a.timeout;
     let stats = dump::dump(&opts)?;
     tracing::info!(?stats, "dump finished");
     if let Some(p) = &a.pidfile {

@@ -5,16 +5,17 @@
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::WaitStatus;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use stasis_arch::x86::Regs;
 
 use crate::error::{EngineError as Error, Result};
-use crate::{proc, remote, sys};
+use crate::{proc, sys};
 
 /// What a process was doing when frozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,39 @@ pub struct Tree {
     pub tasks: Vec<Task>,
 }
 
-fn seize_thread(pid: Pid, tid: Pid) -> Result<Option<Thread>> {
+/// Wait for the next stop of `tid`, giving up at `deadline` (a task in an
+/// uninterruptible sleep never stops).
+fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
+    loop {
+        match waitpid(tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return Err(Error::TaskDied {
+                    pid: tid,
+                    step: "freezing",
+                    status: format!(" ({s:?})"),
+                });
+            }
+            Ok(s) => return Ok(s),
+            Err(errno) => {
+                return Err(Error::Ptrace {
+                    tid,
+                    op: "freezing",
+                    errno,
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                secs,
+                step: "freezing the tree (a task may be in an uninterruptible sleep; raise --timeout)",
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Option<Thread>> {
     match ptrace::seize(tid, Options::PTRACE_O_TRACESYSGOOD) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(None),
@@ -80,7 +113,7 @@ fn seize_thread(pid: Pid, tid: Pid) -> Result<Option<Thread>> {
     }
     ptrace::interrupt(tid).map_err(Error::ptrace(tid, "INTERRUPT"))?;
     loop {
-        match remote::wait(tid, "freezing") {
+        match wait_until(tid, deadline, secs) {
             Ok(WaitStatus::PtraceEvent(..)) => break,
             // A signal arrived first: let it through, the interrupt stays pending.
             Ok(WaitStatus::Stopped(_, sig)) => {
@@ -101,13 +134,15 @@ fn seize_thread(pid: Pid, tid: Pid) -> Result<Option<Thread>> {
     }))
 }
 
-/// Freeze the tree under `root`. On failure every seized thread is released.
-pub fn freeze(root: Pid) -> Result<Tree> {
+/// Freeze the tree under `root` within `timeout`. On failure every seized
+/// thread is released.
+pub fn freeze(root: Pid, timeout: Duration) -> Result<Tree> {
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(Error::NoSuchTask { pid: root });
     }
     let mut tree = Tree::default();
-    match freeze_into(root, &mut tree) {
+    let deadline = Instant::now() + timeout;
+    match freeze_into(root, &mut tree, deadline, timeout.as_secs()) {
         Ok(()) => Ok(tree),
         Err(e) => {
             tree.release();
@@ -116,7 +151,7 @@ pub fn freeze(root: Pid) -> Result<Tree> {
     }
 }
 
-fn freeze_into(root: Pid, tree: &mut Tree) -> Result<()> {
+fn freeze_into(root: Pid, tree: &mut Tree, deadline: Instant, secs: u64) -> Result<()> {
     let mut seen: BTreeSet<Pid> = BTreeSet::new();
     // Breadth-first; each process is revisited until its threads are stable.
     let mut queue = vec![(root, Pid::from_raw(0))];
@@ -141,7 +176,7 @@ fn freeze_into(root: Pid, tree: &mut Tree) -> Result<()> {
                 let mut grew = false;
                 for tid in proc::threads(pid)? {
                     if seen.insert(tid)
-                        && let Some(t) = seize_thread(pid, tid)?
+                        && let Some(t) = seize_thread(pid, tid, deadline, secs)?
                     {
                         task.threads.push(t);
                         grew = true;

@@ -367,14 +367,17 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
             [ti.clear_tid_addr, 0, 0, 0, 0, 0],
         )?;
     }
-    if let Some(sas) = &tc.sas
-        && sas.ss_size != 0
-    {
-        remote::write_mem(
-            pid,
-            data,
-            &words(&[sas.ss_sp, u64::from(sas.ss_flags), sas.ss_size]),
-        )?;
+    // Always set: a disabled one too, or the engine's own alternate stack
+    // (inherited through fork, gone with its memory) would take signals.
+    if let Some(sas) = &tc.sas {
+        const SS_DISABLE: u32 = 2;
+        let (sp, flags, size) = if sas.ss_size == 0 {
+            (0, SS_DISABLE, 0)
+        } else {
+            // SS_ONSTACK only reports where the thread was; it cannot be set.
+            (sas.ss_sp, sas.ss_flags & !1, sas.ss_size)
+        };
+        remote::write_mem(pid, data, &words(&[sp, u64::from(flags), size]))?;
         r.call("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0])?;
     }
     if let Some(rs) = &tc.rseq_entry {

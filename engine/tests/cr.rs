@@ -332,3 +332,327 @@ fn corrupt_image_restore_fails_and_leaves_no_task() {
     assert!(err.contains("pages-1.img"), "unclear error: {err}");
     wait_group_gone(job.pgid);
 }
+
+// ---- Acceptance workloads (engine/tests/progs/workload.c, built with cc) ----
+
+/// Build the C workload into `dir`.
+fn workload(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/workload.c");
+    let bin = dir.join("workload");
+    let out = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("run cc (gcc is needed to build the test workload)");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// Wait until `file` starts with one of `prefixes`; its content.
+fn wait_file(file: &Path, prefixes: &[&str], secs: u64) -> String {
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(file).unwrap_or_default();
+        if prefixes.iter().any(|p| s.starts_with(p)) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{} still says {s:?}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn dump_ok(pid: i32, img: &Path) {
+    let out = run(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn restore_ok(img: &Path) {
+    let out = run(&[
+        "restore",
+        "-D",
+        img.to_str().expect("utf8"),
+        "-d",
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Start `cmd` in its own session, wait for "ready" in `out`, dump it,
+/// restore it, ask it (SIGUSR1) to check itself; its answer.
+fn dump_restore_ask(cmd: &str, out: &Path, img: &Path, secs: u64) -> String {
+    let mut job = Job::start(&format!("exec {cmd}"));
+    wait_file(out, &["ready"], secs);
+    dump_ok(job.pgid, img);
+    job.reap();
+    std::fs::remove_file(out).expect("remove ready file");
+    restore_ok(img);
+    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal the restored task");
+    wait_file(out, &["ok", "bad"], secs)
+}
+
+#[test]
+fn python_interpreter_state_survives() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let script = tmp.path().join("state.py");
+    std::fs::write(
+        &script,
+        "import os, signal, sys, time\n\
+         out = sys.argv[1]\n\
+         d = {'a': 1, 'b': [1, 2, 3], 'c': 'x' * 5}\n\
+         def squares():\n    i = 0\n    while True:\n        i += 1\n        yield i * i\n\
+         g = squares(); next(g); next(g)\n\
+         asked = False\n\
+         def h(s, f):\n    global asked\n    asked = True\n\
+         signal.signal(signal.SIGUSR1, h)\n\
+         def say(s):\n    open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
+         say('ready')\n\
+         while not asked:\n    time.sleep(0.01)\n\
+         say(f\"ok {d['a'] + sum(d['b'])} {len(d['c'])} {next(g)} {next(g)}\")\n",
+    )
+    .expect("write script");
+    let img = images(tmp.path(), "img");
+    let got = dump_restore_ask(
+        &format!("python3 {} {}", script.display(), out.display()),
+        &out,
+        &img,
+        20,
+    );
+    assert_eq!(got, "ok 7 5 9 16", "the interpreter's state changed");
+}
+
+#[test]
+fn one_gib_of_patterned_memory_survives() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let img = images(tmp.path(), "img");
+    let got = dump_restore_ask(
+        &format!("{} mem 1024 {}", prog.display(), out.display()),
+        &out,
+        &img,
+        120,
+    );
+    assert_eq!(got, format!("ok {} words\n", 1u64 << 27));
+    // The image holds the touched memory once, not more.
+    let pages: u64 = std::fs::read_dir(&img)
+        .expect("images")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        (1 << 30..(1 << 30) + (64 << 20)).contains(&pages),
+        "pages images hold {pages} bytes"
+    );
+}
+
+#[test]
+fn sixteen_threads_keep_their_masks_and_tls() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let img = images(tmp.path(), "img");
+    let got = dump_restore_ask(
+        &format!("{} threads 16 {}", prog.display(), out.display()),
+        &out,
+        &img,
+        20,
+    );
+    assert_eq!(got, "ok 16 threads\n");
+    let threads = std::fs::read_dir(img.as_path())
+        .expect("images")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("core-"))
+        .count();
+    assert_eq!(threads, 16, "one core image per thread");
+}
+
+#[test]
+fn thousand_fds_keep_offsets_flags_and_pipe_data() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let files = tmp.path().join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    let img = images(tmp.path(), "img");
+    let got = dump_restore_ask(
+        &format!(
+            "{} fds 1000 {} {}",
+            prog.display(),
+            files.display(),
+            out.display()
+        ),
+        &out,
+        &img,
+        20,
+    );
+    assert_eq!(got, "ok 1000 fds\n");
+}
+
+/// (pid, ppid, pgid, sid, state) of every process under `root`.
+fn tree_shape(root: i32) -> Vec<(i32, i32, i32, i32, char)> {
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let state = f.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        out.push((pid, num(1), num(2), num(3), state));
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        queue.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Kills every listed process on drop (the tree spans several groups).
+struct KillAll(Vec<i32>);
+
+impl Drop for KillAll {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn fifty_process_tree_keeps_its_shape() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let img = images(tmp.path(), "img");
+    let mut job = Job::start(&format!(
+        "exec {} tree 50 {}",
+        prog.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 20);
+    // 50 processes plus the zombie, the stopped one among them.
+    let t = Instant::now();
+    let before = loop {
+        let s = tree_shape(job.pgid);
+        if s.len() == 51 && s.iter().any(|p| p.4 == 'T') && s.iter().any(|p| p.4 == 'Z') {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "tree not built: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _guard = KillAll(before.iter().map(|p| p.0).collect());
+    assert!(
+        before.iter().filter(|p| p.0 == p.3).count() >= 4,
+        "sessions"
+    );
+    dump_ok(job.pgid, &img);
+    job.reap();
+    for p in &before {
+        let t = Instant::now();
+        while std::path::Path::new(&format!("/proc/{}", p.0)).exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} survived the dump",
+                p.0
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    restore_ok(&img);
+    // The restored root's parent is this test's restore; compare the rest.
+    let mut after = tree_shape(job.pgid);
+    let norm = |v: &mut Vec<(i32, i32, i32, i32, char)>| {
+        for p in v.iter_mut() {
+            if p.0 == job.pgid {
+                p.1 = 0;
+            }
+        }
+    };
+    let mut want = before.clone();
+    norm(&mut want);
+    norm(&mut after);
+    assert_eq!(after, want, "the tree came back with another shape");
+}
+
+#[test]
+fn dump_times_out_on_a_task_that_cannot_stop_and_leaves_it_running() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let count = tmp.path().join("answer.count");
+    let job = Job::start(&format!(
+        "exec {} vfork 0 {}",
+        prog.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 20);
+    let before = wait_counter(&count, 1);
+    let img = images(tmp.path(), "img");
+    let t = Instant::now();
+    let res = run(&[
+        "dump",
+        "-t",
+        &job.pgid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+        "--timeout",
+        "1",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(res.status.code(), Some(1), "the dump should have timed out");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("timed out") && err.contains("--timeout"),
+        "unclear error: {err}"
+    );
+    assert!(took < Duration::from_secs(20), "the dump hung for {took:?}");
+    // The child keeps counting, the parent is not traced any more.
+    wait_counter(&count, before + 3);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", job.pgid)).expect("status");
+    assert!(status.contains("TracerPid:\t0"), "still traced: {status}");
+}

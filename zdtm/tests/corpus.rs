@@ -2,11 +2,11 @@
 //! `cargo test -p zdtm`: the corpus as cargo tests (libtest-mimic, so
 //! filters, `--list`, `--exact` and nextest work).
 //!
-//! Without `ZDTM_ENGINE`: every test runs twice, `nocr::NAME` (start, stop,
-//! the test must PASS) and `sabotage::NAME` (the test damages its own state
-//! on request and must FAIL). With `ZDTM_ENGINE=/path/to/engine`: each test
-//! is dumped and restored through that engine (`cr::NAME`, flavor h),
-//! honouring `zdtm/known-failures.txt`. Tests need root; as another user
+//! Every test runs as `nocr::NAME` (start, stop, the test must PASS) and
+//! `sabotage::NAME` (the test damages its own state on request and must
+//! FAIL). With `ZDTM_ENGINE=/path/to/engine` each is also dumped and
+//! restored through that engine (`cr::NAME`, flavor h), honouring
+//! `zdtm/known-failures.txt` (`ci/test` sets it to the built stasis). Tests need root; as another user
 //! they fail saying so. Skips (architecture, CPU flag, missing engine
 //! feature) are reported as ignored, with the reason printed first.
 
@@ -85,13 +85,13 @@ fn main() -> ExitCode {
         .filter(|e| !e.is_empty())
         .map(PathBuf::from);
     let mut trials = Vec::new();
-    let modes: Vec<(&str, bool)> = if engine.is_some() {
-        vec![("cr", false)]
-    } else {
-        vec![("nocr", false), ("sabotage", true)]
-    };
-    for (prefix, sabotage) in modes {
-        let opts = match options(engine.clone(), sabotage, &work) {
+    let mut modes: Vec<(&str, bool, Option<PathBuf>)> =
+        vec![("nocr", false, None), ("sabotage", true, None)];
+    if let Some(e) = engine {
+        modes.push(("cr", false, Some(e)));
+    }
+    for (prefix, sabotage, engine) in modes {
+        let opts = match options(engine, sabotage, &work) {
             Ok(o) => Arc::new(o),
             Err(e) => {
                 eprintln!("zdtm harness: {e}");

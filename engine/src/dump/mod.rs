@@ -30,6 +30,8 @@ pub struct Opts {
     pub leave_running: bool,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// `--timeout`: how long freezing may take.
+    pub timeout: std::time::Duration,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -61,7 +63,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     }
     let dir = Dir::open(&opts.dir)?;
     let t0 = Instant::now();
-    let tree = seize::freeze(opts.pid)?;
+    let tree = seize::freeze(opts.pid, opts.timeout)?;
     let freezing_us = us(t0);
     let t1 = Instant::now();
     match dump_frozen(&tree, &dir, opts) {
