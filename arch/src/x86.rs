@@ -58,6 +58,7 @@ pub mod nr {
     pub const SETPRIORITY: u64 = 141;
     pub const MLOCK: u64 = 149;
     pub const PRLIMIT64: u64 = 302;
+    pub const CHROOT: u64 = 161;
 }
 
 /// `struct user_regs_struct` in kernel order.

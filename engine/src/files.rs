@@ -1,5 +1,6 @@
 //! Open files: the fd table of each task (`fdinfo-ID.img`) and the open file
-//! descriptions behind it (`files.img`), plus pipe contents (`pipes-data.img`).
+//! descriptions behind it (`files.img`), plus the bytes queued in pipes
+//! (`pipes-data.img`) and FIFOs (`fifo-data.img`).
 //! Each kind is one [`FileKind`] with a dump half (from the dumper's view of
 //! the task's fd) and a restore half (open it again in the engine, before the
 //! tasks are forked, so that tasks sharing a description inherit one).
@@ -15,7 +16,8 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FdTypes, FdinfoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry, RegFileEntry,
+    FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry,
+    RegFileEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -56,6 +58,11 @@ pub struct Reg;
 #[derive(Debug)]
 pub struct Pipe;
 
+/// FIFOs (named pipes): the path as a regular-file entry, the queued bytes
+/// as for pipes.
+#[derive(Debug)]
+pub struct Fifo;
+
 fn tty_major(major: u32) -> bool {
     matches!(major, 4 | 5 | 136..=143)
 }
@@ -94,6 +101,48 @@ impl FileKind for Pipe {
     }
 }
 
+impl FileKind for Fifo {
+    const TYPE: FdTypes = FdTypes::Fifo;
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let ino = cx.meta.ino();
+        let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
+        if table.fifos_seen.insert(ino, ()).is_none() {
+            let data = table.tee_pipe(cx)?;
+            table.fifo_data.push(data_entry(pipe_id, data));
+        }
+        let regf_id = table.next_id();
+        let Kind::Reg(mut reg) = Reg::dump(cx, table)? else {
+            return Err(Error::Unexpected {
+                tid: cx.pid,
+                op: "describing a FIFO",
+                what: "not a path".into(),
+            });
+        };
+        reg.id = regf_id;
+        table.entries.push(FileEntry {
+            r#type: FdTypes::Reg as i32,
+            id: regf_id,
+            kind: Some(Kind::Reg(reg)),
+        });
+        Ok(Kind::Fifo(FifoEntry {
+            id: 0,
+            pipe_id,
+            regf_id: Some(regf_id),
+        }))
+    }
+}
+
+fn data_entry(pipe_id: u32, (data, size): (Vec<u8>, i32)) -> (PipeDataEntry, Vec<u8>) {
+    (
+        PipeDataEntry {
+            pipe_id,
+            bytes: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            size: u32::try_from(size).ok(),
+        },
+        data,
+    )
+}
+
 /// The open files of a dump or a restore.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -103,6 +152,8 @@ pub struct Table {
     by_path: HashMap<String, u32>,
     pipes_seen: HashMap<u64, ()>,
     pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
+    fifos_seen: HashMap<u64, ()>,
+    fifo_data: Vec<(PipeDataEntry, Vec<u8>)>,
 }
 
 impl Table {
@@ -148,6 +199,13 @@ impl Table {
             path: link.clone(),
             err: e,
         })?;
+        if let Some(lock) = fd.extra.iter().find(|l| l.starts_with("lock:")) {
+            let kind = lock.split_whitespace().nth(2).unwrap_or("?");
+            return Err(unsupported(format!(
+                "{}, holding a {kind} file lock",
+                fd.target
+            )));
+        }
         let ft = meta.file_type();
         let ty = if fd.target.starts_with("pipe:[") {
             FdTypes::Pipe
@@ -159,7 +217,7 @@ impl Table {
                 fd.target
             )));
         } else if ft.is_fifo() {
-            return Err(unsupported(format!("FIFO {}", fd.target)));
+            FdTypes::Fifo
         } else if ft.is_char_device()
             && tty_major(u32::try_from(nix::sys::stat::major(meta.rdev())).unwrap_or(0))
         {
@@ -191,12 +249,14 @@ impl Table {
         };
         let mut kind = match ty {
             FdTypes::Pipe => Pipe::dump(&cx, self)?,
+            FdTypes::Fifo => Fifo::dump(&cx, self)?,
             _ => Reg::dump(&cx, self)?,
         };
         let id = self.next_id();
         match &mut kind {
             Kind::Reg(r) => r.id = id,
             Kind::Pipe(p) => p.id = id,
+            Kind::Fifo(f) => f.id = id,
             _ => {}
         }
         self.entries.push(FileEntry {
@@ -212,6 +272,13 @@ impl Table {
     /// Copy the bytes queued in a pipe without consuming them (tee into a
     /// pipe of our own).
     fn dump_pipe_data(&mut self, cx: &FdCtx<'_>, pipe_id: u32) -> Result<()> {
+        let data = self.tee_pipe(cx)?;
+        self.pipe_data.push(data_entry(pipe_id, data));
+        Ok(())
+    }
+
+    /// The bytes queued in the pipe or FIFO behind `cx`, and its size.
+    fn tee_pipe(&self, cx: &FdCtx<'_>) -> Result<(Vec<u8>, i32)> {
         let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
         let err = |e: std::io::Error| Error::Proc {
             pid: cx.pid,
@@ -244,15 +311,7 @@ impl Table {
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
             Err(e) => return Err(err(e.into())),
         }
-        self.pipe_data.push((
-            PipeDataEntry {
-                pipe_id,
-                bytes: u32::try_from(data.len()).unwrap_or(u32::MAX),
-                size: u32::try_from(size).ok(),
-            },
-            data,
-        ));
-        Ok(())
+        Ok((data, size))
     }
 
     /// Write `files.img` and `pipes-data.img`.
@@ -264,10 +323,18 @@ impl Table {
             w.write_payload(data)?;
         }
         w.finish()?;
+        if !self.fifos_seen.is_empty() {
+            let mut w = dir.create("FIFO_DATA", 0)?;
+            for (e, data) in &self.fifo_data {
+                w.write(e)?;
+                w.write_payload(data)?;
+            }
+            w.finish()?;
+        }
         Ok(())
     }
 
-    /// Load `files.img` and `pipes-data.img`.
+    /// Load `files.img`, `pipes-data.img` and `fifo-data.img`.
     pub fn load(dir: &Dir) -> Result<Table> {
         let entries: Vec<FileEntry> = dir.read_all("FILES", 0)?;
         let mut t = Table {
@@ -279,6 +346,13 @@ impl Table {
             while let Some(e) = r.read_entry::<PipeDataEntry>()? {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.pipe_data.push((e, data));
+            }
+        }
+        if dir.exists("FIFO_DATA", 0) {
+            let mut r = dir.open_image("FIFO_DATA", 0)?;
+            while let Some(e) = r.read_entry::<PipeDataEntry>()? {
+                let data = r.read_payload(u64::from(e.bytes))?;
+                t.fifo_data.push((e, data));
             }
         }
         Ok(t)
@@ -302,6 +376,7 @@ impl Table {
     pub fn open_all(&self, uses: &[(Pid, i32, u32)]) -> Result<HashMap<u32, OwnedFd>> {
         let mut out: HashMap<u32, OwnedFd> = HashMap::new();
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
+        let mut fifos: HashMap<u32, OwnedFd> = HashMap::new();
         for &(pid, fd, id) in uses {
             if out.contains_key(&id) {
                 continue;
@@ -336,6 +411,7 @@ impl Table {
                         .map_err(|e| open_err(pid, fd, "pipe", e.into()))?;
                     dup
                 }
+                Some(Kind::Fifo(f)) => self.open_fifo(pid, fd, f, &mut fifos)?,
                 other => {
                     return Err(Error::Unsupported {
                         pid,
@@ -348,7 +424,61 @@ impl Table {
             };
             out.insert(id, opened);
         }
+        // A FIFO's queued bytes live while it is open: the keepers stay in the
+        // pool (under ids no entry has) until every task has its own fds.
+        for (k, keeper) in fifos.into_values().enumerate() {
+            out.insert(u32::MAX - u32::try_from(k).unwrap_or(0), keeper);
+        }
         Ok(out)
+    }
+
+    /// Open a FIFO by path without blocking: a read-write "keeper" per FIFO
+    /// first (it also refills the queued bytes), then the task's end.
+    fn open_fifo(
+        &self,
+        pid: Pid,
+        fd: i32,
+        f: &FifoEntry,
+        keepers: &mut HashMap<u32, OwnedFd>,
+    ) -> Result<OwnedFd> {
+        let reg = match f.regf_id.and_then(|r| self.get(r)).and_then(|e| e.kind.as_ref()) {
+            Some(Kind::Reg(r)) => r,
+            _ => {
+                return Err(Error::BadImage {
+                    path: "files.img".into(),
+                    what: format!("task {pid} fd {fd}: FIFO {} has no path entry", f.id),
+                });
+            }
+        };
+        if !keepers.contains_key(&f.pipe_id) {
+            let keeper = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&reg.name)
+                .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+            if let Some((e, data)) = self.fifo_data.iter().find(|(e, _)| e.pipe_id == f.pipe_id) {
+                if let Some(size) = e.size.and_then(|s| i32::try_from(s).ok()) {
+                    let _ = fcntl(keeper.as_fd(), FcntlArg::F_SETPIPE_SZ(size));
+                }
+                (&keeper)
+                    .write_all(data)
+                    .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+            }
+            keepers.insert(f.pipe_id, OwnedFd::from(keeper));
+        }
+        let flags = reg.flags.cast_signed() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC);
+        let acc = flags & libc::O_ACCMODE;
+        let file = OpenOptions::new()
+            .read(acc != libc::O_WRONLY)
+            .write(acc != libc::O_RDONLY)
+            .custom_flags((flags & !libc::O_ACCMODE) | libc::O_NONBLOCK)
+            .open(&reg.name)
+            .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+        let fl = OFlag::from_bits_truncate(flags & !libc::O_ACCMODE);
+        fcntl(file.as_fd(), FcntlArg::F_SETFL(fl))
+            .map_err(|e| open_err(pid, fd, &reg.name, e.into()))?;
+        Ok(OwnedFd::from(file))
     }
 
     fn new_pipe(&self, pid: Pid, pipe_id: u32) -> Result<(OwnedFd, OwnedFd)> {
@@ -370,7 +500,7 @@ impl Table {
 fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Reg(_) => "regular file",
-        Kind::Fifo(_) => "fifo",
+        Kind::Fifo(_) => "FIFO",
         Kind::Pipe(_) => "pipe",
         Kind::Tty(_) => "tty",
         Kind::Memfd(_) => "memfd",

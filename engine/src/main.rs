@@ -100,6 +100,12 @@ struct DumpArgs {
     /// Write the root's PID to FILE
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// Allow file locks (CRIU's option; held locks are refused until stasis restores them)
+    #[arg(short = 'l', long)]
+    file_locks: bool,
+    /// Allow established TCP connections (CRIU's option; sockets are refused until stasis restores them)
+    #[arg(long)]
+    tcp_established: bool,
 }
 
 /// `stasis restore`: CRIU's options.
@@ -132,6 +138,8 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         shell_job: a.shell_job,
         timeout: std::time::Duration::from_secs(a.timeout.max(1)),
     };
+    // Accepted for CRIU's callers; what they allow is refused by kind, with the fd named.
+    let _ = (a.file_locks, a.tcp_established);
     let stats = dump::dump(&opts)?;
     tracing::info!(?stats, "dump finished");
     if let Some(p) = &a.pidfile {

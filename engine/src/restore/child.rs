@@ -103,11 +103,8 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
             Err(e) => return Err((e, 2)),
         }
     }
-    if let Some(root) = &p.root_dir
-        && root != "/"
-    {
-        nix::unistd::chroot(root.as_str()).map_err(|e| (e, 4))?;
-    }
+    // The root directory is changed by the engine once it no longer opens
+    // files by path in the task.
     if let Some(cwd) = &p.cwd {
         nix::unistd::chdir(cwd.as_str()).map_err(|e| (e, 5))?;
     }

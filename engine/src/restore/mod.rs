@@ -389,6 +389,14 @@ fn restore_task(
     }
     let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
     set_mm_map(&r, t, mm, files)?;
+    // The root directory last among path lookups: every path in the images
+    // is as seen from the engine's root.
+    if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {
+        let mut b = root.as_bytes().to_vec();
+        b.push(0);
+        let at = mm::put(pid, t, 8192, &b)?;
+        r.call("chroot", nr::CHROOT, [at, 0, 0, 0, 0, 0])?;
+    }
     let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
         path: format!("core-{pid}.img"),
         what: "no task_core_entry".into(),

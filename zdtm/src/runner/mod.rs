@@ -340,7 +340,15 @@ impl<'a> Case<'a> {
                 match self.cr(pid, iter)? {
                     CrEnd::Done => {}
                     CrEnd::ExpectedFailure(why) => {
-                        return Ok(format!("C/R failed as expected: {why}"));
+                        // A refused dump must leave the test running as it was.
+                        let verdict = self.stop(pid)?;
+                        return if verdict.starts_with("PASS") {
+                            Ok(format!("C/R failed as expected: {why}"))
+                        } else {
+                            Err(format!(
+                                "C/R failed as expected ({why}), but the test then reported {verdict}"
+                            ))
+                        };
                     }
                 }
             }
