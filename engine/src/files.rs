@@ -1,6 +1,9 @@
 //! Open files: the fd table of each task (`fdinfo-ID.img`) and the open file
 //! descriptions behind it (`files.img`), plus the bytes queued in pipes
-//! (`pipes-data.img`) and FIFOs (`fifo-data.img`).
+//! (`pipes-data.img`) and FIFOs (`fifo-data.img`). Files deleted while open
+//! ("ghosts") keep their contents in `ghost-file-ID.img` (data chunks, holes
+//! skipped) behind a `remap-fpath.img` entry; restore recreates each at its
+//! old path, opens it and unlinks it again.
 //! Each kind is one [`FileKind`] with a dump half (from the dumper's view of
 //! the task's fd) and a restore half (open it again in the engine, before the
 //! tasks are forked, so that tasks sharing a description inherit one).
@@ -16,8 +19,8 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, PipeDataEntry, PipeEntry,
-    RegFileEntry,
+    FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, GhostChunkEntry, GhostFileEntry,
+    PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry, RemapType,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -29,6 +32,19 @@ use crate::{proc, sys};
 pub struct Opts {
     /// `--shell-job`: terminals are outside the tree and reopened by path.
     pub shell_job: bool,
+    /// `--ghost-limit`: the largest file deleted while open whose contents
+    /// go into the images.
+    pub ghost_limit: u64,
+}
+
+/// CRIU's default `--ghost-limit`: 1 MiB.
+pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
+
+/// A ghost file: its metadata and data chunks (offset, bytes).
+#[derive(Debug, Default)]
+struct Ghost {
+    entry: GhostFileEntry,
+    chunks: Vec<(u64, Vec<u8>)>,
 }
 
 /// What the dump half of a kind sees.
@@ -154,6 +170,11 @@ pub struct Table {
     pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
     fifos_seen: HashMap<u64, ()>,
     fifo_data: Vec<(PipeDataEntry, Vec<u8>)>,
+    /// Ghost files by remap id, and the (dev, ino) each was dumped from.
+    ghosts: Vec<(u32, Ghost)>,
+    ghost_inodes: HashMap<(u64, u64), u32>,
+    /// orig_id -> remap_id of ghost files.
+    remaps: HashMap<u32, u32>,
 }
 
 impl Table {
@@ -211,7 +232,9 @@ impl Table {
             FdTypes::Pipe
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
-        } else if fd.target.ends_with(" (deleted)") {
+        } else if fd.target.ends_with(" (deleted)")
+            && !(ft.is_file() && !fd.target.starts_with("/memfd:"))
+        {
             return Err(unsupported(format!(
                 "{}, a file deleted while open",
                 fd.target
@@ -253,6 +276,13 @@ impl Table {
             _ => Reg::dump(&cx, self)?,
         };
         let id = self.next_id();
+        if let Some(orig) = fd.target.strip_suffix(" (deleted)") {
+            if let Kind::Reg(r) = &mut kind {
+                r.name = orig.to_owned();
+            }
+            let remap = self.dump_ghost(&cx, opts.ghost_limit, id)?;
+            self.remaps.insert(id, remap);
+        }
         match &mut kind {
             Kind::Reg(r) => r.id = id,
             Kind::Pipe(p) => p.id = id,
@@ -267,6 +297,79 @@ impl Table {
         self.described
             .push((pid, fd.fd, meta.dev(), meta.ino(), id));
         Ok(fdinfo(id, ty, fd))
+    }
+
+    /// Save the contents of the deleted file behind `cx` once per inode;
+    /// its remap id.
+    fn dump_ghost(&mut self, cx: &FdCtx<'_>, limit: u64, id: u32) -> Result<u32> {
+        let key = (cx.meta.dev(), cx.meta.ino());
+        if let Some(&g) = self.ghost_inodes.get(&key) {
+            return Ok(g);
+        }
+        let size = cx.meta.size();
+        // The limit bounds the image: holes cost nothing, count what is stored.
+        let stored = cx.meta.blocks().saturating_mul(512).min(size);
+        if stored > limit {
+            return Err(Error::Unsupported {
+                pid: cx.pid,
+                what: format!(
+                    "fd {} ({}, deleted while open, {stored} bytes of data: over the ghost file limit of {limit} bytes; raise it with --ghost-limit)",
+                    cx.fd.fd, cx.fd.target
+                ),
+            });
+        }
+        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
+        let err = |e: std::io::Error| Error::Proc {
+            pid: cx.pid,
+            path: link.clone(),
+            err: e,
+        };
+        let f = File::open(&link).map_err(err)?;
+        let mut chunks = Vec::new();
+        let mut off: u64 = 0;
+        while off < size {
+            // Data segments only: holes stay holes.
+            let data = match nix::unistd::lseek(
+                f.as_fd(),
+                i64::try_from(off).unwrap_or(i64::MAX),
+                nix::unistd::Whence::SeekData,
+            ) {
+                Ok(d) => d.cast_unsigned(),
+                Err(nix::errno::Errno::ENXIO) => break,
+                Err(e) => return Err(err(e.into())),
+            };
+            let hole = nix::unistd::lseek(
+                f.as_fd(),
+                i64::try_from(data).unwrap_or(i64::MAX),
+                nix::unistd::Whence::SeekHole,
+            )
+            .map_or(size, i64::cast_unsigned)
+            .min(size);
+            let mut buf = vec![0u8; usize::try_from(hole - data).unwrap_or(0)];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, data).map_err(err)?;
+            chunks.push((data, buf));
+            off = hole;
+        }
+        let tv = |sec: i64, nsec: i64| stasis_proto::images::Timeval {
+            tv_sec: sec.cast_unsigned(),
+            tv_usec: (nsec / 1000).cast_unsigned(),
+        };
+        let entry = GhostFileEntry {
+            uid: cx.meta.uid(),
+            gid: cx.meta.gid(),
+            mode: cx.meta.mode(),
+            dev: u32::try_from(cx.meta.dev()).ok(),
+            ino: Some(cx.meta.ino()),
+            rdev: None,
+            atim: Some(tv(cx.meta.atime(), cx.meta.atime_nsec())),
+            mtim: Some(tv(cx.meta.mtime(), cx.meta.mtime_nsec())),
+            chunks: Some(true),
+            size: Some(size),
+            symlnk_target: None,
+        };
+        self.ghosts.push((id, Ghost { entry, chunks }));
+        self.ghost_inodes.insert(key, id);
+        Ok(id)
     }
 
     /// Copy the bytes queued in a pipe without consuming them (tee into a
@@ -323,6 +426,31 @@ impl Table {
             w.write_payload(data)?;
         }
         w.finish()?;
+        if !self.remaps.is_empty() {
+            let mut remaps: Vec<RemapFilePathEntry> = self
+                .remaps
+                .iter()
+                .map(|(&orig_id, &remap_id)| RemapFilePathEntry {
+                    orig_id,
+                    remap_id,
+                    remap_type: Some(RemapType::Ghost as i32),
+                })
+                .collect();
+            remaps.sort_by_key(|r| r.orig_id);
+            dir.write_all("REMAP_FPATH", 0, &remaps)?;
+        }
+        for (id, g) in &self.ghosts {
+            let mut w = dir.create("GHOST_FILE", u64::from(*id))?;
+            w.write(&g.entry)?;
+            for (off, data) in &g.chunks {
+                w.write(&GhostChunkEntry {
+                    len: data.len() as u64,
+                    off: *off,
+                })?;
+                w.write_payload(data)?;
+            }
+            w.finish()?;
+        }
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
             for (e, data) in &self.fifo_data {
@@ -346,6 +474,25 @@ impl Table {
             while let Some(e) = r.read_entry::<PipeDataEntry>()? {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.pipe_data.push((e, data));
+            }
+        }
+        if dir.exists("REMAP_FPATH", 0) {
+            let remaps: Vec<RemapFilePathEntry> = dir.read_all("REMAP_FPATH", 0)?;
+            for r in remaps {
+                if r.remap_type != Some(RemapType::Ghost as i32) {
+                    return Err(Error::BadImage {
+                        path: "remap-fpath.img".into(),
+                        what: format!(
+                            "file {}: remap type {:?} (only ghost files are restored)",
+                            r.orig_id, r.remap_type
+                        ),
+                    });
+                }
+                t.remaps.insert(r.orig_id, r.remap_id);
+                if !t.ghosts.iter().any(|(id, _)| *id == r.remap_id) {
+                    let g = load_ghost(dir, r.remap_id)?;
+                    t.ghosts.push((r.remap_id, g));
+                }
             }
         }
         if dir.exists("FIFO_DATA", 0) {
@@ -377,6 +524,7 @@ impl Table {
         let mut out: HashMap<u32, OwnedFd> = HashMap::new();
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut fifos: HashMap<u32, OwnedFd> = HashMap::new();
+        let mut ghosts = Recreated::default();
         for &(pid, fd, id) in uses {
             if out.contains_key(&id) {
                 continue;
@@ -386,7 +534,34 @@ impl Table {
                 what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
             })?;
             let opened = match entry.kind.as_ref() {
-                Some(Kind::Reg(r)) => open_reg(pid, fd, r)?,
+                Some(Kind::Reg(r)) => match self.remaps.get(&id) {
+                    Some(&g) => {
+                        let ghost = self
+                            .ghosts
+                            .iter()
+                            .find(|(gid, _)| *gid == g)
+                            .map(|(_, gh)| gh)
+                            .ok_or_else(|| Error::BadImage {
+                                path: "remap-fpath.img".into(),
+                                what: format!("file {id}: ghost file {g} is missing"),
+                            })?;
+                        if !ghosts.0.contains_key(&g) {
+                            let p = recreate_ghost(pid, fd, &r.name, g, ghost)?;
+                            ghosts.0.insert(g, p);
+                        }
+                        let name = ghosts.0.get(&g).cloned().unwrap_or_default();
+                        open_reg(
+                            pid,
+                            fd,
+                            &RegFileEntry {
+                                name,
+                                size: None,
+                                ..r.clone()
+                            },
+                        )?
+                    }
+                    None => open_reg(pid, fd, r)?,
+                },
                 Some(Kind::Pipe(p)) => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = pipes.entry(p.pipe_id)
                     {
@@ -441,7 +616,11 @@ impl Table {
         f: &FifoEntry,
         keepers: &mut HashMap<u32, OwnedFd>,
     ) -> Result<OwnedFd> {
-        let reg = match f.regf_id.and_then(|r| self.get(r)).and_then(|e| e.kind.as_ref()) {
+        let reg = match f
+            .regf_id
+            .and_then(|r| self.get(r))
+            .and_then(|e| e.kind.as_ref())
+        {
             Some(Kind::Reg(r)) => r,
             _ => {
                 return Err(Error::BadImage {
@@ -495,6 +674,81 @@ impl Table {
         }
         Ok((r, w))
     }
+}
+
+fn load_ghost(dir: &Dir, id: u32) -> Result<Ghost> {
+    let mut r = dir.open_image("GHOST_FILE", u64::from(id))?;
+    let path = r.path().to_owned();
+    let entry: GhostFileEntry = r.read_entry()?.ok_or_else(|| Error::BadImage {
+        path: path.clone(),
+        what: "empty".into(),
+    })?;
+    let size = entry.size.unwrap_or(0);
+    let mut chunks = Vec::new();
+    if entry.chunks == Some(true) {
+        while let Some(c) = r.read_entry::<GhostChunkEntry>()? {
+            if c.off.checked_add(c.len).is_none_or(|end| end > size) {
+                return Err(Error::BadImage {
+                    path,
+                    what: format!(
+                        "a chunk at {} of {} bytes lies past the file's {size} bytes",
+                        c.off, c.len
+                    ),
+                });
+            }
+            chunks.push((c.off, r.read_payload(c.len)?));
+        }
+    } else {
+        chunks.push((0, r.read_payload(size)?));
+    }
+    Ok(Ghost { entry, chunks })
+}
+
+/// Ghost files recreated for a restore; unlinked again when dropped (the
+/// engine's open fds keep them alive).
+#[derive(Debug, Default)]
+struct Recreated(HashMap<u32, String>);
+
+impl Drop for Recreated {
+    fn drop(&mut self) {
+        for p in self.0.values() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Recreate ghost `g` at its old path (or next to it if that name is taken).
+fn recreate_ghost(pid: Pid, fd: i32, name: &str, id: u32, g: &Ghost) -> Result<String> {
+    let mut path = name.to_owned();
+    let mode = g.entry.mode & 0o7777;
+    let open = |p: &str| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+    };
+    let file = match open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            path = format!("{name}.stasis-ghost-{id:x}");
+            open(&path).map_err(|e| open_err(pid, fd, &path, e))?
+        }
+        Err(e) => return Err(open_err(pid, fd, name, e)),
+    };
+    let fill = || -> std::io::Result<()> {
+        file.set_len(g.entry.size.unwrap_or(0))?;
+        for (off, data) in &g.chunks {
+            std::os::unix::fs::FileExt::write_all_at(&file, data, *off)?;
+        }
+        std::os::unix::fs::fchown(&file, Some(g.entry.uid), Some(g.entry.gid))?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+    };
+    if let Err(e) = fill() {
+        let _ = fs::remove_file(&path);
+        return Err(open_err(pid, fd, &path, e));
+    }
+    Ok(path)
 }
 
 fn kind_name(k: &Kind) -> &'static str {

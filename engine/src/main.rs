@@ -100,6 +100,9 @@ struct DumpArgs {
     /// Write the root's PID to FILE
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    /// Save files deleted while open up to SIZE bytes (suffixes K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    ghost_limit: u64,
     /// Allow file locks (CRIU's option; held locks are refused until stasis restores them)
     #[arg(short = 'l', long)]
     file_locks: bool,
@@ -124,6 +127,20 @@ struct RestoreArgs {
     shell_job: bool,
 }
 
+/// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size (a number, optionally with K, M or G)"))
+}
+
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(path, format!("{pid}\n"))
         .with_context(|| format!("cannot write pidfile {}", path.display()))
@@ -137,6 +154,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         leave_running: a.leave_running,
         shell_job: a.shell_job,
         timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+        ghost_limit: a.ghost_limit,
     };
     // Accepted for CRIU's callers; what they allow is refused by kind, with the fd named.
     let _ = (a.file_locks, a.tcp_established);

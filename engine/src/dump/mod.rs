@@ -32,6 +32,8 @@ pub struct Opts {
     pub shell_job: bool,
     /// `--timeout`: how long freezing may take.
     pub timeout: std::time::Duration,
+    /// `--ghost-limit`: largest deleted-while-open file saved, in bytes.
+    pub ghost_limit: u64,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -142,6 +144,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
     let mut stats = Stats::default();
     let fopts = files::Opts {
         shell_job: opts.shell_job,
+        ghost_limit: opts.ghost_limit,
     };
     for (i, t) in tree.tasks.iter().enumerate() {
         pstree.push(PstreeEntry {
