@@ -233,7 +233,7 @@ impl Table {
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)")
-            && !(ft.is_file() && !fd.target.starts_with("/memfd:"))
+            && (!ft.is_file() || fd.target.starts_with("/memfd:"))
         {
             return Err(unsupported(format!(
                 "{}, a file deleted while open",
@@ -545,11 +545,12 @@ impl Table {
                                 path: "remap-fpath.img".into(),
                                 what: format!("file {id}: ghost file {g} is missing"),
                             })?;
-                        if !ghosts.0.contains_key(&g) {
-                            let p = recreate_ghost(pid, fd, &r.name, g, ghost)?;
-                            ghosts.0.insert(g, p);
-                        }
-                        let name = ghosts.0.get(&g).cloned().unwrap_or_default();
+                        let name = match ghosts.0.entry(g) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
+                            std::collections::hash_map::Entry::Vacant(v) => v
+                                .insert(recreate_ghost(pid, fd, &r.name, g, ghost)?)
+                                .clone(),
+                        };
                         open_reg(
                             pid,
                             fd,
