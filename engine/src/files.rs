@@ -630,7 +630,7 @@ impl Table {
                 });
             }
         };
-        if !keepers.contains_key(&f.pipe_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = keepers.entry(f.pipe_id) {
             let keeper = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -645,7 +645,7 @@ impl Table {
                     .write_all(data)
                     .map_err(|e| open_err(pid, fd, &reg.name, e))?;
             }
-            keepers.insert(f.pipe_id, OwnedFd::from(keeper));
+            slot.insert(OwnedFd::from(keeper));
         }
         let flags = reg.flags.cast_signed() & !(libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC);
         let acc = flags & libc::O_ACCMODE;
