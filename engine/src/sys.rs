@@ -293,12 +293,13 @@ pub enum Forked {
     Parent(Pid),
 }
 
-/// Fork a child process with PID `pid` (in the caller's PID namespace).
+/// Fork a child process with PID `pid` (in the caller's PID namespace);
+/// with `sibling`, the new process is the caller's sibling (CLONE_PARENT).
 ///
 /// # Safety
 /// As for `fork`: in a multi-threaded caller the child may only run
 /// async-signal-safe code. The restore path forks from a single thread.
-pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32) -> Result<Forked, Errno> {
+pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32, sibling: bool) -> Result<Forked, Errno> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -316,6 +317,11 @@ pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32) -> Result<Forked, Errno>
     }
     let tid: [libc::pid_t; 1] = [pid.as_raw()];
     let args = CloneArgs {
+        flags: if sibling {
+            libc::CLONE_PARENT as u64
+        } else {
+            0
+        },
         exit_signal: u64::try_from(exit_signal).map_err(|_| Errno::EINVAL)?,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
@@ -475,7 +481,7 @@ pub fn own(fd: RawFd) -> OwnedFd {
 /// Fork a child with PID `pid` from a single-threaded process (the restore
 /// path). Refuses with EDEADLK when other threads exist, since the child of a
 /// multi-threaded fork may only run async-signal-safe code.
-pub fn fork_single_threaded(pid: Pid) -> Result<Forked, Errno> {
+pub fn fork_single_threaded(pid: Pid, sibling: bool) -> Result<Forked, Errno> {
     let threads = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -487,6 +493,8 @@ pub fn fork_single_threaded(pid: Pid) -> Result<Forked, Errno> {
     if threads != 1 {
         return Err(Errno::EDEADLK);
     }
+    // A sibling takes the caller's exit signal (SIGCHLD); clone3 wants 0 then.
+    let exit_signal = if sibling { 0 } else { libc::SIGCHLD };
     // SAFETY: the process has one thread, so the child may run ordinary code.
-    unsafe { fork_with_pid(pid, libc::SIGCHLD) }
+    unsafe { fork_with_pid(pid, exit_signal, sibling) }
 }

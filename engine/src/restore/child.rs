@@ -97,7 +97,11 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         if c.pst.ppid != pid {
             continue;
         }
-        match sys::fork_single_threaded(pid_of(c.pst.pid)) {
+        if let Some((leader, session)) = dead_leader(plans, c) {
+            fork_through_helper(plans, ci, ready, leader, session)?;
+            continue;
+        }
+        match sys::fork_single_threaded(pid_of(c.pst.pid), false) {
             Ok(sys::Forked::Child) => run(plans, ci, ready),
             Ok(sys::Forked::Parent(_)) => {}
             Err(e) => return Err((e, 2)),
@@ -126,6 +130,65 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         }
     }
     Ok(())
+}
+
+/// The session (`true`) or process group `c` must be born into whose leader
+/// is not in the tree and which does not exist yet here: its id.
+fn dead_leader(plans: &[Plan], c: &Plan) -> Option<(u32, bool)> {
+    let gone = |id: u32| id != c.pst.pid && !plans.iter().any(|p| p.pst.pid == id);
+    let sid = nix::unistd::getsid(None).ok()?.as_raw().cast_unsigned();
+    if gone(c.pst.sid) && sid != c.pst.sid {
+        return Some((c.pst.sid, true));
+    }
+    // An existing group of the session is joined with setpgid; a missing one
+    // needs a leader.
+    let exists = nix::sys::signal::kill(Pid::from_raw(-c.pst.pgid.cast_signed()), None).is_ok();
+    (gone(c.pst.pgid) && !exists).then_some((c.pst.pgid, false))
+}
+
+/// Create the dead leader `leader` (PID of the session or group) as a
+/// helper that makes the session or group, forks child `ci` of this task as
+/// its sibling (so the child is ours and born into it) and exits; reap it.
+fn fork_through_helper(
+    plans: &[Plan],
+    ci: usize,
+    ready: RawFd,
+    leader: u32,
+    session: bool,
+) -> Result<(), (Errno, i32)> {
+    let c = &plans[ci];
+    match sys::fork_single_threaded(pid_of(leader), false) {
+        Ok(sys::Forked::Child) => {
+            let made = if session {
+                nix::unistd::setsid().map(drop)
+            } else {
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+            };
+            if made.is_err() {
+                sys::exit_now(2);
+            }
+            match sys::fork_single_threaded(pid_of(c.pst.pid), true) {
+                Ok(sys::Forked::Child) => run(plans, ci, ready),
+                Ok(sys::Forked::Parent(_)) => sys::exit_now(0),
+                Err(_) => sys::exit_now(3),
+            }
+        }
+        Ok(sys::Forked::Parent(h)) => {
+            let step = i32::from(!session);
+            match nix::sys::wait::waitpid(h, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 2)) => Err((Errno::EPERM, step)),
+                // Reaped already (SIGCHLD ignored): the child tells.
+                Err(Errno::ECHILD)
+                    if std::path::Path::new(&format!("/proc/{}", c.pst.pid)).exists() =>
+                {
+                    Ok(())
+                }
+                Ok(_) | Err(_) => Err((Errno::ECHILD, 2)),
+            }
+        }
+        Err(e) => Err((e, 2)),
+    }
 }
 
 fn open_fds() -> Vec<RawFd> {

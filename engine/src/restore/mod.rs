@@ -224,7 +224,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let t0 = Instant::now();
     let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     // The child never returns into the engine.
-    match sys::fork_single_threaded(root).map_err(|errno| fork_error(root, errno))? {
+    match sys::fork_single_threaded(root, false).map_err(|errno| fork_error(root, errno))? {
         sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
         sys::Forked::Parent(_) => {}
     }
