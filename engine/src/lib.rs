@@ -14,6 +14,7 @@ pub mod mm;
 pub mod proc;
 pub mod remote;
 pub mod restore;
+pub mod seccomp;
 pub mod seize;
 pub mod sys;
 pub mod task;

@@ -99,7 +99,11 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
 }
 
 fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Option<Thread>> {
-    match ptrace::seize(tid, Options::PTRACE_O_TRACESYSGOOD) {
+    // Filters suspended: the engine's remote calls must not be filtered.
+    match ptrace::seize(
+        tid,
+        crate::seccomp::options(pid, tid, Options::PTRACE_O_TRACESYSGOOD),
+    ) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(None),
         // A thread that exited since the listing cannot be seized either.

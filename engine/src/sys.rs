@@ -178,6 +178,30 @@ pub fn set_sigmask(tid: Pid, mask: u64) -> Result<(), Errno> {
     ptrace_raw(PTRACE_SETSIGMASK, tid, 8, std::ptr::from_mut(&mut m) as u64).map(drop)
 }
 
+const PTRACE_SECCOMP_GET_FILTER: u32 = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: u32 = 0x420d;
+
+/// Seccomp filter `index` of a stopped tracee (0 is the newest) as raw
+/// `struct sock_filter` bytes, with its SECCOMP_FILTER_FLAG_* flags.
+pub fn seccomp_filter(tid: Pid, index: u64) -> Result<(Vec<u8>, u64), Errno> {
+    let n = ptrace_raw(PTRACE_SECCOMP_GET_FILTER, tid, index, 0)?;
+    let mut buf = vec![0u8; usize::try_from(n).map_err(|_| Errno::EINVAL)? * 8];
+    ptrace_raw(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index,
+        buf.as_mut_ptr() as u64,
+    )?;
+    let mut meta = [index, 0u64];
+    ptrace_raw(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        16,
+        meta.as_mut_ptr() as u64,
+    )?;
+    Ok((buf, meta[1]))
+}
+
 /// Size of the kernel's `siginfo_t`.
 pub const SIGINFO_SIZE: usize = 128;
 

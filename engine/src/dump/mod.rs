@@ -17,7 +17,7 @@ use crate::files::{self, Table};
 use crate::images::Dir;
 use crate::remote::{self, Remote};
 use crate::seize::{self, State, Task, Tree};
-use crate::{mm, proc, sys, task};
+use crate::{mm, proc, seccomp, sys, task};
 
 /// What `stasis dump` was asked to do.
 #[derive(Debug, Clone)]
@@ -140,6 +140,7 @@ fn syscall_insn(pid: Pid) -> Result<u64> {
 
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
     let mut files = Table::default();
+    let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
     let mut stats = Stats::default();
     let fopts = files::Opts {
@@ -168,10 +169,19 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             continue;
         }
         let pages_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        dump_task(t, dir, &mut files, fopts, pages_id, &mut stats)?;
+        dump_task(
+            t,
+            dir,
+            &mut files,
+            &mut filters,
+            fopts,
+            pages_id,
+            &mut stats,
+        )?;
         stats.tasks += 1;
     }
     files.write(dir)?;
+    filters.write(dir)?;
     dir.write_all("PSTREE", 0, &pstree)?;
     let root = tree.root().map_or(opts.pid, |t| t.pid);
     dir.write_all(
@@ -194,6 +204,7 @@ fn dump_task(
     t: &Task,
     dir: &Dir,
     files: &mut Table,
+    filters: &mut seccomp::Table,
     fopts: files::Opts,
     pages_id: u32,
     stats: &mut Stats,
@@ -227,7 +238,7 @@ fn dump_task(
         nr::MMAP,
         [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
     )?;
-    let res = dump_task_state(t, &r, insn, scratch, dir, files, &vmas, fdinfo, id);
+    let res = dump_task_state(t, &r, insn, scratch, dir, files, filters, &vmas, fdinfo, id);
     r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
     res
 }
@@ -240,6 +251,7 @@ fn dump_task_state(
     scratch: u64,
     dir: &Dir,
     files: &mut Table,
+    filters: &mut seccomp::Table,
     vmas: &[stasis_proto::images::VmaEntry],
     fdinfo: Vec<FdinfoEntry>,
     id: u64,
@@ -292,7 +304,10 @@ fn dump_task_state(
     dir.write_all("FDINFO", id, &fdinfo)?;
     let mut tc = Some(tc);
     for th in &t.threads {
-        let (ti, thc) = task::dump_thread(pid, th, insn, scratch)?;
+        let (ti, mut thc) = task::dump_thread(pid, th, insn, scratch)?;
+        let (mode, newest) = filters.dump_thread(pid, th.tid)?;
+        thc.seccomp_mode = Some(mode);
+        thc.seccomp_filter = newest;
         let leader = th.tid == pid;
         let mut core = task::core_entry(ti, thc, if leader { tc.take() } else { None });
         if leader {
@@ -303,8 +318,8 @@ fn dump_task_state(
     Ok(())
 }
 
-/// Namespaces other than the dumper's and seccomp would come back wrong:
-/// refuse them until they are restored.
+/// Namespaces other than the dumper's would come back wrong: refuse them
+/// until they are restored.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
@@ -315,13 +330,6 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
                 what: format!("a {ns} namespace of its own"),
             });
         }
-    }
-    let status = proc::status(pid, None)?;
-    if status.get("Seccomp").is_some_and(|m| m != "0") {
-        return Err(Error::Unsupported {
-            pid,
-            what: "a seccomp filter or strict mode".into(),
-        });
     }
     Ok(())
 }

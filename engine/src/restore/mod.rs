@@ -29,7 +29,7 @@ use crate::files::Table;
 use crate::images::Dir;
 use crate::mm::{self, Trampoline};
 use crate::remote::{self, Remote};
-use crate::{creds, proc, sys, task};
+use crate::{creds, proc, seccomp, sys, task};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -64,6 +64,10 @@ pub(crate) struct Plan {
     pub cwd: Option<String>,
     pub root_dir: Option<String>,
 }
+
+/// The trampoline: one code page, then data pages (a seccomp program of up
+/// to 32 KiB and its header among the largest things put there).
+const TRAMPOLINE_PAGES: u64 = 16;
 
 fn pid_of(v: u32) -> Pid {
     Pid::from_raw(v.cast_signed())
@@ -206,7 +210,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let tstart = pick_trampoline(&plans)?;
     let code = sys::map_fixed_anon(
         tstart,
-        usize::try_from(5 * ps).unwrap_or(20480),
+        usize::try_from(TRAMPOLINE_PAGES * ps).unwrap_or(65536),
         libc::PROT_READ | libc::PROT_WRITE,
     )
     .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
@@ -216,7 +220,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
     let tramp = Trampoline {
         start: tstart,
-        len: 5 * ps,
+        len: TRAMPOLINE_PAGES * ps,
         data: tstart + ps,
         park: tstart + (1 << 20),
     };
@@ -295,8 +299,18 @@ fn finish(
     let mut pages = 0;
     let mut threads: Vec<Pid> = Vec::new();
     let mut shared = mm::SharedAnon::new();
+    let filters = seccomp::Table::load(dir)?;
     for p in &alive {
-        pages += restore_task(p, files, dir, tramp, ready_fd, &mut threads, &mut shared)?;
+        pages += restore_task(
+            p,
+            files,
+            dir,
+            tramp,
+            ready_fd,
+            &mut threads,
+            &mut shared,
+            &filters,
+        )?;
     }
     for p in &alive {
         let pid = pid_of(p.pst.pid);
@@ -346,6 +360,7 @@ fn seize(tid: Pid) -> Result<x86::Regs> {
     sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn restore_task(
     p: &Plan,
     files: &Table,
@@ -354,6 +369,7 @@ fn restore_task(
     ready_fd: RawFd,
     threads: &mut Vec<Pid>,
     shared: &mut mm::SharedAnon,
+    filters: &seccomp::Table,
 ) -> Result<u64> {
     let pid = pid_of(p.pst.pid);
     let base = seize(pid)?;
@@ -425,6 +441,15 @@ fn restore_task(
     }
     task::restore_thread(&r, pid, &p.core, t.data)?;
     task::restore_task_late(&r, tc, t.data)?;
+    for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
+        let thc = core.thread_core.as_ref();
+        filters.restore_thread(
+            tr,
+            thc.and_then(|c| c.seccomp_mode),
+            thc.and_then(|c| c.seccomp_filter),
+            t.data,
+        )?;
+    }
     // Credentials last: each thread its own. A credential change resets
     // the dumpable flag and the parent-death signal, so those follow.
     for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
