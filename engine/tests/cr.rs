@@ -656,3 +656,54 @@ fn dump_times_out_on_a_task_that_cannot_stop_and_leaves_it_running() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", job.pgid)).expect("status");
     assert!(status.contains("TracerPid:\t0"), "still traced: {status}");
 }
+
+#[test]
+fn a_criu_symlink_dumps_and_restores_the_same_way() {
+    need_root();
+    let tmp = tmpdir();
+    let criu = tmp.path().join("criu");
+    std::os::unix::fs::symlink(stasis(), &criu).expect("symlink criu -> stasis");
+    let counter = tmp.path().join("count");
+    let mut job = Job::counter(&counter, "0.05");
+    wait_counter(&counter, 2);
+    let img = images(tmp.path(), "img");
+    // As runc calls it: CRIU's global options, then the verb.
+    let out = Command::new(&criu)
+        .args([
+            "check",
+            "--no-default-config",
+            "--feature",
+            "clone3_set_tid",
+        ])
+        .output()
+        .expect("run criu");
+    assert!(out.status.success(), "criu check: {out:?}");
+    let out = Command::new(&criu)
+        .args(["dump", "--no-default-config", "-t"])
+        .arg(job.pgid.to_string())
+        .args(["-D"])
+        .arg(&img)
+        .args(["-o", "dump.log", "-v4", "--file-locks", "--timeout", "10"])
+        .output()
+        .expect("run criu dump");
+    assert!(
+        out.status.success(),
+        "criu dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    job.reap();
+    let stopped = read_counter(&counter);
+    let out = Command::new(&criu)
+        .args(["restore", "--no-default-config", "-d", "-D"])
+        .arg(&img)
+        .args(["-o", "restore.log", "-v4"])
+        .output()
+        .expect("run criu restore");
+    assert!(
+        out.status.success(),
+        "criu restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(img.join("dump.log").exists() && img.join("restore.log").exists());
+    wait_counter(&counter, stopped + 2);
+}
