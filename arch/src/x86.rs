@@ -59,6 +59,7 @@ pub mod nr {
     pub const MLOCK: u64 = 149;
     pub const PRLIMIT64: u64 = 302;
     pub const CHROOT: u64 = 161;
+    pub const PREAD64: u64 = 17;
 }
 
 /// `struct user_regs_struct` in kernel order.

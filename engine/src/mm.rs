@@ -6,7 +6,7 @@
 //! `process_vm_writev` and moves the vdso areas to their dumped addresses.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use nix::unistd::Pid;
@@ -321,15 +321,22 @@ pub fn restore(
     let current = proc::maps(pid)?;
     // 1. Everything inherited from the engine goes, except the trampoline
     //    and the kernel's special areas (moved below).
-    for m in &current {
-        let special = matches!(
-            m.name.as_str(),
-            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
-        );
-        if special || (m.start >= t.start && m.end <= t.start + t.len) {
-            continue;
+    //    One munmap per run of unwanted mappings, not one per mapping.
+    let keep = |m: &proc::Map| {
+        is_special_name(&m.name) || (m.start >= t.start && m.end <= t.start + t.len)
+    };
+    let mut run: Option<(u64, u64)> = None;
+    for m in current.iter().filter(|m| m.name != "[vsyscall]") {
+        if keep(m) {
+            if let Some((a, b)) = run.take() {
+                r.call("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])?;
+            }
+        } else {
+            run = Some(run.map_or((m.start, m.end), |(a, _)| (a, m.end)));
         }
-        r.call("munmap", nr::MUNMAP, [m.start, m.len(), 0, 0, 0, 0])?;
+    }
+    if let Some((a, b)) = run {
+        r.call("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])?;
     }
     // 2. The special areas, matched by kind in address order; parked first
     //    so that no move lands on another area still in the way.
@@ -502,7 +509,7 @@ pub fn restore(
         }
     }
     // 4. Pages, streamed from the image in bounded chunks.
-    let restored = restore_pages(pid, dir)?;
+    let restored = restore_pages(r, t, dir)?;
     // 5. Advice, then final protections.
     for v in &page_vmas {
         let madv = v.madv.unwrap_or(0);
@@ -526,40 +533,86 @@ pub fn restore(
     Ok(restored)
 }
 
-fn restore_pages(pid: Pid, dir: &Dir) -> Result<u64> {
+/// Fill the task's memory from the pages image: the task reads it itself
+/// (remote pread64 straight into its mappings: one copy, no engine buffer).
+fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir) -> Result<u64> {
+    let pid = r.tid;
     let ps = sys::page_size();
-    let mut r = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
-    let head: PagemapHead = r.read_entry()?.ok_or_else(|| Error::BadImage {
-        path: r.path().to_owned(),
+    let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
+    let head: PagemapHead = pm.read_entry()?.ok_or_else(|| Error::BadImage {
+        path: pm.path().to_owned(),
         what: "no pagemap head".into(),
     })?;
     let path = dir.pages_file(head.pages_id);
-    let mut pages = std::io::BufReader::with_capacity(
-        1 << 20,
-        File::open(&path).map_err(|e| Error::ImagesDir {
-            path: path.display().to_string(),
+    let shown = path.display().to_string();
+    // The task's working directory is its own by now: an absolute path.
+    let abs = std::fs::canonicalize(&path).map_err(|e| Error::ImagesDir {
+        path: shown.clone(),
+        err: e,
+    })?;
+    let size = std::fs::metadata(&abs)
+        .map_err(|e| Error::ImagesDir {
+            path: shown.clone(),
             err: e,
-        })?,
-    );
-    let mut buf = vec![0u8; CHUNK];
+        })?
+        .len();
+    let fd = remote_open(
+        r,
+        t,
+        &abs.to_string_lossy(),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )?;
+    let res = read_entries(r, &mut pm, fd, size, ps, &shown);
+    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    res
+}
+
+fn read_entries<R: std::io::BufRead>(
+    r: &Remote,
+    pm: &mut stasis_proto::ImageReader<R>,
+    fd: u64,
+    size: u64,
+    ps: u64,
+    shown: &str,
+) -> Result<u64> {
+    let mut off: u64 = 0;
     let mut total = 0;
-    while let Some(e) = r.read_entry::<PagemapEntry>()? {
+    while let Some(e) = pm.read_entry::<PagemapEntry>()? {
         let n = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
         if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
         }
-        let mut off = 0;
-        while off < n * ps {
-            let len = usize::try_from((n * ps - off).min(CHUNK as u64)).unwrap_or(CHUNK);
-            pages
-                .read_exact(&mut buf[..len])
-                .map_err(|err| Error::BadImage {
-                    path: path.display().to_string(),
-                    what: format!("truncated: pages for {:#x} missing ({err})", e.vaddr + off),
-                })?;
-            remote::write_mem(pid, e.vaddr + off, &buf[..len])?;
-            off += len as u64;
+        let len = n.checked_mul(ps).ok_or_else(|| Error::BadImage {
+            path: shown.to_owned(),
+            what: format!("{n} pages at {:#x}", e.vaddr),
+        })?;
+        if off.saturating_add(len) > size {
+            return Err(Error::BadImage {
+                path: shown.to_owned(),
+                what: format!(
+                    "truncated: pages for {:#x} missing ({size} bytes, {} needed)",
+                    e.vaddr,
+                    off.saturating_add(len)
+                ),
+            });
         }
+        let mut done = 0;
+        while done < len {
+            let chunk = (len - done).min(1 << 30);
+            let got = r.call(
+                "pread64(pages)",
+                nr::PREAD64,
+                [fd, e.vaddr + done, chunk, off + done, 0, 0],
+            )?;
+            if got == 0 {
+                return Err(Error::BadImage {
+                    path: shown.to_owned(),
+                    what: format!("truncated at byte {}", off + done),
+                });
+            }
+            done += got;
+        }
+        off += len;
         total += n;
     }
     Ok(total)

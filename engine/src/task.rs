@@ -236,7 +236,21 @@ pub fn sigaction_signals() -> impl Iterator<Item = u64> {
 /// Restore the task-wide state through the leader's remote `r`.
 pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
     let pid = r.tid;
+    // The task is a fork of the engine: signals the engine left at their
+    // defaults need no call when the image has the default too.
+    let status = proc::status(pid, None)?;
+    let mask = |k: &str| {
+        status
+            .get(k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    let set = mask("SigCgt") | mask("SigIgn");
     for (sa, sig) in tc.sigactions.iter().zip(sigaction_signals()) {
+        let default = sa.sigaction == 0 && sa.flags == 0 && sa.mask == 0;
+        if default && sig != libc::SIGCHLD as u64 && set & (1 << (sig - 1)) == 0 {
+            continue;
+        }
         let at = data;
         remote::write_mem(
             pid,
@@ -288,7 +302,11 @@ pub fn restore_task_late(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()
         })?;
     }
     if let Some(rl) = &tc.rlimits {
+        let now = proc::limits(pid)?;
         for (res, l) in rl.rlimits.iter().enumerate() {
+            if now.get(res) == Some(&(l.cur, l.max)) {
+                continue;
+            }
             remote::write_mem(pid, data, &words(&[l.cur, l.max]))?;
             let rc = r.call_raw("prlimit64", nr::PRLIMIT64, [0, res as u64, data, 0, 0, 0])?;
             if rc < 0 {
