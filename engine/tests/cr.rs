@@ -707,3 +707,85 @@ fn a_criu_symlink_dumps_and_restores_the_same_way() {
     assert!(img.join("dump.log").exists() && img.join("restore.log").exists());
     wait_counter(&counter, stopped + 2);
 }
+
+/// A small tmpfs mounted for a test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount tmpfs on {}", at.display());
+        Tmpfs(at.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn dump_into_a_full_images_dir_fails_and_leaves_the_task_running() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let job = Job::start(&format!("exec {} mem 8 {}", prog.display(), out.display()));
+    wait_file(&out, &["ready"], 20);
+    let full = Tmpfs::mount(&tmp.path().join("small"), "256k");
+    let res = run(&[
+        "dump",
+        "-t",
+        &job.pgid.to_string(),
+        "-D",
+        full.0.to_str().expect("utf8"),
+    ]);
+    assert_eq!(res.status.code(), Some(1), "the dump should have failed");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        err.contains("No space left") && err.contains("pages-"),
+        "unclear error: {err}"
+    );
+    // The task was left as it was: it still holds its memory intact.
+    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
+    assert_eq!(
+        wait_file(&out, &["ok", "bad"], 20),
+        format!("ok {} words\n", 8u64 << 17)
+    );
+}
+
+#[test]
+fn restore_with_a_missing_file_names_it_and_leaves_no_task() {
+    need_root();
+    let tmp = tmpdir();
+    let data = tmp.path().join("data.txt");
+    std::fs::write(&data, "some data\n").expect("write");
+    let counter = tmp.path().join("count");
+    let mut job = Job::start(&format!(
+        "exec 7<{}; i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
+        data.display(),
+        counter.display()
+    ));
+    wait_counter(&counter, 2);
+    let img = images(tmp.path(), "img");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    std::fs::remove_file(&data).expect("remove the file");
+    let out = run(&["restore", "-D", img.to_str().expect("utf8"), "-d"]);
+    assert_eq!(out.status.code(), Some(1), "restore should have failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data.txt"),
+        "the error does not name the file: {err}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", job.pgid)).exists(),
+        "a task was left behind"
+    );
+}
