@@ -60,6 +60,7 @@ pub mod nr {
     pub const PRLIMIT64: u64 = 302;
     pub const CHROOT: u64 = 161;
     pub const PREAD64: u64 = 17;
+    pub const SECCOMP: u64 = 317;
 }
 
 /// `struct user_regs_struct` in kernel order.

@@ -8,6 +8,7 @@
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
+use stasis_arch::x86::nr;
 use stasis_proto::images::{SeccompEntry, SeccompFilter};
 
 use crate::error::{EngineError as Error, Result};
@@ -25,7 +26,6 @@ pub mod mode {
     pub const FILTER: i32 = 2;
 }
 
-const NR_SECCOMP: u64 = 317;
 const SECCOMP_SET_MODE_STRICT: u64 = 0;
 const SECCOMP_SET_MODE_FILTER: u64 = 1;
 
@@ -157,7 +157,7 @@ impl Table {
         if m == mode::STRICT {
             r.call(
                 "seccomp(SET_MODE_STRICT)",
-                NR_SECCOMP,
+                nr::SECCOMP,
                 [SECCOMP_SET_MODE_STRICT, 0, 0, 0, 0, 0],
             )?;
             return Ok(());
@@ -179,7 +179,7 @@ impl Table {
             remote::write_mem(tid, prog, &fprog)?;
             r.call(
                 "seccomp(SET_MODE_FILTER)",
-                NR_SECCOMP,
+                nr::SECCOMP,
                 [
                     SECCOMP_SET_MODE_FILTER,
                     u64::from(f.flags.unwrap_or(0)),
