@@ -39,6 +39,8 @@ fn options(
         jobs: 1,
         iters: 1,
         norst: false,
+        pre: 0,
+        snaps: false,
         sabotage,
         keep_img: KeepImg::Failed,
         work_dir: work.to_owned(),

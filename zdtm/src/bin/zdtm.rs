@@ -70,6 +70,12 @@ struct RunArgs {
     /// Dump with --leave-running and do not restore
     #[arg(long)]
     norst: bool,
+    /// Pre-dump N times (memory tracked, --prev-images-dir chained) before each dump
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pre: u32,
+    /// With --pre: take full snapshots (dump --leave-running --track-mem) instead of pre-dumps
+    #[arg(long, requires = "pre")]
+    snaps: bool,
     /// No C/R: only start each test, then stop it and read its verdict
     #[arg(long)]
     nocr: bool,
@@ -239,6 +245,8 @@ fn run(tests: &[zdtm::meta::Test], a: RunArgs) -> Result<ExitCode> {
         iters: a.iters,
         nocr: a.nocr,
         norst: a.norst,
+        pre: a.pre,
+        snaps: a.snaps,
         sabotage: a.sabotage,
         keep_img: match a.keep_img {
             Keep::Always => KeepImg::Always,
@@ -255,7 +263,12 @@ fn run(tests: &[zdtm::meta::Test], a: RunArgs) -> Result<ExitCode> {
     } else if a.norst {
         "dump --leave-running".to_owned()
     } else {
-        format!("dump+restore x{}", a.iters)
+        let pre = match (a.pre, a.snaps) {
+            (0, _) => String::new(),
+            (n, false) => format!(", {n} pre-dumps each"),
+            (n, true) => format!(", {n} snapshots each"),
+        };
+        format!("dump+restore x{}{pre}", a.iters)
     };
     let engine_name = opts
         .engine

@@ -95,6 +95,32 @@ impl Engine {
         self.run(cmd, dir, "dump", limit)
     }
 
+    /// A dump that leaves the tree running before the real one: `ENGINE
+    /// pre-dump` (or `dump --leave-running` for a snapshot) `-t PID -D DIR
+    /// -o VERB.log -v4 OPTS`.
+    pub fn pre_dump(
+        &self,
+        verb: &str,
+        pid: i32,
+        dir: &Path,
+        opts: &[&str],
+        limit: Duration,
+    ) -> Result<(), String> {
+        let mut cmd = Command::new(&self.path);
+        cmd.current_dir(dir)
+            .arg(verb)
+            .arg("-t")
+            .arg(pid.to_string())
+            .arg("-D")
+            .arg(dir)
+            .args(["-o", &format!("{verb}.log"), "-v4"]);
+        if verb == "dump" {
+            cmd.arg("--leave-running");
+        }
+        cmd.args(opts);
+        self.run(cmd, dir, verb, limit)
+    }
+
     /// `ENGINE restore -D DIR -d -o restore.log -v4 --pidfile F OPTS`.
     pub fn restore(
         &self,

@@ -53,6 +53,12 @@ pub struct Options {
     pub nocr: bool,
     /// Dump with `--leave-running` and do not restore.
     pub norst: bool,
+    /// Pre-dumps before each dump (`--pre N`): `ENGINE pre-dump --track-mem`,
+    /// each with `--prev-images-dir` naming the one before.
+    pub pre: u32,
+    /// With `pre`: full snapshots (`dump --leave-running --track-mem`)
+    /// instead of pre-dumps (`--snaps`).
+    pub snaps: bool,
     /// Ask each test to damage its state; a PASS is then a failure.
     pub sabotage: bool,
     /// What to keep.
@@ -443,7 +449,35 @@ impl<'a> Case<'a> {
         let img = self.path(&format!("img-{iter}"));
         std::fs::create_dir_all(&img).map_err(|e| format!("create {}: {e}", img.display()))?;
         let crfail = self.t.flags.crfail;
-        if let Err(e) = engine.dump(pid, &img, self.t.opts, self.opts.norst, self.opts.timeout) {
+        let mut prev: Option<String> = None;
+        for k in 0..self.opts.pre {
+            let name = format!("img-{iter}-pre-{k}");
+            let dir = self.path(&name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let mut args: Vec<&str> = vec!["--track-mem"];
+            let rel = prev.as_ref().map(|p| format!("../{p}"));
+            if let Some(r) = &rel {
+                args.extend(["--prev-images-dir", r.as_str()]);
+            }
+            args.extend(self.t.opts.iter().copied());
+            let verb = if self.opts.snaps { "dump" } else { "pre-dump" };
+            if let Err(e) = engine.pre_dump(verb, pid, &dir, &args, self.opts.timeout) {
+                if crfail {
+                    return Ok(CrEnd::ExpectedFailure(e));
+                }
+                return Err(e);
+            }
+            if !alive(pid) {
+                return Err(format!("pid {pid} is gone after {verb} {k}"));
+            }
+            prev = Some(name);
+        }
+        let rel = prev.as_ref().map(|p| format!("../{p}"));
+        let mut dump_args: Vec<&str> = self.t.opts.to_vec();
+        if let Some(r) = &rel {
+            dump_args.extend(["--track-mem", "--prev-images-dir", r.as_str()]);
+        }
+        if let Err(e) = engine.dump(pid, &img, &dump_args, self.opts.norst, self.opts.timeout) {
             if crfail {
                 // A failed dump must leave the tree running as it was.
                 if !alive(pid) {
