@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -20,12 +20,12 @@ use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, GhostChunkEntry, GhostFileEntry,
-    PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry, RemapType,
+    MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry, RemapType,
 };
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
-use crate::{proc, sys};
+use crate::{memfd, proc, sys};
 
 /// Options that change which fds a dump accepts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -175,6 +175,13 @@ pub struct Table {
     ghost_inodes: HashMap<(u64, u64), u32>,
     /// orig_id -> remap_id of ghost files.
     remaps: HashMap<u32, u32>,
+    /// memfd inodes (dump), and memfd file entries made for mappings:
+    /// (inode, flags) -> file id.
+    memfds: memfd::Inodes,
+    memfd_maps: HashMap<(u32, u32), u32>,
+    /// Restore: the remade memfd inodes, and a path to each the tasks can open.
+    memfd_fds: HashMap<u32, OwnedFd>,
+    memfd_paths: HashMap<u32, String>,
 }
 
 impl Table {
@@ -230,6 +237,8 @@ impl Table {
         let ft = meta.file_type();
         let ty = if fd.target.starts_with("pipe:[") {
             FdTypes::Pipe
+        } else if fd.target.starts_with("/memfd:") && ft.is_file() {
+            FdTypes::Memfd
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)")
@@ -273,10 +282,15 @@ impl Table {
         let mut kind = match ty {
             FdTypes::Pipe => Pipe::dump(&cx, self)?,
             FdTypes::Fifo => Fifo::dump(&cx, self)?,
+            FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
         let id = self.next_id();
-        if let Some(orig) = fd.target.strip_suffix(" (deleted)") {
+        if let Some(orig) = fd
+            .target
+            .strip_suffix(" (deleted)")
+            .filter(|_| ty != FdTypes::Memfd)
+        {
             if let Kind::Reg(r) = &mut kind {
                 r.name = orig.to_owned();
             }
@@ -287,6 +301,7 @@ impl Table {
             Kind::Reg(r) => r.id = id,
             Kind::Pipe(p) => p.id = id,
             Kind::Fifo(f) => f.id = id,
+            Kind::Memfd(m) => m.id = id,
             _ => {}
         }
         self.entries.push(FileEntry {
@@ -297,6 +312,71 @@ impl Table {
         self.described
             .push((pid, fd.fd, meta.dev(), meta.ino(), id));
         Ok(fdinfo(id, ty, fd))
+    }
+
+    fn dump_memfd(&mut self, cx: &FdCtx<'_>) -> Result<Kind> {
+        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
+        let file = File::open(&link).map_err(|e| Error::Proc {
+            pid: cx.pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let inode_id = self.memfds.id(cx.pid, &cx.fd.target, file)?;
+        Ok(Kind::Memfd(MemfdFileEntry {
+            id: 0,
+            flags: cx.fd.flags & !(libc::O_CLOEXEC.cast_unsigned()),
+            pos: cx.fd.pos,
+            fown: FownEntry::default(),
+            inode_id,
+        }))
+    }
+
+    /// The file id for a memfd mapping `start-end` of `pid` (`name` as maps
+    /// shows it), opened with `flags`.
+    pub fn memfd_map_id(
+        &mut self,
+        pid: Pid,
+        start: u64,
+        end: u64,
+        name: &str,
+        flags: u32,
+    ) -> Result<u32> {
+        let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let file = File::open(&link).map_err(|e| Error::Proc {
+            pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let inode_id = self.memfds.id(pid, name, file)?;
+        if let Some(&id) = self.memfd_maps.get(&(inode_id, flags)) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        self.entries.push(FileEntry {
+            r#type: FdTypes::Memfd as i32,
+            id,
+            kind: Some(Kind::Memfd(MemfdFileEntry {
+                id,
+                flags,
+                pos: 0,
+                fown: FownEntry::default(),
+                inode_id,
+            })),
+        });
+        self.memfd_maps.insert((inode_id, flags), id);
+        Ok(id)
+    }
+
+    /// Restore: make the memfd inodes again (before anything opens them).
+    pub fn make_memfds(&mut self, dir: &Dir) -> Result<()> {
+        self.memfd_fds = memfd::restore_all(dir)?;
+        let me = std::process::id();
+        self.memfd_paths = self
+            .memfd_fds
+            .iter()
+            .map(|(&id, fd)| (id, format!("/proc/{me}/fd/{}", fd.as_raw_fd())))
+            .collect();
+        Ok(())
     }
 
     /// Save the contents of the deleted file behind `cx` once per inode;
@@ -451,6 +531,7 @@ impl Table {
             }
             w.finish()?;
         }
+        self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
             for (e, data) in &self.fifo_data {
@@ -514,6 +595,7 @@ impl Table {
     pub fn path_of(&self, id: u32) -> Option<&str> {
         match self.get(id)?.kind.as_ref()? {
             Kind::Reg(r) => Some(&r.name),
+            Kind::Memfd(m) => self.memfd_paths.get(&m.inode_id).map(String::as_str),
             _ => None,
         }
     }
@@ -588,6 +670,7 @@ impl Table {
                     dup
                 }
                 Some(Kind::Fifo(f)) => self.open_fifo(pid, fd, f, &mut fifos)?,
+                Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m)?,
                 other => {
                     return Err(Error::Unsupported {
                         pid,
@@ -606,6 +689,25 @@ impl Table {
             out.insert(u32::MAX - u32::try_from(k).unwrap_or(0), keeper);
         }
         Ok(out)
+    }
+
+    /// A new open description of a remade memfd, at its offset.
+    fn open_memfd(&self, pid: Pid, fd: i32, m: &MemfdFileEntry) -> Result<OwnedFd> {
+        let path = self
+            .memfd_paths
+            .get(&m.inode_id)
+            .ok_or_else(|| Error::BadImage {
+                path: "memfd.img".into(),
+                what: format!("task {pid} fd {fd}: memfd inode {} is missing", m.inode_id),
+            })?;
+        let reg = RegFileEntry {
+            id: m.id,
+            flags: m.flags,
+            pos: m.pos,
+            name: path.clone(),
+            ..RegFileEntry::default()
+        };
+        open_reg(pid, fd, &reg)
     }
 
     /// Open a FIFO by path without blocking: a read-write "keeper" per FIFO

@@ -67,6 +67,28 @@ impl Dir {
         Ok(ImageWriter::create(&path, kind("STATS")?)?)
     }
 
+    /// The pagemap of shared memory object `shmid` (`pagemap-shmem-ID.img`,
+    /// a pagemap image under another name, as CRIU keeps memfd contents).
+    pub fn shmem_pagemap(&self, shmid: u64) -> PathBuf {
+        self.path.join(format!("pagemap-shmem-{shmid}.img"))
+    }
+
+    /// Create the pagemap of shared memory object `shmid`.
+    pub fn create_shmem_pagemap(&self, shmid: u64) -> Result<ImageWriter<BufWriter<File>>> {
+        Ok(ImageWriter::create(
+            &self.shmem_pagemap(shmid),
+            kind("PAGEMAP")?,
+        )?)
+    }
+
+    /// Open the pagemap of shared memory object `shmid`.
+    pub fn open_shmem_pagemap(&self, shmid: u64) -> Result<ImageReader<BufReader<File>>> {
+        Ok(ImageReader::open_kind(
+            &self.shmem_pagemap(shmid),
+            kind("PAGEMAP")?,
+        )?)
+    }
+
     /// Open image `name` for object `id`, checking its magic.
     pub fn open_image(&self, name: &str, id: u64) -> Result<ImageReader<BufReader<File>>> {
         Ok(ImageReader::open_kind(&self.file(name, id)?, kind(name)?)?)

@@ -10,6 +10,7 @@ pub mod error;
 pub mod files;
 pub mod images;
 pub mod inspect;
+pub mod memfd;
 pub mod mm;
 pub mod proc;
 pub mod remote;

@@ -32,6 +32,7 @@ pub mod status {
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
     pub const VVAR: u32 = 1 << 12;
+    pub const MEMFD: u32 = 1 << 14;
 }
 
 /// `pagemap_entry.flags`: the pages are in the pages image.
@@ -116,7 +117,24 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
                 shmid = m.ino;
                 status::REGULAR | status::ANON_SHARED
             }
-            n if n.starts_with('/') && !n.ends_with(" (deleted)") && !n.starts_with("/memfd:") => {
+            n if n.starts_with("/memfd:") => {
+                let write = m.shared && m.prot & libc::PROT_WRITE.cast_unsigned() != 0;
+                let oflags = if write { libc::O_RDWR } else { libc::O_RDONLY };
+                shmid = u64::from(files.memfd_map_id(
+                    pid,
+                    m.start,
+                    m.end,
+                    n,
+                    oflags.cast_unsigned(),
+                )?);
+                status::MEMFD
+                    | if m.shared {
+                        status::REGULAR | status::FILE_SHARED
+                    } else {
+                        status::REGULAR | status::FILE_PRIVATE
+                    }
+            }
+            n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
                 shmid = u64::from(files.path_id(n, libc::O_RDONLY.cast_unsigned()));
                 if m.shared {
                     status::REGULAR | status::FILE_SHARED

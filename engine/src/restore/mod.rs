@@ -81,7 +81,8 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
             what: format!("image version {} (expected 2)", inv.img_version),
         });
     }
-    let files = Table::load(dir)?;
+    let mut files = Table::load(dir)?;
+    files.make_memfds(dir)?;
     let pstree: Vec<PstreeEntry> = dir.read_all("PSTREE", 0)?;
     let mut plans = Vec::new();
     for pst in pstree {
