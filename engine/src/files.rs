@@ -182,6 +182,11 @@ pub struct Table {
     /// Restore: the remade memfd inodes, and a path to each the tasks can open.
     memfd_fds: HashMap<u32, OwnedFd>,
     memfd_paths: HashMap<u32, String>,
+    /// Dump: `--ghost-limit`. Restore: the remade ghost files (open,
+    /// already unlinked) and a path to each the tasks can open, by remap id.
+    pub ghost_limit: u64,
+    ghost_fds: HashMap<u32, OwnedFd>,
+    ghost_paths: HashMap<u32, String>,
 }
 
 impl Table {
@@ -367,6 +372,45 @@ impl Table {
         Ok(id)
     }
 
+    /// Restore: make the ghost files again, each open in the engine and
+    /// unlinked at once (tasks open them through /proc, fds and mappings).
+    pub fn make_ghosts(&mut self) -> Result<()> {
+        let me = nix::unistd::getpid();
+        for (orig, remap) in &self.remaps {
+            if self.ghost_fds.contains_key(remap) {
+                continue;
+            }
+            let name = match self.get(*orig).and_then(|e| e.kind.as_ref()) {
+                Some(Kind::Reg(r)) => r.name.clone(),
+                _ => {
+                    return Err(Error::BadImage {
+                        path: "remap-fpath.img".into(),
+                        what: format!("file {orig} is not a regular file"),
+                    });
+                }
+            };
+            let ghost = self
+                .ghosts
+                .iter()
+                .find(|(gid, _)| gid == remap)
+                .map(|(_, g)| g)
+                .ok_or_else(|| Error::BadImage {
+                    path: "remap-fpath.img".into(),
+                    what: format!("file {orig}: ghost file {remap} is missing"),
+                })?;
+            let path = recreate_ghost(me, -1, &name, *remap, ghost)?;
+            // Read-only: an executable must have no writers (PR_SET_MM_MAP);
+            // tasks reopen it through /proc with their own flags.
+            let opened = File::open(&path);
+            let _ = fs::remove_file(&path);
+            let f = opened.map_err(|e| open_err(me, -1, &path, e))?;
+            self.ghost_paths
+                .insert(*remap, format!("/proc/{me}/fd/{}", f.as_raw_fd()));
+            self.ghost_fds.insert(*remap, OwnedFd::from(f));
+        }
+        Ok(())
+    }
+
     /// Restore: make the memfd inodes again (before anything opens them).
     pub fn make_memfds(&mut self, dir: &Dir) -> Result<()> {
         self.memfd_fds = memfd::restore_all(dir)?;
@@ -382,29 +426,79 @@ impl Table {
     /// Save the contents of the deleted file behind `cx` once per inode;
     /// its remap id.
     fn dump_ghost(&mut self, cx: &FdCtx<'_>, limit: u64, id: u32) -> Result<u32> {
-        let key = (cx.meta.dev(), cx.meta.ino());
+        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
+        let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
+        self.save_ghost(cx.pid, &link, &what, cx.meta, limit, id)
+    }
+
+    /// The file id for a mapping `start-end` of `pid` of a file deleted
+    /// since (`name` as maps shows it): its contents go in a ghost image.
+    pub fn ghost_map_id(&mut self, pid: Pid, start: u64, end: u64, name: &str) -> Result<u32> {
+        let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let meta = fs::metadata(&link).map_err(|e| Error::Proc {
+            pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let orig = name.strip_suffix(" (deleted)").unwrap_or(name);
+        let key = format!("{orig}\0{}:{}", meta.dev(), meta.ino());
+        if let Some(&id) = self.by_path.get(&key) {
+            return Ok(id);
+        }
+        let id = self.next_id();
+        self.entries.push(FileEntry {
+            r#type: FdTypes::Reg as i32,
+            id,
+            kind: Some(Kind::Reg(RegFileEntry {
+                id,
+                flags: libc::O_RDONLY.cast_unsigned(),
+                pos: 0,
+                fown: FownEntry::default(),
+                name: orig.to_owned(),
+                size: Some(meta.size()),
+                mode: Some(meta.mode()),
+                ..RegFileEntry::default()
+            })),
+        });
+        self.by_path.insert(key, id);
+        let what = format!("memory mapping {start:#x}-{end:#x} of {name}");
+        let remap = self.save_ghost(pid, &link, &what, &meta, self.ghost_limit, id)?;
+        self.remaps.insert(id, remap);
+        Ok(id)
+    }
+
+    /// Save the contents of a deleted file (open through `link`) once per
+    /// inode under remap id `id`; the remap id it has.
+    fn save_ghost(
+        &mut self,
+        pid: Pid,
+        link: &str,
+        what: &str,
+        meta: &fs::Metadata,
+        limit: u64,
+        id: u32,
+    ) -> Result<u32> {
+        let key = (meta.dev(), meta.ino());
         if let Some(&g) = self.ghost_inodes.get(&key) {
             return Ok(g);
         }
-        let size = cx.meta.size();
+        let size = meta.size();
         // The limit bounds the image: holes cost nothing, count what is stored.
-        let stored = cx.meta.blocks().saturating_mul(512).min(size);
+        let stored = meta.blocks().saturating_mul(512).min(size);
         if stored > limit {
             return Err(Error::Unsupported {
-                pid: cx.pid,
+                pid,
                 what: format!(
-                    "fd {} ({}, deleted while open, {stored} bytes of data: over the ghost file limit of {limit} bytes; raise it with --ghost-limit)",
-                    cx.fd.fd, cx.fd.target
+                    "{what}, deleted while in use, {stored} bytes of data: over the ghost file limit of {limit} bytes; raise it with --ghost-limit"
                 ),
             });
         }
-        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
         let err = |e: std::io::Error| Error::Proc {
-            pid: cx.pid,
-            path: link.clone(),
+            pid,
+            path: link.to_owned(),
             err: e,
         };
-        let f = File::open(&link).map_err(err)?;
+        let f = File::open(link).map_err(err)?;
         let mut chunks = Vec::new();
         let mut off: u64 = 0;
         while off < size {
@@ -435,14 +529,14 @@ impl Table {
             tv_usec: (nsec / 1000).cast_unsigned(),
         };
         let entry = GhostFileEntry {
-            uid: cx.meta.uid(),
-            gid: cx.meta.gid(),
-            mode: cx.meta.mode(),
-            dev: u32::try_from(cx.meta.dev()).ok(),
-            ino: Some(cx.meta.ino()),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode(),
+            dev: u32::try_from(meta.dev()).ok(),
+            ino: Some(meta.ino()),
             rdev: None,
-            atim: Some(tv(cx.meta.atime(), cx.meta.atime_nsec())),
-            mtim: Some(tv(cx.meta.mtime(), cx.meta.mtime_nsec())),
+            atim: Some(tv(meta.atime(), meta.atime_nsec())),
+            mtim: Some(tv(meta.mtime(), meta.mtime_nsec())),
             chunks: Some(true),
             size: Some(size),
             symlnk_target: None,
@@ -594,7 +688,10 @@ impl Table {
     /// The path of a regular-file entry.
     pub fn path_of(&self, id: u32) -> Option<&str> {
         match self.get(id)?.kind.as_ref()? {
-            Kind::Reg(r) => Some(&r.name),
+            Kind::Reg(r) => match self.remaps.get(&id) {
+                Some(g) => self.ghost_paths.get(g).map(String::as_str),
+                None => Some(&r.name),
+            },
             Kind::Memfd(m) => self.memfd_paths.get(&m.inode_id).map(String::as_str),
             _ => None,
         }
@@ -606,7 +703,6 @@ impl Table {
         let mut out: HashMap<u32, OwnedFd> = HashMap::new();
         let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
         let mut fifos: HashMap<u32, OwnedFd> = HashMap::new();
-        let mut ghosts = Recreated::default();
         for &(pid, fd, id) in uses {
             if out.contains_key(&id) {
                 continue;
@@ -616,35 +712,28 @@ impl Table {
                 what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
             })?;
             let opened = match entry.kind.as_ref() {
-                Some(Kind::Reg(r)) => match self.remaps.get(&id) {
-                    Some(&g) => {
-                        let ghost = self
-                            .ghosts
-                            .iter()
-                            .find(|(gid, _)| *gid == g)
-                            .map(|(_, gh)| gh)
-                            .ok_or_else(|| Error::BadImage {
-                                path: "remap-fpath.img".into(),
-                                what: format!("file {id}: ghost file {g} is missing"),
+                Some(Kind::Reg(r)) => {
+                    match self.remaps.get(&id) {
+                        Some(g) => {
+                            let name = self.ghost_paths.get(g).cloned().ok_or_else(|| {
+                                Error::BadImage {
+                                    path: "remap-fpath.img".into(),
+                                    what: format!("file {id}: ghost file {g} was not made"),
+                                }
                             })?;
-                        let name = match ghosts.0.entry(g) {
-                            std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
-                            std::collections::hash_map::Entry::Vacant(v) => v
-                                .insert(recreate_ghost(pid, fd, &r.name, g, ghost)?)
-                                .clone(),
-                        };
-                        open_reg(
-                            pid,
-                            fd,
-                            &RegFileEntry {
-                                name,
-                                size: None,
-                                ..r.clone()
-                            },
-                        )?
+                            open_reg(
+                                pid,
+                                fd,
+                                &RegFileEntry {
+                                    name,
+                                    size: None,
+                                    ..r.clone()
+                                },
+                            )?
+                        }
+                        None => open_reg(pid, fd, r)?,
                     }
-                    None => open_reg(pid, fd, r)?,
-                },
+                }
                 Some(Kind::Pipe(p)) => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = pipes.entry(p.pipe_id)
                     {
@@ -805,19 +894,6 @@ fn load_ghost(dir: &Dir, id: u32) -> Result<Ghost> {
         chunks.push((0, r.read_payload(size)?));
     }
     Ok(Ghost { entry, chunks })
-}
-
-/// Ghost files recreated for a restore; unlinked again when dropped (the
-/// engine's open fds keep them alive).
-#[derive(Debug, Default)]
-struct Recreated(HashMap<u32, String>);
-
-impl Drop for Recreated {
-    fn drop(&mut self) {
-        for p in self.0.values() {
-            let _ = fs::remove_file(p);
-        }
-    }
 }
 
 /// Recreate ghost `g` at its old path (or next to it if that name is taken).

@@ -134,6 +134,18 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
                         status::REGULAR | status::FILE_PRIVATE
                     }
             }
+            n if n.starts_with('/')
+                && n.ends_with(" (deleted)")
+                && !n.starts_with("/SYSV")
+                && !n.starts_with("/dev/zero") =>
+            {
+                shmid = u64::from(files.ghost_map_id(pid, m.start, m.end, n)?);
+                if m.shared {
+                    status::REGULAR | status::FILE_SHARED
+                } else {
+                    status::REGULAR | status::FILE_PRIVATE
+                }
+            }
             n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
                 shmid = u64::from(files.path_id(n, libc::O_RDONLY.cast_unsigned()));
                 if m.shared {

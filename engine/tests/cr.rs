@@ -789,3 +789,34 @@ fn restore_with_a_missing_file_names_it_and_leaves_no_task() {
         "a task was left behind"
     );
 }
+
+#[test]
+fn a_process_whose_executable_was_deleted_comes_back() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let copy = tmp.path().join("gone-soon");
+    std::fs::copy(&prog, &copy).expect("copy the workload");
+    let out = tmp.path().join("answer");
+    let img = images(tmp.path(), "img");
+    let mut job = Job::start(&format!("exec {} mem 4 {}", copy.display(), out.display()));
+    wait_file(&out, &["ready"], 20);
+    // As after a package upgrade: the running binary is gone from disk.
+    std::fs::remove_file(&copy).expect("delete the executable");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    std::fs::remove_file(&out).expect("remove ready file");
+    restore_ok(&img);
+    assert!(!copy.exists(), "the restore left the deleted file on disk");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", job.pgid)).expect("exe link");
+    assert_eq!(
+        exe.to_string_lossy(),
+        format!("{} (deleted)", copy.display()),
+        "exe link after restore"
+    );
+    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
+    assert_eq!(
+        wait_file(&out, &["ok", "bad"], 20),
+        format!("ok {} words\n", 4u64 << 17)
+    );
+}

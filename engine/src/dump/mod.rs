@@ -140,6 +140,7 @@ fn syscall_insn(pid: Pid) -> Result<u64> {
 
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
     let mut files = Table::default();
+    files.ghost_limit = opts.ghost_limit;
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
     let mut stats = Stats::default();
@@ -282,7 +283,7 @@ fn dump_task_state(
         mm_arg_end: st.arg_end,
         mm_env_start: st.env_start,
         mm_env_end: st.env_end,
-        exe_file_id: files.path_id(&exe, libc::O_RDONLY.cast_unsigned()),
+        exe_file_id: exe_id(pid, &exe, vmas, files)?,
         mm_saved_auxv: proc::auxv(pid)?,
         vmas: vmas.to_vec(),
         dumpable: Some(i32::try_from(dumpable).unwrap_or(1)),
@@ -332,6 +333,28 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file id of the executable: by path, or, when it was deleted since,
+/// the ghost file its mappings were saved as.
+fn exe_id(
+    pid: Pid,
+    exe: &str,
+    vmas: &[stasis_proto::images::VmaEntry],
+    files: &mut Table,
+) -> Result<u32> {
+    if !exe.ends_with(" (deleted)") {
+        return Ok(files.path_id(exe, libc::O_RDONLY.cast_unsigned()));
+    }
+    let maps = proc::maps(pid)?;
+    maps.iter()
+        .find(|m| m.name == exe)
+        .and_then(|m| vmas.iter().find(|v| v.start == m.start))
+        .and_then(|v| u32::try_from(v.shmid).ok())
+        .ok_or_else(|| Error::Unsupported {
+            pid,
+            what: format!("an executable deleted while running and not mapped ({exe})"),
+        })
 }
 
 fn link(pid: Pid, what: &str) -> Result<String> {

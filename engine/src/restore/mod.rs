@@ -83,6 +83,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
     }
     let mut files = Table::load(dir)?;
     files.make_memfds(dir)?;
+    files.make_ghosts()?;
     let pstree: Vec<PstreeEntry> = dir.read_all("PSTREE", 0)?;
     let mut plans = Vec::new();
     for pst in pstree {
