@@ -37,6 +37,10 @@ pub mod status {
 
 /// `pagemap_entry.flags`: the pages are in the pages image.
 const PE_PRESENT: u32 = 1 << 2;
+/// `pagemap_entry.flags`, a stasis extension: a guard region
+/// (MADV_GUARD_INSTALL), no data.
+const PE_GUARD: u32 = 1 << 3;
+const MADV_GUARD_INSTALL: u64 = 102;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
@@ -224,7 +228,8 @@ pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<Pag
         v.status & (status::ANON_PRIVATE | status::ANON_SHARED | status::FILE_PRIVATE) != 0
             && !is_special(v)
     }) {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
+        // (start, pages, guard region)
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
         let mut addr = v.start;
         while addr < v.end {
             let n = ((v.end - addr) / ps).min(4096);
@@ -240,29 +245,27 @@ pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<Pag
                 let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
                 let page = addr + i as u64 * ps;
                 stats.scanned += 1;
-                if word & PM_GUARD != 0 {
-                    return Err(Error::Unsupported {
-                        pid,
-                        what: format!("a guard page (MADV_GUARD_INSTALL) at {page:#x}"),
-                    });
-                }
-                if wanted(v, word) {
+                let guard = word & PM_GUARD != 0;
+                if guard || wanted(v, word) {
                     match runs.last_mut() {
-                        Some((s, len)) if *s + *len * ps == page => *len += 1,
-                        _ => runs.push((page, 1)),
+                        Some((s, len, g)) if *s + *len * ps == page && *g == guard => *len += 1,
+                        _ => runs.push((page, 1, guard)),
                     }
                 }
             }
             addr += n * ps;
         }
-        for (start, len) in runs {
+        for (start, len, guard) in runs {
             head.write(&PagemapEntry {
                 vaddr: start,
                 compat_nr_pages: u32::try_from(len).unwrap_or(u32::MAX),
                 in_parent: None,
-                flags: Some(PE_PRESENT),
+                flags: Some(if guard { PE_GUARD } else { PE_PRESENT }),
                 nr_pages: Some(len),
             })?;
+            if guard {
+                continue;
+            }
             let mut off = 0;
             let total = len * ps;
             while off < total {
@@ -539,7 +542,14 @@ pub fn restore(
         }
     }
     // 4. Pages, streamed from the image in bounded chunks.
-    let restored = restore_pages(r, t, dir)?;
+    let (restored, guards) = restore_pages(r, t, dir)?;
+    for (start, len) in guards {
+        r.call(
+            "madvise(MADV_GUARD_INSTALL)",
+            nr::MADVISE,
+            [start, len, MADV_GUARD_INSTALL, 0, 0, 0],
+        )?;
+    }
     // 5. Advice, then final protections.
     for v in &page_vmas {
         let madv = v.madv.unwrap_or(0);
@@ -565,7 +575,7 @@ pub fn restore(
 
 /// Fill the task's memory from the pages image: the task reads it itself
 /// (remote pread64 straight into its mappings: one copy, no engine buffer).
-fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir) -> Result<u64> {
+fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir) -> Result<(u64, Vec<(u64, u64)>)> {
     let pid = r.tid;
     let ps = sys::page_size();
     let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
@@ -604,12 +614,18 @@ fn read_entries<R: std::io::BufRead>(
     size: u64,
     ps: u64,
     shown: &str,
-) -> Result<u64> {
+) -> Result<(u64, Vec<(u64, u64)>)> {
     let mut off: u64 = 0;
     let mut total = 0;
+    let mut guards = Vec::new();
     while let Some(e) = pm.read_entry::<PagemapEntry>()? {
         let n = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
-        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+        let flags = e.flags.unwrap_or(PE_PRESENT);
+        if flags & PE_GUARD != 0 {
+            guards.push((e.vaddr, n.saturating_mul(ps)));
+            continue;
+        }
+        if flags & PE_PRESENT == 0 {
             continue;
         }
         let len = n.checked_mul(ps).ok_or_else(|| Error::BadImage {
@@ -645,5 +661,5 @@ fn read_entries<R: std::io::BufRead>(
         off += len;
         total += n;
     }
-    Ok(total)
+    Ok((total, guards))
 }
