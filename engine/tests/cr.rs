@@ -820,3 +820,64 @@ fn a_process_whose_executable_was_deleted_comes_back() {
         format!("ok {} words\n", 4u64 << 17)
     );
 }
+
+#[test]
+fn many_object_kinds_come_back_and_crit_reads_every_image() {
+    need_root();
+    let tmp = tmpdir();
+    let prog = workload(tmp.path());
+    let out = tmp.path().join("answer");
+    let files = tmp.path().join("files");
+    std::fs::create_dir(&files).expect("mkdir");
+    let img = images(tmp.path(), "img");
+    let mut job = Job::start(&format!(
+        "exec {} kinds {} {}",
+        prog.display(),
+        files.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 20);
+    dump_ok(job.pgid, &img);
+    job.reap();
+    // crit, an independent reader, decodes every image, whatever its kind.
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(&img).expect("images") {
+        let p = entry.expect("entry").path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if !name.ends_with(".img") || name.starts_with("pages-") {
+            continue;
+        }
+        let c = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .expect("crit");
+        assert!(
+            c.status.success(),
+            "crit cannot decode {name}: {}",
+            String::from_utf8_lossy(&c.stderr)
+        );
+        kinds.push(name);
+    }
+    for want in [
+        "memfd.img",
+        "pagemap-shmem-1.img",
+        "fifo-data.img",
+        "remap-fpath.img",
+        "seccomp.img",
+    ] {
+        assert!(kinds.iter().any(|k| k == want), "no {want} among {kinds:?}");
+    }
+    assert!(
+        kinds.iter().any(|k| k.starts_with("ghost-file-")),
+        "no ghost file: {kinds:?}"
+    );
+    std::fs::remove_file(&out).expect("remove ready file");
+    restore_ok(&img);
+    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
+    assert_eq!(wait_file(&out, &["ok", "bad"], 20), "ok kinds\n");
+}

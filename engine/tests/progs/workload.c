@@ -9,6 +9,10 @@
  *                             a stopped one (shape checked from outside)
  *   workload vfork 0 OUT      a parent stuck in vfork (uninterruptible) and
  *                             its child writing a counter to OUT.count
+ *   workload kinds DIR OUT    one of many object kinds: a memfd (fd and
+ *                             mapping), a FIFO holding data, a file deleted
+ *                             while open, shared anonymous memory, a POSIX
+ *                             timer, a seccomp filter, a guard page
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,7 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -223,6 +232,63 @@ static int stuck_in_vfork(void) {
     return 0;
 }
 
+static int kinds(const char *dir) {
+    char path[4096];
+    int bad = 0;
+    /* memfd: an fd and a shared mapping of it */
+    int mfd = memfd_create("kinds", MFD_ALLOW_SEALING);
+    if (mfd < 0 || ftruncate(mfd, 8192)) return 2;
+    char *mm = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    if (mm == MAP_FAILED) return 2;
+    strcpy(mm + 4096, "memfd page");
+    fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK);
+    /* FIFO holding data */
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    if (mkfifo(path, 0600)) return 2;
+    int ff = open(path, O_RDWR);
+    if (ff < 0 || write(ff, "fifo data", 9) != 9) return 2;
+    /* a file deleted while open */
+    snprintf(path, sizeof path, "%s/ghost", dir);
+    int gf = open(path, O_RDWR | O_CREAT, 0600);
+    if (gf < 0 || write(gf, "ghost data", 10) != 10) return 2;
+    unlink(path);
+    /* shared anonymous memory */
+    char *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) return 2;
+    strcpy(sh, "shared anon");
+    /* a POSIX timer, armed far ahead */
+    timer_t tid;
+    struct sigevent ev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGRTMIN};
+    if (timer_create(CLOCK_MONOTONIC, &ev, &tid)) return 2;
+    struct itimerspec its = {.it_value = {.tv_sec = 1000}, .it_interval = {.tv_sec = 5}};
+    timer_settime(tid, 0, &its, NULL);
+    /* a guard page */
+    char *g = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g == MAP_FAILED || madvise(g + 4096, 4096, 102)) return 2;
+    /* a seccomp filter that allows everything */
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog prog = {.len = 1, .filter = allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
+        return 2;
+    say("ready\n");
+    wait_asked();
+    char buf[64] = {0};
+    if (strcmp(mm + 4096, "memfd page")) bad |= 1;
+    if (pread(mfd, buf, 10, 4096) != 10 || memcmp(buf, "memfd page", 10)) bad |= 2;
+    if (fcntl(mfd, F_GET_SEALS) != F_SEAL_SHRINK) bad |= 4;
+    if (read(ff, buf, sizeof buf) != 9 || memcmp(buf, "fifo data", 9)) bad |= 8;
+    if (pread(gf, buf, 10, 0) != 10 || memcmp(buf, "ghost data", 10)) bad |= 16;
+    if (strcmp(sh, "shared anon")) bad |= 32;
+    timer_gettime(tid, &its);
+    if (its.it_interval.tv_sec != 5 || its.it_value.tv_sec < 900) bad |= 64;
+    if (bad)
+        say("bad %d\n", bad);
+    else
+        say("ok kinds\n");
+    return bad != 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
     out = argv[argc - 1];
@@ -232,5 +298,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "fds") && argc == 5) return fds(atol(argv[2]), argv[3]);
     if (!strcmp(argv[1], "tree")) return tree(atol(argv[2]));
     if (!strcmp(argv[1], "vfork")) return stuck_in_vfork();
+    if (!strcmp(argv[1], "kinds")) return kinds(argv[2]);
     return 2;
 }
