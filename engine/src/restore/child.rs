@@ -91,7 +91,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     } else if p.pst.pgid == pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| (e, 1))?;
     } else if nix::unistd::getpgrp().as_raw() != p.pst.pgid.cast_signed() {
-        nix::unistd::setpgid(Pid::from_raw(0), pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;
+        join_group(pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;
     }
     for (ci, c) in plans.iter().enumerate() {
         if c.pst.ppid != pid {
@@ -103,7 +103,13 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         }
         match sys::fork_single_threaded(pid_of(c.pst.pid), false) {
             Ok(sys::Forked::Child) => run(plans, ci, ready),
-            Ok(sys::Forked::Parent(_)) => {}
+            Ok(sys::Forked::Parent(kid)) => {
+                // A group leader's group exists before its siblings try to
+                // join it: the parent makes it too (as shells do).
+                if c.pst.pgid == c.pst.pid && c.pst.sid != c.pst.pid {
+                    let _ = nix::unistd::setpgid(kid, kid);
+                }
+            }
             Err(e) => return Err((e, 2)),
         }
     }
@@ -188,6 +194,21 @@ fn fork_through_helper(
             }
         }
         Err(e) => Err((e, 2)),
+    }
+}
+
+/// Join process group `pgid`, made by another task of the tree that may not
+/// have got there yet (EPERM until the group exists): retry for a while.
+fn join_group(pgid: Pid) -> Result<(), Errno> {
+    let mut tries = 0;
+    loop {
+        match nix::unistd::setpgid(Pid::from_raw(0), pgid) {
+            Err(Errno::EPERM) if tries < 400 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
     }
 }
 
