@@ -182,6 +182,32 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         })
         .collect();
     let max_fd = uses.iter().map(|u| u.1).max().unwrap_or(2);
+    // The pool sits above the highest fd a task uses: the engine may need
+    // more fds than its soft limit allows (raising it to the hard limit
+    // needs no privilege).
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let me = nix::unistd::getpid();
+        let (soft, hard) =
+            getrlimit(Resource::RLIMIT_NOFILE).map_err(Error::restore(me, "its own fd limit"))?;
+        // Pool fds go above the highest target, one per open description.
+        let ids: std::collections::HashSet<u32> = uses.iter().map(|u| u.2).collect();
+        let need = u64::try_from(max_fd).unwrap_or(0) + 24 + ids.len() as u64;
+        if need > soft {
+            if need > hard {
+                return Err(Error::Restore {
+                    pid: me,
+                    what: format!(
+                        "room for fd numbers up to {need} (the tasks use numbers up to {max_fd}, and the restore opens each of their {} files once above that); raise the hard RLIMIT_NOFILE ({hard}) of the restore",
+                        ids.len()
+                    ),
+                    errno: nix::errno::Errno::EMFILE,
+                });
+            }
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+                .map_err(Error::restore(me, "its own fd limit"))?;
+        }
+    }
     let opened = files.open_all(&uses)?;
     let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
     let mut next = max_fd + 16;
