@@ -44,13 +44,42 @@ pub struct Remote {
     base: Regs,
     /// Address of a `syscall` instruction mapped executable in the task.
     insn: u64,
+    /// Whether a breakpoint (`int3`) follows the instruction: then a call is
+    /// one resume and one stop instead of two of each.
+    trap: bool,
 }
 
 impl Remote {
     /// Drive `tid`, whose registers are `base`, through the `syscall`
-    /// instruction at `insn`.
+    /// instruction at `insn`, from syscall-entry to syscall-exit stop.
     pub fn new(tid: Pid, base: Regs, insn: u64) -> Remote {
-        Remote { tid, base, insn }
+        Remote {
+            tid,
+            base,
+            insn,
+            trap: false,
+        }
+    }
+
+    /// As [`Remote::new`], where `insn` is followed by an `int3`: the thread
+    /// runs the syscall and stops at the breakpoint.
+    pub fn with_trap(tid: Pid, base: Regs, insn: u64) -> Remote {
+        Remote {
+            tid,
+            base,
+            insn,
+            trap: true,
+        }
+    }
+
+    /// Run one syscall from the syscall-exit stop, never executing the
+    /// instruction after it (for a call that unmaps that instruction).
+    pub fn call_final(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<u64> {
+        let slow = Remote {
+            trap: false,
+            ..Remote::new(self.tid, self.base, self.insn)
+        };
+        slow.call(name, nr, args)
     }
 
     /// Run one syscall and return its result; a negative result is an error.
@@ -72,10 +101,45 @@ impl Remote {
         let tid = self.tid;
         sys::setregs(tid, &self.base.for_syscall(self.insn, nr, args))
             .map_err(Error::ptrace(tid, "SETREGS"))?;
-        self.step(name, true)?;
-        self.step(name, false)?;
+        if self.trap {
+            self.run_to_trap(name)?;
+        } else {
+            self.step(name, true)?;
+            self.step(name, false)?;
+        }
         let r = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
         Ok(r.retval())
+    }
+
+    /// Resume until the breakpoint after the syscall; the SIGTRAP it raises
+    /// is dropped by the next resume.
+    fn run_to_trap(&self, name: &'static str) -> Result<()> {
+        let tid = self.tid;
+        ptrace::cont(tid, None).map_err(Error::ptrace(tid, "CONT"))?;
+        for _ in 0..16 {
+            match wait(tid, name)? {
+                WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP) => return Ok(()),
+                // A remote clone reports the new thread; a stopped job its
+                // group stop: go on.
+                WaitStatus::PtraceEvent(_, _, ev)
+                    if ev == libc::PTRACE_EVENT_CLONE || ev == libc::PTRACE_EVENT_STOP =>
+                {
+                    ptrace::cont(tid, None).map_err(Error::ptrace(tid, "CONT"))?;
+                }
+                other => {
+                    return Err(Error::Unexpected {
+                        tid,
+                        op: name,
+                        what: format!("{other:?}"),
+                    });
+                }
+            }
+        }
+        Err(Error::Unexpected {
+            tid,
+            op: name,
+            what: "no breakpoint stop after 16 events".into(),
+        })
     }
 
     /// Resume to the next syscall stop (entry or exit).

@@ -53,7 +53,8 @@ pub fn dump_thread(
     scratch: u64,
 ) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
     let tid = th.tid;
-    let r = Remote::new(tid, th.regs, insn);
+    // `insn` is followed by a breakpoint (the dump's scratch page).
+    let r = Remote::with_trap(tid, th.regs, insn);
     th.touched.set(true);
     // Nothing may interrupt the remote calls; the mask is put back on release.
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;

@@ -232,14 +232,21 @@ fn dump_task(
     leader.touched.set(true);
     sys::set_sigmask(leader.tid, u64::MAX).map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
     let page = sys::page_size();
-    let prot = (libc::PROT_READ | libc::PROT_WRITE).cast_unsigned();
+    // The scratch page also holds `syscall; int3` at its end, so that the
+    // remaining calls cost one stop each.
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC).cast_unsigned();
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).cast_unsigned();
     let scratch = r.call(
         "mmap",
         nr::MMAP,
         [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
     )?;
-    let res = dump_task_state(t, &r, insn, scratch, dir, files, filters, &vmas, fdinfo, id);
+    let trap = scratch + page - 8;
+    remote::write_mem(pid, trap, &stasis_arch::x86::SYSCALL_INSN)?;
+    let fast = Remote::with_trap(leader.tid, leader.regs, trap);
+    let res = dump_task_state(
+        t, &fast, trap, scratch, dir, files, filters, &vmas, fdinfo, id,
+    );
     r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
     res
 }

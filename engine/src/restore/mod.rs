@@ -402,7 +402,8 @@ fn restore_task(
     let pid = pid_of(p.pst.pid);
     let base = seize(pid)?;
     threads.push(pid);
-    let r = Remote::new(pid, base, t.start);
+    // The trampoline's `syscall` is followed by breakpoints.
+    let r = Remote::with_trap(pid, base, t.start);
     if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
         r.call(
             "close",
@@ -504,7 +505,7 @@ fn restore_task(
     }
     // Last: the trampoline itself. The leader stops at the syscall's exit
     // and never runs the (now unmapped) instruction after it.
-    r.call("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
+    r.call_final("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
     for (tr, core) in &made {
         task::restore_regs(tr.tid, core)?;
     }
@@ -544,7 +545,7 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
     }
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
-    Ok(Remote::new(tid, tregs, t.start))
+    Ok(Remote::with_trap(tid, tregs, t.start))
 }
 
 fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
