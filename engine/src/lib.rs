@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod memfd;
 pub mod mm;
 pub mod proc;
+pub mod progress;
 pub mod remote;
 pub mod restore;
 pub mod seccomp;

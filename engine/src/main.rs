@@ -141,6 +141,60 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size (a number, optionally with K, M or G)"))
 }
 
+/// A progress bar on standard error, only when it is a terminal; cleared
+/// when dropped.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(verb: &'static str) -> Bar {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let pb = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg}") {
+            pb.set_style(style);
+        }
+        pb.set_prefix(verb);
+        pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        Bar(Some(pb))
+    }
+
+    /// The hook the engine reports to.
+    fn progress(&self) -> Option<stasis_engine::progress::Progress> {
+        use stasis_engine::progress::{Progress, Step};
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        let pb = self.0.clone()?;
+        let pages = AtomicU64::new(0);
+        let tasks = (AtomicUsize::new(0), AtomicUsize::new(0));
+        Some(Progress::new(move |step| {
+            match step {
+                Step::Pages(n) => {
+                    pages.fetch_add(n, Ordering::Relaxed);
+                }
+                Step::Tasks { done, total } => {
+                    tasks.0.store(done, Ordering::Relaxed);
+                    tasks.1.store(total, Ordering::Relaxed);
+                }
+            }
+            pb.set_message(format!(
+                "{}/{} processes, {} MiB",
+                tasks.0.load(Ordering::Relaxed),
+                tasks.1.load(Ordering::Relaxed),
+                pages.load(Ordering::Relaxed) >> 8
+            ));
+        }))
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
 fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
     std::fs::write(path, format!("{pid}\n"))
         .with_context(|| format!("cannot write pidfile {}", path.display()))
@@ -148,7 +202,9 @@ fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
 
 fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
     use stasis_engine::dump;
+    let bar = Bar::new("dump");
     let opts = dump::Opts {
+        progress: bar.progress(),
         pid: nix::unistd::Pid::from_raw(a.tree),
         dir: a.cr.images_dir.clone(),
         leave_running: a.leave_running,
@@ -159,6 +215,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
     // Accepted for CRIU's callers; what they allow is refused by kind, with the fd named.
     let _ = (a.file_locks, a.tcp_established);
     let stats = dump::dump(&opts)?;
+    drop(bar);
     tracing::info!(?stats, "dump finished");
     if let Some(p) = &a.pidfile {
         write_pidfile(p, a.tree)?;
@@ -176,12 +233,15 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
 
 fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
     use stasis_engine::restore;
+    let bar = Bar::new("restore");
     let opts = restore::Opts {
+        progress: bar.progress(),
         dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;
+    drop(bar);
     if let Some(p) = &a.pidfile {
         write_pidfile(p, done.root.as_raw())?;
     }

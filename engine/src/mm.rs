@@ -16,6 +16,7 @@ use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
 use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
+use crate::progress::{Progress, Step};
 use crate::remote::{self, Remote};
 use crate::{proc, sys};
 
@@ -203,7 +204,13 @@ pub struct PageStats {
 }
 
 /// Write the pages of `vmas` to `pagemap-ID.img` and `pages-ID.img`.
-pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<PageStats> {
+pub fn dump_pages(
+    pid: Pid,
+    vmas: &[VmaEntry],
+    dir: &Dir,
+    id: u32,
+    progress: Option<&Progress>,
+) -> Result<PageStats> {
     let ps = sys::page_size();
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|e| Error::Proc {
@@ -276,6 +283,7 @@ pub fn dump_pages(pid: Pid, vmas: &[VmaEntry], dir: &Dir, id: u32) -> Result<Pag
                     err: e,
                 })?;
                 off += n as u64;
+                crate::progress::report(progress, Step::Pages(n as u64 / ps));
             }
             stats.written += len;
         }

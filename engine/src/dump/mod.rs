@@ -15,6 +15,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::files::{self, Table};
 use crate::images::Dir;
+use crate::progress::{Progress, Step};
 use crate::remote::{self, Remote};
 use crate::seize::{self, State, Task, Tree};
 use crate::{mm, proc, seccomp, sys, task};
@@ -34,6 +35,8 @@ pub struct Opts {
     pub timeout: std::time::Duration,
     /// `--ghost-limit`: largest deleted-while-open file saved, in bytes.
     pub ghost_limit: u64,
+    /// Where progress goes, if anywhere.
+    pub progress: Option<Progress>,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -148,6 +151,13 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
     };
+    crate::progress::report(
+        opts.progress.as_ref(),
+        Step::Tasks {
+            done: 0,
+            total: tree.tasks.len(),
+        },
+    );
     for (i, t) in tree.tasks.iter().enumerate() {
         pstree.push(PstreeEntry {
             pid: t.pid.as_raw().cast_unsigned(),
@@ -178,8 +188,16 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             fopts,
             pages_id,
             &mut stats,
+            opts.progress.as_ref(),
         )?;
         stats.tasks += 1;
+        crate::progress::report(
+            opts.progress.as_ref(),
+            Step::Tasks {
+                done: i + 1,
+                total: tree.tasks.len(),
+            },
+        );
     }
     files.write(dir)?;
     filters.write(dir)?;
@@ -201,6 +219,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
     Ok(stats)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dump_task(
     t: &Task,
     dir: &Dir,
@@ -209,6 +228,7 @@ fn dump_task(
     fopts: files::Opts,
     pages_id: u32,
     stats: &mut Stats,
+    progress: Option<&Progress>,
 ) -> Result<()> {
     let pid = t.pid;
     let id = u64::from(pid.as_raw().cast_unsigned());
@@ -221,7 +241,7 @@ fn dump_task(
     }
     let vmas = mm::dump_vmas(pid, files)?;
     let tm = Instant::now();
-    let pages = mm::dump_pages(pid, &vmas, dir, pages_id)?;
+    let pages = mm::dump_pages(pid, &vmas, dir, pages_id, progress)?;
     stats.memdump_us = stats.memdump_us.saturating_add(us(tm));
     stats.pages.scanned += pages.scanned;
     stats.pages.written += pages.written;

@@ -38,6 +38,8 @@ pub struct Opts {
     pub dir: PathBuf,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// Where progress goes, if anywhere.
+    pub progress: Option<crate::progress::Progress>,
 }
 
 /// A restored tree, released and running.
@@ -263,7 +265,16 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let ready_fd = ready_w.as_raw_fd();
     drop(ready_w);
     drop(pool);
-    let result = finish(&plans, &files, &dir, &tramp, ready_r, ready_fd, t0);
+    let result = finish(
+        &plans,
+        &files,
+        &dir,
+        &tramp,
+        ready_r,
+        ready_fd,
+        t0,
+        opts.progress.as_ref(),
+    );
     match result {
         Ok(pages) => Ok(Restored { root, pages }),
         Err(e) => {
@@ -285,6 +296,7 @@ pub(crate) fn fork_error(pid: Pid, errno: nix::errno::Errno) -> Error {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     plans: &[Plan],
     files: &Table,
@@ -293,6 +305,7 @@ fn finish(
     ready_r: OwnedFd,
     ready_fd: RawFd,
     t0: Instant,
+    progress: Option<&crate::progress::Progress>,
 ) -> Result<u64> {
     let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
     // Every task reports (pid, errno, step) once its own setup is done.
@@ -328,7 +341,15 @@ fn finish(
     let mut threads: Vec<Pid> = Vec::new();
     let mut shared = mm::SharedAnon::new();
     let filters = seccomp::Table::load(dir)?;
-    for p in &alive {
+    crate::progress::report(
+        progress,
+        crate::progress::Step::Tasks {
+            done: 0,
+            total: alive.len(),
+        },
+    );
+    for (i, p) in alive.iter().enumerate() {
+        let before = pages;
         pages += restore_task(
             p,
             files,
@@ -339,6 +360,15 @@ fn finish(
             &mut shared,
             &filters,
         )?;
+        use crate::progress::{Step, report};
+        report(progress, Step::Pages(pages - before));
+        report(
+            progress,
+            Step::Tasks {
+                done: i + 1,
+                total: alive.len(),
+            },
+        );
     }
     for p in &alive {
         let pid = pid_of(p.pst.pid);
