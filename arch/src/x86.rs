@@ -61,6 +61,7 @@ pub mod nr {
     pub const CHROOT: u64 = 161;
     pub const PREAD64: u64 = 17;
     pub const SECCOMP: u64 = 317;
+    pub const DUP3: u64 = 292;
 }
 
 /// `struct user_regs_struct` in kernel order.

@@ -63,6 +63,9 @@ pub(crate) struct Plan {
     pub thread_cores: Vec<CoreEntry>,
     /// (target fd, pool fd, close-on-exec).
     pub fds: Vec<(RawFd, RawFd, bool)>,
+    /// Files under /proc/PID/ of a task of the tree: opened by the task
+    /// itself once every task exists (target fd, file id, close-on-exec).
+    pub late_fds: Vec<(RawFd, u32, bool)>,
     pub cwd: Option<String>,
     pub root_dir: Option<String>,
 }
@@ -111,6 +114,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
             fdinfo: Vec::new(),
             thread_cores: Vec::new(),
             fds: Vec::new(),
+            late_fds: Vec::new(),
             cwd: None,
             root_dir: None,
         };
@@ -174,12 +178,35 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             }
         }
     }
-    // Open every file once, above every fd number a task will use.
+    // Files of the tree's own /proc entries cannot be opened before the
+    // tree exists: each task opens those later.
+    let tree_pids: std::collections::HashSet<u32> = plans
+        .iter()
+        .flat_map(|p| p.pst.threads.iter().copied())
+        .collect();
+    let is_late = |id: u32| {
+        files
+            .path_of(id)
+            .and_then(|p| p.strip_prefix("/proc/"))
+            .and_then(|p| p.split('/').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| tree_pids.contains(&n))
+    };
+    for p in &mut plans {
+        p.late_fds = p
+            .fdinfo
+            .iter()
+            .filter(|f| is_late(f.id))
+            .map(|f| (f.fd.cast_signed(), f.id, f.flags & 1 != 0))
+            .collect();
+    }
+    // Open every other file once, above every fd number a task will use.
     let uses: Vec<(Pid, i32, u32)> = plans
         .iter()
         .flat_map(|p| {
             p.fdinfo
                 .iter()
+                .filter(|f| !is_late(f.id))
                 .map(move |f| (pid_of(p.pst.pid), f.fd.cast_signed(), f.id))
         })
         .collect();
@@ -464,6 +491,7 @@ fn restore_task(
     }
     let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
     set_mm_map(&r, t, mm, files)?;
+    open_late_fds(&r, t, p, files)?;
     // The root directory last among path lookups: every path in the images
     // is as seen from the engine's root.
     if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {
@@ -576,6 +604,52 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
     Ok(Remote::with_trap(tid, tregs, t.start))
+}
+
+/// Open the task's fds on /proc files of the tree, inside the task.
+fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<()> {
+    let pid = r.tid;
+    for &(target, id, cloexec) in &p.late_fds {
+        let Some(stasis_proto::images::file_entry::Kind::Reg(reg)) =
+            files.get(id).and_then(|e| e.kind.as_ref())
+        else {
+            continue;
+        };
+        let mut path = reg.name.as_bytes().to_vec();
+        path.push(0);
+        let at = mm::put(pid, t, 8192, &path)?;
+        let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
+        let mut flags = reg.flags.cast_signed() & !strip;
+        if cloexec {
+            flags |= libc::O_CLOEXEC;
+        }
+        let fd = r.call(
+            "openat(/proc file of the tree)",
+            nr::OPENAT,
+            [
+                libc::AT_FDCWD.cast_unsigned().into(),
+                at,
+                flags.cast_unsigned().into(),
+                0,
+                0,
+                0,
+            ],
+        )?;
+        let target = u64::from(target.cast_unsigned());
+        if fd != target {
+            let cl = if cloexec { libc::O_CLOEXEC } else { 0 };
+            r.call(
+                "dup3",
+                nr::DUP3,
+                [fd, target, cl.cast_unsigned().into(), 0, 0, 0],
+            )?;
+            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+        }
+        if reg.pos != 0 {
+            r.call("lseek", nr::LSEEK, [target, reg.pos, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
 }
 
 fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
