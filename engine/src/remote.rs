@@ -178,6 +178,24 @@ impl Remote {
     }
 }
 
+/// `N` native-endian words of a task's memory at `addr`.
+pub fn read_words<const N: usize>(pid: Pid, addr: u64) -> Result<[u64; N]> {
+    let mut b = vec![0u8; 8 * N];
+    read_mem(pid, addr, &mut b)?;
+    let mut out = [0u64; N];
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        *o = u64::from_ne_bytes(w);
+    }
+    Ok(out)
+}
+
+/// Words as the native-endian bytes a task reads.
+pub fn words(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
 fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }

@@ -13,7 +13,7 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::remote::{self, Remote};
+use crate::remote::{self, Remote, read_words, words};
 use crate::seize::{State, Task, Thread};
 use crate::{creds, proc, sys, timers};
 
@@ -29,20 +29,6 @@ pub mod state {
 
 const PR_GET_TID_ADDRESS: u64 = 40;
 const NSIG: u64 = 64;
-
-fn read_words<const N: usize>(pid: Pid, addr: u64) -> Result<[u64; N]> {
-    let mut b = vec![0u8; 8 * N];
-    remote::read_mem(pid, addr, &mut b)?;
-    let mut out = [0u64; N];
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
-        *o = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-    }
-    Ok(out)
-}
-
-fn words(v: &[u64]) -> Vec<u8> {
-    v.iter().flat_map(|w| w.to_ne_bytes()).collect()
-}
 
 /// The per-thread part of the dump, asked inside `thread` (`scratch` is a
 /// writable page mapped in the task for the answers).

@@ -9,29 +9,13 @@ use stasis_arch::x86::nr;
 use stasis_proto::images::{ItimerEntry, PosixTimerEntry, TaskTimersEntry};
 
 use crate::error::{EngineError as Error, Result};
-use crate::remote::{self, Remote};
+use crate::remote::{self, Remote, read_words, words};
 
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const SIGEV_SIGNAL: u32 = 0;
 const SIGEV_NONE: u32 = 1;
 const SIGEV_THREAD: u32 = 2;
 const SIGEV_THREAD_ID: u32 = 4;
-
-fn read_words<const N: usize>(pid: Pid, addr: u64) -> Result<[u64; N]> {
-    let mut b = vec![0u8; 8 * N];
-    remote::read_mem(pid, addr, &mut b)?;
-    let mut out = [0u64; N];
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        *o = u64::from_ne_bytes(w);
-    }
-    Ok(out)
-}
-
-fn words(v: &[u64]) -> Vec<u8> {
-    v.iter().flat_map(|w| w.to_ne_bytes()).collect()
-}
 
 /// One timer as `/proc/PID/timers` lists it.
 #[derive(Debug, Default, PartialEq, Eq)]

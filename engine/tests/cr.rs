@@ -136,6 +136,35 @@ fn wait_counter(f: &Path, above: u64) -> u64 {
     }
 }
 
+/// crit, an independent reader, decodes every image in `img` (raw pages
+/// aside); the names of the images.
+fn crit_decodes_all(img: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(img).expect("images") {
+        let p = entry.expect("entry").path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if !name.ends_with(".img") || name.starts_with("pages-") {
+            continue;
+        }
+        let c = Command::new("crit")
+            .args(["decode", "-i"])
+            .arg(&p)
+            .output()
+            .expect("crit");
+        assert!(
+            c.status.success(),
+            "crit cannot decode {name}: {}",
+            String::from_utf8_lossy(&c.stderr)
+        );
+        names.push(name);
+    }
+    names
+}
+
 fn images(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).expect("mkdir");
@@ -174,23 +203,7 @@ fn shell_loop_counter_resumes_after_restore() {
         stopped,
         "the counter moved after the dump"
     );
-    // crit, an independent reader, decodes every image we wrote.
-    for entry in std::fs::read_dir(&img).expect("images") {
-        let p = entry.expect("entry").path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.ends_with(".img") && !name.starts_with("pages-") {
-            let c = Command::new("crit")
-                .args(["decode", "-i"])
-                .arg(&p)
-                .output()
-                .expect("crit");
-            assert!(
-                c.status.success(),
-                "crit cannot decode {name}: {}",
-                String::from_utf8_lossy(&c.stderr)
-            );
-        }
-    }
+    crit_decodes_all(&img);
     let pidfile = tmp.path().join("restored.pid");
     let out = run(&[
         "restore",
@@ -405,6 +418,12 @@ fn restore_ok(img: &Path) {
     );
 }
 
+/// Ask the workload `pid` (SIGUSR1) to check its state; its answer in `out`.
+fn ask(pid: i32, out: &Path, secs: u64) -> String {
+    kill(Pid::from_raw(pid), Signal::SIGUSR1).expect("signal the workload");
+    wait_file(out, &["ok", "bad"], secs)
+}
+
 /// Start `cmd` in its own session, wait for "ready" in `out`, dump it,
 /// restore it, ask it (SIGUSR1) to check itself; its answer.
 fn dump_restore_ask(cmd: &str, out: &Path, img: &Path, secs: u64) -> String {
@@ -414,8 +433,7 @@ fn dump_restore_ask(cmd: &str, out: &Path, img: &Path, secs: u64) -> String {
     job.reap();
     std::fs::remove_file(out).expect("remove ready file");
     restore_ok(img);
-    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal the restored task");
-    wait_file(out, &["ok", "bad"], secs)
+    ask(job.pgid, out, secs)
 }
 
 #[test]
@@ -753,9 +771,8 @@ fn dump_into_a_full_images_dir_fails_and_leaves_the_task_running() {
         "unclear error: {err}"
     );
     // The task was left as it was: it still holds its memory intact.
-    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
     assert_eq!(
-        wait_file(&out, &["ok", "bad"], 20),
+        ask(job.pgid, &out, 20),
         format!("ok {} words\n", 8u64 << 17)
     );
 }
@@ -814,9 +831,8 @@ fn a_process_whose_executable_was_deleted_comes_back() {
         format!("{} (deleted)", copy.display()),
         "exe link after restore"
     );
-    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
     assert_eq!(
-        wait_file(&out, &["ok", "bad"], 20),
+        ask(job.pgid, &out, 20),
         format!("ok {} words\n", 4u64 << 17)
     );
 }
@@ -839,30 +855,7 @@ fn many_object_kinds_come_back_and_crit_reads_every_image() {
     wait_file(&out, &["ready"], 20);
     dump_ok(job.pgid, &img);
     job.reap();
-    // crit, an independent reader, decodes every image, whatever its kind.
-    let mut kinds = Vec::new();
-    for entry in std::fs::read_dir(&img).expect("images") {
-        let p = entry.expect("entry").path();
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("")
-            .to_owned();
-        if !name.ends_with(".img") || name.starts_with("pages-") {
-            continue;
-        }
-        let c = Command::new("crit")
-            .args(["decode", "-i"])
-            .arg(&p)
-            .output()
-            .expect("crit");
-        assert!(
-            c.status.success(),
-            "crit cannot decode {name}: {}",
-            String::from_utf8_lossy(&c.stderr)
-        );
-        kinds.push(name);
-    }
+    let kinds = crit_decodes_all(&img);
     for want in [
         "memfd.img",
         "pagemap-shmem-1.img",
@@ -878,6 +871,5 @@ fn many_object_kinds_come_back_and_crit_reads_every_image() {
     );
     std::fs::remove_file(&out).expect("remove ready file");
     restore_ok(&img);
-    kill(Pid::from_raw(job.pgid), Signal::SIGUSR1).expect("signal");
-    assert_eq!(wait_file(&out, &["ok", "bad"], 20), "ok kinds\n");
+    assert_eq!(ask(job.pgid, &out, 20), "ok kinds\n");
 }
