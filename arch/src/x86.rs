@@ -13,6 +13,49 @@ use stasis_proto::images::{
 pub const SYSCALL_INSN: [u8; 8] = [0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
 /// Length of the `syscall` instruction (rewinding `ip` by it restarts a syscall).
 pub const SYSCALL_INSN_LEN: u64 = 2;
+
+/// A batch of system calls run by the task itself, ended by `int3`. On
+/// entry `rbx` points just past a count word, at `count` entries of eight
+/// words: nr, six arguments, and the result the code stores. `r12` and
+/// `r13` are used (the syscall instruction keeps them); `rcx` and `r11` are
+/// clobbered as by any syscall.
+///
+/// ```text
+///  0: mov r13, rbx          49 89 dd
+///  3: mov r12, [rbx-8]      4c 8b 63 f8
+///  7: test r12, r12         4d 85 e4
+/// 10: jz 55                 74 2b
+/// 12: mov rax, [r13]        49 8b 45 00
+/// 16: mov rdi, [r13+8]      49 8b 7d 08
+/// 20: mov rsi, [r13+16]     49 8b 75 10
+/// 24: mov rdx, [r13+24]     49 8b 55 18
+/// 28: mov r10, [r13+32]     4d 8b 55 20
+/// 32: mov r8, [r13+40]      4d 8b 45 28
+/// 36: mov r9, [r13+48]      4d 8b 4d 30
+/// 40: syscall               0f 05
+/// 42: mov [r13+56], rax     49 89 45 38
+/// 46: add r13, 64           49 83 c5 40
+/// 50: dec r12               49 ff cc
+/// 53: jmp 7                 eb d0
+/// 55: int3                  cc
+/// ```
+pub const SYSCALL_BATCH: [u8; 56] = [
+    0x49, 0x89, 0xdd, 0x4c, 0x8b, 0x63, 0xf8, 0x4d, 0x85, 0xe4, 0x74, 0x2b, 0x49, 0x8b, 0x45, 0x00,
+    0x49, 0x8b, 0x7d, 0x08, 0x49, 0x8b, 0x75, 0x10, 0x49, 0x8b, 0x55, 0x18, 0x4d, 0x8b, 0x55, 0x20,
+    0x4d, 0x8b, 0x45, 0x28, 0x4d, 0x8b, 0x4d, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x45, 0x38, 0x49, 0x83,
+    0xc5, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xd0, 0xcc,
+];
+
+/// Registers to run [`SYSCALL_BATCH`] at `code` on the table at `table`
+/// (the count word; the entries follow it).
+pub fn for_batch(base: &Regs, code: u64, table: u64) -> Regs {
+    Regs {
+        ip: code,
+        bx: table + 8,
+        orig_ax: u64::MAX,
+        ..*base
+    }
+}
 /// `NT_X86_XSTATE`: the ptrace regset holding the XSAVE area.
 pub const NT_X86_XSTATE: u32 = 0x202;
 

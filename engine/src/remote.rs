@@ -47,7 +47,13 @@ pub struct Remote {
     /// Whether a breakpoint (`int3`) follows the instruction: then a call is
     /// one resume and one stop instead of two of each.
     trap: bool,
+    /// Where [`stasis_arch::x86::SYSCALL_BATCH`] is mapped, and room for its
+    /// table (up to [`BATCH_MAX`] calls), if anywhere.
+    batch: Option<(u64, u64)>,
 }
+
+/// Calls one batch runs at most (its table is 8 words a call, one page).
+pub const BATCH_MAX: usize = 63;
 
 impl Remote {
     /// Drive `tid`, whose registers are `base`, through the `syscall`
@@ -58,7 +64,70 @@ impl Remote {
             base,
             insn,
             trap: false,
+            batch: None,
         }
+    }
+
+    /// Run batches of calls with the code at `code` and a table at `table`
+    /// (one page, writable), both mapped in the task.
+    #[must_use]
+    pub fn with_batch(self, code: u64, table: u64) -> Remote {
+        Remote {
+            batch: Some((code, table)),
+            ..self
+        }
+    }
+
+    /// Run `calls` (name, nr, args) and return each raw result, in one stop
+    /// when a batch area is set up; a failing call does not stop the others.
+    pub fn call_many(&self, calls: &[(&'static str, u64, [u64; 6])]) -> Result<Vec<i64>> {
+        let Some((code, table)) = self.batch else {
+            return calls
+                .iter()
+                .map(|(name, nr, args)| self.call_raw(name, *nr, *args))
+                .collect();
+        };
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(BATCH_MAX) {
+            let mut words = vec![chunk.len() as u64];
+            for (_, nr, args) in chunk {
+                words.push(*nr);
+                words.extend_from_slice(args);
+                words.push(0);
+            }
+            write_mem(self.tid, table, &self::words(&words))?;
+            let tid = self.tid;
+            sys::setregs(tid, &stasis_arch::x86::for_batch(&self.base, code, table))
+                .map_err(Error::ptrace(tid, "SETREGS"))?;
+            self.run_to_trap(chunk.first().map_or("a batch", |c| c.0))?;
+            let mut res = vec![0u8; 64 * chunk.len()];
+            read_mem(tid, table + 8, &mut res)?;
+            out.extend(res.chunks_exact(64).map(|e| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&e[56..64]);
+                i64::from_ne_bytes(w)
+            }));
+        }
+        Ok(out)
+    }
+
+    /// As [`Remote::call_many`], failing with the first call that failed.
+    pub fn call_all(&self, calls: &[(&'static str, u64, [u64; 6])]) -> Result<Vec<u64>> {
+        let res = self.call_many(calls)?;
+        res.iter()
+            .zip(calls)
+            .map(|(&r, (name, _, _))| {
+                if (-4095..0).contains(&r) {
+                    Err(Error::Remote {
+                        tid: self.tid,
+                        syscall: name,
+                        errno: Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL)),
+                    })
+                } else {
+                    Ok(r.cast_unsigned())
+                }
+            })
+            .collect()
     }
 
     /// As [`Remote::new`], where `insn` is followed by an `int3`: the thread
@@ -69,6 +138,7 @@ impl Remote {
             base,
             insn,
             trap: true,
+            batch: None,
         }
     }
 

@@ -30,35 +30,53 @@ pub mod state {
 const PR_GET_TID_ADDRESS: u64 = 40;
 const NSIG: u64 = 64;
 
-/// The per-thread part of the dump, asked inside `thread` (`scratch` is a
-/// writable page mapped in the task for the answers).
-pub fn dump_thread(
-    pid: Pid,
-    th: &Thread,
-    insn: u64,
-    scratch: u64,
-) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
+/// Memory the dump maps in a task for its remote calls: answers at `data`,
+/// the batch table at `table`, the batch code at `code`, and `syscall;
+/// int3` at `trap`.
+#[derive(Debug, Clone, Copy)]
+pub struct Scratch {
+    /// Writable room for answers (two pages).
+    pub data: u64,
+    /// The batch table (one page).
+    pub table: u64,
+    /// [`stasis_arch::x86::SYSCALL_BATCH`].
+    pub code: u64,
+    /// A `syscall` followed by `int3`.
+    pub trap: u64,
+}
+
+impl Scratch {
+    /// A remote for thread `tid` whose registers are `regs`.
+    pub fn remote(&self, tid: Pid, regs: Regs) -> Remote {
+        Remote::with_trap(tid, regs, self.trap).with_batch(self.code, self.table)
+    }
+}
+
+/// The per-thread part of the dump, asked inside `thread` through the
+/// scratch memory `sc` mapped in the task.
+pub fn dump_thread(pid: Pid, th: &Thread, sc: Scratch) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
     let tid = th.tid;
-    // `insn` is followed by a breakpoint (the dump's scratch page).
-    let r = Remote::with_trap(tid, th.regs, insn);
+    let scratch = sc.data;
+    let r = sc.remote(tid, th.regs);
     th.touched.set(true);
     // Nothing may interrupt the remote calls; the mask is put back on release.
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
-    r.call("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0])?;
-    let [ss_sp, ss_flags, ss_size] = read_words::<3>(tid, scratch)?;
-    r.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        nr::PRCTL,
-        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
-    )?;
-    let [tid_addr] = read_words::<1>(tid, scratch)?;
-    r.call(
-        "prctl(PR_GET_PDEATHSIG)",
-        nr::PRCTL,
-        [2, scratch, 0, 0, 0, 0],
-    )?;
-    let [pdeath] = read_words::<1>(tid, scratch)?;
-    let secbits = r.call("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0])?;
+    let got = r.call_all(&[
+        ("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0]),
+        (
+            "prctl(PR_GET_TID_ADDRESS)",
+            nr::PRCTL,
+            [PR_GET_TID_ADDRESS, scratch + 32, 0, 0, 0, 0],
+        ),
+        (
+            "prctl(PR_GET_PDEATHSIG)",
+            nr::PRCTL,
+            [2, scratch + 40, 0, 0, 0, 0],
+        ),
+        ("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0]),
+    ])?;
+    let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
+    let secbits = got.get(3).copied().unwrap_or(0);
     let creds = creds::dump(
         &proc::status(pid, Some(tid))?,
         u32::try_from(secbits).unwrap_or(0),
@@ -114,14 +132,33 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
     let pid = task.pid;
     let st = proc::stat(pid, None)?;
     let mut sigactions = Vec::new();
-    for sig in sigaction_signals() {
-        r.call("rt_sigaction", nr::RT_SIGACTION, [sig, 0, scratch, 8, 0, 0])?;
-        let [handler, flags, restorer, mask] = read_words::<4>(pid, scratch)?;
+    // All in one batch, each answer 32 bytes apart.
+    let sigs: Vec<u64> = sigaction_signals().collect();
+    let calls: Vec<(&'static str, u64, [u64; 6])> = sigs
+        .iter()
+        .enumerate()
+        .map(|(i, &sig)| {
+            (
+                "rt_sigaction",
+                nr::RT_SIGACTION,
+                [sig, 0, scratch + 32 * i as u64, 8, 0, 0],
+            )
+        })
+        .collect();
+    r.call_all(&calls)?;
+    let mut raw = vec![0u8; 32 * sigs.len()];
+    remote::read_mem(pid, scratch, &mut raw)?;
+    for e in raw.chunks_exact(32) {
+        let w = |k: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&e[8 * k..8 * k + 8]);
+            u64::from_ne_bytes(b)
+        };
         sigactions.push(SaEntry {
-            sigaction: handler,
-            flags,
-            restorer,
-            mask,
+            sigaction: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
             compat_sigaction: None,
             mask_extended: None,
         });
@@ -233,19 +270,20 @@ pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
             .unwrap_or(u64::MAX)
     };
     let set = mask("SigCgt") | mask("SigIgn");
+    // The actions side by side, then one batch of calls.
+    let mut acts = Vec::new();
+    let mut calls = Vec::new();
     for (sa, sig) in tc.sigactions.iter().zip(sigaction_signals()) {
         let default = sa.sigaction == 0 && sa.flags == 0 && sa.mask == 0;
         if default && sig != libc::SIGCHLD as u64 && set & (1 << (sig - 1)) == 0 {
             continue;
         }
-        let at = data;
-        remote::write_mem(
-            pid,
-            at,
-            &words(&[sa.sigaction, sa.flags, sa.restorer, sa.mask]),
-        )?;
-        r.call("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0])?;
+        let at = data + 32 * calls.len() as u64;
+        acts.extend_from_slice(&[sa.sigaction, sa.flags, sa.restorer, sa.mask]);
+        calls.push(("rt_sigaction", nr::RT_SIGACTION, [sig, at, 0, 8, 0, 0]));
     }
+    remote::write_mem(pid, data, &words(&acts))?;
+    r.call_all(&calls)?;
     if let Some(t) = &tc.timers {
         timers::restore_itimers(r, t, data)?;
     }

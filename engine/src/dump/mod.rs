@@ -252,22 +252,28 @@ fn dump_task(
     leader.touched.set(true);
     sys::set_sigmask(leader.tid, u64::MAX).map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
     let page = sys::page_size();
-    // The scratch page also holds `syscall; int3` at its end, so that the
-    // remaining calls cost one stop each.
+    // Scratch: two pages for answers, a batch table, then the code (the
+    // batch runner, and `syscall; int3` at the very end), so that the
+    // remaining calls cost one stop each, or one stop per batch.
+    let len = 4 * page;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC).cast_unsigned();
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).cast_unsigned();
     let scratch = r.call(
         "mmap",
         nr::MMAP,
-        [0, page, u64::from(prot), u64::from(flags), u64::MAX, 0],
+        [0, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
     )?;
-    let trap = scratch + page - 8;
-    remote::write_mem(pid, trap, &stasis_arch::x86::SYSCALL_INSN)?;
-    let fast = Remote::with_trap(leader.tid, leader.regs, trap);
-    let res = dump_task_state(
-        t, &fast, trap, scratch, dir, files, filters, &vmas, fdinfo, id,
-    );
-    r.call("munmap", nr::MUNMAP, [scratch, page, 0, 0, 0, 0])?;
+    let sc = task::Scratch {
+        data: scratch,
+        table: scratch + 2 * page,
+        code: scratch + 3 * page,
+        trap: scratch + len - 8,
+    };
+    remote::write_mem(pid, sc.code, &stasis_arch::x86::SYSCALL_BATCH)?;
+    remote::write_mem(pid, sc.trap, &stasis_arch::x86::SYSCALL_INSN)?;
+    let fast = sc.remote(leader.tid, leader.regs);
+    let res = dump_task_state(t, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
+    r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;
     res
 }
 
@@ -275,8 +281,7 @@ fn dump_task(
 fn dump_task_state(
     t: &Task,
     r: &Remote,
-    insn: u64,
-    scratch: u64,
+    sc: task::Scratch,
     dir: &Dir,
     files: &mut Table,
     filters: &mut seccomp::Table,
@@ -285,7 +290,7 @@ fn dump_task_state(
     id: u64,
 ) -> Result<()> {
     let pid = t.pid;
-    let tc = task::dump_task(t, r, scratch)?;
+    let tc = task::dump_task(t, r, sc.data)?;
     let brk = r.call("brk", nr::BRK, [0; 6])?;
     let dumpable = r.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0])?;
     let thp = r.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, [42, 0, 0, 0, 0, 0])?;
@@ -332,7 +337,7 @@ fn dump_task_state(
     dir.write_all("FDINFO", id, &fdinfo)?;
     let mut tc = Some(tc);
     for th in &t.threads {
-        let (ti, mut thc) = task::dump_thread(pid, th, insn, scratch)?;
+        let (ti, mut thc) = task::dump_thread(pid, th, sc)?;
         let (mode, newest) = filters.dump_thread(pid, th.tid)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;

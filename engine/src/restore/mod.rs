@@ -73,6 +73,10 @@ pub(crate) struct Plan {
 /// The trampoline: one code page, then data pages (a seccomp program of up
 /// to 32 KiB and its header among the largest things put there).
 const TRAMPOLINE_PAGES: u64 = 16;
+/// Offset of the batch runner in the trampoline's code page.
+const BATCH_CODE: usize = 64;
+/// Offset of the batch table in the trampoline's data pages (page 13 of 15).
+const BATCH_TABLE: u64 = 48 << 10;
 
 fn pid_of(v: u32) -> Pid {
     Pid::from_raw(v.cast_signed())
@@ -272,6 +276,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     )
     .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
     code[..8].copy_from_slice(&x86::SYSCALL_INSN);
+    code[BATCH_CODE..BATCH_CODE + x86::SYSCALL_BATCH.len()].copy_from_slice(&x86::SYSCALL_BATCH);
     let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
     sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
@@ -460,7 +465,8 @@ fn restore_task(
     let base = seize(pid)?;
     threads.push(pid);
     // The trampoline's `syscall` is followed by breakpoints.
-    let r = Remote::with_trap(pid, base, t.start);
+    let r = Remote::with_trap(pid, base, t.start)
+        .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
     if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
         r.call(
             "close",
@@ -603,7 +609,8 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
     }
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
-    Ok(Remote::with_trap(tid, tregs, t.start))
+    Ok(Remote::with_trap(tid, tregs, t.start)
+        .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE))
 }
 
 /// Open the task's fds on /proc files of the tree, inside the task.
