@@ -591,8 +591,9 @@ impl Table {
         Ok((data, size))
     }
 
-    /// Write `files.img` and `pipes-data.img`.
-    pub fn write(&self, dir: &Dir) -> Result<()> {
+    /// Write `files.img` and the images of the files' contents (pipe and
+    /// FIFO data, ghost files, memfds); the memfd pages written.
+    pub fn write(&self, dir: &Dir) -> Result<u64> {
         dir.write_all("FILES", 0, &self.entries)?;
         let mut w = dir.create("PIPES_DATA", 0)?;
         for (e, data) in &self.pipe_data {
@@ -625,7 +626,7 @@ impl Table {
             }
             w.finish()?;
         }
-        self.memfds.write(dir)?;
+        let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
             for (e, data) in &self.fifo_data {
@@ -634,7 +635,7 @@ impl Table {
             }
             w.finish()?;
         }
-        Ok(())
+        Ok(pages)
     }
 
     /// Load `files.img`, `pipes-data.img` and `fifo-data.img`.

@@ -74,21 +74,22 @@ impl Inodes {
         Ok(id)
     }
 
-    /// Write `memfd.img` and each inode's contents.
-    pub fn write(&self, dir: &Dir) -> Result<()> {
+    /// Write `memfd.img` and each inode's contents; the pages written.
+    pub fn write(&self, dir: &Dir) -> Result<u64> {
         if self.entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let list: Vec<MemfdInodeEntry> = self.entries.iter().map(|(e, _)| e.clone()).collect();
         dir.write_all("MEMFD_INODE", 0, &list)?;
+        let mut pages = 0;
         for (e, f) in &self.entries {
-            write_contents(dir, e, f)?;
+            pages += write_contents(dir, e, f)?;
         }
-        Ok(())
+        Ok(pages)
     }
 }
 
-fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<()> {
+fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
     let pages_id = PAGES_BASE + e.shmid;
     let mut pm = dir.create_shmem_pagemap(u64::from(e.shmid))?;
     pm.write(&PagemapHead { pages_id })?;
@@ -100,6 +101,7 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<()> {
     };
     let mut pages = BufWriter::new(File::create(&path).map_err(io)?);
     let mut off = 0u64;
+    let mut written = 0;
     let mut buf = vec![0u8; CHUNK];
     while off < e.size {
         let data = match nix::unistd::lseek(
@@ -129,6 +131,7 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<()> {
             flags: Some(PE_PRESENT),
             nr_pages: Some((hole - data) / PAGE),
         })?;
+        written += (hole - data) / PAGE;
         let mut at = data;
         while at < hole {
             let n = usize::try_from((hole - at).min(CHUNK as u64)).unwrap_or(CHUNK);
@@ -149,7 +152,7 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<()> {
     }
     pages.flush().map_err(io)?;
     pm.finish()?;
-    Ok(())
+    Ok(written)
 }
 
 /// Make every memfd inode of the images again; fds by inode id.

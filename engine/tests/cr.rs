@@ -865,6 +865,20 @@ fn many_object_kinds_come_back_and_crit_reads_every_image() {
     ] {
         assert!(kinds.iter().any(|k| k == want), "no {want} among {kinds:?}");
     }
+    // stats-dump counts every page the images hold (the tasks' and the memfd's).
+    let mut r = stasis_proto::ImageReader::open(&img.join("stats-dump")).expect("stats-dump");
+    let st: stasis_proto::images::StatsEntry = r.read_entry().expect("entry").expect("one");
+    let pages: u64 = std::fs::read_dir(&img)
+        .expect("images")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert_eq!(
+        st.dump.expect("dump stats").pages_written * 4096,
+        pages,
+        "pages_written against the pages images"
+    );
     assert!(
         kinds.iter().any(|k| k.starts_with("ghost-file-")),
         "no ghost file: {kinds:?}"

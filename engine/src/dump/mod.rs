@@ -199,7 +199,8 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             },
         );
     }
-    files.write(dir)?;
+    // memfd contents are pages of the images too.
+    stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
     dir.write_all("PSTREE", 0, &pstree)?;
     let root = tree.root().map_or(opts.pid, |t| t.pid);
