@@ -398,7 +398,7 @@ impl Table {
                     path: "remap-fpath.img".into(),
                     what: format!("file {orig}: ghost file {remap} is missing"),
                 })?;
-            let path = recreate_ghost(me, -1, &name, *remap, ghost)?;
+            let path = recreate_ghost(me, &name, *remap, ghost)?;
             // Read-only: an executable must have no writers (PR_SET_MM_MAP);
             // tasks reopen it through /proc with their own flags.
             let opened = File::open(&path);
@@ -898,7 +898,7 @@ fn load_ghost(dir: &Dir, id: u32) -> Result<Ghost> {
 }
 
 /// Recreate ghost `g` at its old path (or next to it if that name is taken).
-fn recreate_ghost(pid: Pid, fd: i32, name: &str, id: u32, g: &Ghost) -> Result<String> {
+fn recreate_ghost(pid: Pid, name: &str, id: u32, g: &Ghost) -> Result<String> {
     let mut path = name.to_owned();
     let mode = g.entry.mode & 0o7777;
     let open = |p: &str| {
@@ -912,9 +912,9 @@ fn recreate_ghost(pid: Pid, fd: i32, name: &str, id: u32, g: &Ghost) -> Result<S
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             path = format!("{name}.stasis-ghost-{id:x}");
-            open(&path).map_err(|e| open_err(pid, fd, &path, e))?
+            open(&path).map_err(|e| open_err(pid, -1, &path, e))?
         }
-        Err(e) => return Err(open_err(pid, fd, name, e)),
+        Err(e) => return Err(open_err(pid, -1, name, e)),
     };
     let fill = || -> std::io::Result<()> {
         file.set_len(g.entry.size.unwrap_or(0))?;
@@ -926,7 +926,7 @@ fn recreate_ghost(pid: Pid, fd: i32, name: &str, id: u32, g: &Ghost) -> Result<S
     };
     if let Err(e) = fill() {
         let _ = fs::remove_file(&path);
-        return Err(open_err(pid, fd, &path, e));
+        return Err(open_err(pid, -1, &path, e));
     }
     Ok(path)
 }

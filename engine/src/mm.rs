@@ -316,6 +316,38 @@ pub fn put(pid: Pid, t: &Trampoline, off: u64, bytes: &[u8]) -> Result<u64> {
     Ok(t.data + off)
 }
 
+/// Open `path` in the task and map it at `start` (MAP_FIXED added to
+/// `flags`), then close it again.
+#[allow(clippy::too_many_arguments)]
+fn map_path(
+    r: &Remote,
+    t: &Trampoline,
+    path: &str,
+    oflags: i32,
+    start: u64,
+    len: u64,
+    prot: u32,
+    flags: u32,
+    off: u64,
+) -> Result<()> {
+    let fd = remote_open(r, t, path, oflags | libc::O_CLOEXEC)?;
+    let fixed = libc::MAP_FIXED.cast_unsigned();
+    let res = r.call(
+        "mmap",
+        nr::MMAP,
+        [
+            start,
+            len,
+            u64::from(prot),
+            u64::from(flags | fixed),
+            fd,
+            off,
+        ],
+    );
+    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    res.map(drop)
+}
+
 fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64> {
     let mut p = path.as_bytes().to_vec();
     p.push(0);
@@ -464,21 +496,7 @@ pub fn restore(
             } else {
                 libc::O_RDONLY
             };
-            let fd = remote_open(r, t, path, oflags | libc::O_CLOEXEC)?;
-            let res = r.call(
-                "mmap",
-                nr::MMAP,
-                [
-                    v.start,
-                    len,
-                    u64::from(prot),
-                    u64::from(v.flags | fixed),
-                    fd,
-                    v.pgoff,
-                ],
-            );
-            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-            res?;
+            map_path(r, t, path, oflags, v.start, len, prot, v.flags, v.pgoff)?;
         } else if v.status & status::ANON_SHARED != 0
             && let Some(&(owner, ostart, oend, opgoff)) = shared.get(&v.shmid)
         {
@@ -497,27 +515,17 @@ pub fn restore(
                     errno: nix::errno::Errno::EINVAL,
                 });
             };
-            let fd = remote_open(
+            map_path(
                 r,
                 t,
                 &format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}"),
-                libc::O_RDWR | libc::O_CLOEXEC,
+                libc::O_RDWR,
+                v.start,
+                len,
+                prot,
+                v.flags & !libc::MAP_ANONYMOUS.cast_unsigned(),
+                off,
             )?;
-            let shared_flags = v.flags & !libc::MAP_ANONYMOUS.cast_unsigned();
-            let res = r.call(
-                "mmap",
-                nr::MMAP,
-                [
-                    v.start,
-                    len,
-                    u64::from(prot),
-                    u64::from(shared_flags | fixed),
-                    fd,
-                    off,
-                ],
-            );
-            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-            res?;
         } else {
             if v.status & status::ANON_SHARED != 0 {
                 shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));

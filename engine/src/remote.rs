@@ -145,11 +145,7 @@ impl Remote {
     /// Run one syscall from the syscall-exit stop, never executing the
     /// instruction after it (for a call that unmaps that instruction).
     pub fn call_final(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<u64> {
-        let slow = Remote {
-            trap: false,
-            ..Remote::new(self.tid, self.base, self.insn)
-        };
-        slow.call(name, nr, args)
+        Remote::new(self.tid, self.base, self.insn).call(name, nr, args)
     }
 
     /// Run one syscall and return its result; a negative result is an error.

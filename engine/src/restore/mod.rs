@@ -534,6 +534,10 @@ fn restore_task(
     }
     task::restore_thread(&r, pid, &p.core, t.data)?;
     task::restore_task_late(&r, tc, t.data)?;
+    // Per thread: seccomp (suspended for the engine), then its credentials
+    // (the capability to install filters may go with them). A credential
+    // change resets the dumpable flag and the parent-death signal, so those
+    // follow.
     for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
         let thc = core.thread_core.as_ref();
         filters.restore_thread(
@@ -542,11 +546,6 @@ fn restore_task(
             thc.and_then(|c| c.seccomp_filter),
             t.data,
         )?;
-    }
-    // Credentials last: each thread its own. A credential change resets
-    // the dumpable flag and the parent-death signal, so those follow.
-    for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
-        let thc = core.thread_core.as_ref();
         if let Some(c) = thc.and_then(|c| c.creds.as_ref()) {
             creds::restore(tr, pid, c, t.data)?;
             creds::restore_no_new_privs(tr, c)?;
