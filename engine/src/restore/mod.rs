@@ -415,6 +415,7 @@ fn finish(
     for tid in &threads {
         let _ = ptrace::detach(*tid, None);
     }
+    settle(plans);
     let mut w = dir.create_stats("restore")?;
     w.write(&StatsEntry {
         dump: None,
@@ -428,6 +429,31 @@ fn finish(
     })?;
     w.finish()?;
     Ok(pages)
+}
+
+/// Wait (briefly) until stopped tasks show as stopped and zombies as
+/// zombies, so that the tree looks as dumped when restore returns: the
+/// SIGSTOP sent before the release, and a zombie's own exit, take effect
+/// asynchronously.
+fn settle(plans: &[Plan]) {
+    let want: Vec<(Pid, char)> = plans
+        .iter()
+        .filter_map(|p| {
+            let state = p.core.tc.as_ref()?.task_state;
+            let c = match state {
+                task::state::STOPPED => 'T',
+                task::state::ZOMBIE => 'Z',
+                _ => return None,
+            };
+            Some((pid_of(p.pst.pid), c))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for (pid, c) in want {
+        while proc::stat(pid, None).is_ok_and(|s| s.state != c) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 fn seize(tid: Pid) -> Result<x86::Regs> {
