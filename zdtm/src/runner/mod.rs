@@ -292,7 +292,7 @@ pub fn run_case(t: &Test, flavor: Flavor, opts: &Options) -> CaseResult {
     }
     let keep = match opts.keep_img {
         KeepImg::Always => true,
-        KeepImg::Failed => res.status.is_failure() || res.status == Status::ExpectedFail,
+        KeepImg::Failed => res.status.is_failure(),
         KeepImg::Never => false,
     };
     if keep {
