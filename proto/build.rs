@@ -36,6 +36,12 @@ const IMAGE_FILES: &[&str] = &[
     "remap-file-path.proto",
     "memfd.proto",
     "pidfd.proto",
+    "eventfd.proto",
+    "eventpoll.proto",
+    "signalfd.proto",
+    "timerfd.proto",
+    "fh.proto",
+    "fsnotify.proto",
     "stats.proto",
 ];
 

@@ -105,6 +105,9 @@ pub mod nr {
     pub const PREAD64: u64 = 17;
     pub const SECCOMP: u64 = 317;
     pub const DUP3: u64 = 292;
+    pub const EPOLL_CTL: u64 = 233;
+    pub const SETSOCKOPT: u64 = 54;
+    pub const SHUTDOWN: u64 = 48;
 }
 
 /// `struct user_regs_struct` in kernel order.

@@ -62,6 +62,12 @@ pub enum EngineError {
     PidTaken { pid: Pid },
     #[error("task {pid}: cannot create it with its PID: {errno}")]
     Fork { pid: Pid, errno: Errno },
+    #[error("task {pid}: reading {what} failed: {errno}; the task keeps running")]
+    Dump {
+        pid: Pid,
+        what: String,
+        errno: Errno,
+    },
     #[error("task {pid}: restoring {what} failed: {errno}")]
     Restore {
         pid: Pid,
@@ -98,6 +104,12 @@ impl EngineError {
     /// A ptrace failure on a thread.
     pub fn ptrace(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> EngineError {
         move |errno| EngineError::Ptrace { tid, op, errno }
+    }
+
+    /// A failed step of reading a task's state at dump.
+    pub fn dump(pid: Pid, what: impl Into<String>) -> impl FnOnce(Errno) -> EngineError {
+        let what = what.into();
+        move |errno| EngineError::Dump { pid, what, errno }
     }
 
     /// A failed step of restoring a task.

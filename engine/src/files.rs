@@ -24,7 +24,12 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
+use crate::eventfd::Eventfd;
+use crate::eventpoll::Eventpoll;
 use crate::images::Dir;
+use crate::inotify::Inotify;
+use crate::signalfd::Signalfd;
+use crate::timerfd::Timerfd;
 use crate::{memfd, proc, sys};
 
 /// Options that change which fds a dump accepts.
@@ -58,12 +63,60 @@ pub struct FdCtx<'a> {
     pub meta: &'a fs::Metadata,
 }
 
-/// One kind of open file.
+impl FdCtx<'_> {
+    /// The file's status flags, close-on-exec (an fd flag) left out.
+    pub fn flags(&self) -> u32 {
+        self.fd.flags & !(libc::O_CLOEXEC.cast_unsigned())
+    }
+
+    /// fdinfo line `key`, or an error naming the fd.
+    pub fn field(&self, key: &str) -> Result<&str> {
+        self.fd.field(key).ok_or_else(|| self.format_err(key))
+    }
+
+    /// fdinfo did not show `what` as expected.
+    pub fn format_err(&self, what: &str) -> Error {
+        Error::ProcFormat {
+            pid: self.pid,
+            file: format!("fdinfo/{} ({what})", self.fd.fd),
+        }
+    }
+}
+
+/// What the restore half of a kind sees: the first task using the file, and
+/// the state shared by the files of one restore.
+#[derive(Debug)]
+pub struct OpenCtx<'a> {
+    /// The first task that uses the file, and its fd number there.
+    pub pid: Pid,
+    #[allow(missing_docs)]
+    pub fd: i32,
+    /// The loaded images.
+    pub table: &'a Table,
+    /// Pipes made so far (both ends), by pipe id.
+    pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
+    /// FIFO keepers made so far, by pipe id.
+    fifos: HashMap<u32, OwnedFd>,
+}
+
+impl OpenCtx<'_> {
+    /// A failed step of making the file `what` again.
+    pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error {
+        Error::restore(self.pid, format!("fd {} ({what})", self.fd))
+    }
+}
+
+/// One kind of open file: the dump half reads it from the task, the restore
+/// half makes an open file like it in the engine, to be installed in tasks.
 pub trait FileKind {
     /// The image's type for it.
     const TYPE: FdTypes;
+    /// Its entry in `files.img`.
+    type Entry;
     /// Describe the open file `cx` (the entry's id is filled in by the caller).
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind>;
+    /// Make the open file again.
+    fn open(e: &Self::Entry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd>;
 }
 
 /// Regular files, directories and device nodes opened by path.
@@ -85,6 +138,7 @@ fn tty_major(major: u32) -> bool {
 
 impl FileKind for Reg {
     const TYPE: FdTypes = FdTypes::Reg;
+    type Entry = RegFileEntry;
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         Ok(Kind::Reg(RegFileEntry {
             id: 0,
@@ -98,10 +152,36 @@ impl FileKind for Reg {
             ..RegFileEntry::default()
         }))
     }
+
+    fn open(r: &RegFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let (pid, fd) = (cx.pid, cx.fd);
+        let Some(g) = cx.table.remaps.get(&r.id) else {
+            return open_reg(pid, fd, r);
+        };
+        let name = cx
+            .table
+            .ghost_paths
+            .get(g)
+            .cloned()
+            .ok_or_else(|| Error::BadImage {
+                path: "remap-fpath.img".into(),
+                what: format!("file {}: ghost file {g} was not made", r.id),
+            })?;
+        open_reg(
+            pid,
+            fd,
+            &RegFileEntry {
+                name,
+                size: None,
+                ..r.clone()
+            },
+        )
+    }
 }
 
 impl FileKind for Pipe {
     const TYPE: FdTypes = FdTypes::Pipe;
+    type Entry = PipeEntry;
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
         let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
@@ -115,10 +195,34 @@ impl FileKind for Pipe {
             fown: FownEntry::default(),
         }))
     }
+
+    fn open(p: &PipeEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let (pid, fd) = (cx.pid, cx.fd);
+        if let std::collections::hash_map::Entry::Vacant(slot) = cx.pipes.entry(p.pipe_id) {
+            slot.insert(cx.table.new_pipe(pid, p.pipe_id)?);
+        }
+        let (r, w) = cx.pipes.get(&p.pipe_id).ok_or_else(|| Error::BadImage {
+            path: "pipes.img".into(),
+            what: "pipe vanished".into(),
+        })?;
+        let end = if p.flags & libc::O_ACCMODE.cast_unsigned() == libc::O_WRONLY.cast_unsigned() {
+            w
+        } else {
+            r
+        };
+        let dup = end.try_clone().map_err(|e| open_err(pid, fd, "pipe", e))?;
+        // O_DIRECT is packet mode (each write one packet).
+        let keep = (libc::O_NONBLOCK | libc::O_DIRECT).cast_unsigned();
+        let fl = OFlag::from_bits_truncate((p.flags & keep).cast_signed());
+        fcntl(dup.as_fd(), FcntlArg::F_SETFL(fl))
+            .map_err(|e| open_err(pid, fd, "pipe", e.into()))?;
+        Ok(dup)
+    }
 }
 
 impl FileKind for Fifo {
     const TYPE: FdTypes = FdTypes::Fifo;
+    type Entry = FifoEntry;
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
         let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
@@ -145,6 +249,10 @@ impl FileKind for Fifo {
             pipe_id,
             regf_id: Some(regf_id),
         }))
+    }
+
+    fn open(f: &FifoEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        cx.table.open_fifo(cx.pid, cx.fd, f, &mut cx.fifos)
     }
 }
 
@@ -242,6 +350,8 @@ impl Table {
         let ft = meta.file_type();
         let ty = if fd.target.starts_with("pipe:[") {
             FdTypes::Pipe
+        } else if let Some(ty) = anon_kind(&fd.target) {
+            ty
         } else if fd.target.starts_with("/memfd:") && ft.is_file() {
             FdTypes::Memfd
         } else if !fd.target.starts_with('/') {
@@ -287,6 +397,11 @@ impl Table {
         let mut kind = match ty {
             FdTypes::Pipe => Pipe::dump(&cx, self)?,
             FdTypes::Fifo => Fifo::dump(&cx, self)?,
+            FdTypes::Eventfd => Eventfd::dump(&cx, self)?,
+            FdTypes::Signalfd => Signalfd::dump(&cx, self)?,
+            FdTypes::Timerfd => Timerfd::dump(&cx, self)?,
+            FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
+            FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
@@ -307,6 +422,21 @@ impl Table {
             Kind::Pipe(p) => p.id = id,
             Kind::Fifo(f) => f.id = id,
             Kind::Memfd(m) => m.id = id,
+            Kind::Efd(e) => e.id = id,
+            Kind::Sgfd(e) => e.id = id,
+            Kind::Tfd(e) => e.id = id,
+            Kind::Epfd(e) => {
+                e.id = id;
+                for t in &mut e.tfd {
+                    t.id = id;
+                }
+            }
+            Kind::Ify(e) => {
+                e.id = id;
+                for w in &mut e.wd {
+                    w.id = id;
+                }
+            }
             _ => {}
         }
         self.entries.push(FileEntry {
@@ -702,8 +832,13 @@ impl Table {
     /// Errors name `pid`/`fd`, the first task using the file.
     pub fn open_all(&self, uses: &[(Pid, i32, u32)]) -> Result<HashMap<u32, OwnedFd>> {
         let mut out: HashMap<u32, OwnedFd> = HashMap::new();
-        let mut pipes: HashMap<u32, (OwnedFd, OwnedFd)> = HashMap::new();
-        let mut fifos: HashMap<u32, OwnedFd> = HashMap::new();
+        let mut cx = OpenCtx {
+            pid: Pid::from_raw(0),
+            fd: -1,
+            table: self,
+            pipes: HashMap::new(),
+            fifos: HashMap::new(),
+        };
         for &(pid, fd, id) in uses {
             if out.contains_key(&id) {
                 continue;
@@ -712,55 +847,17 @@ impl Table {
                 path: "files.img".into(),
                 what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
             })?;
+            (cx.pid, cx.fd) = (pid, fd);
             let opened = match entry.kind.as_ref() {
-                Some(Kind::Reg(r)) => {
-                    match self.remaps.get(&id) {
-                        Some(g) => {
-                            let name = self.ghost_paths.get(g).cloned().ok_or_else(|| {
-                                Error::BadImage {
-                                    path: "remap-fpath.img".into(),
-                                    what: format!("file {id}: ghost file {g} was not made"),
-                                }
-                            })?;
-                            open_reg(
-                                pid,
-                                fd,
-                                &RegFileEntry {
-                                    name,
-                                    size: None,
-                                    ..r.clone()
-                                },
-                            )?
-                        }
-                        None => open_reg(pid, fd, r)?,
-                    }
-                }
-                Some(Kind::Pipe(p)) => {
-                    if let std::collections::hash_map::Entry::Vacant(slot) = pipes.entry(p.pipe_id)
-                    {
-                        slot.insert(self.new_pipe(pid, p.pipe_id)?);
-                    }
-                    let (r, w) = pipes.get(&p.pipe_id).ok_or_else(|| Error::BadImage {
-                        path: "pipes.img".into(),
-                        what: "pipe vanished".into(),
-                    })?;
-                    let end = if p.flags & libc::O_ACCMODE.cast_unsigned()
-                        == libc::O_WRONLY.cast_unsigned()
-                    {
-                        w
-                    } else {
-                        r
-                    };
-                    let dup = end.try_clone().map_err(|e| open_err(pid, fd, "pipe", e))?;
-                    // O_DIRECT is packet mode (each write one packet).
-                    let keep = (libc::O_NONBLOCK | libc::O_DIRECT).cast_unsigned();
-                    let fl = OFlag::from_bits_truncate((p.flags & keep).cast_signed());
-                    fcntl(dup.as_fd(), FcntlArg::F_SETFL(fl))
-                        .map_err(|e| open_err(pid, fd, "pipe", e.into()))?;
-                    dup
-                }
-                Some(Kind::Fifo(f)) => self.open_fifo(pid, fd, f, &mut fifos)?,
+                Some(Kind::Reg(r)) => Reg::open(r, &mut cx)?,
+                Some(Kind::Pipe(p)) => Pipe::open(p, &mut cx)?,
+                Some(Kind::Fifo(f)) => Fifo::open(f, &mut cx)?,
                 Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m)?,
+                Some(Kind::Efd(e)) => Eventfd::open(e, &mut cx)?,
+                Some(Kind::Sgfd(e)) => Signalfd::open(e, &mut cx)?,
+                Some(Kind::Tfd(e)) => Timerfd::open(e, &mut cx)?,
+                Some(Kind::Epfd(e)) => Eventpoll::open(e, &mut cx)?,
+                Some(Kind::Ify(e)) => Inotify::open(e, &mut cx)?,
                 other => {
                     return Err(Error::Unsupported {
                         pid,
@@ -773,6 +870,7 @@ impl Table {
             };
             out.insert(id, opened);
         }
+        let fifos = std::mem::take(&mut cx.fifos);
         // A FIFO's queued bytes live while it is open: the keepers stay in the
         // pool (under ids no entry has) until every task has its own fds.
         for (k, keeper) in fifos.into_values().enumerate() {
@@ -931,6 +1029,18 @@ fn recreate_ghost(pid: Pid, name: &str, id: u32, g: &Ghost) -> Result<String> {
     Ok(path)
 }
 
+/// The kind of an anonymous-inode file, by its /proc link target.
+fn anon_kind(target: &str) -> Option<FdTypes> {
+    Some(match target.strip_prefix("anon_inode:")? {
+        "[eventfd]" => FdTypes::Eventfd,
+        "[signalfd]" => FdTypes::Signalfd,
+        "[timerfd]" => FdTypes::Timerfd,
+        "[eventpoll]" => FdTypes::Eventpoll,
+        "inotify" => FdTypes::Inotify,
+        _ => return None,
+    })
+}
+
 fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Reg(_) => "regular file",
@@ -939,6 +1049,11 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Tty(_) => "tty",
         Kind::Memfd(_) => "memfd",
         Kind::Pidfd(_) => "pidfd",
+        Kind::Efd(_) => "eventfd",
+        Kind::Epfd(_) => "epoll",
+        Kind::Sgfd(_) => "signalfd",
+        Kind::Tfd(_) => "timerfd",
+        Kind::Ify(_) => "inotify",
     }
 }
 

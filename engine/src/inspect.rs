@@ -160,6 +160,11 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
         Some(file_entry::Kind::Tty(t)) => format!("tty[{}]", t.tty_info_id),
         Some(file_entry::Kind::Memfd(m)) => format!("memfd[inode {}]", m.inode_id),
         Some(file_entry::Kind::Pidfd(p)) => format!("pidfd[{}]", p.nspid),
+        Some(file_entry::Kind::Efd(e)) => format!("[eventfd] count {}", e.counter),
+        Some(file_entry::Kind::Epfd(e)) => format!("[eventpoll] {} fds", e.tfd.len()),
+        Some(file_entry::Kind::Sgfd(e)) => format!("[signalfd] mask {:#x}", e.sigmask),
+        Some(file_entry::Kind::Tfd(e)) => format!("[timerfd] clock {}", e.clockid),
+        Some(file_entry::Kind::Ify(e)) => format!("inotify {} watches", e.wd.len()),
         None => {
             let name = FdTypes::try_from(f.r#type)
                 .map(|t| t.as_str_name().to_owned())

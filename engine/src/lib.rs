@@ -7,8 +7,11 @@
 pub mod creds;
 pub mod dump;
 pub mod error;
+pub mod eventfd;
+pub mod eventpoll;
 pub mod files;
 pub mod images;
+pub mod inotify;
 pub mod inspect;
 pub mod memfd;
 pub mod mm;
@@ -18,8 +21,10 @@ pub mod remote;
 pub mod restore;
 pub mod seccomp;
 pub mod seize;
+pub mod signalfd;
 pub mod sys;
 pub mod task;
+pub mod timerfd;
 pub mod timers;
 
 pub use error::{EngineError, Result};

@@ -273,6 +273,38 @@ pub struct Fd {
     pub extra: Vec<String>,
 }
 
+impl Fd {
+    /// The value of fdinfo line `key: value`, trimmed.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.extra.iter().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.strip_prefix(':'))
+                .map(str::trim)
+        })
+    }
+}
+
+/// `key:value` pairs of an fdinfo line such as epoll's
+/// `tfd:        5 events:       19 data: 1111 pos:0 ino:61 sdev:f`
+/// (a key's value may follow after spaces).
+pub fn pairs(line: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut it = line.split_whitespace().peekable();
+    while let Some(tok) = it.next() {
+        let Some((k, v)) = tok.split_once(':') else {
+            continue;
+        };
+        if v.is_empty() {
+            if let Some(next) = it.next_if(|n| !n.contains(':')) {
+                out.push((k, next));
+            }
+        } else {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
 /// The open fds of a process, in fd order.
 pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
     let mut nums = numbered(pid, "fd")?;

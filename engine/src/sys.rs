@@ -436,6 +436,99 @@ pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno
     Ok(Errno::result(ret)? == 0)
 }
 
+/// Whether fd `fd` of `pid` is the file registered as fd `tfd` in epoll fd
+/// `epfd` of the same task (kcmp KCMP_EPOLL_TFD).
+pub fn kcmp_epoll_tfd(pid: Pid, fd: i32, epfd: i32, tfd: i32) -> Result<bool, Errno> {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: epfd.cast_unsigned(),
+        tfd: tfd.cast_unsigned(),
+        toff: 0,
+    };
+    // SAFETY: the kernel reads the slot through the pointer for the call's
+    // duration only.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid.as_raw(),
+            pid.as_raw(),
+            KCMP_EPOLL_TFD,
+            libc::c_long::from(fd),
+            &raw const slot,
+        )
+    };
+    Ok(Errno::result(ret)? == 0)
+}
+
+/// A new signalfd for the signals in `mask` (bit n-1 for signal n); raw,
+/// as the kernel's sigset holds real-time signals the libc types do not name.
+pub fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: the kernel reads 8 bytes of mask during the call; the result
+    // is a new fd.
+    let ret = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &raw const mask, 8usize, flags) };
+    let fd = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Set the expirations a timerfd reports (TFD_IOC_SET_TICKS).
+pub fn timerfd_set_ticks(fd: std::os::fd::BorrowedFd<'_>, ticks: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the ioctl reads a u64 through the pointer during the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS as _, &raw const ticks) };
+    Errno::result(ret).map(drop)
+}
+
+/// timerfd_gettime on `fd`, for its side effect: an expired periodic timer
+/// adds its missed expirations to the ticks and is re-armed.
+pub fn timerfd_gettime(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let mut its = std::mem::MaybeUninit::<libc::itimerspec>::uninit();
+    // SAFETY: the kernel writes a struct itimerspec through the pointer.
+    let ret = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), its.as_mut_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Open the inode behind a file handle (`handle_type`, `handle`) on the
+/// mount of `mount_fd` (open_by_handle_at; needs CAP_DAC_READ_SEARCH).
+pub fn open_by_handle(
+    mount_fd: std::os::fd::BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+    flags: i32,
+) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(
+        &u32::try_from(handle.len())
+            .map_err(|_| Errno::EINVAL)?
+            .to_ne_bytes(),
+    );
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: the kernel reads the handle header and bytes from `buf`
+    // during the call; the result is a new fd.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            buf.as_ptr(),
+            flags,
+        )
+    };
+    let fd = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Borrow an fd number this process knows is open for as long as it lives
 /// (the restore's inherited pipe ends).
 pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

@@ -19,9 +19,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use stasis_arch::x86::{self, nr};
+use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    CoreEntry, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, RestoreStatsEntry,
-    StatsEntry,
+    CoreEntry, FdTypes, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry,
+    RestoreStatsEntry, StatsEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -29,7 +30,7 @@ use crate::files::Table;
 use crate::images::Dir;
 use crate::mm::{self, Trampoline};
 use crate::remote::{self, Remote};
-use crate::{creds, proc, seccomp, sys, task};
+use crate::{creds, eventpoll, proc, seccomp, sys, task};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -66,6 +67,9 @@ pub(crate) struct Plan {
     /// Files under /proc/PID/ of a task of the tree: opened by the task
     /// itself once every task exists (target fd, file id, close-on-exec).
     pub late_fds: Vec<(RawFd, u32, bool)>,
+    /// epoll fds whose targets this task registers (fd, file id): each
+    /// epoll file once, in the first task that has it.
+    pub epolls: Vec<(RawFd, u32)>,
     pub cwd: Option<String>,
     pub root_dir: Option<String>,
 }
@@ -119,6 +123,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
             thread_cores: Vec::new(),
             fds: Vec::new(),
             late_fds: Vec::new(),
+            epolls: Vec::new(),
             cwd: None,
             root_dir: None,
         };
@@ -196,7 +201,14 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             .and_then(|n| n.parse::<u32>().ok())
             .is_some_and(|n| tree_pids.contains(&n))
     };
+    let mut epolls_seen = std::collections::HashSet::new();
     for p in &mut plans {
+        p.epolls = p
+            .fdinfo
+            .iter()
+            .filter(|f| f.r#type == FdTypes::Eventpoll as i32 && epolls_seen.insert(f.id))
+            .map(|f| (f.fd.cast_signed(), f.id))
+            .collect();
         p.late_fds = p
             .fdinfo
             .iter()
@@ -524,6 +536,11 @@ fn restore_task(
     let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
     set_mm_map(&r, t, mm, files)?;
     open_late_fds(&r, t, p, files)?;
+    for &(fd, id) in &p.epolls {
+        if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
+            eventpoll::register(&r, t, fd, e)?;
+        }
+    }
     // The root directory last among path lookups: every path in the images
     // is as seen from the engine's root.
     if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {

@@ -233,6 +233,7 @@ fn cpu_has(flag: &str) -> bool {
 
 /// Run one test in one flavor.
 pub fn run_case(t: &Test, flavor: Flavor, opts: &Options) -> CaseResult {
+    procs::adopt_orphans();
     let started = Instant::now();
     let mut res = CaseResult {
         name: t.name,
@@ -446,6 +447,8 @@ impl<'a> Case<'a> {
         };
         let shape_only = self.t.kind == Kind::Transition;
         let before = state::snapshot(pid, shape_only);
+        // Every process of the tree must be gone (reaped) before the restore.
+        let members = state::tree(pid);
         let img = self.path(&format!("img-{iter}"));
         std::fs::create_dir_all(&img).map_err(|e| format!("create {}: {e}", img.display()))?;
         let crfail = self.t.flags.crfail;
@@ -496,7 +499,7 @@ impl<'a> Case<'a> {
                     self.opts.timeout.as_secs()
                 ));
             }
-            for p in before.procs.keys() {
+            for p in &members {
                 if !wait_gone(*p, self.opts.timeout) {
                     return Err(format!("pid {p} of the tree still exists after the dump"));
                 }

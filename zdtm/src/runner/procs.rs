@@ -144,6 +144,20 @@ pub fn kill_test(root: i32, since: u64) -> Vec<i32> {
     }
 }
 
+/// Reap `pid` if it is a dead child of this process. The runner is a child
+/// subreaper (see [`adopt_orphans`]): a test's processes that outlive their
+/// parents become its children, and their PIDs are free at once when they
+/// die, instead of after init gets round to them.
+pub fn reap(pid: i32) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+/// Make this process the reaper of its orphaned descendants.
+pub fn adopt_orphans() {
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+}
+
 /// Whether /proc/PID exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -158,7 +172,10 @@ pub fn alive(pid: i32) -> bool {
 /// Wait until /proc/PID is gone entirely (reaped), up to `limit`.
 pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while {
+        reap(pid);
+        Path::new(&format!("/proc/{pid}")).exists()
+    } {
         if Instant::now() > deadline {
             return false;
         }
