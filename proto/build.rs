@@ -42,6 +42,9 @@ const IMAGE_FILES: &[&str] = &[
     "timerfd.proto",
     "fh.proto",
     "fsnotify.proto",
+    "sk-opts.proto",
+    "sk-unix.proto",
+    "sk-packet.proto",
     "stats.proto",
 ];
 

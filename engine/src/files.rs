@@ -21,6 +21,7 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, GhostChunkEntry, GhostFileEntry,
     MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry, RemapType,
+    SkPacketEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -30,6 +31,7 @@ use crate::images::Dir;
 use crate::inotify::Inotify;
 use crate::signalfd::Signalfd;
 use crate::timerfd::Timerfd;
+use crate::unix::UnixSk;
 use crate::{memfd, proc, sys};
 
 /// Options that change which fds a dump accepts.
@@ -40,6 +42,9 @@ pub struct Opts {
     /// `--ghost-limit`: the largest file deleted while open whose contents
     /// go into the images.
     pub ghost_limit: u64,
+    /// `--leave-running`: the tree goes on after the dump, so nothing may
+    /// be taken from it (such as a connection waiting to be accepted).
+    pub leave_running: bool,
 }
 
 /// CRIU's default `--ghost-limit`: 1 MiB.
@@ -97,12 +102,38 @@ pub struct OpenCtx<'a> {
     pipes: HashMap<u32, (OwnedFd, OwnedFd)>,
     /// FIFO keepers made so far, by pipe id.
     fifos: HashMap<u32, OwnedFd>,
+    /// Files opened so far, by id.
+    opened: HashMap<u32, OwnedFd>,
+    /// Ids some task has an fd of.
+    used: std::collections::HashSet<u32>,
+    /// The unix sockets, all made at the first one.
+    pub(crate) unix_made: Option<HashMap<u32, OwnedFd>>,
 }
 
 impl OpenCtx<'_> {
     /// A failed step of making the file `what` again.
     pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error {
         Error::restore(self.pid, format!("fd {} ({what})", self.fd))
+    }
+
+    /// Whether a task has an fd of file `id` (files in flight have none).
+    pub fn is_used(&self, id: u32) -> bool {
+        self.used.contains(&id)
+    }
+
+    /// File `id`, opened once and shared (a file in flight may also be in
+    /// a task's table).
+    pub fn open_id(&mut self, id: u32) -> Result<OwnedFd> {
+        if !self.opened.contains_key(&id) {
+            let fd = self.table.open_entry(id, self)?;
+            self.opened.insert(id, fd);
+        }
+        let fd = self.opened.get(&id).ok_or_else(|| Error::BadImage {
+            path: "files.img".into(),
+            what: format!("file {id} vanished"),
+        })?;
+        fd.try_clone()
+            .map_err(|e| open_err(self.pid, self.fd, "a file", e))
     }
 }
 
@@ -295,11 +326,42 @@ pub struct Table {
     pub ghost_limit: u64,
     ghost_fds: HashMap<u32, OwnedFd>,
     ghost_paths: HashMap<u32, String>,
+    /// Unix sockets: sock_diag's view, queued data, fds in flight.
+    pub(crate) unix: crate::unix::State,
+    /// Dump: the options of the dump (for files found in flight).
+    pub(crate) opts: Opts,
 }
 
 impl Table {
     fn next_id(&self) -> u32 {
         u32::try_from(self.entries.len() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Every entry of `files.img`.
+    pub(crate) fn entries(&self) -> &[FileEntry] {
+        &self.entries
+    }
+
+    /// Set the peer of the unix socket entry with inode `ino`.
+    pub(crate) fn set_unix_peer(&mut self, ino: u32, peer: u32) {
+        for e in &mut self.entries {
+            if let Some(Kind::Usk(u)) = &mut e.kind
+                && u.ino == ino
+            {
+                u.peer = peer;
+            }
+        }
+    }
+
+    /// Add an entry no fd refers to yet; `kind` gets its id.
+    pub(crate) fn add_entry(&mut self, kind: impl FnOnce(u32) -> Kind, ty: FdTypes) -> u32 {
+        let id = self.next_id();
+        self.entries.push(FileEntry {
+            r#type: ty as i32,
+            id,
+            kind: Some(kind(id)),
+        });
+        id
     }
 
     /// A file referred to by path (mapped file, exe, cwd, root): one entry per path.
@@ -330,6 +392,7 @@ impl Table {
     /// Describe fd `fd` of `pid`; errors name the fd and its kind when the
     /// kind is not supported.
     pub fn dump_fd(&mut self, pid: Pid, fd: &proc::Fd, opts: Opts) -> Result<FdinfoEntry> {
+        self.opts = opts;
         let link = format!("/proc/{pid}/fd/{}", fd.fd);
         let unsupported = |what: String| Error::Unsupported {
             pid,
@@ -354,6 +417,14 @@ impl Table {
             ty
         } else if fd.target.starts_with("/memfd:") && ft.is_file() {
             FdTypes::Memfd
+        } else if ft.is_socket() {
+            if !self.unix.is_unix(u32::try_from(meta.ino()).unwrap_or(0)) {
+                return Err(unsupported(format!(
+                    "{}, a socket of a family stasis cannot dump yet (only unix sockets)",
+                    fd.target
+                )));
+            }
+            FdTypes::Unixsk
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)")
@@ -375,8 +446,6 @@ impl Table {
                 )));
             }
             FdTypes::Reg
-        } else if ft.is_socket() {
-            return Err(unsupported(format!("socket {}", fd.target)));
         } else {
             FdTypes::Reg
         };
@@ -402,6 +471,7 @@ impl Table {
             FdTypes::Timerfd => Timerfd::dump(&cx, self)?,
             FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
+            FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
@@ -423,6 +493,7 @@ impl Table {
             Kind::Fifo(f) => f.id = id,
             Kind::Memfd(m) => m.id = id,
             Kind::Efd(e) => e.id = id,
+            Kind::Usk(e) => e.id = id,
             Kind::Sgfd(e) => e.id = id,
             Kind::Tfd(e) => e.id = id,
             Kind::Epfd(e) => {
@@ -723,7 +794,8 @@ impl Table {
 
     /// Write `files.img` and the images of the files' contents (pipe and
     /// FIFO data, ghost files, memfds); the memfd pages written.
-    pub fn write(&self, dir: &Dir) -> Result<u64> {
+    pub fn write(&mut self, dir: &Dir) -> Result<u64> {
+        self.finish_unix()?;
         dir.write_all("FILES", 0, &self.entries)?;
         let mut w = dir.create("PIPES_DATA", 0)?;
         for (e, data) in &self.pipe_data {
@@ -808,6 +880,15 @@ impl Table {
                 t.fifo_data.push((e, data));
             }
         }
+        if dir.exists("SK_QUEUES", 0) {
+            let mut r = dir.open_image("SK_QUEUES", 0)?;
+            let mut q = Vec::new();
+            while let Some(e) = r.read_entry::<SkPacketEntry>()? {
+                let data = r.read_payload(u64::from(e.length))?;
+                q.push((e, data));
+            }
+            t.unix.set_queues(q);
+        }
         Ok(t)
     }
 
@@ -831,45 +912,25 @@ impl Table {
     /// Open every file in `ids` again, once per open file description.
     /// Errors name `pid`/`fd`, the first task using the file.
     pub fn open_all(&self, uses: &[(Pid, i32, u32)]) -> Result<HashMap<u32, OwnedFd>> {
-        let mut out: HashMap<u32, OwnedFd> = HashMap::new();
         let mut cx = OpenCtx {
             pid: Pid::from_raw(0),
             fd: -1,
             table: self,
             pipes: HashMap::new(),
             fifos: HashMap::new(),
+            opened: HashMap::new(),
+            used: uses.iter().map(|u| u.2).collect(),
+            unix_made: None,
         };
         for &(pid, fd, id) in uses {
-            if out.contains_key(&id) {
+            if cx.opened.contains_key(&id) {
                 continue;
             }
-            let entry = self.get(id).ok_or_else(|| Error::BadImage {
-                path: "files.img".into(),
-                what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
-            })?;
             (cx.pid, cx.fd) = (pid, fd);
-            let opened = match entry.kind.as_ref() {
-                Some(Kind::Reg(r)) => Reg::open(r, &mut cx)?,
-                Some(Kind::Pipe(p)) => Pipe::open(p, &mut cx)?,
-                Some(Kind::Fifo(f)) => Fifo::open(f, &mut cx)?,
-                Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m)?,
-                Some(Kind::Efd(e)) => Eventfd::open(e, &mut cx)?,
-                Some(Kind::Sgfd(e)) => Signalfd::open(e, &mut cx)?,
-                Some(Kind::Tfd(e)) => Timerfd::open(e, &mut cx)?,
-                Some(Kind::Epfd(e)) => Eventpoll::open(e, &mut cx)?,
-                Some(Kind::Ify(e)) => Inotify::open(e, &mut cx)?,
-                other => {
-                    return Err(Error::Unsupported {
-                        pid,
-                        what: format!(
-                            "fd {fd}: file kind {:?} in the images",
-                            other.map(kind_name)
-                        ),
-                    });
-                }
-            };
-            out.insert(id, opened);
+            let opened = self.open_entry(id, &mut cx)?;
+            cx.opened.insert(id, opened);
         }
+        let mut out = std::mem::take(&mut cx.opened);
         let fifos = std::mem::take(&mut cx.fifos);
         // A FIFO's queued bytes live while it is open: the keepers stay in the
         // pool (under ids no entry has) until every task has its own fds.
@@ -877,6 +938,34 @@ impl Table {
             out.insert(u32::MAX - u32::try_from(k).unwrap_or(0), keeper);
         }
         Ok(out)
+    }
+
+    /// Make file `id` again, for the task and fd in `cx`.
+    fn open_entry(&self, id: u32, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let (pid, fd) = (cx.pid, cx.fd);
+        let entry = self.get(id).ok_or_else(|| Error::BadImage {
+            path: "files.img".into(),
+            what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
+        })?;
+        match entry.kind.as_ref() {
+            Some(Kind::Reg(r)) => Reg::open(r, cx),
+            Some(Kind::Pipe(p)) => Pipe::open(p, cx),
+            Some(Kind::Fifo(f)) => Fifo::open(f, cx),
+            Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m),
+            Some(Kind::Efd(e)) => Eventfd::open(e, cx),
+            Some(Kind::Sgfd(e)) => Signalfd::open(e, cx),
+            Some(Kind::Tfd(e)) => Timerfd::open(e, cx),
+            Some(Kind::Epfd(e)) => Eventpoll::open(e, cx),
+            Some(Kind::Ify(e)) => Inotify::open(e, cx),
+            Some(Kind::Usk(e)) => UnixSk::open(e, cx),
+            other => Err(Error::Unsupported {
+                pid,
+                what: format!(
+                    "fd {fd}: file kind {:?} in the images",
+                    other.map(kind_name)
+                ),
+            }),
+        }
     }
 
     /// A new open description of a remade memfd, at its offset.
@@ -1054,6 +1143,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Sgfd(_) => "signalfd",
         Kind::Tfd(_) => "timerfd",
         Kind::Ify(_) => "inotify",
+        Kind::Usk(_) => "unix socket",
     }
 }
 

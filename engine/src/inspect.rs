@@ -165,6 +165,10 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
         Some(file_entry::Kind::Sgfd(e)) => format!("[signalfd] mask {:#x}", e.sigmask),
         Some(file_entry::Kind::Tfd(e)) => format!("[timerfd] clock {}", e.clockid),
         Some(file_entry::Kind::Ify(e)) => format!("inotify {} watches", e.wd.len()),
+        Some(file_entry::Kind::Usk(u)) => {
+            let name = String::from_utf8_lossy(&u.name).replace('\0', "@");
+            format!("socket:[{}] unix {name}", u.ino)
+        }
         None => {
             let name = FdTypes::try_from(f.r#type)
                 .map(|t| t.as_str_name().to_owned())

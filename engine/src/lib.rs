@@ -26,5 +26,6 @@ pub mod sys;
 pub mod task;
 pub mod timerfd;
 pub mod timers;
+pub mod unix;
 
 pub use error::{EngineError, Result};

@@ -305,10 +305,24 @@ pub fn pairs(line: &str) -> Vec<(&str, &str)> {
     out
 }
 
+/// Open fd `fd` of a process.
+pub fn fd(pid: Pid, fd: i32) -> Result<Fd> {
+    fds_of(pid, vec![fd])?
+        .pop()
+        .ok_or_else(|| Error::ProcFormat {
+            pid,
+            file: format!("fd/{fd}"),
+        })
+}
+
 /// The open fds of a process, in fd order.
 pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
     let mut nums = numbered(pid, "fd")?;
     nums.sort_unstable();
+    fds_of(pid, nums)
+}
+
+fn fds_of(pid: Pid, nums: Vec<i32>) -> Result<Vec<Fd>> {
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {
         let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));

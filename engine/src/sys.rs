@@ -529,6 +529,42 @@ pub fn open_by_handle(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// An int socket option (for options the nix crate does not name).
+pub fn getsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+) -> Result<i32, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the kernel writes at most `len` bytes into `v`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(ret).map(|_| v)
+}
+
+/// Set an int socket option.
+pub fn setsockopt_int(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    v: i32,
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the kernel reads `len` bytes from `v` during the call.
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) };
+    Errno::result(ret).map(drop)
+}
+
 /// Borrow an fd number this process knows is open for as long as it lives
 /// (the restore's inherited pipe ends).
 pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

@@ -41,6 +41,7 @@ struct Hints {
     dev: bool,
     odev: bool,
     dict: Option<String>,
+    conv: Option<String>,
 }
 
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
@@ -85,6 +86,7 @@ fn collect_hints(pool: &DescriptorPool) -> HashMap<String, Hints> {
                     dev: get_bool("dev"),
                     odev: get_bool("odev"),
                     dict: get_str("dict"),
+                    conv: get_str("conv"),
                 },
             );
         }
@@ -364,6 +366,9 @@ fn value_to_json(field: &FieldDescriptor, v: &Value, pretty: bool, hex: bool, h:
         Value::F32(x) => Json::from(f64::from(*x)),
         Value::F64(x) => Json::from(*x),
         Value::String(s) => Json::String(s.clone()),
+        Value::Bytes(b) if h.conv.as_deref() == Some("unix_name") => {
+            Json::String(quoted_printable(b))
+        }
         Value::Bytes(b) => Json::String(B64.encode(b)),
         Value::EnumNumber(n) => match field.kind() {
             Kind::Enum(e) => match e.get_value(*n) {
@@ -549,6 +554,14 @@ fn value_from_json(
                 .ok_or_else(|| err("expected a string".into()))?
                 .to_owned(),
         ),
+        Kind::Bytes if hints(field).conv.as_deref() == Some("unix_name") => Value::Bytes(
+            unquote_printable(
+                json.as_str()
+                    .ok_or_else(|| err("expected a quoted-printable string".into()))?,
+            )
+            .ok_or_else(|| err("invalid quoted-printable text".into()))?
+            .into(),
+        ),
         Kind::Bytes => Value::Bytes(decode_base64(json, at)?.into()),
         Kind::Enum(e) => match json {
             Json::String(s) => Value::EnumNumber(
@@ -564,6 +577,65 @@ fn value_from_json(
         },
         Kind::Message(m) => Value::Message(from_json(&m, json, at)?),
     })
+}
+
+/// Quoted-printable text (RFC 2045, as Python's `quopri.encodestring`):
+/// crit's form of unix socket names, where abstract names start with `=00`.
+fn quoted_printable(b: &[u8]) -> String {
+    const MAX: usize = 76;
+    let mut out = String::new();
+    let lines: Vec<&[u8]> = b.split(|&c| c == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        if last && line.is_empty() {
+            break;
+        }
+        let mut cur = String::new();
+        for (k, &c) in line.iter().enumerate() {
+            let trailing_space = k + 1 == line.len() && (c == b' ' || c == b'\t');
+            let piece = if c == b'=' || !(b' '..=b'~').contains(&c) && c != b'\t' || trailing_space
+            {
+                format!("={c:02X}")
+            } else {
+                char::from(c).to_string()
+            };
+            if cur.len() + piece.len() > MAX - 1 {
+                out.push_str(&cur);
+                out.push_str("=\n");
+                cur.clear();
+            }
+            cur.push_str(&piece);
+        }
+        out.push_str(&cur);
+        if !last {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn unquote_printable(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'=' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1..i + 3) {
+            Some([b'\r', b'\n']) => i += 3,
+            Some([b'\n', ..]) => i += 2,
+            Some(h) => {
+                out.push(u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()?);
+                i += 3;
+            }
+            None if b.get(i + 1) == Some(&b'\n') => i += 2,
+            None => return None,
+        }
+    }
+    Some(out)
 }
 
 fn decode_base64(json: &Json, at: &str) -> Result<Vec<u8>, JsonError> {
@@ -950,5 +1022,28 @@ mod tests {
         assert_eq!(parse_int("0o17"), Some(15));
         assert_eq!(parse_int("42"), Some(42));
         assert_eq!(parse_int("zz"), None);
+    }
+}
+
+#[cfg(test)]
+mod quoted_printable_tests {
+    use super::{quoted_printable, unquote_printable};
+
+    /// Expected strings are Python's `quopri.encodestring`, which crit uses.
+    #[test]
+    fn matches_python_quopri() {
+        let long = vec![b'x'; 100];
+        let cases: [(&[u8], String); 6] = [
+            (b"\0abstract-name", "=00abstract-name".into()),
+            (b"/tmp/a b=c.sock", "/tmp/a b=3Dc.sock".into()),
+            (b"trail ", "trail=20".into()),
+            (&long, format!("{}=\n{}", "x".repeat(75), "x".repeat(25))),
+            (b"a\nb", "a\nb".into()),
+            (b"\xff\t", "=FF=09".into()),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(quoted_printable(raw), want);
+            assert_eq!(unquote_printable(&want).as_deref(), Some(raw));
+        }
     }
 }

@@ -163,6 +163,13 @@ pub const KINDS: &[ImageKind] = &[
         "remap_file_path_entry",
         "remap-fpath.img",
     ),
+    with_payload(
+        "SK_QUEUES",
+        0x5626_4026,
+        "sk_packet_entry",
+        "length",
+        "sk-queues.img",
+    ),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {
         name: "STATS",

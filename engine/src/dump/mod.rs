@@ -72,13 +72,16 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     let freezing_us = us(t0);
     let t1 = Instant::now();
     match dump_frozen(&tree, &dir, opts) {
-        Ok(mut stats) => {
+        Ok((mut stats, mut files)) => {
             stats.freezing_us = freezing_us;
             if opts.leave_running {
                 tree.release();
             } else {
                 tree.kill();
+                // Data of connections nobody accepted can be read only now.
+                files.after_kill()?;
             }
+            files.write_queues(&dir)?;
             stats.frozen_us = us(t1);
             write_stats(&dir, &stats)?;
             Ok(stats)
@@ -141,7 +144,7 @@ fn syscall_insn(pid: Pid) -> Result<u64> {
         })
 }
 
-fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
+fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut files = Table::default();
     files.ghost_limit = opts.ghost_limit;
     let mut filters = seccomp::Table::default();
@@ -150,6 +153,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
     let fopts = files::Opts {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
+        leave_running: opts.leave_running,
     };
     crate::progress::report(
         opts.progress.as_ref(),
@@ -217,7 +221,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<Stats> {
             ..InventoryEntry::default()
         }],
     )?;
-    Ok(stats)
+    Ok((stats, files))
 }
 
 #[allow(clippy::too_many_arguments)]

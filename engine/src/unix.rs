@@ -1,0 +1,862 @@
+//! Unix sockets (`unix_sk_entry` in `files.img`) and the data queued on them
+//! (`sk-queues.img`, fds in flight included).
+//!
+//! The dump learns type, state, name, peer, backlog and pending connections
+//! from sock_diag, and reads queues through a copy of the socket
+//! (pidfd_getfd) by peeking with SO_PEEK_OFF, so nothing is consumed. Data
+//! queued on a connection not yet accepted can only be read by accepting it:
+//! that happens after the tree is killed, from a copy of the listener.
+//!
+//! The restore makes every socket of the images at once in the engine:
+//! listeners are bound and listening, connected pairs come from socketpair,
+//! pending connections connect to their listener again, datagram sockets
+//! connect to their peer's name; then queued data is sent from each socket's
+//! peer (or to its name), then halves are shut down.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use netlink_packet_core::{
+    Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest, nlas::Nla};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, NetlinkAddr, Shutdown,
+    SockFlag, SockProtocol, SockType, UnixAddr, sockopt,
+};
+use nix::unistd::Pid;
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{FdTypes, FownEntry, ScmEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::{proc, sys};
+
+/// Unix sockets.
+#[derive(Debug)]
+pub struct UnixSk;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+const SCM_RIGHTS: u32 = 1;
+const RCV_SHUTDOWN: u32 = 1;
+const SEND_SHUTDOWN: u32 = 2;
+/// The largest packet peeked in one go.
+const PEEK_MAX: usize = 4 << 20;
+
+/// What sock_diag reports about one unix socket.
+#[derive(Debug, Clone, Default)]
+pub struct Diag {
+    ty: u8,
+    state: u8,
+    name: Vec<u8>,
+    /// Inode of the bound path, for a path name.
+    vfs_ino: Option<u32>,
+    peer: u32,
+    icons: Vec<u32>,
+    /// Bytes queued (for listeners: connections waiting), and the backlog.
+    rqlen: (u32, u32),
+    shutdown: u8,
+}
+
+/// Dump and restore state of the unix sockets of one dump or restore.
+#[derive(Debug, Default)]
+pub struct State {
+    diag: Option<HashMap<u32, Diag>>,
+    /// Sockets described, by inode: the task and fd first seen with it.
+    seen: HashMap<u32, (Pid, i32)>,
+    /// Queued packets, by the inode of the socket whose queue holds them.
+    queues: Vec<(u32, SkPacketEntry, Vec<u8>)>,
+    /// fds received while peeking (SCM_RIGHTS), open while the dump runs so
+    /// their numbers stay theirs.
+    inflight: Vec<OwnedFd>,
+    /// Sockets whose connection waits to be accepted: (inode, the
+    /// listener's name, bytes sent into it). The pending connection itself
+    /// has no inode, so the images give it one (`u32::MAX - n`).
+    pending: Vec<(u32, Vec<u8>, u32)>,
+    /// Listeners with connections waiting: (inode, name, a copy to accept
+    /// from once the tree is dead), and which made-up inode holds the data.
+    listeners: Vec<(u32, Vec<u8>, OwnedFd)>,
+    data_embryo: HashMap<u32, u32>,
+    embryos: HashSet<u32>,
+    peek_buf: Vec<u8>,
+}
+
+impl State {
+    /// Whether `ino` is a unix socket (sock_diag is asked once per dump).
+    pub fn is_unix(&mut self, ino: u32) -> bool {
+        self.diag_of(ino).is_some()
+    }
+
+    fn diag_of(&mut self, ino: u32) -> Option<Diag> {
+        if self.diag.is_none() {
+            self.diag = Some(diag_all().unwrap_or_default());
+        }
+        self.diag.as_ref().and_then(|d| d.get(&ino)).cloned()
+    }
+
+    /// Loaded packets for the restore.
+    pub fn set_queues(&mut self, q: Vec<(SkPacketEntry, Vec<u8>)>) {
+        self.queues = q.into_iter().map(|(e, d)| (e.id_for, e, d)).collect();
+    }
+}
+
+/// Every unix socket of this network namespace, by inode (sock_diag).
+fn diag_all() -> std::result::Result<HashMap<u32, Diag>, Errno> {
+    let sock = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    let mut hdr = NetlinkHeader::default();
+    hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut msg = NetlinkMessage::new(
+        hdr,
+        SockDiagMessage::UnixRequest(UnixRequest {
+            state_flags: StateFlags::from_bits_retain(u32::MAX),
+            inode: 0,
+            show_flags: ShowFlags::NAME
+                | ShowFlags::VFS
+                | ShowFlags::PEER
+                | ShowFlags::ICONS
+                | ShowFlags::RQLEN,
+            cookie: [0xff; 8],
+        })
+        .into(),
+    );
+    msg.finalize();
+    let mut req = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut req);
+    nix::sys::socket::sendto(
+        sock.as_raw_fd(),
+        &req,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut out = HashMap::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0;
+        while off < n {
+            let Ok(m) = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..n]) else {
+                return Err(Errno::EBADMSG);
+            };
+            let len = usize::try_from(m.header.length).unwrap_or(0);
+            match m.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
+                    let mut d = Diag {
+                        ty: r.header.kind,
+                        state: r.header.state,
+                        ..Diag::default()
+                    };
+                    for nla in &r.nlas {
+                        match nla {
+                            Nla::Name(_) => {
+                                // The name as the kernel gives it: a path,
+                                // or a NUL and the abstract name.
+                                let mut b = vec![0u8; nla.buffer_len()];
+                                nla.emit(&mut b);
+                                d.name = attr_payload(&b);
+                            }
+                            Nla::Vfs(v) => {
+                                let mut b = [0u8; 8];
+                                v.emit(&mut b);
+                                d.vfs_ino = Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                            }
+                            Nla::Peer(p) => d.peer = *p,
+                            Nla::PendingConnections(v) => d.icons.clone_from(v),
+                            Nla::ReceiveQueueLength(a, b) => d.rqlen = (*a, *b),
+                            Nla::Shutdown(s) => d.shutdown = *s,
+                            _ => {}
+                        }
+                    }
+                    out.insert(r.header.inode, d);
+                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) => {
+                    return Err(e.code.map_or(Errno::EIO, |c| Errno::from_raw(-c.get())));
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// The payload of an emitted netlink attribute (after its 4-byte header),
+/// without padding or the trailing NUL of a path.
+fn attr_payload(b: &[u8]) -> Vec<u8> {
+    let len = usize::from(u16::from_ne_bytes([b[0], b[1]])).min(b.len());
+    let mut p = b.get(4..len).unwrap_or_default().to_vec();
+    if p.first() != Some(&0) && p.last() == Some(&0) {
+        p.pop();
+    }
+    p
+}
+
+/// The name in a unix address as sock_diag gives it.
+fn name_of(a: &UnixAddr) -> Option<Vec<u8>> {
+    if let Some(p) = a.path() {
+        return Some(p.as_os_str().as_bytes().to_vec());
+    }
+    a.as_abstract().map(|n| {
+        let mut v = vec![0u8];
+        v.extend_from_slice(n);
+        v
+    })
+}
+
+fn sock_type(ty: u32) -> Option<SockType> {
+    Some(match ty {
+        1 => SockType::Stream,
+        2 => SockType::Datagram,
+        5 => SockType::SeqPacket,
+        _ => return None,
+    })
+}
+
+fn addr_of(name: &[u8]) -> std::result::Result<UnixAddr, Errno> {
+    match name.split_first() {
+        Some((0, abs)) => UnixAddr::new_abstract(abs),
+        _ => UnixAddr::new(OsStr::from_bytes(name)),
+    }
+}
+
+/// One packet peeked (or read): its bytes and the fds that came with it.
+type Packet = (Vec<u8>, Vec<OwnedFd>);
+
+/// Read the queue of `fd` packet by packet: peeking with SO_PEEK_OFF (put
+/// back as it was), or reading for real (`consume`, a socket we own).
+fn read_queue(
+    fd: &OwnedFd,
+    buf: &mut Vec<u8>,
+    consume: bool,
+) -> std::result::Result<Vec<Packet>, Errno> {
+    if buf.len() < PEEK_MAX {
+        buf.resize(PEEK_MAX, 0);
+    }
+    let raw = fd.as_raw_fd();
+    let old_off = if consume {
+        None
+    } else {
+        let old = sys::getsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+        sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+        Some(old)
+    };
+    let mut flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    if !consume {
+        flags |= MsgFlags::MSG_PEEK;
+    }
+    let mut out = Vec::new();
+    let result = loop {
+        let mut cmsg = nix::cmsg_space!([RawFd; 253]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let got = nix::sys::socket::recvmsg::<()>(raw, &mut iov, Some(&mut cmsg), flags);
+        match got {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = m.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(v) = c {
+                            fds.extend(v.into_iter().map(sys::own));
+                        }
+                    }
+                }
+                let n = m.bytes;
+                if n == 0 && fds.is_empty() {
+                    break Ok(());
+                }
+                out.push((buf[..n].to_vec(), fds));
+                if out.len() > 1 << 20 {
+                    break Err(Errno::E2BIG);
+                }
+            }
+            Err(Errno::EAGAIN) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(old) = old_off {
+        sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+    }
+    result.map(|()| out)
+}
+
+fn sk_opts(fd: &OwnedFd) -> std::result::Result<SkOptsEntry, Errno> {
+    let tmo = |opt: libc::c_int| -> std::result::Result<(u64, u64), Errno> {
+        let tv = if opt == libc::SO_SNDTIMEO {
+            nix::sys::socket::getsockopt(fd, sockopt::SendTimeout)?
+        } else {
+            nix::sys::socket::getsockopt(fd, sockopt::ReceiveTimeout)?
+        };
+        Ok((
+            u64::try_from(tv.tv_sec()).unwrap_or(0),
+            u64::try_from(tv.tv_usec()).unwrap_or(0),
+        ))
+    };
+    let (ss, su) = tmo(libc::SO_SNDTIMEO)?;
+    let (rs, ru) = tmo(libc::SO_RCVTIMEO)?;
+    Ok(SkOptsEntry {
+        so_sndbuf: u32::try_from(nix::sys::socket::getsockopt(fd, sockopt::SndBuf)?).unwrap_or(0),
+        so_rcvbuf: u32::try_from(nix::sys::socket::getsockopt(fd, sockopt::RcvBuf)?).unwrap_or(0),
+        so_snd_tmo_sec: ss,
+        so_snd_tmo_usec: su,
+        so_rcv_tmo_sec: rs,
+        so_rcv_tmo_usec: ru,
+        so_passcred: Some(nix::sys::socket::getsockopt(fd, sockopt::PassCred)?),
+        ..SkOptsEntry::default()
+    })
+}
+
+impl FileKind for UnixSk {
+    const TYPE: FdTypes = FdTypes::Unixsk;
+    type Entry = UnixSkEntry;
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let ino = u32::try_from(cx.meta.ino()).unwrap_or(0);
+        let what = format!("fd {} (unix socket {ino})", cx.fd.fd);
+        let d = table
+            .unix
+            .diag_of(ino)
+            .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
+        let dup = sys::pidfd_open(cx.pid)
+            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
+            .map_err(Error::dump(cx.pid, what.clone()))?;
+        let opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
+        let state = u32::from(d.state);
+        if state == TCP_LISTEN {
+            if !d.icons.is_empty() {
+                let keep = dup.try_clone().map_err(|e| Error::Proc {
+                    pid: cx.pid,
+                    path: what.clone(),
+                    err: e,
+                })?;
+                table.unix.listeners.push((ino, d.name.clone(), keep));
+            }
+        } else {
+            let mut buf = std::mem::take(&mut table.unix.peek_buf);
+            let packets = read_queue(&dup, &mut buf, false);
+            table.unix.peek_buf = buf;
+            let packets =
+                packets.map_err(Error::dump(cx.pid, format!("{what}: its queued data")))?;
+            for (data, fds) in packets {
+                let scm = in_flight(table, fds)?;
+                table.unix.queues.push((ino, packet(0, &data, scm), data));
+            }
+            // Connected, but to no socket with an inode: a connection not
+            // yet accepted (it has the listener's name), or a dead peer.
+            if state == TCP_ESTABLISHED
+                && d.peer == 0
+                && u32::from(d.ty) != 2
+                && d.shutdown & 3 != 3
+            {
+                let name = nix::sys::socket::getpeername::<UnixAddr>(dup.as_raw_fd())
+                    .ok()
+                    .and_then(|a| name_of(&a))
+                    .unwrap_or_default();
+                if !name.is_empty() {
+                    let sent = d.rqlen.1;
+                    if sent > 0 && table.opts.leave_running {
+                        return Err(Error::Unsupported {
+                            pid: cx.pid,
+                            what: format!(
+                                "{what}: its connection waits to be accepted and holds {sent} unread bytes, which can be read only by accepting it; dump without --leave-running, or let the server accept it first"
+                            ),
+                        });
+                    }
+                    table.unix.pending.push((ino, name, sent));
+                }
+            }
+        }
+        let deleted = match d.name.first() {
+            Some(&c) if c != 0 => {
+                let path = std::path::Path::new(OsStr::from_bytes(&d.name));
+                std::fs::symlink_metadata(path).map_or(true, |m| {
+                    Some(u32::try_from(m.ino()).unwrap_or(0)) != d.vfs_ino
+                })
+            }
+            _ => false,
+        };
+        table.unix.seen.insert(ino, (cx.pid, cx.fd.fd));
+        Ok(Kind::Usk(UnixSkEntry {
+            id: 0,
+            ino,
+            r#type: u32::from(d.ty),
+            state,
+            flags: cx.flags(),
+            uflags: 0,
+            backlog: if state == TCP_LISTEN { d.rqlen.1 } else { 0 },
+            peer: d.peer,
+            fown: FownEntry::default(),
+            opts,
+            name: d.name,
+            shutdown: Some(i32::from(d.shutdown)),
+            file_perms: None,
+            name_dir: None,
+            deleted: Some(deleted),
+            ns_id: None,
+            mnt_id: None,
+        }))
+    }
+
+    fn open(e: &UnixSkEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        if cx.unix_made.is_none() {
+            let made = make_all(cx)?;
+            cx.unix_made = Some(made);
+        }
+        let fd = cx
+            .unix_made
+            .as_ref()
+            .and_then(|m| m.get(&e.id))
+            .ok_or_else(|| Error::BadImage {
+                path: "files.img".into(),
+                what: format!("unix socket {} was not made", e.ino),
+            })?;
+        fd.try_clone().map_err(|err| Error::Proc {
+            pid: cx.pid,
+            path: format!("fd {} (unix socket)", cx.fd),
+            err,
+        })
+    }
+}
+
+fn packet(id_for: u32, data: &[u8], scm: Vec<u32>) -> SkPacketEntry {
+    SkPacketEntry {
+        id_for,
+        length: u32::try_from(data.len()).unwrap_or(u32::MAX),
+        scm: if scm.is_empty() {
+            Vec::new()
+        } else {
+            vec![ScmEntry {
+                r#type: SCM_RIGHTS,
+                rights: scm,
+            }]
+        },
+    }
+}
+
+/// Describe fds received from a queue as files of the engine itself; they
+/// stay open while the dump runs.
+fn in_flight(table: &mut Table, fds: Vec<OwnedFd>) -> Result<Vec<u32>> {
+    let me = nix::unistd::getpid();
+    let mut ids = Vec::new();
+    for fd in fds {
+        let pfd = proc::fd(me, fd.as_raw_fd())?;
+        let opts = table.opts;
+        ids.push(table.dump_fd(me, &pfd, opts)?.id);
+        table.unix.inflight.push(fd);
+    }
+    Ok(ids)
+}
+
+impl Table {
+    /// Dump: add pending connections as sockets of their own, check that
+    /// every connected socket's peer is in the images.
+    pub(crate) fn finish_unix(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.unix.pending);
+        for (k, (client, name, sent)) in pending.iter().enumerate() {
+            let (pid, fd) = self
+                .unix
+                .seen
+                .get(client)
+                .copied()
+                .unwrap_or((Pid::from_raw(0), -1));
+            let Some((lino, _, _)) = self.unix.listeners.iter().find(|l| &l.1 == name) else {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {fd} (unix socket {client}) waits to be accepted by a listener outside the dumped tree"
+                    ),
+                });
+            };
+            let lino = *lino;
+            let embryo = u32::MAX - u32::try_from(k).unwrap_or(0);
+            if *sent > 0 && self.unix.data_embryo.insert(lino, embryo).is_some() {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {fd} (unix socket {client}): several connections waiting on listener {lino} hold unread data; stasis restores the data of one only"
+                    ),
+                });
+            }
+            let ty = self.unix.diag_of(*client).map_or(1, |d| u32::from(d.ty));
+            self.add_entry(
+                |id| {
+                    Kind::Usk(UnixSkEntry {
+                        id,
+                        ino: embryo,
+                        r#type: ty,
+                        state: TCP_ESTABLISHED,
+                        flags: libc::O_RDWR.cast_unsigned(),
+                        uflags: 0,
+                        backlog: 0,
+                        peer: *client,
+                        fown: FownEntry::default(),
+                        opts: SkOptsEntry::default(),
+                        name: name.clone(),
+                        shutdown: Some(0),
+                        file_perms: None,
+                        name_dir: None,
+                        deleted: Some(false),
+                        ns_id: None,
+                        mnt_id: None,
+                    })
+                },
+                FdTypes::Unixsk,
+            );
+            self.set_unix_peer(*client, embryo);
+            self.unix.embryos.insert(embryo);
+        }
+        for (&ino, &(pid, fd)) in &self.unix.seen {
+            let peer = self
+                .unix
+                .diag
+                .as_ref()
+                .and_then(|d| d.get(&ino))
+                .map_or(0, |d| d.peer);
+            if peer != 0 && !self.unix.seen.contains_key(&peer) {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {fd} (unix socket {ino}) is connected to socket {peer}, which is outside the dumped tree (external unix connections, CRIU's --ext-unix-sk, are not supported)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// After the tree was killed: read the data queued on a connection
+    /// nobody accepted, by accepting from a kept copy of its listener.
+    pub fn after_kill(&mut self) -> Result<()> {
+        let me = nix::unistd::getpid();
+        let mut buf = std::mem::take(&mut self.unix.peek_buf);
+        for (lino, _, l) in std::mem::take(&mut self.unix.listeners) {
+            let Some(&embryo) = self.unix.data_embryo.get(&lino) else {
+                continue;
+            };
+            while let Ok(raw) = nix::sys::socket::accept4(
+                l.as_raw_fd(),
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            ) {
+                let conn = sys::own(raw);
+                let packets = read_queue(&conn, &mut buf, true).map_err(Error::dump(
+                    me,
+                    format!("data of a connection waiting on unix socket {lino}"),
+                ))?;
+                for (data, fds) in packets {
+                    let scm = in_flight(self, fds)?;
+                    self.unix.queues.push((embryo, packet(0, &data, scm), data));
+                }
+            }
+        }
+        self.unix.peek_buf = buf;
+        Ok(())
+    }
+
+    /// Write `sk-queues.img`.
+    pub fn write_queues(&self, dir: &crate::images::Dir) -> Result<()> {
+        if self.unix.queues.is_empty() {
+            return Ok(());
+        }
+        let ids: HashMap<u32, u32> = self
+            .entries()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::Usk(u)) => Some((u.ino, u.id)),
+                _ => None,
+            })
+            .collect();
+        let mut w = dir.create("SK_QUEUES", 0)?;
+        for (ino, e, data) in &self.unix.queues {
+            let mut e = e.clone();
+            e.id_for = ids.get(ino).copied().unwrap_or(0);
+            w.write(&e)?;
+            w.write_payload(data)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+}
+
+/// A unix socket entry by inode.
+fn by_ino<'a>(all: &[&'a UnixSkEntry], ino: u32) -> Option<&'a UnixSkEntry> {
+    all.iter().copied().find(|e| e.ino == ino)
+}
+
+/// Make every unix socket of the images (see the module comment).
+fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
+    let table = cx.table;
+    let all: Vec<&UnixSkEntry> = table
+        .entries()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Usk(u)) => Some(u),
+            _ => None,
+        })
+        .collect();
+    let pid = cx.pid;
+    let fail = |u: &UnixSkEntry, step: &str| {
+        let what = format!("unix socket {} ({step})", u.ino);
+        move |errno: Errno| Error::Restore { pid, what, errno }
+    };
+    let bad = |u: &UnixSkEntry, what: &str| Error::BadImage {
+        path: "files.img".into(),
+        what: format!("unix socket {}: {what}", u.ino),
+    };
+    let listener_named = |name: &[u8]| {
+        all.iter()
+            .find(|l| l.state == TCP_LISTEN && !name.is_empty() && l.name == name)
+            .copied()
+    };
+    // A pending connection: no task has it, and its name is a listener's.
+    let is_embryo = |u: &UnixSkEntry| {
+        u.state == TCP_ESTABLISHED && !cx.is_used(u.id) && listener_named(&u.name).is_some()
+    };
+    let embryos: HashSet<u32> = all.iter().filter(|u| is_embryo(u)).map(|u| u.ino).collect();
+    let mut made: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut connects: Vec<(&UnixSkEntry, Vec<u8>)> = Vec::new();
+    let mut gone_peers: HashMap<u32, OwnedFd> = HashMap::new();
+    for u in &all {
+        if made.contains_key(&u.id) || embryos.contains(&u.ino) {
+            continue;
+        }
+        let ty = sock_type(u.r#type).ok_or_else(|| bad(u, "unknown socket type"))?;
+        let peer = by_ino(&all, u.peer).filter(|p| u.peer != 0 && p.peer == u.ino);
+        // Both ends in the images, connected to each other: a socketpair
+        // (named datagram sockets connect to each other's names instead).
+        let paired = peer.filter(|p| {
+            !embryos.contains(&p.ino)
+                && (ty != SockType::Datagram || u.name.is_empty() && p.name.is_empty())
+        });
+        match paired {
+            Some(p) => {
+                let (a, b) = nix::sys::socket::socketpair(
+                    AddressFamily::Unix,
+                    ty,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(fail(u, "socketpair"))?;
+                made.insert(u.id, a);
+                made.insert(p.id, b);
+            }
+            // Connected to a peer that is gone: the other end of a pair,
+            // closed once the data it sent is queued.
+            None if u.state == TCP_ESTABLISHED && u.peer == 0 && ty != SockType::Datagram => {
+                let (a, b) = nix::sys::socket::socketpair(
+                    AddressFamily::Unix,
+                    ty,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(fail(u, "socketpair"))?;
+                made.insert(u.id, a);
+                gone_peers.insert(u.id, b);
+            }
+            _ => {
+                let s =
+                    nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+                        .map_err(fail(u, "socket"))?;
+                if !u.name.is_empty() {
+                    bind(&s, u).map_err(fail(u, "bind"))?;
+                }
+                if u.state == TCP_LISTEN {
+                    let backlog = Backlog::new(i32::try_from(u.backlog.min(4096)).unwrap_or(128))
+                        .unwrap_or(Backlog::MAXCONN);
+                    nix::sys::socket::listen(&s, backlog).map_err(fail(u, "listen"))?;
+                }
+                if u.peer != 0 {
+                    let target = by_ino(&all, u.peer)
+                        .ok_or_else(|| bad(u, "its peer is missing from the images"))?;
+                    connects.push((u, target.name.clone()));
+                }
+                made.insert(u.id, s);
+            }
+        }
+    }
+    // Connections to names, once every name is bound.
+    for (u, name) in &connects {
+        if name.is_empty() {
+            return Err(bad(u, "connected to a socket without a name"));
+        }
+        let s = made.get(&u.id).ok_or_else(|| bad(u, "not made"))?;
+        let addr = addr_of(name).map_err(fail(u, "peer address"))?;
+        nix::sys::socket::connect(s.as_raw_fd(), &addr).map_err(fail(u, "connect"))?;
+    }
+    for u in &all {
+        if let Some(s) = made.get(&u.id) {
+            set_opts(s, &u.opts).map_err(fail(u, "options"))?;
+        }
+    }
+    // Queued data, sent by the peer (or to the name) of the socket holding it.
+    for (id_for, e, data) in &table.unix.queues {
+        let Some(u) = all.iter().find(|u| u.id == *id_for) else {
+            return Err(Error::BadImage {
+                path: "sk-queues.img".into(),
+                what: format!("data queued for file {id_for}, which is no unix socket"),
+            });
+        };
+        let mut fds = Vec::new();
+        for scm in &e.scm {
+            for &r in &scm.rights {
+                fds.push(cx.open_id(r)?);
+            }
+        }
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let sender = all
+            .iter()
+            .find(|p| {
+                p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino))
+            })
+            .and_then(|p| made.get(&p.id))
+            .or_else(|| gone_peers.get(&u.id));
+        send(sender, u, data, &raw).map_err(fail(u, "queued data"))?;
+    }
+    // Closing a gone peer's end shuts both halves down.
+    let gone: HashSet<u32> = gone_peers.keys().copied().collect();
+    drop(gone_peers);
+    // Shut-down halves last: data had to get through first.
+    for u in &all {
+        let Some(s) = made.get(&u.id) else { continue };
+        if gone.contains(&u.id) {
+            let fl = OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
+            fcntl(s.as_fd(), FcntlArg::F_SETFL(fl)).map_err(fail(u, "flags"))?;
+            continue;
+        }
+        let sd = u.shutdown.unwrap_or(0).cast_unsigned();
+        let peer_sent = by_ino(&all, u.peer)
+            .is_some_and(|p| p.shutdown.unwrap_or(0).cast_unsigned() & SEND_SHUTDOWN != 0);
+        let how = match (
+            sd & SEND_SHUTDOWN != 0,
+            sd & RCV_SHUTDOWN != 0 && !peer_sent,
+        ) {
+            (true, true) => Some(Shutdown::Both),
+            (true, false) => Some(Shutdown::Write),
+            (false, true) => Some(Shutdown::Read),
+            (false, false) => None,
+        };
+        if let Some(how) = how {
+            match nix::sys::socket::shutdown(s.as_raw_fd(), how) {
+                Ok(()) | Err(Errno::ENOTCONN) => {}
+                Err(e) => return Err(fail(u, "shutdown")(e)),
+            }
+        }
+        let fl = OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
+        fcntl(s.as_fd(), FcntlArg::F_SETFL(fl)).map_err(fail(u, "flags"))?;
+    }
+    // Pending connections are kept alive by their client's end only.
+    Ok(made)
+}
+
+/// Bind `s` to `u`'s name; a socket file left at the path by the dumped
+/// task goes first. A name whose file was deleted is unlinked again.
+fn bind(s: &OwnedFd, u: &UnixSkEntry) -> std::result::Result<(), Errno> {
+    let addr = addr_of(&u.name)?;
+    if let Some(path) = addr.path()
+        && let Ok(m) = std::fs::symlink_metadata(path)
+        && m.file_type().is_socket()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    nix::sys::socket::bind(s.as_raw_fd(), &addr)?;
+    if u.deleted == Some(true)
+        && let Some(path) = addr.path()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn set_opts(s: &OwnedFd, o: &SkOptsEntry) -> std::result::Result<(), Errno> {
+    // The kernel doubles what is set and reports the doubled value.
+    if o.so_sndbuf > 0 {
+        nix::sys::socket::setsockopt(s, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2))?;
+    }
+    if o.so_rcvbuf > 0 {
+        nix::sys::socket::setsockopt(s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2))?;
+    }
+    if o.so_passcred == Some(true) {
+        nix::sys::socket::setsockopt(s, sockopt::PassCred, &true)?;
+    }
+    let tv = |sec: u64, usec: u64| {
+        nix::sys::time::TimeVal::new(
+            i64::try_from(sec).unwrap_or(0),
+            i64::try_from(usec).unwrap_or(0),
+        )
+    };
+    if o.so_snd_tmo_sec != 0 || o.so_snd_tmo_usec != 0 {
+        nix::sys::socket::setsockopt(
+            s,
+            sockopt::SendTimeout,
+            &tv(o.so_snd_tmo_sec, o.so_snd_tmo_usec),
+        )?;
+    }
+    if o.so_rcv_tmo_sec != 0 || o.so_rcv_tmo_usec != 0 {
+        nix::sys::socket::setsockopt(
+            s,
+            sockopt::ReceiveTimeout,
+            &tv(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec),
+        )?;
+    }
+    Ok(())
+}
+
+/// Queue `data` (and `fds`) on `u`: from its peer, or from a fresh socket
+/// to its name.
+fn send(
+    sender: Option<&OwnedFd>,
+    u: &UnixSkEntry,
+    data: &[u8],
+    fds: &[RawFd],
+) -> std::result::Result<(), Errno> {
+    let cmsg: Vec<ControlMessage<'_>> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(fds)]
+    };
+    let iov = [IoSlice::new(data)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    match sender {
+        Some(s) => {
+            // The peer may have a smaller send buffer than what is queued.
+            let need = data.len() * 2 + (64 << 10);
+            let cur = nix::sys::socket::getsockopt(s, sockopt::SndBuf)?;
+            if cur < need {
+                nix::sys::socket::setsockopt(s, sockopt::SndBufForce, &need)?;
+            }
+            let n = nix::sys::socket::sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, flags, None)?;
+            if cur < need {
+                nix::sys::socket::setsockopt(s, sockopt::SndBufForce, &(cur / 2))?;
+            }
+            if n != data.len() {
+                return Err(Errno::EMSGSIZE);
+            }
+        }
+        None => {
+            let ty = sock_type(u.r#type).ok_or(Errno::EINVAL)?;
+            if ty != SockType::Datagram || u.name.is_empty() {
+                return Err(Errno::ENOTCONN);
+            }
+            let tmp =
+                nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)?;
+            let addr = addr_of(&u.name)?;
+            nix::sys::socket::sendmsg(tmp.as_raw_fd(), &iov, &cmsg, flags, Some(&addr))?;
+        }
+    }
+    Ok(())
+}
