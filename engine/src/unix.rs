@@ -720,9 +720,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let sender = all
             .iter()
-            .find(|p| {
-                p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino))
-            })
+            .find(|p| p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino)))
             .and_then(|p| made.get(&p.id))
             .or_else(|| gone_peers.get(&u.id));
         send(sender, u, data, &raw).map_err(fail(u, "queued data"))?;
