@@ -504,6 +504,9 @@ impl<'a> Case<'a> {
                     return Err(format!("pid {p} of the tree still exists after the dump"));
                 }
             }
+            if !procs::wait_test_gone(pid, self.since, self.opts.timeout) {
+                return Err("processes of the test still exist after the dump".into());
+            }
             let pidfile = img.join("restore.pid");
             if let Err(e) = engine.restore(&img, &pidfile, self.t.opts, self.opts.timeout) {
                 if crfail {

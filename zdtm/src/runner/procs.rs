@@ -153,6 +153,42 @@ pub fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
+/// Reap dead test processes this process adopted: zombie children in
+/// another session than ours (a test calls setsid; the engine and other
+/// commands the runner starts stay in the runner's session and are waited
+/// for by whoever started them).
+/// Returns how many it reaped.
+pub fn reap_adopted() -> usize {
+    let me = nix::unistd::getpid().as_raw();
+    let Ok(my_sid) = nix::unistd::getsid(None) else {
+        return 0;
+    };
+    let mut n = 0;
+    for (pid, ppid, sid, state, _) in all_procs() {
+        if ppid == me && state == 'Z' && sid != my_sid.as_raw() {
+            reap(pid);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Wait until no process of the test rooted at `root` is left, reaping
+/// those this process adopted; false if some remain after `limit`.
+pub fn wait_test_gone(root: i32, since: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reaped = reap_adopted();
+        if reaped == 0 && test_procs(root, since).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Make this process the reaper of its orphaned descendants.
 pub fn adopt_orphans() {
     let _ = nix::sys::prctl::set_child_subreaper(true);
@@ -174,6 +210,7 @@ pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while {
         reap(pid);
+        let _ = reap_adopted();
         Path::new(&format!("/proc/{pid}")).exists()
     } {
         if Instant::now() > deadline {
