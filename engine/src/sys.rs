@@ -529,6 +529,78 @@ pub fn open_by_handle(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// One recvmsg on a unix socket: bytes read, fds received (SCM_RIGHTS,
+/// close-on-exec) and the sender's name when it has one (raw, as nix
+/// panics on the empty names datagrams from unbound sockets carry).
+pub fn recv_unix(
+    fd: RawFd,
+    buf: &mut [u8],
+    flags: i32,
+) -> Result<(usize, Vec<OwnedFd>, Vec<u8>), Errno> {
+    // Room for the most fds one message may carry (SCM_MAX_FD, 253).
+    let mut control = vec![0u64; 256];
+    // SAFETY: sockaddr_un is plain old data.
+    let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut name).cast();
+    msg.msg_namelen =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_un>()).unwrap_or(110);
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    // SAFETY: every buffer msg points to is valid for the lengths given.
+    let n =
+        Errno::result(unsafe { libc::recvmsg(fd, &raw mut msg, flags | libc::MSG_CMSG_CLOEXEC) })?;
+    // The control messages: { size_t len; int level; int type; data },
+    // each aligned to a size_t.
+    let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let used = msg.msg_controllen.min(bytes.len());
+    let word = std::mem::size_of::<usize>();
+    let head = word + 8;
+    let mut fds = Vec::new();
+    let mut off = 0;
+    while off + head <= used {
+        let mut lb = [0u8; std::mem::size_of::<usize>()];
+        lb.copy_from_slice(&bytes[off..off + word]);
+        let len = usize::from_ne_bytes(lb);
+        let int_at = |at: usize| {
+            i32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        if len < head || off + len > used {
+            break;
+        }
+        if int_at(off + word) == libc::SOL_SOCKET && int_at(off + word + 4) == libc::SCM_RIGHTS {
+            for at in (off + head..off + len).step_by(4) {
+                // SAFETY: SCM_RIGHTS installed this fd in this process just
+                // now; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(int_at(at)) });
+            }
+        }
+        off += len.div_ceil(word) * word;
+    }
+    let path_at = std::mem::size_of::<libc::sa_family_t>();
+    let len = usize::try_from(msg.msg_namelen)
+        .unwrap_or(0)
+        .saturating_sub(path_at);
+    let mut from: Vec<u8> = name.sun_path[..len.min(name.sun_path.len())]
+        .iter()
+        .map(|&c| c.cast_unsigned())
+        .collect();
+    // A path name may end in NULs; an abstract one starts with one.
+    if from.first() != Some(&0) {
+        while from.last() == Some(&0) {
+            from.pop();
+        }
+    }
+    Ok((usize::try_from(n).unwrap_or(0), fds, from))
+}
+
 /// An int socket option (for options the nix crate does not name).
 pub fn getsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,

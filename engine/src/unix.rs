@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -28,8 +28,8 @@ use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest, nlas::N
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, NetlinkAddr, Shutdown,
-    SockFlag, SockProtocol, SockType, UnixAddr, sockopt,
+    AddressFamily, Backlog, ControlMessage, MsgFlags, NetlinkAddr, Shutdown, SockFlag,
+    SockProtocol, SockType, UnixAddr, sockopt,
 };
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
@@ -237,8 +237,9 @@ fn addr_of(name: &[u8]) -> std::result::Result<UnixAddr, Errno> {
     }
 }
 
-/// One packet peeked (or read): its bytes and the fds that came with it.
-type Packet = (Vec<u8>, Vec<OwnedFd>);
+/// One packet peeked (or read): its bytes, the fds that came with it and
+/// the sender's name (datagrams from a bound socket).
+type Packet = (Vec<u8>, Vec<OwnedFd>, Option<Vec<u8>>);
 
 /// Read the queue of `fd` packet by packet: peeking with SO_PEEK_OFF (put
 /// back as it was), or reading for real (`consume`, a socket we own).
@@ -258,30 +259,19 @@ fn read_queue(
         sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
         Some(old)
     };
-    let mut flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let mut flags = libc::MSG_DONTWAIT;
     if !consume {
-        flags |= MsgFlags::MSG_PEEK;
+        flags |= libc::MSG_PEEK;
     }
     let mut out = Vec::new();
     let result = loop {
-        let mut cmsg = nix::cmsg_space!([RawFd; 253]);
-        let mut iov = [IoSliceMut::new(buf)];
-        let got = nix::sys::socket::recvmsg::<()>(raw, &mut iov, Some(&mut cmsg), flags);
-        match got {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(v) = c {
-                            fds.extend(v.into_iter().map(sys::own));
-                        }
-                    }
-                }
-                let n = m.bytes;
+        match sys::recv_unix(raw, buf, flags) {
+            Ok((n, fds, from)) => {
                 if n == 0 && fds.is_empty() {
                     break Ok(());
                 }
-                out.push((buf[..n].to_vec(), fds));
+                let from = Some(from).filter(|a| !a.is_empty());
+                out.push((buf[..n].to_vec(), fds, from));
                 if out.len() > 1 << 20 {
                     break Err(Errno::E2BIG);
                 }
@@ -353,9 +343,11 @@ impl FileKind for UnixSk {
             table.unix.peek_buf = buf;
             let packets =
                 packets.map_err(Error::dump(cx.pid, format!("{what}: its queued data")))?;
-            for (data, fds) in packets {
+            for (data, fds, from) in packets {
                 let scm = in_flight(table, fds)?;
-                table.unix.queues.push((ino, packet(0, &data, scm), data));
+                let mut e = packet(0, &data, scm);
+                e.addr = from;
+                table.unix.queues.push((ino, e, data));
             }
             // Connected, but to no socket with an inode: a connection not
             // yet accepted (it has the listener's name), or a dead peer.
@@ -438,6 +430,7 @@ fn packet(id_for: u32, data: &[u8], scm: Vec<u32>) -> SkPacketEntry {
     SkPacketEntry {
         id_for,
         length: u32::try_from(data.len()).unwrap_or(u32::MAX),
+        addr: None,
         scm: if scm.is_empty() {
             Vec::new()
         } else {
@@ -558,7 +551,7 @@ impl Table {
                     me,
                     format!("data of a connection waiting on unix socket {lino}"),
                 ))?;
-                for (data, fds) in packets {
+                for (data, fds, _) in packets {
                     let scm = in_flight(self, fds)?;
                     self.unix.queues.push((embryo, packet(0, &data, scm), data));
                 }
@@ -718,6 +711,31 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             }
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        // A datagram goes from the bound socket that sent it, if there is
+        // one, to the receiver's name; other data from the receiver's peer.
+        let named_sender = e
+            .addr
+            .as_deref()
+            .filter(|_| sock_type(u.r#type) == Some(SockType::Datagram) && !u.name.is_empty())
+            .and_then(|a| all.iter().find(|s| s.name == a && s.r#type == u.r#type))
+            .and_then(|s| made.get(&s.id));
+        if let Some(s) = named_sender {
+            let addr = addr_of(&u.name).map_err(fail(u, "queued data"))?;
+            let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
+                Vec::new()
+            } else {
+                vec![ControlMessage::ScmRights(&raw)]
+            };
+            nix::sys::socket::sendmsg(
+                s.as_raw_fd(),
+                &[IoSlice::new(data)],
+                &cmsg,
+                MsgFlags::MSG_DONTWAIT,
+                Some(&addr),
+            )
+            .map_err(fail(u, "queued data"))?;
+            continue;
+        }
         let sender = all
             .iter()
             .find(|p| p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino)))

@@ -56,6 +56,36 @@ pub(crate) const TESTS: &[Test] = &[
         unix_shutdown,
     ),
     Test::new(
+        "unix-dgram-named",
+        Unix,
+        "bound datagram sockets: queued datagrams keep their senders",
+        unix_dgram_named,
+    ),
+    Test::new(
+        "unix-peer-gone",
+        Unix,
+        "stream socket whose peer closed: last data, then end of file",
+        unix_peer_gone,
+    ),
+    Test::new(
+        "unix-abstract-listen",
+        Unix,
+        "abstract-named listener with two connections waiting",
+        unix_abstract_listen,
+    ),
+    Test::new(
+        "unix-deleted",
+        Unix,
+        "listener whose socket file was removed",
+        unix_deleted,
+    ),
+    Test::new(
+        "unix-opts",
+        Unix,
+        "SO_PASSCRED, buffer sizes and timeouts of a pair",
+        unix_opts,
+    ),
+    Test::new(
         "tcp-listen",
         Inet,
         "TCP listener on 127.0.0.1 in the test's netns",
@@ -308,5 +338,161 @@ fn tcp_established(t: &mut Ctx) -> Res {
     let mut b = [0u8; 5];
     s.read_exact(&mut b).or_fail("read")?;
     ensure_eq!("new data", &b, b"after");
+    Ok(())
+}
+
+fn unix_dgram_named(t: &mut Ctx) -> Res {
+    use std::os::unix::net::UnixDatagram;
+    let dir = t.mkdir()?;
+    let (rpath, spath) = (dir.join("recv"), dir.join("send"));
+    let r = UnixDatagram::bind(&rpath).or_fail("bind receiver")?;
+    let s = UnixDatagram::bind(&spath).or_fail("bind sender")?;
+    s.connect(&rpath).or_fail("connect")?;
+    let other = UnixDatagram::unbound().or_fail("socket")?;
+    s.send(b"from s").or_fail("send")?;
+    other
+        .send_to(b"from an unbound socket", &rpath)
+        .or_fail("send_to")?;
+    s.send(b"from s again").or_fail("send")?;
+    r.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("received a datagram early", || {
+        r.recv(&mut [0u8; 64]).map(drop).or_fail("recv")
+    })?;
+    let mut b = [0u8; 64];
+    let want: [(&[u8], Option<&std::path::Path>); 3] = [
+        (b"from s", Some(&spath)),
+        (b"from an unbound socket", None),
+        (b"from s again", Some(&spath)),
+    ];
+    for (i, (data, from)) in want.iter().enumerate() {
+        let (n, addr) = r.recv_from(&mut b).or_fail("recv_from")?;
+        ensure_eq!(format!("datagram {i}"), &b[..n], *data);
+        ensure_eq!(format!("sender of datagram {i}"), addr.as_pathname(), *from);
+    }
+    ensure_eq!(
+        "peer of the connected sender",
+        s.peer_addr().or_fail("getpeername")?.as_pathname(),
+        Some(rpath.as_path())
+    );
+    s.send(b"after").or_fail("send after restore")?;
+    let n = r.recv(&mut b).or_fail("recv")?;
+    ensure_eq!("new datagram", &b[..n], b"after");
+    Ok(())
+}
+
+fn unix_peer_gone(t: &mut Ctx) -> Res {
+    let (a, b) = pair(SockType::Stream)?;
+    write_all(&b, b"last words")?;
+    drop(b);
+    t.wait("read the last words early", || drain_one(&a))?;
+    ensure_eq!(
+        "data left by the gone peer",
+        read_n(&a, 64)?,
+        b"last words".to_vec()
+    );
+    let mut buf = [0u8; 4];
+    ensure_eq!(
+        "read after the data",
+        nix::sys::socket::recv(a.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT),
+        Ok(0)
+    );
+    ensure_eq!(
+        "write to the gone peer",
+        nix::sys::socket::send(a.as_raw_fd(), b"x", MsgFlags::MSG_NOSIGNAL).err(),
+        Some(nix::errno::Errno::EPIPE)
+    );
+    Ok(())
+}
+
+fn unix_abstract_listen(t: &mut Ctx) -> Res {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("zdtm-abstract-{}", nix::unistd::getpid());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .or_fail("abstract address")?;
+    let l = UnixListener::bind_addr(&addr).or_fail("bind")?;
+    let c1 = UnixStream::connect_addr(&addr).or_fail("connect 1")?;
+    let c2 = UnixStream::connect_addr(&addr).or_fail("connect 2")?;
+    l.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("accepted a connection early", || {
+        l.accept().map(drop).or_fail("accept")
+    })?;
+    for (i, mut c) in [c1, c2].into_iter().enumerate() {
+        let (mut s, _) = l.accept().or_fail(&format!("accept {i}"))?;
+        c.write_all(format!("client {i}").as_bytes())
+            .or_fail("write")?;
+        let mut b = [0u8; 8];
+        s.read_exact(&mut b).or_fail("read")?;
+        ensure_eq!(
+            format!("data of connection {i}"),
+            &b,
+            format!("client {i}").as_bytes()
+        );
+    }
+    ensure_eq!(
+        "listener name",
+        l.local_addr()
+            .or_fail("getsockname")?
+            .as_abstract_name()
+            .map(<[u8]>::to_vec),
+        Some(name.into_bytes())
+    );
+    Ok(())
+}
+
+fn unix_deleted(t: &mut Ctx) -> Res {
+    let path = t.mkdir()?.join("gone.sock");
+    let l = UnixListener::bind(&path).or_fail("bind")?;
+    std::fs::remove_file(&path).or_fail("unlink")?;
+    t.wait("recreated the socket file", || {
+        std::fs::write(&path, b"").or_fail("create")
+    })?;
+    ensure!(!path.exists(), "{} exists again", path.display());
+    ensure_eq!(
+        "listener name",
+        l.local_addr()
+            .or_fail("getsockname")?
+            .as_pathname()
+            .map(std::path::Path::to_path_buf),
+        Some(path)
+    );
+    Ok(())
+}
+
+fn unix_opts(t: &mut Ctx) -> Res {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    let (a, b) = pair(SockType::Datagram)?;
+    setsockopt(&a, sockopt::PassCred, &true).or_fail("SO_PASSCRED")?;
+    setsockopt(&a, sockopt::SndBuf, &65536).or_fail("SO_SNDBUF")?;
+    setsockopt(&b, sockopt::RcvBuf, &32768).or_fail("SO_RCVBUF")?;
+    let tmo = nix::sys::time::TimeVal::new(3, 500_000);
+    setsockopt(&b, sockopt::ReceiveTimeout, &tmo).or_fail("SO_RCVTIMEO")?;
+    let want = (
+        getsockopt(&a, sockopt::SndBuf).or_fail("SO_SNDBUF")?,
+        getsockopt(&b, sockopt::RcvBuf).or_fail("SO_RCVBUF")?,
+    );
+    t.wait("turned SO_PASSCRED off", || {
+        setsockopt(&a, sockopt::PassCred, &false).or_fail("SO_PASSCRED")
+    })?;
+    ensure!(
+        getsockopt(&a, sockopt::PassCred).or_fail("SO_PASSCRED")?,
+        "SO_PASSCRED lost"
+    );
+    ensure!(
+        !getsockopt(&b, sockopt::PassCred).or_fail("SO_PASSCRED")?,
+        "SO_PASSCRED set on b"
+    );
+    ensure_eq!(
+        "buffer sizes",
+        (
+            getsockopt(&a, sockopt::SndBuf).or_fail("SO_SNDBUF")?,
+            getsockopt(&b, sockopt::RcvBuf).or_fail("SO_RCVBUF")?
+        ),
+        want
+    );
+    ensure_eq!(
+        "receive timeout",
+        getsockopt(&b, sockopt::ReceiveTimeout).or_fail("SO_RCVTIMEO")?,
+        tmo
+    );
     Ok(())
 }
