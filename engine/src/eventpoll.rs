@@ -42,7 +42,7 @@ fn tfd_entry(cx: &FdCtx<'_>, line: &str) -> Result<EventpollTfdEntry> {
         return Err(Error::Unsupported {
             pid: cx.pid,
             what: format!(
-                "fd {} (epoll) watches a file registered as fd {tfd}, which the task has closed or replaced since",
+                "fd {} (epoll) holding a file registered under fd {tfd}, a number the task has since closed or reused,",
                 cx.fd.fd
             ),
         });

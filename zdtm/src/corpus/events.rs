@@ -38,6 +38,31 @@ pub(crate) const TESTS: &[Test] = &[
         "inotify watch reports a file created after restore",
         inotify00,
     ),
+    Test::new(
+        "inotify-wds",
+        Events,
+        "inotify watches keep their descriptors 2 and 3 (1 was removed)",
+        inotify_wds,
+    ),
+    Test::new(
+        "epoll-nested",
+        Events,
+        "an epoll set watching another epoll set",
+        epoll_nested,
+    ),
+    Test::new(
+        "eventfd-shared",
+        Events,
+        "one eventfd shared by a parent and its child",
+        eventfd_shared,
+    ),
+    Test::new(
+        "epoll-closed-tfd",
+        Events,
+        "epoll watching a file whose registered fd was closed: C/R must refuse",
+        epoll_closed_tfd,
+    )
+    .crfail(),
 ];
 
 fn eventfd(init: u32, flags: i32) -> Res<OwnedFd> {
@@ -189,5 +214,109 @@ fn inotify00(t: &mut Ctx) -> Res {
     );
     ensure_eq!("watch descriptor", events[0].wd, wd);
     let _ = AsRawFd::as_raw_fd(&ino.as_fd());
+    Ok(())
+}
+
+fn inotify_wds(t: &mut Ctx) -> Res {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let dirs = [
+        t.mkdir()?.join("a"),
+        t.mkdir()?.join("b"),
+        t.mkdir()?.join("c"),
+    ];
+    for d in &dirs {
+        std::fs::create_dir_all(d).or_fail("mkdir")?;
+    }
+    let ino =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).or_fail("inotify_init")?;
+    let mut wds = Vec::new();
+    for d in &dirs {
+        wds.push(
+            ino.add_watch(d, AddWatchFlags::IN_CREATE)
+                .or_fail("add_watch")?,
+        );
+    }
+    ino.rm_watch(wds[0]).or_fail("rm_watch")?;
+    let _ = ino.read_events();
+    t.wait("removed watch 2", || {
+        ino.rm_watch(wds[1]).or_fail("rm_watch")
+    })?;
+    std::fs::write(dirs[2].join("x"), "x").or_fail("create")?;
+    std::fs::write(dirs[1].join("y"), "y").or_fail("create")?;
+    std::fs::write(dirs[0].join("z"), "z").or_fail("create")?;
+    let got: Vec<_> = ino
+        .read_events()
+        .or_fail("read events")?
+        .iter()
+        .map(|e| (e.wd, e.name.clone()))
+        .collect();
+    ensure_eq!(
+        "events (watch, name)",
+        got,
+        vec![
+            (wds[2], Some(std::ffi::OsString::from("x"))),
+            (wds[1], Some(std::ffi::OsString::from("y"))),
+        ]
+    );
+    Ok(())
+}
+
+fn epoll_nested(t: &mut Ctx) -> Res {
+    let inner = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).or_fail("epoll_create")?;
+    let outer = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).or_fail("epoll_create")?;
+    let ev = eventfd(0, libc::EFD_NONBLOCK)?;
+    inner
+        .add(&ev, EpollEvent::new(EpollFlags::EPOLLIN, 0xaaaa))
+        .or_fail("add eventfd")?;
+    outer
+        .add(&inner.0, EpollEvent::new(EpollFlags::EPOLLIN, 0xbbbb))
+        .or_fail("add inner epoll")?;
+    t.wait("signalled the eventfd", || {
+        write_all(&ev, &1u64.to_ne_bytes())
+    })?;
+    let mut events = [EpollEvent::empty(); 4];
+    ensure_eq!(
+        "outer ready before any event",
+        outer.wait(&mut events, 0u8).or_fail("epoll_wait")?,
+        0
+    );
+    write_all(&ev, &7u64.to_ne_bytes())?;
+    let n = outer.wait(&mut events, 100u8).or_fail("epoll_wait")?;
+    ensure_eq!("outer events", (n, events[0].data()), (1, 0xbbbb));
+    let n = inner.wait(&mut events, 0u8).or_fail("epoll_wait")?;
+    ensure_eq!("inner events", (n, events[0].data()), (1, 0xaaaa));
+    ensure_eq!("counter", read_u64(&ev)?, Some(7));
+    Ok(())
+}
+
+fn eventfd_shared(t: &mut Ctx) -> Res {
+    let fd = eventfd(40, libc::EFD_NONBLOCK)?;
+    let theirs = fd.try_clone().or_fail("dup")?;
+    t.spawn("adder", move |c| {
+        c.wait("nothing", || Ok(()))?;
+        write_all(&theirs, &2u64.to_ne_bytes())
+    })?;
+    t.wait("added one", || write_all(&fd, &1u64.to_ne_bytes()))?;
+    t.check_kids()?;
+    ensure_eq!(
+        "counter: 40, and 2 from the child",
+        read_u64(&fd)?,
+        Some(42)
+    );
+    Ok(())
+}
+
+fn epoll_closed_tfd(t: &mut Ctx) -> Res {
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).or_fail("epoll_create")?;
+    let ev = eventfd(1, libc::EFD_NONBLOCK)?;
+    ep.add(&ev, EpollEvent::new(EpollFlags::EPOLLIN, 0x77))
+        .or_fail("add eventfd")?;
+    // The file stays registered (a copy keeps it open) under a closed number.
+    let copy = ev.try_clone().or_fail("dup")?;
+    drop(ev);
+    t.wait("drained the eventfd", || read_u64(&copy).map(drop))?;
+    let mut events = [EpollEvent::empty(); 2];
+    let n = ep.wait(&mut events, 0u8).or_fail("epoll_wait")?;
+    ensure_eq!("ready events", (n, events[0].data()), (1, 0x77));
     Ok(())
 }
