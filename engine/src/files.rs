@@ -19,9 +19,9 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FdTypes, FdinfoEntry, FifoEntry, FileEntry, FownEntry, GhostChunkEntry, GhostFileEntry,
-    MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry, RemapType,
-    SkPacketEntry,
+    FdTypes, FdinfoEntry, FifoEntry, FileEntry, FileLockEntry, FownEntry, GhostChunkEntry,
+    GhostFileEntry, MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry,
+    RemapType, SkPacketEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -42,6 +42,8 @@ pub struct Opts {
     /// `--ghost-limit`: the largest file deleted while open whose contents
     /// go into the images.
     pub ghost_limit: u64,
+    /// `--file-locks`: dump the locks files hold (refused otherwise).
+    pub file_locks: bool,
     /// `--leave-running`: the tree goes on after the dump, so nothing may
     /// be taken from it (such as a connection waiting to be accepted).
     pub leave_running: bool,
@@ -330,6 +332,9 @@ pub struct Table {
     pub(crate) unix: crate::unix::State,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
+    /// File locks, and the keys that keep each once.
+    locks: Vec<FileLockEntry>,
+    lock_keys: Vec<(u32, String, i64, i64, u32)>,
 }
 
 impl Table {
@@ -403,12 +408,20 @@ impl Table {
             path: link.clone(),
             err: e,
         })?;
-        if let Some(lock) = fd.extra.iter().find(|l| l.starts_with("lock:")) {
-            let kind = lock.split_whitespace().nth(2).unwrap_or("?");
-            return Err(unsupported(format!(
-                "{}, holding a {kind} file lock",
-                fd.target
-            )));
+        let mut locks = Vec::new();
+        for line in fd.extra.iter().filter(|l| l.starts_with("lock:")) {
+            let kind = line.split_whitespace().nth(2).unwrap_or("?");
+            if !opts.file_locks {
+                return Err(unsupported(format!(
+                    "{} holding a {kind} file lock without --file-locks,",
+                    fd.target
+                )));
+            }
+            match crate::file_lock::parse(pid, fd.fd, line) {
+                Ok(Some(l)) => locks.push(l),
+                Ok(None) => {}
+                Err(what) => return Err(unsupported(format!("{}: {what},", fd.target))),
+            }
         }
         let ft = meta.file_type();
         let ty = if fd.target.starts_with("pipe:[") {
@@ -455,6 +468,7 @@ impl Table {
                 && ino == meta.ino()
                 && sys::kcmp_file(pid, fd.fd, opid, ofd).unwrap_or(false)
             {
+                self.note_locks(id, locks);
                 return Ok(fdinfo(id, ty, fd));
             }
         }
@@ -517,7 +531,30 @@ impl Table {
         });
         self.described
             .push((pid, fd.fd, meta.dev(), meta.ino(), id));
+        self.note_locks(id, locks);
         Ok(fdinfo(id, ty, fd))
+    }
+
+    /// Keep each lock once: a POSIX lock shows on every fd its process has
+    /// on the file, a flock or OFD lock on every fd of its description.
+    fn note_locks(&mut self, id: u32, locks: Vec<(FileLockEntry, String)>) {
+        for (e, dev_ino) in locks {
+            let owner = if e.flag == crate::file_lock::POSIX {
+                e.pid.cast_unsigned()
+            } else {
+                id
+            };
+            let key = (e.flag, dev_ino, e.start, e.len, owner);
+            if !self.lock_keys.contains(&key) {
+                self.lock_keys.push(key);
+                self.locks.push(e);
+            }
+        }
+    }
+
+    /// The file locks of the images.
+    pub fn locks(&self) -> &[FileLockEntry] {
+        &self.locks
     }
 
     fn dump_memfd(&mut self, cx: &FdCtx<'_>) -> Result<Kind> {
@@ -828,6 +865,9 @@ impl Table {
             }
             w.finish()?;
         }
+        if !self.locks.is_empty() {
+            dir.write_all("FILE_LOCKS", 0, &self.locks)?;
+        }
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
@@ -879,6 +919,9 @@ impl Table {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.fifo_data.push((e, data));
             }
+        }
+        if dir.exists("FILE_LOCKS", 0) {
+            t.locks = dir.read_all("FILE_LOCKS", 0)?;
         }
         if dir.exists("SK_QUEUES", 0) {
             let mut r = dir.open_image("SK_QUEUES", 0)?;

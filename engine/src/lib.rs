@@ -9,6 +9,7 @@ pub mod dump;
 pub mod error;
 pub mod eventfd;
 pub mod eventpoll;
+pub mod file_lock;
 pub mod files;
 pub mod images;
 pub mod inotify;

@@ -103,7 +103,8 @@ struct DumpArgs {
     /// Save files deleted while open up to SIZE bytes (suffixes K, M, G)
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     ghost_limit: u64,
-    /// Allow file locks (CRIU's option; held locks are refused until stasis restores them)
+    /// Dump the file locks the tree holds (flock, POSIX and OFD locks;
+    /// without it, a held lock is refused)
     #[arg(short = 'l', long)]
     file_locks: bool,
     /// Allow established TCP connections (CRIU's option; sockets are refused until stasis restores them)
@@ -125,6 +126,12 @@ struct RestoreArgs {
     /// The tree is a job of a shell (reopen its terminal by path)
     #[arg(short = 'j', long = "shell-job")]
     shell_job: bool,
+    /// Accepted for CRIU's callers: the locks in the images are always taken again
+    #[arg(short = 'l', long)]
+    file_locks: bool,
+    /// Accepted for CRIU's callers
+    #[arg(long)]
+    tcp_established: bool,
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -211,9 +218,10 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         shell_job: a.shell_job,
         timeout: std::time::Duration::from_secs(a.timeout.max(1)),
         ghost_limit: a.ghost_limit,
+        file_locks: a.file_locks,
     };
-    // Accepted for CRIU's callers; what they allow is refused by kind, with the fd named.
-    let _ = (a.file_locks, a.tcp_established);
+    // Accepted for CRIU's callers; TCP sockets are refused by kind, with the fd named.
+    let _ = a.tcp_established;
     let stats = dump::dump(&opts)?;
     drop(bar);
     tracing::info!(?stats, "dump finished");

@@ -601,6 +601,13 @@ pub fn recv_unix(
     Ok((usize::try_from(n).unwrap_or(0), fds, from))
 }
 
+/// flock(2) on `fd` (nix only offers it as a guard that unlocks on drop).
+pub fn flock(fd: std::os::fd::BorrowedFd<'_>, op: i32) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes an fd and an int.
+    Errno::result(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+}
+
 /// An int socket option (for options the nix crate does not name).
 pub fn getsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,

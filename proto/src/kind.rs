@@ -170,6 +170,12 @@ pub const KINDS: &[ImageKind] = &[
         "length",
         "sk-queues.img",
     ),
+    entries(
+        "FILE_LOCKS",
+        0x5432_3616,
+        "file_lock_entry",
+        "filelocks.img",
+    ),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {
         name: "STATS",

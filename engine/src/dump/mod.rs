@@ -35,6 +35,8 @@ pub struct Opts {
     pub timeout: std::time::Duration,
     /// `--ghost-limit`: largest deleted-while-open file saved, in bytes.
     pub ghost_limit: u64,
+    /// `--file-locks`: dump the file locks held (refused otherwise).
+    pub file_locks: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<Progress>,
 }
@@ -154,6 +156,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         shell_job: opts.shell_job,
         ghost_limit: opts.ghost_limit,
         leave_running: opts.leave_running,
+        file_locks: opts.file_locks,
     };
     crate::progress::report(
         opts.progress.as_ref(),

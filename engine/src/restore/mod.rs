@@ -262,6 +262,18 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         next = raw + 1;
         pool.insert(id, sys::own(raw));
     }
+    // flock and OFD locks belong to the open file: take them on the pool's
+    // copy, which the tasks inherit.
+    for l in files.locks() {
+        let id = plans
+            .iter()
+            .find(|p| p.pst.pid.cast_signed() == l.pid)
+            .and_then(|p| p.fdinfo.iter().find(|f| f.fd.cast_signed() == l.fd))
+            .map(|f| f.id);
+        if let Some(f) = id.and_then(|id| pool.get(&id)) {
+            crate::file_lock::take_on_file(f.as_fd(), l)?;
+        }
+    }
     for p in &mut plans {
         p.fds = p
             .fdinfo
@@ -536,6 +548,12 @@ fn restore_task(
     let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
     set_mm_map(&r, t, mm, files)?;
     open_late_fds(&r, t, p, files)?;
+    let locks: Vec<_> = files
+        .locks()
+        .iter()
+        .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
+        .collect();
+    crate::file_lock::take_in_task(&r, t, &locks)?;
     for &(fd, id) in &p.epolls {
         if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
             eventpoll::register(&r, t, fd, e)?;

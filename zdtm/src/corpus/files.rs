@@ -109,6 +109,20 @@ pub(crate) const TESTS: &[Test] = &[
     )
     .opts(&["--file-locks"]),
     Test::new(
+        "file-flock-shared",
+        Files,
+        "two open files holding shared flocks, one inherited by a child",
+        file_flock_shared,
+    )
+    .opts(&["--file-locks"]),
+    Test::new(
+        "file-lock-refused",
+        Files,
+        "a held flock without --file-locks: C/R must refuse",
+        file_lock_refused,
+    )
+    .crfail(),
+    Test::new(
         "file-ofd-lock",
         Files,
         "OFD read lock on a byte range",
@@ -587,5 +601,55 @@ fn file_read(t: &mut Ctx) -> Res {
         Ok(())
     })?;
     ensure_eq!("offset", offset(&f)?, i64::try_from(pos).or_fail("pos")?);
+    Ok(())
+}
+
+fn file_flock_shared(t: &mut Ctx) -> Res {
+    let a = rw_file(t, b"shared")?;
+    let b = File::open(t.filename()).or_fail("open")?;
+    flock(&a, libc::LOCK_SH).or_fail("flock a")?;
+    flock(&b, libc::LOCK_SH).or_fail("flock b")?;
+    let theirs = a.try_clone().or_fail("dup")?;
+    t.spawn("holder", move |c| {
+        c.wait("nothing", || Ok(()))?;
+        let info = fdinfo(&theirs)?;
+        ensure!(
+            info.contains("FLOCK"),
+            "the child's inherited fd shows no flock: {info:?}"
+        );
+        Ok(())
+    })?;
+    t.wait("dropped b's lock", || {
+        flock(&b, libc::LOCK_UN).or_fail("unlock b")
+    })?;
+    let path = t.filename().to_owned();
+    let exclusive_blocked = in_child(|| {
+        File::open(&path).is_ok_and(|g| {
+            flock(&g, libc::LOCK_EX | libc::LOCK_NB) == Err(nix::errno::Errno::EWOULDBLOCK)
+        })
+    })?;
+    ensure!(
+        exclusive_blocked,
+        "an exclusive flock was granted: the shared locks are gone"
+    );
+    t.check_kids()?;
+    // a's lock alone would let b upgrade: b's own shared lock must block it.
+    flock(&a, libc::LOCK_UN).or_fail("unlock a")?;
+    ensure_eq!(
+        "a's exclusive lock while b holds a shared one",
+        flock(&a, libc::LOCK_EX | libc::LOCK_NB).err(),
+        Some(nix::errno::Errno::EWOULDBLOCK)
+    );
+    Ok(())
+}
+
+fn file_lock_refused(t: &mut Ctx) -> Res {
+    let f = rw_file(t, b"locked")?;
+    flock(&f, libc::LOCK_EX).or_fail("flock")?;
+    t.wait("unlocked", || {
+        flock(&f, libc::LOCK_UN).or_fail("flock(LOCK_UN)")
+    })?;
+    let info = fdinfo(&f)?;
+    ensure!(info.contains("FLOCK"), "the lock is gone: {info:?}");
     Ok(())
 }
