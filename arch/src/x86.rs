@@ -106,6 +106,7 @@ pub mod nr {
     pub const SECCOMP: u64 = 317;
     pub const DUP3: u64 = 292;
     pub const EPOLL_CTL: u64 = 233;
+    pub const IOCTL: u64 = 16;
     pub const SETSOCKOPT: u64 = 54;
     pub const SHUTDOWN: u64 = 48;
 }

@@ -21,7 +21,7 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FdTypes, FdinfoEntry, FifoEntry, FileEntry, FileLockEntry, FownEntry, GhostChunkEntry,
     GhostFileEntry, MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry,
-    RemapType, SkPacketEntry,
+    RemapType, SkPacketEntry, TtyInfoEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -332,6 +332,8 @@ pub struct Table {
     pub(crate) unix: crate::unix::State,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
+    /// Controlling terminals of the sessions.
+    ttys: Vec<TtyInfoEntry>,
     /// File locks, and the keys that keep each once.
     locks: Vec<FileLockEntry>,
     lock_keys: Vec<(u32, String, i64, i64, u32)>,
@@ -550,6 +552,16 @@ impl Table {
                 self.locks.push(e);
             }
         }
+    }
+
+    /// Note the controlling terminal of a session.
+    pub fn add_ctty(&mut self, e: TtyInfoEntry) {
+        self.ttys.push(e);
+    }
+
+    /// The controlling terminals of the images.
+    pub fn ttys(&self) -> &[TtyInfoEntry] {
+        &self.ttys
     }
 
     /// The file locks of the images.
@@ -868,6 +880,9 @@ impl Table {
         if !self.locks.is_empty() {
             dir.write_all("FILE_LOCKS", 0, &self.locks)?;
         }
+        if !self.ttys.is_empty() {
+            dir.write_all("TTY_INFO", 0, &self.ttys)?;
+        }
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
@@ -919,6 +934,9 @@ impl Table {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.fifo_data.push((e, data));
             }
+        }
+        if dir.exists("TTY_INFO", 0) {
+            t.ttys = dir.read_all("TTY_INFO", 0)?;
         }
         if dir.exists("FILE_LOCKS", 0) {
             t.locks = dir.read_all("FILE_LOCKS", 0)?;

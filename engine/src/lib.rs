@@ -27,6 +27,7 @@ pub mod sys;
 pub mod task;
 pub mod timerfd;
 pub mod timers;
+pub mod tty;
 pub mod unix;
 
 pub use error::{EngineError, Result};

@@ -26,6 +26,10 @@ pub struct Stat {
     pub pgid: i32,
     /// Session.
     pub sid: i32,
+    /// Controlling terminal (kernel device encoding), 0 for none.
+    pub tty_nr: u32,
+    /// Foreground process group of the controlling terminal, -1 for none.
+    pub tpgid: i32,
     /// PF_* flags.
     pub flags: u32,
     /// Start of the main stack.
@@ -88,6 +92,8 @@ pub fn stat(pid: Pid, tid: Option<Pid>) -> Result<Stat> {
         ppid: i(4)?,
         pgid: i(5)?,
         sid: i(6)?,
+        tty_nr: u32::try_from(n(7)? & 0xffff_ffff).unwrap_or(0),
+        tpgid: i(8)?,
         flags: u32::try_from(n(9)? & 0xffff_ffff).unwrap_or(0),
         nice: i(19)?,
         start_code: n(26)?,

@@ -887,3 +887,106 @@ fn many_object_kinds_come_back_and_crit_reads_every_image() {
     restore_ok(&img);
     assert_eq!(ask(job.pgid, &out, 20), "ok kinds\n");
 }
+
+/// Read from the pty master until `want` shows up (or `secs` pass); all
+/// that was read.
+fn read_until(master: &nix::pty::PtyMaster, want: &str, secs: u64) -> String {
+    use std::os::fd::AsFd;
+    let t = Instant::now();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+        let mut buf = [0u8; 4096];
+        if ready == Ok(1)
+            && let Ok(n) = nix::unistd::read(master.as_fd(), &mut buf)
+        {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "no {want:?} from the REPL; it wrote {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn python_repl_on_a_pty_answers_after_restore() {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsFd;
+    need_root();
+    let tmp = tmpdir();
+    let img = images(tmp.path(), "img");
+    // The test holds the master, as a terminal emulator would.
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let name = nix::pty::ptsname_r(&master).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .expect("open the slave");
+    let stdio = || Stdio::from(slave.try_clone().expect("dup the slave"));
+    // setsid -c: a session of its own with the pty as controlling terminal.
+    let child = Command::new("setsid")
+        .args(["-c", "python3", "-q", "-i"])
+        .env("TERM", "dumb")
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
+        .spawn()
+        .expect("start python3");
+    drop(slave);
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut job = Job {
+        child: Some(child),
+        pgid: pid,
+    };
+    read_until(&master, ">>> ", 20);
+    nix::unistd::write(master.as_fd(), b"x = 6 * 7\n").expect("type");
+    read_until(&master, ">>> ", 20);
+    let out = run(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+        "--shell-job",
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    job.reap();
+    let out = run(&[
+        "restore",
+        "-D",
+        img.to_str().expect("utf8"),
+        "--shell-job",
+        "-d",
+        "-o",
+        "restore.log",
+        "-v4",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nix::unistd::write(master.as_fd(), b"print(x + 1)\n").expect("type");
+    let got = read_until(&master, "43", 20);
+    assert!(got.contains("43"), "the REPL answered {got:?}");
+    // ^C reaches it as SIGINT only through its controlling terminal.
+    nix::unistd::write(master.as_fd(), b"\x03").expect("type ^C");
+    read_until(&master, "KeyboardInterrupt", 20);
+}

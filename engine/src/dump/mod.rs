@@ -247,6 +247,9 @@ fn dump_task(
     for fd in &fds {
         fdinfo.push(files.dump_fd(pid, fd, fopts)?);
     }
+    if let Some(ctty) = crate::tty::dump_ctty(pid, &proc::stat(pid, None)?, &fds) {
+        files.add_ctty(ctty);
+    }
     let vmas = mm::dump_vmas(pid, files)?;
     let tm = Instant::now();
     let pages = mm::dump_pages(pid, &vmas, dir, pages_id, progress)?;

@@ -554,6 +554,7 @@ fn restore_task(
         .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
         .collect();
     crate::file_lock::take_in_task(&r, t, &locks)?;
+    crate::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
     for &(fd, id) in &p.epolls {
         if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
             eventpoll::register(&r, t, fd, e)?;
