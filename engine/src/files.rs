@@ -21,7 +21,7 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FdTypes, FdinfoEntry, FifoEntry, FileEntry, FileLockEntry, FownEntry, GhostChunkEntry,
     GhostFileEntry, MemfdFileEntry, PipeDataEntry, PipeEntry, RegFileEntry, RemapFilePathEntry,
-    RemapType, SkPacketEntry, TtyInfoEntry,
+    RemapType, SkPacketEntry, TtyDataEntry, TtyInfoEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -31,6 +31,7 @@ use crate::images::Dir;
 use crate::inotify::Inotify;
 use crate::signalfd::Signalfd;
 use crate::timerfd::Timerfd;
+use crate::tty::Tty;
 use crate::unix::UnixSk;
 use crate::{memfd, proc, sys};
 
@@ -110,12 +111,22 @@ pub struct OpenCtx<'a> {
     used: std::collections::HashSet<u32>,
     /// The unix sockets, all made at the first one.
     pub(crate) unix_made: Option<HashMap<u32, OwnedFd>>,
+    /// ptys made: (master, slave unless locked, slave path) by index, and
+    /// the ones whose first slave file was handed out.
+    pub(crate) ptys: HashMap<u32, (OwnedFd, Option<OwnedFd>, String)>,
+    slaves_taken: std::collections::HashSet<u32>,
 }
 
 impl OpenCtx<'_> {
     /// A failed step of making the file `what` again.
-    pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error {
+    pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + use<> {
         Error::restore(self.pid, format!("fd {} ({what})", self.fd))
+    }
+
+    /// Whether the first slave file of pty `index` was handed out (and
+    /// mark it so).
+    pub(crate) fn slave_taken(&mut self, index: u32) -> bool {
+        !self.slaves_taken.insert(index)
     }
 
     /// Whether a task has an fd of file `id` (files in flight have none).
@@ -332,8 +343,11 @@ pub struct Table {
     pub(crate) unix: crate::unix::State,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
-    /// Controlling terminals of the sessions.
+    /// Controlling terminals of the sessions, and ends of ptys.
     ttys: Vec<TtyInfoEntry>,
+    tty_data: Vec<TtyDataEntry>,
+    /// Dump: the tasks of the tree (to find pty masters).
+    tree: Vec<Pid>,
     /// File locks, and the keys that keep each once.
     locks: Vec<FileLockEntry>,
     lock_keys: Vec<(u32, String, i64, i64, u32)>,
@@ -454,13 +468,19 @@ impl Table {
         } else if ft.is_char_device()
             && tty_major(u32::try_from(nix::sys::stat::major(meta.rdev())).unwrap_or(0))
         {
-            if !opts.shell_job {
+            // A pty whose master is in the tree comes back as a new pair.
+            let pty = crate::tty::pty_end(meta.rdev(), || Some(0))
+                .is_some_and(|(i, master)| master || self.pty_master(i).is_some());
+            if pty {
+                FdTypes::Tty
+            } else if opts.shell_job {
+                FdTypes::Reg
+            } else {
                 return Err(unsupported(format!(
                     "terminal {}; dump a job started from a shell with --shell-job",
                     fd.target
                 )));
             }
-            FdTypes::Reg
         } else {
             FdTypes::Reg
         };
@@ -488,6 +508,7 @@ impl Table {
             FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
+            FdTypes::Tty => Tty::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
@@ -510,6 +531,7 @@ impl Table {
             Kind::Memfd(m) => m.id = id,
             Kind::Efd(e) => e.id = id,
             Kind::Usk(e) => e.id = id,
+            Kind::Tty(e) => e.id = id,
             Kind::Sgfd(e) => e.id = id,
             Kind::Tfd(e) => e.id = id,
             Kind::Epfd(e) => {
@@ -559,9 +581,54 @@ impl Table {
         self.ttys.push(e);
     }
 
-    /// The controlling terminals of the images.
+    /// The terminals of the images.
     pub fn ttys(&self) -> &[TtyInfoEntry] {
         &self.ttys
+    }
+
+    pub(crate) fn has_tty_info(&self, id: u32) -> bool {
+        self.ttys.iter().any(|t| t.id == id)
+    }
+
+    pub(crate) fn add_tty_info(&mut self, e: TtyInfoEntry) {
+        if !self.has_tty_info(e.id) {
+            self.ttys.push(e);
+        }
+    }
+
+    pub(crate) fn add_tty_data(&mut self, e: TtyDataEntry) {
+        self.tty_data.push(e);
+    }
+
+    pub(crate) fn tty_data(&self) -> &[TtyDataEntry] {
+        &self.tty_data
+    }
+
+    /// Dump: the tasks of the tree.
+    pub fn set_tree(&mut self, pids: Vec<Pid>) {
+        self.tree = pids;
+    }
+
+    /// A copy of the master of pty `index`, if a task of the tree has it.
+    pub(crate) fn pty_master(&self, index: u32) -> Option<OwnedFd> {
+        for &pid in &self.tree {
+            let Ok(fds) = proc::fds(pid) else { continue };
+            for f in fds
+                .iter()
+                .filter(|f| f.target == "/dev/ptmx" || f.target == "/dev/pts/ptmx")
+            {
+                let Ok(m) = sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, f.fd)) else {
+                    continue;
+                };
+                let mut n = -1;
+                if sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).is_ok()
+                    && u32::try_from(n).ok() == Some(index)
+                {
+                    return Some(m);
+                }
+            }
+        }
+        None
     }
 
     /// The file locks of the images.
@@ -883,6 +950,9 @@ impl Table {
         if !self.ttys.is_empty() {
             dir.write_all("TTY_INFO", 0, &self.ttys)?;
         }
+        if !self.tty_data.is_empty() {
+            dir.write_all("TTY_DATA", 0, &self.tty_data)?;
+        }
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
@@ -938,6 +1008,9 @@ impl Table {
         if dir.exists("TTY_INFO", 0) {
             t.ttys = dir.read_all("TTY_INFO", 0)?;
         }
+        if dir.exists("TTY_DATA", 0) {
+            t.tty_data = dir.read_all("TTY_DATA", 0)?;
+        }
         if dir.exists("FILE_LOCKS", 0) {
             t.locks = dir.read_all("FILE_LOCKS", 0)?;
         }
@@ -982,6 +1055,8 @@ impl Table {
             opened: HashMap::new(),
             used: uses.iter().map(|u| u.2).collect(),
             unix_made: None,
+            ptys: HashMap::new(),
+            slaves_taken: std::collections::HashSet::new(),
         };
         for &(pid, fd, id) in uses {
             if cx.opened.contains_key(&id) {
@@ -1019,6 +1094,7 @@ impl Table {
             Some(Kind::Epfd(e)) => Eventpoll::open(e, cx),
             Some(Kind::Ify(e)) => Inotify::open(e, cx),
             Some(Kind::Usk(e)) => UnixSk::open(e, cx),
+            Some(Kind::Tty(e)) => Tty::open(e, cx),
             other => Err(Error::Unsupported {
                 pid,
                 what: format!(

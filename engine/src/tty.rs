@@ -5,17 +5,24 @@
 //! that terminal and sets the foreground group (TIOCSPGRP), so ^C and job
 //! control reach the restored tree.
 
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 use stasis_arch::x86::nr;
-use stasis_proto::images::{TtyInfoEntry, TtyType};
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{
+    FdTypes, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry,
+    TtyType, WinsizeEntry,
+};
 
-use crate::error::Result;
+use crate::error::{EngineError as Error, Result};
+use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::mm::{self, Trampoline};
 use crate::remote::Remote;
-use crate::{files::Table, proc};
+use crate::{proc, sys};
 
 /// Where the foreground group's number goes in the trampoline's data area.
 const PGRP_AT: u64 = 21 << 10;
@@ -45,7 +52,8 @@ pub fn dump_ctty(pid: Pid, st: &proc::Stat, fds: &[proc::Fd]) -> Option<TtyInfoE
     }
     let major = nix::sys::stat::major(rdev);
     Some(TtyInfoEntry {
-        id: st.tty_nr,
+        // Apart from the ids of pty ends (index * 2 + 1 or 2).
+        id: 0x8000_0000 | st.tty_nr,
         r#type: if (136..=143).contains(&major) {
             TtyType::Pty as i32
         } else {
@@ -100,4 +108,358 @@ pub fn restore_ctty(
         )?;
     }
     Ok(())
+}
+
+/// Pseudo-terminal ends whose master is in the tree: the open file
+/// (`tty_file_entry` in `files.img`), each end's state (`tty_info_entry`:
+/// lock, packet mode, termios, window size, index) and the bytes queued
+/// for each end (`tty-data.img`). The restore opens a new pair, on the same
+/// index when it is free.
+#[derive(Debug)]
+pub struct Tty;
+
+/// Major of /dev/ptmx (5, minor 2) and the first of the slaves' majors.
+const PTMX: (u64, u64) = (5, 2);
+const PTS_MAJOR: std::ops::RangeInclusive<u64> = 136..=143;
+
+/// Which end of which pty an fd is: (index, master).
+pub fn pty_end(rdev: u64, master_index: impl FnOnce() -> Option<u32>) -> Option<(u32, bool)> {
+    let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    if (maj, min) == PTMX {
+        return master_index().map(|i| (i, true));
+    }
+    PTS_MAJOR
+        .contains(&maj)
+        .then(|| u32::try_from((maj - 136) * 256 + min).ok())
+        .flatten()
+        .map(|i| (i, false))
+}
+
+/// The tty_info id of one end of pty `index`.
+pub fn end_id(index: u32, master: bool) -> u32 {
+    index * 2 + if master { 1 } else { 2 }
+}
+
+fn termios_entry(t: &libc::termios) -> TermiosEntry {
+    TermiosEntry {
+        c_iflag: t.c_iflag,
+        c_oflag: t.c_oflag,
+        c_cflag: t.c_cflag,
+        c_lflag: t.c_lflag,
+        c_line: u32::from(t.c_line),
+        c_ispeed: t.c_ispeed,
+        c_ospeed: t.c_ospeed,
+        c_cc: t.c_cc.iter().map(|&c| u32::from(c)).collect(),
+    }
+}
+
+fn termios_of(e: &TermiosEntry) -> libc::termios {
+    let mut cc = [0u8; libc::NCCS];
+    for (d, s) in cc.iter_mut().zip(&e.c_cc) {
+        *d = u8::try_from(*s).unwrap_or(0);
+    }
+    libc::termios {
+        c_iflag: e.c_iflag,
+        c_oflag: e.c_oflag,
+        c_cflag: e.c_cflag,
+        c_lflag: e.c_lflag,
+        c_line: u8::try_from(e.c_line).unwrap_or(0),
+        c_cc: cc,
+        c_ispeed: e.c_ispeed,
+        c_ospeed: e.c_ospeed,
+    }
+}
+
+/// Read what is queued for reading on `fd` (non-blocking, consuming it).
+fn drain(fd: &OwnedFd) -> std::result::Result<Vec<u8>, Errno> {
+    let fl = fcntl(fd.as_fd(), FcntlArg::F_GETFL)?;
+    fcntl(
+        fd.as_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK),
+    )?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let res = loop {
+        match nix::unistd::read(fd.as_fd(), &mut buf) {
+            Ok(0) | Err(Errno::EAGAIN | Errno::EIO) => break Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::from_bits_truncate(fl)))?;
+    res.map(|()| out)
+}
+
+/// Write `data` into `to` so that it lands, unchanged, in the queue of the
+/// other end: with echo and output processing off on `slave` meanwhile.
+fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<(), Errno> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let saved = nix::sys::termios::tcgetattr(slave)?;
+    let mut quiet: libc::termios = saved.clone().into();
+    quiet.c_lflag &= !(libc::ECHO | libc::ICANON | libc::ISIG | libc::IEXTEN);
+    quiet.c_oflag &= !libc::OPOST;
+    quiet.c_iflag &= !(libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON);
+    let quiet = nix::sys::termios::Termios::from(quiet);
+    nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &quiet)?;
+    let res = nix::unistd::write(to, data).and_then(|n| {
+        if n == data.len() {
+            Ok(())
+        } else {
+            Err(Errno::EAGAIN)
+        }
+    });
+    nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &saved)?;
+    res
+}
+
+impl FileKind for Tty {
+    const TYPE: FdTypes = FdTypes::Tty;
+    type Entry = TtyFileEntry;
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
+        let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
+        let dup = sys::pidfd_open(cx.pid)
+            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
+            .map_err(fail("a copy of it"))?;
+        let (index, master) = pty_end(cx.meta.rdev(), || {
+            let mut n = 0;
+            sys::tty_ioctl_int(dup.as_fd(), libc::TIOCGPTN, &mut n).ok()?;
+            u32::try_from(n).ok()
+        })
+        .ok_or_else(|| cx.format_err("pty index"))?;
+        let id = end_id(index, master);
+        if !table.has_tty_info(id) {
+            // Both ends' state, read through the master (and its peer).
+            let m = if master {
+                Some(dup.try_clone().map_err(|e| Error::Proc {
+                    pid: cx.pid,
+                    path: what.clone(),
+                    err: e,
+                })?)
+            } else {
+                table.pty_master(index)
+            };
+            let m = m.ok_or_else(|| cx.format_err("pty master"))?;
+            let mut locked = 0;
+            sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
+                .map_err(fail("TIOCGPTLCK"))?;
+            let mut pkt = 0;
+            sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPKT, &mut pkt).map_err(fail("TIOCGPKT"))?;
+            let ws = sys::tty_winsize(m.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+            let peer = if locked == 0 {
+                Some(
+                    sys::pty_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY)
+                        .map_err(fail("TIOCGPTPEER"))?,
+                )
+            } else {
+                None
+            };
+            let termios = match &peer {
+                Some(s) => Some(nix::sys::termios::tcgetattr(s).map_err(fail("tcgetattr"))?),
+                None => None,
+            };
+            let mut data = Vec::new();
+            if let Some(s) = &peer {
+                // Bytes for the slave to read, and for the master; put back
+                // at once (the tree keeps them whatever the dump's fate).
+                let for_slave = drain(s).map_err(fail("input queued for the slave"))?;
+                let mut left = 0;
+                sys::tty_ioctl_int(s.as_fd(), libc::FIONREAD, &mut left)
+                    .map_err(fail("FIONREAD"))?;
+                let for_master = drain(&m).map_err(fail("output queued for the master"))?;
+                requeue(&m, s, &for_slave).map_err(fail("putting its input back"))?;
+                requeue(s, s, &for_master).map_err(fail("putting its output back"))?;
+                if left > 0 {
+                    return Err(Error::Unsupported {
+                        pid: cx.pid,
+                        what: format!(
+                            "{what}: a partial line of input (canonical mode) that cannot be read without taking it,"
+                        ),
+                    });
+                }
+                data.push((end_id(index, false), for_slave));
+                data.push((end_id(index, true), for_master));
+            }
+            let info = |id: u32, rdev: u64| TtyInfoEntry {
+                id,
+                r#type: TtyType::Pty as i32,
+                locked: locked != 0,
+                exclusive: false,
+                packet_mode: pkt != 0,
+                sid: 0,
+                pgrp: 0,
+                rdev: u32::try_from(rdev).unwrap_or(0),
+                termios: termios.as_ref().map(|t| termios_entry(&t.clone().into())),
+                termios_locked: None,
+                winsize: Some(WinsizeEntry {
+                    ws_row: u32::from(ws[0]),
+                    ws_col: u32::from(ws[1]),
+                    ws_xpixel: u32::from(ws[2]),
+                    ws_ypixel: u32::from(ws[3]),
+                }),
+                pty: Some(TtyPtyEntry { index }),
+                dev: None,
+                uid: None,
+                gid: None,
+            };
+            let slave_rdev =
+                nix::sys::stat::makedev(136 + u64::from(index) / 256, u64::from(index) % 256);
+            table.add_tty_info(info(
+                end_id(index, true),
+                nix::sys::stat::makedev(PTMX.0, PTMX.1),
+            ));
+            table.add_tty_info(info(end_id(index, false), slave_rdev));
+            for (tty_id, d) in data.into_iter().filter(|d| !d.1.is_empty()) {
+                table.add_tty_data(TtyDataEntry { tty_id, data: d });
+            }
+        }
+        Ok(Kind::Tty(TtyFileEntry {
+            id: 0,
+            tty_info_id: id,
+            flags: cx.flags(),
+            fown: FownEntry::default(),
+            regf_id: None,
+        }))
+    }
+
+    fn open(e: &TtyFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let info = cx
+            .table
+            .ttys()
+            .iter()
+            .find(|i| i.id == e.tty_info_id)
+            .ok_or_else(|| Error::BadImage {
+                path: "tty-info.img".into(),
+                what: format!("tty {} of file {} is missing", e.tty_info_id, e.id),
+            })?;
+        let index = info.pty.as_ref().map_or(0, |p| p.index);
+        let master = e.tty_info_id % 2 == 1;
+        if !cx.ptys.contains_key(&index) {
+            let pair = make_pair(cx, index)?;
+            cx.ptys.insert(index, pair);
+        }
+        let first_slave = !master && !cx.slave_taken(index);
+        let (m, s, path) = cx.ptys.get(&index).ok_or_else(|| Error::BadImage {
+            path: "tty-info.img".into(),
+            what: format!("pty {index} was not made"),
+        })?;
+        let fd = if master {
+            m.try_clone().map_err(|err| Error::Proc {
+                pid: cx.pid,
+                path: "a pty master".into(),
+                err,
+            })?
+        } else if let Some(s) = s.as_ref().filter(|_| first_slave) {
+            s.try_clone().map_err(|err| Error::Proc {
+                pid: cx.pid,
+                path: path.clone(),
+                err,
+            })?
+        } else {
+            // Another open file on the same slave: open it again.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(path)
+                .map(OwnedFd::from)
+                .map_err(|err| Error::OpenFile {
+                    pid: cx.pid,
+                    fd: cx.fd,
+                    path: path.clone(),
+                    err,
+                })?
+        };
+        let fl = OFlag::from_bits_truncate(e.flags.cast_signed() & libc::O_NONBLOCK);
+        fcntl(fd.as_fd(), FcntlArg::F_SETFL(fl)).map_err(cx.err("tty flags"))?;
+        Ok(fd)
+    }
+}
+
+/// Open a new pty for `index` (the same index if free), with the dumped
+/// state and queued bytes; (master, slave unless locked, slave path).
+fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, String)> {
+    let infos = cx.table.ttys();
+    let mi = infos.iter().find(|i| i.id == end_id(index, true));
+    let si = infos.iter().find(|i| i.id == end_id(index, false));
+    let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
+    // ptys get the lowest free index: open until it is ours.
+    let mut extra = Vec::new();
+    let master = loop {
+        let m = nix::fcntl::open(
+            "/dev/ptmx",
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(err("open /dev/ptmx"))?;
+        let mut n = 0;
+        sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n >= index || extra.len() > 4096 {
+            if n != index {
+                tracing::warn!(
+                    index,
+                    got = n,
+                    "pty index taken; the restored pty has another"
+                );
+            }
+            break m;
+        }
+        extra.push(m);
+    };
+    drop(extra);
+    let mut n = 0;
+    sys::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
+    let path = format!("/dev/pts/{n}");
+    let mut unlock = 0;
+    sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock).map_err(err("unlock"))?;
+    // By path, as the task opened it (open(2) adds O_LARGEFILE, which
+    // fcntl cannot).
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)
+        .map(OwnedFd::from)
+        .map_err(|e| Error::OpenFile {
+            pid: cx.pid,
+            fd: cx.fd,
+            path: path.clone(),
+            err: e,
+        })?;
+    let data = |id: u32| {
+        cx.table
+            .tty_data()
+            .iter()
+            .filter(move |d| d.tty_id == id)
+            .flat_map(|d| d.data.iter().copied())
+            .collect::<Vec<u8>>()
+    };
+    requeue(&master, &slave, &data(end_id(index, false))).map_err(err("input for the slave"))?;
+    requeue(&slave, &slave, &data(end_id(index, true))).map_err(err("output for the master"))?;
+    if let Some(t) = si.and_then(|i| i.termios.as_ref()) {
+        let t = nix::sys::termios::Termios::from(termios_of(t));
+        nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &t)
+            .map_err(err("termios"))?;
+    }
+    let info = mi.or(si);
+    if let Some(w) = info.and_then(|i| i.winsize.as_ref()) {
+        let ws =
+            [w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel].map(|v| u16::try_from(v).unwrap_or(0));
+        sys::tty_set_winsize(master.as_fd(), ws).map_err(err("window size"))?;
+    }
+    if info.is_some_and(|i| i.packet_mode) {
+        let mut on = 1;
+        sys::tty_ioctl_int(master.as_fd(), libc::TIOCPKT, &mut on).map_err(err("packet mode"))?;
+    }
+    let locked = info.is_some_and(|i| i.locked);
+    if locked {
+        let mut on = 1;
+        sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut on).map_err(err("lock"))?;
+    }
+    Ok((master, (!locked).then_some(slave), path))
 }

@@ -149,6 +149,7 @@ fn syscall_insn(pid: Pid) -> Result<u64> {
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut files = Table::default();
     files.ghost_limit = opts.ghost_limit;
+    files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
     let mut stats = Stats::default();
