@@ -923,7 +923,8 @@ fn python_repl_on_a_pty_answers_after_restore() {
     let tmp = tmpdir();
     let img = images(tmp.path(), "img");
     // The test holds the master, as a terminal emulator would.
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .expect("posix_openpt");
     nix::pty::grantpt(&master).expect("grantpt");
     nix::pty::unlockpt(&master).expect("unlockpt");
     let name = nix::pty::ptsname_r(&master).expect("ptsname");

@@ -158,8 +158,18 @@ fn read_proc(pid: i32, inodes: &mut HashMap<String, usize>) -> Option<ProcState>
     })
 }
 
-/// `pipe:[1234]` -> `pipe:#0` (index of first appearance).
+/// `pipe:[1234]` -> `pipe:#0` (index of first appearance); the same for
+/// pty slaves (`/dev/pts/3` -> `/dev/pts/#1`): a restored pty gets its old
+/// index only if no other process took it meanwhile.
 fn normalize_target(t: &str, inodes: &mut HashMap<String, usize>) -> String {
+    if let Some(n) = t.strip_prefix("/dev/pts/")
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+    {
+        let next = inodes.len();
+        let idx = *inodes.entry(t.to_owned()).or_insert(next);
+        return format!("/dev/pts/#{idx}");
+    }
     if let Some((kind, rest)) = t.split_once(":[")
         && rest.ends_with(']')
         && rest[..rest.len() - 1].bytes().all(|b| b.is_ascii_digit())
