@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -269,10 +269,14 @@ impl Ctx {
                 sys::exit_now(code)
             }
             ForkResult::Parent { child } => {
+                let wfd = w.as_raw_fd();
                 drop(w);
                 drop(out);
                 let mut b = [0u8; 1];
                 let n = read_retry(&r, &mut b);
+                if n == Ok(1) {
+                    wait_closed(child, wfd, &r);
+                }
                 if n != Ok(1) {
                     let st = waitpid(child, None);
                     return Err(Fail::Sys(format!(
@@ -488,9 +492,11 @@ fn launch(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => {
+            let wfd = w.as_raw_fd();
             drop(w);
             let mut b = [0u8; 1];
             if read_retry(&r, &mut b) == Ok(1) {
+                wait_closed(child, wfd, &r);
                 write_pidfile(pidfile, child)?;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -505,6 +511,23 @@ fn launch(
             drop(r);
             let code = run_child(test, a, outfile, w, flavor);
             sys::exit_now(code)
+        }
+    }
+}
+
+/// Wait (up to 2 s) until the test closed its end of the readiness pipe
+/// (fd `wfd`, the pipe of `r`), which it does just after writing: the
+/// runner's snapshot of the test's fds must not catch it still open.
+fn wait_closed(child: Pid, wfd: i32, r: &OwnedFd) {
+    let Ok(st) = nix::sys::stat::fstat(r) else {
+        return;
+    };
+    let ours = format!("pipe:[{}]", st.st_ino);
+    let link = format!("/proc/{child}/fd/{wfd}");
+    for _ in 0..2000 {
+        match std::fs::read_link(&link) {
+            Ok(t) if t.to_string_lossy() == ours => nap(1),
+            _ => return,
         }
     }
 }
