@@ -46,6 +46,8 @@ const IMAGE_FILES: &[&str] = &[
     "sk-unix.proto",
     "sk-packet.proto",
     "file-lock.proto",
+    "utsns.proto",
+    "ipc-var.proto",
     "stats.proto",
 ];
 

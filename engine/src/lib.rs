@@ -16,6 +16,7 @@ pub mod inotify;
 pub mod inspect;
 pub mod memfd;
 pub mod mm;
+pub mod ns;
 pub mod proc;
 pub mod progress;
 pub mod remote;

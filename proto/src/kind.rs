@@ -176,6 +176,8 @@ pub const KINDS: &[ImageKind] = &[
         "file_lock_entry",
         "filelocks.img",
     ),
+    entries("UTSNS", 0x5447_3203, "utsns_entry", "utsns-%d.img"),
+    entries("IPC_VAR", 0x5311_5007, "ipc_var_entry", "ipcns-var-%d.img"),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {
         name: "STATS",

@@ -150,6 +150,8 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut files = Table::default();
     files.ghost_limit = opts.ghost_limit;
     files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
+    let root = tree.root().map_or(opts.pid, |t| t.pid);
+    crate::ns::dump(root, dir)?;
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
     let mut stats = Stats::default();
@@ -190,6 +192,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         let pages_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
         dump_task(
             t,
+            root,
             dir,
             &mut files,
             &mut filters,
@@ -211,7 +214,6 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
     dir.write_all("PSTREE", 0, &pstree)?;
-    let root = tree.root().map_or(opts.pid, |t| t.pid);
     dir.write_all(
         "INVENTORY",
         0,
@@ -231,6 +233,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
 #[allow(clippy::too_many_arguments)]
 fn dump_task(
     t: &Task,
+    root: Pid,
     dir: &Dir,
     files: &mut Table,
     filters: &mut seccomp::Table,
@@ -241,7 +244,7 @@ fn dump_task(
 ) -> Result<()> {
     let pid = t.pid;
     let id = u64::from(pid.as_raw().cast_unsigned());
-    refuse_unsupported_state(pid)?;
+    crate::ns::check_task(pid, root)?;
     // Objects first, so an unsupported one fails the dump before any work.
     let fds = proc::fds(pid)?;
     let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
@@ -359,22 +362,6 @@ fn dump_task_state(
             core.ids = Some(ids(pid));
         }
         dir.write_all("CORE", u64::from(th.tid.as_raw().cast_unsigned()), &[core])?;
-    }
-    Ok(())
-}
-
-/// Namespaces other than the dumper's would come back wrong: refuse them
-/// until they are restored.
-fn refuse_unsupported_state(pid: Pid) -> Result<()> {
-    for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
-        if theirs != ours {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("a {ns} namespace of its own"),
-            });
-        }
     }
     Ok(())
 }

@@ -253,6 +253,9 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
                 .map_err(Error::restore(me, "its own fd limit"))?;
         }
     }
+    // The tree's own namespaces, which the engine enters and the tasks
+    // inherit; files are opened inside them.
+    crate::ns::restore(&dir)?;
     let opened = files.open_all(&uses)?;
     let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
     let mut next = max_fd + 16;

@@ -1,0 +1,211 @@
+//! Namespaces of the tree's own: UTS (host and domain name, `utsns-1.img`)
+//! and IPC (its sysctls, `ipcns-var-1.img`). The dump reads them from a
+//! thread that joins the namespace (setns affects that thread only); the
+//! restore unshares them in the engine before it forks the tree, so every
+//! task starts inside. Other namespaces must be the engine's.
+
+use std::os::fd::AsFd;
+
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::unistd::Pid;
+use stasis_proto::images::{IpcVarEntry, UtsnsEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::images::Dir;
+
+/// The id the images give the tree's namespaces (`utsns-1.img`, ...).
+pub const NS_ID: u64 = 1;
+
+fn link(pid: Option<Pid>, ns: &str) -> Option<std::path::PathBuf> {
+    let who = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
+    std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok()
+}
+
+/// Whether the tree under `root` has a namespace `ns` of its own.
+fn own(root: Pid, ns: &str) -> bool {
+    link(Some(root), ns) != link(None, ns)
+}
+
+/// Refuse a task whose namespaces cannot come back: UTS and IPC must be the
+/// root's, the others the engine's.
+pub fn check_task(pid: Pid, root: Pid) -> Result<()> {
+    for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
+        let theirs = link(Some(pid), ns);
+        let (want, what) = match ns {
+            "uts" | "ipc" => (
+                link(Some(root), ns),
+                format!("a {ns} namespace other than its root's"),
+            ),
+            _ => (link(None, ns), format!("a {ns} namespace of its own")),
+        };
+        if theirs != want {
+            return Err(Error::Unsupported { pid, what });
+        }
+    }
+    Ok(())
+}
+
+/// Run `f` in a thread that joined namespace `ns` of `pid`.
+fn inside<T: Send>(
+    pid: Pid,
+    ns: &str,
+    kind: CloneFlags,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|err| Error::Proc {
+        pid,
+        path: path.clone(),
+        err,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(file.as_fd(), kind)
+                .map_err(Error::dump(pid, format!("joining its {ns} namespace")))?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Unexpected {
+                tid: pid,
+                op: "reading a namespace",
+                what: "the reading thread panicked".into(),
+            })
+        })
+    })
+}
+
+fn read_sys(pid: Pid, path: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|err| Error::Proc {
+            pid,
+            path: path.to_owned(),
+            err,
+        })
+}
+
+fn num<T: std::str::FromStr>(pid: Pid, path: &str) -> Result<T> {
+    let s = read_sys(pid, path)?;
+    s.parse().map_err(|_| Error::ProcFormat {
+        pid,
+        file: path.to_owned(),
+    })
+}
+
+/// The IPC sysctls, as /proc/sys shows them in the current namespace.
+const KERNEL: &str = "/proc/sys/kernel";
+const MQUEUE: &str = "/proc/sys/fs/mqueue";
+
+/// Dump the tree's own UTS and IPC namespaces, if it has them.
+pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
+    if own(root, "uts") {
+        let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
+            let u = nix::sys::utsname::uname().map_err(Error::dump(root, "uname"))?;
+            Ok(UtsnsEntry {
+                nodename: u.nodename().to_string_lossy().into_owned(),
+                domainname: u.domainname().to_string_lossy().into_owned(),
+            })
+        })?;
+        dir.write_all("UTSNS", NS_ID, &[e])?;
+    }
+    if own(root, "ipc") {
+        let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
+            for (kind, what) in [
+                ("shm", "SysV shared memory"),
+                ("sem", "SysV semaphores"),
+                ("msg", "SysV message queues"),
+            ] {
+                let list = read_sys(root, &format!("/proc/sysvipc/{kind}"))?;
+                if list.lines().count() > 1 {
+                    return Err(Error::Unsupported {
+                        pid: root,
+                        what: format!(
+                            "{what} in its IPC namespace (IPC objects are not restored yet),"
+                        ),
+                    });
+                }
+            }
+            let k = |n: &str| format!("{KERNEL}/{n}");
+            let q = |n: &str| format!("{MQUEUE}/{n}");
+            let sem = read_sys(root, &k("sem"))?;
+            Ok(IpcVarEntry {
+                sem_ctls: sem
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect(),
+                msg_ctlmax: num(root, &k("msgmax"))?,
+                msg_ctlmnb: num(root, &k("msgmnb"))?,
+                msg_ctlmni: num(root, &k("msgmni"))?,
+                auto_msgmni: num(root, &k("auto_msgmni")).unwrap_or(0),
+                shm_ctlmax: num(root, &k("shmmax"))?,
+                shm_ctlall: num(root, &k("shmall"))?,
+                shm_ctlmni: num(root, &k("shmmni"))?,
+                shm_rmid_forced: num(root, &k("shm_rmid_forced"))?,
+                mq_queues_max: num(root, &q("queues_max"))?,
+                mq_msg_max: num(root, &q("msg_max"))?,
+                mq_msgsize_max: num(root, &q("msgsize_max"))?,
+                mq_msg_default: num(root, &q("msg_default")).ok(),
+                mq_msgsize_default: num(root, &q("msgsize_default")).ok(),
+                msg_next_id: num::<i64>(root, &k("msg_next_id"))
+                    .ok()
+                    .and_then(|v| u32::try_from(v).ok()),
+                sem_next_id: num::<i64>(root, &k("sem_next_id"))
+                    .ok()
+                    .and_then(|v| u32::try_from(v).ok()),
+                shm_next_id: num::<i64>(root, &k("shm_next_id"))
+                    .ok()
+                    .and_then(|v| u32::try_from(v).ok()),
+            })
+        })?;
+        dir.write_all("IPC_VAR", NS_ID, &[e])?;
+    }
+    Ok(())
+}
+
+fn write_sys(path: &str, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|err| Error::Proc {
+        pid: nix::unistd::getpid(),
+        path: path.to_owned(),
+        err,
+    })
+}
+
+/// Make the tree's namespaces again in the engine (which then forks the
+/// tree into them).
+pub fn restore(dir: &Dir) -> Result<()> {
+    let me = nix::unistd::getpid();
+    if dir.exists("UTSNS", NS_ID) {
+        let e: UtsnsEntry = dir.read_one("UTSNS", NS_ID)?;
+        unshare(CloneFlags::CLONE_NEWUTS).map_err(Error::restore(me, "a UTS namespace"))?;
+        nix::unistd::sethostname(&e.nodename).map_err(Error::restore(me, "the host name"))?;
+        write_sys(&format!("{KERNEL}/domainname"), &e.domainname)?;
+    }
+    if dir.exists("IPC_VAR", NS_ID) {
+        let e: IpcVarEntry = dir.read_one("IPC_VAR", NS_ID)?;
+        unshare(CloneFlags::CLONE_NEWIPC).map_err(Error::restore(me, "an IPC namespace"))?;
+        let k = |n: &str| format!("{KERNEL}/{n}");
+        let q = |n: &str| format!("{MQUEUE}/{n}");
+        if !e.sem_ctls.is_empty() {
+            let sem: Vec<String> = e.sem_ctls.iter().map(u32::to_string).collect();
+            write_sys(&k("sem"), &sem.join(" "))?;
+        }
+        write_sys(&k("msgmax"), &e.msg_ctlmax.to_string())?;
+        write_sys(&k("msgmnb"), &e.msg_ctlmnb.to_string())?;
+        write_sys(&k("msgmni"), &e.msg_ctlmni.to_string())?;
+        write_sys(&k("shmmax"), &e.shm_ctlmax.to_string())?;
+        write_sys(&k("shmall"), &e.shm_ctlall.to_string())?;
+        write_sys(&k("shmmni"), &e.shm_ctlmni.to_string())?;
+        write_sys(&k("shm_rmid_forced"), &e.shm_rmid_forced.to_string())?;
+        write_sys(&q("queues_max"), &e.mq_queues_max.to_string())?;
+        write_sys(&q("msg_max"), &e.mq_msg_max.to_string())?;
+        write_sys(&q("msgsize_max"), &e.mq_msgsize_max.to_string())?;
+        if let Some(v) = e.mq_msg_default {
+            write_sys(&q("msg_default"), &v.to_string())?;
+        }
+        if let Some(v) = e.mq_msgsize_default {
+            write_sys(&q("msgsize_default"), &v.to_string())?;
+        }
+    }
+    Ok(())
+}
