@@ -48,6 +48,7 @@ const IMAGE_FILES: &[&str] = &[
     "file-lock.proto",
     "utsns.proto",
     "ipc-var.proto",
+    "ipc.proto",
     "stats.proto",
 ];
 

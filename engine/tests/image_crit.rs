@@ -66,6 +66,8 @@ fn run_json(cmd: &mut Command) -> Json {
 fn strip_ws(v: &Json) -> Json {
     match v {
         Json::String(s) => Json::String(s.chars().filter(|c| !c.is_ascii_whitespace()).collect()),
+        // Message queues: messages and their base64 bytes, in turn.
+        Json::Array(items) => Json::Array(items.iter().map(strip_ws).collect()),
         other => other.clone(),
     }
 }
@@ -165,6 +167,8 @@ fn compare_value(o: &Json, c: &Json, kind: &Kind, known: &Known, at: &str, errs:
 fn entry_desc(layout: Layout, index: usize) -> MessageDescriptor {
     let name = match layout {
         Layout::Entries(n) | Layout::WithPayload(n, _) => n,
+        Layout::SemSet => "ipc_sem_entry",
+        Layout::MsgQueue => "ipc_msg_entry",
         Layout::Pagemap if index == 0 => "pagemap_head",
         Layout::Pagemap => "pagemap_entry",
         Layout::GhostFile if index == 0 => "ghost_file_entry",

@@ -741,6 +741,11 @@ fn payload_len(msg: &DynamicMessage, field: &str) -> Option<u64> {
     }
 }
 
+/// `n` rounded up to a multiple of 8 (IPC payloads are padded so).
+pub fn padded(n: u64) -> u64 {
+    n.div_ceil(8) * 8
+}
+
 fn with_extra(mut entry: Json, extra: Json) -> Json {
     if let Json::Object(map) = &mut entry {
         map.insert("extra".into(), extra);
@@ -809,6 +814,39 @@ pub fn decode_image<R: BufRead>(
                 })?;
                 let json = message_to_json(&msg, opts.pretty);
                 entries.push(with_extra(json, payload_json(&mut rd, len, opts)?));
+            }
+        }
+        Layout::SemSet => {
+            let desc = schema_message("ipc_sem_entry");
+            while let Some(msg) = next_dynamic(&mut rd, &desc)? {
+                let n = payload_len(&msg, "nsems").unwrap_or(0);
+                let raw = rd.read_payload(padded(n * 2))?;
+                let values: Vec<Json> = raw
+                    .chunks_exact(2)
+                    .take(usize::try_from(n).unwrap_or(0))
+                    .map(|c| Json::from(u16::from_ne_bytes([c[0], c[1]])))
+                    .collect();
+                let json = message_to_json(&msg, opts.pretty);
+                entries.push(with_extra(json, Json::Array(values)));
+            }
+        }
+        Layout::MsgQueue => {
+            let desc = schema_message("ipc_msg_entry");
+            let one = schema_message("ipc_msg");
+            while let Some(msg) = next_dynamic(&mut rd, &desc)? {
+                let mut extra = Vec::new();
+                for _ in 0..payload_len(&msg, "qnum").unwrap_or(0) {
+                    let Some(m) = next_dynamic(&mut rd, &one)? else {
+                        break;
+                    };
+                    let size = payload_len(&m, "msize").unwrap_or(0);
+                    let mut data = rd.read_payload(padded(size))?;
+                    data.truncate(usize::try_from(size).unwrap_or(0));
+                    extra.push(message_to_json(&m, opts.pretty));
+                    extra.push(Json::String(B64.encode(data)));
+                }
+                let json = message_to_json(&msg, opts.pretty);
+                entries.push(with_extra(json, Json::Array(extra)));
             }
         }
         Layout::GhostFile => {
@@ -883,6 +921,78 @@ fn compat_nr_pages(entry: &mut Json) {
     }
 }
 
+/// The payloads of IPC entries from their JSON `extra` (semaphore values;
+/// messages and their bytes), or `None` for other layouts.
+fn encode_ipc_extra<W: Write>(
+    layout: Layout,
+    msg: &DynamicMessage,
+    entry: &Json,
+    at: &str,
+    w: &mut ImageWriter<W>,
+) -> Result<Option<Result<(), ImageError>>, JsonError> {
+    let items = || {
+        entry
+            .get("extra")
+            .and_then(Json::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let field = |what: String| JsonError::Field {
+        at: format!("{at}.extra"),
+        what,
+    };
+    match layout {
+        Layout::SemSet => {
+            let n = payload_len(msg, "nsems").unwrap_or(0);
+            let vals = items();
+            if vals.len() as u64 != n {
+                return Err(field(format!("{} values but nsems is {n}", vals.len())));
+            }
+            let mut raw = Vec::new();
+            for v in &vals {
+                let v = v
+                    .as_u64()
+                    .and_then(|v| u16::try_from(v).ok())
+                    .ok_or_else(|| field(format!("{v} is not a semaphore value")))?;
+                raw.extend_from_slice(&v.to_ne_bytes());
+            }
+            raw.resize(usize::try_from(padded(n * 2)).unwrap_or(0), 0);
+            Ok(Some(w.write_payload(&raw)))
+        }
+        Layout::MsgQueue => {
+            let vals = items();
+            let want = payload_len(msg, "qnum").unwrap_or(0);
+            if vals.len() as u64 != want * 2 {
+                return Err(field(format!(
+                    "{} items but qnum is {want} (a message and its bytes each)",
+                    vals.len()
+                )));
+            }
+            let one = schema_message("ipc_msg");
+            for (k, pair) in vals.chunks(2).enumerate() {
+                let m = message_from_json(&one, &pair[0], &format!("{at}.extra[{}]", 2 * k))?;
+                let mut data = decode_base64(&pair[1], &format!("{at}.extra[{}]", 2 * k + 1))?;
+                let size = payload_len(&m, "msize").unwrap_or(0);
+                if size != data.len() as u64 {
+                    return Err(field(format!(
+                        "message {k} holds {} bytes but msize is {size}",
+                        data.len()
+                    )));
+                }
+                data.resize(usize::try_from(padded(size)).unwrap_or(0), 0);
+                if let Err(e) = w.write_frame(&m.encode_to_vec()) {
+                    return Ok(Some(Err(e)));
+                }
+                if let Err(e) = w.write_payload(&data) {
+                    return Ok(Some(Err(e)));
+                }
+            }
+            Ok(Some(Ok(())))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn extra_of(entry: &Json, at: &str) -> Result<Option<Vec<u8>>, JsonError> {
     match entry.get("extra") {
         None => Ok(None),
@@ -921,6 +1031,8 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
         let at = format!("[{i}]");
         let name = match kind.layout {
             Layout::Entries(name) | Layout::WithPayload(name, _) => name,
+            Layout::SemSet => "ipc_sem_entry",
+            Layout::MsgQueue => "ipc_msg_entry",
             Layout::Pagemap if i == 0 => "pagemap_head",
             Layout::Pagemap => "pagemap_entry",
             Layout::GhostFile if i == 0 => "ghost_file_entry",
@@ -932,6 +1044,10 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
         }
         let msg = message_from_json(&schema_message(name), &fields, &at)?;
         w.write_frame(&msg.encode_to_vec()).map_err(io)?;
+        if let Some(done) = encode_ipc_extra(kind.layout, &msg, entry, &at, &mut w)? {
+            done.map_err(io)?;
+            continue;
+        }
         let extra = extra_of(entry, &at)?;
         match kind.layout {
             Layout::WithPayload(_, Payload::Field(field)) => {
@@ -950,6 +1066,7 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
                     w.write_payload(&data).map_err(io)?;
                 }
             }
+            Layout::SemSet | Layout::MsgQueue => {}
             Layout::Entries(_) | Layout::Pagemap => {
                 if extra.is_some() {
                     return Err(JsonError::Field {
@@ -973,6 +1090,11 @@ mod tests {
             match k.layout {
                 Layout::Entries(m) | Layout::WithPayload(m, _) => {
                     assert!(message(m).is_some(), "{m}");
+                }
+                Layout::SemSet => assert!(message("ipc_sem_entry").is_some()),
+                Layout::MsgQueue => {
+                    assert!(message("ipc_msg_entry").is_some());
+                    assert!(message("ipc_msg").is_some());
                 }
                 Layout::Pagemap => {
                     assert!(message("pagemap_head").is_some());

@@ -38,6 +38,12 @@ pub enum Layout {
     /// Entries of the message, each followed by a raw payload whose length is
     /// given by the named field(s) of the entry.
     WithPayload(&'static str, Payload),
+    /// `ipc_sem_entry` entries, each followed by `nsems` u16 values padded
+    /// to 8 bytes.
+    SemSet,
+    /// `ipc_msg_entry` entries, each followed by `qnum` messages: an
+    /// `ipc_msg` frame and `msize` bytes padded to 8.
+    MsgQueue,
 }
 
 /// Where the length of the raw payload after an entry comes from.
@@ -177,6 +183,13 @@ pub const KINDS: &[ImageKind] = &[
         "filelocks.img",
     ),
     entries("UTSNS", 0x5447_3203, "utsns_entry", "utsns-%d.img"),
+    common("IPCNS_SEM", 0x5957_3019, Layout::SemSet, "ipcns-sem-%d.img"),
+    common(
+        "IPCNS_MSG",
+        0x5545_3737,
+        Layout::MsgQueue,
+        "ipcns-msg-%d.img",
+    ),
     entries("IPC_VAR", 0x5311_5007, "ipc_var_entry", "ipcns-var-%d.img"),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {

@@ -139,6 +139,36 @@ pub fn sample_image(kind: &'static ImageKind, entries: usize) -> Vec<u8> {
                 w.write_payload(&data).expect("memory");
             }
         }
+        Layout::SemSet => {
+            for i in 0..entries {
+                let mut m = filler.message(&desc("ipc_sem_entry"), 0, i);
+                let n = i + 1;
+                set_u(&mut m, "nsems", n as u64);
+                w.write_frame(&m.encode_to_vec()).expect("memory");
+                let mut raw: Vec<u8> = (0..n)
+                    .flat_map(|k| ((k * 1000 + i) as u16).to_ne_bytes())
+                    .collect();
+                raw.resize(crate::json::padded(2 * n as u64) as usize, 0);
+                w.write_payload(&raw).expect("memory");
+            }
+        }
+        Layout::MsgQueue => {
+            for i in 0..entries {
+                let mut m = filler.message(&desc("ipc_msg_entry"), 0, i);
+                let n = i % 3;
+                set_u(&mut m, "qnum", n as u64);
+                w.write_frame(&m.encode_to_vec()).expect("memory");
+                for k in 0..n {
+                    let mut one = filler.message(&desc("ipc_msg"), 0, k);
+                    let data: Vec<u8> = (0..(5 + 3 * k)).map(|b| (b + i) as u8).collect();
+                    set_u(&mut one, "msize", data.len() as u64);
+                    w.write_frame(&one.encode_to_vec()).expect("memory");
+                    let mut padded = data.clone();
+                    padded.resize(crate::json::padded(data.len() as u64) as usize, 0);
+                    w.write_payload(&padded).expect("memory");
+                }
+            }
+        }
         Layout::GhostFile => {
             let mut head = filler.message(&desc("ghost_file_entry"), 0, 0);
             if let Some(f) = head.descriptor_field("chunks") {
