@@ -14,6 +14,7 @@ pub mod files;
 pub mod images;
 pub mod inotify;
 pub mod inspect;
+pub mod ipc;
 pub mod memfd;
 pub mod mm;
 pub mod ns;

@@ -111,25 +111,17 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
     }
     if own(root, "ipc") {
         let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
-            for (kind, what) in [
-                ("shm", "SysV shared memory"),
-                ("sem", "SysV semaphores"),
-                ("msg", "SysV message queues"),
-            ] {
-                let list = read_sys(root, &format!("/proc/sysvipc/{kind}"))?;
-                if list.lines().count() > 1 {
-                    return Err(Error::Unsupported {
-                        pid: root,
-                        what: format!(
-                            "{what} in its IPC namespace (IPC objects are not restored yet),"
-                        ),
-                    });
-                }
+            if crate::ipc::has_shm(root)? {
+                return Err(Error::Unsupported {
+                    pid: root,
+                    what: "SysV shared memory in its IPC namespace".into(),
+                });
             }
+            let objects = crate::ipc::dump(root)?;
             let k = |n: &str| format!("{KERNEL}/{n}");
             let q = |n: &str| format!("{MQUEUE}/{n}");
             let sem = read_sys(root, &k("sem"))?;
-            Ok(IpcVarEntry {
+            let var = IpcVarEntry {
                 sem_ctls: sem
                     .split_whitespace()
                     .filter_map(|v| v.parse().ok())
@@ -156,9 +148,11 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
                 shm_next_id: num::<i64>(root, &k("shm_next_id"))
                     .ok()
                     .and_then(|v| u32::try_from(v).ok()),
-            })
+            };
+            Ok((var, objects))
         })?;
-        dir.write_all("IPC_VAR", NS_ID, &[e])?;
+        dir.write_all("IPC_VAR", NS_ID, &[e.0])?;
+        crate::ipc::write(&e.1, dir, NS_ID)?;
     }
     Ok(())
 }
@@ -205,6 +199,16 @@ pub fn restore(dir: &Dir) -> Result<()> {
         }
         if let Some(v) = e.mq_msgsize_default {
             write_sys(&q("msgsize_default"), &v.to_string())?;
+        }
+        crate::ipc::restore(dir, NS_ID)?;
+        for (name, v) in [
+            ("msg_next_id", e.msg_next_id),
+            ("sem_next_id", e.sem_next_id),
+            ("shm_next_id", e.shm_next_id),
+        ] {
+            if let Some(v) = v {
+                write_sys(&k(name), &v.cast_signed().to_string())?;
+            }
         }
     }
     Ok(())

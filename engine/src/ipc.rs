@@ -1,0 +1,222 @@
+//! SysV IPC objects of an IPC namespace of the tree's own: semaphore sets
+//! (`ipcns-sem-1.img`, their values) and message queues (`ipcns-msg-1.img`,
+//! the messages, copied with MSG_COPY so nothing is taken). Both halves run
+//! inside the namespace (a thread joined to it at dump, the engine itself at
+//! restore), where /proc/sysvipc lists its objects; ids come back by setting
+//! `kernel.{sem,msg}_next_id` before each object is made.
+
+use nix::unistd::Pid;
+use stasis_proto::images::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::images::Dir;
+use crate::sys;
+
+/// A message: its type and bytes.
+type Message = (i64, Vec<u8>);
+
+/// The SysV objects of one namespace.
+#[derive(Debug, Default)]
+pub struct Objects {
+    sems: Vec<(IpcSemEntry, Vec<u16>)>,
+    msgs: Vec<(IpcMsgEntry, Vec<Message>)>,
+}
+
+/// The rows of /proc/sysvipc/`kind`, as columns.
+fn table(pid: Pid, kind: &str) -> Result<Vec<Vec<String>>> {
+    let path = format!("/proc/sysvipc/{kind}");
+    let text = std::fs::read_to_string(&path).map_err(|err| Error::Proc {
+        pid,
+        path: path.clone(),
+        err,
+    })?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect())
+}
+
+/// Columns `key id perms` then `uid gid cuid cgid` at `owner`.
+fn desc(pid: Pid, kind: &str, row: &[String], owner: usize) -> Result<IpcDescEntry> {
+    let bad = || Error::ProcFormat {
+        pid,
+        file: format!("sysvipc/{kind}"),
+    };
+    let n = |i: usize| {
+        row.get(i)
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(bad)
+    };
+    Ok(IpcDescEntry {
+        key: i32::try_from(n(0)?).map_err(|_| bad())?.cast_unsigned(),
+        id: u32::try_from(n(1)?).map_err(|_| bad())?,
+        mode: row
+            .get(2)
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .ok_or_else(bad)?,
+        uid: u32::try_from(n(owner)?).map_err(|_| bad())?,
+        gid: u32::try_from(n(owner + 1)?).map_err(|_| bad())?,
+        cuid: u32::try_from(n(owner + 2)?).map_err(|_| bad())?,
+        cgid: u32::try_from(n(owner + 3)?).map_err(|_| bad())?,
+    })
+}
+
+/// Read the objects of the current IPC namespace (for the tree of `pid`).
+pub fn dump(pid: Pid) -> Result<Objects> {
+    let mut o = Objects::default();
+    // key semid perms nsems uid gid cuid cgid otime ctime
+    for row in table(pid, "sem")? {
+        let d = desc(pid, "sem", &row, 4)?;
+        let nsems: u32 = row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let id = d.id.cast_signed();
+        let values = sys::sem_getall(id, nsems as usize)
+            .map_err(Error::dump(pid, format!("SysV semaphore set {id}")))?;
+        o.sems.push((IpcSemEntry { desc: d, nsems }, values));
+    }
+    // key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime
+    for row in table(pid, "msg")? {
+        let d = desc(pid, "msg", &row, 7)?;
+        let id = d.id.cast_signed();
+        let qnum: u32 = row.get(4).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let fail = Error::dump(pid, format!("SysV message queue {id}"));
+        let qbytes =
+            sys::msg_qbytes(id).map_err(Error::dump(pid, format!("SysV message queue {id}")))?;
+        let mut msgs = Vec::new();
+        for i in 0..i64::from(qnum) {
+            match sys::msg_copy(id, i) {
+                Ok(Some(m)) => msgs.push(m),
+                Ok(None) => break,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        let entry = IpcMsgEntry {
+            desc: d,
+            qbytes: u32::try_from(qbytes).unwrap_or(u32::MAX),
+            qnum: u32::try_from(msgs.len()).unwrap_or(0),
+        };
+        o.msgs.push((entry, msgs));
+    }
+    Ok(o)
+}
+
+/// Whether the namespace holds SysV shared memory (not restored yet).
+pub fn has_shm(pid: Pid) -> Result<bool> {
+    Ok(!table(pid, "shm")?.is_empty())
+}
+
+/// Write the objects' images (namespace `ns_id`).
+pub fn write(o: &Objects, dir: &Dir, ns_id: u64) -> Result<()> {
+    if !o.sems.is_empty() {
+        let mut w = dir.create("IPCNS_SEM", ns_id)?;
+        for (e, values) in &o.sems {
+            w.write(e)?;
+            let mut raw: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            raw.resize(
+                usize::try_from(stasis_proto::json::padded(raw.len() as u64)).unwrap_or(0),
+                0,
+            );
+            w.write_payload(&raw)?;
+        }
+        w.finish()?;
+    }
+    if !o.msgs.is_empty() {
+        let mut w = dir.create("IPCNS_MSG", ns_id)?;
+        for (e, msgs) in &o.msgs {
+            w.write(e)?;
+            for (mtype, data) in msgs {
+                w.write(&IpcMsg {
+                    mtype: mtype.cast_unsigned(),
+                    msize: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                })?;
+                let mut raw = data.clone();
+                raw.resize(
+                    usize::try_from(stasis_proto::json::padded(raw.len() as u64)).unwrap_or(0),
+                    0,
+                );
+                w.write_payload(&raw)?;
+            }
+        }
+        w.finish()?;
+    }
+    Ok(())
+}
+
+fn next_id(kind: &str, id: u32) -> Result<()> {
+    let path = format!("/proc/sys/kernel/{kind}_next_id");
+    std::fs::write(&path, id.to_string()).map_err(|err| Error::Proc {
+        pid: nix::unistd::getpid(),
+        path,
+        err,
+    })
+}
+
+/// Make the objects of `ipcns-*-ns_id.img` again in the current namespace.
+pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
+    let me = nix::unistd::getpid();
+    let check = |kind: &str, want: u32, got: i32| {
+        if got.cast_unsigned() == want {
+            Ok(())
+        } else {
+            Err(Error::Restore {
+                pid: me,
+                what: format!("SysV {kind} {want} (the kernel gave id {got})"),
+                errno: nix::errno::Errno::EEXIST,
+            })
+        }
+    };
+    if dir.exists("IPCNS_SEM", ns_id) {
+        let mut r = dir.open_image("IPCNS_SEM", ns_id)?;
+        while let Some(e) = r.read_entry::<IpcSemEntry>()? {
+            let raw = r.read_payload(stasis_proto::json::padded(u64::from(e.nsems) * 2))?;
+            let values: Vec<u16> = raw
+                .chunks_exact(2)
+                .take(e.nsems as usize)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                .collect();
+            let d = &e.desc;
+            let what = format!("SysV semaphore set {}", d.id);
+            next_id("sem", d.id)?;
+            let id = sys::sem_create(
+                d.key.cast_signed(),
+                e.nsems.cast_signed(),
+                (d.mode & 0o777).cast_signed(),
+            )
+            .map_err(Error::restore(me, what.clone()))?;
+            check("semaphore set", d.id, id)?;
+            sys::sem_setall(id, &values).map_err(Error::restore(me, what.clone()))?;
+            sys::sem_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+        }
+    }
+    if dir.exists("IPCNS_MSG", ns_id) {
+        let mut r = dir.open_image("IPCNS_MSG", ns_id)?;
+        while let Some(e) = r.read_entry::<IpcMsgEntry>()? {
+            let d = &e.desc;
+            let what = format!("SysV message queue {}", d.id);
+            next_id("msg", d.id)?;
+            let id = sys::msg_create(d.key.cast_signed(), (d.mode & 0o777).cast_signed())
+                .map_err(Error::restore(me, what.clone()))?;
+            check("message queue", d.id, id)?;
+            // Room for every message first, then the dumped limit.
+            sys::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
+            for _ in 0..e.qnum {
+                let Some(m) = r.read_entry::<IpcMsg>()? else {
+                    return Err(Error::BadImage {
+                        path: format!("ipcns-msg-{ns_id}.img"),
+                        what: format!("queue {} ends before its {} messages", d.id, e.qnum),
+                    });
+                };
+                let mut data = r.read_payload(stasis_proto::json::padded(u64::from(m.msize)))?;
+                data.truncate(m.msize as usize);
+                sys::msg_send(id, m.mtype.cast_signed(), &data)
+                    .map_err(Error::restore(me, what.clone()))?;
+            }
+            sys::msg_set(id, d.uid, d.gid, d.mode, u64::from(e.qbytes))
+                .map_err(Error::restore(me, what))?;
+        }
+    }
+    // Later objects get the ids the kernel picks.
+    let _ = next_id("sem", u32::MAX);
+    let _ = next_id("msg", u32::MAX);
+    Ok(())
+}
