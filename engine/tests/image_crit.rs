@@ -169,6 +169,7 @@ fn entry_desc(layout: Layout, index: usize) -> MessageDescriptor {
         Layout::Entries(n) | Layout::WithPayload(n, _) => n,
         Layout::SemSet => "ipc_sem_entry",
         Layout::MsgQueue => "ipc_msg_entry",
+        Layout::ShmSegment => "ipc_shm_entry",
         Layout::Pagemap if index == 0 => "pagemap_head",
         Layout::Pagemap => "pagemap_entry",
         Layout::GhostFile if index == 0 => "ghost_file_entry",

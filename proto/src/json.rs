@@ -830,6 +830,21 @@ pub fn decode_image<R: BufRead>(
                 entries.push(with_extra(json, Json::Array(values)));
             }
         }
+        Layout::ShmSegment => {
+            let desc = schema_message("ipc_shm_entry");
+            while let Some(msg) = next_dynamic(&mut rd, &desc)? {
+                let size = payload_len(&msg, "size").unwrap_or(0);
+                let json = message_to_json(&msg, opts.pretty);
+                let mut data = rd.read_payload(size.div_ceil(4) * 4)?;
+                data.truncate(usize::try_from(size).unwrap_or(0));
+                let extra = if opts.no_payload {
+                    Json::String(format!("... <{}>", human_size(size)))
+                } else {
+                    Json::String(B64.encode(data))
+                };
+                entries.push(with_extra(json, extra));
+            }
+        }
         Layout::MsgQueue => {
             let desc = schema_message("ipc_msg_entry");
             let one = schema_message("ipc_msg");
@@ -1033,6 +1048,7 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
             Layout::Entries(name) | Layout::WithPayload(name, _) => name,
             Layout::SemSet => "ipc_sem_entry",
             Layout::MsgQueue => "ipc_msg_entry",
+            Layout::ShmSegment => "ipc_shm_entry",
             Layout::Pagemap if i == 0 => "pagemap_head",
             Layout::Pagemap => "pagemap_entry",
             Layout::GhostFile if i == 0 => "ghost_file_entry",
@@ -1066,6 +1082,18 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
                     w.write_payload(&data).map_err(io)?;
                 }
             }
+            Layout::ShmSegment => {
+                let mut data = extra.unwrap_or_default();
+                let size = payload_len(&msg, "size").unwrap_or(0);
+                if size != data.len() as u64 {
+                    return Err(JsonError::Field {
+                        at: format!("{at}.extra"),
+                        what: format!("segment holds {} bytes but size says {size}", data.len()),
+                    });
+                }
+                data.resize(usize::try_from(size.div_ceil(4) * 4).unwrap_or(0), 0);
+                w.write_payload(&data).map_err(io)?;
+            }
             Layout::SemSet | Layout::MsgQueue => {}
             Layout::Entries(_) | Layout::Pagemap => {
                 if extra.is_some() {
@@ -1092,6 +1120,7 @@ mod tests {
                     assert!(message(m).is_some(), "{m}");
                 }
                 Layout::SemSet => assert!(message("ipc_sem_entry").is_some()),
+                Layout::ShmSegment => assert!(message("ipc_shm_entry").is_some()),
                 Layout::MsgQueue => {
                     assert!(message("ipc_msg_entry").is_some());
                     assert!(message("ipc_msg").is_some());

@@ -44,6 +44,8 @@ pub enum Layout {
     /// `ipc_msg_entry` entries, each followed by `qnum` messages: an
     /// `ipc_msg` frame and `msize` bytes padded to 8.
     MsgQueue,
+    /// `ipc_shm_entry` entries, each followed by `size` bytes padded to 4.
+    ShmSegment,
 }
 
 /// Where the length of the raw payload after an entry comes from.
@@ -189,6 +191,12 @@ pub const KINDS: &[ImageKind] = &[
         0x5545_3737,
         Layout::MsgQueue,
         "ipcns-msg-%d.img",
+    ),
+    common(
+        "IPCNS_SHM",
+        0x4628_3044,
+        Layout::ShmSegment,
+        "ipcns-shm-%d.img",
     ),
     entries("IPC_VAR", 0x5311_5007, "ipc_var_entry", "ipcns-var-%d.img"),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),

@@ -152,6 +152,20 @@ pub fn sample_image(kind: &'static ImageKind, entries: usize) -> Vec<u8> {
                 w.write_payload(&raw).expect("memory");
             }
         }
+        Layout::ShmSegment => {
+            for i in 0..entries {
+                let mut m = filler.message(&desc("ipc_shm_entry"), 0, i);
+                if let Some(f) = m.descriptor_field("in_pagemaps") {
+                    m.set_field(&f, Value::Bool(false));
+                }
+                let data: Vec<u8> = (0..(9 * i + 3)).map(|b| (b * 7 + i) as u8).collect();
+                set_u(&mut m, "size", data.len() as u64);
+                w.write_frame(&m.encode_to_vec()).expect("memory");
+                let mut padded = data.clone();
+                padded.resize(data.len().div_ceil(4) * 4, 0);
+                w.write_payload(&padded).expect("memory");
+            }
+        }
         Layout::MsgQueue => {
             for i in 0..entries {
                 let mut m = filler.message(&desc("ipc_msg_entry"), 0, i);
