@@ -107,6 +107,7 @@ pub mod nr {
     pub const DUP3: u64 = 292;
     pub const EPOLL_CTL: u64 = 233;
     pub const IOCTL: u64 = 16;
+    pub const SHMAT: u64 = 30;
     pub const SETSOCKOPT: u64 = 54;
     pub const SHUTDOWN: u64 = 48;
 }

@@ -6,7 +6,7 @@
 //! `kernel.{sem,msg}_next_id` before each object is made.
 
 use nix::unistd::Pid;
-use stasis_proto::images::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry};
+use stasis_proto::images::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcShmEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
@@ -18,6 +18,7 @@ type Message = (i64, Vec<u8>);
 /// The SysV objects of one namespace.
 #[derive(Debug, Default)]
 pub struct Objects {
+    shms: Vec<(IpcShmEntry, Vec<u8>)>,
     sems: Vec<(IpcSemEntry, Vec<u16>)>,
     msgs: Vec<(IpcMsgEntry, Vec<Message>)>,
 }
@@ -65,6 +66,23 @@ fn desc(pid: Pid, kind: &str, row: &[String], owner: usize) -> Result<IpcDescEnt
 /// Read the objects of the current IPC namespace (for the tree of `pid`).
 pub fn dump(pid: Pid) -> Result<Objects> {
     let mut o = Objects::default();
+    // key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+    for row in table(pid, "shm")? {
+        let d = desc(pid, "shm", &row, 7)?;
+        let size: u64 = row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let id = d.id.cast_signed();
+        let data = sys::shm_read(id, usize::try_from(size).unwrap_or(0))
+            .map_err(Error::dump(pid, format!("SysV shared memory {id}")))?;
+        o.shms.push((
+            IpcShmEntry {
+                desc: d,
+                size,
+                in_pagemaps: Some(false),
+                hugetlb_flag: None,
+            },
+            data,
+        ));
+    }
     // key semid perms nsems uid gid cuid cgid otime ctime
     for row in table(pid, "sem")? {
         let d = desc(pid, "sem", &row, 4)?;
@@ -100,13 +118,18 @@ pub fn dump(pid: Pid) -> Result<Objects> {
     Ok(o)
 }
 
-/// Whether the namespace holds SysV shared memory (not restored yet).
-pub fn has_shm(pid: Pid) -> Result<bool> {
-    Ok(!table(pid, "shm")?.is_empty())
-}
-
 /// Write the objects' images (namespace `ns_id`).
 pub fn write(o: &Objects, dir: &Dir, ns_id: u64) -> Result<()> {
+    if !o.shms.is_empty() {
+        let mut w = dir.create("IPCNS_SHM", ns_id)?;
+        for (e, data) in &o.shms {
+            w.write(e)?;
+            let mut raw = data.clone();
+            raw.resize(data.len().div_ceil(4) * 4, 0);
+            w.write_payload(&raw)?;
+        }
+        w.finish()?;
+    }
     if !o.sems.is_empty() {
         let mut w = dir.create("IPCNS_SEM", ns_id)?;
         for (e, values) in &o.sems {
@@ -165,6 +188,35 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
             })
         }
     };
+    if dir.exists("IPCNS_SHM", ns_id) {
+        let mut r = dir.open_image("IPCNS_SHM", ns_id)?;
+        while let Some(e) = r.read_entry::<IpcShmEntry>()? {
+            let d = &e.desc;
+            if e.in_pagemaps == Some(true) {
+                return Err(Error::BadImage {
+                    path: format!("ipcns-shm-{ns_id}.img"),
+                    what: format!(
+                        "segment {} keeps its contents in pagemaps, which stasis does not read",
+                        d.id
+                    ),
+                });
+            }
+            let mut data = r.read_payload(e.size.div_ceil(4) * 4)?;
+            data.truncate(usize::try_from(e.size).unwrap_or(0));
+            let what = format!("SysV shared memory {}", d.id);
+            next_id("shm", d.id)?;
+            let size = usize::try_from(e.size).unwrap_or(0);
+            let id = sys::shm_create(
+                d.key.cast_signed(),
+                size,
+                (d.mode & 0o777).cast_signed(),
+                &data,
+            )
+            .map_err(Error::restore(me, what.clone()))?;
+            check("shared memory", d.id, id)?;
+            sys::shm_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+        }
+    }
     if dir.exists("IPCNS_SEM", ns_id) {
         let mut r = dir.open_image("IPCNS_SEM", ns_id)?;
         while let Some(e) = r.read_entry::<IpcSemEntry>()? {
@@ -218,5 +270,6 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
     // Later objects get the ids the kernel picks.
     let _ = next_id("sem", u32::MAX);
     let _ = next_id("msg", u32::MAX);
+    let _ = next_id("shm", u32::MAX);
     Ok(())
 }

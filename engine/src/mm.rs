@@ -20,6 +20,9 @@ use crate::progress::{Progress, Step};
 use crate::remote::{self, Remote};
 use crate::{proc, sys};
 
+/// shmat: replace whatever is mapped at the address.
+const SHM_REMAP: i32 = 0o40000;
+
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_FILE_* / VMA_ANON_*).
 #[allow(missing_docs)]
 pub mod status {
@@ -34,6 +37,7 @@ pub mod status {
     pub const ANON_PRIVATE: u32 = 1 << 9;
     pub const VVAR: u32 = 1 << 12;
     pub const MEMFD: u32 = 1 << 14;
+    pub const SYSVIPC: u32 = 1 << 10;
 }
 
 /// `pagemap_entry.flags`: the pages are in the pages image.
@@ -116,6 +120,12 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
                 } else {
                     status::REGULAR | status::ANON_PRIVATE
                 }
+            }
+            // SysV shared memory: maps shows the segment id as the inode;
+            // its contents are in the IPC namespace's images.
+            n if n.starts_with("/SYSV") && m.shared => {
+                shmid = m.ino;
+                status::REGULAR | status::SYSVIPC
             }
             n if n.starts_with("/dev/zero") && m.shared => {
                 mflags |= anon;
@@ -497,6 +507,30 @@ pub fn restore(
                 libc::O_RDONLY
             };
             map_path(r, t, path, oflags, v.start, len, prot, v.flags, v.pgoff)?;
+        } else if v.status & status::SYSVIPC != 0 {
+            // The segment exists already (made in the namespace): attach it
+            // at its address; later parts of a split one are covered by it.
+            if v.pgoff == 0 {
+                let mut shmflg = SHM_REMAP;
+                if v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
+                    shmflg |= libc::SHM_RDONLY;
+                }
+                let got = r.call(
+                    "shmat",
+                    nr::SHMAT,
+                    [v.shmid, v.start, shmflg.cast_unsigned().into(), 0, 0, 0],
+                )?;
+                if got != v.start {
+                    return Err(Error::Restore {
+                        pid,
+                        what: format!(
+                            "SysV shared memory {} at {:#x} (attached at {got:#x})",
+                            v.shmid, v.start
+                        ),
+                        errno: nix::errno::Errno::EINVAL,
+                    });
+                }
+            }
         } else if v.status & status::ANON_SHARED != 0
             && let Some(&(owner, ostart, oend, opgoff)) = shared.get(&v.shmid)
         {

@@ -111,12 +111,6 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
     }
     if own(root, "ipc") {
         let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
-            if crate::ipc::has_shm(root)? {
-                return Err(Error::Unsupported {
-                    pid: root,
-                    what: "SysV shared memory in its IPC namespace".into(),
-                });
-            }
             let objects = crate::ipc::dump(root)?;
             let k = |n: &str| format!("{KERNEL}/{n}");
             let q = |n: &str| format!("{MQUEUE}/{n}");

@@ -676,6 +676,53 @@ pub fn sem_create(key: i32, n: i32, mode: i32) -> Result<i32, Errno> {
     Errno::result(unsafe { libc::semget(key, n, libc::IPC_CREAT | libc::IPC_EXCL | mode) })
 }
 
+/// The contents of SysV shared memory segment `id` (`size` bytes), read
+/// through a read-only attach of this process.
+pub fn shm_read(id: i32, size: usize) -> Result<Vec<u8>, Errno> {
+    // SAFETY: a fresh read-only attach at an address the kernel picks.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), libc::SHM_RDONLY) };
+    if p as isize == -1 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the segment is mapped at `p` for at least `size` bytes.
+    let data = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), size) }.to_vec();
+    // SAFETY: `p` is this attach, detached once.
+    unsafe { libc::shmdt(p) };
+    Ok(data)
+}
+
+/// Create SysV shared memory segment `key` of `size` bytes with mode
+/// `mode`, holding `data`.
+pub fn shm_create(key: i32, size: usize, mode: i32, data: &[u8]) -> Result<i32, Errno> {
+    // SAFETY: integer arguments only.
+    let id =
+        Errno::result(unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) })?;
+    // SAFETY: a fresh attach at an address the kernel picks.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        return Err(Errno::last());
+    }
+    let n = data.len().min(size);
+    // SAFETY: the segment is mapped writable at `p` for `size` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.cast::<u8>(), n) };
+    // SAFETY: `p` is this attach, detached once.
+    unsafe { libc::shmdt(p) };
+    Ok(id)
+}
+
+/// Set the owner of shared memory segment `id`.
+pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<(), Errno> {
+    // SAFETY: shmid_ds is plain old data.
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: IPC_STAT writes the valid struct.
+    Errno::result(unsafe { libc::shmctl(id, libc::IPC_STAT, &raw mut ds) })?;
+    ds.shm_perm.uid = uid;
+    ds.shm_perm.gid = gid;
+    ds.shm_perm.mode = perm_mode(mode);
+    // SAFETY: IPC_SET reads the valid struct.
+    Errno::result(unsafe { libc::shmctl(id, libc::IPC_SET, &raw mut ds) }).map(drop)
+}
+
 /// Create SysV message queue `key` with mode `mode`.
 pub fn msg_create(key: i32, mode: i32) -> Result<i32, Errno> {
     // SAFETY: integer arguments only.
