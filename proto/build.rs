@@ -49,6 +49,7 @@ const IMAGE_FILES: &[&str] = &[
     "utsns.proto",
     "ipc-var.proto",
     "ipc.proto",
+    "mqueue.proto",
     "stats.proto",
 ];
 

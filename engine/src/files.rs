@@ -115,6 +115,8 @@ pub struct OpenCtx<'a> {
     /// the ones whose first slave file was handed out.
     pub(crate) ptys: HashMap<u32, (OwnedFd, Option<OwnedFd>, String)>,
     slaves_taken: std::collections::HashSet<u32>,
+    /// POSIX message queues made, by name.
+    mq_made: HashMap<String, OwnedFd>,
 }
 
 impl OpenCtx<'_> {
@@ -343,6 +345,8 @@ pub struct Table {
     pub(crate) unix: crate::unix::State,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
+    /// POSIX message queues the tree has open.
+    mqueues: crate::mqueue::Queues,
     /// Controlling terminals of the sessions, and ends of ptys.
     ttys: Vec<TtyInfoEntry>,
     tty_data: Vec<TtyDataEntry>,
@@ -440,6 +444,7 @@ impl Table {
             }
         }
         let ft = meta.file_type();
+        let mut mqueue = false;
         let ty = if fd.target.starts_with("pipe:[") {
             FdTypes::Pipe
         } else if let Some(ty) = anon_kind(&fd.target) {
@@ -465,6 +470,9 @@ impl Table {
             )));
         } else if ft.is_fifo() {
             FdTypes::Fifo
+        } else if nix::sys::stat::major(meta.dev()) == 0 && crate::mqueue::is_mqueue(pid, fd.fd) {
+            mqueue = true;
+            FdTypes::Reg
         } else if ft.is_char_device()
             && tty_major(u32::try_from(nix::sys::stat::major(meta.rdev())).unwrap_or(0))
         {
@@ -556,6 +564,9 @@ impl Table {
         self.described
             .push((pid, fd.fd, meta.dev(), meta.ino(), id));
         self.note_locks(id, locks);
+        if mqueue {
+            self.mqueues.note(pid, fd.fd, &fd.target, id)?;
+        }
         Ok(fdinfo(id, ty, fd))
     }
 
@@ -953,6 +964,7 @@ impl Table {
         if !self.tty_data.is_empty() {
             dir.write_all("TTY_DATA", 0, &self.tty_data)?;
         }
+        self.mqueues.write(dir)?;
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
             let mut w = dir.create("FIFO_DATA", 0)?;
@@ -1008,6 +1020,7 @@ impl Table {
         if dir.exists("TTY_INFO", 0) {
             t.ttys = dir.read_all("TTY_INFO", 0)?;
         }
+        t.mqueues = crate::mqueue::Queues::load(dir)?;
         if dir.exists("TTY_DATA", 0) {
             t.tty_data = dir.read_all("TTY_DATA", 0)?;
         }
@@ -1057,6 +1070,7 @@ impl Table {
             unix_made: None,
             ptys: HashMap::new(),
             slaves_taken: std::collections::HashSet::new(),
+            mq_made: HashMap::new(),
         };
         for &(pid, fd, id) in uses {
             if cx.opened.contains_key(&id) {
@@ -1084,7 +1098,10 @@ impl Table {
             what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
         })?;
         match entry.kind.as_ref() {
-            Some(Kind::Reg(r)) => Reg::open(r, cx),
+            Some(Kind::Reg(r)) => match self.mqueues.of_file(id) {
+                Some(q) => crate::mqueue::open(q, r.flags, &mut cx.mq_made, pid, fd),
+                None => Reg::open(r, cx),
+            },
             Some(Kind::Pipe(p)) => Pipe::open(p, cx),
             Some(Kind::Fifo(f)) => Fifo::open(f, cx),
             Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m),

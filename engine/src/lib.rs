@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod ipc;
 pub mod memfd;
 pub mod mm;
+pub mod mqueue;
 pub mod ns;
 pub mod proc;
 pub mod progress;

@@ -46,7 +46,7 @@ pub fn check_task(pid: Pid, root: Pid) -> Result<()> {
 }
 
 /// Run `f` in a thread that joined namespace `ns` of `pid`.
-fn inside<T: Send>(
+pub(crate) fn inside<T: Send>(
     pid: Pid,
     ns: &str,
     kind: CloneFlags,

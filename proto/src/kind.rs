@@ -198,6 +198,13 @@ pub const KINDS: &[ImageKind] = &[
         Layout::ShmSegment,
         "ipcns-shm-%d.img",
     ),
+    // stasis' own: CRIU has no image of POSIX message queues.
+    entries(
+        "POSIX_MQUEUE",
+        0x5354_4d51,
+        "posix_mqueue_entry",
+        "posix-mqueue.img",
+    ),
     entries("IPC_VAR", 0x5311_5007, "ipc_var_entry", "ipcns-var-%d.img"),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),
     ImageKind {

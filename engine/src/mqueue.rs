@@ -1,0 +1,173 @@
+//! POSIX message queues the tree has open (`posix-mqueue.img`, stasis' own
+//! image: CRIU cannot checkpoint them). Each queue's attributes and queued
+//! messages are read at dump by opening it again inside the tree's IPC
+//! namespace, taking every message and sending it back in the same order
+//! (the tree is frozen meanwhile); the restore makes the queue with its
+//! messages in the namespace it recreated, then opens each file on it.
+
+use std::collections::HashMap;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use nix::mqueue::{MQ_OFlag, MqAttr, mq_getattr, mq_open, mq_receive, mq_send, mq_set_nonblock};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use stasis_proto::images::{PosixMqueueEntry, PosixMqueueMsg};
+
+use crate::error::{EngineError as Error, Result};
+use crate::images::Dir;
+use crate::sys;
+
+/// statfs f_type of the mqueue filesystem.
+const MQUEUE_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x1980_0202);
+
+/// Whether fd `fd` of `pid` is a POSIX message queue.
+pub fn is_mqueue(pid: Pid, fd: i32) -> bool {
+    nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
+}
+
+fn cname(name: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| Error::BadImage {
+        path: "posix-mqueue.img".into(),
+        what: format!("queue name {name:?} holds a NUL"),
+    })
+}
+
+/// The queues of a dump or restore, by name.
+#[derive(Debug, Default)]
+pub struct Queues {
+    by_name: HashMap<String, PosixMqueueEntry>,
+}
+
+impl Queues {
+    /// Dump: note file `id` (fd `fd` of `pid`) on queue `name`, reading the
+    /// queue the first time.
+    pub fn note(&mut self, pid: Pid, fd: i32, name: &str, id: u32) -> Result<()> {
+        if let Some(q) = self.by_name.get_mut(name) {
+            q.file_ids.push(id);
+            return Ok(());
+        }
+        let meta =
+            std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(|err| Error::Proc {
+                pid,
+                path: format!("fd/{fd}"),
+                err,
+            })?;
+        let what = format!("fd {fd} (POSIX message queue {name})");
+        let c = cname(name)?;
+        let (attr, msgs) =
+            crate::ns::inside(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
+                let fail = Error::dump(pid, what.clone());
+                let q = mq_open(
+                    c.as_c_str(),
+                    MQ_OFlag::O_RDWR | MQ_OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                    None,
+                )
+                .map_err(Error::dump(pid, what.clone()))?;
+                let attr = mq_getattr(&q).map_err(Error::dump(pid, what.clone()))?;
+                let mut msgs = Vec::new();
+                let mut buf = vec![0u8; usize::try_from(attr.msgsize()).unwrap_or(8192)];
+                loop {
+                    let mut prio = 0;
+                    match mq_receive(&q, &mut buf, &mut prio) {
+                        Ok(n) => msgs.push(PosixMqueueMsg {
+                            prio,
+                            data: buf[..n].to_vec(),
+                        }),
+                        Err(nix::errno::Errno::EAGAIN) => break,
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
+                // Put them back, highest priority first, so the order is kept.
+                for m in &msgs {
+                    mq_send(&q, &m.data, m.prio).map_err(Error::dump(pid, what.clone()))?;
+                }
+                Ok((attr, msgs))
+            })?;
+        self.by_name.insert(
+            name.to_owned(),
+            PosixMqueueEntry {
+                name: name.to_owned(),
+                mode: meta.mode() & 0o777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                maxmsg: attr.maxmsg(),
+                msgsize: attr.msgsize(),
+                msgs,
+                file_ids: vec![id],
+            },
+        );
+        Ok(())
+    }
+
+    /// Write `posix-mqueue.img`.
+    pub fn write(&self, dir: &Dir) -> Result<()> {
+        if self.by_name.is_empty() {
+            return Ok(());
+        }
+        let mut all: Vec<&PosixMqueueEntry> = self.by_name.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let all: Vec<PosixMqueueEntry> = all.into_iter().cloned().collect();
+        dir.write_all("POSIX_MQUEUE", 0, &all)
+    }
+
+    /// Load `posix-mqueue.img`.
+    pub fn load(dir: &Dir) -> Result<Queues> {
+        let mut q = Queues::default();
+        if dir.exists("POSIX_MQUEUE", 0) {
+            let all: Vec<PosixMqueueEntry> = dir.read_all("POSIX_MQUEUE", 0)?;
+            q.by_name = all.into_iter().map(|e| (e.name.clone(), e)).collect();
+        }
+        Ok(q)
+    }
+
+    /// The queue file `id` is open on, if any.
+    pub fn of_file(&self, id: u32) -> Option<&PosixMqueueEntry> {
+        self.by_name.values().find(|q| q.file_ids.contains(&id))
+    }
+}
+
+/// Restore: open file `flags` on queue `q`, making the queue (with its
+/// messages) first if needed. `made` keeps the makers' descriptors.
+pub fn open(
+    q: &PosixMqueueEntry,
+    flags: u32,
+    made: &mut HashMap<String, OwnedFd>,
+    pid: Pid,
+    fd: i32,
+) -> Result<OwnedFd> {
+    let what = format!("fd {fd} (POSIX message queue {})", q.name);
+    let c = cname(&q.name)?;
+    if !made.contains_key(&q.name) {
+        let attr = MqAttr::new(0, q.maxmsg, q.msgsize, 0);
+        let mode = Mode::from_bits_truncate(q.mode);
+        let m = mq_open(
+            c.as_c_str(),
+            MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDWR,
+            mode,
+            Some(&attr),
+        )
+        .map_err(Error::restore(pid, what.clone()))?;
+        mq_set_nonblock(&m).map_err(Error::restore(pid, what.clone()))?;
+        for msg in &q.msgs {
+            mq_send(&m, &msg.data, msg.prio).map_err(Error::restore(pid, what.clone()))?;
+        }
+        let owned = sys::own(m.into_raw_fd());
+        nix::unistd::fchown(&owned, Some(q.uid.into()), Some(q.gid.into()))
+            .map_err(Error::restore(pid, what.clone()))?;
+        made.insert(q.name.clone(), owned);
+    }
+    let acc = flags.cast_signed() & libc::O_ACCMODE;
+    let mut f = match acc {
+        libc::O_WRONLY => MQ_OFlag::O_WRONLY,
+        libc::O_RDWR => MQ_OFlag::O_RDWR,
+        _ => MQ_OFlag::O_RDONLY,
+    };
+    if flags.cast_signed() & libc::O_NONBLOCK != 0 {
+        f |= MQ_OFlag::O_NONBLOCK;
+    }
+    let d = mq_open(c.as_c_str(), f, Mode::empty(), None).map_err(Error::restore(pid, what))?;
+    Ok(sys::own(d.into_raw_fd()))
+}
