@@ -164,6 +164,14 @@ fn compare_value(o: &Json, c: &Json, kind: &Kind, known: &Known, at: &str, errs:
     }
 }
 
+/// Image kinds of stasis' own, which CRIU (and so crit) does not have.
+const STASIS_ONLY: &[&str] = &["POSIX_MQUEUE"];
+
+/// The image kinds crit knows.
+fn crit_kinds() -> impl Iterator<Item = &'static stasis_proto::kind::ImageKind> {
+    KINDS.iter().filter(|k| !STASIS_ONLY.contains(&k.name))
+}
+
 fn entry_desc(layout: Layout, index: usize) -> MessageDescriptor {
     let name = match layout {
         Layout::Entries(n) | Layout::WithPayload(n, _) => n,
@@ -185,7 +193,7 @@ fn crit_decodes_every_image_type_with_the_same_values() {
     let dir = tempfile::tempdir().unwrap();
     let mut errs = Vec::new();
     let mut checked = 0;
-    for kind in KINDS {
+    for kind in crit_kinds() {
         let path = dir.path().join(format!("{}.img", kind.name));
         std::fs::write(&path, sample_image(kind, 6)).unwrap();
         for pretty in [false, true] {
@@ -222,7 +230,7 @@ fn crit_decodes_every_image_type_with_the_same_values() {
         errs.len(),
         errs.join("\n")
     );
-    assert_eq!(checked, KINDS.len() * 2);
+    assert_eq!(checked, crit_kinds().count() * 2);
 }
 
 #[test]
@@ -268,7 +276,7 @@ fn crit_json_encodes_back_to_the_same_image() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let mut identical = 0;
-    for kind in KINDS {
+    for kind in crit_kinds() {
         let path = dir.path().join(format!("{}.img", kind.name));
         let bytes = sample_image(kind, 4);
         std::fs::write(&path, &bytes).unwrap();
@@ -300,7 +308,7 @@ fn crit_json_encodes_back_to_the_same_image() {
             identical += 1;
         }
     }
-    assert_eq!(identical, KINDS.len() - NEWER_FIELDS.len());
+    assert_eq!(identical, crit_kinds().count() - NEWER_FIELDS.len());
 }
 
 #[test]
