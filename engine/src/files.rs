@@ -517,6 +517,7 @@ impl Table {
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
             FdTypes::Tty => Tty::dump(&cx, self)?,
+            FdTypes::Pidfd => crate::pidfd::Pidfd::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
@@ -540,6 +541,7 @@ impl Table {
             Kind::Efd(e) => e.id = id,
             Kind::Usk(e) => e.id = id,
             Kind::Tty(e) => e.id = id,
+            Kind::Pidfd(e) => e.id = id,
             Kind::Sgfd(e) => e.id = id,
             Kind::Tfd(e) => e.id = id,
             Kind::Epfd(e) => {
@@ -554,7 +556,6 @@ impl Table {
                     w.id = id;
                 }
             }
-            _ => {}
         }
         self.entries.push(FileEntry {
             r#type: ty as i32,
@@ -618,6 +619,11 @@ impl Table {
     /// Dump: the tasks of the tree.
     pub fn set_tree(&mut self, pids: Vec<Pid>) {
         self.tree = pids;
+    }
+
+    /// Dump: whether `pid` is a task of the tree.
+    pub(crate) fn in_tree(&self, pid: Pid) -> bool {
+        self.tree.contains(&pid)
     }
 
     /// A copy of the master of pty `index`, if a task of the tree has it.
@@ -1112,6 +1118,7 @@ impl Table {
             Some(Kind::Ify(e)) => Inotify::open(e, cx),
             Some(Kind::Usk(e)) => UnixSk::open(e, cx),
             Some(Kind::Tty(e)) => Tty::open(e, cx),
+            Some(Kind::Pidfd(e)) => crate::pidfd::Pidfd::open(e, cx),
             other => Err(Error::Unsupported {
                 pid,
                 what: format!(
@@ -1280,6 +1287,7 @@ fn anon_kind(target: &str) -> Option<FdTypes> {
         "[timerfd]" => FdTypes::Timerfd,
         "[eventpoll]" => FdTypes::Eventpoll,
         "inotify" => FdTypes::Inotify,
+        "[pidfd]" => FdTypes::Pidfd,
         _ => return None,
     })
 }

@@ -19,6 +19,7 @@ pub mod memfd;
 pub mod mm;
 pub mod mqueue;
 pub mod ns;
+pub mod pidfd;
 pub mod proc;
 pub mod progress;
 pub mod remote;

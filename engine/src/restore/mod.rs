@@ -194,7 +194,11 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .flat_map(|p| p.pst.threads.iter().copied())
         .collect();
     let is_late = |id: u32| {
-        files
+        // A pidfd needs its process to exist.
+        matches!(
+            files.get(id).and_then(|e| e.kind.as_ref()),
+            Some(Kind::Pidfd(_))
+        ) || files
             .path_of(id)
             .and_then(|p| p.strip_prefix("/proc/"))
             .and_then(|p| p.split('/').next())
@@ -681,10 +685,13 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
 fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<()> {
     let pid = r.tid;
     for &(target, id, cloexec) in &p.late_fds {
-        let Some(stasis_proto::images::file_entry::Kind::Reg(reg)) =
-            files.get(id).and_then(|e| e.kind.as_ref())
-        else {
-            continue;
+        let reg = match files.get(id).and_then(|e| e.kind.as_ref()) {
+            Some(Kind::Reg(reg)) => reg,
+            Some(Kind::Pidfd(e)) => {
+                crate::pidfd::open_in_task(r, e, target, cloexec)?;
+                continue;
+            }
+            _ => continue,
         };
         let mut path = reg.name.as_bytes().to_vec();
         path.push(0);

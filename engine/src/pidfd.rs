@@ -1,0 +1,95 @@
+//! pidfds (`pidfd_entry` in `files.img`): the process a pidfd refers to, by
+//! its PID. A pidfd can only be made once its process exists, so each task
+//! opens its own from inside (pidfd_open), after the whole tree is back.
+
+use std::os::fd::OwnedFd;
+
+use stasis_arch::x86::nr;
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{FdTypes, FownEntry, PidfdEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::remote::Remote;
+
+/// pidfd files.
+#[derive(Debug)]
+pub struct Pidfd;
+
+impl FileKind for Pidfd {
+    const TYPE: FdTypes = FdTypes::Pidfd;
+    type Entry = PidfdEntry;
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let pid: i32 = cx
+            .field("Pid")?
+            .parse()
+            .map_err(|_| cx.format_err("pidfd Pid"))?;
+        if pid <= 0 {
+            return Err(Error::Unsupported {
+                pid: cx.pid,
+                what: format!("fd {} (a pidfd of a process that has exited)", cx.fd.fd),
+            });
+        }
+        if !table.in_tree(nix::unistd::Pid::from_raw(pid)) {
+            return Err(Error::Unsupported {
+                pid: cx.pid,
+                what: format!(
+                    "fd {} (a pidfd of process {pid}, which is outside the dumped tree)",
+                    cx.fd.fd
+                ),
+            });
+        }
+        Ok(Kind::Pidfd(PidfdEntry {
+            id: 0,
+            ino: u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0),
+            flags: cx.flags(),
+            nspid: pid,
+            fown: FownEntry::default(),
+        }))
+    }
+
+    fn open(e: &PidfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        Err(Error::BadImage {
+            path: "files.img".into(),
+            what: format!(
+                "task {} fd {}: pidfd {} is opened by the task itself",
+                cx.pid, cx.fd, e.id
+            ),
+        })
+    }
+}
+
+/// Open pidfd `e` inside the task under `r`, as fd `target`.
+pub fn open_in_task(r: &Remote, e: &PidfdEntry, target: i32, cloexec: bool) -> Result<()> {
+    let flags = e.flags.cast_signed() & libc::O_NONBLOCK;
+    let fd = r.call(
+        "pidfd_open",
+        nr::PIDFD_OPEN,
+        [
+            u64::from(e.nspid.cast_unsigned()),
+            flags.cast_unsigned().into(),
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let target = u64::from(target.cast_unsigned());
+    if fd != target {
+        let cl = if cloexec { libc::O_CLOEXEC } else { 0 };
+        r.call(
+            "dup3",
+            nr::DUP3,
+            [fd, target, cl.cast_unsigned().into(), 0, 0, 0],
+        )?;
+        r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    } else if !cloexec {
+        r.call(
+            "fcntl(F_SETFD)",
+            nr::FCNTL,
+            [fd, libc::F_SETFD.cast_unsigned().into(), 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
