@@ -74,9 +74,11 @@ pub fn dump_thread(pid: Pid, th: &Thread, sc: Scratch) -> Result<(ThreadInfoX86,
             [2, scratch + 40, 0, 0, 0, 0],
         ),
         ("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0]),
+        ("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, [30, 0, 0, 0, 0, 0]),
     ])?;
     let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
     let secbits = got.get(3).copied().unwrap_or(0);
+    let slack = got.get(4).copied();
     let creds = creds::dump(
         &proc::status(pid, Some(tid))?,
         u32::try_from(secbits).unwrap_or(0),
@@ -106,6 +108,7 @@ pub fn dump_thread(pid: Pid, th: &Thread, sc: Scratch) -> Result<(ThreadInfoX86,
         }),
         signals_p: Some(queue(pending)),
         comm: Some(st.comm),
+        timer_slack_ns: slack,
         creds: Some(creds),
         rseq_entry: (rseq.abi_pointer != 0).then_some(RseqEntry {
             rseq_abi_pointer: rseq.abi_pointer,
@@ -389,6 +392,13 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
     let Some(tc) = &core.thread_core else {
         return Ok(());
     };
+    if let Some(slack) = tc.timer_slack_ns {
+        r.call(
+            "prctl(PR_SET_TIMERSLACK)",
+            nr::PRCTL,
+            [29, slack, 0, 0, 0, 0],
+        )?;
+    }
     if let Some(nice) = tc.sched_nice {
         r.call(
             "setpriority",
