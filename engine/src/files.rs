@@ -285,6 +285,13 @@ impl FileKind for Fifo {
             });
         };
         reg.id = regf_id;
+        // A FIFO deleted while open comes back at its old name, made again
+        // and removed once opened (a ghost without contents).
+        if let Some(orig) = cx.fd.target.strip_suffix(" (deleted)") {
+            reg.name = orig.to_owned();
+            let remap = table.dump_ghost(cx, 0, regf_id)?;
+            table.remaps.insert(regf_id, remap);
+        }
         table.entries.push(FileEntry {
             r#type: FdTypes::Reg as i32,
             id: regf_id,
@@ -462,6 +469,7 @@ impl Table {
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)")
+            && !ft.is_fifo()
             && (!ft.is_file() || fd.target.starts_with("/memfd:"))
         {
             return Err(unsupported(format!(
@@ -525,7 +533,7 @@ impl Table {
         if let Some(orig) = fd
             .target
             .strip_suffix(" (deleted)")
-            .filter(|_| ty != FdTypes::Memfd)
+            .filter(|_| ty != FdTypes::Memfd && ty != FdTypes::Fifo)
         {
             if let Kind::Reg(r) = &mut kind {
                 r.name = orig.to_owned();
@@ -735,7 +743,16 @@ impl Table {
             let path = recreate_ghost(me, &name, *remap, ghost)?;
             // Read-only: an executable must have no writers (PR_SET_MM_MAP);
             // tasks reopen it through /proc with their own flags.
-            let opened = File::open(&path);
+            let opened = if ghost.entry.mode & libc::S_IFMT == libc::S_IFIFO {
+                // Read-write, so opening neither blocks nor loses the FIFO.
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
+            } else {
+                File::open(&path)
+            };
             let _ = fs::remove_file(&path);
             let f = opened.map_err(|e| open_err(me, -1, &path, e))?;
             self.ghost_paths
@@ -832,10 +849,16 @@ impl Table {
             path: link.to_owned(),
             err: e,
         };
-        let f = File::open(link).map_err(err)?;
         let mut chunks = Vec::new();
+        // A FIFO has no contents to save (its queued bytes are FIFO data),
+        // and opening it to read could wait for a writer.
+        let f = if meta.file_type().is_fifo() {
+            None
+        } else {
+            Some(File::open(link).map_err(err)?)
+        };
         let mut off: u64 = 0;
-        while off < size {
+        while let Some(f) = f.as_ref().filter(|_| off < size) {
             // Data segments only: holes stay holes.
             let data = match nix::unistd::lseek(
                 f.as_fd(),
@@ -854,7 +877,7 @@ impl Table {
             .map_or(size, i64::cast_unsigned)
             .min(size);
             let mut buf = vec![0u8; usize::try_from(hole - data).unwrap_or(0)];
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, data).map_err(err)?;
+            std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, data).map_err(err)?;
             chunks.push((data, buf));
             off = hole;
         }
@@ -1170,20 +1193,26 @@ impl Table {
                 });
             }
         };
+        // A deleted FIFO is reopened through the engine's fd on its ghost.
+        let name = f
+            .regf_id
+            .and_then(|r| self.path_of(r))
+            .unwrap_or(&reg.name)
+            .to_owned();
         if let std::collections::hash_map::Entry::Vacant(slot) = keepers.entry(f.pipe_id) {
             let keeper = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
-                .open(&reg.name)
-                .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+                .open(&name)
+                .map_err(|e| open_err(pid, fd, &name, e))?;
             if let Some((e, data)) = self.fifo_data.iter().find(|(e, _)| e.pipe_id == f.pipe_id) {
                 if let Some(size) = e.size.and_then(|s| i32::try_from(s).ok()) {
                     let _ = fcntl(keeper.as_fd(), FcntlArg::F_SETPIPE_SZ(size));
                 }
                 (&keeper)
                     .write_all(data)
-                    .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+                    .map_err(|e| open_err(pid, fd, &name, e))?;
             }
             slot.insert(OwnedFd::from(keeper));
         }
@@ -1193,11 +1222,11 @@ impl Table {
             .read(acc != libc::O_WRONLY)
             .write(acc != libc::O_RDONLY)
             .custom_flags((flags & !libc::O_ACCMODE) | libc::O_NONBLOCK)
-            .open(&reg.name)
-            .map_err(|e| open_err(pid, fd, &reg.name, e))?;
+            .open(&name)
+            .map_err(|e| open_err(pid, fd, &name, e))?;
         let fl = OFlag::from_bits_truncate(flags & !libc::O_ACCMODE);
         fcntl(file.as_fd(), FcntlArg::F_SETFL(fl))
-            .map_err(|e| open_err(pid, fd, &reg.name, e.into()))?;
+            .map_err(|e| open_err(pid, fd, &name, e.into()))?;
         Ok(OwnedFd::from(file))
     }
 
@@ -1249,6 +1278,26 @@ fn load_ghost(dir: &Dir, id: u32) -> Result<Ghost> {
 fn recreate_ghost(pid: Pid, name: &str, id: u32, g: &Ghost) -> Result<String> {
     let mut path = name.to_owned();
     let mode = g.entry.mode & 0o7777;
+    if g.entry.mode & libc::S_IFMT == libc::S_IFIFO {
+        let fifo = |p: &str| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(mode))
+                .map_err(std::io::Error::from)
+        };
+        match fifo(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                path = format!("{name}.stasis-ghost-{id:x}");
+                fifo(&path).map_err(|e| open_err(pid, -1, &path, e))?;
+            }
+            Err(e) => return Err(open_err(pid, -1, name, e)),
+        }
+        let _ = nix::unistd::chown(
+            path.as_str(),
+            Some(g.entry.uid.into()),
+            Some(g.entry.gid.into()),
+        );
+        return Ok(path);
+    }
     let open = |p: &str| {
         OpenOptions::new()
             .write(true)
