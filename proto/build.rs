@@ -50,6 +50,7 @@ const IMAGE_FILES: &[&str] = &[
     "ipc-var.proto",
     "ipc.proto",
     "mqueue.proto",
+    "netdev.proto",
     "stats.proto",
 ];
 

@@ -1,5 +1,7 @@
-//! Namespaces of the tree's own: UTS (host and domain name, `utsns-1.img`)
-//! and IPC (its sysctls, `ipcns-var-1.img`). The dump reads them from a
+//! Namespaces of the tree's own: UTS (host and domain name, `utsns-1.img`),
+//! IPC (its sysctls, `ipcns-var-1.img`, and objects, see `ipc`) and network
+//! (the loopback device, `netdev-1.img`, and the scalar sysctls under
+//! /proc/sys/net, `netns-1.img`; other devices are refused). The dump reads them from a
 //! thread that joins the namespace (setns affects that thread only); the
 //! restore unshares them in the engine before it forks the tree, so every
 //! task starts inside. Other namespaces must be the engine's.
@@ -8,7 +10,9 @@ use std::os::fd::AsFd;
 
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::Pid;
-use stasis_proto::images::{IpcVarEntry, UtsnsEntry};
+use stasis_proto::images::{
+    IpcVarEntry, NdType, NetDeviceEntry, NetSysctlEntry, NetnsEntry, UtsnsEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
@@ -32,7 +36,7 @@ pub fn check_task(pid: Pid, root: Pid) -> Result<()> {
     for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
         let theirs = link(Some(pid), ns);
         let (want, what) = match ns {
-            "uts" | "ipc" => (
+            "uts" | "ipc" | "net" => (
                 link(Some(root), ns),
                 format!("a {ns} namespace other than its root's"),
             ),
@@ -97,8 +101,84 @@ fn num<T: std::str::FromStr>(pid: Pid, path: &str) -> Result<T> {
 const KERNEL: &str = "/proc/sys/kernel";
 const MQUEUE: &str = "/proc/sys/fs/mqueue";
 
-/// Dump the tree's own UTS and IPC namespaces, if it has them.
+/// Directories under /proc/sys/net whose scalar sysctls a network
+/// namespace keeps.
+const NET_SYSCTL_DIRS: &[&str] = &["ipv4", "ipv6", "core", "unix"];
+
+/// The scalar sysctls under /proc/sys/net of the current thread's network
+/// namespace.
+fn net_sysctls() -> Vec<NetSysctlEntry> {
+    let mut out = Vec::new();
+    for d in NET_SYSCTL_DIRS {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/sys/net/{d}")) else {
+            continue;
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        for n in names {
+            let name = format!("{d}/{n}");
+            if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/net/{name}")) {
+                out.push(NetSysctlEntry {
+                    name,
+                    value: v.trim_end().to_owned(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether the tree under `root` has a network namespace of its own.
+pub fn own_net(root: Pid) -> bool {
+    own(root, "net")
+}
+
+/// Dump the tree's own UTS, IPC and network namespaces, if it has them.
 pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
+    if own(root, "net") {
+        let (lo, conf) = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
+            let devs = read_sys(root, "/proc/thread-self/net/dev")?;
+            for l in devs.lines().skip(2) {
+                let name = l.split(':').next().unwrap_or("").trim();
+                if name != "lo" {
+                    return Err(Error::Unsupported {
+                        pid: root,
+                        what: format!(
+                            "network device {name} in its network namespace (only the loopback device is restored)"
+                        ),
+                    });
+                }
+            }
+            let sock = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Inet,
+                nix::sys::socket::SockType::Datagram,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(Error::dump(root, "a socket in its network namespace"))?;
+            let (mtu, flags) = crate::sys::netdev_get(sock.as_fd(), "lo")
+                .map_err(Error::dump(root, "its loopback device"))?;
+            Ok((
+                NetDeviceEntry {
+                    r#type: NdType::Loopback as i32,
+                    ifindex: 1,
+                    mtu: mtu.cast_unsigned(),
+                    flags: u32::from(flags.cast_unsigned()),
+                    name: "lo".into(),
+                    address: None,
+                },
+                NetnsEntry {
+                    stasis_sysctls: net_sysctls(),
+                },
+            ))
+        })?;
+        dir.write_all("NETDEV", NS_ID, &[lo])?;
+        dir.write_all("NETNS", NS_ID, &[conf])?;
+    }
     if own(root, "uts") {
         let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
             let u = nix::sys::utsname::uname().map_err(Error::dump(root, "uname"))?;
@@ -163,6 +243,40 @@ fn write_sys(path: &str, value: &str) -> Result<()> {
 /// tree into them).
 pub fn restore(dir: &Dir) -> Result<()> {
     let me = nix::unistd::getpid();
+    if dir.exists("NETNS", NS_ID) {
+        let devs: Vec<NetDeviceEntry> = dir.read_all("NETDEV", NS_ID)?;
+        let conf: NetnsEntry = dir.read_one("NETNS", NS_ID)?;
+        unshare(CloneFlags::CLONE_NEWNET).map_err(Error::restore(me, "a network namespace"))?;
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(Error::restore(me, "a socket in the network namespace"))?;
+        for d in &devs {
+            if d.name != "lo" {
+                return Err(Error::BadImage {
+                    path: format!("netdev-{NS_ID}.img"),
+                    what: format!("device {}: only the loopback device is restored", d.name),
+                });
+            }
+            let flags = i16::try_from(d.flags & 0xffff).unwrap_or(0);
+            crate::sys::netdev_set(sock.as_fd(), "lo", d.mtu.cast_signed(), flags)
+                .map_err(Error::restore(me, "the loopback device"))?;
+        }
+        // Only what differs from a fresh namespace's value is written.
+        for c in &conf.stasis_sysctls {
+            let path = format!("/proc/sys/net/{}", c.name);
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            if now.trim_end() == c.value {
+                continue;
+            }
+            if let Err(e) = std::fs::write(&path, &c.value) {
+                tracing::warn!(sysctl = %c.name, value = %c.value, error = %e, "network sysctl not restored");
+            }
+        }
+    }
     if dir.exists("UTSNS", NS_ID) {
         let e: UtsnsEntry = dir.read_one("UTSNS", NS_ID)?;
         unshare(CloneFlags::CLONE_NEWUTS).map_err(Error::restore(me, "a UTS namespace"))?;

@@ -70,6 +70,9 @@ pub struct Diag {
 #[derive(Debug, Default)]
 pub struct State {
     diag: Option<HashMap<u32, Diag>>,
+    /// A task in the tree's network namespace, when it has its own:
+    /// sock_diag answers for the asker's namespace.
+    pub(crate) netns_of: Option<Pid>,
     /// Sockets described, by inode: the task and fd first seen with it.
     seen: HashMap<u32, (Pid, i32)>,
     /// Queued packets, by the inode of the socket whose queue holds them.
@@ -97,7 +100,16 @@ impl State {
 
     fn diag_of(&mut self, ino: u32) -> Option<Diag> {
         if self.diag.is_none() {
-            self.diag = Some(diag_all().unwrap_or_default());
+            let all = match self.netns_of {
+                Some(pid) => {
+                    crate::ns::inside(pid, "net", nix::sched::CloneFlags::CLONE_NEWNET, || {
+                        Ok(diag_all().unwrap_or_default())
+                    })
+                    .unwrap_or_default()
+                }
+                None => diag_all().unwrap_or_default(),
+            };
+            self.diag = Some(all);
         }
         self.diag.as_ref().and_then(|d| d.get(&ino)).cloned()
     }

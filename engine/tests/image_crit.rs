@@ -263,9 +263,9 @@ fn every_message_crit_knows_has_the_same_field_numbers() {
 #[test]
 fn crit_json_encodes_back_to_the_same_image() {
     require_crit();
-    // These sample images set fields added after CRIU 3.17 (or, for
-    // SK_QUEUES, stasis' sender address in the field CRIU reserves), which
-    // crit drops.
+    // These sample images set fields added after CRIU 3.17 (or stasis' own:
+    // SK_QUEUES' sender address in the field CRIU reserves, NETNS' sysctls),
+    // which crit drops.
     const NEWER_FIELDS: &[&str] = &[
         "CORE",
         "CREDS",
@@ -273,6 +273,7 @@ fn crit_json_encodes_back_to_the_same_image() {
         "MEMFD_INODE",
         "PAGEMAP",
         "SK_QUEUES",
+        "NETNS",
     ];
     let dir = tempfile::tempdir().unwrap();
     let mut identical = 0;

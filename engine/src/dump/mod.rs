@@ -152,6 +152,9 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
     let root = tree.root().map_or(opts.pid, |t| t.pid);
     crate::ns::dump(root, dir)?;
+    if crate::ns::own_net(root) {
+        files.unix.netns_of = Some(root);
+    }
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
     let mut stats = Stats::default();
