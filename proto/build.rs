@@ -44,6 +44,7 @@ const IMAGE_FILES: &[&str] = &[
     "fsnotify.proto",
     "sk-opts.proto",
     "sk-unix.proto",
+    "sk-inet.proto",
     "sk-packet.proto",
     "file-lock.proto",
     "utsns.proto",

@@ -111,6 +111,8 @@ pub struct OpenCtx<'a> {
     used: std::collections::HashSet<u32>,
     /// The unix sockets, all made at the first one.
     pub(crate) unix_made: Option<HashMap<u32, OwnedFd>>,
+    /// The inet sockets, all made at the first one.
+    pub(crate) inet_made: Option<HashMap<u32, OwnedFd>>,
     /// ptys made: (master, slave unless locked, slave path) by index, and
     /// the ones whose first slave file was handed out.
     pub(crate) ptys: HashMap<u32, (OwnedFd, Option<OwnedFd>, String)>,
@@ -459,13 +461,19 @@ impl Table {
         } else if fd.target.starts_with("/memfd:") && ft.is_file() {
             FdTypes::Memfd
         } else if ft.is_socket() {
-            if !self.unix.is_unix(u32::try_from(meta.ino()).unwrap_or(0)) {
+            if self.unix.is_unix(u32::try_from(meta.ino()).unwrap_or(0)) {
+                FdTypes::Unixsk
+            } else if sys::pidfd_open(pid)
+                .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
+                .is_ok_and(|d| crate::inet::is_inet(&d))
+            {
+                FdTypes::Inetsk
+            } else {
                 return Err(unsupported(format!(
-                    "{}, a socket of a family stasis cannot dump yet (only unix sockets)",
+                    "{}, a socket of a family stasis cannot dump yet (unix and inet sockets only)",
                     fd.target
                 )));
             }
-            FdTypes::Unixsk
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
         } else if fd.target.ends_with(" (deleted)")
@@ -524,6 +532,7 @@ impl Table {
             FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
+            FdTypes::Inetsk => crate::inet::InetSk::dump(&cx, self)?,
             FdTypes::Tty => Tty::dump(&cx, self)?,
             FdTypes::Pidfd => crate::pidfd::Pidfd::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
@@ -548,6 +557,7 @@ impl Table {
             Kind::Memfd(m) => m.id = id,
             Kind::Efd(e) => e.id = id,
             Kind::Usk(e) => e.id = id,
+            Kind::Isk(e) => e.id = id,
             Kind::Tty(e) => e.id = id,
             Kind::Pidfd(e) => e.id = id,
             Kind::Sgfd(e) => e.id = id,
@@ -1097,6 +1107,7 @@ impl Table {
             opened: HashMap::new(),
             used: uses.iter().map(|u| u.2).collect(),
             unix_made: None,
+            inet_made: None,
             ptys: HashMap::new(),
             slaves_taken: std::collections::HashSet::new(),
             mq_made: HashMap::new(),
@@ -1140,6 +1151,7 @@ impl Table {
             Some(Kind::Epfd(e)) => Eventpoll::open(e, cx),
             Some(Kind::Ify(e)) => Inotify::open(e, cx),
             Some(Kind::Usk(e)) => UnixSk::open(e, cx),
+            Some(Kind::Isk(e)) => crate::inet::InetSk::open(e, cx),
             Some(Kind::Tty(e)) => Tty::open(e, cx),
             Some(Kind::Pidfd(e)) => crate::pidfd::Pidfd::open(e, cx),
             other => Err(Error::Unsupported {
@@ -1355,6 +1367,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Tfd(_) => "timerfd",
         Kind::Ify(_) => "inotify",
         Kind::Usk(_) => "unix socket",
+        Kind::Isk(_) => "inet socket",
     }
 }
 

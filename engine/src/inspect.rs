@@ -165,6 +165,10 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
         Some(file_entry::Kind::Sgfd(e)) => format!("[signalfd] mask {:#x}", e.sigmask),
         Some(file_entry::Kind::Tfd(e)) => format!("[timerfd] clock {}", e.clockid),
         Some(file_entry::Kind::Ify(e)) => format!("inotify {} watches", e.wd.len()),
+        Some(file_entry::Kind::Isk(u)) => format!(
+            "socket:[{}] inet family {} type {} port {}",
+            u.ino, u.family, u.r#type, u.src_port
+        ),
         Some(file_entry::Kind::Usk(u)) => {
             let name = String::from_utf8_lossy(&u.name).replace('\0', "@");
             format!("socket:[{}] unix {name}", u.ino)

@@ -12,6 +12,7 @@ pub mod eventpoll;
 pub mod file_lock;
 pub mod files;
 pub mod images;
+pub mod inet;
 pub mod inotify;
 pub mod inspect;
 pub mod ipc;

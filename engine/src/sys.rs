@@ -529,10 +529,11 @@ pub fn open_by_handle(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// One recvmsg on a unix socket: bytes read, fds received (SCM_RIGHTS,
-/// close-on-exec) and the sender's name when it has one (raw, as nix
-/// panics on the empty names datagrams from unbound sockets carry).
-pub fn recv_unix(
+/// One recvmsg on a socket: bytes read, fds received (SCM_RIGHTS,
+/// close-on-exec) and the sender's raw sockaddr, empty when it has none
+/// (raw, as nix panics on the empty names datagrams from unbound unix
+/// sockets carry).
+pub fn recv_msg(
     fd: RawFd,
     buf: &mut [u8],
     flags: i32,
@@ -584,21 +585,12 @@ pub fn recv_unix(
         }
         off += len.div_ceil(word) * word;
     }
-    let path_at = std::mem::size_of::<libc::sa_family_t>();
-    let len = usize::try_from(msg.msg_namelen)
-        .unwrap_or(0)
-        .saturating_sub(path_at);
-    let mut from: Vec<u8> = name.sun_path[..len.min(name.sun_path.len())]
-        .iter()
-        .map(|&c| c.to_ne_bytes()[0])
-        .collect();
-    // A path name may end in NULs; an abstract one starts with one.
-    if from.first() != Some(&0) {
-        while from.last() == Some(&0) {
-            from.pop();
-        }
-    }
-    Ok((usize::try_from(n).unwrap_or(0), fds, from))
+    // The sender's sockaddr as the kernel wrote it (family first).
+    let len = usize::try_from(msg.msg_namelen).unwrap_or(0);
+    let mut raw: Vec<u8> = name.sun_family.to_ne_bytes().to_vec();
+    raw.extend(name.sun_path.iter().map(|&c| c.to_ne_bytes()[0]));
+    raw.truncate(len);
+    Ok((usize::try_from(n).unwrap_or(0), fds, raw))
 }
 
 /// flock(2) on `fd` (nix only offers it as a guard that unlocks on drop).

@@ -221,6 +221,57 @@ fn attr_payload(b: &[u8]) -> Vec<u8> {
     p
 }
 
+/// A sender's name from its raw sockaddr: for unix sockets the name as
+/// sock_diag gives it (a path without trailing NULs, or a NUL and the
+/// abstract name); other families keep the whole sockaddr.
+fn name_of_raw(raw: &[u8], unix_names: bool) -> Vec<u8> {
+    if !unix_names {
+        return raw.to_vec();
+    }
+    let mut from = raw.get(2..).unwrap_or_default().to_vec();
+    if from.first() != Some(&0) {
+        while from.last() == Some(&0) {
+            from.pop();
+        }
+    }
+    from
+}
+
+/// A datagram: its bytes and its sender's raw sockaddr.
+pub(crate) type Datagram = (Vec<u8>, Option<Vec<u8>>);
+
+/// Peek the datagrams queued on an inet socket: bytes and raw sender.
+pub(crate) fn peek_datagrams(
+    fd: &OwnedFd,
+    table: &mut Table,
+) -> std::result::Result<Vec<Datagram>, Errno> {
+    let mut buf = std::mem::take(&mut table.unix.peek_buf);
+    let got = read_queue(fd, &mut buf, false, false);
+    table.unix.peek_buf = buf;
+    Ok(got?.into_iter().map(|(d, _, from)| (d, from)).collect())
+}
+
+impl State {
+    /// Queue a packet for the socket with inode `ino`.
+    pub(crate) fn push_queue(&mut self, ino: u32, data: Vec<u8>, from: Option<Vec<u8>>) {
+        let mut e = packet(0, &data, Vec::new());
+        e.addr = from;
+        self.queues.push((ino, e, data));
+    }
+
+    /// Restore: the packets queued for the files `want` picks.
+    pub(crate) fn queued_for(
+        &self,
+        want: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, SkPacketEntry, Vec<u8>)> {
+        self.queues
+            .iter()
+            .filter(|(id, _, _)| want(*id))
+            .cloned()
+            .collect()
+    }
+}
+
 /// The name in a unix address as sock_diag gives it.
 fn name_of(a: &UnixAddr) -> Option<Vec<u8>> {
     if let Some(p) = a.path() {
@@ -259,6 +310,7 @@ fn read_queue(
     fd: &OwnedFd,
     buf: &mut Vec<u8>,
     consume: bool,
+    unix_names: bool,
 ) -> std::result::Result<Vec<Packet>, Errno> {
     if buf.len() < PEEK_MAX {
         buf.resize(PEEK_MAX, 0);
@@ -277,12 +329,12 @@ fn read_queue(
     }
     let mut out = Vec::new();
     let result = loop {
-        match sys::recv_unix(raw, buf, flags) {
+        match sys::recv_msg(raw, buf, flags) {
             Ok((n, fds, from)) => {
                 if n == 0 && fds.is_empty() {
                     break Ok(());
                 }
-                let from = Some(from).filter(|a| !a.is_empty());
+                let from = Some(name_of_raw(&from, unix_names)).filter(|a| !a.is_empty());
                 out.push((buf[..n].to_vec(), fds, from));
                 if out.len() > 1 << 20 {
                     break Err(Errno::E2BIG);
@@ -351,7 +403,7 @@ impl FileKind for UnixSk {
             }
         } else {
             let mut buf = std::mem::take(&mut table.unix.peek_buf);
-            let packets = read_queue(&dup, &mut buf, false);
+            let packets = read_queue(&dup, &mut buf, false, true);
             table.unix.peek_buf = buf;
             let packets =
                 packets.map_err(Error::dump(cx.pid, format!("{what}: its queued data")))?;
@@ -559,7 +611,7 @@ impl Table {
                 SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             ) {
                 let conn = sys::own(raw);
-                let packets = read_queue(&conn, &mut buf, true).map_err(Error::dump(
+                let packets = read_queue(&conn, &mut buf, true, true).map_err(Error::dump(
                     me,
                     format!("data of a connection waiting on unix socket {lino}"),
                 ))?;
@@ -583,6 +635,7 @@ impl Table {
             .iter()
             .filter_map(|e| match &e.kind {
                 Some(Kind::Usk(u)) => Some((u.ino, u.id)),
+                Some(Kind::Isk(u)) => Some((u.ino, u.id)),
                 _ => None,
             })
             .collect();
@@ -710,6 +763,13 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
     }
     // Queued data, sent by the peer (or to the name) of the socket holding it.
     for (id_for, e, data) in &table.unix.queues {
+        // Datagrams of inet sockets are theirs to send.
+        if matches!(
+            table.get(*id_for).and_then(|f| f.kind.as_ref()),
+            Some(Kind::Isk(_))
+        ) {
+            continue;
+        }
         let Some(u) = all.iter().find(|u| u.id == *id_for) else {
             return Err(Error::BadImage {
                 path: "sk-queues.img".into(),

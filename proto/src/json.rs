@@ -94,6 +94,11 @@ fn collect_hints(pool: &DescriptorPool) -> HashMap<String, Hints> {
     out
 }
 
+/// Whether `field` holds an IP address (the `ipadd` hint).
+pub fn is_ip_field(field: &FieldDescriptor) -> bool {
+    hints(field).ipadd
+}
+
 fn hints(field: &FieldDescriptor) -> Hints {
     SCHEMA
         .hints

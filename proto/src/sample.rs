@@ -73,7 +73,10 @@ impl Filler {
                 Kind::Message(m) => Value::Message(f.message(&m, depth + 1, 0)),
                 k => f.scalar(&k),
             };
-            let value = if field.is_list() {
+            let value = if field.is_list() && crate::json::is_ip_field(&field) {
+                // An IP address: one word (IPv4) or four (IPv6).
+                Value::List((0..4).map(|_| one(self)).collect())
+            } else if field.is_list() {
                 Value::List(vec![one(self), one(self)])
             } else {
                 one(self)

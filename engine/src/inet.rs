@@ -1,0 +1,368 @@
+//! IPv4 and IPv6 sockets that are not connected TCP streams (`inet_sk_entry`
+//! in `files.img`): TCP listeners, UDP sockets bound or connected, with
+//! their options and the datagrams queued on them (`sk-queues.img`, each
+//! with its sender's address). Established TCP connections need TCP repair
+//! and are refused. The restore makes every inet socket at once, inside the
+//! network namespace the engine recreated, so queued datagrams can be sent
+//! again from the socket that sent them.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, sockopt,
+};
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{FdTypes, FownEntry, InetSkEntry, SkOptsEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::sys;
+
+/// IPv4 and IPv6 sockets.
+#[derive(Debug)]
+pub struct InetSk;
+
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
+/// Whether socket fd `fd` of `pid` is an IPv4 or IPv6 socket.
+pub fn is_inet(fd: &OwnedFd) -> bool {
+    sys::getsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+        .is_ok_and(|d| d == libc::AF_INET || d == libc::AF_INET6)
+}
+
+/// (address words in network order, port) of a socket address.
+fn split(a: &SocketAddr) -> (Vec<u32>, u32) {
+    match a {
+        SocketAddr::V4(v) => (
+            vec![u32::from_ne_bytes(v.ip().octets())],
+            u32::from(v.port()),
+        ),
+        SocketAddr::V6(v) => (
+            v.ip()
+                .octets()
+                .chunks_exact(4)
+                .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            u32::from(v.port()),
+        ),
+    }
+}
+
+fn join(family: u32, words: &[u32], port: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(port).ok()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    if family == libc::AF_INET6.cast_unsigned() {
+        let b: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(b),
+            port,
+            0,
+            0,
+        )))
+    } else {
+        let b: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+        Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(b), port)))
+    }
+}
+
+fn std_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::new(v.ip(), v.port())));
+    }
+    s.as_sockaddr_in6().map(|v| {
+        SocketAddr::V6(SocketAddrV6::new(
+            v.ip(),
+            v.port(),
+            v.flowinfo(),
+            v.scope_id(),
+        ))
+    })
+}
+
+/// The address in a raw sockaddr_in / sockaddr_in6 (as recvmsg wrote it).
+fn parse_raw(raw: &[u8]) -> Option<SocketAddr> {
+    let fam = i32::from(u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]));
+    let port = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
+    if fam == libc::AF_INET {
+        let b: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
+        Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(b), port)))
+    } else if fam == libc::AF_INET6 {
+        let b: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
+        Some(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(b),
+            port,
+            0,
+            0,
+        )))
+    } else {
+        None
+    }
+}
+
+fn opt_bool<O: nix::sys::socket::GetSockOpt<Val = bool>>(fd: &OwnedFd, o: O) -> Option<bool> {
+    nix::sys::socket::getsockopt(fd, o).ok()
+}
+
+impl FileKind for InetSk {
+    const TYPE: FdTypes = FdTypes::Inetsk;
+    type Entry = InetSkEntry;
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
+        let dup = sys::pidfd_open(cx.pid)
+            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
+            .map_err(Error::dump(cx.pid, what.clone()))?;
+        let int = |name| {
+            sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, name)
+                .map_err(Error::dump(cx.pid, what.clone()))
+        };
+        let family = int(libc::SO_DOMAIN)?.cast_unsigned();
+        let ty = int(libc::SO_TYPE)?;
+        let proto = int(libc::SO_PROTOCOL)?.cast_unsigned();
+        if ty != libc::SOCK_STREAM && ty != libc::SOCK_DGRAM {
+            return Err(Error::Unsupported {
+                pid: cx.pid,
+                what: format!("{what}: a raw or packet inet socket,"),
+            });
+        }
+        let local = nix::sys::socket::getsockname::<SockaddrStorage>(dup.as_raw_fd())
+            .ok()
+            .and_then(|s| std_addr(&s));
+        let peer = nix::sys::socket::getpeername::<SockaddrStorage>(dup.as_raw_fd())
+            .ok()
+            .and_then(|s| std_addr(&s));
+        let listening = int(libc::SO_ACCEPTCONN)? == 1;
+        let state = if listening {
+            TCP_LISTEN
+        } else if peer.is_some() {
+            TCP_ESTABLISHED
+        } else {
+            TCP_CLOSE
+        };
+        if ty == libc::SOCK_STREAM && state == TCP_ESTABLISHED {
+            return Err(Error::Unsupported {
+                pid: cx.pid,
+                what: format!(
+                    "{what}: an established TCP connection (TCP repair is not implemented yet),"
+                ),
+            });
+        }
+        let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
+        let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
+        let opts = SkOptsEntry {
+            so_sndbuf: u32::try_from(
+                nix::sys::socket::getsockopt(&dup, sockopt::SndBuf).unwrap_or(0),
+            )
+            .unwrap_or(0),
+            so_rcvbuf: u32::try_from(
+                nix::sys::socket::getsockopt(&dup, sockopt::RcvBuf).unwrap_or(0),
+            )
+            .unwrap_or(0),
+            reuseaddr: opt_bool(&dup, sockopt::ReuseAddr),
+            so_reuseport: opt_bool(&dup, sockopt::ReusePort),
+            so_keepalive: opt_bool(&dup, sockopt::KeepAlive),
+            so_broadcast: opt_bool(&dup, sockopt::Broadcast),
+            ..SkOptsEntry::default()
+        };
+        let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
+        if ty == libc::SOCK_DGRAM {
+            let packets = crate::unix::peek_datagrams(&dup, table)
+                .map_err(Error::dump(cx.pid, format!("{what}: its queued datagrams")))?;
+            for (data, from) in packets {
+                table.unix.push_queue(ino, data, from);
+            }
+        }
+        Ok(Kind::Isk(InetSkEntry {
+            id: 0,
+            ino,
+            family,
+            r#type: ty.cast_unsigned(),
+            proto,
+            state,
+            src_port,
+            dst_port,
+            flags: cx.flags(),
+            backlog: if listening { 128 } else { 0 },
+            src_addr,
+            dst_addr,
+            fown: FownEntry::default(),
+            opts,
+            v6only: (family == libc::AF_INET6.cast_unsigned())
+                .then(|| opt_bool(&dup, sockopt::Ipv6V6Only))
+                .flatten(),
+            ip_opts: None,
+            ifname: None,
+            ns_id: None,
+            shutdown: None,
+        }))
+    }
+
+    fn open(e: &InetSkEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        if cx.inet_made.is_none() {
+            let m = make_all(cx)?;
+            cx.inet_made = Some(m);
+        }
+        let fd = cx
+            .inet_made
+            .as_ref()
+            .and_then(|m| m.get(&e.id))
+            .ok_or_else(|| Error::BadImage {
+                path: "files.img".into(),
+                what: format!("inet socket {} was not made", e.ino),
+            })?;
+        fd.try_clone().map_err(|err| Error::Proc {
+            pid: cx.pid,
+            path: format!("fd {} (inet socket)", cx.fd),
+            err,
+        })
+    }
+}
+
+fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
+    let pid = cx.pid;
+    let all: Vec<&InetSkEntry> = cx
+        .table
+        .entries()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Isk(u)) => Some(u),
+            _ => None,
+        })
+        .collect();
+    let mut made = HashMap::new();
+    let mut bound: Vec<(SocketAddr, u32)> = Vec::new();
+    for u in &all {
+        let fail = |step: &str| Error::restore(pid, format!("inet socket {} ({step})", u.ino));
+        let family = if u.family == libc::AF_INET6.cast_unsigned() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let (ty, proto) = if u.r#type == libc::SOCK_DGRAM.cast_unsigned() {
+            (SockType::Datagram, SockProtocol::Udp)
+        } else {
+            (SockType::Stream, SockProtocol::Tcp)
+        };
+        let s = nix::sys::socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto)
+            .map_err(fail("socket"))?;
+        let o = &u.opts;
+        let set = |r: nix::Result<()>, step: &str| r.map_err(fail(step));
+        if o.reuseaddr == Some(true) {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
+                "SO_REUSEADDR",
+            )?;
+        }
+        if o.so_reuseport == Some(true) {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::ReusePort, &true),
+                "SO_REUSEPORT",
+            )?;
+        }
+        if o.so_keepalive == Some(true) {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::KeepAlive, &true),
+                "SO_KEEPALIVE",
+            )?;
+        }
+        if o.so_broadcast == Some(true) {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::Broadcast, &true),
+                "SO_BROADCAST",
+            )?;
+        }
+        if let Some(v6) = u.v6only {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::Ipv6V6Only, &v6),
+                "IPV6_V6ONLY",
+            )?;
+        }
+        if o.so_sndbuf > 0 {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2)),
+                "SO_SNDBUF",
+            )?;
+        }
+        if o.so_rcvbuf > 0 {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)),
+                "SO_RCVBUF",
+            )?;
+        }
+        if u.src_port != 0
+            && let Some(a) = join(u.family, &u.src_addr, u.src_port)
+        {
+            let st = SockaddrStorage::from(a);
+            nix::sys::socket::bind(s.as_raw_fd(), &st).map_err(fail("bind"))?;
+            bound.push((a, u.id));
+        }
+        if u.state == TCP_LISTEN {
+            let backlog = Backlog::new(i32::try_from(u.backlog.clamp(1, 4096)).unwrap_or(128))
+                .unwrap_or(Backlog::MAXCONN);
+            nix::sys::socket::listen(&s, backlog).map_err(fail("listen"))?;
+        }
+        if ty == SockType::Datagram
+            && u.dst_port != 0
+            && let Some(a) = join(u.family, &u.dst_addr, u.dst_port)
+        {
+            let st = SockaddrStorage::from(a);
+            nix::sys::socket::connect(s.as_raw_fd(), &st).map_err(fail("connect"))?;
+        }
+        let fl = nix::fcntl::OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
+        nix::fcntl::fcntl(s.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(fail("flags"))?;
+        made.insert(u.id, s);
+    }
+    // Queued datagrams, from the socket that sent them when it is in the
+    // images, to the receiver's address.
+    for (id_for, e, data) in cx
+        .table
+        .unix
+        .queued_for(|id| all.iter().any(|u| u.id == id))
+    {
+        let Some(u) = all.iter().find(|u| u.id == id_for) else {
+            continue;
+        };
+        let Some(to) = join(u.family, &u.src_addr, u.src_port) else {
+            continue;
+        };
+        let to = match to {
+            SocketAddr::V4(v) if v.ip().is_unspecified() => {
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, v.port()))
+            }
+            other => other,
+        };
+        let from = e
+            .addr
+            .as_deref()
+            .and_then(parse_raw)
+            .and_then(|from| bound.iter().find(|(a, _)| *a == from))
+            .and_then(|(_, id)| made.get(id));
+        let tmp;
+        let sender = match from {
+            Some(s) => s,
+            None => {
+                tmp = nix::sys::socket::socket(
+                    if to.is_ipv6() {
+                        AddressFamily::Inet6
+                    } else {
+                        AddressFamily::Inet
+                    },
+                    SockType::Datagram,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .map_err(Error::restore(pid, "a socket for queued datagrams"))?;
+                &tmp
+            }
+        };
+        let st = SockaddrStorage::from(to);
+        nix::sys::socket::sendto(sender.as_raw_fd(), &data, &st, MsgFlags::MSG_DONTWAIT).map_err(
+            Error::restore(pid, format!("inet socket {} (queued datagram)", u.ino)),
+        )?;
+    }
+    Ok(made)
+}
