@@ -98,6 +98,12 @@ pub(crate) const TESTS: &[Test] = &[
         udp_queued,
     ),
     Test::new(
+        "udp6-connected",
+        Inet,
+        "connected IPv6 UDP pair with datagrams queued both ways",
+        udp6_connected,
+    ),
+    Test::new(
         "tcp-established",
         Inet,
         "established TCP connection with unread data",
@@ -494,5 +500,39 @@ fn unix_opts(t: &mut Ctx) -> Res {
         getsockopt(&b, sockopt::ReceiveTimeout).or_fail("SO_RCVTIMEO")?,
         tmo
     );
+    Ok(())
+}
+
+fn udp6_connected(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let a = std::net::UdpSocket::bind("[::1]:6101").or_fail("bind a")?;
+    let b = std::net::UdpSocket::bind("[::1]:6102").or_fail("bind b")?;
+    a.connect("[::1]:6102").or_fail("connect a")?;
+    b.connect("[::1]:6101").or_fail("connect b")?;
+    let (ab, ba) = (pattern_vec(64, 300), pattern_vec(65, 900));
+    a.send(&ab).or_fail("send a")?;
+    b.send(&ba).or_fail("send b")?;
+    a.send(b"second").or_fail("send a")?;
+    a.set_nonblocking(true).or_fail("nonblocking")?;
+    b.set_nonblocking(true).or_fail("nonblocking")?;
+    t.wait("b read a datagram early", || {
+        b.recv(&mut [0u8; 2048]).map(drop).or_fail("recv")
+    })?;
+    let mut buf = [0u8; 2048];
+    let n = b.recv(&mut buf).or_fail("recv b")?;
+    diff_bytes("first datagram for b", &buf[..n], &ab)?;
+    let n = b.recv(&mut buf).or_fail("recv b")?;
+    ensure_eq!("second datagram for b", &buf[..n], b"second");
+    let n = a.recv(&mut buf).or_fail("recv a")?;
+    diff_bytes("datagram for a", &buf[..n], &ba)?;
+    ensure_eq!(
+        "a's peer",
+        a.peer_addr().or_fail("getpeername")?.to_string(),
+        "[::1]:6102"
+    );
+    b.send(b"after").or_fail("send after restore")?;
+    a.set_nonblocking(false).or_fail("blocking")?;
+    let n = a.recv(&mut buf).or_fail("recv a")?;
+    ensure_eq!("new datagram", &buf[..n], b"after");
     Ok(())
 }
