@@ -103,6 +103,30 @@ fn parse_raw(raw: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// The backlog of TCP listener `ino` (sock_diag gives a listener's
+/// backlog as its send queue), asked in the current thread's namespace.
+fn listen_backlog(family: u32, ino: u32) -> Option<u32> {
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+    let v6 = family == libc::AF_INET6.cast_unsigned();
+    let answers = crate::unix::sock_diag(SockDiagMessage::InetRequest(InetRequest {
+        family: u8::try_from(family).ok()?,
+        protocol: u8::try_from(libc::IPPROTO_TCP).ok()?,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::LISTEN,
+        socket_id: if v6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    }))
+    .ok()?;
+    answers.into_iter().find_map(|a| match a {
+        SockDiagMessage::InetResponse(r) if r.header.inode == ino => Some(r.header.send_queue),
+        _ => None,
+    })
+}
+
 fn opt_bool<O: nix::sys::socket::GetSockOpt<Val = bool>>(fd: &OwnedFd, o: O) -> Option<bool> {
     nix::sys::socket::getsockopt(fd, o).ok()
 }
@@ -169,6 +193,18 @@ impl FileKind for InetSk {
             ..SkOptsEntry::default()
         };
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
+        let backlog = if listening {
+            let ask = || listen_backlog(family, ino);
+            let got = match table.unix.netns_of {
+                Some(p) => {
+                    crate::ns::inside(p, "net", nix::sched::CloneFlags::CLONE_NEWNET, || Ok(ask()))?
+                }
+                None => ask(),
+            };
+            got.ok_or_else(|| cx.format_err("listen backlog (sock_diag)"))?
+        } else {
+            0
+        };
         if ty == libc::SOCK_DGRAM {
             let packets = crate::unix::peek_datagrams(&dup, table)
                 .map_err(Error::dump(cx.pid, format!("{what}: its queued datagrams")))?;
@@ -186,7 +222,7 @@ impl FileKind for InetSk {
             src_port,
             dst_port,
             flags: cx.flags(),
-            backlog: if listening { 128 } else { 0 },
+            backlog,
             src_addr,
             dst_addr,
             fown: FownEntry::default(),

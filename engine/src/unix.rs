@@ -122,6 +122,55 @@ impl State {
 
 /// Every unix socket of this network namespace, by inode (sock_diag).
 fn diag_all() -> std::result::Result<HashMap<u32, Diag>, Errno> {
+    let answers = sock_diag(SockDiagMessage::UnixRequest(UnixRequest {
+        state_flags: StateFlags::from_bits_retain(u32::MAX),
+        inode: 0,
+        show_flags: ShowFlags::NAME
+            | ShowFlags::VFS
+            | ShowFlags::PEER
+            | ShowFlags::ICONS
+            | ShowFlags::RQLEN,
+        cookie: [0xff; 8],
+    }))?;
+    let mut out = HashMap::new();
+    for a in answers {
+        let SockDiagMessage::UnixResponse(r) = a else {
+            continue;
+        };
+        let mut d = Diag {
+            ty: r.header.kind,
+            state: r.header.state,
+            ..Diag::default()
+        };
+        for nla in &r.nlas {
+            match nla {
+                Nla::Name(_) => {
+                    // The name as the kernel gives it: a path, or a NUL
+                    // and the abstract name.
+                    let mut b = vec![0u8; nla.buffer_len()];
+                    nla.emit(&mut b);
+                    d.name = attr_payload(&b);
+                }
+                Nla::Vfs(v) => {
+                    let mut b = [0u8; 8];
+                    v.emit(&mut b);
+                    d.vfs_ino = Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                Nla::Peer(p) => d.peer = *p,
+                Nla::PendingConnections(v) => d.icons.clone_from(v),
+                Nla::ReceiveQueueLength(a, b) => d.rqlen = (*a, *b),
+                Nla::Shutdown(s) => d.shutdown = *s,
+                _ => {}
+            }
+        }
+        out.insert(r.header.inode, d);
+    }
+    Ok(out)
+}
+
+/// Send a sock_diag dump request in the current thread's network
+/// namespace; every answer until the end of the dump.
+pub(crate) fn sock_diag(req: SockDiagMessage) -> std::result::Result<Vec<SockDiagMessage>, Errno> {
     let sock = nix::sys::socket::socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -130,30 +179,17 @@ fn diag_all() -> std::result::Result<HashMap<u32, Diag>, Errno> {
     )?;
     let mut hdr = NetlinkHeader::default();
     hdr.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut msg = NetlinkMessage::new(
-        hdr,
-        SockDiagMessage::UnixRequest(UnixRequest {
-            state_flags: StateFlags::from_bits_retain(u32::MAX),
-            inode: 0,
-            show_flags: ShowFlags::NAME
-                | ShowFlags::VFS
-                | ShowFlags::PEER
-                | ShowFlags::ICONS
-                | ShowFlags::RQLEN,
-            cookie: [0xff; 8],
-        })
-        .into(),
-    );
+    let mut msg = NetlinkMessage::new(hdr, req.into());
     msg.finalize();
-    let mut req = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut req);
+    let mut bytes = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut bytes);
     nix::sys::socket::sendto(
         sock.as_raw_fd(),
-        &req,
+        &bytes,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )?;
-    let mut out = HashMap::new();
+    let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
@@ -167,35 +203,7 @@ fn diag_all() -> std::result::Result<HashMap<u32, Diag>, Errno> {
             };
             let len = usize::try_from(m.header.length).unwrap_or(0);
             match m.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
-                    let mut d = Diag {
-                        ty: r.header.kind,
-                        state: r.header.state,
-                        ..Diag::default()
-                    };
-                    for nla in &r.nlas {
-                        match nla {
-                            Nla::Name(_) => {
-                                // The name as the kernel gives it: a path,
-                                // or a NUL and the abstract name.
-                                let mut b = vec![0u8; nla.buffer_len()];
-                                nla.emit(&mut b);
-                                d.name = attr_payload(&b);
-                            }
-                            Nla::Vfs(v) => {
-                                let mut b = [0u8; 8];
-                                v.emit(&mut b);
-                                d.vfs_ino = Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                            }
-                            Nla::Peer(p) => d.peer = *p,
-                            Nla::PendingConnections(v) => d.icons.clone_from(v),
-                            Nla::ReceiveQueueLength(a, b) => d.rqlen = (*a, *b),
-                            Nla::Shutdown(s) => d.shutdown = *s,
-                            _ => {}
-                        }
-                    }
-                    out.insert(r.header.inode, d);
-                }
+                NetlinkPayload::InnerMessage(a) => out.push(a),
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => {
                     return Err(e.code.map_or(Errno::EIO, |c| Errno::from_raw(-c.get())));
