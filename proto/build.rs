@@ -45,6 +45,7 @@ const IMAGE_FILES: &[&str] = &[
     "sk-opts.proto",
     "sk-unix.proto",
     "sk-inet.proto",
+    "tcp-stream.proto",
     "sk-packet.proto",
     "file-lock.proto",
     "utsns.proto",

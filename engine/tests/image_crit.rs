@@ -68,6 +68,8 @@ fn strip_ws(v: &Json) -> Json {
         Json::String(s) => Json::String(s.chars().filter(|c| !c.is_ascii_whitespace()).collect()),
         // Message queues: messages and their base64 bytes, in turn.
         Json::Array(items) => Json::Array(items.iter().map(strip_ws).collect()),
+        // TCP streams: {"inq", "outq"}.
+        Json::Object(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), strip_ws(v))).collect()),
         other => other.clone(),
     }
 }
@@ -178,6 +180,7 @@ fn entry_desc(layout: Layout, index: usize) -> MessageDescriptor {
         Layout::SemSet => "ipc_sem_entry",
         Layout::MsgQueue => "ipc_msg_entry",
         Layout::ShmSegment => "ipc_shm_entry",
+        Layout::TcpStream => "tcp_stream_entry",
         Layout::Pagemap if index == 0 => "pagemap_head",
         Layout::Pagemap => "pagemap_entry",
         Layout::GhostFile if index == 0 => "ghost_file_entry",

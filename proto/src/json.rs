@@ -835,6 +835,18 @@ pub fn decode_image<R: BufRead>(
                 entries.push(with_extra(json, Json::Array(values)));
             }
         }
+        Layout::TcpStream => {
+            let desc = schema_message("tcp_stream_entry");
+            while let Some(msg) = next_dynamic(&mut rd, &desc)? {
+                let json = message_to_json(&msg, opts.pretty);
+                let mut extra = serde_json::Map::new();
+                for (key, field) in [("inq", "inq_len"), ("outq", "outq_len")] {
+                    let len = payload_len(&msg, field).unwrap_or(0);
+                    extra.insert(key.into(), payload_json(&mut rd, len, opts)?);
+                }
+                entries.push(with_extra(json, Json::Object(extra)));
+            }
+        }
         Layout::ShmSegment => {
             let desc = schema_message("ipc_shm_entry");
             while let Some(msg) = next_dynamic(&mut rd, &desc)? {
@@ -1054,6 +1066,7 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
             Layout::SemSet => "ipc_sem_entry",
             Layout::MsgQueue => "ipc_msg_entry",
             Layout::ShmSegment => "ipc_shm_entry",
+            Layout::TcpStream => "tcp_stream_entry",
             Layout::Pagemap if i == 0 => "pagemap_head",
             Layout::Pagemap => "pagemap_entry",
             Layout::GhostFile if i == 0 => "ghost_file_entry",
@@ -1065,6 +1078,25 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
         }
         let msg = message_from_json(&schema_message(name), &fields, &at)?;
         w.write_frame(&msg.encode_to_vec()).map_err(io)?;
+        if kind.layout == Layout::TcpStream {
+            for (key, field) in [("inq", "inq_len"), ("outq", "outq_len")] {
+                let v = entry.get("extra").and_then(|e| e.get(key)).ok_or_else(|| {
+                    JsonError::Field {
+                        at: format!("{at}.extra"),
+                        what: format!("expected {{\"inq\", \"outq\"}}, {key} is missing"),
+                    }
+                })?;
+                let data = decode_base64(v, &format!("{at}.extra.{key}"))?;
+                if payload_len(&msg, field) != Some(data.len() as u64) {
+                    return Err(JsonError::Field {
+                        at: format!("{at}.extra.{key}"),
+                        what: format!("{} bytes but {field} says otherwise", data.len()),
+                    });
+                }
+                w.write_payload(&data).map_err(io)?;
+            }
+            continue;
+        }
         if let Some(done) = encode_ipc_extra(kind.layout, &msg, entry, &at, &mut w)? {
             done.map_err(io)?;
             continue;
@@ -1100,6 +1132,7 @@ pub fn encode_image<W: Write>(json: &Json, dst: W, path: &str) -> Result<W, Json
                 w.write_payload(&data).map_err(io)?;
             }
             Layout::SemSet | Layout::MsgQueue => {}
+            Layout::TcpStream => {}
             Layout::Entries(_) | Layout::Pagemap => {
                 if extra.is_some() {
                     return Err(JsonError::Field {
@@ -1126,6 +1159,7 @@ mod tests {
                 }
                 Layout::SemSet => assert!(message("ipc_sem_entry").is_some()),
                 Layout::ShmSegment => assert!(message("ipc_shm_entry").is_some()),
+                Layout::TcpStream => assert!(message("tcp_stream_entry").is_some()),
                 Layout::MsgQueue => {
                     assert!(message("ipc_msg_entry").is_some());
                     assert!(message("ipc_msg").is_some());

@@ -46,6 +46,8 @@ pub enum Layout {
     MsgQueue,
     /// `ipc_shm_entry` entries, each followed by `size` bytes padded to 4.
     ShmSegment,
+    /// One `tcp_stream_entry`, then `inq_len` bytes and `outq_len` bytes.
+    TcpStream,
 }
 
 /// Where the length of the raw payload after an entry comes from.
@@ -204,6 +206,12 @@ pub const KINDS: &[ImageKind] = &[
         0x5354_4d51,
         "posix_mqueue_entry",
         "posix-mqueue.img",
+    ),
+    common(
+        "TCP_STREAM",
+        0x5146_5506,
+        Layout::TcpStream,
+        "tcp-stream-%x.img",
     ),
     entries("NETDEV", 0x5737_3951, "net_device_entry", "netdev-%d.img"),
     entries("NETNS", 0x5593_3752, "netns_entry", "netns-%d.img"),

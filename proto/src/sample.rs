@@ -155,6 +155,18 @@ pub fn sample_image(kind: &'static ImageKind, entries: usize) -> Vec<u8> {
                 w.write_payload(&raw).expect("memory");
             }
         }
+        Layout::TcpStream => {
+            let mut m = filler.message(&desc("tcp_stream_entry"), 0, 0);
+            let (inq, outq): (Vec<u8>, Vec<u8>) = (
+                (0..37).map(|b| b as u8).collect(),
+                (0..11).map(|b| (b * 3) as u8).collect(),
+            );
+            set_u(&mut m, "inq_len", inq.len() as u64);
+            set_u(&mut m, "outq_len", outq.len() as u64);
+            w.write_frame(&m.encode_to_vec()).expect("memory");
+            w.write_payload(&inq).expect("memory");
+            w.write_payload(&outq).expect("memory");
+        }
         Layout::ShmSegment => {
             for i in 0..entries {
                 let mut m = filler.message(&desc("ipc_shm_entry"), 0, i);
