@@ -45,6 +45,8 @@ pub struct Opts {
     pub ghost_limit: u64,
     /// `--file-locks`: dump the locks files hold (refused otherwise).
     pub file_locks: bool,
+    /// `--tcp-established`: dump established TCP connections.
+    pub tcp_established: bool,
     /// `--leave-running`: the tree goes on after the dump, so nothing may
     /// be taken from it (such as a connection waiting to be accepted).
     pub leave_running: bool,
@@ -361,6 +363,10 @@ pub struct Table {
     tty_data: Vec<TtyDataEntry>,
     /// Dump: the tasks of the tree (to find pty masters).
     tree: Vec<Pid>,
+    /// Established TCP connections: (inode, state, receive and send
+    /// queues), and the sockets in repair mode meanwhile.
+    pub(crate) tcp_streams: Vec<(u32, stasis_proto::images::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
+    pub(crate) tcp_repaired: crate::tcp::Repaired,
     /// File locks, and the keys that keep each once.
     locks: Vec<FileLockEntry>,
     lock_keys: Vec<(u32, String, i64, i64, u32)>,
@@ -604,6 +610,12 @@ impl Table {
                 self.locks.push(e);
             }
         }
+    }
+
+    /// Dump: the tree was killed; the connections taken in repair mode die
+    /// in it.
+    pub fn keep_tcp_repair(&mut self) {
+        self.tcp_repaired.keep = true;
     }
 
     /// Note the controlling terminal of a session.
@@ -1003,6 +1015,13 @@ impl Table {
         if !self.tty_data.is_empty() {
             dir.write_all("TTY_DATA", 0, &self.tty_data)?;
         }
+        for (ino, e, inq, outq) in &self.tcp_streams {
+            let mut w = dir.create("TCP_STREAM", u64::from(*ino))?;
+            w.write(e)?;
+            w.write_payload(inq)?;
+            w.write_payload(outq)?;
+            w.finish()?;
+        }
         self.mqueues.write(dir)?;
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
@@ -1060,6 +1079,23 @@ impl Table {
             t.ttys = dir.read_all("TTY_INFO", 0)?;
         }
         t.mqueues = crate::mqueue::Queues::load(dir)?;
+        for e in &t.entries {
+            if let Some(Kind::Isk(s)) = &e.kind
+                && s.state == 1
+                && s.r#type == libc::SOCK_STREAM.cast_unsigned()
+            {
+                let mut r = dir.open_image("TCP_STREAM", u64::from(s.ino))?;
+                let path = r.path().to_owned();
+                let entry: stasis_proto::images::TcpStreamEntry =
+                    r.read_entry()?.ok_or_else(|| Error::BadImage {
+                        path,
+                        what: "empty".into(),
+                    })?;
+                let inq = r.read_payload(u64::from(entry.inq_len))?;
+                let outq = r.read_payload(u64::from(entry.outq_len))?;
+                t.tcp_streams.push((s.ino, entry, inq, outq));
+            }
+        }
         if dir.exists("TTY_DATA", 0) {
             t.tty_data = dir.read_all("TTY_DATA", 0)?;
         }

@@ -167,13 +167,29 @@ impl FileKind for InetSk {
         } else {
             TCP_CLOSE
         };
+        let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
         if ty == libc::SOCK_STREAM && state == TCP_ESTABLISHED {
-            return Err(Error::Unsupported {
+            if !table.opts.tcp_established {
+                return Err(Error::Unsupported {
+                    pid: cx.pid,
+                    what: format!(
+                        "{what}: an established TCP connection without --tcp-established,"
+                    ),
+                });
+            }
+            let keep = dup.try_clone().map_err(|err| Error::Proc {
                 pid: cx.pid,
-                what: format!(
-                    "{what}: an established TCP connection (TCP repair is not implemented yet),"
-                ),
-            });
+                path: what.clone(),
+                err,
+            })?;
+            crate::tcp::repair_on(dup.as_fd())
+                .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
+            table.tcp_repaired.fds.push(keep);
+            let (e, inq, outq) = crate::tcp::dump(&dup).map_err(Error::dump(
+                cx.pid,
+                format!("{what}: the connection's state"),
+            ))?;
+            table.tcp_streams.push((ino, e, inq, outq));
         }
         let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
         let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
@@ -192,7 +208,6 @@ impl FileKind for InetSk {
             so_broadcast: opt_bool(&dup, sockopt::Broadcast),
             ..SkOptsEntry::default()
         };
-        let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
         let backlog = if listening {
             let ask = || listen_backlog(family, ino);
             let got = match table.unix.netns_of {
@@ -287,7 +302,15 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .map_err(fail("socket"))?;
         let o = &u.opts;
         let set = |r: nix::Result<()>, step: &str| r.map_err(fail(step));
-        if o.reuseaddr == Some(true) {
+        let stream = cx
+            .table
+            .tcp_streams
+            .iter()
+            .find(|t| t.0 == u.ino && u.state == TCP_ESTABLISHED);
+        if let Some((_, e, _, _)) = stream {
+            crate::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
+        }
+        if o.reuseaddr == Some(true) || stream.is_some() {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
                 "SO_REUSEADDR",
@@ -341,6 +364,15 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 .unwrap_or(Backlog::MAXCONN);
             nix::sys::socket::listen(&s, backlog).map_err(fail("listen"))?;
         }
+        if let Some((_, e, inq, outq)) = stream {
+            let a = join(u.family, &u.dst_addr, u.dst_port).ok_or_else(|| Error::BadImage {
+                path: "files.img".into(),
+                what: format!("inet socket {}: no peer address", u.ino),
+            })?;
+            nix::sys::socket::connect(s.as_raw_fd(), &SockaddrStorage::from(a))
+                .map_err(fail("connect (repair)"))?;
+            crate::tcp::finish(&s, e, inq, outq).map_err(fail("TCP repair"))?;
+        }
         if ty == SockType::Datagram
             && u.dst_port != 0
             && let Some(a) = join(u.family, &u.dst_addr, u.dst_port)
@@ -351,6 +383,21 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         let fl = nix::fcntl::OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
         nix::fcntl::fcntl(s.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(fail("flags"))?;
         made.insert(u.id, s);
+    }
+    // Both ends of a connection exist now: out of repair mode.
+    for u in &all {
+        if cx
+            .table
+            .tcp_streams
+            .iter()
+            .any(|t| t.0 == u.ino && u.state == TCP_ESTABLISHED)
+            && let Some(s) = made.get(&u.id)
+        {
+            crate::tcp::repair_done(s.as_fd()).map_err(Error::restore(
+                pid,
+                format!("inet socket {} (leaving TCP repair)", u.ino),
+            ))?;
+        }
     }
     // Queued datagrams, from the socket that sent them when it is in the
     // images, to the receiver's address.

@@ -30,6 +30,7 @@ pub mod seize;
 pub mod signalfd;
 pub mod sys;
 pub mod task;
+pub mod tcp;
 pub mod timerfd;
 pub mod timers;
 pub mod tty;

@@ -107,7 +107,7 @@ struct DumpArgs {
     /// without it, a held lock is refused)
     #[arg(short = 'l', long)]
     file_locks: bool,
-    /// Allow established TCP connections (CRIU's option; sockets are refused until stasis restores them)
+    /// Dump established TCP connections (TCP repair; without it, one is refused)
     #[arg(long)]
     tcp_established: bool,
 }
@@ -219,9 +219,8 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         timeout: std::time::Duration::from_secs(a.timeout.max(1)),
         ghost_limit: a.ghost_limit,
         file_locks: a.file_locks,
+        tcp_established: a.tcp_established,
     };
-    // Accepted for CRIU's callers; TCP sockets are refused by kind, with the fd named.
-    let _ = a.tcp_established;
     let stats = dump::dump(&opts)?;
     drop(bar);
     tracing::info!(?stats, "dump finished");

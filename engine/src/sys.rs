@@ -873,6 +873,54 @@ pub fn getsockopt_int(
     Errno::result(ret).map(|_| v)
 }
 
+/// A socket option read as bytes (at most `len`).
+pub fn getsockopt_bytes(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    len: usize,
+) -> Result<Vec<u8>, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; len];
+    let mut l = libc::socklen_t::try_from(len).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the kernel writes at most `l` bytes into `buf`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &raw mut l,
+        )
+    };
+    Errno::result(ret)?;
+    buf.truncate(usize::try_from(l).unwrap_or(0));
+    Ok(buf)
+}
+
+/// Set a socket option from bytes.
+pub fn setsockopt_bytes(
+    fd: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    v: &[u8],
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let l = libc::socklen_t::try_from(v.len()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the kernel reads `l` bytes from `v` during the call.
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, v.as_ptr().cast(), l) };
+    Errno::result(ret).map(drop)
+}
+
+/// An ioctl that writes an int (SIOCINQ, SIOCOUTQ, ...).
+pub fn ioctl_int_get(fd: std::os::fd::BorrowedFd<'_>, req: u64) -> Result<i32, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int through the valid pointer.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, &raw mut v) })?;
+    Ok(v)
+}
+
 /// Set an int socket option.
 pub fn setsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,

@@ -37,6 +37,8 @@ pub struct Opts {
     pub ghost_limit: u64,
     /// `--file-locks`: dump the file locks held (refused otherwise).
     pub file_locks: bool,
+    /// `--tcp-established`: dump established TCP connections (TCP repair).
+    pub tcp_established: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<Progress>,
 }
@@ -80,6 +82,8 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
                 tree.release();
             } else {
                 tree.kill();
+                // The connections die in repair mode: no FIN, no RST.
+                files.keep_tcp_repair();
                 // Data of connections nobody accepted can be read only now.
                 files.after_kill()?;
             }
@@ -163,6 +167,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         ghost_limit: opts.ghost_limit,
         leave_running: opts.leave_running,
         file_locks: opts.file_locks,
+        tcp_established: opts.tcp_established,
     };
     crate::progress::report(
         opts.progress.as_ref(),
