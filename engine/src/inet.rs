@@ -147,10 +147,14 @@ impl FileKind for InetSk {
         let family = int(libc::SO_DOMAIN)?.cast_unsigned();
         let ty = int(libc::SO_TYPE)?;
         let proto = int(libc::SO_PROTOCOL)?.cast_unsigned();
-        if ty != libc::SOCK_STREAM && ty != libc::SOCK_DGRAM {
+        let tcp_or_udp = (ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP.cast_unsigned())
+            || (ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP.cast_unsigned());
+        if !tcp_or_udp {
             return Err(Error::Unsupported {
                 pid: cx.pid,
-                what: format!("{what}: a raw or packet inet socket,"),
+                what: format!(
+                    "{what}: an inet socket other than TCP or UDP (raw, ICMP, SCTP, ...),"
+                ),
             });
         }
         let local = nix::sys::socket::getsockname::<SockaddrStorage>(dup.as_raw_fd())
@@ -307,10 +311,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .tcp_streams
             .iter()
             .find(|t| t.0 == u.ino && u.state == TCP_ESTABLISHED);
-        if let Some((_, e, _, _)) = stream {
-            crate::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
-        }
-        if o.reuseaddr == Some(true) || stream.is_some() {
+        if o.reuseaddr == Some(true) {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
                 "SO_REUSEADDR",
@@ -351,6 +352,11 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)),
                 "SO_RCVBUF",
             )?;
+        }
+        // Repair mode, last before bind: it lets a connection share its port
+        // with a listener (SO_REUSEADDR set later would undo that).
+        if let Some((_, e, _, _)) = stream {
+            crate::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
         }
         if u.src_port != 0
             && let Some(a) = join(u.family, &u.src_addr, u.src_port)
@@ -397,6 +403,12 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 pid,
                 format!("inet socket {} (leaving TCP repair)", u.ino),
             ))?;
+            // Leaving repair mode clears SO_REUSEADDR.
+            if u.opts.reuseaddr == Some(true) {
+                nix::sys::socket::setsockopt(s, sockopt::ReuseAddr, &true).map_err(
+                    Error::restore(pid, format!("inet socket {} (SO_REUSEADDR)", u.ino)),
+                )?;
+            }
         }
     }
     // Queued datagrams, from the socket that sent them when it is in the

@@ -991,3 +991,98 @@ fn python_repl_on_a_pty_answers_after_restore() {
     nix::unistd::write(master.as_fd(), b"\x03").expect("type ^C");
     read_until(&master, "KeyboardInterrupt", 20);
 }
+
+/// redis-server, installed from Debian's package if it is missing.
+fn need_redis() {
+    let have = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        let out = Command::new("apt-get")
+            .args(["install", "-y", "-q", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .expect("run apt-get");
+        assert!(
+            out.status.success(),
+            "installing redis-server failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn redis_and_its_connected_client_survive_in_their_network_namespace() {
+    need_root();
+    need_redis();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let script = tmp.path().join("redis_tree.py");
+    // In a network namespace of its own: redis-server, and a client that
+    // stores 1000 keys over one connection, then (on SIGUSR1) uses the
+    // same connection again.
+    std::fs::write(
+        &script,
+        "import os, socket, subprocess, sys, time, signal\n\
+         out = sys.argv[1]; port = 6390\n\
+         import fcntl, struct\n\
+         lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         flags = struct.unpack('16sh', fcntl.ioctl(lo, 0x8913, struct.pack('16sh', b'lo', 0)))[1]\n\
+         fcntl.ioctl(lo, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n\
+         srv = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1', '--save', '',\n\
+         \x20   '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no'],\n\
+         \x20   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+         for _ in range(400):\n\
+         \x20   try:\n\
+         \x20       c = socket.create_connection(('127.0.0.1', port)); break\n\
+         \x20   except OSError:\n\
+         \x20       time.sleep(0.05)\n\
+         def cmd(*args):\n\
+         \x20   m = b'*%d\\r\\n' % len(args) + b''.join(b'$%d\\r\\n%s\\r\\n' % (len(a), a) for a in args)\n\
+         \x20   c.sendall(m); return c.recv(65536)\n\
+         for i in range(1000):\n\
+         \x20   cmd(b'SET', b'key:%d' % i, b'value-%d' % (i * i))\n\
+         asked = []\n\
+         signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))\n\
+         def say(s):\n\
+         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
+         say('ready')\n\
+         while not asked:\n\
+         \x20   time.sleep(0.02)\n\
+         r = [cmd(b'GET', b'key:777'), cmd(b'DBSIZE'), cmd(b'SET', b'after', b'restore'), cmd(b'GET', b'after')]\n\
+         say('ok ' + ' '.join(x.decode().strip().replace('\\r\\n', '|') for x in r))\n",
+    )
+    .expect("write script");
+    let img = images(tmp.path(), "img");
+    let mut job = Job::start(&format!(
+        "exec unshare -n python3 {} {}",
+        script.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 60);
+    let dump = run(&[
+        "dump",
+        "-t",
+        &job.pgid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+        "--tcp-established",
+        "-o",
+        "dump.log",
+        "-v4",
+    ]);
+    assert!(
+        dump.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    job.reap();
+    std::fs::remove_file(&out).expect("remove ready file");
+    restore_ok(&img);
+    let got = ask(job.pgid, &out, 20);
+    assert_eq!(
+        got, "ok $12|value-603729 :1000 +OK $7|restore",
+        "what the client got from redis over its old connection"
+    );
+}

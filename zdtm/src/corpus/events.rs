@@ -45,6 +45,12 @@ pub(crate) const TESTS: &[Test] = &[
         inotify_wds,
     ),
     Test::new(
+        "fanotify00",
+        Events,
+        "fanotify mark reports an open after restore",
+        fanotify00,
+    ),
+    Test::new(
         "epoll-nested",
         Events,
         "an epoll set watching another epoll set",
@@ -318,5 +324,41 @@ fn epoll_closed_tfd(t: &mut Ctx) -> Res {
     let mut events = [EpollEvent::empty(); 2];
     let n = ep.wait(&mut events, 0u8).or_fail("epoll_wait")?;
     ensure_eq!("ready events", (n, events[0].data()), (1, 0x77));
+    Ok(())
+}
+
+fn fanotify00(t: &mut Ctx) -> Res {
+    use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+    let file = t.mkdir()?.join("watched");
+    std::fs::write(&file, "x").or_fail("create")?;
+    let fa = Fanotify::init(
+        InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_NONBLOCK | InitFlags::FAN_CLOEXEC,
+        EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
+    )
+    .or_fail("fanotify_init")?;
+    fa.mark(
+        MarkFlags::FAN_MARK_ADD,
+        MaskFlags::FAN_OPEN,
+        nix::fcntl::AT_FDCWD,
+        Some(&file),
+    )
+    .or_fail("fanotify_mark")?;
+    t.wait("removed the mark", || {
+        fa.mark(
+            MarkFlags::FAN_MARK_REMOVE,
+            MaskFlags::FAN_OPEN,
+            nix::fcntl::AT_FDCWD,
+            Some(&file),
+        )
+        .or_fail("fanotify_mark remove")
+    })?;
+    let _ = std::fs::read(&file).or_fail("open the watched file")?;
+    let events = fa.read_events().or_fail("read events")?;
+    ensure!(
+        events
+            .iter()
+            .any(|e| e.mask().contains(MaskFlags::FAN_OPEN)),
+        "no FAN_OPEN event after opening the watched file"
+    );
     Ok(())
 }

@@ -122,6 +122,7 @@ pub(crate) const TESTS: &[Test] = &[
         file_lock_refused,
     )
     .crfail(),
+    Test::new("file-lease", Files, "a read lease on a file", file_lease).opts(&["--file-locks"]),
     Test::new(
         "file-ofd-lock",
         Files,
@@ -651,5 +652,23 @@ fn file_lock_refused(t: &mut Ctx) -> Res {
     })?;
     let info = fdinfo(&f)?;
     ensure!(info.contains("FLOCK"), "the lock is gone: {info:?}");
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn lease(fd: &impl AsFd, cmd: i32, arg: i32) -> Res<i32> {
+    // SAFETY: F_SETLEASE / F_GETLEASE take an int argument.
+    let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), cmd, arg) };
+    nix::errno::Errno::result(r).or_fail("lease fcntl")
+}
+
+fn file_lease(t: &mut Ctx) -> Res {
+    drop(rw_file(t, b"leased")?);
+    let f = File::open(t.filename()).or_fail("open read-only")?;
+    lease(&f, libc::F_SETLEASE, libc::F_RDLCK)?;
+    t.wait("dropped the lease", || {
+        lease(&f, libc::F_SETLEASE, libc::F_UNLCK).map(drop)
+    })?;
+    ensure_eq!("lease", lease(&f, libc::F_GETLEASE, 0)?, libc::F_RDLCK);
     Ok(())
 }

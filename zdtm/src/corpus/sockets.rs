@@ -104,6 +104,24 @@ pub(crate) const TESTS: &[Test] = &[
         udp6_connected,
     ),
     Test::new(
+        "netlink-route",
+        Inet,
+        "a NETLINK_ROUTE socket subscribed to link events",
+        netlink_route,
+    ),
+    Test::new(
+        "packet-raw",
+        Inet,
+        "an AF_PACKET socket bound to lo in the test's netns",
+        packet_raw,
+    ),
+    Test::new(
+        "icmp-raw",
+        Inet,
+        "a raw ICMP socket in the test's netns",
+        icmp_raw,
+    ),
+    Test::new(
         "tcp-established",
         Inet,
         "established TCP connection with unread data",
@@ -534,5 +552,66 @@ fn udp6_connected(t: &mut Ctx) -> Res {
     a.set_nonblocking(false).or_fail("blocking")?;
     let n = a.recv(&mut buf).or_fail("recv a")?;
     ensure_eq!("new datagram", &buf[..n], b"after");
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn raw_socket(domain: i32, ty: i32, proto: i32) -> Res<OwnedFd> {
+    // SAFETY: socket returns a new fd or -1.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    nix::errno::Errno::result(fd).or_fail("socket")?;
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+fn netlink_route(t: &mut Ctx) -> Res {
+    use nix::sys::socket::{NetlinkAddr, bind};
+    let s = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    bind(s.as_raw_fd(), &NetlinkAddr::new(0, 1)).or_fail("bind RTMGRP_LINK")?;
+    t.wait("replaced it by an unsubscribed one", || {
+        let other = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+        dup_over(&other, &s)
+    })?;
+    let name = getsockname::<NetlinkAddr>(s.as_raw_fd()).or_fail("getsockname")?;
+    ensure_eq!("groups", name.groups(), 1);
+    Ok(())
+}
+
+fn packet_raw(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let s = raw_socket(
+        libc::AF_PACKET,
+        libc::SOCK_RAW,
+        i32::from(u16::try_from(libc::ETH_P_ALL).unwrap_or(3).to_be()),
+    )?;
+    t.wait("replaced it by a UDP socket", || {
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("bind")?;
+        dup_over(&other, &s)
+    })?;
+    ensure_eq!(
+        "socket family",
+        nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::SockType).or_fail("SO_TYPE")?,
+        SockType::Raw
+    );
+    ensure_eq!(
+        "address family",
+        super::util::sockopt_int(&s, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        libc::AF_PACKET
+    );
+    Ok(())
+}
+
+fn icmp_raw(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let s = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+    t.wait("replaced it by a UDP socket", || {
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("bind")?;
+        dup_over(&other, &s)
+    })?;
+    ensure_eq!(
+        "protocol",
+        super::util::sockopt_int(&s, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+        libc::IPPROTO_ICMP
+    );
     Ok(())
 }

@@ -296,3 +296,22 @@ pub fn unblock_sigs(sigs: &[i32]) {
     // SAFETY: a valid set pointer; only this thread's mask changes.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const s, std::ptr::null_mut()) };
 }
+
+/// An int socket option.
+#[allow(unsafe_code)]
+pub fn sockopt_int(fd: &impl AsFd, level: i32, name: i32) -> Res<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the kernel writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(r).or_fail("getsockopt")?;
+    Ok(v)
+}
