@@ -45,6 +45,12 @@ pub(crate) const TESTS: &[Test] = &[
         inotify_wds,
     ),
     Test::new(
+        "signalfd-thread",
+        Events,
+        "a thread's signalfd reads a signal pending on that thread",
+        signalfd_thread,
+    ),
+    Test::new(
         "fanotify00",
         Events,
         "fanotify mark reports an open after restore",
@@ -361,4 +367,61 @@ fn fanotify00(t: &mut Ctx) -> Res {
         "no FAN_OPEN event after opening the watched file"
     );
     Ok(())
+}
+
+fn signalfd_thread(t: &mut Ctx) -> Res {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    let s = sigrt(5);
+    let tid = AtomicI32::new(0);
+    let (verify, sab) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| -> Res {
+            super::util::block_sigs(&[s]);
+            let set = super::util::sigset(&[s]);
+            // SAFETY: a valid mask pointer; returns a new fd.
+            let fd = unsafe {
+                libc::signalfd(-1, &raw const set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+            };
+            nix::errno::Errno::result(fd).or_fail("signalfd")?;
+            // SAFETY: a fresh fd we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            tid.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
+            loop {
+                if sab.swap(false, Ordering::SeqCst) {
+                    read_n(&fd, 128).map(drop)?;
+                }
+                if verify.load(Ordering::SeqCst) {
+                    let b = read_n(&fd, 128)?;
+                    ensure_eq!("signalfd_siginfo size", b.len(), 128);
+                    let signo = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                    ensure_eq!("ssi_signo", signo, u32::try_from(s).unwrap_or(0));
+                    return Ok(());
+                }
+                crate::testlib::nap(20);
+            }
+        });
+        while tid.load(Ordering::SeqCst) == 0 {
+            crate::testlib::nap(1);
+        }
+        // SAFETY: tgkill to a thread of this process with a blocked signal.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                nix::unistd::getpid().as_raw(),
+                tid.load(Ordering::SeqCst),
+                s,
+            )
+        };
+        nix::errno::Errno::result(r).or_fail("tgkill")?;
+        let waited = t.wait("read the signal early", || {
+            sab.store(true, Ordering::SeqCst);
+            crate::testlib::nap(100);
+            Ok(())
+        });
+        verify.store(true, Ordering::SeqCst);
+        let res = h
+            .join()
+            .unwrap_or_else(|_| Err(crate::testlib::Fail::Sys("the thread panicked".into())));
+        waited.and(res)
+    })
 }
