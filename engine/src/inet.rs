@@ -14,7 +14,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, sockopt,
 };
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, InetSkEntry, SkOptsEntry};
+use stasis_proto::images::{FdTypes, FownEntry, InetSkEntry, IpOptsEntry, SkOptsEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -210,8 +210,18 @@ impl FileKind for InetSk {
             so_reuseport: opt_bool(&dup, sockopt::ReusePort),
             so_keepalive: opt_bool(&dup, sockopt::KeepAlive),
             so_broadcast: opt_bool(&dup, sockopt::Broadcast),
+            so_linger: nix::sys::socket::getsockopt(&dup, sockopt::Linger)
+                .ok()
+                .filter(|l| l.l_onoff != 0)
+                .and_then(|l| u32::try_from(l.l_linger).ok()),
+            so_bound_dev: nix::sys::socket::getsockopt(&dup, sockopt::BindToDevice)
+                .ok()
+                .map(|d| d.to_string_lossy().into_owned())
+                .filter(|d| !d.is_empty()),
             ..SkOptsEntry::default()
         };
+        let freebind = family == libc::AF_INET.cast_unsigned()
+            && opt_bool(&dup, sockopt::IpFreebind) == Some(true);
         let backlog = if listening {
             let ask = || listen_backlog(family, ino);
             let got = match table.unix.netns_of {
@@ -249,7 +259,10 @@ impl FileKind for InetSk {
             v6only: (family == libc::AF_INET6.cast_unsigned())
                 .then(|| opt_bool(&dup, sockopt::Ipv6V6Only))
                 .flatten(),
-            ip_opts: None,
+            ip_opts: freebind.then_some(IpOptsEntry {
+                freebind: Some(true),
+                raw: None,
+            }),
             ifname: None,
             ns_id: None,
             shutdown: None,
@@ -351,6 +364,34 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)),
                 "SO_RCVBUF",
+            )?;
+        }
+        // Before bind: a non-local address needs IP_FREEBIND, a device
+        // binding limits which addresses and routes apply.
+        if u.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true) {
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::IpFreebind, &true),
+                "IP_FREEBIND",
+            )?;
+        }
+        if let Some(dev) = o.so_bound_dev.as_deref() {
+            set(
+                nix::sys::socket::setsockopt(
+                    &s,
+                    sockopt::BindToDevice,
+                    &std::ffi::OsString::from(dev),
+                ),
+                "SO_BINDTODEVICE",
+            )?;
+        }
+        if let Some(secs) = o.so_linger {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: i32::try_from(secs).unwrap_or(i32::MAX),
+            };
+            set(
+                nix::sys::socket::setsockopt(&s, sockopt::Linger, &l),
+                "SO_LINGER",
             )?;
         }
         // Repair mode, last before bind: it lets a connection share its port

@@ -104,6 +104,12 @@ pub(crate) const TESTS: &[Test] = &[
         udp6_connected,
     ),
     Test::new(
+        "inet-opts",
+        Inet,
+        "a listener on a non-local address (IP_FREEBIND), bound to lo, with SO_LINGER",
+        inet_opts,
+    ),
+    Test::new(
         "netlink-route",
         Inet,
         "a NETLINK_ROUTE socket subscribed to link events",
@@ -613,5 +619,49 @@ fn icmp_raw(t: &mut Ctx) -> Res {
         super::util::sockopt_int(&s, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
         libc::IPPROTO_ICMP
     );
+    Ok(())
+}
+
+fn inet_opts(t: &mut Ctx) -> Res {
+    use nix::sys::socket::{Backlog, SockaddrIn, bind, getsockopt, listen, setsockopt, sockopt};
+    new_netns()?;
+    let s = raw_socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    setsockopt(&s, sockopt::IpFreebind, &true).or_fail("IP_FREEBIND")?;
+    setsockopt(&s, sockopt::BindToDevice, &std::ffi::OsString::from("lo"))
+        .or_fail("SO_BINDTODEVICE")?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 7,
+    };
+    setsockopt(&s, sockopt::Linger, &linger).or_fail("SO_LINGER")?;
+    // 10.99.0.1 is no address of this namespace: only IP_FREEBIND allows it.
+    let addr: SockaddrIn = "10.99.0.1:5003"
+        .parse::<std::net::SocketAddrV4>()
+        .or_fail("addr")?
+        .into();
+    bind(s.as_raw_fd(), &addr).or_fail("bind")?;
+    listen(&s, Backlog::new(5).or_fail("backlog")?).or_fail("listen")?;
+    t.wait("replaced it by a plain listener", || {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").or_fail("bind")?;
+        dup_over(&other, &s)
+    })?;
+    ensure_eq!(
+        "local address",
+        getsockname::<SockaddrIn>(s.as_raw_fd())
+            .or_fail("getsockname")?
+            .to_string(),
+        "10.99.0.1:5003"
+    );
+    ensure!(
+        getsockopt(&s, sockopt::IpFreebind).or_fail("IP_FREEBIND")?,
+        "IP_FREEBIND lost"
+    );
+    ensure_eq!(
+        "bound device",
+        getsockopt(&s, sockopt::BindToDevice).or_fail("SO_BINDTODEVICE")?,
+        std::ffi::OsString::from("lo")
+    );
+    let l = getsockopt(&s, sockopt::Linger).or_fail("SO_LINGER")?;
+    ensure_eq!("linger", (l.l_onoff, l.l_linger), (1, 7));
     Ok(())
 }
