@@ -76,20 +76,13 @@ pub fn open_in_task(r: &Remote, e: &PidfdEntry, target: i32, cloexec: bool) -> R
         ],
     )?;
     let target = u64::from(target.cast_unsigned());
-    if fd != target {
-        let cl = if cloexec { libc::O_CLOEXEC } else { 0 };
-        r.call(
-            "dup3",
-            nr::DUP3,
-            [fd, target, cl.cast_unsigned().into(), 0, 0, 0],
-        )?;
-        r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    } else if !cloexec {
+    if fd == target && !cloexec {
+        // pidfd_open gives a close-on-exec fd; this one was not.
         r.call(
             "fcntl(F_SETFD)",
             nr::FCNTL,
             [fd, libc::F_SETFD.cast_unsigned().into(), 0, 0, 0, 0],
         )?;
     }
-    Ok(())
+    r.move_fd(fd, target, cloexec)
 }

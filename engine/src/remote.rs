@@ -12,7 +12,7 @@ use nix::sys::ptrace;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use stasis_arch::x86::Regs;
+use stasis_arch::x86::{Regs, nr};
 
 use crate::error::{EngineError as Error, Result};
 use crate::sys;
@@ -128,6 +128,21 @@ impl Remote {
                 }
             })
             .collect()
+    }
+
+    /// Move fd `fd` of the task to number `target` (dup3 with or without
+    /// close-on-exec, then close `fd`); nothing when they are the same.
+    pub fn move_fd(&self, fd: u64, target: u64, cloexec: bool) -> Result<()> {
+        if fd == target {
+            return Ok(());
+        }
+        let cl = if cloexec { libc::O_CLOEXEC } else { 0 };
+        self.call(
+            "dup3",
+            nr::DUP3,
+            [fd, target, cl.cast_unsigned().into(), 0, 0, 0],
+        )?;
+        self.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]).map(drop)
     }
 
     /// As [`Remote::new`], where `insn` is followed by an `int3`: the thread

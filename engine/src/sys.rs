@@ -913,7 +913,7 @@ pub fn setsockopt_bytes(
 }
 
 /// An ioctl that writes an int (SIOCINQ, SIOCOUTQ, ...).
-pub fn ioctl_int_get(fd: std::os::fd::BorrowedFd<'_>, req: u64) -> Result<i32, Errno> {
+pub fn ioctl_int_get(fd: std::os::fd::BorrowedFd<'_>, req: libc::c_ulong) -> Result<i32, Errno> {
     use std::os::fd::AsRawFd;
     let mut v: libc::c_int = 0;
     // SAFETY: the ioctl writes one int through the valid pointer.

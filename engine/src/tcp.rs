@@ -13,17 +13,12 @@ use stasis_proto::images::TcpStreamEntry;
 
 use crate::sys;
 
-const SOL_TCP: i32 = 6;
-const TCP_NODELAY: i32 = 1;
-const TCP_MAXSEG: i32 = 2;
-const TCP_CORK: i32 = 3;
-const TCP_INFO: i32 = 11;
-const TCP_REPAIR: i32 = 19;
-const TCP_REPAIR_QUEUE: i32 = 20;
-const TCP_QUEUE_SEQ: i32 = 21;
-const TCP_REPAIR_OPTIONS: i32 = 22;
-const TCP_TIMESTAMP: i32 = 24;
-const TCP_REPAIR_WINDOW: i32 = 29;
+use libc::{
+    SOL_TCP, TCP_CORK, TCP_INFO, TCP_MAXSEG, TCP_NODELAY, TCP_QUEUE_SEQ, TCP_REPAIR,
+    TCP_REPAIR_OPTIONS, TCP_REPAIR_QUEUE, TCP_REPAIR_WINDOW, TCP_TIMESTAMP,
+};
+
+// What libc does not name (linux/tcp.h, linux/sockios.h).
 const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 /// Leave repair mode without sending a window probe.
@@ -36,9 +31,10 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 const TCPI_OPT_TIMESTAMPS: u32 = 1;
 const TCPI_OPT_SACK: u32 = 2;
 const TCPI_OPT_WSCALE: u32 = 4;
-const SIOCINQ: u64 = 0x541B;
-const SIOCOUTQ: u64 = 0x5411;
-const SIOCOUTQNSD: u64 = 0x894B;
+/// Bytes to read, bytes not yet acknowledged, bytes not yet sent.
+const SIOCINQ: libc::c_ulong = libc::FIONREAD;
+const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ;
+const SIOCOUTQNSD: libc::c_ulong = libc::SIOCOUTQNSD;
 
 fn set(fd: BorrowedFd<'_>, name: i32, v: i32) -> Result<(), Errno> {
     sys::setsockopt_int(fd, SOL_TCP, name, v)

@@ -709,28 +709,20 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             !embryos.contains(&p.ino)
                 && (ty != SockType::Datagram || u.name.is_empty() && p.name.is_empty())
         });
+        let pair = || {
+            nix::sys::socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
+                .map_err(fail(u, "socketpair"))
+        };
         match paired {
             Some(p) => {
-                let (a, b) = nix::sys::socket::socketpair(
-                    AddressFamily::Unix,
-                    ty,
-                    None,
-                    SockFlag::SOCK_CLOEXEC,
-                )
-                .map_err(fail(u, "socketpair"))?;
+                let (a, b) = pair()?;
                 made.insert(u.id, a);
                 made.insert(p.id, b);
             }
             // Connected to a peer that is gone: the other end of a pair,
             // closed once the data it sent is queued.
             None if u.state == TCP_ESTABLISHED && u.peer == 0 && ty != SockType::Datagram => {
-                let (a, b) = nix::sys::socket::socketpair(
-                    AddressFamily::Unix,
-                    ty,
-                    None,
-                    SockFlag::SOCK_CLOEXEC,
-                )
-                .map_err(fail(u, "socketpair"))?;
+                let (a, b) = pair()?;
                 made.insert(u.id, a);
                 gone_peers.insert(u.id, b);
             }

@@ -384,16 +384,16 @@ fn wait_file(file: &Path, prefixes: &[&str], secs: u64) -> String {
 }
 
 fn dump_ok(pid: i32, img: &Path) {
-    let out = run(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        img.to_str().expect("utf8"),
-        "-o",
-        "dump.log",
-        "-v4",
-    ]);
+    dump_ok_with(pid, img, &[]);
+}
+
+/// `stasis dump` of `pid` into `img` with `extra` options; it must succeed.
+fn dump_ok_with(pid: i32, img: &Path, extra: &[&str]) {
+    let pid = pid.to_string();
+    let mut args = vec!["dump", "-t", &pid, "-D", img.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-o", "dump.log", "-v4"]);
+    let out = run(&args);
     assert!(
         out.status.success(),
         "dump failed: {}",
@@ -402,15 +402,15 @@ fn dump_ok(pid: i32, img: &Path) {
 }
 
 fn restore_ok(img: &Path) {
-    let out = run(&[
-        "restore",
-        "-D",
-        img.to_str().expect("utf8"),
-        "-d",
-        "-o",
-        "restore.log",
-        "-v4",
-    ]);
+    restore_ok_with(img, &[]);
+}
+
+/// `stasis restore -d` from `img` with `extra` options; it must succeed.
+fn restore_ok_with(img: &Path, extra: &[&str]) {
+    let mut args = vec!["restore", "-D", img.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-d", "-o", "restore.log", "-v4"]);
+    let out = run(&args);
     assert!(
         out.status.success(),
         "restore failed: {}",
@@ -952,38 +952,9 @@ fn python_repl_on_a_pty_answers_after_restore() {
     read_until(&master, ">>> ", 20);
     nix::unistd::write(master.as_fd(), b"x = 6 * 7\n").expect("type");
     read_until(&master, ">>> ", 20);
-    let out = run(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        img.to_str().expect("utf8"),
-        "--shell-job",
-        "-o",
-        "dump.log",
-        "-v4",
-    ]);
-    assert!(
-        out.status.success(),
-        "dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dump_ok_with(pid, &img, &["--shell-job"]);
     job.reap();
-    let out = run(&[
-        "restore",
-        "-D",
-        img.to_str().expect("utf8"),
-        "--shell-job",
-        "-d",
-        "-o",
-        "restore.log",
-        "-v4",
-    ]);
-    assert!(
-        out.status.success(),
-        "restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    restore_ok_with(&img, &["--shell-job"]);
     nix::unistd::write(master.as_fd(), b"print(x + 1)\n").expect("type");
     let got = read_until(&master, "43", 20);
     assert!(got.contains("43"), "the REPL answered {got:?}");
@@ -1061,22 +1032,7 @@ fn redis_and_its_connected_client_survive_in_their_network_namespace() {
         out.display()
     ));
     wait_file(&out, &["ready"], 60);
-    let dump = run(&[
-        "dump",
-        "-t",
-        &job.pgid.to_string(),
-        "-D",
-        img.to_str().expect("utf8"),
-        "--tcp-established",
-        "-o",
-        "dump.log",
-        "-v4",
-    ]);
-    assert!(
-        dump.status.success(),
-        "dump failed: {}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
+    dump_ok_with(job.pgid, &img, &["--tcp-established"]);
     job.reap();
     std::fs::remove_file(&out).expect("remove ready file");
     restore_ok(&img);

@@ -34,13 +34,10 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_NEW_IFINDEX: u16 = 49;
-const SOL_TCP: i32 = 6;
-const TCP_REPAIR: i32 = 19;
-const TCP_REPAIR_QUEUE: i32 = 20;
-const TCP_QUEUE_SEQ: i32 = 21;
-const TCP_REPAIR_OPTIONS: i32 = 22;
-const TCP_TIMESTAMP: i32 = 24;
-const TCP_REPAIR_WINDOW: i32 = 29;
+use libc::{
+    SOL_TCP, TCP_QUEUE_SEQ, TCP_REPAIR, TCP_REPAIR_OPTIONS, TCP_REPAIR_QUEUE, TCP_REPAIR_WINDOW,
+    TCP_TIMESTAMP,
+};
 
 fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
     let mut m = [0u8; 16];

@@ -714,15 +714,7 @@ fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<
             ],
         )?;
         let target = u64::from(target.cast_unsigned());
-        if fd != target {
-            let cl = if cloexec { libc::O_CLOEXEC } else { 0 };
-            r.call(
-                "dup3",
-                nr::DUP3,
-                [fd, target, cl.cast_unsigned().into(), 0, 0, 0],
-            )?;
-            r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-        }
+        r.move_fd(fd, target, cloexec)?;
         if reg.pos != 0 {
             r.call("lseek", nr::LSEEK, [target, reg.pos, 0, 0, 0, 0])?;
         }
