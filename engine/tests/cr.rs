@@ -915,6 +915,27 @@ fn read_until(master: &nix::pty::PtyMaster, want: &str, secs: u64) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Wait (up to 10 s) until `pid` sleeps in select()/pselect6().
+fn wait_in_select(pid: i32) {
+    let t = Instant::now();
+    loop {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let nr = call.split(' ').next().and_then(|n| n.parse::<i64>().ok());
+        #[cfg(target_arch = "x86_64")]
+        let select = nr == Some(libc::SYS_select);
+        #[cfg(not(target_arch = "x86_64"))]
+        let select = false;
+        if select || nr == Some(libc::SYS_pselect6) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "pid {pid} never waits in select(); it is in {call:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn python_repl_on_a_pty_answers_after_restore() {
     use nix::fcntl::OFlag;
@@ -956,8 +977,12 @@ fn python_repl_on_a_pty_answers_after_restore() {
     job.reap();
     restore_ok_with(&img, &["--shell-job"]);
     nix::unistd::write(master.as_fd(), b"print(x + 1)\n").expect("type");
-    let got = read_until(&master, "43", 20);
+    let got = read_until(&master, "43\r\n>>> ", 20);
     assert!(got.contains("43"), "the REPL answered {got:?}");
+    // Python checks for signals only when select() is interrupted: a SIGINT
+    // that comes between printing the prompt and entering select() is seen
+    // only after the next line. Wait until it sleeps in select().
+    wait_in_select(pid);
     // ^C reaches it as SIGINT only through its controlling terminal.
     nix::unistd::write(master.as_fd(), b"\x03").expect("type ^C");
     read_until(&master, "KeyboardInterrupt", 20);
