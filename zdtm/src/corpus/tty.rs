@@ -92,7 +92,11 @@ fn pty_termios(t: &mut Ctx) -> Res {
     tio.control_chars[SpecialCharacterIndices::VMIN as usize] = 3;
     tio.control_chars[SpecialCharacterIndices::VTIME as usize] = 7;
     tio.control_chars[SpecialCharacterIndices::VINTR as usize] = 0x01;
-    termios::cfsetspeed(&mut tio, termios::BaudRate::B9600).or_fail("cfsetspeed")?;
+    // The speed bits by hand: libc's cfsetspeed links to a versioned
+    // glibc symbol that static builds (the cross-arch VMs) lack.
+    tio.control_flags = termios::ControlFlags::from_bits_retain(
+        (tio.control_flags.bits() & !libc::CBAUD) | libc::B9600,
+    );
     termios::tcsetattr(&s, SetArg::TCSANOW, &tio).or_fail("tcsetattr")?;
     let want = termios::tcgetattr(&s).or_fail("tcgetattr")?;
     t.wait("turned echo back on", || {
@@ -106,8 +110,8 @@ fn pty_termios(t: &mut Ctx) -> Res {
     ensure_eq!("control chars", got.control_chars, want.control_chars);
     ensure_eq!(
         "speed",
-        termios::cfgetospeed(&got),
-        termios::BaudRate::B9600
+        got.control_flags.bits() & libc::CBAUD,
+        libc::B9600
     );
     Ok(())
 }
