@@ -84,6 +84,11 @@ impl FdCtx<'_> {
         self.fd.field(key).ok_or_else(|| self.format_err(key))
     }
 
+    /// A failed step of dumping the file (`what` names the step).
+    pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + use<> {
+        Error::dump(self.pid, format!("fd {} ({what})", self.fd.fd))
+    }
+
     /// fdinfo did not show `what` as expected.
     pub fn format_err(&self, what: &str) -> Error {
         Error::ProcFormat {

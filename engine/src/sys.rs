@@ -970,19 +970,38 @@ extern "C" fn no_op_handler(_: libc::c_int) {}
 /// Give `sig` a disposition: default, ignored, or caught (by a handler that
 /// does nothing; used for zombies, whose own handlers are gone).
 pub fn set_disposition(sig: i32, ignore: bool, catch: bool) {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let Ok(s) = Signal::try_from(sig) else {
-        return;
-    };
-    let h = if catch {
-        SigHandler::Handler(no_op_handler)
-    } else if ignore {
-        SigHandler::SigIgn
+    // The kernel's struct sigaction: glibc's sigaction() refuses the
+    // signals it keeps for itself (32, 33), which a zombie may ignore.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let handler = if catch {
+        no_op_handler as extern "C" fn(libc::c_int) as usize
     } else {
-        SigHandler::SigDfl
+        usize::from(ignore)
     };
-    // SAFETY: the handler is async-signal-safe (it does nothing).
-    let _ = unsafe { sigaction(s, &SigAction::new(h, SaFlags::empty(), SigSet::empty())) };
+    let sa = KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: `sa` outlives the call and has the kernel's layout; the
+    // handler is async-signal-safe (it does nothing) and never runs in a
+    // zombie, which exits right after.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &raw const sa,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
 }
 
 /// Set the calling thread's name (PR_SET_NAME).

@@ -2,7 +2,10 @@
 //! interval timers and POSIX timers. Dump reads `/proc/PID/timers` for each
 //! POSIX timer's id, clock, signal and target, and asks the task for the
 //! remaining time and overrun; restore re-creates every timer with its own id
-//! (`PR_TIMER_CREATE_RESTORE_IDS`, Linux 6.17) and re-arms it.
+//! and re-arms it. Linux 6.17 and later take the id asked for
+//! (`PR_TIMER_CREATE_RESTORE_IDS`); older kernels hand out ids in rising
+//! order from a per-process cursor, so timers are created in id order and
+//! each id below the one wanted is taken and given back.
 
 use nix::unistd::Pid;
 use stasis_arch::x86::nr;
@@ -178,18 +181,23 @@ pub fn restore_posix(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
         return Ok(());
     }
     let pid = r.tid;
-    r.call(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS) (Linux 6.17 or later is needed to restore POSIX timers)",
+    let by_id = r.call_raw(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
         nr::PRCTL,
         [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
     )?;
-    let res = create_all(r, t, data);
-    r.call(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
-        nr::PRCTL,
-        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
-    )?;
-    res?;
+    if by_id == -i64::from(libc::EINVAL) {
+        // Before Linux 6.17: ids come from the cursor.
+        create_in_order(r, t, data)?;
+    } else {
+        let res = create_all(r, t, data);
+        r.call(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            nr::PRCTL,
+            [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+        )?;
+        res?;
+    }
     for p in &t.posix {
         if p.vsec == 0 && p.vnsec == 0 {
             continue;
@@ -204,34 +212,78 @@ pub fn restore_posix(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
     Ok(())
 }
 
-fn create_all(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
+/// Create timer `p` in the task (its id in, and the kernel's id out, at
+/// `data + 64`); the id the kernel gave.
+fn create_one(r: &Remote, p: &PosixTimerEntry, data: u64) -> Result<u32> {
     let pid = r.tid;
+    // struct sigevent: value, signo, notify, target thread; 64 bytes.
+    let mut ev = [0u8; 64];
+    ev[..8].copy_from_slice(&p.sival_ptr.to_ne_bytes());
+    ev[8..12].copy_from_slice(&p.si_signo.to_ne_bytes());
+    ev[12..16].copy_from_slice(&p.it_sigev_notify.to_ne_bytes());
+    ev[16..20].copy_from_slice(&p.notify_thread_id.unwrap_or(0).to_ne_bytes());
+    remote::write_mem(pid, data, &ev)?;
+    remote::write_mem(pid, data + 64, &p.it_id.to_ne_bytes())?;
+    r.call(
+        "timer_create",
+        nr::TIMER_CREATE,
+        [u64::from(p.clock_id), data, data + 64, 0, 0, 0],
+    )?;
+    let mut got = [0u8; 4];
+    remote::read_mem(pid, data + 64, &mut got)?;
+    Ok(u32::from_ne_bytes(got))
+}
+
+/// With `PR_TIMER_CREATE_RESTORE_IDS` on: each timer gets the id it asks for.
+fn create_all(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
     for p in &t.posix {
-        // struct sigevent: value, signo, notify, target thread; 64 bytes.
-        let mut ev = [0u8; 64];
-        ev[..8].copy_from_slice(&p.sival_ptr.to_ne_bytes());
-        ev[8..12].copy_from_slice(&p.si_signo.to_ne_bytes());
-        ev[12..16].copy_from_slice(&p.it_sigev_notify.to_ne_bytes());
-        ev[16..20].copy_from_slice(&p.notify_thread_id.unwrap_or(0).to_ne_bytes());
-        remote::write_mem(pid, data, &ev)?;
-        remote::write_mem(pid, data + 64, &p.it_id.to_ne_bytes())?;
-        r.call(
-            "timer_create",
-            nr::TIMER_CREATE,
-            [u64::from(p.clock_id), data, data + 64, 0, 0, 0],
-        )?;
-        let mut got = [0u8; 4];
-        remote::read_mem(pid, data + 64, &mut got)?;
-        if u32::from_ne_bytes(got) != p.it_id {
+        let got = create_one(r, p, data)?;
+        if got != p.it_id {
             return Err(Error::Restore {
-                pid,
-                what: format!(
-                    "POSIX timer {}: the kernel gave id {}",
-                    p.it_id,
-                    u32::from_ne_bytes(got)
-                ),
+                pid: r.tid,
+                what: format!("POSIX timer {}: the kernel gave id {got}", p.it_id),
                 errno: nix::errno::Errno::EEXIST,
             });
+        }
+    }
+    Ok(())
+}
+
+/// Ids a restore walks past to reach a timer's id on a kernel without
+/// `PR_TIMER_CREATE_RESTORE_IDS` (each costs a create and a delete).
+const MAX_ID_GAP: u32 = 1 << 16;
+
+/// Without `PR_TIMER_CREATE_RESTORE_IDS`: the fresh process's cursor starts
+/// at 0 and only rises, so create the timers in id order and give back
+/// every id below the one wanted.
+fn create_in_order(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
+    let mut order: Vec<&PosixTimerEntry> = t.posix.iter().collect();
+    order.sort_by_key(|p| p.it_id);
+    for p in order {
+        let mut walked = 0;
+        loop {
+            let got = create_one(r, p, data)?;
+            if got == p.it_id {
+                break;
+            }
+            r.call(
+                "timer_delete",
+                nr::TIMER_DELETE,
+                [u64::from(got), 0, 0, 0, 0, 0],
+            )?;
+            walked += 1;
+            if got > p.it_id || walked > MAX_ID_GAP {
+                return Err(Error::Restore {
+                    pid: r.tid,
+                    what: format!(
+                        "POSIX timer {}: this kernel (before Linux 6.17) hands out ids \
+                         in order and gave {got}; restore on Linux 6.17 or later to \
+                         get any id back",
+                        p.it_id
+                    ),
+                    errno: nix::errno::Errno::EEXIST,
+                });
+            }
         }
     }
     Ok(())

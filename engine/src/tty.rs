@@ -5,7 +5,7 @@
 //! that terminal and sets the foreground group (TIOCSPGRP), so ^C and job
 //! control reach the restored tree.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use nix::errno::Errno;
@@ -204,6 +204,8 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
     quiet.c_iflag &= !(libc::ICRNL | libc::INLCR | libc::IGNCR | libc::ISTRIP | libc::IXON);
     let quiet = nix::sys::termios::Termios::from(quiet);
     nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &quiet)?;
+    let mut before = 0;
+    sys::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut before)?;
     let res = nix::unistd::write(to, data).and_then(|n| {
         if n == data.len() {
             Ok(())
@@ -211,6 +213,20 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
             Err(Errno::EAGAIN)
         }
     });
+    // Bytes written to the master reach the slave's line discipline later,
+    // from a kernel worker: wait until they are queued, or the termios put
+    // back below would echo them.
+    if res.is_ok() && to.as_raw_fd() != slave.as_raw_fd() {
+        let want = before.saturating_add(i32::try_from(data.len()).unwrap_or(i32::MAX));
+        for _ in 0..2000 {
+            let mut now = 0;
+            sys::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut now)?;
+            if now >= want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &saved)?;
     res
 }

@@ -347,9 +347,12 @@ fn timerfd_ticks(t: &mut Ctx) -> Res {
     ensure_eq!("ticks read size", b.len(), 8);
     let ticks = u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     let elapsed_ms = (mono_ns() - start) / 1_000_000;
+    // The 100 ms before the dump tick whatever the machine's speed; the
+    // time the tree spends dumped does not (a slow machine, e.g. under
+    // emulation, may spend longer there than running).
     ensure!(
-        ticks >= elapsed_ms / 2 && ticks <= elapsed_ms + 1,
-        "{ticks} ticks after {elapsed_ms} ms of a 1 ms timerfd"
+        ticks >= 50 && ticks <= elapsed_ms + 1,
+        "{ticks} ticks after {elapsed_ms} ms of a 1 ms timerfd (100 ms before the dump)"
     );
     Ok(())
 }

@@ -108,11 +108,7 @@ fn pty_termios(t: &mut Ctx) -> Res {
     ensure_eq!("local flags", got.local_flags, want.local_flags);
     ensure_eq!("input flags", got.input_flags, want.input_flags);
     ensure_eq!("control chars", got.control_chars, want.control_chars);
-    ensure_eq!(
-        "speed",
-        got.control_flags.bits() & libc::CBAUD,
-        libc::B9600
-    );
+    ensure_eq!("speed", got.control_flags.bits() & libc::CBAUD, libc::B9600);
     Ok(())
 }
 
