@@ -1,11 +1,24 @@
 //! Per-CPU-architecture facts stasis needs: which arches it supports, how each
 //! is named in images (`core_entry.march`) and by `uname -m`, byte order, and
-//! the page sizes it may run with. Register sets, syscall numbers and the
-//! remote-syscall instruction arrive with the engine; like everything here they
-//! are plain data that compiles on every host, so any host can read a foreign
-//! arch's images.
+//! the page sizes it may run with, and per arch (`x86`, `aarch64`) the
+//! register sets, their image conversions, syscall numbers and the
+//! remote-syscall instructions. Like everything here they are plain data
+//! that compiles on every host, so any host can read a foreign arch's images.
 
+pub mod aarch64;
 pub mod x86;
+
+/// The arch this binary runs on, for the engine: registers, syscall numbers
+/// and instructions of the tasks it dumps and restores. x86-64 stands in on
+/// arches the engine is not ported to (the engine refuses to run there).
+#[cfg(target_arch = "aarch64")]
+pub use aarch64 as native;
+/// The arch this binary runs on (see the aarch64 build).
+#[cfg(not(target_arch = "aarch64"))]
+pub use x86 as native;
+
+/// Whether the engine's C/R runs on this build's arch.
+pub const ENGINE_PORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 use stasis_proto::images::core_entry::March;
 

@@ -13,6 +13,8 @@ use stasis_proto::images::{
 pub const SYSCALL_INSN: [u8; 8] = [0x0f, 0x05, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
 /// Length of the `syscall` instruction (rewinding `ip` by it restarts a syscall).
 pub const SYSCALL_INSN_LEN: u64 = 2;
+/// Where instructions may start: x86 instructions may start at any byte.
+pub const INSN_ALIGN: usize = 1;
 
 /// A batch of system calls run by the task itself, ended by `int3`. On
 /// entry `rbx` points just past a count word, at `count` entries of eight

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::CredsEntry;
 
 use crate::error::Result;

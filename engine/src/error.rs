@@ -96,8 +96,8 @@ pub enum EngineError {
     },
     #[error("timed out after {secs} s while {step}")]
     Timeout { secs: u64, step: &'static str },
-    #[error("this engine checkpoints {want} tasks only so far; this machine is {host}")]
-    Arch { want: &'static str, host: String },
+    #[error("{what}")]
+    Arch { what: String },
 }
 
 impl EngineError {

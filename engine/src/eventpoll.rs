@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags};
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FownEntry};
 

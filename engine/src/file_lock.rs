@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::FileLockEntry;
 
 use crate::error::{EngineError as Error, Result};

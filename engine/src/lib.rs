@@ -4,6 +4,7 @@
 //! `stasis` binary is its command line. `dump/` and `restore/` orchestrate;
 //! each kernel object has its own module.
 
+pub mod cpu;
 pub mod creds;
 pub mod dump;
 pub mod error;

@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
 
 use crate::error::{EngineError as Error, Result};

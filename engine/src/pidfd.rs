@@ -4,7 +4,7 @@
 
 use std::os::fd::OwnedFd;
 
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{FdTypes, FownEntry, PidfdEntry};
 

@@ -12,7 +12,7 @@ use nix::sys::ptrace;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use stasis_arch::x86::{Regs, nr};
+use stasis_arch::native::{Regs, nr};
 
 use crate::error::{EngineError as Error, Result};
 use crate::sys;
@@ -47,7 +47,7 @@ pub struct Remote {
     /// Whether a breakpoint (`int3`) follows the instruction: then a call is
     /// one resume and one stop instead of two of each.
     trap: bool,
-    /// Where [`stasis_arch::x86::SYSCALL_BATCH`] is mapped, and room for its
+    /// Where [`stasis_arch::native::SYSCALL_BATCH`] is mapped, and room for its
     /// table (up to [`BATCH_MAX`] calls), if anywhere.
     batch: Option<(u64, u64)>,
 }
@@ -97,8 +97,11 @@ impl Remote {
             }
             write_mem(self.tid, table, &self::words(&words))?;
             let tid = self.tid;
-            sys::setregs(tid, &stasis_arch::x86::for_batch(&self.base, code, table))
-                .map_err(Error::ptrace(tid, "SETREGS"))?;
+            sys::setregs(
+                tid,
+                &stasis_arch::native::for_batch(&self.base, code, table),
+            )
+            .map_err(Error::ptrace(tid, "SETREGS"))?;
             self.run_to_trap(chunk.first().map_or("a batch", |c| c.0))?;
             let mut res = vec![0u8; 64 * chunk.len()];
             read_mem(tid, table + 8, &mut res)?;

@@ -8,7 +8,7 @@
 use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::{SeccompEntry, SeccompFilter};
 
 use crate::error::{EngineError as Error, Result};

@@ -12,7 +12,7 @@ use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use stasis_arch::x86::Regs;
+use stasis_arch::native::Regs;
 
 use crate::error::{EngineError as Error, Result};
 use crate::{proc, sys};

@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
-use stasis_arch::x86::Regs;
+use stasis_arch::native::Regs;
 
 /// System calls numbered alike on every arch (the unified table, 424+).
 mod nr {
@@ -114,14 +114,27 @@ pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
     nix::sys::ptrace::setregs(tid, u)
 }
 
-/// Only x86-64 is implemented so far.
-#[cfg(not(target_arch = "x86_64"))]
+/// The general registers of a stopped tracee.
+#[cfg(target_arch = "aarch64")]
+pub fn getregs(tid: Pid) -> Result<Regs, Errno> {
+    let b = getregset(tid, stasis_arch::aarch64::NT_PRSTATUS)?;
+    Regs::from_regset(&b).ok_or(Errno::EIO)
+}
+
+/// Set the general registers of a stopped tracee.
+#[cfg(target_arch = "aarch64")]
+pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
+    setregset(tid, stasis_arch::aarch64::NT_PRSTATUS, &r.to_regset())
+}
+
+/// The engine is not ported to this arch.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub fn getregs(_tid: Pid) -> Result<Regs, Errno> {
     Err(Errno::ENOSYS)
 }
 
-/// Only x86-64 is implemented so far.
-#[cfg(not(target_arch = "x86_64"))]
+/// The engine is not ported to this arch.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub fn setregs(_tid: Pid, _r: &Regs) -> Result<(), Errno> {
     Err(Errno::ENOSYS)
 }

@@ -5,17 +5,16 @@
 //! inside the task with remote syscalls; restore sets it the same way.
 
 use nix::unistd::Pid;
-use stasis_arch::x86::{self, Regs, nr};
-use stasis_proto::images::core_entry::March;
+use stasis_arch::native::{Regs, nr};
 use stasis_proto::images::{
     CoreEntry, RlimitEntry, RseqEntry, SaEntry, SiginfoEntry, SignalQueueEntry, TaskCoreEntry,
-    TaskRlimitsEntry, ThreadCoreEntry, ThreadInfoX86, ThreadSasEntry,
+    TaskRlimitsEntry, ThreadCoreEntry, ThreadSasEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
 use crate::remote::{self, Remote, read_words, words};
 use crate::seize::{State, Task, Thread};
-use crate::{creds, proc, sys, timers};
+use crate::{cpu, creds, proc, sys, timers};
 
 /// `task_core_entry.task_state` values (CRIU's).
 pub mod state {
@@ -39,7 +38,7 @@ pub struct Scratch {
     pub data: u64,
     /// The batch table (one page).
     pub table: u64,
-    /// [`stasis_arch::x86::SYSCALL_BATCH`].
+    /// [`stasis_arch::native::SYSCALL_BATCH`].
     pub code: u64,
     /// A `syscall` followed by `int3`.
     pub trap: u64,
@@ -54,7 +53,11 @@ impl Scratch {
 
 /// The per-thread part of the dump, asked inside `thread` through the
 /// scratch memory `sc` mapped in the task.
-pub fn dump_thread(pid: Pid, th: &Thread, sc: Scratch) -> Result<(ThreadInfoX86, ThreadCoreEntry)> {
+pub fn dump_thread(
+    pid: Pid,
+    th: &Thread,
+    sc: Scratch,
+) -> Result<(cpu::ThreadInfo, ThreadCoreEntry)> {
     let tid = th.tid;
     let scratch = sc.data;
     let r = sc.remote(tid, th.regs);
@@ -83,18 +86,11 @@ pub fn dump_thread(pid: Pid, th: &Thread, sc: Scratch) -> Result<(ThreadInfoX86,
         &proc::status(pid, Some(tid))?,
         u32::try_from(secbits).unwrap_or(0),
     );
-    let xstate =
-        sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
     let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
     let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
     let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
     let st = proc::stat(pid, Some(tid))?;
-    let ti = ThreadInfoX86 {
-        clear_tid_addr: tid_addr,
-        gpregs: th.regs.to_proto(),
-        fpregs: x86::fpregs_from_xsave(&xstate),
-        tls: Vec::new(),
-    };
+    let ti = cpu::dump(tid, &th.regs, tid_addr)?;
     let tc = ThreadCoreEntry {
         futex_rla: rla,
         futex_rla_len: u32::try_from(rla_len).unwrap_or(0),
@@ -242,7 +238,7 @@ pub fn zombie_core(pid: Pid, code: u32) -> CoreEntry {
         })
         .collect();
     CoreEntry {
-        mtype: March::X8664 as i32,
+        mtype: stasis_arch::Arch::host().map_or(0, |a| a.march() as i32),
         tc: Some(TaskCoreEntry {
             task_state: state::ZOMBIE,
             exit_code: code,
@@ -413,11 +409,11 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
             [tc.futex_rla, u64::from(tc.futex_rla_len), 0, 0, 0, 0],
         )?;
     }
-    if let Some(ti) = &core.thread_info {
+    if let Some(addr) = cpu::clear_tid_addr(core) {
         r.call(
             "set_tid_address",
             nr::SET_TID_ADDRESS,
-            [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+            [addr, 0, 0, 0, 0, 0],
         )?;
     }
     // Always set: a disabled one too, or the engine's own alternate stack
@@ -459,16 +455,7 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
 /// dumped. It sits in a syscall-exit stop, so an interrupted syscall is
 /// restarted by hand.
 pub fn restore_regs(tid: Pid, core: &CoreEntry) -> Result<()> {
-    let ti = core.thread_info.as_ref().ok_or_else(|| Error::BadImage {
-        path: format!("core-{tid}.img"),
-        what: "no x86-64 registers (thread_info)".into(),
-    })?;
-    let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
-    let mut xs =
-        sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
-    x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
-    sys::setregset(tid, x86::NT_X86_XSTATE, &xs).map_err(Error::ptrace(tid, "SETREGSET"))?;
-    sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))?;
+    cpu::restore(tid, core)?;
     let mask = core
         .thread_core
         .as_ref()
@@ -480,12 +467,16 @@ pub fn restore_regs(tid: Pid, core: &CoreEntry) -> Result<()> {
 }
 
 /// A full core entry for a thread.
-pub fn core_entry(ti: ThreadInfoX86, thc: ThreadCoreEntry, tc: Option<TaskCoreEntry>) -> CoreEntry {
-    CoreEntry {
-        mtype: March::X8664 as i32,
-        thread_info: Some(ti),
+pub fn core_entry(
+    ti: cpu::ThreadInfo,
+    thc: ThreadCoreEntry,
+    tc: Option<TaskCoreEntry>,
+) -> CoreEntry {
+    let mut core = CoreEntry {
         tc,
         thread_core: Some(thc),
         ..CoreEntry::default()
-    }
+    };
+    cpu::set(&mut core, ti);
+    core
 }

@@ -8,7 +8,7 @@
 //! each id below the one wanted is taken and given back.
 
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::{ItimerEntry, PosixTimerEntry, TaskTimersEntry};
 
 use crate::error::{EngineError as Error, Result};

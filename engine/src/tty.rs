@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FdTypes, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use nix::unistd::Pid;
-use stasis_arch::x86::nr;
+use stasis_arch::native::nr;
 use stasis_proto::images::{
     DumpStatsEntry, FdinfoEntry, FsEntry, InventoryEntry, Lsmtype, MmEntry, PstreeEntry,
     StatsEntry, TaskKobjIdsEntry,
@@ -64,10 +64,12 @@ fn us(since: Instant) -> u32 {
 
 /// Dump the tree under `opts.pid` into `opts.dir`.
 pub fn dump(opts: &Opts) -> Result<Stats> {
-    if !cfg!(target_arch = "x86_64") {
+    if !stasis_arch::ENGINE_PORTED {
         return Err(Error::Arch {
-            want: "x86_64",
-            host: std::env::consts::ARCH.into(),
+            what: format!(
+                "this engine checkpoints x86_64 and aarch64 tasks only so far; this machine is {}",
+                std::env::consts::ARCH
+            ),
         });
     }
     let dir = Dir::open(&opts.dir)?;
@@ -141,9 +143,12 @@ fn syscall_insn(pid: Pid) -> Result<u64> {
         })?;
     let mut code = vec![0u8; usize::try_from(vdso.len()).unwrap_or(0)];
     remote::read_mem(pid, vdso.start, &mut code)?;
-    code.windows(2)
-        .position(|w| *w == stasis_arch::x86::SYSCALL_INSN[..2])
-        .map(|i| vdso.start + i as u64)
+    use stasis_arch::native::{INSN_ALIGN, SYSCALL_INSN, SYSCALL_INSN_LEN};
+    let len = usize::try_from(SYSCALL_INSN_LEN).unwrap_or(2);
+    code.windows(len)
+        .step_by(INSN_ALIGN)
+        .position(|w| *w == SYSCALL_INSN[..len])
+        .map(|i| vdso.start + (i * INSN_ALIGN) as u64)
         .ok_or_else(|| Error::Unsupported {
             pid,
             what: "a vdso without a syscall instruction".into(),
@@ -292,8 +297,8 @@ fn dump_task(
         code: scratch + 3 * page,
         trap: scratch + len - 8,
     };
-    remote::write_mem(pid, sc.code, &stasis_arch::x86::SYSCALL_BATCH)?;
-    remote::write_mem(pid, sc.trap, &stasis_arch::x86::SYSCALL_INSN)?;
+    remote::write_mem(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
+    remote::write_mem(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
     let fast = sc.remote(leader.tid, leader.regs);
     let res = dump_task_state(t, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
     r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;

@@ -18,7 +18,7 @@ use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use stasis_arch::x86::{self, nr};
+use stasis_arch::native::{self as arch, nr};
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     CoreEntry, FdTypes, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry,
@@ -106,10 +106,17 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
             path: format!("core-{id}.img"),
             what: "no task_core_entry".into(),
         })?;
-        if core.mtype != stasis_proto::images::core_entry::March::X8664 as i32 {
+        let host = stasis_arch::Arch::host().unwrap_or(stasis_arch::Arch::X86_64);
+        if core.mtype != host.march() as i32 {
+            let arch = stasis_proto::images::core_entry::March::try_from(core.mtype)
+                .ok()
+                .and_then(stasis_arch::Arch::from_march)
+                .map_or_else(|| format!("arch {}", core.mtype), |a| a.to_string());
             return Err(Error::Arch {
-                want: "x86_64",
-                host: format!("an image of arch {}", core.mtype),
+                what: format!(
+                    "core-{id}.img holds the registers of {arch}; restore it on a machine of \
+                     that arch (this one is {host})"
+                ),
             });
         }
         let zombie = (tc.task_state == task::state::ZOMBIE).then_some(tc.exit_code);
@@ -172,10 +179,12 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 
 /// Restore the images in `opts.dir`.
 pub fn restore(opts: &Opts) -> Result<Restored> {
-    if !cfg!(target_arch = "x86_64") {
+    if !stasis_arch::ENGINE_PORTED {
         return Err(Error::Arch {
-            want: "x86_64",
-            host: std::env::consts::ARCH.into(),
+            what: format!(
+                "this engine checkpoints x86_64 and aarch64 tasks only so far; this machine is {}",
+                std::env::consts::ARCH
+            ),
         });
     }
     let dir = Dir::open(&opts.dir)?;
@@ -306,8 +315,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         libc::PROT_READ | libc::PROT_WRITE,
     )
     .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
-    code[..8].copy_from_slice(&x86::SYSCALL_INSN);
-    code[BATCH_CODE..BATCH_CODE + x86::SYSCALL_BATCH.len()].copy_from_slice(&x86::SYSCALL_BATCH);
+    code[..8].copy_from_slice(&arch::SYSCALL_INSN);
+    code[BATCH_CODE..BATCH_CODE + arch::SYSCALL_BATCH.len()].copy_from_slice(&arch::SYSCALL_BATCH);
     let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
     sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
@@ -487,7 +496,7 @@ fn settle(plans: &[Plan]) {
     }
 }
 
-fn seize(tid: Pid) -> Result<x86::Regs> {
+fn seize(tid: Pid) -> Result<arch::Regs> {
     ptrace::seize(
         tid,
         Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACECLONE,

@@ -1,0 +1,182 @@
+//! The CPU state of a thread (`thread_info_x86` or `thread_info_aarch64` in
+//! `core-TID.img`): general registers, FPU/vector registers and, on
+//! aarch64, the TLS register and pointer-authentication keys. Dump reads
+//! them with ptrace regsets; restore writes them back last, so the thread
+//! resumes exactly where it was dumped.
+
+use nix::unistd::Pid;
+use stasis_arch::native::Regs;
+use stasis_proto::images::CoreEntry;
+
+use crate::error::{EngineError as Error, Result};
+use crate::sys;
+
+#[cfg(not(target_arch = "aarch64"))]
+pub use x86::*;
+
+#[cfg(target_arch = "aarch64")]
+pub use aarch64::*;
+
+fn no_regs(tid: Pid, arch: &str) -> Error {
+    Error::BadImage {
+        path: format!("core-{tid}.img"),
+        what: format!("no {arch} registers"),
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+mod x86 {
+    use super::*;
+    use stasis_arch::x86;
+    use stasis_proto::images::ThreadInfoX86;
+    use stasis_proto::images::core_entry::March;
+
+    /// The image's per-thread CPU state on this arch.
+    pub type ThreadInfo = ThreadInfoX86;
+
+    /// Thread `tid`'s CPU state; `regs` were read at the freeze.
+    pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
+        let xstate =
+            sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        Ok(ThreadInfoX86 {
+            clear_tid_addr,
+            gpregs: regs.to_proto(),
+            fpregs: x86::fpregs_from_xsave(&xstate),
+            tls: Vec::new(),
+        })
+    }
+
+    /// Put thread `tid`'s CPU state back from its core.
+    pub fn restore(tid: Pid, core: &CoreEntry) -> Result<()> {
+        let ti = core
+            .thread_info
+            .as_ref()
+            .ok_or_else(|| no_regs(tid, "x86-64"))?;
+        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
+        let mut xs =
+            sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
+        sys::setregset(tid, x86::NT_X86_XSTATE, &xs).map_err(Error::ptrace(tid, "SETREGSET"))?;
+        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+    }
+
+    /// The address the thread's tid is cleared at on exit.
+    pub fn clear_tid_addr(core: &CoreEntry) -> Option<u64> {
+        core.thread_info.as_ref().map(|t| t.clear_tid_addr)
+    }
+
+    /// Put the CPU state into a core entry.
+    pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
+        core.mtype = March::X8664 as i32;
+        core.thread_info = Some(ti);
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64 {
+    use super::*;
+    use stasis_arch::aarch64::{self as a64, Fpsimd};
+    use stasis_proto::images::core_entry::March;
+    use stasis_proto::images::{PacAddressKeys, PacGenericKeys, PacKeys, ThreadInfoAarch64};
+
+    /// The image's per-thread CPU state on this arch.
+    pub type ThreadInfo = ThreadInfoAarch64;
+
+    fn u64_at(b: &[u8], i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(s) = b.get(8 * i..8 * i + 8) {
+            w.copy_from_slice(s);
+        }
+        u64::from_ne_bytes(w)
+    }
+
+    /// Thread `tid`'s CPU state; `regs` were read at the freeze.
+    pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
+        let fp = sys::getregset(tid, a64::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let fp = Fpsimd::from_regset(&fp).ok_or(Error::Ptrace {
+            tid,
+            op: "GETREGSET(NT_PRFPREG) gave a short buffer",
+            errno: nix::errno::Errno::EIO,
+        })?;
+        let tls = sys::getregset(tid, a64::NT_ARM_TLS).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        // Without pointer authentication the regsets are absent (EINVAL).
+        let pac_keys = match (
+            sys::getregset(tid, a64::NT_ARM_PACA_KEYS),
+            sys::getregset(tid, a64::NT_ARM_PACG_KEYS),
+        ) {
+            (Ok(a), Ok(g)) => Some(PacKeys {
+                pac_address_keys: Some(PacAddressKeys {
+                    apiakey_lo: u64_at(&a, 0),
+                    apiakey_hi: u64_at(&a, 1),
+                    apibkey_lo: u64_at(&a, 2),
+                    apibkey_hi: u64_at(&a, 3),
+                    apdakey_lo: u64_at(&a, 4),
+                    apdakey_hi: u64_at(&a, 5),
+                    apdbkey_lo: u64_at(&a, 6),
+                    apdbkey_hi: u64_at(&a, 7),
+                    pac_enabled_key: 0,
+                }),
+                pac_generic_keys: Some(PacGenericKeys {
+                    apgakey_lo: u64_at(&g, 0),
+                    apgakey_hi: u64_at(&g, 1),
+                }),
+            }),
+            _ => None,
+        };
+        Ok(ThreadInfoAarch64 {
+            clear_tid_addr,
+            tls: u64_at(&tls, 0),
+            gpregs: regs.to_proto(),
+            fpsimd: fp.to_proto(),
+            pac_keys,
+        })
+    }
+
+    /// Put thread `tid`'s CPU state back from its core.
+    pub fn restore(tid: Pid, core: &CoreEntry) -> Result<()> {
+        let ti = core
+            .ti_aarch64
+            .as_ref()
+            .ok_or_else(|| no_regs(tid, "aarch64"))?;
+        let set =
+            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
+        set(a64::NT_PRFPREG, &Fpsimd::from_proto(&ti.fpsimd).to_regset())?;
+        set(a64::NT_ARM_TLS, &ti.tls.to_ne_bytes())?;
+        if let Some(k) = &ti.pac_keys {
+            if let Some(a) = &k.pac_address_keys {
+                let words = [
+                    a.apiakey_lo,
+                    a.apiakey_hi,
+                    a.apibkey_lo,
+                    a.apibkey_hi,
+                    a.apdakey_lo,
+                    a.apdakey_hi,
+                    a.apdbkey_lo,
+                    a.apdbkey_hi,
+                ];
+                let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                set(a64::NT_ARM_PACA_KEYS, &b)?;
+            }
+            if let Some(g) = &k.pac_generic_keys {
+                let b: Vec<u8> = [g.apgakey_lo, g.apgakey_hi]
+                    .iter()
+                    .flat_map(|w| w.to_ne_bytes())
+                    .collect();
+                set(a64::NT_ARM_PACG_KEYS, &b)?;
+            }
+        }
+        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
+        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+    }
+
+    /// The address the thread's tid is cleared at on exit.
+    pub fn clear_tid_addr(core: &CoreEntry) -> Option<u64> {
+        core.ti_aarch64.as_ref().map(|t| t.clear_tid_addr)
+    }
+
+    /// Put the CPU state into a core entry.
+    pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
+        core.mtype = March::Aarch64 as i32;
+        core.ti_aarch64 = Some(ti);
+    }
+}
