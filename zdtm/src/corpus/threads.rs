@@ -15,6 +15,13 @@ use crate::testlib::{Ctx, Fail, OrFail, Res, nap, pattern};
 use crate::{ensure, ensure_eq};
 
 pub(crate) const TESTS: &[Test] = &[
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Test::new(
+        "fpu-regs",
+        Threads,
+        "vector registers and the FP control register hold values across C/R",
+        fpu_regs,
+    ),
     Test::new(
         "threads00",
         Threads,
@@ -306,5 +313,167 @@ fn futex00(t: &mut Ctx) -> Res {
             "0x1234"
         );
     }
+    Ok(())
+}
+
+/// Vector registers the test fills: xmm0-15 on x86-64, v0-31 on aarch64.
+#[cfg(target_arch = "x86_64")]
+const VREGS: usize = 16;
+#[cfg(target_arch = "aarch64")]
+const VREGS: usize = 32;
+
+/// Round toward zero, all exceptions masked (MXCSR); default 0x1f80.
+#[cfg(target_arch = "x86_64")]
+const FP_CONTROL: u64 = 0x7f80;
+/// Round toward zero (FPCR.RMode = 0b11) and flush-to-zero; default 0.
+#[cfg(target_arch = "aarch64")]
+const FP_CONTROL: u64 = (0b11 << 22) | (1 << 24);
+
+/// Load `regs` into the vector registers and `ctl` into the FP control
+/// register, spin (touching neither, calling nothing) until SIGTERM or
+/// SIGUSR2 sets its flag, then store what the registers hold and put the
+/// control register back. What is stored is what the thread's registers
+/// held across the dump and restore.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u128; VREGS], u64) {
+    use crate::testlib::sys::{TERM, USR2};
+    let mut out = [0u128; VREGS];
+    let ctl_out: u64;
+    let term = TERM.as_ptr().cast_const();
+    let usr2 = USR2.as_ptr().cast_const();
+    let loaded = loaded.as_ptr();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: reads `regs` (16 x 16 bytes) and the two flags, writes `out`
+    // (16 x 16 bytes) and `ctl_out` (4 bytes used); the vector registers it
+    // changes are declared clobbered, MXCSR is put back before it ends.
+    unsafe {
+        let mut ctl32 = u32::try_from(ctl).unwrap_or(0x1f80);
+        let mut saved = 0u32;
+        std::arch::asm!(
+            "stmxcsr [{saved}]",
+            "ldmxcsr [{ctl}]",
+            "movdqu xmm0, [{l}]", "movdqu xmm1, [{l} + 16]", "movdqu xmm2, [{l} + 32]",
+            "movdqu xmm3, [{l} + 48]", "movdqu xmm4, [{l} + 64]", "movdqu xmm5, [{l} + 80]",
+            "movdqu xmm6, [{l} + 96]", "movdqu xmm7, [{l} + 112]", "movdqu xmm8, [{l} + 128]",
+            "movdqu xmm9, [{l} + 144]", "movdqu xmm10, [{l} + 160]", "movdqu xmm11, [{l} + 176]",
+            "movdqu xmm12, [{l} + 192]", "movdqu xmm13, [{l} + 208]", "movdqu xmm14, [{l} + 224]",
+            "movdqu xmm15, [{l} + 240]",
+            "mov byte ptr [{loaded}], 1",
+            "2:",
+            "pause",
+            "cmp byte ptr [{t}], 0",
+            "jne 3f",
+            "cmp byte ptr [{u}], 0",
+            "je 2b",
+            "3:",
+            "movdqu [{s}], xmm0", "movdqu [{s} + 16], xmm1", "movdqu [{s} + 32], xmm2",
+            "movdqu [{s} + 48], xmm3", "movdqu [{s} + 64], xmm4", "movdqu [{s} + 80], xmm5",
+            "movdqu [{s} + 96], xmm6", "movdqu [{s} + 112], xmm7", "movdqu [{s} + 128], xmm8",
+            "movdqu [{s} + 144], xmm9", "movdqu [{s} + 160], xmm10", "movdqu [{s} + 176], xmm11",
+            "movdqu [{s} + 192], xmm12", "movdqu [{s} + 208], xmm13", "movdqu [{s} + 224], xmm14",
+            "movdqu [{s} + 240], xmm15",
+            "stmxcsr [{ctl}]",
+            "ldmxcsr [{saved}]",
+            l = in(reg) regs.as_ptr(),
+            s = in(reg) out.as_mut_ptr(),
+            t = in(reg) term,
+            u = in(reg) usr2,
+            ctl = in(reg) &raw mut ctl32,
+            saved = in(reg) &raw mut saved,
+            loaded = in(reg) loaded,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+            options(nostack),
+        );
+        ctl_out = u64::from(ctl32);
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads `regs` (32 x 16 bytes) and the two flags, writes `out`
+    // (32 x 16 bytes); the vector registers and the scratch registers it
+    // changes are declared clobbered, FPCR is put back before it ends.
+    unsafe {
+        std::arch::asm!(
+            "mrs {saved}, fpcr",
+            "msr fpcr, {ctl}",
+            "ldp q0, q1, [{l}]", "ldp q2, q3, [{l}, #32]", "ldp q4, q5, [{l}, #64]",
+            "ldp q6, q7, [{l}, #96]", "ldp q8, q9, [{l}, #128]", "ldp q10, q11, [{l}, #160]",
+            "ldp q12, q13, [{l}, #192]", "ldp q14, q15, [{l}, #224]", "ldp q16, q17, [{l}, #256]",
+            "ldp q18, q19, [{l}, #288]", "ldp q20, q21, [{l}, #320]", "ldp q22, q23, [{l}, #352]",
+            "ldp q24, q25, [{l}, #384]", "ldp q26, q27, [{l}, #416]", "ldp q28, q29, [{l}, #448]",
+            "ldp q30, q31, [{l}, #480]",
+            "mov {tmp:w}, #1",
+            "strb {tmp:w}, [{loaded}]",
+            "2:",
+            "yield",
+            "ldrb {tmp:w}, [{t}]",
+            "cbnz {tmp:w}, 3f",
+            "ldrb {tmp:w}, [{u}]",
+            "cbz {tmp:w}, 2b",
+            "3:",
+            "stp q0, q1, [{s}]", "stp q2, q3, [{s}, #32]", "stp q4, q5, [{s}, #64]",
+            "stp q6, q7, [{s}, #96]", "stp q8, q9, [{s}, #128]", "stp q10, q11, [{s}, #160]",
+            "stp q12, q13, [{s}, #192]", "stp q14, q15, [{s}, #224]", "stp q16, q17, [{s}, #256]",
+            "stp q18, q19, [{s}, #288]", "stp q20, q21, [{s}, #320]", "stp q22, q23, [{s}, #352]",
+            "stp q24, q25, [{s}, #384]", "stp q26, q27, [{s}, #416]", "stp q28, q29, [{s}, #448]",
+            "stp q30, q31, [{s}, #480]",
+            "mrs {ctl_out}, fpcr",
+            "msr fpcr, {saved}",
+            l = in(reg) regs.as_ptr(),
+            s = in(reg) out.as_mut_ptr(),
+            t = in(reg) term,
+            u = in(reg) usr2,
+            ctl = in(reg) ctl,
+            ctl_out = out(reg) ctl_out,
+            loaded = in(reg) loaded,
+            saved = out(reg) _,
+            tmp = out(reg) _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+            out("v6") _, out("v7") _, out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _, out("v16") _, out("v17") _,
+            out("v18") _, out("v19") _, out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _, out("v28") _, out("v29") _,
+            out("v30") _, out("v31") _,
+            options(nostack),
+        );
+    }
+    (out, ctl_out)
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn fpu_regs(t: &mut Ctx) -> Res {
+    use crate::testlib::sys::{TERM, USR2};
+    let want: [u128; VREGS] = std::array::from_fn(|i| {
+        let lo = u64::from_ne_bytes(std::array::from_fn(|j| pattern(7, i * 16 + j)));
+        let hi = u64::from_ne_bytes(std::array::from_fn(|j| pattern(7, i * 16 + 8 + j)));
+        u128::from(lo) | (u128::from(hi) << 64)
+    });
+    // Ready only once the registers hold the values: a helper thread says so
+    // when the spinning code has loaded them.
+    static LOADED: AtomicBool = AtomicBool::new(false);
+    let ready = t.take_ready();
+    let helper = std::thread::spawn(move || {
+        while !LOADED.load(Ordering::SeqCst) {
+            nap(1);
+        }
+        ready.map_or(Ok(1), |fd| nix::unistd::write(&fd, b"R"))
+    });
+    let (mut got, mut ctl) = spin_in_registers(&want, FP_CONTROL, &LOADED);
+    helper
+        .join()
+        .map_err(|_| Fail::Sys("the readiness thread panicked".into()))?
+        .or_fail("signal readiness")?;
+    if !TERM.load(Ordering::SeqCst) && USR2.swap(false, Ordering::SeqCst) {
+        // Sabotage: the registers lose one bit, as a bad restore would.
+        t.log("sabotage: flipped a bit of the last vector register");
+        let mut hurt = want;
+        hurt[VREGS - 1] ^= 1 << 100;
+        (got, ctl) = spin_in_registers(&hurt, FP_CONTROL, &LOADED);
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        ensure!(g == w, "vector register {i}: got {g:#034x}, want {w:#034x}");
+    }
+    ensure_eq!("FP control register", ctl, FP_CONTROL);
     Ok(())
 }

@@ -188,6 +188,12 @@ impl Ctx {
         Ok(())
     }
 
+    /// The readiness pipe, for a test that must say it is ready from
+    /// another thread (write one byte to it; dropping it says nothing).
+    pub fn take_ready(&mut self) -> Option<OwnedFd> {
+        self.ready.take()
+    }
+
     /// Signal readiness, then sleep until SIGTERM. If SIGUSR2 arrives first,
     /// run `sabotage` once and log `sabotage: WHAT`.
     pub fn wait(&mut self, what: &str, sabotage: impl FnOnce() -> Res) -> Res {
