@@ -1,11 +1,12 @@
 //! Per-CPU-architecture facts stasis needs: which arches it supports, how each
 //! is named in images (`core_entry.march`) and by `uname -m`, byte order, and
-//! the page sizes it may run with, and per arch (`x86`, `aarch64`) the
+//! the page sizes it may run with, and per arch (`x86`, `aarch64`, `ppc64`) the
 //! register sets, their image conversions, syscall numbers and the
 //! remote-syscall instructions. Like everything here they are plain data
 //! that compiles on every host, so any host can read a foreign arch's images.
 
 pub mod aarch64;
+pub mod ppc64;
 pub mod x86;
 
 /// The arch this binary runs on, for the engine: registers, syscall numbers
@@ -14,11 +15,21 @@ pub mod x86;
 #[cfg(target_arch = "aarch64")]
 pub use aarch64 as native;
 /// The arch this binary runs on (see the aarch64 build).
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(all(target_arch = "powerpc64", target_endian = "little"))]
+pub use ppc64 as native;
+/// The arch this binary runs on (see the aarch64 build).
+#[cfg(not(any(
+    target_arch = "aarch64",
+    all(target_arch = "powerpc64", target_endian = "little")
+)))]
 pub use x86 as native;
 
 /// Whether the engine's C/R runs on this build's arch.
-pub const ENGINE_PORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+pub const ENGINE_PORTED: bool = cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    all(target_arch = "powerpc64", target_endian = "little")
+));
 
 use stasis_proto::images::core_entry::March;
 

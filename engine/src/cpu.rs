@@ -1,6 +1,7 @@
-//! The CPU state of a thread (`thread_info_x86` or `thread_info_aarch64` in
-//! `core-TID.img`): general registers, FPU/vector registers and, on
-//! aarch64, the TLS register and pointer-authentication keys. Dump reads
+//! The CPU state of a thread (`thread_info_x86`, `thread_info_aarch64` or
+//! `thread_info_ppc64` in `core-TID.img`): general registers, FPU/vector
+//! registers and, on aarch64, the TLS register and pointer-authentication
+//! keys. Dump reads
 //! them with ptrace regsets; restore writes them back last, so the thread
 //! resumes exactly where it was dumped.
 
@@ -11,11 +12,14 @@ use stasis_proto::images::CoreEntry;
 use crate::error::{EngineError as Error, Result};
 use crate::sys;
 
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "powerpc64")))]
 pub use x86::*;
 
 #[cfg(target_arch = "aarch64")]
 pub use aarch64::*;
+
+#[cfg(target_arch = "powerpc64")]
+pub use ppc64::*;
 
 fn no_regs(tid: Pid, arch: &str) -> Error {
     Error::BadImage {
@@ -24,7 +28,7 @@ fn no_regs(tid: Pid, arch: &str) -> Error {
     }
 }
 
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "powerpc64")))]
 mod x86 {
     use super::*;
     use stasis_arch::x86;
@@ -178,5 +182,69 @@ mod aarch64 {
     pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
         core.mtype = March::Aarch64 as i32;
         core.ti_aarch64 = Some(ti);
+    }
+}
+
+#[cfg(target_arch = "powerpc64")]
+mod ppc64 {
+    use super::*;
+    use stasis_arch::ppc64::{self as p64, Fpu};
+    use stasis_proto::images::ThreadInfoPpc64;
+    use stasis_proto::images::core_entry::March;
+
+    /// The image's per-thread CPU state on this arch.
+    pub type ThreadInfo = ThreadInfoPpc64;
+
+    /// Thread `tid`'s CPU state; `regs` were read at the freeze (the TLS
+    /// pointer is r13, among them).
+    pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
+        let fp = sys::getregset(tid, p64::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        // Absent (ENODEV) on CPUs without Altivec or VSX.
+        let vmx = sys::getregset(tid, p64::NT_PPC_VMX).unwrap_or_default();
+        let vsx = sys::getregset(tid, p64::NT_PPC_VSX).unwrap_or_default();
+        let (fpstate, vrstate, vsxstate) = Fpu::from_regsets(&fp, &vmx, &vsx).to_proto();
+        Ok(ThreadInfoPpc64 {
+            clear_tid_addr,
+            gpregs: regs.to_proto(),
+            fpstate: Some(fpstate),
+            vrstate,
+            vsxstate,
+            tmstate: None,
+        })
+    }
+
+    /// Put thread `tid`'s CPU state back from its core.
+    pub fn restore(tid: Pid, core: &CoreEntry) -> Result<()> {
+        let ti = core
+            .ti_ppc64
+            .as_ref()
+            .ok_or_else(|| no_regs(tid, "ppc64"))?;
+        let f = Fpu::from_proto(
+            ti.fpstate.as_ref(),
+            ti.vrstate.as_ref(),
+            ti.vsxstate.as_ref(),
+        );
+        let set =
+            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
+        set(p64::NT_PRFPREG, &f.fp_regset())?;
+        if let Some(b) = f.vmx_regset() {
+            set(p64::NT_PPC_VMX, &b)?;
+        }
+        if let Some(b) = f.vsx_regset() {
+            set(p64::NT_PPC_VSX, &b)?;
+        }
+        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
+        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+    }
+
+    /// The address the thread's tid is cleared at on exit.
+    pub fn clear_tid_addr(core: &CoreEntry) -> Option<u64> {
+        core.ti_ppc64.as_ref().map(|t| t.clear_tid_addr)
+    }
+
+    /// Put the CPU state into a core entry.
+    pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
+        core.mtype = March::Ppc64 as i32;
+        core.ti_ppc64 = Some(ti);
     }
 }

@@ -127,14 +127,35 @@ pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
     setregset(tid, stasis_arch::aarch64::NT_PRSTATUS, &r.to_regset())
 }
 
+/// The general registers of a stopped tracee.
+#[cfg(target_arch = "powerpc64")]
+pub fn getregs(tid: Pid) -> Result<Regs, Errno> {
+    let b = getregset(tid, stasis_arch::ppc64::NT_PRSTATUS)?;
+    Regs::from_regset(&b).ok_or(Errno::EIO)
+}
+
+/// Set the general registers of a stopped tracee.
+#[cfg(target_arch = "powerpc64")]
+pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
+    setregset(tid, stasis_arch::ppc64::NT_PRSTATUS, &r.to_regset())
+}
+
 /// The engine is not ported to this arch.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "powerpc64"
+)))]
 pub fn getregs(_tid: Pid) -> Result<Regs, Errno> {
     Err(Errno::ENOSYS)
 }
 
 /// The engine is not ported to this arch.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "powerpc64"
+)))]
 pub fn setregs(_tid: Pid, _r: &Regs) -> Result<(), Errno> {
     Err(Errno::ENOSYS)
 }
