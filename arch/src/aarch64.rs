@@ -65,6 +65,9 @@ pub const NT_ARM_PACA_KEYS: u32 = 0x407;
 /// `NT_ARM_PACG_KEYS`: the pointer-authentication generic key.
 pub const NT_ARM_PACG_KEYS: u32 = 0x408;
 
+/// Whether `mmap` takes its six arguments in memory (s390x's old mmap).
+pub const MMAP_TAKES_STRUCT: bool = false;
+
 /// Syscall numbers the engine runs inside a task (the generic table).
 #[allow(missing_docs)]
 pub mod nr {
@@ -200,6 +203,11 @@ impl Regs {
         r.x[8] = nr;
         r.x[..6].copy_from_slice(&args);
         r
+    }
+
+    /// The stack pointer.
+    pub fn stack_pointer(&self) -> u64 {
+        self.sp
     }
 
     /// A syscall's result.

@@ -1,12 +1,13 @@
 //! Per-CPU-architecture facts stasis needs: which arches it supports, how each
 //! is named in images (`core_entry.march`) and by `uname -m`, byte order, and
-//! the page sizes it may run with, and per arch (`x86`, `aarch64`, `ppc64`) the
+//! the page sizes it may run with, and per arch (`x86`, `aarch64`, `ppc64`, `s390`) the
 //! register sets, their image conversions, syscall numbers and the
 //! remote-syscall instructions. Like everything here they are plain data
 //! that compiles on every host, so any host can read a foreign arch's images.
 
 pub mod aarch64;
 pub mod ppc64;
+pub mod s390;
 pub mod x86;
 
 /// The arch this binary runs on, for the engine: registers, syscall numbers
@@ -18,9 +19,13 @@ pub use aarch64 as native;
 #[cfg(all(target_arch = "powerpc64", target_endian = "little"))]
 pub use ppc64 as native;
 /// The arch this binary runs on (see the aarch64 build).
+#[cfg(target_arch = "s390x")]
+pub use s390 as native;
+/// The arch this binary runs on (see the aarch64 build).
 #[cfg(not(any(
     target_arch = "aarch64",
-    all(target_arch = "powerpc64", target_endian = "little")
+    all(target_arch = "powerpc64", target_endian = "little"),
+    target_arch = "s390x"
 )))]
 pub use x86 as native;
 
@@ -28,7 +33,8 @@ pub use x86 as native;
 pub const ENGINE_PORTED: bool = cfg!(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
-    all(target_arch = "powerpc64", target_endian = "little")
+    all(target_arch = "powerpc64", target_endian = "little"),
+    target_arch = "s390x"
 ));
 
 use stasis_proto::images::core_entry::March;

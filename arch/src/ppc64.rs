@@ -72,6 +72,9 @@ pub const NT_PPC_VMX: u32 = 0x100;
 /// `NT_PPC_VSX`: the low doublewords of vs0-vs31.
 pub const NT_PPC_VSX: u32 = 0x102;
 
+/// Whether `mmap` takes its six arguments in memory (s390x's old mmap).
+pub const MMAP_TAKES_STRUCT: bool = false;
+
 /// Syscall numbers the engine runs inside a task.
 #[allow(missing_docs)]
 pub mod nr {
@@ -270,6 +273,11 @@ impl Regs {
         r.gpr[3..9].copy_from_slice(&args);
         r.trap = 0;
         r
+    }
+
+    /// The stack pointer.
+    pub fn stack_pointer(&self) -> u64 {
+        self.gpr[1]
     }
 
     /// A syscall's result, negative on error as on the other arches (the

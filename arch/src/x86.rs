@@ -61,6 +61,9 @@ pub fn for_batch(base: &Regs, code: u64, table: u64) -> Regs {
 /// `NT_X86_XSTATE`: the ptrace regset holding the XSAVE area.
 pub const NT_X86_XSTATE: u32 = 0x202;
 
+/// Whether `mmap` takes its six arguments in memory (s390x's old mmap).
+pub const MMAP_TAKES_STRUCT: bool = false;
+
 /// Syscall numbers the engine runs inside a task.
 #[allow(missing_docs)]
 pub mod nr {
@@ -240,6 +243,11 @@ impl Regs {
             r9: args[5],
             ..*self
         }
+    }
+
+    /// The stack pointer.
+    pub fn stack_pointer(&self) -> u64 {
+        self.sp
     }
 
     /// The syscall result of a task stopped after a remote syscall.

@@ -1,5 +1,5 @@
-//! The CPU state of a thread (`thread_info_x86`, `thread_info_aarch64` or
-//! `thread_info_ppc64` in `core-TID.img`): general registers, FPU/vector
+//! The CPU state of a thread (`thread_info_x86`, `thread_info_aarch64`,
+//! `thread_info_ppc64` or `thread_info_s390` in `core-TID.img`): general registers, FPU/vector
 //! registers and, on aarch64, the TLS register and pointer-authentication
 //! keys. Dump reads
 //! them with ptrace regsets; restore writes them back last, so the thread
@@ -12,7 +12,11 @@ use stasis_proto::images::CoreEntry;
 use crate::error::{EngineError as Error, Result};
 use crate::sys;
 
-#[cfg(not(any(target_arch = "aarch64", target_arch = "powerpc64")))]
+#[cfg(not(any(
+    target_arch = "aarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
 pub use x86::*;
 
 #[cfg(target_arch = "aarch64")]
@@ -21,6 +25,9 @@ pub use aarch64::*;
 #[cfg(target_arch = "powerpc64")]
 pub use ppc64::*;
 
+#[cfg(target_arch = "s390x")]
+pub use s390::*;
+
 fn no_regs(tid: Pid, arch: &str) -> Error {
     Error::BadImage {
         path: format!("core-{tid}.img"),
@@ -28,7 +35,11 @@ fn no_regs(tid: Pid, arch: &str) -> Error {
     }
 }
 
-#[cfg(not(any(target_arch = "aarch64", target_arch = "powerpc64")))]
+#[cfg(not(any(
+    target_arch = "aarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
 mod x86 {
     use super::*;
     use stasis_arch::x86;
@@ -246,5 +257,62 @@ mod ppc64 {
     pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
         core.mtype = March::Ppc64 as i32;
         core.ti_ppc64 = Some(ti);
+    }
+}
+
+#[cfg(target_arch = "s390x")]
+mod s390 {
+    use super::*;
+    use stasis_arch::s390::{self as z, Fpu};
+    use stasis_proto::images::ThreadInfoS390;
+    use stasis_proto::images::core_entry::March;
+
+    /// The image's per-thread CPU state on this arch.
+    pub type ThreadInfo = ThreadInfoS390;
+
+    /// Thread `tid`'s CPU state; `regs` were read at the freeze (the TLS
+    /// pointer is in access registers 0 and 1, among them).
+    pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
+        let fp = sys::getregset(tid, z::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        // Absent (ENODEV) without the vector facility.
+        let low = sys::getregset(tid, z::NT_S390_VXRS_LOW).unwrap_or_default();
+        let high = sys::getregset(tid, z::NT_S390_VXRS_HIGH).unwrap_or_default();
+        let (fpregs, vxrs_low, vxrs_high) = Fpu::from_regsets(&fp, &low, &high).to_proto();
+        Ok(ThreadInfoS390 {
+            clear_tid_addr,
+            gpregs: regs.to_proto(),
+            fpregs,
+            vxrs_low,
+            vxrs_high,
+            gs_cb: None,
+            gs_bc: None,
+            ri_cb: None,
+        })
+    }
+
+    /// Put thread `tid`'s CPU state back from its core.
+    pub fn restore(tid: Pid, core: &CoreEntry) -> Result<()> {
+        let ti = core.ti_s390.as_ref().ok_or_else(|| no_regs(tid, "s390x"))?;
+        let f = Fpu::from_proto(&ti.fpregs, ti.vxrs_low.as_ref(), ti.vxrs_high.as_ref());
+        let set =
+            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
+        set(z::NT_PRFPREG, &f.fp_regset())?;
+        if let Some((low, high)) = f.vx_regsets() {
+            set(z::NT_S390_VXRS_LOW, &low)?;
+            set(z::NT_S390_VXRS_HIGH, &high)?;
+        }
+        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
+        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+    }
+
+    /// The address the thread's tid is cleared at on exit.
+    pub fn clear_tid_addr(core: &CoreEntry) -> Option<u64> {
+        core.ti_s390.as_ref().map(|t| t.clear_tid_addr)
+    }
+
+    /// Put the CPU state into a core entry.
+    pub fn set(core: &mut CoreEntry, ti: ThreadInfo) {
+        core.mtype = March::S390 as i32;
+        core.ti_s390 = Some(ti);
     }
 }

@@ -259,7 +259,7 @@ pub fn dump_pages(
                     err: e,
                 })?;
             for (i, w) in pm[..bytes].chunks_exact(8).enumerate() {
-                let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+                let word = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
                 let page = addr + i as u64 * ps;
                 stats.scanned += 1;
                 let guard = word & PM_GUARD != 0;

@@ -181,8 +181,19 @@ impl Remote {
     }
 
     /// Run one syscall and return its raw result.
-    pub fn call_raw(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<i64> {
+    pub fn call_raw(&self, name: &'static str, nr: u64, mut args: [u64; 6]) -> Result<i64> {
         let tid = self.tid;
+        if stasis_arch::native::MMAP_TAKES_STRUCT && nr == nr::MMAP {
+            // The arguments go in memory: past the batch table (its last
+            // 56 bytes are free), or else below the stack pointer, which
+            // the stopped thread does not use.
+            let at = self.batch.map_or_else(
+                || (self.base.stack_pointer() - 1024) & !15,
+                |(_, table)| table + 8 + 64 * BATCH_MAX as u64,
+            );
+            write_mem(tid, at, &words(&args))?;
+            args = [at, 0, 0, 0, 0, 0];
+        }
         sys::setregs(tid, &self.base.for_syscall(self.insn, nr, args))
             .map_err(Error::ptrace(tid, "SETREGS"))?;
         if self.trap {
@@ -273,6 +284,19 @@ pub fn read_words<const N: usize>(pid: Pid, addr: u64) -> Result<[u64; N]> {
         *o = u64::from_ne_bytes(w);
     }
     Ok(out)
+}
+
+/// The C `int` stored at the start of an 8-byte slot read as the word `w`
+/// (its low half on little-endian machines, its high half on s390x).
+pub fn int_in_word(w: u64) -> u32 {
+    let b = w.to_ne_bytes();
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The 8-byte slot holding the C `int` `v` at its start (see [`int_in_word`]).
+pub fn word_with_int(v: u32) -> u64 {
+    let b = v.to_ne_bytes();
+    u64::from_ne_bytes([b[0], b[1], b[2], b[3], 0, 0, 0, 0])
 }
 
 /// Words as the native-endian bytes a task reads.

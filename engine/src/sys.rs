@@ -140,24 +140,22 @@ pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
     setregset(tid, stasis_arch::ppc64::NT_PRSTATUS, &r.to_regset())
 }
 
-/// The engine is not ported to this arch.
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "powerpc64"
-)))]
-pub fn getregs(_tid: Pid) -> Result<Regs, Errno> {
-    Err(Errno::ENOSYS)
+/// The general registers of a stopped tracee, with the syscall it is in.
+#[cfg(target_arch = "s390x")]
+pub fn getregs(tid: Pid) -> Result<Regs, Errno> {
+    use stasis_arch::s390;
+    let b = getregset(tid, s390::NT_PRSTATUS)?;
+    let sc = getregset(tid, s390::NT_S390_SYSTEM_CALL)?;
+    Regs::from_regset(&b, &sc).ok_or(Errno::EIO)
 }
 
-/// The engine is not ported to this arch.
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    target_arch = "powerpc64"
-)))]
-pub fn setregs(_tid: Pid, _r: &Regs) -> Result<(), Errno> {
-    Err(Errno::ENOSYS)
+/// Set the general registers of a stopped tracee, and the syscall the
+/// kernel may restart.
+#[cfg(target_arch = "s390x")]
+pub fn setregs(tid: Pid, r: &Regs) -> Result<(), Errno> {
+    use stasis_arch::s390;
+    setregset(tid, s390::NT_PRSTATUS, &r.to_regset())?;
+    setregset(tid, s390::NT_S390_SYSTEM_CALL, &r.system_call_regset())
 }
 
 /// A register set (`NT_*`) of a stopped tracee, as many bytes as the kernel

@@ -95,12 +95,12 @@ pub fn dump_thread(
         futex_rla: rla,
         futex_rla_len: u32::try_from(rla_len).unwrap_or(0),
         sched_nice: Some(st.nice),
-        pdeath_sig: u32::try_from(pdeath & 0xffff_ffff).ok().filter(|&s| s != 0),
+        pdeath_sig: Some(remote::int_in_word(pdeath)).filter(|&s| s != 0),
         blk_sigset: Some(th.sigmask),
         sas: Some(ThreadSasEntry {
             ss_sp,
             ss_size,
-            ss_flags: u32::try_from(ss_flags & 0xffff_ffff).unwrap_or(0),
+            ss_flags: remote::int_in_word(ss_flags),
         }),
         signals_p: Some(queue(pending)),
         comm: Some(st.comm),
@@ -189,7 +189,7 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
         blk_sigset: task.threads.first().map_or(0, |t| t.sigmask),
         comm: st.comm,
         timers: Some(timers),
-        child_subreaper: Some(subreaper & 0xffff_ffff != 0),
+        child_subreaper: Some(remote::int_in_word(subreaper) != 0),
         rlimits: Some(TaskRlimitsEntry { rlimits }),
         signals_s: Some(queue(shared)),
         oom_score_adj: std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
@@ -426,7 +426,7 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
             // SS_ONSTACK only reports where the thread was; it cannot be set.
             (sas.ss_sp, sas.ss_flags & !1, sas.ss_size)
         };
-        remote::write_mem(pid, data, &words(&[sp, u64::from(flags), size]))?;
+        remote::write_mem(pid, data, &words(&[sp, remote::word_with_int(flags), size]))?;
         r.call("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0])?;
     }
     if let Some(rs) = &tc.rseq_entry {

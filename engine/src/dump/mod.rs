@@ -67,7 +67,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     if !stasis_arch::ENGINE_PORTED {
         return Err(Error::Arch {
             what: format!(
-                "this engine checkpoints x86_64, aarch64 and ppc64le tasks only so far; this machine is {}",
+                "this engine checkpoints x86_64, aarch64, ppc64le and s390x tasks only so far; this machine is {}",
                 std::env::consts::ARCH
             ),
         });

@@ -182,7 +182,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     if !stasis_arch::ENGINE_PORTED {
         return Err(Error::Arch {
             what: format!(
-                "this engine checkpoints x86_64, aarch64 and ppc64le tasks only so far; this machine is {}",
+                "this engine checkpoints x86_64, aarch64, ppc64le and s390x tasks only so far; this machine is {}",
                 std::env::consts::ARCH
             ),
         });
@@ -783,9 +783,11 @@ fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result
         mm.mm_env_start,
         mm.mm_env_end,
         auxv_at,
-        auxv_len | (fd << 32),
     ];
-    let map: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    // Then two u32: auxv_size and exe_fd.
+    let mut map: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    map.extend_from_slice(&u32::try_from(auxv_len).unwrap_or(0).to_ne_bytes());
+    map.extend_from_slice(&u32::try_from(fd).unwrap_or(u32::MAX).to_ne_bytes());
     let at = mm::put(pid, t, 0, &map)?;
     let res = r.call(
         "prctl(PR_SET_MM_MAP)",
