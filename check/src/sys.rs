@@ -373,24 +373,31 @@ pub struct UffdioApi {
     pub ioctls: u64,
 }
 
+/// Where the direction bits start: powerpc has 3 of them above a 13-bit
+/// size, the others 2 above a 14-bit size.
+#[cfg(any(target_arch = "powerpc64", target_arch = "powerpc"))]
+const DIR_SHIFT: u32 = 29;
+#[cfg(not(any(target_arch = "powerpc64", target_arch = "powerpc")))]
+const DIR_SHIFT: u32 = 30;
+
 const fn iowr(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
     // _IOC(_IOC_READ|_IOC_WRITE, type, nr, size) in the generic layout; powerpc
     // uses different direction bits, handled by `dir_rw`.
-    ((dir_rw() as libc::c_ulong) << 30)
+    ((dir_rw() as libc::c_ulong) << DIR_SHIFT)
         | ((size as libc::c_ulong) << 16)
         | ((ty as libc::c_ulong) << 8)
         | nr as libc::c_ulong
 }
 
 const fn iow(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
-    ((dir_w() as libc::c_ulong) << 30)
+    ((dir_w() as libc::c_ulong) << DIR_SHIFT)
         | ((size as libc::c_ulong) << 16)
         | ((ty as libc::c_ulong) << 8)
         | nr as libc::c_ulong
 }
 
 const fn io(ty: u8, nr: u8) -> libc::c_ulong {
-    (dir_none() << 30) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
+    (dir_none() << DIR_SHIFT) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
 }
 
 #[cfg(any(target_arch = "powerpc64", target_arch = "powerpc"))]

@@ -512,7 +512,8 @@ pub fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd, Errno> {
 /// Set the expirations a timerfd reports (TFD_IOC_SET_TICKS).
 pub fn timerfd_set_ticks(fd: std::os::fd::BorrowedFd<'_>, ticks: u64) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
-    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // _IOW('T', 0, u64): the direction bits differ on powerpc.
+    const TFD_IOC_SET_TICKS: libc::c_ulong = nix::request_code_write!(b'T', 0, 8);
     // SAFETY: the ioctl reads a u64 through the pointer during the call.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS as _, &raw const ticks) };
     Errno::result(ret).map(drop)

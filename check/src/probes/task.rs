@@ -215,8 +215,11 @@ pub fn seccomp_suspend() -> R {
 }
 
 pub fn seccomp_filters() -> R {
-    // "ret ALLOW" (0x7fff0000) as a one-instruction filter.
-    let insn: [u8; 8] = [0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
+    // "ret ALLOW" (0x7fff0000) as a one-instruction filter: struct
+    // sock_filter { u16 code; u8 jt, jf; u32 k } in native byte order.
+    let mut insn = [0u8; 8];
+    insn[..2].copy_from_slice(&0x06u16.to_ne_bytes());
+    insn[4..].copy_from_slice(&0x7fff_0000u32.to_ne_bytes());
     let mut prog = [0u8; 16];
     prog[..2].copy_from_slice(&1u16.to_ne_bytes());
     prog[8..].copy_from_slice(&(insn.as_ptr() as u64).to_ne_bytes());

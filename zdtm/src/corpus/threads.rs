@@ -332,16 +332,17 @@ const FP_CONTROL: u64 = (0b11 << 22) | (1 << 24);
 /// Load `regs` into the vector registers and `ctl` into the FP control
 /// register, spin (touching neither, calling nothing) until SIGTERM or
 /// SIGUSR2 sets its flag, then store what the registers hold and put the
-/// control register back. What is stored is what the thread's registers
-/// held across the dump and restore.
+/// control register back. Once the registers are loaded it writes "R" to
+/// the readiness pipe `ready` and closes it (unless `ready` is -1). What is
+/// stored is what the thread's registers held across the dump and restore.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u128; VREGS], u64) {
+fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, ready: i64) -> ([u128; VREGS], u64) {
     use crate::testlib::sys::{TERM, USR2};
     let mut out = [0u128; VREGS];
     let ctl_out: u64;
     let term = TERM.as_ptr().cast_const();
     let usr2 = USR2.as_ptr().cast_const();
-    let loaded = loaded.as_ptr();
+    let byte = b"R".as_ptr();
     #[cfg(target_arch = "x86_64")]
     // SAFETY: reads `regs` (16 x 16 bytes) and the two flags, writes `out`
     // (16 x 16 bytes) and `ctl_out` (4 bytes used); the vector registers it
@@ -358,7 +359,17 @@ fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u
             "movdqu xmm9, [{l} + 144]", "movdqu xmm10, [{l} + 160]", "movdqu xmm11, [{l} + 176]",
             "movdqu xmm12, [{l} + 192]", "movdqu xmm13, [{l} + 208]", "movdqu xmm14, [{l} + 224]",
             "movdqu xmm15, [{l} + 240]",
-            "mov byte ptr [{loaded}], 1",
+            // Ready: write(ready, "R", 1) and close(ready), if asked.
+            "cmp {ready}, 0",
+            "jl 2f",
+            "mov eax, 1",
+            "mov rdi, {ready}",
+            "mov rsi, {byte}",
+            "mov edx, 1",
+            "syscall",
+            "mov eax, 3",
+            "mov rdi, {ready}",
+            "syscall",
             "2:",
             "pause",
             "cmp byte ptr [{t}], 0",
@@ -380,7 +391,9 @@ fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u
             u = in(reg) usr2,
             ctl = in(reg) &raw mut ctl32,
             saved = in(reg) &raw mut saved,
-            loaded = in(reg) loaded,
+            ready = in(reg) ready,
+            byte = in(reg) byte,
+            out("rax") _, out("rdi") _, out("rsi") _, out("rdx") _, out("rcx") _, out("r11") _,
             out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
             out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
             out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
@@ -403,8 +416,17 @@ fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u
             "ldp q18, q19, [{l}, #288]", "ldp q20, q21, [{l}, #320]", "ldp q22, q23, [{l}, #352]",
             "ldp q24, q25, [{l}, #384]", "ldp q26, q27, [{l}, #416]", "ldp q28, q29, [{l}, #448]",
             "ldp q30, q31, [{l}, #480]",
-            "mov {tmp:w}, #1",
-            "strb {tmp:w}, [{loaded}]",
+            // Ready: write(ready, "R", 1) and close(ready), if asked.
+            "cmp {ready}, #0",
+            "b.lt 2f",
+            "mov x8, #64",
+            "mov x0, {ready}",
+            "mov x1, {byte}",
+            "mov x2, #1",
+            "svc #0",
+            "mov x8, #57",
+            "mov x0, {ready}",
+            "svc #0",
             "2:",
             "yield",
             "ldrb {tmp:w}, [{t}]",
@@ -426,7 +448,9 @@ fn spin_in_registers(regs: &[u128; VREGS], ctl: u64, loaded: &AtomicBool) -> ([u
             u = in(reg) usr2,
             ctl = in(reg) ctl,
             ctl_out = out(reg) ctl_out,
-            loaded = in(reg) loaded,
+            ready = in(reg) ready,
+            byte = in(reg) byte,
+            out("x0") _, out("x1") _, out("x2") _, out("x8") _,
             saved = out(reg) _,
             tmp = out(reg) _,
             out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
@@ -449,27 +473,18 @@ fn fpu_regs(t: &mut Ctx) -> Res {
         let hi = u64::from_ne_bytes(std::array::from_fn(|j| pattern(7, i * 16 + 8 + j)));
         u128::from(lo) | (u128::from(hi) << 64)
     });
-    // Ready only once the registers hold the values: a helper thread says so
-    // when the spinning code has loaded them.
-    static LOADED: AtomicBool = AtomicBool::new(false);
-    let ready = t.take_ready();
-    let helper = std::thread::spawn(move || {
-        while !LOADED.load(Ordering::SeqCst) {
-            nap(1);
-        }
-        ready.map_or(Ok(1), |fd| nix::unistd::write(&fd, b"R"))
-    });
-    let (mut got, mut ctl) = spin_in_registers(&want, FP_CONTROL, &LOADED);
-    helper
-        .join()
-        .map_err(|_| Fail::Sys("the readiness thread panicked".into()))?
-        .or_fail("signal readiness")?;
+    // Ready only once the registers hold the values: the spinning code
+    // writes and closes the readiness pipe itself once it has loaded them.
+    let ready = t
+        .take_ready()
+        .map_or(-1, |fd| i64::from(std::os::fd::IntoRawFd::into_raw_fd(fd)));
+    let (mut got, mut ctl) = spin_in_registers(&want, FP_CONTROL, ready);
     if !TERM.load(Ordering::SeqCst) && USR2.swap(false, Ordering::SeqCst) {
         // Sabotage: the registers lose one bit, as a bad restore would.
         t.log("sabotage: flipped a bit of the last vector register");
         let mut hurt = want;
         hurt[VREGS - 1] ^= 1 << 100;
-        (got, ctl) = spin_in_registers(&hurt, FP_CONTROL, &LOADED);
+        (got, ctl) = spin_in_registers(&hurt, FP_CONTROL, -1);
     }
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         ensure!(g == w, "vector register {i}: got {g:#034x}, want {w:#034x}");
