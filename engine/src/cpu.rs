@@ -28,6 +28,16 @@ pub use ppc64::*;
 #[cfg(target_arch = "s390x")]
 pub use s390::*;
 
+/// Write regset `nt` of thread `tid`.
+fn set_regset(tid: Pid, nt: u32, b: &[u8]) -> Result<()> {
+    sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"))
+}
+
+/// The general registers last, with an interrupted syscall set to restart.
+fn set_regs(tid: Pid, regs: &Regs) -> Result<()> {
+    sys::setregs(tid, &regs.with_syscall_restarted()).map_err(Error::ptrace(tid, "SETREGS"))
+}
+
 fn no_regs(tid: Pid, arch: &str) -> Error {
     Error::BadImage {
         path: format!("core-{tid}.img"),
@@ -67,12 +77,11 @@ mod x86 {
             .thread_info
             .as_ref()
             .ok_or_else(|| no_regs(tid, "x86-64"))?;
-        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
         let mut xs =
             sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
         x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
-        sys::setregset(tid, x86::NT_X86_XSTATE, &xs).map_err(Error::ptrace(tid, "SETREGSET"))?;
-        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+        set_regset(tid, x86::NT_X86_XSTATE, &xs)?;
+        set_regs(tid, &Regs::from_proto(&ti.gpregs))
     }
 
     /// The address the thread's tid is cleared at on exit.
@@ -153,10 +162,12 @@ mod aarch64 {
             .ti_aarch64
             .as_ref()
             .ok_or_else(|| no_regs(tid, "aarch64"))?;
-        let set =
-            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
-        set(a64::NT_PRFPREG, &Fpsimd::from_proto(&ti.fpsimd).to_regset())?;
-        set(a64::NT_ARM_TLS, &ti.tls.to_ne_bytes())?;
+        set_regset(
+            tid,
+            a64::NT_PRFPREG,
+            &Fpsimd::from_proto(&ti.fpsimd).to_regset(),
+        )?;
+        set_regset(tid, a64::NT_ARM_TLS, &ti.tls.to_ne_bytes())?;
         if let Some(k) = &ti.pac_keys {
             if let Some(a) = &k.pac_address_keys {
                 let words = [
@@ -170,18 +181,17 @@ mod aarch64 {
                     a.apdbkey_hi,
                 ];
                 let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-                set(a64::NT_ARM_PACA_KEYS, &b)?;
+                set_regset(tid, a64::NT_ARM_PACA_KEYS, &b)?;
             }
             if let Some(g) = &k.pac_generic_keys {
                 let b: Vec<u8> = [g.apgakey_lo, g.apgakey_hi]
                     .iter()
                     .flat_map(|w| w.to_ne_bytes())
                     .collect();
-                set(a64::NT_ARM_PACG_KEYS, &b)?;
+                set_regset(tid, a64::NT_ARM_PACG_KEYS, &b)?;
             }
         }
-        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
-        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+        set_regs(tid, &Regs::from_proto(&ti.gpregs))
     }
 
     /// The address the thread's tid is cleared at on exit.
@@ -235,17 +245,14 @@ mod ppc64 {
             ti.vrstate.as_ref(),
             ti.vsxstate.as_ref(),
         );
-        let set =
-            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
-        set(p64::NT_PRFPREG, &f.fp_regset())?;
+        set_regset(tid, p64::NT_PRFPREG, &f.fp_regset())?;
         if let Some(b) = f.vmx_regset() {
-            set(p64::NT_PPC_VMX, &b)?;
+            set_regset(tid, p64::NT_PPC_VMX, &b)?;
         }
         if let Some(b) = f.vsx_regset() {
-            set(p64::NT_PPC_VSX, &b)?;
+            set_regset(tid, p64::NT_PPC_VSX, &b)?;
         }
-        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
-        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+        set_regs(tid, &Regs::from_proto(&ti.gpregs))
     }
 
     /// The address the thread's tid is cleared at on exit.
@@ -294,15 +301,12 @@ mod s390 {
     pub fn restore(tid: Pid, core: &CoreEntry) -> Result<()> {
         let ti = core.ti_s390.as_ref().ok_or_else(|| no_regs(tid, "s390x"))?;
         let f = Fpu::from_proto(&ti.fpregs, ti.vxrs_low.as_ref(), ti.vxrs_high.as_ref());
-        let set =
-            |nt: u32, b: &[u8]| sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"));
-        set(z::NT_PRFPREG, &f.fp_regset())?;
+        set_regset(tid, z::NT_PRFPREG, &f.fp_regset())?;
         if let Some((low, high)) = f.vx_regsets() {
-            set(z::NT_S390_VXRS_LOW, &low)?;
-            set(z::NT_S390_VXRS_HIGH, &high)?;
+            set_regset(tid, z::NT_S390_VXRS_LOW, &low)?;
+            set_regset(tid, z::NT_S390_VXRS_HIGH, &high)?;
         }
-        let regs = Regs::from_proto(&ti.gpregs).with_syscall_restarted();
-        sys::setregs(tid, &regs).map_err(Error::ptrace(tid, "SETREGS"))
+        set_regs(tid, &Regs::from_proto(&ti.gpregs))
     }
 
     /// The address the thread's tid is cleared at on exit.
