@@ -308,6 +308,19 @@ fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// Write instructions into a task's memory. Through /proc/PID/mem, which
+/// (unlike process_vm_writev) makes the kernel flush the instruction cache
+/// where the CPU needs it (arm64, POWER).
+pub fn write_code(pid: Pid, addr: u64, code: &[u8]) -> Result<()> {
+    mem_file(pid, true)
+        .and_then(|f| f.write_all_at(code, addr))
+        .map_err(|e| Error::MemWrite {
+            pid,
+            addr,
+            errno: errno_of(&e),
+        })
+}
+
 fn mem_file(pid: Pid, write: bool) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)

@@ -1037,6 +1037,24 @@ pub fn set_disposition(sig: i32, ignore: bool, catch: bool) {
     };
 }
 
+/// Make instruction fetches see what was just written to `code` as data
+/// (libgcc's `__clear_cache`: cache maintenance on arm64 and POWER, nothing
+/// on x86 and s390x, whose caches are coherent).
+pub fn clear_icache(code: &mut [u8]) {
+    #[cfg(any(target_arch = "aarch64", target_arch = "powerpc64"))]
+    {
+        unsafe extern "C" {
+            fn __clear_cache(start: *mut libc::c_char, end: *mut libc::c_char);
+        }
+        let range = code.as_mut_ptr_range();
+        // SAFETY: the range is one live, writable slice of our memory;
+        // __clear_cache only runs cache maintenance over it.
+        unsafe { __clear_cache(range.start.cast(), range.end.cast()) };
+    }
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "powerpc64")))]
+    let _ = code;
+}
+
 /// Set the calling thread's name (PR_SET_NAME).
 pub fn set_comm(name: &str) {
     let mut b = [0u8; 16];

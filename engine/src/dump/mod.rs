@@ -297,8 +297,8 @@ fn dump_task(
         code: scratch + 3 * page,
         trap: scratch + len - 8,
     };
-    remote::write_mem(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
-    remote::write_mem(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
+    remote::write_code(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
+    remote::write_code(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
     let fast = sc.remote(leader.tid, leader.regs);
     let res = dump_task_state(t, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
     r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;

@@ -318,6 +318,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     code[..8].copy_from_slice(&arch::SYSCALL_INSN);
     code[BATCH_CODE..BATCH_CODE + arch::SYSCALL_BATCH.len()].copy_from_slice(&arch::SYSCALL_BATCH);
     let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
+    // The code was written as data: make the CPU fetch it fresh.
+    sys::clear_icache(code_page);
     sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
     let tramp = Trampoline {
