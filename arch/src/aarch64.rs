@@ -6,7 +6,9 @@
 //! any host can read an aarch64 image. Regset buffers are in the byte order
 //! of the kernel that filled them (little-endian on every aarch64 Linux).
 
-use stasis_proto::images::{UserAarch64FpsimdContextEntry, UserAarch64RegsEntry};
+use stasis_proto::images::{
+    PacAddressKeys, PacGenericKeys, PacKeys, UserAarch64FpsimdContextEntry, UserAarch64RegsEntry,
+};
 
 /// `svc #0` followed by `brk #0`: the remote-syscall trampoline. The
 /// breakpoint stops the task right after the syscall returns.
@@ -300,6 +302,59 @@ impl Fpsimd {
     }
 }
 
+/// The pointer-authentication keys of the `NT_ARM_PACA_KEYS` (apia, apib,
+/// apda, apdb; 128 bits each, low half first) and `NT_ARM_PACG_KEYS` (apga)
+/// regset buffers; `None` if either is short.
+pub fn pac_keys_from_regsets(a: &[u8], g: &[u8]) -> Option<PacKeys> {
+    let a: Vec<u64> = words_le(a.get(..64)?).collect();
+    let g: Vec<u64> = words_le(g.get(..16)?).collect();
+    Some(PacKeys {
+        pac_address_keys: Some(PacAddressKeys {
+            apiakey_lo: a[0],
+            apiakey_hi: a[1],
+            apibkey_lo: a[2],
+            apibkey_hi: a[3],
+            apdakey_lo: a[4],
+            apdakey_hi: a[5],
+            apdbkey_lo: a[6],
+            apdbkey_hi: a[7],
+            pac_enabled_key: 0,
+        }),
+        pac_generic_keys: Some(PacGenericKeys {
+            apgakey_lo: g[0],
+            apgakey_hi: g[1],
+        }),
+    })
+}
+
+/// The `NT_ARM_PACA_KEYS` and `NT_ARM_PACG_KEYS` buffers of the keys an
+/// image holds (each `None` if the image has none).
+pub fn pac_keys_to_regsets(k: &PacKeys) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let bytes = |w: &[u64]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    (
+        k.pac_address_keys.as_ref().map(|a| {
+            bytes(&[
+                a.apiakey_lo,
+                a.apiakey_hi,
+                a.apibkey_lo,
+                a.apibkey_hi,
+                a.apdakey_lo,
+                a.apdakey_hi,
+                a.apdbkey_lo,
+                a.apdbkey_hi,
+            ])
+        }),
+        k.pac_generic_keys
+            .as_ref()
+            .map(|g| bytes(&[g.apgakey_lo, g.apgakey_hi])),
+    )
+}
+
+/// The TLS register (`tpidr_el0`) of an `NT_ARM_TLS` regset buffer.
+pub fn tls_from_regset(b: &[u8]) -> Option<u64> {
+    words_le(b.get(..8)?).next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +393,23 @@ mod tests {
         assert_eq!(p.vregs[2], 1, "low half first");
         assert_eq!(p.vregs[3], 0xdead_beef, "then the high half");
         assert_eq!(Fpsimd::from_proto(&p), f);
+    }
+
+    #[test]
+    fn pac_keys_round_trip_through_regsets() {
+        let a: Vec<u8> = (0u8..64).collect();
+        let g: Vec<u8> = (100u8..116).collect();
+        let k = pac_keys_from_regsets(&a, &g).expect("whole buffers");
+        assert_eq!(
+            k.pac_address_keys.as_ref().map(|x| x.apiakey_lo),
+            Some(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]))
+        );
+        assert_eq!(pac_keys_to_regsets(&k), (Some(a.clone()), Some(g.clone())));
+        assert_eq!(pac_keys_from_regsets(&a[..63], &g), None);
+        assert_eq!(
+            tls_from_regset(&a),
+            Some(u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]))
+        );
     }
 
     #[test]

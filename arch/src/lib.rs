@@ -12,7 +12,8 @@ pub mod x86;
 
 /// The arch this binary runs on, for the engine: registers, syscall numbers
 /// and instructions of the tasks it dumps and restores. x86-64 stands in on
-/// arches the engine is not ported to (the engine refuses to run there).
+/// arches stasis does not support ([`Arch::host`] is `None` there, and the
+/// engine refuses to run).
 #[cfg(target_arch = "aarch64")]
 pub use aarch64 as native;
 /// The arch this binary runs on (see the aarch64 build).
@@ -28,14 +29,6 @@ pub use s390 as native;
     target_arch = "s390x"
 )))]
 pub use x86 as native;
-
-/// Whether the engine's C/R runs on this build's arch.
-pub const ENGINE_PORTED: bool = cfg!(any(
-    target_arch = "x86_64",
-    target_arch = "aarch64",
-    all(target_arch = "powerpc64", target_endian = "little"),
-    target_arch = "s390x"
-));
 
 use stasis_proto::images::core_entry::March;
 

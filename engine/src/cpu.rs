@@ -1,9 +1,9 @@
 //! The CPU state of a thread (`thread_info_x86`, `thread_info_aarch64`,
-//! `thread_info_ppc64` or `thread_info_s390` in `core-TID.img`): general registers, FPU/vector
-//! registers and, on aarch64, the TLS register and pointer-authentication
-//! keys. Dump reads
-//! them with ptrace regsets; restore writes them back last, so the thread
-//! resumes exactly where it was dumped.
+//! `thread_info_ppc64` or `thread_info_s390` in `core-TID.img`): general
+//! registers, FPU/vector registers and, on aarch64, the TLS register and
+//! pointer-authentication keys. Dump reads them with ptrace regsets;
+//! restore writes them back last, so the thread resumes exactly where it
+//! was dumped.
 
 use nix::unistd::Pid;
 use stasis_arch::native::Regs;
@@ -27,6 +27,19 @@ pub use ppc64::*;
 
 #[cfg(target_arch = "s390x")]
 pub use s390::*;
+
+/// Refuse to run on an arch stasis does not support.
+pub fn host_supported() -> Result<()> {
+    if stasis_arch::Arch::host().is_none() {
+        return Err(Error::Arch {
+            what: format!(
+                "this engine checkpoints x86_64, aarch64, ppc64le and s390x tasks only; this machine is {}",
+                std::env::consts::ARCH
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// Write regset `nt` of thread `tid`.
 fn set_regset(tid: Pid, nt: u32, b: &[u8]) -> Result<()> {
@@ -100,19 +113,11 @@ mod x86 {
 mod aarch64 {
     use super::*;
     use stasis_arch::aarch64::{self as a64, Fpsimd};
+    use stasis_proto::images::ThreadInfoAarch64;
     use stasis_proto::images::core_entry::March;
-    use stasis_proto::images::{PacAddressKeys, PacGenericKeys, PacKeys, ThreadInfoAarch64};
 
     /// The image's per-thread CPU state on this arch.
     pub type ThreadInfo = ThreadInfoAarch64;
-
-    fn u64_at(b: &[u8], i: usize) -> u64 {
-        let mut w = [0u8; 8];
-        if let Some(s) = b.get(8 * i..8 * i + 8) {
-            w.copy_from_slice(s);
-        }
-        u64::from_ne_bytes(w)
-    }
 
     /// Thread `tid`'s CPU state; `regs` were read at the freeze.
     pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
@@ -128,28 +133,12 @@ mod aarch64 {
             sys::getregset(tid, a64::NT_ARM_PACA_KEYS),
             sys::getregset(tid, a64::NT_ARM_PACG_KEYS),
         ) {
-            (Ok(a), Ok(g)) => Some(PacKeys {
-                pac_address_keys: Some(PacAddressKeys {
-                    apiakey_lo: u64_at(&a, 0),
-                    apiakey_hi: u64_at(&a, 1),
-                    apibkey_lo: u64_at(&a, 2),
-                    apibkey_hi: u64_at(&a, 3),
-                    apdakey_lo: u64_at(&a, 4),
-                    apdakey_hi: u64_at(&a, 5),
-                    apdbkey_lo: u64_at(&a, 6),
-                    apdbkey_hi: u64_at(&a, 7),
-                    pac_enabled_key: 0,
-                }),
-                pac_generic_keys: Some(PacGenericKeys {
-                    apgakey_lo: u64_at(&g, 0),
-                    apgakey_hi: u64_at(&g, 1),
-                }),
-            }),
+            (Ok(a), Ok(g)) => a64::pac_keys_from_regsets(&a, &g),
             _ => None,
         };
         Ok(ThreadInfoAarch64 {
             clear_tid_addr,
-            tls: u64_at(&tls, 0),
+            tls: a64::tls_from_regset(&tls).unwrap_or(0),
             gpregs: regs.to_proto(),
             fpsimd: fp.to_proto(),
             pac_keys,
@@ -167,27 +156,13 @@ mod aarch64 {
             a64::NT_PRFPREG,
             &Fpsimd::from_proto(&ti.fpsimd).to_regset(),
         )?;
-        set_regset(tid, a64::NT_ARM_TLS, &ti.tls.to_ne_bytes())?;
+        set_regset(tid, a64::NT_ARM_TLS, &ti.tls.to_le_bytes())?;
         if let Some(k) = &ti.pac_keys {
-            if let Some(a) = &k.pac_address_keys {
-                let words = [
-                    a.apiakey_lo,
-                    a.apiakey_hi,
-                    a.apibkey_lo,
-                    a.apibkey_hi,
-                    a.apdakey_lo,
-                    a.apdakey_hi,
-                    a.apdbkey_lo,
-                    a.apdbkey_hi,
-                ];
-                let b: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let (a, g) = a64::pac_keys_to_regsets(k);
+            if let Some(b) = a {
                 set_regset(tid, a64::NT_ARM_PACA_KEYS, &b)?;
             }
-            if let Some(g) = &k.pac_generic_keys {
-                let b: Vec<u8> = [g.apgakey_lo, g.apgakey_hi]
-                    .iter()
-                    .flat_map(|w| w.to_ne_bytes())
-                    .collect();
+            if let Some(b) = g {
                 set_regset(tid, a64::NT_ARM_PACG_KEYS, &b)?;
             }
         }

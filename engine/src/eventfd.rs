@@ -12,7 +12,6 @@ use stasis_proto::images::{EventfdFileEntry, FdTypes, FownEntry};
 
 use crate::error::Result;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// eventfd files.
 #[derive(Debug)]
@@ -26,8 +25,8 @@ const SEMAPHORE: u32 = 1;
 /// least 2, read once (a semaphore gives 1, else the whole counter) and
 /// put the counter back as it was.
 fn probe_semaphore(cx: &FdCtx<'_>, counter: u64) -> Result<bool> {
-    let fd = sys::pidfd_open(cx.pid)
-        .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
+    let fd = cx
+        .dup()
         .map_err(cx.err("pidfd_getfd (probing semaphore mode)"))?;
     let add = 2u64.saturating_sub(counter);
     let write =

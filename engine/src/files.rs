@@ -84,6 +84,12 @@ impl FdCtx<'_> {
         self.fd.field(key).ok_or_else(|| self.format_err(key))
     }
 
+    /// A copy of the task's fd (pidfd_getfd): the same open file, to ask
+    /// things of without running code in the task.
+    pub fn dup(&self) -> nix::Result<OwnedFd> {
+        sys::pidfd_open(self.pid).and_then(|p| sys::pidfd_getfd(&p, self.fd.fd))
+    }
+
     /// A failed step of dumping the file (`what` names the step).
     pub fn err(&self, what: &str) -> impl FnOnce(nix::errno::Errno) -> Error + use<> {
         Error::dump(self.pid, format!("fd {} ({what})", self.fd.fd))

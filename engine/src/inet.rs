@@ -137,9 +137,7 @@ impl FileKind for InetSk {
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
-        let dup = sys::pidfd_open(cx.pid)
-            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
-            .map_err(Error::dump(cx.pid, what.clone()))?;
+        let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
         let int = |name| {
             sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, name)
                 .map_err(Error::dump(cx.pid, what.clone()))

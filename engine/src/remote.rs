@@ -119,18 +119,20 @@ impl Remote {
         let res = self.call_many(calls)?;
         res.iter()
             .zip(calls)
-            .map(|(&r, (name, _, _))| {
-                if (-4095..0).contains(&r) {
-                    Err(Error::Remote {
-                        tid: self.tid,
-                        syscall: name,
-                        errno: Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL)),
-                    })
-                } else {
-                    Ok(r.cast_unsigned())
-                }
-            })
+            .map(|(&r, (name, _, _))| self.result(name, r))
             .collect()
+    }
+
+    /// A raw syscall result as a result: -4095..-1 is an errno.
+    pub fn result(&self, name: &'static str, r: i64) -> Result<u64> {
+        if (-4095..0).contains(&r) {
+            return Err(Error::Remote {
+                tid: self.tid,
+                syscall: name,
+                errno: Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL)),
+            });
+        }
+        Ok(r.cast_unsigned())
     }
 
     /// Move fd `fd` of the task to number `target` (dup3 with or without
@@ -169,15 +171,7 @@ impl Remote {
     /// Run one syscall and return its result; a negative result is an error.
     pub fn call(&self, name: &'static str, nr: u64, args: [u64; 6]) -> Result<u64> {
         let r = self.call_raw(name, nr, args)?;
-        if (-4095..0).contains(&r) {
-            let errno = Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL));
-            return Err(Error::Remote {
-                tid: self.tid,
-                syscall: name,
-                errno,
-            });
-        }
-        Ok(r.cast_unsigned())
+        self.result(name, r)
     }
 
     /// Run one syscall and return its raw result.
@@ -308,9 +302,9 @@ fn errno_of(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Write instructions into a task's memory. Through /proc/PID/mem, which
-/// (unlike process_vm_writev) makes the kernel flush the instruction cache
-/// where the CPU needs it (arm64, POWER).
+/// Write into a task's memory through /proc/PID/mem: also where the task
+/// may not write itself, and, for instructions, with the instruction cache
+/// flushed where the CPU needs it (arm64, POWER), unlike process_vm_writev.
 pub fn write_code(pid: Pid, addr: u64, code: &[u8]) -> Result<()> {
     mem_file(pid, true)
         .and_then(|f| f.write_all_at(code, addr))
@@ -371,12 +365,6 @@ pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {
     {
         return Ok(());
     }
-    let err = |e: std::io::Error| Error::MemWrite {
-        pid,
-        addr,
-        errno: errno_of(&e),
-    };
-    mem_file(pid, true)
-        .and_then(|f| f.write_all_at(data, addr))
-        .map_err(err)
+    // Pages the task cannot write itself: through /proc/PID/mem.
+    write_code(pid, addr, data)
 }

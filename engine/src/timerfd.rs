@@ -62,8 +62,8 @@ impl FileKind for Timerfd {
         // An expired periodic timer counts its expirations only when asked:
         // timerfd_gettime (on a copy of the fd, the same file) adds them to
         // the ticks fdinfo shows and re-arms it, reading nothing.
-        let info = sys::pidfd_open(cx.pid)
-            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
+        let info = cx
+            .dup()
             .and_then(|f| {
                 sys::timerfd_gettime(f.as_fd())?;
                 Ok(f)

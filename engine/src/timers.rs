@@ -190,6 +190,7 @@ pub fn restore_posix(r: &Remote, t: &TaskTimersEntry, data: u64) -> Result<()> {
         // Before Linux 6.17: ids come from the cursor.
         create_in_order(r, t, data)?;
     } else {
+        r.result("prctl(PR_TIMER_CREATE_RESTORE_IDS)", by_id)?;
         let res = create_all(r, t, data);
         r.call(
             "prctl(PR_TIMER_CREATE_RESTORE_IDS)",

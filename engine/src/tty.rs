@@ -238,9 +238,7 @@ impl FileKind for Tty {
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
         let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
-        let dup = sys::pidfd_open(cx.pid)
-            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
-            .map_err(fail("a copy of it"))?;
+        let dup = cx.dup().map_err(fail("a copy of it"))?;
         let (index, master) = pty_end(cx.meta.rdev(), || {
             let mut n = 0;
             sys::tty_ioctl_int(dup.as_fd(), libc::TIOCGPTN, &mut n).ok()?;

@@ -395,9 +395,7 @@ impl FileKind for UnixSk {
             .unix
             .diag_of(ino)
             .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
-        let dup = sys::pidfd_open(cx.pid)
-            .and_then(|p| sys::pidfd_getfd(&p, cx.fd.fd))
-            .map_err(Error::dump(cx.pid, what.clone()))?;
+        let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
         let opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
         let state = u32::from(d.state);
         if state == TCP_LISTEN {

@@ -64,14 +64,7 @@ fn us(since: Instant) -> u32 {
 
 /// Dump the tree under `opts.pid` into `opts.dir`.
 pub fn dump(opts: &Opts) -> Result<Stats> {
-    if !stasis_arch::ENGINE_PORTED {
-        return Err(Error::Arch {
-            what: format!(
-                "this engine checkpoints x86_64, aarch64, ppc64le and s390x tasks only so far; this machine is {}",
-                std::env::consts::ARCH
-            ),
-        });
-    }
+    crate::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
     let t0 = Instant::now();
     let tree = seize::freeze(opts.pid, opts.timeout)?;

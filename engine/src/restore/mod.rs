@@ -179,14 +179,7 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 
 /// Restore the images in `opts.dir`.
 pub fn restore(opts: &Opts) -> Result<Restored> {
-    if !stasis_arch::ENGINE_PORTED {
-        return Err(Error::Arch {
-            what: format!(
-                "this engine checkpoints x86_64, aarch64, ppc64le and s390x tasks only so far; this machine is {}",
-                std::env::consts::ARCH
-            ),
-        });
-    }
+    crate::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
     let (mut plans, files) = load(&dir)?;
     for p in &plans {
