@@ -335,12 +335,16 @@ fn data_entry(pipe_id: u32, (data, size): (Vec<u8>, i32)) -> (PipeDataEntry, Vec
     )
 }
 
+/// A described fd: the task, its fd number and the file id given.
+type Described = (Pid, i32, u32);
+
 /// The open files of a dump or a restore.
 #[derive(Debug, Default)]
 pub struct Table {
     entries: Vec<FileEntry>,
-    /// Described fds, to find shared descriptions: (pid, fd, dev, ino, id).
-    described: Vec<(Pid, i32, u64, u64, u32)>,
+    /// Described fds by (dev, ino), to find shared descriptions: (pid, fd,
+    /// id), in kcmp order.
+    described: HashMap<(u64, u64), Vec<Described>>,
     by_path: HashMap<String, u32>,
     pipes_seen: HashMap<u64, ()>,
     pipe_data: Vec<(PipeDataEntry, Vec<u8>)>,
@@ -526,14 +530,14 @@ impl Table {
             FdTypes::Reg
         };
         // The same open file description seen before (dup, fork)?
-        for &(opid, ofd, dev, ino, id) in &self.described {
-            if dev == meta.dev()
-                && ino == meta.ino()
-                && sys::kcmp_file(pid, fd.fd, opid, ofd).unwrap_or(false)
-            {
-                self.note_locks(id, locks);
-                return Ok(fdinfo(id, ty, fd));
-            }
+        if let Ok(i) = self.find_described(pid, fd.fd, meta.dev(), meta.ino())
+            && let Some(&(_, _, id)) = self
+                .described
+                .get(&(meta.dev(), meta.ino()))
+                .and_then(|l| l.get(i))
+        {
+            self.note_locks(id, locks);
+            return Ok(fdinfo(id, ty, fd));
         }
         let cx = FdCtx {
             pid,
@@ -597,13 +601,51 @@ impl Table {
             id,
             kind: Some(kind),
         });
+        let at = self
+            .find_described(pid, fd.fd, meta.dev(), meta.ino())
+            .unwrap_or_else(|i| i);
         self.described
-            .push((pid, fd.fd, meta.dev(), meta.ino(), id));
+            .entry((meta.dev(), meta.ino()))
+            .or_default()
+            .insert(at, (pid, fd.fd, id));
         self.note_locks(id, locks);
         if mqueue {
             self.mqueues.note(pid, fd.fd, &fd.target, id)?;
         }
         Ok(fdinfo(id, ty, fd))
+    }
+
+    /// Where fd `fd` of `pid` (file `dev`, `ino`) is among the described
+    /// descriptions of that file: Ok(index) when its description is there,
+    /// else Err(where it goes). A binary search in kcmp order, so that many
+    /// descriptions of one file (every task's /dev/null) cost log n kcmps;
+    /// a linear scan when the kernel gives no order.
+    fn find_described(&self, pid: Pid, fd: i32, dev: u64, ino: u64) -> Result<usize, usize> {
+        let Some(list) = self.described.get(&(dev, ino)) else {
+            return Err(0);
+        };
+        let (mut lo, mut hi) = (0, list.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(&(opid, ofd, _)) = list.get(mid) else {
+                break;
+            };
+            match sys::kcmp_file_order(opid, ofd, pid, fd) {
+                Ok(Some(std::cmp::Ordering::Equal)) => return Ok(mid),
+                Ok(Some(std::cmp::Ordering::Less)) => lo = mid + 1,
+                Ok(Some(std::cmp::Ordering::Greater)) => hi = mid,
+                _ => {
+                    return list
+                        .iter()
+                        .position(|&(opid, ofd, _)| {
+                            sys::kcmp_file_order(opid, ofd, pid, fd)
+                                .is_ok_and(|o| o == Some(std::cmp::Ordering::Equal))
+                        })
+                        .ok_or(list.len());
+                }
+            }
+        }
+        Err(lo)
     }
 
     /// Keep each lock once: a POSIX lock shows on every fd its process has

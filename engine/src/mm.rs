@@ -326,36 +326,126 @@ pub fn put(pid: Pid, t: &Trampoline, off: u64, bytes: &[u8]) -> Result<u64> {
     Ok(t.data + off)
 }
 
-/// Open `path` in the task and map it at `start` (MAP_FIXED added to
-/// `flags`), then close it again.
-#[allow(clippy::too_many_arguments)]
-fn map_path(
-    r: &Remote,
-    t: &Trampoline,
-    path: &str,
-    oflags: i32,
-    start: u64,
-    len: u64,
-    prot: u32,
-    flags: u32,
-    off: u64,
-) -> Result<()> {
-    let fd = remote_open(r, t, path, oflags | libc::O_CLOEXEC)?;
-    let fixed = libc::MAP_FIXED.cast_unsigned();
-    let res = r.call(
-        "mmap",
-        nr::MMAP,
-        [
-            start,
-            len,
-            u64::from(prot),
-            u64::from(flags | fixed),
-            fd,
-            off,
-        ],
-    );
-    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    res.map(drop)
+/// Where the paths of a [`MapBatch`] go in the trampoline's data area:
+/// from 8 KiB up to the batch table at 48 KiB.
+const PATHS_AT: u64 = 8 << 10;
+const PATHS_ROOM: usize = 40 << 10;
+
+/// Consecutive VMAs mapped in two stops: every distinct file opened once,
+/// then every mmap and the closes.
+#[derive(Default)]
+struct MapBatch {
+    /// The mmap arguments of each VMA (the fd filled in from its file).
+    maps: Vec<(Option<usize>, [u64; 6])>,
+    /// Files to open: path and open flags.
+    files: Vec<(String, i32)>,
+    /// Bytes of paths so far, terminators included.
+    bytes: usize,
+}
+
+impl MapBatch {
+    /// Map with `args`, from `file` if any (its fd goes in `args[4]`).
+    fn add(
+        &mut self,
+        r: &Remote,
+        t: &Trampoline,
+        file: Option<(String, i32)>,
+        args: [u64; 6],
+    ) -> Result<()> {
+        let idx = match file {
+            None => None,
+            Some(f) => Some(match self.files.iter().position(|g| *g == f) {
+                Some(i) => i,
+                None => {
+                    let need = f.0.len() + 1;
+                    if self.bytes + need > PATHS_ROOM {
+                        self.flush(r, t)?;
+                    }
+                    self.bytes += need;
+                    self.files.push(f);
+                    self.files.len() - 1
+                }
+            }),
+        };
+        self.maps.push((idx, args));
+        Ok(())
+    }
+
+    fn flush(&mut self, r: &Remote, t: &Trampoline) -> Result<()> {
+        if self.maps.is_empty() {
+            return Ok(());
+        }
+        let pid = r.tid;
+        let mut blob = Vec::with_capacity(self.bytes);
+        let mut opens = Vec::with_capacity(self.files.len());
+        for (path, flags) in &self.files {
+            let at = t.data + PATHS_AT + blob.len() as u64;
+            blob.extend_from_slice(path.as_bytes());
+            blob.push(0);
+            let flags = (flags | libc::O_CLOEXEC).cast_unsigned();
+            let dirfd = libc::AT_FDCWD.cast_unsigned().into();
+            opens.push(("openat", nr::OPENAT, [dirfd, at, flags.into(), 0, 0, 0]));
+        }
+        if !blob.is_empty() {
+            remote::write_mem(pid, t.data + PATHS_AT, &blob)?;
+        }
+        let fds = r.call_many(&opens)?;
+        let errno = |r: i64| {
+            (-4095..0)
+                .contains(&r)
+                .then(|| nix::errno::Errno::from_raw(i32::try_from(-r).unwrap_or(libc::EINVAL)))
+        };
+        let opened = fds.iter().filter(|&&fd| errno(fd).is_none());
+        let closes = opened.map(|&fd| ("close", nr::CLOSE, [fd.cast_unsigned(), 0, 0, 0, 0, 0]));
+        let bad_open = fds.iter().position(|&fd| errno(fd).is_some());
+        let calls: Vec<_> = if bad_open.is_some() {
+            closes.collect()
+        } else {
+            self.maps
+                .iter()
+                .map(|&(idx, mut args)| {
+                    if let Some(fd) = idx.and_then(|i| fds.get(i)) {
+                        args[4] = fd.cast_unsigned();
+                    }
+                    ("mmap", nr::MMAP, args)
+                })
+                .chain(closes)
+                .collect()
+        };
+        let res = r.call_many(&calls)?;
+        if let Some(i) = bad_open {
+            let path = self.files.get(i).map_or("", |f| f.0.as_str());
+            let used = self
+                .maps
+                .iter()
+                .find(|m| m.0 == Some(i))
+                .map_or(0, |m| m.1[0]);
+            return Err(Error::Restore {
+                pid,
+                what: format!("opening {path} to map it at {used:#x}"),
+                errno: fds
+                    .get(i)
+                    .copied()
+                    .and_then(errno)
+                    .unwrap_or(nix::errno::Errno::EIO),
+            });
+        }
+        for (&(idx, args), &got) in self.maps.iter().zip(&res) {
+            if let Some(e) = errno(got) {
+                let of = idx
+                    .and_then(|i| self.files.get(i))
+                    .map(|f| format!(" of {}", f.0))
+                    .unwrap_or_default();
+                return Err(Error::Restore {
+                    pid,
+                    what: format!("the mapping {:#x}-{:#x}{of}", args[0], args[0] + args[1]),
+                    errno: e,
+                });
+            }
+        }
+        *self = MapBatch::default();
+        Ok(())
+    }
 }
 
 fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64> {
@@ -408,19 +498,24 @@ pub fn restore(
     let keep = |m: &proc::Map| {
         is_special_name(&m.name) || (m.start >= t.start && m.end <= t.start + t.len)
     };
-    let mut run: Option<(u64, u64)> = None;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut open = false;
     for m in current.iter().filter(|m| m.name != "[vsyscall]") {
         if keep(m) {
-            if let Some((a, b)) = run.take() {
-                r.call("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])?;
-            }
+            open = false;
         } else {
-            run = Some(run.map_or((m.start, m.end), |(a, _)| (a, m.end)));
+            match runs.last_mut() {
+                Some((_, b)) if open => *b = m.end,
+                _ => runs.push((m.start, m.end)),
+            }
+            open = true;
         }
     }
-    if let Some((a, b)) = run {
-        r.call("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])?;
-    }
+    let unmaps: Vec<_> = runs
+        .iter()
+        .map(|&(a, b)| ("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0]))
+        .collect();
+    r.call_all(&unmaps)?;
     // 2. The special areas, matched by kind in address order; parked first
     //    so that no move lands on another area still in the way.
     let cur_special: Vec<&proc::Map> = current
@@ -469,6 +564,7 @@ pub fn restore(
         .filter(|v| v.status & status::REGULAR != 0 && !is_special(v))
         .collect();
     let mut prev: Option<&VmaEntry> = None;
+    let mut batch = MapBatch::default();
     for v in &page_vmas {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED.cast_unsigned();
@@ -506,8 +602,17 @@ pub fn restore(
             } else {
                 libc::O_RDONLY
             };
-            map_path(r, t, path, oflags, v.start, len, prot, v.flags, v.pgoff)?;
+            let args = [
+                v.start,
+                len,
+                u64::from(prot),
+                u64::from(v.flags | fixed),
+                0,
+                v.pgoff,
+            ];
+            batch.add(r, t, Some((path.to_owned(), oflags)), args)?;
         } else if v.status & status::SYSVIPC != 0 {
+            batch.flush(r, t)?;
             // The segment exists already (made in the namespace): attach it
             // at its address; later parts of a split one are covered by it.
             if v.pgoff == 0 {
@@ -549,27 +654,29 @@ pub fn restore(
                     errno: nix::errno::Errno::EINVAL,
                 });
             };
-            map_path(
-                r,
-                t,
-                &format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}"),
-                libc::O_RDWR,
-                v.start,
-                len,
-                prot,
-                v.flags & !libc::MAP_ANONYMOUS.cast_unsigned(),
-                off,
-            )?;
+            let path = format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}");
+            let flags = (v.flags & !libc::MAP_ANONYMOUS.cast_unsigned()) | fixed;
+            let args = [v.start, len, u64::from(prot), u64::from(flags), 0, off];
+            batch.add(r, t, Some((path, libc::O_RDWR)), args)?;
         } else {
             if v.status & status::ANON_SHARED != 0 {
                 shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));
             }
             let flags = v.flags | libc::MAP_ANONYMOUS.cast_unsigned();
-            let (at, flags) = if would_merge {
-                (0, flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned())
-            } else {
-                (v.start, flags | fixed)
-            };
+            if !would_merge {
+                let args = [
+                    v.start,
+                    len,
+                    u64::from(prot),
+                    u64::from(flags | fixed),
+                    u64::MAX,
+                    0,
+                ];
+                batch.add(r, t, None, args)?;
+                continue;
+            }
+            batch.flush(r, t)?;
+            let (at, flags) = (0, flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned());
             let map = || {
                 r.call(
                     "mmap",
@@ -578,7 +685,7 @@ pub fn restore(
                 )
             };
             let mut got = map()?;
-            if would_merge && got == v.start {
+            if got == v.start {
                 // The kernel chose the target itself (same offset as a
                 // fixed mapping): map again elsewhere, move over it.
                 got = map()?;
@@ -591,35 +698,40 @@ pub fn restore(
             }
         }
     }
+    batch.flush(r, t)?;
     // 4. Pages, streamed from the image in bounded chunks.
     let (restored, guards) = restore_pages(r, t, dir)?;
-    for (start, len) in guards {
-        r.call(
-            "madvise(MADV_GUARD_INSTALL)",
-            nr::MADVISE,
-            [start, len, MADV_GUARD_INSTALL, 0, 0, 0],
-        )?;
-    }
-    // 5. Advice, then final protections.
+    // 5. Guards and advice, then final protections: one batch.
+    let mut calls: Vec<_> = guards
+        .into_iter()
+        .map(|(start, len)| {
+            (
+                "madvise(MADV_GUARD_INSTALL)",
+                nr::MADVISE,
+                [start, len, MADV_GUARD_INSTALL, 0, 0, 0],
+            )
+        })
+        .collect();
     for v in &page_vmas {
         let madv = v.madv.unwrap_or(0);
         for advice in (0..64).filter(|a| madv & (1 << a) != 0) {
-            r.call(
+            calls.push((
                 "madvise",
                 nr::MADVISE,
                 [v.start, v.end - v.start, advice, 0, 0, 0],
-            )?;
+            ));
         }
     }
     for v in &page_vmas {
         if v.status & status::FILE_SHARED == 0 && v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
-            r.call(
+            calls.push((
                 "mprotect",
                 nr::MPROTECT,
                 [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0],
-            )?;
+            ));
         }
     }
+    r.call_all(&calls)?;
     Ok(restored)
 }
 
@@ -668,6 +780,7 @@ fn read_entries<R: std::io::BufRead>(
     let mut off: u64 = 0;
     let mut total = 0;
     let mut guards = Vec::new();
+    let mut reads: Vec<(u64, u64, u64)> = Vec::new();
     while let Some(e) = pm.read_entry::<PagemapEntry>()? {
         let n = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
         let flags = e.flags.unwrap_or(PE_PRESENT);
@@ -695,10 +808,26 @@ fn read_entries<R: std::io::BufRead>(
         let mut done = 0;
         while done < len {
             let chunk = (len - done).min(1 << 30);
+            reads.push((e.vaddr + done, chunk, off + done));
+            done += chunk;
+        }
+        off += len;
+        total += n;
+    }
+    // All reads in batches; a short one (a file that shrank meanwhile) is
+    // finished call by call.
+    let calls: Vec<_> = reads
+        .iter()
+        .map(|&(at, len, off)| ("pread64(pages)", nr::PREAD64, [fd, at, len, off, 0, 0]))
+        .collect();
+    let res = r.call_many(&calls)?;
+    for (&(at, len, off), &got) in reads.iter().zip(&res) {
+        let mut done = r.result("pread64(pages)", got)?;
+        while done < len {
             let got = r.call(
                 "pread64(pages)",
                 nr::PREAD64,
-                [fd, e.vaddr + done, chunk, off + done, 0, 0],
+                [fd, at + done, len - done, off + done, 0, 0],
             )?;
             if got == 0 {
                 return Err(Error::BadImage {
@@ -708,8 +837,6 @@ fn read_entries<R: std::io::BufRead>(
             }
             done += got;
         }
-        off += len;
-        total += n;
     }
     Ok((total, guards))
 }

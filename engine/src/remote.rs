@@ -54,6 +54,14 @@ pub struct Remote {
 
 /// Calls one batch runs at most (its table is 8 words a call, one page).
 pub const BATCH_MAX: usize = 63;
+/// Bytes of the batch page a batch may use: the rest holds the arguments
+/// of a single call that takes them in memory.
+const BATCH_ROOM: usize = 8 + 64 * BATCH_MAX;
+
+/// Whether syscall `nr` takes its arguments in memory (old mmap on s390x).
+fn in_memory(nr: u64) -> bool {
+    stasis_arch::native::MMAP_TAKES_STRUCT && nr == nr::MMAP
+}
 
 impl Remote {
     /// Drive `tid`, whose registers are `base`, through the `syscall`
@@ -88,13 +96,42 @@ impl Remote {
                 .collect();
         };
         let mut out = Vec::with_capacity(calls.len());
-        for chunk in calls.chunks(BATCH_MAX) {
+        let mut rest = calls;
+        while !rest.is_empty() {
+            // Where mmap takes its arguments in memory, they go after the
+            // entries: fewer calls fit.
+            let (mut k, mut structs) = (0, 0);
+            while k < rest.len() && k < BATCH_MAX {
+                let s = usize::from(in_memory(rest[k].1));
+                if 8 + 64 * (k + 1) + 48 * (structs + s) > BATCH_ROOM {
+                    break;
+                }
+                k += 1;
+                structs += s;
+            }
+            let (chunk, tail) = rest.split_at(k.max(1));
+            rest = tail;
+            let args_at = table + 8 + 64 * chunk.len() as u64;
             let mut words = vec![chunk.len() as u64];
+            let mut args_words = Vec::new();
             for (_, nr, args) in chunk {
                 words.push(*nr);
-                words.extend_from_slice(args);
+                if in_memory(*nr) {
+                    words.extend_from_slice(&[
+                        args_at + 8 * args_words.len() as u64,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ]);
+                    args_words.extend_from_slice(args);
+                } else {
+                    words.extend_from_slice(args);
+                }
                 words.push(0);
             }
+            words.extend_from_slice(&args_words);
             write_mem(self.tid, table, &self::words(&words))?;
             let tid = self.tid;
             sys::setregs(
@@ -177,7 +214,7 @@ impl Remote {
     /// Run one syscall and return its raw result.
     pub fn call_raw(&self, name: &'static str, nr: u64, mut args: [u64; 6]) -> Result<i64> {
         let tid = self.tid;
-        if stasis_arch::native::MMAP_TAKES_STRUCT && nr == nr::MMAP {
+        if in_memory(nr) {
             // The arguments go in memory: past the batch table (its last
             // 56 bytes are free), or else below the stack pointer, which
             // the stopped thread does not use.

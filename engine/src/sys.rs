@@ -450,9 +450,15 @@ pub fn page_size() -> u64 {
     u64::try_from(v).unwrap_or(4096)
 }
 
-/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file
-/// description (kcmp KCMP_FILE).
-pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno> {
+/// How the open file descriptions behind fd `fd1` of `pid1` and `fd2` of
+/// `pid2` order (kcmp KCMP_FILE: a stable, obfuscated pointer order); None
+/// when the kernel tells only that they differ.
+pub fn kcmp_file_order(
+    pid1: Pid,
+    fd1: i32,
+    pid2: Pid,
+    fd2: i32,
+) -> Result<Option<std::cmp::Ordering>, Errno> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes integers only and has no memory effects.
     let ret = unsafe {
@@ -465,7 +471,12 @@ pub fn kcmp_file(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool, Errno
             libc::c_long::from(fd2),
         )
     };
-    Ok(Errno::result(ret)? == 0)
+    Ok(match Errno::result(ret)? {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    })
 }
 
 /// Whether fd `fd` of `pid` is the file registered as fd `tfd` in epoll fd

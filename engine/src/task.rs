@@ -62,6 +62,7 @@ pub fn dump_thread(
     let scratch = sc.data;
     let r = sc.remote(tid, th.regs);
     th.touched.set(true);
+    th.pin();
     // Nothing may interrupt the remote calls; the mask is put back on release.
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let got = r.call_all(&[

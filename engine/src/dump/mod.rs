@@ -68,10 +68,13 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     let dir = Dir::open(&opts.dir)?;
     let t0 = Instant::now();
     let tree = seize::freeze(opts.pid, opts.timeout)?;
+    let engine_mask = seize::pin_engine();
     let freezing_us = us(t0);
     let t1 = Instant::now();
-    match dump_frozen(&tree, &dir, opts) {
+    let res = dump_frozen(&tree, &dir, opts);
+    match res {
         Ok((mut stats, mut files)) => {
+            seize::unpin_engine(engine_mask);
             stats.freezing_us = freezing_us;
             if opts.leave_running {
                 tree.release();
@@ -89,6 +92,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
         }
         Err(e) => {
             tree.release();
+            seize::unpin_engine(engine_mask);
             Err(e)
         }
     }
@@ -271,6 +275,7 @@ fn dump_task(
     let insn = syscall_insn(pid)?;
     let r = Remote::new(leader.tid, leader.regs, insn);
     leader.touched.set(true);
+    leader.pin();
     sys::set_sigmask(leader.tid, u64::MAX).map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
     let page = sys::page_size();
     // Scratch: two pages for answers, a batch table, then the code (the

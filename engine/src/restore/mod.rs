@@ -322,6 +322,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         park: tstart + (1 << 20),
     };
 
+    let mask = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let t0 = Instant::now();
     let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     // The child never returns into the engine.
@@ -341,6 +342,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         ready_fd,
         t0,
         opts.progress.as_ref(),
+        mask.as_ref(),
     );
     match result {
         Ok(pages) => Ok(Restored { root, pages }),
@@ -373,6 +375,7 @@ fn finish(
     ready_fd: RawFd,
     t0: Instant,
     progress: Option<&crate::progress::Progress>,
+    mask: Option<&nix::sched::CpuSet>,
 ) -> Result<u64> {
     let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
     // Every task reports (pid, errno, step) once its own setup is done.
@@ -404,9 +407,6 @@ fn finish(
         }
     }
     let forking = t0.elapsed();
-    let mut pages = 0;
-    let mut threads: Vec<Pid> = Vec::new();
-    let mut shared = mm::SharedAnon::new();
     let filters = seccomp::Table::load(dir)?;
     crate::progress::report(
         progress,
@@ -415,40 +415,50 @@ fn finish(
             total: alive.len(),
         },
     );
-    for (i, p) in alive.iter().enumerate() {
-        let before = pages;
-        pages += restore_task(
-            p,
-            files,
-            dir,
-            tramp,
-            ready_fd,
-            &mut threads,
-            &mut shared,
-            &filters,
-        )?;
-        use crate::progress::{Step, report};
-        report(progress, Step::Pages(pages - before));
-        report(
-            progress,
-            Step::Tasks {
-                done: i + 1,
-                total: alive.len(),
-            },
-        );
-    }
-    for p in &alive {
-        let pid = pid_of(p.pst.pid);
-        if p.core
-            .tc
-            .as_ref()
-            .is_some_and(|t| t.task_state == task::state::STOPPED)
-        {
-            let _ = kill(pid, Signal::SIGSTOP);
-        }
-    }
-    for tid in &threads {
-        let _ = ptrace::detach(*tid, None);
+    let cpus = worker_cpus(mask, alive.len());
+    let groups = split(&alive, cpus.len().max(1));
+    let barrier = std::sync::Barrier::new(groups.len());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let w = Work {
+        alive: &alive,
+        files,
+        dir,
+        tramp,
+        ready_fd,
+        filters: &filters,
+        progress,
+        mask,
+        barrier: &barrier,
+        failed: &failed,
+        done: &done,
+    };
+    let results: Vec<Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups
+            .iter()
+            .enumerate()
+            .map(|(k, g)| {
+                let cpu = cpus.get(k).copied();
+                let w = &w;
+                s.spawn(move || w.run(g, cpu))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Unexpected {
+                        tid: Pid::from_raw(0),
+                        op: "restore",
+                        what: "a restore worker panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut pages = 0;
+    for r in results {
+        pages += r?;
     }
     settle(plans);
     let mut w = dir.create_stats("restore")?;
@@ -464,6 +474,168 @@ fn finish(
     })?;
     w.finish()?;
     Ok(pages)
+}
+
+/// CPUs to restore on, one worker each: those the engine may use, up to
+/// one per task and at most eight.
+fn worker_cpus(mask: Option<&nix::sched::CpuSet>, tasks: usize) -> Vec<usize> {
+    let Some(m) = mask else {
+        return Vec::new();
+    };
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| m.is_set(c).unwrap_or(false))
+        .take(tasks.clamp(1, 8))
+        .collect()
+}
+
+/// Split the tasks (indices into `alive`, in tree order) between `n`
+/// workers. Tasks sharing anonymous shared memory stay on one worker, in
+/// order: a later one maps the memory through the first one's map_files.
+fn split(alive: &[&Plan], n: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n.max(1)];
+    let mut owner_of: HashMap<u64, usize> = HashMap::new();
+    for (i, p) in alive.iter().enumerate() {
+        let shmids: Vec<u64> =
+            p.mm.as_ref()
+                .map(|m| {
+                    m.vmas
+                        .iter()
+                        .filter(|v| v.status & mm::status::ANON_SHARED != 0)
+                        .map(|v| v.shmid)
+                        .collect()
+                })
+                .unwrap_or_default();
+        let least = (0..out.len())
+            .min_by_key(|&k| out.get(k).map_or(0, Vec::len))
+            .unwrap_or(0);
+        let w = shmids
+            .iter()
+            .find_map(|id| owner_of.get(id).copied())
+            .unwrap_or(least);
+        for id in shmids {
+            owner_of.entry(id).or_insert(w);
+        }
+        if let Some(list) = out.get_mut(w) {
+            list.push(i);
+        }
+    }
+    out.retain(|l| !l.is_empty());
+    out
+}
+
+/// What the restore workers share.
+struct Work<'a> {
+    alive: &'a [&'a Plan],
+    files: &'a Table,
+    dir: &'a Dir,
+    tramp: &'a Trampoline,
+    ready_fd: RawFd,
+    filters: &'a seccomp::Table,
+    progress: Option<&'a crate::progress::Progress>,
+    /// The engine's CPUs: what the tasks would have inherited.
+    mask: Option<&'a nix::sched::CpuSet>,
+    barrier: &'a std::sync::Barrier,
+    failed: &'a std::sync::atomic::AtomicBool,
+    done: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl Work<'_> {
+    /// Restore the tasks `mine` (indices into `alive`) on `cpu`: the worker
+    /// thread becomes their tracer, they and it run on that one CPU (a
+    /// remote call then costs two context switches, not two wake-ups of an
+    /// idle CPU), and once every worker is done they are released with the
+    /// engine's CPUs. On failure every task of the tree is killed.
+    fn run(&self, mine: &[usize], cpu: Option<usize>) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        let one = cpu.and_then(|c| {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(c).ok()?;
+            nix::sched::sched_setaffinity(Pid::from_raw(0), &set).ok()?;
+            Some(set)
+        });
+        let tasks: Vec<&Plan> = mine
+            .iter()
+            .filter_map(|&i| self.alive.get(i).copied())
+            .collect();
+        if let Some(set) = &one {
+            for p in &tasks {
+                let _ = nix::sched::sched_setaffinity(pid_of(p.pst.pid), set);
+            }
+        }
+        let mut threads: Vec<Pid> = Vec::new();
+        let mut shared = mm::SharedAnon::new();
+        let mut pages = 0;
+        let mut res = Ok(());
+        for p in &tasks {
+            if self.failed.load(Ordering::SeqCst) {
+                break;
+            }
+            match restore_task(
+                p,
+                self.files,
+                self.dir,
+                self.tramp,
+                self.ready_fd,
+                &mut threads,
+                &mut shared,
+                self.filters,
+            ) {
+                Ok(n) => {
+                    pages += n;
+                    use crate::progress::{Step, report};
+                    report(self.progress, Step::Pages(n));
+                    let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+                    report(
+                        self.progress,
+                        Step::Tasks {
+                            done,
+                            total: self.alive.len(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        // The first failure is the one to report; the others follow from
+        // its killing the tree.
+        let mut first = false;
+        if res.is_err() {
+            first = !self.failed.swap(true, Ordering::SeqCst);
+            // Half-made tasks must not run once their tracer is gone.
+            for p in self.alive.iter().rev() {
+                let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
+            }
+        }
+        // Nothing runs before every task is restored.
+        self.barrier.wait();
+        if first {
+            res?;
+        }
+        if self.failed.load(Ordering::SeqCst) {
+            return Ok(pages);
+        }
+        for p in &tasks {
+            if p.core
+                .tc
+                .as_ref()
+                .is_some_and(|t| t.task_state == task::state::STOPPED)
+            {
+                let _ = kill(pid_of(p.pst.pid), Signal::SIGSTOP);
+            }
+        }
+        if let Some(m) = self.mask.filter(|_| one.is_some()) {
+            for tid in &threads {
+                let _ = nix::sched::sched_setaffinity(*tid, m);
+            }
+        }
+        for tid in &threads {
+            let _ = ptrace::detach(*tid, None);
+        }
+        Ok(pages)
+    }
 }
 
 /// Wait (briefly) until stopped tasks show as stopped and zombies as
