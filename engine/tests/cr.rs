@@ -285,6 +285,84 @@ fn leave_running_twice_then_restore_the_second() {
 }
 
 #[test]
+fn leave_running_dump_keeps_cpu_affinity() {
+    need_root();
+    // The engine runs the threads it drives on its own CPU meanwhile; each
+    // must get its own mask back. Pin the job to the last CPU we may use.
+    let mine = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+    let cpu = (0..nix::sched::CpuSet::count())
+        .filter(|&c| mine.is_set(c).unwrap_or(false))
+        .last()
+        .expect("a CPU");
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let script = format!(
+        "exec python3 -c 'import os,sys,threading,time\nos.sched_setaffinity(0,{{{cpu}}})\nthreading.Thread(target=lambda: time.sleep(3600),daemon=True).start()\ni=0\nwhile True:\n  i+=1; open(sys.argv[1],\"w\").write(str(i)); time.sleep(0.05)' {}",
+        counter.display()
+    );
+    let mut job = Job::start(&script);
+    wait_counter(&counter, 2);
+    let pid = job.pgid;
+    let masks = || {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .map(|t| {
+                let st = std::fs::read_to_string(t.expect("task").path().join("status"))
+                    .expect("status");
+                st.lines()
+                    .find(|l| l.starts_with("Cpus_allowed_list:"))
+                    .expect("Cpus_allowed_list")
+                    .to_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // The engine on another CPU (this thread's mask is inherited), so that
+    // it has to move the job's threads.
+    let other =
+        (0..nix::sched::CpuSet::count()).find(|&c| c != cpu && mine.is_set(c).unwrap_or(false));
+    match other {
+        Some(o) => {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(o).expect("cpu");
+            nix::sched::sched_setaffinity(Pid::from_raw(0), &set).expect("pin the test");
+        }
+        None => eprintln!("one CPU only: the engine cannot move the job's threads"),
+    }
+    let before = masks();
+    assert_eq!(
+        before.len(),
+        2,
+        "the job should have two threads: {before:?}"
+    );
+    assert!(
+        before.iter().all(|m| m.ends_with(&format!("\t{cpu}"))),
+        "{before:?}"
+    );
+    for i in 0..3 {
+        let img = images(tmp.path(), &format!("img{i}"));
+        let out = run(&[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            img.to_str().expect("utf8"),
+            "--leave-running",
+        ]);
+        assert!(
+            out.status.success(),
+            "dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(masks(), before, "CPU affinity changed by dump {i}");
+    }
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &mine).expect("unpin the test");
+    let _ = killpg(Pid::from_raw(job.pgid), Signal::SIGKILL);
+    job.reap();
+}
+
+#[test]
 fn failed_dump_leaves_the_task_running() {
     need_root();
     let tmp = tmpdir();
