@@ -291,8 +291,8 @@ fn leave_running_dump_keeps_cpu_affinity() {
     // must get its own mask back. Pin the job to the last CPU we may use.
     let mine = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity");
     let cpu = (0..nix::sched::CpuSet::count())
-        .filter(|&c| mine.is_set(c).unwrap_or(false))
-        .last()
+        .rev()
+        .find(|&c| mine.is_set(c).unwrap_or(false))
         .expect("a CPU");
     let tmp = tmpdir();
     let counter = tmp.path().join("count");
