@@ -120,6 +120,7 @@ pub mod nr {
     pub const IOCTL: u64 = 29;
     pub const SHMAT: u64 = 196;
     pub const PIDFD_OPEN: u64 = 434;
+    pub const USERFAULTFD: u64 = 282;
     pub const SETSOCKOPT: u64 = 208;
     pub const SHUTDOWN: u64 = 210;
 }

@@ -125,6 +125,7 @@ pub mod nr {
     pub const IOCTL: u64 = 54;
     pub const SHMAT: u64 = 397;
     pub const PIDFD_OPEN: u64 = 434;
+    pub const USERFAULTFD: u64 = 364;
     pub const SETSOCKOPT: u64 = 339;
     pub const SHUTDOWN: u64 = 338;
     pub const RESTART_SYSCALL: u64 = 0;

@@ -129,6 +129,7 @@ pub mod nr {
     pub const IOCTL: u64 = 54;
     pub const SHMAT: u64 = 397;
     pub const PIDFD_OPEN: u64 = 434;
+    pub const USERFAULTFD: u64 = 355;
     pub const SETSOCKOPT: u64 = 366;
     pub const SHUTDOWN: u64 = 373;
 }

@@ -114,6 +114,7 @@ pub mod nr {
     pub const IOCTL: u64 = 16;
     pub const SHMAT: u64 = 30;
     pub const PIDFD_OPEN: u64 = 434;
+    pub const USERFAULTFD: u64 = 323;
     pub const SETSOCKOPT: u64 = 54;
     pub const SHUTDOWN: u64 = 48;
 }

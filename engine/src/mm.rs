@@ -700,7 +700,7 @@ pub fn restore(
     }
     batch.flush(r, t)?;
     // 4. Pages, streamed from the image in bounded chunks.
-    let (restored, guards) = restore_pages(r, t, dir)?;
+    let (restored, guards) = restore_pages(r, t, dir, &page_vmas)?;
     // 5. Guards and advice, then final protections: one batch.
     let mut calls: Vec<_> = guards
         .into_iter()
@@ -735,9 +735,24 @@ pub fn restore(
     Ok(restored)
 }
 
-/// Fill the task's memory from the pages image: the task reads it itself
-/// (remote pread64 straight into its mappings: one copy, no engine buffer).
-fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir) -> Result<(u64, Vec<(u64, u64)>)> {
+/// Runs of at least this many bytes in anonymous private memory are filled
+/// with UFFDIO_COPY, when they add up to [`UFFD_TOTAL`].
+const UFFD_RUN: u64 = 256 << 10;
+const UFFD_TOTAL: u64 = 4 << 20;
+/// Bytes of the pages image mapped into the engine at a time for UFFDIO_COPY.
+const UFFD_WINDOW: u64 = 16 << 20;
+
+/// Fill the task's memory from the pages image. Large runs of anonymous
+/// memory are copied in by the engine with UFFDIO_COPY straight from the
+/// image's page cache (one copy; the new pages are not zeroed first and
+/// take no fault each); the rest the task reads itself (remote pread64
+/// into its mappings), as does any run userfaultfd cannot take.
+fn restore_pages(
+    r: &Remote,
+    t: &Trampoline,
+    dir: &Dir,
+    vmas: &[&VmaEntry],
+) -> Result<(u64, Vec<(u64, u64)>)> {
     let pid = r.tid;
     let ps = sys::page_size();
     let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
@@ -758,25 +773,197 @@ fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir) -> Result<(u64, Vec<(u64
             err: e,
         })?
         .len();
+    let (total, guards, reads) = read_entries(&mut pm, size, ps, &shown)?;
+    let anon = |&(at, len, _): &(u64, u64, u64)| {
+        len >= UFFD_RUN
+            && vmas.iter().any(|v| {
+                v.status & status::ANON_PRIVATE != 0
+                    && v.status & status::SYSVIPC == 0
+                    && v.start <= at
+                    && at + len <= v.end
+            })
+    };
+    let (fast, mut slow): (Vec<_>, Vec<_>) = reads.into_iter().partition(anon);
+    if fast.iter().map(|f| f.1).sum::<u64>() >= UFFD_TOTAL {
+        match fill_by_uffd(r, &abs, &fast, vmas) {
+            Ok(left) => slow.extend(left),
+            Err(e) => {
+                tracing::debug!("task {pid}: UFFDIO_COPY not used ({e}); the task reads its pages");
+                slow.extend(fast);
+            }
+        }
+    } else {
+        slow.extend(fast);
+    }
+    if slow.is_empty() {
+        return Ok((total, guards));
+    }
     let fd = remote_open(
         r,
         t,
         &abs.to_string_lossy(),
         libc::O_RDONLY | libc::O_CLOEXEC,
     )?;
-    let res = read_entries(r, &mut pm, fd, size, ps, &shown);
+    let res = pread_all(r, fd, &slow, &shown);
     r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    res
+    res.map(|()| (total, guards))
 }
 
-fn read_entries<R: std::io::BufRead>(
+/// Split `items` (address, length, offset) into `n` parts of about the same
+/// number of bytes, cutting an item where needed (at a page boundary).
+fn split_bytes(items: &[(u64, u64, u64)], n: usize) -> Vec<Vec<(u64, u64, u64)>> {
+    let total: u64 = items.iter().map(|i| i.1).sum();
+    let ps = sys::page_size();
+    let per = ((total / n.max(1) as u64).div_ceil(ps) * ps).max(ps);
+    let mut out = vec![Vec::new()];
+    let mut room = per;
+    for &(mut at, mut len, mut off) in items {
+        while len > 0 {
+            if room == 0 {
+                out.push(Vec::new());
+                room = per;
+            }
+            let k = len.min(room);
+            if let Some(last) = out.last_mut() {
+                last.push((at, k, off));
+            }
+            (at, len, off, room) = (at + k, len - k, off + k, room - k);
+        }
+    }
+    out
+}
+
+/// UFFDIO_COPY each of `items` from `file`, window by window; returns the
+/// parts not copied.
+fn uffd_copy_all(
+    uffd: &std::os::fd::OwnedFd,
+    file: &File,
+    items: &[(u64, u64, u64)],
+) -> Vec<(u64, u64, u64)> {
+    let mut left = Vec::new();
+    for &(at, len, off) in items {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(UFFD_WINDOW);
+            let Ok(win) = sys::FileWindow::map(file, off + done, usize::try_from(n).unwrap_or(0))
+            else {
+                break;
+            };
+            match sys::uffd_copy(uffd, at + done, win.addr(0), n) {
+                Ok(k) if k > 0 => done += k,
+                _ => break,
+            }
+        }
+        if done < len {
+            left.push((at + done, len - done, off + done));
+        }
+    }
+    left
+}
+
+/// Copy `items` (address, length, offset in the image at `path`) into the
+/// task under `r` with a userfaultfd made in the task; returns the parts it
+/// could not copy.
+fn fill_by_uffd(
     r: &Remote,
+    path: &std::path::Path,
+    items: &[(u64, u64, u64)],
+    vmas: &[&VmaEntry],
+) -> Result<Vec<(u64, u64, u64)>> {
+    let pid = r.tid;
+    let fail = |what: String| {
+        move |errno| Error::Restore {
+            pid,
+            what: what.clone(),
+            errno,
+        }
+    };
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK).cast_unsigned();
+    let fd = r.call(
+        "userfaultfd",
+        nr::USERFAULTFD,
+        [flags.into(), 0, 0, 0, 0, 0],
+    )?;
+    let got =
+        sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, i32::try_from(fd).unwrap_or(-1)));
+    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
+    let uffd = got.map_err(fail("its userfaultfd".into()))?;
+    sys::uffd_api(&uffd).map_err(fail("UFFDIO_API".into()))?;
+    let mut regs: Vec<(u64, u64)> = Vec::new();
+    for &(at, _, _) in items {
+        if let Some(v) = vmas.iter().find(|v| v.start <= at && at < v.end)
+            && !regs.contains(&(v.start, v.end))
+        {
+            sys::uffd_register(&uffd, v.start, v.end - v.start).map_err(fail(format!(
+                "UFFDIO_REGISTER of {:#x}-{:#x}",
+                v.start, v.end
+            )))?;
+            regs.push((v.start, v.end));
+        }
+    }
+    let file = File::open(path).map_err(|e| Error::ImagesDir {
+        path: path.display().to_string(),
+        err: e,
+    })?;
+    // Large copies on every CPU the engine has: UFFDIO_COPY calls on
+    // disjoint ranges run side by side.
+    let total: u64 = items.iter().map(|i| i.1).sum();
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::getpid())
+        .map(|m| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&c| m.is_set(c).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(1);
+    let parts = split_bytes(
+        items,
+        cpus.min(4)
+            .min(usize::try_from(total / (64 << 20)).unwrap_or(1))
+            .max(1),
+    );
+    let left = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(k, part)| {
+                let (uffd, file) = (&uffd, &file);
+                s.spawn(move || {
+                    if k > 0 {
+                        // Helpers may run anywhere the engine may (the
+                        // restore worker that spawns them is pinned).
+                        if let Ok(m) = nix::sched::sched_getaffinity(nix::unistd::getpid()) {
+                            let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &m);
+                        }
+                    }
+                    uffd_copy_all(uffd, file, part)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&parts)
+            .flat_map(|(h, part)| h.join().unwrap_or_else(|_| part.clone()))
+            .collect::<Vec<_>>()
+    });
+    // Closing the userfaultfd would unregister too; say so explicitly.
+    for (start, end) in regs {
+        let _ = sys::uffd_unregister(&uffd, start, end - start);
+    }
+    Ok(left)
+}
+
+/// Pages to read and guard regions to install.
+type PageWork = (u64, Vec<(u64, u64)>, Vec<(u64, u64, u64)>);
+
+/// The pagemap entries, checked against the size of the pages image:
+/// pages in all, guard regions (start, length) and reads (address, length,
+/// offset in the image).
+fn read_entries<R: std::io::BufRead>(
     pm: &mut stasis_proto::ImageReader<R>,
-    fd: u64,
     size: u64,
     ps: u64,
     shown: &str,
-) -> Result<(u64, Vec<(u64, u64)>)> {
+) -> Result<PageWork> {
     let mut off: u64 = 0;
     let mut total = 0;
     let mut guards = Vec::new();
@@ -814,8 +1001,13 @@ fn read_entries<R: std::io::BufRead>(
         off += len;
         total += n;
     }
-    // All reads in batches; a short one (a file that shrank meanwhile) is
-    // finished call by call.
+    Ok((total, guards, reads))
+}
+
+/// The task reads `reads` from the pages image open as its fd `fd`: all in
+/// batches; a short one (a file that shrank meanwhile) is finished call by
+/// call.
+fn pread_all(r: &Remote, fd: u64, reads: &[(u64, u64, u64)], shown: &str) -> Result<()> {
     let calls: Vec<_> = reads
         .iter()
         .map(|&(at, len, off)| ("pread64(pages)", nr::PREAD64, [fd, at, len, off, 0, 0]))
@@ -838,5 +1030,36 @@ fn read_entries<R: std::io::BufRead>(
             done += got;
         }
     }
-    Ok((total, guards))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_bytes;
+
+    #[test]
+    fn split_bytes_cuts_at_pages_and_keeps_every_byte() {
+        let ps = crate::sys::page_size();
+        // Three runs: 10, 1 and 5 pages, back to back in the image.
+        let items = [
+            (0x10_0000, 10 * ps, 0),
+            (0x40_0000, ps, 10 * ps),
+            (0x80_0000, 5 * ps, 11 * ps),
+        ];
+        for n in 1..=5 {
+            let parts = split_bytes(&items, n);
+            assert!(parts.len() <= n, "{n} parts asked, {} made", parts.len());
+            let flat: Vec<_> = parts.concat();
+            assert!(flat.iter().all(|p| p.1 > 0 && p.1 % ps == 0));
+            // Glued back together, the pieces are the runs again.
+            let mut glued: Vec<(u64, u64, u64)> = Vec::new();
+            for (at, len, off) in flat {
+                match glued.last_mut() {
+                    Some(g) if g.0 + g.1 == at && g.2 + g.1 == off => g.1 += len,
+                    _ => glued.push((at, len, off)),
+                }
+            }
+            assert_eq!(glued, items, "{n} parts");
+        }
+    }
 }

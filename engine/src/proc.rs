@@ -12,7 +12,18 @@ use crate::error::{EngineError as Error, Result};
 
 fn read(pid: Pid, what: &str) -> Result<String> {
     let path = format!("/proc/{pid}/{what}");
-    fs::read_to_string(&path).map_err(|e| Error::Proc { pid, path, err: e })
+    read_proc(&path).map_err(|e| Error::Proc { pid, path, err: e })
+}
+
+/// Read a /proc file: open and read to the end, nothing else (a /proc file
+/// has no size to ask for first, as `fs::read_to_string` does).
+pub fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    // Through `Take`, which does not ask the file for a size hint.
+    f.take(u64::MAX).read_to_end(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The fields of `/proc/PID/stat` the engine uses.

@@ -1102,3 +1102,128 @@ pub fn fork_single_threaded(pid: Pid, sibling: bool) -> Result<Forked, Errno> {
     // SAFETY: the process has one thread, so the child may run ordinary code.
     unsafe { fork_with_pid(pid, exit_signal, sibling) }
 }
+
+/// A read-only private mapping of part of a file (an image the engine
+/// copies from without reading it into a buffer); unmapped on drop.
+#[derive(Debug)]
+pub struct FileWindow {
+    ptr: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl FileWindow {
+    /// Map `len` bytes of `file` from `off` (page aligned), every page
+    /// mapped at once (MAP_POPULATE: no fault per page later).
+    pub fn map(file: &impl std::os::fd::AsFd, off: u64, len: usize) -> Result<FileWindow, Errno> {
+        use std::os::fd::AsRawFd;
+        let off = libc::off_t::try_from(off).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: a new mapping at an address the kernel chooses: no memory
+        // the program uses changes.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                file.as_fd().as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let ptr = std::ptr::NonNull::new(p).ok_or(Errno::EFAULT)?;
+        Ok(FileWindow { ptr, len })
+    }
+
+    /// Address of byte `at` of the window (for the kernel to read from).
+    pub fn addr(&self, at: usize) -> u64 {
+        self.ptr.as_ptr() as u64 + at.min(self.len) as u64
+    }
+}
+
+impl Drop for FileWindow {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len is the mapping made in `map`, used by nothing else.
+        unsafe { libc::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}
+
+/// userfaultfd ioctls and their argument structs (linux/userfaultfd.h).
+mod uffd {
+    pub const API: u64 = 0xAA;
+    pub const UFFDIO_API: libc::c_ulong = nix::request_code_readwrite!(0xAA, 0x3F, 24);
+    pub const UFFDIO_REGISTER: libc::c_ulong = nix::request_code_readwrite!(0xAA, 0x00, 32);
+    pub const UFFDIO_UNREGISTER: libc::c_ulong = nix::request_code_read!(0xAA, 0x01, 16);
+    pub const UFFDIO_COPY: libc::c_ulong = nix::request_code_readwrite!(0xAA, 0x03, 40);
+    pub const REGISTER_MODE_MISSING: u64 = 1;
+}
+
+/// UFFDIO_API on a fresh userfaultfd, no optional features.
+pub fn uffd_api(fd: &impl std::os::fd::AsFd) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // struct uffdio_api { api, features, ioctls }
+    let mut api: [u64; 3] = [uffd::API, 0, 0];
+    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api, which `api` is.
+    Errno::result(unsafe {
+        libc::ioctl(fd.as_fd().as_raw_fd(), uffd::UFFDIO_API, api.as_mut_ptr())
+    })
+    .map(drop)
+}
+
+/// Register `[start, start + len)` of the userfaultfd's process for
+/// missing-page handling (what makes UFFDIO_COPY into it possible).
+pub fn uffd_register(fd: &impl std::os::fd::AsFd, start: u64, len: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // struct uffdio_register { range { start, len }, mode, ioctls }
+    let mut reg: [u64; 4] = [start, len, uffd::REGISTER_MODE_MISSING, 0];
+    // SAFETY: UFFDIO_REGISTER reads and writes a struct uffdio_register, which
+    // `reg` is; it changes the other process's VMA flags only.
+    Errno::result(unsafe {
+        libc::ioctl(
+            fd.as_fd().as_raw_fd(),
+            uffd::UFFDIO_REGISTER,
+            reg.as_mut_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// Undo [`uffd_register`] for `[start, start + len)`.
+pub fn uffd_unregister(fd: &impl std::os::fd::AsFd, start: u64, len: u64) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let mut range: [u64; 2] = [start, len];
+    // SAFETY: UFFDIO_UNREGISTER reads a struct uffdio_range, which `range` is.
+    Errno::result(unsafe {
+        libc::ioctl(
+            fd.as_fd().as_raw_fd(),
+            uffd::UFFDIO_UNREGISTER,
+            range.as_mut_ptr(),
+        )
+    })
+    .map(drop)
+}
+
+/// UFFDIO_COPY: fill `len` bytes at `dst` in the userfaultfd's process with
+/// the engine's memory at `src` (new pages, written once: no zeroing, no
+/// fault per page). Returns the bytes copied, fewer on a partial copy.
+pub fn uffd_copy(fd: &impl std::os::fd::AsFd, dst: u64, src: u64, len: u64) -> Result<u64, Errno> {
+    use std::os::fd::AsRawFd;
+    // struct uffdio_copy { dst, src, len, mode, copy }
+    let mut c: [i64; 5] = [
+        dst.cast_signed(),
+        src.cast_signed(),
+        len.cast_signed(),
+        0,
+        0,
+    ];
+    // SAFETY: UFFDIO_COPY reads and writes a struct uffdio_copy, which `c` is;
+    // the kernel reads `len` bytes at `src`, which the caller keeps mapped.
+    let ret = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), uffd::UFFDIO_COPY, c.as_mut_ptr()) };
+    match Errno::result(ret) {
+        Ok(_) => Ok(len),
+        // Partly done: `copy` says how far.
+        Err(_) if c[4] > 0 => Ok(c[4].cast_unsigned()),
+        Err(e) => Err(e),
+    }
+}
