@@ -1,12 +1,14 @@
 //! A task's address space: its VMAs (`mm-ID.img`), the pages in them
 //! (`pagemap-ID.img` + `pages-N.img`) and the special kernel areas (vdso,
 //! vvar, vvar_vclock). Dump reads `/proc/PID/maps`, `smaps` VmFlags and
-//! `pagemap`, and copies present pages in bounded chunks. Restore maps every
-//! VMA from inside the task (remote mmap), fills the pages with
-//! `process_vm_writev` and moves the vdso areas to their dumped addresses.
+//! `pagemap`, and copies present pages in bounded chunks (gathered
+//! `process_vm_readv`, one thread per CPU for large dumps). Restore maps
+//! every VMA from inside the task (batched remote mmap), fills large runs
+//! of anonymous memory with UFFDIO_COPY from the image and the rest with
+//! the task's own `pread64`, and moves the vdso areas to their dumped
+//! addresses.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 use nix::unistd::Pid;
@@ -51,6 +53,9 @@ const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 /// A guard region marker (Linux 6.15), reported as a swap-like entry.
 const PM_GUARD: u64 = 1 << 58;
+/// Bytes a copying thread gets at least: below that a dump or restore
+/// copies pages on one thread.
+const PART_MIN: u64 = 16 << 20;
 /// Bytes copied per read from the task: bounds the dumper's memory use.
 const CHUNK: usize = 4 << 20;
 
@@ -231,16 +236,15 @@ pub fn dump_pages(
     let mut head = dir.create("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
     head.write(&PagemapHead { pages_id: id })?;
     let pages_path = dir.pages_file(id);
-    let mut pages = BufWriter::with_capacity(
-        1 << 20,
-        File::create(&pages_path).map_err(|e| Error::ImagesDir {
-            path: pages_path.display().to_string(),
-            err: e,
-        })?,
-    );
+    let pages = File::create(&pages_path).map_err(|e| Error::ImagesDir {
+        path: pages_path.display().to_string(),
+        err: e,
+    })?;
     let mut stats = PageStats::default();
-    let mut buf = vec![0u8; CHUNK];
     let mut pm = vec![0u8; 8 * 4096];
+    // Data runs: address, length and offset in the pages image.
+    let mut items: Vec<(u64, u64, u64)> = Vec::new();
+    let mut off = 0;
     for v in vmas.iter().filter(|v| {
         v.status & (status::ANON_PRIVATE | status::ANON_SHARED | status::FILE_PRIVATE) != 0
             && !is_special(v)
@@ -280,30 +284,109 @@ pub fn dump_pages(
                 flags: Some(if guard { PE_GUARD } else { PE_PRESENT }),
                 nr_pages: Some(len),
             })?;
-            if guard {
-                continue;
+            if !guard {
+                items.push((start, len * ps, off));
+                off += len * ps;
+                stats.written += len;
             }
-            let mut off = 0;
-            let total = len * ps;
-            while off < total {
-                let n = usize::try_from((total - off).min(CHUNK as u64)).unwrap_or(CHUNK);
-                remote::read_mem(pid, start + off, &mut buf[..n])?;
-                pages.write_all(&buf[..n]).map_err(|e| Error::ImagesDir {
-                    path: pages_path.display().to_string(),
-                    err: e,
-                })?;
-                off += n as u64;
-                crate::progress::report(progress, Step::Pages(n as u64 / ps));
-            }
-            stats.written += len;
         }
     }
     head.finish()?;
-    pages.flush().map_err(|e| Error::ImagesDir {
-        path: pages_path.display().to_string(),
-        err: e,
-    })?;
+    // Large dumps copy on every CPU the engine has, each part of the image
+    // written at its own offset.
+    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
+    let n = cpus
+        .min(4)
+        .min(usize::try_from(off / PART_MIN).unwrap_or(1))
+        .max(1);
+    let parts = split_bytes(&items, n);
+    let shown = pages_path.display().to_string();
+    let copy = |part: &[(u64, u64, u64)]| copy_pages(pid, &pages, part, &shown, progress);
+    if parts.len() <= 1 {
+        parts.first().map_or(Ok(()), |p| copy(p))?;
+    } else {
+        let res: Vec<Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|part| {
+                    let copy = &copy;
+                    s.spawn(move || {
+                        sys::unpin_thread();
+                        copy(part)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Unexpected {
+                            tid: pid,
+                            op: "dumping pages",
+                            what: "a copying thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        res.into_iter().collect::<Result<()>>()?;
+    }
     Ok(stats)
+}
+
+/// Copy `items` (address, length, offset) of task `pid` into `file`: runs
+/// gathered into one buffer with one process_vm_readv and written with one
+/// pwrite while they are contiguous in the image.
+fn copy_pages(
+    pid: Pid,
+    file: &File,
+    items: &[(u64, u64, u64)],
+    shown: &str,
+    progress: Option<&Progress>,
+) -> Result<()> {
+    let ps = sys::page_size();
+    let mut buf = vec![0u8; CHUNK];
+    // Pending: (address, length) pieces filling buf from its start, and
+    // the image offset of buf[0].
+    let mut pending: Vec<(u64, usize)> = Vec::new();
+    let mut fill = 0usize;
+    let mut at_off = 0u64;
+    let flush = |pending: &mut Vec<(u64, usize)>, fill: &mut usize, buf: &mut [u8], at_off: u64| {
+        if *fill == 0 {
+            return Ok(());
+        }
+        remote::read_mem_v(pid, pending, &mut buf[..*fill])?;
+        file.write_all_at(&buf[..*fill], at_off)
+            .map_err(|e| Error::ImagesDir {
+                path: shown.to_owned(),
+                err: e,
+            })?;
+        crate::progress::report(progress, Step::Pages(*fill as u64 / ps));
+        pending.clear();
+        *fill = 0;
+        Ok::<(), Error>(())
+    };
+    for &(addr, len, off) in items {
+        let mut done = 0u64;
+        while done < len {
+            if fill == CHUNK
+                || pending.len() == remote::IOV_MAX
+                || (fill > 0 && at_off + fill as u64 != off + done)
+            {
+                flush(&mut pending, &mut fill, &mut buf, at_off)?;
+            }
+            if fill == 0 {
+                at_off = off + done;
+            }
+            let n = usize::try_from(len - done)
+                .unwrap_or(CHUNK)
+                .min(CHUNK - fill);
+            pending.push((addr + done, n));
+            fill += n;
+            done += n as u64;
+        }
+    }
+    flush(&mut pending, &mut fill, &mut buf, at_off)
 }
 
 /// Where the engine's trampoline lives in a task being restored, and the
@@ -908,17 +991,11 @@ fn fill_by_uffd(
     // Large copies on every CPU the engine has: UFFDIO_COPY calls on
     // disjoint ranges run side by side.
     let total: u64 = items.iter().map(|i| i.1).sum();
-    let cpus = nix::sched::sched_getaffinity(nix::unistd::getpid())
-        .map(|m| {
-            (0..nix::sched::CpuSet::count())
-                .filter(|&c| m.is_set(c).unwrap_or(false))
-                .count()
-        })
-        .unwrap_or(1);
+    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
     let parts = split_bytes(
         items,
         cpus.min(4)
-            .min(usize::try_from(total / (64 << 20)).unwrap_or(1))
+            .min(usize::try_from(total / PART_MIN).unwrap_or(1))
             .max(1),
     );
     let left = std::thread::scope(|s| {
@@ -931,9 +1008,7 @@ fn fill_by_uffd(
                     if k > 0 {
                         // Helpers may run anywhere the engine may (the
                         // restore worker that spawns them is pinned).
-                        if let Ok(m) = nix::sched::sched_getaffinity(nix::unistd::getpid()) {
-                            let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &m);
-                        }
+                        sys::unpin_thread();
                     }
                     uffd_copy_all(uffd, file, part)
                 })

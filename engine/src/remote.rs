@@ -386,6 +386,39 @@ pub fn read_mem(pid: Pid, addr: u64, buf: &mut [u8]) -> Result<()> {
         .map_err(err)
 }
 
+/// Most pieces one [`read_mem_v`] reads at once (the kernel's IOV_MAX).
+pub const IOV_MAX: usize = 1024;
+
+/// Read the task's `pieces` (address, length) one after another into `buf`
+/// (as long as their lengths together): one process_vm_readv, or piece by
+/// piece through [`read_mem`] when that comes short (unreadable pages).
+pub fn read_mem_v(pid: Pid, pieces: &[(u64, usize)], buf: &mut [u8]) -> Result<()> {
+    let remote: Vec<RemoteIoVec> = pieces
+        .iter()
+        .map(|&(a, len)| RemoteIoVec {
+            base: usize::try_from(a).unwrap_or(usize::MAX),
+            len,
+        })
+        .collect();
+    if let Ok(n) = process_vm_readv(pid, &mut [IoSliceMut::new(buf)], &remote)
+        && n == buf.len()
+    {
+        return Ok(());
+    }
+    let mut at = 0;
+    for &(a, len) in pieces {
+        let end = at + len;
+        let dst = buf.get_mut(at..end).ok_or(Error::MemRead {
+            pid,
+            addr: a,
+            errno: Errno::EINVAL,
+        })?;
+        read_mem(pid, a, dst)?;
+        at = end;
+    }
+    Ok(())
+}
+
 /// Write `data` into a task's memory at `addr`; read-only pages are written
 /// through /proc/PID/mem.
 pub fn write_mem(pid: Pid, addr: u64, data: &[u8]) -> Result<()> {

@@ -1227,3 +1227,28 @@ pub fn uffd_copy(fd: &impl std::os::fd::AsFd, dst: u64, src: u64, len: u64) -> R
         Err(e) => Err(e),
     }
 }
+
+/// The CPUs the engine may run on, as first asked (the engine asks at the
+/// start of a dump or restore, before it pins any thread).
+pub fn engine_mask() -> Option<nix::sched::CpuSet> {
+    static MASK: std::sync::OnceLock<Option<nix::sched::CpuSet>> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| nix::sched::sched_getaffinity(nix::unistd::getpid()).ok())
+}
+
+/// The CPU numbers in [`engine_mask`].
+pub fn engine_cpus() -> Option<Vec<usize>> {
+    let m = engine_mask()?;
+    Some(
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| m.is_set(c).unwrap_or(false))
+            .collect(),
+    )
+}
+
+/// Let the calling thread run on every CPU of [`engine_mask`] (a helper
+/// spawned by a pinned thread inherits its one CPU).
+pub fn unpin_thread() {
+    if let Some(m) = engine_mask() {
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &m);
+    }
+}

@@ -65,6 +65,8 @@ fn us(since: Instant) -> u32 {
 /// Dump the tree under `opts.pid` into `opts.dir`.
 pub fn dump(opts: &Opts) -> Result<Stats> {
     crate::cpu::host_supported()?;
+    // The engine's CPUs, noted before any thread is pinned.
+    sys::engine_mask();
     let dir = Dir::open(&opts.dir)?;
     let t0 = Instant::now();
     let tree = seize::freeze(opts.pid, opts.timeout)?;

@@ -322,7 +322,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         park: tstart + (1 << 20),
     };
 
-    let mask = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
+    let mask = sys::engine_mask();
     let t0 = Instant::now();
     let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     // The child never returns into the engine.
