@@ -993,6 +993,39 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Close every fd from `lo` to `hi` (inclusive) except those in `keep`,
+/// with close_range over the gaps: no listing of /proc/self/fd, whose cost
+/// grows with every fd the process holds. ENOSYS before Linux 5.9.
+pub fn close_except(lo: u32, hi: u32, keep: &[RawFd]) -> Result<(), Errno> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&k| u32::try_from(k).ok())
+        .filter(|k| (lo..=hi).contains(k))
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let close_range = |a: u32, b: u32| {
+        // SAFETY: closing fd numbers has no memory effects; callers close
+        // only fds no owned handle refers to.
+        Errno::result(unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) }).map(drop)
+    };
+    let mut start = Some(lo);
+    for k in keep {
+        if let Some(s) = start
+            && k > s
+        {
+            close_range(s, k - 1)?;
+        }
+        start = k.checked_add(1);
+    }
+    if let Some(s) = start
+        && s <= hi
+    {
+        close_range(s, hi)?;
+    }
+    Ok(())
+}
+
 /// dup3 `from` onto `to`, with or without close-on-exec.
 pub fn dup_to(from: RawFd, to: RawFd, cloexec: bool) -> Result<(), Errno> {
     if from == to {

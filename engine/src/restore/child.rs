@@ -121,18 +121,28 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     // The fd table: everything inherited goes, except the pool and the
     // report pipe (both above every target), then the targets go in.
     let keep_from = p.fds.iter().map(|f| f.1).min().unwrap_or(ready).min(ready);
-    for fd in open_fds() {
-        if fd < keep_from && !p.fds.iter().any(|f| f.0 == fd && f.1 == fd) {
-            sys::close(fd);
+    let in_place: Vec<RawFd> = p.fds.iter().filter(|f| f.0 == f.1).map(|f| f.0).collect();
+    let below = u32::try_from(keep_from).unwrap_or(0);
+    let fast = below == 0 || sys::close_except(0, below - 1, &in_place).is_ok();
+    if !fast {
+        // No close_range (before Linux 5.9): list the table.
+        for fd in open_fds() {
+            if fd < keep_from && !in_place.contains(&fd) {
+                sys::close(fd);
+            }
         }
     }
     for &(target, from, cloexec) in &p.fds {
         sys::dup_to(from, target, cloexec).map_err(|e| (e, 3))?;
     }
     // The pool goes; the report pipe is closed by the engine once it took over.
-    for fd in open_fds() {
-        if fd >= keep_from && fd != ready && !p.fds.iter().any(|f| f.0 == fd) {
-            sys::close(fd);
+    let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
+    keep.push(ready);
+    if !fast || sys::close_except(below, u32::MAX >> 1, &keep).is_err() {
+        for fd in open_fds() {
+            if fd >= keep_from && !keep.contains(&fd) {
+                sys::close(fd);
+            }
         }
     }
     Ok(())
