@@ -345,7 +345,11 @@ fn copy_pages(
     progress: Option<&Progress>,
 ) -> Result<()> {
     let ps = sys::page_size();
-    let mut buf = vec![0u8; CHUNK];
+    // No bigger than needed: a small task's pages are a few KiB, and a
+    // zeroed 4 MiB per task would cost more than copying them.
+    let need: u64 = items.iter().map(|i| i.1).sum();
+    let mut buf = vec![0u8; usize::try_from(need).map_or(CHUNK, |n| n.min(CHUNK))];
+    let cap = buf.len();
     // Pending: (address, length) pieces filling buf from its start, and
     // the image offset of buf[0].
     let mut pending: Vec<(u64, usize)> = Vec::new();
@@ -369,7 +373,7 @@ fn copy_pages(
     for &(addr, len, off) in items {
         let mut done = 0u64;
         while done < len {
-            if fill == CHUNK
+            if fill == cap
                 || pending.len() == remote::IOV_MAX
                 || (fill > 0 && at_off + fill as u64 != off + done)
             {
@@ -378,9 +382,7 @@ fn copy_pages(
             if fill == 0 {
                 at_off = off + done;
             }
-            let n = usize::try_from(len - done)
-                .unwrap_or(CHUNK)
-                .min(CHUNK - fill);
+            let n = usize::try_from(len - done).unwrap_or(cap).min(cap - fill);
             pending.push((addr + done, n));
             fill += n;
             done += n as u64;
