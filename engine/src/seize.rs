@@ -114,6 +114,8 @@ pub struct Tree {
 /// Wait for the next stop of `tid`, giving up at `deadline` (a task in an
 /// uninterruptible sleep never stops).
 fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
+    // A stop comes within microseconds: poll hot first, then back off.
+    let mut tries = 0u32;
     loop {
         match waitpid(tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
@@ -139,7 +141,12 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
                 step: "freezing the tree (a task may be in an uninterruptible sleep; raise --timeout)",
             });
         }
-        std::thread::sleep(Duration::from_micros(200));
+        tries += 1;
+        if tries <= 16 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(10 << (tries - 16).min(5)));
+        }
     }
 }
 
