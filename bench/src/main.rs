@@ -152,6 +152,10 @@ fn main() -> Result<()> {
         }
     }
     println!("{}", table(&rows, engines.len() > 1));
+    let c = costs(&rows);
+    if !c.is_empty() {
+        println!("{c}");
+    }
     if let Some(dir) = cli.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -410,9 +414,107 @@ fn table(rows: &[Row], ratios: bool) -> String {
     t
 }
 
+/// Least-squares line through `pts` (x, y): slope, intercept and r².
+fn fit(pts: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return None;
+    }
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = pts.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let syy: f64 = pts.iter().map(|(_, y)| (y - my) * (y - my)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        sxy * sxy / (sxx * syy)
+    };
+    Some((slope, my - slope * mx, r2))
+}
+
+/// The marginal cost of each unit of a workload (page, task, fd, thread)
+/// from the sizes swept: a line through the medians, with its fixed part
+/// and how straight it is (r²).
+fn costs(rows: &[Row]) -> String {
+    let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4.0, |p| p as f64 / 1024.0);
+    // (kind, images, engine) -> (units, dump ms, restore ms) per size
+    type Points = Vec<(f64, f64, f64)>;
+    let mut groups: std::collections::BTreeMap<(String, String, String), Points> =
+        std::collections::BTreeMap::new();
+    for r in rows.iter().filter(|r| r.error.is_none()) {
+        let Some((kind, n)) = r.workload.split_once(':') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<f64>() else { continue };
+        // mem:N is in MiB: count pages.
+        let units = if kind == "mem" {
+            n * 1024.0 / page_kib
+        } else {
+            n
+        };
+        if let (Some((d, _, _)), Some((rs, _, _))) =
+            (col(r, |s| s.dump_ms), col(r, |s| s.restore_ms))
+        {
+            groups
+                .entry((kind.to_owned(), r.images.clone(), r.engine.clone()))
+                .or_default()
+                .push((units, d, rs));
+        }
+    }
+    let mut t = String::new();
+    for ((kind, images, engine), pts) in &groups {
+        let unit = match kind.as_str() {
+            "mem" => "page",
+            "tree" => "task",
+            "fds" => "fd",
+            "threads" => "thread",
+            other => other,
+        };
+        let d: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
+        let r: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.2)).collect();
+        let (Some(fd), Some(fr)) = (fit(&d), fit(&r)) else {
+            continue;
+        };
+        if t.is_empty() {
+            t.push_str("| workload | images | engine | dump µs per unit (fixed ms, r²) | restore µs per unit (fixed ms, r²) |\n|---|---|---|---|---|\n");
+        }
+        let name = Path::new(engine)
+            .file_name()
+            .map_or(engine.clone(), |n| n.to_string_lossy().into_owned());
+        let cell = |(slope, fixed, r2): (f64, f64, f64)| {
+            format!("{:.2} µs/{unit} ({fixed:.1} ms, {r2:.3})", slope * 1000.0)
+        };
+        t.push_str(&format!(
+            "| {kind} ({} sizes) | {images} | {name} | {} | {} |\n",
+            pts.len(),
+            cell(fd),
+            cell(fr)
+        ));
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{fit, median};
+
+    #[test]
+    fn a_line_through_points() {
+        let (slope, fixed, r2) = fit(&[(1.0, 3.0), (2.0, 5.0), (4.0, 9.0)]).expect("fit");
+        assert!(
+            (slope - 2.0).abs() < 1e-9 && (fixed - 1.0).abs() < 1e-9 && (r2 - 1.0).abs() < 1e-9
+        );
+        assert_eq!(fit(&[(1.0, 1.0)]), None);
+        assert_eq!(fit(&[(1.0, 1.0), (1.0, 2.0)]), None);
+    }
 
     #[test]
     fn medians_and_ranges() {

@@ -79,12 +79,29 @@ fn is_special(v: &VmaEntry) -> bool {
     v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0
 }
 
-/// Describe every VMA of `pid`, registering mapped files in `files`.
-pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
-    let maps = proc::maps(pid)?;
-    let flags = proc::vm_flags(pid)?;
+/// A task's VMAs as /proc shows them: `maps`, and each one's `smaps`
+/// VmFlags by start address.
+#[derive(Debug)]
+pub struct RawVmas {
+    maps: Vec<proc::Map>,
+    flags: std::collections::BTreeMap<u64, Vec<String>>,
+}
+
+/// Read the VMAs of `pid` (no other state needed: a helper thread does this
+/// while the engine works on another task).
+pub fn read_vmas(pid: Pid) -> Result<RawVmas> {
+    Ok(RawVmas {
+        maps: proc::maps(pid)?,
+        flags: proc::vm_flags(pid)?,
+    })
+}
+
+/// Describe every VMA of `raw`, registering mapped files in `files`; with
+/// no table, file ids stay 0 (enough to tell which pages to dump).
+pub fn dump_vmas(pid: Pid, raw: &RawVmas, mut files: Option<&mut Table>) -> Result<Vec<VmaEntry>> {
+    let (maps, flags) = (&raw.maps, &raw.flags);
     let mut out = Vec::with_capacity(maps.len());
-    for m in &maps {
+    for m in maps {
         let vmflags = flags.get(&m.start).map(Vec::as_slice).unwrap_or(&[]);
         let has = |f: &str| vmflags.iter().any(|x| x == f);
         let mut mflags = if m.shared {
@@ -140,13 +157,15 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
             n if n.starts_with("/memfd:") => {
                 let write = m.shared && m.prot & libc::PROT_WRITE.cast_unsigned() != 0;
                 let oflags = if write { libc::O_RDWR } else { libc::O_RDONLY };
-                shmid = u64::from(files.memfd_map_id(
-                    pid,
-                    m.start,
-                    m.end,
-                    n,
-                    oflags.cast_unsigned(),
-                )?);
+                if let Some(files) = files.as_deref_mut() {
+                    shmid = u64::from(files.memfd_map_id(
+                        pid,
+                        m.start,
+                        m.end,
+                        n,
+                        oflags.cast_unsigned(),
+                    )?);
+                }
                 status::MEMFD
                     | if m.shared {
                         status::REGULAR | status::FILE_SHARED
@@ -159,7 +178,9 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
                 && !n.starts_with("/SYSV")
                 && !n.starts_with("/dev/zero") =>
             {
-                shmid = u64::from(files.ghost_map_id(pid, m.start, m.end, n)?);
+                if let Some(files) = files.as_deref_mut() {
+                    shmid = u64::from(files.ghost_map_id(pid, m.start, m.end, n)?);
+                }
                 if m.shared {
                     status::REGULAR | status::FILE_SHARED
                 } else {
@@ -167,7 +188,9 @@ pub fn dump_vmas(pid: Pid, files: &mut Table) -> Result<Vec<VmaEntry>> {
                 }
             }
             n if n.starts_with('/') && !n.ends_with(" (deleted)") => {
-                shmid = u64::from(files.path_id(n, libc::O_RDONLY.cast_unsigned()));
+                if let Some(files) = files.as_deref_mut() {
+                    shmid = u64::from(files.path_id(n, libc::O_RDONLY.cast_unsigned()));
+                }
                 if m.shared {
                     status::REGULAR | status::FILE_SHARED
                 } else {

@@ -180,6 +180,100 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             total: tree.tasks.len(),
         },
     );
+    // A helper thread reads each live task's VMAs and copies its pages
+    // (no ptrace needed) ahead of this thread, which describes the task's
+    // files and asks the task itself for the rest: the two halves overlap.
+    let live: Vec<(Pid, u32)> = tree
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.state, State::Zombie(_)))
+        .map(|(i, t)| (t.pid, u32::try_from(i + 1).unwrap_or(u32::MAX)))
+        .collect();
+    let progress = opts.progress.as_ref();
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Memory>>(4);
+        s.spawn(move || {
+            // Off the engine's pinned CPU.
+            sys::unpin_thread();
+            for (pid, id) in live {
+                let m = memory_of(pid, dir, id, progress);
+                let failed = m.is_err();
+                if tx.send(m).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let res = dump_tasks(
+            tree,
+            dir,
+            opts,
+            &rx,
+            &mut files,
+            &mut filters,
+            &mut pstree,
+            &mut stats,
+            root,
+            fopts,
+        );
+        // A helper blocked on a full channel gives up once it is gone.
+        drop(rx);
+        res
+    })?;
+    // memfd contents are pages of the images too.
+    stats.pages.written += files.write(dir)?;
+    filters.write(dir)?;
+    dir.write_all("PSTREE", 0, &pstree)?;
+    dir.write_all(
+        "INVENTORY",
+        0,
+        &[InventoryEntry {
+            img_version: stasis_proto::kind::IMAGES_VERSION,
+            fdinfo_per_id: Some(true),
+            root_ids: Some(ids(root)),
+            ns_per_id: Some(true),
+            lsmtype: Some(Lsmtype::NoLsm as i32),
+            dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
+            ..InventoryEntry::default()
+        }],
+    )?;
+    Ok((stats, files))
+}
+
+/// A task's memory, as the helper thread found and dumped it.
+struct Memory {
+    raw: mm::RawVmas,
+    pages: mm::PageStats,
+    us: u32,
+}
+
+fn memory_of(pid: Pid, dir: &Dir, pages_id: u32, progress: Option<&Progress>) -> Result<Memory> {
+    let raw = mm::read_vmas(pid)?;
+    let vmas = mm::dump_vmas(pid, &raw, None)?;
+    let t = Instant::now();
+    let pages = mm::dump_pages(pid, &vmas, dir, pages_id, progress)?;
+    Ok(Memory {
+        raw,
+        pages,
+        us: us(t),
+    })
+}
+
+/// Every task of the tree in order, each live one with its [`Memory`] from
+/// `rx`.
+#[allow(clippy::too_many_arguments)]
+fn dump_tasks(
+    tree: &Tree,
+    dir: &Dir,
+    opts: &Opts,
+    rx: &std::sync::mpsc::Receiver<Result<Memory>>,
+    files: &mut Table,
+    filters: &mut seccomp::Table,
+    pstree: &mut Vec<PstreeEntry>,
+    stats: &mut Stats,
+    root: Pid,
+    fopts: files::Opts,
+) -> Result<()> {
     for (i, t) in tree.tasks.iter().enumerate() {
         pstree.push(PstreeEntry {
             pid: t.pid.as_raw().cast_unsigned(),
@@ -201,18 +295,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
             continue;
         }
-        let pages_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        dump_task(
-            t,
-            root,
-            dir,
-            &mut files,
-            &mut filters,
-            fopts,
-            pages_id,
-            &mut stats,
-            opts.progress.as_ref(),
-        )?;
+        dump_task(t, root, dir, files, filters, fopts, rx, stats)?;
         stats.tasks += 1;
         crate::progress::report(
             opts.progress.as_ref(),
@@ -222,24 +305,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             },
         );
     }
-    // memfd contents are pages of the images too.
-    stats.pages.written += files.write(dir)?;
-    filters.write(dir)?;
-    dir.write_all("PSTREE", 0, &pstree)?;
-    dir.write_all(
-        "INVENTORY",
-        0,
-        &[InventoryEntry {
-            img_version: stasis_proto::kind::IMAGES_VERSION,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(ids(root)),
-            ns_per_id: Some(true),
-            lsmtype: Some(Lsmtype::NoLsm as i32),
-            dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
-            ..InventoryEntry::default()
-        }],
-    )?;
-    Ok((stats, files))
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -250,14 +316,14 @@ fn dump_task(
     files: &mut Table,
     filters: &mut seccomp::Table,
     fopts: files::Opts,
-    pages_id: u32,
+    rx: &std::sync::mpsc::Receiver<Result<Memory>>,
     stats: &mut Stats,
-    progress: Option<&Progress>,
 ) -> Result<()> {
     let pid = t.pid;
     let id = u64::from(pid.as_raw().cast_unsigned());
     crate::ns::check_task(pid, root)?;
-    // Objects first, so an unsupported one fails the dump before any work.
+    // Objects first, so an unsupported one fails the dump before the task
+    // is touched (its pages are being copied by the memory thread).
     let fds = proc::fds(pid)?;
     let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
     for fd in &fds {
@@ -266,12 +332,15 @@ fn dump_task(
     if let Some(ctty) = crate::tty::dump_ctty(pid, &proc::stat(pid, None)?, &fds) {
         files.add_ctty(ctty);
     }
-    let vmas = mm::dump_vmas(pid, files)?;
-    let tm = Instant::now();
-    let pages = mm::dump_pages(pid, &vmas, dir, pages_id, progress)?;
-    stats.memdump_us = stats.memdump_us.saturating_add(us(tm));
-    stats.pages.scanned += pages.scanned;
-    stats.pages.written += pages.written;
+    let mem = rx.recv().map_err(|_| Error::Unexpected {
+        tid: pid,
+        op: "dumping memory",
+        what: "the memory thread stopped".into(),
+    })??;
+    let vmas = mm::dump_vmas(pid, &mem.raw, Some(files))?;
+    stats.memdump_us = stats.memdump_us.saturating_add(mem.us);
+    stats.pages.scanned += mem.pages.scanned;
+    stats.pages.written += mem.pages.written;
 
     let leader = t.threads.first().ok_or(Error::NoSuchTask { pid })?;
     let insn = syscall_insn(pid)?;
