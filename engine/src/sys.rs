@@ -1026,6 +1026,19 @@ pub fn close_except(lo: u32, hi: u32, keep: &[RawFd]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Set or clear close-on-exec on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD on an fd number changes only its flags.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+}
+
+/// A close-on-exec copy of `fd` at `min` or the lowest free number above.
+pub fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd; nothing else changes.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
 /// dup3 `from` onto `to`, with or without close-on-exec.
 pub fn dup_to(from: RawFd, to: RawFd, cloexec: bool) -> Result<(), Errno> {
     if from == to {

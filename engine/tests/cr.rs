@@ -362,6 +362,97 @@ fn leave_running_dump_keeps_cpu_affinity() {
     job.reap();
 }
 
+/// Each fd of `pid`: what it points at and whether it is close-on-exec.
+fn fd_table(pid: i32) -> Vec<(i32, String, bool)> {
+    let mut v: Vec<(i32, String, bool)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .map(|e| {
+            let e = e.expect("fd");
+            let n: i32 = e.file_name().to_string_lossy().parse().expect("fd number");
+            let link = std::fs::read_link(e.path()).expect("link");
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{n}")).expect("fdinfo");
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .expect("flags");
+            // A pipe comes back as a new pipe: its inode differs.
+            let link = link.display().to_string();
+            let link = if link.starts_with("pipe:[") {
+                "pipe".into()
+            } else {
+                link
+            };
+            (n, link, flags & 0o2000000 != 0)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn restore_under_a_tight_fd_limit_puts_every_fd_back() {
+    need_root();
+    // 300 files on fds 3..302, the task and the restore limited to 400
+    // fds (a restore cannot raise the task's limit above its own): no room to
+    // open the files above fd 302, so the restore keeps them low, where
+    // they overlap the fd numbers the task wants (chains and cycles to
+    // sort out in the task).
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let dir = tmp.path().join("files");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let script = format!(
+        "exec prlimit --nofile=400:400 python3 -c 'import os,sys,time\nd=sys.argv[2]\nfds=[os.open(os.path.join(d,\"f%d\"%i),os.O_RDWR|os.O_CREAT) for i in range(300)]\nfor i in range(0,300,3): os.set_inheritable(fds[i],True)\nos.dup2(fds[5],fds[7])\nos.dup2(fds[100],fds[40],inheritable=False)\ni=0\nwhile True:\n  i+=1; open(sys.argv[1],\"w\").write(str(i)); time.sleep(0.05)' {} {}",
+        counter.display(),
+        dir.display()
+    );
+    let mut job = Job::start(&script);
+    wait_counter(&counter, 2);
+    let pid = job.pgid;
+    let before = fd_table(pid);
+    assert!(before.len() > 300, "{} fds", before.len());
+    let img = images(tmp.path(), "img");
+    let out = run(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    job.reap();
+    let out = Command::new("prlimit")
+        .arg("--nofile=400:400")
+        .arg(stasis())
+        .args(["restore", "-d", "-D", img.to_str().expect("utf8")])
+        .output()
+        .expect("prlimit stasis restore");
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = read_counter(&counter);
+    wait_counter(&counter, now + 1);
+    let after = fd_table(pid);
+    let differ: Vec<_> = before
+        .iter()
+        .filter(|b| !after.contains(b))
+        .map(|b| (b, after.iter().find(|a| a.0 == b.0)))
+        .collect();
+    assert!(
+        differ.is_empty() && after.len() == before.len(),
+        "{} fds before, {} after; (before, after) differing: {differ:?}",
+        before.len(),
+        after.len()
+    );
+}
+
 #[test]
 fn failed_dump_leaves_the_task_running() {
     need_root();

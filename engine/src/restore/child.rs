@@ -120,30 +120,84 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     }
     // The fd table: everything inherited goes, except the pool and the
     // report pipe (both above every target), then the targets go in.
-    let keep_from = p.fds.iter().map(|f| f.1).min().unwrap_or(ready).min(ready);
-    let in_place: Vec<RawFd> = p.fds.iter().filter(|f| f.0 == f.1).map(|f| f.0).collect();
-    let below = u32::try_from(keep_from).unwrap_or(0);
-    let fast = below == 0 || sys::close_except(0, below - 1, &in_place).is_ok();
-    if !fast {
-        // No close_range (before Linux 5.9): list the table.
-        for fd in open_fds() {
-            if fd < keep_from && !in_place.contains(&fd) {
-                sys::close(fd);
-            }
-        }
-    }
-    for &(target, from, cloexec) in &p.fds {
-        sys::dup_to(from, target, cloexec).map_err(|e| (e, 3))?;
-    }
-    // The pool goes; the report pipe is closed by the engine once it took over.
+    // Pool fds onto their targets, then everything else inherited goes but
+    // the report pipe (closed by the engine once it took over).
+    place_fds(&p.fds, ready + 1).map_err(|e| (e, 3))?;
     let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
     keep.push(ready);
-    if !fast || sys::close_except(below, u32::MAX >> 1, &keep).is_err() {
+    if sys::close_except(0, u32::MAX >> 1, &keep).is_err() {
+        // No close_range (before Linux 5.9): list the table.
         for fd in open_fds() {
-            if fd >= keep_from && !keep.contains(&fd) {
+            if !keep.contains(&fd) {
                 sys::close(fd);
             }
         }
+    }
+    Ok(())
+}
+
+/// Put each pool fd on its target (target, pool fd, close-on-exec), however
+/// pool and target numbers overlap: a target whose fd another target still
+/// needs waits for it, and in a cycle one is first copied aside (to `spare`
+/// or above).
+fn place_fds(moves: &[(RawFd, RawFd, bool)], spare: RawFd) -> Result<(), Errno> {
+    use std::collections::HashMap;
+    let mut from: Vec<RawFd> = moves.iter().map(|m| m.1).collect();
+    // Unplaced moves reading each fd number.
+    let mut readers: HashMap<RawFd, Vec<usize>> = HashMap::new();
+    let mut done = vec![false; moves.len()];
+    for (i, &(target, src, cloexec)) in moves.iter().enumerate() {
+        if target == src {
+            sys::set_cloexec(target, cloexec)?;
+            done[i] = true;
+        } else {
+            readers.entry(src).or_default().push(i);
+        }
+    }
+    let by_target: HashMap<RawFd, usize> =
+        moves.iter().enumerate().map(|(i, m)| (m.0, i)).collect();
+    let free =
+        |readers: &HashMap<RawFd, Vec<usize>>, t: RawFd| readers.get(&t).is_none_or(Vec::is_empty);
+    let mut ready: Vec<usize> = (0..moves.len())
+        .filter(|&i| !done[i] && free(&readers, moves[i].0))
+        .collect();
+    let mut left = done.iter().filter(|d| !**d).count();
+    let mut spare = spare;
+    while left > 0 {
+        while let Some(i) = ready.pop() {
+            if done[i] {
+                continue;
+            }
+            let (target, _, cloexec) = moves[i];
+            let src = from[i];
+            sys::dup_to(src, target, cloexec)?;
+            done[i] = true;
+            left -= 1;
+            if let Some(r) = readers.get_mut(&src) {
+                r.retain(|&k| k != i);
+                if r.is_empty()
+                    && let Some(&j) = by_target.get(&src)
+                    && !done[j]
+                {
+                    ready.push(j);
+                }
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        // Only cycles are left: copy one target's current fd aside.
+        let Some(i) = (0..moves.len()).find(|&i| !done[i]) else {
+            break;
+        };
+        let target = moves[i].0;
+        let aside = sys::dup_above(target, spare)?;
+        spare = aside + 1;
+        for k in readers.remove(&target).unwrap_or_default() {
+            from[k] = aside;
+            readers.entry(aside).or_default().push(k);
+        }
+        ready.push(i);
     }
     Ok(())
 }

@@ -233,43 +233,59 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         })
         .collect();
     let max_fd = uses.iter().map(|u| u.1).max().unwrap_or(2);
-    // The pool sits above the highest fd a task uses: the engine may need
-    // more fds than its soft limit allows (raising it to the hard limit
-    // needs no privilege).
-    {
+    // The pool sits above the highest fd a task uses when there is room
+    // (then no task's fd can land on a pool fd); otherwise it stays where
+    // the files were opened, low, and each task sorts out the overlap.
+    // Either may need more fds than the soft limit allows (raising it to
+    // the hard limit needs no privilege).
+    let high = {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};
         let me = nix::unistd::getpid();
         let (soft, hard) =
             getrlimit(Resource::RLIMIT_NOFILE).map_err(Error::restore(me, "its own fd limit"))?;
         // Pool fds go above the highest target, one per open description.
         let ids: std::collections::HashSet<u32> = uses.iter().map(|u| u.2).collect();
-        let need = u64::try_from(max_fd).unwrap_or(0) + 24 + ids.len() as u64;
+        let top = u64::try_from(max_fd).unwrap_or(0);
+        let n = ids.len() as u64;
+        // High: originals and their copies above the top, at once.
+        let high = top + 24 + 2 * n <= hard;
+        // Low: the originals, the top target and a few spares.
+        let need = if high {
+            top + 24 + 2 * n
+        } else {
+            (top + 32).max(n + 64)
+        };
+        if need > hard {
+            return Err(Error::Restore {
+                pid: me,
+                what: format!(
+                    "room for fd numbers up to {need} (the tasks use numbers up to {max_fd} and {n} open files); raise the hard RLIMIT_NOFILE ({hard}) of the restore"
+                ),
+                errno: nix::errno::Errno::EMFILE,
+            });
+        }
         if need > soft {
-            if need > hard {
-                return Err(Error::Restore {
-                    pid: me,
-                    what: format!(
-                        "room for fd numbers up to {need} (the tasks use numbers up to {max_fd}, and the restore opens each of their {} files once above that); raise the hard RLIMIT_NOFILE ({hard}) of the restore",
-                        ids.len()
-                    ),
-                    errno: nix::errno::Errno::EMFILE,
-                });
-            }
             setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
                 .map_err(Error::restore(me, "its own fd limit"))?;
         }
-    }
+        high
+    };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
     crate::ns::restore(&dir)?;
     let opened = files.open_all(&uses)?;
     let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
     let mut next = max_fd + 16;
-    for (id, fd) in opened {
-        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
-            .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
-        next = raw + 1;
-        pool.insert(id, sys::own(raw));
+    if high {
+        for (id, fd) in opened {
+            let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
+                .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
+            next = raw + 1;
+            pool.insert(id, sys::own(raw));
+        }
+    } else {
+        next = next.max(opened.values().map(|f| f.as_raw_fd()).max().unwrap_or(0) + 16);
+        pool = opened;
     }
     // flock and OFD locks belong to the open file: take them on the pool's
     // copy, which the tasks inherit.
