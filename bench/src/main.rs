@@ -78,6 +78,9 @@ struct Sample {
     pages: u64,
     dump_rss_kib: i64,
     restore_rss_kib: i64,
+    /// Writing the same bytes into a file next to the images, just before
+    /// the dump (mem workloads): the medium's write limit of the moment.
+    write_ms: Option<f64>,
 }
 
 /// Results of one workload, medium and engine.
@@ -274,6 +277,11 @@ fn cycle(engine: &Path, kind: &str, n: u64, base: &Path) -> Result<Sample> {
         return Err(e);
     }
     let pid = i32::try_from(root.id())?;
+    let write_ms = if kind == "mem" {
+        Some(write_limit(&work.join("limit.bin"), n)?)
+    } else {
+        None
+    };
     let dumped = timed(
         Command::new(engine)
             .args(["dump", "-t", &pid.to_string(), "-D"])
@@ -308,7 +316,29 @@ fn cycle(engine: &Path, kind: &str, n: u64, base: &Path) -> Result<Sample> {
         pages,
         dump_rss_kib: dump_rss,
         restore_rss_kib: restore_rss,
+        write_ms,
     })
+}
+
+/// Milliseconds to write `mib` MiB into `path` in 4 MiB writes, the second
+/// of two writes: a VM hands the first fresh memory that its host has yet
+/// to back (many times slower); the second, like the dump after it, gets
+/// the pages the first freed. The file is removed after.
+fn write_limit(path: &Path, mib: u64) -> Result<f64> {
+    use std::io::Write;
+    let chunk: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let mut ms = 0.0;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let mut f = std::fs::File::create(path)?;
+        for _ in 0..mib.div_ceil(4) {
+            f.write_all(&chunk)?;
+        }
+        drop(f);
+        ms = t.elapsed().as_secs_f64() * 1e3;
+        std::fs::remove_file(path)?;
+    }
+    Ok(ms)
 }
 
 /// Frozen time (ms) and pages written, from `stats-dump`.
@@ -379,6 +409,16 @@ fn table(rows: &[Row], ratios: bool) -> String {
         }
         let gbs = col(r, |s| s.pages as f64 * 4096.0 / (s.dump_ms / 1e3) / 1e9)
             .map_or("-".into(), |(m, _, _)| format!("{m:.2}"));
+        // Against writing the same bytes, run by run.
+        let share: Vec<f64> = r
+            .samples
+            .iter()
+            .filter_map(|s| s.write_ms.map(|w| 100.0 * w / s.dump_ms))
+            .collect();
+        let gbs = match median(share) {
+            Some((m, _, _)) => format!("{gbs} ({m:.0}% of a plain write)"),
+            None => gbs,
+        };
         let mib = |v: Option<(f64, f64, f64)>| {
             v.map_or("-".into(), |(m, _, _)| format!("{:.0}", m / 1024.0))
         };
