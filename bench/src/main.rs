@@ -326,7 +326,9 @@ fn cycle(engine: &Path, kind: &str, n: u64, base: &Path) -> Result<Sample> {
 /// the pages the first freed. The file is removed after.
 fn write_limit(path: &Path, mib: u64) -> Result<f64> {
     use std::io::Write;
-    let chunk: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let chunk: Vec<u8> = (0..4u32 << 20)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0) | 1)
+        .collect();
     let mut ms = 0.0;
     for _ in 0..2 {
         let t = Instant::now();
