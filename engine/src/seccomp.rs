@@ -38,10 +38,11 @@ pub fn mode_of(pid: Pid, tid: Pid) -> Result<i32> {
         .unwrap_or(mode::DISABLED))
 }
 
-/// Ptrace options for a tracee: seccomp suspended when it has filters, so
-/// that the engine's remote calls are not filtered.
-pub fn options(pid: Pid, tid: Pid, base: Options) -> Options {
-    if mode_of(pid, tid).unwrap_or(0) != mode::DISABLED {
+/// Ptrace options for a tracee whose seccomp mode is `mode`: seccomp
+/// suspended when it has filters, so that the engine's remote calls are not
+/// filtered.
+pub fn options(mode: i32, base: Options) -> Options {
+    if mode != mode::DISABLED {
         base | Options::from_bits_retain(libc::PTRACE_O_SUSPEND_SECCOMP)
     } else {
         base
@@ -55,9 +56,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// The mode of thread `tid` and the index of its newest filter.
-    pub fn dump_thread(&mut self, pid: Pid, tid: Pid) -> Result<(i32, Option<u32>)> {
-        let m = mode_of(pid, tid)?;
+    /// The index of the newest filter of thread `tid`, whose mode is `m`
+    /// (as read when it was seized: a frozen thread cannot change it).
+    pub fn dump_thread(&mut self, tid: Pid, m: i32) -> Result<(i32, Option<u32>)> {
         if m != mode::FILTER {
             return Ok((m, None));
         }

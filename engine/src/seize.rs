@@ -43,6 +43,8 @@ pub struct Thread {
     pub touched: Cell<bool>,
     /// Its CPU affinity before the engine pinned it, to put back.
     pub affinity: std::cell::RefCell<Option<CpuSet>>,
+    /// Its seccomp mode (0 none, 1 strict, 2 filter).
+    pub seccomp: i32,
 }
 
 impl Thread {
@@ -152,9 +154,10 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
 
 fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Option<Thread>> {
     // Filters suspended: the engine's remote calls must not be filtered.
+    let seccomp = crate::seccomp::mode_of(pid, tid).unwrap_or(0);
     match ptrace::seize(
         tid,
-        crate::seccomp::options(pid, tid, Options::PTRACE_O_TRACESYSGOOD),
+        crate::seccomp::options(seccomp, Options::PTRACE_O_TRACESYSGOOD),
     ) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(None),
@@ -188,6 +191,7 @@ fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Opti
         sigmask,
         touched: Cell::new(false),
         affinity: std::cell::RefCell::new(None),
+        seccomp,
     }))
 }
 

@@ -163,13 +163,19 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
             mask_extended: None,
         });
     }
-    let mut timers = timers::dump(pid, r, scratch)?;
-    r.call(
+    // itimers and the subreaper flag: one more batch, answers after the
+    // sigactions'.
+    let at = scratch + 32 * sigs.len() as u64;
+    let mut more = timers::itimer_calls(at).to_vec();
+    more.push((
         "prctl(PR_GET_CHILD_SUBREAPER)",
         nr::PRCTL,
-        [37, scratch, 0, 0, 0, 0],
-    )?;
-    let [subreaper] = read_words::<1>(pid, scratch)?;
+        [37, at + 96, 0, 0, 0, 0],
+    ));
+    r.call_all(&more)?;
+    let itimers = timers::itimers_at(pid, at)?;
+    let [subreaper] = read_words::<1>(pid, at + 96)?;
+    let mut timers = timers::dump(pid, r, scratch, itimers)?;
     let shared = sys::peek_siginfo(r.tid, true).map_err(Error::ptrace(r.tid, "PEEKSIGINFO"))?;
     let shared = timers::absorb_pending(&mut timers, shared);
     let rlimits = proc::limits(pid)?

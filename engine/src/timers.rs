@@ -76,24 +76,39 @@ fn parse(pid: Pid, text: &str) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-/// The timers of the process whose leader is under `r`.
-pub fn dump(pid: Pid, r: &Remote, scratch: u64) -> Result<TaskTimersEntry> {
-    let mut itimers = Vec::new();
-    for which in 0..3 {
-        r.call("getitimer", nr::GETITIMER, [which, scratch, 0, 0, 0, 0])?;
-        let [isec, iusec, vsec, vusec] = read_words::<4>(pid, scratch)?;
-        itimers.push(ItimerEntry {
-            isec,
-            iusec,
-            vsec,
-            vusec,
-        });
-    }
-    let [real, virt, prof]: [ItimerEntry; 3] =
-        itimers.try_into().map_err(|_| Error::ProcFormat {
-            pid,
-            file: "itimers".into(),
-        })?;
+/// The getitimer calls for the three itimers, answers at `at` (32 bytes
+/// each), for a batch; [`itimers_at`] reads the answers.
+pub fn itimer_calls(at: u64) -> [(&'static str, u64, [u64; 6]); 3] {
+    [0u64, 1, 2].map(|which| {
+        (
+            "getitimer",
+            nr::GETITIMER,
+            [which, at + 32 * which, 0, 0, 0, 0],
+        )
+    })
+}
+
+/// The three itimers the calls of [`itimer_calls`] left at `at`.
+pub fn itimers_at(pid: Pid, at: u64) -> Result<[ItimerEntry; 3]> {
+    let w = read_words::<12>(pid, at)?;
+    let one = |k: usize| ItimerEntry {
+        isec: w[4 * k],
+        iusec: w[4 * k + 1],
+        vsec: w[4 * k + 2],
+        vusec: w[4 * k + 3],
+    };
+    Ok([one(0), one(1), one(2)])
+}
+
+/// The timers of the process whose leader is under `r`; its itimers were
+/// read by the caller's batch.
+pub fn dump(
+    pid: Pid,
+    r: &Remote,
+    scratch: u64,
+    itimers: [ItimerEntry; 3],
+) -> Result<TaskTimersEntry> {
+    let [real, virt, prof] = itimers;
     let path = format!("/proc/{pid}/timers");
     let text = std::fs::read_to_string(&path).map_err(|err| Error::Proc { pid, path, err })?;
     let mut posix = Vec::new();

@@ -388,9 +388,21 @@ fn dump_task_state(
 ) -> Result<()> {
     let pid = t.pid;
     let tc = task::dump_task(t, r, sc.data)?;
-    let brk = r.call("brk", nr::BRK, [0; 6])?;
-    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0])?;
-    let thp = r.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, [42, 0, 0, 0, 0, 0])?;
+    let got = r.call_all(&[
+        ("brk", nr::BRK, [0; 6]),
+        ("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0]),
+        ("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, [42, 0, 0, 0, 0, 0]),
+    ])?;
+    let (brk, dumpable, thp) = match got[..] {
+        [b, d, t] => (b, d, t),
+        _ => {
+            return Err(Error::Unexpected {
+                tid: pid,
+                op: "brk and prctl",
+                what: format!("{} answers to 3 calls", got.len()),
+            });
+        }
+    };
     let st = proc::stat(pid, None)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| Error::Proc {
@@ -435,7 +447,7 @@ fn dump_task_state(
     let mut tc = Some(tc);
     for th in &t.threads {
         let (ti, mut thc) = task::dump_thread(pid, th, sc)?;
-        let (mode, newest) = filters.dump_thread(pid, th.tid)?;
+        let (mode, newest) = filters.dump_thread(th.tid, th.seccomp)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;
         let leader = th.tid == pid;
