@@ -279,13 +279,19 @@ fn dead_leader(new_session: bool) -> Res<(Pid, Pid)> {
         let lead = getpid();
         let member = raw_child(|| {
             let mut sabotaged = false;
-            while !TERM.load(Ordering::SeqCst) {
+            let mut sabotage = || {
                 if USR2.swap(false, Ordering::SeqCst) && !sabotaged {
                     // Only meaningful for the session case; harmless otherwise.
                     sabotaged = setsid().is_ok();
                 }
+            };
+            while !TERM.load(Ordering::SeqCst) {
+                sabotage();
                 nap(50);
             }
+            // SIGUSR2 and SIGTERM may both land in one nap: the sabotage
+            // comes first.
+            sabotage();
             let good = getppid() == main
                 && getpgid(None).ok() == Some(lead)
                 && (!new_session || getsid(None).ok() == Some(lead));
