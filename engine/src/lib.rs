@@ -36,5 +36,6 @@ pub mod timerfd;
 pub mod timers;
 pub mod tty;
 pub mod unix;
+pub mod workers;
 
 pub use error::{EngineError, Result};

@@ -328,31 +328,25 @@ pub fn dump_pages(
     if parts.len() <= 1 {
         parts.first().map_or(Ok(()), |p| copy(p))?;
     } else {
-        let res: Vec<Result<()>> = std::thread::scope(|s| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|part| {
-                    let copy = &copy;
-                    s.spawn(move || {
-                        sys::unpin_thread();
-                        copy(part)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Unexpected {
-                            tid: pid,
-                            op: "dumping pages",
-                            what: "a copying thread panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
-        res.into_iter().collect::<Result<()>>()?;
+        let jobs: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                let copy = &copy;
+                move || {
+                    sys::unpin_thread();
+                    copy(part)
+                }
+            })
+            .collect();
+        crate::workers::run(jobs, |_| {
+            Err(Error::Unexpected {
+                tid: pid,
+                op: "dumping pages",
+                what: "a copying thread panicked".into(),
+            })
+        })
+        .into_iter()
+        .collect::<Result<()>>()?;
     }
     Ok(stats)
 }
@@ -1023,28 +1017,24 @@ fn fill_by_uffd(
             .min(usize::try_from(total / PART_MIN).unwrap_or(1))
             .max(1),
     );
-    let left = std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .iter()
-            .enumerate()
-            .map(|(k, part)| {
-                let (uffd, file) = (&uffd, &file);
-                s.spawn(move || {
-                    if k > 0 {
-                        // Helpers may run anywhere the engine may (the
-                        // restore worker that spawns them is pinned).
-                        sys::unpin_thread();
-                    }
-                    uffd_copy_all(uffd, file, part)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(&parts)
-            .flat_map(|(h, part)| h.join().unwrap_or_else(|_| part.clone()))
-            .collect::<Vec<_>>()
-    });
+    let jobs: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .map(|(k, part)| {
+            let (uffd, file) = (&uffd, &file);
+            move || {
+                if k > 0 {
+                    // Helpers may run anywhere the engine may (the
+                    // restore worker that spawns them is pinned).
+                    sys::unpin_thread();
+                }
+                uffd_copy_all(uffd, file, part)
+            }
+        })
+        .collect();
+    // A part whose thread panicked is left for the task to read.
+    let left: Vec<_> =
+        crate::workers::run(jobs, |k| parts.get(k).cloned().unwrap_or_default()).concat();
     // Closing the userfaultfd would unregister too; say so explicitly.
     for (start, end) in regs {
         let _ = sys::uffd_unregister(&uffd, start, end - start);

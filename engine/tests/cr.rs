@@ -413,18 +413,7 @@ fn restore_under_a_tight_fd_limit_puts_every_fd_back() {
     let before = fd_table(pid);
     assert!(before.len() > 300, "{} fds", before.len());
     let img = images(tmp.path(), "img");
-    let out = run(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        img.to_str().expect("utf8"),
-    ]);
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dump_ok(pid, &img);
     job.reap();
     let out = Command::new("prlimit")
         .arg("--nofile=400:400")

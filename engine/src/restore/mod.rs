@@ -449,28 +449,21 @@ fn finish(
         failed: &failed,
         done: &done,
     };
-    let results: Vec<Result<u64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = groups
-            .iter()
-            .enumerate()
-            .map(|(k, g)| {
-                let cpu = cpus.get(k).copied();
-                let w = &w;
-                s.spawn(move || w.run(g, cpu))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Unexpected {
-                        tid: Pid::from_raw(0),
-                        op: "restore",
-                        what: "a restore worker panicked".into(),
-                    })
-                })
-            })
-            .collect()
+    let jobs: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let cpu = cpus.get(k).copied();
+            let w = &w;
+            move || w.run(g, cpu)
+        })
+        .collect();
+    let results = crate::workers::run(jobs, |_| {
+        Err(Error::Unexpected {
+            tid: Pid::from_raw(0),
+            op: "restore",
+            what: "a restore worker panicked".into(),
+        })
     });
     let mut pages = 0;
     for r in results {
