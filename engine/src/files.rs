@@ -382,6 +382,9 @@ pub struct Table {
     /// queues), and the sockets in repair mode meanwhile.
     pub(crate) tcp_streams: Vec<(u32, stasis_proto::images::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
     pub(crate) tcp_repaired: crate::tcp::Repaired,
+    /// Dump: the network lock of those connections (after `tcp_repaired`:
+    /// lifted once they are out of repair mode).
+    pub(crate) netlock: Option<crate::netlock::Lock>,
     /// File locks, and the keys that keep each once.
     locks: Vec<FileLockEntry>,
     lock_keys: Vec<(u32, String, i64, i64, u32)>,
@@ -669,6 +672,9 @@ impl Table {
     /// in it.
     pub fn keep_tcp_repair(&mut self) {
         self.tcp_repaired.keep = true;
+        if let Some(l) = self.netlock.as_mut() {
+            l.keep();
+        }
     }
 
     /// Note the controlling terminal of a session.

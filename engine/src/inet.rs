@@ -184,6 +184,17 @@ impl FileKind for InetSk {
                 path: what.clone(),
                 err,
             })?;
+            // Locked first: nothing the peer sends from now on is taken in
+            // (and acknowledged) after the queues are read.
+            if let (Some(lock), Some(l), Some(p)) = (table.netlock.as_mut(), local, peer) {
+                lock.add(l, p).map_err(Error::dump(
+                    cx.pid,
+                    format!(
+                        "{what}: locking the connection with nftables (CONFIG_NF_TABLES; \
+                         --network-lock skip dumps without the lock)"
+                    ),
+                ))?;
+            }
             crate::tcp::repair_on(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
             table.tcp_repaired.fds.push(keep);

@@ -20,6 +20,7 @@ pub mod ipc;
 pub mod memfd;
 pub mod mm;
 pub mod mqueue;
+pub mod netlock;
 pub mod ns;
 pub mod pidfd;
 pub mod proc;

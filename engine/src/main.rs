@@ -71,9 +71,20 @@ struct CrArgs {
     /// Print the statistics of the run
     #[arg(long)]
     display_stats: bool,
+    /// How established TCP connections are kept quiet from the dump until
+    /// their restore: nftables drops their packets (iptables, CRIU's
+    /// default, is taken to mean the same lock); skip leaves the network
+    /// alone
+    #[arg(long, value_name = "METHOD", default_value = "nftables", value_parser = ["nftables", "iptables", "skip"])]
+    network_lock: String,
 }
 
 impl CrArgs {
+    /// Whether to lock (dump) or unlock (restore) the network.
+    fn network_lock(&self) -> bool {
+        self.network_lock != "skip"
+    }
+
     /// The log file: CRIU resolves a relative one against the images directory.
     fn log(&self) -> Option<PathBuf> {
         self.log_file.as_ref().map(|f| self.images_dir.join(f))
@@ -220,6 +231,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         ghost_limit: a.ghost_limit,
         file_locks: a.file_locks,
         tcp_established: a.tcp_established,
+        network_lock: a.cr.network_lock(),
     };
     let stats = dump::dump(&opts)?;
     drop(bar);
@@ -245,6 +257,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         progress: bar.progress(),
         dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
+        network_lock: a.cr.network_lock(),
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

@@ -1225,3 +1225,124 @@ fn redis_and_its_connected_client_survive_in_their_network_namespace() {
         "what the client got from redis over its old connection"
     );
 }
+
+/// `stasis` run inside the network namespace of `pid`.
+fn stasis_in_netns_of(pid: i32, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(stasis())
+        .args(args)
+        .output()
+        .expect("run nsenter stasis")
+}
+
+#[test]
+fn a_peer_outside_the_tree_gets_no_reset_while_the_network_is_locked() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let script = tmp.path().join("peer.py");
+    // In a network namespace of the test's own: the peer (not dumped)
+    // forks an echo server in a session of its own (the dumped tree),
+    // talks to it once, then on SIGUSR1 sends a line while the server is
+    // dumped and gone, and waits for its echo (or a reset).
+    std::fs::write(
+        &script,
+        "import os, socket, sys, time, signal, fcntl, struct\n\
+         out = sys.argv[1]\n\
+         lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         flags = struct.unpack('16sh', fcntl.ioctl(lo, 0x8913, struct.pack('16sh', b'lo', 0)))[1]\n\
+         fcntl.ioctl(lo, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n\
+         lo.close()\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 7311)); l.listen(1)\n\
+         srv = os.fork()\n\
+         if srv == 0:\n\
+         \x20   os.setsid()\n\
+         \x20   n = os.open('/dev/null', os.O_RDWR)\n\
+         \x20   for fd in (0, 1, 2): os.dup2(n, fd)\n\
+         \x20   c, _ = l.accept(); l.close()\n\
+         \x20   f = c.makefile('rb')\n\
+         \x20   for line in f:\n\
+         \x20       c.sendall(b'echo:' + line)\n\
+         \x20   os._exit(0)\n\
+         signal.signal(signal.SIGCHLD, lambda *a: os.waitpid(-1, os.WNOHANG))\n\
+         c = socket.create_connection(('127.0.0.1', 7311)); l.close()\n\
+         c.sendall(b'one\\n'); first = c.recv(100)\n\
+         asked = []\n\
+         signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))\n\
+         def say(s):\n\
+         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
+         say('ready %d %s' % (srv, first.decode().strip()))\n\
+         while not asked:\n\
+         \x20   time.sleep(0.02)\n\
+         c.settimeout(60)\n\
+         c.sendall(b'two\\n')\n\
+         try:\n\
+         \x20   say('ok ' + c.recv(100).decode().strip())\n\
+         except OSError as e:\n\
+         \x20   say('bad %s' % e)\n",
+    )
+    .expect("write script");
+    let img = images(tmp.path(), "img");
+    let _peer = Job::start(&format!(
+        "exec unshare -n python3 {} {}",
+        script.display(),
+        out.display()
+    ));
+    let ready = wait_file(&out, &["ready"], 30);
+    let mut words = ready.split(' ').skip(1);
+    let srv: i32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("server pid");
+    assert_eq!(words.next(), Some("echo:one"), "before the dump: {ready}");
+    // The server's session: killed and waited for on every path.
+    let _server = Job {
+        child: None,
+        pgid: srv,
+    };
+    let peer_pid = _peer.pgid;
+    let img_s = img.to_str().expect("utf8");
+    let srv_s = srv.to_string();
+    let d = stasis_in_netns_of(
+        peer_pid,
+        &[
+            "dump",
+            "-t",
+            &srv_s,
+            "-D",
+            img_s,
+            "--tcp-established",
+            "-o",
+            "dump.log",
+            "-v4",
+        ],
+    );
+    assert!(
+        d.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    wait_group_gone(srv);
+    std::fs::remove_file(&out).expect("remove ready file");
+    // The peer sends while nothing listens: the lock drops its packets
+    // (without it, the kernel answers with a reset at once).
+    kill(Pid::from_raw(peer_pid), Signal::SIGUSR1).expect("signal the peer");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !out.exists(),
+        "the peer got an answer while the server was gone: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    let r = stasis_in_netns_of(
+        peer_pid,
+        &["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"],
+    );
+    assert!(
+        r.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let got = wait_file(&out, &["ok", "bad"], 60);
+    assert_eq!(got, "ok echo:two", "what the peer got after the restore");
+}

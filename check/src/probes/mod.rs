@@ -6,7 +6,6 @@ mod common;
 mod fs;
 mod mm;
 mod net;
-mod netlink;
 mod procfs;
 mod task;
 

@@ -12,7 +12,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 
 use super::common::{R, Step, error, in_netns, no};
-use super::netlink::{self as nl, Builder};
+use crate::netlink::{self as nl, Builder, nft};
 use crate::{Outcome, sys};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -637,47 +637,10 @@ pub fn tun_ns() -> R {
     Ok(String::new())
 }
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWSET: u16 = 9;
-const NFT_MSG_GETSET: u16 = 10;
-const NFPROTO_INET: u8 = 1;
-
-fn nfgen(family: u8, res_id: u16) -> [u8; 4] {
-    let r = res_id.to_be_bytes();
-    [family, 0, r[0], r[1]]
-}
-
-fn nft(ty: u16) -> u16 {
-    (NFNL_SUBSYS_NFTABLES << 8) | ty
-}
-
-/// Sends one nftables transaction (BEGIN, msgs, END) and waits for the ACKs.
-fn nft_batch(s: &nl::Socket, msgs: Vec<Vec<u8>>) -> Result<(), nix::errno::Errno> {
-    let n = msgs.len();
-    let mut bytes = Builder::new(0x10, nl::NLM_F_REQUEST, &nfgen(0, NFNL_SUBSYS_NFTABLES)).finish();
-    for m in msgs {
-        bytes.extend(m);
-    }
-    bytes.extend(Builder::new(0x11, nl::NLM_F_REQUEST, &nfgen(0, NFNL_SUBSYS_NFTABLES)).finish());
-    s.send(&bytes)?;
-    s.collect(n).map(drop)
-}
-
-fn nft_table_msg(ty: u16, table: &str) -> Vec<u8> {
-    let flags = nl::NLM_F_REQUEST
-        | nl::NLM_F_ACK
-        | if ty == NFT_MSG_NEWTABLE {
-            nl::NLM_F_CREATE
-        } else {
-            0
-        };
-    Builder::new(nft(ty), flags, &nfgen(NFPROTO_INET, 0))
-        .str(1, table)
-        .finish()
-}
+use nft::{
+    NFPROTO_INET, NFT_MSG_DELTABLE, NFT_MSG_GETSET, NFT_MSG_GETTABLE, NFT_MSG_NEWSET,
+    NFT_MSG_NEWTABLE, batch as nft_batch, msg_type, nfgen, table_msg as nft_table_msg,
+};
 
 fn nft_with_table(
     table: &str,
@@ -690,7 +653,7 @@ fn nft_with_table(
         let tables = s
             .request(
                 Builder::new(
-                    nft(NFT_MSG_GETTABLE),
+                    msg_type(NFT_MSG_GETTABLE),
                     nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
                     &nfgen(NFPROTO_INET, 0),
                 )
@@ -720,7 +683,7 @@ pub fn network_lock_nftables() -> R {
     nft_with_table("stasis_lock_probe", |s| {
         let elem = |len: u32| Builder::new(0, 0, &[]).nest(1).be32(1, len).end().finish();
         let (e1, e2) = (elem(4), elem(4));
-        let set = Builder::new(nft(NFT_MSG_NEWSET), nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE, &nfgen(NFPROTO_INET, 0))
+        let set = Builder::new(msg_type(NFT_MSG_NEWSET), nl::NLM_F_REQUEST | nl::NLM_F_ACK | nl::NLM_F_CREATE, &nfgen(NFPROTO_INET, 0))
             .str(1, "stasis_lock_probe")
             .str(2, "lock")
             .be32(4, (7 << 6) | 13) // ipv4_addr . inet_service
@@ -738,7 +701,7 @@ pub fn network_lock_nftables() -> R {
         let sets = s
             .request(
                 Builder::new(
-                    nft(NFT_MSG_GETSET),
+                    msg_type(NFT_MSG_GETSET),
                     nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
                     &nfgen(NFPROTO_INET, 0),
                 )

@@ -39,6 +39,9 @@ pub struct Opts {
     pub file_locks: bool,
     /// `--tcp-established`: dump established TCP connections (TCP repair).
     pub tcp_established: bool,
+    /// `--network-lock`: drop the packets of the established TCP
+    /// connections dumped until their restore (`skip` clears it).
+    pub network_lock: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<Progress>,
 }
@@ -162,6 +165,9 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     crate::ns::dump(root, dir)?;
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
+    } else if opts.network_lock && opts.tcp_established {
+        // Peers outside the tree share this namespace with it.
+        files.netlock = Some(crate::netlock::Lock::new(root));
     }
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
@@ -234,6 +240,12 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             ns_per_id: Some(true),
             lsmtype: Some(Lsmtype::NoLsm as i32),
             dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
+            // The restore lifts a lock the killed tree's connections left.
+            network_lock_method: files
+                .netlock
+                .as_ref()
+                .filter(|l| l.held() && !opts.leave_running)
+                .map(|_| crate::netlock::METHOD_NFTABLES),
             ..InventoryEntry::default()
         }],
     )?;

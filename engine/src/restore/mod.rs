@@ -39,6 +39,8 @@ pub struct Opts {
     pub dir: PathBuf,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// `--network-lock`: lift the lock the dump left (`skip` leaves it).
+    pub network_lock: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<crate::progress::Progress>,
 }
@@ -86,7 +88,7 @@ fn pid_of(v: u32) -> Pid {
     Pid::from_raw(v.cast_signed())
 }
 
-fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
+fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     let inv: InventoryEntry = dir.read_one("INVENTORY", 0)?;
     if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
         return Err(Error::BadImage {
@@ -149,7 +151,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table)> {
         }
         plans.push(plan);
     }
-    Ok((plans, files))
+    Ok((plans, files, inv))
 }
 
 /// Find a free 4 MiB hole for the trampoline, outside every dumped VMA and
@@ -181,7 +183,7 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
-    let (mut plans, files) = load(&dir)?;
+    let (mut plans, files, inv) = load(&dir)?;
     for p in &plans {
         for &t in &p.pst.threads {
             if std::path::Path::new(&format!("/proc/{t}")).exists() {
@@ -270,6 +272,18 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         }
         high
     };
+    // The dump locked the connections in this namespace: the socket that
+    // lifts the lock is opened before the engine enters the tree's own.
+    let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
+    let unlock = match inv.network_lock_method {
+        Some(crate::netlock::METHOD_NFTABLES) if opts.network_lock => {
+            Some(crate::netlock::socket().map_err(Error::restore(
+                root,
+                "a netfilter socket to lift the network lock (--network-lock skip leaves it)",
+            ))?)
+        }
+        _ => None,
+    };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
     crate::ns::restore(&dir)?;
@@ -340,7 +354,6 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
 
     let mask = sys::engine_mask();
     let t0 = Instant::now();
-    let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     // The child never returns into the engine.
     match sys::fork_single_threaded(root, false).map_err(|errno| fork_error(root, errno))? {
         sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
@@ -361,7 +374,19 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         mask.as_ref(),
     );
     match result {
-        Ok(pages) => Ok(Restored { root, pages }),
+        Ok(pages) => {
+            if let Some(s) = unlock
+                && let Err(e) = crate::netlock::unlock(&s, root)
+            {
+                // The tree runs; only its connections wait.
+                tracing::warn!(
+                    "could not lift the network lock ({e}): delete table inet {} to let \
+                     the restored connections through",
+                    crate::netlock::table_name(root)
+                );
+            }
+            Ok(Restored { root, pages })
+        }
         Err(e) => {
             for p in plans.iter().rev() {
                 let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);

@@ -1,6 +1,7 @@
-//! A minimal netlink client for the probes: builds a request with attributes,
-//! sends it, and collects the replies (all parts of a dump, or the ACK).
-//! Used with NETLINK_SOCK_DIAG, NETLINK_ROUTE and NETLINK_NETFILTER.
+//! A minimal netlink client: builds a request with attributes, sends it,
+//! and collects the replies (all parts of a dump, or the ACKs). Used by the
+//! probes with NETLINK_SOCK_DIAG, NETLINK_ROUTE and NETLINK_NETFILTER, and by
+//! the engine's network lock (nf_tables transactions, see [`nft`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -10,20 +11,33 @@ use nix::sys::socket::{
     socket,
 };
 
+/// Reply type: an error, or the ACK when the code is 0.
 pub const NLMSG_ERROR: u16 = 2;
+/// Reply type: the end of a dump.
 pub const NLMSG_DONE: u16 = 3;
+/// A request (every message to the kernel).
 pub const NLM_F_REQUEST: u16 = 1;
+/// Ask for an ACK.
 pub const NLM_F_ACK: u16 = 4;
+/// Dump: from the root.
 pub const NLM_F_ROOT: u16 = 0x100;
+/// Dump: every match.
 pub const NLM_F_MATCH: u16 = 0x200;
+/// Dump the whole table.
 pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+/// Create the object if it is missing.
 pub const NLM_F_CREATE: u16 = 0x400;
+/// Fail if the object exists.
 pub const NLM_F_EXCL: u16 = 0x200;
+/// Add after the existing objects (rules at the end of their chain).
+pub const NLM_F_APPEND: u16 = 0x800;
+/// The attribute holds attributes.
 pub const NLA_F_NESTED: u16 = 0x8000;
 
 /// One received data message: its payload (after the 16-byte header).
 #[derive(Debug, Clone)]
 pub struct Msg {
+    /// The bytes after the 16-byte header.
     pub payload: Vec<u8>,
 }
 
@@ -106,6 +120,7 @@ impl Builder {
 pub struct Socket(OwnedFd);
 
 impl Socket {
+    /// A socket of `proto`, bound, with a 2 s receive timeout.
     pub fn open(proto: SockProtocol) -> Result<Self, Errno> {
         let fd = socket(
             AddressFamily::Netlink,
@@ -195,6 +210,7 @@ impl Socket {
         self.collect(1)
     }
 
+    /// The socket.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.as_fd()
     }
@@ -229,6 +245,78 @@ impl Builder {
         self.buf.extend_from_slice(bytes);
         self.buf.resize(align4(self.buf.len()), 0);
         self
+    }
+}
+
+/// nf_tables over NETLINK_NETFILTER: message types, the `nfgenmsg` header
+/// and atomic transactions (BEGIN, messages, END).
+pub mod nft {
+    use nix::errno::Errno;
+
+    use super::{Builder, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Socket};
+
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+    const NFNL_MSG_BATCH_END: u16 = 0x11;
+    /// Message type NFT_MSG_NEWTABLE.
+    pub const NFT_MSG_NEWTABLE: u16 = 0;
+    /// Message type NFT_MSG_GETTABLE.
+    pub const NFT_MSG_GETTABLE: u16 = 1;
+    /// Message type NFT_MSG_DELTABLE.
+    pub const NFT_MSG_DELTABLE: u16 = 2;
+    /// Message type NFT_MSG_NEWCHAIN.
+    pub const NFT_MSG_NEWCHAIN: u16 = 3;
+    /// Message type NFT_MSG_NEWRULE.
+    pub const NFT_MSG_NEWRULE: u16 = 6;
+    /// Message type NFT_MSG_NEWSET.
+    pub const NFT_MSG_NEWSET: u16 = 9;
+    /// Message type NFT_MSG_GETSET.
+    pub const NFT_MSG_GETSET: u16 = 10;
+    /// The `inet` family: one table sees IPv4 and IPv6.
+    pub const NFPROTO_INET: u8 = 1;
+
+    /// The `nfgenmsg` header.
+    pub fn nfgen(family: u8, res_id: u16) -> [u8; 4] {
+        let r = res_id.to_be_bytes();
+        [family, 0, r[0], r[1]]
+    }
+
+    /// The netlink message type of nf_tables message `ty`.
+    pub fn msg_type(ty: u16) -> u16 {
+        (NFNL_SUBSYS_NFTABLES << 8) | ty
+    }
+
+    /// A message of type `ty` in the `inet` family, asking for an ACK.
+    pub fn inet(ty: u16, extra_flags: u16) -> Builder {
+        Builder::new(
+            msg_type(ty),
+            NLM_F_REQUEST | NLM_F_ACK | extra_flags,
+            &nfgen(NFPROTO_INET, 0),
+        )
+    }
+
+    /// Sends one transaction (BEGIN, `msgs`, END) and waits for the ACK of
+    /// every message: all of them take effect, or none.
+    pub fn batch(s: &Socket, msgs: Vec<Vec<u8>>) -> Result<(), Errno> {
+        let n = msgs.len();
+        let edge = |ty| Builder::new(ty, NLM_F_REQUEST, &nfgen(0, NFNL_SUBSYS_NFTABLES)).finish();
+        let mut bytes = edge(NFNL_MSG_BATCH_BEGIN);
+        for m in msgs {
+            bytes.extend(m);
+        }
+        bytes.extend(edge(NFNL_MSG_BATCH_END));
+        s.send(&bytes)?;
+        s.collect(n).map(drop)
+    }
+
+    /// Creates (if missing) or deletes `inet` table `name`.
+    pub fn table_msg(ty: u16, name: &str) -> Vec<u8> {
+        let create = if ty == NFT_MSG_NEWTABLE {
+            NLM_F_CREATE
+        } else {
+            0
+        };
+        inet(ty, create).str(1, name).finish()
     }
 }
 
