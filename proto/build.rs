@@ -45,6 +45,8 @@ const IMAGE_FILES: &[&str] = &[
     "sk-opts.proto",
     "sk-unix.proto",
     "sk-inet.proto",
+    "sk-netlink.proto",
+    "packet-sock.proto",
     "tcp-stream.proto",
     "sk-packet.proto",
     "file-lock.proto",

@@ -487,16 +487,29 @@ impl Table {
         } else if ft.is_socket() {
             if self.unix.is_unix(u32::try_from(meta.ino()).unwrap_or(0)) {
                 FdTypes::Unixsk
-            } else if sys::pidfd_open(pid)
-                .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
-                .is_ok_and(|d| crate::inet::is_inet(&d))
-            {
-                FdTypes::Inetsk
             } else {
-                return Err(unsupported(format!(
-                    "{}, a socket of a family stasis cannot dump yet (unix and inet sockets only)",
-                    fd.target
-                )));
+                let domain = sys::pidfd_open(pid)
+                    .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
+                    .and_then(|d| {
+                        sys::getsockopt_int(
+                            std::os::fd::AsFd::as_fd(&d),
+                            libc::SOL_SOCKET,
+                            libc::SO_DOMAIN,
+                        )
+                    });
+                match domain {
+                    Ok(libc::AF_INET | libc::AF_INET6) => FdTypes::Inetsk,
+                    Ok(libc::AF_NETLINK) => FdTypes::Netlinksk,
+                    Ok(libc::AF_PACKET) => FdTypes::Packetsk,
+                    other => {
+                        return Err(unsupported(format!(
+                            "{}, a socket of family {} (unix, inet, netlink and packet sockets \
+                             are dumped)",
+                            fd.target,
+                            other.map_or_else(|e| e.to_string(), |d| d.to_string())
+                        )));
+                    }
+                }
             }
         } else if !fd.target.starts_with('/') {
             return Err(unsupported(fd.target.clone()));
@@ -557,6 +570,9 @@ impl Table {
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
             FdTypes::Inetsk => crate::inet::InetSk::dump(&cx, self)?,
+            FdTypes::Netlinksk => crate::netlink_sk::NetlinkSk::dump(&cx, self)?,
+            FdTypes::Packetsk => crate::packet::PacketSk::dump(&cx, self)?,
+            FdTypes::Fanotify => crate::fanotify::FanotifyGroup::dump(&cx, self)?,
             FdTypes::Tty => Tty::dump(&cx, self)?,
             FdTypes::Pidfd => crate::pidfd::Pidfd::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
@@ -582,6 +598,8 @@ impl Table {
             Kind::Efd(e) => e.id = id,
             Kind::Usk(e) => e.id = id,
             Kind::Isk(e) => e.id = id,
+            Kind::Nlsk(e) => e.id = id,
+            Kind::Psk(e) => e.id = id,
             Kind::Tty(e) => e.id = id,
             Kind::Pidfd(e) => e.id = id,
             Kind::Sgfd(e) => e.id = id,
@@ -596,6 +614,12 @@ impl Table {
                 e.id = id;
                 for w in &mut e.wd {
                     w.id = id;
+                }
+            }
+            Kind::Ffy(e) => {
+                e.id = id;
+                for m in &mut e.mark {
+                    m.id = id;
                 }
             }
         }
@@ -1247,6 +1271,9 @@ impl Table {
             Some(Kind::Ify(e)) => Inotify::open(e, cx),
             Some(Kind::Usk(e)) => UnixSk::open(e, cx),
             Some(Kind::Isk(e)) => crate::inet::InetSk::open(e, cx),
+            Some(Kind::Nlsk(e)) => crate::netlink_sk::NetlinkSk::open(e, cx),
+            Some(Kind::Psk(e)) => crate::packet::PacketSk::open(e, cx),
+            Some(Kind::Ffy(e)) => crate::fanotify::FanotifyGroup::open(e, cx),
             Some(Kind::Tty(e)) => Tty::open(e, cx),
             Some(Kind::Pidfd(e)) => crate::pidfd::Pidfd::open(e, cx),
             other => Err(Error::Unsupported {
@@ -1443,6 +1470,7 @@ fn anon_kind(target: &str) -> Option<FdTypes> {
         "[timerfd]" => FdTypes::Timerfd,
         "[eventpoll]" => FdTypes::Eventpoll,
         "inotify" => FdTypes::Inotify,
+        "[fanotify]" => FdTypes::Fanotify,
         "[pidfd]" => FdTypes::Pidfd,
         _ => return None,
     })
@@ -1463,6 +1491,9 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Ify(_) => "inotify",
         Kind::Usk(_) => "unix socket",
         Kind::Isk(_) => "inet socket",
+        Kind::Nlsk(_) => "netlink socket",
+        Kind::Psk(_) => "packet socket",
+        Kind::Ffy(_) => "fanotify",
     }
 }
 

@@ -1,20 +1,26 @@
-//! IPv4 and IPv6 sockets that are not connected TCP streams (`inet_sk_entry`
-//! in `files.img`): TCP listeners, UDP sockets bound or connected, with
-//! their options and the datagrams queued on them (`sk-queues.img`, each
-//! with its sender's address). Established TCP connections need TCP repair
-//! and are refused. The restore makes every inet socket at once, inside the
-//! network namespace the engine recreated, so queued datagrams can be sent
-//! again from the socket that sent them.
+//! IPv4 and IPv6 sockets (`inet_sk_entry` in `files.img`): TCP listeners,
+//! UDP and UDP-Lite sockets bound or connected, with their options and the
+//! datagrams queued on them (`sk-queues.img`, each with its sender's
+//! address), ICMP "ping" sockets with their echo identifier, and raw
+//! sockets of any protocol with IP_HDRINCL, IP_NODEFRAG and the ICMP type
+//! filters. Packets queued on ping and raw sockets are not kept: they came
+//! from the network, and are lost as a network may lose them. Established
+//! TCP connections are taken with TCP repair (see `tcp`). The restore makes
+//! every inet socket at once, inside the network namespace the engine
+//! recreated, so queued datagrams can be sent again from the socket that
+//! sent them.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::{
-    AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, sockopt,
+    AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, sockopt,
 };
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, InetSkEntry, IpOptsEntry, SkOptsEntry};
+use stasis_proto::images::{
+    FdTypes, FownEntry, InetSkEntry, IpOptsEntry, IpOptsRawEntry, SkOptsEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -27,12 +33,6 @@ pub struct InetSk;
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
-
-/// Whether socket fd `fd` of `pid` is an IPv4 or IPv6 socket.
-pub fn is_inet(fd: &OwnedFd) -> bool {
-    sys::getsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
-        .is_ok_and(|d| d == libc::AF_INET || d == libc::AF_INET6)
-}
 
 /// (address words in network order, port) of a socket address.
 fn split(a: &SocketAddr) -> (Vec<u32>, u32) {
@@ -131,6 +131,67 @@ fn opt_bool<O: nix::sys::socket::GetSockOpt<Val = bool>>(fd: &OwnedFd, o: O) -> 
     nix::sys::socket::getsockopt(fd, o).ok()
 }
 
+// What libc does not name (linux/in.h, linux/icmp.h, linux/icmpv6.h).
+const IP_NODEFRAG: i32 = 22;
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const ICMPV6_FILTER: i32 = 1;
+
+/// The options of a raw socket: IP_HDRINCL, IP_NODEFRAG, and the filter of
+/// ICMP types (one word for ICMP, eight for ICMPv6).
+fn raw_opts(fd: &OwnedFd, family: u32, proto: i32) -> nix::Result<IpOptsRawEntry> {
+    let mut e = IpOptsRawEntry::default();
+    if family == libc::AF_INET.cast_unsigned() {
+        e.hdrincl = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL)? != 0);
+        e.nodefrag = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG)? != 0);
+        if proto == libc::IPPROTO_ICMP {
+            let f = sys::getsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, 4)?;
+            e.icmpv_filter = words(&f);
+        }
+    } else if proto == libc::IPPROTO_ICMPV6 {
+        let f = sys::getsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32)?;
+        e.icmpv_filter = words(&f);
+    } else {
+        e.hdrincl =
+            Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)? != 0);
+    }
+    Ok(e)
+}
+
+fn words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Put the options of a raw socket back.
+fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> nix::Result<()> {
+    let v4 = family == libc::AF_INET.cast_unsigned();
+    if e.hdrincl == Some(true) {
+        if v4 {
+            sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+        } else {
+            sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, 1)?;
+        }
+    }
+    if e.nodefrag == Some(true) && v4 {
+        sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG, 1)?;
+    }
+    if !e.icmpv_filter.is_empty() {
+        let bytes: Vec<u8> = e
+            .icmpv_filter
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        if v4 && proto == libc::IPPROTO_ICMP {
+            sys::setsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, &bytes)?;
+        } else if !v4 && proto == libc::IPPROTO_ICMPV6 {
+            sys::setsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 impl FileKind for InetSk {
     const TYPE: FdTypes = FdTypes::Inetsk;
     type Entry = InetSkEntry;
@@ -145,16 +206,29 @@ impl FileKind for InetSk {
         let family = int(libc::SO_DOMAIN)?.cast_unsigned();
         let ty = int(libc::SO_TYPE)?;
         let proto = int(libc::SO_PROTOCOL)?.cast_unsigned();
-        let tcp_or_udp = (ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP.cast_unsigned())
-            || (ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP.cast_unsigned());
-        if !tcp_or_udp {
+        let p = proto.cast_signed();
+        let known = match ty {
+            libc::SOCK_STREAM => p == libc::IPPROTO_TCP,
+            libc::SOCK_DGRAM => matches!(
+                p,
+                libc::IPPROTO_UDP
+                    | libc::IPPROTO_UDPLITE
+                    | libc::IPPROTO_ICMP
+                    | libc::IPPROTO_ICMPV6
+            ),
+            libc::SOCK_RAW => true,
+            _ => false,
+        };
+        if !known {
             return Err(Error::Unsupported {
                 pid: cx.pid,
                 what: format!(
-                    "{what}: an inet socket other than TCP or UDP (raw, ICMP, SCTP, ...),"
+                    "{what}: an inet socket of type {ty}, protocol {proto} (TCP, UDP, UDP-Lite, \
+                     ping and raw sockets are dumped; SCTP and others are not),"
                 ),
             });
         }
+        let udp = ty == libc::SOCK_DGRAM && matches!(p, libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE);
         let local = nix::sys::socket::getsockname::<SockaddrStorage>(dup.as_raw_fd())
             .ok()
             .and_then(|s| std_addr(&s));
@@ -243,7 +317,14 @@ impl FileKind for InetSk {
         } else {
             0
         };
-        if ty == libc::SOCK_DGRAM {
+        let raw = (ty == libc::SOCK_RAW)
+            .then(|| raw_opts(&dup, family, p))
+            .transpose()
+            .map_err(Error::dump(
+                cx.pid,
+                format!("{what}: its raw socket options"),
+            ))?;
+        if udp {
             let packets = crate::unix::peek_datagrams(&dup, table)
                 .map_err(Error::dump(cx.pid, format!("{what}: its queued datagrams")))?;
             for (data, from) in packets {
@@ -265,12 +346,13 @@ impl FileKind for InetSk {
             dst_addr,
             fown: FownEntry::default(),
             opts,
-            v6only: (family == libc::AF_INET6.cast_unsigned())
+            // Raw sockets have no IPV6_V6ONLY to set back.
+            v6only: (family == libc::AF_INET6.cast_unsigned() && ty != libc::SOCK_RAW)
                 .then(|| opt_bool(&dup, sockopt::Ipv6V6Only))
                 .flatten(),
-            ip_opts: freebind.then_some(IpOptsEntry {
-                freebind: Some(true),
-                raw: None,
+            ip_opts: (freebind || raw.is_some()).then_some(IpOptsEntry {
+                freebind: freebind.then_some(true),
+                raw,
             }),
             ifname: None,
             ns_id: None,
@@ -314,18 +396,22 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
     let mut bound: Vec<(SocketAddr, u32)> = Vec::new();
     for u in &all {
         let fail = |step: &str| Error::restore(pid, format!("inet socket {} ({step})", u.ino));
-        let family = if u.family == libc::AF_INET6.cast_unsigned() {
-            AddressFamily::Inet6
+        let domain = if u.family == libc::AF_INET6.cast_unsigned() {
+            libc::AF_INET6
         } else {
-            AddressFamily::Inet
+            libc::AF_INET
         };
-        let (ty, proto) = if u.r#type == libc::SOCK_DGRAM.cast_unsigned() {
-            (SockType::Datagram, SockProtocol::Udp)
-        } else {
-            (SockType::Stream, SockProtocol::Tcp)
+        let raw_ty = u.r#type.cast_signed();
+        let ty = match raw_ty {
+            libc::SOCK_DGRAM => SockType::Datagram,
+            libc::SOCK_RAW => SockType::Raw,
+            _ => SockType::Stream,
         };
-        let s = nix::sys::socket::socket(family, ty, SockFlag::SOCK_CLOEXEC, proto)
-            .map_err(fail("socket"))?;
+        let s = sys::socket(domain, raw_ty, u.proto.cast_signed()).map_err(fail("socket"))?;
+        if let Some(r) = u.ip_opts.as_ref().and_then(|o| o.raw.as_ref()) {
+            set_raw_opts(&s, u.family, u.proto.cast_signed(), r)
+                .map_err(fail("raw socket options"))?;
+        }
         let o = &u.opts;
         let set = |r: nix::Result<()>, step: &str| r.map_err(fail(step));
         let stream = cx
@@ -429,8 +515,11 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 .map_err(fail("connect (repair)"))?;
             crate::tcp::finish(&s, e, inq, outq).map_err(fail("TCP repair"))?;
         }
-        if ty == SockType::Datagram
-            && u.dst_port != 0
+        // Raw sockets have no ports: a peer address alone means connected.
+        let connected =
+            u.dst_port != 0 || (ty == SockType::Raw && u.dst_addr.iter().any(|&w| w != 0));
+        if ty != SockType::Stream
+            && connected
             && let Some(a) = join(u.family, &u.dst_addr, u.dst_port)
         {
             let st = SockaddrStorage::from(a);

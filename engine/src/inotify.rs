@@ -39,11 +39,18 @@ fn mount_of(pid: Pid, sdev: u64) -> Option<String> {
     })
 }
 
-/// The path of the watched inode, from its file handle.
-fn path_of(cx: &FdCtx<'_>, sdev: u64, ty: i32, handle: &[u8]) -> Result<String> {
+/// The path of a watched inode (`kind`: "inotify", "fanotify"), from its
+/// file handle.
+pub(crate) fn path_of(
+    cx: &FdCtx<'_>,
+    kind: &str,
+    sdev: u64,
+    ty: i32,
+    handle: &[u8],
+) -> Result<String> {
     let fail = |why: String| Error::Unsupported {
         pid: cx.pid,
-        what: format!("fd {} (inotify): a watch whose inode {why}", cx.fd.fd),
+        what: format!("fd {} ({kind}): a watch whose inode {why}", cx.fd.fd),
     };
     let mnt = mount_of(cx.pid, sdev)
         .ok_or_else(|| fail(format!("is on device {sdev:#x}, which no mount shows")))?;
@@ -62,7 +69,7 @@ fn path_of(cx: &FdCtx<'_>, sdev: u64, ty: i32, handle: &[u8]) -> Result<String> 
     Ok(path)
 }
 
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
@@ -83,16 +90,8 @@ fn wd_entry(cx: &FdCtx<'_>, line: &str) -> Result<InotifyWdEntry> {
         .get("f_handle")
         .and_then(|h| hex_bytes(h))
         .ok_or_else(|| cx.format_err("inotify f_handle"))?;
-    let path = path_of(cx, sdev, ty.cast_signed(), &handle)?;
-    // The handle as CRIU keeps it: native-endian words, zero-padded.
-    let words = handle
-        .chunks(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            u64::from_ne_bytes(w)
-        })
-        .collect();
+    let path = path_of(cx, "inotify", sdev, ty.cast_signed(), &handle)?;
+    let words = handle_words(&handle);
     Ok(InotifyWdEntry {
         id: 0,
         i_ino: hex("ino")?,
@@ -108,6 +107,18 @@ fn wd_entry(cx: &FdCtx<'_>, line: &str) -> Result<InotifyWdEntry> {
             mnt_id: None,
         },
     })
+}
+
+/// A file handle as CRIU keeps it: native-endian words, zero-padded.
+pub(crate) fn handle_words(handle: &[u8]) -> Vec<u64> {
+    handle
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(w)
+        })
+        .collect()
 }
 
 impl FileKind for Inotify {

@@ -169,6 +169,15 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
             "socket:[{}] inet family {} type {} port {}",
             u.ino, u.family, u.r#type, u.src_port
         ),
+        Some(file_entry::Kind::Nlsk(n)) => format!(
+            "socket:[{}] netlink protocol {} port {}",
+            n.ino, n.protocol, n.portid
+        ),
+        Some(file_entry::Kind::Psk(p)) => format!(
+            "packet socket type {} protocol {:#06x} device {}",
+            p.r#type, p.protocol, p.ifindex
+        ),
+        Some(file_entry::Kind::Ffy(e)) => format!("fanotify {} marks", e.mark.len()),
         Some(file_entry::Kind::Usk(u)) => {
             let name = String::from_utf8_lossy(&u.name).replace('\0', "@");
             format!("socket:[{}] unix {name}", u.ino)

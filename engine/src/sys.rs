@@ -895,6 +895,32 @@ fn ifreq(name: &str) -> Result<libc::ifreq, Errno> {
     Ok(ifr)
 }
 
+/// A new close-on-exec socket of any protocol (nix names only some).
+pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: socket() takes no pointers; it returns a new fd or -1.
+    let fd = Errno::result(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
+    Ok(own(fd))
+}
+
+/// Bind packet socket `fd` to device `ifindex` for protocol `proto_be`
+/// (network byte order).
+pub fn bind_packet(
+    fd: std::os::fd::BorrowedFd<'_>,
+    proto_be: u16,
+    ifindex: i32,
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(17);
+    sa.sll_protocol = proto_be;
+    sa.sll_ifindex = ifindex;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(20);
+    // SAFETY: the kernel reads `len` bytes of `sa` during the call.
+    let ret = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) };
+    Errno::result(ret).map(drop)
+}
+
 /// An int socket option (for options the nix crate does not name).
 pub fn getsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,

@@ -51,6 +51,12 @@ pub(crate) const TESTS: &[Test] = &[
         signalfd_thread,
     ),
     Test::new(
+        "fanotify-marks",
+        Events,
+        "fanotify group with an inode mark, an ignore mask and a mount mark, as fdinfo shows them",
+        fanotify_marks,
+    ),
+    Test::new(
         "fanotify00",
         Events,
         "fanotify mark reports an open after restore",
@@ -371,6 +377,79 @@ fn fanotify00(t: &mut Ctx) -> Res {
         "no FAN_OPEN event after opening the watched file"
     );
     Ok(())
+}
+
+/// The marks of a fanotify group, as its fdinfo lists them (sorted).
+fn fanotify_lines(fd: &impl AsFd) -> Res<Vec<String>> {
+    let mut l: Vec<String> = fdinfo(fd)?
+        .lines()
+        .filter(|l| l.starts_with("fanotify "))
+        .map(str::to_owned)
+        .collect();
+    l.sort();
+    Ok(l)
+}
+
+fn fanotify_marks(t: &mut Ctx) -> Res {
+    use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+    let dir = t.mkdir()?;
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::write(&a, "a").or_fail("create a")?;
+    std::fs::write(&b, "b").or_fail("create b")?;
+    let fa = Fanotify::init(
+        InitFlags::FAN_CLASS_NOTIF
+            | InitFlags::FAN_CLOEXEC
+            | InitFlags::FAN_NONBLOCK
+            | InitFlags::FAN_UNLIMITED_QUEUE,
+        EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE,
+    )
+    .or_fail("fanotify_init")?;
+    let mark = |flags: MarkFlags, mask: MaskFlags, path: &std::path::Path| {
+        fa.mark(flags, mask, nix::fcntl::AT_FDCWD, Some(path))
+            .or_fail("fanotify_mark")
+    };
+    mark(
+        MarkFlags::FAN_MARK_ADD,
+        MaskFlags::FAN_MODIFY | MaskFlags::FAN_CLOSE_WRITE,
+        &a,
+    )?;
+    mark(
+        MarkFlags::FAN_MARK_ADD
+            | MarkFlags::FAN_MARK_IGNORED_MASK
+            | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY,
+        MaskFlags::FAN_OPEN,
+        &b,
+    )?;
+    mark(
+        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
+        MaskFlags::FAN_CLOSE_NOWRITE,
+        std::path::Path::new("/"),
+    )?;
+    let before = fanotify_lines(&fa)?;
+    ensure_eq!("marks listed", before.len(), 4);
+    t.wait("removed the mount mark", || {
+        mark(
+            MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_MOUNT,
+            MaskFlags::FAN_CLOSE_NOWRITE,
+            std::path::Path::new("/"),
+        )
+    })?;
+    ensure_eq!("marks", fanotify_lines(&fa)?, before);
+    // And they work: a write to a is reported (among the events the
+    // mount mark collects from everyone).
+    std::fs::write(&a, "again").or_fail("write a")?;
+    loop {
+        match fa.read_events() {
+            Ok(ev) if ev.iter().any(|e| e.mask().contains(MaskFlags::FAN_MODIFY)) => {
+                return Ok(());
+            }
+            Ok(ev) if !ev.is_empty() => {}
+            _ => break,
+        }
+    }
+    Err(crate::testlib::Fail::Mismatch(
+        "no FAN_MODIFY event after writing the marked file".into(),
+    ))
 }
 
 fn signalfd_thread(t: &mut Ctx) -> Res {

@@ -128,6 +128,30 @@ pub(crate) const TESTS: &[Test] = &[
         icmp_raw,
     ),
     Test::new(
+        "netlink-groups",
+        Inet,
+        "a NETLINK_ROUTE socket keeps its port id and groups past the first 32, and hears a link change",
+        netlink_groups,
+    ),
+    Test::new(
+        "packet-bound",
+        Inet,
+        "a packet socket bound to lo with PACKET_AUXDATA and a multicast membership sees UDP on lo",
+        packet_bound,
+    ),
+    Test::new(
+        "ping-socket",
+        Inet,
+        "an ICMP ping socket keeps its echo identifier and gets its reply",
+        ping_socket,
+    ),
+    Test::new(
+        "raw-opts",
+        Inet,
+        "raw sockets keep IP_HDRINCL, IP_NODEFRAG and their ICMP and ICMPv6 filters",
+        raw_opts,
+    ),
+    Test::new(
         "tcp-established",
         Inet,
         "established TCP connection with unread data",
@@ -580,6 +604,260 @@ fn netlink_route(t: &mut Ctx) -> Res {
     })?;
     let name = getsockname::<NetlinkAddr>(s.as_raw_fd()).or_fail("getsockname")?;
     ensure_eq!("groups", name.groups(), 1);
+    Ok(())
+}
+
+/// A socket option as bytes.
+#[allow(unsafe_code)]
+fn sockopt_bytes(fd: &impl AsFd, level: i32, name: i32, len: usize) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut l = libc::socklen_t::try_from(len).unwrap_or(0);
+    // SAFETY: the kernel writes at most `l` bytes into `buf`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &raw mut l,
+        )
+    };
+    nix::errno::Errno::result(r).or_fail("getsockopt")?;
+    buf.truncate(usize::try_from(l).unwrap_or(0));
+    Ok(buf)
+}
+
+/// Set a socket option from bytes.
+#[allow(unsafe_code)]
+fn set_sockopt(fd: &impl AsFd, level: i32, name: i32, v: &[u8]) -> Res {
+    let l = libc::socklen_t::try_from(v.len()).unwrap_or(0);
+    // SAFETY: the kernel reads `l` bytes of `v`.
+    let r = unsafe { libc::setsockopt(fd.as_fd().as_raw_fd(), level, name, v.as_ptr().cast(), l) };
+    nix::errno::Errno::result(r).or_fail("setsockopt").map(drop)
+}
+
+fn set_int(fd: &impl AsFd, level: i32, name: i32, v: i32) -> Res {
+    set_sockopt(fd, level, name, &v.to_ne_bytes())
+}
+
+/// Wait up to two seconds for a datagram on `fd`.
+fn recv_timeout(fd: &impl AsFd, buf: &mut [u8]) -> Res<usize> {
+    let tv = nix::sys::time::TimeVal::new(2, 0);
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .or_fail("SO_RCVTIMEO")?;
+    nix::sys::socket::recv(fd.as_fd().as_raw_fd(), buf, MsgFlags::empty()).or_fail("recv")
+}
+
+const SOL_NETLINK: i32 = 270;
+const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+const NETLINK_DROP_MEMBERSHIP: i32 = 2;
+const NETLINK_LIST_MEMBERSHIPS: i32 = 9;
+
+#[allow(unsafe_code)]
+fn netlink_groups(t: &mut Ctx) -> Res {
+    use nix::sys::socket::{NetlinkAddr, bind};
+    new_netns()?;
+    let s = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    bind(s.as_raw_fd(), &NetlinkAddr::new(0, 1)).or_fail("bind RTMGRP_LINK")?;
+    set_int(&s, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 33)?;
+    let port = getsockname::<NetlinkAddr>(s.as_raw_fd())
+        .or_fail("getsockname")?
+        .pid();
+    let groups = sockopt_bytes(&s, SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 64)?;
+    ensure!(port != 0, "the socket has no port id");
+    t.wait("left group 33", || {
+        set_int(&s, SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, 33)
+    })?;
+    let now = getsockname::<NetlinkAddr>(s.as_raw_fd()).or_fail("getsockname")?;
+    ensure_eq!("port id", now.pid(), port);
+    ensure_eq!(
+        "groups",
+        sockopt_bytes(&s, SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 64)?,
+        groups
+    );
+    // A new MTU on lo is a link event the socket hears.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("udp socket")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = libc::c_char::from_ne_bytes([*c]);
+    }
+    ifr.ifr_ifru.ifru_mtu = 1500;
+    // SAFETY: SIOCSIFMTU reads the valid ifreq.
+    nix::errno::Errno::result(unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &raw mut ifr)
+    })
+    .or_fail("SIOCSIFMTU")?;
+    let mut buf = vec![0u8; 8192];
+    let n = recv_timeout(&s, &mut buf)?;
+    ensure!(n >= 16, "a short netlink message ({n} bytes)");
+    ensure_eq!(
+        "message type",
+        u16::from_ne_bytes([buf[4], buf[5]]),
+        libc::RTM_NEWLINK
+    );
+    Ok(())
+}
+
+const SOL_PACKET: i32 = 263;
+const PACKET_ADD_MEMBERSHIP: i32 = 1;
+const PACKET_DROP_MEMBERSHIP: i32 = 2;
+const PACKET_AUXDATA: i32 = 8;
+const PACKET_MR_MULTICAST: u16 = 0;
+const MCAST: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+
+/// struct packet_mreq: membership of lo (ifindex 1) in multicast MCAST.
+fn mcast_mreq() -> Vec<u8> {
+    let mut m = 1i32.to_ne_bytes().to_vec();
+    m.extend_from_slice(&PACKET_MR_MULTICAST.to_ne_bytes());
+    m.extend_from_slice(&6u16.to_ne_bytes());
+    m.extend_from_slice(&MCAST);
+    m.extend_from_slice(&[0u8; 2]);
+    m
+}
+
+/// Whether lo's multicast list (this netns's /proc/net/dev_mcast) has MCAST.
+fn lo_has_mcast() -> Res<bool> {
+    let want: String = MCAST.iter().map(|b| format!("{b:02x}")).collect();
+    let list = crate::testlib::slurp("/proc/self/net/dev_mcast")?;
+    Ok(list.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"lo") && f.get(4) == Some(&want.as_str())
+    }))
+}
+
+#[allow(unsafe_code)]
+fn packet_bound(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let proto = u16::try_from(libc::ETH_P_IP).unwrap_or(0x800).to_be();
+    let s = raw_socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto))?;
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or(17);
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap_or(20);
+    // SAFETY: the kernel reads `len` bytes of `sa`.
+    nix::errno::Errno::result(unsafe { libc::bind(s.as_raw_fd(), (&raw const sa).cast(), len) })
+        .or_fail("bind to lo")?;
+    set_int(&s, SOL_PACKET, PACKET_AUXDATA, 1)?;
+    set_sockopt(&s, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mcast_mreq())?;
+    ensure!(lo_has_mcast()?, "lo did not join the multicast address");
+    t.wait("dropped the multicast membership", || {
+        set_sockopt(&s, SOL_PACKET, PACKET_DROP_MEMBERSHIP, &mcast_mreq())
+    })?;
+    ensure!(
+        lo_has_mcast()?,
+        "lo left the multicast address: the membership was lost"
+    );
+    ensure_eq!(
+        "PACKET_AUXDATA",
+        super::util::sockopt_int(&s, SOL_PACKET, PACKET_AUXDATA)?,
+        1
+    );
+    // Bound to lo for IPv4: a UDP datagram over lo reaches it.
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("udp bind")?;
+    u.send_to(b"seen-by-packet-socket", u.local_addr().or_fail("addr")?)
+        .or_fail("udp send")?;
+    let mut buf = vec![0u8; 2048];
+    let n = recv_timeout(&s, &mut buf)?;
+    ensure!(
+        buf[..n].windows(21).any(|w| w == b"seen-by-packet-socket"),
+        "the packet socket did not see the datagram ({n} bytes)"
+    );
+    Ok(())
+}
+
+/// An ICMP echo request with identifier 0 (the kernel puts the socket's).
+fn echo_request(seq: u16) -> Vec<u8> {
+    let mut p = vec![8, 0, 0, 0, 0, 0];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(b"stasis");
+    p
+}
+
+fn ping_socket(t: &mut Ctx) -> Res {
+    new_netns()?;
+    // Ping sockets are for the groups in this range (none in a new netns).
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0").or_fail("ping_group_range")?;
+    let s = raw_socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
+    let at = SockaddrIn::new(127, 0, 0, 1, 4242);
+    nix::sys::socket::bind(s.as_raw_fd(), &at).or_fail("bind ident 4242")?;
+    t.wait(
+        "replaced it by a ping socket with another identifier",
+        || {
+            let other = raw_socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
+            nix::sys::socket::bind(other.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 4343))
+                .or_fail("bind")?;
+            dup_over(&other, &s)
+        },
+    )?;
+    let me = getsockname::<SockaddrIn>(s.as_raw_fd()).or_fail("getsockname")?;
+    ensure_eq!("echo identifier", me.port(), 4242);
+    nix::sys::socket::sendto(
+        s.as_raw_fd(),
+        &echo_request(7),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+        MsgFlags::empty(),
+    )
+    .or_fail("send echo")?;
+    let mut buf = [0u8; 64];
+    let n = recv_timeout(&s, &mut buf)?;
+    ensure!(
+        n >= 8 && buf[0] == 0,
+        "no echo reply ({n} bytes, type {})",
+        buf[0]
+    );
+    ensure_eq!("echo sequence", u16::from_be_bytes([buf[6], buf[7]]), 7);
+    Ok(())
+}
+
+const IP_NODEFRAG: i32 = 22;
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const ICMP6_FILTER: i32 = 1;
+
+fn raw_opts(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let icmp = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+    // Only echo replies (type 0) get through.
+    let filter = !1u32;
+    set_sockopt(&icmp, SOL_RAW, ICMP_FILTER, &filter.to_ne_bytes())?;
+    let udp = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    set_int(&udp, libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+    set_int(&udp, libc::IPPROTO_IP, IP_NODEFRAG, 1)?;
+    let icmp6 = raw_socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
+    let mut f6 = [0xffu8; 32];
+    f6[16] = 0xfe; // let type 128 (echo request) through
+    set_sockopt(&icmp6, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &f6)?;
+    t.wait("cleared IP_HDRINCL", || {
+        set_int(&udp, libc::IPPROTO_IP, libc::IP_HDRINCL, 0)
+    })?;
+    ensure_eq!(
+        "ICMP_FILTER",
+        sockopt_bytes(&icmp, SOL_RAW, ICMP_FILTER, 4)?,
+        filter.to_ne_bytes().to_vec()
+    );
+    ensure_eq!(
+        "IP_HDRINCL",
+        super::util::sockopt_int(&udp, libc::IPPROTO_IP, libc::IP_HDRINCL)?,
+        1
+    );
+    ensure_eq!(
+        "IP_NODEFRAG",
+        super::util::sockopt_int(&udp, libc::IPPROTO_IP, IP_NODEFRAG)?,
+        1
+    );
+    ensure_eq!(
+        "ICMP6_FILTER",
+        sockopt_bytes(&icmp6, libc::IPPROTO_ICMPV6, ICMP6_FILTER, 32)?,
+        f6.to_vec()
+    );
+    ensure_eq!(
+        "protocol",
+        super::util::sockopt_int(&udp, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+        libc::IPPROTO_UDP
+    );
     Ok(())
 }
 

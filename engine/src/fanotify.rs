@@ -1,0 +1,187 @@
+//! fanotify: a notification group and its marks (`fanotify_file_entry` in
+//! `files.img`). fdinfo gives the group's init and event flags and each
+//! mark: an inode mark with the inode's file handle (turned into a path as
+//! for inotify), or a mount mark with the mount's id (turned into its mount
+//! point). The restore makes a group with the same flags and marks the
+//! same objects with the same masks and ignore masks. Events queued in the
+//! group are not kept; filesystem-wide marks are refused.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{
+    FanotifyFileEntry, FanotifyInodeMarkEntry, FanotifyMarkEntry, FanotifyMountMarkEntry, FdTypes,
+    FhEntry, FownEntry, MarkType,
+};
+
+use crate::error::{EngineError as Error, Result};
+use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::inotify::{handle_words, hex_bytes, path_of};
+use crate::proc;
+
+/// fanotify groups.
+#[derive(Debug)]
+pub struct FanotifyGroup;
+
+/// fdinfo's `mflags` bit for an ignore mask that survives modification.
+const IGNORED_SURV_MODIFY: u32 = 0x40;
+
+/// The mount point of mount `mnt_id` in the mount table of `cx`'s task.
+fn mount_point(cx: &FdCtx<'_>, mnt_id: u32) -> Option<String> {
+    let table = std::fs::read_to_string(format!("/proc/{}/mountinfo", cx.pid)).ok()?;
+    table.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        (f.next()?.parse::<u32>().ok()? == mnt_id).then_some(())?;
+        f.nth(3).map(str::to_owned)
+    })
+}
+
+fn mark(cx: &FdCtx<'_>, line: &str) -> Result<FanotifyMarkEntry> {
+    let kv: HashMap<&str, &str> = proc::pairs(line).into_iter().collect();
+    let hex = |k: &str| {
+        kv.get(k)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(|| cx.format_err(&format!("fanotify {k}")))
+    };
+    let small = |k: &str| hex(k).and_then(|v| u32::try_from(v).map_err(|_| cx.format_err(k)));
+    let mut e = FanotifyMarkEntry {
+        id: 0,
+        r#type: MarkType::Inode as i32,
+        mflags: small("mflags")?,
+        mask: small("mask")?,
+        ignored_mask: small("ignored_mask")?,
+        s_dev: 0,
+        ie: None,
+        me: None,
+    };
+    if kv.contains_key("ino") {
+        let sdev = hex("sdev")?;
+        let ty = small("fhandle-type")?;
+        let handle = kv
+            .get("f_handle")
+            .and_then(|h| hex_bytes(h))
+            .ok_or_else(|| cx.format_err("fanotify f_handle"))?;
+        let path = path_of(cx, "fanotify", sdev, ty.cast_signed(), &handle)?;
+        e.s_dev = u32::try_from(sdev).map_err(|_| cx.format_err("fanotify sdev"))?;
+        e.ie = Some(FanotifyInodeMarkEntry {
+            i_ino: hex("ino")?,
+            f_handle: FhEntry {
+                bytes: u32::try_from(handle.len()).unwrap_or(0),
+                r#type: ty,
+                handle: handle_words(&handle),
+                path: Some(path),
+                mnt_id: None,
+            },
+        });
+    } else if kv.contains_key("mnt_id") {
+        let mnt_id = small("mnt_id")?;
+        let path = mount_point(cx, mnt_id).ok_or_else(|| Error::Unsupported {
+            pid: cx.pid,
+            what: format!(
+                "fd {} (fanotify): a mark on mount {mnt_id}, which its mount table does not show",
+                cx.fd.fd
+            ),
+        })?;
+        e.r#type = MarkType::Mount as i32;
+        e.me = Some(FanotifyMountMarkEntry {
+            mnt_id,
+            path: Some(path),
+        });
+    } else {
+        return Err(Error::Unsupported {
+            pid: cx.pid,
+            what: format!(
+                "fd {} (fanotify): a filesystem-wide mark (FAN_MARK_FILESYSTEM),",
+                cx.fd.fd
+            ),
+        });
+    }
+    Ok(e)
+}
+
+impl FileKind for FanotifyGroup {
+    const TYPE: FdTypes = FdTypes::Fanotify;
+    type Entry = FanotifyFileEntry;
+
+    fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
+        let head = cx
+            .fd
+            .extra
+            .iter()
+            .find(|l| l.starts_with("fanotify flags:"))
+            .ok_or_else(|| cx.format_err("fanotify flags"))?;
+        let kv: HashMap<&str, &str> = proc::pairs(head).into_iter().collect();
+        let hex = |k: &str| {
+            kv.get(k)
+                .and_then(|v| u32::from_str_radix(v, 16).ok())
+                .ok_or_else(|| cx.format_err(&format!("fanotify {k}")))
+        };
+        let marks = cx
+            .fd
+            .extra
+            .iter()
+            .filter(|l| l.starts_with("fanotify ") && !l.starts_with("fanotify flags:"))
+            .map(|l| mark(cx, l))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Kind::Ffy(FanotifyFileEntry {
+            id: 0,
+            flags: cx.flags(),
+            fown: FownEntry::default(),
+            faflags: hex("flags")?,
+            evflags: hex("event-flags")?,
+            mark: marks,
+        }))
+    }
+
+    fn open(e: &FanotifyFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let mut init = InitFlags::from_bits_retain(e.faflags) | InitFlags::FAN_CLOEXEC;
+        if e.flags & libc::O_NONBLOCK.cast_unsigned() != 0 {
+            init |= InitFlags::FAN_NONBLOCK;
+        }
+        let group = Fanotify::init(init, EventFFlags::from_bits_retain(e.evflags))
+            .map_err(cx.err("fanotify_init"))?;
+        for m in &e.mark {
+            let (path, base) = match (&m.ie, &m.me) {
+                (Some(i), _) => (i.f_handle.path.as_deref(), MarkFlags::FAN_MARK_DONT_FOLLOW),
+                (None, Some(mm)) => (mm.path.as_deref(), MarkFlags::FAN_MARK_MOUNT),
+                (None, None) => (None, MarkFlags::empty()),
+            };
+            let path = path.ok_or_else(|| Error::BadImage {
+                path: "files.img".into(),
+                what: format!(
+                    "task {} fd {}: fanotify mark {} has no path",
+                    cx.pid, cx.fd, m.id
+                ),
+            })?;
+            let what = format!("fanotify mark on {path}");
+            let add = MarkFlags::FAN_MARK_ADD | base;
+            if m.mask != 0 {
+                group
+                    .mark(
+                        add,
+                        MaskFlags::from_bits_retain(u64::from(m.mask)),
+                        nix::fcntl::AT_FDCWD,
+                        Some(path),
+                    )
+                    .map_err(cx.err(&what))?;
+            }
+            if m.ignored_mask != 0 {
+                let mut f = add | MarkFlags::FAN_MARK_IGNORED_MASK;
+                if m.mflags & IGNORED_SURV_MODIFY != 0 {
+                    f |= MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY;
+                }
+                group
+                    .mark(
+                        f,
+                        MaskFlags::from_bits_retain(u64::from(m.ignored_mask)),
+                        nix::fcntl::AT_FDCWD,
+                        Some(path),
+                    )
+                    .map_err(cx.err(&format!("{what} (ignore mask)")))?;
+            }
+        }
+        Ok(OwnedFd::from(group))
+    }
+}
