@@ -2,7 +2,11 @@
 //! locks belong to an open file description, so the restore takes them on
 //! the engine's copy of that file before the tasks inherit it; POSIX
 //! (fcntl) locks belong to a process, so each task takes its own from
-//! inside, once its fds are in place. fdinfo lists, for an fd, the locks
+//! inside, once its fds are in place. Leases belong to the open file too,
+//! but the task that takes one is the one told (SIGIO) when it must give
+//! it up, so each is taken from inside the task whose fd showed it; a
+//! lease that was being broken is taken as it was before, then broken
+//! again by an open that does not wait. fdinfo lists, for an fd, the locks
 //! its file or its task holds.
 
 use std::os::fd::BorrowedFd;
@@ -23,12 +27,18 @@ pub const POSIX: u32 = 1;
 pub const FLOCK: u32 = 2;
 /// Open-file-description lock.
 pub const OFD: u32 = 4;
+/// Lease (F_SETLEASE).
+pub const LEASE: u32 = 8;
+/// Or'ed into a lease's type: it was being broken (the type is the one it
+/// was being broken to).
+pub const LEASE_BREAKING: u32 = 4;
 
 /// Where in the trampoline's data area the `struct flock` goes.
 const FLOCK_AT: u64 = 20 << 10;
 
-/// A lock of an fdinfo `lock:` line, or `None` for a waiter (`->`), a lease
-/// or a kind stasis does not take. `Err` carries the kind for the message.
+/// A lock of an fdinfo `lock:` line, or `None` for a waiter (`->`). `Err`
+/// carries the kind for the message. Types are CRIU's: F_RDLCK or F_WRLCK
+/// for every kind (flock's shared and exclusive too).
 pub fn parse(
     pid: Pid,
     fd: i32,
@@ -40,26 +50,26 @@ pub fn parse(
         return Ok(None);
     }
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let [_, class, _, access, _, dev_ino, start, end, ..] = f.as_slice() else {
+    let [_, class, state, access, _, dev_ino, start, end, ..] = f.as_slice() else {
         return Err(format!("an fdinfo lock line stasis cannot read: {line:?}"));
     };
     let flag = match *class {
         "POSIX" => POSIX,
         "FLOCK" => FLOCK,
         "OFDLCK" => OFD,
+        "LEASE" => LEASE,
         other => return Err(format!("a {other} file lock")),
     };
-    let write = match *access {
-        "WRITE" => true,
-        "READ" => false,
-        other => return Err(format!("a {other} lock")),
+    let mut r#type = match (*access, flag) {
+        ("WRITE", _) => libc::F_WRLCK.cast_unsigned(),
+        ("READ", _) => libc::F_RDLCK.cast_unsigned(),
+        // A lease being broken to nothing.
+        ("UNLCK", LEASE) => libc::F_UNLCK.cast_unsigned(),
+        (other, _) => return Err(format!("a {other} lock")),
     };
-    let r#type = match (flag, write) {
-        (FLOCK, false) => libc::LOCK_SH,
-        (FLOCK, true) => libc::LOCK_EX,
-        (_, false) => libc::F_RDLCK,
-        (_, true) => libc::F_WRLCK,
-    };
+    if flag == LEASE && *state == "BREAKING" {
+        r#type |= LEASE_BREAKING;
+    }
     let start: i64 = start.parse().map_err(|_| format!("lock start {start:?}"))?;
     let len = if *end == "EOF" {
         0
@@ -70,7 +80,7 @@ pub fn parse(
     Ok(Some((
         FileLockEntry {
             flag,
-            r#type: r#type.cast_unsigned(),
+            r#type,
             pid: pid.as_raw(),
             fd,
             start,
@@ -105,7 +115,14 @@ pub fn take_on_file(file: BorrowedFd<'_>, e: &FileLockEntry) -> Result<()> {
         errno,
     };
     match e.flag {
-        FLOCK => sys::flock(file, e.r#type.cast_signed() | libc::LOCK_NB).map_err(fail)?,
+        FLOCK => {
+            let how = if e.r#type == libc::F_WRLCK.cast_unsigned() {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            };
+            sys::flock(file, how | libc::LOCK_NB).map_err(fail)?;
+        }
         OFD => {
             let fl = libc::flock {
                 l_type: i16::try_from(e.r#type).unwrap_or(0),
@@ -121,8 +138,91 @@ pub fn take_on_file(file: BorrowedFd<'_>, e: &FileLockEntry) -> Result<()> {
     Ok(())
 }
 
-/// Take the task's POSIX locks from inside it.
+/// The access mode of fd `fd` of `pid` (O_RDONLY, O_WRONLY or O_RDWR).
+fn access_mode(pid: Pid, fd: i32) -> Result<i32> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = std::fs::read_to_string(&path).map_err(|err| Error::Proc {
+        pid,
+        path: path.clone(),
+        err,
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+        .map(|f| f & libc::O_ACCMODE)
+        .ok_or(Error::ProcFormat { pid, file: path })
+}
+
+/// Take lease `e` from inside the task (which becomes the one told to
+/// give it up), and break it again if it was being broken.
+fn take_lease(r: &Remote, e: &FileLockEntry) -> Result<()> {
+    let pid = r.tid;
+    let breaking = e.r#type & LEASE_BREAKING != 0;
+    let target = e.r#type & !LEASE_BREAKING;
+    // Being broken, it was still the lease its access mode allows.
+    let held = if breaking {
+        if access_mode(pid, e.fd)? == libc::O_RDONLY {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        }
+    } else {
+        target.cast_signed()
+    };
+    r.call(
+        "fcntl(F_SETLEASE)",
+        nr::FCNTL,
+        [
+            u64::from(e.fd.cast_unsigned()),
+            libc::F_SETLEASE.cast_unsigned().into(),
+            u64::from(held.cast_unsigned()),
+            0,
+            0,
+            0,
+        ],
+    )?;
+    if breaking {
+        // An open that conflicts starts the break (the task gets its
+        // SIGIO) and fails at once instead of waiting for it.
+        let how = if target == libc::F_UNLCK.cast_unsigned() {
+            nix::fcntl::OFlag::O_WRONLY
+        } else {
+            nix::fcntl::OFlag::O_RDONLY
+        };
+        let path = format!("/proc/{pid}/fd/{}", e.fd);
+        match nix::fcntl::open(
+            path.as_str(),
+            how | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Err(Errno::EWOULDBLOCK) => {}
+            Err(errno) => {
+                return Err(Error::Restore {
+                    pid,
+                    what: format!("fd {}: breaking its lease again", e.fd),
+                    errno,
+                });
+            }
+            Ok(_) => {
+                return Err(Error::Restore {
+                    pid,
+                    what: format!(
+                        "fd {}: its lease did not break when the file was opened",
+                        e.fd
+                    ),
+                    errno: Errno::EINVAL,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Take the task's POSIX locks and leases from inside it.
 pub fn take_in_task(r: &Remote, t: &Trampoline, locks: &[&FileLockEntry]) -> Result<()> {
+    for e in locks.iter().filter(|e| e.flag == LEASE) {
+        take_lease(r, e)?;
+    }
     for e in locks.iter().filter(|e| e.flag == POSIX) {
         let at = mm::put(r.tid, t, FLOCK_AT, &flock_bytes(e))?;
         r.call(

@@ -124,6 +124,13 @@ pub(crate) const TESTS: &[Test] = &[
     .crfail(),
     Test::new("file-lease", Files, "a read lease on a file", file_lease).opts(&["--file-locks"]),
     Test::new(
+        "file-lease-breaking",
+        Files,
+        "a write lease a reader is breaking (to a read lease)",
+        file_lease_breaking,
+    )
+    .opts(&["--file-locks"]),
+    Test::new(
         "file-ofd-lock",
         Files,
         "OFD read lock on a byte range",
@@ -662,6 +669,55 @@ fn lease(fd: &impl AsFd, cmd: i32, arg: i32) -> Res<i32> {
     // SAFETY: F_SETLEASE / F_GETLEASE take an int argument.
     let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), cmd, arg) };
     nix::errno::Errno::result(r).or_fail("lease fcntl")
+}
+
+fn file_lease_breaking(t: &mut Ctx) -> Res {
+    drop(rw_file(t, b"leased")?);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t.filename())
+        .or_fail("open read-write")?;
+    // The break notice (SIGIO) would end the test.
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGIO,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .or_fail("ignore SIGIO")?;
+    lease(&f, libc::F_SETLEASE, libc::F_WRLCK)?;
+    // A reader that does not wait starts the break and fails.
+    let r = nix::fcntl::open(
+        t.filename(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    );
+    ensure!(
+        r.as_ref().err() == Some(&nix::errno::Errno::EWOULDBLOCK),
+        "a reader opened the leased file: {r:?}"
+    );
+    let breaking = |f: &File| -> Res<bool> {
+        Ok(super::util::fdinfo(f)?
+            .lines()
+            .any(|l| l.contains("LEASE") && l.contains("BREAKING")))
+    };
+    ensure!(breaking(&f)?, "the lease is not being broken");
+    t.wait("gave the lease up", || {
+        lease(&f, libc::F_SETLEASE, libc::F_UNLCK).map(drop)
+    })?;
+    ensure!(
+        breaking(&f)?,
+        "the lease is no longer being broken: {}",
+        super::util::fdinfo(&f)?
+    );
+    ensure_eq!(
+        "the type the lease is broken to",
+        lease(&f, libc::F_GETLEASE, 0)?,
+        libc::F_RDLCK
+    );
+    Ok(())
 }
 
 fn file_lease(t: &mut Ctx) -> Res {
