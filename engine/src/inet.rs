@@ -131,6 +131,22 @@ fn opt_bool<O: nix::sys::socket::GetSockOpt<Val = bool>>(fd: &OwnedFd, o: O) -> 
     nix::sys::socket::getsockopt(fd, o).ok()
 }
 
+/// The name of TCP state `s` (tcp_info.tcpi_state) when a dump must refuse
+/// it.
+fn tcp_state_refused(s: u8) -> Option<&'static str> {
+    Some(match s {
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        11 => "CLOSING",
+        _ => return None,
+    })
+}
+
 // What libc does not name (linux/in.h, linux/icmp.h, linux/icmpv6.h).
 const IP_NODEFRAG: i32 = 22;
 const SOL_RAW: i32 = 255;
@@ -235,6 +251,40 @@ impl FileKind for InetSk {
         let peer = nix::sys::socket::getpeername::<SockaddrStorage>(dup.as_raw_fd())
             .ok()
             .and_then(|s| std_addr(&s));
+        if ty == libc::SOCK_STREAM {
+            // Only connections at rest can be put back: not one being set
+            // up or closed.
+            let info = sys::getsockopt_bytes(dup.as_fd(), libc::SOL_TCP, libc::TCP_INFO, 8)
+                .map_err(Error::dump(cx.pid, format!("{what}: TCP_INFO")))?;
+            if let Some(name) = tcp_state_refused(info.first().copied().unwrap_or(0)) {
+                return Err(Error::Unsupported {
+                    pid: cx.pid,
+                    what: format!(
+                        "{what}: a TCP connection in state {name} (half-closed and \
+                         half-open connections are not dumped; only listening, established \
+                         and unconnected sockets are),"
+                    ),
+                });
+            }
+        }
+        if udp {
+            let corked = sys::getsockopt_int(dup.as_fd(), libc::SOL_UDP, libc::UDP_CORK)
+                .map_err(Error::dump(cx.pid, format!("{what}: UDP_CORK")))?;
+            let pending = sys::ioctl_int_get(dup.as_fd(), libc::TIOCOUTQ)
+                .map_err(Error::dump(cx.pid, format!("{what}: SIOCOUTQ")))?;
+            if corked != 0 && pending > 0 {
+                return Err(Error::Unsupported {
+                    pid: cx.pid,
+                    what: format!(
+                        "{what}: a corked UDP socket holding {pending} bytes not yet \
+                         sent (they cannot be read back),"
+                    ),
+                });
+            }
+            if corked != 0 {
+                tracing::warn!(pid = %cx.pid, fd = cx.fd.fd, "UDP_CORK is not kept: the restored socket sends each datagram at once");
+            }
+        }
         let listening = int(libc::SO_ACCEPTCONN)? == 1;
         let state = if listening {
             TCP_LISTEN
@@ -280,7 +330,9 @@ impl FileKind for InetSk {
         }
         let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
         let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
+        let so_filter = crate::sk_filter::dump_fd(cx, dup.as_fd())?;
         let opts = SkOptsEntry {
+            so_filter,
             so_sndbuf: u32::try_from(
                 nix::sys::socket::getsockopt(&dup, sockopt::SndBuf).unwrap_or(0),
             )
@@ -408,6 +460,8 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             _ => SockType::Stream,
         };
         let s = sys::socket(domain, raw_ty, u.proto.cast_signed()).map_err(fail("socket"))?;
+        crate::sk_filter::restore(s.as_fd(), &u.opts.so_filter)
+            .map_err(fail("SO_ATTACH_FILTER"))?;
         if let Some(r) = u.ip_opts.as_ref().and_then(|o| o.raw.as_ref()) {
             set_raw_opts(&s, u.family, u.proto.cast_signed(), r)
                 .map_err(fail("raw socket options"))?;

@@ -80,6 +80,7 @@ impl FileKind for NetlinkSk {
             dst_group,
             fown: FownEntry::default(),
             opts: SkOptsEntry {
+                so_filter: crate::sk_filter::dump_fd(cx, dup.as_fd())?,
                 so_sndbuf: buf(libc::SO_SNDBUF),
                 so_rcvbuf: buf(libc::SO_RCVBUF),
                 ..SkOptsEntry::default()
@@ -101,6 +102,7 @@ impl FileKind for NetlinkSk {
             nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2))
                 .map_err(fail("SO_RCVBUF"))?;
         }
+        crate::sk_filter::restore(s.as_fd(), &o.so_filter).map_err(fail("SO_ATTACH_FILTER"))?;
         let first = e.groups.first().copied().unwrap_or(0);
         if e.portid != 0 {
             nix::sys::socket::bind(s.as_raw_fd(), &NetlinkAddr::new(e.portid, first))

@@ -160,6 +160,7 @@ impl FileKind for PacketSk {
             ifindex: u32_at(info, 0),
             fown: FownEntry::default(),
             opts: SkOptsEntry {
+                so_filter: crate::sk_filter::dump_fd(cx, dup.as_fd())?,
                 so_sndbuf: buf(libc::SO_SNDBUF),
                 so_rcvbuf: buf(libc::SO_RCVBUF),
                 ..SkOptsEntry::default()
@@ -202,6 +203,8 @@ impl FileKind for PacketSk {
                 int(name, v, step)?;
             }
         }
+        crate::sk_filter::restore(s.as_fd(), &e.opts.so_filter)
+            .map_err(fail("SO_ATTACH_FILTER"))?;
         if e.ifindex != 0 {
             sys::bind_packet(s.as_fd(), proto, e.ifindex.cast_signed())
                 .map_err(fail(&format!("bind to device {}", e.ifindex)))?;

@@ -921,6 +921,65 @@ pub fn bind_packet(
     Errno::result(ret).map(drop)
 }
 
+/// The classic BPF filter attached to socket `fd` (SO_GET_FILTER), as raw
+/// `struct sock_filter` bytes, 8 per instruction; empty when none is.
+pub fn socket_filter(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    use std::os::fd::AsRawFd;
+    // The option's length counts instructions: 0 asks how many there are.
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: with a length of 0 the kernel writes nothing to the buffer.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_GET_FILTER,
+            std::ptr::null_mut(),
+            &raw mut n,
+        )
+    };
+    Errno::result(ret)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0) * 8];
+    let mut len = n;
+    // SAFETY: `buf` holds `n` instructions of 8 bytes, what `len` allows.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_GET_FILTER,
+            buf.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    Errno::result(ret)?;
+    buf.truncate(usize::try_from(len).unwrap_or(0) * 8);
+    Ok(buf)
+}
+
+/// Attach the classic BPF program `insns` (raw `struct sock_filter`s) to
+/// socket `fd` (SO_ATTACH_FILTER).
+pub fn attach_socket_filter(fd: std::os::fd::BorrowedFd<'_>, insns: &[u8]) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let prog = libc::sock_fprog {
+        len: u16::try_from(insns.len() / 8).map_err(|_| Errno::EINVAL)?,
+        filter: insns.as_ptr().cast_mut().cast(),
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>()).unwrap_or(16);
+    // SAFETY: the kernel copies the program `prog` points to during the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            len,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// An int socket option (for options the nix crate does not name).
 pub fn getsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,

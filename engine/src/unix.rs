@@ -396,7 +396,8 @@ impl FileKind for UnixSk {
             .diag_of(ino)
             .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
-        let opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
+        let mut opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
+        opts.so_filter = crate::sk_filter::dump_fd(cx, dup.as_fd())?;
         let state = u32::from(d.state);
         if state == TCP_LISTEN {
             if !d.icons.is_empty() {
@@ -879,6 +880,7 @@ fn set_opts(s: &OwnedFd, o: &SkOptsEntry) -> std::result::Result<(), Errno> {
     if o.so_passcred == Some(true) {
         nix::sys::socket::setsockopt(s, sockopt::PassCred, &true)?;
     }
+    crate::sk_filter::restore(s.as_fd(), &o.so_filter)?;
     let tv = |sec: u64, usec: u64| {
         nix::sys::time::TimeVal::new(
             i64::try_from(sec).unwrap_or(0),

@@ -152,6 +152,27 @@ pub(crate) const TESTS: &[Test] = &[
         raw_opts,
     ),
     Test::new(
+        "sock-filter",
+        Inet,
+        "classic BPF filters on a UDP socket and a unix datagram socket drop long datagrams",
+        sock_filter,
+    ),
+    Test::new(
+        "tcp-half-closed",
+        Inet,
+        "a TCP connection in FIN_WAIT2 (refused: half-closed connections are not dumped)",
+        tcp_half_closed,
+    )
+    .opts(&["--tcp-established"])
+    .crfail(),
+    Test::new(
+        "udp-corked",
+        Inet,
+        "a corked UDP socket with a datagram not yet sent (refused: it cannot be read back)",
+        udp_corked,
+    )
+    .crfail(),
+    Test::new(
         "tcp-established",
         Inet,
         "established TCP connection with unread data",
@@ -857,6 +878,132 @@ fn raw_opts(t: &mut Ctx) -> Res {
         "protocol",
         super::util::sockopt_int(&udp, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
         libc::IPPROTO_UDP
+    );
+    Ok(())
+}
+
+/// A classic BPF program: accept a packet of at most `max` bytes, drop a
+/// longer one (raw `struct sock_filter`s).
+fn short_only(max: u32) -> Vec<u8> {
+    let insn = |code: u16, jt: u8, jf: u8, k: u32| {
+        let mut v = code.to_ne_bytes().to_vec();
+        v.extend_from_slice(&[jt, jf]);
+        v.extend_from_slice(&k.to_ne_bytes());
+        v
+    };
+    [
+        insn(0x80, 0, 0, 0),      // ld len
+        insn(0x25, 1, 0, max),    // jgt #max -> drop
+        insn(0x06, 0, 0, 0xffff), // ret #0xffff (accept)
+        insn(0x06, 0, 0, 0),      // ret #0 (drop)
+    ]
+    .concat()
+}
+
+#[allow(unsafe_code)]
+fn attach(fd: &impl AsFd, prog: &[u8]) -> Res {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len() / 8).unwrap_or(0),
+        filter: prog.as_ptr().cast_mut().cast(),
+    };
+    // SAFETY: sock_fprog is plain data the kernel reads during the call.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const fprog).cast::<u8>(),
+            std::mem::size_of::<libc::sock_fprog>(),
+        )
+    };
+    set_sockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, bytes)
+}
+
+/// The filter of `fd` (SO_GET_FILTER counts in instructions, not bytes).
+#[allow(unsafe_code)]
+fn get_filter(fd: &impl AsFd) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 8];
+    let mut n: libc::socklen_t = 64;
+    // SAFETY: room for 64 instructions of 8 bytes, as `n` says.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_GET_FILTER,
+            buf.as_mut_ptr().cast(),
+            &raw mut n,
+        )
+    };
+    nix::errno::Errno::result(r).or_fail("SO_GET_FILTER")?;
+    buf.truncate(usize::try_from(n).unwrap_or(0) * 8);
+    Ok(buf)
+}
+
+fn sock_filter(t: &mut Ctx) -> Res {
+    new_netns()?;
+    // UDP sees the 8-byte header too; a unix socket only the data.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("udp bind")?;
+    let (ua, ub) = pair(SockType::Datagram)?;
+    attach(&udp, &short_only(8 + 5))?;
+    attach(&ub, &short_only(5))?;
+    t.wait("detached the UDP filter", || {
+        set_int(&udp, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0)
+    })?;
+    ensure_eq!("UDP filter", get_filter(&udp)?, short_only(13));
+    ensure_eq!("unix filter", get_filter(&ub)?, short_only(5));
+    let to = udp.local_addr().or_fail("addr")?;
+    udp.send_to(b"far too long", to).or_fail("send long")?;
+    udp.send_to(b"short", to).or_fail("send short")?;
+    let mut buf = [0u8; 64];
+    let n = recv_timeout(&udp, &mut buf)?;
+    ensure_eq!("first UDP datagram let through", &buf[..n], b"short");
+    write_all(&ua, b"far too long")?;
+    write_all(&ua, b"tiny")?;
+    let n = recv_timeout(&ub, &mut buf)?;
+    ensure_eq!("first unix datagram let through", &buf[..n], b"tiny");
+    Ok(())
+}
+
+fn tcp_half_closed(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let l = std::net::TcpListener::bind("127.0.0.1:7002").or_fail("bind")?;
+    let c = std::net::TcpStream::connect("127.0.0.1:7002").or_fail("connect")?;
+    let (mut s, _) = l.accept().or_fail("accept")?;
+    // The client is done sending (FIN_WAIT2 once acknowledged); the
+    // server still sends.
+    c.shutdown(std::net::Shutdown::Write).or_fail("shutdown")?;
+    t.wait("the server closed its end too", || {
+        s.shutdown(std::net::Shutdown::Write).or_fail("shutdown")
+    })?;
+    s.write_all(b"still open").or_fail("server write")?;
+    let mut buf = [0u8; 16];
+    let n = (&c).read(&mut buf).or_fail("client read")?;
+    ensure_eq!("data after the client's FIN", &buf[..n], b"still open");
+    let mut rest = Vec::new();
+    ensure_eq!(
+        "the server sees the client's end",
+        s.read_to_end(&mut rest).or_fail("server read")?,
+        0
+    );
+    Ok(())
+}
+
+fn udp_corked(t: &mut Ctx) -> Res {
+    new_netns()?;
+    let r = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("bind")?;
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("bind")?;
+    s.connect(r.local_addr().or_fail("addr")?)
+        .or_fail("connect")?;
+    set_int(&s, libc::SOL_UDP, libc::UDP_CORK, 1)?;
+    s.send(b"part one, ").or_fail("send")?;
+    t.wait("sent the corked data", || {
+        set_int(&s, libc::SOL_UDP, libc::UDP_CORK, 0)
+    })?;
+    s.send(b"part two").or_fail("send")?;
+    set_int(&s, libc::SOL_UDP, libc::UDP_CORK, 0)?;
+    let mut buf = [0u8; 64];
+    let n = recv_timeout(&r, &mut buf)?;
+    ensure_eq!(
+        "one datagram of both parts",
+        &buf[..n],
+        b"part one, part two"
     );
     Ok(())
 }
