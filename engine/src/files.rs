@@ -47,6 +47,9 @@ pub struct Opts {
     pub file_locks: bool,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
+    /// `--ext-unix-sk`: a datagram socket connected to a named socket
+    /// outside the tree is connected to that name again on restore.
+    pub ext_unix_sk: bool,
     /// `--leave-running`: the tree goes on after the dump, so nothing may
     /// be taken from it (such as a connection waiting to be accepted).
     pub leave_running: bool,

@@ -121,6 +121,11 @@ struct DumpArgs {
     /// Dump established TCP connections (TCP repair; without it, one is refused)
     #[arg(long)]
     tcp_established: bool,
+    /// Allow datagram unix sockets connected to a named socket outside the
+    /// tree: the restore connects them to that name again (CRIU's optional
+    /// inode list is accepted and all such sockets are allowed)
+    #[arg(long, value_name = "INODES", num_args = 0..=1, default_missing_value = "", require_equals = true)]
+    ext_unix_sk: Option<String>,
 }
 
 /// `stasis restore`: CRIU's options.
@@ -143,6 +148,10 @@ struct RestoreArgs {
     /// Accepted for CRIU's callers
     #[arg(long)]
     tcp_established: bool,
+    /// Accepted for CRIU's callers: sockets dumped with it are connected
+    /// to their outside peer's name again
+    #[arg(long, value_name = "INODES", num_args = 0..=1, default_missing_value = "", require_equals = true)]
+    ext_unix_sk: Option<String>,
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -231,6 +240,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         ghost_limit: a.ghost_limit,
         file_locks: a.file_locks,
         tcp_established: a.tcp_established,
+        ext_unix_sk: a.ext_unix_sk.is_some(),
         network_lock: a.cr.network_lock(),
     };
     let stats = dump::dump(&opts)?;

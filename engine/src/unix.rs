@@ -45,6 +45,10 @@ pub struct UnixSk;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
+const TCP_CLOSE: u32 = 7;
+/// `uflags`: the socket is outside the tree (`--ext-unix-sk`); the restore
+/// connects to its name instead of making it.
+const USK_EXTERN: u32 = 1;
 const SCM_RIGHTS: u32 = 1;
 const RCV_SHUTDOWN: u32 = 1;
 const SEND_SHUTDOWN: u32 = 2;
@@ -585,21 +589,69 @@ impl Table {
             self.set_unix_peer(*client, embryo);
             self.unix.embryos.insert(embryo);
         }
+        let mut external: Vec<(u32, Diag)> = Vec::new();
         for (&ino, &(pid, fd)) in &self.unix.seen {
-            let peer = self
+            let diag = self.unix.diag.as_ref().and_then(|d| d.get(&ino));
+            let peer = diag.map_or(0, |d| d.peer);
+            if peer == 0 || self.unix.seen.contains_key(&peer) {
+                continue;
+            }
+            let refuse = |why: &str| Error::Unsupported {
+                pid,
+                what: format!(
+                    "fd {fd} (unix socket {ino}) is connected to socket {peer}, which is outside the dumped tree ({why})"
+                ),
+            };
+            if !self.opts.ext_unix_sk {
+                return Err(refuse(
+                    "dump with --ext-unix-sk to connect it to the same name again on restore",
+                ));
+            }
+            if diag.map(|d| d.ty) != Some(u8::try_from(libc::SOCK_DGRAM).unwrap_or(2)) {
+                return Err(refuse(
+                    "only datagram sockets can be connected again: the other end of a stream would see a new connection",
+                ));
+            }
+            let Some(p) = self
                 .unix
                 .diag
                 .as_ref()
-                .and_then(|d| d.get(&ino))
-                .map_or(0, |d| d.peer);
-            if peer != 0 && !self.unix.seen.contains_key(&peer) {
-                return Err(Error::Unsupported {
-                    pid,
-                    what: format!(
-                        "fd {fd} (unix socket {ino}) is connected to socket {peer}, which is outside the dumped tree (external unix connections, CRIU's --ext-unix-sk, are not supported)"
-                    ),
-                });
-            }
+                .and_then(|d| d.get(&peer))
+                .filter(|p| !p.name.is_empty())
+                .cloned()
+            else {
+                return Err(refuse("it has no name to connect to again"));
+            };
+            external.push((peer, p));
+        }
+        // The outside sockets, once each: named, never made by the restore.
+        external.sort_by_key(|e| e.0);
+        external.dedup_by_key(|e| e.0);
+        for (peer, d) in external {
+            self.add_entry(
+                |id| {
+                    Kind::Usk(UnixSkEntry {
+                        id,
+                        ino: peer,
+                        r#type: u32::from(d.ty),
+                        state: TCP_CLOSE,
+                        flags: libc::O_RDWR.cast_unsigned(),
+                        uflags: USK_EXTERN,
+                        backlog: 0,
+                        peer: 0,
+                        fown: FownEntry::default(),
+                        opts: SkOptsEntry::default(),
+                        name: d.name.clone(),
+                        shutdown: None,
+                        file_perms: None,
+                        name_dir: None,
+                        deleted: Some(false),
+                        ns_id: None,
+                        mnt_id: None,
+                    })
+                },
+                FdTypes::Unixsk,
+            );
         }
         Ok(())
     }
@@ -697,7 +749,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
     let mut connects: Vec<(&UnixSkEntry, Vec<u8>)> = Vec::new();
     let mut gone_peers: HashMap<u32, OwnedFd> = HashMap::new();
     for u in &all {
-        if made.contains_key(&u.id) || embryos.contains(&u.ino) {
+        if made.contains_key(&u.id) || embryos.contains(&u.ino) || u.uflags & USK_EXTERN != 0 {
             continue;
         }
         let ty = sock_type(u.r#type).ok_or_else(|| bad(u, "unknown socket type"))?;

@@ -39,6 +39,8 @@ pub struct Opts {
     pub file_locks: bool,
     /// `--tcp-established`: dump established TCP connections (TCP repair).
     pub tcp_established: bool,
+    /// `--ext-unix-sk`: datagram sockets connected outside the tree.
+    pub ext_unix_sk: bool,
     /// `--network-lock`: drop the packets of the established TCP
     /// connections dumped until their restore (`skip` clears it).
     pub network_lock: bool,
@@ -178,6 +180,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         leave_running: opts.leave_running,
         file_locks: opts.file_locks,
         tcp_established: opts.tcp_established,
+        ext_unix_sk: opts.ext_unix_sk,
     };
     crate::progress::report(
         opts.progress.as_ref(),

@@ -86,6 +86,13 @@ pub(crate) const TESTS: &[Test] = &[
         unix_opts,
     ),
     Test::new(
+        "unix-ext-dgram",
+        Unix,
+        "a named datagram socket connected to one outside the tree (--ext-unix-sk) talks to it again",
+        unix_ext_dgram,
+    )
+    .opts(&["--ext-unix-sk"]),
+    Test::new(
         "tcp-listen",
         Inet,
         "TCP listener on 127.0.0.1 in the test's netns",
@@ -414,6 +421,84 @@ fn tcp_established(t: &mut Ctx) -> Res {
     s.read_exact(&mut b).or_fail("read")?;
     ensure_eq!("new data", &b, b"after");
     Ok(())
+}
+
+/// A datagram socket bound at `path` in a process outside the test's tree
+/// (a grandchild in a session of its own, which the runner adopts): it
+/// answers each datagram with "pong:" and it, and leaves on "bye" or after
+/// 30 s of silence.
+fn outside_echo(path: &std::path::Path) -> Res {
+    use crate::testlib::sys::{exit_now, fork};
+    use nix::unistd::ForkResult;
+    let (r, w) = nix::unistd::pipe().or_fail("pipe")?;
+    match fork().or_fail("fork")? {
+        ForkResult::Parent { child } => {
+            drop(w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut b = [0u8; 1];
+            let n = crate::testlib::read_retry(&r, &mut b).or_fail("wait for the echo")?;
+            ensure!(n == 1 && b[0] == b'R', "the outside echo did not start");
+            Ok(())
+        }
+        ForkResult::Child => {
+            drop(r);
+            if !matches!(fork(), Ok(ForkResult::Child)) {
+                exit_now(0);
+            }
+            let _ = nix::unistd::setsid();
+            let Ok(s) = std::os::unix::net::UnixDatagram::bind(path) else {
+                exit_now(1);
+            };
+            let _ = nix::unistd::write(&w, b"R");
+            drop(w);
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+            let mut buf = [0u8; 256];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if &buf[..n] == b"bye" {
+                    break;
+                }
+                if let Some(p) = from.as_pathname() {
+                    let _ = s.send_to(&[b"pong:", &buf[..n]].concat(), p);
+                }
+            }
+            let _ = std::fs::remove_file(path);
+            exit_now(0);
+        }
+    }
+}
+
+fn unix_ext_dgram(t: &mut Ctx) -> Res {
+    use std::os::unix::net::UnixDatagram;
+    let dir = t.mkdir()?;
+    let ext = dir.join("outside.sock");
+    outside_echo(&ext)?;
+    let s = UnixDatagram::bind(dir.join("me.sock")).or_fail("bind")?;
+    let res = (|| {
+        s.connect(&ext).or_fail("connect outside")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .or_fail("timeout")?;
+        s.send(b"ping").or_fail("send")?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).or_fail("recv")?;
+        ensure_eq!("answer before", &buf[..n], b"pong:ping");
+        t.wait("connected elsewhere", || {
+            let other = dir.join("other.sock");
+            let _o = UnixDatagram::bind(&other).or_fail("bind other")?;
+            s.connect(&other).or_fail("connect other")
+        })?;
+        let peer = s.peer_addr().or_fail("peer")?;
+        ensure_eq!(
+            "peer",
+            peer.as_pathname().map(std::path::Path::to_path_buf),
+            Some(ext.clone())
+        );
+        s.send(b"again").or_fail("send again")?;
+        let n = s.recv(&mut buf).or_fail("recv again")?;
+        ensure_eq!("answer after", &buf[..n], b"pong:again");
+        Ok(())
+    })();
+    let _ = s.send_to(b"bye", &ext);
+    res
 }
 
 fn unix_dgram_named(t: &mut Ctx) -> Res {
