@@ -149,6 +149,7 @@ fn tcp_state_refused(s: u8) -> Option<&'static str> {
 
 // What libc does not name (linux/in.h, linux/icmp.h, linux/icmpv6.h).
 const IP_NODEFRAG: i32 = 22;
+const IPV6_FREEBIND: i32 = 78;
 const SOL_RAW: i32 = 255;
 const ICMP_FILTER: i32 = 1;
 const ICMPV6_FILTER: i32 = 1;
@@ -355,8 +356,24 @@ impl FileKind for InetSk {
                 .filter(|d| !d.is_empty()),
             ..SkOptsEntry::default()
         };
-        let freebind = family == libc::AF_INET.cast_unsigned()
-            && opt_bool(&dup, sockopt::IpFreebind) == Some(true);
+        let freebind = if family == libc::AF_INET.cast_unsigned() {
+            opt_bool(&dup, sockopt::IpFreebind) == Some(true)
+        } else {
+            sys::getsockopt_int(dup.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND)
+                .is_ok_and(|v| v != 0)
+        };
+        // Keepalive timing, for a stream that sends probes.
+        let mut opts = opts;
+        if ty == libc::SOCK_STREAM && opts.so_keepalive == Some(true) {
+            let tcp = |o| {
+                sys::getsockopt_int(dup.as_fd(), libc::SOL_TCP, o)
+                    .ok()
+                    .map(i32::cast_unsigned)
+            };
+            opts.tcp_keepidle = tcp(libc::TCP_KEEPIDLE);
+            opts.tcp_keepintvl = tcp(libc::TCP_KEEPINTVL);
+            opts.tcp_keepcnt = tcp(libc::TCP_KEEPCNT);
+        }
         let backlog = if listening {
             let ask = || listen_backlog(family, ino);
             let got = match table.unix.netns_of {
@@ -518,10 +535,25 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         // Before bind: a non-local address needs IP_FREEBIND, a device
         // binding limits which addresses and routes apply.
         if u.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true) {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::IpFreebind, &true),
-                "IP_FREEBIND",
-            )?;
+            if domain == libc::AF_INET6 {
+                sys::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                    .map_err(fail("IPV6_FREEBIND"))?;
+            } else {
+                set(
+                    nix::sys::socket::setsockopt(&s, sockopt::IpFreebind, &true),
+                    "IP_FREEBIND",
+                )?;
+            }
+        }
+        for (v, name, what) in [
+            (o.tcp_keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
+            (o.tcp_keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
+            (o.tcp_keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
+        ] {
+            if let Some(v) = v.filter(|_| ty == SockType::Stream) {
+                sys::setsockopt_int(s.as_fd(), libc::SOL_TCP, name, v.cast_signed())
+                    .map_err(fail(what))?;
+            }
         }
         if let Some(dev) = o.so_bound_dev.as_deref() {
             set(

@@ -113,7 +113,7 @@ pub(crate) const TESTS: &[Test] = &[
     Test::new(
         "inet-opts",
         Inet,
-        "a listener on a non-local address (IP_FREEBIND), bound to lo, with SO_LINGER",
+        "listeners on non-local IPv4 and IPv6 addresses (IP_FREEBIND, IPV6_FREEBIND), bound to lo, with SO_LINGER and keepalive timing",
         inet_opts,
     ),
     Test::new(
@@ -1151,6 +1151,20 @@ fn inet_opts(t: &mut Ctx) -> Res {
         .into();
     bind(s.as_raw_fd(), &addr).or_fail("bind")?;
     listen(&s, Backlog::new(5).or_fail("backlog")?).or_fail("listen")?;
+    // IPv6: a listener on an address of no interface (IPV6_FREEBIND), with
+    // keepalive timing of its own.
+    let s6 = raw_socket(libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    set_int(&s6, libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)?;
+    set_int(&s6, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int(&s6, libc::SOL_TCP, libc::TCP_KEEPIDLE, 33)?;
+    set_int(&s6, libc::SOL_TCP, libc::TCP_KEEPINTVL, 7)?;
+    set_int(&s6, libc::SOL_TCP, libc::TCP_KEEPCNT, 3)?;
+    let a6: nix::sys::socket::SockaddrIn6 = "[fd00:99::1]:5004"
+        .parse::<std::net::SocketAddrV6>()
+        .or_fail("addr6")?
+        .into();
+    bind(s6.as_raw_fd(), &a6).or_fail("bind fd00:99::1")?;
+    listen(&s6, Backlog::new(5).or_fail("backlog")?).or_fail("listen6")?;
     t.wait("replaced it by a plain listener", || {
         let other = std::net::TcpListener::bind("127.0.0.1:0").or_fail("bind")?;
         dup_over(&other, &s)
@@ -1173,5 +1187,25 @@ fn inet_opts(t: &mut Ctx) -> Res {
     );
     let l = getsockopt(&s, sockopt::Linger).or_fail("SO_LINGER")?;
     ensure_eq!("linger", (l.l_onoff, l.l_linger), (1, 7));
+    ensure_eq!(
+        "IPv6 local address",
+        getsockname::<nix::sys::socket::SockaddrIn6>(s6.as_raw_fd())
+            .or_fail("getsockname6")?
+            .to_string(),
+        "[fd00:99::1]:5004"
+    );
+    for (name, what, want) in [
+        (libc::TCP_KEEPIDLE, "TCP_KEEPIDLE", 33),
+        (libc::TCP_KEEPINTVL, "TCP_KEEPINTVL", 7),
+        (libc::TCP_KEEPCNT, "TCP_KEEPCNT", 3),
+    ] {
+        ensure_eq!(
+            what,
+            super::util::sockopt_int(&s6, libc::SOL_TCP, name)?,
+            want
+        );
+    }
     Ok(())
 }
+
+const IPV6_FREEBIND: i32 = 78;
