@@ -63,12 +63,35 @@ fn desc(pid: Pid, kind: &str, row: &[String], owner: usize) -> Result<IpcDescEnt
     })
 }
 
+/// SHM_DEST in a segment's mode: removed (IPC_RMID), alive while attached.
+const SHM_DEST: u32 = 0o1000;
+
+/// The key segment `id` had before IPC_RMID made it private: the name of
+/// its mappings ("/SYSV%08x") in the maps of a task that attached it.
+fn key_before_removal(id: u32, pids: &[&String]) -> Option<u32> {
+    pids.iter().find_map(|p| {
+        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).ok()?;
+        maps.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = f.get(5)?.strip_prefix("/SYSV")?;
+            (f.get(4)?.parse::<u32>().ok()? == id)
+                .then(|| u32::from_str_radix(name, 16).ok())
+                .flatten()
+        })
+    })
+}
+
 /// Read the objects of the current IPC namespace (for the tree of `pid`).
 pub fn dump(pid: Pid) -> Result<Objects> {
     let mut o = Objects::default();
     // key shmid perms size cpid lpid nattch uid gid cuid cgid ...
     for row in table(pid, "shm")? {
-        let d = desc(pid, "shm", &row, 7)?;
+        let mut d = desc(pid, "shm", &row, 7)?;
+        if d.mode & SHM_DEST != 0 {
+            // The last process to attach or detach, then the creator.
+            let pids: Vec<&String> = [row.get(5), row.get(4)].into_iter().flatten().collect();
+            d.key = key_before_removal(d.id, &pids).unwrap_or(d.key);
+        }
         let size: u64 = row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
         let id = d.id.cast_signed();
         let data = sys::shm_read(id, usize::try_from(size).unwrap_or(0))
@@ -175,7 +198,22 @@ fn next_id(kind: &str, id: u32) -> Result<()> {
 }
 
 /// Make the objects of `ipcns-*-ns_id.img` again in the current namespace.
-pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
+/// Remove (IPC_RMID) the segments that were removed at dump time, once the
+/// restored tasks hold them attached again.
+pub fn remove_again(ids: &[i32]) -> Result<()> {
+    for &id in ids {
+        sys::shm_remove(id).map_err(Error::restore(
+            nix::unistd::getpid(),
+            format!("SysV shared memory {id} (removing it again)"),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Make the objects of the images in the current IPC namespace; the ids of
+/// segments to remove again once the tasks attached them.
+pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
+    let mut removed = Vec::new();
     let me = nix::unistd::getpid();
     let check = |kind: &str, want: u32, got: i32| {
         if got.cast_unsigned() == want {
@@ -215,6 +253,9 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
             .map_err(Error::restore(me, what.clone()))?;
             check("shared memory", d.id, id)?;
             sys::shm_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+            if d.mode & SHM_DEST != 0 {
+                removed.push(id);
+            }
         }
     }
     if dir.exists("IPCNS_SEM", ns_id) {
@@ -271,5 +312,5 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<()> {
     let _ = next_id("sem", u32::MAX);
     let _ = next_id("msg", u32::MAX);
     let _ = next_id("shm", u32::MAX);
-    Ok(())
+    Ok(removed)
 }

@@ -27,6 +27,19 @@ pub fn is_mqueue(pid: Pid, fd: i32) -> bool {
         .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
 }
 
+/// The process registered with mq_notify on queue `q`, if any: reading the
+/// queue as a file gives "QSIZE:.. NOTIFY:.. SIGNO:.. NOTIFY_PID:..".
+fn notify_pid(q: &nix::mqueue::MqdT) -> Option<i32> {
+    use std::os::fd::AsFd;
+    let mut buf = [0u8; 256];
+    let n = nix::sys::uio::pread(q.as_fd(), &mut buf, 0).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("NOTIFY_PID:"))
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&p| p != 0)
+}
+
 fn cname(name: &str) -> Result<std::ffi::CString> {
     std::ffi::CString::new(name).map_err(|_| Error::BadImage {
         path: "posix-mqueue.img".into(),
@@ -56,8 +69,11 @@ impl Queues {
             })?;
         let what = format!("fd {fd} (POSIX message queue {name})");
         let c = cname(name)?;
-        let (attr, msgs) =
-            crate::ns::inside(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
+        let (attr, msgs) = crate::ns::inside(
+            pid,
+            "ipc",
+            nix::sched::CloneFlags::CLONE_NEWIPC,
+            || {
                 let fail = Error::dump(pid, what.clone());
                 let q = mq_open(
                     c.as_c_str(),
@@ -66,6 +82,16 @@ impl Queues {
                     None,
                 )
                 .map_err(Error::dump(pid, what.clone()))?;
+                // A registered process would be told (and unregistered)
+                // when the messages are put back: refuse before taking them.
+                if let Some(who) = notify_pid(&q) {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!(
+                            "{what}: an mq_notify registration (process {who}), whose signal value cannot be read back,"
+                        ),
+                    });
+                }
                 let attr = mq_getattr(&q).map_err(Error::dump(pid, what.clone()))?;
                 let mut msgs = Vec::new();
                 let mut buf = vec![0u8; usize::try_from(attr.msgsize()).unwrap_or(8192)];
@@ -85,7 +111,8 @@ impl Queues {
                     mq_send(&q, &m.data, m.prio).map_err(Error::dump(pid, what.clone()))?;
                 }
                 Ok((attr, msgs))
-            })?;
+            },
+        )?;
         self.by_name.insert(
             name.to_owned(),
             PosixMqueueEntry {

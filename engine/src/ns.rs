@@ -239,9 +239,17 @@ fn write_sys(path: &str, value: &str) -> Result<()> {
     })
 }
 
+/// What the restore of the namespaces leaves to do once the tree runs.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// SysV segments to remove again (see [`crate::ipc::remove_again`]).
+    pub shm_removed: Vec<i32>,
+}
+
 /// Make the tree's namespaces again in the engine (which then forks the
 /// tree into them).
-pub fn restore(dir: &Dir) -> Result<()> {
+pub fn restore(dir: &Dir) -> Result<Restored> {
+    let mut out = Restored::default();
     let me = nix::unistd::getpid();
     if dir.exists("NETNS", NS_ID) {
         let devs: Vec<NetDeviceEntry> = dir.read_all("NETDEV", NS_ID)?;
@@ -308,7 +316,7 @@ pub fn restore(dir: &Dir) -> Result<()> {
         if let Some(v) = e.mq_msgsize_default {
             write_sys(&q("msgsize_default"), &v.to_string())?;
         }
-        crate::ipc::restore(dir, NS_ID)?;
+        out.shm_removed = crate::ipc::restore(dir, NS_ID)?;
         for (name, v) in [
             ("msg_next_id", e.msg_next_id),
             ("sem_next_id", e.sem_next_id),
@@ -319,5 +327,5 @@ pub fn restore(dir: &Dir) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -746,6 +746,13 @@ pub fn shm_create(key: i32, size: usize, mode: i32, data: &[u8]) -> Result<i32, 
     Ok(id)
 }
 
+/// Remove shared memory segment `id` (IPC_RMID): it goes once nothing has
+/// it attached.
+pub fn shm_remove(id: i32) -> Result<(), Errno> {
+    // SAFETY: IPC_RMID takes no buffer.
+    Errno::result(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) }).map(drop)
+}
+
 /// Set the owner of shared memory segment `id`.
 pub fn shm_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<(), Errno> {
     // SAFETY: shmid_ds is plain old data.

@@ -286,7 +286,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
-    crate::ns::restore(&dir)?;
+    let ns_done = crate::ns::restore(&dir)?;
     let opened = files.open_all(&uses)?;
     let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
     let mut next = max_fd + 16;
@@ -375,6 +375,15 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     );
     match result {
         Ok(pages) => {
+            // The tasks hold these attached again: removed, they go with
+            // the last of them, as before.
+            if let Err(e) = crate::ipc::remove_again(&ns_done.shm_removed) {
+                for p in plans.iter().rev() {
+                    let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
+                }
+                let _ = waitpid(root, None);
+                return Err(e);
+            }
             if let Some(s) = unlock
                 && let Err(e) = crate::netlock::unlock(&s, root)
             {

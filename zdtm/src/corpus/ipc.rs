@@ -27,6 +27,19 @@ pub(crate) const TESTS: &[Test] = &[
         msgq00,
     ),
     Test::new(
+        "shm-removed",
+        Ipc,
+        "a SysV segment removed (IPC_RMID) while attached stays attached, and goes with its last user",
+        shm_removed,
+    ),
+    Test::new(
+        "mqueue-notify",
+        Ipc,
+        "a POSIX message queue with an mq_notify registration (refused: the signal's value cannot be read back)",
+        mqueue_notify,
+    )
+    .crfail(),
+    Test::new(
         "mqueue00",
         Ipc,
         "POSIX message queue with prioritized messages",
@@ -69,6 +82,98 @@ fn shm00(t: &mut Ctx) -> Res {
     ensure_eq!("key", ds.shm_perm.__key, 0x2d74);
     ensure_eq!("mode", ds.shm_perm.mode & 0o777, 0o640);
     ensure_eq!("attach count", ds.shm_nattch, 1);
+    Ok(())
+}
+
+fn shm_removed(t: &mut Ctx) -> Res {
+    new_ipcns()?;
+    const SZ: usize = 64 << 10;
+    // SAFETY: creating a segment has no memory effect.
+    let id = unsafe { libc::shmget(0x2d75, SZ, libc::IPC_CREAT | 0o600) };
+    nix::errno::Errno::result(id).or_fail("shmget")?;
+    // SAFETY: attaching a fresh segment at an address the kernel picks.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        return Err(Fail::Sys(format!("shmat: {}", nix::errno::Errno::last())));
+    }
+    let m = Map::adopt(p as usize, SZ);
+    m.fill(33);
+    // SAFETY: removing needs no buffer.
+    nix::errno::Errno::result(unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) })
+        .or_fail("IPC_RMID")?;
+    let stat = || -> Res<libc::shmid_ds> {
+        // SAFETY: plain old data.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out pointer.
+        nix::errno::Errno::result(unsafe { libc::shmctl(id, libc::IPC_STAT, &raw mut ds) })
+            .or_fail("IPC_STAT")?;
+        Ok(ds)
+    };
+    ensure!(
+        stat()?.shm_perm.mode & 0o1000 != 0, /* SHM_DEST */
+        "not marked removed"
+    );
+    t.wait("flipped a byte of the segment", || {
+        m.set(4321, !m.get(4321));
+        Ok(())
+    })?;
+    if let Some((i, g, w)) = m.first_diff(33) {
+        return Err(Fail::Mismatch(format!(
+            "shm byte {i} is {g:#04x}, want {w:#04x}"
+        )));
+    }
+    let ds = stat()?;
+    ensure!(
+        ds.shm_perm.mode & 0o1000 != 0,
+        "the segment is no longer marked removed (mode {:o})",
+        ds.shm_perm.mode
+    );
+    ensure_eq!("key of a removed segment", ds.shm_perm.__key, 0);
+    ensure_eq!("attach count", ds.shm_nattch, 1);
+    Ok(())
+}
+
+fn mqueue_notify(t: &mut Ctx) -> Res {
+    use nix::mqueue::{MQ_OFlag, MqAttr, mq_open};
+    new_ipcns()?;
+    let attr = MqAttr::new(0, 4, 64, 0);
+    let mq = mq_open(
+        c"/zdtm-mq-notify",
+        MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR | MQ_OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        Some(&attr),
+    )
+    .or_fail("mq_open")?;
+    // SAFETY: plain old data.
+    let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
+    ev.sigev_notify = libc::SIGEV_SIGNAL;
+    ev.sigev_signo = libc::SIGUSR1;
+    // SAFETY: a valid sigevent for the queue's fd.
+    nix::errno::Errno::result(unsafe {
+        libc::syscall(libc::SYS_mq_notify, mq.as_fd().as_raw_fd(), &raw const ev)
+    })
+    .or_fail("mq_notify")?;
+    let registered = || -> Res<bool> {
+        // Another registration is refused while one is in place.
+        // SAFETY: a valid sigevent for the queue's fd.
+        let r =
+            unsafe { libc::syscall(libc::SYS_mq_notify, mq.as_fd().as_raw_fd(), &raw const ev) };
+        Ok(r == -1 && nix::errno::Errno::last() == nix::errno::Errno::EBUSY)
+    };
+    ensure!(registered()?, "no registration");
+    t.wait("removed the registration", || {
+        // SAFETY: a null sigevent removes the registration.
+        nix::errno::Errno::result(unsafe {
+            libc::syscall(
+                libc::SYS_mq_notify,
+                mq.as_fd().as_raw_fd(),
+                std::ptr::null::<libc::sigevent>(),
+            )
+        })
+        .or_fail("mq_notify(NULL)")
+        .map(drop)
+    })?;
+    ensure!(registered()?, "the registration is gone");
     Ok(())
 }
 
