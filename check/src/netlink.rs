@@ -204,6 +204,12 @@ impl Socket {
         }
     }
 
+    /// Asks for a dump of message type `ty` with fixed header `fixed`, and
+    /// collects every part.
+    pub fn dump(&self, ty: u16, fixed: &[u8]) -> Result<Vec<Msg>, Errno> {
+        self.request(Builder::new(ty, NLM_F_REQUEST | NLM_F_DUMP, fixed).finish())
+    }
+
     /// Sends one request and collects its answer.
     pub fn request(&self, msg: Vec<u8>) -> Result<Vec<Msg>, Errno> {
         self.send(&msg)?;

@@ -331,17 +331,7 @@ impl FileKind for InetSk {
         }
         let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
         let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
-        let so_filter = crate::sk_filter::dump_fd(cx, dup.as_fd())?;
         let opts = SkOptsEntry {
-            so_filter,
-            so_sndbuf: u32::try_from(
-                nix::sys::socket::getsockopt(&dup, sockopt::SndBuf).unwrap_or(0),
-            )
-            .unwrap_or(0),
-            so_rcvbuf: u32::try_from(
-                nix::sys::socket::getsockopt(&dup, sockopt::RcvBuf).unwrap_or(0),
-            )
-            .unwrap_or(0),
             reuseaddr: opt_bool(&dup, sockopt::ReuseAddr),
             so_reuseport: opt_bool(&dup, sockopt::ReusePort),
             so_keepalive: opt_bool(&dup, sockopt::KeepAlive),
@@ -354,7 +344,7 @@ impl FileKind for InetSk {
                 .ok()
                 .map(|d| d.to_string_lossy().into_owned())
                 .filter(|d| !d.is_empty()),
-            ..SkOptsEntry::default()
+            ..crate::sk_opts::dump_common(cx, dup.as_fd())?
         };
         let freebind = if family == libc::AF_INET.cast_unsigned() {
             opt_bool(&dup, sockopt::IpFreebind) == Some(true)
@@ -477,8 +467,8 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             _ => SockType::Stream,
         };
         let s = sys::socket(domain, raw_ty, u.proto.cast_signed()).map_err(fail("socket"))?;
-        crate::sk_filter::restore(s.as_fd(), &u.opts.so_filter)
-            .map_err(fail("SO_ATTACH_FILTER"))?;
+        crate::sk_opts::restore_common(s.as_fd(), &u.opts)
+            .map_err(|(step, err)| fail(step)(err))?;
         if let Some(r) = u.ip_opts.as_ref().and_then(|o| o.raw.as_ref()) {
             set_raw_opts(&s, u.family, u.proto.cast_signed(), r)
                 .map_err(fail("raw socket options"))?;
@@ -518,18 +508,6 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::Ipv6V6Only, &v6),
                 "IPV6_V6ONLY",
-            )?;
-        }
-        if o.so_sndbuf > 0 {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2)),
-                "SO_SNDBUF",
-            )?;
-        }
-        if o.so_rcvbuf > 0 {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2)),
-                "SO_RCVBUF",
             )?;
         }
         // Before bind: a non-local address needs IP_FREEBIND, a device

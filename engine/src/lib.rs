@@ -33,7 +33,7 @@ pub mod restore;
 pub mod seccomp;
 pub mod seize;
 pub mod signalfd;
-pub mod sk_filter;
+pub mod sk_opts;
 pub mod sys;
 pub mod task;
 pub mod tcp;

@@ -7,9 +7,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::sys::socket::{NetlinkAddr, sockopt};
+use nix::sys::socket::NetlinkAddr;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, NetlinkSkEntry, SkOptsEntry};
+use stasis_proto::images::{FdTypes, FownEntry, NetlinkSkEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -63,11 +63,6 @@ impl FileKind for NetlinkSk {
         }
         let peer = nix::sys::socket::getpeername::<NetlinkAddr>(dup.as_raw_fd()).ok();
         let (dst_portid, dst_group) = peer.map_or((0, 0), |p| (p.pid(), p.groups()));
-        let buf = |o| {
-            sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, o)
-                .map(i32::cast_unsigned)
-                .unwrap_or(0)
-        };
         Ok(Kind::Nlsk(NetlinkSkEntry {
             id: 0,
             ino: u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0),
@@ -79,12 +74,7 @@ impl FileKind for NetlinkSk {
             dst_portid,
             dst_group,
             fown: FownEntry::default(),
-            opts: SkOptsEntry {
-                so_filter: crate::sk_filter::dump_fd(cx, dup.as_fd())?,
-                so_sndbuf: buf(libc::SO_SNDBUF),
-                so_rcvbuf: buf(libc::SO_RCVBUF),
-                ..SkOptsEntry::default()
-            },
+            opts: crate::sk_opts::dump_common(cx, dup.as_fd())?,
             ns_id: None,
         }))
     }
@@ -93,16 +83,8 @@ impl FileKind for NetlinkSk {
         let fail = |step: &str| cx.err(&format!("netlink socket {}: {step}", e.ino));
         let s = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, e.protocol.cast_signed())
             .map_err(fail("socket"))?;
-        let o = &e.opts;
-        if o.so_sndbuf > 0 {
-            nix::sys::socket::setsockopt(&s, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2))
-                .map_err(fail("SO_SNDBUF"))?;
-        }
-        if o.so_rcvbuf > 0 {
-            nix::sys::socket::setsockopt(&s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2))
-                .map_err(fail("SO_RCVBUF"))?;
-        }
-        crate::sk_filter::restore(s.as_fd(), &o.so_filter).map_err(fail("SO_ATTACH_FILTER"))?;
+        crate::sk_opts::restore_common(s.as_fd(), &e.opts)
+            .map_err(|(step, err)| fail(step)(err))?;
         let first = e.groups.first().copied().unwrap_or(0);
         if e.portid != 0 {
             nix::sys::socket::bind(s.as_raw_fd(), &NetlinkAddr::new(e.portid, first))

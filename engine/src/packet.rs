@@ -8,9 +8,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::socket::SockProtocol;
-use stasis_check::netlink::{self as nl, Builder};
+use stasis_check::netlink as nl;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, PacketMclist, PacketSockEntry, SkOptsEntry};
+use stasis_proto::images::{FdTypes, FownEntry, PacketMclist, PacketSockEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -70,14 +70,7 @@ fn diag(ino: u32) -> std::result::Result<Option<Diag>, nix::errno::Errno> {
     let show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT;
     req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]);
-    let msgs = s.request(
-        Builder::new(
-            SOCK_DIAG_BY_FAMILY,
-            nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
-            &req,
-        )
-        .finish(),
-    )?;
+    let msgs = s.dump(SOCK_DIAG_BY_FAMILY, &req)?;
     Ok(msgs.into_iter().find_map(|m| {
         let p = &m.payload;
         (p.len() >= 16 && u32_at(p, 4) == ino).then(|| Diag {
@@ -147,11 +140,6 @@ impl FileKind for PacketSk {
             })
             .collect();
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
-        let buf = |o| {
-            sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, o)
-                .map(i32::cast_unsigned)
-                .unwrap_or(0)
-        };
         Ok(Kind::Psk(PacketSockEntry {
             id: 0,
             r#type: ty,
@@ -159,12 +147,7 @@ impl FileKind for PacketSk {
             flags: cx.flags(),
             ifindex: u32_at(info, 0),
             fown: FownEntry::default(),
-            opts: SkOptsEntry {
-                so_filter: crate::sk_filter::dump_fd(cx, dup.as_fd())?,
-                so_sndbuf: buf(libc::SO_SNDBUF),
-                so_rcvbuf: buf(libc::SO_RCVBUF),
-                ..SkOptsEntry::default()
-            },
+            opts: crate::sk_opts::dump_common(cx, dup.as_fd())?,
             version: u32_at(info, 4),
             reserve: u32_at(info, 8),
             aux_data: flags & PDI_AUXDATA != 0,
@@ -203,8 +186,8 @@ impl FileKind for PacketSk {
                 int(name, v, step)?;
             }
         }
-        crate::sk_filter::restore(s.as_fd(), &e.opts.so_filter)
-            .map_err(fail("SO_ATTACH_FILTER"))?;
+        crate::sk_opts::restore_common(s.as_fd(), &e.opts)
+            .map_err(|(step, err)| fail(step)(err))?;
         if e.ifindex != 0 {
             sys::bind_packet(s.as_fd(), proto, e.ifindex.cast_signed())
                 .map_err(fail(&format!("bind to device {}", e.ifindex)))?;

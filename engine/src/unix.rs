@@ -401,7 +401,7 @@ impl FileKind for UnixSk {
             .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
         let mut opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
-        opts.so_filter = crate::sk_filter::dump_fd(cx, dup.as_fd())?;
+        opts.so_filter = crate::sk_opts::dump_fd(cx, dup.as_fd())?;
         let state = u32::from(d.state);
         if state == TCP_LISTEN {
             if !d.icons.is_empty() {
@@ -531,6 +531,16 @@ fn in_flight(table: &mut Table, fds: Vec<OwnedFd>) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// The fields of a socket no task has an fd of (a connection waiting to be
+/// accepted, a peer outside the tree).
+fn without_fd() -> UnixSkEntry {
+    UnixSkEntry {
+        flags: libc::O_RDWR.cast_unsigned(),
+        deleted: Some(false),
+        ..UnixSkEntry::default()
+    }
+}
+
 impl Table {
     /// Dump: add pending connections as sockets of their own, check that
     /// every connected socket's peer is in the images.
@@ -569,19 +579,10 @@ impl Table {
                         ino: embryo,
                         r#type: ty,
                         state: TCP_ESTABLISHED,
-                        flags: libc::O_RDWR.cast_unsigned(),
-                        uflags: 0,
-                        backlog: 0,
                         peer: *client,
-                        fown: FownEntry::default(),
-                        opts: SkOptsEntry::default(),
                         name: name.clone(),
                         shutdown: Some(0),
-                        file_perms: None,
-                        name_dir: None,
-                        deleted: Some(false),
-                        ns_id: None,
-                        mnt_id: None,
+                        ..without_fd()
                     })
                 },
                 FdTypes::Unixsk,
@@ -635,19 +636,9 @@ impl Table {
                         ino: peer,
                         r#type: u32::from(d.ty),
                         state: TCP_CLOSE,
-                        flags: libc::O_RDWR.cast_unsigned(),
                         uflags: USK_EXTERN,
-                        backlog: 0,
-                        peer: 0,
-                        fown: FownEntry::default(),
-                        opts: SkOptsEntry::default(),
                         name: d.name.clone(),
-                        shutdown: None,
-                        file_perms: None,
-                        name_dir: None,
-                        deleted: Some(false),
-                        ns_id: None,
-                        mnt_id: None,
+                        ..without_fd()
                     })
                 },
                 FdTypes::Unixsk,
@@ -922,17 +913,10 @@ fn bind(s: &OwnedFd, u: &UnixSkEntry) -> std::result::Result<(), Errno> {
 }
 
 fn set_opts(s: &OwnedFd, o: &SkOptsEntry) -> std::result::Result<(), Errno> {
-    // The kernel doubles what is set and reports the doubled value.
-    if o.so_sndbuf > 0 {
-        nix::sys::socket::setsockopt(s, sockopt::SndBufForce, &(o.so_sndbuf as usize / 2))?;
-    }
-    if o.so_rcvbuf > 0 {
-        nix::sys::socket::setsockopt(s, sockopt::RcvBufForce, &(o.so_rcvbuf as usize / 2))?;
-    }
+    crate::sk_opts::restore_common(s.as_fd(), o).map_err(|(_, e)| e)?;
     if o.so_passcred == Some(true) {
         nix::sys::socket::setsockopt(s, sockopt::PassCred, &true)?;
     }
-    crate::sk_filter::restore(s.as_fd(), &o.so_filter)?;
     let tv = |sec: u64, usec: u64| {
         nix::sys::time::TimeVal::new(
             i64::try_from(sec).unwrap_or(0),

@@ -94,14 +94,7 @@ fn diag_req(family: u8, proto: u8, states: bool, show: u32) -> Vec<u8> {
 /// Dumps one family/protocol and returns the inodes found.
 fn diag_inodes(s: &nl::Socket, req: Vec<u8>) -> Result<Vec<u32>, nix::errno::Errno> {
     let family = req[0];
-    let msgs = s.request(
-        Builder::new(
-            SOCK_DIAG_BY_FAMILY,
-            nl::NLM_F_REQUEST | nl::NLM_F_DUMP,
-            &req,
-        )
-        .finish(),
-    )?;
+    let msgs = s.dump(SOCK_DIAG_BY_FAMILY, &req)?;
     // Inode offset in each reply: inet_diag_msg 68, unix/packet/netlink 4 (after family, type, state/proto, pad).
     let at = match family {
         AF_INET | AF_INET6 => 68,
