@@ -1167,7 +1167,7 @@ impl Table {
         t.mqueues = crate::mqueue::Queues::load(dir)?;
         for e in &t.entries {
             if let Some(Kind::Isk(s)) = &e.kind
-                && s.state == 1
+                && crate::tcp::connected(s.state)
                 && s.r#type == libc::SOCK_STREAM.cast_unsigned()
             {
                 let mut r = dir.open_image("TCP_STREAM", u64::from(s.ino))?;

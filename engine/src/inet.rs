@@ -137,12 +137,7 @@ fn tcp_state_refused(s: u8) -> Option<&'static str> {
     Some(match s {
         2 => "SYN_SENT",
         3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
         6 => "TIME_WAIT",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        11 => "CLOSING",
         _ => return None,
     })
 }
@@ -252,18 +247,18 @@ impl FileKind for InetSk {
         let peer = nix::sys::socket::getpeername::<SockaddrStorage>(dup.as_raw_fd())
             .ok()
             .and_then(|s| std_addr(&s));
+        let mut tcp_state = 0;
         if ty == libc::SOCK_STREAM {
-            // Only connections at rest can be put back: not one being set
-            // up or closed.
+            // Connections being set up cannot be put back.
             let info = sys::getsockopt_bytes(dup.as_fd(), libc::SOL_TCP, libc::TCP_INFO, 8)
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_INFO")))?;
+            tcp_state = u32::from(info.first().copied().unwrap_or(0));
             if let Some(name) = tcp_state_refused(info.first().copied().unwrap_or(0)) {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
                     what: format!(
-                        "{what}: a TCP connection in state {name} (half-closed and \
-                         half-open connections are not dumped; only listening, established \
-                         and unconnected sockets are),"
+                        "{what}: a TCP connection in state {name} (connections being set up, \
+                         and TIME_WAIT, are not dumped),"
                     ),
                 });
             }
@@ -289,13 +284,15 @@ impl FileKind for InetSk {
         let listening = int(libc::SO_ACCEPTCONN)? == 1;
         let state = if listening {
             TCP_LISTEN
+        } else if ty == libc::SOCK_STREAM && crate::tcp::connected(tcp_state) {
+            tcp_state
         } else if peer.is_some() {
             TCP_ESTABLISHED
         } else {
             TCP_CLOSE
         };
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
-        if ty == libc::SOCK_STREAM && state == TCP_ESTABLISHED {
+        if ty == libc::SOCK_STREAM && crate::tcp::connected(state) {
             if !table.opts.tcp_established {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
@@ -323,7 +320,7 @@ impl FileKind for InetSk {
             crate::tcp::repair_on(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
             table.tcp_repaired.fds.push(keep);
-            let (e, inq, outq) = crate::tcp::dump(&dup).map_err(Error::dump(
+            let (e, inq, outq) = crate::tcp::dump(&dup, state).map_err(Error::dump(
                 cx.pid,
                 format!("{what}: the connection's state"),
             ))?;
@@ -479,7 +476,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .table
             .tcp_streams
             .iter()
-            .find(|t| t.0 == u.ino && u.state == TCP_ESTABLISHED);
+            .find(|t| t.0 == u.ino && crate::tcp::connected(u.state));
         if o.reuseaddr == Some(true) {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
@@ -595,11 +592,11 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
     }
     // Both ends of a connection exist now: out of repair mode.
     for u in &all {
-        if cx
+        if let Some((_, e, _, _)) = cx
             .table
             .tcp_streams
             .iter()
-            .any(|t| t.0 == u.ino && u.state == TCP_ESTABLISHED)
+            .find(|t| t.0 == u.ino && crate::tcp::connected(u.state))
             && let Some(s) = made.get(&u.id)
         {
             crate::tcp::repair_done(s.as_fd()).map_err(Error::restore(
@@ -611,6 +608,20 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 nix::sys::socket::setsockopt(s, sockopt::ReuseAddr, &true).map_err(
                     Error::restore(pid, format!("inet socket {} (SO_REUSEADDR)", u.ino)),
                 )?;
+            }
+            if u.state != TCP_ESTABLISHED
+                && let (Some(l), Some(p)) = (
+                    join(u.family, &u.src_addr, u.src_port),
+                    join(u.family, &u.dst_addr, u.dst_port),
+                )
+            {
+                crate::tcp::close_halves(s, e, u.state, l, p).map_err(Error::restore(
+                    pid,
+                    format!(
+                        "inet socket {} (closing its half-closed halves again, state {})",
+                        u.ino, u.state
+                    ),
+                ))?;
             }
         }
     }

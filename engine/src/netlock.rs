@@ -17,6 +17,10 @@ use nix::unistd::Pid;
 use stasis_check::netlink::nft::{self, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE};
 use stasis_check::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE, Socket};
 
+/// Packets with this mark pass the lock: the restore's own, which hand a
+/// half-closed connection the FIN it had received.
+pub const MARK: u32 = 0x57a5_15c0;
+
 /// `network_lock_method` of the inventory (CRIU's numbering).
 pub const METHOD_NFTABLES: u32 = 2;
 
@@ -36,6 +40,7 @@ const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
+const NFT_META_MARK: u32 = 3;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -146,6 +151,24 @@ fn drop_rule(table: &str, chain: &str, src: SocketAddr, dst: SocketAddr) -> Vec<
     b.end().finish()
 }
 
+/// A rule letting packets with [`MARK`] through (first in its chain).
+fn mark_accept(table: &str, chain: &str) -> Vec<u8> {
+    let mut b = nft::inet(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+        .str(NFTA_RULE_TABLE, table)
+        .str(NFTA_RULE_CHAIN, chain)
+        .nest(NFTA_RULE_EXPRESSIONS);
+    b = meta_is(b, NFT_META_MARK, &MARK.to_ne_bytes());
+    b = expr(b, "immediate", |d| {
+        d.be32(1, NFT_REG_VERDICT)
+            .nest(2)
+            .nest(2)
+            .be32(1, NF_ACCEPT)
+            .end()
+            .end()
+    });
+    b.end().finish()
+}
+
 /// A base chain on `hook` that lets through what no rule drops.
 fn chain(table: &str, name: &str, hook: u32) -> Vec<u8> {
     nft::inet(NFT_MSG_NEWCHAIN, NLM_F_CREATE)
@@ -196,6 +219,7 @@ impl Lock {
             msgs.push(nft::table_msg(nft::NFT_MSG_NEWTABLE, &self.table));
             msgs.push(chain(&self.table, "input", NF_INET_LOCAL_IN));
             msgs.push(chain(&self.table, "output", NF_INET_LOCAL_OUT));
+            msgs.push(mark_accept(&self.table, "input"));
             self.sock = Some(s);
         }
         msgs.push(drop_rule(&self.table, "input", peer, local));

@@ -4,6 +4,13 @@
 //! in repair mode sends nothing: the dump leaves it so until the tree is
 //! killed (the connection then goes without a FIN or RST), or takes it out
 //! of repair mode without a window probe if the tree goes on.
+//!
+//! Half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) are
+//! kept with the sequence numbers the FINs took left out: they come back
+//! established, then close the halves they had closed. A FIN this side sent
+//! is sent again with shutdown (the peer acknowledges it once more); a FIN
+//! it received is handed to it again as a packet from the peer, written on
+//! a raw socket with the lock's mark so the network lock lets it in.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -35,6 +42,41 @@ const TCPI_OPT_WSCALE: u32 = 4;
 const SIOCINQ: libc::c_ulong = libc::FIONREAD;
 const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ;
 const SIOCOUTQNSD: libc::c_ulong = libc::SIOCOUTQNSD;
+
+/// TCP states (tcp_info.tcpi_state).
+pub const TCP_ESTABLISHED: u32 = 1;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+/// Whether a connection in `state` is dumped with TCP repair: established
+/// or half-closed.
+pub fn connected(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED
+            | TCP_FIN_WAIT1
+            | TCP_FIN_WAIT2
+            | TCP_CLOSE_WAIT
+            | TCP_LAST_ACK
+            | TCP_CLOSING
+    )
+}
+
+/// This side sent its FIN.
+fn sent_fin(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING
+    )
+}
+
+/// The peer's FIN arrived.
+fn got_fin(state: u32) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING)
+}
 
 fn set(fd: BorrowedFd<'_>, name: i32, v: i32) -> Result<(), Errno> {
     sys::setsockopt_int(fd, SOL_TCP, name, v)
@@ -91,7 +133,7 @@ fn peek(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, Errno> {
 
 /// Read the state of connection `fd`, in repair mode: the entry and the
 /// receive and send queues.
-pub fn dump(fd: &OwnedFd) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), Errno> {
+pub fn dump(fd: &OwnedFd, state: u32) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), Errno> {
     let b = fd.as_fd();
     let inq_len = sys::ioctl_int_get(b, SIOCINQ)?;
     let outq_len = sys::ioctl_int_get(b, SIOCOUTQ)?;
@@ -110,6 +152,9 @@ pub fn dump(fd: &OwnedFd) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), Errno> {
     let win = sys::getsockopt_bytes(b, SOL_TCP, TCP_REPAIR_WINDOW, 20)?;
     let w =
         |i: usize| u32::from_ne_bytes([win[4 * i], win[4 * i + 1], win[4 * i + 2], win[4 * i + 3]]);
+    // A FIN takes a sequence number of its own; it is not data.
+    let inq_seq = inq_seq.wrapping_sub(u32::from(got_fin(state)));
+    let outq_seq = outq_seq.wrapping_sub(u32::from(sent_fin(state)));
     let e = TcpStreamEntry {
         inq_len: u32::try_from(inq.len()).unwrap_or(0),
         inq_seq,
@@ -127,7 +172,15 @@ pub fn dump(fd: &OwnedFd) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), Errno> {
         snd_wnd: (win.len() >= 20).then(|| w(1)),
         max_window: (win.len() >= 20).then(|| w(2)),
         rcv_wnd: (win.len() >= 20).then(|| w(3)),
-        rcv_wup: (win.len() >= 20).then(|| w(4)),
+        // The window was last advertised past the FIN, at most.
+        rcv_wup: (win.len() >= 20).then(|| {
+            let wup = w(4);
+            if wup.wrapping_sub(inq_seq).cast_signed() > 0 {
+                inq_seq
+            } else {
+                wup
+            }
+        }),
     };
     Ok((e, inq, outq))
 }
@@ -207,6 +260,175 @@ pub fn repair_done(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     set(fd, TCP_REPAIR, 0)
 }
 
+/// After [`repair_done`]: close the halves a half-closed connection in
+/// `state` had closed. `local` and `peer` are its addresses.
+pub fn close_halves(
+    fd: &OwnedFd,
+    e: &TcpStreamEntry,
+    state: u32,
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> Result<(), Errno> {
+    let shut = || nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    // CLOSING: ours went first; LAST_ACK: theirs did.
+    if sent_fin(state) && state != TCP_LAST_ACK {
+        shut()?;
+    }
+    if got_fin(state) {
+        // Our unacknowledged data starts at outq_seq - outq_len: acking
+        // that much acknowledges nothing new, whatever was sent since.
+        let fin = fin_packet(
+            peer,
+            local,
+            e.inq_seq,
+            e.outq_seq.wrapping_sub(e.outq_len),
+            u16::try_from(e.snd_wnd.unwrap_or(65535) >> e.snd_wscale.min(14)).unwrap_or(u16::MAX),
+        );
+        send_fin(&fin, local)?;
+        // The packet is taken on the way in, before sendto returns; give
+        // the socket a moment if it is not there yet.
+        let want = if state == TCP_LAST_ACK {
+            TCP_CLOSE_WAIT
+        } else {
+            state
+        };
+        for _ in 0..100 {
+            let info = sys::getsockopt_bytes(fd.as_fd(), SOL_TCP, TCP_INFO, 8)?;
+            if u32::from(info.first().copied().unwrap_or(0)) == want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let info = sys::getsockopt_bytes(fd.as_fd(), SOL_TCP, TCP_INFO, 8)?;
+        if u32::from(info.first().copied().unwrap_or(0)) != want {
+            return Err(Errno::EPROTO);
+        }
+    }
+    if state == TCP_LAST_ACK {
+        shut()?;
+    }
+    Ok(())
+}
+
+/// The 16-bit ones' complement sum of `parts`, folded and inverted.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for p in parts {
+        for w in p.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0)
+}
+
+/// A FIN+ACK segment from `src` to `dst` with its IP header: IPv4 when
+/// both ends are IPv4 (or IPv4-mapped), else IPv6.
+fn fin_packet(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    seq: u32,
+    ack: u32,
+    window: u16,
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(v) => v.to_ipv4_mapped(),
+    };
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&src.port().to_be_bytes());
+    tcp.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.extend_from_slice(&[5 << 4, 0x11]); // 20-byte header; FIN, ACK
+    tcp.extend_from_slice(&window.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    let len = u16::try_from(tcp.len()).unwrap_or(20);
+    let proto = u8::try_from(libc::IPPROTO_TCP).unwrap_or(6);
+    if let (Some(s), Some(d)) = (v4(src.ip()), v4(dst.ip())) {
+        let pseudo = [
+            &s.octets()[..],
+            &d.octets(),
+            &[0, proto],
+            &len.to_be_bytes(),
+        ]
+        .concat();
+        let c = checksum(&[&pseudo, &tcp]);
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&(20 + len).to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]); // DF, TTL 64
+        ip.extend_from_slice(&s.octets());
+        ip.extend_from_slice(&d.octets());
+        let c = checksum(&[&ip]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip.extend_from_slice(&tcp);
+        return ip;
+    }
+    let six = |a: IpAddr| match a {
+        IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+        IpAddr::V6(v) => v.octets(),
+    };
+    let (s, d) = (six(src.ip()), six(dst.ip()));
+    let pseudo = [&s[..], &d, &u32::from(len).to_be_bytes(), &[0, 0, 0, proto]].concat();
+    let c = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&len.to_be_bytes());
+    ip.extend_from_slice(&[proto, 64]);
+    ip.extend_from_slice(&s);
+    ip.extend_from_slice(&d);
+    ip.extend_from_slice(&tcp);
+    ip
+}
+
+/// Send packet `pkt` (IP header included) to `to`'s address on a raw
+/// socket carrying the network lock's mark.
+fn send_fin(pkt: &[u8], to: std::net::SocketAddr) -> Result<(), Errno> {
+    use nix::sys::socket::{SockaddrIn, SockaddrIn6};
+    let v6 = to.is_ipv6() && pkt.first().is_some_and(|b| b >> 4 == 6);
+    let (domain, level, opt) = if v6 {
+        (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)
+    } else {
+        (libc::AF_INET, libc::IPPROTO_IP, libc::IP_HDRINCL)
+    };
+    let raw = sys::socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    sys::setsockopt_int(raw.as_fd(), level, opt, 1)?;
+    sys::setsockopt_int(
+        raw.as_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_MARK,
+        crate::netlock::MARK.cast_signed(),
+    )?;
+    let sent = match to {
+        std::net::SocketAddr::V6(a) if v6 => nix::sys::socket::sendto(
+            raw.as_raw_fd(),
+            pkt,
+            &SockaddrIn6::from(std::net::SocketAddrV6::new(*a.ip(), 0, 0, a.scope_id())),
+            MsgFlags::empty(),
+        )?,
+        other => {
+            let ip = match other.ip() {
+                std::net::IpAddr::V4(v4) => v4,
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or(Errno::EAFNOSUPPORT)?,
+            };
+            nix::sys::socket::sendto(
+                raw.as_raw_fd(),
+                pkt,
+                &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)),
+                MsgFlags::empty(),
+            )?
+        }
+    };
+    if sent != pkt.len() {
+        return Err(Errno::EIO);
+    }
+    Ok(())
+}
+
 fn send_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {
         let n = nix::sys::socket::send(fd.as_raw_fd(), data, MsgFlags::empty())?;
@@ -216,4 +438,46 @@ fn send_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
         data = &data[n..];
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fin_packets_carry_valid_checksums_in_both_families() {
+        let (peer, local) = (
+            "10.0.0.2:80".parse().unwrap(),
+            "10.0.0.1:5555".parse().unwrap(),
+        );
+        let p = fin_packet(peer, local, 1000, 2000, 512);
+        assert_eq!(p.len(), 40);
+        // A header with its checksum in sums to zero.
+        assert_eq!(checksum(&[&p[..20]]), 0);
+        let pseudo = [&p[12..20], &[0, 6, 0, 20][..]].concat();
+        assert_eq!(checksum(&[&pseudo, &p[20..]]), 0);
+        assert_eq!(u32::from_be_bytes([p[24], p[25], p[26], p[27]]), 1000);
+        assert_eq!(p[33], 0x11, "FIN and ACK");
+        let (peer, local) = (
+            "[fd00::2]:80".parse().unwrap(),
+            "[fd00::1]:5555".parse().unwrap(),
+        );
+        let p = fin_packet(peer, local, 7, 9, 512);
+        assert_eq!((p.len(), p[0] >> 4, p[6]), (60, 6, 6));
+        let pseudo = [&p[8..40], &[0, 0, 0, 20, 0, 0, 0, 6][..]].concat();
+        assert_eq!(checksum(&[&pseudo, &p[40..]]), 0);
+    }
+
+    #[test]
+    fn half_closed_states_are_dumped_and_half_open_ones_are_not() {
+        for s in [1, 4, 5, 8, 9, 11] {
+            assert!(connected(s), "state {s}");
+        }
+        for s in [2, 3, 6, 7, 10] {
+            assert!(!connected(s), "state {s}");
+        }
+        assert!(sent_fin(5) && !got_fin(5));
+        assert!(got_fin(8) && !sent_fin(8));
+        assert!(sent_fin(9) && got_fin(9) && sent_fin(11) && got_fin(11));
+    }
 }

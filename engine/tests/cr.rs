@@ -1346,3 +1346,109 @@ fn a_peer_outside_the_tree_gets_no_reset_while_the_network_is_locked() {
     let got = wait_file(&out, &["ok", "bad"], 60);
     assert_eq!(got, "ok echo:two", "what the peer got after the restore");
 }
+
+#[test]
+fn a_half_closed_connection_to_a_peer_outside_the_tree_comes_back_under_the_lock() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let go = tmp.path().join("go");
+    let script = tmp.path().join("peer.py");
+    // The peer (not dumped) sends a line and shuts down its sending half;
+    // the server (the dumped tree) has read to the end (CLOSE_WAIT) and
+    // answers only once the test says so, after the restore: its answer
+    // and then its FIN must reach the peer, which is in FIN_WAIT2.
+    std::fs::write(
+        &script,
+        "import os, socket, sys, time, signal, fcntl, struct\n\
+         out, go = sys.argv[1], sys.argv[2]\n\
+         lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         flags = struct.unpack('16sh', fcntl.ioctl(lo, 0x8913, struct.pack('16sh', b'lo', 0)))[1]\n\
+         fcntl.ioctl(lo, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n\
+         lo.close()\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 7312)); l.listen(1)\n\
+         srv = os.fork()\n\
+         if srv == 0:\n\
+         \x20   os.setsid()\n\
+         \x20   n = os.open('/dev/null', os.O_RDWR)\n\
+         \x20   for fd in (0, 1, 2): os.dup2(n, fd)\n\
+         \x20   c, _ = l.accept(); l.close()\n\
+         \x20   got = b''\n\
+         \x20   while True:\n\
+         \x20       b = c.recv(100)\n\
+         \x20       if not b: break\n\
+         \x20       got += b\n\
+         \x20   while not os.path.exists(go): time.sleep(0.02)\n\
+         \x20   c.sendall(b'got:' + got); c.close()\n\
+         \x20   os._exit(0)\n\
+         signal.signal(signal.SIGCHLD, lambda *a: os.waitpid(-1, os.WNOHANG))\n\
+         c = socket.create_connection(('127.0.0.1', 7312)); l.close()\n\
+         c.sendall(b'hello'); c.shutdown(socket.SHUT_WR)\n\
+         def say(s):\n\
+         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
+         time.sleep(0.2)\n\
+         say('ready %d' % srv)\n\
+         c.settimeout(60)\n\
+         data = b''\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       b = c.recv(100)\n\
+         \x20       if not b: break\n\
+         \x20       data += b\n\
+         \x20   say('ok ' + data.decode())\n\
+         except OSError as e:\n\
+         \x20   say('bad %s' % e)\n",
+    )
+    .expect("write script");
+    let img = images(tmp.path(), "img");
+    let peer = Job::start(&format!(
+        "exec unshare -n python3 {} {} {}",
+        script.display(),
+        out.display(),
+        go.display()
+    ));
+    let ready = wait_file(&out, &["ready"], 30);
+    let srv: i32 = ready
+        .split(' ')
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .expect("server pid");
+    let _server = Job {
+        child: None,
+        pgid: srv,
+    };
+    let (img_s, srv_s) = (img.to_str().expect("utf8"), srv.to_string());
+    let d = stasis_in_netns_of(
+        peer.pgid,
+        &[
+            "dump",
+            "-t",
+            &srv_s,
+            "-D",
+            img_s,
+            "--tcp-established",
+            "-o",
+            "dump.log",
+            "-v4",
+        ],
+    );
+    assert!(
+        d.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    wait_group_gone(srv);
+    std::fs::remove_file(&out).expect("remove ready file");
+    let r = stasis_in_netns_of(
+        peer.pgid,
+        &["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"],
+    );
+    assert!(
+        r.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::write(&go, "go").expect("tell the server");
+    let got = wait_file(&out, &["ok", "bad"], 60);
+    assert_eq!(got, "ok got:hello", "what the peer got after the restore");
+}

@@ -167,11 +167,10 @@ pub(crate) const TESTS: &[Test] = &[
     Test::new(
         "tcp-half-closed",
         Inet,
-        "a TCP connection in FIN_WAIT2 (refused: half-closed connections are not dumped)",
+        "a TCP connection whose client shut down its sending half (FIN_WAIT2 / CLOSE_WAIT) with data queued",
         tcp_half_closed,
     )
-    .opts(&["--tcp-established"])
-    .crfail(),
+    .opts(&["--tcp-established"]),
     Test::new(
         "udp-corked",
         Inet,
@@ -1050,22 +1049,50 @@ fn tcp_half_closed(t: &mut Ctx) -> Res {
     new_netns()?;
     let l = std::net::TcpListener::bind("127.0.0.1:7002").or_fail("bind")?;
     let c = std::net::TcpStream::connect("127.0.0.1:7002").or_fail("connect")?;
-    let (mut s, _) = l.accept().or_fail("accept")?;
-    // The client is done sending (FIN_WAIT2 once acknowledged); the
-    // server still sends.
+    let (s, _) = l.accept().or_fail("accept")?;
+    // The client sends its last bytes and is done sending (FIN_WAIT2 once
+    // acknowledged); the server has them unread and still sends.
+    (&c).write_all(b"last words").or_fail("client write")?;
     c.shutdown(std::net::Shutdown::Write).or_fail("shutdown")?;
+    (&s).write_all(b"queued ").or_fail("server write")?;
+    let state = |fd: &std::net::TcpStream| -> Res<u8> {
+        Ok(sockopt_bytes(fd, libc::SOL_TCP, libc::TCP_INFO, 8)?[0])
+    };
+    let mut tries = 0;
+    while (state(&c)?, state(&s)?) != (5, 8) && tries < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        tries += 1;
+    }
+    ensure_eq!(
+        "(client, server) states before",
+        (state(&c)?, state(&s)?),
+        (5, 8)
+    );
     t.wait("the server closed its end too", || {
         s.shutdown(std::net::Shutdown::Write).or_fail("shutdown")
     })?;
-    s.write_all(b"still open").or_fail("server write")?;
-    let mut buf = [0u8; 16];
-    let n = (&c).read(&mut buf).or_fail("client read")?;
-    ensure_eq!("data after the client's FIN", &buf[..n], b"still open");
-    let mut rest = Vec::new();
     ensure_eq!(
-        "the server sees the client's end",
-        s.read_to_end(&mut rest).or_fail("server read")?,
+        "(client, server) states after",
+        (state(&c)?, state(&s)?),
+        (5, 8)
+    );
+    let mut buf = [0u8; 16];
+    let n = (&s).read(&mut buf).or_fail("server read")?;
+    ensure_eq!("the client's last bytes", &buf[..n], b"last words");
+    ensure_eq!(
+        "then the client's end",
+        (&s).read(&mut buf).or_fail("server read")?,
         0
+    );
+    (&s).write_all(b"still open").or_fail("server write")?;
+    s.shutdown(std::net::Shutdown::Write)
+        .or_fail("server shutdown")?;
+    let mut got = Vec::new();
+    (&c).read_to_end(&mut got).or_fail("client read")?;
+    ensure_eq!(
+        "what the client gets, then the end",
+        &got[..],
+        b"queued still open"
     );
     Ok(())
 }
