@@ -1236,76 +1236,43 @@ fn stasis_in_netns_of(pid: i32, args: &[&str]) -> Output {
         .expect("run nsenter stasis")
 }
 
-#[test]
-fn a_peer_outside_the_tree_gets_no_reset_while_the_network_is_locked() {
-    need_root();
-    let tmp = tmpdir();
-    let out = tmp.path().join("answer");
-    let script = tmp.path().join("peer.py");
-    // In a network namespace of the test's own: the peer (not dumped)
-    // forks an echo server in a session of its own (the dumped tree),
-    // talks to it once, then on SIGUSR1 sends a line while the server is
-    // dumped and gone, and waits for its echo (or a reset).
-    std::fs::write(
-        &script,
+/// The start of a peer script: in a network namespace of its own, with lo
+/// up, a listener on 127.0.0.1:`port` and a forked server in a session of
+/// its own (the dumped tree) holding the accepted connection as `c`, its
+/// stdio on /dev/null. `server` is the server's code (indented by 4); the
+/// peer's code follows the returned text (it has `srv`, the server's pid);
+/// `args` names the command-line arguments (`out` among them).
+fn peer_script(port: u16, args: &str, server: &str) -> String {
+    let server: String = server.lines().map(|l| format!("\x20   {l}\n")).collect();
+    format!(
         "import os, socket, sys, time, signal, fcntl, struct\n\
-         out = sys.argv[1]\n\
+         {args} = sys.argv[1:]\n\
          lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          flags = struct.unpack('16sh', fcntl.ioctl(lo, 0x8913, struct.pack('16sh', b'lo', 0)))[1]\n\
          fcntl.ioctl(lo, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n\
          lo.close()\n\
-         l = socket.socket(); l.bind(('127.0.0.1', 7311)); l.listen(1)\n\
+         l = socket.socket(); l.bind(('127.0.0.1', {port})); l.listen(1)\n\
          srv = os.fork()\n\
          if srv == 0:\n\
          \x20   os.setsid()\n\
          \x20   n = os.open('/dev/null', os.O_RDWR)\n\
          \x20   for fd in (0, 1, 2): os.dup2(n, fd)\n\
          \x20   c, _ = l.accept(); l.close()\n\
-         \x20   f = c.makefile('rb')\n\
-         \x20   for line in f:\n\
-         \x20       c.sendall(b'echo:' + line)\n\
+         {server}\
          \x20   os._exit(0)\n\
          signal.signal(signal.SIGCHLD, lambda *a: os.waitpid(-1, os.WNOHANG))\n\
-         c = socket.create_connection(('127.0.0.1', 7311)); l.close()\n\
-         c.sendall(b'one\\n'); first = c.recv(100)\n\
-         asked = []\n\
-         signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))\n\
+         c = socket.create_connection(('127.0.0.1', {port})); l.close()\n\
          def say(s):\n\
-         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
-         say('ready %d %s' % (srv, first.decode().strip()))\n\
-         while not asked:\n\
-         \x20   time.sleep(0.02)\n\
-         c.settimeout(60)\n\
-         c.sendall(b'two\\n')\n\
-         try:\n\
-         \x20   say('ok ' + c.recv(100).decode().strip())\n\
-         except OSError as e:\n\
-         \x20   say('bad %s' % e)\n",
+         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n"
     )
-    .expect("write script");
-    let img = images(tmp.path(), "img");
-    let _peer = Job::start(&format!(
-        "exec unshare -n python3 {} {}",
-        script.display(),
-        out.display()
-    ));
-    let ready = wait_file(&out, &["ready"], 30);
-    let mut words = ready.split(' ').skip(1);
-    let srv: i32 = words
-        .next()
-        .and_then(|w| w.parse().ok())
-        .expect("server pid");
-    assert_eq!(words.next(), Some("echo:one"), "before the dump: {ready}");
-    // The server's session: killed and waited for on every path.
-    let _server = Job {
-        child: None,
-        pgid: srv,
-    };
-    let peer_pid = _peer.pgid;
-    let img_s = img.to_str().expect("utf8");
-    let srv_s = srv.to_string();
+}
+
+/// Dump the server `srv` with `--tcp-established` from inside the network
+/// namespace of `peer`, and wait until it is gone.
+fn dump_server(peer: i32, srv: i32, img: &Path) {
+    let (img_s, srv_s) = (img.to_str().expect("utf8"), srv.to_string());
     let d = stasis_in_netns_of(
-        peer_pid,
+        peer,
         &[
             "dump",
             "-t",
@@ -1324,25 +1291,93 @@ fn a_peer_outside_the_tree_gets_no_reset_while_the_network_is_locked() {
         String::from_utf8_lossy(&d.stderr)
     );
     wait_group_gone(srv);
-    std::fs::remove_file(&out).expect("remove ready file");
-    // The peer sends while nothing listens: the lock drops its packets
-    // (without it, the kernel answers with a reset at once).
-    kill(Pid::from_raw(peer_pid), Signal::SIGUSR1).expect("signal the peer");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !out.exists(),
-        "the peer got an answer while the server was gone: {}",
-        std::fs::read_to_string(&out).unwrap_or_default()
-    );
+}
+
+/// Restore the server from `img` inside the network namespace of `peer`.
+fn restore_server(peer: i32, img: &Path) {
     let r = stasis_in_netns_of(
-        peer_pid,
-        &["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"],
+        peer,
+        &[
+            "restore",
+            "-D",
+            img.to_str().expect("utf8"),
+            "-d",
+            "-o",
+            "restore.log",
+            "-v4",
+        ],
     );
     assert!(
         r.status.success(),
         "restore: {}",
         String::from_utf8_lossy(&r.stderr)
     );
+}
+
+/// The server's pid from the peer's "ready PID ..." line.
+fn server_pid(ready: &str) -> i32 {
+    ready
+        .split(' ')
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .expect("server pid")
+}
+
+#[test]
+fn a_peer_outside_the_tree_gets_no_reset_while_the_network_is_locked() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let script = tmp.path().join("peer.py");
+    // The server echoes lines; the peer talks to it once, then on SIGUSR1
+    // sends a line while the server is dumped and gone, and waits for its
+    // echo (or a reset).
+    let mut text = peer_script(
+        7311,
+        "out,",
+        "f = c.makefile('rb')\nfor line in f:\n    c.sendall(b'echo:' + line)",
+    );
+    text.push_str(
+        "c.sendall(b'one\\n'); first = c.recv(100)\n\
+         asked = []\n\
+         signal.signal(signal.SIGUSR1, lambda *a: asked.append(1))\n\
+         say('ready %d %s' % (srv, first.decode().strip()))\n\
+         while not asked:\n\
+         \x20   time.sleep(0.02)\n\
+         c.settimeout(60)\n\
+         c.sendall(b'two\\n')\n\
+         try:\n\
+         \x20   say('ok ' + c.recv(100).decode().strip())\n\
+         except OSError as e:\n\
+         \x20   say('bad %s' % e)\n",
+    );
+    std::fs::write(&script, &text).expect("write script");
+    let img = images(tmp.path(), "img");
+    let peer = Job::start(&format!(
+        "exec unshare -n python3 {} {}",
+        script.display(),
+        out.display()
+    ));
+    let ready = wait_file(&out, &["ready"], 30);
+    let srv = server_pid(&ready);
+    assert!(ready.ends_with(" echo:one"), "before the dump: {ready}");
+    // The server's session: killed and waited for on every path.
+    let _server = Job {
+        child: None,
+        pgid: srv,
+    };
+    dump_server(peer.pgid, srv, &img);
+    std::fs::remove_file(&out).expect("remove ready file");
+    // The peer sends while nothing listens: the lock drops its packets
+    // (without it, the kernel answers with a reset at once).
+    kill(Pid::from_raw(peer.pgid), Signal::SIGUSR1).expect("signal the peer");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !out.exists(),
+        "the peer got an answer while the server was gone: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
+    restore_server(peer.pgid, &img);
     let got = wait_file(&out, &["ok", "bad"], 60);
     assert_eq!(got, "ok echo:two", "what the peer got after the restore");
 }
@@ -1354,38 +1389,23 @@ fn a_half_closed_connection_to_a_peer_outside_the_tree_comes_back_under_the_lock
     let out = tmp.path().join("answer");
     let go = tmp.path().join("go");
     let script = tmp.path().join("peer.py");
-    // The peer (not dumped) sends a line and shuts down its sending half;
-    // the server (the dumped tree) has read to the end (CLOSE_WAIT) and
-    // answers only once the test says so, after the restore: its answer
-    // and then its FIN must reach the peer, which is in FIN_WAIT2.
-    std::fs::write(
-        &script,
-        "import os, socket, sys, time, signal, fcntl, struct\n\
-         out, go = sys.argv[1], sys.argv[2]\n\
-         lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         flags = struct.unpack('16sh', fcntl.ioctl(lo, 0x8913, struct.pack('16sh', b'lo', 0)))[1]\n\
-         fcntl.ioctl(lo, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n\
-         lo.close()\n\
-         l = socket.socket(); l.bind(('127.0.0.1', 7312)); l.listen(1)\n\
-         srv = os.fork()\n\
-         if srv == 0:\n\
-         \x20   os.setsid()\n\
-         \x20   n = os.open('/dev/null', os.O_RDWR)\n\
-         \x20   for fd in (0, 1, 2): os.dup2(n, fd)\n\
-         \x20   c, _ = l.accept(); l.close()\n\
-         \x20   got = b''\n\
-         \x20   while True:\n\
-         \x20       b = c.recv(100)\n\
-         \x20       if not b: break\n\
-         \x20       got += b\n\
-         \x20   while not os.path.exists(go): time.sleep(0.02)\n\
-         \x20   c.sendall(b'got:' + got); c.close()\n\
-         \x20   os._exit(0)\n\
-         signal.signal(signal.SIGCHLD, lambda *a: os.waitpid(-1, os.WNOHANG))\n\
-         c = socket.create_connection(('127.0.0.1', 7312)); l.close()\n\
-         c.sendall(b'hello'); c.shutdown(socket.SHUT_WR)\n\
-         def say(s):\n\
-         \x20   open(out + '.tmp', 'w').write(s); os.rename(out + '.tmp', out)\n\
+    // The peer sends a line and shuts down its sending half; the server
+    // has read to the end (CLOSE_WAIT) and answers only once the test says
+    // so, after the restore: its answer and then its FIN must reach the
+    // peer, which is in FIN_WAIT2.
+    let mut text = peer_script(
+        7312,
+        "out, go",
+        "got = b''\n\
+         while True:\n\
+         \x20   b = c.recv(100)\n\
+         \x20   if not b: break\n\
+         \x20   got += b\n\
+         while not os.path.exists(go): time.sleep(0.02)\n\
+         c.sendall(b'got:' + got); c.close()",
+    );
+    text.push_str(
+        "c.sendall(b'hello'); c.shutdown(socket.SHUT_WR)\n\
          time.sleep(0.2)\n\
          say('ready %d' % srv)\n\
          c.settimeout(60)\n\
@@ -1398,8 +1418,8 @@ fn a_half_closed_connection_to_a_peer_outside_the_tree_comes_back_under_the_lock
          \x20   say('ok ' + data.decode())\n\
          except OSError as e:\n\
          \x20   say('bad %s' % e)\n",
-    )
-    .expect("write script");
+    );
+    std::fs::write(&script, &text).expect("write script");
     let img = images(tmp.path(), "img");
     let peer = Job::start(&format!(
         "exec unshare -n python3 {} {} {}",
@@ -1407,47 +1427,14 @@ fn a_half_closed_connection_to_a_peer_outside_the_tree_comes_back_under_the_lock
         out.display(),
         go.display()
     ));
-    let ready = wait_file(&out, &["ready"], 30);
-    let srv: i32 = ready
-        .split(' ')
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .expect("server pid");
+    let srv = server_pid(&wait_file(&out, &["ready"], 30));
     let _server = Job {
         child: None,
         pgid: srv,
     };
-    let (img_s, srv_s) = (img.to_str().expect("utf8"), srv.to_string());
-    let d = stasis_in_netns_of(
-        peer.pgid,
-        &[
-            "dump",
-            "-t",
-            &srv_s,
-            "-D",
-            img_s,
-            "--tcp-established",
-            "-o",
-            "dump.log",
-            "-v4",
-        ],
-    );
-    assert!(
-        d.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&d.stderr)
-    );
-    wait_group_gone(srv);
+    dump_server(peer.pgid, srv, &img);
     std::fs::remove_file(&out).expect("remove ready file");
-    let r = stasis_in_netns_of(
-        peer.pgid,
-        &["restore", "-D", img_s, "-d", "-o", "restore.log", "-v4"],
-    );
-    assert!(
-        r.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    restore_server(peer.pgid, &img);
     std::fs::write(&go, "go").expect("tell the server");
     let got = wait_file(&out, &["ok", "bad"], 60);
     assert_eq!(got, "ok got:hello", "what the peer got after the restore");
