@@ -547,11 +547,24 @@ fn dump_ok(pid: i32, img: &Path) {
 
 /// `stasis dump` of `pid` into `img` with `extra` options; it must succeed.
 fn dump_ok_with(pid: i32, img: &Path, extra: &[&str]) {
+    dump_ok_in(None, pid, img, extra);
+}
+
+/// `stasis`, in the network namespace of `netns` if given.
+fn run_in(netns: Option<i32>, args: &[&str]) -> Output {
+    match netns {
+        Some(p) => stasis_in_netns_of(p, args),
+        None => run(args),
+    }
+}
+
+/// [`dump_ok_with`] run in the network namespace of `netns`, if given.
+fn dump_ok_in(netns: Option<i32>, pid: i32, img: &Path, extra: &[&str]) {
     let pid = pid.to_string();
     let mut args = vec!["dump", "-t", &pid, "-D", img.to_str().expect("utf8")];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-o", "dump.log", "-v4"]);
-    let out = run(&args);
+    let out = run_in(netns, &args);
     assert!(
         out.status.success(),
         "dump failed: {}",
@@ -565,10 +578,15 @@ fn restore_ok(img: &Path) {
 
 /// `stasis restore -d` from `img` with `extra` options; it must succeed.
 fn restore_ok_with(img: &Path, extra: &[&str]) {
+    restore_ok_in(None, img, extra);
+}
+
+/// [`restore_ok_with`] run in the network namespace of `netns`, if given.
+fn restore_ok_in(netns: Option<i32>, img: &Path, extra: &[&str]) {
     let mut args = vec!["restore", "-D", img.to_str().expect("utf8")];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-d", "-o", "restore.log", "-v4"]);
-    let out = run(&args);
+    let out = run_in(netns, &args);
     assert!(
         out.status.success(),
         "restore failed: {}",
@@ -1270,48 +1288,13 @@ fn peer_script(port: u16, args: &str, server: &str) -> String {
 /// Dump the server `srv` with `--tcp-established` from inside the network
 /// namespace of `peer`, and wait until it is gone.
 fn dump_server(peer: i32, srv: i32, img: &Path) {
-    let (img_s, srv_s) = (img.to_str().expect("utf8"), srv.to_string());
-    let d = stasis_in_netns_of(
-        peer,
-        &[
-            "dump",
-            "-t",
-            &srv_s,
-            "-D",
-            img_s,
-            "--tcp-established",
-            "-o",
-            "dump.log",
-            "-v4",
-        ],
-    );
-    assert!(
-        d.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&d.stderr)
-    );
+    dump_ok_in(Some(peer), srv, img, &["--tcp-established"]);
     wait_group_gone(srv);
 }
 
 /// Restore the server from `img` inside the network namespace of `peer`.
 fn restore_server(peer: i32, img: &Path) {
-    let r = stasis_in_netns_of(
-        peer,
-        &[
-            "restore",
-            "-D",
-            img.to_str().expect("utf8"),
-            "-d",
-            "-o",
-            "restore.log",
-            "-v4",
-        ],
-    );
-    assert!(
-        r.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    restore_ok_in(Some(peer), img, &[]);
 }
 
 /// The server's pid from the peer's "ready PID ..." line.
