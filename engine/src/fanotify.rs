@@ -6,20 +6,18 @@
 //! same objects with the same masks and ignore masks. Events queued in the
 //! group are not kept; filesystem-wide marks are refused.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
     FanotifyFileEntry, FanotifyInodeMarkEntry, FanotifyMarkEntry, FanotifyMountMarkEntry, FdTypes,
-    FhEntry, FownEntry, MarkType,
+    FownEntry, MarkType,
 };
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::inotify::{handle_words, hex_bytes, path_of};
-use crate::proc;
+use crate::inotify::Fields;
 
 /// fanotify groups.
 #[derive(Debug)]
@@ -39,44 +37,26 @@ fn mount_point(cx: &FdCtx<'_>, mnt_id: u32) -> Option<String> {
 }
 
 fn mark(cx: &FdCtx<'_>, line: &str) -> Result<FanotifyMarkEntry> {
-    let kv: HashMap<&str, &str> = proc::pairs(line).into_iter().collect();
-    let hex = |k: &str| {
-        kv.get(k)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| cx.format_err(&format!("fanotify {k}")))
-    };
-    let small = |k: &str| hex(k).and_then(|v| u32::try_from(v).map_err(|_| cx.format_err(k)));
+    let f = Fields::new(cx, "fanotify", line);
     let mut e = FanotifyMarkEntry {
         id: 0,
         r#type: MarkType::Inode as i32,
-        mflags: small("mflags")?,
-        mask: small("mask")?,
-        ignored_mask: small("ignored_mask")?,
+        mflags: f.small("mflags")?,
+        mask: f.small("mask")?,
+        ignored_mask: f.small("ignored_mask")?,
         s_dev: 0,
         ie: None,
         me: None,
     };
-    if kv.contains_key("ino") {
-        let sdev = hex("sdev")?;
-        let ty = small("fhandle-type")?;
-        let handle = kv
-            .get("f_handle")
-            .and_then(|h| hex_bytes(h))
-            .ok_or_else(|| cx.format_err("fanotify f_handle"))?;
-        let path = path_of(cx, "fanotify", sdev, ty.cast_signed(), &handle)?;
-        e.s_dev = u32::try_from(sdev).map_err(|_| cx.format_err("fanotify sdev"))?;
+    if f.has("ino") {
+        let (s_dev, f_handle) = f.watched()?;
+        e.s_dev = s_dev;
         e.ie = Some(FanotifyInodeMarkEntry {
-            i_ino: hex("ino")?,
-            f_handle: FhEntry {
-                bytes: u32::try_from(handle.len()).unwrap_or(0),
-                r#type: ty,
-                handle: handle_words(&handle),
-                path: Some(path),
-                mnt_id: None,
-            },
+            i_ino: f.hex("ino")?,
+            f_handle,
         });
-    } else if kv.contains_key("mnt_id") {
-        let mnt_id = small("mnt_id")?;
+    } else if f.has("mnt_id") {
+        let mnt_id = f.small("mnt_id")?;
         let path = mount_point(cx, mnt_id).ok_or_else(|| Error::Unsupported {
             pid: cx.pid,
             what: format!(
@@ -112,12 +92,7 @@ impl FileKind for FanotifyGroup {
             .iter()
             .find(|l| l.starts_with("fanotify flags:"))
             .ok_or_else(|| cx.format_err("fanotify flags"))?;
-        let kv: HashMap<&str, &str> = proc::pairs(head).into_iter().collect();
-        let hex = |k: &str| {
-            kv.get(k)
-                .and_then(|v| u32::from_str_radix(v, 16).ok())
-                .ok_or_else(|| cx.format_err(&format!("fanotify {k}")))
-        };
+        let head = Fields::new(cx, "fanotify", head);
         let marks = cx
             .fd
             .extra
@@ -129,8 +104,8 @@ impl FileKind for FanotifyGroup {
             id: 0,
             flags: cx.flags(),
             fown: FownEntry::default(),
-            faflags: hex("flags")?,
-            evflags: hex("event-flags")?,
+            faflags: head.small("flags")?,
+            evflags: head.small("event-flags")?,
             mark: marks,
         }))
     }

@@ -30,9 +30,7 @@ use crate::sys;
 #[derive(Debug)]
 pub struct InetSk;
 
-const TCP_ESTABLISHED: u32 = 1;
-const TCP_CLOSE: u32 = 7;
-const TCP_LISTEN: u32 = 10;
+use crate::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 
 /// (address words in network order, port) of a socket address.
 fn split(a: &SocketAddr) -> (Vec<u32>, u32) {
@@ -131,17 +129,6 @@ fn opt_bool<O: nix::sys::socket::GetSockOpt<Val = bool>>(fd: &OwnedFd, o: O) -> 
     nix::sys::socket::getsockopt(fd, o).ok()
 }
 
-/// The name of TCP state `s` (tcp_info.tcpi_state) when a dump must refuse
-/// it.
-fn tcp_state_refused(s: u8) -> Option<&'static str> {
-    Some(match s {
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        6 => "TIME_WAIT",
-        _ => return None,
-    })
-}
-
 // What libc does not name (linux/in.h, linux/icmp.h, linux/icmpv6.h).
 const IP_NODEFRAG: i32 = 22;
 const IPV6_FREEBIND: i32 = 78;
@@ -158,22 +145,16 @@ fn raw_opts(fd: &OwnedFd, family: u32, proto: i32) -> nix::Result<IpOptsRawEntry
         e.nodefrag = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG)? != 0);
         if proto == libc::IPPROTO_ICMP {
             let f = sys::getsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, 4)?;
-            e.icmpv_filter = words(&f);
+            e.icmpv_filter = crate::sk_opts::words(&f);
         }
     } else if proto == libc::IPPROTO_ICMPV6 {
         let f = sys::getsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32)?;
-        e.icmpv_filter = words(&f);
+        e.icmpv_filter = crate::sk_opts::words(&f);
     } else {
         e.hdrincl =
             Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)? != 0);
     }
     Ok(e)
-}
-
-fn words(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4)
-        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// Put the options of a raw socket back.
@@ -250,10 +231,9 @@ impl FileKind for InetSk {
         let mut tcp_state = 0;
         if ty == libc::SOCK_STREAM {
             // Connections being set up cannot be put back.
-            let info = sys::getsockopt_bytes(dup.as_fd(), libc::SOL_TCP, libc::TCP_INFO, 8)
+            tcp_state = crate::tcp::state(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_INFO")))?;
-            tcp_state = u32::from(info.first().copied().unwrap_or(0));
-            if let Some(name) = tcp_state_refused(info.first().copied().unwrap_or(0)) {
+            if let Some(name) = crate::tcp::refused(tcp_state) {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
                     what: format!(

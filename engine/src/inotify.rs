@@ -41,13 +41,7 @@ fn mount_of(pid: Pid, sdev: u64) -> Option<String> {
 
 /// The path of a watched inode (`kind`: "inotify", "fanotify"), from its
 /// file handle.
-pub(crate) fn path_of(
-    cx: &FdCtx<'_>,
-    kind: &str,
-    sdev: u64,
-    ty: i32,
-    handle: &[u8],
-) -> Result<String> {
+fn path_of(cx: &FdCtx<'_>, kind: &str, sdev: u64, ty: i32, handle: &[u8]) -> Result<String> {
     let fail = |why: String| Error::Unsupported {
         pid: cx.pid,
         what: format!("fd {} ({kind}): a watch whose inode {why}", cx.fd.fd),
@@ -69,48 +63,88 @@ pub(crate) fn path_of(
     Ok(path)
 }
 
-pub(crate) fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
 
-fn wd_entry(cx: &FdCtx<'_>, line: &str) -> Result<InotifyWdEntry> {
-    let kv: HashMap<&str, &str> = proc::pairs(line).into_iter().collect();
-    let hex = |k: &str| {
-        kv.get(k)
+/// The `key:value` fields of an fdinfo line of an inotify or fanotify fd
+/// (`kind`), numbers in hex; a missing or bad one is an error naming the fd.
+pub(crate) struct Fields<'c, 'l> {
+    cx: &'c FdCtx<'c>,
+    kind: &'static str,
+    kv: HashMap<&'l str, &'l str>,
+}
+
+impl<'c, 'l> Fields<'c, 'l> {
+    pub(crate) fn new(cx: &'c FdCtx<'c>, kind: &'static str, line: &'l str) -> Self {
+        Self {
+            cx,
+            kind,
+            kv: proc::pairs(line).into_iter().collect(),
+        }
+    }
+
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.kv.contains_key(key)
+    }
+
+    pub(crate) fn hex(&self, key: &str) -> Result<u64> {
+        self.kv
+            .get(key)
             .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| cx.format_err(&format!("inotify {k}")))
-    };
-    let small = |k: &str| hex(k).and_then(|v| u32::try_from(v).map_err(|_| cx.format_err(k)));
-    let sdev = hex("sdev")?;
-    let ty = small("fhandle-type")?;
-    let handle = kv
-        .get("f_handle")
-        .and_then(|h| hex_bytes(h))
-        .ok_or_else(|| cx.format_err("inotify f_handle"))?;
-    let path = path_of(cx, "inotify", sdev, ty.cast_signed(), &handle)?;
-    let words = handle_words(&handle);
+            .ok_or_else(|| self.cx.format_err(&format!("{} {key}", self.kind)))
+    }
+
+    pub(crate) fn small(&self, key: &str) -> Result<u32> {
+        u32::try_from(self.hex(key)?)
+            .map_err(|_| self.cx.format_err(&format!("{} {key}", self.kind)))
+    }
+
+    /// The watched inode's device (`sdev`) and file handle, with the path
+    /// the handle opens to.
+    pub(crate) fn watched(&self) -> Result<(u32, FhEntry)> {
+        let sdev = self.hex("sdev")?;
+        let ty = self.small("fhandle-type")?;
+        let handle = self
+            .kv
+            .get("f_handle")
+            .and_then(|h| hex_bytes(h))
+            .ok_or_else(|| self.cx.format_err(&format!("{} f_handle", self.kind)))?;
+        let path = path_of(self.cx, self.kind, sdev, ty.cast_signed(), &handle)?;
+        let s_dev =
+            u32::try_from(sdev).map_err(|_| self.cx.format_err(&format!("{} sdev", self.kind)))?;
+        Ok((
+            s_dev,
+            FhEntry {
+                bytes: u32::try_from(handle.len()).unwrap_or(0),
+                r#type: ty,
+                handle: handle_words(&handle),
+                path: Some(path),
+                mnt_id: None,
+            },
+        ))
+    }
+}
+
+fn wd_entry(cx: &FdCtx<'_>, line: &str) -> Result<InotifyWdEntry> {
+    let f = Fields::new(cx, "inotify", line);
+    let (s_dev, f_handle) = f.watched()?;
     Ok(InotifyWdEntry {
         id: 0,
-        i_ino: hex("ino")?,
-        mask: small("mask")?,
-        ignored_mask: small("ignored_mask")?,
-        s_dev: u32::try_from(sdev).map_err(|_| cx.format_err("inotify sdev"))?,
-        wd: small("wd")?,
-        f_handle: FhEntry {
-            bytes: u32::try_from(handle.len()).unwrap_or(0),
-            r#type: ty,
-            handle: words,
-            path: Some(path),
-            mnt_id: None,
-        },
+        i_ino: f.hex("ino")?,
+        mask: f.small("mask")?,
+        ignored_mask: f.small("ignored_mask")?,
+        s_dev,
+        wd: f.small("wd")?,
+        f_handle,
     })
 }
 
 /// A file handle as CRIU keeps it: native-endian words, zero-padded.
-pub(crate) fn handle_words(handle: &[u8]) -> Vec<u64> {
+fn handle_words(handle: &[u8]) -> Vec<u64> {
     handle
         .chunks(8)
         .map(|c| {

@@ -70,12 +70,12 @@ const SHM_DEST: u32 = 0o1000;
 /// its mappings ("/SYSV%08x") in the maps of a task that attached it.
 fn key_before_removal(id: u32, pids: &[&String]) -> Option<u32> {
     pids.iter().find_map(|p| {
-        let maps = std::fs::read_to_string(format!("/proc/{p}/maps")).ok()?;
-        maps.lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let name = f.get(5)?.strip_prefix("/SYSV")?;
-            (f.get(4)?.parse::<u32>().ok()? == id)
-                .then(|| u32::from_str_radix(name, 16).ok())
+        let maps = crate::proc::maps(Pid::from_raw(p.parse().ok()?)).ok()?;
+        maps.iter().find_map(|m| {
+            let name = m.name.strip_prefix("/SYSV")?;
+            let key = name.split(' ').next()?;
+            (m.ino == u64::from(id))
+                .then(|| u32::from_str_radix(key, 16).ok())
                 .flatten()
         })
     })

@@ -49,15 +49,11 @@ impl FileKind for NetlinkSk {
         let me = nix::sys::socket::getsockname::<NetlinkAddr>(dup.as_raw_fd())
             .map_err(Error::dump(cx.pid, format!("{what}: its address")))?;
         // Every group; older kernels only tell the first 32.
-        let groups =
+        let mut groups =
             match sys::getsockopt_bytes(dup.as_fd(), SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 1024) {
-                Ok(b) => b
-                    .chunks_exact(4)
-                    .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect::<Vec<_>>(),
+                Ok(b) => crate::sk_opts::words(&b),
                 Err(_) => vec![me.groups()],
             };
-        let mut groups: Vec<u32> = groups;
         while groups.last() == Some(&0) {
             groups.pop();
         }

@@ -212,7 +212,7 @@ impl Lock {
         }
         let mut msgs = Vec::new();
         if self.sock.is_none() {
-            let s = Socket::open(SockProtocol::NetlinkNetFilter)?;
+            let s = socket()?;
             // A table left by an earlier dump of the same PID goes first:
             // its connections are not this tree's.
             let _ = nft::batch(&s, vec![nft::table_msg(NFT_MSG_DELTABLE, &self.table)]);

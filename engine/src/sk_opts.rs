@@ -12,6 +12,14 @@ use stasis_proto::images::SkOptsEntry;
 
 use crate::sys;
 
+/// A socket option's bytes as native-endian 32-bit words (ICMP filters,
+/// netlink group bitmaps).
+pub fn words(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// SO_SNDBUF and SO_RCVBUF of `fd` (as the kernel reports them: doubled).
 pub fn buffers(fd: BorrowedFd<'_>) -> (u32, u32) {
     let get = |o| {

@@ -43,13 +43,38 @@ const SIOCINQ: libc::c_ulong = libc::FIONREAD;
 const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ;
 const SIOCOUTQNSD: libc::c_ulong = libc::SIOCOUTQNSD;
 
-/// TCP states (tcp_info.tcpi_state).
+/// TCP states (tcp_info.tcpi_state), which the images use for every
+/// socket kind (a unix socket is "established", "listening" or "closed").
 pub const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_FIN_WAIT1: u32 = 4;
 const TCP_FIN_WAIT2: u32 = 5;
+const TCP_TIME_WAIT: u32 = 6;
+/// Unconnected.
+pub const TCP_CLOSE: u32 = 7;
 const TCP_CLOSE_WAIT: u32 = 8;
 const TCP_LAST_ACK: u32 = 9;
+/// Listening.
+pub const TCP_LISTEN: u32 = 10;
 const TCP_CLOSING: u32 = 11;
+
+/// The TCP state of socket `fd`.
+pub fn state(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+    let info = sys::getsockopt_bytes(fd, SOL_TCP, TCP_INFO, 8)?;
+    Ok(u32::from(info.first().copied().unwrap_or(0)))
+}
+
+/// The name of `state` when a dump must refuse it: a connection being set
+/// up, or one in TIME_WAIT.
+pub fn refused(state: u32) -> Option<&'static str> {
+    Some(match state {
+        TCP_SYN_SENT => "SYN_SENT",
+        TCP_SYN_RECV => "SYN_RECV",
+        TCP_TIME_WAIT => "TIME_WAIT",
+        _ => return None,
+    })
+}
 
 /// Whether a connection in `state` is dumped with TCP repair: established
 /// or half-closed.
@@ -292,16 +317,13 @@ pub fn close_halves(
         } else {
             state
         };
-        for _ in 0..100 {
-            let info = sys::getsockopt_bytes(fd.as_fd(), SOL_TCP, TCP_INFO, 8)?;
-            if u32::from(info.first().copied().unwrap_or(0)) == want {
-                break;
+        let mut tries = 0;
+        while self::state(fd.as_fd())? != want {
+            tries += 1;
+            if tries > 100 {
+                return Err(Errno::EPROTO);
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let info = sys::getsockopt_bytes(fd.as_fd(), SOL_TCP, TCP_INFO, 8)?;
-        if u32::from(info.first().copied().unwrap_or(0)) != want {
-            return Err(Errno::EPROTO);
         }
     }
     if state == TCP_LAST_ACK {
@@ -389,7 +411,8 @@ fn fin_packet(
 /// socket carrying the network lock's mark.
 fn send_fin(pkt: &[u8], to: std::net::SocketAddr) -> Result<(), Errno> {
     use nix::sys::socket::{SockaddrIn, SockaddrIn6};
-    let v6 = to.is_ipv6() && pkt.first().is_some_and(|b| b >> 4 == 6);
+    // The packet's IP version decides (fin_packet picked it).
+    let v6 = pkt.first().is_some_and(|b| b >> 4 == 6);
     let (domain, level, opt) = if v6 {
         (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)
     } else {
@@ -408,6 +431,17 @@ fn send_fin(pkt: &[u8], to: std::net::SocketAddr) -> Result<(), Errno> {
             raw.as_raw_fd(),
             pkt,
             &SockaddrIn6::from(std::net::SocketAddrV6::new(*a.ip(), 0, 0, a.scope_id())),
+            MsgFlags::empty(),
+        )?,
+        std::net::SocketAddr::V4(a) if v6 => nix::sys::socket::sendto(
+            raw.as_raw_fd(),
+            pkt,
+            &SockaddrIn6::from(std::net::SocketAddrV6::new(
+                a.ip().to_ipv6_mapped(),
+                0,
+                0,
+                0,
+            )),
             MsgFlags::empty(),
         )?,
         other => {

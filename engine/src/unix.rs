@@ -43,9 +43,7 @@ use crate::{proc, sys};
 #[derive(Debug)]
 pub struct UnixSk;
 
-const TCP_ESTABLISHED: u32 = 1;
-const TCP_LISTEN: u32 = 10;
-const TCP_CLOSE: u32 = 7;
+use crate::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 /// `uflags`: the socket is outside the tree (`--ext-unix-sk`); the restore
 /// connects to its name instead of making it.
 const USK_EXTERN: u32 = 1;

@@ -373,17 +373,12 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         opts.progress.as_ref(),
         mask.as_ref(),
     );
+    // The tasks hold these attached again: removed, they go with the last
+    // of them, as before.
+    let result =
+        result.and_then(|pages| crate::ipc::remove_again(&ns_done.shm_removed).map(|()| pages));
     match result {
         Ok(pages) => {
-            // The tasks hold these attached again: removed, they go with
-            // the last of them, as before.
-            if let Err(e) = crate::ipc::remove_again(&ns_done.shm_removed) {
-                for p in plans.iter().rev() {
-                    let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
-                }
-                let _ = waitpid(root, None);
-                return Err(e);
-            }
             if let Some(s) = unlock
                 && let Err(e) = crate::netlock::unlock(&s, root)
             {
