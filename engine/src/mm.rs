@@ -19,7 +19,7 @@ use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::progress::{Progress, Step};
-use crate::remote::{self, Remote};
+use crate::remote::{self, Call, Remote};
 use crate::{proc, sys};
 
 /// shmat: replace whatever is mapped at the address.
@@ -428,17 +428,24 @@ pub fn put(pid: Pid, t: &Trampoline, off: u64, bytes: &[u8]) -> Result<u64> {
     Ok(t.data + off)
 }
 
+/// The room kept free for the trampoline in every task: it, then room to
+/// park the vdso areas.
+pub const TRAMPOLINE_HOLE: u64 = 4 << 20;
+/// The lowest address looked at for free room in a task.
+pub const LOWEST_FREE: u64 = 0x1000_0000;
+
 /// Where the paths of a [`MapBatch`] go in the trampoline's data area:
 /// from 8 KiB up to the batch table at 48 KiB.
 const PATHS_AT: u64 = 8 << 10;
 const PATHS_ROOM: usize = 40 << 10;
 
 /// Consecutive VMAs mapped in two stops: every distinct file opened once,
-/// then every mmap and the closes.
+/// then every mmap (and the moves some need) and the closes.
 #[derive(Default)]
 struct MapBatch {
-    /// The mmap arguments of each VMA (the fd filled in from its file).
-    maps: Vec<(Option<usize>, [u64; 6])>,
+    /// The calls, with the file whose fd an mmap takes, and the VMA each is
+    /// for (start, length).
+    maps: Vec<(Option<usize>, Call, (u64, u64))>,
     /// Files to open: path and open flags.
     files: Vec<(String, i32)>,
     /// Bytes of paths so far, terminators included.
@@ -469,8 +476,14 @@ impl MapBatch {
                 }
             }),
         };
-        self.maps.push((idx, args));
+        self.maps
+            .push((idx, ("mmap", nr::MMAP, args), (args[0], args[1])));
         Ok(())
+    }
+
+    /// A call on memory mapped earlier in the batch, for the VMA `vma`.
+    fn then(&mut self, call: Call, vma: (u64, u64)) {
+        self.maps.push((None, call, vma));
     }
 
     fn flush(&mut self, r: &Remote, t: &Trampoline) -> Result<()> {
@@ -505,11 +518,11 @@ impl MapBatch {
         } else {
             self.maps
                 .iter()
-                .map(|&(idx, mut args)| {
+                .map(|&(idx, (name, nr, mut args), _)| {
                     if let Some(fd) = idx.and_then(|i| fds.get(i)) {
                         args[4] = fd.cast_unsigned();
                     }
-                    ("mmap", nr::MMAP, args)
+                    (name, nr, args)
                 })
                 .chain(closes)
                 .collect()
@@ -521,7 +534,7 @@ impl MapBatch {
                 .maps
                 .iter()
                 .find(|m| m.0 == Some(i))
-                .map_or(0, |m| m.1[0]);
+                .map_or(0, |m| m.2.0);
             return Err(Error::Restore {
                 pid,
                 what: format!("opening {path} to map it at {used:#x}"),
@@ -532,7 +545,7 @@ impl MapBatch {
                     .unwrap_or(nix::errno::Errno::EIO),
             });
         }
-        for (&(idx, args), &got) in self.maps.iter().zip(&res) {
+        for (&(idx, (name, _, _), (start, len)), &got) in self.maps.iter().zip(&res) {
             if let Some(e) = errno(got) {
                 let of = idx
                     .and_then(|i| self.files.get(i))
@@ -540,7 +553,7 @@ impl MapBatch {
                     .unwrap_or_default();
                 return Err(Error::Restore {
                     pid,
-                    what: format!("the mapping {:#x}-{:#x}{of}", args[0], args[0] + args[1]),
+                    what: format!("the mapping {start:#x}-{:#x}{of} ({name})", start + len),
                     errno: e,
                 });
             }
@@ -568,10 +581,26 @@ fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64
     )
 }
 
-/// Move a mapping of `len` bytes from `from` to `to` inside the task.
-fn move_area(r: &Remote, from: u64, len: u64, to: u64) -> Result<u64> {
+/// The lowest free place for `len` bytes in the task once `vmas` are
+/// mapped, away from the trampoline's hole.
+fn free_gap(vmas: &[VmaEntry], t: &Trampoline, len: u64) -> Option<u64> {
+    let mut busy: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.push((t.start, t.start + TRAMPOLINE_HOLE));
+    busy.sort_unstable();
+    let mut at = LOWEST_FREE;
+    for (start, end) in busy {
+        if start >= at.checked_add(len)? {
+            break;
+        }
+        at = at.max(end);
+    }
+    Some(at)
+}
+
+/// The call moving a mapping of `len` bytes from `from` to `to`.
+fn move_call(from: u64, len: u64, to: u64) -> Call {
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned();
-    r.call(
+    (
         "mremap",
         nr::MREMAP,
         [from, len, len, u64::from(flags), to, 0],
@@ -583,7 +612,8 @@ fn move_area(r: &Remote, from: u64, len: u64, to: u64) -> Result<u64> {
 /// Later tasks map the same object through that task's `map_files`.
 pub type SharedAnon = std::collections::HashMap<u64, (Pid, u64, u64, u64)>;
 
-/// Rebuild the address space of a freshly forked task stopped under `r`.
+/// Rebuild the address space of a freshly forked task stopped under `r`;
+/// `first` are calls to run before anything is unmapped, in the same batch.
 pub fn restore(
     r: &Remote,
     t: &Trampoline,
@@ -591,6 +621,7 @@ pub fn restore(
     files: &Table,
     dir: &Dir,
     shared: &mut SharedAnon,
+    first: Vec<Call>,
 ) -> Result<u64> {
     let pid = r.tid;
     let current = proc::maps(pid)?;
@@ -613,13 +644,14 @@ pub fn restore(
             open = true;
         }
     }
-    let unmaps: Vec<_> = runs
-        .iter()
-        .map(|&(a, b)| ("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0]))
-        .collect();
-    r.call_all(&unmaps)?;
+    let mut calls = first;
+    calls.extend(
+        runs.iter()
+            .map(|&(a, b)| ("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])),
+    );
     // 2. The special areas, matched by kind in address order; parked first
-    //    so that no move lands on another area still in the way.
+    //    so that no move lands on another area still in the way. In the
+    //    same batch as the unmapping.
     let cur_special: Vec<&proc::Map> = current
         .iter()
         .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
@@ -653,13 +685,16 @@ pub fn restore(
         if kind_of(&m.name) & v.status == 0 || m.len() != v.end - v.start {
             return Err(mismatch());
         }
-        move_area(r, m.start, m.len(), park)?;
+        calls.push(move_call(m.start, m.len(), park));
         parked.push((park, m.len(), v.start));
         park += m.len();
     }
-    for (from, len, to) in parked {
-        move_area(r, from, len, to)?;
-    }
+    calls.extend(
+        parked
+            .into_iter()
+            .map(|(from, len, to)| move_call(from, len, to)),
+    );
+    r.call_all(&calls)?;
     // 3. Every other VMA, writable until its pages are in.
     let page_vmas: Vec<&VmaEntry> = vmas
         .iter()
@@ -777,8 +812,27 @@ pub fn restore(
                 batch.add(r, t, None, args)?;
                 continue;
             }
+            let flags = flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned();
+            if let Some(at) = free_gap(vmas, t, len) {
+                // Mapped at a free place, touched (getitimer writes zeros:
+                // a forked task has no interval timers yet), then moved
+                // over: all in the batch.
+                let vma = (v.start, len);
+                let args = [
+                    at,
+                    len,
+                    u64::from(prot),
+                    u64::from(flags | fixed),
+                    u64::MAX,
+                    0,
+                ];
+                batch.then(("mmap", nr::MMAP, args), vma);
+                batch.then(("getitimer", nr::GETITIMER, [2, at, 0, 0, 0, 0]), vma);
+                batch.then(move_call(at, len, v.start), vma);
+                continue;
+            }
             batch.flush(r, t)?;
-            let (at, flags) = (0, flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned());
+            let at = 0;
             let map = || {
                 r.call(
                     "mmap",
@@ -796,24 +850,30 @@ pub fn restore(
                 // A never-touched anonymous VMA takes the offset of where it
                 // lands and would merge after all: touch one page first.
                 remote::write_mem(pid, got, &[0])?;
-                move_area(r, got, len, v.start)?;
+                r.call_all(&[move_call(got, len, v.start)])?;
             }
         }
     }
     batch.flush(r, t)?;
     // 4. Pages, streamed from the image in bounded chunks.
-    let (restored, guards) = restore_pages(r, t, dir, &page_vmas)?;
-    // 5. Guards and advice, then final protections: one batch.
-    let mut calls: Vec<_> = guards
+    let PagesIn {
+        total: restored,
+        guards,
+        fd: opened,
+    } = restore_pages(r, t, dir, &page_vmas)?;
+    // 5. The pages image closed, guards and advice, then final
+    //    protections: one batch.
+    let mut calls: Vec<Call> = opened
+        .map(|fd| ("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]))
         .into_iter()
-        .map(|(start, len)| {
-            (
-                "madvise(MADV_GUARD_INSTALL)",
-                nr::MADVISE,
-                [start, len, MADV_GUARD_INSTALL, 0, 0, 0],
-            )
-        })
         .collect();
+    calls.extend(guards.into_iter().map(|(start, len)| {
+        (
+            "madvise(MADV_GUARD_INSTALL)",
+            nr::MADVISE,
+            [start, len, MADV_GUARD_INSTALL, 0, 0, 0],
+        )
+    }));
     for v in &page_vmas {
         let madv = v.madv.unwrap_or(0);
         for advice in (0..64).filter(|a| madv & (1 << a) != 0) {
@@ -849,12 +909,7 @@ const UFFD_WINDOW: u64 = 16 << 20;
 /// image's page cache (one copy; the new pages are not zeroed first and
 /// take no fault each); the rest the task reads itself (remote pread64
 /// into its mappings), as does any run userfaultfd cannot take.
-fn restore_pages(
-    r: &Remote,
-    t: &Trampoline,
-    dir: &Dir,
-    vmas: &[&VmaEntry],
-) -> Result<(u64, Vec<(u64, u64)>)> {
+fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesIn> {
     let pid = r.tid;
     let ps = sys::page_size();
     let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
@@ -898,7 +953,11 @@ fn restore_pages(
         slow.extend(fast);
     }
     if slow.is_empty() {
-        return Ok((total, guards));
+        return Ok(PagesIn {
+            total,
+            guards,
+            fd: None,
+        });
     }
     let fd = remote_open(
         r,
@@ -906,9 +965,27 @@ fn restore_pages(
         &abs.to_string_lossy(),
         libc::O_RDONLY | libc::O_CLOEXEC,
     )?;
-    let res = pread_all(r, fd, &slow, &shown);
-    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    res.map(|()| (total, guards))
+    if let Err(e) = pread_all(r, fd, &slow, &shown) {
+        // The read's error is the one to report.
+        let _ = r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+        return Err(e);
+    }
+    Ok(PagesIn {
+        total,
+        guards,
+        fd: Some(fd),
+    })
+}
+
+/// What [`restore_pages`] did.
+struct PagesIn {
+    /// Pages restored.
+    total: u64,
+    /// Guard regions to install (start, length).
+    guards: Vec<(u64, u64)>,
+    /// The task's fd on the pages image, for the caller to close with its
+    /// next batch.
+    fd: Option<u64>,
 }
 
 /// Split `items` (address, length, offset) into `n` parts of about the same

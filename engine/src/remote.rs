@@ -17,8 +17,12 @@ use stasis_arch::native::{Regs, nr};
 use crate::error::{EngineError as Error, Result};
 use crate::sys;
 
+/// One remote system call: a name for messages, its number, its arguments.
+pub type Call = (&'static str, u64, [u64; 6]);
+
 /// Wait for the next stop of a traced thread.
 pub fn wait(tid: Pid, op: &'static str) -> Result<WaitStatus> {
+    tracing::trace!(%tid, op, "waiting for a stop");
     loop {
         match waitpid(tid, Some(WaitPidFlag::__WALL)) {
             Err(Errno::EINTR) => {}
@@ -88,7 +92,7 @@ impl Remote {
 
     /// Run `calls` (name, nr, args) and return each raw result, in one stop
     /// when a batch area is set up; a failing call does not stop the others.
-    pub fn call_many(&self, calls: &[(&'static str, u64, [u64; 6])]) -> Result<Vec<i64>> {
+    pub fn call_many(&self, calls: &[Call]) -> Result<Vec<i64>> {
         let Some((code, table)) = self.batch else {
             return calls
                 .iter()
@@ -152,7 +156,7 @@ impl Remote {
     }
 
     /// As [`Remote::call_many`], failing with the first call that failed.
-    pub fn call_all(&self, calls: &[(&'static str, u64, [u64; 6])]) -> Result<Vec<u64>> {
+    pub fn call_all(&self, calls: &[Call]) -> Result<Vec<u64>> {
         let res = self.call_many(calls)?;
         res.iter()
             .zip(calls)

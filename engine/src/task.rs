@@ -12,7 +12,7 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::remote::{self, Remote, read_words, words};
+use crate::remote::{self, Call, Remote, read_words, words};
 use crate::seize::{State, Task, Thread};
 use crate::{cpu, creds, proc, sys, timers};
 
@@ -134,7 +134,7 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
     let mut sigactions = Vec::new();
     // All in one batch, each answer 32 bytes apart.
     let sigs: Vec<u64> = sigaction_signals().collect();
-    let calls: Vec<(&'static str, u64, [u64; 6])> = sigs
+    let calls: Vec<Call> = sigs
         .iter()
         .enumerate()
         .map(|(i, &sig)| {
@@ -301,26 +301,33 @@ pub fn restore_task(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
     Ok(())
 }
 
+/// Task-wide calls that wait until every thread exists and the address
+/// space is final (run with the leader's own [`thread_calls`]): the
+/// personality and the child-subreaper flag.
+pub fn late_calls(tc: &TaskCoreEntry) -> Vec<Call> {
+    let mut calls = vec![(
+        "personality",
+        nr::PERSONALITY,
+        [u64::from(tc.personality), 0, 0, 0, 0, 0],
+    )];
+    if tc.child_subreaper == Some(true) {
+        calls.push((
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            nr::PRCTL,
+            [36, 1, 0, 0, 0, 0],
+        ));
+    }
+    calls
+}
+
 /// The task-wide state that must wait until every thread exists and the
-/// address space is final: POSIX timers (one may target a thread), the
-/// personality, the child-subreaper flag, oom_score_adj and the resource
-/// limits (lowered limits could stop the restore's own calls).
+/// address space is final, after [`late_calls`]: POSIX timers (one may
+/// target a thread), oom_score_adj and the resource limits (lowered limits
+/// could stop the restore's own calls).
 pub fn restore_task_late(r: &Remote, tc: &TaskCoreEntry, data: u64) -> Result<()> {
     let pid = r.tid;
     if let Some(t) = &tc.timers {
         timers::restore_posix(r, t, data)?;
-    }
-    r.call(
-        "personality",
-        nr::PERSONALITY,
-        [u64::from(tc.personality), 0, 0, 0, 0, 0],
-    )?;
-    if tc.child_subreaper == Some(true) {
-        r.call(
-            "prctl(PR_SET_CHILD_SUBREAPER)",
-            nr::PRCTL,
-            [36, 1, 0, 0, 0, 0],
-        )?;
     }
     if let Some(adj) = tc.oom_score_adj {
         let path = format!("/proc/{pid}/oom_score_adj");
@@ -389,39 +396,40 @@ fn queue_signal(r: &Remote, pid: Pid, tid: Option<Pid>, siginfo: &[u8], data: u6
     r.call("rt_sigqueueinfo", nr, args).map(drop)
 }
 
-/// Restore one thread's own state through its remote `r` (run in that thread).
-pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Result<()> {
-    let tid = r.tid;
+/// The calls that restore one thread's own state, for that thread to run
+/// in one batch; the alternate stack is written to `data` first.
+pub fn thread_calls(pid: Pid, core: &CoreEntry, data: u64) -> Result<Vec<Call>> {
+    let mut calls = Vec::new();
     let Some(tc) = &core.thread_core else {
-        return Ok(());
+        return Ok(calls);
     };
     if let Some(slack) = tc.timer_slack_ns {
-        r.call(
+        calls.push((
             "prctl(PR_SET_TIMERSLACK)",
             nr::PRCTL,
             [29, slack, 0, 0, 0, 0],
-        )?;
+        ));
     }
     if let Some(nice) = tc.sched_nice {
-        r.call(
+        calls.push((
             "setpriority",
             nr::SETPRIORITY,
             [0, 0, i64::from(nice).cast_unsigned(), 0, 0, 0],
-        )?;
+        ));
     }
     if tc.futex_rla != 0 {
-        r.call(
+        calls.push((
             "set_robust_list",
             nr::SET_ROBUST_LIST,
             [tc.futex_rla, u64::from(tc.futex_rla_len), 0, 0, 0, 0],
-        )?;
+        ));
     }
     if let Some(addr) = cpu::clear_tid_addr(core) {
-        r.call(
+        calls.push((
             "set_tid_address",
             nr::SET_TID_ADDRESS,
             [addr, 0, 0, 0, 0, 0],
-        )?;
+        ));
     }
     // Always set: a disabled one too, or the engine's own alternate stack
     // (inherited through fork, gone with its memory) would take signals.
@@ -434,10 +442,10 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
             (sas.ss_sp, sas.ss_flags & !1, sas.ss_size)
         };
         remote::write_mem(pid, data, &words(&[sp, remote::word_with_int(flags), size]))?;
-        r.call("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0])?;
+        calls.push(("sigaltstack", nr::SIGALTSTACK, [data, 0, 0, 0, 0, 0]));
     }
     if let Some(rs) = &tc.rseq_entry {
-        r.call(
+        calls.push((
             "rseq",
             nr::RSEQ,
             [
@@ -448,11 +456,17 @@ pub fn restore_thread(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Resu
                 0,
                 0,
             ],
-        )?;
+        ));
     }
-    if let Some(q) = &tc.signals_p {
+    Ok(calls)
+}
+
+/// Queue the signals pending for the thread of `r` alone, once its state
+/// is back.
+pub fn queue_thread_signals(r: &Remote, pid: Pid, core: &CoreEntry, data: u64) -> Result<()> {
+    if let Some(q) = core.thread_core.as_ref().and_then(|t| t.signals_p.as_ref()) {
         for s in &q.signals {
-            queue_signal(r, pid, Some(tid), &s.siginfo, data)?;
+            queue_signal(r, pid, Some(r.tid), &s.siginfo, data)?;
         }
     }
     Ok(())

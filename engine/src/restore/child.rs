@@ -133,6 +133,14 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
             }
         }
     }
+    // Its name and umask from inside: no remote call needed for them. The
+    // name first, before any thread: a thread starts with its leader's.
+    if let Some(tc) = &p.core.tc {
+        sys::set_comm(&tc.comm);
+    }
+    if let Some(mask) = p.fs.as_ref().and_then(|f| f.umask) {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
     Ok(())
 }
 

@@ -164,8 +164,8 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
             busy.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
         }
     }
-    let size = 4 << 20;
-    let mut at: u64 = 0x1000_0000;
+    let size = mm::TRAMPOLINE_HOLE;
+    let mut at = mm::LOWEST_FREE;
     while at < 0x7f00_0000_0000 {
         if !busy.iter().any(|&(s, e)| s < at + size && at < e) {
             return Ok(at);
@@ -183,7 +183,9 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
+    tracing::debug!("reading the images");
     let (mut plans, files, inv) = load(&dir)?;
+    tracing::debug!(tasks = plans.len(), "images read");
     for p in &plans {
         for &t in &p.pst.threads {
             if std::path::Path::new(&format!("/proc/{t}")).exists() {
@@ -353,6 +355,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
 
     let mask = sys::engine_mask();
+    tracing::debug!("forking the tree");
     let t0 = Instant::now();
     // The child never returns into the engine.
     match sys::fork_single_threaded(root, false).map_err(|errno| fork_error(root, errno))? {
@@ -452,6 +455,10 @@ fn finish(
         }
     }
     let forking = t0.elapsed();
+    tracing::debug!(
+        us = forking.as_micros(),
+        "every task forked and set up its files"
+    );
     let filters = seccomp::Table::load(dir)?;
     crate::progress::report(
         progress,
@@ -498,6 +505,10 @@ fn finish(
     for r in results {
         pages += r?;
     }
+    tracing::debug!(
+        us = t0.elapsed().as_micros(),
+        "every task restored and released"
+    );
     settle(plans);
     let mut w = dir.create_stats("restore")?;
     w.write(&StatsEntry {
@@ -608,6 +619,8 @@ impl Work<'_> {
             if self.failed.load(Ordering::SeqCst) {
                 break;
             }
+            let started = Instant::now();
+            tracing::debug!(pid = p.pst.pid, "restoring the task");
             match restore_task(
                 p,
                 self.files,
@@ -619,6 +632,11 @@ impl Work<'_> {
                 self.filters,
             ) {
                 Ok(n) => {
+                    tracing::debug!(
+                        pid = p.pst.pid,
+                        us = started.elapsed().as_micros(),
+                        "task restored"
+                    );
                     pages += n;
                     use crate::progress::{Step, report};
                     report(self.progress, Step::Pages(n));
@@ -738,22 +756,21 @@ fn restore_task(
     // The trampoline's `syscall` is followed by breakpoints.
     let r = Remote::with_trap(pid, base, t.start)
         .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
-    if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
-        r.call(
-            "close",
-            nr::CLOSE,
-            [u64::from(ready_fd.cast_unsigned()), 0, 0, 0, 0, 0],
-        )?;
-    }
     let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
         path: format!("mm-{pid}.img"),
         what: "missing".into(),
     })?;
-    // The fork inherited the engine's rseq registration; it must go before
-    // the memory it points to does.
+    // First, in the batch that unmaps the engine's memory: the report pipe
+    // closed, and the engine's rseq registration, inherited through fork,
+    // dropped before the memory it points to goes.
+    let mut first: Vec<remote::Call> = Vec::new();
+    if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
+        let fd = u64::from(ready_fd.cast_unsigned());
+        first.push(("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]));
+    }
     let rs = sys::rseq_config(pid).map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
     if rs.abi_pointer != 0 {
-        r.call(
+        first.push((
             "rseq(unregister)",
             nr::RSEQ,
             [
@@ -764,9 +781,9 @@ fn restore_task(
                 0,
                 0,
             ],
-        )?;
+        ));
     }
-    let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared)?;
+    let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
     set_mm_map(&r, t, mm, files)?;
     open_late_fds(&r, t, p, files)?;
     let locks: Vec<_> = files
@@ -796,26 +813,29 @@ fn restore_task(
     if mm.thp_disabled == Some(true) {
         r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, [41, 1, 0, 0, 0, 0])?;
     }
+    // Its name and umask the task set itself before it reported.
     task::restore_task(&r, tc, t.data)?;
-    if let Some(fs) = &p.fs
-        && let Some(umask) = fs.umask
-    {
-        r.call("umask", nr::UMASK, [u64::from(umask), 0, 0, 0, 0, 0])?;
-    }
-    set_comm(&r, t, &tc.comm)?;
-    // Threads: created from the leader with their own TIDs.
+    // Threads: created from the leader with their own TIDs; each one's own
+    // state in one batch.
     let mut made = Vec::new();
     for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
         let tid = pid_of(tid);
         let tr = clone_thread(&r, t, tid)?;
         threads.push(tid);
-        task::restore_thread(&tr, pid, core, t.data)?;
+        let mut calls = task::thread_calls(pid, core, t.data)?;
         if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
-            set_comm(&tr, t, comm)?;
+            calls.push(comm_call(&tr, t, comm)?);
         }
+        tr.call_all(&calls)?;
+        task::queue_thread_signals(&tr, pid, core, t.data)?;
         made.push((tr, core));
     }
-    task::restore_thread(&r, pid, &p.core, t.data)?;
+    // The leader's own state and the task-wide calls that wait for the
+    // threads (personality, subreaper): one batch.
+    let mut calls = task::thread_calls(pid, &p.core, t.data)?;
+    calls.extend(task::late_calls(tc));
+    r.call_all(&calls)?;
+    task::queue_thread_signals(&r, pid, &p.core, t.data)?;
     task::restore_task_late(&r, tc, t.data)?;
     // Per thread: seccomp (suspended for the engine), then its credentials
     // (the capability to install filters may go with them). A credential
@@ -836,18 +856,22 @@ fn restore_task(
         // While restoring it was SIGKILL (a dying engine takes its
         // half-made tasks along); now the dumped one.
         let pdeath = thc.and_then(|c| c.pdeath_sig).unwrap_or(0);
-        tr.call(
+        let mut calls = vec![(
             "prctl(PR_SET_PDEATHSIG)",
             nr::PRCTL,
             [1, u64::from(pdeath), 0, 0, 0, 0],
-        )?;
-    }
-    if let Some(d @ (0 | 1)) = mm.dumpable {
-        r.call(
-            "prctl(PR_SET_DUMPABLE)",
-            nr::PRCTL,
-            [4, d.unsigned_abs().into(), 0, 0, 0, 0],
-        )?;
+        )];
+        // The leader comes last: the dumpable flag goes with its call.
+        if tr.tid == pid
+            && let Some(d @ (0 | 1)) = mm.dumpable
+        {
+            calls.push((
+                "prctl(PR_SET_DUMPABLE)",
+                nr::PRCTL,
+                [4, d.unsigned_abs().into(), 0, 0, 0, 0],
+            ));
+        }
+        tr.call_all(&calls)?;
     }
     // Last: the trampoline itself. The leader stops at the syscall's exit
     // and never runs the (now unmapped) instruction after it.
@@ -936,13 +960,14 @@ fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<
     Ok(())
 }
 
-fn set_comm(r: &Remote, t: &Trampoline, comm: &str) -> Result<()> {
+/// The call naming a thread `comm` (the name written in the trampoline's
+/// data, past what [`task::thread_calls`] uses).
+fn comm_call(r: &Remote, t: &Trampoline, comm: &str) -> Result<remote::Call> {
     let mut b = comm.as_bytes().to_vec();
     b.truncate(15);
     b.push(0);
     let at = mm::put(r.tid, t, 8192, &b)?;
-    r.call("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0])
-        .map(drop)
+    Ok(("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0]))
 }
 
 fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result<()> {
@@ -994,13 +1019,17 @@ fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result
     map.extend_from_slice(&u32::try_from(auxv_len).unwrap_or(0).to_ne_bytes());
     map.extend_from_slice(&u32::try_from(fd).unwrap_or(u32::MAX).to_ne_bytes());
     let at = mm::put(pid, t, 0, &map)?;
-    let res = r.call(
-        "prctl(PR_SET_MM_MAP)",
-        nr::PRCTL,
-        [35, 14, at, map.len() as u64, 0, 0],
-    );
-    r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
-    res.map(drop)
+    let res = r.call_many(&[
+        (
+            "prctl(PR_SET_MM_MAP)",
+            nr::PRCTL,
+            [35, 14, at, map.len() as u64, 0, 0],
+        ),
+        ("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]),
+    ])?;
+    let got = |i: usize, name| r.result(name, res.get(i).copied().unwrap_or(0));
+    got(0, "prctl(PR_SET_MM_MAP)")?;
+    got(1, "close").map(drop)
 }
 
 /// Wait for the restored root to exit; its exit code (128+signal if killed).
