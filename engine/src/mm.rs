@@ -84,16 +84,24 @@ fn is_special(v: &VmaEntry) -> bool {
 #[derive(Debug)]
 pub struct RawVmas {
     maps: Vec<proc::Map>,
-    flags: std::collections::BTreeMap<u64, Vec<String>>,
+    flags: proc::VmFlags,
 }
 
 /// Read the VMAs of `pid` (no other state needed: a helper thread does this
 /// while the engine works on another task).
 pub fn read_vmas(pid: Pid) -> Result<RawVmas> {
-    Ok(RawVmas {
-        maps: proc::maps(pid)?,
-        flags: proc::vm_flags(pid)?,
-    })
+    let (maps, flags) = proc::smaps(pid)?;
+    Ok(RawVmas { maps, flags })
+}
+
+impl RawVmas {
+    /// Start and end of the map named `name` (`[vdso]`, ...), if any.
+    pub fn named(&self, name: &str) -> Option<(u64, u64)> {
+        self.maps
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| (m.start, m.end))
+    }
 }
 
 /// Describe every VMA of `raw`, registering mapped files in `files`; with

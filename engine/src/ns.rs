@@ -30,19 +30,46 @@ fn own(root: Pid, ns: &str) -> bool {
     link(Some(root), ns) != link(None, ns)
 }
 
-/// Refuse a task whose namespaces cannot come back: UTS and IPC must be the
-/// root's, the others the engine's.
-pub fn check_task(pid: Pid, root: Pid) -> Result<()> {
-    for ns in ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"] {
-        let theirs = link(Some(pid), ns);
-        let (want, what) = match ns {
-            "uts" | "ipc" | "net" => (
-                link(Some(root), ns),
-                format!("a {ns} namespace other than its root's"),
-            ),
-            _ => (link(None, ns), format!("a {ns} namespace of its own")),
-        };
-        if theirs != want {
+/// The namespaces every task of a tree must be in: UTS, IPC and network
+/// the root's, the others the engine's (read once per dump).
+#[derive(Debug)]
+pub struct Expected(Vec<(&'static str, Option<std::path::PathBuf>)>);
+
+/// What [`check_task`] compares each task of the tree under `root` with.
+pub fn expected(root: Pid) -> Expected {
+    Expected(
+        ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"]
+            .into_iter()
+            .map(|ns| match ns {
+                "uts" | "ipc" | "net" => (ns, link(Some(root), ns)),
+                _ => (ns, link(None, ns)),
+            })
+            .collect(),
+    )
+}
+
+/// Refuse a task whose namespaces cannot come back (see [`Expected`]).
+pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
+    // One directory lookup, then a link each.
+    let dir = nix::fcntl::open(
+        format!("/proc/{pid}/ns").as_str(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Proc {
+        pid,
+        path: format!("/proc/{pid}/ns"),
+        err: e.into(),
+    })?;
+    for (ns, expected) in &want.0 {
+        let theirs = nix::fcntl::readlinkat(&dir, *ns)
+            .ok()
+            .map(std::path::PathBuf::from);
+        if theirs != *expected {
+            let what = match *ns {
+                "uts" | "ipc" | "net" => format!("a {ns} namespace other than its root's"),
+                _ => format!("a {ns} namespace of its own"),
+            };
             return Err(Error::Unsupported { pid, what });
         }
     }

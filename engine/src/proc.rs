@@ -209,68 +209,71 @@ impl Map {
 /// Parse `/proc/PID/maps`.
 pub fn maps(pid: Pid) -> Result<Vec<Map>> {
     let text = read(pid, "maps")?;
-    let bad = || Error::ProcFormat {
-        pid,
-        file: "maps".into(),
-    };
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            return Err(bad());
-        };
-        let name = it.next().unwrap_or("").trim_start().to_owned();
-        let (s, e) = range.split_once('-').ok_or_else(bad)?;
-        let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad());
-        let (maj, min) = dev.split_once(':').ok_or_else(bad)?;
-        let p = perms.as_bytes();
-        let mut prot = 0;
-        for (i, bit) in [
-            (0, libc::PROT_READ),
-            (1, libc::PROT_WRITE),
-            (2, libc::PROT_EXEC),
-        ] {
-            if p.get(i).is_some_and(|&c| c != b'-') {
-                prot |= bit.cast_unsigned();
-            }
-        }
-        out.push(Map {
-            start: hex(s)?,
-            end: hex(e)?,
-            prot,
-            shared: p.get(3) == Some(&b's'),
-            pgoff: hex(off)?,
-            dev: (
-                u32::from_str_radix(maj, 16).map_err(|_| bad())?,
-                u32::from_str_radix(min, 16).map_err(|_| bad())?,
-            ),
-            ino: ino.parse().map_err(|_| bad())?,
-            name,
-        });
-    }
-    Ok(out)
+    text.lines().map(|l| map_line(pid, "maps", l)).collect()
 }
 
-/// `VmFlags` of every map in `/proc/PID/smaps`, by start address.
-pub fn vm_flags(pid: Pid) -> Result<BTreeMap<u64, Vec<String>>> {
+/// The `VmFlags` of each map of a task, by start address.
+pub type VmFlags = BTreeMap<u64, Vec<String>>;
+
+/// Parse `/proc/PID/smaps` once: the maps, and their `VmFlags`.
+pub fn smaps(pid: Pid) -> Result<(Vec<Map>, VmFlags)> {
     let text = read(pid, "smaps")?;
-    let mut out = BTreeMap::new();
-    let mut start = None;
+    let mut maps = Vec::new();
+    let mut flags = BTreeMap::new();
     for line in text.lines() {
+        // A map's own line starts with its address (lowercase hex), each
+        // field's with its capitalised name.
         if let Some(rest) = line.strip_prefix("VmFlags:") {
-            if let Some(s) = start.take() {
-                out.insert(s, rest.split_whitespace().map(str::to_owned).collect());
+            if let Some(m) = maps.last().map(|m: &Map| m.start) {
+                flags.insert(m, rest.split_whitespace().map(str::to_owned).collect());
             }
-        } else if let Some((range, _)) = line.split_once(' ')
-            && let Some((s, _)) = range.split_once('-')
-            && let Ok(s) = u64::from_str_radix(s, 16)
-        {
-            start = Some(s);
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || c.is_ascii_lowercase()) {
+            maps.push(map_line(pid, "smaps", line)?);
         }
     }
-    Ok(out)
+    Ok((maps, flags))
+}
+
+/// One line of `maps` (or a map's first line in `smaps`).
+fn map_line(pid: Pid, file: &str, line: &str) -> Result<Map> {
+    let bad = || Error::ProcFormat {
+        pid,
+        file: file.into(),
+    };
+    let mut it = line.splitn(6, ' ');
+    let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(bad());
+    };
+    let name = it.next().unwrap_or("").trim_start().to_owned();
+    let (s, e) = range.split_once('-').ok_or_else(bad)?;
+    let hex = |v: &str| u64::from_str_radix(v, 16).map_err(|_| bad());
+    let (maj, min) = dev.split_once(':').ok_or_else(bad)?;
+    let p = perms.as_bytes();
+    let mut prot = 0;
+    for (i, bit) in [
+        (0, libc::PROT_READ),
+        (1, libc::PROT_WRITE),
+        (2, libc::PROT_EXEC),
+    ] {
+        if p.get(i).is_some_and(|&c| c != b'-') {
+            prot |= bit.cast_unsigned();
+        }
+    }
+    Ok(Map {
+        start: hex(s)?,
+        end: hex(e)?,
+        prot,
+        shared: p.get(3) == Some(&b's'),
+        pgoff: hex(off)?,
+        dev: (
+            u32::from_str_radix(maj, 16).map_err(|_| bad())?,
+            u32::from_str_radix(min, 16).map_err(|_| bad())?,
+        ),
+        ino: ino.parse().map_err(|_| bad())?,
+        name,
+    })
 }
 
 /// One open fd of a task, as seen from /proc.
@@ -435,7 +438,17 @@ mod tests {
         let maps = maps(me).expect("maps");
         assert!(maps.iter().any(|m| m.name == "[stack]"));
         assert!(maps.iter().any(|m| m.name == "[vdso]"));
-        let flags = vm_flags(me).expect("smaps");
+        let (smaps, flags) = smaps(me).expect("smaps");
+        // The same maps from smaps (the stack and vdso do not move while
+        // other test threads map and unmap).
+        for name in ["[stack]", "[vdso]"] {
+            let of = |v: &[Map]| {
+                v.iter()
+                    .find(|m| m.name == name)
+                    .map(|m| (m.start, m.end, m.prot, m.shared, m.pgoff))
+            };
+            assert_eq!(of(&smaps), of(&maps), "{name}");
+        }
         let stack = maps.iter().find(|m| m.name == "[stack]").expect("stack");
         assert!(flags[&stack.start].iter().any(|f| f == "gd"));
         let fds = fds(me).expect("fds");

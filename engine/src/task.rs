@@ -4,6 +4,8 @@
 //! (comm, state, exit code). What /proc and ptrace cannot tell is asked
 //! inside the task with remote syscalls; restore sets it the same way.
 
+use std::collections::BTreeMap;
+
 use nix::unistd::Pid;
 use stasis_arch::native::{Regs, nr};
 use stasis_proto::images::{
@@ -52,11 +54,13 @@ impl Scratch {
 }
 
 /// The per-thread part of the dump, asked inside `thread` through the
-/// scratch memory `sc` mapped in the task.
+/// scratch memory `sc` mapped in the task; `known` are its /proc stat and
+/// status when already read.
 pub fn dump_thread(
     pid: Pid,
     th: &Thread,
     sc: Scratch,
+    known: Option<(&proc::Stat, &BTreeMap<String, String>)>,
 ) -> Result<(cpu::ThreadInfo, ThreadCoreEntry)> {
     let tid = th.tid;
     let scratch = sc.data;
@@ -83,14 +87,14 @@ pub fn dump_thread(
     let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
     let secbits = got.get(3).copied().unwrap_or(0);
     let slack = got.get(4).copied();
-    let creds = creds::dump(
-        &proc::status(pid, Some(tid))?,
-        u32::try_from(secbits).unwrap_or(0),
-    );
+    let (st, status) = match known {
+        Some((st, status)) => (st.clone(), status.clone()),
+        None => (proc::stat(pid, Some(tid))?, proc::status(pid, Some(tid))?),
+    };
+    let creds = creds::dump(&status, u32::try_from(secbits).unwrap_or(0));
     let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
     let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
     let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
-    let st = proc::stat(pid, Some(tid))?;
     let ti = cpu::dump(tid, &th.regs, tid_addr)?;
     let tc = ThreadCoreEntry {
         futex_rla: rla,
@@ -127,10 +131,16 @@ fn queue(sigs: Vec<Vec<u8>>) -> SignalQueueEntry {
     }
 }
 
-/// The task-wide part of the dump (leader's `core` image), asked through `r`.
-pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry> {
+/// The task-wide part of the dump (leader's `core` image), asked through
+/// `r`; `st` and `status` are its /proc files, read once.
+pub fn dump_task(
+    task: &Task,
+    r: &Remote,
+    scratch: u64,
+    st: &proc::Stat,
+    status: &BTreeMap<String, String>,
+) -> Result<TaskCoreEntry> {
     let pid = task.pid;
-    let st = proc::stat(pid, None)?;
     let mut sigactions = Vec::new();
     // All in one batch, each answer 32 bytes apart.
     let sigs: Vec<u64> = sigaction_signals().collect();
@@ -182,7 +192,6 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
         .into_iter()
         .map(|(cur, max)| RlimitEntry { cur, max })
         .collect();
-    let status = proc::status(pid, None)?;
     let (task_state, exit_code, stop_signo) = match task.state {
         State::Alive => (state::ALIVE, 0, None),
         State::Stopped(s) => (state::STOPPED, 0, u32::try_from(s).ok()),
@@ -194,7 +203,7 @@ pub fn dump_task(task: &Task, r: &Remote, scratch: u64) -> Result<TaskCoreEntry>
         personality: personality(pid),
         flags: st.flags,
         blk_sigset: task.threads.first().map_or(0, |t| t.sigmask),
-        comm: st.comm,
+        comm: st.comm.clone(),
         timers: Some(timers),
         child_subreaper: Some(remote::int_in_word(subreaper) != 0),
         rlimits: Some(TaskRlimitsEntry { rlimits }),

@@ -136,23 +136,20 @@ fn ids(pid: Pid) -> TaskKobjIdsEntry {
     }
 }
 
-/// Address of a `syscall` instruction in the task's vdso.
-fn syscall_insn(pid: Pid) -> Result<u64> {
-    let vdso = proc::maps(pid)?
-        .into_iter()
-        .find(|m| m.name == "[vdso]")
-        .ok_or_else(|| Error::Unsupported {
-            pid,
-            what: "a task without a vdso".into(),
-        })?;
-    let mut code = vec![0u8; usize::try_from(vdso.len()).unwrap_or(0)];
-    remote::read_mem(pid, vdso.start, &mut code)?;
+/// Address of a `syscall` instruction in the task's vdso (start, end).
+fn syscall_insn(pid: Pid, vdso: Option<(u64, u64)>) -> Result<u64> {
+    let (start, end) = vdso.ok_or_else(|| Error::Unsupported {
+        pid,
+        what: "a task without a vdso".into(),
+    })?;
+    let mut code = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+    remote::read_mem(pid, start, &mut code)?;
     use stasis_arch::native::{INSN_ALIGN, SYSCALL_INSN, SYSCALL_INSN_LEN};
     let len = usize::try_from(SYSCALL_INSN_LEN).unwrap_or(2);
     code.windows(len)
         .step_by(INSN_ALIGN)
         .position(|w| *w == SYSCALL_INSN[..len])
-        .map(|i| vdso.start + (i * INSN_ALIGN) as u64)
+        .map(|i| start + (i * INSN_ALIGN) as u64)
         .ok_or_else(|| Error::Unsupported {
             pid,
             what: "a vdso without a syscall instruction".into(),
@@ -289,6 +286,7 @@ fn dump_tasks(
     root: Pid,
     fopts: files::Opts,
 ) -> Result<()> {
+    let namespaces = crate::ns::expected(root);
     for (i, t) in tree.tasks.iter().enumerate() {
         pstree.push(PstreeEntry {
             pid: t.pid.as_raw().cast_unsigned(),
@@ -310,7 +308,7 @@ fn dump_tasks(
             dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
             continue;
         }
-        dump_task(t, root, dir, files, filters, fopts, rx, stats)?;
+        dump_task(t, &namespaces, dir, files, filters, fopts, rx, stats)?;
         stats.tasks += 1;
         crate::progress::report(
             opts.progress.as_ref(),
@@ -326,7 +324,7 @@ fn dump_tasks(
 #[allow(clippy::too_many_arguments)]
 fn dump_task(
     t: &Task,
-    root: Pid,
+    namespaces: &crate::ns::Expected,
     dir: &Dir,
     files: &mut Table,
     filters: &mut seccomp::Table,
@@ -336,7 +334,7 @@ fn dump_task(
 ) -> Result<()> {
     let pid = t.pid;
     let id = u64::from(pid.as_raw().cast_unsigned());
-    crate::ns::check_task(pid, root)?;
+    crate::ns::check_task(pid, namespaces)?;
     // Objects first, so an unsupported one fails the dump before the task
     // is touched (its pages are being copied by the memory thread).
     let fds = proc::fds(pid)?;
@@ -344,7 +342,9 @@ fn dump_task(
     for fd in &fds {
         fdinfo.push(files.dump_fd(pid, fd, fopts)?);
     }
-    if let Some(ctty) = crate::tty::dump_ctty(pid, &proc::stat(pid, None)?, &fds) {
+    // Read once: the task is frozen.
+    let st = proc::stat(pid, None)?;
+    if let Some(ctty) = crate::tty::dump_ctty(pid, &st, &fds) {
         files.add_ctty(ctty);
     }
     let mem = rx.recv().map_err(|_| Error::Unexpected {
@@ -358,7 +358,7 @@ fn dump_task(
     stats.pages.written += mem.pages.written;
 
     let leader = t.threads.first().ok_or(Error::NoSuchTask { pid })?;
-    let insn = syscall_insn(pid)?;
+    let insn = syscall_insn(pid, mem.raw.named("[vdso]"))?;
     let r = Remote::new(leader.tid, leader.regs, insn);
     leader.touched.set(true);
     leader.pin();
@@ -384,7 +384,7 @@ fn dump_task(
     remote::write_code(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
     remote::write_code(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
     let fast = sc.remote(leader.tid, leader.regs);
-    let res = dump_task_state(t, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
+    let res = dump_task_state(t, &st, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
     r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;
     res
 }
@@ -392,6 +392,7 @@ fn dump_task(
 #[allow(clippy::too_many_arguments)]
 fn dump_task_state(
     t: &Task,
+    st: &proc::Stat,
     r: &Remote,
     sc: task::Scratch,
     dir: &Dir,
@@ -402,7 +403,8 @@ fn dump_task_state(
     id: u64,
 ) -> Result<()> {
     let pid = t.pid;
-    let tc = task::dump_task(t, r, sc.data)?;
+    let status = proc::status(pid, None)?;
+    let tc = task::dump_task(t, r, sc.data, st, &status)?;
     let got = r.call_all(&[
         ("brk", nr::BRK, [0; 6]),
         ("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0]),
@@ -418,7 +420,6 @@ fn dump_task_state(
             });
         }
     };
-    let st = proc::stat(pid, None)?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(|e| Error::Proc {
             pid,
@@ -449,7 +450,6 @@ fn dump_task_state(
     dir.write_all("MM", id, &[mm])?;
     let cwd = link(pid, "cwd")?;
     let root = link(pid, "root")?;
-    let status = proc::status(pid, None)?;
     let fs = FsEntry {
         cwd_id: files.path_id(&cwd, libc::O_RDONLY.cast_unsigned()),
         root_id: files.path_id(&root, libc::O_RDONLY.cast_unsigned()),
@@ -461,7 +461,9 @@ fn dump_task_state(
     dir.write_all("FDINFO", id, &fdinfo)?;
     let mut tc = Some(tc);
     for th in &t.threads {
-        let (ti, mut thc) = task::dump_thread(pid, th, sc)?;
+        // The leader's /proc/PID/stat and status are its thread's.
+        let known = (th.tid == pid).then_some((st, &status));
+        let (ti, mut thc) = task::dump_thread(pid, th, sc, known)?;
         let (mode, newest) = filters.dump_thread(th.tid, th.seccomp)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;
