@@ -376,6 +376,8 @@ pub struct Table {
     pub(crate) opts: Opts,
     /// POSIX message queues the tree has open.
     mqueues: crate::mqueue::Queues,
+    /// Dump: whether each device (a filesystem) seen is the mqueue one.
+    mqueue_devs: HashMap<u64, bool>,
     /// Controlling terminals of the sessions, and ends of ptys.
     ttys: Vec<TtyInfoEntry>,
     tty_data: Vec<TtyDataEntry>,
@@ -526,7 +528,9 @@ impl Table {
             )));
         } else if ft.is_fifo() {
             FdTypes::Fifo
-        } else if nix::sys::stat::major(meta.dev()) == 0 && crate::mqueue::is_mqueue(pid, fd.fd) {
+        } else if nix::sys::stat::major(meta.dev()) == 0
+            && crate::mqueue::is_mqueue(pid, fd.fd, meta.dev(), &mut self.mqueue_devs)
+        {
             mqueue = true;
             FdTypes::Reg
         } else if ft.is_char_device()

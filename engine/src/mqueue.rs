@@ -21,10 +21,13 @@ use crate::sys;
 /// statfs f_type of the mqueue filesystem.
 const MQUEUE_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x1980_0202);
 
-/// Whether fd `fd` of `pid` is a POSIX message queue.
-pub fn is_mqueue(pid: Pid, fd: i32) -> bool {
-    nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
-        .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
+/// Whether fd `fd` of `pid`, a file on device `dev`, is a POSIX message
+/// queue; the answer is kept per device (one filesystem each) in `seen`.
+pub fn is_mqueue(pid: Pid, fd: i32, dev: u64, seen: &mut HashMap<u64, bool>) -> bool {
+    *seen.entry(dev).or_insert_with(|| {
+        nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+            .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
+    })
 }
 
 /// The process registered with mq_notify on queue `q`, if any: reading the

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
 
 use nix::unistd::Pid;
 
@@ -343,24 +342,52 @@ pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
 }
 
 fn fds_of(pid: Pid, nums: Vec<i32>) -> Result<Vec<Fd>> {
+    use nix::fcntl::{OFlag, open, openat, readlinkat};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    // Each directory looked up once; each fd's link and fdinfo inside it.
+    let dir = |name: &str| {
+        let path = format!("/proc/{pid}/{name}");
+        open(
+            path.as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Proc {
+            pid,
+            path,
+            err: e.into(),
+        })
+    };
+    let (links, infos) = (dir("fd")?, dir("fdinfo")?);
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {
-        let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
-        let target = match fs::read_link(&link) {
+        let name = fd.to_string();
+        let target = match readlinkat(&links, name.as_str()) {
             Ok(t) => t.to_string_lossy().into_owned(),
             // Closed since the listing (only a running task does that).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(nix::errno::Errno::ENOENT) => continue,
             Err(e) => {
                 return Err(Error::Proc {
                     pid,
-                    path: link.display().to_string(),
-                    err: e,
+                    path: format!("/proc/{pid}/fd/{fd}"),
+                    err: e.into(),
                 });
             }
         };
-        let Ok(info) = read(pid, &format!("fdinfo/{fd}")) else {
+        let mut info = String::new();
+        let read = openat(
+            &infos,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        // Through `Take`, which asks the file for no size hint.
+        .and_then(|f| fs::File::from(f).take(u64::MAX).read_to_string(&mut info));
+        if read.is_err() {
             continue;
-        };
+        }
         let mut f = Fd {
             fd,
             target,
