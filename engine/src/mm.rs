@@ -445,6 +445,9 @@ pub const LOWEST_FREE: u64 = 0x1000_0000;
 /// Where the paths of a [`MapBatch`] go in the trampoline's data area:
 /// from 8 KiB up to the batch table at 48 KiB.
 const PATHS_AT: u64 = 8 << 10;
+/// Where a caller of [`restore`] puts a path its `first` calls take (the
+/// pages image's goes at [`PATHS_AT`], below it).
+pub const FIRST_PATH_AT: u64 = PATHS_AT + 4096;
 const PATHS_ROOM: usize = 40 << 10;
 
 /// Consecutive VMAs mapped in two stops: every distinct file opened once,
@@ -495,8 +498,14 @@ impl MapBatch {
     }
 
     fn flush(&mut self, r: &Remote, t: &Trampoline) -> Result<()> {
+        self.flush_with(r, t, &[]).map(drop)
+    }
+
+    /// Flush, with `tail` run after the maps in the same batch (when they
+    /// all succeeded); the raw results of `tail`.
+    fn flush_with(&mut self, r: &Remote, t: &Trampoline, tail: &[Call]) -> Result<Vec<i64>> {
         if self.maps.is_empty() {
-            return Ok(());
+            return r.call_many(tail);
         }
         let pid = r.tid;
         let mut blob = Vec::with_capacity(self.bytes);
@@ -533,6 +542,7 @@ impl MapBatch {
                     (name, nr, args)
                 })
                 .chain(closes)
+                .chain(tail.iter().copied())
                 .collect()
         };
         let res = r.call_many(&calls)?;
@@ -566,8 +576,12 @@ impl MapBatch {
                 });
             }
         }
+        let tail_res = res
+            .get(res.len().saturating_sub(tail.len())..)
+            .unwrap_or(&[]);
+        let tail_res = tail_res.to_vec();
         *self = MapBatch::default();
-        Ok(())
+        Ok(tail_res)
     }
 }
 
@@ -621,7 +635,9 @@ fn move_call(from: u64, len: u64, to: u64) -> Call {
 pub type SharedAnon = std::collections::HashMap<u64, (Pid, u64, u64, u64)>;
 
 /// Rebuild the address space of a freshly forked task stopped under `r`;
-/// `first` are calls to run before anything is unmapped, in the same batch.
+/// `first` are calls to run before anything is unmapped, in the same batch
+/// (their paths, if any, at [`FIRST_PATH_AT`]). Returns the pages restored
+/// and the results of `first`.
 pub fn restore(
     r: &Remote,
     t: &Trampoline,
@@ -630,9 +646,16 @@ pub fn restore(
     dir: &Dir,
     shared: &mut SharedAnon,
     first: Vec<Call>,
-) -> Result<u64> {
+) -> Result<(u64, Vec<u64>)> {
     let pid = r.tid;
     let current = proc::maps(pid)?;
+    let page_vmas: Vec<&VmaEntry> = vmas
+        .iter()
+        .filter(|v| v.status & status::REGULAR != 0 && !is_special(v))
+        .collect();
+    // What to read, from the pagemap image, before anything is mapped: the
+    // task opens the pages image in its first batch.
+    let pages = plan_pages(pid, dir, &page_vmas)?;
     // 1. Everything inherited from the engine goes, except the trampoline
     //    and the kernel's special areas (moved below).
     //    One munmap per run of unwanted mappings, not one per mapping.
@@ -652,6 +675,7 @@ pub fn restore(
             open = true;
         }
     }
+    let n_first = first.len();
     let mut calls = first;
     calls.extend(
         runs.iter()
@@ -702,12 +726,31 @@ pub fn restore(
             .into_iter()
             .map(|(from, len, to)| move_call(from, len, to)),
     );
-    r.call_all(&calls)?;
+    let open_at = if pages.slow.is_empty() {
+        None
+    } else {
+        let mut b = pages.abs.as_os_str().as_encoded_bytes().to_vec();
+        b.push(0);
+        if b.len() as u64 > FIRST_PATH_AT - PATHS_AT {
+            return Err(Error::ImagesDir {
+                path: pages.shown.clone(),
+                err: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+            });
+        }
+        let at = put(pid, t, PATHS_AT, &b)?;
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned();
+        let dirfd = libc::AT_FDCWD.cast_unsigned().into();
+        calls.push((
+            "openat(pages)",
+            nr::OPENAT,
+            [dirfd, at, flags.into(), 0, 0, 0],
+        ));
+        Some(calls.len() - 1)
+    };
+    let res = r.call_all(&calls)?;
+    let first_res = res.get(..n_first).unwrap_or(&[]).to_vec();
+    let mut fd = open_at.and_then(|i| res.get(i).copied());
     // 3. Every other VMA, writable until its pages are in.
-    let page_vmas: Vec<&VmaEntry> = vmas
-        .iter()
-        .filter(|v| v.status & status::REGULAR != 0 && !is_special(v))
-        .collect();
     let mut prev: Option<&VmaEntry> = None;
     let mut batch = MapBatch::default();
     for v in &page_vmas {
@@ -862,20 +905,29 @@ pub fn restore(
             }
         }
     }
-    batch.flush(r, t)?;
-    // 4. Pages, streamed from the image in bounded chunks.
-    let PagesIn {
-        total: restored,
-        guards,
-        fd: opened,
-    } = restore_pages(r, t, dir, &page_vmas)?;
+    // 4. Pages: the task reads its own with the last maps; large
+    //    anonymous runs are copied in with UFFDIO_COPY after.
+    let reads = fd.map_or_else(Vec::new, |fd| pread_calls(fd, &pages.slow));
+    let got = batch.flush_with(r, t, &reads);
+    let read = got.and_then(|got| match fd {
+        Some(fd) => finish_reads(r, fd, &pages.slow, &got, &pages.shown),
+        None => Ok(()),
+    });
+    let read = read.and_then(|()| fill_fast(r, t, &pages, &page_vmas, &mut fd));
+    if let Err(e) = read {
+        if let Some(fd) = fd {
+            // The read's error is the one to report.
+            let _ = r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+        }
+        return Err(e);
+    }
     // 5. The pages image closed, guards and advice, then final
     //    protections: one batch.
-    let mut calls: Vec<Call> = opened
+    let mut calls: Vec<Call> = fd
         .map(|fd| ("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]))
         .into_iter()
         .collect();
-    calls.extend(guards.into_iter().map(|(start, len)| {
+    calls.extend(pages.guards.iter().map(|&(start, len)| {
         (
             "madvise(MADV_GUARD_INSTALL)",
             nr::MADVISE,
@@ -902,7 +954,7 @@ pub fn restore(
         }
     }
     r.call_all(&calls)?;
-    Ok(restored)
+    Ok((pages.total, first_res))
 }
 
 /// Runs of at least this many bytes in anonymous private memory are filled
@@ -912,13 +964,28 @@ const UFFD_TOTAL: u64 = 4 << 20;
 /// Bytes of the pages image mapped into the engine at a time for UFFDIO_COPY.
 const UFFD_WINDOW: u64 = 16 << 20;
 
-/// Fill the task's memory from the pages image. Large runs of anonymous
-/// memory are copied in by the engine with UFFDIO_COPY straight from the
-/// image's page cache (one copy; the new pages are not zeroed first and
-/// take no fault each); the rest the task reads itself (remote pread64
-/// into its mappings), as does any run userfaultfd cannot take.
-fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesIn> {
-    let pid = r.tid;
+/// A task's pages, as its pagemap image gives them: read by the engine
+/// before anything is mapped. Large runs of anonymous private memory are
+/// copied in with UFFDIO_COPY straight from the image's page cache (one
+/// copy; the new pages are not zeroed first and take no fault each); the
+/// rest the task reads itself (remote pread64 into its mappings), as does
+/// any run userfaultfd cannot take.
+struct PagesPlan {
+    /// Pages in the image.
+    total: u64,
+    /// Guard regions to install (start, length).
+    guards: Vec<(u64, u64)>,
+    /// Runs (address, length, image offset) for UFFDIO_COPY.
+    fast: Vec<(u64, u64, u64)>,
+    /// Runs the task reads.
+    slow: Vec<(u64, u64, u64)>,
+    /// The pages image, absolute (the task's working directory is its own
+    /// by then), and as shown in messages.
+    abs: std::path::PathBuf,
+    shown: String,
+}
+
+fn plan_pages(pid: Pid, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesPlan> {
     let ps = sys::page_size();
     let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
     let head: PagemapHead = pm.read_entry()?.ok_or_else(|| Error::BadImage {
@@ -927,7 +994,6 @@ fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir, vmas: &[&VmaEntry]) -> R
     })?;
     let path = dir.pages_file(head.pages_id);
     let shown = path.display().to_string();
-    // The task's working directory is its own by now: an absolute path.
     let abs = std::fs::canonicalize(&path).map_err(|e| Error::ImagesDir {
         path: shown.clone(),
         err: e,
@@ -948,52 +1014,58 @@ fn restore_pages(r: &Remote, t: &Trampoline, dir: &Dir, vmas: &[&VmaEntry]) -> R
                     && at + len <= v.end
             })
     };
-    let (fast, mut slow): (Vec<_>, Vec<_>) = reads.into_iter().partition(anon);
-    if fast.iter().map(|f| f.1).sum::<u64>() >= UFFD_TOTAL {
-        match fill_by_uffd(r, &abs, &fast, vmas) {
-            Ok(left) => slow.extend(left),
-            Err(e) => {
-                tracing::debug!("task {pid}: UFFDIO_COPY not used ({e}); the task reads its pages");
-                slow.extend(fast);
-            }
-        }
-    } else {
-        slow.extend(fast);
+    let (mut fast, mut slow): (Vec<_>, Vec<_>) = reads.into_iter().partition(anon);
+    if fast.iter().map(|f| f.1).sum::<u64>() < UFFD_TOTAL {
+        slow.append(&mut fast);
     }
-    if slow.is_empty() {
-        return Ok(PagesIn {
-            total,
-            guards,
-            fd: None,
-        });
-    }
-    let fd = remote_open(
-        r,
-        t,
-        &abs.to_string_lossy(),
-        libc::O_RDONLY | libc::O_CLOEXEC,
-    )?;
-    if let Err(e) = pread_all(r, fd, &slow, &shown) {
-        // The read's error is the one to report.
-        let _ = r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
-        return Err(e);
-    }
-    Ok(PagesIn {
+    Ok(PagesPlan {
         total,
         guards,
-        fd: Some(fd),
+        fast,
+        slow,
+        abs,
+        shown,
     })
 }
 
-/// What [`restore_pages`] did.
-struct PagesIn {
-    /// Pages restored.
-    total: u64,
-    /// Guard regions to install (start, length).
-    guards: Vec<(u64, u64)>,
-    /// The task's fd on the pages image, for the caller to close with its
-    /// next batch.
-    fd: Option<u64>,
+/// Copy the plan's large runs in with UFFDIO_COPY; what it cannot take,
+/// the task reads through `fd` (opened here if the task had none).
+fn fill_fast(
+    r: &Remote,
+    t: &Trampoline,
+    pages: &PagesPlan,
+    vmas: &[&VmaEntry],
+    fd: &mut Option<u64>,
+) -> Result<()> {
+    if pages.fast.is_empty() {
+        return Ok(());
+    }
+    let left = match fill_by_uffd(r, &pages.abs, &pages.fast, vmas) {
+        Ok(left) => left,
+        Err(e) => {
+            let pid = r.tid;
+            tracing::debug!("task {pid}: UFFDIO_COPY not used ({e}); the task reads its pages");
+            pages.fast.clone()
+        }
+    };
+    if left.is_empty() {
+        return Ok(());
+    }
+    let f = match *fd {
+        Some(f) => f,
+        None => {
+            let f = remote_open(
+                r,
+                t,
+                &pages.abs.to_string_lossy(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )?;
+            *fd = Some(f);
+            f
+        }
+    };
+    let got = r.call_many(&pread_calls(f, &left))?;
+    finish_reads(r, f, &left, &got, &pages.shown)
 }
 
 /// Split `items` (address, length, offset) into `n` parts of about the same
@@ -1179,16 +1251,25 @@ fn read_entries<R: std::io::BufRead>(
     Ok((total, guards, reads))
 }
 
-/// The task reads `reads` from the pages image open as its fd `fd`: all in
-/// batches; a short one (a file that shrank meanwhile) is finished call by
-/// call.
-fn pread_all(r: &Remote, fd: u64, reads: &[(u64, u64, u64)], shown: &str) -> Result<()> {
-    let calls: Vec<_> = reads
+/// The calls by which the task reads `reads` (address, length, offset)
+/// from the pages image open as its fd `fd`.
+fn pread_calls(fd: u64, reads: &[(u64, u64, u64)]) -> Vec<Call> {
+    reads
         .iter()
         .map(|&(at, len, off)| ("pread64(pages)", nr::PREAD64, [fd, at, len, off, 0, 0]))
-        .collect();
-    let res = r.call_many(&calls)?;
-    for (&(at, len, off), &got) in reads.iter().zip(&res) {
+        .collect()
+}
+
+/// Check the results `res` of [`pread_calls`]: a short read (a file that
+/// shrank meanwhile) is finished call by call.
+fn finish_reads(
+    r: &Remote,
+    fd: u64,
+    reads: &[(u64, u64, u64)],
+    res: &[i64],
+    shown: &str,
+) -> Result<()> {
+    for (&(at, len, off), &got) in reads.iter().zip(res) {
         let mut done = r.result("pread64(pages)", got)?;
         while done < len {
             let got = r.call(

@@ -783,8 +783,31 @@ fn restore_task(
             ],
         ));
     }
-    let pages = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
-    set_mm_map(&r, t, mm, files)?;
+    // The executable, for PR_SET_MM_MAP, opened in that batch too.
+    let exe = files
+        .path_of(mm.exe_file_id)
+        .ok_or_else(|| Error::BadImage {
+            path: format!("mm-{pid}.img"),
+            what: "the executable's file id is not in files.img".into(),
+        })?;
+    let mut path = exe.as_bytes().to_vec();
+    path.push(0);
+    let path_at = mm::put(pid, t, mm::FIRST_PATH_AT, &path)?;
+    first.push((
+        "openat(exe)",
+        nr::OPENAT,
+        [
+            libc::AT_FDCWD.cast_unsigned().into(),
+            path_at,
+            (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned().into(),
+            0,
+            0,
+            0,
+        ],
+    ));
+    let (pages, opened) = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
+    let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
+    set_mm_map(&r, t, mm, exe_fd)?;
     open_late_fds(&r, t, p, files)?;
     let locks: Vec<_> = files
         .locks()
@@ -970,7 +993,9 @@ fn comm_call(r: &Remote, t: &Trampoline, comm: &str) -> Result<remote::Call> {
     Ok(("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0]))
 }
 
-fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result<()> {
+/// PR_SET_MM_MAP with the task's executable open as its fd `fd` (closed
+/// in the same batch).
+fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, fd: u64) -> Result<()> {
     let pid = r.tid;
     let auxv: Vec<u8> = mm
         .mm_saved_auxv
@@ -978,27 +1003,6 @@ fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, files: &Table) -> Result
         .flat_map(|w| w.to_ne_bytes())
         .collect();
     let auxv_at = mm::put(pid, t, 4096, &auxv)?;
-    let exe = files
-        .path_of(mm.exe_file_id)
-        .ok_or_else(|| Error::BadImage {
-            path: format!("mm-{pid}.img"),
-            what: "the executable's file id is not in files.img".into(),
-        })?;
-    let mut path = exe.as_bytes().to_vec();
-    path.push(0);
-    let path_at = mm::put(pid, t, 8192, &path)?;
-    let fd = r.call(
-        "openat(exe)",
-        nr::OPENAT,
-        [
-            libc::AT_FDCWD.cast_unsigned().into(),
-            path_at,
-            (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned().into(),
-            0,
-            0,
-            0,
-        ],
-    )?;
     let auxv_len = u64::try_from(auxv.len()).unwrap_or(0);
     let words = [
         mm.mm_start_code,
