@@ -585,22 +585,25 @@ impl MapBatch {
     }
 }
 
-fn remote_open(r: &Remote, t: &Trampoline, path: &str, flags: i32) -> Result<u64> {
-    let mut p = path.as_bytes().to_vec();
+/// The call opening `path` in task `pid` with `flags`, the path written in
+/// the trampoline's data at `off`.
+pub fn open_call(
+    pid: Pid,
+    t: &Trampoline,
+    off: u64,
+    name: &'static str,
+    path: &[u8],
+    flags: i32,
+) -> Result<Call> {
+    let mut p = path.to_vec();
     p.push(0);
-    let at = put(r.tid, t, 8192, &p)?;
-    r.call(
-        "openat",
+    let at = put(pid, t, off, &p)?;
+    let dirfd = libc::AT_FDCWD.cast_unsigned().into();
+    Ok((
+        name,
         nr::OPENAT,
-        [
-            libc::AT_FDCWD.cast_unsigned().into(),
-            at,
-            flags.cast_unsigned().into(),
-            0,
-            0,
-            0,
-        ],
-    )
+        [dirfd, at, flags.cast_unsigned().into(), 0, 0, 0],
+    ))
 }
 
 /// The lowest free place for `len` bytes in the task once `vmas` are
@@ -729,22 +732,22 @@ pub fn restore(
     let open_at = if pages.slow.is_empty() {
         None
     } else {
-        let mut b = pages.abs.as_os_str().as_encoded_bytes().to_vec();
-        b.push(0);
-        if b.len() as u64 > FIRST_PATH_AT - PATHS_AT {
+        let path = pages.abs.as_os_str().as_encoded_bytes();
+        // With its terminator, below the caller's path.
+        if path.len() as u64 >= FIRST_PATH_AT - PATHS_AT {
             return Err(Error::ImagesDir {
                 path: pages.shown.clone(),
                 err: std::io::Error::from_raw_os_error(libc::ENAMETOOLONG),
             });
         }
-        let at = put(pid, t, PATHS_AT, &b)?;
-        let flags = (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned();
-        let dirfd = libc::AT_FDCWD.cast_unsigned().into();
-        calls.push((
+        calls.push(open_call(
+            pid,
+            t,
+            PATHS_AT,
             "openat(pages)",
-            nr::OPENAT,
-            [dirfd, at, flags.into(), 0, 0, 0],
-        ));
+            path,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )?);
         Some(calls.len() - 1)
     };
     let res = r.call_all(&calls)?;
@@ -1054,12 +1057,15 @@ fn fill_fast(
     let f = match *fd {
         Some(f) => f,
         None => {
-            let f = remote_open(
-                r,
+            let open = open_call(
+                r.tid,
                 t,
-                &pages.abs.to_string_lossy(),
+                PATHS_AT,
+                "openat(pages)",
+                pages.abs.as_os_str().as_encoded_bytes(),
                 libc::O_RDONLY | libc::O_CLOEXEC,
             )?;
+            let f = r.call(open.0, open.1, open.2)?;
             *fd = Some(f);
             f
         }

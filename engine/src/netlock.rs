@@ -89,6 +89,18 @@ fn payload_is(b: Builder, base: u32, offset: u32, want: &[u8]) -> Builder {
     cmp_eq(b, want)
 }
 
+/// End the rule with verdict `v` (NF_DROP, NF_ACCEPT).
+fn verdict(b: Builder, v: u32) -> Builder {
+    expr(b, "immediate", |d| {
+        d.be32(1, NFT_REG_VERDICT)
+            .nest(2)
+            .nest(2)
+            .be32(1, v)
+            .end()
+            .end()
+    })
+}
+
 fn cmp_eq(b: Builder, want: &[u8]) -> Builder {
     expr(b, "cmp", |d| {
         d.be32(1, NFT_REG_1)
@@ -140,14 +152,7 @@ fn drop_rule(table: &str, chain: &str, src: SocketAddr, dst: SocketAddr) -> Vec<
         2,
         &dst.port().to_be_bytes(),
     );
-    b = expr(b, "immediate", |d| {
-        d.be32(1, NFT_REG_VERDICT)
-            .nest(2)
-            .nest(2)
-            .be32(1, NF_DROP)
-            .end()
-            .end()
-    });
+    b = verdict(b, NF_DROP);
     b.end().finish()
 }
 
@@ -158,14 +163,7 @@ fn mark_accept(table: &str, chain: &str) -> Vec<u8> {
         .str(NFTA_RULE_CHAIN, chain)
         .nest(NFTA_RULE_EXPRESSIONS);
     b = meta_is(b, NFT_META_MARK, &MARK.to_ne_bytes());
-    b = expr(b, "immediate", |d| {
-        d.be32(1, NFT_REG_VERDICT)
-            .nest(2)
-            .nest(2)
-            .be32(1, NF_ACCEPT)
-            .end()
-            .end()
-    });
+    b = verdict(b, NF_ACCEPT);
     b.end().finish()
 }
 

@@ -51,16 +51,7 @@ pub fn expected(root: Pid) -> Expected {
 /// Refuse a task whose namespaces cannot come back (see [`Expected`]).
 pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
     // One directory lookup, then a link each.
-    let dir = nix::fcntl::open(
-        format!("/proc/{pid}/ns").as_str(),
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| Error::Proc {
-        pid,
-        path: format!("/proc/{pid}/ns"),
-        err: e.into(),
-    })?;
+    let dir = crate::proc::dir(pid, "ns")?;
     for (ns, expected) in &want.0 {
         let theirs = nix::fcntl::readlinkat(&dir, *ns)
             .ok()

@@ -341,25 +341,29 @@ pub fn fds(pid: Pid) -> Result<Vec<Fd>> {
     fds_of(pid, nums)
 }
 
+/// Directory `name` of `/proc/PID`, looked up once for the `*at` calls on
+/// its entries.
+pub fn dir(pid: Pid, name: &str) -> Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    let path = format!("/proc/{pid}/{name}");
+    open(
+        path.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::Proc {
+        pid,
+        path,
+        err: e.into(),
+    })
+}
+
 fn fds_of(pid: Pid, nums: Vec<i32>) -> Result<Vec<Fd>> {
-    use nix::fcntl::{OFlag, open, openat, readlinkat};
+    use nix::fcntl::{OFlag, openat, readlinkat};
     use nix::sys::stat::Mode;
     use std::io::Read;
     // Each directory looked up once; each fd's link and fdinfo inside it.
-    let dir = |name: &str| {
-        let path = format!("/proc/{pid}/{name}");
-        open(
-            path.as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::Proc {
-            pid,
-            path,
-            err: e.into(),
-        })
-    };
-    let (links, infos) = (dir("fd")?, dir("fdinfo")?);
+    let (links, infos) = (dir(pid, "fd")?, dir(pid, "fdinfo")?);
     let mut out = Vec::with_capacity(nums.len());
     for fd in nums {
         let name = fd.to_string();

@@ -87,11 +87,15 @@ pub fn dump_thread(
     let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
     let secbits = got.get(3).copied().unwrap_or(0);
     let slack = got.get(4).copied();
+    let read;
     let (st, status) = match known {
-        Some((st, status)) => (st.clone(), status.clone()),
-        None => (proc::stat(pid, Some(tid))?, proc::status(pid, Some(tid))?),
+        Some(k) => k,
+        None => {
+            read = (proc::stat(pid, Some(tid))?, proc::status(pid, Some(tid))?);
+            (&read.0, &read.1)
+        }
     };
-    let creds = creds::dump(&status, u32::try_from(secbits).unwrap_or(0));
+    let creds = creds::dump(status, u32::try_from(secbits).unwrap_or(0));
     let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
     let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
     let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
@@ -108,7 +112,7 @@ pub fn dump_thread(
             ss_flags: remote::int_in_word(ss_flags),
         }),
         signals_p: Some(queue(pending)),
-        comm: Some(st.comm),
+        comm: Some(st.comm.clone()),
         timer_slack_ns: slack,
         creds: Some(creds),
         rseq_entry: (rseq.abi_pointer != 0).then_some(RseqEntry {

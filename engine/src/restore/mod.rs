@@ -790,21 +790,14 @@ fn restore_task(
             path: format!("mm-{pid}.img"),
             what: "the executable's file id is not in files.img".into(),
         })?;
-    let mut path = exe.as_bytes().to_vec();
-    path.push(0);
-    let path_at = mm::put(pid, t, mm::FIRST_PATH_AT, &path)?;
-    first.push((
+    first.push(mm::open_call(
+        pid,
+        t,
+        mm::FIRST_PATH_AT,
         "openat(exe)",
-        nr::OPENAT,
-        [
-            libc::AT_FDCWD.cast_unsigned().into(),
-            path_at,
-            (libc::O_RDONLY | libc::O_CLOEXEC).cast_unsigned().into(),
-            0,
-            0,
-            0,
-        ],
-    ));
+        exe.as_bytes(),
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )?);
     let (pages, opened) = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
     let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
     set_mm_map(&r, t, mm, exe_fd)?;
