@@ -94,6 +94,54 @@ pub fn read_vmas(pid: Pid) -> Result<RawVmas> {
     Ok(RawVmas { maps, flags })
 }
 
+/// Resident memory from which a task's smaps is read on a thread of its
+/// own while its pages are copied: smaps walks every page table entry to
+/// count pages (some 35 ms for 1 GiB), and only the maps decide which
+/// pages go in the image.
+const SMAPS_APART: u64 = 64 << 20;
+
+/// Read the VMAs of `pid` and write its pages (`pagemap-ID.img`,
+/// `pages-ID.img`).
+pub fn dump_memory(
+    pid: Pid,
+    dir: &Dir,
+    id: u32,
+    progress: Option<&Progress>,
+) -> Result<(RawVmas, PageStats)> {
+    if proc::resident(pid)? < SMAPS_APART {
+        let raw = read_vmas(pid)?;
+        let vmas = dump_vmas(pid, &raw, None)?;
+        let pages = dump_pages(pid, &vmas, dir, id, progress)?;
+        return Ok((raw, pages));
+    }
+    let maps = RawVmas {
+        maps: proc::maps(pid)?,
+        flags: proc::VmFlags::new(),
+    };
+    let vmas = dump_vmas(pid, &maps, None)?;
+    std::thread::scope(|s| {
+        let smaps = s.spawn(|| read_vmas(pid));
+        let pages = dump_pages(pid, &vmas, dir, id, progress);
+        let raw = smaps.join().unwrap_or_else(|_| {
+            Err(Error::Unexpected {
+                tid: pid,
+                op: "reading smaps",
+                what: "the reading thread panicked".into(),
+            })
+        });
+        let (raw, pages) = (raw?, pages?);
+        // The task is frozen: both reads list the same maps.
+        if raw.maps != maps.maps {
+            return Err(Error::Unexpected {
+                tid: pid,
+                op: "reading smaps",
+                what: "its maps differ from /proc/PID/maps read just before".into(),
+            });
+        }
+        Ok((raw, pages))
+    })
+}
+
 impl RawVmas {
     /// Start and end of the map named `name` (`[vdso]`, ...), if any.
     pub fn named(&self, name: &str) -> Option<(u64, u64)> {
@@ -250,12 +298,118 @@ pub struct PageStats {
 }
 
 /// Write the pages of `vmas` to `pagemap-ID.img` and `pages-ID.img`.
+///
+/// The pagemap is walked once. Large dumps copy while it is walked: each
+/// stretch of found pages (up to [`CHUNK`] bytes) goes to whichever
+/// copying thread is free, written at its own offset of the image.
 pub fn dump_pages(
     pid: Pid,
     vmas: &[VmaEntry],
     dir: &Dir,
     id: u32,
     progress: Option<&Progress>,
+) -> Result<PageStats> {
+    let pages_path = dir.pages_file(id);
+    let pages = File::create(&pages_path).map_err(|e| Error::ImagesDir {
+        path: pages_path.display().to_string(),
+        err: e,
+    })?;
+    let shown = pages_path.display().to_string();
+    let copy =
+        |part: &[Item], buf: &mut Vec<u8>| copy_pages(pid, &pages, part, buf, &shown, progress);
+    // The most there can be to copy: what the dumped VMAs span.
+    let span: u64 = vmas
+        .iter()
+        .filter(|v| dumped(v))
+        .map(|v| v.end - v.start)
+        .sum();
+    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
+    let n = cpus
+        .min(4)
+        .min(usize::try_from(span / PART_MIN).unwrap_or(1))
+        .max(1);
+    if n <= 1 {
+        let mut items = Vec::new();
+        let stats = walk_pages(pid, vmas, dir, id, &mut |batch| {
+            items.extend(batch);
+            Ok(())
+        })?;
+        copy(&items, &mut Vec::new())?;
+        return Ok(stats);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<Item>>();
+    let rx = std::sync::Mutex::new(rx);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let copier = || {
+        sys::unpin_thread();
+        let mut buf = Vec::new();
+        loop {
+            let next = match rx.lock() {
+                Ok(r) => r.recv(),
+                Err(_) => return Ok(()),
+            };
+            let Ok(batch) = next else {
+                return Ok(());
+            };
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            copy(&batch, &mut buf)
+                .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
+        }
+    };
+    let (walked, copied) = std::thread::scope(|s| {
+        let copiers: Vec<_> = (0..n).map(|_| s.spawn(copier)).collect();
+        let walked = walk_pages(pid, vmas, dir, id, &mut |batch| {
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::Unexpected {
+                    tid: pid,
+                    op: "dumping pages",
+                    what: "a copying thread failed".into(),
+                });
+            }
+            // The copiers hold the receiver until the scope ends.
+            let _ = tx.send(batch);
+            Ok(())
+        });
+        drop(tx);
+        // Every copier joined before the first error is looked at.
+        let copied: Vec<Result<()>> = copiers
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Unexpected {
+                        tid: pid,
+                        op: "dumping pages",
+                        what: "a copying thread panicked".into(),
+                    })
+                })
+            })
+            .collect();
+        (walked, copied)
+    });
+    // A copier's own error says more than the walk stopping because of it.
+    copied.into_iter().collect::<Result<()>>()?;
+    walked
+}
+
+/// (address, length, offset in the pages image) of pages to copy.
+type Item = (u64, u64, u64);
+
+/// Whether `v` may have pages in the image.
+fn dumped(v: &VmaEntry) -> bool {
+    v.status & (status::ANON_PRIVATE | status::ANON_SHARED | status::FILE_PRIVATE) != 0
+        && !is_special(v)
+}
+
+/// Walk the pagemap of `vmas`, write `pagemap-ID.img` and hand the pages to
+/// copy to `found`, in image order, at most [`CHUNK`] bytes at a time.
+fn walk_pages(
+    pid: Pid,
+    vmas: &[VmaEntry],
+    dir: &Dir,
+    id: u32,
+    found: &mut dyn FnMut(Vec<Item>) -> Result<()>,
 ) -> Result<PageStats> {
     let ps = sys::page_size();
     let pagemap_path = format!("/proc/{pid}/pagemap");
@@ -266,20 +420,13 @@ pub fn dump_pages(
     })?;
     let mut head = dir.create("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
     head.write(&PagemapHead { pages_id: id })?;
-    let pages_path = dir.pages_file(id);
-    let pages = File::create(&pages_path).map_err(|e| Error::ImagesDir {
-        path: pages_path.display().to_string(),
-        err: e,
-    })?;
     let mut stats = PageStats::default();
     let mut pm = vec![0u8; 8 * 4096];
-    // Data runs: address, length and offset in the pages image.
-    let mut items: Vec<(u64, u64, u64)> = Vec::new();
+    // Pages found and not yet handed over, and their bytes.
+    let mut batch: Vec<Item> = Vec::new();
+    let mut batched = 0u64;
     let mut off = 0;
-    for v in vmas.iter().filter(|v| {
-        v.status & (status::ANON_PRIVATE | status::ANON_SHARED | status::FILE_PRIVATE) != 0
-            && !is_special(v)
-    }) {
+    for v in vmas.iter().filter(|v| dumped(v)) {
         // (start, pages, guard region)
         let mut runs: Vec<(u64, u64, bool)> = Vec::new();
         let mut addr = v.start;
@@ -298,11 +445,27 @@ pub fn dump_pages(
                 let page = addr + i as u64 * ps;
                 stats.scanned += 1;
                 let guard = word & PM_GUARD != 0;
-                if guard || wanted(v, word) {
-                    match runs.last_mut() {
-                        Some((s, len, g)) if *s + *len * ps == page && *g == guard => *len += 1,
-                        _ => runs.push((page, 1, guard)),
-                    }
+                if !guard && !wanted(v, word) {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((s, len, g)) if *s + *len * ps == page && *g == guard => *len += 1,
+                    _ => runs.push((page, 1, guard)),
+                }
+                if guard {
+                    continue;
+                }
+                // Image offsets follow the order pages are found in.
+                match batch.last_mut() {
+                    Some((s, len, _)) if *s + *len == page => *len += ps,
+                    _ => batch.push((page, ps, off)),
+                }
+                batched += ps;
+                off += ps;
+                stats.written += 1;
+                if batched >= CHUNK as u64 {
+                    found(std::mem::take(&mut batch))?;
+                    batched = 0;
                 }
             }
             addr += n * ps;
@@ -315,57 +478,24 @@ pub fn dump_pages(
                 flags: Some(if guard { PE_GUARD } else { PE_PRESENT }),
                 nr_pages: Some(len),
             })?;
-            if !guard {
-                items.push((start, len * ps, off));
-                off += len * ps;
-                stats.written += len;
-            }
         }
     }
-    head.finish()?;
-    // Large dumps copy on every CPU the engine has, each part of the image
-    // written at its own offset.
-    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
-    let n = cpus
-        .min(4)
-        .min(usize::try_from(off / PART_MIN).unwrap_or(1))
-        .max(1);
-    let parts = split_bytes(&items, n);
-    let shown = pages_path.display().to_string();
-    let copy = |part: &[(u64, u64, u64)]| copy_pages(pid, &pages, part, &shown, progress);
-    if parts.len() <= 1 {
-        parts.first().map_or(Ok(()), |p| copy(p))?;
-    } else {
-        let jobs: Vec<_> = parts
-            .iter()
-            .map(|part| {
-                let copy = &copy;
-                move || {
-                    sys::unpin_thread();
-                    copy(part)
-                }
-            })
-            .collect();
-        crate::workers::run(jobs, |_| {
-            Err(Error::Unexpected {
-                tid: pid,
-                op: "dumping pages",
-                what: "a copying thread panicked".into(),
-            })
-        })
-        .into_iter()
-        .collect::<Result<()>>()?;
+    if !batch.is_empty() {
+        found(batch)?;
     }
+    head.finish()?;
     Ok(stats)
 }
 
 /// Copy `items` (address, length, offset) of task `pid` into `file`: runs
 /// gathered into one buffer with one process_vm_readv and written with one
 /// pwrite while they are contiguous in the image.
+/// `buf` is the caller's, kept from call to call and grown as needed.
 fn copy_pages(
     pid: Pid,
     file: &File,
-    items: &[(u64, u64, u64)],
+    items: &[Item],
+    buf: &mut Vec<u8>,
     shown: &str,
     progress: Option<&Progress>,
 ) -> Result<()> {
@@ -373,7 +503,10 @@ fn copy_pages(
     // No bigger than needed: a small task's pages are a few KiB, and a
     // zeroed 4 MiB per task would cost more than copying them.
     let need: u64 = items.iter().map(|i| i.1).sum();
-    let mut buf = vec![0u8; usize::try_from(need).map_or(CHUNK, |n| n.min(CHUNK))];
+    let want = usize::try_from(need).map_or(CHUNK, |n| n.min(CHUNK));
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
     let cap = buf.len();
     // Pending: (address, length) pieces filling buf from its start, and
     // the image offset of buf[0].
@@ -402,7 +535,7 @@ fn copy_pages(
                 || pending.len() == remote::IOV_MAX
                 || (fill > 0 && at_off + fill as u64 != off + done)
             {
-                flush(&mut pending, &mut fill, &mut buf, at_off)?;
+                flush(&mut pending, &mut fill, buf, at_off)?;
             }
             if fill == 0 {
                 at_off = off + done;
@@ -413,7 +546,7 @@ fn copy_pages(
             done += n as u64;
         }
     }
-    flush(&mut pending, &mut fill, &mut buf, at_off)
+    flush(&mut pending, &mut fill, buf, at_off)
 }
 
 /// Where the engine's trampoline lives in a task being restored, and the

@@ -121,6 +121,21 @@ pub fn stat(pid: Pid, tid: Option<Pid>) -> Result<Stat> {
     })
 }
 
+/// Bytes of memory resident in `pid` (`/proc/PID/statm`, from counters:
+/// no page table walk).
+pub fn resident(pid: Pid) -> Result<u64> {
+    let text = read(pid, "statm")?;
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::ProcFormat {
+            pid,
+            file: "statm".into(),
+        })?;
+    Ok(pages * crate::sys::page_size())
+}
+
 /// `/proc/PID/status` as key -> value.
 pub fn status(pid: Pid, tid: Option<Pid>) -> Result<BTreeMap<String, String>> {
     let what = match tid {

@@ -260,10 +260,8 @@ struct Memory {
 }
 
 fn memory_of(pid: Pid, dir: &Dir, pages_id: u32, progress: Option<&Progress>) -> Result<Memory> {
-    let raw = mm::read_vmas(pid)?;
-    let vmas = mm::dump_vmas(pid, &raw, None)?;
     let t = Instant::now();
-    let pages = mm::dump_pages(pid, &vmas, dir, pages_id, progress)?;
+    let (raw, pages) = mm::dump_memory(pid, dir, pages_id, progress)?;
     Ok(Memory {
         raw,
         pages,
