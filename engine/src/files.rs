@@ -456,11 +456,16 @@ impl Table {
     /// kind is not supported.
     pub fn dump_fd(&mut self, pid: Pid, fd: &proc::Fd, opts: Opts) -> Result<FdinfoEntry> {
         self.opts = opts;
+        let link = format!("/proc/{pid}/fd/{}", fd.fd);
         let unsupported = |what: String| Error::Unsupported {
             pid,
             what: format!("fd {} ({what})", fd.fd),
         };
-        let meta = &fd.meta;
+        let meta = fs::metadata(&link).map_err(|e| Error::Proc {
+            pid,
+            path: link.clone(),
+            err: e,
+        })?;
         let mut locks = Vec::new();
         for line in fd.extra.iter().filter(|l| l.starts_with("lock:")) {
             let kind = line.split_whitespace().nth(2).unwrap_or("?");
@@ -557,7 +562,11 @@ impl Table {
             self.note_locks(id, locks);
             return Ok(fdinfo(id, ty, fd));
         }
-        let cx = FdCtx { pid, fd, meta };
+        let cx = FdCtx {
+            pid,
+            fd,
+            meta: &meta,
+        };
         let mut kind = match ty {
             FdTypes::Pipe => Pipe::dump(&cx, self)?,
             FdTypes::Fifo => Fifo::dump(&cx, self)?,

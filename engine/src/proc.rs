@@ -297,8 +297,6 @@ pub struct Fd {
     pub fd: i32,
     /// Target of `/proc/PID/fd/N`.
     pub target: String,
-    /// Metadata of the open file (following that link).
-    pub meta: fs::Metadata,
     /// `pos:` of fdinfo.
     pub pos: u64,
     /// `flags:` of fdinfo (octal in the file), O_CLOEXEC included.
@@ -375,53 +373,16 @@ pub fn dir(pid: Pid, name: &str) -> Result<std::os::fd::OwnedFd> {
     })
 }
 
-/// Fds from which reading them is split over the engine's CPUs.
-const FDS_APART: usize = 128;
-
 fn fds_of(pid: Pid, nums: Vec<i32>) -> Result<Vec<Fd>> {
-    // Each directory looked up once; each fd's link and fdinfo inside it.
-    let (links, infos) = (dir(pid, "fd")?, dir(pid, "fdinfo")?);
-    let cpus = crate::sys::engine_cpus().map_or(1, |c| c.len()).min(4);
-    if nums.len() < FDS_APART || cpus < 2 {
-        return fds_in(pid, &links, &infos, &nums);
-    }
-    let (links, infos) = (&links, &infos);
-    let jobs: Vec<_> = nums
-        .chunks(nums.len().div_ceil(cpus))
-        .map(|part| {
-            move || {
-                crate::sys::unpin_thread();
-                fds_in(pid, links, infos, part)
-            }
-        })
-        .collect();
-    let mut out = Vec::with_capacity(nums.len());
-    for part in crate::workers::run(jobs, |_| {
-        Err(Error::Unexpected {
-            tid: pid,
-            op: "reading fds",
-            what: "a reading thread panicked".into(),
-        })
-    }) {
-        out.extend(part?);
-    }
-    Ok(out)
-}
-
-/// The fds `nums` of `pid`, through its `fd` and `fdinfo` directories.
-fn fds_in(
-    pid: Pid,
-    links: &std::os::fd::OwnedFd,
-    infos: &std::os::fd::OwnedFd,
-    nums: &[i32],
-) -> Result<Vec<Fd>> {
     use nix::fcntl::{OFlag, openat, readlinkat};
     use nix::sys::stat::Mode;
     use std::io::Read;
+    // Each directory looked up once; each fd's link and fdinfo inside it.
+    let (links, infos) = (dir(pid, "fd")?, dir(pid, "fdinfo")?);
     let mut out = Vec::with_capacity(nums.len());
-    for &fd in nums {
+    for fd in nums {
         let name = fd.to_string();
-        let target = match readlinkat(links, name.as_str()) {
+        let target = match readlinkat(&links, name.as_str()) {
             Ok(t) => t.to_string_lossy().into_owned(),
             // Closed since the listing (only a running task does that).
             Err(nix::errno::Errno::ENOENT) => continue,
@@ -434,20 +395,8 @@ fn fds_in(
             }
         };
         let mut info = String::new();
-        let link = format!("/proc/{pid}/fd/{fd}");
-        let meta = match fs::metadata(&link) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(Error::Proc {
-                    pid,
-                    path: link,
-                    err: e,
-                });
-            }
-        };
         let read = openat(
-            infos,
+            &infos,
             name.as_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
@@ -461,7 +410,6 @@ fn fds_in(
         let mut f = Fd {
             fd,
             target,
-            meta,
             pos: 0,
             flags: 0,
             mnt_id: -1,
