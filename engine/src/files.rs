@@ -1049,10 +1049,11 @@ impl Table {
             nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK,
         ) {
             Ok(n) if n > 0 => {
+                // Exactly the n bytes tee put there: no size probe, no
+                // read for the end.
                 drop(w);
-                let mut f = File::from(r);
-                f.read_to_end(&mut data).map_err(err)?;
-                data.truncate(n);
+                data.resize(n, 0);
+                File::from(r).read_exact(&mut data).map_err(err)?;
             }
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
             Err(e) => return Err(err(e.into())),
