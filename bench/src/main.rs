@@ -152,6 +152,8 @@ fn main() -> Result<()> {
                 eprintln!("{}", line(r));
             }
             rows.extend(these);
+            // Each cycle removes its own directory; the base goes once empty.
+            let _ = std::fs::remove_dir(&base);
         }
     }
     println!("{}", table(&rows, engines.len() > 1));
