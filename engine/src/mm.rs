@@ -114,11 +114,11 @@ pub fn dump_memory(
         let pages = dump_pages(pid, &vmas, dir, id, progress)?;
         return Ok((raw, pages));
     }
-    let maps = RawVmas {
+    let listed = RawVmas {
         maps: proc::maps(pid)?,
         flags: proc::VmFlags::new(),
     };
-    let vmas = dump_vmas(pid, &maps, None)?;
+    let vmas = dump_vmas(pid, &listed, None)?;
     std::thread::scope(|s| {
         let smaps = s.spawn(|| read_vmas(pid));
         let pages = dump_pages(pid, &vmas, dir, id, progress);
@@ -131,7 +131,7 @@ pub fn dump_memory(
         });
         let (raw, pages) = (raw?, pages?);
         // The task is frozen: both reads list the same maps.
-        if raw.maps != maps.maps {
+        if raw.maps != listed.maps {
             return Err(Error::Unexpected {
                 tid: pid,
                 op: "reading smaps",
@@ -358,36 +358,32 @@ pub fn dump_pages(
                 .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
         }
     };
-    let (walked, copied) = std::thread::scope(|s| {
-        let copiers: Vec<_> = (0..n).map(|_| s.spawn(copier)).collect();
-        let walked = walk_pages(pid, vmas, dir, id, &mut |batch| {
-            if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(Error::Unexpected {
-                    tid: pid,
-                    op: "dumping pages",
-                    what: "a copying thread failed".into(),
-                });
-            }
-            // The copiers hold the receiver until the scope ends.
-            let _ = tx.send(batch);
-            Ok(())
-        });
-        drop(tx);
-        // Every copier joined before the first error is looked at.
-        let copied: Vec<Result<()>> = copiers
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Unexpected {
+    let (walked, copied) = crate::workers::run_beside(
+        (0..n).map(|_| copier).collect(),
+        |_| {
+            Err(Error::Unexpected {
+                tid: pid,
+                op: "dumping pages",
+                what: "a copying thread panicked".into(),
+            })
+        },
+        || {
+            // Taken by the walk and dropped when it ends: the copiers finish.
+            let tx = tx;
+            walk_pages(pid, vmas, dir, id, &mut |batch| {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Unexpected {
                         tid: pid,
                         op: "dumping pages",
-                        what: "a copying thread panicked".into(),
-                    })
-                })
+                        what: "a copying thread failed".into(),
+                    });
+                }
+                // The copiers hold the receiver until every one is joined.
+                let _ = tx.send(batch);
+                Ok(())
             })
-            .collect();
-        (walked, copied)
-    });
+        },
+    );
     // A copier's own error says more than the walk stopping because of it.
     copied.into_iter().collect::<Result<()>>()?;
     walked

@@ -8,13 +8,25 @@ pub fn run<T: Send, F: FnOnce() -> T + Send>(
     jobs: Vec<F>,
     on_panic: impl Fn(usize) -> T,
 ) -> Vec<T> {
+    run_beside(jobs, on_panic, || ()).1
+}
+
+/// [`run`], with `main` run on the calling thread meanwhile (a producer
+/// feeding the jobs); its result, then theirs once every job is done.
+pub fn run_beside<T: Send, F: FnOnce() -> T + Send, R>(
+    jobs: Vec<F>,
+    on_panic: impl Fn(usize) -> T,
+    main: impl FnOnce() -> R,
+) -> (R, Vec<T>) {
     std::thread::scope(|s| {
         let handles: Vec<_> = jobs.into_iter().map(|f| s.spawn(f)).collect();
-        handles
+        let mine = main();
+        let theirs = handles
             .into_iter()
             .enumerate()
             .map(|(i, h)| h.join().unwrap_or_else(|_| on_panic(i)))
-            .collect()
+            .collect();
+        (mine, theirs)
     })
 }
 
