@@ -32,6 +32,47 @@ pub use x86 as native;
 
 use stasis_proto::images::core_entry::March;
 
+/// Numbers of the syscalls that wait with a restart block (poll and the
+/// timed waits) on one arch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitNrs {
+    pub poll: u64,
+    pub nanosleep: u64,
+    pub clock_nanosleep: u64,
+    pub futex: u64,
+}
+
+const TIMER_ABSTIME: u64 = 1;
+
+/// The arguments to issue syscall `nr` again with, after it was
+/// interrupted with ERESTART_RESTARTBLOCK: the kernel keeps what it needs
+/// to resume in the task's restart block, which no dump can read, so the
+/// call is made anew. `None` for a syscall that cannot be (it returns EINTR,
+/// as after a signal handler).
+///
+/// - poll: the same fds; a finite timeout starts again in full.
+/// - nanosleep, relative clock_nanosleep: the time left, which the kernel
+///   wrote to `rem` when interrupted; in full when `rem` is NULL.
+/// - futex waits: the same word and value (a changed word returns EAGAIN,
+///   which every futex caller handles); a relative timeout starts again.
+pub(crate) fn reissue(n: WaitNrs, nr: u64, mut args: [u64; 6]) -> Option<[u64; 6]> {
+    if nr == n.poll || nr == n.futex {
+        Some(args)
+    } else if nr == n.nanosleep {
+        if args[1] != 0 {
+            args[0] = args[1];
+        }
+        Some(args)
+    } else if nr == n.clock_nanosleep {
+        if args[3] != 0 && args[1] & TIMER_ABSTIME == 0 {
+            args[2] = args[3];
+        }
+        Some(args)
+    } else {
+        None
+    }
+}
+
 /// A CPU architecture stasis checkpoints and restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {

@@ -164,6 +164,12 @@ const ERESTARTNOINTR: u64 = 513;
 const ERESTARTNOHAND: u64 = 514;
 const ERESTART_RESTARTBLOCK: u64 = 516;
 const EINTR: u64 = 4;
+const WAITS: crate::WaitNrs = crate::WaitNrs {
+    poll: 167,
+    nanosleep: 162,
+    clock_nanosleep: 248,
+    futex: 221,
+};
 
 fn words_le(b: &[u8]) -> Vec<u64> {
     b.chunks_exact(8)
@@ -306,6 +312,24 @@ impl Regs {
         match err {
             Some(ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND) => {
                 r.gpr[3] = self.orig_gpr3;
+                r.nip = self.nip.wrapping_sub(SYSCALL_INSN_LEN);
+                r.ccr &= !CR0_SO;
+            }
+            Some(ERESTART_RESTARTBLOCK)
+                if let Some(a) = crate::reissue(
+                    WAITS,
+                    self.gpr[0],
+                    [
+                        self.orig_gpr3,
+                        self.gpr[4],
+                        self.gpr[5],
+                        self.gpr[6],
+                        self.gpr[7],
+                        self.gpr[8],
+                    ],
+                ) =>
+            {
+                r.gpr[3..9].copy_from_slice(&a);
                 r.nip = self.nip.wrapping_sub(SYSCALL_INSN_LEN);
                 r.ccr &= !CR0_SO;
             }

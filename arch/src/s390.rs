@@ -155,6 +155,12 @@ const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
+const WAITS: crate::WaitNrs = crate::WaitNrs {
+    poll: 168,
+    nanosleep: 162,
+    clock_nanosleep: 262,
+    futex: 238,
+};
 const EINTR: i64 = 4;
 
 fn be64(b: &[u8], off: usize) -> u64 {
@@ -274,7 +280,24 @@ impl Regs {
                         .psw_addr
                         .wrapping_sub(u64::from(self.system_call >> 16));
                 }
-                ERESTART_RESTARTBLOCK => r.gprs[2] = (-EINTR) as u64,
+                ERESTART_RESTARTBLOCK => {
+                    // `svc NR` carries the number below 256, `svc 0` in r1.
+                    let nr = match u64::from(self.system_call & 0xffff) {
+                        0 => self.gprs[1],
+                        n => n,
+                    };
+                    let mut args = [0; 6];
+                    args[0] = self.orig_gpr2;
+                    args[1..].copy_from_slice(&self.gprs[3..8]);
+                    if let Some(a) = crate::reissue(WAITS, nr, args) {
+                        r.gprs[2..8].copy_from_slice(&a);
+                        r.psw_addr = self
+                            .psw_addr
+                            .wrapping_sub(u64::from(self.system_call >> 16));
+                    } else {
+                        r.gprs[2] = (-EINTR) as u64;
+                    }
+                }
                 _ => {}
             }
         }

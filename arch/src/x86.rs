@@ -159,6 +159,12 @@ const ERESTARTNOINTR: i64 = 513;
 const ERESTARTNOHAND: i64 = 514;
 const ERESTART_RESTARTBLOCK: i64 = 516;
 const EINTR: i64 = 4;
+const WAITS: crate::WaitNrs = crate::WaitNrs {
+    poll: 7,
+    nanosleep: 35,
+    clock_nanosleep: 230,
+    futex: 202,
+};
 
 impl Regs {
     /// The registers as the image stores them.
@@ -259,8 +265,9 @@ impl Regs {
 
     /// Registers for resuming a task that was stopped inside a syscall,
     /// when the kernel will not restart it on its own (the task resumes from
-    /// a syscall-exit stop): restartable syscalls are re-issued, and one that
-    /// needs its lost restart block returns EINTR, as after a signal.
+    /// a syscall-exit stop): restartable syscalls are re-issued, those that
+    /// had a restart block too (see [`crate::reissue`]), and any other one
+    /// that needed its lost restart block returns EINTR, as after a signal.
     #[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)]
     pub fn with_syscall_restarted(&self) -> Regs {
         let mut r = *self;
@@ -272,7 +279,16 @@ impl Regs {
                 r.ax = self.orig_ax;
                 r.ip = self.ip.wrapping_sub(SYSCALL_INSN_LEN);
             }
-            ERESTART_RESTARTBLOCK => r.ax = (-EINTR) as u64,
+            ERESTART_RESTARTBLOCK => {
+                let args = [r.di, r.si, r.dx, r.r10, r.r8, r.r9];
+                if let Some(a) = crate::reissue(WAITS, self.orig_ax, args) {
+                    [r.di, r.si, r.dx, r.r10, r.r8, r.r9] = a;
+                    r.ax = self.orig_ax;
+                    r.ip = self.ip.wrapping_sub(SYSCALL_INSN_LEN);
+                } else {
+                    r.ax = (-EINTR) as u64;
+                }
+            }
             _ => {}
         }
         r.orig_ax = u64::MAX;
@@ -457,6 +473,41 @@ mod tests {
         }
         .with_syscall_restarted();
         assert_eq!((r.retval(), r.ip), (-4, 0x1002));
+        // poll and the timed waits are issued again; a nanosleep with the
+        // time left the kernel wrote to `rem`.
+        let poll = Regs {
+            ax: (-516i64).cast_unsigned(),
+            orig_ax: 7,
+            di: 0x5000,
+            si: 2,
+            dx: u64::MAX,
+            ..base
+        }
+        .with_syscall_restarted();
+        assert_eq!(
+            (poll.ax, poll.ip, poll.di, poll.si, poll.dx),
+            (7, 0x1000, 0x5000, 2, u64::MAX)
+        );
+        let sleep = Regs {
+            ax: (-516i64).cast_unsigned(),
+            orig_ax: 230,
+            di: 1,
+            si: 0,
+            dx: 0x6000,
+            r10: 0x6010,
+            ..base
+        }
+        .with_syscall_restarted();
+        assert_eq!((sleep.ax, sleep.ip, sleep.dx), (230, 0x1000, 0x6010));
+        let no_rem = Regs {
+            ax: (-516i64).cast_unsigned(),
+            orig_ax: 35,
+            di: 0x6000,
+            si: 0,
+            ..base
+        }
+        .with_syscall_restarted();
+        assert_eq!((no_rem.ax, no_rem.di), (35, 0x6000));
         let done = Regs { ax: 3, ..base }.with_syscall_restarted();
         assert_eq!((done.ax, done.ip), (3, 0x1002));
         let user = Regs {

@@ -172,8 +172,17 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 /// when dropped.
 struct Bar(Option<indicatif::ProgressBar>);
 
+/// Whether the bar may redraw itself on a thread of its own. Not while
+/// restoring: the restore forks the tree's tasks with their PIDs, which it
+/// may only do from a single-threaded engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tick {
+    Steady,
+    OnReport,
+}
+
 impl Bar {
-    fn new(verb: &'static str) -> Bar {
+    fn new(verb: &'static str, tick: Tick) -> Bar {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
             return Bar(None);
@@ -183,7 +192,9 @@ impl Bar {
             pb.set_style(style);
         }
         pb.set_prefix(verb);
-        pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        if tick == Tick::Steady {
+            pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        }
         Bar(Some(pb))
     }
 
@@ -229,7 +240,7 @@ fn write_pidfile(path: &Path, pid: i32) -> Result<()> {
 
 fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
     use stasis_engine::dump;
-    let bar = Bar::new("dump");
+    let bar = Bar::new("dump", Tick::Steady);
     let opts = dump::Opts {
         progress: bar.progress(),
         pid: nix::unistd::Pid::from_raw(a.tree),
@@ -262,7 +273,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
 
 fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
     use stasis_engine::restore;
-    let bar = Bar::new("restore");
+    let bar = Bar::new("restore", Tick::OnReport);
     let opts = restore::Opts {
         progress: bar.progress(),
         dir: a.cr.images_dir.clone(),

@@ -100,30 +100,10 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
         err,
     };
     let mut pages = BufWriter::new(File::create(&path).map_err(io)?);
-    let mut off = 0u64;
     let mut written = 0;
     let mut buf = vec![0u8; CHUNK];
-    while off < e.size {
-        let data = match nix::unistd::lseek(
-            f.as_fd(),
-            i64::try_from(off).unwrap_or(i64::MAX),
-            nix::unistd::Whence::SeekData,
-        ) {
-            Ok(d) => d.cast_unsigned() / PAGE * PAGE,
-            Err(_) => break,
-        };
-        let hole = nix::unistd::lseek(
-            f.as_fd(),
-            i64::try_from(data).unwrap_or(i64::MAX),
-            nix::unistd::Whence::SeekHole,
-        )
-        .map_or(e.size, i64::cast_unsigned)
-        .min(e.size)
-        .div_ceil(PAGE)
-            * PAGE;
-        if hole <= data {
-            break;
-        }
+    let end = e.size.div_ceil(PAGE) * PAGE;
+    for (data, hole) in crate::mm::data_extents(f, 0, end).map_err(io)? {
         pm.write(&PagemapEntry {
             vaddr: data,
             compat_nr_pages: u32::try_from((hole - data) / PAGE).unwrap_or(u32::MAX),
@@ -148,7 +128,6 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
             pages.write_all(&buf[..n]).map_err(io)?;
             at += n as u64;
         }
-        off = hole;
     }
     pages.flush().map_err(io)?;
     pm.finish()?;

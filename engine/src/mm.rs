@@ -106,12 +106,13 @@ pub fn dump_memory(
     pid: Pid,
     dir: &Dir,
     id: u32,
+    shared: &mut SharedPages,
     progress: Option<&Progress>,
 ) -> Result<(RawVmas, PageStats)> {
     if proc::resident(pid)? < SMAPS_APART {
         let raw = read_vmas(pid)?;
         let vmas = dump_vmas(pid, &raw, None)?;
-        let pages = dump_pages(pid, &vmas, dir, id, progress)?;
+        let pages = dump_pages(pid, &vmas, dir, id, shared, progress)?;
         return Ok((raw, pages));
     }
     let listed = RawVmas {
@@ -121,7 +122,7 @@ pub fn dump_memory(
     let vmas = dump_vmas(pid, &listed, None)?;
     std::thread::scope(|s| {
         let smaps = s.spawn(|| read_vmas(pid));
-        let pages = dump_pages(pid, &vmas, dir, id, progress);
+        let pages = dump_pages(pid, &vmas, dir, id, shared, progress);
         let raw = smaps.join().unwrap_or_else(|_| {
             Err(Error::Unexpected {
                 tid: pid,
@@ -297,6 +298,92 @@ pub struct PageStats {
     pub written: u64,
 }
 
+/// The page-aligned stretches `[from, to)` of file offsets of `f` that hold
+/// data (SEEK_DATA / SEEK_HOLE): for shmem, pages in memory and pages
+/// swapped out alike, whether or not any task maps them.
+pub fn data_extents(f: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{Whence, lseek};
+    use std::os::fd::AsFd;
+    let ps = sys::page_size();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut off = from;
+    while off < to {
+        let data = match lseek(
+            f.as_fd(),
+            i64::try_from(off).unwrap_or(i64::MAX),
+            Whence::SeekData,
+        ) {
+            Ok(d) => d.cast_unsigned() / ps * ps,
+            // ENXIO: no data past `off`.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= to {
+            break;
+        }
+        let hole = match lseek(
+            f.as_fd(),
+            i64::try_from(data).unwrap_or(i64::MAX),
+            Whence::SeekHole,
+        ) {
+            Ok(h) => h.cast_unsigned().div_ceil(ps) * ps,
+            Err(nix::errno::Errno::ENXIO) => to,
+            Err(e) => return Err(e.into()),
+        }
+        .min(to);
+        if hole <= data.max(off) {
+            break;
+        }
+        out.push((data.max(off), hole));
+        off = hole;
+    }
+    Ok(out)
+}
+
+/// Pages of shared anonymous memory objects (by inode) already in the
+/// images of this dump, as object offset ranges: each page goes in once,
+/// with the first task that maps it.
+#[derive(Debug, Default)]
+pub struct SharedPages(std::collections::HashMap<u64, Vec<(u64, u64)>>);
+
+impl SharedPages {
+    /// The parts of `ranges` (object offsets of object `ino`) not taken
+    /// yet, which are marked taken.
+    fn take(&mut self, ino: u64, ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+        let seen = self.0.entry(ino).or_default();
+        let mut out = Vec::new();
+        for (mut a, b) in ranges {
+            // `seen` is sorted and disjoint.
+            for &(s, e) in seen.iter() {
+                if e <= a || s >= b {
+                    continue;
+                }
+                if s > a {
+                    out.push((a, s));
+                }
+                a = a.max(e);
+                if a >= b {
+                    break;
+                }
+            }
+            if a < b {
+                out.push((a, b));
+            }
+        }
+        seen.extend(out.iter().copied());
+        seen.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(seen.len());
+        for &(s, e) in seen.iter() {
+            match merged.last_mut() {
+                Some((_, me)) if *me >= s => *me = (*me).max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *seen = merged;
+        out
+    }
+}
+
 /// Write the pages of `vmas` to `pagemap-ID.img` and `pages-ID.img`.
 ///
 /// The pagemap is walked once. Large dumps copy while it is walked: each
@@ -307,6 +394,7 @@ pub fn dump_pages(
     vmas: &[VmaEntry],
     dir: &Dir,
     id: u32,
+    shared: &mut SharedPages,
     progress: Option<&Progress>,
 ) -> Result<PageStats> {
     let pages_path = dir.pages_file(id);
@@ -330,7 +418,7 @@ pub fn dump_pages(
         .max(1);
     if n <= 1 {
         let mut items = Vec::new();
-        let stats = walk_pages(pid, vmas, dir, id, &mut |batch| {
+        let stats = walk_pages(pid, vmas, dir, id, shared, &mut |batch| {
             items.extend(batch);
             Ok(())
         })?;
@@ -370,7 +458,7 @@ pub fn dump_pages(
         || {
             // Taken by the walk and dropped when it ends: the copiers finish.
             let tx = tx;
-            walk_pages(pid, vmas, dir, id, &mut |batch| {
+            walk_pages(pid, vmas, dir, id, shared, &mut |batch| {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(Error::Unexpected {
                         tid: pid,
@@ -405,6 +493,7 @@ fn walk_pages(
     vmas: &[VmaEntry],
     dir: &Dir,
     id: u32,
+    shared: &mut SharedPages,
     found: &mut dyn FnMut(Vec<Item>) -> Result<()>,
 ) -> Result<PageStats> {
     let ps = sys::page_size();
@@ -425,6 +514,15 @@ fn walk_pages(
     for v in vmas.iter().filter(|v| dumped(v)) {
         // (start, pages, guard region)
         let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        // Shared anonymous memory: the object's pages, not the task's page
+        // table, which lacks those another task (maybe gone) wrote and those
+        // it never touched or that were reclaimed or swapped out.
+        let object = if v.status & status::ANON_SHARED != 0 {
+            Some(object_pages(pid, v, shared)?)
+        } else {
+            None
+        };
+        let mut next_obj = 0;
         let mut addr = v.start;
         while addr < v.end {
             let n = ((v.end - addr) / ps).min(4096);
@@ -441,7 +539,16 @@ fn walk_pages(
                 let page = addr + i as u64 * ps;
                 stats.scanned += 1;
                 let guard = word & PM_GUARD != 0;
-                if !guard && !wanted(v, word) {
+                let take = match &object {
+                    Some(o) => {
+                        while o.get(next_obj).is_some_and(|&(_, e)| e <= page) {
+                            next_obj += 1;
+                        }
+                        o.get(next_obj).is_some_and(|&(s, _)| s <= page)
+                    }
+                    None => wanted(v, word),
+                };
+                if !guard && !take {
                     continue;
                 }
                 match runs.last_mut() {
@@ -481,6 +588,25 @@ fn walk_pages(
     }
     head.finish()?;
     Ok(stats)
+}
+
+/// The address ranges of shared anonymous VMA `v` of `pid` whose pages the
+/// object holds and no earlier task of the dump took.
+fn object_pages(pid: Pid, v: &VmaEntry, shared: &mut SharedPages) -> Result<Vec<(u64, u64)>> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let err = |e: std::io::Error| Error::Proc {
+        pid,
+        path: path.clone(),
+        err: e,
+    };
+    let f = File::open(&path).map_err(err)?;
+    let len = v.end - v.start;
+    let data = data_extents(&f, v.pgoff, v.pgoff + len).map_err(err)?;
+    Ok(shared
+        .take(v.shmid, data)
+        .into_iter()
+        .map(|(a, b)| (v.start + (a - v.pgoff), v.start + (b - v.pgoff)))
+        .collect())
 }
 
 /// Copy `items` (address, length, offset) of task `pid` into `file`: runs

@@ -1431,3 +1431,106 @@ fn a_half_closed_connection_to_a_peer_outside_the_tree_comes_back_under_the_lock
     let got = wait_file(&out, &["ok", "bad"], 60);
     assert_eq!(got, "ok got:hello", "what the peer got after the restore");
 }
+
+/// A pty pair: the master (held by the test, as a terminal emulator would)
+/// and the slave's path.
+fn open_pty() -> (nix::pty::PtyMaster, String) {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .expect("posix_openpt");
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let name = nix::pty::ptsname_r(&master).expect("ptsname");
+    (master, name)
+}
+
+#[test]
+fn restore_with_a_terminal_on_stderr() {
+    need_root();
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let mut job = Job::counter(&counter, "0.05");
+    wait_counter(&counter, 2);
+    let img = images(tmp.path(), "img");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    let stopped = read_counter(&counter);
+    // As typed at a terminal: stderr is a tty, so the progress bar shows.
+    let (master, name) = open_pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .expect("open the slave");
+    let out = Command::new(stasis())
+        .args(["restore", "-D", img.to_str().expect("utf8"), "-d"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .output()
+        .expect("run stasis restore");
+    // Whatever it wrote to the terminal (errors go there too).
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) != Ok(1) {
+            break;
+        }
+        match nix::unistd::read(master.as_fd(), &mut buf) {
+            Ok(n) if n > 0 => said.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    assert!(
+        out.status.success(),
+        "restore with a terminal on stderr failed: {}",
+        String::from_utf8_lossy(&said)
+    );
+    assert!(
+        wait_counter(&counter, stopped) == stopped + 1,
+        "the counter did not resume where it stopped"
+    );
+}
+
+#[test]
+fn tail_follows_its_file_after_restore() {
+    need_root();
+    let tmp = tmpdir();
+    let log = tmp.path().join("log");
+    let out = tmp.path().join("out");
+    std::fs::write(&log, "one\n").expect("write log");
+    let mut job = Job::start(&format!(
+        "exec tail -n +1 -f {} > {}",
+        log.display(),
+        out.display()
+    ));
+    wait_file(&out, &["one"], 10);
+    // tail waits in poll() (inotify and its output) when it is dumped.
+    std::thread::sleep(Duration::from_millis(200));
+    let img = images(tmp.path(), "img");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    restore_ok(&img);
+    let add = |line: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        writeln!(f, "{line}").expect("append");
+    };
+    add("two");
+    wait_file(&out, &["one\ntwo"], 10);
+    add("three");
+    let got = wait_file(&out, &["one\ntwo\nthree"], 10);
+    assert_eq!(got, "one\ntwo\nthree\n");
+    assert!(
+        group_members(job.pgid).contains(&job.pgid),
+        "tail exited after restore"
+    );
+}

@@ -202,8 +202,9 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         s.spawn(move || {
             // Off the engine's pinned CPU.
             sys::unpin_thread();
+            let mut shared = mm::SharedPages::default();
             for (pid, id) in live {
-                let m = memory_of(pid, dir, id, progress);
+                let m = memory_of(pid, dir, id, &mut shared, progress);
                 let failed = m.is_err();
                 if tx.send(m).is_err() || failed {
                     break;
@@ -259,9 +260,15 @@ struct Memory {
     us: u32,
 }
 
-fn memory_of(pid: Pid, dir: &Dir, pages_id: u32, progress: Option<&Progress>) -> Result<Memory> {
+fn memory_of(
+    pid: Pid,
+    dir: &Dir,
+    pages_id: u32,
+    shared: &mut mm::SharedPages,
+    progress: Option<&Progress>,
+) -> Result<Memory> {
     let t = Instant::now();
-    let (raw, pages) = mm::dump_memory(pid, dir, pages_id, progress)?;
+    let (raw, pages) = mm::dump_memory(pid, dir, pages_id, shared, progress)?;
     Ok(Memory {
         raw,
         pages,

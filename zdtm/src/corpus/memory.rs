@@ -30,6 +30,24 @@ pub(crate) const TESTS: &[Test] = &[
         maps_shared,
     ),
     Test::new(
+        "shm-exited-writer",
+        Memory,
+        "shared anonymous pages written by a child that has exited",
+        shm_exited_writer,
+    ),
+    Test::new(
+        "shm-forked-writers",
+        Memory,
+        "shared anonymous memory written in parts by live and exited children",
+        shm_forked_writers,
+    ),
+    Test::new(
+        "shm-unmapped-pages",
+        Memory,
+        "shared anonymous pages in the object but not in the page table",
+        shm_unmapped_pages,
+    ),
+    Test::new(
         "maps-file-private",
         Memory,
         "private file mapping keeps COW'd and clean pages",
@@ -172,6 +190,77 @@ fn maps_shared(t: &mut Ctx) -> Res {
     );
     m.set(8, saved);
     check("shared mapping in the parent", &m, 2)
+}
+
+/// Fork a child that writes `pattern(seed)` into `m[from..to]` and exits;
+/// reap it.
+fn write_and_exit(m: &Map, seed: u64, from: usize, to: usize) -> Res {
+    let want = pattern_vec(seed, to);
+    match crate::testlib::sys::fork().or_fail("fork")? {
+        nix::unistd::ForkResult::Child => {
+            for (i, b) in want.iter().enumerate().skip(from) {
+                m.set(i, *b);
+            }
+            crate::testlib::sys::exit_now(0)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let st = nix::sys::wait::waitpid(child, None).or_fail("waitpid writer")?;
+            ensure!(
+                st == nix::sys::wait::WaitStatus::Exited(child, 0),
+                "writer ended with {st:?}"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn shm_exited_writer(t: &mut Ctx) -> Res {
+    let len = 64 * page_size();
+    let m = Map::anon(len, RW, MAP_SHARED).or_fail("mmap")?;
+    // The parent never touches these pages before the dump: they are only
+    // in the shared object, in no live task's page table.
+    write_and_exit(&m, 21, 0, len)?;
+    t.wait("flipped byte 40000 of the shared mapping", || {
+        flip(&m, 40000)
+    })?;
+    check("pages the exited child wrote", &m, 21)
+}
+
+fn shm_forked_writers(t: &mut Ctx) -> Res {
+    let ps = page_size();
+    let len = 48 * ps;
+    let m = Map::anon(len, RW, MAP_SHARED).or_fail("mmap")?;
+    let mr = &m;
+    // Pages 0..16 by a child that exits, 16..32 by one that stays, 32..48
+    // by another that exits after the one that stays was forked.
+    write_and_exit(&m, 22, 0, 16 * ps)?;
+    let want = pattern_vec(22, len);
+    t.spawn("writer", |c| {
+        for (i, b) in want.iter().enumerate().take(32 * ps).skip(16 * ps) {
+            mr.set(i, *b);
+        }
+        c.wait("no sabotage in the writer", || Ok(()))?;
+        check("the whole object seen by the live writer", mr, 22)
+    })?;
+    write_and_exit(&m, 22, 32 * ps, len)?;
+    t.wait("flipped a byte the exited writer wrote", || {
+        flip(&m, 40 * ps + 3)
+    })?;
+    check("the whole object seen by the parent", &m, 22)?;
+    t.check_kids()
+}
+
+fn shm_unmapped_pages(t: &mut Ctx) -> Res {
+    let ps = page_size();
+    let m = Map::anon(32 * ps, RW, MAP_SHARED).or_fail("mmap")?;
+    m.fill(23);
+    // Drops the page table entries only: the object keeps the pages.
+    m.advise(0, 32 * ps, libc::MADV_DONTNEED)
+        .or_fail("MADV_DONTNEED")?;
+    t.wait("flipped byte 5 of a page out of the page table", || {
+        flip(&m, 5 * ps + 5)
+    })?;
+    check("shared pages out of the page table", &m, 23)
 }
 
 fn file_with_pattern(t: &Ctx, seed: u64, len: usize) -> Res<std::fs::File> {
