@@ -9,8 +9,14 @@
 //! `zdtm/known-failures.txt` (`ci/test` sets it to the built stasis). Tests need root; as another user
 //! they fail saying so. Skips (architecture, CPU flag, missing engine
 //! feature) are reported as ignored, with the reason printed first.
+//!
+//! Case directories go to a fresh `/tmp/zdtm-cargo-PID`, one subdirectory
+//! per mode (`nocr::X` and `sabotage::X` run at the same time on different
+//! threads and must not share a directory), removed when the harness ends,
+//! whatever the outcome. To keep the directories of failed cases, set
+//! `ZDTM_KEEP_DIR` to a directory of your own: they are left there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +28,8 @@ use zdtm::runner::{self, KeepImg, Options, Status, engine::Engine, known::KnownF
 fn options(
     engine: Option<PathBuf>,
     sabotage: bool,
-    work: &std::path::Path,
+    work: &Path,
+    keep_img: KeepImg,
 ) -> Result<Options, String> {
     let known = match &engine {
         Some(_) => {
@@ -42,7 +49,7 @@ fn options(
         pre: 0,
         snaps: false,
         sabotage,
-        keep_img: KeepImg::Failed,
+        keep_img,
         work_dir: work.to_owned(),
         timeout: Duration::from_secs(30),
         known,
@@ -59,11 +66,10 @@ fn trial(prefix: &str, t: zdtm::meta::Test, opts: &Arc<Options>) -> Trial {
     let opts = Arc::clone(opts);
     Trial::test(name, move || {
         let r = runner::run_case(&t, Flavor::H, &opts);
-        let dir = r
-            .dir
-            .as_ref()
-            .map(|d| format!(" [kept: {}]", d.display()))
-            .unwrap_or_default();
+        let dir = r.dir.as_ref().map_or_else(
+            || " [set ZDTM_KEEP_DIR=DIR to keep the case directory]".to_owned(),
+            |d| format!(" [kept: {}]", d.display()),
+        );
         match r.status {
             Status::Pass | Status::ExpectedFail => Ok(()),
             Status::Skip => Err(Failed::from(format!("skipped at run time: {}", r.reason))),
@@ -76,13 +82,51 @@ fn trial(prefix: &str, t: zdtm::meta::Test, opts: &Arc<Options>) -> Trial {
     .with_ignored_flag(skip.is_some())
 }
 
+/// The harness's directory of case directories: a fresh one under the
+/// temporary directory, removed on every way out of `main` (failures and
+/// panics included), or `ZDTM_KEEP_DIR`, which is left in place.
+struct WorkDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl WorkDir {
+    fn new() -> std::io::Result<Self> {
+        let (path, remove) = match std::env::var_os("ZDTM_KEEP_DIR").filter(|d| !d.is_empty()) {
+            Some(d) => (PathBuf::from(d), false),
+            None => (
+                std::env::temp_dir().join(format!("zdtm-cargo-{}", std::process::id())),
+                true,
+            ),
+        };
+        // Created before it is owned, so a failure here removes nothing.
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path, remove })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let work = std::env::temp_dir().join(format!("zdtm-cargo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&work) {
-        eprintln!("cannot create {}: {e}", work.display());
-        return ExitCode::FAILURE;
-    }
+    let work = match WorkDir::new() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("zdtm harness: cannot create the work directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let keep_img = if work.remove {
+        KeepImg::Never
+    } else {
+        KeepImg::Failed
+    };
     let engine = std::env::var_os("ZDTM_ENGINE")
         .filter(|e| !e.is_empty())
         .map(PathBuf::from);
@@ -93,7 +137,9 @@ fn main() -> ExitCode {
         modes.push(("cr", false, Some(e)));
     }
     for (prefix, sabotage, engine) in modes {
-        let opts = match options(engine, sabotage, &work) {
+        // A directory per mode: the same test runs in every mode, and the
+        // modes' cases run side by side.
+        let opts = match options(engine, sabotage, &work.path.join(prefix), keep_img) {
             Ok(o) => Arc::new(o),
             Err(e) => {
                 eprintln!("zdtm harness: {e}");
@@ -106,8 +152,5 @@ fn main() -> ExitCode {
                 .map(|t| trial(prefix, t, &opts)),
         );
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    // Kept case directories of failures stay; an empty work dir goes.
-    let _ = std::fs::remove_dir(&work);
-    conclusion.exit_code()
+    libtest_mimic::run(&args, trials).exit_code()
 }

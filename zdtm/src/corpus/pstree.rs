@@ -98,13 +98,11 @@ pub(crate) const TESTS: &[Test] = &[
 ];
 
 /// Fork a bare child running `body` (its exit code); no readiness protocol.
+/// It may be sent SIGTERM or SIGUSR2 before it first runs: [`sys::fork`]
+/// keeps those for it.
 fn raw_child(body: impl FnOnce() -> i32) -> Res<Pid> {
     match sys::fork().or_fail("fork")? {
-        ForkResult::Child => {
-            TERM.store(false, Ordering::SeqCst);
-            USR2.store(false, Ordering::SeqCst);
-            exit_now(body())
-        }
+        ForkResult::Child => exit_now(body()),
         ForkResult::Parent { child } => Ok(child),
     }
 }

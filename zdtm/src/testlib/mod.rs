@@ -252,8 +252,6 @@ impl Ctx {
         match sys::fork().or_fail("fork")? {
             ForkResult::Child => {
                 drop(r);
-                TERM.store(false, Ordering::SeqCst);
-                USR2.store(false, Ordering::SeqCst);
                 let mut c = Ctx {
                     name: self.name,
                     role: role.to_owned(),
