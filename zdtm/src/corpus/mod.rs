@@ -11,6 +11,7 @@ mod memory;
 mod namespaces;
 mod pipes;
 mod pstree;
+mod restart;
 mod signals;
 mod sockets;
 mod threads;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Test> {
         pstree::TESTS,
         threads::TESTS,
         signals::TESTS,
+        restart::TESTS,
         timers::TESTS,
         creds::TESTS,
         environment::TESTS,
