@@ -51,6 +51,16 @@ fn handle_poke() -> Res {
     nix::errno::Errno::result(r).or_fail("sigaction").map(drop)
 }
 
+/// Interrupt thread `tid` of this process with [`POKE`].
+fn poke(tid: i32) -> Res {
+    let pid = u64::from(std::process::id());
+    let args = [pid, u64::try_from(tid).unwrap_or(0), POKE as u64, 0, 0, 0];
+    // SAFETY: tgkill writes no memory.
+    unsafe { syscall6(libc::SYS_tgkill, args) }
+        .or_fail("tgkill")
+        .map(drop)
+}
+
 /// The syscall thread `tid` of this process sleeps in, from /proc.
 fn sleeping_in(tid: i32) -> Option<i64> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
@@ -82,7 +92,7 @@ fn blocked_call(
             let mut id = 0;
             for _ in 0..2000 {
                 id = tid.load(Ordering::SeqCst);
-                if id != 0 && sleeping_in(id) == Some(i64::from(nr)) {
+                if id != 0 && sleeping_in(id) == Some(nr) {
                     break;
                 }
                 ensure!(
@@ -92,19 +102,11 @@ fn blocked_call(
                 );
                 nap(5);
             }
-            ensure_eq!(
-                "syscall the thread sleeps in",
-                sleeping_in(id),
-                Some(i64::from(nr))
-            );
+            ensure_eq!("syscall the thread sleeps in", sleeping_in(id), Some(nr));
             std::thread::sleep(settle);
             t.wait(
                 "interrupted the sleeping call with a handled signal",
-                || {
-                    // SAFETY: tgkill of a live thread of this process.
-                    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), id, POKE) };
-                    nix::errno::Errno::result(r).or_fail("tgkill").map(drop)
-                },
+                || poke(id),
             )?;
             // Time for a restart gone wrong to show.
             nap(100);
@@ -208,9 +210,7 @@ fn restart_nanosleep(t: &mut Ctx) -> Res {
         move || raw(unsafe { syscall6(nr, args) }),
         |sleeper| {
             // Ended by a handled signal: it returns EINTR with the time left.
-            // SAFETY: tgkill of a live thread of this process.
-            let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), sleeper, POKE) };
-            nix::errno::Errno::result(r).or_fail("tgkill").map(drop)
+            poke(sleeper)
         },
         |r| {
             ensure_eq!(
