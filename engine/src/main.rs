@@ -278,6 +278,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         progress: bar.progress(),
         dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
+        detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
     };
     let t = std::time::Instant::now();
@@ -294,7 +295,10 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
     if a.restore_detached {
         return Ok(ExitCode::SUCCESS);
     }
-    let code = restore::wait_root(done.root);
+    let code = match &done.terminal {
+        Some(tty) => stasis_engine::tty::wait_foreground(done.root, tty),
+        None => restore::wait_root(done.root),
+    };
     Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
 }
 

@@ -110,6 +110,117 @@ pub fn restore_ctty(
     Ok(())
 }
 
+/// `--shell-job`: the terminal of the shell root task `pid` ran from (its
+/// session is outside the tree), recorded when the job was the terminal's
+/// foreground group, so that a restore run in the foreground of a shell
+/// gives it the terminal again.
+pub fn dump_shell_job(pid: Pid, st: &proc::Stat) -> Option<TtyInfoEntry> {
+    if st.sid == pid.as_raw() || st.tty_nr == 0 || st.tpgid != st.pgid {
+        return None;
+    }
+    let rdev = rdev_of_tty_nr(st.tty_nr);
+    Some(TtyInfoEntry {
+        id: 0x8000_0000 | st.tty_nr,
+        r#type: TtyType::ExtTty as i32,
+        sid: st.sid.cast_unsigned(),
+        pgrp: st.tpgid.cast_unsigned(),
+        rdev: u32::try_from(rdev).unwrap_or(0),
+        ..TtyInfoEntry::default()
+    })
+}
+
+/// The restore's own controlling terminal, when the shell job `root` was
+/// dumped in the foreground of that terminal and the restore runs in its
+/// foreground too: the job is given it.
+pub fn shell_job_terminal(
+    files: &Table,
+    root: &stasis_proto::images::PstreeEntry,
+) -> Option<OwnedFd> {
+    let dumped = files
+        .ttys()
+        .iter()
+        .find(|i| i.r#type == TtyType::ExtTty as i32 && i.sid == root.sid && i.pgrp == root.pgid)?;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/tty");
+    let Ok(tty) = tty else {
+        tracing::warn!(
+            "the job was in the foreground of its terminal; this restore has no terminal, so it runs in the background"
+        );
+        return None;
+    };
+    // /dev/tty's own inode is (5, 0): the terminal is the one /proc names.
+    let same = proc::stat(nix::unistd::getpid(), None)
+        .is_ok_and(|st| rdev_of_tty_nr(st.tty_nr) == u64::from(dumped.rdev));
+    let ours = nix::unistd::tcgetpgrp(tty.as_fd()).ok() == Some(nix::unistd::getpgrp());
+    if !same || !ours {
+        tracing::warn!(
+            "the job was in the foreground of its terminal; the restore runs in the background or on another terminal, so the job does too"
+        );
+        return None;
+    }
+    Some(OwnedFd::from(tty))
+}
+
+/// In a task being restored (the shell job's root, just made leader of its
+/// group): take the foreground of the terminal `tty` of the session.
+pub fn take_foreground(tty: std::os::fd::BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+    // A group outside the foreground may take it only with SIGTTOU blocked
+    // (the engine sets the task's mask later).
+    let ttou = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGTTOU);
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&ttou), None)?;
+    nix::unistd::tcsetpgrp(tty, nix::unistd::getpgrp())
+}
+
+/// Wait for the restored shell job `root` that holds the terminal `tty`,
+/// as a shell waits for its foreground job: when it stops (^Z) the engine
+/// takes the terminal back and stops too, so the shell sees its job
+/// stopped; continued in the foreground (`fg`) it hands the terminal to the
+/// job again and continues it. Its exit code (128+signal if killed).
+pub fn wait_foreground(root: Pid, tty: &OwnedFd) -> i32 {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, pthread_sigmask};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let me = nix::unistd::getpgrp();
+    let job = nix::unistd::getpgid(Some(root)).unwrap_or(root);
+    // Taking the terminal back from the background needs SIGTTOU blocked.
+    let _ = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::from(Signal::SIGTTOU)),
+        None,
+    );
+    let give_back = || {
+        let _ = nix::unistd::tcsetpgrp(tty.as_fd(), me);
+    };
+    loop {
+        match waitpid(root, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                give_back();
+                return code;
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                give_back();
+                return 128 + sig as i32;
+            }
+            Ok(WaitStatus::Stopped(..)) => {
+                give_back();
+                let _ = kill(nix::unistd::getpid(), Signal::SIGTSTP);
+                // Continued: by `fg` with the terminal, by `bg` without.
+                if nix::unistd::tcgetpgrp(tty.as_fd()).ok() == Some(me) {
+                    let _ = nix::unistd::tcsetpgrp(tty.as_fd(), job);
+                }
+                let _ = killpg(job, Signal::SIGCONT);
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => {
+                give_back();
+                return 1;
+            }
+        }
+    }
+}
+
 /// Pseudo-terminal ends whose master is in the tree: the open file
 /// (`tty_file_entry` in `files.img`), each end's state (`tty_info_entry`:
 /// lock, packet mode, termios, window size, index) and the bytes queued

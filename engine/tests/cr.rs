@@ -1534,3 +1534,86 @@ fn tail_follows_its_file_after_restore() {
         "tail exited after restore"
     );
 }
+
+/// The children of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_shell_job_restored_from_its_shell_is_in_the_foreground_again() {
+    use std::os::fd::AsFd;
+    need_root();
+    let tmp = tmpdir();
+    let img = images(tmp.path(), "img");
+    let (master, name) = open_pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .expect("open the slave");
+    let stdio = || Stdio::from(slave.try_clone().expect("dup the slave"));
+    // An interactive shell with job control on the terminal, as a user has.
+    let child = Command::new("setsid")
+        .args(["-c", "bash", "--norc", "--noprofile", "-i"])
+        .env("TERM", "dumb")
+        .env("PS1", "$ ")
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
+        .spawn()
+        .expect("start bash");
+    drop(slave);
+    let shell = i32::try_from(child.id()).expect("pid");
+    let _job = Job {
+        child: Some(child),
+        pgid: shell,
+    };
+    read_until(&master, "$ ", 20);
+    // A foreground job reading the terminal.
+    nix::unistd::write(master.as_fd(), b"python3 -q -i\n").expect("type");
+    read_until(&master, ">>> ", 20);
+    nix::unistd::write(master.as_fd(), b"x = 6 * 7\n").expect("type");
+    read_until(&master, ">>> ", 20);
+    let py = children(shell);
+    assert_eq!(py.len(), 1, "bash should have one job, it has {py:?}");
+    // The restored job leads its own group; killed on every path.
+    let _restored = Job {
+        child: None,
+        pgid: py[0],
+    };
+    dump_ok_with(py[0], &img, &["--shell-job"]);
+    // The shell takes the terminal back once its job is gone.
+    read_until(&master, "$ ", 20);
+    let cmd = format!(
+        "{} restore -D {} --shell-job -o restore.log -v4; echo rc=$?\n",
+        stasis(),
+        img.display()
+    );
+    nix::unistd::write(master.as_fd(), cmd.as_bytes()).expect("type");
+    // The restored job reads the terminal: in the background it would stop
+    // on SIGTTIN and never answer.
+    let restored = Instant::now();
+    while !children(shell)
+        .iter()
+        .any(|&s| children(s).contains(&py[0]))
+    {
+        assert!(
+            restored.elapsed() < Duration::from_secs(20),
+            "the job was not restored under the shell's stasis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::unistd::write(master.as_fd(), b"print(x + 1)\n").expect("type");
+    let got = read_until(&master, "43", 20);
+    assert!(got.contains("43"), "the job answered {got:?}");
+    nix::unistd::write(master.as_fd(), b"exit(3)\n").expect("type");
+    // The restore waited for its job and passed its exit code on.
+    read_until(&master, "rc=3", 20);
+    nix::unistd::write(master.as_fd(), b"exit\n").expect("type");
+}

@@ -314,6 +314,12 @@ fn dump_tasks(
             continue;
         }
         dump_task(t, &namespaces, dir, files, filters, fopts, rx, stats)?;
+        if i == 0
+            && fopts.shell_job
+            && let Some(ext) = crate::tty::dump_shell_job(t.pid, &proc::stat(t.pid, None)?)
+        {
+            files.add_ctty(ext);
+        }
         stats.tasks += 1;
         crate::progress::report(
             opts.progress.as_ref(),

@@ -3,7 +3,7 @@
 //! children with their PIDs, install its fds from the engine's file pool,
 //! change directory, report to the engine, and wait to be taken over.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::{Plan, pid_of};
 use crate::sys;
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "its session",
     "its process group",
     "a child with its PID",
@@ -19,6 +19,7 @@ const STEPS: [&str; 7] = [
     "its root directory",
     "its working directory",
     "closing inherited fds",
+    "the foreground of its terminal",
 ];
 
 /// The name of a setup step a task reported failing.
@@ -90,6 +91,9 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         nix::unistd::setsid().map_err(|e| (e, 0))?;
     } else if p.pst.pgid == pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| (e, 1))?;
+        if let Some(tty) = &p.terminal {
+            crate::tty::take_foreground(tty.as_fd()).map_err(|e| (e, 7))?;
+        }
     } else if nix::unistd::getpgrp().as_raw() != p.pst.pgid.cast_signed() {
         join_group(pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;
     }

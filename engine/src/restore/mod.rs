@@ -39,6 +39,9 @@ pub struct Opts {
     pub dir: PathBuf,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// `-d`: the restore does not wait for the tree, so a shell job does
+    /// not take the terminal.
+    pub detached: bool,
     /// `--network-lock`: lift the lock the dump left (`skip` leaves it).
     pub network_lock: bool,
     /// Where progress goes, if anywhere.
@@ -52,6 +55,9 @@ pub struct Restored {
     pub root: Pid,
     /// Pages written into the tasks.
     pub pages: u64,
+    /// A shell job given the terminal: wait for it with
+    /// [`crate::tty::wait_foreground`].
+    pub terminal: Option<OwnedFd>,
 }
 
 /// One task to create.
@@ -74,6 +80,8 @@ pub(crate) struct Plan {
     pub epolls: Vec<(RawFd, u32)>,
     pub cwd: Option<String>,
     pub root_dir: Option<String>,
+    /// The shell job's root: the terminal whose foreground it takes.
+    pub terminal: Option<OwnedFd>,
 }
 
 /// The trampoline: one code page, then data pages (a seccomp program of up
@@ -135,6 +143,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
             epolls: Vec::new(),
             cwd: None,
             root_dir: None,
+            terminal: None,
         };
         if zombie.is_none() {
             let files_id = plan.core.ids.as_ref().map_or(id, |i| u64::from(i.files_id));
@@ -186,6 +195,9 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     tracing::debug!("reading the images");
     let (mut plans, files, inv) = load(&dir)?;
     tracing::debug!(tasks = plans.len(), "images read");
+    if opts.shell_job {
+        shell_job(&mut plans, &files, opts.detached);
+    }
     for p in &plans {
         for &t in &p.pst.threads {
             if std::path::Path::new(&format!("/proc/{t}")).exists() {
@@ -392,7 +404,12 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
                     crate::netlock::table_name(root)
                 );
             }
-            Ok(Restored { root, pages })
+            let terminal = plans.first_mut().and_then(|p| p.terminal.take());
+            Ok(Restored {
+                root,
+                pages,
+                terminal,
+            })
         }
         Err(e) => {
             for p in plans.iter().rev() {
@@ -401,6 +418,34 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             let _ = waitpid(root, None);
             Err(e)
         }
+    }
+}
+
+/// `--shell-job`: the job's session (its shell's, outside the tree) is the
+/// restore's own, and a job dumped in the foreground of its terminal takes
+/// it again when the restore waits for it there.
+fn shell_job(plans: &mut [Plan], files: &Table, detached: bool) {
+    let Some(root) = plans.first() else {
+        return;
+    };
+    let old = root.pst.sid;
+    let terminal = crate::tty::shell_job_terminal(files, &root.pst);
+    if terminal.is_some() && detached {
+        tracing::warn!(
+            "the job was in the foreground of this terminal; restored with -d it runs in the background"
+        );
+    }
+    if !plans.iter().any(|p| p.pst.pid == old)
+        && let Ok(sid) = nix::unistd::getsid(None)
+    {
+        for p in plans.iter_mut().filter(|p| p.pst.sid == old) {
+            p.pst.sid = sid.as_raw().cast_unsigned();
+        }
+    }
+    if let Some(root) = plans.first_mut()
+        && !detached
+    {
+        root.terminal = terminal;
     }
 }
 
