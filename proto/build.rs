@@ -72,6 +72,9 @@ fn compile(files: &[&str], descriptor_name: &str) -> Result<(), Box<dyn std::err
     let fds = compiler.file_descriptor_set();
     let mut config = prost_build::Config::new();
     config.out_dir(&out);
+    // Each type names its schema message: readers check required fields
+    // against the descriptor (prost itself fills them with zeros).
+    config.enable_type_names();
     config.compile_fds(fds)?;
     Ok(())
 }

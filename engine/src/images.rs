@@ -100,7 +100,11 @@ impl Dir {
     }
 
     /// Every entry of image `name` for object `id`.
-    pub fn read_all<M: prost::Message + Default>(&self, name: &str, id: u64) -> Result<Vec<M>> {
+    pub fn read_all<M: prost::Message + prost::Name + Default>(
+        &self,
+        name: &str,
+        id: u64,
+    ) -> Result<Vec<M>> {
         let mut r = self.open_image(name, id)?;
         let mut out = Vec::new();
         while let Some(m) = r.read_entry()? {
@@ -110,7 +114,11 @@ impl Dir {
     }
 
     /// The single entry of image `name` for object `id`.
-    pub fn read_one<M: prost::Message + Default>(&self, name: &str, id: u64) -> Result<M> {
+    pub fn read_one<M: prost::Message + prost::Name + Default>(
+        &self,
+        name: &str,
+        id: u64,
+    ) -> Result<M> {
         let mut r = self.open_image(name, id)?;
         r.read_entry()?.ok_or_else(|| Error::BadImage {
             path: r.path().to_owned(),

@@ -57,7 +57,7 @@ fn kind(name: &str) -> &'static ImageKind {
     kind::by_name(name).unwrap_or_else(|| panic!("image kind {name} is defined"))
 }
 
-fn read_all<M: prost::Message + Default>(
+fn read_all<M: prost::Message + prost::Name + Default>(
     path: &Path,
     kind_name: &str,
 ) -> Result<Vec<M>, ImageError> {
@@ -90,7 +90,7 @@ impl Dump {
         }
     }
 
-    fn one<M: prost::Message + Default>(
+    fn one<M: prost::Message + prost::Name + Default>(
         &self,
         file: &str,
         kind_name: &str,

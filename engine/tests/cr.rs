@@ -1617,3 +1617,73 @@ fn a_shell_job_restored_from_its_shell_is_in_the_foreground_again() {
     read_until(&master, "rc=3", 20);
     nix::unistd::write(master.as_fd(), b"exit\n").expect("type");
 }
+
+/// Rewrite the single-entry image `path` of message `message`, taking out
+/// the field at `field` (a path of names through sub-messages).
+fn drop_field(path: &Path, message: &str, field: &[&str]) {
+    use prost::Message;
+    use prost_reflect::{DynamicMessage, Value};
+    let mut r = stasis_proto::ImageReader::open(path).expect("open image");
+    let kind = r.kind();
+    let frame = r.next_frame().expect("frame").expect("an entry");
+    let desc = stasis_proto::json::message(message).expect("schema message");
+    let mut msg = DynamicMessage::decode(desc, frame.as_slice()).expect("decode");
+    fn clear(m: &mut DynamicMessage, field: &[&str]) {
+        match field {
+            [last] => {
+                assert!(m.has_field_by_name(last), "no field {last} to drop");
+                m.clear_field_by_name(last);
+            }
+            [first, rest @ ..] => match m.get_field_by_name_mut(first) {
+                Some(Value::Message(sub)) => clear(sub, rest),
+                _ => panic!("no sub-message {first}"),
+            },
+            [] => {}
+        }
+    }
+    clear(&mut msg, field);
+    let mut w = stasis_proto::ImageWriter::create(path, kind).expect("create image");
+    w.write_frame(&msg.encode_to_vec()).expect("write");
+    w.finish().expect("finish");
+}
+
+#[test]
+fn a_core_image_without_a_required_register_is_refused_and_leaves_no_task() {
+    need_root();
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let mut job = Job::counter(&counter, "0.05");
+    wait_counter(&counter, 2);
+    let img = images(tmp.path(), "img");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    let regs: &[&str] = match std::env::consts::ARCH {
+        "aarch64" => &["ti_aarch64", "gpregs", "pc"],
+        "powerpc64" => &["ti_ppc64", "gpregs", "nip"],
+        "s390x" => &["ti_s390", "gpregs", "psw_addr"],
+        _ => &["thread_info", "gpregs", "orig_ax"],
+    };
+    let core = img.join(format!("core-{}.img", job.pgid));
+    drop_field(&core, "core_entry", regs);
+    let out = run(&["restore", "-D", img.to_str().expect("utf8"), "-d"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "restore of a broken core: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line, got {err}");
+    let reg = regs[regs.len() - 1];
+    assert!(
+        lines[0].contains(&format!("core-{}.img", job.pgid)) && lines[0].contains(reg),
+        "the error names neither the image nor the field: {err}"
+    );
+    eprintln!("the restore said: {err}");
+    // No task of the tree came back.
+    assert!(
+        !Path::new(&format!("/proc/{}", job.pgid)).exists(),
+        "a task was left behind"
+    );
+    wait_group_gone(job.pgid);
+}

@@ -198,18 +198,29 @@ impl<R: BufRead> ImageReader<R> {
     }
 
     /// The next entry decoded as `M`, or `None` at a clean end of file.
-    pub fn read_entry<M: prost::Message + Default>(&mut self) -> Result<Option<M>, ImageError> {
+    /// An entry that lacks a field the schema marks required is refused, as
+    /// the JSON decoder refuses it (prost would read it as zero).
+    pub fn read_entry<M: prost::Message + prost::Name + Default>(
+        &mut self,
+    ) -> Result<Option<M>, ImageError> {
         let Some(buf) = self.next_frame()? else {
             return Ok(None);
         };
-        M::decode(buf.as_slice())
-            .map(Some)
-            .map_err(|source| ImageError::Decode {
+        let m = M::decode(buf.as_slice()).map_err(|source| ImageError::Decode {
+            path: self.path.clone(),
+            offset: self.entry_offset,
+            message: short_type_name::<M>(),
+            source,
+        })?;
+        if let Some(field) = crate::json::missing_required_in(M::NAME, &buf) {
+            return Err(ImageError::MissingField {
                 path: self.path.clone(),
                 offset: self.entry_offset,
-                message: short_type_name::<M>(),
-                source,
-            })
+                message: M::NAME.to_owned(),
+                field,
+            });
+        }
+        Ok(Some(m))
     }
 
     /// Copy a raw payload of `len` bytes that follows the last entry into `dst`,

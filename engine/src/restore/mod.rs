@@ -108,6 +108,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     files.make_memfds(dir)?;
     files.make_ghosts()?;
     let pstree: Vec<PstreeEntry> = dir.read_all("PSTREE", 0)?;
+    check_pstree(&pstree)?;
     let mut plans = Vec::new();
     for pst in pstree {
         let id = u64::from(pst.pid);
@@ -147,7 +148,9 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
         };
         if zombie.is_none() {
             let files_id = plan.core.ids.as_ref().map_or(id, |i| u64::from(i.files_id));
-            plan.mm = Some(dir.read_one("MM", id)?);
+            let mm: MmEntry = dir.read_one("MM", id)?;
+            check_vmas(id, &mm)?;
+            plan.mm = Some(mm);
             let fs: FsEntry = dir.read_one("FS", id)?;
             plan.cwd = files.path_of(fs.cwd_id).map(str::to_owned);
             plan.root_dir = files.path_of(fs.root_id).map(str::to_owned);
@@ -419,6 +422,77 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             Err(e)
         }
     }
+}
+
+/// The process tree describes tasks that can be made: PIDs above 0, each
+/// once, every task's first thread itself, parents in the tree before
+/// their children (the root's parent is outside).
+fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
+    let bad = |what: String| Error::BadImage {
+        path: "pstree.img".into(),
+        what,
+    };
+    if pstree.is_empty() {
+        return Err(bad("no task".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in pstree.iter().enumerate() {
+        let limit = u32::try_from(i32::MAX).unwrap_or(u32::MAX);
+        if p.pid == 0 || p.pid > limit || p.pgid == 0 || p.sid == 0 {
+            return Err(bad(format!(
+                "task {} has pid {}, group {}, session {}",
+                i, p.pid, p.pgid, p.sid
+            )));
+        }
+        if p.threads.first().is_some_and(|&t| t != p.pid) {
+            return Err(bad(format!(
+                "task {}: its first thread is {}, not the task itself",
+                p.pid, p.threads[0]
+            )));
+        }
+        for &t in p.threads.iter().chain(std::iter::once(&p.pid)) {
+            if t == 0 || t > limit || (!seen.insert(t) && t != p.pid) {
+                return Err(bad(format!(
+                    "task {}: thread id {t} is used twice or out of range",
+                    p.pid
+                )));
+            }
+        }
+        if i > 0 && !pstree[..i].iter().any(|q| q.pid == p.ppid) {
+            return Err(bad(format!(
+                "task {}: its parent {} is not before it in the tree",
+                p.pid, p.ppid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The VMAs of `mm-ID.img` are mappings a task can have: page-aligned,
+/// not empty, in address order without overlap.
+fn check_vmas(id: u64, mm: &MmEntry) -> Result<()> {
+    let ps = sys::page_size();
+    let mut prev_end = 0;
+    for v in &mm.vmas {
+        let what = if v.start % ps != 0 || v.end % ps != 0 || v.pgoff % ps != 0 {
+            "is not page-aligned"
+        } else if v.start >= v.end {
+            "is empty or inverted"
+        } else if v.start < prev_end {
+            "overlaps the one before it"
+        } else {
+            prev_end = v.end;
+            continue;
+        };
+        return Err(Error::BadImage {
+            path: format!("mm-{id}.img"),
+            what: format!(
+                "mapping {:#x}-{:#x} (offset {:#x}) {what}",
+                v.start, v.end, v.pgoff
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `--shell-job`: the job's session (its shell's, outside the tree) is the
