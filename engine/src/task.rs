@@ -233,8 +233,8 @@ fn personality(pid: Pid) -> u32 {
 /// with the task, only the fact that one was set is known.
 pub const ZOMBIE_HANDLER: u64 = 2;
 
-/// A zombie's core: its identity, exit status and signal dispositions (what
-/// `/proc` still shows of it).
+/// A zombie's core: its identity, exit status, signal dispositions and
+/// blocked mask (what `/proc` still shows of it).
 pub fn zombie_core(pid: Pid, code: u32) -> CoreEntry {
     let status = proc::status(pid, None).unwrap_or_default();
     let mask = |k: &str| {
@@ -263,6 +263,8 @@ pub fn zombie_core(pid: Pid, code: u32) -> CoreEntry {
             task_state: state::ZOMBIE,
             exit_code: code,
             comm: proc::stat(pid, None).map(|s| s.comm).unwrap_or_default(),
+            // /proc still shows the mask it died with.
+            blk_sigset: mask("SigBlk"),
             sigactions,
             ..TaskCoreEntry::default()
         }),

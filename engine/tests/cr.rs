@@ -1527,8 +1527,11 @@ fn tail_follows_its_file_after_restore() {
     add("two");
     wait_file(&out, &["one\ntwo"], 10);
     add("three");
-    let got = wait_file(&out, &["one\ntwo\nthree"], 10);
-    assert_eq!(got, "one\ntwo\nthree\n");
+    let got = wait_file(&out, &["one\ntwo\nthree\n"], 10);
+    assert_eq!(
+        got, "one\ntwo\nthree\n",
+        "tail wrote more than the file holds"
+    );
     assert!(
         group_members(job.pgid).contains(&job.pgid),
         "tail exited after restore"

@@ -61,6 +61,15 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
             if !tc.comm.is_empty() {
                 sys::set_comm(&tc.comm);
             }
+            // The mask it died with, but the signal that kills it again.
+            let mut blocked = nix::sys::signal::SigSet::empty();
+            for s in nix::sys::signal::Signal::iterator() {
+                let n = s as i32;
+                if n != sig.cast_signed() && tc.blk_sigset & (1u64 << (n - 1)) != 0 {
+                    blocked.add(s);
+                }
+            }
+            let _ = blocked.thread_set_mask();
         }
         if sig != 0 {
             let _ = nix::sys::signal::raise(

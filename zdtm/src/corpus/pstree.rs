@@ -67,6 +67,12 @@ pub(crate) const TESTS: &[Test] = &[
         "a zombie killed by a signal",
         zombie_signal,
     ),
+    Test::new(
+        "zombie-blocked",
+        Pstree,
+        "a zombie keeps the signal mask it died with",
+        zombie_blocked,
+    ),
     Test::new("stopped00", Pstree, "a child stopped by SIGSTOP", stopped00),
     Test::new(
         "orphan00",
@@ -415,6 +421,37 @@ fn zombie_signal(t: &mut Ctx) -> Res {
         "wait status",
         waitpid(z, None).or_fail("waitpid")?,
         WaitStatus::Signaled(z, Signal::SIGKILL, false)
+    );
+    Ok(())
+}
+
+fn zombie_blocked(t: &mut Ctx) -> Res {
+    // SIGHUP, SIGUSR1 and SIGWINCH blocked.
+    const MASK: &str = "0000000008000201";
+    let z = raw_child(|| {
+        let mut set = nix::sys::signal::SigSet::empty();
+        for s in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGWINCH] {
+            set.add(s);
+        }
+        if set.thread_set_mask().is_err() {
+            return 2;
+        }
+        0
+    })?;
+    wait_state(z, 'Z')?;
+    let blocked = || {
+        status_field(&slurp(format!("/proc/{z}/status"))?, "SigBlk")
+            .ok_or_else(|| Fail::Mismatch("no SigBlk in the zombie's status".into()))
+    };
+    ensure_eq!("the zombie's blocked mask", blocked()?, MASK);
+    t.wait("reaped the zombie", || {
+        waitpid(z, None).or_fail("waitpid").map(drop)
+    })?;
+    ensure_eq!("the zombie's blocked mask after restore", blocked()?, MASK);
+    ensure_eq!(
+        "wait status",
+        waitpid(z, None).or_fail("waitpid")?,
+        WaitStatus::Exited(z, 0)
     );
     Ok(())
 }
