@@ -471,14 +471,14 @@ impl Table {
             let kind = line.split_whitespace().nth(2).unwrap_or("?");
             if !opts.file_locks {
                 return Err(unsupported(format!(
-                    "{} holding a {kind} file lock without --file-locks,",
+                    "{} holding a {kind} file lock without --file-locks",
                     fd.target
                 )));
             }
             match crate::file_lock::parse(pid, fd.fd, line) {
                 Ok(Some(l)) => locks.push(l),
                 Ok(None) => {}
-                Err(what) => return Err(unsupported(format!("{}: {what},", fd.target))),
+                Err(what) => return Err(unsupported(format!("{}: {what}", fd.target))),
             }
         }
         let ft = meta.file_type();

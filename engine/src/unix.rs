@@ -382,6 +382,7 @@ fn sk_opts(fd: &OwnedFd) -> std::result::Result<SkOptsEntry, Errno> {
         so_rcv_tmo_sec: rs,
         so_rcv_tmo_usec: ru,
         so_passcred: Some(nix::sys::socket::getsockopt(fd, sockopt::PassCred)?),
+        so_buf_lock: crate::sk_opts::buf_lock(fd.as_fd()),
         ..SkOptsEntry::default()
     })
 }

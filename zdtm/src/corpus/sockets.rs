@@ -159,6 +159,12 @@ pub(crate) const TESTS: &[Test] = &[
         raw_opts,
     ),
     Test::new(
+        "sock-buf-lock",
+        Inet,
+        "buffer sizes the kernel tunes stay tuned (a listener, the sockets it accepts), sizes set by hand stay locked",
+        sock_buf_lock,
+    ),
+    Test::new(
         "sock-filter",
         Inet,
         "classic BPF filters on a UDP socket and a unix datagram socket drop long datagrams",
@@ -739,6 +745,54 @@ fn set_sockopt(fd: &impl AsFd, level: i32, name: i32, v: &[u8]) -> Res {
     // SAFETY: the kernel reads `l` bytes of `v`.
     let r = unsafe { libc::setsockopt(fd.as_fd().as_raw_fd(), level, name, v.as_ptr().cast(), l) };
     nix::errno::Errno::result(r).or_fail("setsockopt").map(drop)
+}
+
+const SO_BUF_LOCK: i32 = 72;
+
+fn sock_buf_lock(t: &mut Ctx) -> Res {
+    new_netns()?;
+    // Tuned by the kernel: a listener and a client of it.
+    let tuned = std::net::TcpListener::bind("127.0.0.1:0").or_fail("bind")?;
+    let at = tuned.local_addr().or_fail("local_addr")?;
+    // Set by hand: both sizes.
+    let fixed = raw_socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP)?;
+    set_int(&fixed, libc::SOL_SOCKET, libc::SO_SNDBUF, 96 << 10)?;
+    set_int(&fixed, libc::SOL_SOCKET, libc::SO_RCVBUF, 80 << 10)?;
+    let sizes = |fd: &OwnedFd| -> Res<(i32, i32)> {
+        Ok((
+            super::util::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?,
+            super::util::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?,
+        ))
+    };
+    let fixed_sizes = sizes(&fixed)?;
+    t.wait("set the listener's send buffer by hand", || {
+        set_int(&tuned, libc::SOL_SOCKET, libc::SO_SNDBUF, 64 << 10)
+    })?;
+    ensure_eq!(
+        "the listener's SO_BUF_LOCK",
+        super::util::sockopt_int(&tuned, libc::SOL_SOCKET, SO_BUF_LOCK)?,
+        0
+    );
+    ensure_eq!(
+        "the fixed socket's SO_BUF_LOCK",
+        super::util::sockopt_int(&fixed, libc::SOL_SOCKET, SO_BUF_LOCK)?,
+        3
+    );
+    ensure_eq!(
+        "the fixed socket's buffer sizes",
+        sizes(&fixed)?,
+        fixed_sizes
+    );
+    // A connection accepted now inherits the listener's locks.
+    let client = std::net::TcpStream::connect(at).or_fail("connect")?;
+    let (served, _) = tuned.accept().or_fail("accept")?;
+    ensure_eq!(
+        "an accepted socket's SO_BUF_LOCK",
+        super::util::sockopt_int(&served, libc::SOL_SOCKET, SO_BUF_LOCK)?,
+        0
+    );
+    drop(client);
+    Ok(())
 }
 
 fn set_int(fd: &impl AsFd, level: i32, name: i32, v: i32) -> Res {
