@@ -282,6 +282,13 @@ fn dead_leader(new_session: bool) -> Res<(Pid, Pid)> {
         }
         let lead = getpid();
         let member = raw_child(|| {
+            // The member tells its PID itself, once it runs with its own
+            // signal mask (the fork blocks requests until then): the test is
+            // ready only when the member's state is settled.
+            let me = getpid().as_raw().to_le_bytes();
+            if nix::unistd::write(&w, &me) != Ok(4) {
+                return 1;
+            }
             let mut sabotaged = false;
             let mut sabotage = || {
                 if USR2.swap(false, Ordering::SeqCst) && !sabotaged {
@@ -301,10 +308,7 @@ fn dead_leader(new_session: bool) -> Res<(Pid, Pid)> {
                 && (!new_session || getsid(None).ok() == Some(lead));
             i32::from(!good)
         });
-        match member {
-            Ok(m) => i32::from(nix::unistd::write(&w, &m.as_raw().to_le_bytes()) != Ok(4)),
-            Err(_) => 1,
-        }
+        i32::from(member.is_err())
     })?;
     let mut b = [0u8; 4];
     let n = crate::testlib::read_retry(&r, &mut b).or_fail("read member pid")?;
