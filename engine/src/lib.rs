@@ -1,46 +1,33 @@
 //! stasis: checkpoint/restore of Linux process trees in CRIU's image format.
 //!
 //! This library holds the engine (dump, restore) and the image inspector; the
-//! `stasis` binary is its command line. `dump/` and `restore/` orchestrate;
-//! each kernel object has its own module.
+//! `stasis` binary is its command line. `dump/` and `restore/` orchestrate the
+//! steps; the kernel objects live in subsystem folders, one module per kind
+//! (see ARCHITECTURE.md at the top of the repository):
+//!
+//! - `task/`: a process and its threads: freezing (`seize`), `/proc`
+//!   (`proc`), remote syscalls (`remote`), registers (`cpu`), credentials,
+//!   seccomp, timers;
+//! - `mm`: the address space and its pages;
+//! - `files/`: the fd table and each kind of open file;
+//! - `net/`: sockets and the network lock;
+//! - `ipc/`: SysV IPC and POSIX message queues;
+//! - `ns`: namespaces;
+//! - `sys`: the syscalls nix does not wrap (the only `unsafe` of the crate).
 
-pub mod cpu;
-pub mod creds;
 pub mod dump;
 pub mod error;
-pub mod eventfd;
-pub mod eventpoll;
-pub mod fanotify;
-pub mod file_lock;
-pub mod files;
+pub(crate) mod files;
 pub mod images;
-pub mod inet;
-pub mod inotify;
 pub mod inspect;
-pub mod ipc;
-pub mod memfd;
-pub mod mm;
-pub mod mqueue;
-pub mod netlink_sk;
-pub mod netlock;
-pub mod ns;
-pub mod packet;
-pub mod pidfd;
-pub mod proc;
+pub(crate) mod ipc;
+pub(crate) mod mm;
+pub(crate) mod net;
+pub(crate) mod ns;
 pub mod progress;
-pub mod remote;
 pub mod restore;
-pub mod seccomp;
-pub mod seize;
-pub mod signalfd;
-pub mod sk_opts;
-pub mod sys;
+pub(crate) mod sys;
 pub mod task;
-pub mod tcp;
-pub mod timerfd;
-pub mod timers;
-pub mod tty;
-pub mod unix;
-pub mod workers;
+pub(crate) mod workers;
 
 pub use error::{EngineError, Result};

@@ -296,7 +296,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let code = match &done.terminal {
-        Some(tty) => stasis_engine::tty::wait_foreground(done.root, tty),
+        Some(tty) => restore::wait_foreground(done.root, tty),
         None => restore::wait_root(done.root),
     };
     Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))

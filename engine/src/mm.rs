@@ -19,8 +19,8 @@ use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::progress::{Progress, Step};
-use crate::remote::{self, Call, Remote};
-use crate::{proc, sys};
+use crate::task::remote::{self, Call, Remote};
+use crate::{sys, task::proc};
 
 /// shmat: replace whatever is mapped at the address.
 const SHM_REMAP: i32 = 0o40000;

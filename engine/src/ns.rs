@@ -51,7 +51,7 @@ pub fn expected(root: Pid) -> Expected {
 /// Refuse a task whose namespaces cannot come back (see [`Expected`]).
 pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
     // One directory lookup, then a link each.
-    let dir = crate::proc::dir(pid, "ns")?;
+    let dir = crate::task::proc::dir(pid, "ns")?;
     for (ns, expected) in &want.0 {
         let theirs = nix::fcntl::readlinkat(&dir, *ns)
             .ok()
@@ -209,7 +209,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
     }
     if own(root, "ipc") {
         let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
-            let objects = crate::ipc::dump(root)?;
+            let objects = crate::ipc::sysv::dump(root)?;
             let k = |n: &str| format!("{KERNEL}/{n}");
             let q = |n: &str| format!("{MQUEUE}/{n}");
             let sem = read_sys(root, &k("sem"))?;
@@ -244,7 +244,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
             Ok((var, objects))
         })?;
         dir.write_all("IPC_VAR", NS_ID, &[e.0])?;
-        crate::ipc::write(&e.1, dir, NS_ID)?;
+        crate::ipc::sysv::write(&e.1, dir, NS_ID)?;
     }
     Ok(())
 }
@@ -260,7 +260,7 @@ fn write_sys(path: &str, value: &str) -> Result<()> {
 /// What the restore of the namespaces leaves to do once the tree runs.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// SysV segments to remove again (see [`crate::ipc::remove_again`]).
+    /// SysV segments to remove again (see [`crate::ipc::sysv::remove_again`]).
     pub shm_removed: Vec<i32>,
 }
 
@@ -334,7 +334,7 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
         if let Some(v) = e.mq_msgsize_default {
             write_sys(&q("msgsize_default"), &v.to_string())?;
         }
-        out.shm_removed = crate::ipc::restore(dir, NS_ID)?;
+        out.shm_removed = crate::ipc::sysv::restore(dir, NS_ID)?;
         for (name, v) in [
             ("msg_next_id", e.msg_next_id),
             ("sem_next_id", e.sem_next_id),

@@ -16,9 +16,9 @@ use crate::error::{EngineError as Error, Result};
 use crate::files::{self, Table};
 use crate::images::Dir;
 use crate::progress::{Progress, Step};
-use crate::remote::{self, Remote};
-use crate::seize::{self, State, Task, Tree};
-use crate::{mm, proc, seccomp, sys, task};
+use crate::task::remote::{self, Remote};
+use crate::task::seize::{self, State, Task, Tree};
+use crate::{mm, sys, task, task::proc, task::seccomp};
 
 /// What `stasis dump` was asked to do.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ fn us(since: Instant) -> u32 {
 
 /// Dump the tree under `opts.pid` into `opts.dir`.
 pub fn dump(opts: &Opts) -> Result<Stats> {
-    crate::cpu::host_supported()?;
+    crate::task::cpu::host_supported()?;
     // The engine's CPUs, noted before any thread is pinned.
     sys::engine_mask();
     let dir = Dir::open(&opts.dir)?;
@@ -166,7 +166,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
         // Peers outside the tree share this namespace with it.
-        files.netlock = Some(crate::netlock::Lock::new(root));
+        files.netlock = Some(crate::net::netlock::Lock::new(root));
     }
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
@@ -246,7 +246,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
                 .netlock
                 .as_ref()
                 .filter(|l| l.held() && !opts.leave_running)
-                .map(|_| crate::netlock::METHOD_NFTABLES),
+                .map(|_| crate::net::netlock::METHOD_NFTABLES),
             ..InventoryEntry::default()
         }],
     )?;
@@ -316,7 +316,7 @@ fn dump_tasks(
         dump_task(t, &namespaces, dir, files, filters, fopts, rx, stats)?;
         if i == 0
             && fopts.shell_job
-            && let Some(ext) = crate::tty::dump_shell_job(t.pid, &proc::stat(t.pid, None)?)
+            && let Some(ext) = crate::files::tty::dump_shell_job(t.pid, &proc::stat(t.pid, None)?)
         {
             files.add_ctty(ext);
         }
@@ -355,7 +355,7 @@ fn dump_task(
     }
     // Read once: the task is frozen.
     let st = proc::stat(pid, None)?;
-    if let Some(ctty) = crate::tty::dump_ctty(pid, &st, &fds) {
+    if let Some(ctty) = crate::files::tty::dump_ctty(pid, &st, &fds) {
         files.add_ctty(ctty);
     }
     let mem = rx.recv().map_err(|_| Error::Unexpected {

@@ -101,7 +101,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     } else if p.pst.pgid == pid {
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| (e, 1))?;
         if let Some(tty) = &p.terminal {
-            crate::tty::take_foreground(tty.as_fd()).map_err(|e| (e, 7))?;
+            crate::files::tty::take_foreground(tty.as_fd()).map_err(|e| (e, 7))?;
         }
     } else if nix::unistd::getpgrp().as_raw() != p.pst.pgid.cast_signed() {
         join_group(pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;

@@ -29,8 +29,8 @@ use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::mm::{self, Trampoline};
-use crate::remote::{self, Remote};
-use crate::{creds, eventpoll, proc, seccomp, sys, task};
+use crate::task::remote::{self, Remote};
+use crate::{files::eventpoll, sys, task, task::creds, task::proc, task::seccomp};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct Restored {
     /// Pages written into the tasks.
     pub pages: u64,
     /// A shell job given the terminal: wait for it with
-    /// [`crate::tty::wait_foreground`].
+    /// [`crate::files::tty::wait_foreground`].
     pub terminal: Option<OwnedFd>,
 }
 
@@ -193,7 +193,7 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 
 /// Restore the images in `opts.dir`.
 pub fn restore(opts: &Opts) -> Result<Restored> {
-    crate::cpu::host_supported()?;
+    crate::task::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
     tracing::debug!("reading the images");
     let (mut plans, files, inv) = load(&dir)?;
@@ -293,8 +293,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     // lifts the lock is opened before the engine enters the tree's own.
     let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     let unlock = match inv.network_lock_method {
-        Some(crate::netlock::METHOD_NFTABLES) if opts.network_lock => {
-            Some(crate::netlock::socket().map_err(Error::restore(
+        Some(crate::net::netlock::METHOD_NFTABLES) if opts.network_lock => {
+            Some(crate::net::netlock::socket().map_err(Error::restore(
                 root,
                 "a netfilter socket to lift the network lock (--network-lock skip leaves it)",
             ))?)
@@ -327,7 +327,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             .and_then(|p| p.fdinfo.iter().find(|f| f.fd.cast_signed() == l.fd))
             .map(|f| f.id);
         if let Some(f) = id.and_then(|id| pool.get(&id)) {
-            crate::file_lock::take_on_file(f.as_fd(), l)?;
+            crate::files::file_lock::take_on_file(f.as_fd(), l)?;
         }
     }
     for p in &mut plans {
@@ -393,18 +393,18 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     );
     // The tasks hold these attached again: removed, they go with the last
     // of them, as before.
-    let result =
-        result.and_then(|pages| crate::ipc::remove_again(&ns_done.shm_removed).map(|()| pages));
+    let result = result
+        .and_then(|pages| crate::ipc::sysv::remove_again(&ns_done.shm_removed).map(|()| pages));
     match result {
         Ok(pages) => {
             if let Some(s) = unlock
-                && let Err(e) = crate::netlock::unlock(&s, root)
+                && let Err(e) = crate::net::netlock::unlock(&s, root)
             {
                 // The tree runs; only its connections wait.
                 tracing::warn!(
                     "could not lift the network lock ({e}): delete table inet {} to let \
                      the restored connections through",
-                    crate::netlock::table_name(root)
+                    crate::net::netlock::table_name(root)
                 );
             }
             let terminal = plans.first_mut().and_then(|p| p.terminal.take());
@@ -503,7 +503,7 @@ fn shell_job(plans: &mut [Plan], files: &Table, detached: bool) {
         return;
     };
     let old = root.pst.sid;
-    let terminal = crate::tty::shell_job_terminal(files, &root.pst);
+    let terminal = crate::files::tty::shell_job_terminal(files, &root.pst);
     if terminal.is_some() && detached {
         tracing::warn!(
             "the job was in the foreground of this terminal; restored with -d it runs in the background"
@@ -926,8 +926,8 @@ fn restore_task(
         .iter()
         .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
         .collect();
-    crate::file_lock::take_in_task(&r, t, &locks)?;
-    crate::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
+    crate::files::file_lock::take_in_task(&r, t, &locks)?;
+    crate::files::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
     for &(fd, id) in &p.epolls {
         if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
             eventpoll::register(&r, t, fd, e)?;
@@ -1061,7 +1061,7 @@ fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<
         let reg = match files.get(id).and_then(|e| e.kind.as_ref()) {
             Some(Kind::Reg(reg)) => reg,
             Some(Kind::Pidfd(e)) => {
-                crate::pidfd::open_in_task(r, e, target, cloexec)?;
+                crate::files::pidfd::open_in_task(r, e, target, cloexec)?;
                 continue;
             }
             _ => continue,
@@ -1147,6 +1147,8 @@ fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, fd: u64) -> Result<()> {
     got(0, "prctl(PR_SET_MM_MAP)")?;
     got(1, "close").map(drop)
 }
+
+pub use crate::files::tty::wait_foreground;
 
 /// Wait for the restored root to exit; its exit code (128+signal if killed).
 pub fn wait_root(root: Pid) -> i32 {

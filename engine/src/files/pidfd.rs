@@ -6,18 +6,17 @@ use std::os::fd::OwnedFd;
 
 use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, PidfdEntry};
+use stasis_proto::images::{FownEntry, PidfdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::remote::Remote;
+use crate::task::remote::Remote;
 
 /// pidfd files.
 #[derive(Debug)]
 pub struct Pidfd;
 
 impl FileKind for Pidfd {
-    const TYPE: FdTypes = FdTypes::Pidfd;
     type Entry = PidfdEntry;
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {

@@ -213,11 +213,6 @@ impl Map {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
-
-    /// Whether the map is empty (never, for a kernel-listed map).
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
 }
 
 /// Parse `/proc/PID/maps`.

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::sys::socket::SockProtocol;
 use stasis_check::netlink as nl;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, PacketMclist, PacketSockEntry};
+use stasis_proto::images::{FownEntry, PacketMclist, PacketSockEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -85,7 +85,6 @@ fn diag(ino: u32) -> std::result::Result<Option<Diag>, nix::errno::Errno> {
 }
 
 impl FileKind for PacketSk {
-    const TYPE: FdTypes = FdTypes::Packetsk;
     type Entry = PacketSockEntry;
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
@@ -147,7 +146,7 @@ impl FileKind for PacketSk {
             flags: cx.flags(),
             ifindex: u32_at(info, 0),
             fown: FownEntry::default(),
-            opts: crate::sk_opts::dump_common(cx, dup.as_fd())?,
+            opts: crate::net::sk_opts::dump_common(cx, dup.as_fd())?,
             version: u32_at(info, 4),
             reserve: u32_at(info, 8),
             aux_data: flags & PDI_AUXDATA != 0,
@@ -186,7 +185,7 @@ impl FileKind for PacketSk {
                 int(name, v, step)?;
             }
         }
-        crate::sk_opts::restore_common(s.as_fd(), &e.opts)
+        crate::net::sk_opts::restore_common(s.as_fd(), &e.opts)
             .map_err(|(step, err)| fail(step)(err))?;
         if e.ifindex != 0 {
             sys::bind_packet(s.as_fd(), proto, e.ifindex.cast_signed())

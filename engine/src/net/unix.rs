@@ -37,13 +37,13 @@ use stasis_proto::images::{FdTypes, FownEntry, ScmEntry, SkOptsEntry, SkPacketEn
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::{proc, sys};
+use crate::{sys, task::proc};
 
 /// Unix sockets.
 #[derive(Debug)]
 pub struct UnixSk;
 
-use crate::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
+use crate::net::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 /// `uflags`: the socket is outside the tree (`--ext-unix-sk`); the restore
 /// connects to its name instead of making it.
 const USK_EXTERN: u32 = 1;
@@ -382,13 +382,12 @@ fn sk_opts(fd: &OwnedFd) -> std::result::Result<SkOptsEntry, Errno> {
         so_rcv_tmo_sec: rs,
         so_rcv_tmo_usec: ru,
         so_passcred: Some(nix::sys::socket::getsockopt(fd, sockopt::PassCred)?),
-        so_buf_lock: crate::sk_opts::buf_lock(fd.as_fd()),
+        so_buf_lock: crate::net::sk_opts::buf_lock(fd.as_fd()),
         ..SkOptsEntry::default()
     })
 }
 
 impl FileKind for UnixSk {
-    const TYPE: FdTypes = FdTypes::Unixsk;
     type Entry = UnixSkEntry;
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
@@ -400,7 +399,7 @@ impl FileKind for UnixSk {
             .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
         let mut opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
-        opts.so_filter = crate::sk_opts::dump_fd(cx, dup.as_fd())?;
+        opts.so_filter = crate::net::sk_opts::dump_fd(cx, dup.as_fd())?;
         let state = u32::from(d.state);
         if state == TCP_LISTEN {
             if !d.icons.is_empty() {
@@ -912,7 +911,7 @@ fn bind(s: &OwnedFd, u: &UnixSkEntry) -> std::result::Result<(), Errno> {
 }
 
 fn set_opts(s: &OwnedFd, o: &SkOptsEntry) -> std::result::Result<(), Errno> {
-    crate::sk_opts::restore_common(s.as_fd(), o).map_err(|(_, e)| e)?;
+    crate::net::sk_opts::restore_common(s.as_fd(), o).map_err(|(_, e)| e)?;
     if o.so_passcred == Some(true) {
         nix::sys::socket::setsockopt(s, sockopt::PassCred, &true)?;
     }

@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, SignalfdEntry};
+use stasis_proto::images::{FownEntry, SignalfdEntry};
 
 use crate::error::Result;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -16,7 +16,6 @@ use crate::sys;
 pub struct Signalfd;
 
 impl FileKind for Signalfd {
-    const TYPE: FdTypes = FdTypes::Signalfd;
     type Entry = SignalfdEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

@@ -12,7 +12,7 @@ use stasis_arch::native::nr;
 use stasis_proto::images::{ItimerEntry, PosixTimerEntry, TaskTimersEntry};
 
 use crate::error::{EngineError as Error, Result};
-use crate::remote::{self, Remote, read_words, words};
+use crate::task::remote::{self, Remote, read_words, words};
 
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 const SIGEV_SIGNAL: u32 = 0;

@@ -11,13 +11,13 @@ use std::os::fd::OwnedFd;
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FanotifyFileEntry, FanotifyInodeMarkEntry, FanotifyMarkEntry, FanotifyMountMarkEntry, FdTypes,
+    FanotifyFileEntry, FanotifyInodeMarkEntry, FanotifyMarkEntry, FanotifyMountMarkEntry,
     FownEntry, MarkType,
 };
 
 use crate::error::{EngineError as Error, Result};
+use crate::files::inotify::Fields;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::inotify::Fields;
 
 /// fanotify groups.
 #[derive(Debug)]
@@ -82,7 +82,6 @@ fn mark(cx: &FdCtx<'_>, line: &str) -> Result<FanotifyMarkEntry> {
 }
 
 impl FileKind for FanotifyGroup {
-    const TYPE: FdTypes = FdTypes::Fanotify;
     type Entry = FanotifyFileEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

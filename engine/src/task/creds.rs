@@ -11,7 +11,7 @@ use stasis_arch::native::nr;
 use stasis_proto::images::CredsEntry;
 
 use crate::error::Result;
-use crate::remote::{self, Remote};
+use crate::task::remote::{self, Remote};
 
 const PR_CAPBSET_DROP: u64 = 24;
 const PR_SET_SECUREBITS: u64 = 28;
@@ -104,7 +104,7 @@ fn last_cap() -> u32 {
 /// engine: uid 0 with the engine's capabilities). `data` is scratch memory
 /// in the task. Nothing is done when the thread already has them.
 pub fn restore(r: &Remote, pid: Pid, c: &CredsEntry, data: u64) -> Result<()> {
-    let now = crate::proc::status(pid, Some(r.tid))?;
+    let now = crate::task::proc::status(pid, Some(r.tid))?;
     if dump(&now, 0)
         == (CredsEntry {
             secbits: 0,

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{EventfdFileEntry, FdTypes, FownEntry};
+use stasis_proto::images::{EventfdFileEntry, FownEntry};
 
 use crate::error::Result;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -51,7 +51,6 @@ fn probe_semaphore(cx: &FdCtx<'_>, counter: u64) -> Result<bool> {
 }
 
 impl FileKind for Eventfd {
-    const TYPE: FdTypes = FdTypes::Eventfd;
     type Entry = EventfdFileEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

@@ -9,6 +9,17 @@
 //! tasks are forked, so that tasks sharing a description inherit one).
 //! Shared descriptions are found with kcmp(KCMP_FILE).
 
+pub(crate) mod eventfd;
+pub(crate) mod eventpoll;
+pub(crate) mod fanotify;
+pub(crate) mod file_lock;
+pub(crate) mod inotify;
+pub(crate) mod memfd;
+pub(crate) mod pidfd;
+pub(crate) mod signalfd;
+pub(crate) mod timerfd;
+pub(crate) mod tty;
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -25,15 +36,15 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::eventfd::Eventfd;
-use crate::eventpoll::Eventpoll;
+use crate::files::eventfd::Eventfd;
+use crate::files::eventpoll::Eventpoll;
+use crate::files::inotify::Inotify;
+use crate::files::signalfd::Signalfd;
+use crate::files::timerfd::Timerfd;
+use crate::files::tty::Tty;
 use crate::images::Dir;
-use crate::inotify::Inotify;
-use crate::signalfd::Signalfd;
-use crate::timerfd::Timerfd;
-use crate::tty::Tty;
-use crate::unix::UnixSk;
-use crate::{memfd, proc, sys};
+use crate::net::unix::UnixSk;
+use crate::{sys, task::proc};
 
 /// Options that change which fds a dump accepts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,9 +65,6 @@ pub struct Opts {
     /// be taken from it (such as a connection waiting to be accepted).
     pub leave_running: bool,
 }
-
-/// CRIU's default `--ghost-limit`: 1 MiB.
-pub const DEFAULT_GHOST_LIMIT: u64 = 1 << 20;
 
 /// A ghost file: its metadata and data chunks (offset, bytes).
 #[derive(Debug, Default)]
@@ -173,8 +181,6 @@ impl OpenCtx<'_> {
 /// One kind of open file: the dump half reads it from the task, the restore
 /// half makes an open file like it in the engine, to be installed in tasks.
 pub trait FileKind {
-    /// The image's type for it.
-    const TYPE: FdTypes;
     /// Its entry in `files.img`.
     type Entry;
     /// Describe the open file `cx` (the entry's id is filled in by the caller).
@@ -201,7 +207,6 @@ fn tty_major(major: u32) -> bool {
 }
 
 impl FileKind for Reg {
-    const TYPE: FdTypes = FdTypes::Reg;
     type Entry = RegFileEntry;
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         Ok(Kind::Reg(RegFileEntry {
@@ -244,7 +249,6 @@ impl FileKind for Reg {
 }
 
 impl FileKind for Pipe {
-    const TYPE: FdTypes = FdTypes::Pipe;
     type Entry = PipeEntry;
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
@@ -285,7 +289,6 @@ impl FileKind for Pipe {
 }
 
 impl FileKind for Fifo {
-    const TYPE: FdTypes = FdTypes::Fifo;
     type Entry = FifoEntry;
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
@@ -371,11 +374,11 @@ pub struct Table {
     ghost_fds: HashMap<u32, OwnedFd>,
     ghost_paths: HashMap<u32, String>,
     /// Unix sockets: sock_diag's view, queued data, fds in flight.
-    pub(crate) unix: crate::unix::State,
+    pub(crate) unix: crate::net::unix::State,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
     /// POSIX message queues the tree has open.
-    mqueues: crate::mqueue::Queues,
+    mqueues: crate::ipc::mqueue::Queues,
     /// Dump: whether each device (a filesystem) seen is the mqueue one.
     mqueue_devs: HashMap<u64, bool>,
     /// Controlling terminals of the sessions, and ends of ptys.
@@ -386,10 +389,10 @@ pub struct Table {
     /// Established TCP connections: (inode, state, receive and send
     /// queues), and the sockets in repair mode meanwhile.
     pub(crate) tcp_streams: Vec<(u32, stasis_proto::images::TcpStreamEntry, Vec<u8>, Vec<u8>)>,
-    pub(crate) tcp_repaired: crate::tcp::Repaired,
+    pub(crate) tcp_repaired: crate::net::tcp::Repaired,
     /// Dump: the network lock of those connections (after `tcp_repaired`:
     /// lifted once they are out of repair mode).
-    pub(crate) netlock: Option<crate::netlock::Lock>,
+    pub(crate) netlock: Option<crate::net::netlock::Lock>,
     /// File locks, and the keys that keep each once.
     locks: Vec<FileLockEntry>,
     lock_keys: Vec<(u32, String, i64, i64, u32)>,
@@ -475,7 +478,7 @@ impl Table {
                     fd.target
                 )));
             }
-            match crate::file_lock::parse(pid, fd.fd, line) {
+            match crate::files::file_lock::parse(pid, fd.fd, line) {
                 Ok(Some(l)) => locks.push(l),
                 Ok(None) => {}
                 Err(what) => return Err(unsupported(format!("{}: {what}", fd.target))),
@@ -529,7 +532,7 @@ impl Table {
         } else if ft.is_fifo() {
             FdTypes::Fifo
         } else if nix::sys::stat::major(meta.dev()) == 0
-            && crate::mqueue::is_mqueue(pid, fd.fd, meta.dev(), &mut self.mqueue_devs)
+            && crate::ipc::mqueue::is_mqueue(pid, fd.fd, meta.dev(), &mut self.mqueue_devs)
         {
             mqueue = true;
             FdTypes::Reg
@@ -537,7 +540,7 @@ impl Table {
             && tty_major(u32::try_from(nix::sys::stat::major(meta.rdev())).unwrap_or(0))
         {
             // A pty whose master is in the tree comes back as a new pair.
-            let pty = crate::tty::pty_end(meta.rdev(), || Some(0))
+            let pty = crate::files::tty::pty_end(meta.rdev(), || Some(0))
                 .is_some_and(|(i, master)| master || self.pty_master(i).is_some());
             if pty {
                 FdTypes::Tty
@@ -576,12 +579,12 @@ impl Table {
             FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
             FdTypes::Inotify => Inotify::dump(&cx, self)?,
             FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
-            FdTypes::Inetsk => crate::inet::InetSk::dump(&cx, self)?,
-            FdTypes::Netlinksk => crate::netlink_sk::NetlinkSk::dump(&cx, self)?,
-            FdTypes::Packetsk => crate::packet::PacketSk::dump(&cx, self)?,
-            FdTypes::Fanotify => crate::fanotify::FanotifyGroup::dump(&cx, self)?,
+            FdTypes::Inetsk => crate::net::inet::InetSk::dump(&cx, self)?,
+            FdTypes::Netlinksk => crate::net::netlink_sk::NetlinkSk::dump(&cx, self)?,
+            FdTypes::Packetsk => crate::net::packet::PacketSk::dump(&cx, self)?,
+            FdTypes::Fanotify => crate::files::fanotify::FanotifyGroup::dump(&cx, self)?,
             FdTypes::Tty => Tty::dump(&cx, self)?,
-            FdTypes::Pidfd => crate::pidfd::Pidfd::dump(&cx, self)?,
+            FdTypes::Pidfd => crate::files::pidfd::Pidfd::dump(&cx, self)?,
             FdTypes::Memfd => self.dump_memfd(&cx)?,
             _ => Reg::dump(&cx, self)?,
         };
@@ -686,7 +689,7 @@ impl Table {
     /// on the file, a flock or OFD lock on every fd of its description.
     fn note_locks(&mut self, id: u32, locks: Vec<(FileLockEntry, String)>) {
         for (e, dev_ino) in locks {
-            let owner = if e.flag == crate::file_lock::POSIX {
+            let owner = if e.flag == crate::files::file_lock::POSIX {
                 e.pid.cast_unsigned()
             } else {
                 id
@@ -1169,10 +1172,10 @@ impl Table {
         if dir.exists("TTY_INFO", 0) {
             t.ttys = dir.read_all("TTY_INFO", 0)?;
         }
-        t.mqueues = crate::mqueue::Queues::load(dir)?;
+        t.mqueues = crate::ipc::mqueue::Queues::load(dir)?;
         for e in &t.entries {
             if let Some(Kind::Isk(s)) = &e.kind
-                && crate::tcp::connected(s.state)
+                && crate::net::tcp::connected(s.state)
                 && s.r#type == libc::SOCK_STREAM.cast_unsigned()
             {
                 let mut r = dir.open_image("TCP_STREAM", u64::from(s.ino))?;
@@ -1266,7 +1269,7 @@ impl Table {
         })?;
         match entry.kind.as_ref() {
             Some(Kind::Reg(r)) => match self.mqueues.of_file(id) {
-                Some(q) => crate::mqueue::open(q, r.flags, &mut cx.mq_made, pid, fd),
+                Some(q) => crate::ipc::mqueue::open(q, r.flags, &mut cx.mq_made, pid, fd),
                 None => Reg::open(r, cx),
             },
             Some(Kind::Pipe(p)) => Pipe::open(p, cx),
@@ -1278,12 +1281,12 @@ impl Table {
             Some(Kind::Epfd(e)) => Eventpoll::open(e, cx),
             Some(Kind::Ify(e)) => Inotify::open(e, cx),
             Some(Kind::Usk(e)) => UnixSk::open(e, cx),
-            Some(Kind::Isk(e)) => crate::inet::InetSk::open(e, cx),
-            Some(Kind::Nlsk(e)) => crate::netlink_sk::NetlinkSk::open(e, cx),
-            Some(Kind::Psk(e)) => crate::packet::PacketSk::open(e, cx),
-            Some(Kind::Ffy(e)) => crate::fanotify::FanotifyGroup::open(e, cx),
+            Some(Kind::Isk(e)) => crate::net::inet::InetSk::open(e, cx),
+            Some(Kind::Nlsk(e)) => crate::net::netlink_sk::NetlinkSk::open(e, cx),
+            Some(Kind::Psk(e)) => crate::net::packet::PacketSk::open(e, cx),
+            Some(Kind::Ffy(e)) => crate::files::fanotify::FanotifyGroup::open(e, cx),
             Some(Kind::Tty(e)) => Tty::open(e, cx),
-            Some(Kind::Pidfd(e)) => crate::pidfd::Pidfd::open(e, cx),
+            Some(Kind::Pidfd(e)) => crate::files::pidfd::Pidfd::open(e, cx),
             other => Err(Error::Unsupported {
                 pid,
                 what: format!(

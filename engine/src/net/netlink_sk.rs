@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::NetlinkAddr;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, NetlinkSkEntry};
+use stasis_proto::images::{FownEntry, NetlinkSkEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -38,7 +38,6 @@ fn groups_of(words: &[u32]) -> Vec<u32> {
 }
 
 impl FileKind for NetlinkSk {
-    const TYPE: FdTypes = FdTypes::Netlinksk;
     type Entry = NetlinkSkEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
@@ -51,7 +50,7 @@ impl FileKind for NetlinkSk {
         // Every group; older kernels only tell the first 32.
         let mut groups =
             match sys::getsockopt_bytes(dup.as_fd(), SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 1024) {
-                Ok(b) => crate::sk_opts::words(&b),
+                Ok(b) => crate::net::sk_opts::words(&b),
                 Err(_) => vec![me.groups()],
             };
         while groups.last() == Some(&0) {
@@ -70,7 +69,7 @@ impl FileKind for NetlinkSk {
             dst_portid,
             dst_group,
             fown: FownEntry::default(),
-            opts: crate::sk_opts::dump_common(cx, dup.as_fd())?,
+            opts: crate::net::sk_opts::dump_common(cx, dup.as_fd())?,
             ns_id: None,
         }))
     }
@@ -79,7 +78,7 @@ impl FileKind for NetlinkSk {
         let fail = |step: &str| cx.err(&format!("netlink socket {}: {step}", e.ino));
         let s = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, e.protocol.cast_signed())
             .map_err(fail("socket"))?;
-        crate::sk_opts::restore_common(s.as_fd(), &e.opts)
+        crate::net::sk_opts::restore_common(s.as_fd(), &e.opts)
             .map_err(|(step, err)| fail(step)(err))?;
         let first = e.groups.first().copied().unwrap_or(0);
         if e.portid != 0 {

@@ -10,13 +10,13 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags};
 use nix::unistd::Pid;
 use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FdTypes, FownEntry};
+use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FownEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::mm::{self, Trampoline};
-use crate::remote::{BATCH_MAX, Remote};
-use crate::{proc, sys};
+use crate::task::remote::{BATCH_MAX, Remote};
+use crate::{sys, task::proc};
 
 /// epoll files.
 #[derive(Debug)]
@@ -59,7 +59,6 @@ fn tfd_entry(cx: &FdCtx<'_>, line: &str) -> Result<EventpollTfdEntry> {
 }
 
 impl FileKind for Eventpoll {
-    const TYPE: FdTypes = FdTypes::Eventpoll;
     type Entry = EventpollFileEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

@@ -4,6 +4,15 @@
 //! (comm, state, exit code). What /proc and ptrace cannot tell is asked
 //! inside the task with remote syscalls; restore sets it the same way.
 
+pub(crate) mod cpu;
+pub(crate) mod creds;
+pub(crate) mod proc;
+/// Remote syscalls and memory access (public for the benchmarks).
+pub mod remote;
+pub(crate) mod seccomp;
+pub(crate) mod seize;
+pub(crate) mod timers;
+
 use std::collections::BTreeMap;
 
 use nix::unistd::Pid;
@@ -14,9 +23,9 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::remote::{self, Call, Remote, read_words, words};
-use crate::seize::{State, Task, Thread};
-use crate::{cpu, creds, proc, sys, timers};
+use crate::sys;
+use crate::task::remote::{Call, Remote, read_words, words};
+use crate::task::seize::{State, Task, Thread};
 
 /// `task_core_entry.task_state` values (CRIU's).
 pub mod state {

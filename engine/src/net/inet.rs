@@ -18,9 +18,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, sockopt,
 };
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{
-    FdTypes, FownEntry, InetSkEntry, IpOptsEntry, IpOptsRawEntry, SkOptsEntry,
-};
+use stasis_proto::images::{FownEntry, InetSkEntry, IpOptsEntry, IpOptsRawEntry, SkOptsEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -30,7 +28,7 @@ use crate::sys;
 #[derive(Debug)]
 pub struct InetSk;
 
-use crate::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
+use crate::net::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 
 /// (address words in network order, port) of a socket address.
 fn split(a: &SocketAddr) -> (Vec<u32>, u32) {
@@ -107,7 +105,7 @@ fn listen_backlog(family: u32, ino: u32) -> Option<u32> {
     use netlink_packet_sock_diag::SockDiagMessage;
     use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
     let v6 = family == libc::AF_INET6.cast_unsigned();
-    let answers = crate::unix::sock_diag(SockDiagMessage::InetRequest(InetRequest {
+    let answers = crate::net::unix::sock_diag(SockDiagMessage::InetRequest(InetRequest {
         family: u8::try_from(family).ok()?,
         protocol: u8::try_from(libc::IPPROTO_TCP).ok()?,
         extensions: ExtensionFlags::empty(),
@@ -145,11 +143,11 @@ fn raw_opts(fd: &OwnedFd, family: u32, proto: i32) -> nix::Result<IpOptsRawEntry
         e.nodefrag = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG)? != 0);
         if proto == libc::IPPROTO_ICMP {
             let f = sys::getsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, 4)?;
-            e.icmpv_filter = crate::sk_opts::words(&f);
+            e.icmpv_filter = crate::net::sk_opts::words(&f);
         }
     } else if proto == libc::IPPROTO_ICMPV6 {
         let f = sys::getsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32)?;
-        e.icmpv_filter = crate::sk_opts::words(&f);
+        e.icmpv_filter = crate::net::sk_opts::words(&f);
     } else {
         e.hdrincl =
             Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)? != 0);
@@ -186,7 +184,6 @@ fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> ni
 }
 
 impl FileKind for InetSk {
-    const TYPE: FdTypes = FdTypes::Inetsk;
     type Entry = InetSkEntry;
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
@@ -231,9 +228,9 @@ impl FileKind for InetSk {
         let mut tcp_state = 0;
         if ty == libc::SOCK_STREAM {
             // Connections being set up cannot be put back.
-            tcp_state = crate::tcp::state(dup.as_fd())
+            tcp_state = crate::net::tcp::state(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_INFO")))?;
-            if let Some(name) = crate::tcp::refused(tcp_state) {
+            if let Some(name) = crate::net::tcp::refused(tcp_state) {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
                     what: format!(
@@ -264,7 +261,7 @@ impl FileKind for InetSk {
         let listening = int(libc::SO_ACCEPTCONN)? == 1;
         let state = if listening {
             TCP_LISTEN
-        } else if ty == libc::SOCK_STREAM && crate::tcp::connected(tcp_state) {
+        } else if ty == libc::SOCK_STREAM && crate::net::tcp::connected(tcp_state) {
             tcp_state
         } else if peer.is_some() {
             TCP_ESTABLISHED
@@ -272,7 +269,7 @@ impl FileKind for InetSk {
             TCP_CLOSE
         };
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
-        if ty == libc::SOCK_STREAM && crate::tcp::connected(state) {
+        if ty == libc::SOCK_STREAM && crate::net::tcp::connected(state) {
             if !table.opts.tcp_established {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
@@ -297,10 +294,10 @@ impl FileKind for InetSk {
                     ),
                 ))?;
             }
-            crate::tcp::repair_on(dup.as_fd())
+            crate::net::tcp::repair_on(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
             table.tcp_repaired.fds.push(keep);
-            let (e, inq, outq) = crate::tcp::dump(&dup, state).map_err(Error::dump(
+            let (e, inq, outq) = crate::net::tcp::dump(&dup, state).map_err(Error::dump(
                 cx.pid,
                 format!("{what}: the connection's state"),
             ))?;
@@ -321,7 +318,7 @@ impl FileKind for InetSk {
                 .ok()
                 .map(|d| d.to_string_lossy().into_owned())
                 .filter(|d| !d.is_empty()),
-            ..crate::sk_opts::dump_common(cx, dup.as_fd())?
+            ..crate::net::sk_opts::dump_common(cx, dup.as_fd())?
         };
         let freebind = if family == libc::AF_INET.cast_unsigned() {
             opt_bool(&dup, sockopt::IpFreebind) == Some(true)
@@ -361,7 +358,7 @@ impl FileKind for InetSk {
                 format!("{what}: its raw socket options"),
             ))?;
         if udp {
-            let packets = crate::unix::peek_datagrams(&dup, table)
+            let packets = crate::net::unix::peek_datagrams(&dup, table)
                 .map_err(Error::dump(cx.pid, format!("{what}: its queued datagrams")))?;
             for (data, from) in packets {
                 table.unix.push_queue(ino, data, from);
@@ -444,7 +441,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             _ => SockType::Stream,
         };
         let s = sys::socket(domain, raw_ty, u.proto.cast_signed()).map_err(fail("socket"))?;
-        crate::sk_opts::restore_common(s.as_fd(), &u.opts)
+        crate::net::sk_opts::restore_common(s.as_fd(), &u.opts)
             .map_err(|(step, err)| fail(step)(err))?;
         if let Some(r) = u.ip_opts.as_ref().and_then(|o| o.raw.as_ref()) {
             set_raw_opts(&s, u.family, u.proto.cast_signed(), r)
@@ -456,7 +453,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .table
             .tcp_streams
             .iter()
-            .find(|t| t.0 == u.ino && crate::tcp::connected(u.state));
+            .find(|t| t.0 == u.ino && crate::net::tcp::connected(u.state));
         if o.reuseaddr == Some(true) {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
@@ -533,7 +530,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         // Repair mode, last before bind: it lets a connection share its port
         // with a listener (SO_REUSEADDR set later would undo that).
         if let Some((_, e, _, _)) = stream {
-            crate::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
+            crate::net::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
         }
         if u.src_port != 0
             && let Some(a) = join(u.family, &u.src_addr, u.src_port)
@@ -554,7 +551,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             })?;
             nix::sys::socket::connect(s.as_raw_fd(), &SockaddrStorage::from(a))
                 .map_err(fail("connect (repair)"))?;
-            crate::tcp::finish(&s, e, inq, outq).map_err(fail("TCP repair"))?;
+            crate::net::tcp::finish(&s, e, inq, outq).map_err(fail("TCP repair"))?;
         }
         // Raw sockets have no ports: a peer address alone means connected.
         let connected =
@@ -576,10 +573,10 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .table
             .tcp_streams
             .iter()
-            .find(|t| t.0 == u.ino && crate::tcp::connected(u.state))
+            .find(|t| t.0 == u.ino && crate::net::tcp::connected(u.state))
             && let Some(s) = made.get(&u.id)
         {
-            crate::tcp::repair_done(s.as_fd()).map_err(Error::restore(
+            crate::net::tcp::repair_done(s.as_fd()).map_err(Error::restore(
                 pid,
                 format!("inet socket {} (leaving TCP repair)", u.ino),
             ))?;
@@ -595,7 +592,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                     join(u.family, &u.dst_addr, u.dst_port),
                 )
             {
-                crate::tcp::close_halves(s, e, u.state, l, p).map_err(Error::restore(
+                crate::net::tcp::close_halves(s, e, u.state, l, p).map_err(Error::restore(
                     pid,
                     format!(
                         "inet socket {} (closing its half-closed halves again, state {})",

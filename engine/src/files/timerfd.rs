@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, TimerfdEntry};
+use stasis_proto::images::{FownEntry, TimerfdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -55,7 +55,6 @@ fn ts(sec: u64, nsec: u64) -> TimeSpec {
 }
 
 impl FileKind for Timerfd {
-    const TYPE: FdTypes = FdTypes::Timerfd;
     type Entry = TimerfdEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

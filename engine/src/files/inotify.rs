@@ -12,11 +12,11 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify as Instance};
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FhEntry, FownEntry, InotifyFileEntry, InotifyWdEntry};
+use stasis_proto::images::{FhEntry, FownEntry, InotifyFileEntry, InotifyWdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::{proc, sys};
+use crate::{sys, task::proc};
 
 /// inotify files.
 #[derive(Debug)]
@@ -156,7 +156,6 @@ fn handle_words(handle: &[u8]) -> Vec<u64> {
 }
 
 impl FileKind for Inotify {
-    const TYPE: FdTypes = FdTypes::Inotify;
     type Entry = InotifyFileEntry;
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {

@@ -18,8 +18,8 @@ use stasis_proto::images::FileLockEntry;
 
 use crate::error::{EngineError as Error, Result};
 use crate::mm::{self, Trampoline};
-use crate::remote::Remote;
 use crate::sys;
+use crate::task::remote::Remote;
 
 /// fcntl (process-owned) lock.
 pub const POSIX: u32 = 1;

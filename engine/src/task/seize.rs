@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use stasis_arch::native::Regs;
 
 use crate::error::{EngineError as Error, Result};
-use crate::{proc, sys};
+use crate::{sys, task::proc};
 
 /// What a process was doing when frozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,10 +154,10 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
 
 fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Option<Thread>> {
     // Filters suspended: the engine's remote calls must not be filtered.
-    let seccomp = crate::seccomp::mode_of(pid, tid).unwrap_or(0);
+    let seccomp = crate::task::seccomp::mode_of(pid, tid).unwrap_or(0);
     match ptrace::seize(
         tid,
-        crate::seccomp::options(seccomp, Options::PTRACE_O_TRACESYSGOOD),
+        crate::task::seccomp::options(seccomp, Options::PTRACE_O_TRACESYSGOOD),
     ) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(None),

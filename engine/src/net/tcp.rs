@@ -424,7 +424,7 @@ fn send_fin(pkt: &[u8], to: std::net::SocketAddr) -> Result<(), Errno> {
         raw.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_MARK,
-        crate::netlock::MARK.cast_signed(),
+        crate::net::netlock::MARK.cast_signed(),
     )?;
     let sent = match to {
         std::net::SocketAddr::V6(a) if v6 => nix::sys::socket::sendto(

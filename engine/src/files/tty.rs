@@ -14,15 +14,15 @@ use nix::unistd::Pid;
 use stasis_arch::native::nr;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FdTypes, FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry,
-    TtyType, WinsizeEntry,
+    FownEntry, TermiosEntry, TtyDataEntry, TtyFileEntry, TtyInfoEntry, TtyPtyEntry, TtyType,
+    WinsizeEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::mm::{self, Trampoline};
-use crate::remote::Remote;
-use crate::{proc, sys};
+use crate::task::remote::Remote;
+use crate::{sys, task::proc};
 
 /// Where the foreground group's number goes in the trampoline's data area.
 const PGRP_AT: u64 = 21 << 10;
@@ -343,7 +343,6 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
 }
 
 impl FileKind for Tty {
-    const TYPE: FdTypes = FdTypes::Tty;
     type Entry = TtyFileEntry;
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {

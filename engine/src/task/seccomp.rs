@@ -13,8 +13,8 @@ use stasis_proto::images::{SeccompEntry, SeccompFilter};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
-use crate::remote::{self, Remote};
-use crate::{proc, sys};
+use crate::task::remote::{self, Remote};
+use crate::{sys, task::proc};
 
 /// `seccomp_mode` values.
 pub mod mode {
