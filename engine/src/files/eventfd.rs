@@ -52,6 +52,12 @@ fn probe_semaphore(cx: &FdCtx<'_>, counter: u64) -> Result<bool> {
 
 impl FileKind for Eventfd {
     type Entry = EventfdFileEntry;
+    const NAME: &'static str = "eventfd";
+    const ANON_LINK: Option<&'static str> = Some("[eventfd]");
+
+    fn set_id(e: &mut EventfdFileEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let counter = u64::from_str_radix(cx.field("eventfd-count")?, 16)

@@ -60,6 +60,15 @@ fn tfd_entry(cx: &FdCtx<'_>, line: &str) -> Result<EventpollTfdEntry> {
 
 impl FileKind for Eventpoll {
     type Entry = EventpollFileEntry;
+    const NAME: &'static str = "epoll";
+    const ANON_LINK: Option<&'static str> = Some("[eventpoll]");
+
+    fn set_id(e: &mut EventpollFileEntry, id: u32) {
+        e.id = id;
+        for t in &mut e.tfd {
+            t.id = id;
+        }
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let tfd = cx

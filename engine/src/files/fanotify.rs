@@ -83,6 +83,15 @@ fn mark(cx: &FdCtx<'_>, line: &str) -> Result<FanotifyMarkEntry> {
 
 impl FileKind for FanotifyGroup {
     type Entry = FanotifyFileEntry;
+    const NAME: &'static str = "fanotify";
+    const ANON_LINK: Option<&'static str> = Some("[fanotify]");
+
+    fn set_id(e: &mut FanotifyFileEntry, id: u32) {
+        e.id = id;
+        for m in &mut e.mark {
+            m.id = id;
+        }
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let head = cx

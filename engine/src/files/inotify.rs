@@ -157,6 +157,15 @@ fn handle_words(handle: &[u8]) -> Vec<u64> {
 
 impl FileKind for Inotify {
     type Entry = InotifyFileEntry;
+    const NAME: &'static str = "inotify";
+    const ANON_LINK: Option<&'static str> = Some("inotify");
+
+    fn set_id(e: &mut InotifyFileEntry, id: u32) {
+        e.id = id;
+        for w in &mut e.wd {
+            w.id = id;
+        }
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let wd = cx

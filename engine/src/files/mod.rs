@@ -16,6 +16,7 @@ pub(crate) mod file_lock;
 pub(crate) mod inotify;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
+pub(crate) mod registry;
 pub(crate) mod signalfd;
 pub(crate) mod timerfd;
 pub(crate) mod tty;
@@ -36,14 +37,7 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::files::eventfd::Eventfd;
-use crate::files::eventpoll::Eventpoll;
-use crate::files::inotify::Inotify;
-use crate::files::signalfd::Signalfd;
-use crate::files::timerfd::Timerfd;
-use crate::files::tty::Tty;
 use crate::images::Dir;
-use crate::net::unix::UnixSk;
 use crate::{sys, task::proc};
 
 /// Options that change which fds a dump accepts.
@@ -180,11 +174,21 @@ impl OpenCtx<'_> {
 
 /// One kind of open file: the dump half reads it from the task, the restore
 /// half makes an open file like it in the engine, to be installed in tasks.
+///
+/// A kind is registered with one line in [`registry`], which dispatches
+/// dump and open by its `fd_types` value and `file_entry` variant.
 pub trait FileKind {
     /// Its entry in `files.img`.
     type Entry;
+    /// What users call it, in messages.
+    const NAME: &'static str;
+    /// Its fd's link in /proc (`anon_inode:NAME`), for an anonymous inode.
+    const ANON_LINK: Option<&'static str> = None;
     /// Describe the open file `cx` (the entry's id is filled in by the caller).
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind>;
+    /// Give the entry its id in `files.img` (and its parts, where they
+    /// carry it too).
+    fn set_id(e: &mut Self::Entry, id: u32);
     /// Make the open file again.
     fn open(e: &Self::Entry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd>;
 }
@@ -197,6 +201,28 @@ pub struct Reg;
 #[derive(Debug)]
 pub struct Pipe;
 
+/// memfd files: the description (flags, offset) of an inode `memfd.img`
+/// holds (see [`memfd`]).
+#[derive(Debug)]
+pub struct Memfd;
+
+impl FileKind for Memfd {
+    type Entry = MemfdFileEntry;
+    const NAME: &'static str = "memfd";
+
+    fn set_id(e: &mut MemfdFileEntry, id: u32) {
+        e.id = id;
+    }
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        table.dump_memfd(cx)
+    }
+
+    fn open(m: &MemfdFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        cx.table.open_memfd(cx.pid, cx.fd, m)
+    }
+}
+
 /// FIFOs (named pipes): the path as a regular-file entry, the queued bytes
 /// as for pipes.
 #[derive(Debug)]
@@ -208,6 +234,12 @@ fn tty_major(major: u32) -> bool {
 
 impl FileKind for Reg {
     type Entry = RegFileEntry;
+    const NAME: &'static str = "regular file";
+
+    fn set_id(e: &mut RegFileEntry, id: u32) {
+        e.id = id;
+    }
+
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         Ok(Kind::Reg(RegFileEntry {
             id: 0,
@@ -224,6 +256,10 @@ impl FileKind for Reg {
 
     fn open(r: &RegFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let (pid, fd) = (cx.pid, cx.fd);
+        // A POSIX message queue is a file of the mqueue filesystem.
+        if let Some(q) = cx.table.mqueues.of_file(r.id) {
+            return crate::ipc::mqueue::open(q, r.flags, &mut cx.mq_made, pid, fd);
+        }
         let Some(g) = cx.table.remaps.get(&r.id) else {
             return open_reg(pid, fd, r);
         };
@@ -250,6 +286,12 @@ impl FileKind for Reg {
 
 impl FileKind for Pipe {
     type Entry = PipeEntry;
+    const NAME: &'static str = "pipe";
+
+    fn set_id(e: &mut PipeEntry, id: u32) {
+        e.id = id;
+    }
+
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
         let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
@@ -290,6 +332,12 @@ impl FileKind for Pipe {
 
 impl FileKind for Fifo {
     type Entry = FifoEntry;
+    const NAME: &'static str = "FIFO";
+
+    fn set_id(e: &mut FifoEntry, id: u32) {
+        e.id = id;
+    }
+
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = cx.meta.ino();
         let pipe_id = u32::try_from(ino).unwrap_or(u32::MAX);
@@ -488,7 +536,7 @@ impl Table {
         let mut mqueue = false;
         let ty = if fd.target.starts_with("pipe:[") {
             FdTypes::Pipe
-        } else if let Some(ty) = anon_kind(&fd.target) {
+        } else if let Some(ty) = registry::by_anon_link(&fd.target) {
             ty
         } else if fd.target.starts_with("/memfd:") && ft.is_file() {
             FdTypes::Memfd
@@ -570,24 +618,7 @@ impl Table {
             fd,
             meta: &meta,
         };
-        let mut kind = match ty {
-            FdTypes::Pipe => Pipe::dump(&cx, self)?,
-            FdTypes::Fifo => Fifo::dump(&cx, self)?,
-            FdTypes::Eventfd => Eventfd::dump(&cx, self)?,
-            FdTypes::Signalfd => Signalfd::dump(&cx, self)?,
-            FdTypes::Timerfd => Timerfd::dump(&cx, self)?,
-            FdTypes::Eventpoll => Eventpoll::dump(&cx, self)?,
-            FdTypes::Inotify => Inotify::dump(&cx, self)?,
-            FdTypes::Unixsk => UnixSk::dump(&cx, self)?,
-            FdTypes::Inetsk => crate::net::inet::InetSk::dump(&cx, self)?,
-            FdTypes::Netlinksk => crate::net::netlink_sk::NetlinkSk::dump(&cx, self)?,
-            FdTypes::Packetsk => crate::net::packet::PacketSk::dump(&cx, self)?,
-            FdTypes::Fanotify => crate::files::fanotify::FanotifyGroup::dump(&cx, self)?,
-            FdTypes::Tty => Tty::dump(&cx, self)?,
-            FdTypes::Pidfd => crate::files::pidfd::Pidfd::dump(&cx, self)?,
-            FdTypes::Memfd => self.dump_memfd(&cx)?,
-            _ => Reg::dump(&cx, self)?,
-        };
+        let mut kind = registry::dump(ty, &cx, self)?;
         let id = self.next_id();
         if let Some(orig) = fd
             .target
@@ -600,39 +631,7 @@ impl Table {
             let remap = self.dump_ghost(&cx, opts.ghost_limit, id)?;
             self.remaps.insert(id, remap);
         }
-        match &mut kind {
-            Kind::Reg(r) => r.id = id,
-            Kind::Pipe(p) => p.id = id,
-            Kind::Fifo(f) => f.id = id,
-            Kind::Memfd(m) => m.id = id,
-            Kind::Efd(e) => e.id = id,
-            Kind::Usk(e) => e.id = id,
-            Kind::Isk(e) => e.id = id,
-            Kind::Nlsk(e) => e.id = id,
-            Kind::Psk(e) => e.id = id,
-            Kind::Tty(e) => e.id = id,
-            Kind::Pidfd(e) => e.id = id,
-            Kind::Sgfd(e) => e.id = id,
-            Kind::Tfd(e) => e.id = id,
-            Kind::Epfd(e) => {
-                e.id = id;
-                for t in &mut e.tfd {
-                    t.id = id;
-                }
-            }
-            Kind::Ify(e) => {
-                e.id = id;
-                for w in &mut e.wd {
-                    w.id = id;
-                }
-            }
-            Kind::Ffy(e) => {
-                e.id = id;
-                for m in &mut e.mark {
-                    m.id = id;
-                }
-            }
-        }
+        registry::set_id(&mut kind, id);
         self.entries.push(FileEntry {
             r#type: ty as i32,
             id,
@@ -1268,31 +1267,13 @@ impl Table {
             what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
         })?;
         match entry.kind.as_ref() {
-            Some(Kind::Reg(r)) => match self.mqueues.of_file(id) {
-                Some(q) => crate::ipc::mqueue::open(q, r.flags, &mut cx.mq_made, pid, fd),
-                None => Reg::open(r, cx),
-            },
-            Some(Kind::Pipe(p)) => Pipe::open(p, cx),
-            Some(Kind::Fifo(f)) => Fifo::open(f, cx),
-            Some(Kind::Memfd(m)) => self.open_memfd(pid, fd, m),
-            Some(Kind::Efd(e)) => Eventfd::open(e, cx),
-            Some(Kind::Sgfd(e)) => Signalfd::open(e, cx),
-            Some(Kind::Tfd(e)) => Timerfd::open(e, cx),
-            Some(Kind::Epfd(e)) => Eventpoll::open(e, cx),
-            Some(Kind::Ify(e)) => Inotify::open(e, cx),
-            Some(Kind::Usk(e)) => UnixSk::open(e, cx),
-            Some(Kind::Isk(e)) => crate::net::inet::InetSk::open(e, cx),
-            Some(Kind::Nlsk(e)) => crate::net::netlink_sk::NetlinkSk::open(e, cx),
-            Some(Kind::Psk(e)) => crate::net::packet::PacketSk::open(e, cx),
-            Some(Kind::Ffy(e)) => crate::files::fanotify::FanotifyGroup::open(e, cx),
-            Some(Kind::Tty(e)) => Tty::open(e, cx),
-            Some(Kind::Pidfd(e)) => crate::files::pidfd::Pidfd::open(e, cx),
-            other => Err(Error::Unsupported {
-                pid,
-                what: format!(
-                    "fd {fd}: file kind {:?} in the images",
-                    other.map(kind_name)
-                ),
+            Some(kind) => {
+                tracing::debug!(%pid, fd, id, kind = registry::name(kind), "opening");
+                registry::open(kind, cx)
+            }
+            None => Err(Error::BadImage {
+                path: "files.img".into(),
+                what: format!("task {pid} fd {fd}: file {id} has no kind"),
             }),
         }
     }
@@ -1474,40 +1455,6 @@ fn recreate_ghost(pid: Pid, name: &str, id: u32, g: &Ghost) -> Result<String> {
 }
 
 /// The kind of an anonymous-inode file, by its /proc link target.
-fn anon_kind(target: &str) -> Option<FdTypes> {
-    Some(match target.strip_prefix("anon_inode:")? {
-        "[eventfd]" => FdTypes::Eventfd,
-        "[signalfd]" => FdTypes::Signalfd,
-        "[timerfd]" => FdTypes::Timerfd,
-        "[eventpoll]" => FdTypes::Eventpoll,
-        "inotify" => FdTypes::Inotify,
-        "[fanotify]" => FdTypes::Fanotify,
-        "[pidfd]" => FdTypes::Pidfd,
-        _ => return None,
-    })
-}
-
-fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::Reg(_) => "regular file",
-        Kind::Fifo(_) => "FIFO",
-        Kind::Pipe(_) => "pipe",
-        Kind::Tty(_) => "tty",
-        Kind::Memfd(_) => "memfd",
-        Kind::Pidfd(_) => "pidfd",
-        Kind::Efd(_) => "eventfd",
-        Kind::Epfd(_) => "epoll",
-        Kind::Sgfd(_) => "signalfd",
-        Kind::Tfd(_) => "timerfd",
-        Kind::Ify(_) => "inotify",
-        Kind::Usk(_) => "unix socket",
-        Kind::Isk(_) => "inet socket",
-        Kind::Nlsk(_) => "netlink socket",
-        Kind::Psk(_) => "packet socket",
-        Kind::Ffy(_) => "fanotify",
-    }
-}
-
 fn open_err(pid: Pid, fd: i32, path: &str, err: std::io::Error) -> Error {
     Error::OpenFile {
         pid,

@@ -18,6 +18,12 @@ pub struct Pidfd;
 
 impl FileKind for Pidfd {
     type Entry = PidfdEntry;
+    const NAME: &'static str = "pidfd";
+    const ANON_LINK: Option<&'static str> = Some("[pidfd]");
+
+    fn set_id(e: &mut PidfdEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let pid: i32 = cx

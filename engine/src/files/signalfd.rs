@@ -17,6 +17,12 @@ pub struct Signalfd;
 
 impl FileKind for Signalfd {
     type Entry = SignalfdEntry;
+    const NAME: &'static str = "signalfd";
+    const ANON_LINK: Option<&'static str> = Some("[signalfd]");
+
+    fn set_id(e: &mut SignalfdEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let sigmask =

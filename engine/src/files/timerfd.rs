@@ -56,6 +56,12 @@ fn ts(sec: u64, nsec: u64) -> TimeSpec {
 
 impl FileKind for Timerfd {
     type Entry = TimerfdEntry;
+    const NAME: &'static str = "timerfd";
+    const ANON_LINK: Option<&'static str> = Some("[timerfd]");
+
+    fn set_id(e: &mut TimerfdEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         // An expired periodic timer counts its expirations only when asked:

@@ -344,6 +344,11 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
 
 impl FileKind for Tty {
     type Entry = TtyFileEntry;
+    const NAME: &'static str = "tty";
+
+    fn set_id(e: &mut TtyFileEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);

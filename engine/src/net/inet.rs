@@ -185,6 +185,11 @@ fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> ni
 
 impl FileKind for InetSk {
     type Entry = InetSkEntry;
+    const NAME: &'static str = "inet socket";
+
+    fn set_id(e: &mut InetSkEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);

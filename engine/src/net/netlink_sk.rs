@@ -39,6 +39,11 @@ fn groups_of(words: &[u32]) -> Vec<u32> {
 
 impl FileKind for NetlinkSk {
     type Entry = NetlinkSkEntry;
+    const NAME: &'static str = "netlink socket";
+
+    fn set_id(e: &mut NetlinkSkEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);

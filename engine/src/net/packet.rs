@@ -86,6 +86,11 @@ fn diag(ino: u32) -> std::result::Result<Option<Diag>, nix::errno::Errno> {
 
 impl FileKind for PacketSk {
     type Entry = PacketSockEntry;
+    const NAME: &'static str = "packet socket";
+
+    fn set_id(e: &mut PacketSockEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);

@@ -389,6 +389,11 @@ fn sk_opts(fd: &OwnedFd) -> std::result::Result<SkOptsEntry, Errno> {
 
 impl FileKind for UnixSk {
     type Entry = UnixSkEntry;
+    const NAME: &'static str = "unix socket";
+
+    fn set_id(e: &mut UnixSkEntry, id: u32) {
+        e.id = id;
+    }
 
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let ino = u32::try_from(cx.meta.ino()).unwrap_or(0);

@@ -1,0 +1,78 @@
+//! The registry of open-file kinds: one line ties a kind's `fd_types` value
+//! and `file_entry` variant (fdinfo.proto) to the type that dumps and opens
+//! it ([`FileKind`]). Dump and open dispatch, the entry's id, the kind's
+//! name in messages and the recognition of anonymous-inode fds by their
+//! /proc link all come from here; a `file_entry` variant missing from the
+//! list does not compile.
+//!
+//! Adding a kind: its module with an `impl FileKind`, and one line below.
+
+use std::os::fd::OwnedFd;
+
+use stasis_proto::images::FdTypes;
+use stasis_proto::images::file_entry::Kind;
+
+use super::{FdCtx, FileKind, OpenCtx, Table};
+use crate::error::Result;
+
+macro_rules! kinds {
+    ($($ty:ident / $variant:ident => $kind:ty),* $(,)?) => {
+        /// Describe fd `cx`, of kind `ty` (any other type: as a regular file).
+        pub(super) fn dump(ty: FdTypes, cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+            match ty {
+                $(FdTypes::$ty => <$kind as FileKind>::dump(cx, table),)*
+                _ => <super::Reg as FileKind>::dump(cx, table),
+            }
+        }
+
+        /// Give `kind` its id in `files.img`.
+        pub(super) fn set_id(kind: &mut Kind, id: u32) {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::set_id(e, id),)*
+            }
+        }
+
+        /// Make the open file `kind` again.
+        pub(super) fn open(kind: &Kind, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::open(e, cx),)*
+            }
+        }
+
+        /// The kind's name in messages.
+        pub(super) fn name(kind: &Kind) -> &'static str {
+            match kind {
+                $(Kind::$variant(_) => <$kind as FileKind>::NAME,)*
+            }
+        }
+
+        /// The kind of an anonymous-inode fd, by its /proc link
+        /// (`anon_inode:[eventfd]`, ...).
+        pub(super) fn by_anon_link(target: &str) -> Option<FdTypes> {
+            let link = target.strip_prefix("anon_inode:")?;
+            $(if <$kind as FileKind>::ANON_LINK == Some(link) {
+                return Some(FdTypes::$ty);
+            })*
+            None
+        }
+    };
+}
+
+kinds! {
+    Reg / Reg => super::Reg,
+    Pipe / Pipe => super::Pipe,
+    Fifo / Fifo => super::Fifo,
+    Memfd / Memfd => super::Memfd,
+    Tty / Tty => super::tty::Tty,
+    Eventfd / Efd => super::eventfd::Eventfd,
+    Eventpoll / Epfd => super::eventpoll::Eventpoll,
+    Signalfd / Sgfd => super::signalfd::Signalfd,
+    Timerfd / Tfd => super::timerfd::Timerfd,
+    Inotify / Ify => super::inotify::Inotify,
+    Fanotify / Ffy => super::fanotify::FanotifyGroup,
+    Pidfd / Pidfd => super::pidfd::Pidfd,
+    Unixsk / Usk => crate::net::unix::UnixSk,
+    Inetsk / Isk => crate::net::inet::InetSk,
+    Netlinksk / Nlsk => crate::net::netlink_sk::NetlinkSk,
+    Packetsk / Psk => crate::net::packet::PacketSk,
+}
