@@ -3,12 +3,128 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use stasis_proto::kind::{self, ImageKind};
 use stasis_proto::{ImageReader, ImageWriter};
 
 use crate::error::{EngineError as Error, Result};
+
+/// An image kind and the type of its entries (for an image that starts
+/// with a head entry, the head's): `dir.write_all(img::FILES, 0, &entries)`
+/// does not compile with entries of another type.
+pub struct Image<M> {
+    name: &'static str,
+    entry: PhantomData<fn() -> M>,
+}
+
+impl<M> Image<M> {
+    const fn new(name: &'static str) -> Self {
+        Image {
+            name,
+            entry: PhantomData,
+        }
+    }
+
+    /// The kind's name (`"FILES"`), as `stasis_proto::kind` knows it.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<M> Clone for Image<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Image<M> {}
+
+impl<M> std::fmt::Debug for Image<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The image kinds the engine reads and writes.
+#[allow(missing_docs)]
+pub mod img {
+    use stasis_proto::images::{
+        CoreEntry, FdinfoEntry, FileEntry, FileLockEntry, FsEntry, GhostFileEntry, InventoryEntry,
+        IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry,
+        NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry, PosixMqueueEntry, PstreeEntry,
+        RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TtyDataEntry,
+        TtyInfoEntry, UtsnsEntry,
+    };
+
+    use super::Image;
+
+    pub const INVENTORY: Image<InventoryEntry> = Image::new("INVENTORY");
+    pub const PSTREE: Image<PstreeEntry> = Image::new("PSTREE");
+    pub const CORE: Image<CoreEntry> = Image::new("CORE");
+    pub const MM: Image<MmEntry> = Image::new("MM");
+    pub const PAGEMAP: Image<PagemapHead> = Image::new("PAGEMAP");
+    pub const FDINFO: Image<FdinfoEntry> = Image::new("FDINFO");
+    pub const FILES: Image<FileEntry> = Image::new("FILES");
+    pub const FS: Image<FsEntry> = Image::new("FS");
+    pub const PIPES_DATA: Image<PipeDataEntry> = Image::new("PIPES_DATA");
+    pub const FIFO_DATA: Image<PipeDataEntry> = Image::new("FIFO_DATA");
+    pub const GHOST_FILE: Image<GhostFileEntry> = Image::new("GHOST_FILE");
+    pub const REMAP_FPATH: Image<RemapFilePathEntry> = Image::new("REMAP_FPATH");
+    pub const SK_QUEUES: Image<SkPacketEntry> = Image::new("SK_QUEUES");
+    pub const FILE_LOCKS: Image<FileLockEntry> = Image::new("FILE_LOCKS");
+    pub const TCP_STREAM: Image<TcpStreamEntry> = Image::new("TCP_STREAM");
+    pub const TTY_INFO: Image<TtyInfoEntry> = Image::new("TTY_INFO");
+    pub const TTY_DATA: Image<TtyDataEntry> = Image::new("TTY_DATA");
+    pub const MEMFD_INODE: Image<MemfdInodeEntry> = Image::new("MEMFD_INODE");
+    pub const SECCOMP: Image<SeccompEntry> = Image::new("SECCOMP");
+    pub const UTSNS: Image<UtsnsEntry> = Image::new("UTSNS");
+    pub const NETNS: Image<NetnsEntry> = Image::new("NETNS");
+    pub const NETDEV: Image<NetDeviceEntry> = Image::new("NETDEV");
+    pub const IPC_VAR: Image<IpcVarEntry> = Image::new("IPC_VAR");
+    pub const IPCNS_SHM: Image<IpcShmEntry> = Image::new("IPCNS_SHM");
+    pub const IPCNS_SEM: Image<IpcSemEntry> = Image::new("IPCNS_SEM");
+    pub const IPCNS_MSG: Image<IpcMsgEntry> = Image::new("IPCNS_MSG");
+    pub const POSIX_MQUEUE: Image<PosixMqueueEntry> = Image::new("POSIX_MQUEUE");
+    pub const STATS: Image<StatsEntry> = Image::new("STATS");
+
+    /// (kind name, schema message name of its entry type) of every constant.
+    #[cfg(test)]
+    pub(super) fn all() -> Vec<(&'static str, &'static str)> {
+        use prost::Name;
+        vec![
+            (INVENTORY.name(), InventoryEntry::NAME),
+            (PSTREE.name(), PstreeEntry::NAME),
+            (CORE.name(), CoreEntry::NAME),
+            (MM.name(), MmEntry::NAME),
+            (PAGEMAP.name(), PagemapHead::NAME),
+            (FDINFO.name(), FdinfoEntry::NAME),
+            (FILES.name(), FileEntry::NAME),
+            (FS.name(), FsEntry::NAME),
+            (PIPES_DATA.name(), PipeDataEntry::NAME),
+            (FIFO_DATA.name(), PipeDataEntry::NAME),
+            (GHOST_FILE.name(), GhostFileEntry::NAME),
+            (REMAP_FPATH.name(), RemapFilePathEntry::NAME),
+            (SK_QUEUES.name(), SkPacketEntry::NAME),
+            (FILE_LOCKS.name(), FileLockEntry::NAME),
+            (TCP_STREAM.name(), TcpStreamEntry::NAME),
+            (TTY_INFO.name(), TtyInfoEntry::NAME),
+            (TTY_DATA.name(), TtyDataEntry::NAME),
+            (MEMFD_INODE.name(), MemfdInodeEntry::NAME),
+            (SECCOMP.name(), SeccompEntry::NAME),
+            (UTSNS.name(), UtsnsEntry::NAME),
+            (NETNS.name(), NetnsEntry::NAME),
+            (NETDEV.name(), NetDeviceEntry::NAME),
+            (IPC_VAR.name(), IpcVarEntry::NAME),
+            (IPCNS_SHM.name(), IpcShmEntry::NAME),
+            (IPCNS_SEM.name(), IpcSemEntry::NAME),
+            (IPCNS_MSG.name(), IpcMsgEntry::NAME),
+            (POSIX_MQUEUE.name(), PosixMqueueEntry::NAME),
+            (STATS.name(), StatsEntry::NAME),
+        ]
+    }
+}
 
 /// The directory given with `-D`.
 #[derive(Debug, Clone)]
@@ -47,8 +163,8 @@ impl Dir {
     }
 
     /// File name of image `name` for object `id`.
-    pub fn file(&self, name: &str, id: u64) -> Result<PathBuf> {
-        let k = kind(name)?;
+    pub fn file<M>(&self, img: Image<M>, id: u64) -> Result<PathBuf> {
+        let k = kind(img.name)?;
         let file = k
             .file_pattern
             .replace("%d", &id.to_string())
@@ -57,14 +173,14 @@ impl Dir {
     }
 
     /// Create image `name` for object `id`.
-    pub fn create(&self, name: &str, id: u64) -> Result<ImageWriter<BufWriter<File>>> {
-        Ok(ImageWriter::create(&self.file(name, id)?, kind(name)?)?)
+    pub fn create<M>(&self, img: Image<M>, id: u64) -> Result<ImageWriter<BufWriter<File>>> {
+        Ok(ImageWriter::create(&self.file(img, id)?, kind(img.name)?)?)
     }
 
     /// Create the stats image (`stats-dump` / `stats-restore`).
     pub fn create_stats(&self, which: &str) -> Result<ImageWriter<BufWriter<File>>> {
         let path = self.path.join(format!("stats-{which}"));
-        Ok(ImageWriter::create(&path, kind("STATS")?)?)
+        Ok(ImageWriter::create(&path, kind(img::STATS.name)?)?)
     }
 
     /// The pagemap of shared memory object `shmid` (`pagemap-shmem-ID.img`,
@@ -77,7 +193,7 @@ impl Dir {
     pub fn create_shmem_pagemap(&self, shmid: u64) -> Result<ImageWriter<BufWriter<File>>> {
         Ok(ImageWriter::create(
             &self.shmem_pagemap(shmid),
-            kind("PAGEMAP")?,
+            kind(img::PAGEMAP.name)?,
         )?)
     }
 
@@ -85,27 +201,30 @@ impl Dir {
     pub fn open_shmem_pagemap(&self, shmid: u64) -> Result<ImageReader<BufReader<File>>> {
         Ok(ImageReader::open_kind(
             &self.shmem_pagemap(shmid),
-            kind("PAGEMAP")?,
+            kind(img::PAGEMAP.name)?,
         )?)
     }
 
     /// Open image `name` for object `id`, checking its magic.
-    pub fn open_image(&self, name: &str, id: u64) -> Result<ImageReader<BufReader<File>>> {
-        Ok(ImageReader::open_kind(&self.file(name, id)?, kind(name)?)?)
+    pub fn open_image<M>(&self, img: Image<M>, id: u64) -> Result<ImageReader<BufReader<File>>> {
+        Ok(ImageReader::open_kind(
+            &self.file(img, id)?,
+            kind(img.name)?,
+        )?)
     }
 
     /// Whether image `name` for object `id` exists.
-    pub fn exists(&self, name: &str, id: u64) -> bool {
-        self.file(name, id).is_ok_and(|p| p.exists())
+    pub fn exists<M>(&self, img: Image<M>, id: u64) -> bool {
+        self.file(img, id).is_ok_and(|p| p.exists())
     }
 
     /// Every entry of image `name` for object `id`.
     pub fn read_all<M: prost::Message + prost::Name + Default>(
         &self,
-        name: &str,
+        img: Image<M>,
         id: u64,
     ) -> Result<Vec<M>> {
-        let mut r = self.open_image(name, id)?;
+        let mut r = self.open_image(img, id)?;
         let mut out = Vec::new();
         while let Some(m) = r.read_entry()? {
             out.push(m);
@@ -116,10 +235,10 @@ impl Dir {
     /// The single entry of image `name` for object `id`.
     pub fn read_one<M: prost::Message + prost::Name + Default>(
         &self,
-        name: &str,
+        img: Image<M>,
         id: u64,
     ) -> Result<M> {
-        let mut r = self.open_image(name, id)?;
+        let mut r = self.open_image(img, id)?;
         r.read_entry()?.ok_or_else(|| Error::BadImage {
             path: r.path().to_owned(),
             what: "the image has no entry".into(),
@@ -127,8 +246,8 @@ impl Dir {
     }
 
     /// Write `msgs` as image `name` for object `id`.
-    pub fn write_all<M: prost::Message>(&self, name: &str, id: u64, msgs: &[M]) -> Result<()> {
-        let mut w = self.create(name, id)?;
+    pub fn write_all<M: prost::Message>(&self, img: Image<M>, id: u64, msgs: &[M]) -> Result<()> {
+        let mut w = self.create(img, id)?;
         for m in msgs {
             w.write(m)?;
         }
@@ -139,5 +258,23 @@ impl Dir {
     /// Path of raw pages file `pages-N.img`.
     pub fn pages_file(&self, id: u32) -> PathBuf {
         self.path.join(format!("pages-{id}.img"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_image_constant_names_a_kind_of_its_entry_type() {
+        for (name, message) in super::img::all() {
+            let kind = stasis_proto::kind::by_name(name).expect("a kind of the schema");
+            let first = match kind.layout {
+                stasis_proto::kind::Layout::Entries(m)
+                | stasis_proto::kind::Layout::WithPayload(m, _) => Some(m),
+                _ => None,
+            };
+            if let Some(m) = first {
+                assert_eq!(m, message, "{name}'s entries");
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
 use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
+use crate::images::img;
 use crate::progress::{Progress, Step};
 use crate::task::remote::{self, Call, Remote};
 use crate::{sys, task::proc};
@@ -503,7 +504,7 @@ fn walk_pages(
         path: pagemap_path.clone(),
         err: e,
     })?;
-    let mut head = dir.create("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
+    let mut head = dir.create(img::PAGEMAP, u64::from(pid.as_raw().cast_unsigned()))?;
     head.write(&PagemapHead { pages_id: id })?;
     let mut stats = PageStats::default();
     let mut pm = vec![0u8; 8 * 4096];
@@ -1245,7 +1246,7 @@ struct PagesPlan {
 
 fn plan_pages(pid: Pid, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesPlan> {
     let ps = sys::page_size();
-    let mut pm = dir.open_image("PAGEMAP", u64::from(pid.as_raw().cast_unsigned()))?;
+    let mut pm = dir.open_image(img::PAGEMAP, u64::from(pid.as_raw().cast_unsigned()))?;
     let head: PagemapHead = pm.read_entry()?.ok_or_else(|| Error::BadImage {
         path: pm.path().to_owned(),
         what: "no pagemap head".into(),

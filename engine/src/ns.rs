@@ -16,6 +16,7 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 
 /// The id the images give the tree's namespaces (`utsns-1.img`, ...).
 pub const NS_ID: u64 = 1;
@@ -194,8 +195,8 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
                 },
             ))
         })?;
-        dir.write_all("NETDEV", NS_ID, &[lo])?;
-        dir.write_all("NETNS", NS_ID, &[conf])?;
+        dir.write_all(img::NETDEV, NS_ID, &[lo])?;
+        dir.write_all(img::NETNS, NS_ID, &[conf])?;
     }
     if own(root, "uts") {
         let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
@@ -205,7 +206,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
                 domainname: u.domainname().to_string_lossy().into_owned(),
             })
         })?;
-        dir.write_all("UTSNS", NS_ID, &[e])?;
+        dir.write_all(img::UTSNS, NS_ID, &[e])?;
     }
     if own(root, "ipc") {
         let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
@@ -243,7 +244,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
             };
             Ok((var, objects))
         })?;
-        dir.write_all("IPC_VAR", NS_ID, &[e.0])?;
+        dir.write_all(img::IPC_VAR, NS_ID, &[e.0])?;
         crate::ipc::sysv::write(&e.1, dir, NS_ID)?;
     }
     Ok(())
@@ -269,9 +270,9 @@ pub struct Restored {
 pub fn restore(dir: &Dir) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
-    if dir.exists("NETNS", NS_ID) {
-        let devs: Vec<NetDeviceEntry> = dir.read_all("NETDEV", NS_ID)?;
-        let conf: NetnsEntry = dir.read_one("NETNS", NS_ID)?;
+    if dir.exists(img::NETNS, NS_ID) {
+        let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
+        let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
         unshare(CloneFlags::CLONE_NEWNET).map_err(Error::restore(me, "a network namespace"))?;
         let sock = nix::sys::socket::socket(
             nix::sys::socket::AddressFamily::Inet,
@@ -303,14 +304,14 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
             }
         }
     }
-    if dir.exists("UTSNS", NS_ID) {
-        let e: UtsnsEntry = dir.read_one("UTSNS", NS_ID)?;
+    if dir.exists(img::UTSNS, NS_ID) {
+        let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;
         unshare(CloneFlags::CLONE_NEWUTS).map_err(Error::restore(me, "a UTS namespace"))?;
         nix::unistd::sethostname(&e.nodename).map_err(Error::restore(me, "the host name"))?;
         write_sys(&format!("{KERNEL}/domainname"), &e.domainname)?;
     }
-    if dir.exists("IPC_VAR", NS_ID) {
-        let e: IpcVarEntry = dir.read_one("IPC_VAR", NS_ID)?;
+    if dir.exists(img::IPC_VAR, NS_ID) {
+        let e: IpcVarEntry = dir.read_one(img::IPC_VAR, NS_ID)?;
         unshare(CloneFlags::CLONE_NEWIPC).map_err(Error::restore(me, "an IPC namespace"))?;
         let k = |n: &str| format!("{KERNEL}/{n}");
         let q = |n: &str| format!("{MQUEUE}/{n}");

@@ -15,6 +15,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::files::{self, Table};
 use crate::images::Dir;
+use crate::images::img;
 use crate::progress::{Progress, Step};
 use crate::task::remote::{self, Remote};
 use crate::task::seize::{self, State, Task, Tree};
@@ -230,9 +231,9 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     // memfd contents are pages of the images too.
     stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
-    dir.write_all("PSTREE", 0, &pstree)?;
+    dir.write_all(img::PSTREE, 0, &pstree)?;
     dir.write_all(
-        "INVENTORY",
+        img::INVENTORY,
         0,
         &[InventoryEntry {
             img_version: stasis_proto::kind::IMAGES_VERSION,
@@ -310,7 +311,11 @@ fn dump_tasks(
         if let State::Zombie(code) = t.state {
             let mut core = task::zombie_core(t.pid, code);
             core.ids = Some(ids(t.pid));
-            dir.write_all("CORE", u64::from(t.pid.as_raw().cast_unsigned()), &[core])?;
+            dir.write_all(
+                img::CORE,
+                u64::from(t.pid.as_raw().cast_unsigned()),
+                &[core],
+            )?;
             continue;
         }
         dump_task(t, &namespaces, dir, files, filters, fopts, rx, stats)?;
@@ -458,7 +463,7 @@ fn dump_task_state(
         aios: Vec::new(),
         thp_disabled: Some(thp != 0),
     };
-    dir.write_all("MM", id, &[mm])?;
+    dir.write_all(img::MM, id, &[mm])?;
     let cwd = link(pid, "cwd")?;
     let root = link(pid, "root")?;
     let fs = FsEntry {
@@ -468,8 +473,8 @@ fn dump_task_state(
             .get("Umask")
             .and_then(|u| u32::from_str_radix(u, 8).ok()),
     };
-    dir.write_all("FS", id, &[fs])?;
-    dir.write_all("FDINFO", id, &fdinfo)?;
+    dir.write_all(img::FS, id, &[fs])?;
+    dir.write_all(img::FDINFO, id, &fdinfo)?;
     let mut tc = Some(tc);
     for th in &t.threads {
         // The leader's /proc/PID/stat and status are its thread's.
@@ -483,7 +488,11 @@ fn dump_task_state(
         if leader {
             core.ids = Some(ids(pid));
         }
-        dir.write_all("CORE", u64::from(th.tid.as_raw().cast_unsigned()), &[core])?;
+        dir.write_all(
+            img::CORE,
+            u64::from(th.tid.as_raw().cast_unsigned()),
+            &[core],
+        )?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use stasis_proto::images::{MemfdInodeEntry, PagemapEntry, PagemapHead};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 
 /// `pagemap_entry.flags`: the pages are in the pages image.
 const PE_PRESENT: u32 = 1 << 2;
@@ -80,7 +81,7 @@ impl Inodes {
             return Ok(0);
         }
         let list: Vec<MemfdInodeEntry> = self.entries.iter().map(|(e, _)| e.clone()).collect();
-        dir.write_all("MEMFD_INODE", 0, &list)?;
+        dir.write_all(img::MEMFD_INODE, 0, &list)?;
         let mut pages = 0;
         for (e, f) in &self.entries {
             pages += write_contents(dir, e, f)?;
@@ -137,11 +138,11 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
 /// Make every memfd inode of the images again; fds by inode id.
 pub fn restore_all(dir: &Dir) -> Result<HashMap<u32, OwnedFd>> {
     let mut out = HashMap::new();
-    if !dir.exists("MEMFD_INODE", 0) {
+    if !dir.exists(img::MEMFD_INODE, 0) {
         return Ok(out);
     }
     let me = nix::unistd::getpid();
-    let list: Vec<MemfdInodeEntry> = dir.read_all("MEMFD_INODE", 0)?;
+    let list: Vec<MemfdInodeEntry> = dir.read_all(img::MEMFD_INODE, 0)?;
     for e in list {
         let what = format!("memfd {:?}", e.name);
         let name = std::ffi::CString::new(e.name.clone()).map_err(|_| Error::BadImage {

@@ -38,6 +38,7 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 use crate::{sys, task::proc};
 
 /// Options that change which fds a dump accepts.
@@ -1067,8 +1068,8 @@ impl Table {
     /// FIFO data, ghost files, memfds); the memfd pages written.
     pub fn write(&mut self, dir: &Dir) -> Result<u64> {
         self.finish_unix()?;
-        dir.write_all("FILES", 0, &self.entries)?;
-        let mut w = dir.create("PIPES_DATA", 0)?;
+        dir.write_all(img::FILES, 0, &self.entries)?;
+        let mut w = dir.create(img::PIPES_DATA, 0)?;
         for (e, data) in &self.pipe_data {
             w.write(e)?;
             w.write_payload(data)?;
@@ -1085,10 +1086,10 @@ impl Table {
                 })
                 .collect();
             remaps.sort_by_key(|r| r.orig_id);
-            dir.write_all("REMAP_FPATH", 0, &remaps)?;
+            dir.write_all(img::REMAP_FPATH, 0, &remaps)?;
         }
         for (id, g) in &self.ghosts {
-            let mut w = dir.create("GHOST_FILE", u64::from(*id))?;
+            let mut w = dir.create(img::GHOST_FILE, u64::from(*id))?;
             w.write(&g.entry)?;
             for (off, data) in &g.chunks {
                 w.write(&GhostChunkEntry {
@@ -1100,16 +1101,16 @@ impl Table {
             w.finish()?;
         }
         if !self.locks.is_empty() {
-            dir.write_all("FILE_LOCKS", 0, &self.locks)?;
+            dir.write_all(img::FILE_LOCKS, 0, &self.locks)?;
         }
         if !self.ttys.is_empty() {
-            dir.write_all("TTY_INFO", 0, &self.ttys)?;
+            dir.write_all(img::TTY_INFO, 0, &self.ttys)?;
         }
         if !self.tty_data.is_empty() {
-            dir.write_all("TTY_DATA", 0, &self.tty_data)?;
+            dir.write_all(img::TTY_DATA, 0, &self.tty_data)?;
         }
         for (ino, e, inq, outq) in &self.tcp_streams {
-            let mut w = dir.create("TCP_STREAM", u64::from(*ino))?;
+            let mut w = dir.create(img::TCP_STREAM, u64::from(*ino))?;
             w.write(e)?;
             w.write_payload(inq)?;
             w.write_payload(outq)?;
@@ -1118,7 +1119,7 @@ impl Table {
         self.mqueues.write(dir)?;
         let pages = self.memfds.write(dir)?;
         if !self.fifos_seen.is_empty() {
-            let mut w = dir.create("FIFO_DATA", 0)?;
+            let mut w = dir.create(img::FIFO_DATA, 0)?;
             for (e, data) in &self.fifo_data {
                 w.write(e)?;
                 w.write_payload(data)?;
@@ -1130,20 +1131,20 @@ impl Table {
 
     /// Load `files.img`, `pipes-data.img` and `fifo-data.img`.
     pub fn load(dir: &Dir) -> Result<Table> {
-        let entries: Vec<FileEntry> = dir.read_all("FILES", 0)?;
+        let entries: Vec<FileEntry> = dir.read_all(img::FILES, 0)?;
         let mut t = Table {
             entries,
             ..Table::default()
         };
-        if dir.exists("PIPES_DATA", 0) {
-            let mut r = dir.open_image("PIPES_DATA", 0)?;
+        if dir.exists(img::PIPES_DATA, 0) {
+            let mut r = dir.open_image(img::PIPES_DATA, 0)?;
             while let Some(e) = r.read_entry::<PipeDataEntry>()? {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.pipe_data.push((e, data));
             }
         }
-        if dir.exists("REMAP_FPATH", 0) {
-            let remaps: Vec<RemapFilePathEntry> = dir.read_all("REMAP_FPATH", 0)?;
+        if dir.exists(img::REMAP_FPATH, 0) {
+            let remaps: Vec<RemapFilePathEntry> = dir.read_all(img::REMAP_FPATH, 0)?;
             for r in remaps {
                 if r.remap_type != Some(RemapType::Ghost as i32) {
                     return Err(Error::BadImage {
@@ -1161,15 +1162,15 @@ impl Table {
                 }
             }
         }
-        if dir.exists("FIFO_DATA", 0) {
-            let mut r = dir.open_image("FIFO_DATA", 0)?;
+        if dir.exists(img::FIFO_DATA, 0) {
+            let mut r = dir.open_image(img::FIFO_DATA, 0)?;
             while let Some(e) = r.read_entry::<PipeDataEntry>()? {
                 let data = r.read_payload(u64::from(e.bytes))?;
                 t.fifo_data.push((e, data));
             }
         }
-        if dir.exists("TTY_INFO", 0) {
-            t.ttys = dir.read_all("TTY_INFO", 0)?;
+        if dir.exists(img::TTY_INFO, 0) {
+            t.ttys = dir.read_all(img::TTY_INFO, 0)?;
         }
         t.mqueues = crate::ipc::mqueue::Queues::load(dir)?;
         for e in &t.entries {
@@ -1177,7 +1178,7 @@ impl Table {
                 && crate::net::tcp::connected(s.state)
                 && s.r#type == libc::SOCK_STREAM.cast_unsigned()
             {
-                let mut r = dir.open_image("TCP_STREAM", u64::from(s.ino))?;
+                let mut r = dir.open_image(img::TCP_STREAM, u64::from(s.ino))?;
                 let path = r.path().to_owned();
                 let entry: stasis_proto::images::TcpStreamEntry =
                     r.read_entry()?.ok_or_else(|| Error::BadImage {
@@ -1189,14 +1190,14 @@ impl Table {
                 t.tcp_streams.push((s.ino, entry, inq, outq));
             }
         }
-        if dir.exists("TTY_DATA", 0) {
-            t.tty_data = dir.read_all("TTY_DATA", 0)?;
+        if dir.exists(img::TTY_DATA, 0) {
+            t.tty_data = dir.read_all(img::TTY_DATA, 0)?;
         }
-        if dir.exists("FILE_LOCKS", 0) {
-            t.locks = dir.read_all("FILE_LOCKS", 0)?;
+        if dir.exists(img::FILE_LOCKS, 0) {
+            t.locks = dir.read_all(img::FILE_LOCKS, 0)?;
         }
-        if dir.exists("SK_QUEUES", 0) {
-            let mut r = dir.open_image("SK_QUEUES", 0)?;
+        if dir.exists(img::SK_QUEUES, 0) {
+            let mut r = dir.open_image(img::SK_QUEUES, 0)?;
             let mut q = Vec::new();
             while let Some(e) = r.read_entry::<SkPacketEntry>()? {
                 let data = r.read_payload(u64::from(e.length))?;
@@ -1373,7 +1374,7 @@ impl Table {
 }
 
 fn load_ghost(dir: &Dir, id: u32) -> Result<Ghost> {
-    let mut r = dir.open_image("GHOST_FILE", u64::from(id))?;
+    let mut r = dir.open_image(img::GHOST_FILE, u64::from(id))?;
     let path = r.path().to_owned();
     let entry: GhostFileEntry = r.read_entry()?.ok_or_else(|| Error::BadImage {
         path: path.clone(),

@@ -16,6 +16,7 @@ use stasis_proto::images::{PosixMqueueEntry, PosixMqueueMsg};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 use crate::sys;
 
 /// statfs f_type of the mqueue filesystem.
@@ -140,14 +141,14 @@ impl Queues {
         let mut all: Vec<&PosixMqueueEntry> = self.by_name.values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let all: Vec<PosixMqueueEntry> = all.into_iter().cloned().collect();
-        dir.write_all("POSIX_MQUEUE", 0, &all)
+        dir.write_all(img::POSIX_MQUEUE, 0, &all)
     }
 
     /// Load `posix-mqueue.img`.
     pub fn load(dir: &Dir) -> Result<Queues> {
         let mut q = Queues::default();
-        if dir.exists("POSIX_MQUEUE", 0) {
-            let all: Vec<PosixMqueueEntry> = dir.read_all("POSIX_MQUEUE", 0)?;
+        if dir.exists(img::POSIX_MQUEUE, 0) {
+            let all: Vec<PosixMqueueEntry> = dir.read_all(img::POSIX_MQUEUE, 0)?;
             q.by_name = all.into_iter().map(|e| (e.name.clone(), e)).collect();
         }
         Ok(q)

@@ -10,6 +10,7 @@ use stasis_proto::images::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcSh
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 use crate::sys;
 
 /// A message: its type and bytes.
@@ -144,7 +145,7 @@ pub fn dump(pid: Pid) -> Result<Objects> {
 /// Write the objects' images (namespace `ns_id`).
 pub fn write(o: &Objects, dir: &Dir, ns_id: u64) -> Result<()> {
     if !o.shms.is_empty() {
-        let mut w = dir.create("IPCNS_SHM", ns_id)?;
+        let mut w = dir.create(img::IPCNS_SHM, ns_id)?;
         for (e, data) in &o.shms {
             w.write(e)?;
             let mut raw = data.clone();
@@ -154,7 +155,7 @@ pub fn write(o: &Objects, dir: &Dir, ns_id: u64) -> Result<()> {
         w.finish()?;
     }
     if !o.sems.is_empty() {
-        let mut w = dir.create("IPCNS_SEM", ns_id)?;
+        let mut w = dir.create(img::IPCNS_SEM, ns_id)?;
         for (e, values) in &o.sems {
             w.write(e)?;
             let mut raw: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
@@ -167,7 +168,7 @@ pub fn write(o: &Objects, dir: &Dir, ns_id: u64) -> Result<()> {
         w.finish()?;
     }
     if !o.msgs.is_empty() {
-        let mut w = dir.create("IPCNS_MSG", ns_id)?;
+        let mut w = dir.create(img::IPCNS_MSG, ns_id)?;
         for (e, msgs) in &o.msgs {
             w.write(e)?;
             for (mtype, data) in msgs {
@@ -226,8 +227,8 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             })
         }
     };
-    if dir.exists("IPCNS_SHM", ns_id) {
-        let mut r = dir.open_image("IPCNS_SHM", ns_id)?;
+    if dir.exists(img::IPCNS_SHM, ns_id) {
+        let mut r = dir.open_image(img::IPCNS_SHM, ns_id)?;
         while let Some(e) = r.read_entry::<IpcShmEntry>()? {
             let d = &e.desc;
             if e.in_pagemaps == Some(true) {
@@ -258,8 +259,8 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             }
         }
     }
-    if dir.exists("IPCNS_SEM", ns_id) {
-        let mut r = dir.open_image("IPCNS_SEM", ns_id)?;
+    if dir.exists(img::IPCNS_SEM, ns_id) {
+        let mut r = dir.open_image(img::IPCNS_SEM, ns_id)?;
         while let Some(e) = r.read_entry::<IpcSemEntry>()? {
             let raw = r.read_payload(stasis_proto::json::padded(u64::from(e.nsems) * 2))?;
             let values: Vec<u16> = raw
@@ -281,8 +282,8 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             sys::sem_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
         }
     }
-    if dir.exists("IPCNS_MSG", ns_id) {
-        let mut r = dir.open_image("IPCNS_MSG", ns_id)?;
+    if dir.exists(img::IPCNS_MSG, ns_id) {
+        let mut r = dir.open_image(img::IPCNS_MSG, ns_id)?;
         while let Some(e) = r.read_entry::<IpcMsgEntry>()? {
             let d = &e.desc;
             let what = format!("SysV message queue {}", d.id);

@@ -43,6 +43,7 @@ use crate::{sys, task::proc};
 #[derive(Debug)]
 pub struct UnixSk;
 
+use crate::images::img;
 use crate::net::tcp::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
 /// `uflags`: the socket is outside the tree (`--ext-unix-sk`); the restore
 /// connects to its name instead of making it.
@@ -692,7 +693,7 @@ impl Table {
                 _ => None,
             })
             .collect();
-        let mut w = dir.create("SK_QUEUES", 0)?;
+        let mut w = dir.create(img::SK_QUEUES, 0)?;
         for (ino, e, data) in &self.unix.queues {
             let mut e = e.clone();
             e.id_for = ids.get(ino).copied().unwrap_or(0);

@@ -28,6 +28,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
+use crate::images::img;
 use crate::mm::{self, Trampoline};
 use crate::task::remote::{self, Remote};
 use crate::{files::eventpoll, sys, task, task::creds, task::proc, task::seccomp};
@@ -97,7 +98,7 @@ fn pid_of(v: u32) -> Pid {
 }
 
 fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
-    let inv: InventoryEntry = dir.read_one("INVENTORY", 0)?;
+    let inv: InventoryEntry = dir.read_one(img::INVENTORY, 0)?;
     if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
         return Err(Error::BadImage {
             path: "inventory.img".into(),
@@ -107,12 +108,12 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     let mut files = Table::load(dir)?;
     files.make_memfds(dir)?;
     files.make_ghosts()?;
-    let pstree: Vec<PstreeEntry> = dir.read_all("PSTREE", 0)?;
+    let pstree: Vec<PstreeEntry> = dir.read_all(img::PSTREE, 0)?;
     check_pstree(&pstree)?;
     let mut plans = Vec::new();
     for pst in pstree {
         let id = u64::from(pst.pid);
-        let core: CoreEntry = dir.read_one("CORE", id)?;
+        let core: CoreEntry = dir.read_one(img::CORE, id)?;
         let tc = core.tc.as_ref().ok_or_else(|| Error::BadImage {
             path: format!("core-{id}.img"),
             what: "no task_core_entry".into(),
@@ -148,17 +149,17 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
         };
         if zombie.is_none() {
             let files_id = plan.core.ids.as_ref().map_or(id, |i| u64::from(i.files_id));
-            let mm: MmEntry = dir.read_one("MM", id)?;
+            let mm: MmEntry = dir.read_one(img::MM, id)?;
             check_vmas(id, &mm)?;
             plan.mm = Some(mm);
-            let fs: FsEntry = dir.read_one("FS", id)?;
+            let fs: FsEntry = dir.read_one(img::FS, id)?;
             plan.cwd = files.path_of(fs.cwd_id).map(str::to_owned);
             plan.root_dir = files.path_of(fs.root_id).map(str::to_owned);
             plan.fs = Some(fs);
-            plan.fdinfo = dir.read_all("FDINFO", files_id)?;
+            plan.fdinfo = dir.read_all(img::FDINFO, files_id)?;
             for &tid in plan.pst.threads.iter().skip(1) {
                 plan.thread_cores
-                    .push(dir.read_one("CORE", u64::from(tid))?);
+                    .push(dir.read_one(img::CORE, u64::from(tid))?);
             }
         }
         plans.push(plan);

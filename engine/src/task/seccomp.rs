@@ -13,6 +13,7 @@ use stasis_proto::images::{SeccompEntry, SeccompFilter};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
+use crate::images::img;
 use crate::task::remote::{self, Remote};
 use crate::{sys, task::proc};
 
@@ -95,7 +96,7 @@ impl Table {
             return Ok(());
         }
         dir.write_all(
-            "SECCOMP",
+            img::SECCOMP,
             0,
             &[SeccompEntry {
                 seccomp_filters: self.filters.clone(),
@@ -105,10 +106,10 @@ impl Table {
 
     /// Load `seccomp.img` if there is one.
     pub fn load(dir: &Dir) -> Result<Table> {
-        if !dir.exists("SECCOMP", 0) {
+        if !dir.exists(img::SECCOMP, 0) {
             return Ok(Table::default());
         }
-        let e: SeccompEntry = dir.read_one("SECCOMP", 0)?;
+        let e: SeccompEntry = dir.read_one(img::SECCOMP, 0)?;
         Ok(Table {
             filters: e.seccomp_filters,
         })
