@@ -1,7 +1,7 @@
 //! stasis: checkpoint/restore of Linux process trees in CRIU's image format.
 //!
 //! This library holds the engine (dump, restore) and the image inspector; the
-//! `stasis` binary is its command line. `dump/` and `restore/` orchestrate the
+//! `stasis` command (the `stasis-cli` crate) is its command line. `dump/` and `restore/` orchestrate the
 //! steps; the kernel objects live in subsystem folders, one module per kind
 //! (see ARCHITECTURE.md at the top of the repository):
 //!
