@@ -202,97 +202,24 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     if opts.shell_job {
         shell_job(&mut plans, &files, opts.detached);
     }
-    for p in &plans {
-        for &t in &p.pst.threads {
-            if std::path::Path::new(&format!("/proc/{t}")).exists() {
-                return Err(Error::PidTaken { pid: pid_of(t) });
-            }
-        }
-    }
-    // Files of the tree's own /proc entries cannot be opened before the
-    // tree exists: each task opens those later.
-    let tree_pids: std::collections::HashSet<u32> = plans
-        .iter()
-        .flat_map(|p| p.pst.threads.iter().copied())
-        .collect();
-    let is_late = |id: u32| {
-        // A pidfd needs its process to exist.
-        matches!(
-            files.get(id).and_then(|e| e.kind.as_ref()),
-            Some(Kind::Pidfd(_))
-        ) || files
-            .path_of(id)
-            .and_then(|p| p.strip_prefix("/proc/"))
-            .and_then(|p| p.split('/').next())
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| tree_pids.contains(&n))
-    };
-    let mut epolls_seen = std::collections::HashSet::new();
-    for p in &mut plans {
-        p.epolls = p
-            .fdinfo
-            .iter()
-            .filter(|f| f.r#type == FdTypes::Eventpoll as i32 && epolls_seen.insert(f.id))
-            .map(|f| (f.fd.cast_signed(), f.id))
-            .collect();
-        p.late_fds = p
-            .fdinfo
-            .iter()
-            .filter(|f| is_late(f.id))
-            .map(|f| (f.fd.cast_signed(), f.id, f.flags & 1 != 0))
-            .collect();
-    }
-    // Open every other file once, above every fd number a task will use.
+    check_pids_free(&plans)?;
+    let late = late_files(&plans, &files);
+    plan_fds(&mut plans, &late);
+    // Every other file is opened once, into a pool the tasks inherit.
     let uses: Vec<(Pid, i32, u32)> = plans
         .iter()
         .flat_map(|p| {
             p.fdinfo
                 .iter()
-                .filter(|f| !is_late(f.id))
+                .filter(|f| !late.contains(&f.id))
                 .map(move |f| (pid_of(p.pst.pid), f.fd.cast_signed(), f.id))
         })
         .collect();
     let max_fd = uses.iter().map(|u| u.1).max().unwrap_or(2);
-    // The pool sits above the highest fd a task uses when there is room
-    // (then no task's fd can land on a pool fd); otherwise it stays where
-    // the files were opened, low, and each task sorts out the overlap.
-    // Either may need more fds than the soft limit allows (raising it to
-    // the hard limit needs no privilege).
-    let high = {
-        use nix::sys::resource::{Resource, getrlimit, setrlimit};
-        let me = nix::unistd::getpid();
-        let (soft, hard) =
-            getrlimit(Resource::RLIMIT_NOFILE).map_err(Error::restore(me, "its own fd limit"))?;
-        // Pool fds go above the highest target, one per open description.
-        let ids: std::collections::HashSet<u32> = uses.iter().map(|u| u.2).collect();
-        let top = u64::try_from(max_fd).unwrap_or(0);
-        let n = ids.len() as u64;
-        // High: originals and their copies above the top, at once.
-        let high = top + 24 + 2 * n <= hard;
-        // Low: the originals, the top target and a few spares.
-        let need = if high {
-            top + 24 + 2 * n
-        } else {
-            (top + 32).max(n + 64)
-        };
-        if need > hard {
-            return Err(Error::Restore {
-                pid: me,
-                what: format!(
-                    "room for fd numbers up to {need} (the tasks use numbers up to {max_fd} and {n} open files); raise the hard RLIMIT_NOFILE ({hard}) of the restore"
-                ),
-                errno: nix::errno::Errno::EMFILE,
-            });
-        }
-        if need > soft {
-            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-                .map_err(Error::restore(me, "its own fd limit"))?;
-        }
-        high
-    };
+    let high = room_for_fds(&uses, max_fd)?;
+    let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     // The dump locked the connections in this namespace: the socket that
     // lifts the lock is opened before the engine enters the tree's own.
-    let root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
     let unlock = match inv.network_lock_method {
         Some(crate::net::netlock::METHOD_NFTABLES) if opts.network_lock => {
             Some(crate::net::netlock::socket().map_err(Error::restore(
@@ -305,32 +232,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
     let ns_done = crate::ns::restore(&dir)?;
-    let opened = files.open_all(&uses)?;
-    let mut pool: HashMap<u32, OwnedFd> = HashMap::new();
-    let mut next = max_fd + 16;
-    if high {
-        for (id, fd) in opened {
-            let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
-                .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
-            next = raw + 1;
-            pool.insert(id, sys::own(raw));
-        }
-    } else {
-        next = next.max(opened.values().map(|f| f.as_raw_fd()).max().unwrap_or(0) + 16);
-        pool = opened;
-    }
-    // flock and OFD locks belong to the open file: take them on the pool's
-    // copy, which the tasks inherit.
-    for l in files.locks() {
-        let id = plans
-            .iter()
-            .find(|p| p.pst.pid.cast_signed() == l.pid)
-            .and_then(|p| p.fdinfo.iter().find(|f| f.fd.cast_signed() == l.fd))
-            .map(|f| f.id);
-        if let Some(f) = id.and_then(|id| pool.get(&id)) {
-            crate::files::file_lock::take_on_file(f.as_fd(), l)?;
-        }
-    }
+    let (pool, next) = open_pool(&files, &uses, max_fd, high)?;
+    take_file_locks(&plans, &files, &pool)?;
     for p in &mut plans {
         p.fds = p
             .fdinfo
@@ -347,28 +250,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         fcntl(ready_w.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
             .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?,
     );
-
-    let ps = sys::page_size();
-    let tstart = pick_trampoline(&plans)?;
-    let code = sys::map_fixed_anon(
-        tstart,
-        usize::try_from(TRAMPOLINE_PAGES * ps).unwrap_or(65536),
-        libc::PROT_READ | libc::PROT_WRITE,
-    )
-    .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
-    code[..8].copy_from_slice(&arch::SYSCALL_INSN);
-    code[BATCH_CODE..BATCH_CODE + arch::SYSCALL_BATCH.len()].copy_from_slice(&arch::SYSCALL_BATCH);
-    let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
-    // The code was written as data: make the CPU fetch it fresh.
-    sys::clear_icache(code_page);
-    sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
-        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
-    let tramp = Trampoline {
-        start: tstart,
-        len: TRAMPOLINE_PAGES * ps,
-        data: tstart + ps,
-        park: tstart + (1 << 20),
-    };
+    let tramp = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
     tracing::debug!("forking the tree");
@@ -423,6 +305,169 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             Err(e)
         }
     }
+}
+
+/// Every PID and TID of the tree is free here.
+fn check_pids_free(plans: &[Plan]) -> Result<()> {
+    for p in plans {
+        for &t in &p.pst.threads {
+            if std::path::Path::new(&format!("/proc/{t}")).exists() {
+                return Err(Error::PidTaken { pid: pid_of(t) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Files that cannot be opened before the tree exists, each task opens
+/// later: pidfds (their process must exist) and files under /proc/PID/ of
+/// a task of the tree.
+fn late_files(plans: &[Plan], files: &Table) -> std::collections::HashSet<u32> {
+    let tree_pids: std::collections::HashSet<u32> = plans
+        .iter()
+        .flat_map(|p| p.pst.threads.iter().copied())
+        .collect();
+    let is_late = |id: u32| {
+        matches!(
+            files.get(id).and_then(|e| e.kind.as_ref()),
+            Some(Kind::Pidfd(_))
+        ) || files
+            .path_of(id)
+            .and_then(|p| p.strip_prefix("/proc/"))
+            .and_then(|p| p.split('/').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| tree_pids.contains(&n))
+    };
+    plans
+        .iter()
+        .flat_map(|p| p.fdinfo.iter().map(|f| f.id))
+        .filter(|&id| is_late(id))
+        .collect()
+}
+
+/// Which fds each task handles itself: the epoll sets whose targets it
+/// registers (each set once, in the first task that has it) and the late
+/// files it opens.
+fn plan_fds(plans: &mut [Plan], late: &std::collections::HashSet<u32>) {
+    let mut epolls_seen = std::collections::HashSet::new();
+    for p in plans {
+        p.epolls = p
+            .fdinfo
+            .iter()
+            .filter(|f| f.r#type == FdTypes::Eventpoll as i32 && epolls_seen.insert(f.id))
+            .map(|f| (f.fd.cast_signed(), f.id))
+            .collect();
+        p.late_fds = p
+            .fdinfo
+            .iter()
+            .filter(|f| late.contains(&f.id))
+            .map(|f| (f.fd.cast_signed(), f.id, f.flags & 1 != 0))
+            .collect();
+    }
+}
+
+/// Make room for the file pool under RLIMIT_NOFILE; whether it goes high,
+/// above the highest fd a task uses (`max_fd`; then no task's fd can land
+/// on a pool fd), or stays low where the files were opened (each task then
+/// sorts out the overlap). Raising the soft limit to the hard one needs no
+/// privilege.
+fn room_for_fds(uses: &[(Pid, i32, u32)], max_fd: i32) -> Result<bool> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let me = nix::unistd::getpid();
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(Error::restore(me, "its own fd limit"))?;
+    // Pool fds go above the highest target, one per open description.
+    let ids: std::collections::HashSet<u32> = uses.iter().map(|u| u.2).collect();
+    let top = u64::try_from(max_fd).unwrap_or(0);
+    let n = ids.len() as u64;
+    // High: originals and their copies above the top, at once.
+    let high = top + 24 + 2 * n <= hard;
+    // Low: the originals, the top target and a few spares.
+    let need = if high {
+        top + 24 + 2 * n
+    } else {
+        (top + 32).max(n + 64)
+    };
+    if need > hard {
+        return Err(Error::Restore {
+            pid: me,
+            what: format!(
+                "room for fd numbers up to {need} (the tasks use numbers up to {max_fd} and {n} open files); raise the hard RLIMIT_NOFILE ({hard}) of the restore"
+            ),
+            errno: nix::errno::Errno::EMFILE,
+        });
+    }
+    if need > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(Error::restore(me, "its own fd limit"))?;
+    }
+    Ok(high)
+}
+
+/// Open every file of `uses` once: the pool by file id (above `max_fd`
+/// when `high`), and the first fd number free above it.
+fn open_pool(
+    files: &Table,
+    uses: &[(Pid, i32, u32)],
+    max_fd: i32,
+    high: bool,
+) -> Result<(HashMap<u32, OwnedFd>, i32)> {
+    let opened = files.open_all(uses)?;
+    let mut next = max_fd + 16;
+    if !high {
+        next = next.max(opened.values().map(|f| f.as_raw_fd()).max().unwrap_or(0) + 16);
+        return Ok((opened, next));
+    }
+    let mut pool = HashMap::new();
+    for (id, fd) in opened {
+        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
+            .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
+        next = raw + 1;
+        pool.insert(id, sys::own(raw));
+    }
+    Ok((pool, next))
+}
+
+/// flock and OFD locks belong to the open file: taken on the pool's copy,
+/// which the tasks inherit.
+fn take_file_locks(plans: &[Plan], files: &Table, pool: &HashMap<u32, OwnedFd>) -> Result<()> {
+    for l in files.locks() {
+        let id = plans
+            .iter()
+            .find(|p| p.pst.pid.cast_signed() == l.pid)
+            .and_then(|p| p.fdinfo.iter().find(|f| f.fd.cast_signed() == l.fd))
+            .map(|f| f.id);
+        if let Some(f) = id.and_then(|id| pool.get(&id)) {
+            crate::files::file_lock::take_on_file(f.as_fd(), l)?;
+        }
+    }
+    Ok(())
+}
+
+/// Map the trampoline in the engine (the tasks inherit it): the syscall
+/// and batch code on its first page, data pages after it.
+fn map_trampoline(plans: &[Plan]) -> Result<Trampoline> {
+    let ps = sys::page_size();
+    let tstart = pick_trampoline(plans)?;
+    let code = sys::map_fixed_anon(
+        tstart,
+        usize::try_from(TRAMPOLINE_PAGES * ps).unwrap_or(65536),
+        libc::PROT_READ | libc::PROT_WRITE,
+    )
+    .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
+    code[..8].copy_from_slice(&arch::SYSCALL_INSN);
+    code[BATCH_CODE..BATCH_CODE + arch::SYSCALL_BATCH.len()].copy_from_slice(&arch::SYSCALL_BATCH);
+    let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
+    // The code was written as data: make the CPU fetch it fresh.
+    sys::clear_icache(code_page);
+    sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
+        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
+    Ok(Trampoline {
+        start: tstart,
+        len: TRAMPOLINE_PAGES * ps,
+        data: tstart + ps,
+        park: tstart + (1 << 20),
+    })
 }
 
 /// The process tree describes tasks that can be made: PIDs above 0, each
