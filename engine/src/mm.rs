@@ -915,76 +915,11 @@ pub fn restore(
     // What to read, from the pagemap image, before anything is mapped: the
     // task opens the pages image in its first batch.
     let pages = plan_pages(pid, dir, &page_vmas)?;
-    // 1. Everything inherited from the engine goes, except the trampoline
-    //    and the kernel's special areas (moved below).
-    //    One munmap per run of unwanted mappings, not one per mapping.
-    let keep = |m: &proc::Map| {
-        is_special_name(&m.name) || (m.start >= t.start && m.end <= t.start + t.len)
-    };
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut open = false;
-    for m in current.iter().filter(|m| m.name != "[vsyscall]") {
-        if keep(m) {
-            open = false;
-        } else {
-            match runs.last_mut() {
-                Some((_, b)) if open => *b = m.end,
-                _ => runs.push((m.start, m.end)),
-            }
-            open = true;
-        }
-    }
+    // 1-2. The engine's memory goes and the special areas move, in the
+    //      first batch with `first`.
     let n_first = first.len();
     let mut calls = first;
-    calls.extend(
-        runs.iter()
-            .map(|&(a, b)| ("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0])),
-    );
-    // 2. The special areas, matched by kind in address order; parked first
-    //    so that no move lands on another area still in the way. In the
-    //    same batch as the unmapping.
-    let cur_special: Vec<&proc::Map> = current
-        .iter()
-        .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
-        .collect();
-    let want: Vec<&VmaEntry> = vmas
-        .iter()
-        .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
-        .collect();
-    let kind_of = |name: &str| {
-        if name == "[vdso]" {
-            status::VDSO
-        } else {
-            status::VVAR
-        }
-    };
-    let mismatch = || Error::Restore {
-        pid,
-        what: format!(
-            "the vdso: the image has {} vdso/vvar areas, this kernel {}; restore on the kernel that made the dump",
-            want.len(),
-            cur_special.len()
-        ),
-        errno: nix::errno::Errno::EINVAL,
-    };
-    if want.len() != cur_special.len() {
-        return Err(mismatch());
-    }
-    let mut parked = Vec::new();
-    let mut park = t.park;
-    for (m, v) in cur_special.iter().zip(&want) {
-        if kind_of(&m.name) & v.status == 0 || m.len() != v.end - v.start {
-            return Err(mismatch());
-        }
-        calls.push(move_call(m.start, m.len(), park));
-        parked.push((park, m.len(), v.start));
-        park += m.len();
-    }
-    calls.extend(
-        parked
-            .into_iter()
-            .map(|(from, len, to)| move_call(from, len, to)),
-    );
+    calls.extend(clear_calls(pid, t, &current, vmas)?);
     let open_at = if pages.slow.is_empty() {
         None
     } else {
@@ -1010,159 +945,18 @@ pub fn restore(
     let first_res = res.get(..n_first).unwrap_or(&[]).to_vec();
     let mut fd = open_at.and_then(|i| res.get(i).copied());
     // 3. Every other VMA, writable until its pages are in.
-    let mut prev: Option<&VmaEntry> = None;
     let mut batch = MapBatch::default();
-    for v in &page_vmas {
-        let len = v.end - v.start;
-        let fixed = libc::MAP_FIXED.cast_unsigned();
-        let anon = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0;
-        // Two anonymous VMAs the dump saw apart would merge if mapped side
-        // by side (fresh anonymous VMAs get contiguous page offsets); one
-        // mapped elsewhere and moved keeps its own offset and stays apart.
-        let would_merge = anon
-            && prev.is_some_and(|p| {
-                p.end == v.start
-                    && p.prot == v.prot
-                    && p.flags == v.flags
-                    && p.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0
-            });
-        prev = Some(v);
-        let needs_pages = v.status & status::FILE_SHARED == 0;
-        let prot = if needs_pages {
-            v.prot | libc::PROT_WRITE.cast_unsigned()
-        } else {
-            v.prot
-        };
-        if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
-            let id = u32::try_from(v.shmid).unwrap_or(0);
-            let path = files.path_of(id).ok_or_else(|| Error::BadImage {
-                path: format!("mm-{pid}.img"),
-                what: format!(
-                    "mapping at {:#x} names file id {id}, which is not in files.img",
-                    v.start
-                ),
-            })?;
-            let oflags = if v.status & status::FILE_SHARED != 0
-                && v.prot & libc::PROT_WRITE.cast_unsigned() != 0
-            {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            };
-            let args = [
-                v.start,
-                len,
-                u64::from(prot),
-                u64::from(v.flags | fixed),
-                0,
-                v.pgoff,
-            ];
-            batch.add(r, t, Some((path.to_owned(), oflags)), args)?;
-        } else if v.status & status::SYSVIPC != 0 {
-            batch.flush(r, t)?;
-            // The segment exists already (made in the namespace): attach it
-            // at its address; later parts of a split one are covered by it.
-            if v.pgoff == 0 {
-                let mut shmflg = SHM_REMAP;
-                if v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
-                    shmflg |= libc::SHM_RDONLY;
-                }
-                let got = r.call(
-                    "shmat",
-                    nr::SHMAT,
-                    [v.shmid, v.start, shmflg.cast_unsigned().into(), 0, 0, 0],
-                )?;
-                if got != v.start {
-                    return Err(Error::Restore {
-                        pid,
-                        what: format!(
-                            "SysV shared memory {} at {:#x} (attached at {got:#x})",
-                            v.shmid, v.start
-                        ),
-                        errno: nix::errno::Errno::EINVAL,
-                    });
-                }
-            }
-        } else if v.status & status::ANON_SHARED != 0
-            && let Some(&(owner, ostart, oend, opgoff)) = shared.get(&v.shmid)
-        {
-            // The object exists: map it from the task that made it.
-            let page = v
-                .pgoff
-                .checked_sub(opgoff)
-                .filter(|&p| p + len <= oend - ostart);
-            let Some(off) = page else {
-                return Err(Error::Restore {
-                    pid,
-                    what: format!(
-                        "shared memory at {:#x}: it maps beyond the part task {owner} maps",
-                        v.start
-                    ),
-                    errno: nix::errno::Errno::EINVAL,
-                });
-            };
-            let path = format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}");
-            let flags = (v.flags & !libc::MAP_ANONYMOUS.cast_unsigned()) | fixed;
-            let args = [v.start, len, u64::from(prot), u64::from(flags), 0, off];
-            batch.add(r, t, Some((path, libc::O_RDWR)), args)?;
-        } else {
-            if v.status & status::ANON_SHARED != 0 {
-                shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));
-            }
-            let flags = v.flags | libc::MAP_ANONYMOUS.cast_unsigned();
-            if !would_merge {
-                let args = [
-                    v.start,
-                    len,
-                    u64::from(prot),
-                    u64::from(flags | fixed),
-                    u64::MAX,
-                    0,
-                ];
-                batch.add(r, t, None, args)?;
-                continue;
-            }
-            let flags = flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned();
-            if let Some(at) = free_gap(vmas, t, len) {
-                // Mapped at a free place, touched (getitimer writes zeros:
-                // a forked task has no interval timers yet), then moved
-                // over: all in the batch.
-                let vma = (v.start, len);
-                let args = [
-                    at,
-                    len,
-                    u64::from(prot),
-                    u64::from(flags | fixed),
-                    u64::MAX,
-                    0,
-                ];
-                batch.then(("mmap", nr::MMAP, args), vma);
-                batch.then(("getitimer", nr::GETITIMER, [2, at, 0, 0, 0, 0]), vma);
-                batch.then(move_call(at, len, v.start), vma);
-                continue;
-            }
-            batch.flush(r, t)?;
-            let at = 0;
-            let map = || {
-                r.call(
-                    "mmap",
-                    nr::MMAP,
-                    [at, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
-                )
-            };
-            let mut got = map()?;
-            if got == v.start {
-                // The kernel chose the target itself (same offset as a
-                // fixed mapping): map again elsewhere, move over it.
-                got = map()?;
-            }
-            if got != v.start {
-                // A never-touched anonymous VMA takes the offset of where it
-                // lands and would merge after all: touch one page first.
-                remote::write_mem(pid, got, &[0])?;
-                r.call_all(&[move_call(got, len, v.start)])?;
-            }
-        }
+    let mut cx = MapCtx {
+        r,
+        t,
+        files,
+        vmas,
+        shared,
+        batch: &mut batch,
+    };
+    for (k, v) in page_vmas.iter().enumerate() {
+        let prev = k.checked_sub(1).and_then(|p| page_vmas.get(p)).copied();
+        cx.map(v, prev)?;
     }
     // 4. Pages: the task reads its own with the last maps; large
     //    anonymous runs are copied in with UFFDIO_COPY after.
@@ -1214,6 +1008,307 @@ pub fn restore(
     }
     r.call_all(&calls)?;
     Ok((pages.total, first_res))
+}
+
+/// What mapping the VMAs of one task needs: the task, the files, every VMA
+/// (for free room), the shared objects made so far and the batch of calls.
+struct MapCtx<'a> {
+    r: &'a Remote,
+    t: &'a Trampoline,
+    files: &'a Table,
+    vmas: &'a [VmaEntry],
+    shared: &'a mut SharedAnon,
+    batch: &'a mut MapBatch,
+}
+
+impl MapCtx<'_> {
+    /// Map VMA `v` (after `prev`), writable until its pages are in: a file,
+    /// a SysV segment attached, a shared object made by an earlier task, or
+    /// anonymous memory.
+    fn map(&mut self, v: &VmaEntry, prev: Option<&VmaEntry>) -> Result<()> {
+        let anon = v.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0;
+        // Two anonymous VMAs the dump saw apart would merge if mapped side
+        // by side (fresh anonymous VMAs get contiguous page offsets); one
+        // mapped elsewhere and moved keeps its own offset and stays apart.
+        let would_merge = anon
+            && prev.is_some_and(|p| {
+                p.end == v.start
+                    && p.prot == v.prot
+                    && p.flags == v.flags
+                    && p.status & (status::FILE_PRIVATE | status::FILE_SHARED) == 0
+            });
+        let needs_pages = v.status & status::FILE_SHARED == 0;
+        let prot = if needs_pages {
+            v.prot | libc::PROT_WRITE.cast_unsigned()
+        } else {
+            v.prot
+        };
+        if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+            self.map_file(v, prot)
+        } else if v.status & status::SYSVIPC != 0 {
+            self.attach_sysv(v)
+        } else if v.status & status::ANON_SHARED != 0
+            && let Some(&owner) = self.shared.get(&v.shmid)
+        {
+            self.map_shared(v, prot, owner)
+        } else {
+            self.map_anon(v, prot, would_merge)
+        }
+    }
+
+    /// A file mapping, from the file the images name.
+    fn map_file(&mut self, v: &VmaEntry, prot: u32) -> Result<()> {
+        let pid = self.r.tid;
+        let r = self.r;
+        let t = self.t;
+        let files = self.files;
+        let batch = &mut *self.batch;
+        let len = v.end - v.start;
+        let fixed = libc::MAP_FIXED.cast_unsigned();
+        let id = u32::try_from(v.shmid).unwrap_or(0);
+        let path = files.path_of(id).ok_or_else(|| Error::BadImage {
+            path: format!("mm-{pid}.img"),
+            what: format!(
+                "mapping at {:#x} names file id {id}, which is not in files.img",
+                v.start
+            ),
+        })?;
+        let oflags = if v.status & status::FILE_SHARED != 0
+            && v.prot & libc::PROT_WRITE.cast_unsigned() != 0
+        {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        let args = [
+            v.start,
+            len,
+            u64::from(prot),
+            u64::from(v.flags | fixed),
+            0,
+            v.pgoff,
+        ];
+        batch.add(r, t, Some((path.to_owned(), oflags)), args)?;
+        Ok(())
+    }
+
+    /// A SysV segment, attached (made in the namespace already); later
+    /// parts of a split one are covered by it.
+    fn attach_sysv(&mut self, v: &VmaEntry) -> Result<()> {
+        let pid = self.r.tid;
+        let r = self.r;
+        let t = self.t;
+        let batch = &mut *self.batch;
+        batch.flush(r, t)?;
+        // The segment exists already (made in the namespace): attach it
+        // at its address; later parts of a split one are covered by it.
+        if v.pgoff == 0 {
+            let mut shmflg = SHM_REMAP;
+            if v.prot & libc::PROT_WRITE.cast_unsigned() == 0 {
+                shmflg |= libc::SHM_RDONLY;
+            }
+            let got = r.call(
+                "shmat",
+                nr::SHMAT,
+                [v.shmid, v.start, shmflg.cast_unsigned().into(), 0, 0, 0],
+            )?;
+            if got != v.start {
+                return Err(Error::Restore {
+                    pid,
+                    what: format!(
+                        "SysV shared memory {} at {:#x} (attached at {got:#x})",
+                        v.shmid, v.start
+                    ),
+                    errno: nix::errno::Errno::EINVAL,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Shared anonymous memory an earlier task made (`owner`: its pid, VMA
+    /// and page offset): mapped through that task's `map_files`.
+    fn map_shared(&mut self, v: &VmaEntry, prot: u32, owner: (Pid, u64, u64, u64)) -> Result<()> {
+        let (owner, ostart, oend, opgoff) = owner;
+        let pid = self.r.tid;
+        let r = self.r;
+        let t = self.t;
+        let batch = &mut *self.batch;
+        let len = v.end - v.start;
+        let fixed = libc::MAP_FIXED.cast_unsigned();
+        // The object exists: map it from the task that made it.
+        let page = v
+            .pgoff
+            .checked_sub(opgoff)
+            .filter(|&p| p + len <= oend - ostart);
+        let Some(off) = page else {
+            return Err(Error::Restore {
+                pid,
+                what: format!(
+                    "shared memory at {:#x}: it maps beyond the part task {owner} maps",
+                    v.start
+                ),
+                errno: nix::errno::Errno::EINVAL,
+            });
+        };
+        let path = format!("/proc/{owner}/map_files/{ostart:x}-{oend:x}");
+        let flags = (v.flags & !libc::MAP_ANONYMOUS.cast_unsigned()) | fixed;
+        let args = [v.start, len, u64::from(prot), u64::from(flags), 0, off];
+        batch.add(r, t, Some((path, libc::O_RDWR)), args)?;
+        Ok(())
+    }
+
+    /// Anonymous memory made here (a shared object is noted for the tasks
+    /// after); `would_merge`: it would merge with the VMA before it if
+    /// mapped in place.
+    fn map_anon(&mut self, v: &VmaEntry, prot: u32, would_merge: bool) -> Result<()> {
+        let pid = self.r.tid;
+        let r = self.r;
+        let t = self.t;
+        let vmas = self.vmas;
+        let batch = &mut *self.batch;
+        let shared = &mut *self.shared;
+        let len = v.end - v.start;
+        let fixed = libc::MAP_FIXED.cast_unsigned();
+        if v.status & status::ANON_SHARED != 0 {
+            shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));
+        }
+        let flags = v.flags | libc::MAP_ANONYMOUS.cast_unsigned();
+        if !would_merge {
+            let args = [
+                v.start,
+                len,
+                u64::from(prot),
+                u64::from(flags | fixed),
+                u64::MAX,
+                0,
+            ];
+            batch.add(r, t, None, args)?;
+            return Ok(());
+        }
+        let flags = flags & !libc::MAP_FIXED_NOREPLACE.cast_unsigned();
+        if let Some(at) = free_gap(vmas, t, len) {
+            // Mapped at a free place, touched (getitimer writes zeros:
+            // a forked task has no interval timers yet), then moved
+            // over: all in the batch.
+            let vma = (v.start, len);
+            let args = [
+                at,
+                len,
+                u64::from(prot),
+                u64::from(flags | fixed),
+                u64::MAX,
+                0,
+            ];
+            batch.then(("mmap", nr::MMAP, args), vma);
+            batch.then(("getitimer", nr::GETITIMER, [2, at, 0, 0, 0, 0]), vma);
+            batch.then(move_call(at, len, v.start), vma);
+            return Ok(());
+        }
+        batch.flush(r, t)?;
+        let at = 0;
+        let map = || {
+            r.call(
+                "mmap",
+                nr::MMAP,
+                [at, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
+            )
+        };
+        let mut got = map()?;
+        if got == v.start {
+            // The kernel chose the target itself (same offset as a
+            // fixed mapping): map again elsewhere, move over it.
+            got = map()?;
+        }
+        if got != v.start {
+            // A never-touched anonymous VMA takes the offset of where it
+            // lands and would merge after all: touch one page first.
+            remote::write_mem(pid, got, &[0])?;
+            r.call_all(&[move_call(got, len, v.start)])?;
+        }
+        Ok(())
+    }
+}
+
+/// The calls that unmap everything task `pid` inherited from the engine
+/// but the trampoline and the kernel's special areas (one munmap per run),
+/// then move the special areas (`current` holds them) to where `vmas` had
+/// them: parked first, so that no move lands on an area still in the way.
+fn clear_calls(
+    pid: Pid,
+    t: &Trampoline,
+    current: &[proc::Map],
+    vmas: &[VmaEntry],
+) -> Result<Vec<Call>> {
+    // 1. Everything inherited from the engine goes, except the trampoline
+    //    and the kernel's special areas (moved below).
+    //    One munmap per run of unwanted mappings, not one per mapping.
+    let keep = |m: &proc::Map| {
+        is_special_name(&m.name) || (m.start >= t.start && m.end <= t.start + t.len)
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut open = false;
+    for m in current.iter().filter(|m| m.name != "[vsyscall]") {
+        if keep(m) {
+            open = false;
+        } else {
+            match runs.last_mut() {
+                Some((_, b)) if open => *b = m.end,
+                _ => runs.push((m.start, m.end)),
+            }
+            open = true;
+        }
+    }
+    let mut calls: Vec<Call> = runs
+        .iter()
+        .map(|&(a, b)| ("munmap", nr::MUNMAP, [a, b - a, 0, 0, 0, 0]))
+        .collect();
+    // 2. The special areas, matched by kind in address order; parked first
+    //    so that no move lands on another area still in the way. In the
+    //    same batch as the unmapping.
+    let cur_special: Vec<&proc::Map> = current
+        .iter()
+        .filter(|m| matches!(m.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+        .collect();
+    let want: Vec<&VmaEntry> = vmas
+        .iter()
+        .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
+        .collect();
+    let kind_of = |name: &str| {
+        if name == "[vdso]" {
+            status::VDSO
+        } else {
+            status::VVAR
+        }
+    };
+    let mismatch = || Error::Restore {
+        pid,
+        what: format!(
+            "the vdso: the image has {} vdso/vvar areas, this kernel {}; restore on the kernel that made the dump",
+            want.len(),
+            cur_special.len()
+        ),
+        errno: nix::errno::Errno::EINVAL,
+    };
+    if want.len() != cur_special.len() {
+        return Err(mismatch());
+    }
+    let mut parked = Vec::new();
+    let mut park = t.park;
+    for (m, v) in cur_special.iter().zip(&want) {
+        if kind_of(&m.name) & v.status == 0 || m.len() != v.end - v.start {
+            return Err(mismatch());
+        }
+        calls.push(move_call(m.start, m.len(), park));
+        parked.push((park, m.len(), v.start));
+        park += m.len();
+    }
+    calls.extend(
+        parked
+            .into_iter()
+            .map(|(from, len, to)| move_call(from, len, to)),
+    );
+    Ok(calls)
 }
 
 /// Runs of at least this many bytes in anonymous private memory are filled
