@@ -212,18 +212,14 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
                 }
             }
         });
-        let res = dump_tasks(
-            tree,
+        let mut out = Out {
             dir,
-            opts,
-            &rx,
-            &mut files,
-            &mut filters,
-            &mut pstree,
-            &mut stats,
-            root,
+            files: &mut files,
+            filters: &mut filters,
+            stats: &mut stats,
             fopts,
-        );
+        };
+        let res = dump_tasks(tree, opts, &rx, &mut out, &mut pstree, root);
         // A helper blocked on a full channel gives up once it is gone.
         drop(rx);
         res
@@ -277,20 +273,25 @@ fn memory_of(
     })
 }
 
+/// Where the dump of each task goes: the images directory, the tables
+/// every task adds to (open files, seccomp filters) and the figures.
+struct Out<'a> {
+    dir: &'a Dir,
+    files: &'a mut Table,
+    filters: &'a mut seccomp::Table,
+    stats: &'a mut Stats,
+    fopts: files::Opts,
+}
+
 /// Every task of the tree in order, each live one with its [`Memory`] from
 /// `rx`.
-#[allow(clippy::too_many_arguments)]
 fn dump_tasks(
     tree: &Tree,
-    dir: &Dir,
     opts: &Opts,
     rx: &std::sync::mpsc::Receiver<Result<Memory>>,
-    files: &mut Table,
-    filters: &mut seccomp::Table,
+    out: &mut Out<'_>,
     pstree: &mut Vec<PstreeEntry>,
-    stats: &mut Stats,
     root: Pid,
-    fopts: files::Opts,
 ) -> Result<()> {
     let namespaces = crate::ns::expected(root);
     for (i, t) in tree.tasks.iter().enumerate() {
@@ -311,21 +312,21 @@ fn dump_tasks(
         if let State::Zombie(code) = t.state {
             let mut core = task::zombie_core(t.pid, code);
             core.ids = Some(ids(t.pid));
-            dir.write_all(
+            out.dir.write_all(
                 img::CORE,
                 u64::from(t.pid.as_raw().cast_unsigned()),
                 &[core],
             )?;
             continue;
         }
-        dump_task(t, &namespaces, dir, files, filters, fopts, rx, stats)?;
+        dump_task(t, &namespaces, rx, out)?;
         if i == 0
-            && fopts.shell_job
+            && out.fopts.shell_job
             && let Some(ext) = crate::files::tty::dump_shell_job(t.pid, &proc::stat(t.pid, None)?)
         {
-            files.add_ctty(ext);
+            out.files.add_ctty(ext);
         }
-        stats.tasks += 1;
+        out.stats.tasks += 1;
         crate::progress::report(
             opts.progress.as_ref(),
             Step::Tasks {
@@ -337,19 +338,14 @@ fn dump_tasks(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn dump_task(
     t: &Task,
     namespaces: &crate::ns::Expected,
-    dir: &Dir,
-    files: &mut Table,
-    filters: &mut seccomp::Table,
-    fopts: files::Opts,
     rx: &std::sync::mpsc::Receiver<Result<Memory>>,
-    stats: &mut Stats,
+    out: &mut Out<'_>,
 ) -> Result<()> {
     let pid = t.pid;
-    let id = u64::from(pid.as_raw().cast_unsigned());
+    let (files, stats, fopts) = (&mut *out.files, &mut *out.stats, out.fopts);
     crate::ns::check_task(pid, namespaces)?;
     // Objects first, so an unsupported one fails the dump before the task
     // is touched (its pages are being copied by the memory thread).
@@ -400,24 +396,22 @@ fn dump_task(
     remote::write_code(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
     remote::write_code(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
     let fast = sc.remote(leader.tid, leader.regs);
-    let res = dump_task_state(t, &st, &fast, sc, dir, files, filters, &vmas, fdinfo, id);
+    let res = dump_task_state(t, &st, &fast, sc, out, &vmas, fdinfo);
     r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;
     res
 }
 
-#[allow(clippy::too_many_arguments)]
 fn dump_task_state(
     t: &Task,
     st: &proc::Stat,
     r: &Remote,
     sc: task::Scratch,
-    dir: &Dir,
-    files: &mut Table,
-    filters: &mut seccomp::Table,
+    out: &mut Out<'_>,
     vmas: &[stasis_proto::images::VmaEntry],
     fdinfo: Vec<FdinfoEntry>,
-    id: u64,
 ) -> Result<()> {
+    let id = u64::from(t.pid.as_raw().cast_unsigned());
+    let (dir, files, filters) = (out.dir, &mut *out.files, &mut *out.filters);
     let pid = t.pid;
     let status = proc::status(pid, None)?;
     let tc = task::dump_task(t, r, sc.data, st, &status)?;

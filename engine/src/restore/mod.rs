@@ -263,17 +263,15 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let ready_fd = ready_w.as_raw_fd();
     drop(ready_w);
     drop(pool);
-    let result = finish(
-        &plans,
-        &files,
-        &dir,
-        &tramp,
-        ready_r,
-        ready_fd,
-        t0,
-        opts.progress.as_ref(),
-        mask.as_ref(),
-    );
+    let made = Made {
+        plans: &plans,
+        files: &files,
+        dir: &dir,
+        tramp: &tramp,
+        progress: opts.progress.as_ref(),
+        mask: mask.as_ref(),
+    };
+    let result = finish(&made, ready_r, ready_fd, t0);
     // The tasks hold these attached again: removed, they go with the last
     // of them, as before.
     let result = result
@@ -578,18 +576,23 @@ pub(crate) fn fork_error(pid: Pid, errno: nix::errno::Errno) -> Error {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    plans: &[Plan],
-    files: &Table,
-    dir: &Dir,
-    tramp: &Trampoline,
-    ready_r: OwnedFd,
-    ready_fd: RawFd,
-    t0: Instant,
-    progress: Option<&crate::progress::Progress>,
-    mask: Option<&nix::sched::CpuSet>,
-) -> Result<u64> {
+/// The forked tree and what restoring it takes: the plans, the files, the
+/// images, the trampoline, where progress goes and the engine's CPUs.
+struct Made<'a> {
+    plans: &'a [Plan],
+    files: &'a Table,
+    dir: &'a Dir,
+    tramp: &'a Trampoline,
+    progress: Option<&'a crate::progress::Progress>,
+    mask: Option<&'a nix::sched::CpuSet>,
+}
+
+/// Wait until every forked task has set itself up (its report on
+/// `ready_r`), restore them all on worker threads, release them together;
+/// the pages restored.
+fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Result<u64> {
+    let (plans, files, dir, tramp) = (m.plans, m.files, m.dir, m.tramp);
+    let (progress, mask) = (m.progress, m.mask);
     let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
     // Every task reports (pid, errno, step) once its own setup is done.
     let mut f = std::fs::File::from(ready_r);
@@ -703,32 +706,42 @@ fn worker_cpus(mask: Option<&nix::sched::CpuSet>, tasks: usize) -> Vec<usize> {
 }
 
 /// Split the tasks (indices into `alive`, in tree order) between `n`
-/// workers. Tasks sharing anonymous shared memory stay on one worker, in
-/// order: a later one maps the memory through the first one's map_files.
+/// workers. Tasks sharing anonymous shared memory, directly or through
+/// others (A and C share one object, C and B another), stay on one worker,
+/// in order: a later one maps the memory through the first one's
+/// map_files.
 fn split(alive: &[&Plan], n: usize) -> Vec<Vec<usize>> {
-    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n.max(1)];
-    let mut owner_of: HashMap<u64, usize> = HashMap::new();
+    // Union-find over the tasks, joined by the objects they map.
+    let mut parent: Vec<usize> = (0..alive.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first_of: HashMap<u64, usize> = HashMap::new();
     for (i, p) in alive.iter().enumerate() {
-        let shmids: Vec<u64> =
-            p.mm.as_ref()
-                .map(|m| {
-                    m.vmas
-                        .iter()
-                        .filter(|v| v.status & mm::status::ANON_SHARED != 0)
-                        .map(|v| v.shmid)
-                        .collect()
-                })
-                .unwrap_or_default();
+        let shmids = p.mm.iter().flat_map(|m| {
+            m.vmas
+                .iter()
+                .filter(|v| v.status & mm::status::ANON_SHARED != 0)
+                .map(|v| v.shmid)
+        });
+        for id in shmids {
+            let j = *first_of.entry(id).or_insert(i);
+            let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+            parent[a.max(b)] = a.min(b);
+        }
+    }
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n.max(1)];
+    let mut worker_of: HashMap<usize, usize> = HashMap::new();
+    for i in 0..alive.len() {
+        let group = root(&mut parent, i);
         let least = (0..out.len())
             .min_by_key(|&k| out.get(k).map_or(0, Vec::len))
             .unwrap_or(0);
-        let w = shmids
-            .iter()
-            .find_map(|id| owner_of.get(id).copied())
-            .unwrap_or(least);
-        for id in shmids {
-            owner_of.entry(id).or_insert(w);
-        }
+        let w = *worker_of.entry(group).or_insert(least);
         if let Some(list) = out.get_mut(w) {
             list.push(i);
         }
@@ -754,6 +767,163 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
+    fn restore_task(
+        &self,
+        p: &Plan,
+        threads: &mut Vec<Pid>,
+        shared: &mut mm::SharedAnon,
+    ) -> Result<u64> {
+        let (files, dir, t) = (self.files, self.dir, self.tramp);
+        let (ready_fd, filters) = (self.ready_fd, self.filters);
+        let pid = pid_of(p.pst.pid);
+        let base = seize(pid)?;
+        threads.push(pid);
+        // The trampoline's `syscall` is followed by breakpoints.
+        let r = Remote::with_trap(pid, base, t.start)
+            .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
+        let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
+            path: format!("mm-{pid}.img"),
+            what: "missing".into(),
+        })?;
+        // First, in the batch that unmaps the engine's memory: the report pipe
+        // closed, and the engine's rseq registration, inherited through fork,
+        // dropped before the memory it points to goes.
+        let mut first: Vec<remote::Call> = Vec::new();
+        if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
+            let fd = u64::from(ready_fd.cast_unsigned());
+            first.push(("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]));
+        }
+        let rs = sys::rseq_config(pid).map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
+        if rs.abi_pointer != 0 {
+            first.push((
+                "rseq(unregister)",
+                nr::RSEQ,
+                [
+                    rs.abi_pointer,
+                    u64::from(rs.abi_size),
+                    1,
+                    u64::from(rs.signature),
+                    0,
+                    0,
+                ],
+            ));
+        }
+        // The executable, for PR_SET_MM_MAP, opened in that batch too.
+        let exe = files
+            .path_of(mm.exe_file_id)
+            .ok_or_else(|| Error::BadImage {
+                path: format!("mm-{pid}.img"),
+                what: "the executable's file id is not in files.img".into(),
+            })?;
+        first.push(mm::open_call(
+            pid,
+            t,
+            mm::FIRST_PATH_AT,
+            "openat(exe)",
+            exe.as_bytes(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )?);
+        let (pages, opened) = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
+        let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
+        set_mm_map(&r, t, mm, exe_fd)?;
+        open_late_fds(&r, t, p, files)?;
+        let locks: Vec<_> = files
+            .locks()
+            .iter()
+            .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
+            .collect();
+        crate::files::file_lock::take_in_task(&r, t, &locks)?;
+        crate::files::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
+        for &(fd, id) in &p.epolls {
+            if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
+                eventpoll::register(&r, t, fd, e)?;
+            }
+        }
+        // The root directory last among path lookups: every path in the images
+        // is as seen from the engine's root.
+        if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {
+            let mut b = root.as_bytes().to_vec();
+            b.push(0);
+            let at = mm::put(pid, t, 8192, &b)?;
+            r.call("chroot", nr::CHROOT, [at, 0, 0, 0, 0, 0])?;
+        }
+        let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
+            path: format!("core-{pid}.img"),
+            what: "no task_core_entry".into(),
+        })?;
+        if mm.thp_disabled == Some(true) {
+            r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, [41, 1, 0, 0, 0, 0])?;
+        }
+        // Its name and umask the task set itself before it reported.
+        task::restore_task(&r, tc, t.data)?;
+        // Threads: created from the leader with their own TIDs; each one's own
+        // state in one batch.
+        let mut made = Vec::new();
+        for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
+            let tid = pid_of(tid);
+            let tr = clone_thread(&r, t, tid)?;
+            threads.push(tid);
+            let mut calls = task::thread_calls(pid, core, t.data)?;
+            if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
+                calls.push(comm_call(&tr, t, comm)?);
+            }
+            tr.call_all(&calls)?;
+            task::queue_thread_signals(&tr, pid, core, t.data)?;
+            made.push((tr, core));
+        }
+        // The leader's own state and the task-wide calls that wait for the
+        // threads (personality, subreaper): one batch.
+        let mut calls = task::thread_calls(pid, &p.core, t.data)?;
+        calls.extend(task::late_calls(tc));
+        r.call_all(&calls)?;
+        task::queue_thread_signals(&r, pid, &p.core, t.data)?;
+        task::restore_task_late(&r, tc, t.data)?;
+        // Per thread: seccomp (suspended for the engine), then its credentials
+        // (the capability to install filters may go with them). A credential
+        // change resets the dumpable flag and the parent-death signal, so those
+        // follow.
+        for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
+            let thc = core.thread_core.as_ref();
+            filters.restore_thread(
+                tr,
+                thc.and_then(|c| c.seccomp_mode),
+                thc.and_then(|c| c.seccomp_filter),
+                t.data,
+            )?;
+            if let Some(c) = thc.and_then(|c| c.creds.as_ref()) {
+                creds::restore(tr, pid, c, t.data)?;
+                creds::restore_no_new_privs(tr, c)?;
+            }
+            // While restoring it was SIGKILL (a dying engine takes its
+            // half-made tasks along); now the dumped one.
+            let pdeath = thc.and_then(|c| c.pdeath_sig).unwrap_or(0);
+            let mut calls = vec![(
+                "prctl(PR_SET_PDEATHSIG)",
+                nr::PRCTL,
+                [1, u64::from(pdeath), 0, 0, 0, 0],
+            )];
+            // The leader comes last: the dumpable flag goes with its call.
+            if tr.tid == pid
+                && let Some(d @ (0 | 1)) = mm.dumpable
+            {
+                calls.push((
+                    "prctl(PR_SET_DUMPABLE)",
+                    nr::PRCTL,
+                    [4, d.unsigned_abs().into(), 0, 0, 0, 0],
+                ));
+            }
+            tr.call_all(&calls)?;
+        }
+        // Last: the trampoline itself. The leader stops at the syscall's exit
+        // and never runs the (now unmapped) instruction after it.
+        r.call_final("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
+        for (tr, core) in &made {
+            task::restore_regs(tr.tid, core)?;
+        }
+        task::restore_regs(pid, &p.core)?;
+        Ok(pages)
+    }
+
     /// Restore the tasks `mine` (indices into `alive`) on `cpu`: the worker
     /// thread becomes their tracer, they and it run on that one CPU (a
     /// remote call then costs two context switches, not two wake-ups of an
@@ -786,16 +956,7 @@ impl Work<'_> {
             }
             let started = Instant::now();
             tracing::debug!(pid = p.pst.pid, "restoring the task");
-            match restore_task(
-                p,
-                self.files,
-                self.dir,
-                self.tramp,
-                self.ready_fd,
-                &mut threads,
-                &mut shared,
-                self.filters,
-            ) {
+            match self.restore_task(p, &mut threads, &mut shared) {
                 Ok(n) => {
                     tracing::debug!(
                         pid = p.pst.pid,
@@ -902,166 +1063,6 @@ fn seize(tid: Pid) -> Result<arch::Regs> {
     }
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn restore_task(
-    p: &Plan,
-    files: &Table,
-    dir: &Dir,
-    t: &Trampoline,
-    ready_fd: RawFd,
-    threads: &mut Vec<Pid>,
-    shared: &mut mm::SharedAnon,
-    filters: &seccomp::Table,
-) -> Result<u64> {
-    let pid = pid_of(p.pst.pid);
-    let base = seize(pid)?;
-    threads.push(pid);
-    // The trampoline's `syscall` is followed by breakpoints.
-    let r = Remote::with_trap(pid, base, t.start)
-        .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
-    let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
-        path: format!("mm-{pid}.img"),
-        what: "missing".into(),
-    })?;
-    // First, in the batch that unmaps the engine's memory: the report pipe
-    // closed, and the engine's rseq registration, inherited through fork,
-    // dropped before the memory it points to goes.
-    let mut first: Vec<remote::Call> = Vec::new();
-    if !p.fdinfo.iter().any(|f| f.fd.cast_signed() == ready_fd) {
-        let fd = u64::from(ready_fd.cast_unsigned());
-        first.push(("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]));
-    }
-    let rs = sys::rseq_config(pid).map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
-    if rs.abi_pointer != 0 {
-        first.push((
-            "rseq(unregister)",
-            nr::RSEQ,
-            [
-                rs.abi_pointer,
-                u64::from(rs.abi_size),
-                1,
-                u64::from(rs.signature),
-                0,
-                0,
-            ],
-        ));
-    }
-    // The executable, for PR_SET_MM_MAP, opened in that batch too.
-    let exe = files
-        .path_of(mm.exe_file_id)
-        .ok_or_else(|| Error::BadImage {
-            path: format!("mm-{pid}.img"),
-            what: "the executable's file id is not in files.img".into(),
-        })?;
-    first.push(mm::open_call(
-        pid,
-        t,
-        mm::FIRST_PATH_AT,
-        "openat(exe)",
-        exe.as_bytes(),
-        libc::O_RDONLY | libc::O_CLOEXEC,
-    )?);
-    let (pages, opened) = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
-    let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
-    set_mm_map(&r, t, mm, exe_fd)?;
-    open_late_fds(&r, t, p, files)?;
-    let locks: Vec<_> = files
-        .locks()
-        .iter()
-        .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
-        .collect();
-    crate::files::file_lock::take_in_task(&r, t, &locks)?;
-    crate::files::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
-    for &(fd, id) in &p.epolls {
-        if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
-            eventpoll::register(&r, t, fd, e)?;
-        }
-    }
-    // The root directory last among path lookups: every path in the images
-    // is as seen from the engine's root.
-    if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {
-        let mut b = root.as_bytes().to_vec();
-        b.push(0);
-        let at = mm::put(pid, t, 8192, &b)?;
-        r.call("chroot", nr::CHROOT, [at, 0, 0, 0, 0, 0])?;
-    }
-    let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
-        path: format!("core-{pid}.img"),
-        what: "no task_core_entry".into(),
-    })?;
-    if mm.thp_disabled == Some(true) {
-        r.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, [41, 1, 0, 0, 0, 0])?;
-    }
-    // Its name and umask the task set itself before it reported.
-    task::restore_task(&r, tc, t.data)?;
-    // Threads: created from the leader with their own TIDs; each one's own
-    // state in one batch.
-    let mut made = Vec::new();
-    for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
-        let tid = pid_of(tid);
-        let tr = clone_thread(&r, t, tid)?;
-        threads.push(tid);
-        let mut calls = task::thread_calls(pid, core, t.data)?;
-        if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
-            calls.push(comm_call(&tr, t, comm)?);
-        }
-        tr.call_all(&calls)?;
-        task::queue_thread_signals(&tr, pid, core, t.data)?;
-        made.push((tr, core));
-    }
-    // The leader's own state and the task-wide calls that wait for the
-    // threads (personality, subreaper): one batch.
-    let mut calls = task::thread_calls(pid, &p.core, t.data)?;
-    calls.extend(task::late_calls(tc));
-    r.call_all(&calls)?;
-    task::queue_thread_signals(&r, pid, &p.core, t.data)?;
-    task::restore_task_late(&r, tc, t.data)?;
-    // Per thread: seccomp (suspended for the engine), then its credentials
-    // (the capability to install filters may go with them). A credential
-    // change resets the dumpable flag and the parent-death signal, so those
-    // follow.
-    for (tr, core) in made.iter().map(|(tr, c)| (tr, *c)).chain([(&r, &p.core)]) {
-        let thc = core.thread_core.as_ref();
-        filters.restore_thread(
-            tr,
-            thc.and_then(|c| c.seccomp_mode),
-            thc.and_then(|c| c.seccomp_filter),
-            t.data,
-        )?;
-        if let Some(c) = thc.and_then(|c| c.creds.as_ref()) {
-            creds::restore(tr, pid, c, t.data)?;
-            creds::restore_no_new_privs(tr, c)?;
-        }
-        // While restoring it was SIGKILL (a dying engine takes its
-        // half-made tasks along); now the dumped one.
-        let pdeath = thc.and_then(|c| c.pdeath_sig).unwrap_or(0);
-        let mut calls = vec![(
-            "prctl(PR_SET_PDEATHSIG)",
-            nr::PRCTL,
-            [1, u64::from(pdeath), 0, 0, 0, 0],
-        )];
-        // The leader comes last: the dumpable flag goes with its call.
-        if tr.tid == pid
-            && let Some(d @ (0 | 1)) = mm.dumpable
-        {
-            calls.push((
-                "prctl(PR_SET_DUMPABLE)",
-                nr::PRCTL,
-                [4, d.unsigned_abs().into(), 0, 0, 0, 0],
-            ));
-        }
-        tr.call_all(&calls)?;
-    }
-    // Last: the trampoline itself. The leader stops at the syscall's exit
-    // and never runs the (now unmapped) instruction after it.
-    r.call_final("munmap", nr::MUNMAP, [t.start, t.len, 0, 0, 0, 0])?;
-    for (tr, core) in &made {
-        task::restore_regs(tr.tid, core)?;
-    }
-    task::restore_regs(pid, &p.core)?;
-    Ok(pages)
 }
 
 /// Create thread `tid` from the leader under `r` (clone3 with set_tid) and
@@ -1206,5 +1207,50 @@ pub fn wait_root(root: Pid) -> i32 {
             Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(shmids: &[u64]) -> Plan {
+        let vmas = shmids
+            .iter()
+            .map(|&shmid| stasis_proto::images::VmaEntry {
+                shmid,
+                status: mm::status::ANON_SHARED,
+                ..Default::default()
+            })
+            .collect();
+        Plan {
+            pst: PstreeEntry::default(),
+            core: CoreEntry::default(),
+            zombie: None,
+            mm: Some(MmEntry {
+                vmas,
+                ..Default::default()
+            }),
+            fs: None,
+            fdinfo: Vec::new(),
+            thread_cores: Vec::new(),
+            fds: Vec::new(),
+            late_fds: Vec::new(),
+            epolls: Vec::new(),
+            cwd: None,
+            root_dir: None,
+            terminal: None,
+        }
+    }
+
+    #[test]
+    fn tasks_sharing_memory_through_others_stay_on_one_worker() {
+        // 0 and 2 share object 7, 1 and 2 share object 8; 3 shares nothing.
+        let plans = [plan(&[7]), plan(&[8]), plan(&[7, 8]), plan(&[])];
+        let alive: Vec<&Plan> = plans.iter().collect();
+        let groups = split(&alive, 2);
+        let with_0 = groups.iter().find(|g| g.contains(&0)).expect("task 0");
+        assert_eq!(with_0, &vec![0, 1, 2], "in tree order, on one worker");
+        assert!(groups.iter().any(|g| g == &vec![3]));
     }
 }
