@@ -77,28 +77,25 @@ pub fn stat(pid: Pid, tid: Option<Pid>) -> Result<Stat> {
         None => "stat".to_owned(),
     };
     let text = read(pid, &what)?;
-    let bad = || Error::ProcFormat {
-        pid,
-        file: what.clone(),
-    };
-    let open = text.find('(').ok_or_else(bad)?;
-    let close = text.rfind(')').ok_or_else(bad)?;
-    let comm = text.get(open + 1..close).ok_or_else(bad)?.to_owned();
+    parse_stat(&text).ok_or(Error::ProcFormat { pid, file: what })
+}
+
+/// The fields of a `stat` file's text; `None` if it is malformed. The name
+/// may hold spaces and parentheses: it ends at the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
     // Fields after the name, numbered as in proc(5) from 3.
-    let f: Vec<&str> = text.get(close + 2..).ok_or_else(bad)?.split(' ').collect();
-    let n = |i: usize| -> Result<u64> {
+    let f: Vec<&str> = text.get(close + 2..)?.split(' ').collect();
+    let n = |i: usize| -> Option<u64> {
         f.get(i - 3)
             .and_then(|s| s.trim().parse::<i64>().ok())
             .map(|v| v.cast_unsigned())
-            .ok_or_else(bad)
     };
-    let i = |i: usize| -> Result<i32> {
-        f.get(i - 3)
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .ok_or_else(bad)
-    };
-    Ok(Stat {
-        state: f.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+    let i = |i: usize| -> Option<i32> { f.get(i - 3).and_then(|s| s.trim().parse::<i32>().ok()) };
+    Some(Stat {
+        state: f.first().and_then(|s| s.chars().next())?,
         ppid: i(4)?,
         pgid: i(5)?,
         sid: i(6)?,
@@ -226,7 +223,11 @@ pub type VmFlags = BTreeMap<u64, Vec<String>>;
 
 /// Parse `/proc/PID/smaps` once: the maps, and their `VmFlags`.
 pub fn smaps(pid: Pid) -> Result<(Vec<Map>, VmFlags)> {
-    let text = read(pid, "smaps")?;
+    parse_smaps(pid, &read(pid, "smaps")?)
+}
+
+/// The maps and `VmFlags` of an `smaps` file's text (`pid` for errors).
+fn parse_smaps(pid: Pid, text: &str) -> Result<(Vec<Map>, VmFlags)> {
     let mut maps = Vec::new();
     let mut flags = BTreeMap::new();
     for line in text.lines() {
@@ -469,6 +470,68 @@ pub fn auxv(pid: Pid) -> Result<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stat line whose name holds spaces and parentheses, as a program
+    /// can choose (`prctl(PR_SET_NAME)`).
+    const STAT: &str = "4242 (a) (b c)) S 1 4242 4242 34816 4300 4194560 120 0 0 0 3 1 0 0 \
+        20 0 2 0 98765 12345678 900 18446744073709551615 94000000000000 94000000100000 \
+        140000000000000 0 0 0 0 4096 0 1 0 0 17 1 0 0 0 0 0 94000000200000 94000000300000 \
+        94000001000000 140000000001000 140000000001100 140000000001100 140000000002000 9";
+
+    #[test]
+    fn stat_fields_after_a_name_with_parentheses() {
+        let st = parse_stat(STAT).expect("parses");
+        assert_eq!(st.comm, "a) (b c)");
+        assert_eq!((st.state, st.ppid, st.pgid, st.sid), ('S', 1, 4242, 4242));
+        assert_eq!((st.tty_nr, st.tpgid, st.nice), (34816, 4300, 0));
+        assert_eq!(
+            (st.start_code, st.end_code),
+            (94_000_000_000_000, 94_000_000_100_000)
+        );
+        assert_eq!(
+            (st.start_brk, st.arg_start),
+            (94_000_001_000_000, 140_000_000_001_000)
+        );
+        assert_eq!(st.exit_code, 9);
+        assert!(parse_stat("4242 (cut short) S 1").is_none());
+        assert!(parse_stat("no name at all").is_none());
+    }
+
+    #[test]
+    fn smaps_maps_and_their_vmflags() {
+        let text = "\
+55d0c0000000-55d0c0021000 r-xp 00001000 fd:01 1234   /usr/bin/thing (deleted)
+Size:                132 kB
+VmFlags: rd ex mr mw me dw
+7f0000000000-7f0000004000 rw-s 00000000 00:01 99                         /dev/zero (deleted)
+Rss:                   8 kB
+VmFlags: rd wr sh mr mw me ms dc
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac
+";
+        let (maps, flags) = parse_smaps(Pid::from_raw(1), text).expect("parses");
+        assert_eq!(maps.len(), 3);
+        let exe = &maps[0];
+        assert_eq!(
+            (exe.start, exe.end, exe.pgoff),
+            (0x55d0_c000_0000, 0x55d0_c002_1000, 0x1000)
+        );
+        assert_eq!(
+            exe.prot,
+            (libc::PROT_READ | libc::PROT_EXEC).cast_unsigned()
+        );
+        assert_eq!((exe.dev, exe.ino, exe.shared), ((0xfd, 1), 1234, false));
+        assert_eq!(exe.name, "/usr/bin/thing (deleted)");
+        assert!(maps[1].shared && maps[1].name == "/dev/zero (deleted)");
+        assert_eq!(maps[2].name, "[stack]");
+        assert_eq!(
+            flags[&0x7f00_0000_0000],
+            ["rd", "wr", "sh", "mr", "mw", "me", "ms", "dc"]
+        );
+        assert!(flags[&0x7ffc_0000_0000].iter().any(|f| f == "gd"));
+        let bad = parse_smaps(Pid::from_raw(1), "zzzz-1 r-xp 0 fd:01 1 x\n").unwrap_err();
+        assert!(bad.to_string().contains("smaps"), "{bad}");
+    }
 
     #[test]
     fn own_stat_maps_fds_and_limits_parse() {
