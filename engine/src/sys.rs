@@ -1214,10 +1214,31 @@ pub fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, b.as_ptr()) };
 }
 
-/// Take ownership of an fd number just returned by a syscall.
-pub fn own(fd: RawFd) -> OwnedFd {
+/// Take ownership of an fd number just returned by a syscall (only here:
+/// each caller passes an fd the kernel just made).
+fn own(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass fds fresh from the kernel that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A copy of `fd` at the lowest number from `min` up, close-on-exec.
+pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: RawFd) -> Result<OwnedFd, Errno> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min)).map(own)
+}
+
+/// accept4(2) on listener `l`: the connection's socket.
+pub fn accept(
+    l: std::os::fd::BorrowedFd<'_>,
+    flags: nix::sys::socket::SockFlag,
+) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    nix::sys::socket::accept4(l.as_raw_fd(), flags).map(own)
+}
+
+/// A POSIX message queue descriptor as an owned fd (it is one on Linux).
+pub fn mq_fd(m: nix::mqueue::MqdT) -> OwnedFd {
+    use std::os::fd::IntoRawFd;
+    own(m.into_raw_fd())
 }
 
 /// Fork a child with PID `pid` from a single-threaded process (the restore

@@ -6,7 +6,7 @@
 //! messages in the namespace it recreated, then opens each file on it.
 
 use std::collections::HashMap;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 use nix::mqueue::{MQ_OFlag, MqAttr, mq_getattr, mq_open, mq_receive, mq_send, mq_set_nonblock};
@@ -185,7 +185,7 @@ pub fn open(
         for msg in &q.msgs {
             mq_send(&m, &msg.data, msg.prio).map_err(Error::restore(pid, what.clone()))?;
         }
-        let owned = sys::own(m.into_raw_fd());
+        let owned = sys::mq_fd(m);
         nix::unistd::fchown(&owned, Some(q.uid.into()), Some(q.gid.into()))
             .map_err(Error::restore(pid, what.clone()))?;
         made.insert(q.name.clone(), owned);
@@ -200,5 +200,5 @@ pub fn open(
         f |= MQ_OFlag::O_NONBLOCK;
     }
     let d = mq_open(c.as_c_str(), f, Mode::empty(), None).map_err(Error::restore(pid, what))?;
-    Ok(sys::own(d.into_raw_fd()))
+    Ok(sys::mq_fd(d))
 }

@@ -660,11 +660,9 @@ impl Table {
             let Some(&embryo) = self.unix.data_embryo.get(&lino) else {
                 continue;
             };
-            while let Ok(raw) = nix::sys::socket::accept4(
-                l.as_raw_fd(),
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            ) {
-                let conn = sys::own(raw);
+            while let Ok(conn) =
+                sys::accept(l.as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+            {
                 let packets = read_queue(&conn, &mut buf, true, true).map_err(Error::dump(
                     me,
                     format!("data of a connection waiting on unix socket {lino}"),

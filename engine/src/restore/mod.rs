@@ -12,7 +12,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{FcntlArg, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::{Signal, kill};
@@ -246,10 +245,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     }
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
-    let ready_w = sys::own(
-        fcntl(ready_w.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
-            .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?,
-    );
+    let ready_w = sys::dup_at_least(ready_w.as_fd(), next)
+        .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
     let tramp = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
@@ -418,10 +415,10 @@ fn open_pool(
     }
     let mut pool = HashMap::new();
     for (id, fd) in opened {
-        let raw = fcntl(fd.as_fd(), FcntlArg::F_DUPFD_CLOEXEC(next))
+        let copy = sys::dup_at_least(fd.as_fd(), next)
             .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
-        next = raw + 1;
-        pool.insert(id, sys::own(raw));
+        next = copy.as_raw_fd() + 1;
+        pool.insert(id, copy);
     }
     Ok((pool, next))
 }
