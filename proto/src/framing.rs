@@ -212,7 +212,7 @@ impl<R: BufRead> ImageReader<R> {
             message: short_type_name::<M>(),
             source,
         })?;
-        if let Some(field) = crate::json::missing_required_in(M::NAME, &buf) {
+        if let Some(field) = crate::required::missing(M::NAME, &buf) {
             return Err(ImageError::MissingField {
                 path: self.path.clone(),
                 offset: self.entry_offset,

@@ -657,16 +657,6 @@ fn decode_base64(json: &Json, at: &str) -> Result<Vec<u8>, JsonError> {
         })
 }
 
-/// Dotted name of the first required field missing in the encoded image
-/// message `name` (`"core_entry"`) or its sub-messages. Messages outside
-/// the image schema (RPC) are not checked here.
-pub fn missing_required_in(name: &str, buf: &[u8]) -> Option<String> {
-    let desc = message(name)?;
-    // Undecodable bytes were refused by the typed decode already.
-    let msg = DynamicMessage::decode(desc, buf).ok()?;
-    missing_required(&msg)
-}
-
 /// Dotted name of the first required field missing in `msg` or its sub-messages.
 pub fn missing_required(msg: &DynamicMessage) -> Option<String> {
     for field in prost_reflect::ReflectMessage::descriptor(msg).fields() {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod framing;
 pub mod json;
 pub mod kind;
+pub mod required;
 #[cfg(feature = "test-utils")]
 #[allow(
     missing_docs,
