@@ -84,6 +84,27 @@ pub(crate) struct Plan {
     pub terminal: Option<OwnedFd>,
 }
 
+impl Plan {
+    /// The task `pst` with its core; everything else is filled in later.
+    fn new(pst: PstreeEntry, core: CoreEntry, zombie: Option<u32>) -> Plan {
+        Plan {
+            pst,
+            core,
+            zombie,
+            mm: None,
+            fs: None,
+            fdinfo: Vec::new(),
+            thread_cores: Vec::new(),
+            fds: Vec::new(),
+            late_fds: Vec::new(),
+            epolls: Vec::new(),
+            cwd: None,
+            root_dir: None,
+            terminal: None,
+        }
+    }
+}
+
 /// The trampoline: one code page, then data pages (a seccomp program of up
 /// to 32 KiB and its header among the largest things put there).
 const TRAMPOLINE_PAGES: u64 = 16;
@@ -131,21 +152,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
             });
         }
         let zombie = (tc.task_state == task::state::ZOMBIE).then_some(tc.exit_code);
-        let mut plan = Plan {
-            pst,
-            core,
-            zombie,
-            mm: None,
-            fs: None,
-            fdinfo: Vec::new(),
-            thread_cores: Vec::new(),
-            fds: Vec::new(),
-            late_fds: Vec::new(),
-            epolls: Vec::new(),
-            cwd: None,
-            root_dir: None,
-            terminal: None,
-        };
+        let mut plan = Plan::new(pst, core, zombie);
         if zombie.is_none() {
             let files_id = plan.core.ids.as_ref().map_or(id, |i| u64::from(i.files_id));
             let mm: MmEntry = dir.read_one(img::MM, id)?;
@@ -1220,24 +1227,12 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        Plan {
-            pst: PstreeEntry::default(),
-            core: CoreEntry::default(),
-            zombie: None,
-            mm: Some(MmEntry {
-                vmas,
-                ..Default::default()
-            }),
-            fs: None,
-            fdinfo: Vec::new(),
-            thread_cores: Vec::new(),
-            fds: Vec::new(),
-            late_fds: Vec::new(),
-            epolls: Vec::new(),
-            cwd: None,
-            root_dir: None,
-            terminal: None,
-        }
+        let mut p = Plan::new(PstreeEntry::default(), CoreEntry::default(), None);
+        p.mm = Some(MmEntry {
+            vmas,
+            ..Default::default()
+        });
+        p
     }
 
     #[test]
