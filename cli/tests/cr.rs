@@ -955,6 +955,13 @@ fn dump_into_a_full_images_dir_fails_and_leaves_the_task_running() {
         err.contains("No space left") && err.contains("pages-"),
         "unclear error: {err}"
     );
+    // No half-written image is left in the full directory.
+    let left: Vec<_> = std::fs::read_dir(&full.0)
+        .expect("images dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the failed dump left {left:?}");
     // The task was left as it was: it still holds its memory intact.
     assert_eq!(
         ask(job.pgid, &out, 20),
@@ -1689,4 +1696,28 @@ fn a_core_image_without_a_required_register_is_refused_and_leaves_no_task() {
         "a task was left behind"
     );
     wait_group_gone(job.pgid);
+}
+
+#[test]
+fn dumping_a_tree_that_holds_stasis_itself_is_refused_up_front() {
+    need_root();
+    let tmp = tmpdir();
+    let img = images(tmp.path(), "img");
+    // This test process is stasis' parent: as if a user dumped the shell
+    // they typed the command in.
+    let me = std::process::id().to_string();
+    let out = run(&["dump", "-t", &me, "-D", img.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stasis runs inside this tree") && err.contains("from another terminal"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&img)
+            .expect("images dir")
+            .next()
+            .is_none(),
+        "the refused dump wrote images"
+    );
 }

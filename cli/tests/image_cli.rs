@@ -298,3 +298,43 @@ fn version_and_usage_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/core-1.img"), "{err}");
 }
+
+#[test]
+fn criu_version_lines_through_the_criu_symlink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let criu = dir.path().join("criu");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), &criu).expect("symlink");
+    for flag in ["--version", "-V"] {
+        let out = std::process::Command::new(&criu)
+            .arg(flag)
+            .output()
+            .expect("run criu");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.first().copied(), Some("Version: 4.2"), "{text}");
+        assert!(
+            lines
+                .get(1)
+                .is_some_and(|l| l.starts_with("GitID: stasis-")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn restore_from_an_empty_directory_says_it_is_not_an_images_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["restore", "-d", "-D"])
+        .arg(dir.path())
+        .output()
+        .expect("run stasis");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("inventory.img") && err.contains("not an images directory"),
+        "{err}"
+    );
+}

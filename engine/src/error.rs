@@ -22,6 +22,12 @@ pub enum EngineError {
     ProcFormat { pid: Pid, file: String },
     #[error("task {pid} does not exist (check the -t argument)")]
     NoSuchTask { pid: Pid },
+    #[error(
+        "task {pid}: stasis runs inside this tree (it is stasis or one of its ancestors, a shell \
+         that started it say); dump it from outside, e.g. from another terminal, with --shell-job \
+         for a job of a terminal; nothing was dumped"
+    )]
+    InsideTree { pid: Pid },
     #[error("task {pid}: cannot freeze it with ptrace ({errno}); is it traced by a debugger?")]
     Seize { pid: Pid, errno: Errno },
     #[error("thread {tid}: ptrace {op} failed: {errno}")]

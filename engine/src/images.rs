@@ -162,6 +162,25 @@ impl Dir {
         &self.path
     }
 
+    /// The names in the directory now.
+    pub fn entries(&self) -> std::collections::HashSet<std::ffi::OsString> {
+        std::fs::read_dir(&self.path)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Remove the image files made since `before` (from [`Dir::entries`]):
+    /// what a failed dump wrote. Other files (a log the user asked for
+    /// there, say) are left.
+    pub fn remove_new(&self, before: &std::collections::HashSet<std::ffi::OsString>) {
+        for name in self.entries().difference(before) {
+            let s = name.to_string_lossy();
+            if s.ends_with(".img") || s.starts_with("stats-") {
+                let _ = std::fs::remove_file(self.path.join(name));
+            }
+        }
+    }
+
     /// File name of image `name` for object `id`.
     pub fn file<M>(&self, img: Image<M>, id: u64) -> Result<PathBuf> {
         let k = kind(img.name)?;

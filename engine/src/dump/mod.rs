@@ -74,6 +74,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     // The engine's CPUs, noted before any thread is pinned.
     sys::engine_mask();
     let dir = Dir::open(&opts.dir)?;
+    let before = dir.entries();
     let t0 = Instant::now();
     let tree = seize::freeze(opts.pid, opts.timeout)?;
     let engine_mask = seize::pin_engine();
@@ -101,6 +102,8 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
         Err(e) => {
             tree.release();
             seize::unpin_engine(engine_mask);
+            // No half-written images are left behind (a full disk, say).
+            dir.remove_new(&before);
             Err(e)
         }
     }

@@ -118,6 +118,13 @@ fn pid_of(v: u32) -> Pid {
 }
 
 fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
+    if !dir.exists(img::INVENTORY, 0) {
+        return Err(Error::BadImage {
+            path: dir.path().join("inventory.img").display().to_string(),
+            what: "missing: this is not an images directory, or the dump into it did not finish"
+                .into(),
+        });
+    }
     let inv: InventoryEntry = dir.read_one(img::INVENTORY, 0)?;
     if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
         return Err(Error::BadImage {

@@ -201,6 +201,17 @@ pub fn freeze(root: Pid, timeout: Duration) -> Result<Tree> {
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(Error::NoSuchTask { pid: root });
     }
+    // The engine cannot freeze itself: refuse before touching anything.
+    let mut up = nix::unistd::getpid();
+    while up.as_raw() > 1 {
+        if up == root {
+            return Err(Error::InsideTree { pid: root });
+        }
+        up = match proc::stat(up, None) {
+            Ok(st) => Pid::from_raw(st.ppid),
+            Err(_) => break,
+        };
+    }
     let mut tree = Tree::default();
     let deadline = Instant::now() + timeout;
     match freeze_into(root, &mut tree, deadline, timeout.as_secs()) {
