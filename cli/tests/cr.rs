@@ -1721,3 +1721,41 @@ fn dumping_a_tree_that_holds_stasis_itself_is_refused_up_front() {
         "the refused dump wrote images"
     );
 }
+
+#[test]
+fn a_restore_right_after_the_dump_waits_for_the_killed_tree_to_be_reaped() {
+    need_root();
+    let tmp = tmpdir();
+    let pidfile = tmp.path().join("job.pid");
+    let counter = tmp.path().join("count");
+    // As README's tour starts it: its parent is init, which reaps the
+    // killed tree when it gets to it (some seconds, in some sandboxes).
+    let started = Command::new("setsid")
+        .args(["-f", "sh", "-c"])
+        .arg(format!(
+            "echo $$ > {}; i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
+            pidfile.display(),
+            counter.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("setsid -f");
+    assert!(started.success());
+    let pid: i32 = wait_file(&pidfile, &["1", "2", "3", "4", "5", "6", "7", "8", "9"], 10)
+        .trim()
+        .parse()
+        .expect("pid");
+    let _job = Job {
+        child: None,
+        pgid: pid,
+    };
+    wait_counter(&counter, 2);
+    let img = images(tmp.path(), "img");
+    dump_ok(pid, &img);
+    // At once, as a script would.
+    restore_ok(&img);
+    let stopped = read_counter(&counter);
+    wait_counter(&counter, stopped);
+}

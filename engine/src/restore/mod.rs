@@ -316,12 +316,26 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     }
 }
 
-/// Every PID and TID of the tree is free here.
+/// Every PID and TID of the tree is free here. One held by a zombie (the
+/// dumped task, killed and not yet reaped by its parent: right after the
+/// dump, say) is waited for, a few seconds at most.
 fn check_pids_free(plans: &[Plan]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
     for p in plans {
         for &t in &p.pst.threads {
-            if std::path::Path::new(&format!("/proc/{t}")).exists() {
-                return Err(Error::PidTaken { pid: pid_of(t) });
+            loop {
+                let dying = match crate::task::proc::stat(pid_of(t), None) {
+                    Ok(st) => matches!(st.state, 'Z' | 'X'),
+                    // Gone (or going) meanwhile.
+                    Err(_) => !std::path::Path::new(&format!("/proc/{t}")).exists(),
+                };
+                if !std::path::Path::new(&format!("/proc/{t}")).exists() {
+                    break;
+                }
+                if !dying || Instant::now() >= deadline {
+                    return Err(Error::PidTaken { pid: pid_of(t) });
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
