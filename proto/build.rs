@@ -55,6 +55,7 @@ const IMAGE_FILES: &[&str] = &[
     "ipc.proto",
     "mqueue.proto",
     "netdev.proto",
+    "mnt.proto",
     "stats.proto",
 ];
 

@@ -80,6 +80,19 @@ pub enum EngineError {
         what: String,
         errno: Errno,
     },
+    #[error("mount {path}: {what} failed: {errno}{hint}")]
+    Mount {
+        path: String,
+        what: String,
+        errno: Errno,
+        hint: &'static str,
+    },
+    #[error("mount {path}: {what}: {err}")]
+    MountContents {
+        path: String,
+        what: &'static str,
+        err: std::io::Error,
+    },
     #[error("task {pid}: fd {fd}: cannot open {path}: {err}")]
     OpenFile {
         pid: Pid,

@@ -52,7 +52,7 @@ impl<M> std::fmt::Debug for Image<M> {
 pub mod img {
     use stasis_proto::images::{
         CoreEntry, FdinfoEntry, FileEntry, FileLockEntry, FsEntry, GhostFileEntry, InventoryEntry,
-        IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry,
+        IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry, MntEntry,
         NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry, PosixMqueueEntry, PstreeEntry,
         RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TtyDataEntry,
         TtyInfoEntry, UtsnsEntry,
@@ -82,6 +82,7 @@ pub mod img {
     pub const UTSNS: Image<UtsnsEntry> = Image::new("UTSNS");
     pub const NETNS: Image<NetnsEntry> = Image::new("NETNS");
     pub const NETDEV: Image<NetDeviceEntry> = Image::new("NETDEV");
+    pub const MNTS: Image<MntEntry> = Image::new("MNTS");
     pub const IPC_VAR: Image<IpcVarEntry> = Image::new("IPC_VAR");
     pub const IPCNS_SHM: Image<IpcShmEntry> = Image::new("IPCNS_SHM");
     pub const IPCNS_SEM: Image<IpcSemEntry> = Image::new("IPCNS_SEM");
@@ -116,6 +117,7 @@ pub mod img {
             (UTSNS.name(), UtsnsEntry::NAME),
             (NETNS.name(), NetnsEntry::NAME),
             (NETDEV.name(), NetDeviceEntry::NAME),
+            (MNTS.name(), MntEntry::NAME),
             (IPC_VAR.name(), IpcVarEntry::NAME),
             (IPCNS_SHM.name(), IpcShmEntry::NAME),
             (IPCNS_SEM.name(), IpcSemEntry::NAME),
@@ -272,6 +274,12 @@ impl Dir {
         }
         w.finish()?;
         Ok(())
+    }
+
+    /// Path of the raw contents of tmpfs superblock `s_dev` (kernel
+    /// encoding), `tmpfs-dev-S_DEV.tar.gz.img`: a gzip'd tar archive.
+    pub fn tmpfs_file(&self, s_dev: u32) -> PathBuf {
+        self.path.join(format!("tmpfs-dev-{s_dev}.tar.gz.img"))
     }
 
     /// Path of raw pages file `pages-N.img`.

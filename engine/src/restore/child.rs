@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::{Plan, pid_of};
 use crate::sys;
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 10] = [
     "its session",
     "its process group",
     "a child with its PID",
@@ -20,6 +20,8 @@ const STEPS: [&str; 8] = [
     "its working directory",
     "closing inherited fds",
     "the foreground of its terminal",
+    "joining the tree's mount namespace",
+    "mounting the tree's procfs",
 ];
 
 /// The name of a setup step a task reported failing.
@@ -96,6 +98,10 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let pid = p.pst.pid;
     // Die with the engine while the restore is in progress.
     sys::set_pdeathsig(libc::SIGKILL);
+    if let Some(ns) = &p.mnt_ns {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
+        crate::ns::mnt::mount_procs(&p.proc_mounts).map_err(|e| (e, 9))?;
+    }
     if p.pst.sid == pid {
         nix::unistd::setsid().map_err(|e| (e, 0))?;
     } else if p.pst.pgid == pid {

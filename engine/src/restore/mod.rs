@@ -82,6 +82,10 @@ pub(crate) struct Plan {
     pub root_dir: Option<String>,
     /// The shell job's root: the terminal whose foreground it takes.
     pub terminal: Option<OwnedFd>,
+    /// The root: the tree's mount namespace, which it joins first, and
+    /// the procfs mounts it makes there.
+    pub mnt_ns: Option<OwnedFd>,
+    pub proc_mounts: Vec<crate::ns::mnt::ProcMount>,
 }
 
 impl Plan {
@@ -101,6 +105,8 @@ impl Plan {
             cwd: None,
             root_dir: None,
             terminal: None,
+            mnt_ns: None,
+            proc_mounts: Vec::new(),
         }
     }
 }
@@ -134,7 +140,6 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     }
     let mut files = Table::load(dir)?;
     files.make_memfds(dir)?;
-    files.make_ghosts()?;
     let pstree: Vec<PstreeEntry> = dir.read_all(img::PSTREE, 0)?;
     check_pstree(&pstree)?;
     let mut plans = Vec::new();
@@ -210,7 +215,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::task::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
     tracing::debug!("reading the images");
-    let (mut plans, files, inv) = load(&dir)?;
+    let (mut plans, mut files, inv) = load(&dir)?;
     tracing::debug!(tasks = plans.len(), "images read");
     if opts.shell_job {
         shell_job(&mut plans, &files, opts.detached);
@@ -244,9 +249,30 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
-    let ns_done = crate::ns::restore(&dir)?;
-    let (pool, next) = open_pool(&files, &uses, max_fd, high)?;
-    take_file_locks(&plans, &files, &pool)?;
+    let mut ns_done = crate::ns::restore(&dir)?;
+    let (pool, next) = (|| {
+        files.make_ghosts()?;
+        let (pool, next) = open_pool(&files, &uses, max_fd, high)?;
+        take_file_locks(&plans, &files, &pool)?;
+        Ok::<_, Error>((pool, next))
+    })()
+    .and_then(|p| {
+        // Files are open: the engine goes back to its own mount
+        // namespace (its /proc shows the tasks), the root joins the tree's.
+        if let Some(m) = ns_done.mnt.take() {
+            m.leave()?;
+            if let Some(root) = plans.first_mut() {
+                root.mnt_ns = Some(m.ns);
+                root.proc_mounts = m.procs;
+            }
+        }
+        Ok(p)
+    })
+    .inspect_err(|_| {
+        if let Some(m) = &ns_done.mnt {
+            let _ = m.leave();
+        }
+    })?;
     for p in &mut plans {
         p.fds = p
             .fdinfo

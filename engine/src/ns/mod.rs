@@ -4,7 +4,11 @@
 //! /proc/sys/net, `netns-1.img`; other devices are refused). The dump reads them from a
 //! thread that joins the namespace (setns affects that thread only); the
 //! restore unshares them in the engine before it forks the tree, so every
-//! task starts inside. Other namespaces must be the engine's.
+//! task starts inside. The mount namespace and its mounts: [`mnt`]. Other
+//! namespaces must be the engine's.
+
+pub mod mnt;
+mod tmpfs;
 
 use std::os::fd::AsFd;
 
@@ -31,8 +35,8 @@ fn own(root: Pid, ns: &str) -> bool {
     link(Some(root), ns) != link(None, ns)
 }
 
-/// The namespaces every task of a tree must be in: UTS, IPC and network
-/// the root's, the others the engine's (read once per dump).
+/// The namespaces every task of a tree must be in: UTS, IPC, network and
+/// mount the root's, the others the engine's (read once per dump).
 #[derive(Debug)]
 pub struct Expected(Vec<(&'static str, Option<std::path::PathBuf>)>);
 
@@ -42,7 +46,7 @@ pub fn expected(root: Pid) -> Expected {
         ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"]
             .into_iter()
             .map(|ns| match ns {
-                "uts" | "ipc" | "net" => (ns, link(Some(root), ns)),
+                "uts" | "ipc" | "net" | "mnt" => (ns, link(Some(root), ns)),
                 _ => (ns, link(None, ns)),
             })
             .collect(),
@@ -59,7 +63,9 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
             .map(std::path::PathBuf::from);
         if theirs != *expected {
             let what = match *ns {
-                "uts" | "ipc" | "net" => format!("a {ns} namespace other than its root's"),
+                "uts" | "ipc" | "net" | "mnt" => {
+                    format!("a {ns} namespace other than its root's")
+                }
                 _ => format!("a {ns} namespace of its own"),
             };
             return Err(Error::Unsupported { pid, what });
@@ -83,6 +89,11 @@ pub(crate) fn inside<T: Send>(
     })?;
     std::thread::scope(|s| {
         s.spawn(|| {
+            // A thread shares its process' root and cwd, which a mount
+            // namespace change would move: it gets copies of its own.
+            if kind == CloneFlags::CLONE_NEWNS {
+                unshare(CloneFlags::CLONE_FS).map_err(Error::dump(pid, "a thread of its own"))?;
+            }
             setns(file.as_fd(), kind)
                 .map_err(Error::dump(pid, format!("joining its {ns} namespace")))?;
             f()
@@ -156,8 +167,12 @@ pub fn own_net(root: Pid) -> bool {
     own(root, "net")
 }
 
-/// Dump the tree's own UTS, IPC and network namespaces, if it has them.
+/// Dump the tree's own UTS, IPC, network and mount namespaces, if it has
+/// them.
 pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
+    if own(root, "mnt") {
+        mnt::dump(root, dir)?;
+    }
     if own(root, "net") {
         let (lo, conf) = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
             let devs = read_sys(root, "/proc/thread-self/net/dev")?;
@@ -263,6 +278,9 @@ fn write_sys(path: &str, value: &str) -> Result<()> {
 pub struct Restored {
     /// SysV segments to remove again (see [`crate::ipc::sysv::remove_again`]).
     pub shm_removed: Vec<i32>,
+    /// The tree's mount namespace, which the engine is in until it
+    /// [leaves](mnt::Restored::leave) it.
+    pub mnt: Option<mnt::Restored>,
 }
 
 /// Make the tree's namespaces again in the engine (which then forks the
@@ -346,5 +364,7 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
             }
         }
     }
+    // Last: sysfs shows the network namespace of whoever mounts it.
+    out.mnt = mnt::restore(dir)?;
     Ok(out)
 }

@@ -1,0 +1,997 @@
+//! A mount namespace of the tree's own: its mount table, read from
+//! `/proc/PID/mountinfo` into `mountpoints-ID.img` (CRIU's `mnt_entry`, one
+//! per mount, in mountinfo order), and the contents of the tmpfs
+//! superblocks only the tree sees (see [`super::tmpfs`]).
+//!
+//! The restore starts from a copy of the engine's mount namespace, made
+//! private at once so that nothing it does reaches the engine's. Mounts the
+//! dump shows unchanged there are kept; the others are unmounted and the
+//! missing ones made: a new superblock from its type and options (filled
+//! from its archive for a tmpfs) or a bind of a superblock already there,
+//! each cloned into place with open_tree and move_mount; then each mount's
+//! per-mount flags and propagation (peer groups joined with
+//! MOVE_MOUNT_SET_GROUP, also groups the engine's namespace still has).
+//! procfs shows the pid namespace of whoever mounts it, so the tree's root
+//! task mounts those ([`ProcMount`]). A tree whose root is not the root of
+//! the engine's namespace (pivot_root'ed, a container) is refused.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+use stasis_proto::images::{Fstype, MntEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::images::{Dir, img};
+
+/// Per-mount flags mountinfo shows (column 6).
+const MOUNT_FLAGS: &[(&str, u64)] = &[
+    ("ro", libc::MS_RDONLY),
+    ("nosuid", libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC),
+    ("noatime", libc::MS_NOATIME),
+    ("nodiratime", libc::MS_NODIRATIME),
+    ("relatime", libc::MS_RELATIME),
+    ("nosymfollow", libc::MS_NOSYMFOLLOW),
+    ("strictatime", libc::MS_STRICTATIME),
+];
+
+/// Superblock flags among the superblock options (column 11).
+const SB_FLAGS: &[(&str, u64)] = &[
+    ("ro", libc::MS_RDONLY),
+    ("sync", libc::MS_SYNCHRONOUS),
+    ("dirsync", libc::MS_DIRSYNC),
+    ("mand", libc::MS_MANDLOCK),
+    ("lazytime", libc::MS_LAZYTIME),
+];
+
+/// Filesystems made anew from their type and options, and their code in
+/// the image.
+const FRESH: &[(&str, Fstype)] = &[
+    ("proc", Fstype::Proc),
+    ("sysfs", Fstype::Sysfs),
+    ("tmpfs", Fstype::Tmpfs),
+    ("devpts", Fstype::Devpts),
+    ("mqueue", Fstype::Mqueue),
+    ("cgroup2", Fstype::Cgroup2),
+    ("securityfs", Fstype::Securityfs),
+    ("debugfs", Fstype::Debugfs),
+    ("tracefs", Fstype::Tracefs),
+    ("fusectl", Fstype::Fusectl),
+    ("pstore", Fstype::Pstore),
+    ("binfmt_misc", Fstype::BinfmtMisc),
+    ("overlay", Fstype::Overlayfs),
+    ("bpf", Fstype::Auto),
+    ("hugetlbfs", Fstype::Auto),
+];
+
+/// One line of mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mount {
+    pub id: u32,
+    pub parent: u32,
+    /// The superblock's device, kernel encoding (major << 20 | minor).
+    pub dev: u32,
+    pub root: String,
+    pub point: String,
+    /// Per-mount MS_* flags.
+    pub flags: u64,
+    pub shared: Option<u32>,
+    pub master: Option<u32>,
+    pub unbindable: bool,
+    pub fstype: String,
+    pub source: String,
+    /// Superblock MS_* flags.
+    pub sb_flags: u64,
+    /// The other superblock options.
+    pub options: String,
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 1
+            && let Some(oct) = s.get(i + 1..i + 4)
+            && let Ok(v) = u8::from_str_radix(oct, 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse a mountinfo table; `None` on a malformed line.
+pub(crate) fn parse(text: &str) -> Option<Vec<Mount>> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Mount> {
+    let (head, tail) = line.split_once(" - ")?;
+    let mut h = head.split(' ');
+    let id = h.next()?.parse().ok()?;
+    let parent = h.next()?.parse().ok()?;
+    let (maj, min) = h.next()?.split_once(':')?;
+    let dev = (maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?;
+    let root = unescape(h.next()?);
+    let point = unescape(h.next()?);
+    let mut flags = 0;
+    for o in h.next()?.split(',') {
+        if let Some(&(_, f)) = MOUNT_FLAGS.iter().find(|(n, _)| *n == o) {
+            flags |= f;
+        }
+    }
+    if flags & (libc::MS_RELATIME | libc::MS_NOATIME) == 0 {
+        flags |= libc::MS_STRICTATIME;
+    }
+    let (mut shared, mut master, mut unbindable) = (None, None, false);
+    for opt in h {
+        if let Some(v) = opt.strip_prefix("shared:") {
+            shared = Some(v.parse().ok()?);
+        } else if let Some(v) = opt.strip_prefix("master:") {
+            master = Some(v.parse().ok()?);
+        } else if opt == "unbindable" {
+            unbindable = true;
+        }
+    }
+    let mut t = tail.split(' ');
+    let fstype = unescape(t.next()?);
+    let source = unescape(t.next()?);
+    let mut sb_flags = 0;
+    let mut options = Vec::new();
+    for o in t.next().unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+        match SB_FLAGS.iter().find(|(n, _)| *n == o) {
+            Some(&(_, f)) => sb_flags |= f,
+            None if o == "rw" => {}
+            None => options.push(unescape(o)),
+        }
+    }
+    Some(Mount {
+        id,
+        parent,
+        dev,
+        root,
+        point,
+        flags,
+        shared,
+        master,
+        unbindable,
+        fstype,
+        source,
+        sb_flags,
+        options: options.join(","),
+    })
+}
+
+fn fstype_code(name: &str) -> Fstype {
+    FRESH
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(Fstype::Auto, |&(_, c)| c)
+}
+
+impl Mount {
+    fn to_entry(&self) -> MntEntry {
+        let mut flags = self.flags;
+        if self.shared.is_some() {
+            flags |= libc::MS_SHARED;
+        }
+        if self.master.is_some() {
+            flags |= libc::MS_SLAVE;
+        }
+        if self.unbindable {
+            flags |= libc::MS_UNBINDABLE;
+        }
+        MntEntry {
+            fstype: fstype_code(&self.fstype) as u32,
+            mnt_id: self.id,
+            root_dev: self.dev,
+            parent_mnt_id: self.parent,
+            flags: u32::try_from(flags).unwrap_or(0),
+            root: self.root.clone(),
+            mountpoint: self.point.clone(),
+            source: self.source.clone(),
+            options: self.options.clone(),
+            shared_id: self.shared,
+            master_id: self.master,
+            fsname: Some(self.fstype.clone()),
+            sb_flags: Some(u32::try_from(self.sb_flags).unwrap_or(0)),
+            ..MntEntry::default()
+        }
+    }
+
+    fn from_entry(e: &MntEntry) -> Mount {
+        let flags = u64::from(e.flags);
+        let fstype = e.fsname.clone().unwrap_or_else(|| {
+            FRESH
+                .iter()
+                .find(|(_, c)| *c as u32 == e.fstype)
+                .map_or_else(String::new, |(n, _)| (*n).to_owned())
+        });
+        Mount {
+            id: e.mnt_id,
+            parent: e.parent_mnt_id,
+            dev: e.root_dev,
+            root: e.root.clone(),
+            point: e.mountpoint.clone(),
+            flags: flags & MOUNT_FLAGS.iter().fold(0, |a, &(_, f)| a | f),
+            shared: e.shared_id.filter(|_| flags & libc::MS_SHARED != 0),
+            master: e.master_id.filter(|_| flags & libc::MS_SLAVE != 0),
+            unbindable: flags & libc::MS_UNBINDABLE != 0,
+            fstype,
+            source: e.source.clone(),
+            sb_flags: u64::from(e.sb_flags.unwrap_or(0)),
+            options: e.options.clone(),
+        }
+    }
+
+    /// What makes two mounts the same mount of the same thing.
+    fn same(&self, o: &Mount) -> bool {
+        self.point == o.point
+            && self.root == o.root
+            && self.dev == o.dev
+            && self.fstype == o.fstype
+            && self.source == o.source
+    }
+
+    fn shown(&self) -> String {
+        format!("{} ({} {})", self.point, self.fstype, self.source)
+    }
+}
+
+fn dev_shown(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
+fn read_table(path: &str, pid: Pid) -> Result<Vec<Mount>> {
+    let text = std::fs::read_to_string(path).map_err(|err| Error::Proc {
+        pid,
+        path: path.to_owned(),
+        err,
+    })?;
+    parse(&text).ok_or_else(|| Error::ProcFormat {
+        pid,
+        file: path.trim_start_matches("/proc/").to_owned(),
+    })
+}
+
+/// The mount a table's tree hangs from: the one whose parent is not in it.
+fn table_root(t: &[Mount]) -> Option<&Mount> {
+    let ids: HashSet<u32> = t.iter().map(|m| m.id).collect();
+    let mut roots = t.iter().filter(|m| !ids.contains(&m.parent));
+    let r = roots.next()?;
+    roots.next().is_none().then_some(r)
+}
+
+/// `path` relative to `base` when `base` holds it ("/a" in "/a/b" -> "b").
+fn rel<'a>(path: &'a str, base: &str) -> Option<&'a str> {
+    if base == "/" {
+        return Some(path.trim_start_matches('/'));
+    }
+    let r = path.strip_prefix(base)?;
+    (r.is_empty() || r.starts_with('/')).then(|| r.trim_start_matches('/'))
+}
+
+fn rx(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+/// Dump the mount namespace of `root` when it is not the engine's.
+pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
+    let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
+    let theirs = read_table(&format!("/proc/{root}/mountinfo"), root)?;
+    let unsupported = |what: String| Error::Unsupported { pid: root, what };
+    let (Some(r), Some(my_root)) = (table_root(&theirs), table_root(&mine)) else {
+        return Err(unsupported("a mount table without one root".into()));
+    };
+    if r.dev != my_root.dev || r.root != my_root.root || r.point != "/" {
+        return Err(unsupported(format!(
+            "a root mount of its own ({}, {} at {}; stasis' is {} {}): a pivot_root'ed tree \
+             needs --root",
+            r.fstype, r.root, r.point, my_root.fstype, my_root.root
+        )));
+    }
+    let my_devs: HashSet<u32> = mine.iter().map(|m| m.dev).collect();
+    for m in &theirs {
+        let fresh = FRESH.iter().any(|(n, _)| *n == m.fstype) && m.root == "/";
+        if !fresh
+            && !my_devs.contains(&m.dev)
+            && !theirs.iter().any(|o| {
+                o.dev == m.dev && o.root == "/" && FRESH.iter().any(|(n, _)| *n == o.fstype)
+            })
+        {
+            return Err(unsupported(format!(
+                "mount {} of device {} ({}), which stasis' mount namespace does not show and \
+                 which cannot be made anew; mount it outside the tree too",
+                m.shown(),
+                dev_shown(m.dev),
+                m.fstype
+            )));
+        }
+    }
+    // Each tmpfs only the tree sees, once per superblock, through an
+    // uncovered mount of its root.
+    let mut saved = HashSet::new();
+    for m in theirs
+        .iter()
+        .filter(|m| m.fstype == "tmpfs" && !my_devs.contains(&m.dev))
+    {
+        if !saved.insert(m.dev) {
+            continue;
+        }
+        let Some(view) = theirs.iter().find(|v| {
+            v.dev == m.dev
+                && v.root == "/"
+                && !theirs
+                    .iter()
+                    .any(|o| o.parent == v.id && o.point == v.point)
+        }) else {
+            return Err(unsupported(format!(
+                "tmpfs {} whose root is mounted nowhere uncovered: its contents cannot be read",
+                m.shown()
+            )));
+        };
+        let clone = clean_view(root, &view.point)?;
+        let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&clone));
+        super::tmpfs::save(Path::new(&base), &dir.tmpfs_file(m.dev), &view.shown())?;
+    }
+    let entries: Vec<MntEntry> = theirs.iter().map(Mount::to_entry).collect();
+    dir.write_all(img::MNTS, super::NS_ID, &entries)
+}
+
+/// A detached copy of the mount at `point` in the mount namespace of
+/// `pid`, without the mounts on top of it.
+fn clean_view(pid: Pid, point: &str) -> Result<OwnedFd> {
+    let task_root =
+        std::fs::File::open(format!("/proc/{pid}/root")).map_err(|err| Error::Proc {
+            pid,
+            path: format!("/proc/{pid}/root"),
+            err,
+        })?;
+    super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
+        let path = point.trim_start_matches('/');
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | if path.is_empty() {
+                OpenTreeFlags::AT_EMPTY_PATH
+            } else {
+                OpenTreeFlags::empty()
+            };
+        rustix::mount::open_tree(task_root.as_fd(), path, flags)
+            .map_err(|e| Error::dump(pid, format!("a view of mount {point}"))(rx(e)))
+    })
+}
+
+/// A proc mount the tree's root task makes, in its pid namespace.
+#[derive(Debug, Clone)]
+pub struct ProcMount {
+    /// Where.
+    pub point: String,
+    /// Per-mount flags.
+    pub flags: u64,
+    /// Superblock options.
+    pub options: String,
+}
+
+/// The restored mount namespace: the tasks join it.
+#[derive(Debug)]
+pub struct Restored {
+    /// The namespace.
+    pub ns: OwnedFd,
+    /// The engine's own, to go back to.
+    pub engine: OwnedFd,
+    /// procfs mounts the root task makes.
+    pub procs: Vec<ProcMount>,
+}
+
+impl Restored {
+    /// Put the engine back in its own mount namespace.
+    pub fn leave(&self) -> Result<()> {
+        nix::sched::setns(self.engine.as_fd(), CloneFlags::CLONE_NEWNS).map_err(Error::restore(
+            nix::unistd::getpid(),
+            "the engine's mount namespace",
+        ))
+    }
+}
+
+fn mount_err(path: &str, what: &str) -> impl FnOnce(Errno) -> Error {
+    let (path, what) = (path.to_owned(), what.to_owned());
+    move |errno| Error::Mount {
+        path,
+        what,
+        errno,
+        hint: "",
+    }
+}
+
+/// Sort `t` so that a mount comes after its parent, siblings in table
+/// order (which is the order they were stacked in).
+fn tree_order(t: &[Mount]) -> Vec<usize> {
+    let mut kids: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, m) in t.iter().enumerate() {
+        kids.entry(m.parent).or_default().push(i);
+    }
+    let mut out = Vec::with_capacity(t.len());
+    let Some(r) = table_root(t) else {
+        return out;
+    };
+    let mut queue =
+        std::collections::VecDeque::from([t.iter().position(|m| m.id == r.id).unwrap_or(0)]);
+    while let Some(i) = queue.pop_front() {
+        out.push(i);
+        if let Some(k) = kids.get(&t[i].id) {
+            queue.extend(k.iter().copied().filter(|&k| k != i));
+        }
+    }
+    out
+}
+
+/// Which mounts of `want` are already there in `have` (index in `have`),
+/// from the root down: a mount matches when its parent does and it is the
+/// same mount at the same place in the same stack of mounts there.
+fn matching(want: &[Mount], have: &[Mount]) -> Vec<Option<usize>> {
+    let mut out = vec![None; want.len()];
+    let (Some(wr), Some(hr)) = (table_root(want), table_root(have)) else {
+        return out;
+    };
+    let (Some(wi), Some(hi)) = (
+        want.iter().position(|m| m.id == wr.id),
+        have.iter().position(|m| m.id == hr.id),
+    ) else {
+        return out;
+    };
+    if !want[wi].same(&have[hi]) {
+        return out;
+    }
+    out[wi] = Some(hi);
+    for i in tree_order(want) {
+        let Some(h) = out[i] else { continue };
+        let (wid, hid) = (want[i].id, have[h].id);
+        // Children of both, by mount point, in stacking order.
+        let mut points: Vec<&str> = Vec::new();
+        for m in want.iter().filter(|m| m.parent == wid && m.id != wid) {
+            if !points.contains(&m.point.as_str()) {
+                points.push(&m.point);
+            }
+        }
+        for p in points {
+            let ws: Vec<usize> = (0..want.len())
+                .filter(|&k| want[k].parent == wid && want[k].id != wid && want[k].point == p)
+                .collect();
+            let hs: Vec<usize> = (0..have.len())
+                .filter(|&k| have[k].parent == hid && have[k].id != hid && have[k].point == p)
+                .collect();
+            for (&w, &h) in ws.iter().zip(&hs) {
+                if !want[w].same(&have[h]) {
+                    break;
+                }
+                out[w] = Some(h);
+            }
+        }
+    }
+    out
+}
+
+/// Make the tree's mount namespace from `mountpoints-ID.img`, if the dump
+/// wrote one: the engine is left inside it (to open the tree's files) and
+/// goes back with [`Restored::leave`].
+pub fn restore(dir: &Dir) -> Result<Option<Restored>> {
+    if !dir.exists(img::MNTS, super::NS_ID) {
+        return Ok(None);
+    }
+    let shown_img = format!("mountpoints-{}.img", super::NS_ID);
+    let want: Vec<Mount> = dir
+        .read_all(img::MNTS, super::NS_ID)?
+        .iter()
+        .map(Mount::from_entry)
+        .collect();
+    let bad = |what: String| Error::BadImage {
+        path: shown_img.clone(),
+        what,
+    };
+    let Some(want_root) = table_root(&want) else {
+        return Err(bad("no single root mount".into()));
+    };
+    if tree_order(&want).len() != want.len() {
+        return Err(bad("mounts whose parents are not in the table".into()));
+    }
+    let me = nix::unistd::getpid();
+    let engine = std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map(OwnedFd::from)
+        .map_err(|err| Error::Proc {
+            pid: me,
+            path: "/proc/thread-self/ns/mnt".into(),
+            err,
+        })?;
+    // Peer groups of the engine's namespace the tree's mounts were in:
+    // held by an O_PATH fd on one member each (the widest), taken before
+    // the namespace is copied.
+    let outside = read_table("/proc/thread-self/mountinfo", me)?;
+    let mut groups = Outside::default();
+    for id in want.iter().flat_map(|m| [m.shared, m.master]).flatten() {
+        for (slave, map) in [(false, &mut groups.peers), (true, &mut groups.slaves)] {
+            if map.contains_key(&id) {
+                continue;
+            }
+            let mut members: Vec<&Mount> = outside
+                .iter()
+                .filter(|m| {
+                    if slave {
+                        m.master == Some(id) && m.shared.is_none()
+                    } else {
+                        m.shared == Some(id)
+                    }
+                })
+                .collect();
+            members.sort_by_key(|m| m.root.len());
+            if let Some(fd) = members.into_iter().find_map(|m| open_mount(m).ok()) {
+                map.insert(id, fd);
+            }
+        }
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(Error::restore(me, "a mount namespace"))?;
+    let inside = build(&want, want_root, dir, &groups).and_then(|procs| {
+        let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
+            .map(OwnedFd::from)
+            .map_err(|err| Error::Proc {
+                pid: me,
+                path: "/proc/thread-self/ns/mnt".into(),
+                err,
+            })?;
+        Ok((ns, procs))
+    });
+    match inside {
+        Ok((ns, procs)) => Ok(Some(Restored { ns, engine, procs })),
+        Err(e) => {
+            // The copy goes with the engine's leaving it (nothing holds it).
+            let _ = nix::sched::setns(engine.as_fd(), CloneFlags::CLONE_NEWNS);
+            Err(e)
+        }
+    }
+}
+
+/// Peer groups of the engine's namespace, each held by an O_PATH fd on
+/// its widest member (`peers`) or on a mount that is only a slave of it
+/// (`slaves`: joining that one's group makes a slave of the same master).
+#[derive(Debug, Default)]
+struct Outside {
+    peers: HashMap<u32, OwnedFd>,
+    slaves: HashMap<u32, OwnedFd>,
+}
+
+/// An O_PATH fd on mount `m` of the current namespace, checked to be that
+/// mount (not one stacked on it).
+fn open_mount(m: &Mount) -> Result<OwnedFd, Errno> {
+    let fd = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        m.point.as_str(),
+        OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(rx)?;
+    let st = rustix::fs::statx(
+        &fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .map_err(rx)?;
+    if st.stx_mnt_id != u64::from(m.id) {
+        return Err(Errno::EBUSY);
+    }
+    Ok(fd)
+}
+
+/// In the fresh copy of the engine's namespace: make the table `want`.
+fn build(want: &[Mount], want_root: &Mount, dir: &Dir, groups: &Outside) -> Result<Vec<ProcMount>> {
+    let me = nix::unistd::getpid();
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(mount_err("/", "making the copied namespace private"))?;
+    let have = read_table("/proc/thread-self/mountinfo", me)?;
+    let matched = matching(want, &have);
+    if matched.iter().all(Option::is_none) {
+        return Err(Error::Mount {
+            path: "/".into(),
+            what: format!(
+                "finding the tree's root mount ({} {}) here",
+                want_root.fstype, want_root.root
+            ),
+            errno: Errno::ENOENT,
+            hint: "; a pivot_root'ed tree needs --root",
+        });
+    }
+    // Bind sources among the mounts here, cloned before anything is
+    // unmounted: (device, root of the source, detached clone).
+    let kept: HashSet<usize> = matched.iter().flatten().copied().collect();
+    let mut sources: Vec<(u32, String, OwnedFd)> = Vec::new();
+    for (i, w) in want.iter().enumerate() {
+        if matched[i].is_some()
+            || sources
+                .iter()
+                .any(|s| s.0 == w.dev && rel(&w.root, &s.1).is_some())
+        {
+            continue;
+        }
+        let mut cands: Vec<&Mount> = have
+            .iter()
+            .filter(|h| {
+                h.dev == w.dev
+                    && h.fstype == w.fstype
+                    && h.source == w.source
+                    && rel(&w.root, &h.root).is_some()
+            })
+            .collect();
+        cands.sort_by_key(|h| h.root.len());
+        for h in cands {
+            if let Ok(fd) = open_mount(h).and_then(|_| {
+                rustix::mount::open_tree(
+                    rustix::fs::CWD,
+                    h.point.as_str(),
+                    OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+                )
+                .map_err(rx)
+            }) {
+                sources.push((w.dev, h.root.clone(), fd));
+                break;
+            }
+        }
+    }
+    // Unmount what the tree did not have, upper mounts first; a mount
+    // under one that went already went with it.
+    for (k, h) in have.iter().enumerate().rev() {
+        if kept.contains(&k) {
+            continue;
+        }
+        let res = nix::mount::umount2(h.point.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let parent_kept = parent_index(&have, h).is_some_and(|p| kept.contains(&p));
+        if parent_kept {
+            res.map_err(mount_err(
+                &h.point,
+                "unmounting a mount the tree did not have",
+            ))?;
+        }
+    }
+    // Make the missing ones, parents first.
+    let mut made: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut procs = Vec::new();
+    let mut deferred: HashSet<u32> = HashSet::new();
+    for i in tree_order(want) {
+        let w = &want[i];
+        if let Some(h) = matched[i] {
+            if have[h].flags != w.flags {
+                remount(w)?;
+            }
+            continue;
+        }
+        if deferred.contains(&w.parent) {
+            return Err(Error::Mount {
+                path: w.point.clone(),
+                what: "mounting it on a proc mount of the tree".into(),
+                errno: Errno::EOPNOTSUPP,
+                hint: "",
+            });
+        }
+        if w.fstype == "proc" && w.root == "/" {
+            deferred.insert(w.id);
+            procs.push(ProcMount {
+                point: w.point.clone(),
+                flags: w.flags,
+                options: w.options.clone(),
+            });
+            continue;
+        }
+        let src = if let Some((base, fd)) = sources.iter().find_map(|s| {
+            (s.0 == w.dev)
+                .then(|| rel(&w.root, &s.1).map(|r| (r, &s.2)))
+                .flatten()
+        }) {
+            clone_at(fd, base, &w.point)?
+        } else {
+            let fd = match made.entry(w.dev) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(new_superblock(want, w, dir)?)
+                }
+            };
+            clone_at(fd, w.root.trim_start_matches('/'), &w.point)?
+        };
+        rustix::mount::move_mount(
+            src.as_fd(),
+            "",
+            rustix::fs::CWD,
+            w.point.as_str(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| mount_err(&w.point, "moving it into place")(rx(e)))?;
+        remount(w)?;
+    }
+    propagation(want, groups)?;
+    Ok(procs)
+}
+
+fn parent_index(t: &[Mount], m: &Mount) -> Option<usize> {
+    t.iter().position(|p| p.id == m.parent && p.id != m.id)
+}
+
+/// A detached clone of `sub` under the detached mount `fd`.
+fn clone_at(fd: &OwnedFd, sub: &str, shown: &str) -> Result<OwnedFd> {
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | if sub.is_empty() {
+            OpenTreeFlags::AT_EMPTY_PATH
+        } else {
+            OpenTreeFlags::empty()
+        };
+    rustix::mount::open_tree(fd.as_fd(), sub, flags)
+        .map_err(|e| mount_err(shown, "cloning its source")(rx(e)))
+}
+
+/// The per-mount flags of `w` on its mount.
+fn remount(w: &Mount) -> Result<()> {
+    let flags = MsFlags::from_bits_truncate(w.flags) | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    nix::mount::mount(
+        None::<&str>,
+        w.point.as_str(),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(mount_err(&w.point, "setting its mount flags"))
+}
+
+/// A new superblock for `w`, detached, filled from its archive if it is a
+/// tmpfs the dump saved.
+fn new_superblock(want: &[Mount], w: &Mount, dir: &Dir) -> Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let err = |what: &str| {
+        let what = what.to_owned();
+        let point = w.point.clone();
+        move |e: rustix::io::Errno| Error::Mount {
+            path: point,
+            what,
+            errno: rx(e),
+            hint: "",
+        }
+    };
+    if !want.iter().any(|o| o.dev == w.dev && o.root == "/") {
+        return Err(Error::Mount {
+            path: w.point.clone(),
+            what: format!("a new {} whose root is not mounted", w.fstype),
+            errno: Errno::EOPNOTSUPP,
+            hint: "",
+        });
+    }
+    let fs = rustix::mount::fsopen(w.fstype.as_str(), FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(err(&format!("a new {} (fsopen)", w.fstype)))?;
+    rustix::mount::fsconfig_set_string(&fs, "source", w.source.as_str())
+        .map_err(err("setting its source"))?;
+    for o in w.options.split(',').filter(|o| !o.is_empty()) {
+        let r = match o.split_once('=') {
+            Some((k, v)) => rustix::mount::fsconfig_set_string(&fs, k, v),
+            None => rustix::mount::fsconfig_set_flag(&fs, o),
+        };
+        r.map_err(err(&format!("setting option {o}")))?;
+    }
+    for &(name, f) in SB_FLAGS {
+        // A read-only one is filled first, then made read-only.
+        if w.sb_flags & f != 0 && f != libc::MS_RDONLY {
+            rustix::mount::fsconfig_set_flag(&fs, name)
+                .map_err(err(&format!("setting flag {name}")))?;
+        }
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(err(&format!("a new {}", w.fstype)))?;
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(err("mounting it (fsmount)"))?;
+    let image = dir.tmpfs_file(w.dev);
+    if w.fstype == "tmpfs" && image.exists() {
+        let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&mnt));
+        super::tmpfs::load(&image, Path::new(&base), &w.shown())?;
+    }
+    if w.sb_flags & libc::MS_RDONLY != 0 {
+        rustix::mount::fsconfig_set_flag(&fs, "ro").map_err(err("making it read-only"))?;
+        rustix::mount::fsconfig_reconfigure(&fs).map_err(err("making it read-only"))?;
+    }
+    Ok(mnt)
+}
+
+/// Peer groups and masters as the dump saw them, then unbindable mounts.
+fn propagation(want: &[Mount], outside: &Outside) -> Result<()> {
+    let set_group = |from: &OwnedFd, w: &Mount| {
+        rustix::mount::move_mount(
+            from.as_fd(),
+            "",
+            rustix::fs::CWD,
+            w.point.as_str(),
+            MoveMountFlags::MOVE_MOUNT_SET_GROUP | MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| Error::Mount {
+            path: w.point.clone(),
+            what: "joining its peer group (MOVE_MOUNT_SET_GROUP)".into(),
+            errno: rx(e),
+            hint: "",
+        })
+    };
+    let change = |w: &Mount, f: MsFlags, what: &str| {
+        nix::mount::mount(
+            None::<&str>,
+            w.point.as_str(),
+            None::<&str>,
+            f,
+            None::<&str>,
+        )
+        .map_err(mount_err(&w.point, what))
+    };
+    // The widest member of each group first, so that its root holds the
+    // others'; a slave after the group it is a slave of.
+    let mut order: Vec<usize> = (0..want.len()).collect();
+    order.sort_by_key(|&i| want[i].root.len());
+    let mut leaders: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut done = vec![false; want.len()];
+    loop {
+        let mut progress = false;
+        for &i in &order {
+            let w = &want[i];
+            if done[i] || (w.shared.is_none() && w.master.is_none()) {
+                continue;
+            }
+            if let Some(m) = w.master {
+                let from = outside
+                    .peers
+                    .get(&m)
+                    .or_else(|| leaders.get(&m))
+                    .or_else(|| outside.slaves.get(&m));
+                let Some(from) = from else {
+                    if want.iter().any(|o| o.shared == Some(m)) {
+                        continue; // its master group is not made yet
+                    }
+                    tracing::warn!(mount = %w.point, master = m, "the peer group this mount was a slave of is gone: it is private");
+                    done[i] = true;
+                    progress = true;
+                    continue;
+                };
+                if let Some(g) = w.shared
+                    && let Some(l) = leaders.get(&g).or_else(|| outside.peers.get(&g))
+                {
+                    set_group(l, w)?;
+                } else {
+                    set_group(from, w)?;
+                    change(w, MsFlags::MS_SLAVE, "making it a slave")?;
+                    if w.shared.is_some() {
+                        change(w, MsFlags::MS_SHARED, "making it shared")?;
+                    }
+                }
+            } else if let Some(g) = w.shared {
+                if let Some(l) = leaders.get(&g).or_else(|| outside.peers.get(&g)) {
+                    set_group(l, w)?;
+                } else {
+                    change(w, MsFlags::MS_SHARED, "making it shared")?;
+                }
+            }
+            if let Some(g) = w.shared
+                && !leaders.contains_key(&g)
+            {
+                let fd = rustix::mount::open_tree(
+                    rustix::fs::CWD,
+                    w.point.as_str(),
+                    OpenTreeFlags::OPEN_TREE_CLOEXEC,
+                )
+                .map_err(|e| mount_err(&w.point, "opening it")(rx(e)))?;
+                leaders.insert(g, fd);
+            }
+            done[i] = true;
+            progress = true;
+        }
+        if !progress {
+            break;
+        }
+    }
+    if let Some(i) = (0..want.len())
+        .find(|&i| !done[i] && (want[i].shared.is_some() || want[i].master.is_some()))
+    {
+        return Err(Error::Mount {
+            path: want[i].point.clone(),
+            what: "restoring its propagation (its master's group is never made)".into(),
+            errno: Errno::EINVAL,
+            hint: "",
+        });
+    }
+    for w in want.iter().filter(|w| w.unbindable) {
+        change(w, MsFlags::MS_UNBINDABLE, "making it unbindable")?;
+    }
+    Ok(())
+}
+
+/// In the root task, inside its pid namespace: mount the tree's procfs.
+pub fn mount_procs(procs: &[ProcMount]) -> Result<(), Errno> {
+    for p in procs {
+        let opts = (!p.options.is_empty()).then_some(p.options.as_str());
+        nix::mount::mount(
+            Some("proc"),
+            p.point.as_str(),
+            Some("proc"),
+            MsFlags::from_bits_truncate(p.flags),
+            opts,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
+23 22 0:22 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+40 22 0:40 /sub /mnt/with\\040space ro,nosuid master:3 unbindable - tmpfs zdtm rw,size=1024k,mode=750
+41 23 0:41 / /proc rw,nosuid,nodev,noexec - proc proc rw
+";
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_flags_and_propagation() {
+        let t = parse(TABLE).unwrap();
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].dev, 21);
+        assert_eq!(t[0].shared, Some(1));
+        assert_eq!(t[0].flags, libc::MS_RELATIME);
+        assert_eq!(t[2].point, "/mnt/with space");
+        assert_eq!(t[2].root, "/sub");
+        assert_eq!(t[2].master, Some(3));
+        assert!(t[2].unbindable);
+        assert_eq!(
+            t[2].flags,
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_STRICTATIME
+        );
+        assert_eq!(t[2].options, "size=1024k,mode=750");
+        assert_eq!(t[0].options, "errors=remount-ro");
+        assert!(parse("22 1 0:21 / /\n").is_none());
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        for m in parse(TABLE).unwrap() {
+            assert_eq!(Mount::from_entry(&m.to_entry()), m);
+        }
+    }
+
+    #[test]
+    fn matching_keeps_stacks_from_the_bottom() {
+        let have = parse(TABLE).unwrap();
+        // The tree's copy: the same root and /proc with a new proc on it,
+        // no tmpfs.
+        let want = parse(
+            "\
+100 99 0:21 / / rw,relatime - ext4 /dev/sda1 rw,errors=remount-ro
+101 100 0:22 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+102 101 0:50 / /proc rw,nosuid,nodev,noexec - proc proc rw
+",
+        )
+        .unwrap();
+        let m = matching(&want, &have);
+        assert_eq!(m, vec![Some(0), Some(1), None]);
+        // 102 is stacked on the old /proc where the engine has none.
+        assert_eq!(tree_order(&want), vec![0, 1, 2]);
+    }
+}
