@@ -335,19 +335,30 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
         if !saved.insert(m.dev) {
             continue;
         }
-        let Some(view) = theirs.iter().find(|v| {
-            v.dev == m.dev
-                && v.root == "/"
-                && !theirs
-                    .iter()
-                    .any(|o| o.parent == v.id && o.point == v.point)
-        }) else {
+        // The mount of its root with the fewest mounts stacked on it.
+        let covers = |v: &Mount| {
+            let mut n = 0;
+            let mut top = v.id;
+            while let Some(o) = theirs
+                .iter()
+                .find(|o| o.parent == top && o.point == v.point)
+            {
+                n += 1;
+                top = o.id;
+            }
+            n
+        };
+        let Some(view) = theirs
+            .iter()
+            .filter(|v| v.dev == m.dev && v.root == "/")
+            .min_by_key(|v| covers(v))
+        else {
             return Err(unsupported(format!(
-                "tmpfs {} whose root is mounted nowhere uncovered: its contents cannot be read",
+                "tmpfs {} whose root is mounted nowhere: its contents cannot be read",
                 m.shown()
             )));
         };
-        let clone = clean_view(root, &view.point)?;
+        let clone = clean_view(root, &view.point, covers(view))?;
         let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&clone));
         super::tmpfs::save(Path::new(&base), &dir.tmpfs_file(m.dev), &view.shown())?;
     }
@@ -356,25 +367,30 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
 }
 
 /// A detached copy of the mount at `point` in the mount namespace of
-/// `pid`, without the mounts on top of it.
-fn clean_view(pid: Pid, point: &str) -> Result<OwnedFd> {
-    let task_root =
-        std::fs::File::open(format!("/proc/{pid}/root")).map_err(|err| Error::Proc {
-            pid,
-            path: format!("/proc/{pid}/root"),
-            err,
-        })?;
+/// `pid`, without the mounts on top of it: read in a private copy of that
+/// namespace where the `covers` mounts stacked on it are unmounted.
+fn clean_view(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
     super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
-        let path = point.trim_start_matches('/');
-        let flags = OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | if path.is_empty() {
-                OpenTreeFlags::AT_EMPTY_PATH
-            } else {
-                OpenTreeFlags::empty()
-            };
-        rustix::mount::open_tree(task_root.as_fd(), path, flags)
-            .map_err(|e| Error::dump(pid, format!("a view of mount {point}"))(rx(e)))
+        let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
+        if covers > 0 {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(fail("a private copy of its mount namespace"))?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(fail("making that copy private"))?;
+            for _ in 0..covers {
+                nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(fail("unmounting what covers it in that copy"))?;
+            }
+        }
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+        rustix::mount::open_tree(rustix::fs::CWD, point, flags)
+            .map_err(|e| fail("cloning it")(rx(e)))
     })
 }
 
@@ -806,8 +822,7 @@ fn new_superblock(want: &[Mount], w: &Mount, dir: &Dir) -> Result<OwnedFd> {
         .map_err(err("mounting it (fsmount)"))?;
     let image = dir.tmpfs_file(w.dev);
     if w.fstype == "tmpfs" && image.exists() {
-        let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&mnt));
-        super::tmpfs::load(&image, Path::new(&base), &w.shown())?;
+        super::tmpfs::load(&image, mnt.as_fd(), &w.shown())?;
     }
     if w.sb_flags & libc::MS_RDONLY != 0 {
         rustix::mount::fsconfig_set_flag(&fs, "ro").map_err(err("making it read-only"))?;

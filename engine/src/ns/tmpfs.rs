@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, OFlags, ResolveFlags};
 use tar::{EntryType, Header};
 
 use crate::error::{EngineError as Error, Result};
@@ -113,121 +115,227 @@ pub(crate) fn save(base: &Path, out: &Path, shown: &str) -> Result<()> {
     Ok(())
 }
 
-/// Fill the filesystem under `base` from the archive `img`. Entries whose
-/// path leaves `base` are refused; directories get their modes and times
-/// last (a read-only one is filled first).
-pub(crate) fn load(img: &Path, base: &Path, shown: &str) -> Result<()> {
+/// Fill the filesystem whose root is `root` (a directory fd: the root of a
+/// detached mount) from the archive `img`. Every path is resolved beneath
+/// `root` without following symlinks, so an entry cannot write outside it;
+/// directories get their owners, modes and times last (a read-only one is
+/// filled first).
+pub(crate) fn load(img: &Path, root: BorrowedFd<'_>, shown: &str) -> Result<()> {
     let file = File::open(img).map_err(contents_err(shown, "opening its contents image"))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_ownerships(true);
-    tar.set_preserve_mtime(true);
-    tar.set_overwrite(true);
-    tar.set_unpack_xattrs(false);
-    let bad = |what: String| Error::MountContents {
-        path: shown.to_owned(),
-        what: "unpacking its contents image",
-        err: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    let io = |what: &'static str| contents_err(shown, what);
+    let rx = |what: &'static str| {
+        move |e: rustix::io::Errno| contents_err(shown, what)(std::io::Error::from(e))
     };
-    let mut dirs = Vec::new();
-    for entry in tar
-        .entries()
-        .map_err(contents_err(shown, "reading its contents image"))?
-    {
-        let mut entry = entry.map_err(contents_err(shown, "reading its contents image"))?;
-        let rel = entry
-            .path()
-            .map_err(contents_err(shown, "reading its contents image"))?
-            .into_owned();
-        if rel.components().any(|c| {
-            matches!(
-                c,
-                std::path::Component::ParentDir | std::path::Component::RootDir
-            )
-        }) {
-            return Err(bad(format!("{} leaves the filesystem", rel.display())));
-        }
+    let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
+    for entry in tar.entries().map_err(io("reading its contents image"))? {
+        let mut entry = entry.map_err(io("reading its contents image"))?;
+        let rel = clean(&entry.path().map_err(io("reading its contents image"))?)
+            .map_err(io("unpacking its contents image"))?;
         let h = entry.header();
-        let (mode, uid, gid, mtime) = (
-            h.mode().unwrap_or(0o755),
-            h.uid().unwrap_or(0),
-            h.gid().unwrap_or(0),
-            h.mtime().unwrap_or(0),
-        );
+        let at = Attrs {
+            mode: h.mode().unwrap_or(0o755) & 0o7777,
+            uid: h.uid().ok().and_then(|v| u32::try_from(v).ok()),
+            gid: h.gid().ok().and_then(|v| u32::try_from(v).ok()),
+            mtime: h.mtime().unwrap_or(0),
+        };
         let ty = h.entry_type();
-        let path = base.join(&rel);
+        let link = h
+            .link_name()
+            .map_err(io("reading its contents image"))?
+            .map(std::borrow::Cow::into_owned);
+        let dev = rustix::fs::makedev(
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        );
+        let Some(name) = rel.file_name().map(std::ffi::OsStr::to_owned) else {
+            // The root itself.
+            if ty == EntryType::Directory {
+                dirs.push((rel, at));
+            }
+            continue;
+        };
+        let parent = beneath(root, rel.parent().unwrap_or(Path::new("")))
+            .map_err(rx("resolving a directory"))?;
+        let p = parent.as_fd();
+        let perm = rustix::fs::Mode::from_raw_mode(at.mode);
         match ty {
             EntryType::Directory => {
-                std::fs::create_dir_all(&path)
-                    .map_err(contents_err(shown, "making a directory"))?;
-                dirs.push((path, mode, uid, gid, mtime));
+                match rustix::fs::mkdirat(p, &name, rustix::fs::Mode::RWXU) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(rx("making a directory")(e)),
+                }
+                dirs.push((rel, at));
+                continue;
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let fd = rustix::fs::openat(
+                    p,
+                    &name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::TRUNC
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+                )
+                .map_err(rx("creating a file"))?;
+                let mut f = File::from(fd);
+                std::io::copy(&mut entry, &mut f).map_err(io("writing a file"))?;
+            }
+            EntryType::Symlink => {
+                let target = link.ok_or_else(|| bad(shown, "a symlink without a target"))?;
+                rustix::fs::symlinkat(target.as_path(), p, &name)
+                    .map_err(rx("making a symlink"))?;
+            }
+            EntryType::Link => {
+                let target =
+                    clean(&link.ok_or_else(|| bad(shown, "a hard link without a target"))?)
+                        .map_err(io("unpacking its contents image"))?;
+                let (tdir, tname) = (
+                    beneath(root, target.parent().unwrap_or(Path::new("")))
+                        .map_err(rx("resolving a directory"))?,
+                    target
+                        .file_name()
+                        .ok_or_else(|| bad(shown, "a hard link to the root"))?,
+                );
+                rustix::fs::linkat(tdir.as_fd(), tname, p, &name, AtFlags::empty())
+                    .map_err(rx("making a hard link"))?;
+                // A link shares its target's owner, mode and times.
+                continue;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let kind = match ty {
-                    EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
-                    EntryType::Block => nix::sys::stat::SFlag::S_IFBLK,
-                    _ => nix::sys::stat::SFlag::S_IFIFO,
+                let ft = match ty {
+                    EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                    EntryType::Block => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::Fifo,
                 };
-                let dev = nix::sys::stat::makedev(
-                    u64::from(h.device_major().ok().flatten().unwrap_or(0)),
-                    u64::from(h.device_minor().ok().flatten().unwrap_or(0)),
-                );
-                inside_base(base, &path).map_err(bad)?;
-                let perm = nix::sys::stat::Mode::from_bits_truncate(mode);
-                nix::sys::stat::mknod(&path, kind, perm, dev).map_err(|e| {
-                    contents_err(shown, "making a special file")(std::io::Error::from(e))
-                })?;
-                attrs(&path, mode, uid, gid, mtime)
-                    .map_err(contents_err(shown, "setting a file's owner and times"))?;
+                rustix::fs::mknodat(p, &name, ft, perm, dev)
+                    .map_err(rx("making a special file"))?;
             }
             _ => {
-                if !entry
-                    .unpack_in(base)
-                    .map_err(contents_err(shown, "unpacking a file"))?
-                {
-                    return Err(bad(format!("{} leaves the filesystem", rel.display())));
-                }
+                tracing::warn!(mount = shown, file = %rel.display(), "an archive entry of an unknown type is skipped");
+                continue;
             }
         }
+        at.set(p, &name, ty == EntryType::Symlink)
+            .map_err(rx("setting a file's owner, mode and times"))?;
     }
     // Deepest first, so setting a directory's time is the last change in it.
-    for (path, mode, uid, gid, mtime) in dirs.into_iter().rev() {
-        attrs(&path, mode, uid, gid, mtime)
-            .map_err(contents_err(shown, "setting a directory's owner and times"))?;
+    for (rel, at) in dirs.into_iter().rev() {
+        let d = beneath(root, &rel).map_err(rx("resolving a directory"))?;
+        at.set(d.as_fd(), "", false)
+            .map_err(rx("setting a directory's owner, mode and times"))?;
     }
     Ok(())
 }
 
-/// `path`'s parent, symlinks resolved, is under `base`.
-fn inside_base(base: &Path, path: &Path) -> Result<(), String> {
-    let parent = path.parent().unwrap_or(base);
-    let (b, p) = (
-        base.canonicalize().map_err(|e| e.to_string())?,
-        parent.canonicalize().map_err(|e| e.to_string())?,
-    );
-    if p.starts_with(&b) {
-        Ok(())
-    } else {
-        Err(format!("{} leaves the filesystem", path.display()))
+fn bad(shown: &str, what: &str) -> Error {
+    Error::MountContents {
+        path: shown.to_owned(),
+        what: "unpacking its contents image",
+        err: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
     }
 }
 
-fn attrs(path: &Path, mode: u32, uid: u64, gid: u64, mtime: u64) -> std::io::Result<()> {
-    let id = |v: u64| u32::try_from(v).ok();
-    std::os::unix::fs::lchown(path, id(uid), id(gid))?;
-    std::fs::set_permissions(
-        path,
-        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-    )?;
-    let t = nix::sys::time::TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
-    nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+/// `p` as plain names (no root, no `..`); `.` parts dropped.
+fn clean(p: &Path) -> std::io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} leaves the filesystem", p.display()),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Directory `rel` under `root`, resolved beneath it with no symlinks.
+fn beneath(root: BorrowedFd<'_>, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )
-    .map_err(std::io::Error::from)
+}
+
+/// Owner, mode and modification time of an archive entry.
+#[derive(Debug, Clone, Copy)]
+struct Attrs {
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mtime: u64,
+}
+
+impl Attrs {
+    /// Apply to `name` in `dir` (`""`: `dir` itself).
+    fn set(
+        self,
+        dir: BorrowedFd<'_>,
+        name: impl AsRef<Path>,
+        symlink: bool,
+    ) -> rustix::io::Result<()> {
+        let name = name.as_ref();
+        let flags = if name.as_os_str().is_empty() {
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        rustix::fs::chownat(
+            dir,
+            name,
+            self.uid.map(rustix::fs::Uid::from_raw),
+            self.gid.map(rustix::fs::Gid::from_raw),
+            flags,
+        )?;
+        if !symlink {
+            // fchmodat follows the path; an O_PATH fd of the file itself
+            // (never a symlink here) is changed through /proc.
+            let f = rustix::fs::openat(
+                dir,
+                if name.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    name
+                },
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
+                rustix::fs::Mode::from_raw_mode(self.mode),
+                AtFlags::empty(),
+            )?;
+        }
+        let t = rustix::fs::Timespec {
+            tv_sec: i64::try_from(self.mtime).unwrap_or(0),
+            tv_nsec: 0,
+        };
+        rustix::fs::utimensat(
+            dir,
+            name,
+            &rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            flags,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -253,7 +361,8 @@ mod tests {
         save(s, img.path(), "test").unwrap();
         let dst = tempfile::tempdir().unwrap();
         let d = dst.path();
-        load(img.path(), d, "test").unwrap();
+        let root = File::open(d).unwrap();
+        load(img.path(), root.as_fd(), "test").unwrap();
         assert_eq!(std::fs::read(d.join("d/a")).unwrap(), b"alpha");
         assert_eq!(
             std::fs::metadata(d.join("d")).unwrap().mtime(),

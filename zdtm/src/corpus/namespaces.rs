@@ -39,6 +39,24 @@ pub(crate) const TESTS: &[Test] = &[
         mntns_tmpfs,
     ),
     Test::new(
+        "mntns-bind-ro",
+        Namespaces,
+        "a read-only bind of a tmpfs subdirectory, and a file open on the tmpfs",
+        mntns_bind_ro,
+    ),
+    Test::new(
+        "mntns-shared-slave",
+        Namespaces,
+        "a shared tmpfs and a slave bind of it: mounts propagate one way after restore",
+        mntns_shared_slave,
+    ),
+    Test::new(
+        "mntns-overmount",
+        Namespaces,
+        "a tmpfs with files under another tmpfs mounted on the same directory",
+        mntns_overmount,
+    ),
+    Test::new(
         "pidns-nested",
         Namespaces,
         "a child that is init of a nested pid namespace",
@@ -154,6 +172,185 @@ fn mntns_tmpfs(t: &mut Ctx) -> Res {
         slurp(dir.join("data"))?,
         "inside the tmpfs"
     );
+    Ok(())
+}
+
+/// A private mount namespace with everything private.
+fn private_mntns() -> Res {
+    unshare(CloneFlags::CLONE_NEWNS).or_fail("unshare(CLONE_NEWNS)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .or_fail("make / private")
+}
+
+fn tmpfs(at: &std::path::Path, opts: &str) -> Res {
+    std::fs::create_dir_all(at).or_fail("mkdir")?;
+    mount(
+        Some("zdtm"),
+        at,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some(opts),
+    )
+    .or_fail("mount tmpfs")
+}
+
+/// The mountinfo line of the topmost mount at `at`.
+fn mount_line(at: &std::path::Path) -> Res<String> {
+    let info = slurp("/proc/self/mountinfo")?;
+    let p = at.to_string_lossy().into_owned();
+    info.lines()
+        .rev()
+        .find(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+        .map(str::to_owned)
+        .ok_or_else(|| Fail::Mismatch(format!("no mount at {p}")))
+}
+
+fn mntns_bind_ro(t: &mut Ctx) -> Res {
+    let dir = t.mkdir()?;
+    private_mntns()?;
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    tmpfs(&a, "size=2m,mode=755")?;
+    std::fs::create_dir(a.join("sub")).or_fail("mkdir sub")?;
+    std::fs::write(a.join("sub/data"), "in sub").or_fail("write")?;
+    std::fs::create_dir_all(&b).or_fail("mkdir b")?;
+    mount(
+        Some(&a.join("sub")),
+        &b,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .or_fail("bind")?;
+    mount(
+        None::<&str>,
+        &b,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .or_fail("remount ro")?;
+    let mut open = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.join("open"))
+        .or_fail("open")?;
+    std::io::Write::write_all(&mut open, b"12345").or_fail("write open")?;
+    let b2 = b.clone();
+    t.wait("unmounted the bind", || {
+        umount2(&b2, nix::mount::MntFlags::MNT_DETACH).or_fail("umount")
+    })?;
+    let line = mount_line(&b)?;
+    ensure!(
+        line.split_whitespace().nth(3) == Some("/sub"),
+        "bind root: {line}"
+    );
+    ensure!(
+        line.split_whitespace()
+            .nth(5)
+            .is_some_and(|o| o.starts_with("ro")),
+        "bind flags: {line}"
+    );
+    ensure_eq!("through the bind", slurp(b.join("data"))?, "in sub");
+    ensure!(
+        std::fs::write(b.join("x"), "no").is_err(),
+        "the read-only bind takes writes"
+    );
+    std::fs::write(a.join("sub/data"), "changed").or_fail("write through a")?;
+    ensure_eq!("same superblock", slurp(b.join("data"))?, "changed");
+    std::io::Write::write_all(&mut open, b"678").or_fail("write open after")?;
+    ensure_eq!("open file", slurp(a.join("open"))?, "12345678");
+    Ok(())
+}
+
+fn mntns_shared_slave(t: &mut Ctx) -> Res {
+    let dir = t.mkdir()?;
+    private_mntns()?;
+    let (m, s) = (dir.join("m"), dir.join("s"));
+    tmpfs(&m, "size=1m")?;
+    for d in ["x", "y"] {
+        std::fs::create_dir(m.join(d)).or_fail("mkdir")?;
+    }
+    mount(
+        None::<&str>,
+        &m,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .or_fail("make shared")?;
+    std::fs::create_dir_all(&s).or_fail("mkdir s")?;
+    mount(Some(&m), &s, None::<&str>, MsFlags::MS_BIND, None::<&str>).or_fail("bind")?;
+    mount(
+        None::<&str>,
+        &s,
+        None::<&str>,
+        MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .or_fail("make slave")?;
+    let s2 = s.clone();
+    t.wait("made the slave private", || {
+        mount(
+            None::<&str>,
+            &s2,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .or_fail("make private")
+    })?;
+    ensure!(
+        mount_line(&m)?.contains(" shared:"),
+        "master: {}",
+        mount_line(&m)?
+    );
+    ensure!(
+        mount_line(&s)?.contains(" master:"),
+        "slave: {}",
+        mount_line(&s)?
+    );
+    // Down the propagation: the slave sees a mount made on the master.
+    tmpfs(&m.join("x"), "size=1m")?;
+    std::fs::write(m.join("x/f"), "propagated").or_fail("write")?;
+    ensure_eq!(
+        "a mount on the master, through the slave",
+        slurp(s.join("x/f")).unwrap_or_default(),
+        "propagated"
+    );
+    // Not up.
+    tmpfs(&s.join("y"), "size=1m")?;
+    std::fs::write(s.join("y/f"), "local").or_fail("write")?;
+    ensure!(
+        !m.join("y/f").exists(),
+        "a mount on the slave reached the master"
+    );
+    Ok(())
+}
+
+fn mntns_overmount(t: &mut Ctx) -> Res {
+    let dir = t.mkdir()?;
+    private_mntns()?;
+    let o = dir.join("o");
+    tmpfs(&o, "size=1m")?;
+    std::fs::write(o.join("under"), "lower").or_fail("write lower")?;
+    tmpfs(&o, "size=1m")?;
+    std::fs::write(o.join("over"), "upper").or_fail("write upper")?;
+    let o2 = o.clone();
+    t.wait("removed the upper file", || {
+        std::fs::remove_file(o2.join("over")).or_fail("rm")
+    })?;
+    ensure_eq!("upper file", slurp(o.join("over"))?, "upper");
+    ensure!(!o.join("under").exists(), "the lower tmpfs shows through");
+    umount2(&o, nix::mount::MntFlags::empty()).or_fail("umount the upper tmpfs")?;
+    ensure_eq!("lower file", slurp(o.join("under"))?, "lower");
     Ok(())
 }
 
