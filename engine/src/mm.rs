@@ -105,6 +105,7 @@ const SMAPS_APART: u64 = 64 << 20;
 /// `pages-ID.img`).
 pub fn dump_memory(
     pid: Pid,
+    img_id: u64,
     dir: &Dir,
     id: u32,
     shared: &mut SharedPages,
@@ -113,7 +114,7 @@ pub fn dump_memory(
     if proc::resident(pid)? < SMAPS_APART {
         let raw = read_vmas(pid)?;
         let vmas = dump_vmas(pid, &raw, None)?;
-        let pages = dump_pages(pid, &vmas, dir, id, shared, progress)?;
+        let pages = dump_pages(pid, img_id, &vmas, dir, id, shared, progress)?;
         return Ok((raw, pages));
     }
     let listed = RawVmas {
@@ -123,7 +124,7 @@ pub fn dump_memory(
     let vmas = dump_vmas(pid, &listed, None)?;
     std::thread::scope(|s| {
         let smaps = s.spawn(|| read_vmas(pid));
-        let pages = dump_pages(pid, &vmas, dir, id, shared, progress);
+        let pages = dump_pages(pid, img_id, &vmas, dir, id, shared, progress);
         let raw = smaps.join().unwrap_or_else(|_| {
             Err(Error::Unexpected {
                 tid: pid,
@@ -392,6 +393,7 @@ impl SharedPages {
 /// copying thread is free, written at its own offset of the image.
 pub fn dump_pages(
     pid: Pid,
+    img_id: u64,
     vmas: &[VmaEntry],
     dir: &Dir,
     id: u32,
@@ -419,7 +421,7 @@ pub fn dump_pages(
         .max(1);
     if n <= 1 {
         let mut items = Vec::new();
-        let stats = walk_pages(pid, vmas, dir, id, shared, &mut |batch| {
+        let stats = walk_pages(pid, img_id, vmas, dir, id, shared, &mut |batch| {
             items.extend(batch);
             Ok(())
         })?;
@@ -459,7 +461,7 @@ pub fn dump_pages(
         || {
             // Taken by the walk and dropped when it ends: the copiers finish.
             let tx = tx;
-            walk_pages(pid, vmas, dir, id, shared, &mut |batch| {
+            walk_pages(pid, img_id, vmas, dir, id, shared, &mut |batch| {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(Error::Unexpected {
                         tid: pid,
@@ -491,6 +493,7 @@ fn dumped(v: &VmaEntry) -> bool {
 /// copy to `found`, in image order, at most [`CHUNK`] bytes at a time.
 fn walk_pages(
     pid: Pid,
+    img_id: u64,
     vmas: &[VmaEntry],
     dir: &Dir,
     id: u32,
@@ -504,7 +507,7 @@ fn walk_pages(
         path: pagemap_path.clone(),
         err: e,
     })?;
-    let mut head = dir.create(img::PAGEMAP, u64::from(pid.as_raw().cast_unsigned()))?;
+    let mut head = dir.create(img::PAGEMAP, img_id)?;
     head.write(&PagemapHead { pages_id: id })?;
     let mut stats = PageStats::default();
     let mut pm = vec![0u8; 8 * 4096];
@@ -895,17 +898,19 @@ pub type SharedAnon = std::collections::HashMap<u64, (Pid, u64, u64, u64)>;
 
 /// Rebuild the address space of a freshly forked task stopped under `r`;
 /// `first` are calls to run before anything is unmapped, in the same batch
-/// (their paths, if any, at [`FIRST_PATH_AT`]). Returns the pages restored
-/// and the results of `first`.
+/// (their paths, if any, at [`FIRST_PATH_AT`]). `images` are the images
+/// and the task's ID in them. Returns the pages restored and the results
+/// of `first`.
 pub fn restore(
     r: &Remote,
     t: &Trampoline,
     vmas: &[VmaEntry],
     files: &Table,
-    dir: &Dir,
+    images: (&Dir, u64),
     shared: &mut SharedAnon,
     first: Vec<Call>,
 ) -> Result<(u64, Vec<u64>)> {
+    let (dir, img_id) = images;
     let pid = r.tid;
     let current = proc::maps(pid)?;
     let page_vmas: Vec<&VmaEntry> = vmas
@@ -914,7 +919,7 @@ pub fn restore(
         .collect();
     // What to read, from the pagemap image, before anything is mapped: the
     // task opens the pages image in its first batch.
-    let pages = plan_pages(pid, dir, &page_vmas)?;
+    let pages = plan_pages(img_id, dir, &page_vmas)?;
     // 1-2. The engine's memory goes and the special areas move, in the
     //      first batch with `first`.
     let n_first = first.len();
@@ -1339,9 +1344,9 @@ struct PagesPlan {
     shown: String,
 }
 
-fn plan_pages(pid: Pid, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesPlan> {
+fn plan_pages(img_id: u64, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesPlan> {
     let ps = sys::page_size();
-    let mut pm = dir.open_image(img::PAGEMAP, u64::from(pid.as_raw().cast_unsigned()))?;
+    let mut pm = dir.open_image(img::PAGEMAP, img_id)?;
     let head: PagemapHead = pm.read_entry()?.ok_or_else(|| Error::BadImage {
         path: pm.path().to_owned(),
         what: "no pagemap head".into(),

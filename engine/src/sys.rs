@@ -349,13 +349,21 @@ pub enum Forked {
     Parent(Pid),
 }
 
-/// Fork a child process with PID `pid` (in the caller's PID namespace);
-/// with `sibling`, the new process is the caller's sibling (CLONE_PARENT).
+/// Fork a child process with IDs `ids` in the PID namespaces it will be
+/// in, innermost first (clone3's `set_tid`); with `new_pidns`, the child is
+/// the init of a new PID namespace (`ids[0]` is then 1).
+///
+/// With `sibling`, the new process is the caller's sibling (CLONE_PARENT).
 ///
 /// # Safety
 /// As for `fork`: in a multi-threaded caller the child may only run
 /// async-signal-safe code. The restore path forks from a single thread.
-pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32, sibling: bool) -> Result<Forked, Errno> {
+pub unsafe fn fork_with_ids(
+    ids: &[libc::pid_t],
+    new_pidns: bool,
+    exit_signal: i32,
+    sibling: bool,
+) -> Result<Forked, Errno> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -371,16 +379,18 @@ pub unsafe fn fork_with_pid(pid: Pid, exit_signal: i32, sibling: bool) -> Result
         set_tid_size: u64,
         cgroup: u64,
     }
-    let tid: [libc::pid_t; 1] = [pid.as_raw()];
+    let mut flags = 0u64;
+    if sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
+    if new_pidns {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
     let args = CloneArgs {
-        flags: if sibling {
-            libc::CLONE_PARENT as u64
-        } else {
-            0
-        },
+        flags,
         exit_signal: u64::try_from(exit_signal).map_err(|_| Errno::EINVAL)?,
-        set_tid: tid.as_ptr() as u64,
-        set_tid_size: 1,
+        set_tid: ids.as_ptr() as u64,
+        set_tid_size: ids.len() as u64,
         ..CloneArgs::default()
     };
     // SAFETY: args and the set_tid array outlive the call; the fork contract
@@ -1245,6 +1255,16 @@ pub fn mq_fd(m: nix::mqueue::MqdT) -> OwnedFd {
 /// path). Refuses with EDEADLK when other threads exist, since the child of a
 /// multi-threaded fork may only run async-signal-safe code.
 pub fn fork_single_threaded(pid: Pid, sibling: bool) -> Result<Forked, Errno> {
+    fork_single_threaded_ids(&[pid.as_raw()], false, sibling)
+}
+
+/// [`fork_single_threaded`] with IDs at every level of nested PID
+/// namespaces (see [`fork_with_ids`]).
+pub fn fork_single_threaded_ids(
+    ids: &[libc::pid_t],
+    new_pidns: bool,
+    sibling: bool,
+) -> Result<Forked, Errno> {
     let threads = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -1259,7 +1279,7 @@ pub fn fork_single_threaded(pid: Pid, sibling: bool) -> Result<Forked, Errno> {
     // A sibling takes the caller's exit signal (SIGCHLD); clone3 wants 0 then.
     let exit_signal = if sibling { 0 } else { libc::SIGCHLD };
     // SAFETY: the process has one thread, so the child may run ordinary code.
-    unsafe { fork_with_pid(pid, exit_signal, sibling) }
+    unsafe { fork_with_ids(ids, new_pidns, exit_signal, sibling) }
 }
 
 /// A read-only private mapping of part of a file (an image the engine

@@ -549,6 +549,7 @@ mod tests {
                 pgid: 1,
                 sid: 1,
                 threads: vec![pid, pid + 100],
+                ..PstreeEntry::default()
             })
             .collect();
         for e in &entries {

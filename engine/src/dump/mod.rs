@@ -129,8 +129,8 @@ fn write_stats(dir: &Dir, s: &Stats) -> Result<()> {
     Ok(())
 }
 
-fn ids(pid: Pid) -> TaskKobjIdsEntry {
-    let id = pid.as_raw().cast_unsigned();
+/// The object ids of the task whose ID in the images is `id`.
+fn ids(id: u32) -> TaskKobjIdsEntry {
     TaskKobjIdsEntry {
         vm_id: id,
         files_id: id,
@@ -165,6 +165,13 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     files.ghost_limit = opts.ghost_limit;
     files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
     let root = tree.root().map_or(opts.pid, |t| t.pid);
+    let pids = crate::ns::pid::Ids::read(
+        &tree
+            .tasks
+            .iter()
+            .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
+            .collect::<Vec<_>>(),
+    )?;
     crate::ns::dump(root, dir)?;
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
@@ -193,12 +200,18 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     // A helper thread reads each live task's VMAs and copies its pages
     // (no ptrace needed) ahead of this thread, which describes the task's
     // files and asks the task itself for the rest: the two halves overlap.
-    let live: Vec<(Pid, u32)> = tree
+    let live: Vec<(Pid, u64, u32)> = tree
         .tasks
         .iter()
         .enumerate()
         .filter(|(_, t)| !matches!(t.state, State::Zombie(_)))
-        .map(|(i, t)| (t.pid, u32::try_from(i + 1).unwrap_or(u32::MAX)))
+        .map(|(i, t)| {
+            (
+                t.pid,
+                u64::from(pids.image(t.pid)),
+                u32::try_from(i + 1).unwrap_or(u32::MAX),
+            )
+        })
         .collect();
     let progress = opts.progress.as_ref();
     std::thread::scope(|s| {
@@ -207,8 +220,8 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             // Off the engine's pinned CPU.
             sys::unpin_thread();
             let mut shared = mm::SharedPages::default();
-            for (pid, id) in live {
-                let m = memory_of(pid, dir, id, &mut shared, progress);
+            for (pid, img_id, id) in live {
+                let m = memory_of((pid, img_id), dir, id, &mut shared, progress);
                 let failed = m.is_err();
                 if tx.send(m).is_err() || failed {
                     break;
@@ -221,6 +234,10 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             filters: &mut filters,
             stats: &mut stats,
             fopts,
+            pids: &pids,
+            foreign: crate::ns::own_mnt(root)
+                .then(|| crate::ns::mnt::Foreign::new(root))
+                .transpose()?,
         };
         let res = dump_tasks(tree, opts, &rx, &mut out, &mut pstree, root);
         // A helper blocked on a full channel gives up once it is gone.
@@ -237,7 +254,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         &[InventoryEntry {
             img_version: stasis_proto::kind::IMAGES_VERSION,
             fdinfo_per_id: Some(true),
-            root_ids: Some(ids(root)),
+            root_ids: Some(ids(pids.image(root))),
             ns_per_id: Some(true),
             lsmtype: Some(Lsmtype::NoLsm as i32),
             dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
@@ -261,14 +278,14 @@ struct Memory {
 }
 
 fn memory_of(
-    pid: Pid,
+    (pid, img_id): (Pid, u64),
     dir: &Dir,
     pages_id: u32,
     shared: &mut mm::SharedPages,
     progress: Option<&Progress>,
 ) -> Result<Memory> {
     let t = Instant::now();
-    let (raw, pages) = mm::dump_memory(pid, dir, pages_id, shared, progress)?;
+    let (raw, pages) = mm::dump_memory(pid, img_id, dir, pages_id, shared, progress)?;
     Ok(Memory {
         raw,
         pages,
@@ -284,6 +301,10 @@ struct Out<'a> {
     filters: &'a mut seccomp::Table,
     stats: &'a mut Stats,
     fopts: files::Opts,
+    /// The tasks' IDs in the images.
+    pids: &'a crate::ns::pid::Ids,
+    /// Files open on mounts the tree's own namespace does not have.
+    foreign: Option<crate::ns::mnt::Foreign>,
 }
 
 /// Every task of the tree in order, each live one with its [`Memory`] from
@@ -297,29 +318,38 @@ fn dump_tasks(
     root: Pid,
 ) -> Result<()> {
     let namespaces = crate::ns::expected(root);
+    let px = out.pids;
     for (i, t) in tree.tasks.iter().enumerate() {
+        let tids: Vec<Pid> = if t.threads.is_empty() {
+            vec![t.pid]
+        } else {
+            t.threads.iter().map(|th| th.tid).collect()
+        };
         pstree.push(PstreeEntry {
-            pid: t.pid.as_raw().cast_unsigned(),
-            ppid: t.ppid.as_raw().cast_unsigned(),
-            pgid: t.pgid.as_raw().cast_unsigned(),
-            sid: t.sid.as_raw().cast_unsigned(),
-            threads: if t.threads.is_empty() {
-                vec![t.pid.as_raw().cast_unsigned()]
+            pid: px.image(t.pid),
+            // The root's parent is outside the tree.
+            ppid: if i == 0 {
+                t.ppid.as_raw().cast_unsigned()
             } else {
-                t.threads
-                    .iter()
-                    .map(|th| th.tid.as_raw().cast_unsigned())
-                    .collect()
+                px.image(t.ppid)
             },
+            pgid: px.image(t.pgid),
+            sid: px.image(t.sid),
+            threads: tids.iter().map(|&th| px.image(th)).collect(),
+            stasis_nested: if px.has_nested() {
+                tids.iter()
+                    .map(|&th| stasis_proto::images::StasisNsIds { ids: px.nested(th) })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            stasis_pidns_for_children: px.for_children(t.pid),
         });
         if let State::Zombie(code) = t.state {
             let mut core = task::zombie_core(t.pid, code);
-            core.ids = Some(ids(t.pid));
-            out.dir.write_all(
-                img::CORE,
-                u64::from(t.pid.as_raw().cast_unsigned()),
-                &[core],
-            )?;
+            core.ids = Some(ids(px.image(t.pid)));
+            out.dir
+                .write_all(img::CORE, u64::from(px.image(t.pid)), &[core])?;
             continue;
         }
         dump_task(t, &namespaces, rx, out)?;
@@ -352,7 +382,10 @@ fn dump_task(
     crate::ns::check_task(pid, namespaces)?;
     // Objects first, so an unsupported one fails the dump before the task
     // is touched (its pages are being copied by the memory thread).
-    let fds = proc::fds(pid)?;
+    let mut fds = proc::fds(pid)?;
+    if let Some(f) = &out.foreign {
+        fds.iter_mut().for_each(|fd| f.fix(pid, fd));
+    }
     let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
     for fd in &fds {
         fdinfo.push(files.dump_fd(pid, fd, fopts)?);
@@ -413,7 +446,8 @@ fn dump_task_state(
     vmas: &[stasis_proto::images::VmaEntry],
     fdinfo: Vec<FdinfoEntry>,
 ) -> Result<()> {
-    let id = u64::from(t.pid.as_raw().cast_unsigned());
+    let px = out.pids;
+    let id = u64::from(px.image(t.pid));
     let (dir, files, filters) = (out.dir, &mut *out.files, &mut *out.filters);
     let pid = t.pid;
     let status = proc::status(pid, None)?;
@@ -483,13 +517,9 @@ fn dump_task_state(
         let leader = th.tid == pid;
         let mut core = task::core_entry(ti, thc, if leader { tc.take() } else { None });
         if leader {
-            core.ids = Some(ids(pid));
+            core.ids = Some(ids(px.image(pid)));
         }
-        dir.write_all(
-            img::CORE,
-            u64::from(th.tid.as_raw().cast_unsigned()),
-            &[core],
-        )?;
+        dir.write_all(img::CORE, u64::from(px.image(th.tid)), &[core])?;
     }
     Ok(())
 }

@@ -292,6 +292,75 @@ fn rx(e: rustix::io::Errno) -> Errno {
     Errno::from_raw(e.raw_os_error())
 }
 
+/// Files a tree in a mount namespace of its own holds open on mounts its
+/// namespace does not have (opened before it unshared: mounts of the
+/// engine's namespace, or of one gone since, detached): /proc shows their
+/// paths from the mount's root only. They are named through the engine's
+/// mount, or through a mount of the tree's own of the same filesystem where
+/// the same file is found.
+#[derive(Debug)]
+pub struct Foreign {
+    root: Pid,
+    theirs: Vec<Mount>,
+    mine: HashMap<u32, Mount>,
+}
+
+impl Foreign {
+    /// The mount tables of `root`'s namespace and the engine's.
+    pub fn new(root: Pid) -> Result<Foreign> {
+        let theirs = read_table(&format!("/proc/{root}/mountinfo"), root)?;
+        let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
+        Ok(Foreign {
+            root,
+            theirs,
+            mine: mine.into_iter().map(|m| (m.id, m)).collect(),
+        })
+    }
+
+    /// Rename fd `fd` of `pid` if it is open on a mount its namespace does
+    /// not have.
+    pub fn fix(&self, pid: Pid, fd: &mut crate::task::proc::Fd) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(id) = u32::try_from(fd.mnt_id) else {
+            return;
+        };
+        if self.theirs.iter().any(|m| m.id == id) || !fd.target.starts_with('/') {
+            return;
+        }
+        let join = |point: &str, rest: &str| {
+            let rest = rest.trim_start_matches('/');
+            match (point, rest) {
+                (p, "") => p.to_owned(),
+                ("/", r) => format!("/{r}"),
+                (p, r) => format!("{p}/{r}"),
+            }
+        };
+        if let Some(m) = self.mine.get(&id) {
+            fd.target = join(&m.point, &fd.target);
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{}", fd.fd)) else {
+            return;
+        };
+        let dev = u32::try_from(
+            (nix::sys::stat::major(meta.dev()) << 20) | nix::sys::stat::minor(meta.dev()),
+        )
+        .unwrap_or(0);
+        for m in self.theirs.iter().filter(|m| m.dev == dev) {
+            let Some(rest) = rel(&fd.target, &m.root) else {
+                continue;
+            };
+            let path = join(&m.point, rest);
+            let same = std::fs::metadata(format!("/proc/{}/root{path}", self.root))
+                .is_ok_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
+            if same {
+                fd.target = path;
+                return;
+            }
+        }
+    }
+}
+
 /// Dump the mount namespace of `root` when it is not the engine's.
 pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
     let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;

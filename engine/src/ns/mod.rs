@@ -8,6 +8,7 @@
 //! namespaces must be the engine's.
 
 pub mod mnt;
+pub mod pid;
 mod tmpfs;
 
 use std::os::fd::AsFd;
@@ -47,6 +48,8 @@ pub fn expected(root: Pid) -> Expected {
             .into_iter()
             .map(|ns| match ns {
                 "uts" | "ipc" | "net" | "mnt" => (ns, link(Some(root), ns)),
+                // Checked by pid::Ids (tasks may be in nested ones).
+                "pid" => (ns, None),
                 _ => (ns, link(None, ns)),
             })
             .collect(),
@@ -58,6 +61,9 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
     // One directory lookup, then a link each.
     let dir = crate::task::proc::dir(pid, "ns")?;
     for (ns, expected) in &want.0 {
+        if *ns == "pid" {
+            continue;
+        }
         let theirs = nix::fcntl::readlinkat(&dir, *ns)
             .ok()
             .map(std::path::PathBuf::from);
@@ -160,6 +166,11 @@ fn net_sysctls() -> Vec<NetSysctlEntry> {
         }
     }
     out
+}
+
+/// Whether the tree under `root` has a mount namespace of its own.
+pub fn own_mnt(root: Pid) -> bool {
+    own(root, "mnt")
 }
 
 /// Whether the tree under `root` has a network namespace of its own.

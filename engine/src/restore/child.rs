@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::{Plan, pid_of};
 use crate::sys;
 
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 11] = [
     "its session",
     "its process group",
     "a child with its PID",
@@ -22,6 +22,7 @@ const STEPS: [&str; 10] = [
     "the foreground of its terminal",
     "joining the tree's mount namespace",
     "mounting the tree's procfs",
+    "its PID namespace for children",
 ];
 
 /// The name of a setup step a task reported failing.
@@ -109,9 +110,18 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         if let Some(tty) = &p.terminal {
             crate::files::tty::take_foreground(tty.as_fd()).map_err(|e| (e, 7))?;
         }
-    } else if nix::unistd::getpgrp().as_raw() != p.pst.pgid.cast_signed() {
+    } else if plans
+        .iter()
+        .find(|q| q.pst.pid == p.pst.ppid)
+        .is_none_or(|parent| parent.pst.pgid != p.pst.pgid)
+        && nix::unistd::getpgrp().as_raw() != p.pst.pgid.cast_signed()
+    {
+        // Not its parent's group, which it inherited (and which a task in
+        // a nested PID namespace may not see).
         join_group(pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;
     }
+    let depth = p.chain(0).len();
+    let mut kids: Vec<(u32, Pid)> = Vec::new();
     for (ci, c) in plans.iter().enumerate() {
         if c.pst.ppid != pid {
             continue;
@@ -120,9 +130,22 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
             fork_through_helper(plans, ci, ready, leader, session)?;
             continue;
         }
-        match sys::fork_single_threaded(pid_of(c.pst.pid), false) {
+        let ids = c.set_tid(0);
+        // Deeper than its parent: the init of a PID namespace of its own,
+        // or a task forked into the namespace of a sibling that is.
+        let deeper = c.chain(0).len() > depth;
+        let init = deeper && ids.first() == Some(&1);
+        if deeper && !init {
+            enter_sibling_pidns(plans, c, &kids).map_err(|e| (e, 10))?;
+        }
+        let forked = sys::fork_single_threaded_ids(&ids, init, false);
+        if deeper && !init {
+            leave_sibling_pidns().map_err(|e| (e, 10))?;
+        }
+        match forked {
             Ok(sys::Forked::Child) => run(plans, ci, ready),
             Ok(sys::Forked::Parent(kid)) => {
+                kids.push((c.pst.pid, kid));
                 // A group leader's group exists before its siblings try to
                 // join it: the parent makes it too (as shells do).
                 if c.pst.pgid == c.pst.pid && c.pst.sid != c.pst.pid {
@@ -131,6 +154,21 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
             }
             Err(e) => return Err((e, 2)),
         }
+    }
+    // It had called unshare(CLONE_NEWPID): its next children go there.
+    match p.pst.stasis_pidns_for_children {
+        Some(0) => {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| (e, 10))?
+        }
+        Some(init) => {
+            let kid = kids
+                .iter()
+                .find(|k| k.0 == init)
+                .map(|k| k.1)
+                .ok_or((Errno::ESRCH, 10))?;
+            join_pidns_of(kid).map_err(|e| (e, 10))?;
+        }
+        None => {}
     }
     // The root directory is changed by the engine once it no longer opens
     // files by path in the task.
@@ -161,6 +199,36 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
     Ok(())
+}
+
+/// Make the next child of this task go into the PID namespace of `kid`
+/// (a child of this task, by its PID here).
+fn join_pidns_of(kid: Pid) -> Result<(), Errno> {
+    let fd = sys::pidfd_open(kid)?;
+    nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
+}
+
+/// Before forking `c` into a namespace nested below this task's: join the
+/// namespace of the sibling forked last before it that is the init of one
+/// at its level.
+fn enter_sibling_pidns(plans: &[Plan], c: &Plan, kids: &[(u32, Pid)]) -> Result<(), Errno> {
+    let level = c.chain(0).len();
+    let init = kids
+        .iter()
+        .rev()
+        .find(|(id, _)| {
+            plans
+                .iter()
+                .find(|q| q.pst.pid == *id)
+                .is_some_and(|q| q.chain(0).len() == level && q.chain(0).last() == Some(&1))
+        })
+        .ok_or(Errno::ESRCH)?;
+    join_pidns_of(init.1)
+}
+
+/// Back to forking into this task's own PID namespace.
+fn leave_sibling_pidns() -> Result<(), Errno> {
+    join_pidns_of(nix::unistd::getpid())
 }
 
 /// Put each pool fd on its target (target, pool fd, close-on-exec), however

@@ -89,6 +89,25 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The IDs of thread `i` (0: the leader) from the root's PID namespace
+    /// inward.
+    pub(crate) fn chain(&self, i: usize) -> Vec<u32> {
+        let mut c = vec![self.pst.threads.get(i).copied().unwrap_or(self.pst.pid)];
+        if let Some(n) = self.pst.stasis_nested.get(i) {
+            c.extend(&n.ids);
+        }
+        c
+    }
+
+    /// `set_tid` for thread `i`: its IDs innermost first.
+    pub(crate) fn set_tid(&self, i: usize) -> Vec<libc::pid_t> {
+        self.chain(i)
+            .iter()
+            .rev()
+            .map(|&v| v.cast_signed())
+            .collect()
+    }
+
     /// The task `pst` with its core; everything else is filled in later.
     fn new(pst: PstreeEntry, core: CoreEntry, zombie: Option<u32>) -> Plan {
         Plan {
@@ -293,14 +312,20 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     tracing::debug!("forking the tree");
     let t0 = Instant::now();
     // The child never returns into the engine.
-    match sys::fork_single_threaded(root, false).map_err(|errno| fork_error(root, errno))? {
+    let root_ids = plans.first().map(|p| p.set_tid(0)).unwrap_or_default();
+    let root_host = match sys::fork_single_threaded_ids(&root_ids, own_pidns(&plans), false)
+        .map_err(|errno| fork_error(root, errno))?
+    {
         sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
-        sys::Forked::Parent(_) => {}
-    }
+        sys::Forked::Parent(p) => p,
+    };
+    let hosts = crate::ns::pid::HostIds::default();
     let ready_fd = ready_w.as_raw_fd();
     drop(ready_w);
     drop(pool);
     let made = Made {
+        hosts: &hosts,
+        root_host,
         plans: &plans,
         files: &files,
         dir: &dir,
@@ -309,6 +334,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         mask: mask.as_ref(),
     };
     let result = finish(&made, ready_r, ready_fd, t0);
+    let root = root_host;
     // The tasks hold these attached again: removed, they go with the last
     // of them, as before.
     let result = result
@@ -333,8 +359,13 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             })
         }
         Err(e) => {
-            for p in plans.iter().rev() {
-                let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
+            if own_pidns(&plans) {
+                // Its init gone, the namespace's tasks go too.
+                let _ = kill(root_host, Signal::SIGKILL);
+            } else {
+                for p in plans.iter().rev() {
+                    let _ = kill(hosts.get(p.pst.pid), Signal::SIGKILL);
+                }
             }
             let _ = waitpid(root, None);
             Err(e)
@@ -342,10 +373,19 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     }
 }
 
+/// Whether the tree has a PID namespace of its own: its root is PID 1.
+fn own_pidns(plans: &[Plan]) -> bool {
+    plans.first().is_some_and(|p| p.pst.pid == 1)
+}
+
 /// Every PID and TID of the tree is free here. One held by a zombie (the
 /// dumped task, killed and not yet reaped by its parent: right after the
 /// dump, say) is waited for, a few seconds at most.
 fn check_pids_free(plans: &[Plan]) -> Result<()> {
+    // A PID namespace of its own is new: every ID in it is free.
+    if own_pidns(plans) {
+        return Ok(());
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     for p in plans {
         for &t in &p.pst.threads {
@@ -630,6 +670,10 @@ pub(crate) fn fork_error(pid: Pid, errno: nix::errno::Errno) -> Error {
 /// The forked tree and what restoring it takes: the plans, the files, the
 /// images, the trampoline, where progress goes and the engine's CPUs.
 struct Made<'a> {
+    /// The engine's IDs of the tasks (empty: their own).
+    hosts: &'a crate::ns::pid::HostIds,
+    /// The engine's ID of the root.
+    root_host: Pid,
     plans: &'a [Plan],
     files: &'a Table,
     dir: &'a Dir,
@@ -673,6 +717,9 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
             });
         }
     }
+    if own_pidns(plans) || plans.iter().any(|p| !p.pst.stasis_nested.is_empty()) {
+        m.hosts.learn_tree(m.root_host)?;
+    }
     let forking = t0.elapsed();
     tracing::debug!(
         us = forking.as_micros(),
@@ -692,6 +739,7 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
     let failed = std::sync::atomic::AtomicBool::new(false);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let w = Work {
+        hosts: m.hosts,
         alive: &alive,
         files,
         dir,
@@ -728,7 +776,7 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
         us = t0.elapsed().as_micros(),
         "every task restored and released"
     );
-    settle(plans);
+    settle(plans, m.hosts);
     let mut w = dir.create_stats("restore")?;
     w.write(&StatsEntry {
         dump: None,
@@ -803,6 +851,8 @@ fn split(alive: &[&Plan], n: usize) -> Vec<Vec<usize>> {
 
 /// What the restore workers share.
 struct Work<'a> {
+    /// The engine's IDs of the tasks.
+    hosts: &'a crate::ns::pid::HostIds,
     alive: &'a [&'a Plan],
     files: &'a Table,
     dir: &'a Dir,
@@ -826,7 +876,7 @@ impl Work<'_> {
     ) -> Result<u64> {
         let (files, dir, t) = (self.files, self.dir, self.tramp);
         let (ready_fd, filters) = (self.ready_fd, self.filters);
-        let pid = pid_of(p.pst.pid);
+        let pid = self.hosts.get(p.pst.pid);
         let base = seize(pid)?;
         threads.push(pid);
         // The trampoline's `syscall` is followed by breakpoints.
@@ -874,7 +924,15 @@ impl Work<'_> {
             exe.as_bytes(),
             libc::O_RDONLY | libc::O_CLOEXEC,
         )?);
-        let (pages, opened) = mm::restore(&r, t, &mm.vmas, files, dir, shared, first)?;
+        let (pages, opened) = mm::restore(
+            &r,
+            t,
+            &mm.vmas,
+            files,
+            (dir, u64::from(p.pst.pid)),
+            shared,
+            first,
+        )?;
         let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
         set_mm_map(&r, t, mm, exe_fd)?;
         open_late_fds(&r, t, p, files)?;
@@ -910,9 +968,19 @@ impl Work<'_> {
         // Threads: created from the leader with their own TIDs; each one's own
         // state in one batch.
         let mut made = Vec::new();
-        for (core, &tid) in p.thread_cores.iter().zip(p.pst.threads.iter().skip(1)) {
-            let tid = pid_of(tid);
-            let tr = clone_thread(&r, t, tid)?;
+        for (i, (core, &id)) in p
+            .thread_cores
+            .iter()
+            .zip(p.pst.threads.iter().skip(1))
+            .enumerate()
+        {
+            let (tr, tid) = clone_thread(&r, t, &p.set_tid(i + 1), |made| {
+                if self.hosts.is_empty() {
+                    Ok(made)
+                } else {
+                    self.hosts.learn_thread(pid, id)
+                }
+            })?;
             threads.push(tid);
             let mut calls = task::thread_calls(pid, core, t.data)?;
             if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
@@ -994,7 +1062,7 @@ impl Work<'_> {
             .collect();
         if let Some(set) = &one {
             for p in &tasks {
-                let _ = nix::sched::sched_setaffinity(pid_of(p.pst.pid), set);
+                let _ = nix::sched::sched_setaffinity(self.hosts.get(p.pst.pid), set);
             }
         }
         let mut threads: Vec<Pid> = Vec::new();
@@ -1039,7 +1107,7 @@ impl Work<'_> {
             first = !self.failed.swap(true, Ordering::SeqCst);
             // Half-made tasks must not run once their tracer is gone.
             for p in self.alive.iter().rev() {
-                let _ = kill(pid_of(p.pst.pid), Signal::SIGKILL);
+                let _ = kill(self.hosts.get(p.pst.pid), Signal::SIGKILL);
             }
         }
         // Nothing runs before every task is restored.
@@ -1056,7 +1124,7 @@ impl Work<'_> {
                 .as_ref()
                 .is_some_and(|t| t.task_state == task::state::STOPPED)
             {
-                let _ = kill(pid_of(p.pst.pid), Signal::SIGSTOP);
+                let _ = kill(self.hosts.get(p.pst.pid), Signal::SIGSTOP);
             }
         }
         if let Some(m) = self.mask.filter(|_| one.is_some()) {
@@ -1075,7 +1143,7 @@ impl Work<'_> {
 /// zombies, so that the tree looks as dumped when restore returns: the
 /// SIGSTOP sent before the release, and a zombie's own exit, take effect
 /// asynchronously.
-fn settle(plans: &[Plan]) {
+fn settle(plans: &[Plan], hosts: &crate::ns::pid::HostIds) {
     let want: Vec<(Pid, char)> = plans
         .iter()
         .filter_map(|p| {
@@ -1085,7 +1153,7 @@ fn settle(plans: &[Plan]) {
                 task::state::ZOMBIE => 'Z',
                 _ => return None,
             };
-            Some((pid_of(p.pst.pid), c))
+            Some((hosts.get(p.pst.pid), c))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -1118,7 +1186,12 @@ fn seize(tid: Pid) -> Result<arch::Regs> {
 
 /// Create thread `tid` from the leader under `r` (clone3 with set_tid) and
 /// take it over.
-fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
+fn clone_thread(
+    r: &Remote,
+    t: &Trampoline,
+    ids: &[libc::pid_t],
+    host: impl FnOnce(Pid) -> Result<Pid>,
+) -> Result<(Remote, Pid)> {
     let pid = r.tid;
     let flags: u64 = (libc::CLONE_VM
         | libc::CLONE_FS
@@ -1128,14 +1201,16 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
         | libc::CLONE_SYSVSEM)
         .cast_unsigned()
         .into();
-    let set_tid = mm::put(pid, t, 4096, &tid.as_raw().to_ne_bytes())?;
+    let tid_bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let set_tid = mm::put(pid, t, 4096, &tid_bytes)?;
     let mut args = [0u64; 11];
     args[0] = flags;
     args[8] = set_tid;
-    args[9] = 1;
+    args[9] = ids.len() as u64;
     let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let a = mm::put(pid, t, 0, &bytes)?;
-    r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
+    let made = r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
+    let tid = host(Pid::from_raw(i32::try_from(made).unwrap_or(0)))?;
     match remote::wait(tid, "creating a thread")? {
         WaitStatus::PtraceEvent(..) => {}
         other => {
@@ -1148,8 +1223,11 @@ fn clone_thread(r: &Remote, t: &Trampoline, tid: Pid) -> Result<Remote> {
     }
     sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
-    Ok(Remote::with_trap(tid, tregs, t.start)
-        .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE))
+    Ok((
+        Remote::with_trap(tid, tregs, t.start)
+            .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE),
+        tid,
+    ))
 }
 
 /// Open the task's fds on /proc files of the tree, inside the task.

@@ -337,7 +337,7 @@ impl<'a> Case<'a> {
     }
 
     fn run(&mut self) -> Result<String, String> {
-        let pid = self.start()?;
+        let mut pid = self.start()?;
         let mut note = String::new();
         if self.opts.sabotage {
             note = self.sabotage(pid)?;
@@ -345,7 +345,12 @@ impl<'a> Case<'a> {
         if !self.opts.nocr {
             for iter in 0..self.opts.iters.max(1) {
                 match self.cr(pid, iter)? {
-                    CrEnd::Done => {}
+                    CrEnd::Done(now) => {
+                        // The ns flavors' init comes back with another
+                        // outer PID.
+                        pid = now;
+                        self.pid = Some(now);
+                    }
                     CrEnd::ExpectedFailure(why) => {
                         // A refused dump must leave the test running as it was.
                         let verdict = self.stop(pid)?;
@@ -449,6 +454,7 @@ impl<'a> Case<'a> {
         let before = state::snapshot(pid, shape_only);
         // Every process of the tree must be gone (reaped) before the restore.
         let members = state::tree(pid);
+        let mut now = pid;
         let img = self.path(&format!("img-{iter}"));
         std::fs::create_dir_all(&img).map_err(|e| format!("create {}: {e}", img.display()))?;
         let crfail = self.t.flags.crfail;
@@ -514,19 +520,25 @@ impl<'a> Case<'a> {
                 }
                 return Err(e);
             }
-            if let Ok(text) = std::fs::read_to_string(&pidfile)
-                && text.trim() != pid.to_string()
-            {
-                return Err(format!(
-                    "restore wrote pid {} to its pidfile, the test's pid is {pid}",
-                    text.trim()
-                ));
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                let got = text.trim();
+                match got.parse::<i32>() {
+                    Ok(p) if p == pid => {}
+                    // In a PID namespace of its own only its PIDs there
+                    // are restored.
+                    Ok(p) if self.flavor != Flavor::H => now = p,
+                    _ => {
+                        return Err(format!(
+                            "restore wrote pid {got} to its pidfile, the test's pid is {pid}"
+                        ));
+                    }
+                }
             }
-            if !alive(pid) {
-                return Err(format!("pid {pid} is not running after restore"));
+            if !alive(now) {
+                return Err(format!("pid {now} is not running after restore"));
             }
         }
-        let after = state::snapshot(pid, shape_only);
+        let after = state::snapshot(now, shape_only);
         check_same(
             &before,
             &after,
@@ -536,7 +548,7 @@ impl<'a> Case<'a> {
                 "after restore"
             },
         )?;
-        Ok(CrEnd::Done)
+        Ok(CrEnd::Done(now))
     }
 
     /// SIGTERM, then wait for the outfile; returns its verdict line.
@@ -595,7 +607,8 @@ impl<'a> Case<'a> {
 }
 
 enum CrEnd {
-    Done,
+    /// C/R done; the test's PID now.
+    Done(i32),
     ExpectedFailure(String),
 }
 

@@ -80,6 +80,24 @@ pub fn tree(root: i32) -> Vec<i32> {
 /// fd numbers and targets are recorded.
 pub fn snapshot(root: i32, shape_only: bool) -> Snapshot {
     let pids = if shape_only { vec![root] } else { tree(root) };
+    // PIDs as the root's PID namespace numbers them (the runner's own when
+    // the test shares it): the ns flavors come back with other outer PIDs.
+    let nspid = |pid: i32| -> Vec<i32> {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        crate::testlib::status_field(&st, "NSpid")
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let level = nspid(root).len().saturating_sub(1);
+    let inner: HashMap<i32, i32> = pids
+        .iter()
+        .filter_map(|&p| nspid(p).get(level).map(|&v| (p, v)))
+        .collect();
+    let map = |p: i32| inner.get(&p).copied().unwrap_or(p);
     let mut inodes: HashMap<String, usize> = HashMap::new();
     let mut procs = BTreeMap::new();
     for pid in pids {
@@ -101,7 +119,8 @@ pub fn snapshot(root: i32, shape_only: bool) -> Snapshot {
                 ..ProcState::default()
             };
         }
-        procs.insert(pid, p);
+        p.ids = (map(p.ids.0), map(p.ids.1), map(p.ids.2));
+        procs.insert(map(pid), p);
     }
     Snapshot { procs }
 }
