@@ -86,6 +86,7 @@ pub mod nr {
     pub const GETITIMER: u64 = 102;
     pub const SETITIMER: u64 = 103;
     pub const GETPID: u64 = 172;
+    pub const GETTID: u64 = 178;
     pub const FCNTL: u64 = 25;
     pub const SIGALTSTACK: u64 = 132;
     pub const PERSONALITY: u64 = 92;

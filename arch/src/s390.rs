@@ -95,6 +95,7 @@ pub mod nr {
     pub const GETITIMER: u64 = 105;
     pub const SETITIMER: u64 = 104;
     pub const GETPID: u64 = 20;
+    pub const GETTID: u64 = 236;
     pub const FCNTL: u64 = 55;
     pub const SIGALTSTACK: u64 = 186;
     pub const PERSONALITY: u64 = 136;

@@ -80,6 +80,7 @@ pub mod nr {
     pub const GETITIMER: u64 = 36;
     pub const SETITIMER: u64 = 38;
     pub const GETPID: u64 = 39;
+    pub const GETTID: u64 = 186;
     pub const FCNTL: u64 = 72;
     pub const SIGALTSTACK: u64 = 131;
     pub const PERSONALITY: u64 = 135;

@@ -953,6 +953,7 @@ pub fn restore(
     let mut batch = MapBatch::default();
     let mut cx = MapCtx {
         r,
+        own_id: Pid::from_raw(i32::try_from(img_id).unwrap_or(0)),
         t,
         files,
         vmas,
@@ -1019,6 +1020,9 @@ pub fn restore(
 /// (for free room), the shared objects made so far and the batch of calls.
 struct MapCtx<'a> {
     r: &'a Remote,
+    /// The task as its PID namespace numbers it (and the tree's /proc
+    /// shows it): where others find its shared memory.
+    own_id: Pid,
     t: &'a Trampoline,
     files: &'a Table,
     vmas: &'a [VmaEntry],
@@ -1176,7 +1180,7 @@ impl MapCtx<'_> {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED.cast_unsigned();
         if v.status & status::ANON_SHARED != 0 {
-            shared.insert(v.shmid, (pid, v.start, v.end, v.pgoff));
+            shared.insert(v.shmid, (self.own_id, v.start, v.end, v.pgoff));
         }
         let flags = v.flags | libc::MAP_ANONYMOUS.cast_unsigned();
         if !would_merge {

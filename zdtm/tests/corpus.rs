@@ -5,7 +5,8 @@
 //! Every test runs as `nocr::NAME` (start, stop, the test must PASS) and
 //! `sabotage::NAME` (the test damages its own state on request and must
 //! FAIL). With `ZDTM_ENGINE=/path/to/engine` each is also dumped and
-//! restored through that engine (`cr::NAME`, flavor h), honouring
+//! restored through that engine (`cr::NAME`, flavor h, and `cr-ns::NAME`,
+//! flavor ns: new pid, mount, net, uts and ipc namespaces), honouring
 //! `zdtm/known-failures.txt` (`ci/test` sets it to the built stasis). Tests need root; as another user
 //! they fail saying so. Skips (architecture, CPU flag, missing engine
 //! feature) are reported as ignored, with the reason printed first.
@@ -26,6 +27,7 @@ use zdtm::meta::Flavor;
 use zdtm::runner::{self, KeepImg, Options, Status, engine::Engine, known::KnownFailures};
 
 fn options(
+    flavor: Flavor,
     engine: Option<PathBuf>,
     sabotage: bool,
     work: &Path,
@@ -42,7 +44,7 @@ fn options(
         tests_bin: PathBuf::from(env!("CARGO_BIN_EXE_zdtm-tests")),
         nocr: engine.is_none(),
         engine: engine.map(Engine::new),
-        flavors: vec![Flavor::H],
+        flavors: vec![flavor],
         jobs: 1,
         iters: 1,
         norst: false,
@@ -58,14 +60,15 @@ fn options(
 }
 
 fn trial(prefix: &str, t: zdtm::meta::Test, opts: &Arc<Options>) -> Trial {
-    let skip = runner::skip_reason(&t, Flavor::H, opts);
+    let flavor = opts.flavors.first().copied().unwrap_or(Flavor::H);
+    let skip = runner::skip_reason(&t, flavor, opts);
     let name = format!("{prefix}::{}", t.name);
     if let Some(why) = &skip {
         eprintln!("skip {name}: {why}");
     }
     let opts = Arc::clone(opts);
     Trial::test(name, move || {
-        let r = runner::run_case(&t, Flavor::H, &opts);
+        let r = runner::run_case(&t, flavor, &opts);
         let dir = r.dir.as_ref().map_or_else(
             || " [set ZDTM_KEEP_DIR=DIR to keep the case directory]".to_owned(),
             |d| format!(" [kept: {}]", d.display()),
@@ -131,15 +134,18 @@ fn main() -> ExitCode {
         .filter(|e| !e.is_empty())
         .map(PathBuf::from);
     let mut trials = Vec::new();
-    let mut modes: Vec<(&str, bool, Option<PathBuf>)> =
-        vec![("nocr", false, None), ("sabotage", true, None)];
+    let mut modes: Vec<(&str, Flavor, bool, Option<PathBuf>)> = vec![
+        ("nocr", Flavor::H, false, None),
+        ("sabotage", Flavor::H, true, None),
+    ];
     if let Some(e) = engine {
-        modes.push(("cr", false, Some(e)));
+        modes.push(("cr", Flavor::H, false, Some(e.clone())));
+        modes.push(("cr-ns", Flavor::Ns, false, Some(e)));
     }
-    for (prefix, sabotage, engine) in modes {
+    for (prefix, flavor, sabotage, engine) in modes {
         // A directory per mode: the same test runs in every mode, and the
         // modes' cases run side by side.
-        let opts = match options(engine, sabotage, &work.path.join(prefix), keep_img) {
+        let opts = match options(flavor, engine, sabotage, &work.path.join(prefix), keep_img) {
             Ok(o) => Arc::new(o),
             Err(e) => {
                 eprintln!("zdtm harness: {e}");

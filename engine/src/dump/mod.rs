@@ -244,6 +244,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         drop(rx);
         res
     })?;
+    files.number_pids(|p| pids.image(Pid::from_raw(p)).cast_signed());
     // memfd contents are pages of the images too.
     stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
@@ -333,8 +334,8 @@ fn dump_tasks(
             } else {
                 px.image(t.ppid)
             },
-            pgid: px.image(t.pgid),
-            sid: px.image(t.sid),
+            pgid: px.group(t.pid).map_or_else(|| px.image(t.pgid), |g| g.0),
+            sid: px.group(t.pid).map_or_else(|| px.image(t.sid), |g| g.1),
             threads: tids.iter().map(|&th| px.image(th)).collect(),
             stasis_nested: if px.has_nested() {
                 tids.iter()

@@ -479,6 +479,19 @@ impl Table {
         id
     }
 
+    /// Give the PIDs the dump recorded (lock owners, pidfd targets, as the
+    /// engine's /proc shows them) as the images number them.
+    pub fn number_pids(&mut self, image: impl Fn(i32) -> i32) {
+        for l in &mut self.locks {
+            l.pid = image(l.pid);
+        }
+        for e in &mut self.entries {
+            if let Some(Kind::Pidfd(p)) = &mut e.kind {
+                p.nspid = image(p.nspid);
+            }
+        }
+    }
+
     /// A file referred to by path (mapped file, exe, cwd, root): one entry per path.
     pub fn path_id(&mut self, path: &str, flags: u32) -> u32 {
         if let Some(&id) = self.by_path.get(path) {
@@ -875,6 +888,41 @@ impl Table {
             self.ghost_fds.insert(*remap, OwnedFd::from(f));
         }
         Ok(())
+    }
+
+    /// Restore: move the remade memfds and ghost files to fds from `next`
+    /// up, which the tasks inherit, and name them by `/proc/self/fd/N`:
+    /// a path that works in the engine and in every task, whatever PID
+    /// namespace and /proc it has (a task cannot see the engine's PID from
+    /// a namespace of its own). The fds the tasks must close once their
+    /// memory is back.
+    pub fn inherit(&mut self, next: std::os::fd::RawFd) -> Result<Vec<std::os::fd::RawFd>> {
+        let me = nix::unistd::getpid();
+        let mut out = Vec::new();
+        let mut at = next;
+        let mut moved = |fd: &mut OwnedFd| -> Result<String> {
+            let new = sys::dup_at_least(fd.as_fd(), at)
+                .map_err(Error::restore(me, "an fd the tasks inherit"))?;
+            nix::fcntl::fcntl(
+                &new,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(Error::restore(me, "an fd the tasks inherit"))?;
+            let n = new.as_raw_fd();
+            at = n + 1;
+            out.push(n);
+            *fd = new;
+            Ok(format!("/proc/self/fd/{n}"))
+        };
+        for (id, fd) in &mut self.memfd_fds {
+            let path = moved(fd)?;
+            self.memfd_paths.insert(*id, path);
+        }
+        for (id, fd) in &mut self.ghost_fds {
+            let path = moved(fd)?;
+            self.ghost_paths.insert(*id, path);
+        }
+        Ok(out)
     }
 
     /// Restore: make the memfd inodes again (before anything opens them).

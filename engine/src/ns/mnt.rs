@@ -295,9 +295,8 @@ fn rx(e: rustix::io::Errno) -> Errno {
 /// Files a tree in a mount namespace of its own holds open on mounts its
 /// namespace does not have (opened before it unshared: mounts of the
 /// engine's namespace, or of one gone since, detached): /proc shows their
-/// paths from the mount's root only. They are named through the engine's
-/// mount, or through a mount of the tree's own of the same filesystem where
-/// the same file is found.
+/// paths from the mount's root only. They are named through a mount of the
+/// tree's own of the same filesystem where the same file is found.
 #[derive(Debug)]
 pub struct Foreign {
     root: Pid,
@@ -308,7 +307,7 @@ pub struct Foreign {
 impl Foreign {
     /// The mount tables of `root`'s namespace and the engine's.
     pub fn new(root: Pid) -> Result<Foreign> {
-        let theirs = read_table(&format!("/proc/{root}/mountinfo"), root)?;
+        let theirs = ns_table(root)?;
         let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
         Ok(Foreign {
             root,
@@ -335,8 +334,9 @@ impl Foreign {
                 (p, r) => format!("{p}/{r}"),
             }
         };
-        if let Some(m) = self.mine.get(&id) {
-            fd.target = join(&m.point, &fd.target);
+        // A mount of a live namespace (the engine's, say): /proc shows
+        // the path there already.
+        if self.mine.contains_key(&id) {
             return;
         }
         let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{}", fd.fd)) else {
@@ -361,10 +361,43 @@ impl Foreign {
     }
 }
 
+/// The mount table of `pid`'s mount namespace from its root (not from
+/// the task's root: a chrooted task sees part of it), read by a thread that
+/// joins the namespace, through the engine's /proc.
+fn ns_table(pid: Pid) -> Result<Vec<Mount>> {
+    let proc = std::fs::File::open("/proc").map_err(|err| Error::Proc {
+        pid,
+        path: "/proc".into(),
+        err,
+    })?;
+    let text = super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
+        let fd = rustix::fs::openat(
+            &proc,
+            "thread-self/mountinfo",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::dump(pid, "its mount table")(rx(e)))?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).map_err(|err| {
+            Error::Proc {
+                pid,
+                path: format!("/proc/{pid}/mountinfo"),
+                err,
+            }
+        })?;
+        Ok(s)
+    })?;
+    parse(&text).ok_or_else(|| Error::ProcFormat {
+        pid,
+        file: "mountinfo".into(),
+    })
+}
+
 /// Dump the mount namespace of `root` when it is not the engine's.
 pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
     let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
-    let theirs = read_table(&format!("/proc/{root}/mountinfo"), root)?;
+    let theirs = ns_table(root)?;
     let unsupported = |what: String| Error::Unsupported { pid: root, what };
     let (Some(r), Some(my_root)) = (table_root(&theirs), table_root(&mine)) else {
         return Err(unsupported("a mount table without one root".into()));

@@ -46,6 +46,9 @@ pub struct Ids {
     chains: HashMap<i32, Chain>,
     /// Engine PID -> what `stasis_pidns_for_children` records.
     for_children: HashMap<i32, u32>,
+    /// Engine PID -> its process group and session in the root's
+    /// namespace (`NSpgid`, `NSsid`: right also for a leader that is gone).
+    groups: HashMap<i32, (u32, u32)>,
 }
 
 impl Ids {
@@ -78,6 +81,12 @@ impl Ids {
             } else {
                 tids
             };
+            let st = crate::task::proc::status(*pid, None)?;
+            let at_level =
+                |k: &str| -> Option<u32> { st.get(k)?.split_whitespace().nth(level)?.parse().ok() };
+            if let (Some(g), Some(s)) = (at_level("NSpgid"), at_level("NSsid")) {
+                ids.groups.insert(pid.as_raw(), (g, s));
+            }
             for &tid in tids {
                 let all = nspid(*pid, tid)?;
                 let chain = all.get(level..).map(<[u32]>::to_vec).unwrap_or_default();
@@ -131,6 +140,11 @@ impl Ids {
     /// Whether any thread is in a namespace nested below the root's.
     pub fn has_nested(&self) -> bool {
         self.chains.values().any(|c| c.len() > 1)
+    }
+
+    /// The process group and session of engine PID `pid` in the images.
+    pub fn group(&self, pid: Pid) -> Option<(u32, u32)> {
+        self.groups.get(&pid.as_raw()).copied()
     }
 
     /// `stasis_pidns_for_children` of engine PID `pid`.

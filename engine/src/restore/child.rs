@@ -182,6 +182,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     place_fds(&p.fds, ready + 1).map_err(|e| (e, 3))?;
     let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
     keep.push(ready);
+    keep.extend(&p.inherited);
     if sys::close_except(0, u32::MAX >> 1, &keep).is_err() {
         // No close_range (before Linux 5.9): list the table.
         for fd in open_fds() {

@@ -86,6 +86,9 @@ pub(crate) struct Plan {
     /// the procfs mounts it makes there.
     pub mnt_ns: Option<OwnedFd>,
     pub proc_mounts: Vec<crate::ns::mnt::ProcMount>,
+    /// Remade memfds and ghost files every task inherits (above every
+    /// target fd) to map them, closed once its memory is back.
+    pub inherited: Vec<RawFd>,
 }
 
 impl Plan {
@@ -126,6 +129,7 @@ impl Plan {
             terminal: None,
             mnt_ns: None,
             proc_mounts: Vec::new(),
+            inherited: Vec::new(),
         }
     }
 }
@@ -301,6 +305,11 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
                     .map(|o| (f.fd.cast_signed(), o.as_raw_fd(), f.flags & 1 != 0))
             })
             .collect();
+    }
+    let inherited = files.inherit(next)?;
+    let next = inherited.last().map_or(next, |&n| n + 1);
+    for p in &mut plans {
+        p.inherited.clone_from(&inherited);
     }
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
@@ -571,9 +580,12 @@ fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
         return Err(bad("no task".into()));
     }
     let mut seen = std::collections::HashSet::new();
+    // In a PID namespace of its own (its root is PID 1), group and session
+    // 0 are ones whose leader is outside it, inherited from the restore.
+    let own = pstree.first().is_some_and(|p| p.pid == 1);
     for (i, p) in pstree.iter().enumerate() {
         let limit = u32::try_from(i32::MAX).unwrap_or(u32::MAX);
-        if p.pid == 0 || p.pid > limit || p.pgid == 0 || p.sid == 0 {
+        if p.pid == 0 || p.pid > limit || (!own && (p.pgid == 0 || p.sid == 0)) {
             return Err(bad(format!(
                 "task {} has pid {}, group {}, session {}",
                 i, p.pid, p.pgid, p.sid
@@ -936,6 +948,20 @@ impl Work<'_> {
         let exe_fd = opened.last().copied().unwrap_or(u64::MAX);
         set_mm_map(&r, t, mm, exe_fd)?;
         open_late_fds(&r, t, p, files)?;
+        if !p.inherited.is_empty() {
+            let calls: Vec<_> = p
+                .inherited
+                .iter()
+                .map(|&fd| {
+                    (
+                        "close",
+                        nr::CLOSE,
+                        [u64::from(fd.cast_unsigned()), 0, 0, 0, 0, 0],
+                    )
+                })
+                .collect();
+            r.call_all(&calls)?;
+        }
         let locks: Vec<_> = files
             .locks()
             .iter()

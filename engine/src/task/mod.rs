@@ -392,13 +392,15 @@ fn queue_signal(r: &Remote, pid: Pid, tid: Option<Pid>, siginfo: &[u8], data: u6
         .get(..4)
         .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     remote::write_mem(pid, data, siginfo)?;
+    // The IDs as the task's own PID namespace numbers them.
+    let own_pid = r.call("getpid", nr::GETPID, [0; 6])?;
     // A shared signal queued at the leader's thread group, a private one at the thread.
     let (nr, args) = match tid {
-        Some(t) => (
+        Some(_) => (
             nr::RT_TGSIGQUEUEINFO,
             [
-                u64::from(pid.as_raw().cast_unsigned()),
-                u64::from(t.as_raw().cast_unsigned()),
+                own_pid,
+                r.call("gettid", nr::GETTID, [0; 6])?,
                 u64::from(signo.cast_unsigned()),
                 data,
                 0,
@@ -407,14 +409,7 @@ fn queue_signal(r: &Remote, pid: Pid, tid: Option<Pid>, siginfo: &[u8], data: u6
         ),
         None => (
             nr::RT_SIGQUEUEINFO,
-            [
-                u64::from(pid.as_raw().cast_unsigned()),
-                u64::from(signo.cast_unsigned()),
-                data,
-                0,
-                0,
-                0,
-            ],
+            [own_pid, u64::from(signo.cast_unsigned()), data, 0, 0, 0],
         ),
     };
     r.call("rt_sigqueueinfo", nr, args).map(drop)

@@ -119,7 +119,21 @@ pub fn snapshot(root: i32, shape_only: bool) -> Snapshot {
                 ..ProcState::default()
             };
         }
-        p.ids = (map(p.ids.0), map(p.ids.1), map(p.ids.2));
+        // Group and session as the namespace numbers them, also when their
+        // leader is gone (then not in the map).
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let at = |k: &str| -> Option<i32> {
+            crate::testlib::status_field(&st, k)?
+                .split_whitespace()
+                .nth(level)?
+                .parse()
+                .ok()
+        };
+        p.ids = (
+            map(p.ids.0),
+            at("NSpgid").unwrap_or_else(|| map(p.ids.1)),
+            at("NSsid").unwrap_or_else(|| map(p.ids.2)),
+        );
         procs.insert(map(pid), p);
     }
     Snapshot { procs }

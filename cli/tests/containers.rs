@@ -1,0 +1,252 @@
+#![allow(clippy::tests_outside_test_module)]
+//! Container-shaped trees through the `stasis` CLI: a process started by
+//! `unshare` with namespaces of its own comes back with all of them.
+//! Needs root, util-linux (unshare, mount, ipcmk, ipcs), iproute2 and
+//! python3: fails without them.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: it makes namespaces and mounts, and restores PIDs"
+    );
+}
+
+/// Inside the namespaces, as their init: a host name, a tmpfs with a file
+/// held open, a bind mount of it, a SysV segment, lo up with a TCP
+/// listener and a connection on it. Once `check` exists it checks them all
+/// and writes its verdict to `answer`.
+const CONTAINER: &str = r#"
+import os, socket, subprocess, sys, time
+d = sys.argv[1]
+socket.sethostname("ctr-stasis")
+os.makedirs(d + "/t", exist_ok=True)
+os.makedirs(d + "/b", exist_ok=True)
+subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=4m,mode=750", "ctr", d + "/t"])
+with open(d + "/t/data", "w") as f:
+    f.write("inside the tmpfs")
+held = open(d + "/t/data")
+subprocess.check_call(["mount", "--bind", d + "/t", d + "/b"])
+shmid = subprocess.check_output(["ipcmk", "-M", "4096"]).split()[-1].decode()
+subprocess.check_call(["ip", "link", "set", "lo", "up"])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 7777))
+srv.listen()
+cli = socket.create_connection(("127.0.0.1", 7777))
+con, _ = srv.accept()
+open(d + "/ready", "w").write("ready")
+while not os.path.exists(d + "/check"):
+    time.sleep(0.02)
+bad = []
+def want(what, ok):
+    if not ok:
+        bad.append(what)
+want("pid 1", os.getpid() == 1)
+want("host name", socket.gethostname() == "ctr-stasis")
+held.seek(0)
+want("held file", held.read() == "inside the tmpfs")
+want("bind mount", open(d + "/b/data").read() == "inside the tmpfs")
+mounts = [l.split()[4] for l in open("/proc/self/mountinfo")]
+want("tmpfs and bind in mountinfo", d + "/t" in mounts and d + "/b" in mounts)
+want("SysV segment", subprocess.call(["ipcs", "-m", "-i", shmid], stdout=subprocess.DEVNULL) == 0)
+want("proc of the pid namespace", sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[0] == 1)
+cli.sendall(b"ping")
+want("connection client to server", con.recv(4) == b"ping")
+con.sendall(b"pong")
+want("connection server to client", cli.recv(4) == b"pong")
+with open(d + "/answer", "w") as f:
+    f.write("ok" if not bad else "bad: " + ", ".join(bad))
+while True:
+    time.sleep(1)
+"#;
+
+fn wait_for(file: &Path, secs: u64) -> String {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(file)
+            && !s.is_empty()
+        {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{} did not appear",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The PID namespace's init: the only child of `unshare`.
+fn init_of(unshare: u32) -> i32 {
+    let t = Instant::now();
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next() {
+            return k.parse().expect("a pid");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "unshare forked nothing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills the container's init (all of its PID namespace goes with it) and
+/// reaps `unshare`, on every path.
+struct Container {
+    unshare: Option<Child>,
+    init: Option<i32>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(p) = self.init {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        if let Some(mut c) = self.unshare.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(p) = self.init {
+            let t = Instant::now();
+            while Path::new(&format!("/proc/{p}")).exists() && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The mount points of `pid`'s namespace, sorted (a mount made anew comes
+/// later in the table than it did; stacking shows in the parents).
+fn mount_points(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
+    need_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("ctr");
+    std::fs::create_dir(&d).expect("mkdir");
+    let img = tmp.path().join("img");
+    std::fs::create_dir(&img).expect("mkdir");
+    let unshare = Command::new("unshare")
+        .args([
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "--mount",
+            "--net",
+            "--uts",
+            "--ipc",
+            "python3",
+            "-c",
+            CONTAINER,
+        ])
+        .arg(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    wait_for(&d.join("ready"), 20);
+    let init = ctr.init.expect("init");
+    let mounts_before = mount_points(init);
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args([
+            "dump",
+            "-t",
+            &init.to_string(),
+            "--tcp-established",
+            "-o",
+            "dump.log",
+            "-v4",
+            "-D",
+        ])
+        .arg(&img)
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "mountpoints-1.img",
+        "utsns-1.img",
+        "ipcns-var-1.img",
+        "netns-1.img",
+    ] {
+        assert!(img.join(name).exists(), "no {name}");
+    }
+    assert!(
+        std::fs::read_dir(&img)
+            .expect("images")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("tmpfs-dev-")),
+        "no tmpfs contents image"
+    );
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    let pidfile = img.join("restored.pid");
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args([
+            "restore",
+            "-d",
+            "--tcp-established",
+            "-o",
+            "restore.log",
+            "-v4",
+            "-D",
+        ])
+        .arg(&img)
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: i32 = wait_for(&pidfile, 5).trim().parse().expect("a pid");
+    ctr.init = Some(restored);
+    let status = std::fs::read_to_string(format!("/proc/{restored}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .expect("NSpid")
+        .split_whitespace()
+        .last()
+        .map(str::to_owned);
+    assert_eq!(
+        nspid.as_deref(),
+        Some("1"),
+        "the init's PID in its namespace"
+    );
+    assert_eq!(mount_points(restored), mounts_before, "the mount table");
+    std::fs::write(d.join("check"), "").expect("ask");
+    assert_eq!(wait_for(&d.join("answer"), 20), "ok");
+}
