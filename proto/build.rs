@@ -56,6 +56,7 @@ const IMAGE_FILES: &[&str] = &[
     "mqueue.proto",
     "netdev.proto",
     "mnt.proto",
+    "timens.proto",
     "stats.proto",
 ];
 

@@ -54,8 +54,8 @@ pub mod img {
         CoreEntry, FdinfoEntry, FileEntry, FileLockEntry, FsEntry, GhostFileEntry, InventoryEntry,
         IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry, MntEntry,
         NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry, PosixMqueueEntry, PstreeEntry,
-        RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TtyDataEntry,
-        TtyInfoEntry, UtsnsEntry,
+        RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TimensEntry,
+        TtyDataEntry, TtyInfoEntry, UtsnsEntry,
     };
 
     use super::Image;
@@ -83,6 +83,7 @@ pub mod img {
     pub const NETNS: Image<NetnsEntry> = Image::new("NETNS");
     pub const NETDEV: Image<NetDeviceEntry> = Image::new("NETDEV");
     pub const MNTS: Image<MntEntry> = Image::new("MNTS");
+    pub const TIMENS: Image<TimensEntry> = Image::new("TIMENS");
     pub const IPC_VAR: Image<IpcVarEntry> = Image::new("IPC_VAR");
     pub const IPCNS_SHM: Image<IpcShmEntry> = Image::new("IPCNS_SHM");
     pub const IPCNS_SEM: Image<IpcSemEntry> = Image::new("IPCNS_SEM");
@@ -118,6 +119,7 @@ pub mod img {
             (NETNS.name(), NetnsEntry::NAME),
             (NETDEV.name(), NetDeviceEntry::NAME),
             (MNTS.name(), MntEntry::NAME),
+            (TIMENS.name(), TimensEntry::NAME),
             (IPC_VAR.name(), IpcVarEntry::NAME),
             (IPCNS_SHM.name(), IpcShmEntry::NAME),
             (IPCNS_SEM.name(), IpcSemEntry::NAME),

@@ -9,6 +9,7 @@
 
 pub mod mnt;
 pub mod pid;
+mod time;
 mod tmpfs;
 
 use std::os::fd::AsFd;
@@ -44,15 +45,26 @@ pub struct Expected(Vec<(&'static str, Option<std::path::PathBuf>)>);
 /// What [`check_task`] compares each task of the tree under `root` with.
 pub fn expected(root: Pid) -> Expected {
     Expected(
-        ["uts", "ipc", "net", "mnt", "pid", "user", "cgroup", "time"]
-            .into_iter()
-            .map(|ns| match ns {
-                "uts" | "ipc" | "net" | "mnt" => (ns, link(Some(root), ns)),
-                // Checked by pid::Ids (tasks may be in nested ones).
-                "pid" => (ns, None),
-                _ => (ns, link(None, ns)),
-            })
-            .collect(),
+        [
+            "uts",
+            "ipc",
+            "net",
+            "mnt",
+            "pid",
+            "user",
+            "cgroup",
+            "time",
+            "time_for_children",
+        ]
+        .into_iter()
+        .map(|ns| match ns {
+            "uts" | "ipc" | "net" | "mnt" | "time" => (ns, link(Some(root), ns)),
+            // Checked by pid::Ids (tasks may be in nested ones).
+            "pid" => (ns, None),
+            "time_for_children" => (ns, link(Some(root), "time")),
+            _ => (ns, link(None, ns)),
+        })
+        .collect(),
     )
 }
 
@@ -69,8 +81,13 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
             .map(std::path::PathBuf::from);
         if theirs != *expected {
             let what = match *ns {
-                "uts" | "ipc" | "net" | "mnt" => {
+                "uts" | "ipc" | "net" | "mnt" | "time" => {
                     format!("a {ns} namespace other than its root's")
+                }
+                "time_for_children" => {
+                    "a time namespace for its children other than its own (it called \
+                     unshare(CLONE_NEWTIME))"
+                        .to_owned()
                 }
                 _ => format!("a {ns} namespace of its own"),
             };
@@ -183,6 +200,9 @@ pub fn own_net(root: Pid) -> bool {
 pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
     if own(root, "mnt") {
         mnt::dump(root, dir)?;
+    }
+    if own(root, "time") {
+        time::dump(root, dir)?;
     }
     if own(root, "net") {
         let (lo, conf) = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
@@ -375,6 +395,7 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
             }
         }
     }
+    time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.
     out.mnt = mnt::restore(dir)?;
     Ok(out)

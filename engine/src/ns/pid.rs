@@ -159,6 +159,8 @@ impl Ids {
 #[derive(Debug, Default)]
 pub struct HostIds {
     map: std::sync::RwLock<HashMap<u32, Pid>>,
+    /// The level of the root's namespace in the engine's /proc.
+    root_level: std::sync::atomic::AtomicUsize,
 }
 
 impl HostIds {
@@ -176,6 +178,8 @@ impl HostIds {
     /// `level`): walk the children from /proc.
     pub fn learn_tree(&self, root: Pid) -> Result<()> {
         let level = nspid(root, root)?.len() - 1;
+        self.root_level
+            .store(level, std::sync::atomic::Ordering::Relaxed);
         let mut todo = vec![root];
         let mut found = HashMap::new();
         while let Some(p) = todo.pop() {
@@ -203,10 +207,9 @@ impl HostIds {
     /// Learn thread `id` (its ID in the root's namespace is `id`) of the
     /// task whose engine PID is `pid`.
     pub fn learn_thread(&self, pid: Pid, id: u32) -> Result<Pid> {
-        let level = nspid(pid, pid)?.len() - 1;
-        let root_level = level + 1 - self.depth_of(pid)?;
+        let level = self.root_level.load(std::sync::atomic::Ordering::Relaxed);
         for t in crate::task::proc::threads(pid)? {
-            if nspid(pid, t)?.get(root_level) == Some(&id) {
+            if nspid(pid, t)?.get(level) == Some(&id) {
                 if let Ok(mut m) = self.map.write() {
                     m.insert(id, t);
                 }
@@ -216,18 +219,6 @@ impl HostIds {
         Err(Error::NoSuchTask {
             pid: Pid::from_raw(id.cast_signed()),
         })
-    }
-
-    /// How many levels from the root's namespace to `pid`'s, inclusive.
-    fn depth_of(&self, pid: Pid) -> Result<usize> {
-        let root = self
-            .map
-            .read()
-            .ok()
-            .and_then(|m| m.get(&1).copied())
-            .unwrap_or(pid);
-        let root_level = nspid(root, root)?.len() - 1;
-        Ok(nspid(pid, pid)?.len() - root_level)
     }
 
     /// Whether the tree has IDs of its own.

@@ -74,6 +74,14 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
             }
             let _ = blocked.thread_set_mask();
         }
+        if sig != 0 && p.chain(0).last() == Some(&1) {
+            // The init of a PID namespace ignores its own signals, even
+            // SIGKILL: the engine sends it from outside once it is ready.
+            report(ready, pid, 0, 0);
+            loop {
+                nix::unistd::pause();
+            }
+        }
         if sig != 0 {
             let _ = nix::sys::signal::raise(
                 nix::sys::signal::Signal::try_from(sig.cast_signed())

@@ -701,10 +701,15 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
     let (plans, files, dir, tramp) = (m.plans, m.files, m.dir, m.tramp);
     let (progress, mask) = (m.progress, m.mask);
     let alive: Vec<&Plan> = plans.iter().filter(|p| p.zombie.is_none()).collect();
-    // Every task reports (pid, errno, step) once its own setup is done.
+    // Every task reports (pid, errno, step) once its own setup is done;
+    // so does a zombie that waits for its signal (see below).
     let mut f = std::fs::File::from(ready_r);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for _ in 0..alive.len() {
+    let zombie_inits: Vec<&Plan> = plans
+        .iter()
+        .filter(|p| p.zombie.is_some_and(|c| c & 0x7f != 0) && p.chain(0).last() == Some(&1))
+        .collect();
+    for _ in 0..alive.len() + zombie_inits.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut pfd = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
@@ -731,6 +736,13 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
     }
     if own_pidns(plans) || plans.iter().any(|p| !p.pst.stasis_nested.is_empty()) {
         m.hosts.learn_tree(m.root_host)?;
+    }
+    // A zombie that was the init of a PID namespace and died of a signal
+    // waits for it (see child::run).
+    for p in zombie_inits {
+        let code = p.zombie.unwrap_or(0) & 0x7f;
+        let sig = Signal::try_from(code.cast_signed()).unwrap_or(Signal::SIGKILL);
+        let _ = kill(m.hosts.get(p.pst.pid), sig);
     }
     let forking = t0.elapsed();
     tracing::debug!(

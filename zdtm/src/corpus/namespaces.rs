@@ -62,6 +62,18 @@ pub(crate) const TESTS: &[Test] = &[
         "a child that is init of a nested pid namespace",
         pidns_nested,
     ),
+    Test::new(
+        "clocks-monotonic",
+        Namespaces,
+        "monotonic and boottime clocks never go back across C/R (in ns, a time namespace 10 and 20 days ahead keeps its offsets)",
+        clocks_monotonic,
+    ),
+    Test::new(
+        "pidns-nested3",
+        Namespaces,
+        "three levels of pid namespaces: inits, other tasks and a thread keep their PIDs at every level",
+        pidns_nested3,
+    ),
 ];
 
 fn uts00(t: &mut Ctx) -> Res {
@@ -378,4 +390,123 @@ fn pidns_nested(t: &mut Ctx) -> Res {
         vec![outer.to_string().as_str(), "1"]
     );
     t.check_kids()
+}
+
+/// `NSpid` of the calling thread (`thread`) or of this process.
+fn my_nspid(thread: bool) -> Res<String> {
+    // /proc numbers tasks in its own namespace, not the caller's.
+    let path = if thread {
+        "/proc/thread-self/status"
+    } else {
+        "/proc/self/status"
+    };
+    status_field(&slurp(path)?, "NSpid").ok_or_else(|| Fail::Mismatch("no NSpid".into()))
+}
+
+/// A process that checks its PIDs at every level after restore.
+fn keeps_pids(c: &mut Ctx, what: &str) -> Res {
+    let before = my_nspid(false)?;
+    c.wait(what, || Ok(()))?;
+    ensure_eq!("NSpid after restore", my_nspid(false)?, before);
+    Ok(())
+}
+
+fn pidns_nested3(t: &mut Ctx) -> Res {
+    // Level 2: A is its init, A2 another task in it.
+    unshare(CloneFlags::CLONE_NEWPID).or_fail("unshare(CLONE_NEWPID)")?;
+    let a = t.spawn("A", |c| {
+        ensure_eq!("A's pid in level 2", getpid().as_raw(), 1);
+        c.spawn("A2", |a2| {
+            ensure_eq!("A2's pid in level 2", getpid().as_raw(), 2);
+            keeps_pids(a2, "nothing")
+        })?;
+        // Level 3: B is its init (with a thread), B2 another task in it.
+        // A's next children would go there too.
+        unshare(CloneFlags::CLONE_NEWPID).or_fail("unshare(CLONE_NEWPID) in A")?;
+        c.spawn("B", |b| {
+            ensure_eq!("B's pid in level 3", getpid().as_raw(), 1);
+            b.spawn("B2", |b2| {
+                ensure_eq!("B2's pid in level 3", getpid().as_raw(), 2);
+                keeps_pids(b2, "nothing")
+            })?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+            let th = std::thread::spawn(move || {
+                let tid = nix::unistd::gettid().as_raw();
+                let _ = tx.send((tid, my_nspid(true)));
+                let _ = stop_rx.recv();
+                my_nspid(true)
+            });
+            let (tid, thread_before) = rx.recv().or_fail("the thread's NSpid")?;
+            let thread_before = thread_before?;
+            let res = keeps_pids(b, "nothing");
+            let _ = stop_tx.send(());
+            let thread_after = th
+                .join()
+                .map_err(|_| Fail::Sys("the thread panicked".into()))??;
+            ensure_eq!(format!("thread {tid}'s NSpid"), thread_after, thread_before);
+            res?;
+            b.check_kids()
+        })?;
+        keeps_pids(c, "nothing")?;
+        // A's next child still goes into level 3 (reaped at once: level 3
+        // ends only once all of its tasks are reaped).
+        let levels = my_nspid(false)?.split_whitespace().count();
+        match crate::testlib::sys::fork().or_fail("fork")? {
+            nix::unistd::ForkResult::Child => {
+                let deeper =
+                    my_nspid(false).is_ok_and(|n| n.split_whitespace().count() == levels + 1);
+                crate::testlib::sys::exit_now(i32::from(!deeper))
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).or_fail("waitpid")?;
+                ensure!(
+                    st == nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "A's new child is not in level 3 ({st:?})"
+                );
+            }
+        }
+        c.check_kids()
+    })?;
+    t.wait("killed the level 2 init", || {
+        nix::sys::signal::kill(a, nix::sys::signal::Signal::SIGKILL).or_fail("kill")
+    })?;
+    t.check_kids()
+}
+
+fn clock_ns(c: nix::time::ClockId) -> Res<i128> {
+    let t = nix::time::clock_gettime(c).or_fail("clock_gettime")?;
+    Ok(i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+}
+
+fn clocks_monotonic(t: &mut Ctx) -> Res {
+    use nix::time::ClockId;
+    let mono = std::cell::Cell::new(clock_ns(ClockId::CLOCK_MONOTONIC)?);
+    let boot = clock_ns(ClockId::CLOCK_BOOTTIME)?;
+    // The ns flavors' launcher puts the test in a time namespace ahead.
+    let timens = std::env::var("ZDTM_FLAVOR").is_ok_and(|f| f != "h")
+        && std::path::Path::new("/proc/self/ns/time").exists();
+    t.wait("noted a monotonic time an hour ahead", || {
+        mono.set(mono.get() + 3600 * 1_000_000_000);
+        Ok(())
+    })?;
+    let mono = mono.get();
+    let (mono2, boot2) = (
+        clock_ns(ClockId::CLOCK_MONOTONIC)?,
+        clock_ns(ClockId::CLOCK_BOOTTIME)?,
+    );
+    ensure!(
+        mono2 >= mono,
+        "CLOCK_MONOTONIC went back: {mono} -> {mono2}"
+    );
+    ensure!(boot2 >= boot, "CLOCK_BOOTTIME went back: {boot} -> {boot2}");
+    if timens {
+        let day = 86_400 * 1_000_000_000_i128;
+        ensure!(
+            mono2 >= 10 * day,
+            "the monotonic offset is gone: {mono2} ns"
+        );
+        ensure!(boot2 >= 20 * day, "the boottime offset is gone: {boot2} ns");
+    }
+    Ok(())
 }

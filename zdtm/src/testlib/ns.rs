@@ -57,14 +57,27 @@ pub fn enter_userns() -> Result<Option<ExitCode>, String> {
     }
 }
 
-/// Unshare the namespaces the test process (our next child) will live in.
+/// Unshare the namespaces the test process (our next child) will live in:
+/// pid, mount, net, uts, ipc, and a time namespace whose monotonic and
+/// boottime clocks are 10 and 20 days ahead (as CRIU's suite does), where
+/// the kernel has time namespaces.
 pub fn unshare_for_test() -> Result<(), String> {
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
-    unshare(flags).map_err(|e| format!("unshare(pid|mnt|net|uts|ipc): {e}"))
+    unshare(flags).map_err(|e| format!("unshare(pid|mnt|net|uts|ipc): {e}"))?;
+    if std::path::Path::new("/proc/self/ns/time").exists() {
+        unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .map_err(|e| format!("unshare(CLONE_NEWTIME): {e}"))?;
+        std::fs::write(
+            "/proc/self/timens_offsets",
+            "monotonic 864000 0\nboottime 1728000 0\n",
+        )
+        .map_err(|e| format!("write timens_offsets: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Inside the namespaces: private mounts, a /proc of the new pid namespace,
