@@ -250,3 +250,120 @@ fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
     std::fs::write(d.join("check"), "").expect("ask");
     assert_eq!(wait_for(&d.join("answer"), 20), "ok");
 }
+
+/// Processes whose command line holds `marker`.
+fn with_marker(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
+    need_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("ctr");
+    std::fs::create_dir(&d).expect("mkdir");
+    let img = tmp.path().join("img");
+    std::fs::create_dir(&img).expect("mkdir");
+    let marker = format!("stasis-failsafe-{}", std::process::id());
+    let script = format!(
+        "import os, subprocess, sys, time\n\
+         d = sys.argv[1]\n\
+         os.makedirs(d + '/t', exist_ok=True)\n\
+         subprocess.check_call(['mount', '-t', 'tmpfs', 'ctr', d + '/t'])\n\
+         open(d + '/t/f', 'w').write('x' * 100000)\n\
+         buf = bytearray(b'y' * 4000000)\n\
+         open(d + '/ready', 'w').write('{marker}')\n\
+         while True:\n    time.sleep(1)\n"
+    );
+    let unshare = Command::new("unshare")
+        .args([
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "python3",
+            "-c",
+        ])
+        .arg(&script)
+        .arg(&d)
+        .arg(&marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    wait_for(&d.join("ready"), 20);
+    let init = ctr.init.expect("init");
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["dump", "-t", &init.to_string(), "-D"])
+        .arg(&img)
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    let t = Instant::now();
+    while !with_marker(&marker).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        with_marker(&marker).is_empty(),
+        "the dumped tree is still there"
+    );
+    // The pages are cut short: the restore fails once the namespaces, the
+    // mounts and the tasks exist.
+    let pages = img.join("pages-1.img");
+    let len = std::fs::metadata(&pages).expect("pages image").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate the pages");
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["restore", "-d", "-D"])
+        .arg(&img)
+        .output()
+        .expect("run stasis");
+    assert!(!out.status.success(), "the restore of cut pages succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pages-1.img"),
+        "the error does not name the image: {err}"
+    );
+    let t = Instant::now();
+    while !with_marker(&marker).is_empty() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = with_marker(&marker);
+    for &p in &left {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "tasks left behind: {left:?}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"),
+        mounts_before,
+        "mounts changed here"
+    );
+    assert!(!d.join("t/f").exists(), "the tree's tmpfs is visible here");
+}
