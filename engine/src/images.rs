@@ -55,7 +55,7 @@ pub mod img {
         IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry, MntEntry,
         NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry, PosixMqueueEntry, PstreeEntry,
         RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TimensEntry,
-        TtyDataEntry, TtyInfoEntry, UtsnsEntry,
+        TtyDataEntry, TtyInfoEntry, UsernsEntry, UtsnsEntry,
     };
 
     use super::Image;
@@ -84,6 +84,7 @@ pub mod img {
     pub const NETDEV: Image<NetDeviceEntry> = Image::new("NETDEV");
     pub const MNTS: Image<MntEntry> = Image::new("MNTS");
     pub const TIMENS: Image<TimensEntry> = Image::new("TIMENS");
+    pub const USERNS: Image<UsernsEntry> = Image::new("USERNS");
     pub const IPC_VAR: Image<IpcVarEntry> = Image::new("IPC_VAR");
     pub const IPCNS_SHM: Image<IpcShmEntry> = Image::new("IPCNS_SHM");
     pub const IPCNS_SEM: Image<IpcSemEntry> = Image::new("IPCNS_SEM");
@@ -120,6 +121,7 @@ pub mod img {
             (NETDEV.name(), NetDeviceEntry::NAME),
             (MNTS.name(), MntEntry::NAME),
             (TIMENS.name(), TimensEntry::NAME),
+            (USERNS.name(), UsernsEntry::NAME),
             (IPC_VAR.name(), IpcVarEntry::NAME),
             (IPCNS_SHM.name(), IpcShmEntry::NAME),
             (IPCNS_SEM.name(), IpcSemEntry::NAME),

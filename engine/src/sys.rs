@@ -389,7 +389,12 @@ pub unsafe fn fork_with_ids(
     let args = CloneArgs {
         flags,
         exit_signal: u64::try_from(exit_signal).map_err(|_| Errno::EINVAL)?,
-        set_tid: ids.as_ptr() as u64,
+        // No IDs: the kernel picks them (set_tid must then be null).
+        set_tid: if ids.is_empty() {
+            0
+        } else {
+            ids.as_ptr() as u64
+        },
         set_tid_size: ids.len() as u64,
         ..CloneArgs::default()
     };

@@ -5,8 +5,9 @@
 //! Every test runs as `nocr::NAME` (start, stop, the test must PASS) and
 //! `sabotage::NAME` (the test damages its own state on request and must
 //! FAIL). With `ZDTM_ENGINE=/path/to/engine` each is also dumped and
-//! restored through that engine (`cr::NAME`, flavor h, and `cr-ns::NAME`,
-//! flavor ns: new pid, mount, net, uts and ipc namespaces), honouring
+//! restored through that engine (`cr::NAME`, flavor h; `cr-ns::NAME`,
+//! flavor ns: new pid, mount, net, uts, ipc and time namespaces; and
+//! `cr-uns::NAME`, flavor uns: the same inside a new user namespace), honouring
 //! `zdtm/known-failures.txt` (`ci/test` sets it to the built stasis). Tests need root; as another user
 //! they fail saying so. Skips (architecture, CPU flag, missing engine
 //! feature) are reported as ignored, with the reason printed first.
@@ -140,7 +141,8 @@ fn main() -> ExitCode {
     ];
     if let Some(e) = engine {
         modes.push(("cr", Flavor::H, false, Some(e.clone())));
-        modes.push(("cr-ns", Flavor::Ns, false, Some(e)));
+        modes.push(("cr-ns", Flavor::Ns, false, Some(e.clone())));
+        modes.push(("cr-uns", Flavor::Uns, false, Some(e)));
     }
     for (prefix, flavor, sabotage, engine) in modes {
         // A directory per mode: the same test runs in every mode, and the

@@ -172,7 +172,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
             .collect::<Vec<_>>(),
     )?;
-    crate::ns::dump(root, dir)?;
+    let userns = crate::ns::dump(root, dir)?;
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
@@ -235,6 +235,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             stats: &mut stats,
             fopts,
             pids: &pids,
+            userns: userns.as_ref(),
             foreign: crate::ns::own_mnt(root)
                 .then(|| crate::ns::mnt::Foreign::new(root))
                 .transpose()?,
@@ -245,6 +246,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         res
     })?;
     files.number_pids(|p| pids.image(Pid::from_raw(p)).cast_signed());
+    crate::ns::dump_clocks(root, dir)?;
     // memfd contents are pages of the images too.
     stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
@@ -304,6 +306,8 @@ struct Out<'a> {
     fopts: files::Opts,
     /// The tasks' IDs in the images.
     pids: &'a crate::ns::pid::Ids,
+    /// The maps of the tree's user namespace: credentials in its terms.
+    userns: Option<&'a crate::ns::user::Maps>,
     /// Files open on mounts the tree's own namespace does not have.
     foreign: Option<crate::ns::mnt::Foreign>,
 }
@@ -512,6 +516,9 @@ fn dump_task_state(
         // The leader's /proc/PID/stat and status are its thread's.
         let known = (th.tid == pid).then_some((st, &status));
         let (ti, mut thc) = task::dump_thread(pid, th, sc, known)?;
+        if let (Some(m), Some(c)) = (out.userns, thc.creds.as_mut()) {
+            m.creds(c);
+        }
         let (mode, newest) = filters.dump_thread(th.tid, th.seccomp)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;

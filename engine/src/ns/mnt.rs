@@ -609,7 +609,7 @@ fn matching(want: &[Mount], have: &[Mount]) -> Vec<Option<usize>> {
 /// Make the tree's mount namespace from `mountpoints-ID.img`, if the dump
 /// wrote one: the engine is left inside it (to open the tree's files) and
 /// goes back with [`Restored::leave`].
-pub fn restore(dir: &Dir) -> Result<Option<Restored>> {
+pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<Restored>> {
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
@@ -663,8 +663,13 @@ pub fn restore(dir: &Dir) -> Result<Option<Restored>> {
             }
         }
     }
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(Error::restore(me, "a mount namespace"))?;
+    // In a user namespace of the tree's own, the copy its helper made
+    // (owned by it, as the tree's was).
+    match user {
+        Some(h) => h.join("mnt", CloneFlags::CLONE_NEWNS)?,
+        None => nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+            .map_err(Error::restore(me, "a mount namespace"))?,
+    }
     let inside = build(&want, want_root, dir, &groups).and_then(|procs| {
         let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
             .map(OwnedFd::from)

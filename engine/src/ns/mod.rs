@@ -11,6 +11,7 @@ pub mod mnt;
 pub mod pid;
 mod time;
 mod tmpfs;
+pub mod user;
 
 use std::os::fd::AsFd;
 
@@ -58,7 +59,7 @@ pub fn expected(root: Pid) -> Expected {
         ]
         .into_iter()
         .map(|ns| match ns {
-            "uts" | "ipc" | "net" | "mnt" | "time" => (ns, link(Some(root), ns)),
+            "uts" | "ipc" | "net" | "mnt" | "time" | "user" => (ns, link(Some(root), ns)),
             // Checked by pid::Ids (tasks may be in nested ones).
             "pid" => (ns, None),
             "time_for_children" => (ns, link(Some(root), "time")),
@@ -81,7 +82,7 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
             .map(std::path::PathBuf::from);
         if theirs != *expected {
             let what = match *ns {
-                "uts" | "ipc" | "net" | "mnt" | "time" => {
+                "uts" | "ipc" | "net" | "mnt" | "time" | "user" => {
                     format!("a {ns} namespace other than its root's")
                 }
                 "time_for_children" => {
@@ -185,6 +186,16 @@ fn net_sysctls() -> Vec<NetSysctlEntry> {
     out
 }
 
+/// Dump the clocks of the tree's own time namespace, if it has one: last
+/// thing before the tree is killed, so that its clocks go on from the
+/// state of its timers (their expirations counted until now).
+pub fn dump_clocks(root: Pid, dir: &Dir) -> Result<()> {
+    if own(root, "time") {
+        time::dump(root, dir)?;
+    }
+    Ok(())
+}
+
 /// Whether the tree under `root` has a mount namespace of its own.
 pub fn own_mnt(root: Pid) -> bool {
     own(root, "mnt")
@@ -195,15 +206,18 @@ pub fn own_net(root: Pid) -> bool {
     own(root, "net")
 }
 
-/// Dump the tree's own UTS, IPC, network and mount namespaces, if it has
-/// them.
-pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
+/// Dump the tree's own user, UTS, IPC, network, mount and time namespaces,
+/// if it has them; the user namespace's maps.
+pub fn dump(root: Pid, dir: &Dir) -> Result<Option<user::Maps>> {
+    let maps = if own(root, "user") {
+        Some(user::dump(root, dir)?)
+    } else {
+        None
+    };
     if own(root, "mnt") {
         mnt::dump(root, dir)?;
     }
-    if own(root, "time") {
-        time::dump(root, dir)?;
-    }
+
     if own(root, "net") {
         let (lo, conf) = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
             let devs = read_sys(root, "/proc/thread-self/net/dev")?;
@@ -293,7 +307,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<()> {
         dir.write_all(img::IPC_VAR, NS_ID, &[e.0])?;
         crate::ipc::sysv::write(&e.1, dir, NS_ID)?;
     }
-    Ok(())
+    Ok(maps)
 }
 
 fn write_sys(path: &str, value: &str) -> Result<()> {
@@ -312,6 +326,8 @@ pub struct Restored {
     /// The tree's mount namespace, which the engine is in until it
     /// [leaves](mnt::Restored::leave) it.
     pub mnt: Option<mnt::Restored>,
+    /// The tree's user namespace, held by a helper.
+    pub user: Option<user::Helper>,
 }
 
 /// Make the tree's namespaces again in the engine (which then forks the
@@ -319,10 +335,33 @@ pub struct Restored {
 pub fn restore(dir: &Dir) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
+    // In a user namespace of the tree's own, the other namespaces are made
+    // inside it (owned by it) by its helper, and joined here.
+    let mut inner = CloneFlags::empty();
+    for (has, flag) in [
+        (dir.exists(img::NETNS, NS_ID), CloneFlags::CLONE_NEWNET),
+        (dir.exists(img::UTSNS, NS_ID), CloneFlags::CLONE_NEWUTS),
+        (dir.exists(img::IPC_VAR, NS_ID), CloneFlags::CLONE_NEWIPC),
+        (dir.exists(img::MNTS, NS_ID), CloneFlags::CLONE_NEWNS),
+    ] {
+        if has {
+            inner |= flag;
+        }
+    }
+    out.user = user::restore(dir, inner)?;
+    let helper = out.user.as_ref();
+    let enter = |kind: &str, flag: CloneFlags, what: &'static str| match helper {
+        Some(h) => h.join(kind, flag),
+        None => unshare(flag).map_err(Error::restore(me, what)),
+    };
+    // A PID namespace cannot be joined before its init exists: the engine
+    // forks the root with CLONE_NEWPID (the namespace is then owned by the
+    // engine's user namespace; the root mounts its procfs before it joins
+    // the tree's).
     if dir.exists(img::NETNS, NS_ID) {
         let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
         let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
-        unshare(CloneFlags::CLONE_NEWNET).map_err(Error::restore(me, "a network namespace"))?;
+        enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
         let sock = nix::sys::socket::socket(
             nix::sys::socket::AddressFamily::Inet,
             nix::sys::socket::SockType::Datagram,
@@ -355,13 +394,13 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
     }
     if dir.exists(img::UTSNS, NS_ID) {
         let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;
-        unshare(CloneFlags::CLONE_NEWUTS).map_err(Error::restore(me, "a UTS namespace"))?;
+        enter("uts", CloneFlags::CLONE_NEWUTS, "a UTS namespace")?;
         nix::unistd::sethostname(&e.nodename).map_err(Error::restore(me, "the host name"))?;
         write_sys(&format!("{KERNEL}/domainname"), &e.domainname)?;
     }
     if dir.exists(img::IPC_VAR, NS_ID) {
         let e: IpcVarEntry = dir.read_one(img::IPC_VAR, NS_ID)?;
-        unshare(CloneFlags::CLONE_NEWIPC).map_err(Error::restore(me, "an IPC namespace"))?;
+        enter("ipc", CloneFlags::CLONE_NEWIPC, "an IPC namespace")?;
         let k = |n: &str| format!("{KERNEL}/{n}");
         let q = |n: &str| format!("{MQUEUE}/{n}");
         if !e.sem_ctls.is_empty() {
@@ -397,6 +436,6 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
     }
     time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.
-    out.mnt = mnt::restore(dir)?;
+    out.mnt = mnt::restore(dir, helper)?;
     Ok(out)
 }

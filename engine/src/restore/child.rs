@@ -111,6 +111,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
         crate::ns::mnt::mount_procs(&p.proc_mounts).map_err(|e| (e, 9))?;
     }
+
     if p.pst.sid == pid {
         nix::unistd::setsid().map_err(|e| (e, 0))?;
     } else if p.pst.pgid == pid {

@@ -86,6 +86,7 @@ pub(crate) struct Plan {
     /// the procfs mounts it makes there.
     pub mnt_ns: Option<OwnedFd>,
     pub proc_mounts: Vec<crate::ns::mnt::ProcMount>,
+
     /// Remade memfds and ghost files every task inherits (above every
     /// target fd) to map them, closed once its memory is back.
     pub inherited: Vec<RawFd>,
@@ -273,6 +274,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
     let mut ns_done = crate::ns::restore(&dir)?;
+
     let (pool, next) = (|| {
         files.make_ghosts()?;
         let (pool, next) = open_pool(&files, &uses, max_fd, high)?;
@@ -322,11 +324,15 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let t0 = Instant::now();
     // The child never returns into the engine.
     let root_ids = plans.first().map(|p| p.set_tid(0)).unwrap_or_default();
-    let root_host = match sys::fork_single_threaded_ids(&root_ids, own_pidns(&plans), false)
-        .map_err(|errno| fork_error(root, errno))?
-    {
-        sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
-        sys::Forked::Parent(p) => p,
+    let root_host = match &ns_done.user {
+        Some(u) => fork_in_userns(&plans, &root_ids, u, ready_w.as_raw_fd())
+            .map_err(|errno| fork_error(root, errno))?,
+        None => match sys::fork_single_threaded_ids(&root_ids, own_pidns(&plans), false)
+            .map_err(|errno| fork_error(root, errno))?
+        {
+            sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
+            sys::Forked::Parent(p) => p,
+        },
     };
     let hosts = crate::ns::pid::HostIds::default();
     let ready_fd = ready_w.as_raw_fd();
@@ -378,6 +384,51 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             }
             let _ = waitpid(root, None);
             Err(e)
+        }
+    }
+}
+
+/// Fork the root inside the tree's user namespace (held by `user`): a
+/// helper joins it and forks the root as the engine's child
+/// (CLONE_PARENT), so that the root's PID namespace is owned by the tree's
+/// user namespace as it was, and its tasks may set PIDs there. The root's
+/// PID.
+fn fork_in_userns(
+    plans: &[Plan],
+    ids: &[libc::pid_t],
+    user: &crate::ns::user::Helper,
+    ready: RawFd,
+) -> Result<Pid, nix::errno::Errno> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    match sys::fork_single_threaded_ids(&[], false, false)? {
+        sys::Forked::Child => {
+            drop(r);
+            let res = nix::sched::setns(user.ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER)
+                .and_then(|()| sys::fork_single_threaded_ids(ids, own_pidns(plans), true));
+            match res {
+                Ok(sys::Forked::Child) => child::run(plans, 0, ready),
+                Ok(sys::Forked::Parent(p)) => {
+                    let _ = nix::unistd::write(&w, &p.as_raw().to_ne_bytes());
+                    sys::exit_now(0)
+                }
+                Err(e) => {
+                    let _ = nix::unistd::write(&w, &(-(e as i32)).to_ne_bytes());
+                    sys::exit_now(1)
+                }
+            }
+        }
+        sys::Forked::Parent(helper) => {
+            drop(w);
+            let mut f = std::fs::File::from(r);
+            let mut b = [0u8; 4];
+            let n = f.read_exact(&mut b);
+            let _ = waitpid(helper, None);
+            let v = i32::from_ne_bytes(b);
+            match n {
+                Ok(()) if v > 0 => Ok(Pid::from_raw(v)),
+                Ok(()) => Err(nix::errno::Errno::from_raw(-v)),
+                Err(_) => Err(nix::errno::Errno::ECHILD),
+            }
         }
     }
 }

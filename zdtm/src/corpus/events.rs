@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use super::util::{fdinfo, read_n, sigrt, write_all};
-use crate::meta::{Category::Events, Test};
+use crate::meta::{Category::Events, Flavor, Test};
 use crate::testlib::{Ctx, OrFail, Res, status_field};
 use crate::{ensure, ensure_eq};
 
@@ -55,13 +55,17 @@ pub(crate) const TESTS: &[Test] = &[
         Events,
         "fanotify group with an inode mark, an ignore mask and a mount mark, as fdinfo shows them",
         fanotify_marks,
-    ),
+    )
+    // fanotify_init needs CAP_SYS_ADMIN in the initial user namespace.
+    .flavors(&[Flavor::H, Flavor::Ns]),
     Test::new(
         "fanotify00",
         Events,
         "fanotify mark reports an open after restore",
         fanotify00,
-    ),
+    )
+    // fanotify_init needs CAP_SYS_ADMIN in the initial user namespace.
+    .flavors(&[Flavor::H, Flavor::Ns]),
     Test::new(
         "epoll-nested",
         Events,
