@@ -1,6 +1,8 @@
 //! The `stasis` command line: CRIU-compatible verbs and options, and the image
 //! inspector (`stasis image ...`, the equivalent of CRIU's `crit`).
 
+mod rpc;
+
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -52,6 +54,12 @@ enum Command {
     Dump(DumpArgs),
     /// Restore a process tree from an images directory
     Restore(RestoreArgs),
+    /// Serve CRIU's RPC on the inherited socket FD (as container runtimes
+    /// and pycriu start `criu swrk FD`)
+    Swrk {
+        /// The socket (SOCK_SEQPACKET) to serve
+        fd: i32,
+    },
 }
 
 /// Options `dump` and `restore` share, as CRIU spells them.
@@ -280,6 +288,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         shell_job: a.shell_job,
         detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
+        sibling: false,
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;
@@ -655,6 +664,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => run_check(&args),
         Command::Dump(a) => run_dump(&a).inspect_err(log_err),
         Command::Restore(a) => run_restore(&a).inspect_err(log_err),
+        Command::Swrk { fd } => rpc::swrk(fd).map(|()| ExitCode::SUCCESS),
     }
 }
 

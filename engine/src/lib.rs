@@ -31,3 +31,15 @@ pub mod task;
 pub(crate) mod workers;
 
 pub use error::{EngineError, Result};
+
+/// A descriptor this process inherited by number (`swrk FD`'s socket, an
+/// RPC request's images_dir_fd): a close-on-exec duplicate of it, or
+/// EBADF when it is not open.
+pub fn inherited_fd(
+    fd: std::os::fd::RawFd,
+) -> std::result::Result<std::os::fd::OwnedFd, nix::errno::Errno> {
+    if fd < 0 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+        return Err(nix::errno::Errno::EBADF);
+    }
+    sys::dup_at_least(sys::borrow(fd), 3)
+}

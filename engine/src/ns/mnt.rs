@@ -512,8 +512,11 @@ pub struct ProcMount {
 pub struct Restored {
     /// The namespace.
     pub ns: OwnedFd,
-    /// The engine's own, to go back to.
+    /// The engine's own, to go back to, and its working directory there
+    /// (joining a mount namespace moves it to the root; a relative images
+    /// directory needs it back).
     pub engine: OwnedFd,
+    cwd: OwnedFd,
     /// procfs mounts the root task makes.
     pub procs: Vec<ProcMount>,
 }
@@ -521,10 +524,10 @@ pub struct Restored {
 impl Restored {
     /// Put the engine back in its own mount namespace.
     pub fn leave(&self) -> Result<()> {
-        nix::sched::setns(self.engine.as_fd(), CloneFlags::CLONE_NEWNS).map_err(Error::restore(
-            nix::unistd::getpid(),
-            "the engine's mount namespace",
-        ))
+        let me = nix::unistd::getpid();
+        nix::sched::setns(self.engine.as_fd(), CloneFlags::CLONE_NEWNS)
+            .map_err(Error::restore(me, "the engine's mount namespace"))?;
+        nix::unistd::fchdir(&self.cwd).map_err(Error::restore(me, "the engine's directory"))
     }
 }
 
@@ -637,6 +640,12 @@ pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<R
             path: "/proc/thread-self/ns/mnt".into(),
             err,
         })?;
+    let cwd = rustix::fs::open(
+        ".",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::restore(me, "the engine's directory")(rx(e)))?;
     // Peer groups of the engine's namespace the tree's mounts were in:
     // held by an O_PATH fd on one member each (the widest), taken before
     // the namespace is copied.
@@ -681,10 +690,16 @@ pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<R
         Ok((ns, procs))
     });
     match inside {
-        Ok((ns, procs)) => Ok(Some(Restored { ns, engine, procs })),
+        Ok((ns, procs)) => Ok(Some(Restored {
+            ns,
+            engine,
+            cwd,
+            procs,
+        })),
         Err(e) => {
             // The copy goes with the engine's leaving it (nothing holds it).
             let _ = nix::sched::setns(engine.as_fd(), CloneFlags::CLONE_NEWNS);
+            let _ = nix::unistd::fchdir(&cwd);
             Err(e)
         }
     }

@@ -44,6 +44,9 @@ pub struct Opts {
     pub detached: bool,
     /// `--network-lock`: lift the lock the dump left (`skip` leaves it).
     pub network_lock: bool,
+    /// The root becomes a child of the engine's parent (CLONE_PARENT; RPC
+    /// `rst_sibling`), not of the engine.
+    pub sibling: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<crate::progress::Progress>,
 }
@@ -324,10 +327,17 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let t0 = Instant::now();
     // The child never returns into the engine.
     let root_ids = plans.first().map(|p| p.set_tid(0)).unwrap_or_default();
+    if opts.sibling && ns_done.user.is_some() {
+        return Err(Error::Unsupported {
+            pid: root,
+            what: "restoring a tree with a user namespace of its own as a sibling (rst_sibling)"
+                .into(),
+        });
+    }
     let root_host = match &ns_done.user {
         Some(u) => fork_in_userns(&plans, &root_ids, u, ready_w.as_raw_fd())
             .map_err(|errno| fork_error(root, errno))?,
-        None => match sys::fork_single_threaded_ids(&root_ids, own_pidns(&plans), false)
+        None => match sys::fork_single_threaded_ids(&root_ids, own_pidns(&plans), opts.sibling)
             .map_err(|errno| fork_error(root, errno))?
         {
             sys::Forked::Child => child::run(&plans, 0, ready_w.as_raw_fd()),
@@ -382,7 +392,9 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
                     let _ = kill(hosts.get(p.pst.pid), Signal::SIGKILL);
                 }
             }
-            let _ = waitpid(root, None);
+            if !opts.sibling {
+                let _ = waitpid(root, None);
+            }
             Err(e)
         }
     }

@@ -1,0 +1,327 @@
+//! CRIU's RPC over a SOCK_SEQPACKET socket: `stasis swrk FD`, which
+//! container runtimes (runc, crun, podman through go-criu) and pycriu or
+//! libcriu start with one end of a socket pair as FD. Each packet is one
+//! `criu_req`; each is answered with one `criu_resp`. The connection serves
+//! requests while they ask to keep it open (`keep_open`), as CRIU's does.
+//!
+//! Honoured: VERSION (CRIU 4.2's numbers, named stasis), CHECK,
+//! FEATURE_CHECK, DUMP and RESTORE with the options below. Any other
+//! request, and any option stasis does not honour, is refused by name in
+//! `cr_errmsg`, never silently ignored.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{MsgFlags, recv, send};
+use prost::Message;
+use stasis_proto::rpc::{
+    CriuDumpResp, CriuFeatures, CriuOpts, CriuReq, CriuReqType, CriuResp, CriuRestoreResp,
+    CriuVersion,
+};
+
+/// What an answer says: success, or the message of a refusal or failure.
+type Answer = std::result::Result<CriuResp, String>;
+
+/// Serve requests on socket `fd` until the peer stops asking.
+pub fn swrk(fd: i32) -> Result<()> {
+    // CRIU's callers close 0-2 before they exec it: keep them taken, so no
+    // file the engine opens lands on them.
+    for std_fd in 0..3 {
+        if !std::path::Path::new(&format!("/proc/self/fd/{std_fd}")).exists() {
+            // The lowest free fd: this one. Kept open for good.
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .context("cannot open /dev/null")?;
+            std::mem::forget(null);
+        }
+    }
+    let sock = stasis_engine::inherited_fd(fd)
+        .with_context(|| format!("fd {fd} is not open: swrk takes the fd of its socket"))?;
+    // Descriptors named in requests are the caller's (CRIU opens them
+    // through /proc/PEER/fd), so they need not be inherited.
+    let peer = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.pid())
+        .context("cannot read the credentials of the socket's peer")?;
+    loop {
+        let Some(req) = receive(&sock)? else {
+            return Ok(());
+        };
+        let kind = CriuReqType::try_from(req.r#type).unwrap_or(CriuReqType::Empty);
+        let resp = match answer(&req, kind, peer) {
+            Ok(r) => r,
+            Err(msg) => {
+                tracing::error!("{msg}");
+                CriuResp {
+                    r#type: req.r#type,
+                    success: false,
+                    cr_errmsg: Some(msg),
+                    cr_errno: Some(0),
+                    ..CriuResp::default()
+                }
+            }
+        };
+        let bytes = resp.encode_to_vec();
+        send(sock.as_raw_fd(), &bytes, MsgFlags::empty()).context("cannot answer on the socket")?;
+        if !req.keep_open.unwrap_or(false) {
+            return Ok(());
+        }
+    }
+}
+
+/// The next request, or `None` once the peer closed its end.
+fn receive(sock: &OwnedFd) -> Result<Option<CriuReq>> {
+    let mut probe = [0u8; 1];
+    let len = recv(
+        sock.as_raw_fd(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+    )
+    .context("cannot read a request")?;
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len];
+    let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).context("cannot read a request")?;
+    buf.truncate(n);
+    let req = CriuReq::decode(buf.as_slice()).context("the request is not a criu_req")?;
+    Ok(Some(req))
+}
+
+fn ok(kind: CriuReqType) -> CriuResp {
+    CriuResp {
+        r#type: kind as i32,
+        success: true,
+        ..CriuResp::default()
+    }
+}
+
+fn answer(req: &CriuReq, kind: CriuReqType, peer: i32) -> Answer {
+    match kind {
+        CriuReqType::Version => Ok(CriuResp {
+            version: Some(CriuVersion {
+                major_number: 4,
+                minor_number: 2,
+                gitid: Some(format!("stasis-{}", env!("CARGO_PKG_VERSION"))),
+                sublevel: Some(0),
+                extra: None,
+                name: Some("stasis".into()),
+            }),
+            ..ok(kind)
+        }),
+        CriuReqType::Check => check(kind),
+        CriuReqType::FeatureCheck => {
+            // Only the features asked for are answered; stasis has none of
+            // the three yet.
+            let asked = req.features.unwrap_or_default();
+            Ok(CriuResp {
+                features: Some(CriuFeatures {
+                    mem_track: asked.mem_track.map(|_| false),
+                    lazy_pages: asked.lazy_pages.map(|_| false),
+                    pidfd_store: asked.pidfd_store.map(|_| false),
+                }),
+                ..ok(kind)
+            })
+        }
+        CriuReqType::Dump => {
+            let opts = req.opts.clone().unwrap_or_default();
+            dump(&opts, peer).map(|()| CriuResp {
+                dump: Some(CriuDumpResp {
+                    restored: Some(false),
+                }),
+                ..ok(kind)
+            })
+        }
+        CriuReqType::Restore => {
+            let opts = req.opts.clone().unwrap_or_default();
+            restore(&opts, peer).map(|pid| CriuResp {
+                restore: Some(CriuRestoreResp { pid }),
+                ..ok(kind)
+            })
+        }
+        other => Err(format!(
+            "stasis does not serve {} requests yet",
+            other.as_str_name()
+        )),
+    }
+}
+
+fn check(kind: CriuReqType) -> Answer {
+    use stasis_check::{Selection, Verdict};
+    let opts = stasis_check::RunOptions {
+        timeout: std::time::Duration::from_secs(10),
+        threads: 2,
+    };
+    let findings = stasis_check::run(&Selection::default().probes(), &opts);
+    if Verdict::of(&findings).exit_code() == 0 {
+        Ok(ok(kind))
+    } else {
+        Err("the kernel lacks features checkpoint/restore needs (stasis check says which)".into())
+    }
+}
+
+/// Options of `criu_opts` stasis does not honour yet, when set to anything
+/// but their default: refused by name.
+fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
+    let mut set: Vec<&str> = Vec::new();
+    let mut flag = |name: &'static str, on: bool| {
+        if on {
+            set.push(name);
+        }
+    };
+    flag("evasive_devices", o.evasive_devices == Some(true));
+    flag("ps (page server)", o.ps.is_some());
+    flag("notify_scripts", o.notify_scripts == Some(true));
+    flag("root", o.root.is_some());
+    flag("parent_img", o.parent_img.is_some());
+    flag("track_mem", o.track_mem == Some(true));
+    flag("auto_dedup", o.auto_dedup == Some(true));
+    flag("link_remap", o.link_remap == Some(true));
+    flag("veths", !o.veths.is_empty());
+    flag("exec_cmd", !o.exec_cmd.is_empty());
+    flag("ext_mnt", !o.ext_mnt.is_empty());
+    flag("manage_cgroups", o.manage_cgroups == Some(true));
+    flag("cg_root", !o.cg_root.is_empty());
+    flag("inherit_fd", !o.inherit_fd.is_empty());
+    flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
+    flag("ext_sharing", o.ext_sharing == Some(true));
+    flag("ext_masters", o.ext_masters == Some(true));
+    flag("skip_mnt", !o.skip_mnt.is_empty());
+    flag("enable_fs", !o.enable_fs.is_empty());
+    flag("unix_sk_ino", !o.unix_sk_ino.is_empty());
+    flag("manage_cgroups_mode", o.manage_cgroups_mode.is_some());
+    flag("irmap_scan_paths", !o.irmap_scan_paths.is_empty());
+    flag("external", !o.external.is_empty());
+    flag("empty_ns", o.empty_ns.is_some_and(|v| v != 0));
+    flag("join_ns", !o.join_ns.is_empty());
+    flag("cgroup_props", o.cgroup_props.is_some());
+    flag("cgroup_props_file", o.cgroup_props_file.is_some());
+    flag(
+        "cgroup_dump_controller",
+        !o.cgroup_dump_controller.is_empty(),
+    );
+    flag("freeze_cgroup", o.freeze_cgroup.is_some());
+    flag("lazy_pages", o.lazy_pages == Some(true));
+    flag("status_fd", o.status_fd.is_some());
+    flag("orphan_pts_master", o.orphan_pts_master == Some(true));
+    flag("config_file", o.config_file.is_some());
+    flag("tcp_close", o.tcp_close == Some(true));
+    flag("lsm_profile", o.lsm_profile.is_some());
+    flag("tls", o.tls == Some(true));
+    flag("cgroup_yard", o.cgroup_yard.is_some());
+    flag("pidfd_store_sk", o.pidfd_store_sk.is_some());
+    flag("lsm_mount_context", o.lsm_mount_context.is_some());
+    flag("unprivileged", o.unprivileged == Some(true));
+    flag("leave_stopped", o.leave_stopped == Some(true));
+    if set.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "stasis does not honour these criu_opts yet: {}; nothing was done",
+            set.join(", ")
+        ))
+    }
+}
+
+/// The images directory of a request: its fd in the caller (`peer`), or
+/// its path.
+fn images_dir(o: &CriuOpts, peer: i32) -> std::result::Result<PathBuf, String> {
+    if o.images_dir_fd >= 0 {
+        let path = PathBuf::from(format!("/proc/{peer}/fd/{}", o.images_dir_fd));
+        // Resolved now: the caller may close it once it has the answer.
+        return std::fs::canonicalize(&path)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| {
+                format!(
+                    "images_dir_fd {} is not an open directory in the caller (pid {peer})",
+                    o.images_dir_fd
+                )
+            });
+    }
+    o.images_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .ok_or_else(|| "neither images_dir_fd nor images_dir is set".to_owned())
+}
+
+/// Where the log goes: `log_file` relative to `work_dir_fd`, else to the
+/// images directory, as CRIU has it.
+fn log_to(o: &CriuOpts, dir: &std::path::Path, peer: i32) -> Option<PathBuf> {
+    let file = o.log_file.as_ref()?;
+    let base = match o.work_dir_fd {
+        Some(fd) if fd >= 0 => std::fs::canonicalize(format!("/proc/{peer}/fd/{fd}")).ok()?,
+        _ => dir.to_owned(),
+    };
+    Some(base.join(file))
+}
+
+fn with_log<T>(
+    o: &CriuOpts,
+    dir: &std::path::Path,
+    peer: i32,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let log = log_to(o, dir, peer);
+    let res = f();
+    if let (Some(path), Err(msg)) = (&log, &res) {
+        // The caller reads the log when the answer says it failed.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut w| {
+                std::io::Write::write_all(&mut w, format!("Error: {msg}\n").as_bytes())
+            });
+    }
+    res
+}
+
+fn dump(o: &CriuOpts, peer: i32) -> std::result::Result<(), String> {
+    refuse_unknown(o)?;
+    let dir = images_dir(o, peer)?;
+    let pid = o
+        .pid
+        .ok_or("no pid: stasis does not dump the requesting process (set opts.pid)")?;
+    with_log(o, &dir, peer, || {
+        let opts = stasis_engine::dump::Opts {
+            pid: nix::unistd::Pid::from_raw(pid),
+            dir: dir.clone(),
+            leave_running: o.leave_running.unwrap_or(false),
+            shell_job: o.shell_job.unwrap_or(false),
+            timeout: std::time::Duration::from_secs(u64::from(o.timeout.unwrap_or(10)).max(1)),
+            ghost_limit: u64::from(o.ghost_limit.unwrap_or(1 << 20)),
+            file_locks: o.file_locks.unwrap_or(false),
+            tcp_established: o.tcp_established.unwrap_or(false),
+            ext_unix_sk: o.ext_unix_sk.unwrap_or(false),
+            network_lock: o.network_lock
+                != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
+            progress: None,
+        };
+        stasis_engine::dump::dump(&opts)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn restore(o: &CriuOpts, peer: i32) -> std::result::Result<i32, String> {
+    refuse_unknown(o)?;
+    let dir = images_dir(o, peer)?;
+    with_log(o, &dir, peer, || {
+        let opts = stasis_engine::restore::Opts {
+            dir: dir.clone(),
+            shell_job: o.shell_job.unwrap_or(false),
+            // The caller waits for the tree, not stasis.
+            detached: true,
+            sibling: o.rst_sibling.unwrap_or(false),
+            network_lock: o.network_lock
+                != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
+            progress: None,
+        };
+        stasis_engine::restore::restore(&opts)
+            .map(|r| r.root.as_raw())
+            .map_err(|e| e.to_string())
+    })
+}

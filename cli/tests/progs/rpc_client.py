@@ -1,0 +1,93 @@
+"""Drive `stasis swrk` the way container runtimes and pycriu drive CRIU:
+Debian's pycriu (CRIU 3.17's client) and raw criu_req messages over a
+SOCK_SEQPACKET pair. Prints one line per step; the Rust test checks them.
+Every process it starts is killed on every path."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, '/usr/lib/python3/dist-packages')
+import pycriu  # noqa: E402
+from pycriu import rpc_pb2 as rpc  # noqa: E402
+
+stasis, d = sys.argv[1], sys.argv[2]
+started = []
+
+
+def raw(req):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    p = subprocess.Popen([stasis, 'swrk', str(a.fileno())], pass_fds=[a.fileno()])
+    a.close()
+    b.send(req.SerializeToString())
+    resp = rpc.criu_resp()
+    resp.ParseFromString(b.recv(len(b.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))))
+    b.close()
+    p.wait()
+    return resp
+
+
+def count():
+    return int(open(d + '/count').read() or 0)
+
+
+try:
+    req = rpc.criu_req()
+    req.type = rpc.VERSION
+    r = raw(req)
+    print('version', r.success, r.version.major_number, r.version.minor_number, r.version.name)
+
+    c = pycriu.criu()
+    c.use_binary(stasis)
+    c.check()
+    print('check ok')
+
+    job = subprocess.Popen(
+        ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > %s/count; sleep 0.05; done' % d],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    started.append(job.pid)
+    while not os.path.exists(d + '/count') or count() < 3:
+        time.sleep(0.02)
+    img = d + '/img'
+    os.makedirs(img)
+    c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+    c.opts.pid = job.pid
+    c.opts.log_file = 'dump.log'
+    c.dump()
+    job.wait()
+    before = count()
+    print('dumped', job.returncode)
+
+    c = pycriu.criu()
+    c.use_binary(stasis)
+    c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+    c.opts.log_file = 'restore.log'
+    pid = c.restore().pid
+    started.append(pid)
+    time.sleep(0.5)
+    print('restored', pid == job.pid, count() > before)
+
+    # An option stasis does not honour is refused by name, nothing done.
+    req = rpc.criu_req()
+    req.type = rpc.DUMP
+    req.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
+    req.opts.pid = pid
+    req.opts.manage_cgroups = True
+    r = raw(req)
+    print('refused', r.success, r.cr_errmsg)
+    os.kill(pid, 0)
+    print('still running')
+
+    req = rpc.criu_req()
+    req.type = rpc.PAGE_SERVER
+    r = raw(req)
+    print('page server', r.success, r.cr_errmsg)
+finally:
+    for p in started:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
