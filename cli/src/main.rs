@@ -261,6 +261,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         tcp_established: a.tcp_established,
         ext_unix_sk: a.ext_unix_sk.is_some(),
         network_lock: a.cr.network_lock(),
+        notify: None,
     };
     let stats = dump::dump(&opts)?;
     drop(bar);
@@ -289,6 +290,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
         sibling: false,
+        notify: None,
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

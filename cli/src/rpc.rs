@@ -5,7 +5,8 @@
 //! requests while they ask to keep it open (`keep_open`), as CRIU's does.
 //!
 //! Honoured: VERSION (CRIU 4.2's numbers, named stasis), CHECK,
-//! FEATURE_CHECK, DUMP and RESTORE with the options below. Any other
+//! FEATURE_CHECK, DUMP and RESTORE with the options below, and their
+//! action-script points as NOTIFY round trips (`notify_scripts`). Any other
 //! request, and any option stasis does not honour, is refused by name in
 //! `cr_errmsg`, never silently ignored.
 
@@ -50,7 +51,7 @@ pub fn swrk(fd: i32) -> Result<()> {
             return Ok(());
         };
         let kind = CriuReqType::try_from(req.r#type).unwrap_or(CriuReqType::Empty);
-        let resp = match answer(&req, kind, peer) {
+        let resp = match answer(&req, kind, peer, &sock) {
             Ok(r) => r,
             Err(msg) => {
                 tracing::error!("{msg}");
@@ -98,7 +99,7 @@ fn ok(kind: CriuReqType) -> CriuResp {
     }
 }
 
-fn answer(req: &CriuReq, kind: CriuReqType, peer: i32) -> Answer {
+fn answer(req: &CriuReq, kind: CriuReqType, peer: i32, sock: &OwnedFd) -> Answer {
     match kind {
         CriuReqType::Version => Ok(CriuResp {
             version: Some(CriuVersion {
@@ -127,7 +128,7 @@ fn answer(req: &CriuReq, kind: CriuReqType, peer: i32) -> Answer {
         }
         CriuReqType::Dump => {
             let opts = req.opts.clone().unwrap_or_default();
-            dump(&opts, peer).map(|()| CriuResp {
+            dump(&opts, peer, notifier(&opts, sock)?).map(|()| CriuResp {
                 dump: Some(CriuDumpResp {
                     restored: Some(false),
                 }),
@@ -136,7 +137,7 @@ fn answer(req: &CriuReq, kind: CriuReqType, peer: i32) -> Answer {
         }
         CriuReqType::Restore => {
             let opts = req.opts.clone().unwrap_or_default();
-            restore(&opts, peer).map(|pid| CriuResp {
+            restore(&opts, peer, notifier(&opts, sock)?).map(|pid| CriuResp {
                 restore: Some(CriuRestoreResp { pid }),
                 ..ok(kind)
             })
@@ -173,7 +174,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     };
     flag("evasive_devices", o.evasive_devices == Some(true));
     flag("ps (page server)", o.ps.is_some());
-    flag("notify_scripts", o.notify_scripts == Some(true));
     flag("root", o.root.is_some());
     flag("parent_img", o.parent_img.is_some());
     flag("track_mem", o.track_mem == Some(true));
@@ -279,7 +279,56 @@ fn with_log<T>(
     res
 }
 
-fn dump(o: &CriuOpts, peer: i32) -> std::result::Result<(), String> {
+/// With `notify_scripts`, each action-script point is a NOTIFY answer
+/// (script, pid) the caller acknowledges with a NOTIFY request
+/// (`notify_success`), as CRIU sequences them.
+fn notifier(
+    o: &CriuOpts,
+    sock: &OwnedFd,
+) -> std::result::Result<Option<stasis_engine::notify::Notify>, String> {
+    if o.notify_scripts != Some(true) {
+        return Ok(None);
+    }
+    let sock = sock
+        .try_clone()
+        .map_err(|e| format!("cannot keep the socket for notifications: {e}"))?;
+    Ok(Some(stasis_engine::notify::Notify::new(
+        move |script, pid| {
+            let resp = CriuResp {
+                r#type: CriuReqType::Notify as i32,
+                success: true,
+                notify: Some(stasis_proto::rpc::CriuNotify {
+                    script: Some(script.to_owned()),
+                    pid: Some(pid),
+                }),
+                ..CriuResp::default()
+            };
+            send(sock.as_raw_fd(), &resp.encode_to_vec(), MsgFlags::empty())
+                .map_err(|e| format!("cannot send the notification: {e}"))?;
+            match receive(&sock) {
+                Ok(Some(req)) if req.r#type == CriuReqType::Notify as i32 => {
+                    if req.notify_success == Some(true) {
+                        Ok(())
+                    } else {
+                        Err("the caller answered notify_success = false".into())
+                    }
+                }
+                Ok(Some(req)) => Err(format!(
+                    "the caller answered a notification with a {} request",
+                    CriuReqType::try_from(req.r#type).map_or("unknown", |t| t.as_str_name())
+                )),
+                Ok(None) => Err("the caller closed the socket".into()),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        },
+    )))
+}
+
+fn dump(
+    o: &CriuOpts,
+    peer: i32,
+    notify: Option<stasis_engine::notify::Notify>,
+) -> std::result::Result<(), String> {
     refuse_unknown(o)?;
     let dir = images_dir(o, peer)?;
     let pid = o
@@ -299,6 +348,7 @@ fn dump(o: &CriuOpts, peer: i32) -> std::result::Result<(), String> {
             network_lock: o.network_lock
                 != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
             progress: None,
+            notify,
         };
         stasis_engine::dump::dump(&opts)
             .map(drop)
@@ -306,7 +356,11 @@ fn dump(o: &CriuOpts, peer: i32) -> std::result::Result<(), String> {
     })
 }
 
-fn restore(o: &CriuOpts, peer: i32) -> std::result::Result<i32, String> {
+fn restore(
+    o: &CriuOpts,
+    peer: i32,
+    notify: Option<stasis_engine::notify::Notify>,
+) -> std::result::Result<i32, String> {
     refuse_unknown(o)?;
     let dir = images_dir(o, peer)?;
     with_log(o, &dir, peer, || {
@@ -319,6 +373,7 @@ fn restore(o: &CriuOpts, peer: i32) -> std::result::Result<i32, String> {
             network_lock: o.network_lock
                 != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
             progress: None,
+            notify,
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())

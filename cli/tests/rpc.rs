@@ -2,7 +2,9 @@
 //! CRIU's RPC through `stasis swrk`, driven by Debian's pycriu (CRIU
 //! 3.17's own client) and by raw `criu_req` messages: VERSION, CHECK, a
 //! DUMP and a RESTORE of a shell loop, an option stasis does not honour
-//! refused by name, an unserved request refused. Needs root, python3 and
+//! refused by name, the NOTIFY round trips of a dump and a restore (a
+//! refused point fails the dump and leaves the tree running), an unserved
+//! request refused. Needs root, python3 and
 //! Debian's `criu` package (pycriu; .ci/run installs it).
 
 use std::process::Command;
@@ -46,6 +48,23 @@ fn pycriu_dumps_and_restores_through_swrk() {
         "{text}"
     );
     assert!(lines.contains(&"still running"), "{text}");
+    assert!(
+        lines.contains(&"refused post-dump False ['pre-dump', 'post-dump']"),
+        "{text}"
+    );
+    assert!(lines.contains(&"still running after the refusal"), "{text}");
+    assert!(
+        lines.contains(&"notified dump True ['pre-dump', 'post-dump']"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &"notified restore True ['pre-restore', 'setup-namespaces', \
+              'post-setup-namespaces', 'post-restore', 'post-resume']"
+        ),
+        "{text}"
+    );
+    assert!(lines.contains(&"post-restore pid True"), "{text}");
     assert!(
         lines
             .iter()

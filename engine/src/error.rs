@@ -117,6 +117,8 @@ pub enum EngineError {
     Timeout { secs: u64, step: &'static str },
     #[error("{what}")]
     Arch { what: String },
+    #[error("the caller refused the {script} point: {what}")]
+    Notify { script: &'static str, what: String },
 }
 
 impl EngineError {

@@ -23,6 +23,7 @@ pub mod inspect;
 pub(crate) mod ipc;
 pub(crate) mod mm;
 pub(crate) mod net;
+pub mod notify;
 pub(crate) mod ns;
 pub mod progress;
 pub mod restore;

@@ -29,6 +29,30 @@ def raw(req):
     return resp
 
 
+def with_notify(req, refuse=None):
+    """Send req with notify_scripts; answer each NOTIFY (refusing the point
+    `refuse`); the points seen and the final answer."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    p = subprocess.Popen([stasis, 'swrk', str(a.fileno())], pass_fds=[a.fileno()])
+    a.close()
+    req.opts.notify_scripts = True
+    b.send(req.SerializeToString())
+    points = []
+    while True:
+        resp = rpc.criu_resp()
+        resp.ParseFromString(b.recv(len(b.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))))
+        if resp.type != rpc.NOTIFY:
+            break
+        points.append((resp.notify.script, resp.notify.pid))
+        ack = rpc.criu_req()
+        ack.type = rpc.NOTIFY
+        ack.notify_success = resp.notify.script != refuse
+        b.send(ack.SerializeToString())
+    b.close()
+    p.wait()
+    return points, resp
+
+
 def count():
     return int(open(d + '/count').read() or 0)
 
@@ -80,6 +104,32 @@ try:
     print('refused', r.success, r.cr_errmsg)
     os.kill(pid, 0)
     print('still running')
+
+    # Notifications: a refused post-dump fails the dump and leaves the
+    # tree running; then a dump and a restore acknowledged at every point.
+    img2 = d + '/img2'
+    os.makedirs(img2)
+    req = rpc.criu_req()
+    req.type = rpc.DUMP
+    req.opts.images_dir_fd = os.open(img2, os.O_DIRECTORY)
+    req.opts.pid = pid
+    points, r = with_notify(req, refuse='post-dump')
+    print('refused post-dump', r.success, [s for s, _ in points])
+    os.kill(pid, 0)
+    print('still running after the refusal')
+    req = rpc.criu_req()
+    req.type = rpc.DUMP
+    req.opts.images_dir_fd = os.open(img2, os.O_DIRECTORY)
+    req.opts.pid = pid
+    points, r = with_notify(req)
+    print('notified dump', r.success, [s for s, _ in points])
+    req = rpc.criu_req()
+    req.type = rpc.RESTORE
+    req.opts.images_dir_fd = os.open(img2, os.O_DIRECTORY)
+    points, r = with_notify(req)
+    started.append(r.restore.pid)
+    print('notified restore', r.success, [s for s, _ in points])
+    print('post-restore pid', dict(points).get('post-restore') == r.restore.pid == pid)
 
     req = rpc.criu_req()
     req.type = rpc.PAGE_SERVER

@@ -47,6 +47,8 @@ pub struct Opts {
     pub network_lock: bool,
     /// Where progress goes, if anywhere.
     pub progress: Option<Progress>,
+    /// Who is told the action-script points (`pre-dump`, `post-dump`).
+    pub notify: Option<crate::notify::Notify>,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -75,12 +77,15 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     sys::engine_mask();
     let dir = Dir::open(&opts.dir)?;
     let before = dir.entries();
+    crate::notify::point(opts.notify.as_ref(), "pre-dump", opts.pid)?;
     let t0 = Instant::now();
     let tree = seize::freeze(opts.pid, opts.timeout)?;
     let engine_mask = seize::pin_engine();
     let freezing_us = us(t0);
     let t1 = Instant::now();
-    let res = dump_frozen(&tree, &dir, opts);
+    let res = dump_frozen(&tree, &dir, opts).and_then(|r| {
+        crate::notify::point(opts.notify.as_ref(), "post-dump", opts.pid).map(|()| r)
+    });
     match res {
         Ok((mut stats, mut files)) => {
             seize::unpin_engine(engine_mask);

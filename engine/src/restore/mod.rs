@@ -47,6 +47,11 @@ pub struct Opts {
     /// The root becomes a child of the engine's parent (CLONE_PARENT; RPC
     /// `rst_sibling`), not of the engine.
     pub sibling: bool,
+    /// Who is told the action-script points: `pre-restore`, then with the
+    /// root's PID `setup-namespaces` and `post-setup-namespaces` once it
+    /// exists in its namespaces, `post-restore` and `post-resume` once the
+    /// tree runs.
+    pub notify: Option<crate::notify::Notify>,
     /// Where progress goes, if anywhere.
     pub progress: Option<crate::progress::Progress>,
 }
@@ -241,6 +246,7 @@ fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::task::cpu::host_supported()?;
     let dir = Dir::open(&opts.dir)?;
+    crate::notify::point(opts.notify.as_ref(), "pre-restore", nix::unistd::getpid())?;
     tracing::debug!("reading the images");
     let (mut plans, mut files, inv) = load(&dir)?;
     tracing::debug!(tasks = plans.len(), "images read");
@@ -358,7 +364,11 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         progress: opts.progress.as_ref(),
         mask: mask.as_ref(),
     };
-    let result = finish(&made, ready_r, ready_fd, t0);
+    let hook = opts.notify.as_ref();
+    let result = crate::notify::point(hook, "setup-namespaces", root_host)
+        .and_then(|()| crate::notify::point(hook, "post-setup-namespaces", root_host))
+        .and_then(|()| finish(&made, ready_r, ready_fd, t0))
+        .and_then(|pages| crate::notify::point(hook, "post-restore", root_host).map(|()| pages));
     let root = root_host;
     // The tasks hold these attached again: removed, they go with the last
     // of them, as before.
@@ -366,6 +376,10 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .and_then(|pages| crate::ipc::sysv::remove_again(&ns_done.shm_removed).map(|()| pages));
     match result {
         Ok(pages) => {
+            if let Err(e) = crate::notify::point(hook, "post-resume", root) {
+                // The tree runs; the caller only hears of it.
+                tracing::warn!("{e}");
+            }
             if let Some(s) = unlock
                 && let Err(e) = crate::net::netlock::unlock(&s, root)
             {

@@ -1,0 +1,42 @@
+//! The action-script points of a dump and a restore (CRIU's
+//! `--action-script` and RPC notifications, which container runtimes hook
+//! into: runc runs its hooks at `setup-namespaces` and learns the restored
+//! PID at `post-restore`). The caller is told each point with the root's
+//! PID and may refuse it, which fails the dump or the restore.
+
+use std::sync::Arc;
+
+use nix::unistd::Pid;
+
+use crate::error::{EngineError as Error, Result};
+
+/// What a hook is called with: the point and the root's PID; an error
+/// (its message) refuses the point.
+type Hook = dyn Fn(&str, i32) -> std::result::Result<(), String> + Send + Sync;
+
+/// A caller's hook.
+#[derive(Clone)]
+pub struct Notify(Arc<Hook>);
+
+impl std::fmt::Debug for Notify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notify")
+    }
+}
+
+impl Notify {
+    /// Tell `f` each point.
+    pub fn new(
+        f: impl Fn(&str, i32) -> std::result::Result<(), String> + Send + Sync + 'static,
+    ) -> Notify {
+        Notify(Arc::new(f))
+    }
+}
+
+/// Tell `hook`, if any, that point `script` is reached for the tree under `pid`.
+pub fn point(hook: Option<&Notify>, script: &'static str, pid: Pid) -> Result<()> {
+    match hook {
+        Some(h) => (h.0)(script, pid.as_raw()).map_err(|what| Error::Notify { script, what }),
+        None => Ok(()),
+    }
+}
