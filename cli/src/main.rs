@@ -60,6 +60,23 @@ enum Command {
         /// The socket (SOCK_SEQPACKET) to serve
         fd: i32,
     },
+    /// Serve CRIU's RPC on a unix socket, a process per connection (as
+    /// libcriu and pycriu connect to `criu service`)
+    Service {
+        /// Where the socket is made
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/var/run/criu_service.socket"
+        )]
+        address: PathBuf,
+        /// Run in the background
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// Write the service's PID to FILE
+        #[arg(long, value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+    },
 }
 
 /// Options `dump` and `restore` share, as CRIU spells them.
@@ -667,6 +684,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => run_dump(&a).inspect_err(log_err),
         Command::Restore(a) => run_restore(&a).inspect_err(log_err),
         Command::Swrk { fd } => rpc::swrk(fd).map(|()| ExitCode::SUCCESS),
+        Command::Service {
+            address,
+            daemon,
+            pidfile,
+        } => rpc::service(&address, daemon, pidfile.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -26,8 +26,90 @@ type Answer = std::result::Result<CriuResp, String>;
 
 /// Serve requests on socket `fd` until the peer stops asking.
 pub fn swrk(fd: i32) -> Result<()> {
-    // CRIU's callers close 0-2 before they exec it: keep them taken, so no
-    // file the engine opens lands on them.
+    std_fds()?;
+    let sock = stasis_engine::inherited_fd(fd)
+        .with_context(|| format!("fd {fd} is not open: swrk takes the fd of its socket"))?;
+    serve(&sock)
+}
+
+/// `stasis service`: accept connections on the SOCK_SEQPACKET socket at
+/// `address` (or the one systemd passes, LISTEN_FDS), each served by a
+/// process of its own; with `daemon`, in the background (its PID in
+/// `pidfile`).
+pub fn service(
+    address: &std::path::Path,
+    daemon: bool,
+    pidfile: Option<&std::path::Path>,
+) -> Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept, bind, listen, socket,
+    };
+    std_fds()?;
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        == Some(nix::unistd::getpid().as_raw())
+        && std::env::var("LISTEN_FDS").ok().as_deref() == Some("1");
+    let listener = if activated {
+        stasis_engine::inherited_fd(3).context("LISTEN_FDS=1 but fd 3 is not open")?
+    } else {
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .context("cannot make the service socket")?;
+        // A socket file left by an earlier service.
+        let _ = std::fs::remove_file(address);
+        let addr = UnixAddr::new(address)
+            .with_context(|| format!("{} is not a socket address", address.display()))?;
+        bind(s.as_raw_fd(), &addr)
+            .with_context(|| format!("cannot bind the service socket to {}", address.display()))?;
+        listen(&s, Backlog::new(16).unwrap_or(Backlog::MAXCONN)).context("cannot listen")?;
+        s
+    };
+    if daemon {
+        match stasis_engine::fork_worker().context("cannot go to the background")? {
+            Some(_) => return Ok(()),
+            None => {
+                nix::unistd::setsid().context("setsid")?;
+            }
+        }
+    }
+    if let Some(p) = pidfile {
+        std::fs::write(p, format!("{}\n", nix::unistd::getpid()))
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    loop {
+        let conn = match accept(listener.as_raw_fd()) {
+            Ok(fd) => stasis_engine::inherited_fd(fd).map(|d| (fd, d)),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("cannot accept a connection"),
+        };
+        // Workers that ended.
+        while let Ok(st) = nix::sys::wait::waitpid(
+            None::<nix::unistd::Pid>,
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            if st == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let Ok((raw, conn)) = conn else { continue };
+        let _ = nix::unistd::close(raw);
+        match stasis_engine::fork_worker() {
+            // The worker ends with its connection.
+            Ok(None) => return serve(&conn),
+            Ok(Some(_)) => drop(conn),
+            Err(e) => tracing::error!("cannot fork a worker for a connection: {e}"),
+        }
+    }
+}
+
+/// CRIU's callers close 0-2 before they exec it: keep them taken, so no
+/// file the engine opens lands on them.
+fn std_fds() -> Result<()> {
     for std_fd in 0..3 {
         if !std::path::Path::new(&format!("/proc/self/fd/{std_fd}")).exists() {
             // The lowest free fd: this one. Kept open for good.
@@ -39,19 +121,22 @@ pub fn swrk(fd: i32) -> Result<()> {
             std::mem::forget(null);
         }
     }
-    let sock = stasis_engine::inherited_fd(fd)
-        .with_context(|| format!("fd {fd} is not open: swrk takes the fd of its socket"))?;
+    Ok(())
+}
+
+/// Serve the requests of one connection.
+fn serve(sock: &OwnedFd) -> Result<()> {
     // Descriptors named in requests are the caller's (CRIU opens them
     // through /proc/PEER/fd), so they need not be inherited.
-    let peer = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
+    let peer = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
         .map(|c| c.pid())
         .context("cannot read the credentials of the socket's peer")?;
     loop {
-        let Some(req) = receive(&sock)? else {
+        let Some(req) = receive(sock)? else {
             return Ok(());
         };
         let kind = CriuReqType::try_from(req.r#type).unwrap_or(CriuReqType::Empty);
-        let resp = match answer(&req, kind, peer, &sock) {
+        let resp = match answer(&req, kind, peer, sock) {
             Ok(r) => r,
             Err(msg) => {
                 tracing::error!("{msg}");

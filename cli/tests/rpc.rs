@@ -3,8 +3,9 @@
 //! 3.17's own client) and by raw `criu_req` messages: VERSION, CHECK, a
 //! DUMP and a RESTORE of a shell loop, an option stasis does not honour
 //! refused by name, the NOTIFY round trips of a dump and a restore (a
-//! refused point fails the dump and leaves the tree running), an unserved
-//! request refused. Needs root, python3 and
+//! refused point fails the dump and leaves the tree running), the same
+//! through `stasis service` with pycriu connected to its socket, an
+//! unserved request refused. Needs root, python3 and
 //! Debian's `criu` package (pycriu; .ci/run installs it).
 
 use std::process::Command;
@@ -65,6 +66,7 @@ fn pycriu_dumps_and_restores_through_swrk() {
         "{text}"
     );
     assert!(lines.contains(&"post-restore pid True"), "{text}");
+    assert!(lines.contains(&"service True True"), "{text}");
     assert!(
         lines
             .iter()

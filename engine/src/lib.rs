@@ -33,6 +33,16 @@ pub(crate) mod workers;
 
 pub use error::{EngineError, Result};
 
+/// Fork a worker process (an RPC service serves each connection in one):
+/// `None` in the worker, the worker's PID in the caller. The caller must be
+/// single-threaded (EDEADLK otherwise): the worker may fork trees itself.
+pub fn fork_worker() -> std::result::Result<Option<nix::unistd::Pid>, nix::errno::Errno> {
+    match sys::fork_single_threaded_ids(&[], false, false)? {
+        sys::Forked::Child => Ok(None),
+        sys::Forked::Parent(p) => Ok(Some(p)),
+    }
+}
+
 /// A descriptor this process inherited by number (`swrk FD`'s socket, an
 /// RPC request's images_dir_fd): a close-on-exec duplicate of it, or
 /// EBADF when it is not open.

@@ -131,6 +131,39 @@ try:
     print('notified restore', r.success, [s for s, _ in points])
     print('post-restore pid', dict(points).get('post-restore') == r.restore.pid == pid)
 
+    # `stasis service`: pycriu connects to its socket.
+    os.kill(pid, signal.SIGKILL)
+    sk = d + '/service.sock'
+    svc = subprocess.Popen([stasis, 'service', '--address', sk],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    started.append(svc.pid)
+    while not os.path.exists(sk):
+        time.sleep(0.02)
+    c = pycriu.criu()
+    c.use_sk(sk)
+    c.check()
+    job = subprocess.Popen(
+        ['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > %s/count; sleep 0.05; done' % d],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    started.append(job.pid)
+    time.sleep(0.3)
+    img3 = d + '/img3'
+    os.makedirs(img3)
+    c.opts.images_dir_fd = os.open(img3, os.O_DIRECTORY)
+    c.opts.pid = job.pid
+    c.dump()
+    job.wait()
+    before = count()
+    c = pycriu.criu()
+    c.use_sk(sk)
+    c.opts.images_dir_fd = os.open(img3, os.O_DIRECTORY)
+    pid3 = c.restore().pid
+    started.append(pid3)
+    time.sleep(0.5)
+    print('service', pid3 == job.pid, count() > before)
+
     req = rpc.criu_req()
     req.type = rpc.PAGE_SERVER
     r = raw(req)
