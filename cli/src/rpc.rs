@@ -5,7 +5,7 @@
 //! requests while they ask to keep it open (`keep_open`), as CRIU's does.
 //!
 //! Honoured: VERSION (CRIU 4.2's numbers, named stasis), CHECK,
-//! FEATURE_CHECK, DUMP and RESTORE with the options below, and their
+//! FEATURE_CHECK, WAIT_PID, DUMP and RESTORE with the options below, and their
 //! action-script points as NOTIFY round trips (`notify_scripts`). Any other
 //! request, and any option stasis does not honour, is refused by name in
 //! `cr_errmsg`, never silently ignored.
@@ -224,6 +224,23 @@ fn answer(req: &CriuReq, kind: CriuReqType, peer: i32, sock: &OwnedFd) -> Answer
             let opts = req.opts.clone().unwrap_or_default();
             restore(&opts, peer, notifier(&opts, sock)?).map(|pid| CriuResp {
                 restore: Some(CriuRestoreResp { pid }),
+                ..ok(kind)
+            })
+        }
+        CriuReqType::WaitPid => {
+            // A tree this process restored (its child): its wait status.
+            let pid = req.pid.ok_or("WAIT_PID without a pid")?;
+            let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid.cast_signed()), None)
+                .map_err(|e| format!("waiting for {pid}: {e}"))?;
+            let status = match st {
+                nix::sys::wait::WaitStatus::Exited(_, c) => c << 8,
+                nix::sys::wait::WaitStatus::Signaled(_, s, core) => {
+                    s as i32 | if core { 0x80 } else { 0 }
+                }
+                other => return Err(format!("{pid} did not end: {other:?}")),
+            };
+            Ok(CriuResp {
+                status: Some(status),
                 ..ok(kind)
             })
         }

@@ -67,6 +67,8 @@ fn pycriu_dumps_and_restores_through_swrk() {
     );
     assert!(lines.contains(&"post-restore pid True"), "{text}");
     assert!(lines.contains(&"service True True"), "{text}");
+    assert!(lines.contains(&"dump for wait True"), "{text}");
+    assert!(lines.contains(&"wait pid True 9"), "{text}");
     assert!(
         lines
             .iter()

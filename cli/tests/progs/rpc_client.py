@@ -164,6 +164,37 @@ try:
     time.sleep(0.5)
     print('service', pid3 == job.pid, count() > before)
 
+    # WAIT_PID on a connection kept open: the restored root is swrk's
+    # child; its wait status comes back.
+    img4 = d + '/img4'
+    os.makedirs(img4)
+    req = rpc.criu_req()
+    req.type = rpc.DUMP
+    req.opts.images_dir_fd = os.open(img4, os.O_DIRECTORY)
+    req.opts.pid = pid3
+    print('dump for wait', raw(req).success)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    p = subprocess.Popen([stasis, 'swrk', str(a.fileno())], pass_fds=[a.fileno()])
+    a.close()
+    req = rpc.criu_req()
+    req.type = rpc.RESTORE
+    req.keep_open = True
+    req.opts.images_dir_fd = os.open(img4, os.O_DIRECTORY)
+    b.send(req.SerializeToString())
+    r = rpc.criu_resp()
+    r.ParseFromString(b.recv(len(b.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))))
+    started.append(r.restore.pid)
+    os.kill(r.restore.pid, signal.SIGKILL)
+    req = rpc.criu_req()
+    req.type = rpc.WAIT_PID
+    req.pid = r.restore.pid
+    b.send(req.SerializeToString())
+    r = rpc.criu_resp()
+    r.ParseFromString(b.recv(len(b.recv(1, socket.MSG_TRUNC | socket.MSG_PEEK))))
+    b.close()
+    p.wait()
+    print('wait pid', r.success, r.status)
+
     req = rpc.criu_req()
     req.type = rpc.PAGE_SERVER
     r = raw(req)
