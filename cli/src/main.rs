@@ -60,6 +60,17 @@ enum Command {
         /// The socket (SOCK_SEQPACKET) to serve
         fd: i32,
     },
+    /// Print shell completions for bash, zsh or fish
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages: stasis(8) and one per command, stasis-dump(8), ...
+    Man {
+        /// The directory to write them to
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Serve CRIU's RPC on a unix socket, a process per connection (as
     /// libcriu and pycriu connect to `criu service`)
     Service {
@@ -684,12 +695,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dump(a) => run_dump(&a).inspect_err(log_err),
         Command::Restore(a) => run_restore(&a).inspect_err(log_err),
         Command::Swrk { fd } => rpc::swrk(fd).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "stasis", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => write_man(&dir).map(|()| ExitCode::SUCCESS),
         Command::Service {
             address,
             daemon,
             pidfile,
         } => rpc::service(&address, daemon, pidfile.as_deref()).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// Write stasis.8 and a page per command (stasis-dump.8, ...) into `dir`.
+fn write_man(dir: &Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Cli::command().name("stasis");
+    let page = |cmd: clap::Command, name: &str| -> Result<()> {
+        let path = dir.join(format!("{name}.8"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).section("8").render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))
+    };
+    page(cmd.clone(), "stasis")?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("stasis-{}", sub.get_name());
+        page(sub.clone().display_name(&name).bin_name(&name), &name)?;
+    }
+    Ok(())
 }
 
 /// The CRIU release whose contracts (images, CLI, RPC) stasis follows:

@@ -318,7 +318,10 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("unprivileged", o.unprivileged == Some(true));
     flag("leave_stopped", o.leave_stopped == Some(true));
     flag("tcp_skip_in_flight", o.tcp_skip_in_flight == Some(true));
-    flag("cpu_cap", o.cpu_cap.is_some_and(|c| c != 0xffff_ffff && c != 0));
+    flag(
+        "cpu_cap",
+        o.cpu_cap.is_some_and(|c| c != 0xffff_ffff && c != 0),
+    );
     if set.is_empty() {
         Ok(())
     } else {
