@@ -1236,6 +1236,12 @@ fn own(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// Take ownership of an fd just received in an SCM_RIGHTS message (the
+/// kernel installed it in this process for the receiver alone).
+pub fn own_received(fd: RawFd) -> OwnedFd {
+    own(fd)
+}
+
 /// A copy of `fd` at the lowest number from `min` up, close-on-exec.
 pub fn dup_at_least(fd: std::os::fd::BorrowedFd<'_>, min: RawFd) -> Result<OwnedFd, Errno> {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min)).map(own)

@@ -472,28 +472,128 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
 /// `pid`, without the mounts on top of it: read in a private copy of that
 /// namespace where the `covers` mounts stacked on it are unmounted.
 fn clean_view(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
+    let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
+    // A copy made from outside the tree's user namespace locks every mount
+    // in it: then a helper process that joined the user namespace makes it.
+    let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).ok()
+        != std::fs::read_link("/proc/self/ns/user").ok();
+    if covers > 0 && userns {
+        return clean_view_in_userns(pid, point, covers);
+    }
     super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
-        let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
         if covers > 0 {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(fail("a private copy of its mount namespace"))?;
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(fail("making that copy private"))?;
-            for _ in 0..covers {
-                nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH)
-                    .map_err(fail("unmounting what covers it in that copy"))?;
-            }
+            uncover(point, covers).map_err(|(what, e)| fail(what)(e))?;
         }
         let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
         rustix::mount::open_tree(rustix::fs::CWD, point, flags)
             .map_err(|e| fail("cloning it")(rx(e)))
     })
+}
+
+/// In the caller's mount namespace: make a private copy of it and unmount
+/// the `covers` mounts stacked on `point` there.
+fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str, Errno)> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ("a private copy of its mount namespace", e))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| ("making that copy private", e))?;
+    for _ in 0..covers {
+        nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| ("unmounting what covers it in that copy", e))?;
+    }
+    Ok(())
+}
+
+/// [`clean_view`] from a helper process inside the tree's user namespace;
+/// the clone comes back over a socket pair.
+fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+        sendmsg, socketpair,
+    };
+    let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
+    let open = |ns: &str| {
+        let path = format!("/proc/{pid}/ns/{ns}");
+        std::fs::File::open(&path).map_err(|err| Error::Proc { pid, path, err })
+    };
+    let (user, mnt) = (open("user")?, open("mnt")?);
+    let (here, there) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(fail("a socket pair"))?;
+    match crate::sys::fork_single_threaded_ids(&[], false, false)
+        .map_err(fail("a helper in its user namespace"))?
+    {
+        crate::sys::Forked::Child => {
+            drop(here);
+            let res = nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
+                .and_then(|()| nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS))
+                .and_then(|()| uncover(point, covers).map_err(|(_, e)| e))
+                .and_then(|()| {
+                    let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+                    rustix::mount::open_tree(rustix::fs::CWD, point, flags).map_err(rx)
+                });
+            let code = match res {
+                Ok(fd) => {
+                    let fds = [std::os::fd::AsRawFd::as_raw_fd(&fd)];
+                    let cmsg = [ControlMessage::ScmRights(&fds)];
+                    let iov = [std::io::IoSlice::new(b"v")];
+                    i32::from(
+                        sendmsg::<()>(
+                            std::os::fd::AsRawFd::as_raw_fd(&there),
+                            &iov,
+                            &cmsg,
+                            MsgFlags::empty(),
+                            None,
+                        )
+                        .is_err(),
+                    )
+                }
+                Err(e) => {
+                    let _ = nix::unistd::write(&there, &(e as i32).to_ne_bytes());
+                    1
+                }
+            };
+            crate::sys::exit_now(code)
+        }
+        crate::sys::Forked::Parent(helper) => {
+            drop(there);
+            let mut buf = [0u8; 4];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let got = {
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                recvmsg::<()>(
+                    std::os::fd::AsRawFd::as_raw_fd(&here),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map(|m| {
+                    m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                        _ => None,
+                    })
+                })
+            };
+            let _ = nix::sys::wait::waitpid(helper, None);
+            match got {
+                Ok(Some(fd)) => Ok(crate::sys::own_received(fd)),
+                Ok(None) => Err(fail("cloning it in its user namespace")(Errno::from_raw(
+                    i32::from_ne_bytes(buf),
+                ))),
+                Err(e) => Err(fail("the helper's answer")(e)),
+            }
+        }
+    }
 }
 
 /// A proc mount the tree's root task makes, in its pid namespace.
