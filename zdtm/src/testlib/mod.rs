@@ -523,14 +523,15 @@ fn launch(
 /// (fd `wfd`, the pipe of `r`), which it does just after writing: the
 /// runner's snapshot of the test's fds must not catch it still open.
 fn wait_closed(child: Pid, wfd: i32, r: &OwnedFd) {
-    let Ok(st) = nix::sys::stat::fstat(r) else {
+    // Through a pidfd, not /proc/PID/fd: in the ns flavors the launcher
+    // shares the test's mount namespace, whose /proc numbers the test's PID
+    // namespace, so the launcher's PID for the test names nothing there.
+    let (Ok(ours), Ok(pidfd)) = (nix::sys::stat::fstat(r), sys::pidfd_open(child)) else {
         return;
     };
-    let ours = format!("pipe:[{}]", st.st_ino);
-    let link = format!("/proc/{child}/fd/{wfd}");
     for _ in 0..2000 {
-        match std::fs::read_link(&link) {
-            Ok(t) if t.to_string_lossy() == ours => nap(1),
+        match sys::pidfd_getfd(&pidfd, wfd).map(|fd| nix::sys::stat::fstat(&fd)) {
+            Ok(Ok(st)) if st.st_ino == ours.st_ino && st.st_dev == ours.st_dev => nap(1),
             _ => return,
         }
     }

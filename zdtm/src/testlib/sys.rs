@@ -2,6 +2,7 @@
 //! forking, leaving a forked child, the signal flags and raw syscalls.
 #![allow(unsafe_code)]
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -286,4 +287,27 @@ pub fn close_from(first: u32) {
             [u64::from(first), u64::from(u32::MAX), 0, 0, 0, 0],
         )
     };
+}
+
+/// A pidfd for `pid` (pidfd_open(2)): names the process whatever /proc a
+/// mount namespace shows.
+pub fn pidfd_open(pid: Pid) -> Result<std::os::fd::OwnedFd, Errno> {
+    let pid = u64::try_from(pid.as_raw()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: pidfd_open takes integers and returns a new fd, owned below.
+    let fd = unsafe { syscall6(libc::SYS_pidfd_open, [pid, 0, 0, 0, 0, 0]) }?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A duplicate of fd `target` of the process behind `pidfd`
+/// (pidfd_getfd(2)); EBADF once the process has closed it.
+pub fn pidfd_getfd(pidfd: &impl AsRawFd, target: i32) -> Result<std::os::fd::OwnedFd, Errno> {
+    let pidfd = u64::try_from(pidfd.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    let target = u64::try_from(target).map_err(|_| Errno::EBADF)?;
+    // SAFETY: pidfd_getfd takes integers and returns a new fd, owned below.
+    let fd = unsafe { syscall6(libc::SYS_pidfd_getfd, [pidfd, target, 0, 0, 0, 0]) }?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
