@@ -365,23 +365,30 @@ fn log_to(o: &CriuOpts, dir: &std::path::Path, peer: i32) -> Option<PathBuf> {
     Some(base.join(file))
 }
 
+/// Run one request with its log: the request's options first, then its
+/// outcome, with `Error:` leading a failure (runc and others grep for it).
 fn with_log<T>(
     o: &CriuOpts,
     dir: &std::path::Path,
     peer: i32,
+    what: &str,
     f: impl FnOnce() -> Result<T, String>,
 ) -> Result<T, String> {
     let log = log_to(o, dir, peer);
+    let write = |line: String| {
+        if let Some(path) = &log {
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut w| std::io::Write::write_all(&mut w, line.as_bytes()));
+        }
+    };
+    write(format!("stasis {what} request from pid {peer}: {o:?}\n"));
     let res = f();
-    if let (Some(path), Err(msg)) = (&log, &res) {
-        // The caller reads the log when the answer says it failed.
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut w| {
-                std::io::Write::write_all(&mut w, format!("Error: {msg}\n").as_bytes())
-            });
+    match &res {
+        Ok(_) => write(format!("stasis {what}: done\n")),
+        Err(msg) => write(format!("Error: {msg}\n")),
     }
     res
 }
@@ -436,12 +443,12 @@ fn dump(
     peer: i32,
     notify: Option<stasis_engine::notify::Notify>,
 ) -> std::result::Result<(), String> {
-    refuse_unknown(o)?;
     let dir = images_dir(o, peer)?;
-    let pid = o
-        .pid
-        .ok_or("no pid: stasis does not dump the requesting process (set opts.pid)")?;
-    with_log(o, &dir, peer, || {
+    with_log(o, &dir, peer, "dump", || {
+        refuse_unknown(o)?;
+        let pid = o
+            .pid
+            .ok_or("no pid: stasis does not dump the requesting process (set opts.pid)")?;
         let opts = stasis_engine::dump::Opts {
             pid: nix::unistd::Pid::from_raw(pid),
             dir: dir.clone(),
@@ -468,9 +475,9 @@ fn restore(
     peer: i32,
     notify: Option<stasis_engine::notify::Notify>,
 ) -> std::result::Result<i32, String> {
-    refuse_unknown(o)?;
     let dir = images_dir(o, peer)?;
-    with_log(o, &dir, peer, || {
+    with_log(o, &dir, peer, "restore", || {
+        refuse_unknown(o)?;
         let opts = stasis_engine::restore::Opts {
             dir: dir.clone(),
             shell_job: o.shell_job.unwrap_or(false),
