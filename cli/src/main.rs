@@ -1,6 +1,7 @@
 //! The `stasis` command line: CRIU-compatible verbs and options, and the image
 //! inspector (`stasis image ...`, the equivalent of CRIU's `crit`).
 
+mod config;
 mod rpc;
 
 use std::fs::File;
@@ -34,9 +35,15 @@ struct Cli {
     #[arg(short = 'o', long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
 
-    /// Ignore configuration files (stasis reads none; accepted for CRIU's callers)
+    /// Do not read /etc/criu/default.conf and ~/.criu/default.conf
+    /// ($CRIU_CONFIG_FILE and --config are still read)
     #[arg(long, global = true)]
     no_default_config: bool,
+
+    /// Read options from FILE too (CRIU's syntax: one long option per line,
+    /// without dashes); the command line overrides it
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -191,7 +198,7 @@ struct RestoreArgs {
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
@@ -741,6 +748,21 @@ fn invoked_as_criu() -> bool {
         .unwrap_or(false)
 }
 
+/// The command line's definition; a repeated option takes its last value,
+/// so the command line overrides the configuration files put before it.
+fn cli_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command().args_override_self(true);
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    for n in names {
+        cmd = cmd.mut_subcommand(n, |c| c.args_override_self(true));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
     // Tools that drive CRIU (LXC) read its `Version:` and `GitID:` lines.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -749,9 +771,20 @@ fn main() -> ExitCode {
         println!("GitID: stasis-{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let cli = match Cli::try_parse() {
+    let parsed = config::expand(cli_command(), std::env::args_os().collect()).and_then(|argv| {
+        use clap::FromArgMatches;
+        cli_command()
+            .try_get_matches_from(argv)
+            .and_then(|m| Cli::from_arg_matches(&m))
+            .map_err(anyhow::Error::from)
+    });
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
+            let Some(e) = e.downcast_ref::<clap::Error>() else {
+                eprintln!("Error: {e:#}");
+                return ExitCode::FAILURE;
+            };
             // Help and --version go to stdout with status 0; usage errors are
             // failures like any other (CRIU exits 1 on a bad option).
             let code = if e.use_stderr() { 1 } else { 0 };

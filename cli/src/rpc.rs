@@ -212,7 +212,7 @@ fn answer(req: &CriuReq, kind: CriuReqType, peer: i32, sock: &OwnedFd) -> Answer
             })
         }
         CriuReqType::Dump => {
-            let opts = req.opts.clone().unwrap_or_default();
+            let opts = configured(req.opts.clone().unwrap_or_default())?;
             dump(&opts, peer, notifier(&opts, sock)?).map(|()| CriuResp {
                 dump: Some(CriuDumpResp {
                     restored: Some(false),
@@ -221,7 +221,7 @@ fn answer(req: &CriuReq, kind: CriuReqType, peer: i32, sock: &OwnedFd) -> Answer
             })
         }
         CriuReqType::Restore => {
-            let opts = req.opts.clone().unwrap_or_default();
+            let opts = configured(req.opts.clone().unwrap_or_default())?;
             restore(&opts, peer, notifier(&opts, sock)?).map(|pid| CriuResp {
                 restore: Some(CriuRestoreResp { pid }),
                 ..ok(kind)
@@ -263,6 +263,114 @@ fn check(kind: CriuReqType) -> Answer {
     } else {
         Err("the kernel lacks features checkpoint/restore needs (stasis check says which)".into())
     }
+}
+
+/// The request's options with CRIU's configuration files applied: the
+/// default files under them (an option the request sets wins), the
+/// request's `config_file` over them (it wins), as CRIU evaluates them. A
+/// `config_file` that does not exist is passed over (runc always names
+/// /etc/criu/runc.conf).
+fn configured(mut o: CriuOpts) -> std::result::Result<CriuOpts, String> {
+    for (file, required) in crate::config::default_files(true) {
+        apply_file(&mut o, &file, required, false)?;
+    }
+    if let Some(f) = o.config_file.take() {
+        apply_file(&mut o, std::path::Path::new(&f), false, true)?;
+    }
+    Ok(o)
+}
+
+fn apply_file(
+    o: &mut CriuOpts,
+    file: &std::path::Path,
+    required: bool,
+    over: bool,
+) -> std::result::Result<(), String> {
+    match crate::config::read(file).map_err(|e| format!("{e:#}"))? {
+        Some(settings) => settings.iter().try_for_each(|s| apply(o, s, over)),
+        None if required => Err(format!(
+            "configuration file {} does not exist",
+            file.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One setting of a configuration file on the request's options: set when
+/// `over`, else only where the request left the option unset.
+fn apply(
+    o: &mut CriuOpts,
+    s: &crate::config::Setting,
+    over: bool,
+) -> std::result::Result<(), String> {
+    fn set<T>(field: &mut Option<T>, v: T, over: bool) {
+        if over || field.is_none() {
+            *field = Some(v);
+        }
+    }
+    let value = || -> std::result::Result<&str, String> {
+        match s.values.as_slice() {
+            [v] => Ok(v.as_str()),
+            _ => Err(format!("{}: option {} takes one value", s.at, s.name)),
+        }
+    };
+    let flag = || -> std::result::Result<bool, String> {
+        if s.values.is_empty() {
+            Ok(true)
+        } else {
+            Err(format!("{}: option {} takes no value", s.at, s.name))
+        }
+    };
+    let number = |v: &str| -> std::result::Result<u32, String> {
+        v.parse()
+            .map_err(|_| format!("{}: {v:?} is not a number for {}", s.at, s.name))
+    };
+    match s.name.as_str() {
+        "leave-running" | "R" => set(&mut o.leave_running, flag()?, over),
+        "tcp-established" => set(&mut o.tcp_established, flag()?, over),
+        "shell-job" | "j" => set(&mut o.shell_job, flag()?, over),
+        "file-locks" | "l" => set(&mut o.file_locks, flag()?, over),
+        "ext-unix-sk" => set(&mut o.ext_unix_sk, flag()?, over),
+        "restore-sibling" => set(&mut o.rst_sibling, flag()?, over),
+        "tcp-close" => set(&mut o.tcp_close, flag()?, over),
+        "skip-in-flight" | "tcp-skip-in-flight" => set(&mut o.tcp_skip_in_flight, flag()?, over),
+        "link-remap" => set(&mut o.link_remap, flag()?, over),
+        "evasive-devices" => set(&mut o.evasive_devices, flag()?, over),
+        "manage-cgroups" => set(&mut o.manage_cgroups, flag()?, over),
+        "auto-dedup" => set(&mut o.auto_dedup, flag()?, over),
+        "track-mem" => set(&mut o.track_mem, flag()?, over),
+        "lazy-pages" => set(&mut o.lazy_pages, flag()?, over),
+        "timeout" => set(&mut o.timeout, number(value()?)?, over),
+        "ghost-limit" => {
+            let v = crate::parse_size(value()?).map_err(|e| format!("{}: {e}", s.at))?;
+            let v = u32::try_from(v).map_err(|_| format!("{}: ghost-limit is too big", s.at))?;
+            set(&mut o.ghost_limit, v, over);
+        }
+        "verbosity" | "v" => set(&mut o.log_level, number(value()?)?.cast_signed(), over),
+        "log-file" | "o" => set(&mut o.log_file, value()?.to_owned(), over),
+        "network-lock" => {
+            use stasis_proto::rpc::CriuNetworkLockMethod as M;
+            let m = match value()? {
+                "iptables" => M::Iptables,
+                "nftables" => M::Nftables,
+                "skip" => M::Skip,
+                other => {
+                    return Err(format!(
+                        "{}: network-lock {other:?} is none of iptables, nftables, skip",
+                        s.at
+                    ));
+                }
+            };
+            set(&mut o.network_lock, m as i32, over);
+        }
+        other => {
+            return Err(format!(
+                "{}: option {other} is not taken through RPC by stasis; nothing was done",
+                s.at
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Options of `criu_opts` stasis does not honour yet, when set to anything
@@ -308,7 +416,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("lazy_pages", o.lazy_pages == Some(true));
     flag("status_fd", o.status_fd.is_some());
     flag("orphan_pts_master", o.orphan_pts_master == Some(true));
-    flag("config_file", o.config_file.is_some());
     flag("tcp_close", o.tcp_close == Some(true));
     flag("lsm_profile", o.lsm_profile.is_some());
     flag("tls", o.tls == Some(true));

@@ -1759,3 +1759,81 @@ fn a_restore_right_after_the_dump_waits_for_the_killed_tree_to_be_reaped() {
     let stopped = read_counter(&counter);
     wait_counter(&counter, stopped);
 }
+
+/// CRIU's configuration files: `$CRIU_CONFIG_FILE` sets options in CRIU's
+/// syntax (the dump leaves the tree running), the command line overrides
+/// them (its `-o` wins over the file's `log-file`), a restore-only option
+/// in the file is left out of a dump, and a bad value, an unknown option or
+/// a missing `--config` file stops with its name and place.
+#[test]
+fn configuration_files_set_options_under_the_command_line() {
+    need_root();
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let job = Job::counter(&counter, "0.05");
+    wait_counter(&counter, 2);
+    let conf = tmp.path().join("criu.conf");
+    std::fs::write(
+        &conf,
+        "# stasis reads CRIU's files\nleave-running\nlog-file \"from conf.log\"  # relative to -D\n\
+         ghost-limit 2M\nrestore-detached\n",
+    )
+    .expect("write conf");
+    let img = images(tmp.path(), "img");
+    let pid = job.pgid.to_string();
+    let dump = |conf: &Path, extra: &[&str]| {
+        Command::new(stasis())
+            .env("CRIU_CONFIG_FILE", conf)
+            .args(["dump", "-t", &pid, "-D", img.to_str().expect("utf8")])
+            .args(extra)
+            .output()
+            .expect("run stasis")
+    };
+    let out = dump(&conf, &["-o", "cli.log", "-v4"]);
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = read_counter(&counter);
+    wait_counter(&counter, before + 1);
+    let log = std::fs::read_to_string(img.join("cli.log")).expect("the command line's log-file");
+    assert!(log.contains("dump finished"), "{log}");
+    assert!(!img.join("from conf.log").exists());
+    let out = dump(&conf, &[]);
+    assert!(out.status.success());
+    assert!(img.join("from conf.log").exists());
+    std::fs::write(&conf, "ghost-limit nonsense\n").expect("write conf");
+    let out = dump(&conf, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nonsense"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&conf, "leave-running\n\nno-such-option\n").expect("write conf");
+    let out = dump(&conf, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("criu.conf:3") && err.contains("no-such-option"),
+        "{err}"
+    );
+    let missing = tmp.path().join("missing.conf");
+    let out = run(&[
+        "dump",
+        "-t",
+        &pid,
+        "--config",
+        missing.to_str().expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing.conf") && err.contains("does not exist"),
+        "{err}"
+    );
+    // None of these stopped the tree.
+    let now = read_counter(&counter);
+    wait_counter(&counter, now + 1);
+}

@@ -2,7 +2,8 @@
 //! CRIU's RPC through `stasis swrk`, driven by Debian's pycriu (CRIU
 //! 3.17's own client) and by raw `criu_req` messages: VERSION, CHECK, a
 //! DUMP and a RESTORE of a shell loop, an option stasis does not honour
-//! refused by name, the NOTIFY round trips of a dump and a restore (a
+//! refused by name, CRIU's configuration files (the request's config_file
+//! over its options), the NOTIFY round trips of a dump and a restore (a
 //! refused point fails the dump and leaves the tree running), the same
 //! through `stasis service` with pycriu connected to its socket, an
 //! unserved request refused. Needs root, python3 and
@@ -49,6 +50,8 @@ fn pycriu_dumps_and_restores_through_swrk() {
         "{text}"
     );
     assert!(lines.contains(&"still running"), "{text}");
+    assert!(lines.contains(&"config leave-running True True"), "{text}");
+    assert!(lines.contains(&"config refused False True"), "{text}");
     assert!(
         lines.contains(&"refused post-dump False ['pre-dump', 'post-dump']"),
         "{text}"

@@ -80,6 +80,8 @@ try:
     c.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
     c.opts.pid = job.pid
     c.opts.log_file = 'dump.log'
+    # runc names /etc/criu/runc.conf whether it exists or not.
+    c.opts.config_file = d + '/absent.conf'
     c.dump()
     job.wait()
     before = count()
@@ -104,6 +106,31 @@ try:
     print('refused', r.success, r.cr_errmsg)
     os.kill(pid, 0)
     print('still running')
+
+    # The request's config_file overrides its options (leave_running is
+    # false in the request); a bad line is refused with its place.
+    conf = d + '/rpc.conf'
+    with open(conf, 'w') as f:
+        f.write('# as runc.conf\nleave-running\ntcp-established  # comment\n')
+    imgc = d + '/imgc'
+    os.makedirs(imgc)
+    req = rpc.criu_req()
+    req.type = rpc.DUMP
+    req.opts.images_dir_fd = os.open(imgc, os.O_DIRECTORY)
+    req.opts.pid = pid
+    req.opts.leave_running = False
+    req.opts.config_file = conf
+    req.opts.log_file = 'dump.log'
+    r = raw(req)
+    os.kill(pid, 0)
+    logged = open(imgc + '/dump.log').read()
+    print('config leave-running', r.success, 'leave_running: Some(true)' in logged)
+    with open(conf, 'a') as f:
+        f.write('bogus-option 1\n')
+    req.opts.images_dir_fd = os.open(imgc, os.O_DIRECTORY)
+    r = raw(req)
+    print('config refused', r.success, 'rpc.conf:4' in r.cr_errmsg and 'bogus-option' in r.cr_errmsg)
+    os.kill(pid, 0)
 
     # Notifications: a refused post-dump fails the dump and leaves the
     # tree running; then a dump and a restore acknowledged at every point.
