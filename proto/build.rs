@@ -57,6 +57,7 @@ const IMAGE_FILES: &[&str] = &[
     "netdev.proto",
     "mnt.proto",
     "timens.proto",
+    "cgroup.proto",
     "userns.proto",
     "stats.proto",
 ];

@@ -169,6 +169,15 @@ struct DumpArgs {
     /// inode list is accepted and all such sockets are allowed)
     #[arg(long, value_name = "INODES", num_args = 0..=1, default_missing_value = "", require_equals = true)]
     ext_unix_sk: Option<String>,
+    /// Accepted for CRIU's callers: the tasks' cgroups are always saved
+    /// (cgroup.img) when they are not stasis' own; MODE is checked
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true, value_parser = parse_cg_mode)]
+    manage_cgroups: Option<stasis_engine::cgroup::Mode>,
+}
+
+/// CRIU's `--manage-cgroups` modes stasis honours.
+fn parse_cg_mode(s: &str) -> std::result::Result<stasis_engine::cgroup::Mode, String> {
+    stasis_engine::cgroup::Mode::from_criu(s)
 }
 
 /// `stasis restore`: CRIU's options.
@@ -195,6 +204,15 @@ struct RestoreArgs {
     /// to their outside peer's name again
     #[arg(long, value_name = "INODES", num_args = 0..=1, default_missing_value = "", require_equals = true)]
     ext_unix_sk: Option<String>,
+    /// Put the tasks back in their cgroups, making missing ones (soft, the
+    /// default), or leave them in stasis' (ignore); full, strict, props
+    /// and none are refused (cgroup properties are not saved yet)
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true, value_parser = parse_cg_mode)]
+    manage_cgroups: Option<stasis_engine::cgroup::Mode>,
+    /// Put the tree's cgroups under PATH instead of under its root task's
+    /// (for the hierarchy with CONTROLLER only, or all); repeatable
+    #[arg(long, value_name = "[CONTROLLER:]PATH")]
+    cgroup_root: Vec<stasis_engine::cgroup::CgRoot>,
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -326,6 +344,8 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         network_lock: a.cr.network_lock(),
         sibling: false,
         notify: None,
+        cgroups: a.manage_cgroups.unwrap_or_default(),
+        cgroup_roots: a.cgroup_root.clone(),
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

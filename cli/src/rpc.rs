@@ -392,8 +392,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("veths", !o.veths.is_empty());
     flag("exec_cmd", !o.exec_cmd.is_empty());
     flag("ext_mnt", !o.ext_mnt.is_empty());
-    flag("manage_cgroups", o.manage_cgroups == Some(true));
-    flag("cg_root", !o.cg_root.is_empty());
     flag("inherit_fd", !o.inherit_fd.is_empty());
     flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
     flag("ext_sharing", o.ext_sharing == Some(true));
@@ -401,7 +399,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("skip_mnt", !o.skip_mnt.is_empty());
     flag("enable_fs", !o.enable_fs.is_empty());
     flag("unix_sk_ino", !o.unix_sk_ino.is_empty());
-    flag("manage_cgroups_mode", o.manage_cgroups_mode.is_some());
     flag("irmap_scan_paths", !o.irmap_scan_paths.is_empty());
     flag("external", !o.external.is_empty());
     flag("empty_ns", o.empty_ns.is_some_and(|v| v != 0));
@@ -545,6 +542,23 @@ fn notifier(
     )))
 }
 
+/// The cgroup mode of a request: `manage_cgroups_mode`, else the legacy
+/// `manage_cgroups` (true: soft, false: ignore), else soft, as CRIU reads
+/// them.
+fn cg_mode(o: &CriuOpts) -> std::result::Result<stasis_engine::cgroup::Mode, String> {
+    use stasis_proto::rpc::CriuCgMode as M;
+    match o.manage_cgroups_mode.map(M::try_from) {
+        Some(Ok(M::Ignore)) => Ok(stasis_engine::cgroup::Mode::Ignore),
+        Some(Ok(M::Soft | M::Default)) => Ok(stasis_engine::cgroup::Mode::Soft),
+        Some(Ok(m)) => stasis_engine::cgroup::Mode::from_criu(
+            &m.as_str_name().to_lowercase().replace("cg_", ""),
+        ),
+        Some(Err(_)) => Err("manage_cgroups_mode is not one of criu_cg_mode".into()),
+        None if o.manage_cgroups == Some(false) => Ok(stasis_engine::cgroup::Mode::Ignore),
+        None => Ok(stasis_engine::cgroup::Mode::Soft),
+    }
+}
+
 fn dump(
     o: &CriuOpts,
     peer: i32,
@@ -553,6 +567,8 @@ fn dump(
     let dir = images_dir(o, peer)?;
     with_log(o, &dir, peer, "dump", || {
         refuse_unknown(o)?;
+        // Checked only: the tasks' cgroups are always saved.
+        cg_mode(o)?;
         let pid = o
             .pid
             .ok_or("no pid: stasis does not dump the requesting process (set opts.pid)")?;
@@ -595,6 +611,15 @@ fn restore(
                 != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
             progress: None,
             notify,
+            cgroups: cg_mode(o)?,
+            cgroup_roots: o
+                .cg_root
+                .iter()
+                .map(|r| stasis_engine::cgroup::CgRoot {
+                    ctrl: r.ctrl.clone(),
+                    path: r.path.clone(),
+                })
+                .collect(),
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())

@@ -1837,3 +1837,142 @@ fn configuration_files_set_options_under_the_command_line() {
     let now = read_counter(&counter);
     wait_counter(&counter, now + 1);
 }
+
+/// A process in cgroups of its own (cgroup2 and the v1 pids hierarchy,
+/// where mounted) comes back in them after they were removed (the restore
+/// makes them), under `--cgroup-root` elsewhere, and with
+/// `--manage-cgroups=ignore` in stasis' own; `full` is refused by name.
+#[test]
+fn cgroups_come_back_made_moved_or_ignored() {
+    need_root();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // (name in /proc/PID/cgroup, mount point)
+    let mut hier: Vec<(&str, String)> = Vec::new();
+    for l in mounts.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = pre.split(' ').collect();
+        let g: Vec<&str> = post.split(' ').collect();
+        let name = match (g[0], g.get(2)) {
+            ("cgroup2", _) => "",
+            ("cgroup", Some(o)) if o.split(',').any(|x| x == "pids") => "pids",
+            _ => continue,
+        };
+        if f[3] == "/" && !hier.iter().any(|h| h.0 == name) {
+            hier.push((name, f[4].to_owned()));
+        }
+    }
+    assert!(
+        !hier.is_empty(),
+        "this test needs cgroup2 or the v1 pids hierarchy mounted"
+    );
+    let tag = format!("stasis-test-{}", std::process::id());
+    let dirs: Vec<PathBuf> = hier
+        .iter()
+        .map(|(_, p)| Path::new(p).join(&tag).join("sub"))
+        .collect();
+    /// Removed, deepest first, on every path.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let _clean = Cleanup(
+        hier.iter()
+            .flat_map(|(_, p)| {
+                let top = Path::new(p);
+                [
+                    top.join(&tag).join("sub"),
+                    top.join(&tag),
+                    top.join(format!("{tag}-new")),
+                ]
+            })
+            .collect(),
+    );
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("mkdir cgroup");
+    }
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let joins: String = dirs
+        .iter()
+        .map(|d| format!("echo 0 > {}/cgroup.procs; ", d.display()))
+        .collect();
+    let mut job = Job::start(&format!(
+        "{joins}i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
+        counter.display()
+    ));
+    wait_counter(&counter, 2);
+    let pid = job.pgid;
+    let cgroup_of = |name: &str| -> String {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, n, p) = (f.next()?, f.next()?, f.next()?);
+                (n == name).then(|| p.to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let want = format!("/{tag}/sub");
+    for (name, _) in &hier {
+        assert_eq!(cgroup_of(name), want, "before the dump ({name:?})");
+    }
+    let img = images(tmp.path(), "img");
+    dump_ok(pid, &img);
+    job.reap();
+    let crit = crit_decodes_all(&img);
+    assert!(crit.contains(&"cgroup.img".to_owned()), "{crit:?}");
+    for d in &dirs {
+        std::fs::remove_dir(d).expect("rmdir the emptied cgroup");
+    }
+    let img_s = img.to_str().expect("utf8");
+    let restore_in = |extra: &[&str], want: &dyn Fn(&str) -> String| {
+        let out = run(&[&["restore", "-D", img_s, "-d"], extra].concat());
+        assert!(
+            out.status.success(),
+            "restore {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let now = read_counter(&counter);
+        wait_counter(&counter, now + 1);
+        for (name, _) in &hier {
+            assert_eq!(
+                cgroup_of(name),
+                want(name),
+                "after restore {extra:?} ({name:?})"
+            );
+        }
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        wait_group_gone(pid);
+    };
+    // Made again.
+    restore_in(&[], &|_| want.clone());
+    // Elsewhere: only the pids hierarchy's part below the root's cgroup moves.
+    let new_root = format!("pids:/{tag}-new");
+    restore_in(&["--cgroup-root", &new_root], &|n| {
+        if n == "pids" {
+            format!("/{tag}-new")
+        } else {
+            want.clone()
+        }
+    });
+    // Left where stasis is.
+    let mine = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroups");
+    restore_in(&["--manage-cgroups=ignore"], &|n| {
+        mine.lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, x, p) = (f.next()?, f.next()?, f.next()?);
+                (x == n).then(|| p.to_owned())
+            })
+            .unwrap_or_default()
+    });
+    let out = run(&["restore", "-D", img_s, "-d", "--manage-cgroups=full"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("full is not supported yet"));
+}

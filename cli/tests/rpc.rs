@@ -46,7 +46,7 @@ fn pycriu_dumps_and_restores_through_swrk() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("refused False") && l.contains("manage_cgroups")),
+            .any(|l| l.starts_with("refused False") && l.contains("auto_dedup")),
         "{text}"
     );
     assert!(lines.contains(&"still running"), "{text}");

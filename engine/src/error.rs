@@ -87,6 +87,14 @@ pub enum EngineError {
         errno: Errno,
         hint: &'static str,
     },
+    /// A cgroup the restore joins or makes.
+    #[error("cgroup {path}: {what}: {err}{hint}")]
+    Cgroup {
+        path: String,
+        what: &'static str,
+        err: std::io::Error,
+        hint: &'static str,
+    },
     #[error("mount {path}: {what}: {err}")]
     MountContents {
         path: String,

@@ -51,11 +51,11 @@ impl<M> std::fmt::Debug for Image<M> {
 #[allow(missing_docs)]
 pub mod img {
     use stasis_proto::images::{
-        CoreEntry, FdinfoEntry, FileEntry, FileLockEntry, FsEntry, GhostFileEntry, InventoryEntry,
-        IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry, MmEntry, MntEntry,
-        NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry, PosixMqueueEntry, PstreeEntry,
-        RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry, TcpStreamEntry, TimensEntry,
-        TtyDataEntry, TtyInfoEntry, UsernsEntry, UtsnsEntry,
+        CgroupEntry, CoreEntry, FdinfoEntry, FileEntry, FileLockEntry, FsEntry, GhostFileEntry,
+        InventoryEntry, IpcMsgEntry, IpcSemEntry, IpcShmEntry, IpcVarEntry, MemfdInodeEntry,
+        MmEntry, MntEntry, NetDeviceEntry, NetnsEntry, PagemapHead, PipeDataEntry,
+        PosixMqueueEntry, PstreeEntry, RemapFilePathEntry, SeccompEntry, SkPacketEntry, StatsEntry,
+        TcpStreamEntry, TimensEntry, TtyDataEntry, TtyInfoEntry, UsernsEntry, UtsnsEntry,
     };
 
     use super::Image;
@@ -84,6 +84,7 @@ pub mod img {
     pub const NETDEV: Image<NetDeviceEntry> = Image::new("NETDEV");
     pub const MNTS: Image<MntEntry> = Image::new("MNTS");
     pub const TIMENS: Image<TimensEntry> = Image::new("TIMENS");
+    pub const CGROUP: Image<CgroupEntry> = Image::new("CGROUP");
     pub const USERNS: Image<UsernsEntry> = Image::new("USERNS");
     pub const IPC_VAR: Image<IpcVarEntry> = Image::new("IPC_VAR");
     pub const IPCNS_SHM: Image<IpcShmEntry> = Image::new("IPCNS_SHM");
@@ -121,6 +122,7 @@ pub mod img {
             (NETDEV.name(), NetDeviceEntry::NAME),
             (MNTS.name(), MntEntry::NAME),
             (TIMENS.name(), TimensEntry::NAME),
+            (CGROUP.name(), CgroupEntry::NAME),
             (USERNS.name(), UsernsEntry::NAME),
             (IPC_VAR.name(), IpcVarEntry::NAME),
             (IPCNS_SHM.name(), IpcShmEntry::NAME),

@@ -13,8 +13,10 @@
 //! - `net/`: sockets and the network lock;
 //! - `ipc/`: SysV IPC and POSIX message queues;
 //! - `ns`: namespaces;
+//! - `cgroup`: the cgroups the tasks are in;
 //! - `sys`: the syscalls nix does not wrap (the only `unsafe` of the crate).
 
+pub mod cgroup;
 pub mod dump;
 pub mod error;
 pub(crate) mod files;

@@ -217,6 +217,7 @@ pub const KINDS: &[ImageKind] = &[
     entries("NETNS", 0x5593_3752, "netns_entry", "netns-%d.img"),
     entries("MNTS", 0x5556_3928, "mnt_entry", "mountpoints-%d.img"),
     entries("TIMENS", 0x4311_4433, "timens_entry", "timens-%d.img"),
+    entries("CGROUP", 0x5938_3330, "cgroup_entry", "cgroup.img"),
     entries("USERNS", 0x5547_4906, "userns_entry", "userns-%d.img"),
     entries("IPC_VAR", 0x5311_5007, "ipc_var_entry", "ipcns-var-%d.img"),
     entries("MEMFD_INODE", 0x4845_3499, "memfd_inode_entry", "memfd.img"),

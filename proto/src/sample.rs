@@ -73,6 +73,11 @@ impl Filler {
                 Kind::Message(m) => Value::Message(f.message(&m, depth + 1, 0)),
                 k => f.scalar(&k),
             };
+            // A message that contains itself (cgroup_dir_entry.children)
+            // stops nesting with an empty list, which is always valid.
+            if field.is_list() && depth >= 3 && matches!(field.kind(), Kind::Message(_)) {
+                continue;
+            }
             let value = if field.is_list() && crate::json::is_ip_field(&field) {
                 // An IP address: one word (IPv4) or four (IPv6).
                 Value::List((0..4).map(|_| one(self)).collect())

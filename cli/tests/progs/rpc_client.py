@@ -101,7 +101,7 @@ try:
     req.type = rpc.DUMP
     req.opts.images_dir_fd = os.open(img, os.O_DIRECTORY)
     req.opts.pid = pid
-    req.opts.manage_cgroups = True
+    req.opts.auto_dedup = True
     r = raw(req)
     print('refused', r.success, r.cr_errmsg)
     os.kill(pid, 0)

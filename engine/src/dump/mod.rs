@@ -178,6 +178,14 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .collect::<Vec<_>>(),
     )?;
     let userns = crate::ns::dump(root, dir)?;
+    let cgroups = crate::cgroup::Sets::read(
+        &tree
+            .tasks
+            .iter()
+            .filter(|t| !matches!(t.state, State::Zombie(_)))
+            .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
+            .collect::<Vec<_>>(),
+    )?;
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
@@ -241,6 +249,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             fopts,
             pids: &pids,
             userns: userns.as_ref(),
+            cgroups: &cgroups,
             foreign: crate::ns::own_mnt(root)
                 .then(|| crate::ns::mnt::Foreign::new(root))
                 .transpose()?,
@@ -255,6 +264,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     // memfd contents are pages of the images too.
     stats.pages.written += files.write(dir)?;
     filters.write(dir)?;
+    cgroups.write(dir)?;
     dir.write_all(img::PSTREE, 0, &pstree)?;
     dir.write_all(
         img::INVENTORY,
@@ -264,6 +274,8 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             fdinfo_per_id: Some(true),
             root_ids: Some(ids(pids.image(root))),
             ns_per_id: Some(true),
+            // The engine's own cgroups are set 1 (see crate::cgroup).
+            root_cg_set: Some(1),
             lsmtype: Some(Lsmtype::NoLsm as i32),
             dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
             // The restore lifts a lock the killed tree's connections left.
@@ -313,6 +325,8 @@ struct Out<'a> {
     pids: &'a crate::ns::pid::Ids,
     /// The maps of the tree's user namespace: credentials in its terms.
     userns: Option<&'a crate::ns::user::Maps>,
+    /// The cgroup set of each task and thread.
+    cgroups: &'a crate::cgroup::Sets,
     /// Files open on mounts the tree's own namespace does not have.
     foreign: Option<crate::ns::mnt::Foreign>,
 }
@@ -527,7 +541,11 @@ fn dump_task_state(
         let (mode, newest) = filters.dump_thread(th.tid, th.seccomp)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;
+        thc.cg_set = out.cgroups.of(th.tid);
         let leader = th.tid == pid;
+        if let (true, Some(tc)) = (leader, tc.as_mut()) {
+            tc.cg_set = out.cgroups.of(pid);
+        }
         let mut core = task::core_entry(ti, thc, if leader { tc.take() } else { None });
         if leader {
             core.ids = Some(ids(px.image(pid)));

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::{Plan, pid_of};
 use crate::sys;
 
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "its session",
     "its process group",
     "a child with its PID",
@@ -23,6 +23,7 @@ const STEPS: [&str; 11] = [
     "joining the tree's mount namespace",
     "mounting the tree's procfs",
     "its PID namespace for children",
+    "joining its cgroups",
 ];
 
 /// The name of a setup step a task reported failing.
@@ -107,6 +108,10 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let pid = p.pst.pid;
     // Die with the engine while the restore is in progress.
     sys::set_pdeathsig(libc::SIGKILL);
+    // Its cgroups before anything is charged or forked.
+    for &fd in &p.cgroup_fds {
+        nix::unistd::write(sys::borrow(fd), b"0").map_err(|e| (e, 11))?;
+    }
     if let Some(ns) = &p.mnt_ns {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
         crate::ns::mnt::mount_procs(&p.proc_mounts).map_err(|e| (e, 9))?;

@@ -54,6 +54,10 @@ pub struct Opts {
     pub notify: Option<crate::notify::Notify>,
     /// Where progress goes, if anywhere.
     pub progress: Option<crate::progress::Progress>,
+    /// `--manage-cgroups`: whether the tasks go back to their cgroups.
+    pub cgroups: crate::cgroup::Mode,
+    /// `--cgroup-root`: where they go instead.
+    pub cgroup_roots: Vec<crate::cgroup::CgRoot>,
 }
 
 /// A restored tree, released and running.
@@ -94,6 +98,9 @@ pub(crate) struct Plan {
     /// the procfs mounts it makes there.
     pub mnt_ns: Option<OwnedFd>,
     pub proc_mounts: Vec<crate::ns::mnt::ProcMount>,
+    /// `cgroup.procs` of the cgroups it joins first thing (see
+    /// [`crate::cgroup`]).
+    pub cgroup_fds: Vec<RawFd>,
 
     /// Remade memfds and ghost files every task inherits (above every
     /// target fd) to map them, closed once its memory is back.
@@ -138,6 +145,7 @@ impl Plan {
             terminal: None,
             mnt_ns: None,
             proc_mounts: Vec::new(),
+            cgroup_fds: Vec::new(),
             inherited: Vec::new(),
         }
     }
@@ -326,6 +334,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
     let ready_w = sys::dup_at_least(ready_w.as_fd(), next)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
+    // Held until every task joined its cgroups.
+    let _cgroups = join_cgroups(&mut plans, &dir, opts, ready_w.as_raw_fd() + 1)?;
     let tramp = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
@@ -412,6 +422,51 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             Err(e)
         }
     }
+}
+
+/// The cgroups each live task joins (`--manage-cgroups`): made and opened
+/// at fds from `first` up, which the tasks inherit; held until they are in.
+fn join_cgroups(
+    plans: &mut [Plan],
+    dir: &Dir,
+    opts: &Opts,
+    first: RawFd,
+) -> Result<crate::cgroup::Joins> {
+    let set = |p: &Plan| p.core.tc.as_ref().and_then(|t| t.cg_set);
+    for p in plans.iter().filter(|p| p.zombie.is_none()) {
+        let other = p.thread_cores.iter().find(|c| {
+            c.thread_core
+                .as_ref()
+                .and_then(|t| t.cg_set)
+                .is_some_and(|s| Some(s) != set(p))
+        });
+        if other.is_some() && opts.cgroups != crate::cgroup::Mode::Ignore {
+            return Err(Error::Unsupported {
+                pid: pid_of(p.pst.pid),
+                what: "threads in other cgroups than their process (restore with \
+                       --manage-cgroups=ignore to leave every task where stasis is)"
+                    .into(),
+            });
+        }
+    }
+    let live: Vec<u32> = plans
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .filter_map(set)
+        .collect();
+    let root_set = plans.first().and_then(set);
+    let joins = crate::cgroup::prepare(
+        dir,
+        opts.cgroups,
+        &opts.cgroup_roots,
+        root_set,
+        &live,
+        first,
+    )?;
+    for p in plans.iter_mut().filter(|p| p.zombie.is_none()) {
+        p.cgroup_fds = joins.of(set(p));
+    }
+    Ok(joins)
 }
 
 /// Fork the root inside the tree's user namespace (held by `user`): a

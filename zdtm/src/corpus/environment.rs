@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::stat::{Mode, umask};
 
-use crate::meta::{Category::Environment, Test};
+use crate::meta::{Category::Environment, Flavor, Test};
 use crate::testlib::sys::{prctl, prctl_get_int};
 use crate::testlib::{Ctx, Fail, OrFail, Res, slurp};
 use crate::{ensure, ensure_eq};
@@ -64,6 +64,14 @@ pub(crate) const TESTS: &[Test] = &[
         "nice value and oom_score_adj",
         nice00,
     ),
+    // The initial user namespace owns the hierarchies.
+    Test::new(
+        "cgroup-member",
+        Environment,
+        "a process and its child in cgroups of their own (v2 and v1 pids)",
+        cgroup_member,
+    )
+    .flavors(&[Flavor::H, Flavor::Ns]),
 ];
 
 /// Overwrite one byte of our own memory through /proc/self/mem (reaches the
@@ -293,4 +301,112 @@ fn nice00(t: &mut Ctx) -> Res {
         "345"
     );
     Ok(())
+}
+
+/// Hierarchies a test can make cgroups in, from /proc/self/mountinfo:
+/// (name as /proc/self/cgroup shows it, mount point): cgroup2, and the v1
+/// pids hierarchy.
+fn cgroup_hierarchies() -> Res<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for l in slurp("/proc/self/mountinfo")?.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = pre.split(' ').collect();
+        let g: Vec<&str> = post.split(' ').collect();
+        let (Some(root), Some(point), Some(fstype), Some(opts)) =
+            (f.get(3), f.get(4), g.first(), g.get(2))
+        else {
+            continue;
+        };
+        let name = match *fstype {
+            "cgroup2" => "",
+            "cgroup" if opts.split(',').any(|o| o == "pids") => "pids",
+            _ => continue,
+        };
+        if *root == "/" && !out.iter().any(|(n, _): &(String, String)| n == name) {
+            out.push((name.to_owned(), (*point).to_owned()));
+        }
+    }
+    if out.is_empty() {
+        return Err(Fail::Sys(
+            "no cgroup2 or v1 pids hierarchy is mounted".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// This process's cgroup in hierarchy `name`.
+fn my_cgroup(name: &str) -> Res<String> {
+    let text = slurp("/proc/self/cgroup")?;
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, n, p) = (f.next()?, f.next()?, f.next()?);
+            (n == name).then(|| p.to_owned())
+        })
+        .ok_or_else(|| Fail::Sys(format!("no {name:?} line in /proc/self/cgroup")))
+}
+
+fn join(dir: &str) -> Res {
+    std::fs::write(format!("{dir}/cgroup.procs"), "0").or_fail(&format!("join {dir}"))
+}
+
+/// Moves the test back where it was and removes its cgroups, on every path.
+struct Cgroups {
+    /// (hierarchy, its mount point, where the test was, its cgroup, its
+    /// child's).
+    made: Vec<(String, String, String, String, String)>,
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for (_, _, home, dir, kid) in &self.made {
+            let _ = join(home);
+            let _ = std::fs::remove_dir(kid);
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn cgroup_member(t: &mut Ctx) -> Res {
+    let me = nix::unistd::getpid();
+    let mut cg = Cgroups { made: Vec::new() };
+    for (name, point) in cgroup_hierarchies()? {
+        let home = format!("{point}{}", my_cgroup(&name)?).replace("//", "/");
+        let dir = format!("{home}/zdtm-cg-{me}").replace("//", "/");
+        let kid = format!("{dir}/kid");
+        std::fs::create_dir_all(&kid).or_fail(&format!("mkdir {kid}"))?;
+        cg.made.push((name, point, home, dir, kid));
+    }
+    let made = cg.made.clone();
+    let check = |who: &str, kid: bool| -> Res {
+        for (name, point, _, dir, k) in &made {
+            let want = if kid { k } else { dir };
+            let here = format!("{point}{}", my_cgroup(name)?).replace("//", "/");
+            ensure!(
+                *want == here,
+                "{who}: in cgroup {here} of hierarchy {name:?}, not {want}"
+            );
+        }
+        Ok(())
+    };
+    for (_, _, _, dir, _) in &made {
+        join(dir)?;
+    }
+    let made_kid = made.clone();
+    t.spawn("child", move |c| {
+        for (_, _, _, _, kid) in &made_kid {
+            join(kid)?;
+        }
+        c.wait("no sabotage in the child", || Ok(()))?;
+        check("child", true)
+    })?;
+    let first_home = made.first().map(|m| m.2.clone()).unwrap_or_default();
+    t.wait("moved to its parent cgroup", || join(&first_home))?;
+    // The child reaped before `cg` goes: a cgroup with a task stays.
+    let mine = check("the test", false);
+    let kids = t.check_kids();
+    drop(cg);
+    mine.and(kids)
 }

@@ -9,7 +9,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use super::util::{fdinfo, read_n, sigrt, write_all};
 use crate::meta::{Category::Events, Flavor, Test};
-use crate::testlib::{Ctx, OrFail, Res, status_field};
+use crate::testlib::{Ctx, OrFail, Res, slurp, status_field};
 use crate::{ensure, ensure_eq};
 
 pub(crate) const TESTS: &[Test] = &[
@@ -385,10 +385,27 @@ fn fanotify00(t: &mut Ctx) -> Res {
 
 /// The marks of a fanotify group, as its fdinfo lists them (sorted).
 fn fanotify_lines(fd: &impl AsFd) -> Res<Vec<String>> {
+    // A mount mark names its mount by id (hex), which a restored mount
+    // namespace numbers anew: named here by its mount point instead.
+    let mounts = slurp("/proc/self/mountinfo")?;
+    let point_of = |hex: &str| {
+        let id = u64::from_str_radix(hex, 16).ok()?;
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.first()?.parse::<u64>().ok()? == id).then(|| f.get(4).map(|p| (*p).to_owned()))?
+        })
+    };
     let mut l: Vec<String> = fdinfo(fd)?
         .lines()
         .filter(|l| l.starts_with("fanotify "))
-        .map(str::to_owned)
+        .map(|l| match l.strip_prefix("fanotify mnt_id:") {
+            Some(rest) => {
+                let (hex, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let point = point_of(hex).unwrap_or_else(|| format!("unknown mount {hex}"));
+                format!("fanotify mount:{point} {tail}")
+            }
+            None => l.to_owned(),
+        })
         .collect();
     l.sort();
     Ok(l)

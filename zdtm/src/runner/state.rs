@@ -22,6 +22,8 @@ pub struct ProcState {
     pub fds: BTreeMap<i32, (String, String, String)>,
     /// Merged map ranges (`start-end perms offset path`).
     pub maps: Vec<String>,
+    /// `/proc/PID/cgroup`: the cgroup of each hierarchy.
+    pub cgroup: String,
 }
 
 /// The state of every process in a test's tree.
@@ -186,6 +188,7 @@ fn read_proc(pid: i32, inodes: &mut HashMap<String, usize>) -> Option<ProcState>
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|m| merge_maps(&m))
         .unwrap_or_default();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     Some(ProcState {
         ids: (num(1), num(2), num(3)),
         run,
@@ -193,6 +196,7 @@ fn read_proc(pid: i32, inodes: &mut HashMap<String, usize>) -> Option<ProcState>
         status,
         fds,
         maps,
+        cgroup,
     })
 }
 
@@ -345,6 +349,9 @@ fn diff_proc(pid: i32, b: &ProcState, a: &ProcState, out: &mut Vec<String>) {
         if !b.fds.contains_key(n) {
             line(&format!("fd {n}"), &"absent", &g.0);
         }
+    }
+    if b.cgroup != a.cgroup {
+        line("cgroups", &b.cgroup.trim(), &a.cgroup.trim());
     }
     let missing: Vec<_> = b.maps.iter().filter(|m| !a.maps.contains(m)).collect();
     let extra: Vec<_> = a.maps.iter().filter(|m| !b.maps.contains(m)).collect();

@@ -1,0 +1,450 @@
+//! cgroups: the cgroup of each hierarchy every task and thread of the tree
+//! is in (`/proc/PID/task/TID/cgroup`). Identical lists make one set;
+//! `cgroup.img` (CRIU's `cgroup_entry`) holds the sets and the hierarchies'
+//! controllers, core images name each task's and thread's set (`cg_set`),
+//! the inventory the set the engine was in (`root_cg_set`). When every task
+//! is in the engine's own cgroups there is nothing to save, as in CRIU.
+//!
+//! The restore (`--manage-cgroups`, soft by default as in CRIU) finds each
+//! hierarchy where the engine's mount namespace mounts it, rewrites paths
+//! under `--cgroup-root`, makes the cgroups that are missing and opens their
+//! `cgroup.procs`; each task writes itself there first thing after its fork,
+//! before it forks its children or allocates memory, so that they are
+//! charged where the tree was. Not saved yet: directory permissions and
+//! controller properties (the `full` and `strict` modes need them).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use stasis_proto::images::{CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupEntry};
+
+use crate::error::{EngineError as Error, Result};
+use crate::images::{Dir, img};
+
+/// A membership list: (hierarchy name as /proc shows it, path), by name.
+pub type Set = Vec<(String, String)>;
+
+/// The set of `/proc/.../cgroup` text; `None` if a line is malformed.
+pub fn parse(text: &str) -> Option<Set> {
+    let mut set: Set = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_id, name, path) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with('/')
+                .then(|| (name.to_owned(), path.to_owned()))
+        })
+        .collect::<Option<_>>()?;
+    set.sort();
+    Some(set)
+}
+
+fn read_set(pid: Pid, path: &str) -> Result<Set> {
+    let text = std::fs::read_to_string(path).map_err(|err| Error::Proc {
+        pid,
+        path: path.to_owned(),
+        err,
+    })?;
+    parse(&text).ok_or_else(|| Error::ProcFormat {
+        pid,
+        file: path.to_owned(),
+    })
+}
+
+/// The tree's sets: set `i` has id `i + 1`, and id 1 is the engine's own.
+#[derive(Debug, Default)]
+pub struct Sets {
+    sets: Vec<Set>,
+    of: HashMap<Pid, u32>,
+}
+
+impl Sets {
+    /// The sets of `tasks` (each a PID and its thread IDs; zombies have
+    /// none and are left out).
+    pub fn read(tasks: &[(Pid, Vec<Pid>)]) -> Result<Sets> {
+        let me = nix::unistd::getpid();
+        let mut s = Sets {
+            sets: vec![read_set(me, "/proc/self/cgroup")?],
+            of: HashMap::new(),
+        };
+        for (pid, tids) in tasks {
+            for tid in tids {
+                let set = read_set(*pid, &format!("/proc/{pid}/task/{tid}/cgroup"))?;
+                let id = match s.sets.iter().position(|x| *x == set) {
+                    Some(i) => i,
+                    None => {
+                        s.sets.push(set);
+                        s.sets.len() - 1
+                    }
+                };
+                s.of.insert(*tid, u32::try_from(id + 1).unwrap_or(u32::MAX));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The set id of task or thread `tid`.
+    pub fn of(&self, tid: Pid) -> Option<u32> {
+        self.of.get(&tid).copied()
+    }
+
+    /// Write `cgroup.img`, unless every task is in the engine's set.
+    pub fn write(&self, dir: &Dir) -> Result<()> {
+        if self.of.values().all(|&id| id == 1) {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = self
+            .sets
+            .iter()
+            .flat_map(|s| s.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let entry = CgroupEntry {
+            sets: self
+                .sets
+                .iter()
+                .zip(1u32..)
+                .map(|(set, id)| CgSetEntry {
+                    id,
+                    ctls: set
+                        .iter()
+                        .map(|(name, path)| CgMemberEntry {
+                            name: name.clone(),
+                            path: path.clone(),
+                            cgns_prefix: None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            controllers: names
+                .into_iter()
+                .map(|n| CgControllerEntry {
+                    cnames: n.split(',').map(str::to_owned).collect(),
+                    dirs: Vec::new(),
+                    // Every v1 hierarchy has a tasks file.
+                    is_threaded: Some(!n.is_empty()),
+                })
+                .collect(),
+        };
+        dir.write_all(img::CGROUP, 0, &[entry])
+    }
+}
+
+/// What the restore does with the cgroups in the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Leave them: the tree stays where the engine is.
+    Ignore,
+    /// Join them, making the missing ones (CRIU's default).
+    #[default]
+    Soft,
+}
+
+impl Mode {
+    /// CRIU's mode names (`--manage-cgroups[=MODE]`); the ones stasis
+    /// cannot honour are refused with the reason.
+    pub fn from_criu(name: &str) -> std::result::Result<Mode, String> {
+        match name {
+            "" | "soft" | "default" => Ok(Mode::Soft),
+            "ignore" => Ok(Mode::Ignore),
+            "none" | "props" | "full" | "strict" => Err(format!(
+                "cgroup mode {name} is not supported yet: stasis does not save cgroup \
+                 properties (soft and ignore are)"
+            )),
+            other => Err(format!(
+                "{other:?} is not a cgroup mode (soft, ignore, full, strict, props, none)"
+            )),
+        }
+    }
+}
+
+/// `--cgroup-root [CONTROLLER:]/PATH`: the tree's cgroups go under PATH
+/// instead of under its root task's (for one hierarchy, or all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgRoot {
+    /// The hierarchy (a controller it has, or `name=NAME`); `None` for all.
+    pub ctrl: Option<String>,
+    /// The new root path.
+    pub path: String,
+}
+
+impl std::str::FromStr for CgRoot {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<CgRoot, String> {
+        let (ctrl, path) = match s.split_once(':') {
+            Some((c, p)) => (Some(c.to_owned()), p),
+            None => (None, s),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("{s:?}: the cgroup root must be an absolute path"));
+        }
+        Ok(CgRoot {
+            ctrl,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The `cgroup.procs` files each set's tasks write themselves into.
+#[derive(Debug, Default)]
+pub struct Joins {
+    fds: Vec<OwnedFd>,
+    by_set: HashMap<u32, Vec<RawFd>>,
+}
+
+impl Joins {
+    /// The fds a task of set `id` writes "0" to.
+    pub fn of(&self, id: Option<u32>) -> Vec<RawFd> {
+        id.and_then(|i| self.by_set.get(&i))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The highest fd held, if any.
+    pub fn last(&self) -> Option<RawFd> {
+        self.fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).max()
+    }
+}
+
+/// Where the engine's mount namespace mounts the root of hierarchy `name`.
+fn mount_of<'a>(mounts: &'a [crate::ns::mnt::Mount], name: &str) -> Option<&'a str> {
+    mounts
+        .iter()
+        .filter(|m| m.root == "/")
+        .find(|m| {
+            if name.is_empty() {
+                m.fstype == "cgroup2"
+            } else {
+                let opts: Vec<&str> = m.options.split(',').collect();
+                m.fstype == "cgroup" && name.split(',').all(|c| opts.contains(&c))
+            }
+        })
+        .map(|m| m.point.as_str())
+}
+
+/// `path` (of hierarchy `name`) under `--cgroup-root`: the part below the
+/// root task's path `base` goes under the new root.
+fn rewrite(path: &str, name: &str, base: &str, roots: &[CgRoot]) -> String {
+    let Some(r) = roots
+        .iter()
+        .find(|r| {
+            r.ctrl
+                .as_deref()
+                .is_some_and(|c| name.split(',').any(|n| n == c))
+        })
+        .or_else(|| roots.iter().find(|r| r.ctrl.is_none()))
+    else {
+        return path.to_owned();
+    };
+    let rest = if base == "/" {
+        Some(path)
+    } else {
+        path.strip_prefix(base)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+    };
+    match rest {
+        Some(rest) => format!(
+            "{}/{}",
+            r.path.trim_end_matches('/'),
+            rest.trim_start_matches('/')
+        )
+        .trim_end_matches('/')
+        .to_owned()
+        .replace("//", "/"),
+        None => path.to_owned(),
+    }
+}
+
+fn cg_err(
+    path: &Path,
+    what: &'static str,
+    hint: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |err| Error::Cgroup {
+        path,
+        what,
+        err,
+        hint,
+    }
+}
+
+/// Make cgroup `dir` and its missing parents below `top` (a new v1 cpuset
+/// takes its parent's CPUs and memory nodes: it cannot hold tasks without).
+fn make(top: &Path, dir: &Path, cpuset: bool) -> Result<()> {
+    let rel = dir.strip_prefix(top).unwrap_or(dir);
+    let mut at = top.to_path_buf();
+    for part in rel.components() {
+        let parent = at.clone();
+        at.push(part);
+        if at.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&at).map_err(cg_err(&at, "making it", ""))?;
+        if cpuset {
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let v = std::fs::read(parent.join(f)).map_err(cg_err(&parent, f, ""))?;
+                std::fs::write(at.join(f), v).map_err(cg_err(&at, f, ""))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prepare the tasks' joins: each set's cgroups made where missing and
+/// their `cgroup.procs` opened at fds from `first` up. `tasks` are the set
+/// ids of the live tasks; `root_set` the root task's.
+pub fn prepare(
+    dir: &Dir,
+    mode: Mode,
+    roots: &[CgRoot],
+    root_set: Option<u32>,
+    tasks: &[u32],
+    first: RawFd,
+) -> Result<Joins> {
+    let mut joins = Joins::default();
+    if mode == Mode::Ignore || !dir.exists(img::CGROUP, 0) {
+        return Ok(joins);
+    }
+    let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
+    let bad = |what: String| Error::BadImage {
+        path: "cgroup.img".into(),
+        what,
+    };
+    let me = nix::unistd::getpid();
+    let mine = read_set(me, "/proc/self/cgroup")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|t| crate::ns::mnt::parse(&t))
+        .ok_or(Error::ProcFormat {
+            pid: me,
+            file: "mountinfo".into(),
+        })?;
+    let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);
+    let root_members = root_set
+        .and_then(set_of)
+        .map(|s| s.ctls.clone())
+        .unwrap_or_default();
+    let mut wanted: Vec<u32> = tasks.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut opened: HashMap<PathBuf, RawFd> = HashMap::new();
+    for id in wanted {
+        let set = set_of(id).ok_or_else(|| {
+            bad(format!(
+                "a task is in cgroup set {id}, which it does not list"
+            ))
+        })?;
+        let mut fds = Vec::new();
+        for m in &set.ctls {
+            if m.cgns_prefix.is_some_and(|p| p != 0) {
+                return Err(Error::Unsupported {
+                    pid: me,
+                    what: format!("cgroup set {id}: a cgroup namespace (in {})", m.path),
+                });
+            }
+            let base = root_members
+                .iter()
+                .find(|r| r.name == m.name)
+                .map_or("/", |r| r.path.as_str());
+            let path = rewrite(&m.path, &m.name, base, roots);
+            // Already there: the tasks inherit the engine's.
+            if mine.iter().any(|(n, p)| *n == m.name && *p == path) {
+                continue;
+            }
+            let shown = if m.name.is_empty() {
+                "cgroup2"
+            } else {
+                m.name.as_str()
+            };
+            let top = mount_of(&mounts, &m.name).ok_or_else(|| Error::Unsupported {
+                pid: me,
+                what: format!(
+                    "cgroup {path} of hierarchy {shown}, which is not mounted here (mount it, \
+                     or restore with --manage-cgroups=ignore)"
+                ),
+            })?;
+            let top = Path::new(top);
+            let at = top.join(path.trim_start_matches('/'));
+            if let Some(&fd) = opened.get(&at) {
+                fds.push(fd);
+                continue;
+            }
+            if !at.is_dir() {
+                make(top, &at, m.name.split(',').any(|c| c == "cpuset"))?;
+            }
+            let procs = at.join("cgroup.procs");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(cg_err(&at, "opening cgroup.procs", ""))?;
+            let fd =
+                crate::sys::dup_at_least(f.as_fd(), first.max(joins.last().map_or(0, |l| l + 1)))
+                    .map_err(|e| Error::Cgroup {
+                    path: at.display().to_string(),
+                    what: "keeping cgroup.procs open",
+                    err: e.into(),
+                    hint: "",
+                })?;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            opened.insert(at, raw);
+            joins.fds.push(fd);
+            fds.push(raw);
+        }
+        joins.by_set.insert(id, fds);
+    }
+    Ok(joins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroup_lines_make_a_sorted_set() {
+        let s = parse("9:name=systemd:/\n4:memory:/a/b\n0::/x\n").unwrap();
+        assert_eq!(
+            s,
+            vec![
+                (String::new(), "/x".to_owned()),
+                ("memory".to_owned(), "/a/b".to_owned()),
+                ("name=systemd".to_owned(), "/".to_owned()),
+            ]
+        );
+        assert!(parse("4:memory\n").is_none());
+    }
+
+    #[test]
+    fn cgroup_root_moves_the_part_below_the_root_tasks_cgroup() {
+        let all: CgRoot = "/new".parse().unwrap();
+        let mem: CgRoot = "memory:/m".parse().unwrap();
+        assert_eq!(
+            rewrite("/old/ctr/sub", "", "/old/ctr", std::slice::from_ref(&all)),
+            "/new/sub"
+        );
+        assert_eq!(
+            rewrite("/old/ctr", "", "/old/ctr", std::slice::from_ref(&all)),
+            "/new"
+        );
+        assert_eq!(
+            rewrite("/elsewhere", "", "/old/ctr", std::slice::from_ref(&all)),
+            "/elsewhere"
+        );
+        assert_eq!(
+            rewrite(
+                "/old/ctr",
+                "cpu,memory",
+                "/old/ctr",
+                &[all.clone(), mem.clone()]
+            ),
+            "/m"
+        );
+        assert_eq!(rewrite("/a", "pids", "/", &[mem]), "/a");
+        assert_eq!(rewrite("/a", "pids", "/", &[all]), "/new/a");
+        "x:rel".parse::<CgRoot>().unwrap_err();
+    }
+}
