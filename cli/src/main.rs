@@ -173,6 +173,10 @@ struct DumpArgs {
     /// (cgroup.img) when they are not stasis' own; MODE is checked
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true, value_parser = parse_cg_mode)]
     manage_cgroups: Option<stasis_engine::cgroup::Mode>,
+    /// Freeze the tree through this freezer cgroup (a v2 cgroup, or a v1
+    /// freezer cgroup) while seizing it: no task forks or exits meanwhile
+    #[arg(long, value_name = "DIR")]
+    freeze_cgroup: Option<PathBuf>,
 }
 
 /// CRIU's `--manage-cgroups` modes stasis honours.
@@ -315,6 +319,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         ext_unix_sk: a.ext_unix_sk.is_some(),
         network_lock: a.cr.network_lock(),
         notify: None,
+        freeze_cgroup: a.freeze_cgroup.clone(),
     };
     let stats = dump::dump(&opts)?;
     drop(bar);

@@ -348,6 +348,7 @@ fn apply(
         }
         "verbosity" | "v" => set(&mut o.log_level, number(value()?)?.cast_signed(), over),
         "log-file" | "o" => set(&mut o.log_file, value()?.to_owned(), over),
+        "freeze-cgroup" => set(&mut o.freeze_cgroup, value()?.to_owned(), over),
         "network-lock" => {
             use stasis_proto::rpc::CriuNetworkLockMethod as M;
             let m = match value()? {
@@ -409,7 +410,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
         "cgroup_dump_controller",
         !o.cgroup_dump_controller.is_empty(),
     );
-    flag("freeze_cgroup", o.freeze_cgroup.is_some());
     flag("lazy_pages", o.lazy_pages == Some(true));
     flag("status_fd", o.status_fd.is_some());
     flag("orphan_pts_master", o.orphan_pts_master == Some(true));
@@ -586,6 +586,7 @@ fn dump(
                 != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
             progress: None,
             notify,
+            freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
         };
         stasis_engine::dump::dump(&opts)
             .map(drop)

@@ -1976,3 +1976,111 @@ fn cgroups_come_back_made_moved_or_ignored() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("full is not supported yet"));
 }
+
+/// `--freeze-cgroup`: a tree that forks all the time, in a freezer cgroup
+/// (cgroup2 and the v1 freezer, where mounted), is dumped through it and
+/// comes back counting; a task of the cgroup outside the tree fails the
+/// dump and every task is left running, untraced, the cgroup thawed.
+#[test]
+fn freeze_cgroup_dumps_a_forking_tree_and_refuses_strays() {
+    need_root();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mut tops: Vec<String> = Vec::new();
+    for l in mounts.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = pre.split(' ').collect();
+        let g: Vec<&str> = post.split(' ').collect();
+        let freezer = g[0] == "cgroup2"
+            || g[0] == "cgroup"
+                && g.get(2)
+                    .is_some_and(|o| o.split(',').any(|x| x == "freezer"));
+        if freezer && f[3] == "/" {
+            tops.push(f[4].to_owned());
+        }
+    }
+    assert!(
+        !tops.is_empty(),
+        "this test needs cgroup2 or the v1 freezer mounted"
+    );
+    for top in tops {
+        let cg = Path::new(&top).join(format!("stasis-freeze-{}", std::process::id()));
+        std::fs::create_dir_all(&cg).expect("mkdir cgroup");
+        struct Rm(PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _rm = Rm(cg.clone());
+        let tmp = tmpdir();
+        let counter = tmp.path().join("count");
+        // Each round forks a subshell.
+        let mut job = Job::start(&format!(
+            "echo 0 > {}/cgroup.procs; i=0; while :; do i=$((i+1)); (echo $i > {}); done",
+            cg.display(),
+            counter.display()
+        ));
+        wait_counter(&counter, 100);
+        let img = images(tmp.path(), "img");
+        let cg_s = cg.to_str().expect("utf8");
+        dump_ok_with(job.pgid, &img, &["--freeze-cgroup", cg_s]);
+        job.reap();
+        let state = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap_or_default();
+        assert!(
+            !state("freezer.state").contains("FROZEN")
+                && !state("cgroup.events").contains("frozen 1")
+        );
+        restore_ok(&img);
+        let now = read_counter(&counter);
+        wait_counter(&counter, now + 100);
+        let _ = kill(Pid::from_raw(job.pgid), Signal::SIGKILL);
+        wait_group_gone(job.pgid);
+        // A stray: a second job in the same cgroup.
+        let job = Job::counter(&counter, "0.05");
+        let stray = Job::start(&format!(
+            "echo 0 > {}/cgroup.procs; exec sleep 1000",
+            cg.display()
+        ));
+        let t = Instant::now();
+        let member = stray.pgid.to_string();
+        while !std::fs::read_to_string(cg.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == member)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the stray did not join"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = run(&[
+            "dump",
+            "-t",
+            &job.pgid.to_string(),
+            "-D",
+            img.to_str().expect("utf8"),
+            "--freeze-cgroup",
+            cg_s,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("not in the tree"), "{err}");
+        // Everyone runs on, untraced, the cgroup thawed.
+        let now = read_counter(&counter);
+        wait_counter(&counter, now + 1);
+        for pid in [job.pgid, stray.pgid] {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+            assert!(st.contains("TracerPid:\t0"), "{pid} still traced: {st}");
+        }
+        assert!(
+            !state("freezer.state").contains("FROZEN")
+                && !state("cgroup.events").contains("frozen 1")
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+        drop(stray);
+        drop(job);
+    }
+}

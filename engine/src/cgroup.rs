@@ -448,3 +448,123 @@ mod tests {
         "x:rel".parse::<CgRoot>().unwrap_err();
     }
 }
+
+/// A freezer cgroup frozen for the dump (`--freeze-cgroup`): v2
+/// (`cgroup.freeze`, `cgroup.events`) or v1 (`freezer.state`), whichever
+/// control file the directory has. Thawed when dropped.
+#[derive(Debug)]
+pub struct Frozen {
+    dir: PathBuf,
+    v2: bool,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// Freeze `dir` and wait until every task in it is frozen (v1's freezer
+    /// may need the request again), within `timeout`.
+    pub fn freeze(dir: &Path, timeout: std::time::Duration) -> Result<Frozen> {
+        let v2 = dir.join("cgroup.freeze").exists();
+        if !v2 && !dir.join("freezer.state").exists() {
+            return Err(Error::Cgroup {
+                path: dir.display().to_string(),
+                what: "freezing it",
+                err: std::io::Error::from(std::io::ErrorKind::NotFound),
+                hint: ": neither cgroup.freeze (v2) nor freezer.state (v1) is there; give the \
+                       directory of a cgroup (v2) or of a freezer cgroup (v1)",
+            });
+        }
+        let frozen = Frozen {
+            dir: dir.to_owned(),
+            v2,
+            thawed: false,
+        };
+        if frozen.is_frozen()? {
+            return Err(Error::Cgroup {
+                path: dir.display().to_string(),
+                what: "freezing it",
+                err: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                hint: ": it is frozen already; thaw it first (the dump must see its tasks stop)",
+            });
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut asked = std::time::Instant::now();
+        frozen.request(true)?;
+        while !frozen.is_frozen()? {
+            if std::time::Instant::now() > deadline {
+                // Dropped: thawed again.
+                return Err(Error::Timeout {
+                    secs: timeout.as_secs(),
+                    step: "freezing the freezer cgroup (a task may be in an uninterruptible \
+                           sleep; raise --timeout)",
+                });
+            }
+            if !v2 && asked.elapsed() > std::time::Duration::from_millis(100) {
+                frozen.request(true)?;
+                asked = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(frozen)
+    }
+
+    fn request(&self, freeze: bool) -> Result<()> {
+        let (file, value) = match (self.v2, freeze) {
+            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        std::fs::write(self.dir.join(file), value).map_err(cg_err(&self.dir, file, ""))
+    }
+
+    fn is_frozen(&self) -> Result<bool> {
+        let file = if self.v2 {
+            "cgroup.events"
+        } else {
+            "freezer.state"
+        };
+        let text =
+            std::fs::read_to_string(self.dir.join(file)).map_err(cg_err(&self.dir, file, ""))?;
+        Ok(if self.v2 {
+            text.lines().any(|l| l.trim() == "frozen 1")
+        } else {
+            text.trim() == "FROZEN"
+        })
+    }
+
+    /// Every thread in the cgroup and the cgroups below it.
+    pub fn threads(&self) -> Result<Vec<Pid>> {
+        let file = if self.v2 { "cgroup.threads" } else { "tasks" };
+        let mut out = Vec::new();
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(d) = dirs.pop() {
+            let text = std::fs::read_to_string(d.join(file)).map_err(cg_err(&d, file, ""))?;
+            out.extend(
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .map(Pid::from_raw),
+            );
+            let entries = std::fs::read_dir(&d).map_err(cg_err(&d, "listing it", ""))?;
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Thaw it: the seized tasks then stop for the dump.
+    pub fn thaw(mut self) -> Result<()> {
+        self.thawed = true;
+        self.request(false)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = self.request(false);
+        }
+    }
+}

@@ -49,6 +49,9 @@ pub struct Opts {
     pub progress: Option<Progress>,
     /// Who is told the action-script points (`pre-dump`, `post-dump`).
     pub notify: Option<crate::notify::Notify>,
+    /// `--freeze-cgroup`: a freezer cgroup (v1 or v2) holding the tree,
+    /// frozen while its tasks are seized.
+    pub freeze_cgroup: Option<PathBuf>,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -79,7 +82,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     let before = dir.entries();
     crate::notify::point(opts.notify.as_ref(), "pre-dump", opts.pid)?;
     let t0 = Instant::now();
-    let tree = seize::freeze(opts.pid, opts.timeout)?;
+    let tree = seize::freeze(opts.pid, opts.timeout, opts.freeze_cgroup.as_deref())?;
     let engine_mask = seize::pin_engine();
     let freezing_us = us(t0);
     let t1 = Instant::now();

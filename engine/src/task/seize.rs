@@ -152,7 +152,9 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
     }
 }
 
-fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Option<Thread>> {
+/// PTRACE_SEIZE and INTERRUPT thread `tid` of `pid`, not waiting for it
+/// to stop; `false` if it is gone.
+fn seize_only(pid: Pid, tid: Pid) -> Result<bool> {
     // Filters suspended: the engine's remote calls must not be filtered.
     let seccomp = crate::task::seccomp::mode_of(pid, tid).unwrap_or(0);
     match ptrace::seize(
@@ -160,17 +162,33 @@ fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Opti
         crate::task::seccomp::options(seccomp, Options::PTRACE_O_TRACESYSGOOD),
     ) {
         Ok(()) => {}
-        Err(Errno::ESRCH) => return Ok(None),
+        Err(Errno::ESRCH) => return Ok(false),
         // A thread that exited since the listing cannot be seized either.
         Err(Errno::EPERM)
             if proc::stat(pid, Some(tid)).is_ok_and(|s| s.state == 'Z')
                 || !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() =>
         {
-            return Ok(None);
+            return Ok(false);
         }
         Err(errno) => return Err(Error::Seize { pid: tid, errno }),
     }
     ptrace::interrupt(tid).map_err(Error::ptrace(tid, "INTERRUPT"))?;
+    Ok(true)
+}
+
+/// Seize thread `tid` of `pid` (unless `pre` says it was, while its cgroup
+/// was frozen) and wait for it to stop.
+fn seize_thread(
+    pid: Pid,
+    tid: Pid,
+    deadline: Instant,
+    secs: u64,
+    pre: &BTreeSet<Pid>,
+) -> Result<Option<Thread>> {
+    let seccomp = crate::task::seccomp::mode_of(pid, tid).unwrap_or(0);
+    if !pre.contains(&tid) && !seize_only(pid, tid)? {
+        return Ok(None);
+    }
     loop {
         match wait_until(tid, deadline, secs) {
             Ok(WaitStatus::PtraceEvent(..)) => break,
@@ -195,9 +213,10 @@ fn seize_thread(pid: Pid, tid: Pid, deadline: Instant, secs: u64) -> Result<Opti
     }))
 }
 
-/// Freeze the tree under `root` within `timeout`. On failure every seized
-/// thread is released.
-pub fn freeze(root: Pid, timeout: Duration) -> Result<Tree> {
+/// Freeze the tree under `root` within `timeout`; with `cgroup`, seize
+/// its tasks while that freezer cgroup holds them frozen, so that none
+/// forks or exits meanwhile. On failure every seized thread is released.
+pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) -> Result<Tree> {
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(Error::NoSuchTask { pid: root });
     }
@@ -214,16 +233,85 @@ pub fn freeze(root: Pid, timeout: Duration) -> Result<Tree> {
     }
     let mut tree = Tree::default();
     let deadline = Instant::now() + timeout;
-    match freeze_into(root, &mut tree, deadline, timeout.as_secs()) {
+    let secs = timeout.as_secs();
+    let pre = match cgroup {
+        Some(dir) => seize_frozen(dir, timeout)?,
+        None => BTreeSet::new(),
+    };
+    let res = freeze_into(root, &mut tree, deadline, secs, &pre).and_then(|()| {
+        // A task of the cgroup is part of the tree, or the dump would
+        // miss it.
+        let mine: BTreeSet<Pid> = tree
+            .tasks
+            .iter()
+            .flat_map(|t| t.threads.iter().map(|th| th.tid))
+            .collect();
+        match pre.iter().find(|t| !mine.contains(t)) {
+            Some(&stray) => Err(Error::Unsupported {
+                pid: stray,
+                what: format!(
+                    "a task in the freezer cgroup that is not in the tree of {root} (dump \
+                     the cgroup's whole tree, or leave out --freeze-cgroup)"
+                ),
+            }),
+            None => Ok(()),
+        }
+    });
+    match res {
         Ok(()) => Ok(tree),
         Err(e) => {
             tree.release();
+            let mine: BTreeSet<Pid> = tree
+                .tasks
+                .iter()
+                .flat_map(|t| t.threads.iter().map(|th| th.tid))
+                .collect();
+            for &t in pre.iter().filter(|t| !mine.contains(t)) {
+                // Stopped first: only a stopped tracee can be detached.
+                let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
+                let _ = ptrace::detach(t, None);
+            }
             Err(e)
         }
     }
 }
 
-fn freeze_into(root: Pid, tree: &mut Tree, deadline: Instant, secs: u64) -> Result<()> {
+/// Freeze cgroup `dir`, seize and interrupt every thread in it, thaw it:
+/// the threads seized, each stopping as soon as it runs.
+fn seize_frozen(dir: &std::path::Path, timeout: Duration) -> Result<BTreeSet<Pid>> {
+    let frozen = crate::cgroup::Frozen::freeze(dir, timeout)?;
+    let mut pre = BTreeSet::new();
+    let res = frozen.threads().and_then(|tids| {
+        for tid in tids {
+            let tgid = proc::status(tid, None)
+                .ok()
+                .and_then(|s| s.get("Tgid").and_then(|v| v.parse().ok()))
+                .map_or(tid, Pid::from_raw);
+            if seize_only(tgid, tid)? {
+                pre.insert(tid);
+            }
+        }
+        Ok(())
+    });
+    // Thawed either way (dropped on failure); the seized ones stop at once.
+    let res = res.and_then(|()| frozen.thaw());
+    if let Err(e) = res {
+        for &t in &pre {
+            let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
+            let _ = ptrace::detach(t, None);
+        }
+        return Err(e);
+    }
+    Ok(pre)
+}
+
+fn freeze_into(
+    root: Pid,
+    tree: &mut Tree,
+    deadline: Instant,
+    secs: u64,
+    pre: &BTreeSet<Pid>,
+) -> Result<()> {
     let mut seen: BTreeSet<Pid> = BTreeSet::new();
     // Breadth-first; each process is revisited until its threads are stable.
     let mut queue = vec![(root, Pid::from_raw(0))];
@@ -248,7 +336,7 @@ fn freeze_into(root: Pid, tree: &mut Tree, deadline: Instant, secs: u64) -> Resu
                 let mut grew = false;
                 for tid in proc::threads(pid)? {
                     if seen.insert(tid)
-                        && let Some(t) = seize_thread(pid, tid, deadline, secs)?
+                        && let Some(t) = seize_thread(pid, tid, deadline, secs, pre)?
                     {
                         task.threads.push(t);
                         grew = true;
