@@ -217,6 +217,11 @@ struct RestoreArgs {
     /// (for the hierarchy with CONTROLLER only, or all); repeatable
     #[arg(long, value_name = "[CONTROLLER:]PATH")]
     cgroup_root: Vec<stasis_engine::cgroup::CgRoot>,
+    /// The root file system of a tree that had a root of its own (a
+    /// pivot_root'ed tree, a container): its mounts are made under DIR,
+    /// which becomes the root of its mount namespace
+    #[arg(short = 'r', long, value_name = "DIR")]
+    root: Option<PathBuf>,
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -351,6 +356,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         notify: None,
         cgroups: a.manage_cgroups.unwrap_or_default(),
         cgroup_roots: a.cgroup_root.clone(),
+        root: a.root.clone(),
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

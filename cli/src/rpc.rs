@@ -385,7 +385,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     };
     flag("evasive_devices", o.evasive_devices == Some(true));
     flag("ps (page server)", o.ps.is_some());
-    flag("root", o.root.is_some());
     flag("parent_img", o.parent_img.is_some());
     flag("track_mem", o.track_mem == Some(true));
     flag("auto_dedup", o.auto_dedup == Some(true));
@@ -621,6 +620,7 @@ fn restore(
                     path: r.path.clone(),
                 })
                 .collect(),
+            root: o.root.as_ref().map(PathBuf::from),
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())

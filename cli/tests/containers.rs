@@ -367,3 +367,150 @@ fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
     );
     assert!(!d.join("t/f").exists(), "the tree's tmpfs is visible here");
 }
+
+/// The root file system of a busybox container: busybox (static, Debian's
+/// busybox-static) and empty mount points.
+fn busybox_rootfs(root: &Path) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())
+        .expect("this test needs busybox (Debian's busybox-static)");
+    for d in ["bin", "proc", "tmp", "data", "oldroot"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+}
+
+/// A container as runtimes make one: its own PID, mount, UTS and IPC
+/// namespaces, its root file system bind-mounted and pivot_root'ed into, the
+/// old root unmounted, a tmpfs with a file it holds open, its procfs. It is
+/// dumped and restored three times with `--root`: it counts on, and sees
+/// exactly its own mounts, its executable, directory and file as it did.
+/// Without `--root` the restore refuses, naming the option, and leaves no
+/// task.
+#[test]
+fn a_pivot_root_container_comes_back_under_root() {
+    need_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("rootfs");
+    busybox_rootfs(&root);
+    let r = root.display();
+    let script = format!(
+        "mount --make-rprivate /\n\
+         mount --bind {r} {r}\n\
+         mount -t tmpfs -o size=1m ctmp {r}/tmp\n\
+         mount -t proc proc {r}/proc\n\
+         echo hello > {r}/tmp/file\n\
+         cd {r}\n\
+         pivot_root . oldroot\n\
+         exec /bin/busybox sh -c '/bin/busybox umount -l /oldroot; exec 3</tmp/file; i=0; \
+         while :; do i=$((i+1)); echo $i > /data/count; /bin/busybox sleep 0.05; done'\n"
+    );
+    let unshare = Command::new("unshare")
+        .args(["--fork", "--pid", "--mount", "--uts", "--ipc", "sh", "-c"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    let count = root.join("data/count");
+    let read = || -> u64 {
+        std::fs::read_to_string(&count)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let wait_count = |above: u64| {
+        let t = Instant::now();
+        while read() <= above {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the count is stuck at {}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_count(2);
+    let mut pid = ctr.init.expect("init");
+    let seen = |pid: i32| {
+        let link = |l: &str| {
+            std::fs::read_link(format!("/proc/{pid}/{l}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        (mount_points(pid), link("exe"), link("cwd"), link("fd/3"))
+    };
+    let before = seen(pid);
+    assert_eq!(
+        before,
+        (
+            vec!["/".to_owned(), "/proc".to_owned(), "/tmp".to_owned()],
+            "/bin/busybox".to_owned(),
+            "/".to_owned(),
+            "/tmp/file".to_owned()
+        )
+    );
+    let stasis = env!("CARGO_BIN_EXE_stasis");
+    for cycle in 0..3 {
+        let img = tmp.path().join(format!("img{cycle}"));
+        std::fs::create_dir(&img).expect("mkdir");
+        let out = Command::new(stasis)
+            .args(["dump", "-t", &pid.to_string(), "-D"])
+            .arg(&img)
+            .output()
+            .expect("run stasis");
+        assert!(
+            out.status.success(),
+            "dump {cycle}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(mut c) = ctr.unshare.take() {
+            let _ = c.wait();
+        }
+        ctr.init = None;
+        if cycle == 0 {
+            let out = Command::new(stasis)
+                .args(["restore", "-d", "-D"])
+                .arg(&img)
+                .output()
+                .expect("run stasis");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains("--root"), "{err}");
+            assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        }
+        let pidfile = tmp.path().join(format!("pid{cycle}"));
+        let out = Command::new(stasis)
+            .args(["restore", "-d", "--root"])
+            .arg(&root)
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("-D")
+            .arg(&img)
+            .output()
+            .expect("run stasis");
+        assert!(
+            out.status.success(),
+            "restore {cycle}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pid = wait_for(&pidfile, 5).trim().parse().expect("pid");
+        ctr.init = Some(pid);
+        let now = read();
+        wait_count(now + 2);
+        assert_eq!(seen(pid), before, "after restore {cycle}");
+        let file =
+            std::fs::read_to_string(format!("/proc/{pid}/root/tmp/file")).expect("tmpfs file");
+        assert_eq!(file, "hello\n");
+    }
+    // Nothing of the tree's mounts reached the host.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!host.contains(&root.display().to_string()), "{host}");
+}

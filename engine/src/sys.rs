@@ -1442,3 +1442,57 @@ pub fn unpin_thread() {
         let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &m);
     }
 }
+
+/// Make `dir` the root of mount namespace `ns` (pivot_root(2)'s
+/// `pivot_root(".", ".")` then a lazy unmount of the old root), from a
+/// child process, since a multi-threaded caller cannot join a mount
+/// namespace. Every process of the namespace whose root was the old root
+/// gets `dir`.
+pub fn pivot_in(ns: std::os::fd::BorrowedFd<'_>, dir: &std::ffi::CStr) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let (ns, dir) = (ns.as_raw_fd(), dir.as_ptr());
+    // SAFETY: the child makes raw syscalls on values prepared before the
+    // fork (no allocation, no lock another thread may hold) and leaves with
+    // _exit; the parent only waits for it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    if pid == 0 {
+        pivot_child(ns, dir);
+    }
+    let status = nix::sys::wait::waitpid(Pid::from_raw(pid), None)?;
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, e) => Err(Errno::from_raw(e)),
+        _ => Err(Errno::EINTR),
+    }
+}
+
+/// The child of [`pivot_in`]: raw syscalls only (it was forked from a
+/// multi-threaded process), its exit status the errno of the call that
+/// failed.
+fn pivot_child(ns: RawFd, dir: *const libc::c_char) -> ! {
+    let step = |r: libc::c_long| {
+        if r < 0 {
+            // SAFETY: _exit ends the child at once; nothing is left to run.
+            unsafe { libc::_exit(Errno::last_raw()) }
+        }
+    };
+    // SAFETY: `ns` is an open fd of the parent's, inherited.
+    step(libc::c_long::from(unsafe {
+        libc::setns(ns, libc::CLONE_NEWNS)
+    }));
+    // SAFETY: `dir` points to a C string in the child's copy of the
+    // parent's memory, alive for the call.
+    step(libc::c_long::from(unsafe { libc::chdir(dir) }));
+    let dot = c".".as_ptr();
+    // SAFETY: two pointers to a static C string.
+    step(unsafe { libc::syscall(libc::SYS_pivot_root, dot, dot) });
+    // SAFETY: a pointer to a static C string.
+    step(libc::c_long::from(unsafe {
+        libc::umount2(dot, libc::MNT_DETACH)
+    }));
+    // SAFETY: _exit ends the child at once.
+    unsafe { libc::_exit(0) }
+}

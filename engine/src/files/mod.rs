@@ -1256,6 +1256,33 @@ impl Table {
         Ok(t)
     }
 
+    /// Restore under `--root`: the absolute paths of the images (regular
+    /// files, FIFOs, bound unix sockets), which are as the tree saw them,
+    /// under `root`, where its mounts are made. A file on a mount the
+    /// tree's table does not have (`tree_mounts`: one it inherited from
+    /// outside, such as stdin) was named as the engine saw it and stays.
+    pub fn rebase(&mut self, root: &std::path::Path, tree_mounts: &std::collections::HashSet<u32>) {
+        use std::os::unix::ffi::OsStrExt;
+        for e in &mut self.entries {
+            match e.kind.as_mut() {
+                Some(Kind::Reg(r))
+                    if r.name.starts_with('/')
+                        && r.mnt_id
+                            .is_none_or(|m| m <= 0 || tree_mounts.contains(&m.cast_unsigned())) =>
+                {
+                    r.name = crate::ns::mnt::under(root, &r.name);
+                }
+                Some(Kind::Usk(u)) if u.name.first() == Some(&b'/') => {
+                    let name = std::ffi::OsStr::from_bytes(&u.name)
+                        .to_string_lossy()
+                        .into_owned();
+                    u.name = crate::ns::mnt::under(root, &name).into_bytes();
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// The entry with id `id`.
     pub fn get(&self, id: u32) -> Option<&FileEntry> {
         self.entries.iter().find(|e| e.id == id)

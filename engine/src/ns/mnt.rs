@@ -355,6 +355,23 @@ impl Foreign {
                 .is_ok_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
             if same {
                 fd.target = path;
+                fd.mnt_id = i32::try_from(m.id).unwrap_or(-1);
+                return;
+            }
+        }
+        // Not in the tree's namespace: a file of the engine's (stdin from
+        // outside a container whose restore detached its mount), named
+        // as the engine sees it.
+        for m in self.mine.values().filter(|m| m.dev == dev) {
+            let Some(rest) = rel(&fd.target, &m.root) else {
+                continue;
+            };
+            let path = join(&m.point, rest);
+            let same = std::fs::metadata(&path)
+                .is_ok_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
+            if same {
+                fd.target = path;
+                fd.mnt_id = i32::try_from(m.id).unwrap_or(-1);
                 return;
             }
         }
@@ -399,14 +416,15 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
     let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
     let theirs = ns_table(root)?;
     let unsupported = |what: String| Error::Unsupported { pid: root, what };
-    let (Some(r), Some(my_root)) = (table_root(&theirs), table_root(&mine)) else {
+    let (Some(r), Some(_)) = (table_root(&theirs), table_root(&mine)) else {
         return Err(unsupported("a mount table without one root".into()));
     };
-    if r.dev != my_root.dev || r.root != my_root.root || r.point != "/" {
+    // A root of its own (pivot_root'ed, a container): its table and the
+    // tasks' paths are as the tree sees them; the restore needs --root.
+    if r.point != "/" {
         return Err(unsupported(format!(
-            "a root mount of its own ({}, {} at {}; stasis' is {} {}): a pivot_root'ed tree \
-             needs --root",
-            r.fstype, r.root, r.point, my_root.fstype, my_root.root
+            "a root mount at {} ({} {})",
+            r.point, r.fstype, r.root
         )));
     }
     let my_devs: HashSet<u32> = mine.iter().map(|m| m.dev).collect();
@@ -619,6 +637,33 @@ pub struct Restored {
     cwd: OwnedFd,
     /// procfs mounts the root task makes.
     pub procs: Vec<ProcMount>,
+    /// With --root: the directory the tree's mounts are under, made the
+    /// namespace's root (pivot_root) once the tasks no longer look up paths.
+    pub root: Option<std::path::PathBuf>,
+}
+
+/// The ids of the mounts of the tree's own namespace (none if it has
+/// none): files on other mounts were named as the engine saw them.
+pub fn mount_ids(dir: &Dir) -> Result<HashSet<u32>> {
+    if !dir.exists(img::MNTS, super::NS_ID) {
+        return Ok(HashSet::new());
+    }
+    Ok(dir
+        .read_all(img::MNTS, super::NS_ID)?
+        .iter()
+        .map(|e| Mount::from_entry(e).id)
+        .collect())
+}
+
+/// `point` (as the tree saw it) under directory `root`.
+pub fn under(root: &Path, point: &str) -> String {
+    let r = root.to_string_lossy();
+    let rest = point.trim_start_matches('/');
+    if rest.is_empty() {
+        r.into_owned()
+    } else {
+        format!("{}/{rest}", r.trim_end_matches('/'))
+    }
 }
 
 impl Restored {
@@ -712,7 +757,11 @@ fn matching(want: &[Mount], have: &[Mount]) -> Vec<Option<usize>> {
 /// Make the tree's mount namespace from `mountpoints-ID.img`, if the dump
 /// wrote one: the engine is left inside it (to open the tree's files) and
 /// goes back with [`Restored::leave`].
-pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<Restored>> {
+pub fn restore(
+    dir: &Dir,
+    user: Option<&super::user::Helper>,
+    new_root: Option<&Path>,
+) -> Result<Option<Restored>> {
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
@@ -733,6 +782,48 @@ pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<R
         return Err(bad("mounts whose parents are not in the table".into()));
     }
     let me = nix::unistd::getpid();
+    // With --root, the tree's mounts are made under that directory (the
+    // root mount a bind of it), which becomes the namespace's root once
+    // the tasks are restored ([`Restored::root`]).
+    let rooted = match new_root {
+        Some(r) => Some(
+            std::fs::canonicalize(r).map_err(|err| Error::MountContents {
+                path: r.display().to_string(),
+                what: "the --root directory",
+                err,
+            })?,
+        ),
+        None => {
+            let mine = read_table("/proc/thread-self/mountinfo", me)?;
+            if table_root(&mine).is_some_and(|m| m.dev != want_root.dev || m.root != want_root.root)
+            {
+                return Err(Error::Mount {
+                    path: "/".into(),
+                    what: format!(
+                        "giving the tree its own root ({} {})",
+                        want_root.fstype, want_root.root
+                    ),
+                    errno: Errno::EINVAL,
+                    hint: ": the tree was pivot_root'ed (a container); restore with --root DIR, \
+                           DIR holding its root file system",
+                });
+            }
+            None
+        }
+    };
+    let want: Vec<Mount> = match &rooted {
+        Some(r) => want
+            .into_iter()
+            .map(|mut m| {
+                m.point = under(r, &m.point);
+                m
+            })
+            .collect(),
+        None => want,
+    };
+    let Some(want_root) = table_root(&want) else {
+        return Err(bad("no single root mount".into()));
+    };
     let engine = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map(OwnedFd::from)
         .map_err(|err| Error::Proc {
@@ -779,7 +870,7 @@ pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<R
         None => nix::sched::unshare(CloneFlags::CLONE_NEWNS)
             .map_err(Error::restore(me, "a mount namespace"))?,
     }
-    let inside = build(&want, want_root, dir, &groups).and_then(|procs| {
+    let inside = build(&want, want_root, dir, &groups, rooted.as_deref()).and_then(|procs| {
         let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
             .map(OwnedFd::from)
             .map_err(|err| Error::Proc {
@@ -795,6 +886,7 @@ pub fn restore(dir: &Dir, user: Option<&super::user::Helper>) -> Result<Option<R
             engine,
             cwd,
             procs,
+            root: rooted,
         })),
         Err(e) => {
             // The copy goes with the engine's leaving it (nothing holds it).
@@ -837,7 +929,13 @@ fn open_mount(m: &Mount) -> Result<OwnedFd, Errno> {
 }
 
 /// In the fresh copy of the engine's namespace: make the table `want`.
-fn build(want: &[Mount], want_root: &Mount, dir: &Dir, groups: &Outside) -> Result<Vec<ProcMount>> {
+fn build(
+    want: &[Mount],
+    want_root: &Mount,
+    dir: &Dir,
+    groups: &Outside,
+    rooted: Option<&Path>,
+) -> Result<Vec<ProcMount>> {
     let me = nix::unistd::getpid();
     nix::mount::mount(
         None::<&str>,
@@ -848,8 +946,14 @@ fn build(want: &[Mount], want_root: &Mount, dir: &Dir, groups: &Outside) -> Resu
     )
     .map_err(mount_err("/", "making the copied namespace private"))?;
     let have = read_table("/proc/thread-self/mountinfo", me)?;
-    let matched = matching(want, &have);
-    if matched.iter().all(Option::is_none) {
+    // Under --root nothing is kept: every mount is made there, and the
+    // engine's copy stays around it until the pivot.
+    let matched = if rooted.is_some() {
+        vec![None; want.len()]
+    } else {
+        matching(want, &have)
+    };
+    if rooted.is_none() && matched.iter().all(Option::is_none) {
         return Err(Error::Mount {
             path: "/".into(),
             what: format!(
@@ -899,7 +1003,7 @@ fn build(want: &[Mount], want_root: &Mount, dir: &Dir, groups: &Outside) -> Resu
     // Unmount what the tree did not have, upper mounts first; a mount
     // under one that went already went with it.
     for (k, h) in have.iter().enumerate().rev() {
-        if kept.contains(&k) {
+        if kept.contains(&k) || rooted.is_some() {
             continue;
         }
         let res = nix::mount::umount2(h.point.as_str(), nix::mount::MntFlags::MNT_DETACH);
@@ -940,7 +1044,15 @@ fn build(want: &[Mount], want_root: &Mount, dir: &Dir, groups: &Outside) -> Resu
             });
             continue;
         }
-        let src = if let Some((base, fd)) = sources.iter().find_map(|s| {
+        let src = if let (Some(r), true) = (rooted, w.id == want_root.id) {
+            // The root: a bind of the --root directory, on itself.
+            rustix::mount::open_tree(
+                rustix::fs::CWD,
+                r,
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| mount_err(&w.point, "cloning the --root directory")(rx(e)))?
+        } else if let Some((base, fd)) = sources.iter().find_map(|s| {
             (s.0 == w.dev)
                 .then(|| rel(&w.root, &s.1).map(|r| (r, &s.2)))
                 .flatten()

@@ -332,7 +332,7 @@ pub struct Restored {
 
 /// Make the tree's namespaces again in the engine (which then forks the
 /// tree into them).
-pub fn restore(dir: &Dir) -> Result<Restored> {
+pub fn restore(dir: &Dir, root: Option<&std::path::Path>) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
     // In a user namespace of the tree's own, the other namespaces are made
@@ -436,6 +436,6 @@ pub fn restore(dir: &Dir) -> Result<Restored> {
     }
     time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.
-    out.mnt = mnt::restore(dir, helper)?;
+    out.mnt = mnt::restore(dir, helper, root)?;
     Ok(out)
 }

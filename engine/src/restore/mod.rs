@@ -58,6 +58,9 @@ pub struct Opts {
     pub cgroups: crate::cgroup::Mode,
     /// `--cgroup-root`: where they go instead.
     pub cgroup_roots: Vec<crate::cgroup::CgRoot>,
+    /// `--root`: the directory holding the root file system of a tree that
+    /// had a root of its own (pivot_root'ed, a container).
+    pub root: Option<PathBuf>,
 }
 
 /// A restored tree, released and running.
@@ -258,6 +261,21 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     tracing::debug!("reading the images");
     let (mut plans, mut files, inv) = load(&dir)?;
     tracing::debug!(tasks = plans.len(), "images read");
+    if let Some(root) = &opts.root {
+        // Paths are as the tree saw them: looked up under --root until the
+        // pivot makes it the root.
+        let root = std::fs::canonicalize(root).map_err(|err| Error::ImagesDir {
+            path: root.display().to_string(),
+            err,
+        })?;
+        files.rebase(&root, &crate::ns::mnt::mount_ids(&dir)?);
+        for p in &mut plans {
+            if let Some(fs) = &p.fs {
+                p.cwd = files.path_of(fs.cwd_id).map(str::to_owned);
+                p.root_dir = files.path_of(fs.root_id).map(str::to_owned);
+            }
+        }
+    }
     if opts.shell_job {
         shell_job(&mut plans, &files, opts.detached);
     }
@@ -290,7 +308,8 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
-    let mut ns_done = crate::ns::restore(&dir)?;
+    let mut ns_done = crate::ns::restore(&dir, opts.root.as_deref())?;
+    let mut pivot: Option<PathBuf> = None;
 
     let (pool, next) = (|| {
         files.make_ghosts()?;
@@ -303,6 +322,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         // namespace (its /proc shows the tasks), the root joins the tree's.
         if let Some(m) = ns_done.mnt.take() {
             m.leave()?;
+            pivot = m.root.clone();
             if let Some(root) = plans.first_mut() {
                 root.mnt_ns = Some(m.ns);
                 root.proc_mounts = m.procs;
@@ -364,6 +384,10 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let ready_fd = ready_w.as_raw_fd();
     drop(ready_w);
     drop(pool);
+    // A path never holds a NUL byte.
+    let pivot_c = pivot
+        .as_ref()
+        .and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok());
     let made = Made {
         hosts: &hosts,
         root_host,
@@ -373,6 +397,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         tramp: &tramp,
         progress: opts.progress.as_ref(),
         mask: mask.as_ref(),
+        pivot: pivot_c.as_deref(),
     };
     let hook = opts.notify.as_ref();
     let result = crate::notify::point(hook, "setup-namespaces", root_host)
@@ -824,6 +849,9 @@ struct Made<'a> {
     tramp: &'a Trampoline,
     progress: Option<&'a crate::progress::Progress>,
     mask: Option<&'a nix::sched::CpuSet>,
+    /// With --root: the directory made the root of the tree's mount
+    /// namespace once every task is restored.
+    pivot: Option<&'a std::ffi::CStr>,
 }
 
 /// Wait until every forked task has set itself up (its report on
@@ -907,6 +935,7 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
         barrier: &barrier,
         failed: &failed,
         done: &done,
+        pivot: m.pivot.zip(m.plans.first().and_then(|p| p.mnt_ns.as_ref())),
     };
     let jobs: Vec<_> = groups
         .iter()
@@ -1021,6 +1050,9 @@ struct Work<'a> {
     barrier: &'a std::sync::Barrier,
     failed: &'a std::sync::atomic::AtomicBool,
     done: &'a std::sync::atomic::AtomicUsize,
+    /// With --root: the directory made the root of the tree's mount
+    /// namespace, and that namespace.
+    pivot: Option<(&'a std::ffi::CStr, &'a OwnedFd)>,
 }
 
 impl Work<'_> {
@@ -1281,10 +1313,32 @@ impl Work<'_> {
             }
         }
         // Nothing runs before every task is restored.
-        self.barrier.wait();
+        let lead = self.barrier.wait().is_leader();
+        // Every path looked up: the tree's root becomes its namespace's.
+        let mut pivoted = Ok(());
+        if let Some((root, ns)) = self.pivot {
+            if lead && !self.failed.load(Ordering::SeqCst) {
+                pivoted = sys::pivot_in(ns.as_fd(), root).map_err(|errno| Error::Restore {
+                    pid: Pid::from_raw(0),
+                    what: format!(
+                        "making {} the root of the tree's mount namespace (pivot_root)",
+                        root.to_string_lossy()
+                    ),
+                    errno,
+                });
+                if pivoted.is_err() {
+                    self.failed.store(true, Ordering::SeqCst);
+                    for p in self.alive.iter().rev() {
+                        let _ = kill(self.hosts.get(p.pst.pid), Signal::SIGKILL);
+                    }
+                }
+            }
+            self.barrier.wait();
+        }
         if first {
             res?;
         }
+        pivoted?;
         if self.failed.load(Ordering::SeqCst) {
             return Ok(pages);
         }
