@@ -177,6 +177,40 @@ struct DumpArgs {
     /// freezer cgroup) while seizing it: no task forks or exits meanwhile
     #[arg(long, value_name = "DIR")]
     freeze_cgroup: Option<PathBuf>,
+    /// mnt[POINT]:KEY: the tree's mount at POINT is the caller's (a bind
+    /// from outside): saved as external under KEY; repeatable
+    #[arg(long, value_name = "mnt[POINT]:KEY", value_parser = parse_external)]
+    external: Vec<(String, String)>,
+    /// POINT:KEY, the same as --external mnt[POINT]:KEY
+    #[arg(long, value_name = "POINT:KEY", value_parser = parse_ext_mount_map)]
+    ext_mount_map: Vec<(String, String)>,
+    /// net: the network namespace's devices other than loopback are the
+    /// caller's (set up again by it after the restore), not saved
+    #[arg(long, value_name = "net", value_parser = ["net"])]
+    empty_ns: Option<String>,
+}
+
+/// CRIU's `--external` forms stasis takes: `mnt[A]:B` (dump: the mount
+/// at A is the caller's, known by key B; restore: bind B at the mount
+/// known by key A). Any other kind is refused by name.
+pub(crate) fn parse_external(s: &str) -> std::result::Result<(String, String), String> {
+    let rest = s
+        .strip_prefix("mnt[")
+        .ok_or_else(|| format!("--external {s}: only mnt[...]:... is supported yet"))?;
+    let (a, b) = rest
+        .split_once("]:")
+        .ok_or_else(|| format!("--external {s}: write mnt[A]:B"))?;
+    Ok((a.to_owned(), b.to_owned()))
+}
+
+/// CRIU's older `--ext-mount-map A:B`, the same as `--external mnt[A]:B`.
+fn parse_ext_mount_map(s: &str) -> std::result::Result<(String, String), String> {
+    if s == "auto" {
+        return Err("--ext-mount-map auto is not supported yet: name each mount".into());
+    }
+    s.split_once(':')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .ok_or_else(|| format!("--ext-mount-map {s}: write A:B"))
 }
 
 /// CRIU's `--manage-cgroups` modes stasis honours.
@@ -222,6 +256,12 @@ struct RestoreArgs {
     /// which becomes the root of its mount namespace
     #[arg(short = 'r', long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// mnt[KEY]:PATH: bind PATH at the tree's external mount KEY; repeatable
+    #[arg(long, value_name = "mnt[KEY]:PATH", value_parser = parse_external)]
+    external: Vec<(String, String)>,
+    /// KEY:PATH, the same as --external mnt[KEY]:PATH
+    #[arg(long, value_name = "KEY:PATH", value_parser = parse_ext_mount_map)]
+    ext_mount_map: Vec<(String, String)>,
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -325,6 +365,8 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         network_lock: a.cr.network_lock(),
         notify: None,
         freeze_cgroup: a.freeze_cgroup.clone(),
+        ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
+        empty_net: a.empty_ns.as_deref() == Some("net"),
     };
     let stats = dump::dump(&opts)?;
     drop(bar);
@@ -357,6 +399,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         cgroups: a.manage_cgroups.unwrap_or_default(),
         cgroup_roots: a.cgroup_root.clone(),
         root: a.root.clone(),
+        ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

@@ -21,6 +21,9 @@ use stasis_proto::rpc::{
     CriuVersion,
 };
 
+/// CLONE_NEWNET, as `empty_ns` carries it.
+const CLONE_NEWNET: u32 = 0x4000_0000;
+
 /// What an answer says: success, or the message of a refusal or failure.
 type Answer = std::result::Result<CriuResp, String>;
 
@@ -383,7 +386,9 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
             set.push(name);
         }
     };
-    flag("evasive_devices", o.evasive_devices == Some(true));
+    // evasive_devices only lets CRIU open a device by another path when
+    // its own is gone: accepted, a device is opened by its path (a missing
+    // one fails the restore, it is never replaced silently).
     flag("ps (page server)", o.ps.is_some());
     flag("parent_img", o.parent_img.is_some());
     flag("track_mem", o.track_mem == Some(true));
@@ -391,7 +396,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("link_remap", o.link_remap == Some(true));
     flag("veths", !o.veths.is_empty());
     flag("exec_cmd", !o.exec_cmd.is_empty());
-    flag("ext_mnt", !o.ext_mnt.is_empty());
     flag("inherit_fd", !o.inherit_fd.is_empty());
     flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
     flag("ext_sharing", o.ext_sharing == Some(true));
@@ -400,8 +404,10 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("enable_fs", !o.enable_fs.is_empty());
     flag("unix_sk_ino", !o.unix_sk_ino.is_empty());
     flag("irmap_scan_paths", !o.irmap_scan_paths.is_empty());
-    flag("external", !o.external.is_empty());
-    flag("empty_ns", o.empty_ns.is_some_and(|v| v != 0));
+    flag(
+        "empty_ns (other than CLONE_NEWNET)",
+        o.empty_ns.is_some_and(|v| v & !(CLONE_NEWNET) != 0),
+    );
     flag("join_ns", !o.join_ns.is_empty());
     flag("cgroup_props", o.cgroup_props.is_some());
     flag("cgroup_props_file", o.cgroup_props_file.is_some());
@@ -411,7 +417,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     );
     flag("lazy_pages", o.lazy_pages == Some(true));
     flag("status_fd", o.status_fd.is_some());
-    flag("orphan_pts_master", o.orphan_pts_master == Some(true));
     flag("tcp_close", o.tcp_close == Some(true));
     flag("lsm_profile", o.lsm_profile.is_some());
     flag("tls", o.tls == Some(true));
@@ -558,6 +563,19 @@ fn cg_mode(o: &CriuOpts) -> std::result::Result<stasis_engine::cgroup::Mode, Str
     }
 }
 
+/// `ext_mnt` and the `mnt[...]` strings of `external`, as (A, B).
+fn ext_mounts(o: &CriuOpts) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = o
+        .ext_mnt
+        .iter()
+        .map(|m| (m.key.clone(), m.val.clone()))
+        .collect();
+    for e in &o.external {
+        out.push(crate::parse_external(e)?);
+    }
+    Ok(out)
+}
+
 fn dump(
     o: &CriuOpts,
     peer: i32,
@@ -586,6 +604,8 @@ fn dump(
             progress: None,
             notify,
             freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
+            ext_mounts: ext_mounts(o)?,
+            empty_net: o.empty_ns.is_some_and(|v| v & CLONE_NEWNET != 0),
         };
         stasis_engine::dump::dump(&opts)
             .map(drop)
@@ -601,6 +621,11 @@ fn restore(
     let dir = images_dir(o, peer)?;
     with_log(o, &dir, peer, "restore", || {
         refuse_unknown(o)?;
+        // The pty master of a tree's terminal that is outside it, handed
+        // to the caller: a tree without ptys has none.
+        if o.orphan_pts_master == Some(true) && dir.join("tty-info.img").exists() {
+            return Err("orphan_pts_master with a tree that has ptys is not supported yet".into());
+        }
         let opts = stasis_engine::restore::Opts {
             dir: dir.clone(),
             shell_job: o.shell_job.unwrap_or(false),
@@ -621,6 +646,7 @@ fn restore(
                 })
                 .collect(),
             root: o.root.as_ref().map(PathBuf::from),
+            ext_mounts: ext_mounts(o)?,
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())

@@ -52,6 +52,12 @@ pub struct Opts {
     /// `--freeze-cgroup`: a freezer cgroup (v1 or v2) holding the tree,
     /// frozen while its tasks are seized.
     pub freeze_cgroup: Option<PathBuf>,
+    /// `--external mnt[POINT]:KEY`: mounts of the tree that are the
+    /// caller's, as (mount point, key).
+    pub ext_mounts: Vec<(String, String)>,
+    /// CRIU's `empty_ns` for the network: its devices other than loopback
+    /// are the caller's (a runtime's network setup), not saved.
+    pub empty_net: bool,
 }
 
 /// Figures of a dump, as `stats-dump` records them.
@@ -180,7 +186,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
             .collect::<Vec<_>>(),
     )?;
-    let userns = crate::ns::dump(root, dir)?;
+    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net)?;
     let cgroups = crate::cgroup::Sets::read(
         &tree
             .tasks

@@ -91,6 +91,9 @@ pub(crate) struct Mount {
     pub sb_flags: u64,
     /// The other superblock options.
     pub options: String,
+    /// An external mount (`--external mnt[POINT]:KEY`): the restore binds
+    /// what the caller names by KEY there.
+    pub ext_key: Option<String>,
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space).
@@ -176,6 +179,7 @@ fn parse_line(line: &str) -> Option<Mount> {
         source,
         sb_flags,
         options: options.join(","),
+        ext_key: None,
     })
 }
 
@@ -212,6 +216,8 @@ impl Mount {
             master_id: self.master,
             fsname: Some(self.fstype.clone()),
             sb_flags: Some(u32::try_from(self.sb_flags).unwrap_or(0)),
+            ext_mount: self.ext_key.as_ref().map(|_| true),
+            ext_key: self.ext_key.clone(),
             ..MntEntry::default()
         }
     }
@@ -238,6 +244,7 @@ impl Mount {
             source: e.source.clone(),
             sb_flags: u64::from(e.sb_flags.unwrap_or(0)),
             options: e.options.clone(),
+            ext_key: e.ext_key.clone().filter(|_| e.ext_mount == Some(true)),
         }
     }
 
@@ -412,9 +419,19 @@ fn ns_table(pid: Pid) -> Result<Vec<Mount>> {
 }
 
 /// Dump the mount namespace of `root` when it is not the engine's.
-pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
+pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Result<()> {
     let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
-    let theirs = ns_table(root)?;
+    let mut theirs = ns_table(root)?;
+    // External mounts (`--external mnt[POINT]:KEY`): the caller's, bound
+    // again from what it names by KEY at the restore; nothing of them is
+    // saved. A map entry without a mount is passed over, as in CRIU
+    // (runtimes list every device they might have bound).
+    for (point, key) in ext_mounts {
+        match theirs.iter_mut().rev().find(|m| m.point == *point) {
+            Some(m) => m.ext_key = Some(key.clone()),
+            None => tracing::debug!("external mount {point} ({key}): the tree has no mount there"),
+        }
+    }
     let unsupported = |what: String| Error::Unsupported { pid: root, what };
     let (Some(r), Some(_)) = (table_root(&theirs), table_root(&mine)) else {
         return Err(unsupported("a mount table without one root".into()));
@@ -428,7 +445,7 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
         )));
     }
     let my_devs: HashSet<u32> = mine.iter().map(|m| m.dev).collect();
-    for m in &theirs {
+    for m in theirs.iter().filter(|m| m.ext_key.is_none()) {
         let fresh = FRESH.iter().any(|(n, _)| *n == m.fstype) && m.root == "/";
         if !fresh
             && !my_devs.contains(&m.dev)
@@ -450,7 +467,7 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
     let mut saved = HashSet::new();
     for m in theirs
         .iter()
-        .filter(|m| m.fstype == "tmpfs" && !my_devs.contains(&m.dev))
+        .filter(|m| m.fstype == "tmpfs" && !my_devs.contains(&m.dev) && m.ext_key.is_none())
     {
         if !saved.insert(m.dev) {
             continue;
@@ -480,6 +497,10 @@ pub(crate) fn dump(root: Pid, dir: &Dir) -> Result<()> {
         };
         let clone = clean_view(root, &view.point, covers(view))?;
         let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&clone));
+        // An empty one (a runtime's mask over part of /proc) is made anew.
+        if std::fs::read_dir(&base).is_ok_and(|mut d| d.next().is_none()) {
+            continue;
+        }
         super::tmpfs::save(Path::new(&base), &dir.tmpfs_file(m.dev), &view.shown())?;
     }
     let entries: Vec<MntEntry> = theirs.iter().map(Mount::to_entry).collect();
@@ -614,7 +635,9 @@ fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd>
     }
 }
 
-/// A proc mount the tree's root task makes, in its pid namespace.
+/// A mount the tree's root task makes: a procfs (which shows the pid
+/// namespace of whoever mounts it), or a mount on top of one (runtimes
+/// cover parts of /proc with read-only binds, /dev/null and tmpfs).
 #[derive(Debug, Clone)]
 pub struct ProcMount {
     /// Where.
@@ -623,6 +646,29 @@ pub struct ProcMount {
     pub flags: u64,
     /// Superblock options.
     pub options: String,
+    /// What is mounted.
+    pub kind: LateKind,
+}
+
+/// What a [`ProcMount`] mounts.
+#[derive(Debug, Clone)]
+pub enum LateKind {
+    /// A procfs.
+    Proc,
+    /// A bind of this path (then its flags).
+    Bind(String),
+    /// A new superblock of this type and source.
+    Fresh(String, String),
+}
+
+/// `rest` (a path inside a mount) under mount point `point`.
+fn join_path(point: &str, rest: &str) -> String {
+    let rest = rest.trim_start_matches('/');
+    match (point, rest) {
+        (p, "") => p.to_owned(),
+        ("/", r) => format!("/{r}"),
+        (p, r) => format!("{}/{r}", p.trim_end_matches('/')),
+    }
 }
 
 /// The restored mount namespace: the tasks join it.
@@ -761,6 +807,7 @@ pub fn restore(
     dir: &Dir,
     user: Option<&super::user::Helper>,
     new_root: Option<&Path>,
+    ext_mounts: &[(String, String)],
 ) -> Result<Option<Restored>> {
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
@@ -870,7 +917,15 @@ pub fn restore(
         None => nix::sched::unshare(CloneFlags::CLONE_NEWNS)
             .map_err(Error::restore(me, "a mount namespace"))?,
     }
-    let inside = build(&want, want_root, dir, &groups, rooted.as_deref()).and_then(|procs| {
+    let inside = build(
+        &want,
+        want_root,
+        dir,
+        &groups,
+        rooted.as_deref(),
+        ext_mounts,
+    )
+    .and_then(|procs| {
         let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
             .map(OwnedFd::from)
             .map_err(|err| Error::Proc {
@@ -935,6 +990,7 @@ fn build(
     dir: &Dir,
     groups: &Outside,
     rooted: Option<&Path>,
+    ext_mounts: &[(String, String)],
 ) -> Result<Vec<ProcMount>> {
     let me = nix::unistd::getpid();
     nix::mount::mount(
@@ -1028,12 +1084,16 @@ fn build(
             continue;
         }
         if deferred.contains(&w.parent) {
-            return Err(Error::Mount {
-                path: w.point.clone(),
-                what: "mounting it on a proc mount of the tree".into(),
-                errno: Errno::EOPNOTSUPP,
-                hint: "",
+            // On a procfs of the tree: made by the root task after it.
+            let kind = late_kind(want, w, &have, ext_mounts, rooted.is_some(), dir)?;
+            deferred.insert(w.id);
+            procs.push(ProcMount {
+                point: w.point.clone(),
+                flags: w.flags,
+                options: w.options.clone(),
+                kind,
             });
+            continue;
         }
         if w.fstype == "proc" && w.root == "/" {
             deferred.insert(w.id);
@@ -1041,10 +1101,30 @@ fn build(
                 point: w.point.clone(),
                 flags: w.flags,
                 options: w.options.clone(),
+                kind: LateKind::Proc,
             });
             continue;
         }
-        let src = if let (Some(r), true) = (rooted, w.id == want_root.id) {
+        let src = if let Some(key) = &w.ext_key {
+            // External: a bind of what the caller names by its key.
+            let (_, path) = ext_mounts.iter().find(|(k, _)| k == key).ok_or_else(|| Error::Mount {
+                path: w.point.clone(),
+                what: format!("binding external mount {key}"),
+                errno: Errno::ENOENT,
+                hint: ": it was dumped as external; name what to bind with --external mnt[KEY]:PATH",
+            })?;
+            rustix::mount::open_tree(
+                rustix::fs::CWD,
+                path.as_str(),
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )
+            .map_err(|e| {
+                mount_err(
+                    &w.point,
+                    &format!("cloning {path} for external mount {key}"),
+                )(rx(e))
+            })?
+        } else if let (Some(r), true) = (rooted, w.id == want_root.id) {
             // The root: a bind of the --root directory, on itself.
             rustix::mount::open_tree(
                 rustix::fs::CWD,
@@ -1079,6 +1159,64 @@ fn build(
     }
     propagation(want, groups)?;
     Ok(procs)
+}
+
+/// How the root task makes mount `w`, which is on a procfs of the tree: a
+/// bind of the mount of the tree it shows part of (made before it), of an
+/// external or (under --root, where the engine's mounts stay until the
+/// pivot) of one of the engine's, or a new superblock.
+fn late_kind(
+    want: &[Mount],
+    w: &Mount,
+    have: &[Mount],
+    ext_mounts: &[(String, String)],
+    rooted: bool,
+    dir: &Dir,
+) -> Result<LateKind> {
+    if let Some(key) = &w.ext_key {
+        return ext_mounts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| LateKind::Bind(p.clone()))
+            .ok_or_else(|| Error::Mount {
+                path: w.point.clone(),
+                what: format!("binding external mount {key}"),
+                errno: Errno::ENOENT,
+                hint: ": it was dumped as external; name what to bind with --external mnt[KEY]:PATH",
+            });
+    }
+    let before = want.iter().take_while(|m| m.id != w.id);
+    if let Some((m, rest)) = before
+        .filter(|m| m.dev == w.dev)
+        .find_map(|m| rel(&w.root, &m.root).map(|r| (m, r)))
+    {
+        return Ok(LateKind::Bind(join_path(&m.point, rest)));
+    }
+    if FRESH.iter().any(|(n, _)| *n == w.fstype) && w.root == "/" {
+        if w.fstype == "tmpfs" && dir.tmpfs_file(w.dev).exists() {
+            return Err(Error::Mount {
+                path: w.point.clone(),
+                what: "a tmpfs with contents on a procfs".into(),
+                errno: Errno::EOPNOTSUPP,
+                hint: "",
+            });
+        }
+        return Ok(LateKind::Fresh(w.fstype.clone(), w.source.clone()));
+    }
+    if rooted
+        && let Some((h, rest)) = have
+            .iter()
+            .filter(|h| h.dev == w.dev)
+            .find_map(|h| rel(&w.root, &h.root).map(|r| (h, r)))
+    {
+        return Ok(LateKind::Bind(join_path(&h.point, rest)));
+    }
+    Err(Error::Mount {
+        path: w.point.clone(),
+        what: "mounting it on a proc mount of the tree".into(),
+        errno: Errno::EOPNOTSUPP,
+        hint: "",
+    })
 }
 
 fn parent_index(t: &[Mount], m: &Mount) -> Option<usize> {
@@ -1272,17 +1410,44 @@ fn propagation(want: &[Mount], outside: &Outside) -> Result<()> {
     Ok(())
 }
 
-/// In the root task, inside its pid namespace: mount the tree's procfs.
+/// In the root task, inside its pid namespace: mount the tree's procfs,
+/// and what is mounted on it, in order.
 pub fn mount_procs(procs: &[ProcMount]) -> Result<(), Errno> {
     for p in procs {
         let opts = (!p.options.is_empty()).then_some(p.options.as_str());
-        nix::mount::mount(
-            Some("proc"),
-            p.point.as_str(),
-            Some("proc"),
-            MsFlags::from_bits_truncate(p.flags),
-            opts,
-        )?;
+        let flags = MsFlags::from_bits_truncate(p.flags);
+        match &p.kind {
+            LateKind::Proc => {
+                nix::mount::mount(Some("proc"), p.point.as_str(), Some("proc"), flags, opts)?;
+            }
+            LateKind::Fresh(fstype, source) => {
+                nix::mount::mount(
+                    Some(source.as_str()),
+                    p.point.as_str(),
+                    Some(fstype.as_str()),
+                    flags,
+                    opts,
+                )?;
+            }
+            LateKind::Bind(from) => {
+                nix::mount::mount(
+                    Some(from.as_str()),
+                    p.point.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )?;
+                if !flags.is_empty() {
+                    nix::mount::mount(
+                        None::<&str>,
+                        p.point.as_str(),
+                        None::<&str>,
+                        flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                        None::<&str>,
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -207,15 +207,22 @@ pub fn own_net(root: Pid) -> bool {
 }
 
 /// Dump the tree's own user, UTS, IPC, network, mount and time namespaces,
-/// if it has them; the user namespace's maps.
-pub fn dump(root: Pid, dir: &Dir) -> Result<Option<user::Maps>> {
+/// if it has them; the user namespace's maps. With `empty_net` (CRIU's
+/// `empty_ns` for the network), devices other than loopback are the
+/// caller's, who sets them up again after the restore: left out.
+pub fn dump(
+    root: Pid,
+    dir: &Dir,
+    ext_mounts: &[(String, String)],
+    empty_net: bool,
+) -> Result<Option<user::Maps>> {
     let maps = if own(root, "user") {
         Some(user::dump(root, dir)?)
     } else {
         None
     };
     if own(root, "mnt") {
-        mnt::dump(root, dir)?;
+        mnt::dump(root, dir, ext_mounts)?;
     }
 
     if own(root, "net") {
@@ -223,7 +230,7 @@ pub fn dump(root: Pid, dir: &Dir) -> Result<Option<user::Maps>> {
             let devs = read_sys(root, "/proc/thread-self/net/dev")?;
             for l in devs.lines().skip(2) {
                 let name = l.split(':').next().unwrap_or("").trim();
-                if name != "lo" {
+                if name != "lo" && !empty_net {
                     return Err(Error::Unsupported {
                         pid: root,
                         what: format!(
@@ -332,7 +339,11 @@ pub struct Restored {
 
 /// Make the tree's namespaces again in the engine (which then forks the
 /// tree into them).
-pub fn restore(dir: &Dir, root: Option<&std::path::Path>) -> Result<Restored> {
+pub fn restore(
+    dir: &Dir,
+    root: Option<&std::path::Path>,
+    ext_mounts: &[(String, String)],
+) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
     // In a user namespace of the tree's own, the other namespaces are made
@@ -436,6 +447,6 @@ pub fn restore(dir: &Dir, root: Option<&std::path::Path>) -> Result<Restored> {
     }
     time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.
-    out.mnt = mnt::restore(dir, helper, root)?;
+    out.mnt = mnt::restore(dir, helper, root, ext_mounts)?;
     Ok(out)
 }

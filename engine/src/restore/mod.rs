@@ -61,6 +61,9 @@ pub struct Opts {
     /// `--root`: the directory holding the root file system of a tree that
     /// had a root of its own (pivot_root'ed, a container).
     pub root: Option<PathBuf>,
+    /// `--external mnt[KEY]:PATH`: what to bind at the tree's external
+    /// mounts, as (key, path).
+    pub ext_mounts: Vec<(String, String)>,
 }
 
 /// A restored tree, released and running.
@@ -308,7 +311,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
-    let mut ns_done = crate::ns::restore(&dir, opts.root.as_deref())?;
+    let mut ns_done = crate::ns::restore(&dir, opts.root.as_deref(), &opts.ext_mounts)?;
     let mut pivot: Option<PathBuf> = None;
 
     let (pool, next) = (|| {
