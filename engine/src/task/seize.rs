@@ -398,16 +398,38 @@ impl Tree {
         }
     }
 
-    /// Kill every process of the tree (after a successful dump).
+    /// Kill every process of the tree (after a successful dump), and take
+    /// each thread's death as its tracer: until then a dead tracee stays a
+    /// zombie its parent cannot reap, and the init of a PID namespace
+    /// waits for it, so the tree would look alive to a caller (runc).
     pub fn kill(&self) {
         for t in &self.tasks {
             if !matches!(t.state, State::Zombie(_)) {
                 let _ = kill(t.pid, Signal::SIGKILL);
             }
         }
-        for t in &self.tasks {
-            for th in &t.threads {
-                let _ = ptrace::detach(th.tid, None);
+        // Round after round: an init's exit is reported only once the
+        // tasks of its namespace were released.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pending: Vec<Pid> = self
+            .tasks
+            .iter()
+            .flat_map(|t| t.threads.iter().map(|th| th.tid))
+            .collect();
+        while !pending.is_empty() && Instant::now() < deadline {
+            pending.retain(|&tid| {
+                match waitpid(tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => false,
+                    Ok(WaitStatus::StillAlive) => true,
+                    // A stop on the way out (PTRACE_EVENT_EXIT): go on.
+                    Ok(_) => {
+                        let _ = ptrace::cont(tid, None);
+                        true
+                    }
+                }
+            });
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_micros(100));
             }
         }
     }
