@@ -126,6 +126,25 @@ impl Drop for Container {
     }
 }
 
+/// Dump the container's tree (its init `pid`) into `img`; the dump ends
+/// it: `unshare` is reaped and nothing is left to kill.
+fn dump_container(ctr: &mut Container, pid: i32, img: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["dump", "-t", &pid.to_string(), "-D"])
+        .arg(img)
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+}
+
 /// The mount points of `pid`'s namespace, sorted (a mount made anew comes
 /// later in the table than it did; stacking shows in the parents).
 fn mount_points(pid: i32) -> Vec<String> {
@@ -308,20 +327,7 @@ fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
     };
     wait_for(&d.join("ready"), 20);
     let init = ctr.init.expect("init");
-    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
-        .args(["dump", "-t", &init.to_string(), "-D"])
-        .arg(&img)
-        .output()
-        .expect("run stasis");
-    assert!(
-        out.status.success(),
-        "dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    dump_container(&mut ctr, init, &img);
     let t = Instant::now();
     while !with_marker(&marker).is_empty() && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
@@ -461,20 +467,7 @@ fn a_pivot_root_container_comes_back_under_root() {
     for cycle in 0..3 {
         let img = tmp.path().join(format!("img{cycle}"));
         std::fs::create_dir(&img).expect("mkdir");
-        let out = Command::new(stasis)
-            .args(["dump", "-t", &pid.to_string(), "-D"])
-            .arg(&img)
-            .output()
-            .expect("run stasis");
-        assert!(
-            out.status.success(),
-            "dump {cycle}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if let Some(mut c) = ctr.unshare.take() {
-            let _ = c.wait();
-        }
-        ctr.init = None;
+        dump_container(&mut ctr, pid, &img);
         if cycle == 0 {
             let out = Command::new(stasis)
                 .args(["restore", "-d", "-D"])

@@ -2,10 +2,13 @@
 //! End-to-end checkpoint/restore of real processes through the `stasis` CLI.
 //! Needs root (ptrace of other tasks, clone3 set_tid): fails without it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{read_counter, wait_counter};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -109,31 +112,8 @@ impl Drop for Job {
     }
 }
 
-fn read_counter(f: &Path) -> u64 {
-    std::fs::read_to_string(f)
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
-}
-
-fn wait_counter(f: &Path, above: u64) -> u64 {
-    let t = Instant::now();
-    loop {
-        let v = read_counter(f);
-        if v > above {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "counter stuck at {v}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// crit, an independent reader, decodes every image in `img` (raw pages

@@ -6,7 +6,11 @@
 //! restored under a new container id. Needs root, runc and a static
 //! busybox (ci/setup installs them): fails without them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{read_counter, wait_counter};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -88,29 +92,6 @@ impl Drop for Ctr {
     }
 }
 
-fn read_count(f: &Path) -> u64 {
-    std::fs::read_to_string(f)
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
-fn wait_count(f: &Path, above: u64) -> u64 {
-    let t = Instant::now();
-    loop {
-        let v = read_count(f);
-        if v > above {
-            return v;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the container's count is stuck at {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     need(
@@ -168,17 +149,26 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     std::fs::write(&spec, text).expect("config.json");
     ctr.ok(&["run", "-d", &id]);
     let count = root.join("tmp/count");
-    wait_count(&count, 2);
+    wait_counter(&count, 2);
+    // Inside the container's network namespace (httpd may take a moment
+    // to listen after the container starts).
     let http = |ctr: &Ctr, id: &str| {
-        let out = ctr.runc(&[
-            "exec",
-            id,
-            "/bin/busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.1:8080/",
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let t = Instant::now();
+        loop {
+            let out = ctr.runc(&[
+                "exec",
+                id,
+                "/bin/busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ]);
+            let got = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !got.is_empty() || t.elapsed() > Duration::from_secs(5) {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
     assert_eq!(http(&ctr, &id), "served by a restored httpd\n");
     for cycle in 0..2 {
@@ -198,7 +188,7 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
             "running",
             "checkpoint {cycle} left the container running"
         );
-        let before = read_count(&count);
+        let before = read_counter(&count);
         ctr.ok(&[
             "restore",
             "-d",
@@ -209,8 +199,8 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
             &id,
         ]);
         assert_eq!(ctr.status(&id), "running", "after restore {cycle}");
-        let now = wait_count(&count, before);
-        wait_count(&count, now + 2);
+        let now = wait_counter(&count, before);
+        wait_counter(&count, now + 2);
         assert_eq!(
             http(&ctr, &id),
             "served by a restored httpd\n",
@@ -225,15 +215,15 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     let img_s = img.to_str().expect("utf8");
     ctr.ok(&["checkpoint", "--leave-running", "--image-path", img_s, &id]);
     assert_eq!(ctr.status(&id), "running");
-    let now = read_count(&count);
-    wait_count(&count, now + 2);
+    let now = read_counter(&count);
+    wait_counter(&count, now + 2);
     ctr.ok(&["delete", "-f", &id]);
     let new_id = format!("{id}-new");
     ctr.ids.push(new_id.clone());
-    let before = read_count(&count);
+    let before = read_counter(&count);
     ctr.ok(&["restore", "-d", "--image-path", img_s, &new_id]);
     assert_eq!(ctr.status(&new_id), "running");
-    let now = wait_count(&count, before);
-    wait_count(&count, now + 2);
+    let now = wait_counter(&count, before);
+    wait_counter(&count, now + 2);
     assert_eq!(http(&ctr, &new_id), "served by a restored httpd\n");
 }

@@ -43,15 +43,7 @@ pub fn parse(text: &str) -> Option<Set> {
 }
 
 fn read_set(pid: Pid, path: &str) -> Result<Set> {
-    let text = std::fs::read_to_string(path).map_err(|err| Error::Proc {
-        pid,
-        path: path.to_owned(),
-        err,
-    })?;
-    parse(&text).ok_or_else(|| Error::ProcFormat {
-        pid,
-        file: path.to_owned(),
-    })
+    crate::task::proc::parsed(pid, path, parse)
 }
 
 /// The tree's sets: set `i` has id `i + 1`, and id 1 is the engine's own.
@@ -317,13 +309,7 @@ pub fn prepare(
     };
     let me = nix::unistd::getpid();
     let mine = read_set(me, "/proc/self/cgroup")?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|t| crate::ns::mnt::parse(&t))
-        .ok_or(Error::ProcFormat {
-            pid: me,
-            file: "mountinfo".into(),
-        })?;
+    let mounts = crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
     let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);
     let root_members = root_set
         .and_then(set_of)

@@ -267,15 +267,7 @@ fn dev_shown(dev: u32) -> String {
 }
 
 fn read_table(path: &str, pid: Pid) -> Result<Vec<Mount>> {
-    let text = std::fs::read_to_string(path).map_err(|err| Error::Proc {
-        pid,
-        path: path.to_owned(),
-        err,
-    })?;
-    parse(&text).ok_or_else(|| Error::ProcFormat {
-        pid,
-        file: path.trim_start_matches("/proc/").to_owned(),
-    })
+    crate::task::proc::parsed(pid, path, parse)
 }
 
 /// The mount a table's tree hangs from: the one whose parent is not in it.

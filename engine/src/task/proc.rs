@@ -14,6 +14,20 @@ fn read(pid: Pid, what: &str) -> Result<String> {
     read_proc(&path).map_err(|e| Error::Proc { pid, path, err: e })
 }
 
+/// Read `path` (a /proc file about `pid`) and parse it; a text `parse`
+/// cannot take is named as the file of `pid` it came from.
+pub fn parsed<T>(pid: Pid, path: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T> {
+    let text = read_proc(path).map_err(|err| Error::Proc {
+        pid,
+        path: path.to_owned(),
+        err,
+    })?;
+    parse(&text).ok_or_else(|| Error::ProcFormat {
+        pid,
+        file: path.trim_start_matches("/proc/").to_owned(),
+    })
+}
+
 /// Read a /proc file: open and read to the end, nothing else (a /proc file
 /// has no size to ask for first, as `fs::read_to_string` does).
 pub fn read_proc(path: &str) -> std::io::Result<String> {
