@@ -1,6 +1,7 @@
 //! The `stasis` command line: CRIU-compatible verbs and options, and the image
 //! inspector (`stasis image ...`, the equivalent of CRIU's `crit`).
 
+mod compat;
 mod config;
 mod rpc;
 
@@ -845,13 +846,15 @@ fn main() -> ExitCode {
         println!("GitID: stasis-{}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let parsed = config::expand(cli_command(), std::env::args_os().collect()).and_then(|argv| {
-        use clap::FromArgMatches;
-        cli_command()
-            .try_get_matches_from(argv)
-            .and_then(|m| Cli::from_arg_matches(&m))
-            .map_err(anyhow::Error::from)
-    });
+    let parsed = config::expand(cli_command(), std::env::args_os().collect())
+        .and_then(compat::filter)
+        .and_then(|argv| {
+            use clap::FromArgMatches;
+            cli_command()
+                .try_get_matches_from(argv)
+                .and_then(|m| Cli::from_arg_matches(&m))
+                .map_err(anyhow::Error::from)
+        });
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {

@@ -170,3 +170,33 @@ fn unknown_feature_and_list() {
         "--help lines stay within 80 columns:\n{help}"
     );
 }
+
+/// CRIU's options stasis does not implement get an answer by name: one
+/// that only tunes CRIU's internals is accepted and dropped (the command
+/// goes on to its own error here), one whose effect is missing is refused
+/// with the reason, before anything is done.
+#[test]
+fn criu_options_are_taken_or_refused_by_name() {
+    let out = stasis(&[
+        "dump",
+        "--log-pid",
+        "--irmap-scan-path",
+        "/",
+        "-t",
+        "999999999",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("task 999999999 does not exist"), "{err}");
+    for (opt, what) in [
+        ("--link-remap", "link remaps"),
+        ("--track-mem", "memory tracking"),
+        ("--lazy-pages", "lazy restore"),
+        ("--page-server", "page server"),
+    ] {
+        let out = stasis(&["dump", opt, "-t", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(opt) && err.contains(what), "{err}");
+    }
+}

@@ -242,7 +242,7 @@ pub fn mem_dirty_track() -> R {
             "clearing soft-dirty bits through /proc/self/clear_refs failed",
         )),
         Ok(2) => Err(no(
-            "a written page is not marked soft-dirty (CONFIG_MEM_SOFT_DIRTY); stasis tracks memory with userfaultfd write-protect instead",
+            "a written page is not marked soft-dirty (CONFIG_MEM_SOFT_DIRTY); the uffd_wp_async and pagemap_scan probes tell whether userfaultfd write-protect can track memory instead",
         )),
         other => Err(error(format!("child ended with {other:?}"))),
     }
