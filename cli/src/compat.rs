@@ -86,11 +86,6 @@ const REFUSED: &[(&str, bool, &str)] = &[
         false,
         "handing a pty master to the caller",
     ),
-    (
-        "action-script",
-        true,
-        "action scripts on the command line (RPC notifications work)",
-    ),
 ];
 
 /// The command line with the ignored options taken out; an error naming

@@ -121,12 +121,42 @@ struct CrArgs {
     /// alone
     #[arg(long, value_name = "METHOD", default_value = "nftables", value_parser = ["nftables", "iptables", "skip"])]
     network_lock: String,
+    /// Run SCRIPT at each action point (pre-dump, post-dump, pre-restore,
+    /// setup-namespaces, post-setup-namespaces, post-restore, post-resume)
+    /// with CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR and CRTOOLS_INIT_PID
+    /// set; a failing script fails the dump (the tree keeps running) or
+    /// the restore; repeatable
+    #[arg(long, value_name = "SCRIPT")]
+    action_script: Vec<PathBuf>,
 }
 
 impl CrArgs {
     /// Whether to lock (dump) or unlock (restore) the network.
     fn network_lock(&self) -> bool {
         self.network_lock != "skip"
+    }
+
+    /// The action scripts as a notification hook, if any.
+    fn scripts(&self) -> Option<stasis_engine::notify::Notify> {
+        if self.action_script.is_empty() {
+            return None;
+        }
+        let (scripts, dir) = (self.action_script.clone(), self.images_dir.clone());
+        Some(stasis_engine::notify::Notify::new(move |point, pid| {
+            for s in &scripts {
+                let st = std::process::Command::new(s)
+                    .env("CRTOOLS_SCRIPT_ACTION", point)
+                    .env("CRTOOLS_IMAGE_DIR", &dir)
+                    .env("CRTOOLS_INIT_PID", pid.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .status()
+                    .map_err(|e| format!("cannot run action script {}: {e}", s.display()))?;
+                if !st.success() {
+                    return Err(format!("action script {} failed ({st})", s.display()));
+                }
+            }
+            Ok(())
+        }))
     }
 
     /// The log file: CRIU resolves a relative one against the images directory.
@@ -364,7 +394,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         tcp_established: a.tcp_established,
         ext_unix_sk: a.ext_unix_sk.is_some(),
         network_lock: a.cr.network_lock(),
-        notify: None,
+        notify: a.cr.scripts(),
         freeze_cgroup: a.freeze_cgroup.clone(),
         ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
         empty_net: a.empty_ns.as_deref() == Some("net"),
@@ -396,7 +426,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
         sibling: false,
-        notify: None,
+        notify: a.cr.scripts(),
         cgroups: a.manage_cgroups.unwrap_or_default(),
         cgroup_roots: a.cgroup_root.clone(),
         root: a.root.clone(),

@@ -2064,3 +2064,79 @@ fn freeze_cgroup_dumps_a_forking_tree_and_refuses_strays() {
         drop(job);
     }
 }
+
+/// `--action-script`: the script runs at every point of a dump and a
+/// restore with CRIU's environment (the restored root's PID at
+/// post-restore); a script that fails at post-dump fails the dump and the
+/// tree keeps running.
+#[test]
+fn action_scripts_run_at_every_point_and_can_refuse() {
+    need_root();
+    let tmp = tmpdir();
+    let counter = tmp.path().join("count");
+    let mut job = Job::counter(&counter, "0.05");
+    wait_counter(&counter, 2);
+    let log = tmp.path().join("points");
+    let script = tmp.path().join("script.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID $CRTOOLS_IMAGE_DIR\" >> {}\n\
+             [ \"$CRTOOLS_SCRIPT_ACTION\" != post-dump ] || [ ! -e {}/refuse ]\n",
+            log.display(),
+            tmp.path().display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let s = script.to_str().expect("utf8");
+    let img = images(tmp.path(), "img");
+    let pid = job.pgid;
+    // Refused at post-dump: the dump fails, the tree runs on.
+    std::fs::write(tmp.path().join("refuse"), "").expect("refuse");
+    let out = run(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().expect("utf8"),
+        "--action-script",
+        s,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("post-dump"));
+    let now = read_counter(&counter);
+    wait_counter(&counter, now + 1);
+    std::fs::remove_file(tmp.path().join("refuse")).expect("rm");
+    std::fs::write(&log, "").expect("truncate");
+    dump_ok_with(pid, &img, &["--action-script", s]);
+    job.reap();
+    restore_ok_with(&img, &["--action-script", s]);
+    let text = std::fs::read_to_string(&log).expect("points");
+    let points: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        points,
+        [
+            "pre-dump",
+            "post-dump",
+            "pre-restore",
+            "setup-namespaces",
+            "post-setup-namespaces",
+            "post-restore",
+            "post-resume"
+        ],
+        "{text}"
+    );
+    let post_restore = text
+        .lines()
+        .find(|l| l.starts_with("post-restore "))
+        .unwrap_or("");
+    assert!(post_restore.contains(&format!(" {pid} ")), "{text}");
+    assert!(
+        post_restore.ends_with(img.to_str().expect("utf8")),
+        "{text}"
+    );
+    let now = read_counter(&counter);
+    wait_counter(&counter, now + 1);
+}
