@@ -381,10 +381,18 @@ fn busybox_rootfs(root: &Path) {
         .into_iter()
         .find(|b| Path::new(b).exists())
         .expect("this test needs busybox (Debian's busybox-static)");
-    for d in ["bin", "proc", "tmp", "data", "oldroot"] {
+    for d in ["bin", "proc", "tmp", "data", "oldroot", "dev"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
     std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    // busybox sh gives a background job /dev/null.
+    nix::sys::stat::mknod(
+        &root.join("dev/null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .expect("mknod dev/null");
 }
 
 /// A container as runtimes make one: its own PID, mount, UTS and IPC
@@ -392,8 +400,9 @@ fn busybox_rootfs(root: &Path) {
 /// old root unmounted, a tmpfs with a file it holds open, its procfs. It is
 /// dumped and restored three times with `--root`: it counts on, and sees
 /// exactly its own mounts, its executable, directory and file as it did.
-/// Without `--root` the restore refuses, naming the option, and leaves no
-/// task.
+/// Its syslogd's socket is named /dev/log inside as before and takes a
+/// message. Without `--root` the restore refuses, naming the option, and
+/// leaves no task.
 #[test]
 fn a_pivot_root_container_comes_back_under_root() {
     need_root();
@@ -409,7 +418,8 @@ fn a_pivot_root_container_comes_back_under_root() {
          echo hello > {r}/tmp/file\n\
          cd {r}\n\
          pivot_root . oldroot\n\
-         exec /bin/busybox sh -c '/bin/busybox umount -l /oldroot; exec 3</tmp/file; i=0; \
+         exec /bin/busybox sh -c '/bin/busybox umount -l /oldroot; exec 3</tmp/file; \
+         /bin/busybox syslogd -n -O /data/messages & i=0; \
          while :; do i=$((i+1)); echo $i > /data/count; /bin/busybox sleep 0.05; done'\n"
     );
     let unshare = Command::new("unshare")
@@ -502,6 +512,30 @@ fn a_pivot_root_container_comes_back_under_root() {
         let file =
             std::fs::read_to_string(format!("/proc/{pid}/root/tmp/file")).expect("tmpfs file");
         assert_eq!(file, "hello\n");
+        // syslogd's socket is named /dev/log inside, as it was, and takes
+        // a message sent to that name.
+        let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).expect("net/unix");
+        assert!(
+            unix.lines().any(|l| l.ends_with(" /dev/log")),
+            "after restore {cycle}: {unix}"
+        );
+        let tag = format!("stasis-cycle-{cycle}");
+        let logged = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-a", "/bin/busybox", "logger", &tag])
+            .status()
+            .expect("nsenter");
+        assert!(logged.success());
+        let t = Instant::now();
+        while !std::fs::read_to_string(root.join("data/messages"))
+            .unwrap_or_default()
+            .contains(&tag)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "syslogd did not log {tag}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // Nothing of the tree's mounts reached the host.
     let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");

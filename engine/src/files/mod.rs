@@ -424,6 +424,8 @@ pub struct Table {
     ghost_paths: HashMap<u32, String>,
     /// Unix sockets: sock_diag's view, queued data, fds in flight.
     pub(crate) unix: crate::net::unix::State,
+    /// Restore under `--root`: the directory the tree's paths are under.
+    pub(crate) root: Option<std::path::PathBuf>,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
     /// POSIX message queues the tree has open.
@@ -1262,7 +1264,9 @@ impl Table {
     /// tree's table does not have (`tree_mounts`: one it inherited from
     /// outside, such as stdin) was named as the engine saw it and stays.
     pub fn rebase(&mut self, root: &std::path::Path, tree_mounts: &std::collections::HashSet<u32>) {
-        use std::os::unix::ffi::OsStrExt;
+        // Unix socket names stay as the tree saw them: they are bound
+        // from within the root (see crate::net::unix).
+        self.root = Some(root.to_owned());
         for e in &mut self.entries {
             match e.kind.as_mut() {
                 Some(Kind::Reg(r))
@@ -1271,12 +1275,6 @@ impl Table {
                             .is_none_or(|m| m <= 0 || tree_mounts.contains(&m.cast_unsigned())) =>
                 {
                     r.name = crate::ns::mnt::under(root, &r.name);
-                }
-                Some(Kind::Usk(u)) if u.name.first() == Some(&b'/') => {
-                    let name = std::ffi::OsStr::from_bytes(&u.name)
-                        .to_string_lossy()
-                        .into_owned();
-                    u.name = crate::ns::mnt::under(root, &name).into_bytes();
                 }
                 _ => {}
             }

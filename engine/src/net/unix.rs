@@ -304,9 +304,12 @@ fn sock_type(ty: u32) -> Option<SockType> {
     })
 }
 
-fn addr_of(name: &[u8]) -> std::result::Result<UnixAddr, Errno> {
-    match name.split_first() {
-        Some((0, abs)) => UnixAddr::new_abstract(abs),
+/// The address of `name`, a path looked up under `root` (`--root`) when
+/// there is one.
+fn addr_of(name: &[u8], root: Option<&std::path::Path>) -> std::result::Result<UnixAddr, Errno> {
+    match (name.split_first(), root) {
+        (Some((0, abs)), _) => UnixAddr::new_abstract(abs),
+        (Some((b'/', _)), Some(r)) => UnixAddr::new(&r.join(OsStr::from_bytes(&name[1..]))),
         _ => UnixAddr::new(OsStr::from_bytes(name)),
     }
 }
@@ -453,10 +456,14 @@ impl FileKind for UnixSk {
                 }
             }
         }
+        // Looked up as the task sees it: from its root (a container's is
+        // not the engine's), a relative name from its directory.
         let deleted = match d.name.first() {
             Some(&c) if c != 0 => {
-                let path = std::path::Path::new(OsStr::from_bytes(&d.name));
-                std::fs::symlink_metadata(path).map_or(true, |m| {
+                let base = if c == b'/' { "root" } else { "cwd/" };
+                let mut path = std::ffi::OsString::from(format!("/proc/{}/{base}", cx.pid));
+                path.push(OsStr::from_bytes(&d.name));
+                std::fs::symlink_metadata(&path).map_or(true, |m| {
                     Some(u32::try_from(m.ino()).unwrap_or(0)) != d.vfs_ino
                 })
             }
@@ -775,7 +782,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                     nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
                         .map_err(fail(u, "socket"))?;
                 if !u.name.is_empty() {
-                    bind(&s, u).map_err(fail(u, "bind"))?;
+                    bind(&s, u, table.root.as_deref()).map_err(fail(u, "bind"))?;
                 }
                 if u.state == TCP_LISTEN {
                     let backlog = Backlog::new(i32::try_from(u.backlog.min(4096)).unwrap_or(128))
@@ -797,7 +804,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             return Err(bad(u, "connected to a socket without a name"));
         }
         let s = made.get(&u.id).ok_or_else(|| bad(u, "not made"))?;
-        let addr = addr_of(name).map_err(fail(u, "peer address"))?;
+        let addr = addr_of(name, table.root.as_deref()).map_err(fail(u, "peer address"))?;
         nix::sys::socket::connect(s.as_raw_fd(), &addr).map_err(fail(u, "connect"))?;
     }
     for u in &all {
@@ -836,7 +843,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .and_then(|a| all.iter().find(|s| s.name == a && s.r#type == u.r#type))
             .and_then(|s| made.get(&s.id));
         if let Some(s) = named_sender {
-            let addr = addr_of(&u.name).map_err(fail(u, "queued data"))?;
+            let addr = addr_of(&u.name, table.root.as_deref()).map_err(fail(u, "queued data"))?;
             let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
                 Vec::new()
             } else {
@@ -857,7 +864,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             .find(|p| p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino)))
             .and_then(|p| made.get(&p.id))
             .or_else(|| gone_peers.get(&u.id));
-        send(sender, u, data, &raw).map_err(fail(u, "queued data"))?;
+        send(sender, u, data, &raw, table.root.as_deref()).map_err(fail(u, "queued data"))?;
     }
     // Closing a gone peer's end shuts both halves down.
     let gone: HashSet<u32> = gone_peers.keys().copied().collect();
@@ -897,8 +904,17 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
 
 /// Bind `s` to `u`'s name; a socket file left at the path by the dumped
 /// task goes first. A name whose file was deleted is unlinked again.
-fn bind(s: &OwnedFd, u: &UnixSkEntry) -> std::result::Result<(), Errno> {
-    let addr = addr_of(&u.name)?;
+fn bind(
+    s: &OwnedFd,
+    u: &UnixSkEntry,
+    root: Option<&std::path::Path>,
+) -> std::result::Result<(), Errno> {
+    // A path name under --root is bound from within it, so that the
+    // socket's name is the one the tree saw.
+    if let (Some(r), Some(b'/')) = (root, u.name.first()) {
+        return crate::ns::mnt::within_root(r, || bind(s, u, None))?;
+    }
+    let addr = addr_of(&u.name, None)?;
     if let Some(path) = addr.path()
         && let Ok(m) = std::fs::symlink_metadata(path)
         && m.file_type().is_socket()
@@ -949,6 +965,7 @@ fn send(
     u: &UnixSkEntry,
     data: &[u8],
     fds: &[RawFd],
+    root: Option<&std::path::Path>,
 ) -> std::result::Result<(), Errno> {
     let cmsg: Vec<ControlMessage<'_>> = if fds.is_empty() {
         Vec::new()
@@ -980,7 +997,7 @@ fn send(
             }
             let tmp =
                 nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)?;
-            let addr = addr_of(&u.name)?;
+            let addr = addr_of(&u.name, root)?;
             nix::sys::socket::sendmsg(tmp.as_raw_fd(), &iov, &cmsg, flags, Some(&addr))?;
         }
     }

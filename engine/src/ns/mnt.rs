@@ -693,6 +693,31 @@ pub fn mount_ids(dir: &Dir) -> Result<HashSet<u32>> {
         .collect())
 }
 
+/// Run `f` with the engine's root changed to `root` (a path the tree saw
+/// is looked up as it did, and kept as it was: a unix socket's name), then
+/// back to the engine's own root and directory.
+pub(crate) fn within_root<T, E>(
+    root: &Path,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<std::result::Result<T, E>, Errno> {
+    let dir = |p: &str| {
+        rustix::fs::open(
+            p,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(rx)
+    };
+    let (old_root, old_cwd) = (dir("/")?, dir(".")?);
+    nix::unistd::chroot(root)?;
+    let res = nix::unistd::chdir("/").map(|()| f());
+    // Back, whatever happened inside.
+    nix::unistd::fchdir(&old_root)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::fchdir(&old_cwd)?;
+    res
+}
+
 /// `point` (as the tree saw it) under directory `root`.
 pub fn under(root: &Path, point: &str) -> String {
     let r = root.to_string_lossy();
