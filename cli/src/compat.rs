@@ -49,7 +49,6 @@ const REFUSED: &[(&str, bool, &str)] = &[
     ("ps-socket", true, "the page server"),
     ("lazy-pages", false, "lazy restore"),
     ("auto-dedup", false, "deduplication of parent images"),
-    ("inherit-fd", true, "inherited fds"),
     ("join-ns", true, "joining existing namespaces"),
     ("skip-mnt", true, "skipping mounts"),
     ("cgroup-props", true, "cgroup properties"),

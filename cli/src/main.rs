@@ -293,6 +293,19 @@ struct RestoreArgs {
     /// KEY:PATH, the same as --external mnt[KEY]:PATH
     #[arg(long, value_name = "KEY:PATH", value_parser = parse_ext_mount_map)]
     ext_mount_map: Vec<(String, String)>,
+    /// fd[N]:pipe:[INO]: stasis' fd N takes the place of the tree's pipe
+    /// INO (whose other end was outside the tree: a runtime's stdio);
+    /// repeatable
+    #[arg(long, value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
+    inherit_fd: Vec<(String, i32)>,
+}
+
+/// `fd[N]:KEY` as (KEY, N).
+fn parse_inherit_fd(s: &str) -> std::result::Result<(String, i32), String> {
+    let bad = || format!("--inherit-fd {s}: write fd[N]:KEY");
+    let rest = s.strip_prefix("fd[").ok_or_else(bad)?;
+    let (n, key) = rest.split_once("]:").ok_or_else(bad)?;
+    Ok((key.to_owned(), n.parse().map_err(|_| bad())?))
 }
 
 /// A size with an optional K, M or G suffix (powers of 1024), as CRIU takes it.
@@ -431,6 +444,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         cgroup_roots: a.cgroup_root.clone(),
         root: a.root.clone(),
         ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
+        inherit_fds: a.inherit_fd.clone(),
     };
     let t = std::time::Instant::now();
     let done = restore::restore(&opts)?;

@@ -396,7 +396,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("link_remap", o.link_remap == Some(true));
     flag("veths", !o.veths.is_empty());
     flag("exec_cmd", !o.exec_cmd.is_empty());
-    flag("inherit_fd", !o.inherit_fd.is_empty());
     flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
     flag("ext_sharing", o.ext_sharing == Some(true));
     flag("ext_masters", o.ext_masters == Some(true));
@@ -647,6 +646,8 @@ fn restore(
                 .collect(),
             root: o.root.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
+            // The caller passes them to this process (runc's ExtraFiles).
+            inherit_fds: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())

@@ -2140,3 +2140,70 @@ fn action_scripts_run_at_every_point_and_can_refuse() {
     let now = read_counter(&counter);
     wait_counter(&counter, now + 1);
 }
+
+/// `--inherit-fd fd[N]:pipe:[INO]`: a job writing to a pipe read outside
+/// the tree (a runtime's stdio) writes, once restored, to the pipe the
+/// restore was given; a key no fd of the images has is refused.
+#[test]
+fn an_inherited_fd_takes_the_place_of_an_outside_pipe() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    need_root();
+    let tmp = tmpdir();
+    let (r1, w1) = nix::unistd::pipe().expect("pipe");
+    let ino = std::fs::File::from(r1.try_clone().expect("dup"))
+        .metadata()
+        .expect("fstat")
+        .ino();
+    let child = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w1))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut job = Job {
+        pgid: i32::try_from(child.id()).expect("pid"),
+        child: Some(child),
+    };
+    let mut first = [0u8; 6];
+    std::fs::File::from(r1)
+        .read_exact(&mut first)
+        .expect("read the job");
+    assert_eq!(&first, b"tick 1");
+    let img = images(tmp.path(), "img");
+    dump_ok(job.pgid, &img);
+    job.reap();
+    let img_s = img.to_str().expect("utf8");
+    let out = run(&[
+        "restore",
+        "-d",
+        "-D",
+        img_s,
+        "--inherit-fd",
+        "fd[0]:pipe:[1]",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pipe:[1]"));
+    let (r2, w2) = nix::unistd::pipe().expect("pipe");
+    let key = format!("fd[1]:pipe:[{ino}]");
+    let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+        .args(["restore", "-d", "-D", img_s, "--inherit-fd", &key])
+        .stdout(Stdio::from(w2))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut line = String::new();
+    let mut r2 = std::io::BufReader::new(std::fs::File::from(r2));
+    std::io::BufRead::read_line(&mut r2, &mut line).expect("read the restored job");
+    assert!(line.starts_with("tick "), "{line:?}");
+}

@@ -309,6 +309,12 @@ impl FileKind for Pipe {
 
     fn open(p: &PipeEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let (pid, fd) = (cx.pid, cx.fd);
+        // The caller's own pipe in its place (a runtime's stdio).
+        if let Some(given) = cx.table.inherited.get(&format!("pipe:[{}]", p.pipe_id)) {
+            return given
+                .try_clone()
+                .map_err(|e| open_err(pid, fd, "inherited pipe", e));
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = cx.pipes.entry(p.pipe_id) {
             slot.insert(cx.table.new_pipe(pid, p.pipe_id)?);
         }
@@ -426,6 +432,9 @@ pub struct Table {
     pub(crate) unix: crate::net::unix::State,
     /// Restore under `--root`: the directory the tree's paths are under.
     pub(crate) root: Option<std::path::PathBuf>,
+    /// Restore: the caller's fds that stand for objects of the images
+    /// (`--inherit-fd fd[N]:pipe:[INO]`), by key.
+    pub(crate) inherited: HashMap<String, OwnedFd>,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
     /// POSIX message queues the tree has open.
@@ -1279,6 +1288,27 @@ impl Table {
                 _ => {}
             }
         }
+    }
+
+    /// Restore: the caller's fds for objects of the images, by key
+    /// (`pipe:[INO]`); a key no object has is an error naming it.
+    pub fn take_inherited(&mut self, given: Vec<(String, OwnedFd)>) -> Result<()> {
+        for (key, fd) in given {
+            let known = self.entries.iter().any(|e| match &e.kind {
+                Some(Kind::Pipe(p)) => key == format!("pipe:[{}]", p.pipe_id),
+                _ => false,
+            });
+            if !known {
+                return Err(Error::BadImage {
+                    path: "files.img".into(),
+                    what: format!(
+                        "--inherit-fd names {key}, which no fd of the images is (only pipe:[INO] keys are taken)"
+                    ),
+                });
+            }
+            self.inherited.insert(key, fd);
+        }
+        Ok(())
     }
 
     /// The entry with id `id`.

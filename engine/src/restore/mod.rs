@@ -64,6 +64,9 @@ pub struct Opts {
     /// `--external mnt[KEY]:PATH`: what to bind at the tree's external
     /// mounts, as (key, path).
     pub ext_mounts: Vec<(String, String)>,
+    /// `--inherit-fd fd[N]:KEY`: fd N of the engine stands for the object
+    /// KEY of the images (`pipe:[INO]`), as (KEY, N).
+    pub inherit_fds: Vec<(String, RawFd)>,
 }
 
 /// A restored tree, released and running.
@@ -264,6 +267,20 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     tracing::debug!("reading the images");
     let (mut plans, mut files, inv) = load(&dir)?;
     tracing::debug!(tasks = plans.len(), "images read");
+    let given = opts
+        .inherit_fds
+        .iter()
+        .map(|(key, n)| {
+            crate::inherited_fd(*n)
+                .map(|fd| (key.clone(), fd))
+                .map_err(|errno| Error::Restore {
+                    pid: nix::unistd::getpid(),
+                    what: format!("--inherit-fd fd[{n}]:{key}: fd {n} of stasis"),
+                    errno,
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    files.take_inherited(given)?;
     if let Some(root) = &opts.root {
         // Paths are as the tree saw them: looked up under --root until the
         // pivot makes it the root.
