@@ -1821,7 +1821,8 @@ fn configuration_files_set_options_under_the_command_line() {
 /// A process in cgroups of its own (cgroup2 and the v1 pids hierarchy,
 /// where mounted) comes back in them after they were removed (the restore
 /// makes them), under `--cgroup-root` elsewhere, and with
-/// `--manage-cgroups=ignore` in stasis' own; `full` is refused by name.
+/// `--manage-cgroups=ignore` in stasis' own; `full` is refused by name; a
+/// restore that fails removes the cgroups it made.
 #[test]
 fn cgroups_come_back_made_moved_or_ignored() {
     need_root();
@@ -1955,6 +1956,23 @@ fn cgroups_come_back_made_moved_or_ignored() {
     let out = run(&["restore", "-D", img_s, "-d", "--manage-cgroups=full"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("full is not supported yet"));
+    // A restore that fails once the cgroups are made removes them again.
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    let pages = img.join("pages-1.img");
+    let len = std::fs::metadata(&pages).expect("pages").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .expect("open pages")
+        .set_len(len / 2)
+        .expect("truncate");
+    let out = run(&["restore", "-D", img_s, "-d"]);
+    assert_eq!(out.status.code(), Some(1));
+    for d in &dirs {
+        assert!(!d.exists(), "{} stayed after a failed restore", d.display());
+    }
 }
 
 /// `--freeze-cgroup`: a tree that forks all the time, in a freezer cgroup

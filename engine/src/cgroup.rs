@@ -186,6 +186,10 @@ impl std::str::FromStr for CgRoot {
 pub struct Joins {
     fds: Vec<OwnedFd>,
     by_set: HashMap<u32, Vec<RawFd>>,
+    /// The cgroups made, parents first: removed again unless the restore
+    /// [keeps](Joins::keep) them.
+    made: Vec<PathBuf>,
+    kept: bool,
 }
 
 impl Joins {
@@ -199,6 +203,31 @@ impl Joins {
     /// The highest fd held, if any.
     pub fn last(&self) -> Option<RawFd> {
         self.fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).max()
+    }
+
+    /// The restore succeeded: the cgroups made stay.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Joins {
+    /// A failed restore leaves no cgroup it made (its tasks are dead by
+    /// now; a cgroup empties as they exit).
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        self.fds.clear();
+        for d in self.made.iter().rev() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::fs::remove_dir(d).is_err()
+                && d.exists()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 }
 
@@ -267,7 +296,7 @@ fn cg_err(
 
 /// Make cgroup `dir` and its missing parents below `top` (a new v1 cpuset
 /// takes its parent's CPUs and memory nodes: it cannot hold tasks without).
-fn make(top: &Path, dir: &Path, cpuset: bool) -> Result<()> {
+fn make(top: &Path, dir: &Path, cpuset: bool, made: &mut Vec<PathBuf>) -> Result<()> {
     let rel = dir.strip_prefix(top).unwrap_or(dir);
     let mut at = top.to_path_buf();
     for part in rel.components() {
@@ -277,6 +306,7 @@ fn make(top: &Path, dir: &Path, cpuset: bool) -> Result<()> {
             continue;
         }
         std::fs::create_dir(&at).map_err(cg_err(&at, "making it", ""))?;
+        made.push(at.clone());
         if cpuset {
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 let v = std::fs::read(parent.join(f)).map_err(cg_err(&parent, f, ""))?;
@@ -361,7 +391,12 @@ pub fn prepare(
                 continue;
             }
             if !at.is_dir() {
-                make(top, &at, m.name.split(',').any(|c| c == "cpuset"))?;
+                make(
+                    top,
+                    &at,
+                    m.name.split(',').any(|c| c == "cpuset"),
+                    &mut joins.made,
+                )?;
             }
             let procs = at.join("cgroup.procs");
             let f = std::fs::OpenOptions::new()

@@ -374,8 +374,9 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
     let ready_w = sys::dup_at_least(ready_w.as_fd(), next)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
-    // Held until every task joined its cgroups.
-    let _cgroups = join_cgroups(&mut plans, &dir, opts, ready_w.as_raw_fd() + 1)?;
+    // Held until every task joined its cgroups; the cgroups made go again
+    // if the restore fails.
+    let cgroups = join_cgroups(&mut plans, &dir, opts, ready_w.as_raw_fd() + 1)?;
     let tramp = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
@@ -431,6 +432,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .and_then(|pages| crate::ipc::sysv::remove_again(&ns_done.shm_removed).map(|()| pages));
     match result {
         Ok(pages) => {
+            cgroups.keep();
             if let Err(e) = crate::notify::point(hook, "post-resume", root) {
                 // The tree runs; the caller only hears of it.
                 tracing::warn!("{e}");
