@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{read_counter, wait_counter};
+use common::{cgroup_mount, read_counter, wait_counter};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
@@ -1826,24 +1826,11 @@ fn configuration_files_set_options_under_the_command_line() {
 #[test]
 fn cgroups_come_back_made_moved_or_ignored() {
     need_root();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     // (name in /proc/PID/cgroup, mount point)
-    let mut hier: Vec<(&str, String)> = Vec::new();
-    for l in mounts.lines() {
-        let Some((pre, post)) = l.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = pre.split(' ').collect();
-        let g: Vec<&str> = post.split(' ').collect();
-        let name = match (g[0], g.get(2)) {
-            ("cgroup2", _) => "",
-            ("cgroup", Some(o)) if o.split(',').any(|x| x == "pids") => "pids",
-            _ => continue,
-        };
-        if f[3] == "/" && !hier.iter().any(|h| h.0 == name) {
-            hier.push((name, f[4].to_owned()));
-        }
-    }
+    let hier: Vec<(&str, String)> = ["", "pids"]
+        .into_iter()
+        .filter_map(|c| cgroup_mount(c).map(|p| (c, p)))
+        .collect();
     assert!(
         !hier.is_empty(),
         "this test needs cgroup2 or the v1 pids hierarchy mounted"
@@ -1982,22 +1969,10 @@ fn cgroups_come_back_made_moved_or_ignored() {
 #[test]
 fn freeze_cgroup_dumps_a_forking_tree_and_refuses_strays() {
     need_root();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mut tops: Vec<String> = Vec::new();
-    for l in mounts.lines() {
-        let Some((pre, post)) = l.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = pre.split(' ').collect();
-        let g: Vec<&str> = post.split(' ').collect();
-        let freezer = g[0] == "cgroup2"
-            || g[0] == "cgroup"
-                && g.get(2)
-                    .is_some_and(|o| o.split(',').any(|x| x == "freezer"));
-        if freezer && f[3] == "/" {
-            tops.push(f[4].to_owned());
-        }
-    }
+    let tops: Vec<String> = ["", "freezer"]
+        .into_iter()
+        .filter_map(cgroup_mount)
+        .collect();
     assert!(
         !tops.is_empty(),
         "this test needs cgroup2 or the v1 freezer mounted"

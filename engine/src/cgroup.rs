@@ -268,14 +268,7 @@ fn rewrite(path: &str, name: &str, base: &str, roots: &[CgRoot]) -> String {
             .filter(|r| r.is_empty() || r.starts_with('/'))
     };
     match rest {
-        Some(rest) => format!(
-            "{}/{}",
-            r.path.trim_end_matches('/'),
-            rest.trim_start_matches('/')
-        )
-        .trim_end_matches('/')
-        .to_owned()
-        .replace("//", "/"),
+        Some(rest) => crate::ns::mnt::under(Path::new(&r.path), rest),
         None => path.to_owned(),
     }
 }

@@ -29,3 +29,20 @@ pub fn wait_counter(f: &Path, above: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The mount point of the root of a cgroup hierarchy: cgroup2 for
+/// `controller` "", else the v1 hierarchy that has that controller.
+pub fn cgroup_mount(controller: &str) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let f: Vec<&str> = pre.split(' ').collect();
+        let g: Vec<&str> = post.split(' ').collect();
+        let ours = match (controller, g.first()?) {
+            ("", &"cgroup2") => true,
+            (c, &"cgroup") => g.get(2).is_some_and(|o| o.split(',').any(|x| x == c)),
+            _ => false,
+        };
+        (ours && f.get(3) == Some(&"/")).then(|| f.get(4).map(|p| (*p).to_owned()))?
+    })
+}

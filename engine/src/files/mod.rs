@@ -285,6 +285,11 @@ impl FileKind for Reg {
     }
 }
 
+/// How `--inherit-fd` names pipe `id` (its inode), as CRIU does.
+fn pipe_key(id: u32) -> String {
+    format!("pipe:[{id}]")
+}
+
 impl FileKind for Pipe {
     type Entry = PipeEntry;
     const NAME: &'static str = "pipe";
@@ -310,7 +315,7 @@ impl FileKind for Pipe {
     fn open(p: &PipeEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let (pid, fd) = (cx.pid, cx.fd);
         // The caller's own pipe in its place (a runtime's stdio).
-        if let Some(given) = cx.table.inherited.get(&format!("pipe:[{}]", p.pipe_id)) {
+        if let Some(given) = cx.table.inherited.get(&pipe_key(p.pipe_id)) {
             return given
                 .try_clone()
                 .map_err(|e| open_err(pid, fd, "inherited pipe", e));
@@ -1277,15 +1282,12 @@ impl Table {
         // from within the root (see crate::net::unix).
         self.root = Some(root.to_owned());
         for e in &mut self.entries {
-            match e.kind.as_mut() {
-                Some(Kind::Reg(r))
-                    if r.name.starts_with('/')
-                        && r.mnt_id
-                            .is_none_or(|m| m <= 0 || tree_mounts.contains(&m.cast_unsigned())) =>
-                {
-                    r.name = crate::ns::mnt::under(root, &r.name);
-                }
-                _ => {}
+            if let Some(Kind::Reg(r)) = e.kind.as_mut()
+                && r.name.starts_with('/')
+                && r.mnt_id
+                    .is_none_or(|m| m <= 0 || tree_mounts.contains(&m.cast_unsigned()))
+            {
+                r.name = crate::ns::mnt::under(root, &r.name);
             }
         }
     }
@@ -1294,10 +1296,10 @@ impl Table {
     /// (`pipe:[INO]`); a key no object has is an error naming it.
     pub fn take_inherited(&mut self, given: Vec<(String, OwnedFd)>) -> Result<()> {
         for (key, fd) in given {
-            let known = self.entries.iter().any(|e| match &e.kind {
-                Some(Kind::Pipe(p)) => key == format!("pipe:[{}]", p.pipe_id),
-                _ => false,
-            });
+            let known = self
+                .entries
+                .iter()
+                .any(|e| matches!(&e.kind, Some(Kind::Pipe(p)) if key == pipe_key(p.pipe_id)));
             if !known {
                 return Err(Error::BadImage {
                     path: "files.img".into(),

@@ -325,14 +325,6 @@ impl Foreign {
         if self.theirs.iter().any(|m| m.id == id) || !fd.target.starts_with('/') {
             return;
         }
-        let join = |point: &str, rest: &str| {
-            let rest = rest.trim_start_matches('/');
-            match (point, rest) {
-                (p, "") => p.to_owned(),
-                ("/", r) => format!("/{r}"),
-                (p, r) => format!("{p}/{r}"),
-            }
-        };
         // A mount of a live namespace (the engine's, say): /proc shows
         // the path there already.
         if self.mine.contains_key(&id) {
@@ -349,7 +341,7 @@ impl Foreign {
             let Some(rest) = rel(&fd.target, &m.root) else {
                 continue;
             };
-            let path = join(&m.point, rest);
+            let path = join_path(&m.point, rest);
             let same = std::fs::metadata(format!("/proc/{}/root{path}", self.root))
                 .is_ok_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
             if same {
@@ -365,7 +357,7 @@ impl Foreign {
             let Some(rest) = rel(&fd.target, &m.root) else {
                 continue;
             };
-            let path = join(&m.point, rest);
+            let path = join_path(&m.point, rest);
             let same = std::fs::metadata(&path)
                 .is_ok_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
             if same {
@@ -521,11 +513,9 @@ fn clean_view(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
     })
 }
 
-/// In the caller's mount namespace: make a private copy of it and unmount
-/// the `covers` mounts stacked on `point` there.
-fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str, Errno)> {
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| ("a private copy of its mount namespace", e))?;
+/// Make every mount of the caller's (copied) mount namespace private, so
+/// that nothing done there reaches the namespace it was copied from.
+fn make_private() -> std::result::Result<(), Errno> {
     nix::mount::mount(
         None::<&str>,
         "/",
@@ -533,7 +523,14 @@ fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| ("making that copy private", e))?;
+}
+
+/// In the caller's mount namespace: make a private copy of it and unmount
+/// the `covers` mounts stacked on `point` there.
+fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str, Errno)> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| ("a private copy of its mount namespace", e))?;
+    make_private().map_err(|e| ("making that copy private", e))?;
     for _ in 0..covers {
         nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH)
             .map_err(|e| ("unmounting what covers it in that copy", e))?;
@@ -1010,14 +1007,7 @@ fn build(
     ext_mounts: &[(String, String)],
 ) -> Result<Vec<ProcMount>> {
     let me = nix::unistd::getpid();
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(mount_err("/", "making the copied namespace private"))?;
+    make_private().map_err(mount_err("/", "making the copied namespace private"))?;
     let have = read_table("/proc/thread-self/mountinfo", me)?;
     // Under --root nothing is kept: every mount is made there, and the
     // engine's copy stays around it until the pivot.

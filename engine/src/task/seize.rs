@@ -152,11 +152,10 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
     }
 }
 
-/// PTRACE_SEIZE and INTERRUPT thread `tid` of `pid`, not waiting for it
-/// to stop; `false` if it is gone.
-fn seize_only(pid: Pid, tid: Pid) -> Result<bool> {
+/// PTRACE_SEIZE and INTERRUPT thread `tid` of `pid` (in seccomp mode
+/// `seccomp`), not waiting for it to stop; `false` if it is gone.
+fn seize_only(pid: Pid, tid: Pid, seccomp: i32) -> Result<bool> {
     // Filters suspended: the engine's remote calls must not be filtered.
-    let seccomp = crate::task::seccomp::mode_of(pid, tid).unwrap_or(0);
     match ptrace::seize(
         tid,
         crate::task::seccomp::options(seccomp, Options::PTRACE_O_TRACESYSGOOD),
@@ -186,7 +185,7 @@ fn seize_thread(
     pre: &BTreeSet<Pid>,
 ) -> Result<Option<Thread>> {
     let seccomp = crate::task::seccomp::mode_of(pid, tid).unwrap_or(0);
-    if !pre.contains(&tid) && !seize_only(pid, tid)? {
+    if !pre.contains(&tid) && !seize_only(pid, tid, seccomp)? {
         return Ok(None);
     }
     loop {
@@ -241,11 +240,7 @@ pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) ->
     let res = freeze_into(root, &mut tree, deadline, secs, &pre).and_then(|()| {
         // A task of the cgroup is part of the tree, or the dump would
         // miss it.
-        let mine: BTreeSet<Pid> = tree
-            .tasks
-            .iter()
-            .flat_map(|t| t.threads.iter().map(|th| th.tid))
-            .collect();
+        let mine = tree.tids();
         match pre.iter().find(|t| !mine.contains(t)) {
             Some(&stray) => Err(Error::Unsupported {
                 pid: stray,
@@ -261,16 +256,8 @@ pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) ->
         Ok(()) => Ok(tree),
         Err(e) => {
             tree.release();
-            let mine: BTreeSet<Pid> = tree
-                .tasks
-                .iter()
-                .flat_map(|t| t.threads.iter().map(|th| th.tid))
-                .collect();
-            for &t in pre.iter().filter(|t| !mine.contains(t)) {
-                // Stopped first: only a stopped tracee can be detached.
-                let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
-                let _ = ptrace::detach(t, None);
-            }
+            let mine = tree.tids();
+            let_go(pre.iter().filter(|t| !mine.contains(t)));
             Err(e)
         }
     }
@@ -287,7 +274,8 @@ fn seize_frozen(dir: &std::path::Path, timeout: Duration) -> Result<BTreeSet<Pid
                 .ok()
                 .and_then(|s| s.get("Tgid").and_then(|v| v.parse().ok()))
                 .map_or(tid, Pid::from_raw);
-            if seize_only(tgid, tid)? {
+            let seccomp = crate::task::seccomp::mode_of(tgid, tid).unwrap_or(0);
+            if seize_only(tgid, tid, seccomp)? {
                 pre.insert(tid);
             }
         }
@@ -296,13 +284,20 @@ fn seize_frozen(dir: &std::path::Path, timeout: Duration) -> Result<BTreeSet<Pid
     // Thawed either way (dropped on failure); the seized ones stop at once.
     let res = res.and_then(|()| frozen.thaw());
     if let Err(e) = res {
-        for &t in &pre {
-            let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
-            let _ = ptrace::detach(t, None);
-        }
+        let_go(&pre);
         return Err(e);
     }
     Ok(pre)
+}
+
+/// Release threads seized while their cgroup was frozen that the tree
+/// does not hold: each stops first (only a stopped tracee can be
+/// detached).
+fn let_go<'a>(tids: impl IntoIterator<Item = &'a Pid>) {
+    for &t in tids {
+        let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
+        let _ = ptrace::detach(t, None);
+    }
 }
 
 fn freeze_into(
@@ -382,6 +377,14 @@ impl Tree {
         self.tasks.first()
     }
 
+    /// Every thread of the tree.
+    fn tids(&self) -> BTreeSet<Pid> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.threads.iter().map(|th| th.tid))
+            .collect()
+    }
+
     /// Let every thread run again exactly as it was frozen.
     pub fn release(&self) {
         for t in &self.tasks {
@@ -411,11 +414,7 @@ impl Tree {
         // Round after round: an init's exit is reported only once the
         // tasks of its namespace were released.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut pending: Vec<Pid> = self
-            .tasks
-            .iter()
-            .flat_map(|t| t.threads.iter().map(|th| th.tid))
-            .collect();
+        let mut pending: Vec<Pid> = self.tids().into_iter().collect();
         while !pending.is_empty() && Instant::now() < deadline {
             pending.retain(|&tid| {
                 match waitpid(tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
