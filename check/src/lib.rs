@@ -12,7 +12,6 @@
 //! [`run`] executes a selection on a few threads with a per-probe timeout;
 //! [`report`] renders the result as a table or as JSON.
 
-pub mod netlink;
 pub mod probes;
 pub mod report;
 mod run;

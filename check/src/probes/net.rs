@@ -12,8 +12,8 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 
 use super::common::{R, Step, error, in_netns, no};
-use crate::netlink::{self as nl, Builder, nft};
 use crate::{Outcome, sys};
+use stasis_kernel::netlink::{self as nl, Builder, nft};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 // Address families and protocols as the one-byte fields of diag requests.

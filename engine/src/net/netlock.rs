@@ -14,8 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 use nix::unistd::Pid;
-use stasis_check::netlink::nft::{self, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE};
-use stasis_check::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE, Socket};
+use stasis_kernel::netlink::nft::{self, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE};
+use stasis_kernel::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE, Socket};
 
 /// Packets with this mark pass the lock: the restore's own, which hand a
 /// half-closed connection the FIN it had received.
@@ -280,7 +280,7 @@ mod tests {
 
     fn attrs_of(msg: &[u8]) -> Vec<(u16, Vec<u8>)> {
         // 16 bytes of netlink header, 4 of nfgenmsg.
-        stasis_check::netlink::attrs(&msg[20..])
+        stasis_kernel::netlink::attrs(&msg[20..])
             .into_iter()
             .map(|(t, v)| (t, v.to_vec()))
             .collect()
@@ -294,11 +294,11 @@ mod tests {
         let a = attrs_of(&m);
         assert_eq!(a[0], (NFTA_RULE_TABLE, b"t\0".to_vec()));
         assert_eq!(a[1], (NFTA_RULE_CHAIN, b"input\0".to_vec()));
-        let exprs = stasis_check::netlink::attrs(&a[2].1);
+        let exprs = stasis_kernel::netlink::attrs(&a[2].1);
         let names: Vec<String> = exprs
             .iter()
             .map(|(_, e)| {
-                let n = stasis_check::netlink::find(e, NFTA_EXPR_NAME).unwrap();
+                let n = stasis_kernel::netlink::find(e, NFTA_EXPR_NAME).unwrap();
                 String::from_utf8_lossy(&n[..n.len() - 1]).into_owned()
             })
             .collect();
@@ -324,9 +324,9 @@ mod tests {
         let values: Vec<Vec<u8>> = exprs
             .iter()
             .filter_map(|(_, e)| {
-                let d = stasis_check::netlink::find(e, NFTA_EXPR_DATA)?;
-                let v = stasis_check::netlink::find(d, 3)?;
-                stasis_check::netlink::find(v, 1).map(<[u8]>::to_vec)
+                let d = stasis_kernel::netlink::find(e, NFTA_EXPR_DATA)?;
+                let v = stasis_kernel::netlink::find(d, 3)?;
+                stasis_kernel::netlink::find(v, 1).map(<[u8]>::to_vec)
             })
             .collect();
         assert_eq!(

@@ -8,7 +8,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::socket::SockProtocol;
-use stasis_check::netlink as nl;
+use stasis_kernel::netlink as nl;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{FownEntry, PacketMclist, PacketSockEntry};
 

@@ -1,7 +1,8 @@
 //! A minimal netlink client: builds a request with attributes, sends it,
 //! and collects the replies (all parts of a dump, or the ACKs). Used by the
 //! probes with NETLINK_SOCK_DIAG, NETLINK_ROUTE and NETLINK_NETFILTER, and by
-//! the engine's network lock (nf_tables transactions, see [`nft`]).
+//! the engine's network lock (nf_tables transactions, see [`nft`]) and
+//! network namespaces (route netlink, see [`crate::rtnl`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -17,6 +18,8 @@ pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 /// A request (every message to the kernel).
 pub const NLM_F_REQUEST: u16 = 1;
+/// A part of a multi-part answer (a dump).
+pub const NLM_F_MULTI: u16 = 2;
 /// Ask for an ACK.
 pub const NLM_F_ACK: u16 = 4;
 /// Dump: from the root.
@@ -34,11 +37,28 @@ pub const NLM_F_APPEND: u16 = 0x800;
 /// The attribute holds attributes.
 pub const NLA_F_NESTED: u16 = 0x8000;
 
-/// One received data message: its payload (after the 16-byte header).
+/// One received data message: its type and payload (after the 16-byte header).
 #[derive(Debug, Clone)]
 pub struct Msg {
+    /// The message type (`nlmsg_type`).
+    pub ty: u16,
     /// The bytes after the 16-byte header.
     pub payload: Vec<u8>,
+}
+
+impl Msg {
+    /// The whole message as a dump part carries it: the header (flags
+    /// NLM_F_MULTI, sequence and port 0) and the payload.
+    pub fn bytes(&self) -> Vec<u8> {
+        let len = u32::try_from(16 + self.payload.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(16 + self.payload.len());
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&self.ty.to_ne_bytes());
+        out.extend_from_slice(&NLM_F_MULTI.to_ne_bytes());
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(&self.payload);
+        out
+    }
 }
 
 /// A netlink message under construction.
@@ -196,6 +216,7 @@ impl Socket {
                         }
                     }
                     _ => out.push(Msg {
+                        ty,
                         payload: payload.to_vec(),
                     }),
                 }

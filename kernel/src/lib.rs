@@ -1,0 +1,7 @@
+//! Kernel interfaces shared by the engine (`stasis-engine`) and the feature
+//! probes (`stasis-check`), one module per interface: [`netlink`] (the
+//! message builder, the socket, nf_tables transactions) and [`rtnl`] (route
+//! netlink: links, addresses, routes, and iproute2's save format).
+
+pub mod netlink;
+pub mod rtnl;

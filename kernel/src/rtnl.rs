@@ -1,0 +1,467 @@
+//! Route netlink (NETLINK_ROUTE) in the caller's network namespace: its
+//! links, addresses and routes; making links (veth pairs, with one end in
+//! another namespace) and setting their state; and iproute2's save format
+//! (`ip addr save`, `ip route save`: a magic, then the kernel's messages as
+//! a dump gave them), which CRIU's `ifaddr-N.img` and `route-N.img` hold.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::SockProtocol;
+
+use crate::netlink::{self as nl, Builder, Msg, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, Socket};
+
+/// Make a link, or change one (by index).
+pub const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+/// Add an address.
+pub const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+/// Add a route.
+pub const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_LINK_NETNSID: u16 = 37;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+
+const IFA_FLAGS: u16 = 8;
+/// The address needs no duplicate address detection (IPv6).
+pub const IFA_F_NODAD: u32 = 0x02;
+/// The address is still being checked for duplicates (IPv6).
+pub const IFA_F_TENTATIVE: u32 = 0x40;
+
+const RTA_DST: u16 = 1;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
+const RTA_TABLE: u16 = 15;
+const RT_TABLE_LOCAL: u32 = 255;
+const RTPROT_KERNEL: u8 = 2;
+const RTM_F_CLONED: u32 = 0x200;
+const RTNH_F_ONLINK: u32 = 4;
+
+/// `ARPHRD_LOOPBACK`: the link type of `lo`.
+pub const ARPHRD_LOOPBACK: u16 = 772;
+/// The link is up (administratively).
+pub const IFF_UP: u32 = 0x1;
+/// The link flags a caller can set (up, debug, noarp, promisc, allmulti,
+/// multicast); the others are the kernel's to report.
+pub const IFF_SETTABLE: u32 = 0x1 | 0x4 | 0x80 | 0x100 | 0x200 | 0x1000;
+
+/// The first u32 of `ip addr save`'s output.
+pub const ADDR_MAGIC: u32 = 0x4736_1222;
+/// The first u32 of `ip route save`'s output.
+pub const ROUTE_MAGIC: u32 = 0x4531_1224;
+
+/// IPv4.
+pub const AF_INET: u8 = 2;
+/// IPv6.
+pub const AF_INET6: u8 = 10;
+
+/// A route netlink socket in the caller's network namespace.
+pub fn open() -> Result<Socket, Errno> {
+    Socket::open(SockProtocol::NetlinkRoute)
+}
+
+fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..12].copy_from_slice(&flags.to_ne_bytes());
+    m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|v| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]))
+}
+
+fn i32_attr(v: &[u8]) -> Option<i32> {
+    u32_at(v, 0).map(u32::cast_signed)
+}
+
+fn str_attr(v: &[u8]) -> String {
+    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(&v[..end]).into_owned()
+}
+
+/// A network device as RTM_GETLINK describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its index in its namespace.
+    pub index: i32,
+    /// Its hardware type (`ARPHRD_*`).
+    pub hw_type: u16,
+    /// Its flags (`IFF_*`), the kernel's included.
+    pub flags: u32,
+    /// Its name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its hardware address.
+    pub address: Option<Vec<u8>>,
+    /// Its kind (`IFLA_INFO_KIND`: "veth", "bridge", ...); none for lo and
+    /// physical devices.
+    pub kind: Option<String>,
+    /// The index of the device it is linked to (a veth's peer).
+    pub link: Option<i32>,
+    /// The namespace of that device, when not this one (its id here).
+    pub link_netnsid: Option<i32>,
+    /// The index of its master (a bridge).
+    pub master: Option<i32>,
+}
+
+impl Link {
+    /// Parse the payload of an RTM_NEWLINK message.
+    pub fn parse(payload: &[u8]) -> Option<Link> {
+        let hdr = payload.get(..16)?;
+        let mut l = Link {
+            index: i32_attr(&hdr[4..8])?,
+            hw_type: u16::from_ne_bytes([hdr[2], hdr[3]]),
+            flags: u32_at(hdr, 8)?,
+            name: String::new(),
+            mtu: 0,
+            address: None,
+            kind: None,
+            link: None,
+            link_netnsid: None,
+            master: None,
+        };
+        for (ty, v) in nl::attrs(&payload[16..]) {
+            match ty {
+                IFLA_IFNAME => l.name = str_attr(v),
+                IFLA_MTU => l.mtu = u32_at(v, 0).unwrap_or(0),
+                IFLA_ADDRESS => l.address = Some(v.to_vec()),
+                IFLA_LINK => l.link = i32_attr(v),
+                IFLA_LINK_NETNSID => l.link_netnsid = i32_attr(v),
+                IFLA_MASTER => l.master = i32_attr(v),
+                IFLA_LINKINFO => l.kind = nl::find(v, IFLA_INFO_KIND).map(str_attr),
+                _ => {}
+            }
+        }
+        Some(l)
+    }
+}
+
+/// Every link of the namespace.
+pub fn links(s: &Socket) -> Result<Vec<Link>, Errno> {
+    let msgs = s.dump(RTM_GETLINK, &ifinfomsg(0, 0, 0))?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| Link::parse(&m.payload))
+        .collect())
+}
+
+/// Every address of the namespace, as `ip addr save` writes them.
+pub fn addresses(s: &Socket) -> Result<Vec<Msg>, Errno> {
+    s.dump(RTM_GETADDR, &[0u8; 8])
+}
+
+/// The routes of family `family` a restore must make again: those of
+/// every table but `local`, neither cached nor made by the kernel for an
+/// address (the kernel makes those again when the address comes back).
+/// Their flags keep only `onlink`, as `ip route save` does: the others are
+/// the kernel's to report and it refuses some of them in a request.
+pub fn routes(s: &Socket, family: u8) -> Result<Vec<Msg>, Errno> {
+    let mut rtmsg = [0u8; 12];
+    rtmsg[0] = family;
+    let mut out = s.dump(RTM_GETROUTE, &rtmsg)?;
+    out.retain_mut(|m| {
+        let Some(h) = m.payload.get(..12) else {
+            return false;
+        };
+        let table = nl::find(&m.payload[12..], RTA_TABLE)
+            .and_then(|v| u32_at(v, 0))
+            .unwrap_or(u32::from(h[4]));
+        let flags = u32_at(h, 8).unwrap_or(0);
+        if table == RT_TABLE_LOCAL || h[5] == RTPROT_KERNEL || flags & RTM_F_CLONED != 0 {
+            return false;
+        }
+        m.payload[8..12].copy_from_slice(&(flags & RTNH_F_ONLINK).to_ne_bytes());
+        true
+    });
+    Ok(out)
+}
+
+/// The order `ip route restore` makes routes in: 0 for routes to a local
+/// address, 1 for routes to local networks, 2 for routes through a
+/// gateway, each needing the ones before.
+pub fn route_stage(msg: &[u8]) -> u8 {
+    let Some(attrs) = msg.get(16 + 12..) else {
+        return 2;
+    };
+    let dst = nl::find(attrs, RTA_DST);
+    let src = nl::find(attrs, RTA_PREFSRC);
+    if nl::find(attrs, RTA_GATEWAY).is_some() {
+        2
+    } else if src.is_some() && src != dst {
+        1
+    } else {
+        0
+    }
+}
+
+/// Write `msgs` in iproute2's save format under `magic`.
+pub fn save(magic: u32, msgs: &[Msg]) -> Vec<u8> {
+    let mut out = magic.to_ne_bytes().to_vec();
+    for m in msgs {
+        out.extend(m.bytes());
+    }
+    out
+}
+
+/// What is wrong with a file in iproute2's save format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadSave {
+    /// It does not start with the expected magic.
+    Magic(u32),
+    /// A message at this offset runs past the end or is shorter than its
+    /// header.
+    Truncated(usize),
+}
+
+impl std::fmt::Display for BadSave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadSave::Magic(m) => write!(f, "magic {m:#x} is not iproute2's save format"),
+            BadSave::Truncated(at) => write!(f, "message at offset {at} is cut short"),
+        }
+    }
+}
+
+/// The messages in `bytes` (iproute2's save format under `magic`), each
+/// with its header. Messages must be at least `fixed` bytes past the
+/// header (the family header their type carries).
+pub fn load(magic: u32, bytes: &[u8], fixed: usize) -> Result<Vec<&[u8]>, BadSave> {
+    let got = u32_at(bytes, 0).ok_or(BadSave::Magic(0))?;
+    if got != magic {
+        return Err(BadSave::Magic(got));
+    }
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at < bytes.len() {
+        let len = u32_at(bytes, at).ok_or(BadSave::Truncated(at))? as usize;
+        if len < 16 + fixed || at + len > bytes.len() {
+            return Err(BadSave::Truncated(at));
+        }
+        out.push(&bytes[at..at + len]);
+        at += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// Send a saved message again as a request to create what it describes,
+/// as `ip addr/route restore` does: what exists already is left alone.
+pub fn replay(s: &Socket, msg: &[u8]) -> Result<(), Errno> {
+    let mut m = msg.to_vec();
+    if m.len() < 16 {
+        return Err(Errno::EINVAL);
+    }
+    let flags = nl::NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+    m[6..8].copy_from_slice(&flags.to_ne_bytes());
+    match s.request(m) {
+        Err(Errno::EEXIST) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// `msg` (an RTM_NEWADDR message) with `set` added to its flags.
+pub fn addr_with_flags(msg: &[u8], set: u32) -> Vec<u8> {
+    let mut m = msg.to_vec();
+    let Some(hdr) = m.get(16..24) else {
+        return m;
+    };
+    let mut flags = u32::from(hdr[2]);
+    // The u32 attribute, when present, is the one the kernel reads.
+    let mut at = 24;
+    while at + 4 <= m.len() {
+        let len = usize::from(u16::from_ne_bytes([m[at], m[at + 1]]));
+        let ty = u16::from_ne_bytes([m[at + 2], m[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > m.len() {
+            break;
+        }
+        if ty == IFA_FLAGS && len >= 8 {
+            flags = u32_at(&m, at + 4).unwrap_or(0) | set;
+            m[at + 4..at + 8].copy_from_slice(&flags.to_ne_bytes());
+            return m;
+        }
+        at += (len + 3) & !3;
+    }
+    let low = u8::try_from((flags | set) & 0xff).unwrap_or(0);
+    m[18] = low;
+    let mut out = m;
+    let extra = Builder::new(0, 0, &[])
+        .attr(IFA_FLAGS, &(flags | set).to_ne_bytes())
+        .finish();
+    out.extend_from_slice(&extra[16..]);
+    let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    out[0..4].copy_from_slice(&len.to_ne_bytes());
+    out
+}
+
+/// The family and flags of an RTM_NEWADDR message.
+pub fn addr_family_flags(msg: &[u8]) -> Option<(u8, u32)> {
+    let hdr = msg.get(16..24)?;
+    let flags = nl::find(&msg[24..], IFA_FLAGS)
+        .and_then(|v| u32_at(v, 0))
+        .unwrap_or(u32::from(hdr[2]));
+    Some((hdr[0], flags))
+}
+
+/// One end of a new link.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLink<'a> {
+    /// Its index; 0 lets the kernel choose.
+    pub index: i32,
+    /// Its name; empty lets the kernel choose.
+    pub name: &'a str,
+    /// Its MTU; 0 keeps the kind's default.
+    pub mtu: u32,
+    /// Its hardware address.
+    pub address: Option<&'a [u8]>,
+    /// The network namespace it goes to; none keeps it in the caller's.
+    pub netns: Option<BorrowedFd<'a>>,
+}
+
+impl NewLink<'_> {
+    fn attrs(&self, b: Builder) -> Builder {
+        let mut b = b;
+        if !self.name.is_empty() {
+            b = b.str(IFLA_IFNAME, self.name);
+        }
+        if self.mtu != 0 {
+            b = b.attr(IFLA_MTU, &self.mtu.to_ne_bytes());
+        }
+        if let Some(a) = self.address {
+            b = b.attr(IFLA_ADDRESS, a);
+        }
+        if let Some(ns) = self.netns {
+            b = b.attr(IFLA_NET_NS_FD, &ns.as_raw_fd().to_ne_bytes());
+        }
+        b
+    }
+}
+
+/// Make a veth pair: `me` and its `peer`.
+pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), Errno> {
+    let b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        &ifinfomsg(me.index, 0, 0),
+    );
+    let b = me
+        .attrs(b)
+        .nest(IFLA_LINKINFO)
+        .str(IFLA_INFO_KIND, "veth")
+        .nest(IFLA_INFO_DATA)
+        .nest(VETH_INFO_PEER)
+        .attr_raw(&ifinfomsg(peer.index, 0, 0));
+    let b = peer.attrs(b).end().end().end();
+    s.request(b.finish()).map(drop)
+}
+
+/// Set the settable flags of link `index` to those of `flags`, and its
+/// MTU when `mtu` is not 0.
+pub fn set_link(s: &Socket, index: i32, flags: u32, mtu: u32) -> Result<(), Errno> {
+    let mut b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK,
+        &ifinfomsg(index, flags & IFF_SETTABLE, IFF_SETTABLE),
+    );
+    if mtu != 0 {
+        b = b.attr(IFLA_MTU, &mtu.to_ne_bytes());
+    }
+    s.request(b.finish()).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, payload: Vec<u8>) -> Msg {
+        Msg { ty, payload }
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let a = msg(
+            RTM_NEWADDR,
+            vec![2, 24, 0x80, 0, 3, 0, 0, 0, 8, 0, 1, 0, 10, 0, 0, 1],
+        );
+        let b = msg(RTM_NEWADDR, vec![10, 64, 0, 0, 1, 0, 0, 0]);
+        let bytes = save(ADDR_MAGIC, &[a.clone(), b]);
+        assert_eq!(&bytes[..4], &ADDR_MAGIC.to_ne_bytes());
+        let got = load(ADDR_MAGIC, &bytes, 8).expect("loads");
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[0][16..], &a.payload[..]);
+        assert_eq!(u16::from_ne_bytes([got[1][4], got[1][5]]), RTM_NEWADDR);
+        assert_eq!(
+            load(ROUTE_MAGIC, &bytes, 8),
+            Err(BadSave::Magic(ADDR_MAGIC))
+        );
+        assert_eq!(
+            load(ADDR_MAGIC, &bytes[..bytes.len() - 1], 8),
+            Err(BadSave::Truncated(36))
+        );
+    }
+
+    #[test]
+    fn address_flags_are_added_to_the_attribute_or_the_header() {
+        let plain = msg(RTM_NEWADDR, vec![10, 64, 0x80, 0, 1, 0, 0, 0]).bytes();
+        let m = addr_with_flags(&plain, IFA_F_NODAD);
+        assert_eq!(addr_family_flags(&m), Some((10, 0x80 | IFA_F_NODAD)));
+        let mut with = vec![10, 64, 0x80, 0, 1, 0, 0, 0, 8, 0, 8, 0];
+        with.extend_from_slice(&0x180u32.to_ne_bytes());
+        let m = addr_with_flags(&msg(RTM_NEWADDR, with).bytes(), IFA_F_NODAD);
+        assert_eq!(addr_family_flags(&m), Some((10, 0x180 | IFA_F_NODAD)));
+    }
+
+    #[test]
+    fn route_stages_follow_iproute2() {
+        let route = |attrs: &[(u16, [u8; 4])]| {
+            let mut b = Builder::new(RTM_NEWROUTE, 0, &[2, 24, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0]);
+            for (t, v) in attrs {
+                b = b.attr(*t, v);
+            }
+            b.finish()
+        };
+        assert_eq!(route_stage(&route(&[(RTA_DST, [10, 0, 0, 0])])), 0);
+        assert_eq!(
+            route_stage(&route(&[
+                (RTA_DST, [10, 0, 0, 0]),
+                (RTA_PREFSRC, [10, 0, 0, 1])
+            ])),
+            1
+        );
+        assert_eq!(route_stage(&route(&[(RTA_GATEWAY, [10, 0, 0, 1])])), 2);
+    }
+
+    #[test]
+    fn links_parse_name_kind_and_peer() {
+        let m = Builder::new(RTM_NEWLINK, 0, &ifinfomsg(7, 0x1003, 0))
+            .str(IFLA_IFNAME, "v0")
+            .attr(IFLA_MTU, &1400u32.to_ne_bytes())
+            .attr(IFLA_LINK, &8i32.to_ne_bytes())
+            .nest(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "veth")
+            .end()
+            .finish();
+        let l = Link::parse(&m[16..]).expect("parses");
+        assert_eq!(l.index, 7);
+        assert_eq!(l.flags, 0x1003);
+        assert_eq!(l.name, "v0");
+        assert_eq!(l.mtu, 1400);
+        assert_eq!(l.link, Some(8));
+        assert_eq!(l.link_netnsid, None);
+        assert_eq!(l.kind.as_deref(), Some("veth"));
+        assert_eq!(Link::parse(&m[16..20]), None);
+    }
+}
