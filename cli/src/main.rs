@@ -209,9 +209,10 @@ struct DumpArgs {
     #[arg(long, value_name = "DIR")]
     freeze_cgroup: Option<PathBuf>,
     /// mnt[POINT]:KEY: the tree's mount at POINT is the caller's (a bind
-    /// from outside): saved as external under KEY; repeatable
+    /// from outside): saved as external under KEY; repeatable (veth[A]:B
+    /// is taken and means something at restore only)
     #[arg(long, value_name = "mnt[POINT]:KEY", value_parser = parse_external)]
-    external: Vec<(String, String)>,
+    external: Vec<External>,
     /// POINT:KEY, the same as --external mnt[POINT]:KEY
     #[arg(long, value_name = "POINT:KEY", value_parser = parse_ext_mount_map)]
     ext_mount_map: Vec<(String, String)>,
@@ -221,17 +222,66 @@ struct DumpArgs {
     empty_ns: Option<String>,
 }
 
-/// CRIU's `--external` forms stasis takes: `mnt[A]:B` (dump: the mount
-/// at A is the caller's, known by key B; restore: bind B at the mount
-/// known by key A). Any other kind is refused by name.
-pub(crate) fn parse_external(s: &str) -> std::result::Result<(String, String), String> {
-    let rest = s
-        .strip_prefix("mnt[")
-        .ok_or_else(|| format!("--external {s}: only mnt[...]:... is supported yet"))?;
+/// One of CRIU's `--external` forms stasis takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum External {
+    /// `mnt[A]:B`: at dump, the mount at A is the caller's, known by key
+    /// B; at restore, bind B at the mount known by key A.
+    Mnt(String, String),
+    /// `veth[INNER]:OUTER` (restore): the peer outside the tree of veth
+    /// INNER is made again in stasis' network namespace, named OUTER.
+    Veth(String, String),
+}
+
+/// Parse CRIU's `--external KIND[A]:B`; kinds stasis does not take are
+/// refused by name.
+pub(crate) fn parse_external(s: &str) -> std::result::Result<External, String> {
+    let (kind, rest) = s
+        .split_once('[')
+        .ok_or_else(|| format!("--external {s}: write KIND[A]:B"))?;
     let (a, b) = rest
         .split_once("]:")
-        .ok_or_else(|| format!("--external {s}: write mnt[A]:B"))?;
-    Ok((a.to_owned(), b.to_owned()))
+        .ok_or_else(|| format!("--external {s}: write {kind}[A]:B"))?;
+    let (a, b) = (a.to_owned(), b.to_owned());
+    match kind {
+        "mnt" => Ok(External::Mnt(a, b)),
+        "veth" if b.contains('@') => Err(format!(
+            "--external {s}: adding the outer end to a bridge (@BRIDGE) is not supported yet"
+        )),
+        "veth" => Ok(External::Veth(a, b)),
+        _ => Err(format!(
+            "--external {s}: only mnt[...] and veth[...] are supported yet"
+        )),
+    }
+}
+
+/// The mounts of `ext` (`mnt[A]:B`) and `ext_mount_map`, as (A, B).
+fn mounts_of(ext: &[External], map: &[(String, String)]) -> Vec<(String, String)> {
+    ext.iter()
+        .filter_map(|e| match e {
+            External::Mnt(a, b) => Some((a.clone(), b.clone())),
+            External::Veth(..) => None,
+        })
+        .chain(map.iter().cloned())
+        .collect()
+}
+
+/// The veths of `ext` (`veth[INNER]:OUTER`) and `--veth-pair`, as (INNER, OUTER).
+fn veths_of(ext: &[External], pairs: &[(String, String)]) -> Vec<(String, String)> {
+    ext.iter()
+        .filter_map(|e| match e {
+            External::Veth(a, b) => Some((a.clone(), b.clone())),
+            External::Mnt(..) => None,
+        })
+        .chain(pairs.iter().cloned())
+        .collect()
+}
+
+/// CRIU's older `--veth-pair IN=OUT`, the same as `--external veth[IN]:OUT`.
+fn parse_veth_pair(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .ok_or_else(|| format!("--veth-pair {s}: write INNER=OUTER"))
 }
 
 /// CRIU's older `--ext-mount-map A:B`, the same as `--external mnt[A]:B`.
@@ -287,9 +337,14 @@ struct RestoreArgs {
     /// which becomes the root of its mount namespace
     #[arg(short = 'r', long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// mnt[KEY]:PATH: bind PATH at the tree's external mount KEY; repeatable
-    #[arg(long, value_name = "mnt[KEY]:PATH", value_parser = parse_external)]
-    external: Vec<(String, String)>,
+    /// mnt[KEY]:PATH: bind PATH at the tree's external mount KEY;
+    /// veth[INNER]:OUTER: make the peer outside the tree of its veth INNER
+    /// in stasis' network namespace, named OUTER; repeatable
+    #[arg(long, value_name = "KIND[A]:B", value_parser = parse_external)]
+    external: Vec<External>,
+    /// INNER=OUTER, the same as --external veth[INNER]:OUTER (CRIU's older form)
+    #[arg(long, value_name = "INNER=OUTER", value_parser = parse_veth_pair)]
+    veth_pair: Vec<(String, String)>,
     /// KEY:PATH, the same as --external mnt[KEY]:PATH
     #[arg(long, value_name = "KEY:PATH", value_parser = parse_ext_mount_map)]
     ext_mount_map: Vec<(String, String)>,
@@ -409,7 +464,7 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         network_lock: a.cr.network_lock(),
         notify: a.cr.scripts(),
         freeze_cgroup: a.freeze_cgroup.clone(),
-        ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
+        ext_mounts: mounts_of(&a.external, &a.ext_mount_map),
         empty_net: a.empty_ns.as_deref() == Some("net"),
     };
     let stats = dump::dump(&opts)?;
@@ -443,7 +498,8 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         cgroups: a.manage_cgroups.unwrap_or_default(),
         cgroup_roots: a.cgroup_root.clone(),
         root: a.root.clone(),
-        ext_mounts: a.external.iter().chain(&a.ext_mount_map).cloned().collect(),
+        ext_mounts: mounts_of(&a.external, &a.ext_mount_map),
+        ext_veths: veths_of(&a.external, &a.veth_pair),
         inherit_fds: a.inherit_fd.clone(),
     };
     let t = std::time::Instant::now();

@@ -394,7 +394,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("track_mem", o.track_mem == Some(true));
     flag("auto_dedup", o.auto_dedup == Some(true));
     flag("link_remap", o.link_remap == Some(true));
-    flag("veths", !o.veths.is_empty());
     flag("exec_cmd", !o.exec_cmd.is_empty());
     flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
     flag("ext_sharing", o.ext_sharing == Some(true));
@@ -570,7 +569,24 @@ fn ext_mounts(o: &CriuOpts) -> std::result::Result<Vec<(String, String)>, String
         .map(|m| (m.key.clone(), m.val.clone()))
         .collect();
     for e in &o.external {
-        out.push(crate::parse_external(e)?);
+        if let crate::External::Mnt(a, b) = crate::parse_external(e)? {
+            out.push((a, b));
+        }
+    }
+    Ok(out)
+}
+
+/// `veths` and the `veth[...]` strings of `external`, as (inner, outer).
+fn ext_veths(o: &CriuOpts) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = o
+        .veths
+        .iter()
+        .map(|v| (v.if_in.clone(), v.if_out.clone()))
+        .collect();
+    for e in &o.external {
+        if let crate::External::Veth(a, b) = crate::parse_external(e)? {
+            out.push((a, b));
+        }
     }
     Ok(out)
 }
@@ -646,6 +662,7 @@ fn restore(
                 .collect(),
             root: o.root.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
+            ext_veths: ext_veths(o)?,
             // The caller passes them to this process (runc's ExtraFiles).
             inherit_fds: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
         };

@@ -87,6 +87,13 @@ pub enum EngineError {
         errno: Errno,
         hint: &'static str,
     },
+    /// A network device, address or route of the tree's network namespace.
+    #[error("network namespace: {what}: {errno}{hint}")]
+    Net {
+        what: String,
+        errno: Errno,
+        hint: &'static str,
+    },
     /// A cgroup the restore joins or makes.
     #[error("cgroup {path}: {what}: {err}{hint}")]
     Cgroup {

@@ -288,6 +288,12 @@ impl Dir {
         self.path.join(format!("tmpfs-dev-{s_dev}.tar.gz.img"))
     }
 
+    /// Path of raw image `name` (a file another tool's format fills:
+    /// `ifaddr-N.img` holds `ip addr save`'s output).
+    pub fn raw_file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
     /// Path of raw pages file `pages-N.img`.
     pub fn pages_file(&self, id: u32) -> PathBuf {
         self.path.join(format!("pages-{id}.img"))

@@ -871,52 +871,6 @@ pub fn sem_set_owner(id: i32, uid: u32, gid: u32, mode: u32) -> Result<(), Errno
     Errno::result(unsafe { libc::semctl(id, 0, libc::IPC_SET, &raw mut ds) }).map(drop)
 }
 
-/// The MTU and flags of network device `name`, asked through socket `sock`
-/// (which decides the network namespace).
-pub fn netdev_get(sock: std::os::fd::BorrowedFd<'_>, name: &str) -> Result<(i32, i16), Errno> {
-    use std::os::fd::AsRawFd;
-    let mut ifr = ifreq(name)?;
-    // SAFETY: SIOCGIFMTU fills the mtu member of the valid ifreq.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &raw mut ifr) })?;
-    // SAFETY: the kernel just wrote the mtu member.
-    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
-    // SAFETY: SIOCGIFFLAGS fills the flags member of the valid ifreq.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut ifr) })?;
-    // SAFETY: the kernel just wrote the flags member.
-    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-    Ok((mtu, flags))
-}
-
-/// Set the MTU and flags of network device `name` through socket `sock`.
-pub fn netdev_set(
-    sock: std::os::fd::BorrowedFd<'_>,
-    name: &str,
-    mtu: i32,
-    flags: i16,
-) -> Result<(), Errno> {
-    use std::os::fd::AsRawFd;
-    let mut ifr = ifreq(name)?;
-    ifr.ifr_ifru.ifru_mtu = mtu;
-    // SAFETY: SIOCSIFMTU reads the valid ifreq.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &raw mut ifr) })?;
-    ifr.ifr_ifru.ifru_flags = flags;
-    // SAFETY: SIOCSIFFLAGS reads the valid ifreq.
-    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw mut ifr) })
-        .map(drop)
-}
-
-fn ifreq(name: &str) -> Result<libc::ifreq, Errno> {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.len() >= ifr.ifr_name.len() {
-        return Err(Errno::ENAMETOOLONG);
-    }
-    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = libc::c_char::from_ne_bytes([s]);
-    }
-    Ok(ifr)
-}
-
 /// A new close-on-exec socket of any protocol (nix names only some).
 pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: socket() takes no pointers; it returns a new fd or -1.

@@ -352,15 +352,8 @@ mod tests {
         );
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            let s = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Datagram,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .expect("socket");
-            let up = i16::try_from(libc::IFF_UP).unwrap();
-            crate::sys::netdev_set(std::os::fd::AsFd::as_fd(&s), "lo", 65536, up).expect("lo up");
+            let s = stasis_kernel::rtnl::open().expect("route netlink");
+            stasis_kernel::rtnl::set_link(&s, 1, stasis_kernel::rtnl::IFF_UP, 0).expect("lo up");
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).expect("connect");
             let (mut srv, _) = l.accept().expect("accept");

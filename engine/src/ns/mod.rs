@@ -1,13 +1,13 @@
 //! Namespaces of the tree's own: UTS (host and domain name, `utsns-1.img`),
 //! IPC (its sysctls, `ipcns-var-1.img`, and objects, see `ipc`) and network
-//! (the loopback device, `netdev-1.img`, and the scalar sysctls under
-//! /proc/sys/net, `netns-1.img`; other devices are refused). The dump reads them from a
+//! (devices, addresses, routes and sysctls: [`net`]). The dump reads them from a
 //! thread that joins the namespace (setns affects that thread only); the
 //! restore unshares them in the engine before it forks the tree, so every
 //! task starts inside. The mount namespace and its mounts: [`mnt`]. Other
 //! namespaces must be the engine's.
 
 pub mod mnt;
+mod net;
 pub mod pid;
 mod time;
 mod tmpfs;
@@ -17,9 +17,7 @@ use std::os::fd::AsFd;
 
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::Pid;
-use stasis_proto::images::{
-    IpcVarEntry, NdType, NetDeviceEntry, NetSysctlEntry, NetnsEntry, UtsnsEntry,
-};
+use stasis_proto::images::{IpcVarEntry, UtsnsEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
@@ -155,37 +153,6 @@ fn num<T: std::str::FromStr>(pid: Pid, path: &str) -> Result<T> {
 const KERNEL: &str = "/proc/sys/kernel";
 const MQUEUE: &str = "/proc/sys/fs/mqueue";
 
-/// Directories under /proc/sys/net whose scalar sysctls a network
-/// namespace keeps.
-const NET_SYSCTL_DIRS: &[&str] = &["ipv4", "ipv6", "core", "unix"];
-
-/// The scalar sysctls under /proc/sys/net of the current thread's network
-/// namespace.
-fn net_sysctls() -> Vec<NetSysctlEntry> {
-    let mut out = Vec::new();
-    for d in NET_SYSCTL_DIRS {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/sys/net/{d}")) else {
-            continue;
-        };
-        let mut names: Vec<String> = dir
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .collect();
-        names.sort();
-        for n in names {
-            let name = format!("{d}/{n}");
-            if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/net/{name}")) {
-                out.push(NetSysctlEntry {
-                    name,
-                    value: v.trim_end().to_owned(),
-                });
-            }
-        }
-    }
-    out
-}
-
 /// Dump the clocks of the tree's own time namespace, if it has one: last
 /// thing before the tree is killed, so that its clocks go on from the
 /// state of its timers (their expirations counted until now).
@@ -226,44 +193,7 @@ pub fn dump(
     }
 
     if own(root, "net") {
-        let (lo, conf) = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
-            let devs = read_sys(root, "/proc/thread-self/net/dev")?;
-            for l in devs.lines().skip(2) {
-                let name = l.split(':').next().unwrap_or("").trim();
-                if name != "lo" && !empty_net {
-                    return Err(Error::Unsupported {
-                        pid: root,
-                        what: format!(
-                            "network device {name} in its network namespace (only the loopback device is restored)"
-                        ),
-                    });
-                }
-            }
-            let sock = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Datagram,
-                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .map_err(Error::dump(root, "a socket in its network namespace"))?;
-            let (mtu, flags) = crate::sys::netdev_get(sock.as_fd(), "lo")
-                .map_err(Error::dump(root, "its loopback device"))?;
-            Ok((
-                NetDeviceEntry {
-                    r#type: NdType::Loopback as i32,
-                    ifindex: 1,
-                    mtu: mtu.cast_unsigned(),
-                    flags: u32::from(flags.cast_unsigned()),
-                    name: "lo".into(),
-                    address: None,
-                },
-                NetnsEntry {
-                    stasis_sysctls: net_sysctls(),
-                },
-            ))
-        })?;
-        dir.write_all(img::NETDEV, NS_ID, &[lo])?;
-        dir.write_all(img::NETNS, NS_ID, &[conf])?;
+        net::dump(root, dir, empty_net)?;
     }
     if own(root, "uts") {
         let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
@@ -343,6 +273,7 @@ pub fn restore(
     dir: &Dir,
     root: Option<&std::path::Path>,
     ext_mounts: &[(String, String)],
+    veths: &[(String, String)],
 ) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
@@ -370,38 +301,16 @@ pub fn restore(
     // engine's user namespace; the root mounts its procfs before it joins
     // the tree's).
     if dir.exists(img::NETNS, NS_ID) {
-        let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
-        let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
+        // Veth peers outside the tree go to the engine's own namespace.
+        let outer = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|err| Error::Proc {
+                pid: me,
+                path: "/proc/thread-self/ns/net".into(),
+                err,
+            })?
+            .into();
         enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
-        let sock = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Datagram,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(Error::restore(me, "a socket in the network namespace"))?;
-        for d in &devs {
-            if d.name != "lo" {
-                return Err(Error::BadImage {
-                    path: format!("netdev-{NS_ID}.img"),
-                    what: format!("device {}: only the loopback device is restored", d.name),
-                });
-            }
-            let flags = i16::try_from(d.flags & 0xffff).unwrap_or(0);
-            crate::sys::netdev_set(sock.as_fd(), "lo", d.mtu.cast_signed(), flags)
-                .map_err(Error::restore(me, "the loopback device"))?;
-        }
-        // Only what differs from a fresh namespace's value is written.
-        for c in &conf.stasis_sysctls {
-            let path = format!("/proc/sys/net/{}", c.name);
-            let now = std::fs::read_to_string(&path).unwrap_or_default();
-            if now.trim_end() == c.value {
-                continue;
-            }
-            if let Err(e) = std::fs::write(&path, &c.value) {
-                tracing::warn!(sysctl = %c.name, value = %c.value, error = %e, "network sysctl not restored");
-            }
-        }
+        net::restore(dir, &outer, veths)?;
     }
     if dir.exists(img::UTSNS, NS_ID) {
         let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;

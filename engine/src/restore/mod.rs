@@ -64,6 +64,10 @@ pub struct Opts {
     /// `--external mnt[KEY]:PATH`: what to bind at the tree's external
     /// mounts, as (key, path).
     pub ext_mounts: Vec<(String, String)>,
+    /// `--external veth[INNER]:OUTER`: the name a veth of the tree whose
+    /// peer was outside gets for that peer, made again in the engine's
+    /// network namespace, as (inner, outer).
+    pub ext_veths: Vec<(String, String)>,
     /// `--inherit-fd fd[N]:KEY`: fd N of the engine stands for the object
     /// KEY of the images (`pipe:[INO]`), as (KEY, N).
     pub inherit_fds: Vec<(String, RawFd)>,
@@ -328,7 +332,12 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
-    let mut ns_done = crate::ns::restore(&dir, opts.root.as_deref(), &opts.ext_mounts)?;
+    let mut ns_done = crate::ns::restore(
+        &dir,
+        opts.root.as_deref(),
+        &opts.ext_mounts,
+        &opts.ext_veths,
+    )?;
     let mut pivot: Option<PathBuf> = None;
 
     let (pool, next) = (|| {

@@ -27,6 +27,12 @@ pub(crate) const TESTS: &[Test] = &[
         netns_dev,
     ),
     Test::new(
+        "netns-veth",
+        Namespaces,
+        "a veth pair in a new netns: MTU, MAC, IPv4 and IPv6 addresses, routes in two tables, a per-device sysctl, sockets bound to the addresses",
+        netns_veth,
+    ),
+    Test::new(
         "ipcns-sysctl",
         Namespaces,
         "IPC sysctls in a new IPC namespace",
@@ -126,6 +132,108 @@ fn netns_dev(t: &mut Ctx) -> Res {
         slurp("/proc/sys/net/ipv4/ip_default_ttl")?.trim(),
         "33"
     );
+    Ok(())
+}
+
+/// Run `ip ARGS` (iproute2) and return its output.
+fn ip(args: &str) -> Res<String> {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .or_fail("run ip (iproute2)")?;
+    if !out.status.success() {
+        return Err(Fail::Sys(format!(
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a user checks of the namespace's network: each link's name, MTU,
+/// MAC and whether it is up; the global addresses; the routes of every
+/// table but `local`; one per-device sysctl. Sorted.
+fn net_state() -> Res<Vec<String>> {
+    let mut out = Vec::new();
+    for l in ip("-o link show")?.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let up = l.contains(",UP") || l.contains("<UP");
+        let mac = f
+            .iter()
+            .position(|w| w.starts_with("link/"))
+            .and_then(|i| f.get(i + 1));
+        out.push(format!(
+            "link {} mtu {} mac {:?} up {up}",
+            f[1],
+            f.get(4).unwrap_or(&""),
+            mac
+        ));
+    }
+    for l in ip("-o addr show scope global")?.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        out.push(format!("addr {} {} {}", f[1], f[2], f[3]));
+    }
+    for l in ip("-4 route show table all")?
+        .lines()
+        .chain(ip("-6 route show table all")?.lines())
+    {
+        if !["local", "broadcast", "multicast", "anycast"]
+            .iter()
+            .any(|p| l.starts_with(p))
+        {
+            out.push(format!("route {}", l.replace(" linkdown", "")));
+        }
+    }
+    out.push(format!(
+        "v0 forwarding {}",
+        slurp("/proc/sys/net/ipv4/conf/v0/forwarding")?.trim()
+    ));
+    // Routes to one prefix list in the order they were made.
+    out.sort();
+    Ok(out)
+}
+
+fn netns_veth(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    for cmd in [
+        "link add v0 type veth peer name v1",
+        "link set v0 mtu 1400 address 02:00:00:00:00:10",
+        "addr add 10.9.0.1/24 dev v0",
+        "addr add 10.9.0.2/24 dev v1",
+        "-6 addr add fd00::1/64 dev v0 nodad",
+        "-6 addr add fd00::2/64 dev v1 nodad",
+        "link set v0 up",
+        "link set v1 up",
+        "route add 10.50.0.0/16 via 10.9.0.2",
+        "route add 10.60.0.0/16 dev v0 table 100",
+        "-6 route add fd10::/64 via fd00::3",
+    ] {
+        ip(cmd)?;
+    }
+    std::fs::write("/proc/sys/net/ipv4/conf/v0/forwarding", "1").or_fail("set forwarding")?;
+    // Sockets bound to the addresses: restored only if the addresses are
+    // there (and, for IPv6, usable at once).
+    let udp = std::net::UdpSocket::bind("10.9.0.1:7001").or_fail("bind UDP to 10.9.0.1")?;
+    let tcp = std::net::TcpListener::bind("[fd00::1]:7002").or_fail("bind TCP to fd00::1")?;
+    let before = net_state()?;
+    t.wait("deleted a route", || ip("route del 10.50.0.0/16").map(drop))?;
+    let after = net_state()?;
+    ensure_eq!("network state", after, before);
+    let peer = std::net::UdpSocket::bind("10.9.0.2:0").or_fail("bind UDP to 10.9.0.2")?;
+    peer.send_to(b"over the veth", "10.9.0.1:7001")
+        .or_fail("send over the veth")?;
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .or_fail("timeout")?;
+    let mut buf = [0u8; 32];
+    let n = udp.recv(&mut buf).or_fail("receive over the veth")?;
+    ensure_eq!("datagram", &buf[..n], b"over the veth");
+    let c = std::net::TcpStream::connect_timeout(
+        &"[fd00::1]:7002".parse().or_fail("address")?,
+        std::time::Duration::from_secs(5),
+    )
+    .or_fail("connect to [fd00::1]:7002")?;
+    let (s, _) = tcp.accept().or_fail("accept")?;
+    ensure_eq!("peer", s.peer_addr().ok(), c.local_addr().ok());
     Ok(())
 }
 

@@ -1,0 +1,409 @@
+//! A network namespace of the tree's own: its devices (`netdev-1.img`,
+//! CRIU's `net_device_entry`: loopback and veth pairs, both ends inside or
+//! the peer outside in the caller's namespace), its addresses and routes
+//! (`ifaddr-1.img`, `route-1.img`, `route6-1.img`: iproute2's save format,
+//! as CRIU keeps them, so `ip addr showdump` reads them) and its sysctls
+//! under /proc/sys/net, the per-device ones included (`netns-1.img`).
+//! Other device kinds are refused by name. Everything is read and made
+//! over route netlink (`stasis_kernel::rtnl`), from inside the namespace.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use stasis_kernel::netlink::{Msg, Socket};
+use stasis_kernel::rtnl::{self, NewLink};
+use stasis_proto::images::{NdType, NetDeviceEntry, NetSysctlEntry, NetnsEntry};
+
+use super::{NS_ID, inside};
+use crate::error::{EngineError as Error, Result};
+use crate::images::{Dir, img};
+
+/// The id `peer_nsid` gives the tree's network namespace ([`NS_ID`]).
+const NETNS_ID: u32 = 1;
+
+/// Directories under /proc/sys/net whose scalar sysctls a network
+/// namespace keeps.
+const NET_SYSCTL_DIRS: &[&str] = &["ipv4", "ipv6", "core", "unix"];
+
+fn addr_image() -> String {
+    format!("ifaddr-{NS_ID}.img")
+}
+
+fn route_image(family: u8) -> String {
+    if family == rtnl::AF_INET6 {
+        format!("route6-{NS_ID}.img")
+    } else {
+        format!("route-{NS_ID}.img")
+    }
+}
+
+/// The sysctl files directly in `/proc/sys/net/{dir}`, sorted, as
+/// (name below /proc/sys/net, value).
+fn sysctls_in(dir: &str, out: &mut Vec<NetSysctlEntry>) {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/sys/net/{dir}")) else {
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    for n in names {
+        let name = format!("{dir}/{n}");
+        // Some are write-only or refuse to be read (stable_secret unset).
+        if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/net/{name}")) {
+            out.push(NetSysctlEntry {
+                name,
+                value: v.trim_end().to_owned(),
+            });
+        }
+    }
+}
+
+/// The sysctls under /proc/sys/net of the current thread's network
+/// namespace, in the order a restore writes them: the scalar ones, then
+/// per protocol the `all` and `default` device settings and each device's
+/// (writing `all` changes every device's, so the devices' come last).
+fn sysctls(devices: &[&str]) -> Vec<NetSysctlEntry> {
+    let mut out = Vec::new();
+    for d in NET_SYSCTL_DIRS {
+        sysctls_in(d, &mut out);
+    }
+    for proto in ["ipv4", "ipv6"] {
+        for dev in ["all", "default"].iter().chain(devices) {
+            sysctls_in(&format!("{proto}/conf/{dev}"), &mut out);
+        }
+    }
+    out
+}
+
+/// What the dump reads inside the namespace.
+struct Saved {
+    devices: Vec<NetDeviceEntry>,
+    conf: NetnsEntry,
+    addresses: Vec<Msg>,
+    routes: [Vec<Msg>; 2],
+}
+
+fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntry>> {
+    let mut e = NetDeviceEntry {
+        r#type: NdType::Loopback as i32,
+        ifindex: l.index.cast_unsigned(),
+        mtu: l.mtu,
+        flags: l.flags,
+        name: l.name.clone(),
+        ..Default::default()
+    };
+    if l.hw_type == rtnl::ARPHRD_LOOPBACK {
+        return Ok(Some(e));
+    }
+    if empty {
+        return Ok(None);
+    }
+    match l.kind.as_deref() {
+        Some("veth") => {
+            e.r#type = NdType::Veth as i32;
+            e.address.clone_from(&l.address);
+            e.peer_ifindex = l.link.map(i32::cast_unsigned);
+            // Without a namespace id the peer is in this namespace.
+            e.peer_nsid = l.link_netnsid.is_none().then_some(NETNS_ID);
+            e.master = l.master.map(i32::cast_unsigned);
+            if l.master.is_some() {
+                return Err(Error::Unsupported {
+                    pid: root,
+                    what: format!(
+                        "network device {} enslaved to a bridge in its network namespace \
+                         (bridges are not restored yet)",
+                        l.name
+                    ),
+                });
+            }
+            Ok(Some(e))
+        }
+        kind => Err(Error::Unsupported {
+            pid: root,
+            what: format!(
+                "network device {} ({}) in its network namespace: loopback and veth devices \
+                 are restored; with --empty-ns net the others are left to the caller",
+                l.name,
+                kind.unwrap_or("a device of the host's kind")
+            ),
+        }),
+    }
+}
+
+/// Dump the tree's network namespace (that of `root`). With `empty`
+/// (CRIU's `empty_ns` for the network), devices other than loopback,
+/// addresses and routes are the caller's, who sets them up again after the
+/// restore: left out.
+pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
+    let saved = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
+        let what = |w: &str| Error::dump(root, format!("{w} of its network namespace"));
+        let s = rtnl::open().map_err(what("a route netlink socket"))?;
+        let links = rtnl::links(&s).map_err(what("the devices"))?;
+        let mut devices = Vec::new();
+        for l in &links {
+            devices.extend(device(root, l, empty)?);
+        }
+        let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
+        let conf = NetnsEntry {
+            stasis_sysctls: sysctls(&names),
+        };
+        if empty {
+            return Ok(Saved {
+                devices,
+                conf,
+                addresses: Vec::new(),
+                routes: [Vec::new(), Vec::new()],
+            });
+        }
+        let addresses = rtnl::addresses(&s).map_err(what("the addresses"))?;
+        let v4 = rtnl::routes(&s, rtnl::AF_INET).map_err(what("the IPv4 routes"))?;
+        // A kernel without IPv6 has no IPv6 routes to keep.
+        let v6 = match rtnl::routes(&s, rtnl::AF_INET6) {
+            Err(Errno::EAFNOSUPPORT) => Vec::new(),
+            r => r.map_err(what("the IPv6 routes"))?,
+        };
+        Ok(Saved {
+            devices,
+            conf,
+            addresses,
+            routes: [v4, v6],
+        })
+    })?;
+    dir.write_all(img::NETDEV, NS_ID, &saved.devices)?;
+    dir.write_all(img::NETNS, NS_ID, &[saved.conf])?;
+    if !empty {
+        write_raw(
+            dir,
+            &addr_image(),
+            &rtnl::save(rtnl::ADDR_MAGIC, &saved.addresses),
+        )?;
+        for (family, routes) in [rtnl::AF_INET, rtnl::AF_INET6]
+            .into_iter()
+            .zip(&saved.routes)
+        {
+            write_raw(
+                dir,
+                &route_image(family),
+                &rtnl::save(rtnl::ROUTE_MAGIC, routes),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_raw(dir: &Dir, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.raw_file(name);
+    std::fs::write(&path, bytes).map_err(|err| Error::ImagesDir {
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+fn net_err(what: String, hint: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |errno| Error::Net { what, errno, hint }
+}
+
+/// Make the devices of `devs` in the current network namespace (a new
+/// one), veth peers outside in `outer` named as `veths` maps them.
+fn make_devices(
+    s: &Socket,
+    devs: &[NetDeviceEntry],
+    outer: &OwnedFd,
+    veths: &[(String, String)],
+) -> Result<()> {
+    let mut made: Vec<u32> = Vec::new();
+    for d in devs {
+        if d.r#type != NdType::Veth as i32 || made.contains(&d.ifindex) {
+            continue;
+        }
+        let me = NewLink {
+            index: d.ifindex.cast_signed(),
+            name: &d.name,
+            mtu: d.mtu,
+            address: d.address.as_deref(),
+            netns: None,
+        };
+        let inner_peer = devs.iter().find(|p| {
+            d.peer_nsid == Some(NETNS_ID)
+                && Some(p.ifindex) == d.peer_ifindex
+                && p.r#type == NdType::Veth as i32
+        });
+        let outer_name;
+        let peer = match inner_peer {
+            Some(p) => {
+                made.push(p.ifindex);
+                NewLink {
+                    index: p.ifindex.cast_signed(),
+                    name: &p.name,
+                    mtu: p.mtu,
+                    address: p.address.as_deref(),
+                    netns: None,
+                }
+            }
+            None => {
+                outer_name = veths
+                    .iter()
+                    .find(|(inner, _)| *inner == d.name)
+                    .map(|(_, out)| out.as_str());
+                if outer_name.is_none() {
+                    tracing::warn!(
+                        device = %d.name,
+                        "veth peer outside the tree: made with a name the kernel chooses \
+                         (give --external veth[{}]:NAME to name it)",
+                        d.name
+                    );
+                }
+                NewLink {
+                    index: 0,
+                    name: outer_name.unwrap_or(""),
+                    mtu: d.mtu,
+                    address: None,
+                    netns: Some(outer.as_fd()),
+                }
+            }
+        };
+        let what = match peer.netns {
+            None => format!("making veth pair {} and {}", d.name, peer.name),
+            Some(_) if peer.name.is_empty() => format!("making veth {} (peer outside)", d.name),
+            Some(_) => format!("making veth {} with peer {} outside", d.name, peer.name),
+        };
+        let hint = if peer.netns.is_some() && !peer.name.is_empty() {
+            " (is a device of that name already there, outside?)"
+        } else {
+            ""
+        };
+        rtnl::new_veth(s, &me, &peer).map_err(net_err(what, hint))?;
+        made.push(d.ifindex);
+    }
+    Ok(())
+}
+
+/// Only what differs from a fresh namespace's value is written; a sysctl
+/// this kernel lacks or refuses is reported and left.
+fn write_sysctls(conf: &NetnsEntry) {
+    for c in &conf.stasis_sysctls {
+        let path = format!("/proc/sys/net/{}", c.name);
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now.trim_end() == c.value {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&path, &c.value) {
+            tracing::warn!(sysctl = %c.name, value = %c.value, error = %e, "network sysctl not restored");
+        }
+    }
+}
+
+fn read_raw(dir: &Dir, name: &str, magic: u32, fixed: usize) -> Result<Option<Vec<u8>>> {
+    let path = dir.raw_file(name);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            rtnl::load(magic, &b, fixed).map_err(|e| Error::BadImage {
+                path: name.to_owned(),
+                what: e.to_string(),
+            })?;
+            Ok(Some(b))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(Error::ImagesDir {
+            path: path.display().to_string(),
+            err,
+        }),
+    }
+}
+
+/// Make the addresses of `ifaddr-1.img` again. An IPv6 address that had
+/// passed duplicate address detection is added without it, so that it is
+/// usable at once, as it was.
+fn add_addresses(s: &Socket, dir: &Dir) -> Result<()> {
+    let Some(bytes) = read_raw(dir, &addr_image(), rtnl::ADDR_MAGIC, 8)? else {
+        return Ok(());
+    };
+    for m in rtnl::load(rtnl::ADDR_MAGIC, &bytes, 8).unwrap_or_default() {
+        let (family, flags) = rtnl::addr_family_flags(m).unwrap_or((0, 0));
+        let m = if family == rtnl::AF_INET6 && flags & rtnl::IFA_F_TENTATIVE == 0 {
+            rtnl::addr_with_flags(m, rtnl::IFA_F_NODAD)
+        } else {
+            m.to_vec()
+        };
+        let index = u32::from_ne_bytes([m[20], m[21], m[22], m[23]]);
+        rtnl::replay(s, &m).map_err(net_err(
+            format!("adding an address (family {family}) to device {index}"),
+            "",
+        ))?;
+    }
+    Ok(())
+}
+
+/// Make the routes of `route-1.img` and `route6-1.img` again, in the order
+/// `ip route restore` takes.
+fn add_routes(s: &Socket, dir: &Dir) -> Result<()> {
+    for family in [rtnl::AF_INET, rtnl::AF_INET6] {
+        let Some(bytes) = read_raw(dir, &route_image(family), rtnl::ROUTE_MAGIC, 12)? else {
+            continue;
+        };
+        let msgs = rtnl::load(rtnl::ROUTE_MAGIC, &bytes, 12).unwrap_or_default();
+        for stage in 0..3 {
+            for m in msgs.iter().filter(|m| rtnl::route_stage(m) == stage) {
+                rtnl::replay(s, m).map_err(net_err(
+                    format!("adding a route (family {family}, table {})", m[20]),
+                    "",
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restore the tree's network namespace into the current one, new and
+/// empty (the engine just made it): devices, sysctls, addresses, device
+/// state, routes. `outer` is the engine's own namespace, where veth peers
+/// outside the tree go.
+pub(super) fn restore(dir: &Dir, outer: &OwnedFd, veths: &[(String, String)]) -> Result<()> {
+    let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
+    let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
+    let s = rtnl::open().map_err(net_err("a route netlink socket".into(), ""))?;
+    for d in &devs {
+        if d.r#type != NdType::Loopback as i32 && d.r#type != NdType::Veth as i32 {
+            return Err(Error::BadImage {
+                path: format!("netdev-{NS_ID}.img"),
+                what: format!(
+                    "device {} is of type {}: loopback and veth devices are restored",
+                    d.name, d.r#type
+                ),
+            });
+        }
+    }
+    make_devices(&s, &devs, outer, veths)?;
+    write_sysctls(&conf);
+    let links = rtnl::links(&s).map_err(net_err("reading the devices made".into(), ""))?;
+    let set = |d: &NetDeviceEntry| {
+        let index = if d.r#type == NdType::Loopback as i32 {
+            links
+                .iter()
+                .find(|l| l.hw_type == rtnl::ARPHRD_LOOPBACK)
+                .map_or(1, |l| l.index)
+        } else {
+            d.ifindex.cast_signed()
+        };
+        rtnl::set_link(&s, index, d.flags, d.mtu).map_err(net_err(
+            format!("setting the state of device {}", d.name),
+            "",
+        ))
+    };
+    // Loopback first: up, it makes its own addresses, which the saved ones
+    // then find there. The others once their addresses are there, as
+    // before the dump.
+    let (lo, others): (Vec<_>, Vec<_>) = devs
+        .iter()
+        .partition(|d| d.r#type == NdType::Loopback as i32);
+    lo.into_iter().try_for_each(set)?;
+    add_addresses(&s, dir)?;
+    others.into_iter().try_for_each(set)?;
+    add_routes(&s, dir)?;
+    Ok(())
+}
