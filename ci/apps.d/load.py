@@ -18,6 +18,9 @@ import socket
 import sys
 import time
 
+# The server's address (LOAD_HOST; a container's, behind a veth).
+HOST = os.environ.get("LOAD_HOST", "127.0.0.1")
+
 
 class Fail(Exception):
     pass
@@ -27,7 +30,7 @@ def connect(port):
     deadline = time.time() + 10
     while True:
         try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s = socket.create_connection((HOST, port), timeout=30)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return s
         except OSError:
@@ -65,7 +68,7 @@ class Reader:
 
 
 def http_one(s, r, port, path):
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
     status = r.line()
     if b" 200 " not in status + b" ":
         raise Fail(f"status {status!r}")

@@ -277,7 +277,19 @@ fn make_devices(
         } else {
             ""
         };
-        rtnl::new_veth(s, &me, &peer).map_err(net_err(what, hint))?;
+        // A namespace is torn down after its last task has gone, a little
+        // later: the old outer end of a tree dumped just now may still be
+        // there for some milliseconds.
+        let mut tries = 0;
+        loop {
+            match rtnl::new_veth(s, &me, &peer) {
+                Err(Errno::EEXIST) if peer.netns.is_some() && tries < 60 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.map_err(net_err(what, hint))?,
+            }
+        }
         made.push(d.ifindex);
     }
     Ok(())
