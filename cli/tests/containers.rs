@@ -1,8 +1,8 @@
 #![allow(clippy::tests_outside_test_module)]
 //! Container-shaped trees through the `stasis` CLI: a process started by
 //! `unshare` with namespaces of its own comes back with all of them.
-//! Needs root, util-linux (unshare, mount, ipcmk, ipcs), iproute2 and
-//! python3: fails without them.
+//! Needs root, util-linux (unshare, mount, ipcmk, ipcs), iproute2,
+//! python3 and crit (Debian's criu): fails without them.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,8 +20,9 @@ fn need_root() {
 
 /// Inside the namespaces, as their init: a host name, a tmpfs with a file
 /// held open, a bind mount of it, a SysV segment, lo up with a TCP
-/// listener and a connection on it. Once `check` exists it checks them all
-/// and writes its verdict to `answer`.
+/// listener and a connection on it, a veth pair with addresses, a route
+/// and a routing rule, and a connection over it. Once `check` exists it
+/// checks them all and writes its verdict to `answer`.
 const CONTAINER: &str = r#"
 import os, socket, subprocess, sys, time
 d = sys.argv[1]
@@ -35,6 +36,15 @@ held = open(d + "/t/data")
 subprocess.check_call(["mount", "--bind", d + "/t", d + "/b"])
 shmid = subprocess.check_output(["ipcmk", "-M", "4096"]).split()[-1].decode()
 subprocess.check_call(["ip", "link", "set", "lo", "up"])
+for c in ["link add v0 type veth peer name v1", "addr add 10.9.0.1/24 dev v0",
+          "addr add 10.9.0.2/24 dev v1", "link set v0 up", "link set v1 up",
+          "route add 10.50.0.0/16 via 10.9.0.2", "rule add from 10.9.0.0/24 table 100 priority 1000"]:
+    subprocess.check_call(["ip"] + c.split())
+vsrv = socket.socket()
+vsrv.bind(("10.9.0.1", 7778))
+vsrv.listen()
+vcli = socket.create_connection(("10.9.0.1", 7778), source_address=("10.9.0.2", 0))
+vcon, _ = vsrv.accept()
 srv = socket.socket()
 srv.bind(("127.0.0.1", 7777))
 srv.listen()
@@ -60,6 +70,12 @@ cli.sendall(b"ping")
 want("connection client to server", con.recv(4) == b"ping")
 con.sendall(b"pong")
 want("connection server to client", cli.recv(4) == b"pong")
+vcli.sendall(b"veth")
+want("connection over the veth pair", vcon.recv(4) == b"veth")
+ip = lambda *a: subprocess.check_output(["ip"] + list(a)).decode()
+want("veth addresses", "10.9.0.1/24" in ip("-o", "addr", "show", "v0") and "10.9.0.2/24" in ip("-o", "addr", "show", "v1"))
+want("route via the veth", "10.50.0.0/16 via 10.9.0.2" in ip("route"))
+want("routing rule", "from 10.9.0.0/24 lookup 100" in ip("rule"))
 with open(d + "/answer", "w") as f:
     f.write("ok" if not bad else "bad: " + ", ".join(bad))
 while True:
@@ -224,6 +240,48 @@ fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("tmpfs-dev-")),
         "no tmpfs contents image"
+    );
+    // Independent readers of the network images: iproute2 for its own save
+    // format, crit for CRIU's.
+    // (`ip rule` has no showdump: its restore, in a namespace of its own.)
+    for (args, image, want) in [
+        (
+            &["ip", "addr", "showdump"][..],
+            "ifaddr-1.img",
+            "inet 10.9.0.1/24",
+        ),
+        (
+            &["ip", "route", "showdump"][..],
+            "route-1.img",
+            "10.50.0.0/16 via 10.9.0.2",
+        ),
+        (
+            &["unshare", "--net", "sh", "-c", "ip rule restore && ip rule"][..],
+            "rule-1.img",
+            "from 10.9.0.0/24 lookup 100",
+        ),
+    ] {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(std::fs::File::open(img.join(image)).expect(image))
+            .output()
+            .expect("run ip");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(want),
+            "ip {args:?} < {image}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("crit")
+        .args(["decode", "-i"])
+        .arg(img.join("netdev-1.img"))
+        .output()
+        .expect("run crit (Debian's criu package)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("\"VETH\"") && text.contains("\"v0\""),
+        "crit decode netdev-1.img: {text}"
     );
     if let Some(mut c) = ctr.unshare.take() {
         let _ = c.wait();

@@ -20,6 +20,9 @@ const RTM_GETADDR: u16 = 22;
 /// Add a route.
 pub const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
+/// Add a routing rule.
+pub const RTM_NEWRULE: u16 = 32;
+const RTM_GETRULE: u16 = 34;
 
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
@@ -60,6 +63,9 @@ pub const IFF_SETTABLE: u32 = 0x1 | 0x4 | 0x80 | 0x100 | 0x200 | 0x1000;
 pub const ADDR_MAGIC: u32 = 0x4736_1222;
 /// The first u32 of `ip route save`'s output.
 pub const ROUTE_MAGIC: u32 = 0x4531_1224;
+
+/// The first u32 of `ip rule save`'s output.
+pub const RULE_MAGIC: u32 = 0x7170_6986;
 
 /// IPv4.
 pub const AF_INET: u8 = 2;
@@ -189,6 +195,31 @@ pub fn routes(s: &Socket, family: u8) -> Result<Vec<Msg>, Errno> {
         true
     });
     Ok(out)
+}
+
+/// Every routing rule of the namespace (IPv4 and IPv6), as `ip rule save`
+/// writes them, a fresh namespace's defaults included.
+pub fn rules(s: &Socket) -> Result<Vec<Msg>, Errno> {
+    s.dump(RTM_GETRULE, &[0u8; 12])
+}
+
+/// Whether two rule messages (with their headers) say the same: the same
+/// family header and the same attributes, in any order.
+pub fn same_rule(a: &[u8], b: &[u8]) -> bool {
+    let norm = |m: &[u8]| {
+        let mut v: Vec<(u16, Vec<u8>)> = m
+            .get(16 + 12..)
+            .map(|r| {
+                nl::attrs(r)
+                    .into_iter()
+                    .map(|(t, v)| (t, v.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        (m.get(16..16 + 12).map(<[u8]>::to_vec), v)
+    };
+    norm(a) == norm(b)
 }
 
 /// The order `ip route restore` makes routes in: 0 for routes to a local
@@ -422,6 +453,25 @@ mod tests {
         with.extend_from_slice(&0x180u32.to_ne_bytes());
         let m = addr_with_flags(&msg(RTM_NEWADDR, with).bytes(), IFA_F_NODAD);
         assert_eq!(addr_family_flags(&m), Some((10, 0x180 | IFA_F_NODAD)));
+    }
+
+    #[test]
+    fn rules_compare_by_header_and_attributes_in_any_order() {
+        let hdr = [2u8, 0, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0];
+        let a = Builder::new(RTM_NEWRULE, 0, &hdr)
+            .attr(6, &32766u32.to_ne_bytes())
+            .attr(15, &254u32.to_ne_bytes())
+            .finish();
+        let b = Builder::new(RTM_NEWRULE, 2, &hdr)
+            .attr(15, &254u32.to_ne_bytes())
+            .attr(6, &32766u32.to_ne_bytes())
+            .finish();
+        let c = Builder::new(RTM_NEWRULE, 0, &hdr)
+            .attr(6, &100u32.to_ne_bytes())
+            .attr(15, &254u32.to_ne_bytes())
+            .finish();
+        assert!(same_rule(&a, &b));
+        assert!(!same_rule(&a, &c));
     }
 
     #[test]

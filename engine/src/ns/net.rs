@@ -1,8 +1,9 @@
 //! A network namespace of the tree's own: its devices (`netdev-1.img`,
 //! CRIU's `net_device_entry`: loopback and veth pairs, both ends inside or
 //! the peer outside in the caller's namespace), its addresses and routes
-//! (`ifaddr-1.img`, `route-1.img`, `route6-1.img`: iproute2's save format,
-//! as CRIU keeps them, so `ip addr showdump` reads them) and its sysctls
+//! (`ifaddr-1.img`, `route-1.img`, `route6-1.img`, and its routing rules,
+//! `rule-1.img`: iproute2's save format, as CRIU keeps them, so `ip addr
+//! showdump` reads them) and its sysctls
 //! under /proc/sys/net, the per-device ones included (`netns-1.img`).
 //! Other device kinds are refused by name. Everything is read and made
 //! over route netlink (`stasis_kernel::rtnl`), from inside the namespace.
@@ -29,6 +30,10 @@ const NET_SYSCTL_DIRS: &[&str] = &["ipv4", "ipv6", "core", "unix"];
 
 fn addr_image() -> String {
     format!("ifaddr-{NS_ID}.img")
+}
+
+fn rule_image() -> String {
+    format!("rule-{NS_ID}.img")
 }
 
 fn route_image(family: u8) -> String {
@@ -86,6 +91,7 @@ struct Saved {
     conf: NetnsEntry,
     addresses: Vec<Msg>,
     routes: [Vec<Msg>; 2],
+    rules: Vec<Msg>,
 }
 
 fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntry>> {
@@ -158,6 +164,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
                 conf,
                 addresses: Vec::new(),
                 routes: [Vec::new(), Vec::new()],
+                rules: Vec::new(),
             });
         }
         let addresses = rtnl::addresses(&s).map_err(what("the addresses"))?;
@@ -167,11 +174,13 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
             Err(Errno::EAFNOSUPPORT) => Vec::new(),
             r => r.map_err(what("the IPv6 routes"))?,
         };
+        let rules = rtnl::rules(&s).map_err(what("the routing rules"))?;
         Ok(Saved {
             devices,
             conf,
             addresses,
             routes: [v4, v6],
+            rules,
         })
     })?;
     dir.write_all(img::NETDEV, NS_ID, &saved.devices)?;
@@ -192,6 +201,11 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
                 &rtnl::save(rtnl::ROUTE_MAGIC, routes),
             )?;
         }
+        write_raw(
+            dir,
+            &rule_image(),
+            &rtnl::save(rtnl::RULE_MAGIC, &saved.rules),
+        )?;
     }
     Ok(())
 }
@@ -371,6 +385,30 @@ fn add_routes(s: &Socket, dir: &Dir) -> Result<()> {
     Ok(())
 }
 
+/// Make the routing rules of `rule-1.img` again, but those the new
+/// namespace has already (its defaults): a rule is added again even when
+/// an equal one exists.
+fn add_rules(s: &Socket, dir: &Dir) -> Result<()> {
+    let Some(bytes) = read_raw(dir, &rule_image(), rtnl::RULE_MAGIC, 12)? else {
+        return Ok(());
+    };
+    let have: Vec<Vec<u8>> = rtnl::rules(s)
+        .map_err(net_err("reading the routing rules".into(), ""))?
+        .iter()
+        .map(Msg::bytes)
+        .collect();
+    for m in rtnl::load(rtnl::RULE_MAGIC, &bytes, 12).unwrap_or_default() {
+        if have.iter().any(|h| rtnl::same_rule(h, m)) {
+            continue;
+        }
+        rtnl::replay(s, m).map_err(net_err(
+            format!("adding a routing rule (family {}, table {})", m[16], m[20]),
+            "",
+        ))?;
+    }
+    Ok(())
+}
+
 /// Restore the tree's network namespace into the current one, new and
 /// empty (the engine just made it): devices, sysctls, addresses, device
 /// state, routes. `outer` is the engine's own namespace, where veth peers
@@ -417,5 +455,6 @@ pub(super) fn restore(dir: &Dir, outer: &OwnedFd, veths: &[(String, String)]) ->
     add_addresses(&s, dir)?;
     others.into_iter().try_for_each(set)?;
     add_routes(&s, dir)?;
+    add_rules(&s, dir)?;
     Ok(())
 }

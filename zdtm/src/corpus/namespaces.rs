@@ -29,7 +29,7 @@ pub(crate) const TESTS: &[Test] = &[
     Test::new(
         "netns-veth",
         Namespaces,
-        "a veth pair in a new netns: MTU, MAC, IPv4 and IPv6 addresses, routes in two tables, a per-device sysctl, sockets bound to the addresses",
+        "a veth pair in a new netns: MTU, MAC, IPv4 and IPv6 addresses, routes in two tables, routing rules, a per-device sysctl, sockets bound to the addresses",
         netns_veth,
     ),
     Test::new(
@@ -152,7 +152,7 @@ fn ip(args: &str) -> Res<String> {
 
 /// What a user checks of the namespace's network: each link's name, MTU,
 /// MAC and whether it is up; the global addresses; the routes of every
-/// table but `local`; one per-device sysctl. Sorted.
+/// table but `local`; the routing rules; one per-device sysctl. Sorted.
 fn net_state() -> Res<Vec<String>> {
     let mut out = Vec::new();
     for l in ip("-o link show")?.lines() {
@@ -184,6 +184,9 @@ fn net_state() -> Res<Vec<String>> {
             out.push(format!("route {}", l.replace(" linkdown", "")));
         }
     }
+    for l in ip("-4 rule")?.lines().chain(ip("-6 rule")?.lines()) {
+        out.push(format!("rule {l}"));
+    }
     out.push(format!(
         "v0 forwarding {}",
         slurp("/proc/sys/net/ipv4/conf/v0/forwarding")?.trim()
@@ -207,6 +210,8 @@ fn netns_veth(t: &mut Ctx) -> Res {
         "route add 10.50.0.0/16 via 10.9.0.2",
         "route add 10.60.0.0/16 dev v0 table 100",
         "-6 route add fd10::/64 via fd00::3",
+        "rule add from 10.9.0.0/24 table 100 priority 1000",
+        "-6 rule add to fd10::/64 table 100 priority 1001",
     ] {
         ip(cmd)?;
     }
