@@ -4,6 +4,9 @@
 //! controllers, core images name each task's and thread's set (`cg_set`),
 //! the inventory the set the engine was in (`root_cg_set`). When every task
 //! is in the engine's own cgroups there is nothing to save, as in CRIU.
+//! A cgroup namespace of the tree's own: each member's `cgns_prefix` is the
+//! length of the namespace's root in its path, as in CRIU; the root task
+//! joins that cgroup, unshares its namespace there, then joins its own.
 //!
 //! The restore (`--manage-cgroups`, soft by default as in CRIU) finds each
 //! hierarchy where the engine's mount namespace mounts it, rewrites paths
@@ -51,16 +54,60 @@ fn read_set(pid: Pid, path: &str) -> Result<Set> {
 pub struct Sets {
     sets: Vec<Set>,
     of: HashMap<Pid, u32>,
+    /// The root of the tree's own cgroup namespace in each hierarchy, by
+    /// name; none when it has none.
+    ns_roots: Option<HashMap<String, String>>,
+}
+
+/// The root of `root`'s cgroup namespace in each hierarchy: its paths seen
+/// from outside, less the same paths seen from inside.
+fn ns_roots(root: Pid) -> Result<HashMap<String, String>> {
+    let outer = read_set(root, &format!("/proc/{root}/cgroup"))?;
+    let inner = crate::ns::inside(
+        root,
+        "cgroup",
+        nix::sched::CloneFlags::CLONE_NEWCGROUP,
+        || read_set(root, &format!("/proc/{root}/cgroup")),
+    )?;
+    let mut out = HashMap::new();
+    for (name, path) in outer {
+        let inside = inner
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("/", |(_, p)| p.as_str());
+        let base = if inside == "/" {
+            Some(path.as_str())
+        } else {
+            path.strip_suffix(inside)
+        };
+        let Some(base) = base.filter(|_| !inside.starts_with("/..")) else {
+            return Err(Error::Unsupported {
+                pid: root,
+                what: format!(
+                    "a cgroup ({path}) outside the root of its own cgroup namespace ({inside} \
+                     from inside)"
+                ),
+            });
+        };
+        let base = if base.is_empty() { "/" } else { base };
+        out.insert(name, base.to_owned());
+    }
+    Ok(out)
 }
 
 impl Sets {
     /// The sets of `tasks` (each a PID and its thread IDs; zombies have
-    /// none and are left out).
-    pub fn read(tasks: &[(Pid, Vec<Pid>)]) -> Result<Sets> {
+    /// none and are left out) of the tree under `root`.
+    pub fn read(root: Pid, tasks: &[(Pid, Vec<Pid>)]) -> Result<Sets> {
         let me = nix::unistd::getpid();
         let mut s = Sets {
             sets: vec![read_set(me, "/proc/self/cgroup")?],
             of: HashMap::new(),
+            ns_roots: if crate::ns::own_cgroup(root) {
+                Some(ns_roots(root)?)
+            } else {
+                None
+            },
         };
         for (pid, tids) in tasks {
             for tid in tids {
@@ -73,6 +120,21 @@ impl Sets {
                     }
                 };
                 s.of.insert(*tid, u32::try_from(id + 1).unwrap_or(u32::MAX));
+                if let Some(roots) = &s.ns_roots {
+                    let set = &s.sets[id];
+                    for (name, path) in set {
+                        let base = roots.get(name).map_or("/", String::as_str);
+                        if base != "/" && !under_root(path, base) {
+                            return Err(Error::Unsupported {
+                                pid: *pid,
+                                what: format!(
+                                    "thread {tid} in cgroup {path}, outside the root of the \
+                                     tree's cgroup namespace ({base})"
+                                ),
+                            });
+                        }
+                    }
+                }
             }
         }
         Ok(s)
@@ -83,11 +145,21 @@ impl Sets {
         self.of.get(&tid).copied()
     }
 
-    /// Write `cgroup.img`, unless every task is in the engine's set.
+    /// Write `cgroup.img`, unless every task is in the engine's set and
+    /// the tree has no cgroup namespace of its own.
     pub fn write(&self, dir: &Dir) -> Result<()> {
-        if self.of.values().all(|&id| id == 1) {
+        if self.of.values().all(|&id| id == 1) && self.ns_roots.is_none() {
             return Ok(());
         }
+        // Only the tree's paths are in its namespace (not the engine's).
+        let prefix = |name: &str, path: &str| {
+            let base = self
+                .ns_roots
+                .as_ref()?
+                .get(name)
+                .map_or("/", String::as_str);
+            under_root(path, base).then(|| u32::try_from(base.len()).unwrap_or(0))
+        };
         let mut names: Vec<&str> = self
             .sets
             .iter()
@@ -107,7 +179,7 @@ impl Sets {
                         .map(|(name, path)| CgMemberEntry {
                             name: name.clone(),
                             path: path.clone(),
-                            cgns_prefix: None,
+                            cgns_prefix: prefix(name, path),
                         })
                         .collect(),
                 })
@@ -186,6 +258,12 @@ impl std::str::FromStr for CgRoot {
 pub struct Joins {
     fds: Vec<OwnedFd>,
     by_set: HashMap<u32, Vec<RawFd>>,
+    /// The tree had a cgroup namespace of its own: its root task makes one
+    /// again, once in the cgroups of [`Joins::ns_root`].
+    pub new_ns: bool,
+    /// `cgroup.procs` of the root of the tree's cgroup namespace in each
+    /// hierarchy (where that is not the engine's cgroup).
+    pub ns_root: Vec<RawFd>,
     /// The cgroups made, parents first: removed again unless the restore
     /// [keeps](Joins::keep) them.
     made: Vec<PathBuf>,
@@ -229,6 +307,14 @@ impl Drop for Joins {
             }
         }
     }
+}
+
+/// Whether cgroup `path` is `base` or below it.
+fn under_root(path: &str, base: &str) -> bool {
+    base == "/"
+        || path
+            .strip_prefix(base)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
 }
 
 /// Where the engine's mount namespace mounts the root of hierarchy `name`.
@@ -310,6 +396,71 @@ fn make(top: &Path, dir: &Path, cpuset: bool, made: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
+/// What [`prepare`] needs to open a cgroup's `cgroup.procs`.
+struct Opener<'a> {
+    mine: Set,
+    mounts: Vec<crate::ns::mnt::Mount>,
+    opened: HashMap<PathBuf, RawFd>,
+    joins: &'a mut Joins,
+    first: RawFd,
+}
+
+impl Opener<'_> {
+    /// `cgroup.procs` of cgroup `path` of hierarchy `name`, made if
+    /// missing and kept open at an fd from `first` up; none when it is the
+    /// engine's own (the tasks inherit it).
+    fn open(&mut self, name: &str, path: &str) -> Result<Option<RawFd>> {
+        let me = nix::unistd::getpid();
+        if self.mine.iter().any(|(n, p)| n == name && p == path) {
+            return Ok(None);
+        }
+        let shown = if name.is_empty() { "cgroup2" } else { name };
+        let top = mount_of(&self.mounts, name).ok_or_else(|| Error::Unsupported {
+            pid: me,
+            what: format!(
+                "cgroup {path} of hierarchy {shown}, which is not mounted here (mount it, \
+                 or restore with --manage-cgroups=ignore)"
+            ),
+        })?;
+        let top = Path::new(top);
+        let at = top.join(path.trim_start_matches('/'));
+        if let Some(&fd) = self.opened.get(&at) {
+            return Ok(Some(fd));
+        }
+        if !at.is_dir() {
+            make(
+                top,
+                &at,
+                name.split(',').any(|c| c == "cpuset"),
+                &mut self.joins.made,
+            )?;
+        }
+        let procs = at.join("cgroup.procs");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(cg_err(&at, "opening cgroup.procs", ""))?;
+        let low = self.first.max(self.joins.last().map_or(0, |l| l + 1));
+        let fd = crate::sys::dup_at_least(f.as_fd(), low).map_err(|e| Error::Cgroup {
+            path: at.display().to_string(),
+            what: "keeping cgroup.procs open",
+            err: e.into(),
+            hint: "",
+        })?;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        self.opened.insert(at, raw);
+        self.joins.fds.push(fd);
+        Ok(Some(raw))
+    }
+}
+
+/// The part of `path` (of member `m`) that is the root of the tree's
+/// cgroup namespace, if the member says it has one.
+fn ns_root_of(m: &CgMemberEntry) -> Option<&str> {
+    let n = usize::try_from(m.cgns_prefix?).ok().filter(|&n| n > 0)?;
+    m.path.get(..n)
+}
+
 /// Prepare the tasks' joins: each set's cgroups made where missing and
 /// their `cgroup.procs` opened at fds from `first` up. `tasks` are the set
 /// ids of the live tasks; `root_set` the root task's.
@@ -322,7 +473,7 @@ pub fn prepare(
     first: RawFd,
 ) -> Result<Joins> {
     let mut joins = Joins::default();
-    if mode == Mode::Ignore || !dir.exists(img::CGROUP, 0) {
+    if !dir.exists(img::CGROUP, 0) {
         return Ok(joins);
     }
     let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
@@ -330,18 +481,40 @@ pub fn prepare(
         path: "cgroup.img".into(),
         what,
     };
-    let me = nix::unistd::getpid();
-    let mine = read_set(me, "/proc/self/cgroup")?;
-    let mounts = crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
     let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);
     let root_members = root_set
         .and_then(set_of)
         .map(|s| s.ctls.clone())
         .unwrap_or_default();
+    joins.new_ns = root_members.iter().any(|m| ns_root_of(m).is_some());
+    if mode == Mode::Ignore {
+        return Ok(joins);
+    }
+    let me = nix::unistd::getpid();
+    let mut at = Opener {
+        mine: read_set(me, "/proc/self/cgroup")?,
+        mounts: crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?,
+        opened: HashMap::new(),
+        joins: &mut joins,
+        first,
+    };
+    let base_of = |name: &str| {
+        root_members
+            .iter()
+            .find(|r| r.name == name)
+            .map_or("/".to_owned(), |r| r.path.clone())
+    };
+    let mut ns_root = Vec::new();
+    for m in &root_members {
+        if let Some(r) = ns_root_of(m) {
+            let path = rewrite(r, &m.name, &base_of(&m.name), roots);
+            ns_root.extend(at.open(&m.name, &path)?);
+        }
+    }
     let mut wanted: Vec<u32> = tasks.to_vec();
     wanted.sort_unstable();
     wanted.dedup();
-    let mut opened: HashMap<PathBuf, RawFd> = HashMap::new();
+    let mut by_set = HashMap::new();
     for id in wanted {
         let set = set_of(id).ok_or_else(|| {
             bad(format!(
@@ -350,67 +523,13 @@ pub fn prepare(
         })?;
         let mut fds = Vec::new();
         for m in &set.ctls {
-            if m.cgns_prefix.is_some_and(|p| p != 0) {
-                return Err(Error::Unsupported {
-                    pid: me,
-                    what: format!("cgroup set {id}: a cgroup namespace (in {})", m.path),
-                });
-            }
-            let base = root_members
-                .iter()
-                .find(|r| r.name == m.name)
-                .map_or("/", |r| r.path.as_str());
-            let path = rewrite(&m.path, &m.name, base, roots);
-            // Already there: the tasks inherit the engine's.
-            if mine.iter().any(|(n, p)| *n == m.name && *p == path) {
-                continue;
-            }
-            let shown = if m.name.is_empty() {
-                "cgroup2"
-            } else {
-                m.name.as_str()
-            };
-            let top = mount_of(&mounts, &m.name).ok_or_else(|| Error::Unsupported {
-                pid: me,
-                what: format!(
-                    "cgroup {path} of hierarchy {shown}, which is not mounted here (mount it, \
-                     or restore with --manage-cgroups=ignore)"
-                ),
-            })?;
-            let top = Path::new(top);
-            let at = top.join(path.trim_start_matches('/'));
-            if let Some(&fd) = opened.get(&at) {
-                fds.push(fd);
-                continue;
-            }
-            if !at.is_dir() {
-                make(
-                    top,
-                    &at,
-                    m.name.split(',').any(|c| c == "cpuset"),
-                    &mut joins.made,
-                )?;
-            }
-            let procs = at.join("cgroup.procs");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&procs)
-                .map_err(cg_err(&at, "opening cgroup.procs", ""))?;
-            let fd =
-                crate::sys::dup_at_least(f.as_fd(), first.max(joins.last().map_or(0, |l| l + 1)))
-                    .map_err(|e| Error::Cgroup {
-                    path: at.display().to_string(),
-                    what: "keeping cgroup.procs open",
-                    err: e.into(),
-                    hint: "",
-                })?;
-            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-            opened.insert(at, raw);
-            joins.fds.push(fd);
-            fds.push(raw);
+            let path = rewrite(&m.path, &m.name, &base_of(&m.name), roots);
+            fds.extend(at.open(&m.name, &path)?);
         }
-        joins.by_set.insert(id, fds);
+        by_set.insert(id, fds);
     }
+    joins.ns_root = ns_root;
+    joins.by_set = by_set;
     Ok(joins)
 }
 

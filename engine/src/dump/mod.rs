@@ -188,6 +188,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     )?;
     let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net)?;
     let cgroups = crate::cgroup::Sets::read(
+        root,
         &tree
             .tasks
             .iter()

@@ -36,8 +36,9 @@ fn own(root: Pid, ns: &str) -> bool {
     link(Some(root), ns) != link(None, ns)
 }
 
-/// The namespaces every task of a tree must be in: UTS, IPC, network and
-/// mount the root's, the others the engine's (read once per dump).
+/// The namespaces every task of a tree must be in: UTS, IPC, network,
+/// mount, time, user and cgroup the root's, the others the engine's (read
+/// once per dump).
 #[derive(Debug)]
 pub struct Expected(Vec<(&'static str, Option<std::path::PathBuf>)>);
 
@@ -57,7 +58,9 @@ pub fn expected(root: Pid) -> Expected {
         ]
         .into_iter()
         .map(|ns| match ns {
-            "uts" | "ipc" | "net" | "mnt" | "time" | "user" => (ns, link(Some(root), ns)),
+            "uts" | "ipc" | "net" | "mnt" | "time" | "user" | "cgroup" => {
+                (ns, link(Some(root), ns))
+            }
             // Checked by pid::Ids (tasks may be in nested ones).
             "pid" => (ns, None),
             "time_for_children" => (ns, link(Some(root), "time")),
@@ -80,7 +83,7 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
             .map(std::path::PathBuf::from);
         if theirs != *expected {
             let what = match *ns {
-                "uts" | "ipc" | "net" | "mnt" | "time" | "user" => {
+                "uts" | "ipc" | "net" | "mnt" | "time" | "user" | "cgroup" => {
                     format!("a {ns} namespace other than its root's")
                 }
                 "time_for_children" => {
@@ -166,6 +169,11 @@ pub fn dump_clocks(root: Pid, dir: &Dir) -> Result<()> {
 /// Whether the tree under `root` has a mount namespace of its own.
 pub fn own_mnt(root: Pid) -> bool {
     own(root, "mnt")
+}
+
+/// Whether the tree under `root` has a cgroup namespace of its own.
+pub fn own_cgroup(root: Pid) -> bool {
+    own(root, "cgroup")
 }
 
 /// Whether the tree under `root` has a network namespace of its own.

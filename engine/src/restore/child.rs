@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use super::{Plan, pid_of};
 use crate::sys;
 
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "its session",
     "its process group",
     "a child with its PID",
@@ -24,6 +24,7 @@ const STEPS: [&str; 12] = [
     "mounting the tree's procfs",
     "its PID namespace for children",
     "joining its cgroups",
+    "its cgroup namespace",
 ];
 
 /// The name of a setup step a task reported failing.
@@ -108,7 +109,14 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let pid = p.pst.pid;
     // Die with the engine while the restore is in progress.
     sys::set_pdeathsig(libc::SIGKILL);
-    // Its cgroups before anything is charged or forked.
+    // Its cgroups before anything is charged or forked; a cgroup namespace
+    // is made in the cgroup that was its root.
+    if let Some(fds) = &p.cgroup_ns {
+        for &fd in fds {
+            nix::unistd::write(sys::borrow(fd), b"0").map_err(|e| (e, 12))?;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| (e, 12))?;
+    }
     for &fd in &p.cgroup_fds {
         nix::unistd::write(sys::borrow(fd), b"0").map_err(|e| (e, 11))?;
     }

@@ -114,6 +114,10 @@ pub(crate) struct Plan {
     /// `cgroup.procs` of the cgroups it joins first thing (see
     /// [`crate::cgroup`]).
     pub cgroup_fds: Vec<RawFd>,
+    /// The root, when the tree had a cgroup namespace of its own: the
+    /// `cgroup.procs` of that namespace's root cgroups, which it joins
+    /// before it makes the namespace again (then it joins its own).
+    pub cgroup_ns: Option<Vec<RawFd>>,
 
     /// Remade memfds and ghost files every task inherits (above every
     /// target fd) to map them, closed once its memory is back.
@@ -159,6 +163,7 @@ impl Plan {
             mnt_ns: None,
             proc_mounts: Vec::new(),
             cgroup_fds: Vec::new(),
+            cgroup_ns: None,
             inherited: Vec::new(),
         }
     }
@@ -521,6 +526,19 @@ fn join_cgroups(
     )?;
     for p in plans.iter_mut().filter(|p| p.zombie.is_none()) {
         p.cgroup_fds = joins.of(set(p));
+    }
+    if joins.new_ns {
+        match plans.first_mut() {
+            Some(root) if root.zombie.is_none() => root.cgroup_ns = Some(joins.ns_root.clone()),
+            _ => {
+                return Err(Error::Unsupported {
+                    pid: plans
+                        .first()
+                        .map_or(Pid::from_raw(0), |p| pid_of(p.pst.pid)),
+                    what: "a cgroup namespace whose root task is a zombie".into(),
+                });
+            }
+        }
     }
     Ok(joins)
 }

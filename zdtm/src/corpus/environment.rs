@@ -72,6 +72,13 @@ pub(crate) const TESTS: &[Test] = &[
         cgroup_member,
     )
     .flavors(&[Flavor::H, Flavor::Ns]),
+    Test::new(
+        "cgroupns",
+        Environment,
+        "a cgroup namespace of its own rooted at a cgroup of the test's, a child in a cgroup below (v2 and v1 pids): both see the same paths after restore",
+        cgroupns,
+    )
+    .flavors(&[Flavor::H, Flavor::Ns]),
 ];
 
 /// Overwrite one byte of our own memory through /proc/self/mem (reaches the
@@ -407,6 +414,60 @@ fn cgroup_member(t: &mut Ctx) -> Res {
     // The child reaped before `cg` goes: a cgroup with a task stays.
     let mine = check("the test", false);
     let kids = t.check_kids();
+    drop(cg);
+    mine.and(kids)
+}
+
+fn cgroupns(t: &mut Ctx) -> Res {
+    let me = nix::unistd::getpid();
+    let outer = std::fs::read_link("/proc/self/ns/cgroup").or_fail("read /proc/self/ns/cgroup")?;
+    let mut cg = Cgroups { made: Vec::new() };
+    for (name, point) in cgroup_hierarchies()? {
+        let home = format!("{point}{}", my_cgroup(&name)?).replace("//", "/");
+        let dir = format!("{home}/zdtm-cgns-{me}").replace("//", "/");
+        let kid = format!("{dir}/kid");
+        std::fs::create_dir_all(&kid).or_fail(&format!("mkdir {kid}"))?;
+        cg.made.push((name, point, home, dir, kid));
+    }
+    for (_, _, _, dir, _) in &cg.made {
+        join(dir)?;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .or_fail("unshare(CLONE_NEWCGROUP)")?;
+    let names: Vec<String> = cg.made.iter().map(|m| m.0.clone()).collect();
+    // Paths as the namespace shows them: its root is the test's cgroup.
+    let check = move |who: &str, want: &str| -> Res {
+        for name in &names {
+            let here = my_cgroup(name)?;
+            ensure!(
+                here == want,
+                "{who}: in cgroup {here} of hierarchy {name:?} (in its namespace), not {want}"
+            );
+        }
+        let ns = std::fs::read_link("/proc/self/ns/cgroup").or_fail("read /proc/self/ns/cgroup")?;
+        ensure!(ns != outer, "{who}: in the outer cgroup namespace {ns:?}");
+        Ok(())
+    };
+    check("the test", "/")?;
+    let kids: Vec<String> = cg.made.iter().map(|m| m.4.clone()).collect();
+    let check_kid = check.clone();
+    t.spawn("child", move |c| {
+        for kid in &kids {
+            join(kid)?;
+        }
+        check_kid("child", "/kid")?;
+        c.wait("no sabotage in the child", || Ok(()))?;
+        check_kid("child", "/kid")
+    })?;
+    let first_kid = cg.made.first().map(|m| m.4.clone()).unwrap_or_default();
+    t.wait("moved into its child's cgroup", || join(&first_kid))?;
+    let mine = check("the test", "/");
+    let kids = t.check_kids();
+    // Out of the namespace again (PID 1's is an outer one) so that the
+    // cgroups can be left and removed where namespaces delegate.
+    if let Ok(f) = std::fs::File::open("/proc/1/ns/cgroup") {
+        let _ = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWCGROUP);
+    }
     drop(cg);
     mine.and(kids)
 }
