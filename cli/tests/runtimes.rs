@@ -138,12 +138,17 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     let text = text
         .replace("\"terminal\": true", "\"terminal\": false")
         .replace("\"readonly\": true", "\"readonly\": false")
+        // A cgroup namespace too, as podman and docker give on cgroup v2.
+        .replace(
+            "\"type\": \"mount\"\n\t\t\t}",
+            "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"cgroup\"\n\t\t\t}",
+        )
         .replace(
             "\"sh\"\n\t\t]",
             "\"sh\", \"-c\", \"/bin/busybox httpd -p 127.0.0.1:8080 -h /www; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; /bin/busybox sleep 0.1; done\"\n\t\t]",
         );
     assert!(
-        text.contains("httpd"),
+        text.contains("httpd") && text.contains("\"cgroup\""),
         "runc spec changed its layout: {text}"
     );
     std::fs::write(&spec, text).expect("config.json");
@@ -208,6 +213,14 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
         );
         let log = std::fs::read_to_string(work.join("restore.log")).unwrap_or_default();
         assert!(log.contains("restore: done"), "{log}");
+        // Its cgroup namespace is back: the container sees itself at the
+        // root of every hierarchy.
+        let out = ctr.runc(&["exec", &id, "/bin/busybox", "cat", "/proc/1/cgroup"]);
+        let cg = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !cg.is_empty() && cg.lines().all(|l| l.ends_with(":/")),
+            "the container's cgroups as it sees them after restore {cycle}: {cg}"
+        );
     }
     // --leave-running: the container counts on; its images restore under
     // a new id once it is gone.

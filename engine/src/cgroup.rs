@@ -309,6 +309,60 @@ impl Drop for Joins {
     }
 }
 
+/// Where the tree's cgroups go at restore (`--cgroup-root`), for the
+/// cgroup mounts of its mount namespace: a container's own mounts of its
+/// cgroups show what the runtime made for it, which a restore under a new
+/// name puts elsewhere.
+#[derive(Debug, Default)]
+pub struct Remap {
+    /// The root task's cgroup in each hierarchy: (name, path).
+    bases: Vec<(String, String)>,
+    roots: Vec<CgRoot>,
+}
+
+impl Remap {
+    /// The remapping of the tree in `dir` whose root task is in set
+    /// `root_set`, under `roots` (none: nothing moves).
+    pub fn new(dir: &Dir, mode: Mode, roots: &[CgRoot], root_set: Option<u32>) -> Result<Remap> {
+        if mode == Mode::Ignore || roots.is_empty() || !dir.exists(img::CGROUP, 0) {
+            return Ok(Remap::default());
+        }
+        let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
+        let bases = entry
+            .sets
+            .iter()
+            .find(|s| Some(s.id) == root_set)
+            .map(|s| {
+                s.ctls
+                    .iter()
+                    .map(|m| (m.name.clone(), m.path.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Remap {
+            bases,
+            roots: roots.to_vec(),
+        })
+    }
+
+    /// The root a mount of type `fstype` (cgroup or cgroup2) with options
+    /// `options` has after the restore, for `root` at the dump.
+    pub fn mount_root(&self, fstype: &str, options: &str, root: &str) -> String {
+        let opts: Vec<&str> = options.split(',').collect();
+        let hierarchy = self.bases.iter().find(|(n, _)| {
+            if fstype == "cgroup2" {
+                n.is_empty()
+            } else {
+                !n.is_empty() && n.split(',').all(|c| opts.contains(&c))
+            }
+        });
+        match hierarchy {
+            Some((name, base)) => rewrite(root, name, base, &self.roots),
+            None => root.to_owned(),
+        }
+    }
+}
+
 /// Whether cgroup `path` is `base` or below it.
 fn under_root(path: &str, base: &str) -> bool {
     base == "/"

@@ -822,16 +822,24 @@ pub fn restore(
     user: Option<&super::user::Helper>,
     new_root: Option<&Path>,
     ext_mounts: &[(String, String)],
+    cgroups: &crate::cgroup::Remap,
 ) -> Result<Option<Restored>> {
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
     let shown_img = format!("mountpoints-{}.img", super::NS_ID);
-    let want: Vec<Mount> = dir
+    let mut want: Vec<Mount> = dir
         .read_all(img::MNTS, super::NS_ID)?
         .iter()
         .map(Mount::from_entry)
         .collect();
+    // The tree's mounts of its own cgroups follow them (--cgroup-root).
+    for m in want
+        .iter_mut()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+    {
+        m.root = cgroups.mount_root(&m.fstype, &m.options, &m.root);
+    }
     let bad = |what: String| Error::BadImage {
         path: shown_img.clone(),
         what,
@@ -1270,7 +1278,10 @@ fn new_superblock(want: &[Mount], w: &Mount, dir: &Dir) -> Result<OwnedFd> {
             hint: "",
         }
     };
-    if !want.iter().any(|o| o.dev == w.dev && o.root == "/") {
+    // A cgroup hierarchy exists once: a new mount of it is of the same
+    // superblock, whatever part of it the tree's mounts show.
+    let hierarchy = w.fstype == "cgroup" || w.fstype == "cgroup2";
+    if !hierarchy && !want.iter().any(|o| o.dev == w.dev && o.root == "/") {
         return Err(Error::Mount {
             path: w.point.clone(),
             what: format!("a new {} whose root is not mounted", w.fstype),

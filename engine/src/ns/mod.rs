@@ -275,14 +275,22 @@ pub struct Restored {
     pub user: Option<user::Helper>,
 }
 
+/// What the restore of the namespaces is given.
+#[derive(Debug)]
+pub struct Given<'a> {
+    /// `--root`: the directory a tree with a root of its own goes under.
+    pub root: Option<&'a std::path::Path>,
+    /// `--external mnt[KEY]:PATH`, as (key, path).
+    pub ext_mounts: &'a [(String, String)],
+    /// `--external veth[IN]:OUT`, as (inner, outer).
+    pub veths: &'a [(String, String)],
+    /// Where the tree's cgroups go (for its cgroup mounts).
+    pub cgroups: &'a crate::cgroup::Remap,
+}
+
 /// Make the tree's namespaces again in the engine (which then forks the
 /// tree into them).
-pub fn restore(
-    dir: &Dir,
-    root: Option<&std::path::Path>,
-    ext_mounts: &[(String, String)],
-    veths: &[(String, String)],
-) -> Result<Restored> {
+pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     let mut out = Restored::default();
     let me = nix::unistd::getpid();
     // In a user namespace of the tree's own, the other namespaces are made
@@ -318,7 +326,7 @@ pub fn restore(
             })?
             .into();
         enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
-        net::restore(dir, &outer, veths)?;
+        net::restore(dir, &outer, given.veths)?;
     }
     if dir.exists(img::UTSNS, NS_ID) {
         let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;
@@ -364,6 +372,6 @@ pub fn restore(
     }
     time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.
-    out.mnt = mnt::restore(dir, helper, root, ext_mounts)?;
+    out.mnt = mnt::restore(dir, helper, given.root, given.ext_mounts, given.cgroups)?;
     Ok(out)
 }

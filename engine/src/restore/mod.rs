@@ -337,11 +337,19 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
+    let root_set = plans
+        .first()
+        .and_then(|p| p.core.tc.as_ref())
+        .and_then(|t| t.cg_set);
+    let remap = crate::cgroup::Remap::new(&dir, opts.cgroups, &opts.cgroup_roots, root_set)?;
     let mut ns_done = crate::ns::restore(
         &dir,
-        opts.root.as_deref(),
-        &opts.ext_mounts,
-        &opts.ext_veths,
+        &crate::ns::Given {
+            root: opts.root.as_deref(),
+            ext_mounts: &opts.ext_mounts,
+            veths: &opts.ext_veths,
+            cgroups: &remap,
+        },
     )?;
     let mut pivot: Option<PathBuf> = None;
 
