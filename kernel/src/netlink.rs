@@ -174,6 +174,12 @@ impl Socket {
     /// Receives until NLMSG_DONE, an error, or (for non-dumps) the ACK.
     /// A negative NLMSG_ERROR code becomes `Err`; data messages are returned.
     pub fn collect(&self, acks: usize) -> Result<Vec<Msg>, Errno> {
+        self.collect_at(acks).map_err(|(_, e)| e)
+    }
+
+    /// [`Socket::collect`], an error with the sequence number of the
+    /// request it answers.
+    pub fn collect_at(&self, acks: usize) -> Result<Vec<Msg>, (u32, Errno)> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut acked = 0;
@@ -182,14 +188,15 @@ impl Socket {
                 std::os::fd::AsRawFd::as_raw_fd(&self.0),
                 &mut buf,
                 MsgFlags::empty(),
-            )?;
+            )
+            .map_err(|e| (0, e))?;
             let mut off = 0;
             while off + 16 <= n {
                 let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
                     as usize;
                 let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
                 if len < 16 || off + len > n {
-                    return Err(Errno::EBADMSG);
+                    return Err((0, Errno::EBADMSG));
                 }
                 let payload = &buf[off + 16..off + len];
                 match ty {
@@ -198,7 +205,7 @@ impl Socket {
                             .get(..4)
                             .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         return if code < 0 {
-                            Err(Errno::from_raw(-code))
+                            Err((0, Errno::from_raw(-code)))
                         } else {
                             Ok(out)
                         };
@@ -208,7 +215,11 @@ impl Socket {
                             .get(..4)
                             .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                         if code < 0 {
-                            return Err(Errno::from_raw(-code));
+                            // The request's header follows the code.
+                            let seq = payload
+                                .get(12..16)
+                                .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                            return Err((seq, Errno::from_raw(-code)));
                         }
                         acked += 1;
                         if acked >= acks {
@@ -244,11 +255,20 @@ impl Socket {
 }
 
 /// Iterates over the attributes in `data`: (type without flags, payload).
-pub fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+pub fn attrs(data: &[u8]) -> Vec<(u16, &[u8])> {
+    raw_attrs(data)
+        .into_iter()
+        .map(|(t, v)| (t & 0x3fff, v))
+        .collect()
+}
+
+/// Iterates over the attributes in `data`: (type with its flags, payload),
+/// to copy them as they are.
+pub fn raw_attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while data.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
-        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        let ty = u16::from_ne_bytes([data[2], data[3]]);
         if len < 4 || len > data.len() {
             break;
         }
@@ -325,15 +345,38 @@ pub mod nft {
     /// Sends one transaction (BEGIN, `msgs`, END) and waits for the ACK of
     /// every message: all of them take effect, or none.
     pub fn batch(s: &Socket, msgs: Vec<Vec<u8>>) -> Result<(), Errno> {
+        batch_at(s, msgs).map_err(|(_, e)| e)
+    }
+
+    /// [`batch`], an error with the index in `msgs` of the message the
+    /// kernel refused (each is numbered by its index in the transaction).
+    pub fn batch_at(s: &Socket, msgs: Vec<Vec<u8>>) -> Result<(), (Option<usize>, Errno)> {
         let n = msgs.len();
         let edge = |ty| Builder::new(ty, NLM_F_REQUEST, &nfgen(0, NFNL_SUBSYS_NFTABLES)).finish();
         let mut bytes = edge(NFNL_MSG_BATCH_BEGIN);
-        for m in msgs {
+        // Only the last message asks for an ACK: the kernel answers a
+        // failed one anyway, and thousands of ACKs would overflow the
+        // socket's receive buffer.
+        for (i, mut m) in msgs.into_iter().enumerate() {
+            let seq = u32::try_from(i + 2).unwrap_or(u32::MAX);
+            if let Some(h) = m.get_mut(8..12) {
+                h.copy_from_slice(&seq.to_ne_bytes());
+            }
+            if let Some(f) = m.get_mut(6..8) {
+                let mut flags = u16::from_ne_bytes([f[0], f[1]]) & !NLM_F_ACK;
+                if i + 1 == n {
+                    flags |= NLM_F_ACK;
+                }
+                f.copy_from_slice(&flags.to_ne_bytes());
+            }
             bytes.extend(m);
         }
         bytes.extend(edge(NFNL_MSG_BATCH_END));
-        s.send(&bytes)?;
-        s.collect(n).map(drop)
+        s.send(&bytes).map_err(|e| (None, e))?;
+        s.collect_at(1).map(drop).map_err(|(seq, e)| {
+            let at = usize::try_from(seq).ok().and_then(|q| q.checked_sub(2));
+            (at.filter(|&i| i < n), e)
+        })
     }
 
     /// Creates (if missing) or deletes `inet` table `name`.

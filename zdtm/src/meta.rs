@@ -184,6 +184,8 @@ pub struct Test {
     pub arch: Option<&'static str>,
     /// Needs this CPU flag (from /proc/cpuinfo) to be present.
     pub cpu_flag: Option<&'static str>,
+    /// Programs it runs, which must be on PATH (`ip`, `nft`).
+    pub tools: &'static [&'static str],
     /// Static or transition.
     pub kind: Kind,
 }
@@ -214,8 +216,15 @@ impl Test {
             },
             arch: None,
             cpu_flag: None,
+            tools: &[],
             kind: Kind::Static,
         }
+    }
+
+    /// Needs these programs on PATH.
+    pub const fn tools(mut self, t: &'static [&'static str]) -> Self {
+        self.tools = t;
+        self
     }
 
     /// Mark as a transition test.

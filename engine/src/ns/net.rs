@@ -1,12 +1,14 @@
 //! A network namespace of the tree's own: its devices (`netdev-1.img`,
 //! CRIU's `net_device_entry`: loopback and veth pairs, both ends inside or
-//! the peer outside in the caller's namespace), its addresses and routes
-//! (`ifaddr-1.img`, `route-1.img`, `route6-1.img`, and its routing rules,
+//! the peer outside in the caller's namespace); its addresses, routes and
+//! routing rules (`ifaddr-1.img`, `route-1.img`, `route6-1.img`,
 //! `rule-1.img`: iproute2's save format, as CRIU keeps them, so `ip addr
-//! showdump` reads them) and its sysctls
-//! under /proc/sys/net, the per-device ones included (`netns-1.img`).
-//! Other device kinds are refused by name. Everything is read and made
-//! over route netlink (`stasis_kernel::rtnl`), from inside the namespace.
+//! showdump` reads them); its nf_tables ruleset (`nftables-netlink-1.img`:
+//! the kernel's own listing, stasis' format, where CRIU keeps `nft list
+//! ruleset` text); its sysctls under /proc/sys/net, per device too
+//! (`netns-1.img`). Other device kinds are refused by name. Everything is
+//! read and made over netlink (`stasis_kernel::rtnl`, `::nftables`), from
+//! inside the namespace.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -14,6 +16,7 @@ use nix::errno::Errno;
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use stasis_kernel::netlink::{Msg, Socket};
+use stasis_kernel::nftables;
 use stasis_kernel::rtnl::{self, NewLink};
 use stasis_proto::images::{NdType, NetDeviceEntry, NetSysctlEntry, NetnsEntry};
 
@@ -30,6 +33,10 @@ const NET_SYSCTL_DIRS: &[&str] = &["ipv4", "ipv6", "core", "unix"];
 
 fn addr_image() -> String {
     format!("ifaddr-{NS_ID}.img")
+}
+
+fn nft_image() -> String {
+    format!("nftables-netlink-{NS_ID}.img")
 }
 
 fn rule_image() -> String {
@@ -92,6 +99,7 @@ struct Saved {
     addresses: Vec<Msg>,
     routes: [Vec<Msg>; 2],
     rules: Vec<Msg>,
+    nft: Vec<Msg>,
 }
 
 fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntry>> {
@@ -165,6 +173,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
                 addresses: Vec::new(),
                 routes: [Vec::new(), Vec::new()],
                 rules: Vec::new(),
+                nft: Vec::new(),
             });
         }
         let addresses = rtnl::addresses(&s).map_err(what("the addresses"))?;
@@ -175,12 +184,18 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
             r => r.map_err(what("the IPv6 routes"))?,
         };
         let rules = rtnl::rules(&s).map_err(what("the routing rules"))?;
+        // A kernel without nf_tables has no ruleset to keep.
+        let nft = match nftables::open().and_then(|n| nftables::save(&n)) {
+            Err(Errno::EOPNOTSUPP | Errno::EPROTONOSUPPORT | Errno::ENOENT) => Vec::new(),
+            r => r.map_err(what("the nftables ruleset"))?,
+        };
         Ok(Saved {
             devices,
             conf,
             addresses,
             routes: [v4, v6],
             rules,
+            nft,
         })
     })?;
     dir.write_all(img::NETDEV, NS_ID, &saved.devices)?;
@@ -206,6 +221,9 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
             &rule_image(),
             &rtnl::save(rtnl::RULE_MAGIC, &saved.rules),
         )?;
+        if !saved.nft.is_empty() {
+            write_raw(dir, &nft_image(), &rtnl::save(nftables::MAGIC, &saved.nft))?;
+        }
     }
     Ok(())
 }
@@ -409,6 +427,30 @@ fn add_rules(s: &Socket, dir: &Dir) -> Result<()> {
     Ok(())
 }
 
+/// Make the nf_tables ruleset of `nftables-netlink-1.img` again, in one
+/// transaction.
+fn add_ruleset(dir: &Dir) -> Result<()> {
+    let Some(bytes) = read_raw(dir, &nft_image(), nftables::MAGIC, 4)? else {
+        return Ok(());
+    };
+    let msgs = rtnl::load(nftables::MAGIC, &bytes, 4).unwrap_or_default();
+    let what = || {
+        format!(
+            "making its nftables ruleset again (tables {})",
+            nftables::tables(&msgs).join(", ")
+        )
+    };
+    let s = nftables::open().map_err(net_err(what(), " (does this kernel have nf_tables?)"))?;
+    nftables::restore(&s, &msgs).map_err(|(at, errno)| Error::Net {
+        what: match at {
+            Some(m) => format!("{}: making {m}", what()),
+            None => what(),
+        },
+        errno,
+        hint: "",
+    })
+}
+
 /// Restore the tree's network namespace into the current one, new and
 /// empty (the engine just made it): devices, sysctls, addresses, device
 /// state, routes. `outer` is the engine's own namespace, where veth peers
@@ -456,5 +498,6 @@ pub(super) fn restore(dir: &Dir, outer: &OwnedFd, veths: &[(String, String)]) ->
     others.into_iter().try_for_each(set)?;
     add_routes(&s, dir)?;
     add_rules(&s, dir)?;
+    add_ruleset(dir)?;
     Ok(())
 }

@@ -31,7 +31,15 @@ pub(crate) const TESTS: &[Test] = &[
         Namespaces,
         "a veth pair in a new netns: MTU, MAC, IPv4 and IPv6 addresses, routes in two tables, routing rules, a per-device sysctl, sockets bound to the addresses",
         netns_veth,
-    ),
+    )
+    .tools(&["ip"]),
+    Test::new(
+        "netns-nft",
+        Namespaces,
+        "an nftables ruleset in a new netns: inet, ip and ip6 tables, base and regular chains, a named interval set, an anonymous set, a verdict map, a named counter, NAT, rule counters; a packet it drops is still dropped",
+        netns_nft,
+    )
+    .tools(&["nft"]),
     Test::new(
         "ipcns-sysctl",
         Namespaces,
@@ -239,6 +247,97 @@ fn netns_veth(t: &mut Ctx) -> Res {
     .or_fail("connect to [fd00::1]:7002")?;
     let (s, _) = tcp.accept().or_fail("accept")?;
     ensure_eq!("peer", s.peer_addr().ok(), c.local_addr().ok());
+    Ok(())
+}
+
+/// Run `nft ARGS` (nftables), feeding it `input`, and return its output.
+fn nft(args: &[&str], input: &str) -> Res<String> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .or_fail("run nft (nftables)")?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(input.as_bytes()).or_fail("feed nft")?;
+    }
+    let out = c.wait_with_output().or_fail("wait for nft")?;
+    if !out.status.success() {
+        return Err(Fail::Sys(format!(
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const RULESET: &str = r#"
+table inet filter {
+    set allowed {
+        type ipv4_addr
+        flags interval
+        elements = { 10.0.0.0/8, 192.168.1.1 }
+    }
+    counter hits {
+    }
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "lo" counter accept
+        ip saddr @allowed counter accept
+        tcp dport { 22, 80, 443 } counter name "hits" accept
+        jump extra
+    }
+    chain extra {
+        ct state established accept
+        udp dport 53 drop
+    }
+    chain output {
+        type filter hook output priority 0; policy accept;
+        meta mark 0x42 counter drop
+    }
+}
+table ip nat {
+    chain postrouting {
+        type nat hook postrouting priority 100; policy accept;
+        oifname "lo" masquerade
+    }
+}
+table ip6 raw {
+    map m {
+        type ipv6_addr : verdict
+        elements = { ::1 : accept }
+    }
+    chain pre {
+        type filter hook prerouting priority -300; policy accept;
+        ip6 saddr vmap @m
+    }
+}
+"#;
+
+/// A UDP datagram to lo with mark 0x42, which the ruleset drops (the send
+/// fails with EPERM): whether it went.
+fn marked_send() -> Res<bool> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").or_fail("bind UDP")?;
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Mark, &0x42).or_fail("SO_MARK")?;
+    Ok(s.send_to(b"x", "127.0.0.1:9").is_ok())
+}
+
+fn netns_nft(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    nft(&["-f", "-"], RULESET)?;
+    ensure!(
+        !marked_send()?,
+        "the ruleset lets a marked packet out before the dump"
+    );
+    let before = nft(&["list", "ruleset"], "")?;
+    t.wait("deleted table ip nat", || {
+        nft(&["delete", "table", "ip", "nat"], "").map(drop)
+    })?;
+    let after = nft(&["list", "ruleset"], "")?;
+    ensure_eq!("nft list ruleset", after, before);
+    ensure!(!marked_send()?, "a marked packet went out after restore");
     Ok(())
 }
 

@@ -207,6 +207,9 @@ pub fn skip_reason(t: &Test, flavor: Flavor, opts: &Options) -> Option<String> {
             flavor.as_str()
         ));
     }
+    if let Some(tool) = t.tools.iter().find(|tool| !on_path(tool)) {
+        return Some(format!("tool: the test runs {tool}, which is not on PATH"));
+    }
     if !opts.nocr
         && let Some(e) = &opts.engine
     {
@@ -222,6 +225,16 @@ pub fn skip_reason(t: &Test, flavor: Flavor, opts: &Options) -> Option<String> {
         }
     }
     None
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::metadata(d.join(tool)).is_ok_and(|m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
 }
 
 fn cpu_has(flag: &str) -> bool {
