@@ -228,8 +228,9 @@ pub(crate) enum External {
     /// `mnt[A]:B`: at dump, the mount at A is the caller's, known by key
     /// B; at restore, bind B at the mount known by key A.
     Mnt(String, String),
-    /// `veth[INNER]:OUTER` (restore): the peer outside the tree of veth
-    /// INNER is made again in stasis' network namespace, named OUTER.
+    /// `veth[INNER]:OUTER[@BRIDGE]` (restore): the peer outside the tree
+    /// of veth INNER is made again in stasis' network namespace, named
+    /// OUTER (and added to BRIDGE there, up).
     Veth(String, String),
 }
 
@@ -245,9 +246,6 @@ pub(crate) fn parse_external(s: &str) -> std::result::Result<External, String> {
     let (a, b) = (a.to_owned(), b.to_owned());
     match kind {
         "mnt" => Ok(External::Mnt(a, b)),
-        "veth" if b.contains('@') => Err(format!(
-            "--external {s}: adding the outer end to a bridge (@BRIDGE) is not supported yet"
-        )),
         "veth" => Ok(External::Veth(a, b)),
         _ => Err(format!(
             "--external {s}: only mnt[...] and veth[...] are supported yet"
@@ -338,11 +336,13 @@ struct RestoreArgs {
     #[arg(short = 'r', long, value_name = "DIR")]
     root: Option<PathBuf>,
     /// mnt[KEY]:PATH: bind PATH at the tree's external mount KEY;
-    /// veth[INNER]:OUTER: make the peer outside the tree of its veth INNER
-    /// in stasis' network namespace, named OUTER; repeatable
+    /// veth[INNER]:OUTER[@BRIDGE]: make the peer outside the tree of its
+    /// veth INNER in stasis' network namespace, named OUTER (added to
+    /// BRIDGE there, up); repeatable
     #[arg(long, value_name = "KIND[A]:B", value_parser = parse_external)]
     external: Vec<External>,
-    /// INNER=OUTER, the same as --external veth[INNER]:OUTER (CRIU's older form)
+    /// INNER=OUTER[@BRIDGE], the same as --external veth[INNER]:OUTER[@BRIDGE]
+    /// (CRIU's older form)
     #[arg(long, value_name = "INNER=OUTER", value_parser = parse_veth_pair)]
     veth_pair: Vec<(String, String)>,
     /// KEY:PATH, the same as --external mnt[KEY]:PATH

@@ -399,6 +399,40 @@ pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), 
     s.request(b.finish()).map(drop)
 }
 
+/// Make a link of `kind` ("bridge", ...) with no peer: `me`.
+pub fn new_link(s: &Socket, kind: &str, me: &NewLink<'_>) -> Result<(), Errno> {
+    let b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        &ifinfomsg(me.index, 0, 0),
+    );
+    let b = me
+        .attrs(b)
+        .nest(IFLA_LINKINFO)
+        .str(IFLA_INFO_KIND, kind)
+        .end();
+    s.request(b.finish()).map(drop)
+}
+
+/// Enslave link `index` to `master` (a bridge's index).
+pub fn set_master(s: &Socket, index: i32, master: i32) -> Result<(), Errno> {
+    let b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK,
+        &ifinfomsg(index, 0, 0),
+    )
+    .attr(IFLA_MASTER, &master.to_ne_bytes());
+    s.request(b.finish()).map(drop)
+}
+
+/// The index of the link named `name`, if there is one.
+pub fn index_of(s: &Socket, name: &str) -> Result<Option<i32>, Errno> {
+    Ok(links(s)?
+        .into_iter()
+        .find(|l| l.name == name)
+        .map(|l| l.index))
+}
+
 /// Set the settable flags of link `index` to those of `flags`, and its
 /// MTU when `mtu` is not 0.
 pub fn set_link(s: &Socket, index: i32, flags: u32, mtu: u32) -> Result<(), Errno> {

@@ -318,13 +318,7 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     // the tree's).
     if dir.exists(img::NETNS, NS_ID) {
         // Veth peers outside the tree go to the engine's own namespace.
-        let outer = std::fs::File::open("/proc/thread-self/ns/net")
-            .map_err(|err| Error::Proc {
-                pid: me,
-                path: "/proc/thread-self/ns/net".into(),
-                err,
-            })?
-            .into();
+        let outer = net::outside()?;
         enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
         net::restore(dir, &outer, given.veths)?;
     }

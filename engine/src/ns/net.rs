@@ -117,36 +117,51 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntr
     if empty {
         return Ok(None);
     }
+    e.address.clone_from(&l.address);
+    e.master = l.master.map(i32::cast_unsigned);
     match l.kind.as_deref() {
         Some("veth") => {
             e.r#type = NdType::Veth as i32;
-            e.address.clone_from(&l.address);
             e.peer_ifindex = l.link.map(i32::cast_unsigned);
             // Without a namespace id the peer is in this namespace.
             e.peer_nsid = l.link_netnsid.is_none().then_some(NETNS_ID);
-            e.master = l.master.map(i32::cast_unsigned);
-            if l.master.is_some() {
-                return Err(Error::Unsupported {
-                    pid: root,
-                    what: format!(
-                        "network device {} enslaved to a bridge in its network namespace \
-                         (bridges are not restored yet)",
-                        l.name
-                    ),
-                });
-            }
+            Ok(Some(e))
+        }
+        Some("bridge") => {
+            e.r#type = NdType::Bridge as i32;
             Ok(Some(e))
         }
         kind => Err(Error::Unsupported {
             pid: root,
             what: format!(
-                "network device {} ({}) in its network namespace: loopback and veth devices \
-                 are restored; with --empty-ns net the others are left to the caller",
+                "network device {} ({}) in its network namespace: loopback, veth and bridge \
+                 devices are restored; with --empty-ns net the others are left to the caller",
                 l.name,
                 kind.unwrap_or("a device of the host's kind")
             ),
         }),
     }
+}
+
+/// Refuse a device enslaved to one that is not a bridge of the namespace.
+fn check_masters(root: Pid, devices: &[NetDeviceEntry]) -> Result<()> {
+    for d in devices {
+        let Some(m) = d.master else { continue };
+        let bridge = devices
+            .iter()
+            .any(|b| b.ifindex == m && b.r#type == NdType::Bridge as i32);
+        if !bridge || d.r#type != NdType::Veth as i32 {
+            return Err(Error::Unsupported {
+                pid: root,
+                what: format!(
+                    "network device {} enslaved to device {m} of its network namespace (veths \
+                     on bridges are restored)",
+                    d.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Dump the tree's network namespace (that of `root`). With `empty`
@@ -162,6 +177,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
         for l in &links {
             devices.extend(device(root, l, empty)?);
         }
+        check_masters(root, &devices)?;
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
         let conf = NetnsEntry {
             stasis_sysctls: sysctls(&names),
@@ -240,89 +256,151 @@ fn net_err(what: String, hint: &'static str) -> impl FnOnce(Errno) -> Error {
     move |errno| Error::Net { what, errno, hint }
 }
 
+/// The engine's own network namespace, where veth peers outside the tree
+/// go: taken before the engine enters the tree's.
+#[derive(Debug)]
+pub(super) struct Outside {
+    ns: OwnedFd,
+    rtnl: Socket,
+}
+
+/// The engine's network namespace, now.
+pub(super) fn outside() -> Result<Outside> {
+    let me = nix::unistd::getpid();
+    let ns = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|err| Error::Proc {
+            pid: me,
+            path: "/proc/thread-self/ns/net".into(),
+            err,
+        })?
+        .into();
+    let rtnl = rtnl::open().map_err(net_err("a route netlink socket outside".into(), ""))?;
+    Ok(Outside { ns, rtnl })
+}
+
+fn new_link(d: &NetDeviceEntry) -> NewLink<'_> {
+    NewLink {
+        index: d.ifindex.cast_signed(),
+        name: &d.name,
+        mtu: d.mtu,
+        address: d.address.as_deref(),
+        netns: None,
+    }
+}
+
+/// Make veth `d` with its peer outside in `out`, named as `veths` maps it
+/// (`OUTER` or `OUTER@BRIDGE`: then the peer joins that bridge and is up).
+fn veth_out(
+    s: &Socket,
+    d: &NetDeviceEntry,
+    out: &Outside,
+    veths: &[(String, String)],
+) -> Result<()> {
+    let mapped = veths
+        .iter()
+        .find(|(inner, _)| *inner == d.name)
+        .map(|(_, out)| out.as_str());
+    let (name, bridge) = match mapped.map(|m| m.split_once('@').unwrap_or((m, ""))) {
+        Some((n, b)) => (n, (!b.is_empty()).then_some(b)),
+        None => {
+            tracing::warn!(
+                device = %d.name,
+                "veth peer outside the tree: made with a name the kernel chooses \
+                 (give --external veth[{}]:NAME to name it)",
+                d.name
+            );
+            ("", None)
+        }
+    };
+    let peer = NewLink {
+        index: 0,
+        name,
+        mtu: d.mtu,
+        address: None,
+        netns: Some(out.ns.as_fd()),
+    };
+    let what = if name.is_empty() {
+        format!("making veth {} (peer outside)", d.name)
+    } else {
+        format!("making veth {} with peer {name} outside", d.name)
+    };
+    let hint = if name.is_empty() {
+        ""
+    } else {
+        " (is a device of that name already there, outside?)"
+    };
+    // A namespace is torn down after its last task has gone, a little
+    // later: the old outer end of a tree dumped just now may still be
+    // there for some milliseconds.
+    let mut tries = 0;
+    loop {
+        match rtnl::new_veth(s, &new_link(d), &peer) {
+            Err(Errno::EEXIST) if tries < 60 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.map_err(net_err(what, hint))?,
+        }
+    }
+    if let Some(br) = bridge {
+        let what = format!("adding {name} outside to bridge {br}");
+        let find = |n: &str| {
+            rtnl::index_of(&out.rtnl, n)
+                .map_err(net_err(what.clone(), ""))?
+                .ok_or_else(|| Error::Net {
+                    what: what.clone(),
+                    errno: Errno::ENODEV,
+                    hint: " (no such device outside)",
+                })
+        };
+        let (port, master) = (find(name)?, find(br)?);
+        rtnl::set_master(&out.rtnl, port, master).map_err(net_err(what.clone(), ""))?;
+        rtnl::set_link(&out.rtnl, port, rtnl::IFF_UP, 0).map_err(net_err(what, ""))?;
+    }
+    Ok(())
+}
+
 /// Make the devices of `devs` in the current network namespace (a new
-/// one), veth peers outside in `outer` named as `veths` maps them.
+/// one): bridges, veth pairs (peers outside go to `out`), then the ports
+/// of each bridge.
 fn make_devices(
     s: &Socket,
     devs: &[NetDeviceEntry],
-    outer: &OwnedFd,
+    out: &Outside,
     veths: &[(String, String)],
 ) -> Result<()> {
+    let is = |d: &NetDeviceEntry, t: NdType| d.r#type == t as i32;
+    for d in devs.iter().filter(|d| is(d, NdType::Bridge)) {
+        rtnl::new_link(s, "bridge", &new_link(d))
+            .map_err(net_err(format!("making bridge {}", d.name), ""))?;
+    }
     let mut made: Vec<u32> = Vec::new();
-    for d in devs {
-        if d.r#type != NdType::Veth as i32 || made.contains(&d.ifindex) {
+    for d in devs.iter().filter(|d| is(d, NdType::Veth)) {
+        if made.contains(&d.ifindex) {
             continue;
         }
-        let me = NewLink {
-            index: d.ifindex.cast_signed(),
-            name: &d.name,
-            mtu: d.mtu,
-            address: d.address.as_deref(),
-            netns: None,
-        };
         let inner_peer = devs.iter().find(|p| {
             d.peer_nsid == Some(NETNS_ID)
                 && Some(p.ifindex) == d.peer_ifindex
-                && p.r#type == NdType::Veth as i32
+                && is(p, NdType::Veth)
         });
-        let outer_name;
-        let peer = match inner_peer {
+        match inner_peer {
             Some(p) => {
+                rtnl::new_veth(s, &new_link(d), &new_link(p)).map_err(net_err(
+                    format!("making veth pair {} and {}", d.name, p.name),
+                    "",
+                ))?;
                 made.push(p.ifindex);
-                NewLink {
-                    index: p.ifindex.cast_signed(),
-                    name: &p.name,
-                    mtu: p.mtu,
-                    address: p.address.as_deref(),
-                    netns: None,
-                }
             }
-            None => {
-                outer_name = veths
-                    .iter()
-                    .find(|(inner, _)| *inner == d.name)
-                    .map(|(_, out)| out.as_str());
-                if outer_name.is_none() {
-                    tracing::warn!(
-                        device = %d.name,
-                        "veth peer outside the tree: made with a name the kernel chooses \
-                         (give --external veth[{}]:NAME to name it)",
-                        d.name
-                    );
-                }
-                NewLink {
-                    index: 0,
-                    name: outer_name.unwrap_or(""),
-                    mtu: d.mtu,
-                    address: None,
-                    netns: Some(outer.as_fd()),
-                }
-            }
-        };
-        let what = match peer.netns {
-            None => format!("making veth pair {} and {}", d.name, peer.name),
-            Some(_) if peer.name.is_empty() => format!("making veth {} (peer outside)", d.name),
-            Some(_) => format!("making veth {} with peer {} outside", d.name, peer.name),
-        };
-        let hint = if peer.netns.is_some() && !peer.name.is_empty() {
-            " (is a device of that name already there, outside?)"
-        } else {
-            ""
-        };
-        // A namespace is torn down after its last task has gone, a little
-        // later: the old outer end of a tree dumped just now may still be
-        // there for some milliseconds.
-        let mut tries = 0;
-        loop {
-            match rtnl::new_veth(s, &me, &peer) {
-                Err(Errno::EEXIST) if peer.netns.is_some() && tries < 60 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                r => break r.map_err(net_err(what, hint))?,
-            }
+            None => veth_out(s, d, out, veths)?,
         }
         made.push(d.ifindex);
+    }
+    for d in devs {
+        if let Some(m) = d.master {
+            rtnl::set_master(s, d.ifindex.cast_signed(), m.cast_signed())
+                .map_err(net_err(format!("adding {} to its bridge", d.name), ""))?;
+        }
     }
     Ok(())
 }
@@ -455,16 +533,17 @@ fn add_ruleset(dir: &Dir) -> Result<()> {
 /// empty (the engine just made it): devices, sysctls, addresses, device
 /// state, routes. `outer` is the engine's own namespace, where veth peers
 /// outside the tree go.
-pub(super) fn restore(dir: &Dir, outer: &OwnedFd, veths: &[(String, String)]) -> Result<()> {
+pub(super) fn restore(dir: &Dir, outer: &Outside, veths: &[(String, String)]) -> Result<()> {
     let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
     let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
     let s = rtnl::open().map_err(net_err("a route netlink socket".into(), ""))?;
     for d in &devs {
-        if d.r#type != NdType::Loopback as i32 && d.r#type != NdType::Veth as i32 {
+        let known = [NdType::Loopback, NdType::Veth, NdType::Bridge];
+        if !known.iter().any(|&t| d.r#type == t as i32) {
             return Err(Error::BadImage {
                 path: format!("netdev-{NS_ID}.img"),
                 what: format!(
-                    "device {} is of type {}: loopback and veth devices are restored",
+                    "device {} is of type {}: loopback, veth and bridge devices are restored",
                     d.name, d.r#type
                 ),
             });

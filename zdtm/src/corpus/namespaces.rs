@@ -29,7 +29,7 @@ pub(crate) const TESTS: &[Test] = &[
     Test::new(
         "netns-veth",
         Namespaces,
-        "a veth pair in a new netns: MTU, MAC, IPv4 and IPv6 addresses, routes in two tables, routing rules, a per-device sysctl, sockets bound to the addresses",
+        "veth pairs and a bridge in a new netns: MTU, MAC, bridge ports, IPv4 and IPv6 addresses, routes in two tables, routing rules, a per-device sysctl, sockets bound to the addresses",
         netns_veth,
     )
     .tools(&["ip"]),
@@ -170,8 +170,12 @@ fn net_state() -> Res<Vec<String>> {
             .iter()
             .position(|w| w.starts_with("link/"))
             .and_then(|i| f.get(i + 1));
+        let master = f
+            .iter()
+            .position(|w| *w == "master")
+            .and_then(|i| f.get(i + 1));
         out.push(format!(
-            "link {} mtu {} mac {:?} up {up}",
+            "link {} mtu {} mac {:?} up {up} master {master:?}",
             f[1],
             f.get(4).unwrap_or(&""),
             mac
@@ -218,6 +222,14 @@ fn netns_veth(t: &mut Ctx) -> Res {
         "route add 10.50.0.0/16 via 10.9.0.2",
         "route add 10.60.0.0/16 dev v0 table 100",
         "-6 route add fd10::/64 via fd00::3",
+        "link add br0 type bridge",
+        "link add v2 type veth peer name v3",
+        "link set v2 master br0",
+        "addr add 10.11.0.1/24 dev br0",
+        "addr add 10.11.0.2/24 dev v3",
+        "link set br0 up",
+        "link set v2 up",
+        "link set v3 up",
         "rule add from 10.9.0.0/24 table 100 priority 1000",
         "-6 rule add to fd10::/64 table 100 priority 1001",
     ] {
