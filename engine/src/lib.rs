@@ -51,8 +51,8 @@ pub fn fork_worker() -> std::result::Result<Option<nix::unistd::Pid>, nix::errno
 pub fn inherited_fd(
     fd: std::os::fd::RawFd,
 ) -> std::result::Result<std::os::fd::OwnedFd, nix::errno::Errno> {
-    if fd < 0 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+    if fd < 0 {
         return Err(nix::errno::Errno::EBADF);
     }
-    sys::dup_at_least(sys::borrow(fd), 3)
+    sys::dup_inherited(fd)
 }

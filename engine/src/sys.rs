@@ -417,39 +417,91 @@ pub unsafe fn fork_with_ids(
     })
 }
 
-/// Map `len` bytes of anonymous memory at exactly `addr`, failing if anything
-/// is mapped there already. Returns the mapping for the caller to fill.
-pub fn map_fixed_anon(addr: u64, len: usize, prot: i32) -> Result<&'static mut [u8], Errno> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no
-    // memory the program uses can change under it.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
-    if p as u64 != addr {
-        // An old kernel that ignores NOREPLACE placed it elsewhere.
-        // SAFETY: p is the mapping just created, of length len.
-        unsafe { libc::munmap(p, len) };
-        return Err(Errno::EEXIST);
-    }
-    // SAFETY: the mapping is fresh, private to this process, len bytes long and
-    // never unmapped by this process, so a 'static slice over it is sound.
-    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+/// Anonymous memory this process mapped at a fixed address (the restore's
+/// trampoline, which the tasks it forks inherit), unmapped on drop. It is
+/// written through [`Mapping::write`] only; [`Mapping::seal_code`] makes a
+/// leading part executable and read-only for good.
+#[derive(Debug)]
+pub struct Mapping {
+    addr: u64,
+    len: usize,
+    /// Bytes from the start no longer writable.
+    sealed: usize,
 }
 
-/// Change the protection of a mapping made by [`map_fixed_anon`].
-pub fn protect(mem: &mut [u8], prot: i32) -> Result<(), Errno> {
-    // SAFETY: mem is a whole mapping this process owns.
-    Errno::result(unsafe { libc::mprotect(mem.as_mut_ptr().cast(), mem.len(), prot) }).map(drop)
+impl Mapping {
+    /// Map `len` bytes at exactly `addr`, read-write, failing if anything
+    /// is mapped there already.
+    pub fn fixed_anon(addr: u64, len: usize) -> Result<Mapping, Errno> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
+        // no memory the program uses can change under it.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        if p as u64 != addr {
+            // An old kernel that ignores NOREPLACE placed it elsewhere.
+            // SAFETY: p is the mapping just created, of length len.
+            unsafe { libc::munmap(p, len) };
+            return Err(Errno::EEXIST);
+        }
+        Ok(Mapping {
+            addr,
+            len,
+            sealed: 0,
+        })
+    }
+
+    /// Copy `data` in at `offset`, past the sealed part (EINVAL otherwise).
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), Errno> {
+        let end = offset.checked_add(data.len()).ok_or(Errno::EINVAL)?;
+        if offset < self.sealed || end > self.len {
+            return Err(Errno::EINVAL);
+        }
+        let at = (self.addr as *mut u8).wrapping_add(offset);
+        // SAFETY: [offset, end) lies in this mapping, which this value owns
+        // and which is still writable there; nothing else refers to it.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at, data.len()) };
+        Ok(())
+    }
+
+    /// Make the first `len` bytes (whole pages) code: the instruction cache
+    /// synced with what was written, then read and execute only.
+    pub fn seal_code(&mut self, len: usize) -> Result<(), Errno> {
+        if len > self.len || len < self.sealed {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: the first len bytes are this mapping's, owned by this
+        // value; the slice lives for this statement only, before mprotect.
+        clear_icache(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, len) });
+        // SAFETY: mprotect over a leading part of this process' own mapping,
+        // which no reference points into any more.
+        Errno::result(unsafe {
+            libc::mprotect(
+                self.addr as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_EXEC,
+            )
+        })?;
+        self.sealed = len;
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is this value's, and nothing refers into it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
 }
 
 /// `_exit`: leave a forked child without running the parent's destructors.
@@ -1040,18 +1092,23 @@ pub fn setsockopt_int(
     Errno::result(ret).map(drop)
 }
 
-/// Borrow an fd number this process knows is open for as long as it lives
-/// (the restore's inherited pipe ends).
-pub fn borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: callers pass fds that stay open until the process exits.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+/// write(2) to fd number `fd`, which this process inherited (a forked
+/// task's report pipe, the cgroup.procs files it joins): no claim on the
+/// fd's lifetime is made.
+pub fn write_raw(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: write reads data.len() bytes from a live slice; on a number
+    // that is not open it fails with EBADF.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    Errno::result(n).map(|n| usize::try_from(n).unwrap_or(0))
 }
 
-/// Close an fd number (an inherited one nobody owns in this process).
-pub fn close(fd: RawFd) {
-    // SAFETY: closing an fd number has no memory effects; callers only close
-    // fds that no owned handle refers to.
-    unsafe { libc::close(fd) };
+/// A close-on-exec copy, from 3 up, of fd number `fd`, which this process
+/// inherited (`swrk FD`'s socket); EBADF when it is not open.
+pub fn dup_inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC on a number makes a new fd and touches no
+    // memory; on a number that is not open it fails with EBADF.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    Errno::result(n).map(own)
 }
 
 /// Close every fd from `lo` to `hi` (inclusive) except those in `keep`,
@@ -1071,20 +1128,38 @@ pub fn close_except(lo: u32, hi: u32, keep: &[RawFd]) -> Result<(), Errno> {
         Errno::result(unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) }).map(drop)
     };
     let mut start = Some(lo);
-    for k in keep {
+    let mut ranges = Vec::new();
+    for &k in &keep {
         if let Some(s) = start
             && k > s
         {
-            close_range(s, k - 1)?;
+            ranges.push((s, k - 1));
         }
         start = k.checked_add(1);
     }
     if let Some(s) = start
         && s <= hi
     {
-        close_range(s, hi)?;
+        ranges.push((s, hi));
     }
-    Ok(())
+    match ranges.iter().try_for_each(|&(a, b)| close_range(a, b)) {
+        // No close_range (before Linux 5.9): the table, listed.
+        Err(Errno::ENOSYS) => {
+            let open: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+                .map_err(|_| Errno::ENOSYS)?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect();
+            for fd in open {
+                if (lo..=hi).contains(&fd) && keep.binary_search(&fd).is_err() {
+                    // SAFETY: as close_range above, one number at a time.
+                    unsafe { libc::close(fd.cast_signed()) };
+                }
+            }
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// Set or clear close-on-exec on `fd`.
@@ -1158,7 +1233,7 @@ pub fn set_disposition(sig: i32, ignore: bool, catch: bool) {
 /// Make instruction fetches see what was just written to `code` as data
 /// (libgcc's `__clear_cache`: cache maintenance on arm64 and POWER, nothing
 /// on x86 and s390x, whose caches are coherent).
-pub fn clear_icache(code: &mut [u8]) {
+fn clear_icache(code: &mut [u8]) {
     #[cfg(any(target_arch = "aarch64", target_arch = "powerpc64"))]
     {
         unsafe extern "C" {

@@ -42,7 +42,7 @@ fn report(ready: RawFd, pid: i32, errno: i32, step: i32) {
     msg[4..8].copy_from_slice(&errno.to_ne_bytes());
     msg[8..].copy_from_slice(&step.to_ne_bytes());
     // `ready` is the pipe's write end, inherited and open until exit.
-    let _ = nix::unistd::write(sys::borrow(ready), &msg);
+    let _ = sys::write_raw(ready, &msg);
 }
 
 /// Run task `idx` of `plans`; never returns.
@@ -113,12 +113,12 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     // is made in the cgroup that was its root.
     if let Some(fds) = &p.cgroup_ns {
         for &fd in fds {
-            nix::unistd::write(sys::borrow(fd), b"0").map_err(|e| (e, 12))?;
+            sys::write_raw(fd, b"0").map_err(|e| (e, 12))?;
         }
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| (e, 12))?;
     }
     for &fd in &p.cgroup_fds {
-        nix::unistd::write(sys::borrow(fd), b"0").map_err(|e| (e, 11))?;
+        sys::write_raw(fd, b"0").map_err(|e| (e, 11))?;
     }
     if let Some(ns) = &p.mnt_ns {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
@@ -205,14 +205,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
     keep.push(ready);
     keep.extend(&p.inherited);
-    if sys::close_except(0, u32::MAX >> 1, &keep).is_err() {
-        // No close_range (before Linux 5.9): list the table.
-        for fd in open_fds() {
-            if !keep.contains(&fd) {
-                sys::close(fd);
-            }
-        }
-    }
+    sys::close_except(0, u32::MAX >> 1, &keep).map_err(|e| (e, 6))?;
     // Its name and umask from inside: no remote call needed for them. The
     // name first, before any thread: a thread starts with its leader's.
     if let Some(tc) = &p.core.tc {
@@ -392,13 +385,4 @@ fn join_group(pgid: Pid) -> Result<(), Errno> {
             r => return r,
         }
     }
-}
-
-fn open_fds() -> Vec<RawFd> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }

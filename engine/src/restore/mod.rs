@@ -399,7 +399,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     // Held until every task joined its cgroups; the cgroups made go again
     // if the restore fails.
     let cgroups = join_cgroups(&mut plans, &dir, opts, ready_w.as_raw_fd() + 1)?;
-    let tramp = map_trampoline(&plans)?;
+    let (tramp, _tramp_map) = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
     tracing::debug!("forking the tree");
@@ -757,29 +757,28 @@ fn take_file_locks(plans: &[Plan], files: &Table, pool: &HashMap<u32, OwnedFd>) 
 }
 
 /// Map the trampoline in the engine (the tasks inherit it): the syscall
-/// and batch code on its first page, data pages after it.
-fn map_trampoline(plans: &[Plan]) -> Result<Trampoline> {
+/// and batch code on its first page, data pages after it. The mapping is
+/// the engine's until the restore ends.
+fn map_trampoline(plans: &[Plan]) -> Result<(Trampoline, sys::Mapping)> {
     let ps = sys::page_size();
     let tstart = pick_trampoline(plans)?;
-    let code = sys::map_fixed_anon(
+    let err = || Error::restore(nix::unistd::getpid(), "the trampoline");
+    let mut map = sys::Mapping::fixed_anon(
         tstart,
         usize::try_from(TRAMPOLINE_PAGES * ps).unwrap_or(65536),
-        libc::PROT_READ | libc::PROT_WRITE,
     )
-    .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
-    code[..8].copy_from_slice(&arch::SYSCALL_INSN);
-    code[BATCH_CODE..BATCH_CODE + arch::SYSCALL_BATCH.len()].copy_from_slice(&arch::SYSCALL_BATCH);
-    let (code_page, _) = code.split_at_mut(usize::try_from(ps).unwrap_or(4096));
-    // The code was written as data: make the CPU fetch it fresh.
-    sys::clear_icache(code_page);
-    sys::protect(code_page, libc::PROT_READ | libc::PROT_EXEC)
-        .map_err(Error::restore(nix::unistd::getpid(), "the trampoline"))?;
-    Ok(Trampoline {
+    .map_err(err())?;
+    map.write(0, &arch::SYSCALL_INSN).map_err(err())?;
+    map.write(BATCH_CODE, &arch::SYSCALL_BATCH).map_err(err())?;
+    map.seal_code(usize::try_from(ps).unwrap_or(4096))
+        .map_err(err())?;
+    let t = Trampoline {
         start: tstart,
         len: TRAMPOLINE_PAGES * ps,
         data: tstart + ps,
         park: tstart + (1 << 20),
-    })
+    };
+    Ok((t, map))
 }
 
 /// The process tree describes tasks that can be made: PIDs above 0, each
