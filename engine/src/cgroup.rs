@@ -532,7 +532,7 @@ pub fn prepare(
     }
     let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
     let bad = |what: String| Error::BadImage {
-        path: "cgroup.img".into(),
+        path: crate::images::img::CGROUP.file_name(0),
         what,
     };
     let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);

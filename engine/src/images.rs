@@ -31,6 +31,27 @@ impl<M> Image<M> {
     pub fn name(&self) -> &'static str {
         self.name
     }
+
+    /// The file name of this kind for object `id` (`core-42.img`), as an
+    /// images directory holds it.
+    pub fn file_name(&self, id: impl std::fmt::Display) -> String {
+        let d = id.to_string();
+        let hex = d
+            .parse::<u64>()
+            .map_or_else(|_| d.clone(), |v| format!("{v:x}"));
+        kind::by_name(self.name).map_or_else(
+            || format!("{}-{d}", self.name.to_lowercase()),
+            |k| k.file_pattern.replace("%d", &d).replace("%x", &hex),
+        )
+    }
+
+    /// The error for image `id` of this kind, in which `what` is wrong.
+    pub fn bad(&self, id: impl std::fmt::Display, what: impl Into<String>) -> Error {
+        Error::BadImage {
+            path: self.file_name(id),
+            what: what.into(),
+        }
+    }
 }
 
 impl<M> Clone for Image<M> {
@@ -191,12 +212,8 @@ impl Dir {
 
     /// File name of image `name` for object `id`.
     pub fn file<M>(&self, img: Image<M>, id: u64) -> Result<PathBuf> {
-        let k = kind(img.name)?;
-        let file = k
-            .file_pattern
-            .replace("%d", &id.to_string())
-            .replace("%x", &format!("{id:x}"));
-        Ok(self.path.join(file))
+        kind(img.name)?;
+        Ok(self.path.join(img.file_name(id)))
     }
 
     /// Create image `name` for object `id`.
@@ -302,6 +319,19 @@ impl Dir {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_file_names_follow_the_kinds_patterns() {
+        use super::img;
+        assert_eq!(img::CORE.file_name(42), "core-42.img");
+        assert_eq!(img::FILES.file_name(0), "files.img");
+        assert_eq!(
+            img::CORE
+                .bad(nix::unistd::Pid::from_raw(7), "x")
+                .to_string(),
+            "image core-7.img: x"
+        );
+    }
+
     #[test]
     fn every_image_constant_names_a_kind_of_its_entry_type() {
         for (name, message) in super::img::all() {

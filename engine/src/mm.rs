@@ -1076,7 +1076,7 @@ impl MapCtx<'_> {
         let fixed = libc::MAP_FIXED.cast_unsigned();
         let id = u32::try_from(v.shmid).unwrap_or(0);
         let path = files.path_of(id).ok_or_else(|| Error::BadImage {
-            path: format!("mm-{pid}.img"),
+            path: crate::images::img::MM.file_name(pid),
             what: format!(
                 "mapping at {:#x} names file id {id}, which is not in files.img",
                 v.start

@@ -132,7 +132,7 @@ impl FileKind for FanotifyGroup {
                 (None, None) => (None, MarkFlags::empty()),
             };
             let path = path.ok_or_else(|| Error::BadImage {
-                path: "files.img".into(),
+                path: crate::images::img::FILES.file_name(0),
                 what: format!(
                     "task {} fd {}: fanotify mark {} has no path",
                     cx.pid, cx.fd, m.id

@@ -204,7 +204,7 @@ impl FileKind for Inotify {
 /// increasing order, so watches made and removed move the counter up to it.
 fn add_watch(ino: &Instance, w: &InotifyWdEntry, cx: &OpenCtx<'_>) -> Result<()> {
     let path = w.f_handle.path.as_deref().ok_or_else(|| Error::BadImage {
-        path: "files.img".into(),
+        path: crate::images::img::FILES.file_name(0),
         what: format!(
             "task {} fd {}: inotify watch {} has no path",
             cx.pid, cx.fd, w.wd

@@ -146,7 +146,7 @@ pub fn restore_all(dir: &Dir) -> Result<HashMap<u32, OwnedFd>> {
     for e in list {
         let what = format!("memfd {:?}", e.name);
         let name = std::ffi::CString::new(e.name.clone()).map_err(|_| Error::BadImage {
-            path: "memfd.img".into(),
+            path: crate::images::img::MEMFD_INODE.file_name(0),
             what: format!("{what}: a NUL in the name"),
         })?;
         // F_SEAL_SEAL alone is what a memfd without MFD_ALLOW_SEALING has.

@@ -165,7 +165,7 @@ impl OpenCtx<'_> {
             self.opened.insert(id, fd);
         }
         let fd = self.opened.get(&id).ok_or_else(|| Error::BadImage {
-            path: "files.img".into(),
+            path: crate::images::img::FILES.file_name(0),
             what: format!("file {id} vanished"),
         })?;
         fd.try_clone()
@@ -270,7 +270,7 @@ impl FileKind for Reg {
             .get(g)
             .cloned()
             .ok_or_else(|| Error::BadImage {
-                path: "remap-fpath.img".into(),
+                path: crate::images::img::REMAP_FPATH.file_name(0),
                 what: format!("file {}: ghost file {g} was not made", r.id),
             })?;
         open_reg(
@@ -870,7 +870,7 @@ impl Table {
                 Some(Kind::Reg(r)) => r.name.clone(),
                 _ => {
                     return Err(Error::BadImage {
-                        path: "remap-fpath.img".into(),
+                        path: crate::images::img::REMAP_FPATH.file_name(0),
                         what: format!("file {orig} is not a regular file"),
                     });
                 }
@@ -881,7 +881,7 @@ impl Table {
                 .find(|(gid, _)| gid == remap)
                 .map(|(_, g)| g)
                 .ok_or_else(|| Error::BadImage {
-                    path: "remap-fpath.img".into(),
+                    path: crate::images::img::REMAP_FPATH.file_name(0),
                     what: format!("file {orig}: ghost file {remap} is missing"),
                 })?;
             let path = recreate_ghost(me, &name, *remap, ghost)?;
@@ -1212,7 +1212,7 @@ impl Table {
             for r in remaps {
                 if r.remap_type != Some(RemapType::Ghost as i32) {
                     return Err(Error::BadImage {
-                        path: "remap-fpath.img".into(),
+                        path: crate::images::img::REMAP_FPATH.file_name(0),
                         what: format!(
                             "file {}: remap type {:?} (only ghost files are restored)",
                             r.orig_id, r.remap_type
@@ -1302,7 +1302,7 @@ impl Table {
                 .any(|e| matches!(&e.kind, Some(Kind::Pipe(p)) if key == pipe_key(p.pipe_id)));
             if !known {
                 return Err(Error::BadImage {
-                    path: "files.img".into(),
+                    path: crate::images::img::FILES.file_name(0),
                     what: format!(
                         "--inherit-fd names {key}, which no fd of the images is (only pipe:[INO] keys are taken)"
                     ),
@@ -1369,7 +1369,7 @@ impl Table {
     fn open_entry(&self, id: u32, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let (pid, fd) = (cx.pid, cx.fd);
         let entry = self.get(id).ok_or_else(|| Error::BadImage {
-            path: "files.img".into(),
+            path: crate::images::img::FILES.file_name(0),
             what: format!("task {pid} fd {fd} refers to file id {id}, which is missing"),
         })?;
         match entry.kind.as_ref() {
@@ -1378,7 +1378,7 @@ impl Table {
                 registry::open(kind, cx)
             }
             None => Err(Error::BadImage {
-                path: "files.img".into(),
+                path: crate::images::img::FILES.file_name(0),
                 what: format!("task {pid} fd {fd}: file {id} has no kind"),
             }),
         }
@@ -1390,7 +1390,7 @@ impl Table {
             .memfd_paths
             .get(&m.inode_id)
             .ok_or_else(|| Error::BadImage {
-                path: "memfd.img".into(),
+                path: crate::images::img::MEMFD_INODE.file_name(0),
                 what: format!("task {pid} fd {fd}: memfd inode {} is missing", m.inode_id),
             })?;
         let reg = RegFileEntry {
@@ -1420,7 +1420,7 @@ impl Table {
             Some(Kind::Reg(r)) => r,
             _ => {
                 return Err(Error::BadImage {
-                    path: "files.img".into(),
+                    path: crate::images::img::FILES.file_name(0),
                     what: format!("task {pid} fd {fd}: FIFO {} has no path entry", f.id),
                 });
             }

@@ -56,7 +56,7 @@ impl FileKind for Pidfd {
 
     fn open(e: &PidfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         Err(Error::BadImage {
-            path: "files.img".into(),
+            path: crate::images::img::FILES.file_name(0),
             what: format!(
                 "task {} fd {}: pidfd {} is opened by the task itself",
                 cx.pid, cx.fd, e.id

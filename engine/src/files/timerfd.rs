@@ -108,7 +108,7 @@ impl FileKind for Timerfd {
 
     fn open(e: &TimerfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let clk = clock(e.clockid).ok_or_else(|| Error::BadImage {
-            path: "files.img".into(),
+            path: crate::images::img::FILES.file_name(0),
             what: format!(
                 "task {} fd {}: timerfd clock {} is not one timerfd_create accepts",
                 cx.pid, cx.fd, e.clockid

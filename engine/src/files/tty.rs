@@ -462,7 +462,7 @@ impl FileKind for Tty {
             .iter()
             .find(|i| i.id == e.tty_info_id)
             .ok_or_else(|| Error::BadImage {
-                path: "tty-info.img".into(),
+                path: crate::images::img::TTY_INFO.file_name(0),
                 what: format!("tty {} of file {} is missing", e.tty_info_id, e.id),
             })?;
         let index = info.pty.as_ref().map_or(0, |p| p.index);
@@ -473,7 +473,7 @@ impl FileKind for Tty {
         }
         let first_slave = !master && !cx.slave_taken(index);
         let (m, s, path) = cx.ptys.get(&index).ok_or_else(|| Error::BadImage {
-            path: "tty-info.img".into(),
+            path: crate::images::img::TTY_INFO.file_name(0),
             what: format!("pty {index} was not made"),
         })?;
         let fd = if master {

@@ -46,7 +46,7 @@ fn notify_pid(q: &nix::mqueue::MqdT) -> Option<i32> {
 
 fn cname(name: &str) -> Result<std::ffi::CString> {
     std::ffi::CString::new(name).map_err(|_| Error::BadImage {
-        path: "posix-mqueue.img".into(),
+        path: crate::images::img::POSIX_MQUEUE.file_name(0),
         what: format!("queue name {name:?} holds a NUL"),
     })
 }

@@ -233,7 +233,7 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             let d = &e.desc;
             if e.in_pagemaps == Some(true) {
                 return Err(Error::BadImage {
-                    path: format!("ipcns-shm-{ns_id}.img"),
+                    path: img::IPCNS_SHM.file_name(ns_id),
                     what: format!(
                         "segment {} keeps its contents in pagemaps, which stasis does not read",
                         d.id
@@ -296,7 +296,7 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             for _ in 0..e.qnum {
                 let Some(m) = r.read_entry::<IpcMsg>()? else {
                     return Err(Error::BadImage {
-                        path: format!("ipcns-msg-{ns_id}.img"),
+                        path: img::IPCNS_MSG.file_name(ns_id),
                         what: format!("queue {} ends before its {} messages", d.id, e.qnum),
                     });
                 };

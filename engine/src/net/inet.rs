@@ -408,7 +408,7 @@ impl FileKind for InetSk {
             .as_ref()
             .and_then(|m| m.get(&e.id))
             .ok_or_else(|| Error::BadImage {
-                path: "files.img".into(),
+                path: crate::images::img::FILES.file_name(0),
                 what: format!("inet socket {} was not made", e.ino),
             })?;
         fd.try_clone().map_err(|err| Error::Proc {
@@ -551,7 +551,7 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         }
         if let Some((_, e, inq, outq)) = stream {
             let a = join(u.family, &u.dst_addr, u.dst_port).ok_or_else(|| Error::BadImage {
-                path: "files.img".into(),
+                path: crate::images::img::FILES.file_name(0),
                 what: format!("inet socket {}: no peer address", u.ino),
             })?;
             nix::sys::socket::connect(s.as_raw_fd(), &SockaddrStorage::from(a))

@@ -501,7 +501,7 @@ impl FileKind for UnixSk {
             .as_ref()
             .and_then(|m| m.get(&e.id))
             .ok_or_else(|| Error::BadImage {
-                path: "files.img".into(),
+                path: crate::images::img::FILES.file_name(0),
                 what: format!("unix socket {} was not made", e.ino),
             })?;
         fd.try_clone().map_err(|err| Error::Proc {
@@ -732,7 +732,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         move |errno: Errno| Error::Restore { pid, what, errno }
     };
     let bad = |u: &UnixSkEntry, what: &str| Error::BadImage {
-        path: "files.img".into(),
+        path: crate::images::img::FILES.file_name(0),
         what: format!("unix socket {}: {what}", u.ino),
     };
     let listener_named = |name: &[u8]| {
@@ -823,7 +823,7 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         }
         let Some(u) = all.iter().find(|u| u.id == *id_for) else {
             return Err(Error::BadImage {
-                path: "sk-queues.img".into(),
+                path: crate::images::img::SK_QUEUES.file_name(0),
                 what: format!("data queued for file {id_for}, which is no unix socket"),
             });
         };

@@ -827,7 +827,7 @@ pub fn restore(
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
-    let shown_img = format!("mountpoints-{}.img", super::NS_ID);
+    let shown_img = img::MNTS.file_name(super::NS_ID);
     let mut want: Vec<Mount> = dir
         .read_all(img::MNTS, super::NS_ID)?
         .iter()

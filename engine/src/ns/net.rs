@@ -541,7 +541,7 @@ pub(super) fn restore(dir: &Dir, outer: &Outside, veths: &[(String, String)]) ->
         let known = [NdType::Loopback, NdType::Veth, NdType::Bridge];
         if !known.iter().any(|&t| d.r#type == t as i32) {
             return Err(Error::BadImage {
-                path: format!("netdev-{NS_ID}.img"),
+                path: img::NETDEV.file_name(NS_ID),
                 what: format!(
                     "device {} is of type {}: loopback, veth and bridge devices are restored",
                     d.name, d.r#type

@@ -192,7 +192,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     let inv: InventoryEntry = dir.read_one(img::INVENTORY, 0)?;
     if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
         return Err(Error::BadImage {
-            path: "inventory.img".into(),
+            path: crate::images::img::INVENTORY.file_name(0),
             what: format!("image version {} (expected 2)", inv.img_version),
         });
     }
@@ -205,7 +205,7 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
         let id = u64::from(pst.pid);
         let core: CoreEntry = dir.read_one(img::CORE, id)?;
         let tc = core.tc.as_ref().ok_or_else(|| Error::BadImage {
-            path: format!("core-{id}.img"),
+            path: img::CORE.file_name(id),
             what: "no task_core_entry".into(),
         })?;
         let host = stasis_arch::Arch::host().unwrap_or(stasis_arch::Arch::X86_64);
@@ -786,7 +786,7 @@ fn map_trampoline(plans: &[Plan]) -> Result<(Trampoline, sys::Mapping)> {
 /// their children (the root's parent is outside).
 fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
     let bad = |what: String| Error::BadImage {
-        path: "pstree.img".into(),
+        path: crate::images::img::PSTREE.file_name(0),
         what,
     };
     if pstree.is_empty() {
@@ -845,7 +845,7 @@ fn check_vmas(id: u64, mm: &MmEntry) -> Result<()> {
             continue;
         };
         return Err(Error::BadImage {
-            path: format!("mm-{id}.img"),
+            path: img::MM.file_name(id),
             what: format!(
                 "mapping {:#x}-{:#x} (offset {:#x}) {what}",
                 v.start, v.end, v.pgoff
@@ -1127,7 +1127,7 @@ impl Work<'_> {
         let r = Remote::with_trap(pid, base, t.start)
             .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
         let mm = p.mm.as_ref().ok_or_else(|| Error::BadImage {
-            path: format!("mm-{pid}.img"),
+            path: img::MM.file_name(pid),
             what: "missing".into(),
         })?;
         // First, in the batch that unmaps the engine's memory: the report pipe
@@ -1157,7 +1157,7 @@ impl Work<'_> {
         let exe = files
             .path_of(mm.exe_file_id)
             .ok_or_else(|| Error::BadImage {
-                path: format!("mm-{pid}.img"),
+                path: img::MM.file_name(pid),
                 what: "the executable's file id is not in files.img".into(),
             })?;
         first.push(mm::open_call(
@@ -1215,7 +1215,7 @@ impl Work<'_> {
             r.call("chroot", nr::CHROOT, [at, 0, 0, 0, 0, 0])?;
         }
         let tc = p.core.tc.as_ref().ok_or_else(|| Error::BadImage {
-            path: format!("core-{pid}.img"),
+            path: img::CORE.file_name(pid),
             what: "no task_core_entry".into(),
         })?;
         if mm.thp_disabled == Some(true) {

@@ -53,7 +53,7 @@ fn set_regs(tid: Pid, regs: &Regs) -> Result<()> {
 
 fn no_regs(tid: Pid, arch: &str) -> Error {
     Error::BadImage {
-        path: format!("core-{tid}.img"),
+        path: crate::images::img::CORE.file_name(tid),
         what: format!("no {arch} registers"),
     }
 }

@@ -125,7 +125,7 @@ impl Table {
                 .and_then(|i| self.filters.get(i))
                 .filter(|_| out.len() <= self.filters.len())
                 .ok_or_else(|| Error::BadImage {
-                    path: "seccomp.img".into(),
+                    path: crate::images::img::SECCOMP.file_name(0),
                     what: format!("filter {i} is missing or its chain loops"),
                 })?;
             out.push(f);
@@ -165,14 +165,14 @@ impl Table {
             return Ok(());
         }
         let newest = newest.ok_or_else(|| Error::BadImage {
-            path: format!("core-{tid}.img"),
+            path: crate::images::img::CORE.file_name(tid),
             what: "seccomp filter mode without a filter".into(),
         })?;
         for f in self.chain(newest)? {
             let prog = data + 40 * 1024;
             remote::write_mem(tid, data, &f.filter)?;
             let len = u16::try_from(f.filter.len() / 8).map_err(|_| Error::BadImage {
-                path: "seccomp.img".into(),
+                path: crate::images::img::SECCOMP.file_name(0),
                 what: "a filter longer than BPF allows".into(),
             })?;
             let mut fprog = [0u8; 16];
