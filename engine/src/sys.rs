@@ -1,7 +1,8 @@
 //! The engine's only `unsafe`: thin wrappers over the ptrace requests, system
 //! calls and memory operations `nix` does not expose safely (register sets,
 //! signal masks and queues of a traced thread, rseq configuration, robust
-//! lists, clone3 with set_tid, pidfd_getfd, fixed anonymous mappings).
+//! lists, clone3 with set_tid, fixed anonymous mappings); pidfds through
+//! rustix.
 //! Wrappers return `Errno` without context; callers say what failed.
 #![allow(unsafe_code)]
 
@@ -13,9 +14,7 @@ use stasis_arch::native::Regs;
 
 /// System calls numbered alike on every arch (the unified table, 424+).
 mod nr {
-    pub const PIDFD_OPEN: libc::c_long = 434;
     pub const CLONE3: libc::c_long = 435;
-    pub const PIDFD_GETFD: libc::c_long = 438;
 }
 
 const PTRACE_PEEKSIGINFO: u32 = 0x4209;
@@ -323,21 +322,15 @@ pub fn robust_list(tid: Pid) -> Result<(u64, u64), Errno> {
 
 /// A pidfd for a process.
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes two integers and returns a new fd.
-    let fd = Errno::result(unsafe { libc::syscall(nr::PIDFD_OPEN, pid.as_raw(), 0) })?;
-    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or(Errno::ESRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 /// Duplicate fd `fd` of the process behind `pidfd` into this process.
 pub fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> Result<OwnedFd, Errno> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: integer arguments only; the result is a new fd.
-    let ret = unsafe { libc::syscall(nr::PIDFD_GETFD, pidfd.as_raw_fd(), fd, 0) };
-    let fd = RawFd::try_from(Errno::result(ret)?).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    rustix::process::pidfd_getfd(pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 /// Which side of a clone this process is on.
