@@ -164,6 +164,34 @@ fn check_masters(root: Pid, devices: &[NetDeviceEntry]) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a namespace with iptables-legacy (x_tables) tables: their rules
+/// are not saved, and a restore without them would let through what they
+/// dropped. Rules made with iptables-nft are in the nftables ruleset.
+fn check_legacy_tables(root: Pid) -> Result<()> {
+    let mut found = Vec::new();
+    for (family, file) in [
+        ("ip", "ip_tables_names"),
+        ("ip6", "ip6_tables_names"),
+        ("arp", "arp_tables_names"),
+    ] {
+        let names =
+            std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
+        found.extend(names.split_whitespace().map(|t| format!("{family} {t}")));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        pid: root,
+        what: format!(
+            "iptables-legacy tables in its network namespace ({}), whose rules stasis does \
+             not save (rules made with iptables-nft or nft are saved; --empty-ns net leaves \
+             the namespace's setup to the caller),",
+            found.join(", ")
+        ),
+    })
+}
+
 /// Dump the tree's network namespace (that of `root`). With `empty`
 /// (CRIU's `empty_ns` for the network), devices other than loopback,
 /// addresses and routes are the caller's, who sets them up again after the
@@ -192,6 +220,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
                 nft: Vec::new(),
             });
         }
+        check_legacy_tables(root)?;
         let addresses = rtnl::addresses(&s).map_err(what("the addresses"))?;
         let v4 = rtnl::routes(&s, rtnl::AF_INET).map_err(what("the IPv4 routes"))?;
         // A kernel without IPv6 has no IPv6 routes to keep.

@@ -41,6 +41,14 @@ pub(crate) const TESTS: &[Test] = &[
     )
     .tools(&["nft"]),
     Test::new(
+        "netns-iptables-legacy",
+        Namespaces,
+        "a rule made with iptables-legacy in a new netns: refused (its x_tables rules are not saved), the test left running as it was",
+        netns_iptables_legacy,
+    )
+    .tools(&["iptables-legacy"])
+    .crfail(),
+    Test::new(
         "ipcns-sysctl",
         Namespaces,
         "IPC sysctls in a new IPC namespace",
@@ -350,6 +358,28 @@ fn netns_nft(t: &mut Ctx) -> Res {
     let after = nft(&["list", "ruleset"], "")?;
     ensure_eq!("nft list ruleset", after, before);
     ensure!(!marked_send()?, "a marked packet went out after restore");
+    Ok(())
+}
+
+fn netns_iptables_legacy(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    let run = |args: &[&str]| -> Res<String> {
+        let out = std::process::Command::new("iptables-legacy")
+            .args(args)
+            .output()
+            .or_fail("run iptables-legacy")?;
+        if !out.status.success() {
+            return Err(Fail::Sys(format!(
+                "iptables-legacy {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&["-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"])?;
+    let before = run(&["-S", "INPUT"])?;
+    t.wait("flushed INPUT", || run(&["-F", "INPUT"]).map(drop))?;
+    ensure_eq!("iptables-legacy -S INPUT", run(&["-S", "INPUT"])?, before);
     Ok(())
 }
 
