@@ -599,3 +599,165 @@ fn a_pivot_root_container_comes_back_under_root() {
     let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!host.contains(&root.display().to_string()), "{host}");
 }
+
+/// Deletes a network namespace made for a test (`ip netns add`), on every
+/// path.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn in_netns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("run ip netns exec (iproute2)")
+}
+
+/// A tree in a network namespace of its own with a veth pair to the outside
+/// (a namespace the test made, where stasis runs too) and an nftables
+/// table: a restore that fails once the namespace, the pair and the
+/// ruleset exist leaves no device outside and no task.
+#[test]
+fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
+    need_root();
+    let ns = Netns(format!("stasis-failnet-{}", std::process::id()));
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .expect("ip netns add")
+            .success(),
+        "ip netns add {}",
+        ns.0
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("ctr");
+    std::fs::create_dir(&d).expect("mkdir");
+    let img = tmp.path().join("img");
+    std::fs::create_dir(&img).expect("mkdir");
+    let marker = format!("stasis-failnet-{}", std::process::id());
+    let script = format!(
+        "import os, subprocess, sys, time\n\
+         d = sys.argv[1]\n\
+         subprocess.check_call(['ip', 'link', 'set', 'lo', 'up'])\n\
+         subprocess.check_call(['nft', 'add table inet kept; add chain inet kept c {{ type filter hook input priority 0; }}'])\n\
+         buf = bytearray(b'y' * 4000000)\n\
+         open(d + '/ready', 'w').write('{marker}')\n\
+         while True:\n    time.sleep(1)\n"
+    );
+    let unshare = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "unshare", "--fork", "--net", "python3", "-c",
+        ])
+        .arg(&script)
+        .arg(&d)
+        .arg(&marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    wait_for(&d.join("ready"), 20);
+    let init = ctr.init.expect("init");
+    let made = in_netns(
+        &ns.0,
+        &[
+            "ip",
+            "link",
+            "add",
+            "hostend",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &init.to_string(),
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "veth: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let stasis = env!("CARGO_BIN_EXE_stasis");
+    let img_s = img.to_str().expect("utf8");
+    let out = in_netns(
+        &ns.0,
+        &[stasis, "dump", "-t", &init.to_string(), "-D", img_s],
+    );
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    for name in ["netdev-1.img", "nftables-netlink-1.img"] {
+        assert!(img.join(name).exists(), "no {name}");
+    }
+    let has_hostend = || {
+        String::from_utf8_lossy(&in_netns(&ns.0, &["ip", "-o", "link"]).stdout).contains("hostend")
+    };
+    let t = Instant::now();
+    while has_hostend() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!has_hostend(), "the dumped tree's veth is still outside");
+    // The pages are cut short: the restore fails once the namespace, the
+    // pair and the ruleset exist.
+    let pages = img.join("pages-1.img");
+    let len = std::fs::metadata(&pages).expect("pages image").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate the pages");
+    let out = in_netns(
+        &ns.0,
+        &[
+            stasis,
+            "restore",
+            "-d",
+            "-D",
+            img_s,
+            "--external",
+            "veth[eth0]:hostend",
+        ],
+    );
+    assert!(!out.status.success(), "the restore of cut pages succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pages-1.img"),
+        "the error does not name the image: {err}"
+    );
+    let t = Instant::now();
+    while (has_hostend() || !with_marker(&marker).is_empty())
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = with_marker(&marker);
+    for &p in &left {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "tasks left behind: {left:?}");
+    assert!(!has_hostend(), "the restore's veth is left outside");
+    let tables =
+        String::from_utf8_lossy(&in_netns(&ns.0, &["nft", "list", "tables"]).stdout).into_owned();
+    assert!(
+        !tables.contains("kept"),
+        "the tree's table is outside: {tables}"
+    );
+}
