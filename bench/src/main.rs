@@ -67,6 +67,7 @@ const SWEEP: &[(&str, u64)] = &[
     ("threads", 1),
     ("threads", 16),
     ("threads", 64),
+    ("container", 14),
 ];
 
 /// One measured cycle.

@@ -1,7 +1,9 @@
 //! The processes `ci/bench` checkpoints: `stasis-bench workload KIND N OUT
 //! [DIR]`. Each sets up its state, lists its PIDs in `OUT.pids`, writes
 //! `ready` to OUT, and once `OUT.go` exists checks its state from inside and
-//! writes `ok ...` or `bad ...` to OUT.
+//! writes `ok ...` or `bad ...` to OUT. `container` is a container-shaped
+//! tree: namespaces of its own, 30 mounts, a veth pair, an init and its
+//! processes.
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
@@ -53,13 +55,21 @@ fn word(i: u64) -> u64 {
 
 /// Run workload `kind` with size `n`.
 pub fn run(kind: &str, n: u64, out: &Path, dir: Option<&Path>) -> Result<()> {
-    add_pid(out, std::process::id())?;
+    // A container's processes are listed by it, by their PIDs outside.
+    if kind != "ctrnode" && kind != "ctrinit" {
+        add_pid(out, std::process::id())?;
+    }
     match kind {
         "mem" => mem(n, out),
         "threads" => threads(n, out),
         "fds" => fds(n, out, dir.context("fds needs a directory")?),
         "tree" => tree(n, out),
         "node" => node(n, out),
+        "container" => container(n, out, dir.context("container needs a directory")?),
+        "ctrnode" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        "ctrinit" => ctr_init(n),
         other => bail!("unknown workload {other:?}"),
     }
 }
@@ -208,6 +218,119 @@ fn tree(n: u64, out: &Path) -> Result<()> {
 fn node(arg: u64, out: &Path) -> Result<()> {
     let (id, n) = (arg >> 32, arg & 0xffff_ffff);
     let _kids = spawn_children(id, n, out)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Mounts of the container workload.
+const CTR_MOUNTS: u64 = 30;
+
+fn ip(args: &str) -> Result<()> {
+    let st = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .context("run ip (iproute2)")?;
+    if !st.success() {
+        bail!("ip {args} failed");
+    }
+    Ok(())
+}
+
+/// A container-shaped tree: mount, UTS, IPC, network and PID namespaces of
+/// its own, 30 tmpfs mounts holding a file each, lo up and a veth pair with
+/// addresses, a host name, and `n` processes (this one and `n - 1` in the
+/// PID namespace, the first its init).
+fn container(n: u64, out: &Path, dir: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET,
+    )?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let at = |i: u64| dir.join(format!("m{i}"));
+    for i in 0..CTR_MOUNTS {
+        std::fs::create_dir_all(at(i))?;
+        mount(
+            Some("ctr"),
+            &at(i),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )?;
+        std::fs::write(at(i).join("data"), format!("mount {i}"))?;
+    }
+    nix::unistd::sethostname("bench-ctr")?;
+    for cmd in [
+        "link set lo up",
+        "link add v0 type veth peer name v1",
+        "addr add 10.9.0.1/24 dev v0",
+        "addr add 10.9.0.2/24 dev v1",
+        "link set v0 up",
+        "link set v1 up",
+    ] {
+        ip(cmd)?;
+    }
+    unshare(CloneFlags::CLONE_NEWPID)?;
+    // Its init, whose children the other processes are (as in a container,
+    // where the init reaps what dies inside).
+    let init = std::process::Command::new(std::env::current_exe()?)
+        .args(["workload", "ctrinit", &n.saturating_sub(2).to_string()])
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    add_pid(out, init.id())?;
+    let kids_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map(|s| s.split_whitespace().count() as u64)
+            .unwrap_or(0)
+    };
+    while kids_of(init.id()) < n.saturating_sub(2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    say(out, "ready")?;
+    wait_go(out, Duration::from_millis(5));
+    let gone = n.saturating_sub(2) - kids_of(init.id()).min(n.saturating_sub(2))
+        + u64::from(!Path::new(&format!("/proc/{}", init.id())).exists());
+    let lost = (0..CTR_MOUNTS)
+        .filter(|&i| std::fs::read_to_string(at(i).join("data")).ok() != Some(format!("mount {i}")))
+        .count();
+    let host = nix::unistd::gethostname()?;
+    if gone == 0 && lost == 0 && host == "bench-ctr" {
+        say(out, &format!("ok {n} processes, {CTR_MOUNTS} mounts"))
+    } else {
+        say(
+            out,
+            &format!("bad: {gone} processes gone, {lost} mounts lost, host {host:?}"),
+        )
+    }
+}
+
+/// The init of the container workload's PID namespace: `n` children.
+fn ctr_init(n: u64) -> Result<()> {
+    let me = std::env::current_exe()?;
+    let mut kids = Vec::new();
+    for _ in 0..n {
+        kids.push(
+            std::process::Command::new(&me)
+                .args(["workload", "ctrnode", "0", "/dev/null"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
