@@ -13,7 +13,7 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FownEntry};
 
 use crate::error::{EngineError as Error, Result};
-use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::files::{FdCtx, FileKind, InTask, OpenCtx, Table};
 use crate::mm::{self, Trampoline};
 use crate::task::remote::{BATCH_MAX, Remote};
 use crate::{sys, task::proc};
@@ -62,6 +62,12 @@ impl FileKind for Eventpoll {
     type Entry = EventpollFileEntry;
     const NAME: &'static str = "epoll";
     const ANON_LINK: Option<&'static str> = Some("[eventpoll]");
+    /// Its targets are registered by a task holding it, once its fds are in.
+    const SETTLES: bool = true;
+
+    fn settle(e: &EventpollFileEntry, cx: &InTask<'_>, fd: i32) -> Result<()> {
+        register(cx.r, cx.t, fd, e)
+    }
 
     fn set_id(e: &mut EventpollFileEntry, id: u32) {
         e.id = id;
@@ -104,7 +110,7 @@ fn event_bytes(events: u32, data: u64) -> Vec<u8> {
 
 /// Register the targets of epoll fd `epfd` of the task under `r`, whose fds
 /// are in place.
-pub fn register(r: &Remote, t: &Trampoline, epfd: i32, e: &EventpollFileEntry) -> Result<()> {
+fn register(r: &Remote, t: &Trampoline, epfd: i32, e: &EventpollFileEntry) -> Result<()> {
     let pid: Pid = r.tid;
     for chunk in e.tfd.chunks(BATCH_MAX) {
         let mut bytes = Vec::new();

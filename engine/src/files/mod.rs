@@ -192,6 +192,39 @@ pub trait FileKind {
     fn set_id(e: &mut Self::Entry, id: u32);
     /// Make the open file again.
     fn open(e: &Self::Entry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd>;
+    /// Whether the file is opened by its task itself, once every task of
+    /// the tree exists (a pidfd needs its process; a /proc file of the
+    /// tree its task), with [`FileKind::open_in_task`] instead of `open`.
+    fn in_task(_e: &Self::Entry, _tree: &std::collections::HashSet<u32>) -> bool {
+        false
+    }
+    /// Open the file inside the task under `cx` as its fd `target`.
+    fn open_in_task(
+        _e: &Self::Entry,
+        _cx: &InTask<'_>,
+        _target: std::os::fd::RawFd,
+        _cloexec: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the file has a last step in a task holding it, once all the
+    /// task's fds are in place ([`FileKind::settle`]).
+    const SETTLES: bool = false;
+    /// That last step, once per file, in the first task holding it as its
+    /// fd `fd` (an epoll set registers its targets).
+    fn settle(_e: &Self::Entry, _cx: &InTask<'_>, _fd: std::os::fd::RawFd) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A task being restored, stopped under the engine: what a file kind's
+/// in-task stages run their remote calls through.
+#[derive(Debug)]
+pub struct InTask<'a> {
+    /// The task's remote-call channel.
+    pub r: &'a crate::task::remote::Remote,
+    /// The trampoline its calls use (and its data area).
+    pub t: &'a crate::mm::Trampoline,
 }
 
 /// Regular files, directories and device nodes opened by path.
@@ -236,6 +269,47 @@ fn tty_major(major: u32) -> bool {
 impl FileKind for Reg {
     type Entry = RegFileEntry;
     const NAME: &'static str = "regular file";
+
+    /// A file under /proc/PID/ of a task of the tree names a process made
+    /// by the restore: its task opens it once the tree exists.
+    fn in_task(e: &RegFileEntry, tree: &std::collections::HashSet<u32>) -> bool {
+        e.name
+            .strip_prefix("/proc/")
+            .and_then(|p| p.split('/').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| tree.contains(&n))
+    }
+
+    fn open_in_task(e: &RegFileEntry, cx: &InTask<'_>, target: i32, cloexec: bool) -> Result<()> {
+        use stasis_arch::native::nr;
+        let r = cx.r;
+        let mut path = e.name.as_bytes().to_vec();
+        path.push(0);
+        let at = crate::mm::put(r.tid, cx.t, 8192, &path)?;
+        let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
+        let mut flags = e.flags.cast_signed() & !strip;
+        if cloexec {
+            flags |= libc::O_CLOEXEC;
+        }
+        let fd = r.call(
+            "openat(/proc file of the tree)",
+            nr::OPENAT,
+            [
+                libc::AT_FDCWD.cast_unsigned().into(),
+                at,
+                flags.cast_unsigned().into(),
+                0,
+                0,
+                0,
+            ],
+        )?;
+        let target = u64::from(target.cast_unsigned());
+        r.move_fd(fd, target, cloexec)?;
+        if e.pos != 0 {
+            r.call("lseek", nr::LSEEK, [target, e.pos, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
 
     fn set_id(e: &mut RegFileEntry, id: u32) {
         e.id = id;

@@ -9,7 +9,7 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{FownEntry, PidfdEntry};
 
 use crate::error::{EngineError as Error, Result};
-use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::files::{FdCtx, FileKind, InTask, OpenCtx, Table};
 use crate::task::remote::Remote;
 
 /// pidfd files.
@@ -20,6 +20,15 @@ impl FileKind for Pidfd {
     type Entry = PidfdEntry;
     const NAME: &'static str = "pidfd";
     const ANON_LINK: Option<&'static str> = Some("[pidfd]");
+
+    /// Its process must exist: opened by the task with pidfd_open.
+    fn in_task(_e: &PidfdEntry, _tree: &std::collections::HashSet<u32>) -> bool {
+        true
+    }
+
+    fn open_in_task(e: &PidfdEntry, cx: &InTask<'_>, target: i32, cloexec: bool) -> Result<()> {
+        open_pidfd(cx.r, e, target, cloexec)
+    }
 
     fn set_id(e: &mut PidfdEntry, id: u32) {
         e.id = id;
@@ -66,7 +75,7 @@ impl FileKind for Pidfd {
 }
 
 /// Open pidfd `e` inside the task under `r`, as fd `target`.
-pub fn open_in_task(r: &Remote, e: &PidfdEntry, target: i32, cloexec: bool) -> Result<()> {
+fn open_pidfd(r: &Remote, e: &PidfdEntry, target: i32, cloexec: bool) -> Result<()> {
     let flags = e.flags.cast_signed() & libc::O_NONBLOCK;
     let fd = r.call(
         "pidfd_open",

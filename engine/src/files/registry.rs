@@ -1,6 +1,7 @@
 //! The registry of open-file kinds: one line ties a kind's `fd_types` value
 //! and `file_entry` variant (fdinfo.proto) to the type that dumps and opens
-//! it ([`FileKind`]). Dump and open dispatch, the entry's id, the kind's
+//! it ([`FileKind`]). Dump and open dispatch (in the engine, or in the task
+//! once the tree exists), the in-task last step, the entry's id, the kind's
 //! name in messages and the recognition of anonymous-inode fds by their
 //! /proc link all come from here; a `file_entry` variant missing from the
 //! list does not compile.
@@ -12,7 +13,7 @@ use std::os::fd::OwnedFd;
 use stasis_proto::images::FdTypes;
 use stasis_proto::images::file_entry::Kind;
 
-use super::{FdCtx, FileKind, OpenCtx, Table};
+use super::{FdCtx, FileKind, InTask, OpenCtx, Table};
 use crate::error::Result;
 
 macro_rules! kinds {
@@ -36,6 +37,40 @@ macro_rules! kinds {
         pub(super) fn open(kind: &Kind, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
             match kind {
                 $(Kind::$variant(e) => <$kind as FileKind>::open(e, cx),)*
+            }
+        }
+
+        /// Whether `kind` is opened by its task once the tree exists
+        /// (`tree`: the tree's task and thread IDs).
+        pub(crate) fn in_task(kind: &Kind, tree: &std::collections::HashSet<u32>) -> bool {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::in_task(e, tree),)*
+            }
+        }
+
+        /// Open `kind` inside the task under `cx` as its fd `target`.
+        pub(crate) fn open_in_task(
+            kind: &Kind,
+            cx: &InTask<'_>,
+            target: std::os::fd::RawFd,
+            cloexec: bool,
+        ) -> Result<()> {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::open_in_task(e, cx, target, cloexec),)*
+            }
+        }
+
+        /// Whether `kind` has a last step in a task holding it.
+        pub(crate) fn settles(kind: &Kind) -> bool {
+            match kind {
+                $(Kind::$variant(_) => <$kind as FileKind>::SETTLES,)*
+            }
+        }
+
+        /// The last step of `kind` in the task under `cx`, holding it as `fd`.
+        pub(crate) fn settle(kind: &Kind, cx: &InTask<'_>, fd: std::os::fd::RawFd) -> Result<()> {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::settle(e, cx, fd),)*
             }
         }
 

@@ -18,10 +18,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use stasis_arch::native::{self as arch, nr};
-use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    CoreEntry, FdTypes, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry,
-    RestoreStatsEntry, StatsEntry,
+    CoreEntry, FdinfoEntry, FsEntry, InventoryEntry, MmEntry, PstreeEntry, RestoreStatsEntry,
+    StatsEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -30,7 +29,7 @@ use crate::images::Dir;
 use crate::images::img;
 use crate::mm::{self, Trampoline};
 use crate::task::remote::{self, Remote};
-use crate::{files::eventpoll, sys, task, task::creds, task::proc, task::seccomp};
+use crate::{sys, task, task::creds, task::proc, task::seccomp};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -100,9 +99,9 @@ pub(crate) struct Plan {
     /// Files under /proc/PID/ of a task of the tree: opened by the task
     /// itself once every task exists (target fd, file id, close-on-exec).
     pub late_fds: Vec<(RawFd, u32, bool)>,
-    /// epoll fds whose targets this task registers (fd, file id): each
-    /// epoll file once, in the first task that has it.
-    pub epolls: Vec<(RawFd, u32)>,
+    /// Files whose last step this task takes once its fds are in (fd,
+    /// file id): each file once, in the first task that has it.
+    pub settle: Vec<(RawFd, u32)>,
     pub cwd: Option<String>,
     pub root_dir: Option<String>,
     /// The shell job's root: the terminal whose foreground it takes.
@@ -156,7 +155,7 @@ impl Plan {
             thread_cores: Vec::new(),
             fds: Vec::new(),
             late_fds: Vec::new(),
-            epolls: Vec::new(),
+            settle: Vec::new(),
             cwd: None,
             root_dir: None,
             terminal: None,
@@ -310,7 +309,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     }
     check_pids_free(&plans)?;
     let late = late_files(&plans, &files);
-    plan_fds(&mut plans, &late);
+    plan_fds(&mut plans, &late, &files);
     // Every other file is opened once, into a pool the tasks inherit.
     let uses: Vec<(Pid, i32, u32)> = plans
         .iter()
@@ -632,41 +631,40 @@ fn check_pids_free(plans: &[Plan]) -> Result<()> {
 }
 
 /// Files that cannot be opened before the tree exists, each task opens
-/// later: pidfds (their process must exist) and files under /proc/PID/ of
-/// a task of the tree.
+/// later ([`crate::files::FileKind::in_task`]).
 fn late_files(plans: &[Plan], files: &Table) -> std::collections::HashSet<u32> {
     let tree_pids: std::collections::HashSet<u32> = plans
         .iter()
         .flat_map(|p| p.pst.threads.iter().copied())
         .collect();
-    let is_late = |id: u32| {
-        matches!(
-            files.get(id).and_then(|e| e.kind.as_ref()),
-            Some(Kind::Pidfd(_))
-        ) || files
-            .path_of(id)
-            .and_then(|p| p.strip_prefix("/proc/"))
-            .and_then(|p| p.split('/').next())
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| tree_pids.contains(&n))
-    };
     plans
         .iter()
         .flat_map(|p| p.fdinfo.iter().map(|f| f.id))
-        .filter(|&id| is_late(id))
+        .filter(|&id| {
+            files
+                .get(id)
+                .and_then(|e| e.kind.as_ref())
+                .is_some_and(|k| crate::files::registry::in_task(k, &tree_pids))
+        })
         .collect()
 }
 
-/// Which fds each task handles itself: the epoll sets whose targets it
-/// registers (each set once, in the first task that has it) and the late
-/// files it opens.
-fn plan_fds(plans: &mut [Plan], late: &std::collections::HashSet<u32>) {
-    let mut epolls_seen = std::collections::HashSet::new();
+/// Which fds each task handles itself: the files whose last step it takes
+/// (each file once, in the first task that has it: an epoll set registers
+/// its targets) and the late files it opens.
+fn plan_fds(plans: &mut [Plan], late: &std::collections::HashSet<u32>, files: &Table) {
+    let mut seen = std::collections::HashSet::new();
+    let settles = |id: u32| {
+        files
+            .get(id)
+            .and_then(|e| e.kind.as_ref())
+            .is_some_and(crate::files::registry::settles)
+    };
     for p in plans {
-        p.epolls = p
+        p.settle = p
             .fdinfo
             .iter()
-            .filter(|f| f.r#type == FdTypes::Eventpoll as i32 && epolls_seen.insert(f.id))
+            .filter(|f| settles(f.id) && seen.insert(f.id))
             .map(|f| (f.fd.cast_signed(), f.id))
             .collect();
         p.late_fds = p
@@ -1201,9 +1199,10 @@ impl Work<'_> {
             .collect();
         crate::files::file_lock::take_in_task(&r, t, &locks)?;
         crate::files::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
-        for &(fd, id) in &p.epolls {
-            if let Some(Kind::Epfd(e)) = files.get(id).and_then(|e| e.kind.as_ref()) {
-                eventpoll::register(&r, t, fd, e)?;
+        let cx = crate::files::InTask { r: &r, t };
+        for &(fd, id) in &p.settle {
+            if let Some(k) = files.get(id).and_then(|e| e.kind.as_ref()) {
+                crate::files::registry::settle(k, &cx, fd)?;
             }
         }
         // The root directory last among path lookups: every path in the images
@@ -1510,42 +1509,12 @@ fn clone_thread(
     ))
 }
 
-/// Open the task's fds on /proc files of the tree, inside the task.
+/// Open the task's late files inside it ([`crate::files::FileKind::open_in_task`]).
 fn open_late_fds(r: &Remote, t: &Trampoline, p: &Plan, files: &Table) -> Result<()> {
-    let pid = r.tid;
+    let cx = crate::files::InTask { r, t };
     for &(target, id, cloexec) in &p.late_fds {
-        let reg = match files.get(id).and_then(|e| e.kind.as_ref()) {
-            Some(Kind::Reg(reg)) => reg,
-            Some(Kind::Pidfd(e)) => {
-                crate::files::pidfd::open_in_task(r, e, target, cloexec)?;
-                continue;
-            }
-            _ => continue,
-        };
-        let mut path = reg.name.as_bytes().to_vec();
-        path.push(0);
-        let at = mm::put(pid, t, 8192, &path)?;
-        let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
-        let mut flags = reg.flags.cast_signed() & !strip;
-        if cloexec {
-            flags |= libc::O_CLOEXEC;
-        }
-        let fd = r.call(
-            "openat(/proc file of the tree)",
-            nr::OPENAT,
-            [
-                libc::AT_FDCWD.cast_unsigned().into(),
-                at,
-                flags.cast_unsigned().into(),
-                0,
-                0,
-                0,
-            ],
-        )?;
-        let target = u64::from(target.cast_unsigned());
-        r.move_fd(fd, target, cloexec)?;
-        if reg.pos != 0 {
-            r.call("lseek", nr::LSEEK, [target, reg.pos, 0, 0, 0, 0])?;
+        if let Some(k) = files.get(id).and_then(|e| e.kind.as_ref()) {
+            crate::files::registry::open_in_task(k, &cx, target, cloexec)?;
         }
     }
     Ok(())
