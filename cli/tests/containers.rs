@@ -328,6 +328,39 @@ fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
     assert_eq!(wait_for(&d.join("answer"), 20), "ok");
 }
 
+/// Cut `pages-1.img` of `img` in half: a restore of it fails once the
+/// namespaces, the mounts and the tasks exist.
+fn cut_pages(img: &Path) {
+    let pages = img.join("pages-1.img");
+    let len = std::fs::metadata(&pages).expect("pages image").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate the pages");
+}
+
+/// Start `cmd` (which ends with `python3 -c`) on `script` with arguments
+/// `d` and `marker`, as a container whose init is unshare's child; wait
+/// until the script wrote `d/ready`.
+fn start_tree(mut cmd: Command, script: &str, d: &Path, marker: &str) -> Container {
+    let unshare = cmd
+        .arg(script)
+        .arg(d)
+        .arg(marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    wait_for(&d.join("ready"), 20);
+    ctr
+}
+
 /// Processes whose command line holds `marker`.
 fn with_marker(marker: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -360,30 +393,18 @@ fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
          open(d + '/ready', 'w').write('{marker}')\n\
          while True:\n    time.sleep(1)\n"
     );
-    let unshare = Command::new("unshare")
-        .args([
-            "--fork",
-            "--pid",
-            "--mount-proc",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "python3",
-            "-c",
-        ])
-        .arg(&script)
-        .arg(&d)
-        .arg(&marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run unshare (util-linux)");
-    let mut ctr = Container {
-        init: Some(init_of(unshare.id())),
-        unshare: Some(unshare),
-    };
-    wait_for(&d.join("ready"), 20);
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--fork",
+        "--pid",
+        "--mount-proc",
+        "--mount",
+        "--uts",
+        "--ipc",
+        "python3",
+        "-c",
+    ]);
+    let mut ctr = start_tree(cmd, &script, &d, &marker);
     let init = ctr.init.expect("init");
     dump_container(&mut ctr, init, &img);
     let t = Instant::now();
@@ -396,13 +417,7 @@ fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
     );
     // The pages are cut short: the restore fails once the namespaces, the
     // mounts and the tasks exist.
-    let pages = img.join("pages-1.img");
-    let len = std::fs::metadata(&pages).expect("pages image").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pages)
-        .and_then(|f| f.set_len(len / 2))
-        .expect("truncate the pages");
+    cut_pages(&img);
     let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
         .args(["restore", "-d", "-D"])
@@ -650,23 +665,11 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
          open(d + '/ready', 'w').write('{marker}')\n\
          while True:\n    time.sleep(1)\n"
     );
-    let unshare = Command::new("ip")
-        .args([
-            "netns", "exec", &ns.0, "unshare", "--fork", "--net", "python3", "-c",
-        ])
-        .arg(&script)
-        .arg(&d)
-        .arg(&marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run unshare (util-linux)");
-    let mut ctr = Container {
-        init: Some(init_of(unshare.id())),
-        unshare: Some(unshare),
-    };
-    wait_for(&d.join("ready"), 20);
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", &ns.0, "unshare", "--fork", "--net", "python3", "-c",
+    ]);
+    let mut ctr = start_tree(cmd, &script, &d, &marker);
     let init = ctr.init.expect("init");
     let made = in_netns(
         &ns.0,
@@ -717,13 +720,7 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
     assert!(!has_hostend(), "the dumped tree's veth is still outside");
     // The pages are cut short: the restore fails once the namespace, the
     // pair and the ruleset exist.
-    let pages = img.join("pages-1.img");
-    let len = std::fs::metadata(&pages).expect("pages image").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pages)
-        .and_then(|f| f.set_len(len / 2))
-        .expect("truncate the pages");
+    cut_pages(&img);
     let out = in_netns(
         &ns.0,
         &[

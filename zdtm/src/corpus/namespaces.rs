@@ -151,19 +151,34 @@ fn netns_dev(t: &mut Ctx) -> Res {
     Ok(())
 }
 
-/// Run `ip ARGS` (iproute2) and return its output.
-fn ip(args: &str) -> Res<String> {
-    let out = std::process::Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .or_fail("run ip (iproute2)")?;
+/// Run `prog ARGS`, feeding it `input`, and return its output; a failure
+/// names the command and says what it printed.
+fn tool(prog: &str, args: &[&str], input: &str) -> Res<String> {
+    use std::io::Write;
+    let mut c = std::process::Command::new(prog)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .or_fail(&format!("run {prog}"))?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(input.as_bytes())
+            .or_fail(&format!("feed {prog}"))?;
+    }
+    let out = c.wait_with_output().or_fail(&format!("wait for {prog}"))?;
     if !out.status.success() {
         return Err(Fail::Sys(format!(
-            "ip {args}: {}",
+            "{prog} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run `ip ARGS` (iproute2) and return its output.
+fn ip(args: &str) -> Res<String> {
+    tool("ip", &args.split_whitespace().collect::<Vec<_>>(), "")
 }
 
 /// What a user checks of the namespace's network: each link's name, MTU,
@@ -272,25 +287,7 @@ fn netns_veth(t: &mut Ctx) -> Res {
 
 /// Run `nft ARGS` (nftables), feeding it `input`, and return its output.
 fn nft(args: &[&str], input: &str) -> Res<String> {
-    use std::io::Write;
-    let mut c = std::process::Command::new("nft")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .or_fail("run nft (nftables)")?;
-    if let Some(mut i) = c.stdin.take() {
-        i.write_all(input.as_bytes()).or_fail("feed nft")?;
-    }
-    let out = c.wait_with_output().or_fail("wait for nft")?;
-    if !out.status.success() {
-        return Err(Fail::Sys(format!(
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    tool("nft", args, input)
 }
 
 const RULESET: &str = r#"
@@ -363,19 +360,7 @@ fn netns_nft(t: &mut Ctx) -> Res {
 
 fn netns_iptables_legacy(t: &mut Ctx) -> Res {
     super::util::new_netns()?;
-    let run = |args: &[&str]| -> Res<String> {
-        let out = std::process::Command::new("iptables-legacy")
-            .args(args)
-            .output()
-            .or_fail("run iptables-legacy")?;
-        if !out.status.success() {
-            return Err(Fail::Sys(format!(
-                "iptables-legacy {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let run = |args: &[&str]| tool("iptables-legacy", args, "");
     run(&["-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"])?;
     let before = run(&["-S", "INPUT"])?;
     t.wait("flushed INPUT", || run(&["-F", "INPUT"]).map(drop))?;
