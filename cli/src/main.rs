@@ -321,9 +321,11 @@ struct RestoreArgs {
     /// to their outside peer's name again
     #[arg(long, value_name = "INODES", num_args = 0..=1, default_missing_value = "", require_equals = true)]
     ext_unix_sk: Option<String>,
-    /// Put the tasks back in their cgroups, making missing ones (soft, the
-    /// default), or leave them in stasis' (ignore); full, strict, props
-    /// and none are refused (cgroup properties are not saved yet)
+    /// Put the tasks back in their cgroups, making missing ones with their
+    /// properties (soft, the default), also writing the properties of
+    /// existing ones (full), refusing existing ones (strict), joining
+    /// existing ones only, with (props) or without (none) their properties;
+    /// or leave the tasks in stasis' (ignore)
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "soft", require_equals = true, value_parser = parse_cg_mode)]
     manage_cgroups: Option<stasis_engine::cgroup::Mode>,
     /// Put the tree's cgroups under PATH instead of under its root task's

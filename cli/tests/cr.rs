@@ -1864,6 +1864,26 @@ fn cgroups_come_back_made_moved_or_ignored() {
     for d in &dirs {
         std::fs::create_dir_all(d).expect("mkdir cgroup");
     }
+    // A limit, which comes back with its cgroup (pids.max: v1 pids, or v2
+    // where the pids controller is enabled there).
+    let limits: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| d.join("pids.max"))
+        .filter(|f| f.exists())
+        .collect();
+    for f in &limits {
+        std::fs::write(f, "77").expect("set pids.max");
+    }
+    let limit_is = |want: &str, when: &str| {
+        for f in &limits {
+            assert_eq!(
+                std::fs::read_to_string(f).expect("pids.max").trim(),
+                want,
+                "{} {when}",
+                f.display()
+            );
+        }
+    };
     let tmp = tmpdir();
     let counter = tmp.path().join("count");
     let joins: String = dirs
@@ -1918,8 +1938,17 @@ fn cgroups_come_back_made_moved_or_ignored() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         wait_group_gone(pid);
     };
-    // Made again.
+    // Made again, with their limits.
     restore_in(&[], &|_| want.clone());
+    limit_is("77", "after the restore made it");
+    // Existing: soft leaves their limits, full writes them.
+    for f in &limits {
+        std::fs::write(f, "max").expect("set pids.max");
+    }
+    restore_in(&[], &|_| want.clone());
+    limit_is("max", "after a soft restore into it");
+    restore_in(&["--manage-cgroups=full"], &|_| want.clone());
+    limit_is("77", "after a full restore into it");
     // Elsewhere: only the pids hierarchy's part below the root's cgroup moves.
     let new_root = format!("pids:/{tag}-new");
     restore_in(&["--cgroup-root", &new_root], &|n| {
@@ -1940,13 +1969,18 @@ fn cgroups_come_back_made_moved_or_ignored() {
             })
             .unwrap_or_default()
     });
-    let out = run(&["restore", "-D", img_s, "-d", "--manage-cgroups=full"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("full is not supported yet"));
     // A restore that fails once the cgroups are made removes them again.
     for d in &dirs {
         let _ = std::fs::remove_dir(d);
     }
+    // none and props join existing cgroups only.
+    let out = run(&["restore", "-D", img_s, "-d", "--manage-cgroups=none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("it is missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pages = img.join("pages-1.img");
     let len = std::fs::metadata(&pages).expect("pages").len();
     std::fs::OpenOptions::new()

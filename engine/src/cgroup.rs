@@ -13,15 +13,21 @@
 //! under `--cgroup-root`, makes the cgroups that are missing and opens their
 //! `cgroup.procs`; each task writes itself there first thing after its fork,
 //! before it forks its children or allocates memory, so that they are
-//! charged where the tree was. Not saved yet: directory permissions and
-//! controller properties (the `full` and `strict` modes need them).
+//! charged where the tree was. The cgroups of the tree's tasks and those
+//! below them are saved with their permissions and properties (CRIU's v1
+//! lists; on v2 its global files and, beyond CRIU, the controllers' limits:
+//! `cpu.max`, `memory.max`, `pids.max`, ...), written back as CRIU's modes
+//! say (`soft`: only on cgroups the restore made).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
-use stasis_proto::images::{CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupEntry};
+use stasis_proto::images::{
+    CgControllerEntry, CgMemberEntry, CgSetEntry, CgroupDirEntry, CgroupEntry, CgroupPerms,
+    CgroupPropEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
@@ -140,6 +146,47 @@ impl Sets {
         Ok(s)
     }
 
+    /// The cgroups of the tree's tasks in each hierarchy of `names`, and
+    /// those below them, with their properties: not the engine's own, not
+    /// a hierarchy's root (the host's).
+    fn dirs(&self, names: &[&str]) -> Result<HashMap<String, Vec<CgroupDirEntry>>> {
+        let me = nix::unistd::getpid();
+        let mounts = crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
+        let mine = self.sets.first().cloned().unwrap_or_default();
+        let mut out = HashMap::new();
+        for &name in names {
+            let Some(top) = mount_of(&mounts, name) else {
+                continue;
+            };
+            let mut paths: Vec<&str> = self
+                .sets
+                .iter()
+                .skip(1)
+                .flat_map(|s| s.iter().filter(|(n, _)| n == name).map(|(_, p)| p.as_str()))
+                .filter(|p| *p != "/" && !mine.iter().any(|(n, q)| n == name && q == p))
+                .collect();
+            paths.sort_unstable();
+            paths.dedup();
+            // A cgroup below another one listed is walked with it.
+            let tops: Vec<&str> = paths
+                .iter()
+                .copied()
+                .filter(|p| !paths.iter().any(|q| q != p && under_root(p, q)))
+                .collect();
+            let mut dirs = Vec::new();
+            for p in tops {
+                dirs_below(
+                    name,
+                    &Path::new(top).join(p.trim_start_matches('/')),
+                    p,
+                    &mut dirs,
+                );
+            }
+            out.insert(name.to_owned(), dirs);
+        }
+        Ok(out)
+    }
+
     /// The set id of task or thread `tid`.
     pub fn of(&self, tid: Pid) -> Option<u32> {
         self.of.get(&tid).copied()
@@ -167,6 +214,7 @@ impl Sets {
             .collect();
         names.sort_unstable();
         names.dedup();
+        let dirs = self.dirs(&names)?;
         let entry = CgroupEntry {
             sets: self
                 .sets
@@ -188,7 +236,7 @@ impl Sets {
                 .into_iter()
                 .map(|n| CgControllerEntry {
                     cnames: n.split(',').map(str::to_owned).collect(),
-                    dirs: Vec::new(),
+                    dirs: dirs.get(n).cloned().unwrap_or_default(),
                     // Every v1 hierarchy has a tasks file.
                     is_threaded: Some(!n.is_empty()),
                 })
@@ -198,30 +246,55 @@ impl Sets {
     }
 }
 
-/// What the restore does with the cgroups in the images.
+/// What the restore does with the cgroups in the images (CRIU's
+/// `--manage-cgroups` modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Leave them: the tree stays where the engine is.
     Ignore,
-    /// Join them, making the missing ones (CRIU's default).
+    /// Join them; they must exist; no property is written (CRIU's `none`).
+    Existing,
+    /// Join them; they must exist; their properties are written.
+    Props,
+    /// Join them, making the missing ones, whose properties are written
+    /// (CRIU's default).
     #[default]
     Soft,
+    /// Join them, making the missing ones; every one's properties are
+    /// written.
+    Full,
+    /// As `Full`, but a cgroup that exists already fails the restore.
+    Strict,
 }
 
 impl Mode {
-    /// CRIU's mode names (`--manage-cgroups[=MODE]`); the ones stasis
-    /// cannot honour are refused with the reason.
+    /// CRIU's mode names (`--manage-cgroups[=MODE]`).
     pub fn from_criu(name: &str) -> std::result::Result<Mode, String> {
         match name {
             "" | "soft" | "default" => Ok(Mode::Soft),
             "ignore" => Ok(Mode::Ignore),
-            "none" | "props" | "full" | "strict" => Err(format!(
-                "cgroup mode {name} is not supported yet: stasis does not save cgroup \
-                 properties (soft and ignore are)"
-            )),
+            "none" => Ok(Mode::Existing),
+            "props" => Ok(Mode::Props),
+            "full" => Ok(Mode::Full),
+            "strict" => Ok(Mode::Strict),
             other => Err(format!(
                 "{other:?} is not a cgroup mode (soft, ignore, full, strict, props, none)"
             )),
+        }
+    }
+
+    /// Whether missing cgroups are made.
+    fn makes(self) -> bool {
+        matches!(self, Mode::Soft | Mode::Full | Mode::Strict)
+    }
+
+    /// Whether the properties of a cgroup are written (`made`: the restore
+    /// made it).
+    fn writes_props(self, made: bool) -> bool {
+        match self {
+            Mode::Ignore | Mode::Existing => false,
+            Mode::Soft => made,
+            Mode::Props | Mode::Full | Mode::Strict => true,
         }
     }
 }
@@ -363,6 +436,129 @@ impl Remap {
     }
 }
 
+/// The properties saved of a cgroup of hierarchy `name` ("" for v2): CRIU's
+/// lists for v1, and for v2 its global files and, beyond CRIU, the
+/// controllers' limits. In the order a restore writes them.
+fn props_of(name: &str) -> Vec<&'static str> {
+    if name.is_empty() {
+        return vec![
+            "cgroup.subtree_control",
+            "cgroup.max.descendants",
+            "cgroup.max.depth",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "cpu.max",
+            "cpu.weight",
+            "memory.min",
+            "memory.low",
+            "memory.high",
+            "memory.max",
+            "memory.swap.max",
+            "pids.max",
+            "io.weight",
+        ];
+    }
+    let mut out = vec!["cgroup.clone_children", "notify_on_release"];
+    for c in name.split(',') {
+        out.extend_from_slice(match c {
+            "cpu" => &[
+                "cpu.shares",
+                "cpu.cfs_period_us",
+                "cpu.cfs_quota_us",
+                "cpu.rt_period_us",
+                "cpu.rt_runtime_us",
+            ][..],
+            "memory" => &[
+                "memory.use_hierarchy",
+                "memory.limit_in_bytes",
+                "memory.memsw.limit_in_bytes",
+                "memory.swappiness",
+                "memory.soft_limit_in_bytes",
+                "memory.move_charge_at_immigrate",
+                "memory.oom_control",
+            ][..],
+            "cpuset" => &[
+                "cpuset.cpus",
+                "cpuset.mems",
+                "cpuset.memory_migrate",
+                "cpuset.cpu_exclusive",
+                "cpuset.mem_exclusive",
+                "cpuset.mem_hardwall",
+                "cpuset.memory_spread_page",
+                "cpuset.memory_spread_slab",
+                "cpuset.sched_load_balance",
+                "cpuset.sched_relax_domain_level",
+            ][..],
+            "blkio" => &["blkio.weight"][..],
+            "net_cls" => &["net_cls.classid"][..],
+            "pids" => &["pids.max"][..],
+            _ => &[][..],
+        });
+    }
+    out
+}
+
+/// The value of property `prop` as read, as a restore writes it back.
+fn prop_value(prop: &str, read: &str) -> String {
+    let v = read.trim_end();
+    match prop {
+        // Only the switch is written back.
+        "memory.oom_control" => v
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill_disable "))
+            .unwrap_or("0")
+            .to_owned(),
+        _ => v.to_owned(),
+    }
+}
+
+/// Cgroup `at` (path `rel` in its hierarchy `name`) and the cgroups below
+/// it, parents first, with their properties and permissions.
+fn dirs_below(name: &str, at: &Path, rel: &str, out: &mut Vec<CgroupDirEntry>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(at) else {
+        return;
+    };
+    let properties = props_of(name)
+        .into_iter()
+        .filter_map(|p| {
+            let v = std::fs::read_to_string(at.join(p)).ok()?;
+            Some(CgroupPropEntry {
+                name: p.to_owned(),
+                value: prop_value(p, &v),
+                perms: None,
+            })
+        })
+        .collect();
+    out.push(CgroupDirEntry {
+        dir_name: rel.to_owned(),
+        children: Vec::new(),
+        properties,
+        dir_perms: Some(CgroupPerms {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }),
+    });
+    let Ok(rd) = std::fs::read_dir(at) else {
+        return;
+    };
+    let mut kids: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    kids.sort();
+    for k in kids {
+        dirs_below(
+            name,
+            &at.join(&k),
+            &format!("{}/{k}", rel.trim_end_matches('/')),
+            out,
+        );
+    }
+}
+
 /// Whether cgroup `path` is `base` or below it.
 fn under_root(path: &str, base: &str) -> bool {
     base == "/"
@@ -452,6 +648,7 @@ fn make(top: &Path, dir: &Path, cpuset: bool, made: &mut Vec<PathBuf>) -> Result
 
 /// What [`prepare`] needs to open a cgroup's `cgroup.procs`.
 struct Opener<'a> {
+    mode: Mode,
     mine: Set,
     mounts: Vec<crate::ns::mnt::Mount>,
     opened: HashMap<PathBuf, RawFd>,
@@ -460,35 +657,93 @@ struct Opener<'a> {
 }
 
 impl Opener<'_> {
+    /// Where hierarchy `name` (of cgroup `path`) is mounted here.
+    fn top(&self, name: &str, path: &str) -> Result<PathBuf> {
+        let shown = if name.is_empty() { "cgroup2" } else { name };
+        mount_of(&self.mounts, name)
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::Unsupported {
+                pid: nix::unistd::getpid(),
+                what: format!(
+                    "cgroup {path} of hierarchy {shown}, which is not mounted here (mount it, \
+                     or restore with --manage-cgroups=ignore)"
+                ),
+            })
+    }
+
+    /// Cgroup `at` (under hierarchy mount `top`, of hierarchy `name`)
+    /// there as the mode wants it: made when missing, refused when it
+    /// must not exist yet or must exist already.
+    fn ensure(&mut self, top: &Path, at: &Path, name: &str) -> Result<()> {
+        if at.is_dir() {
+            if self.mode == Mode::Strict && !self.joins.made.iter().any(|m| m == at) {
+                return Err(Error::Cgroup {
+                    path: at.display().to_string(),
+                    what: "it exists already",
+                    err: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                    hint: " (--manage-cgroups=strict restores into new cgroups only)",
+                });
+            }
+            return Ok(());
+        }
+        if !self.mode.makes() {
+            return Err(Error::Cgroup {
+                path: at.display().to_string(),
+                what: "it is missing",
+                err: std::io::Error::from(std::io::ErrorKind::NotFound),
+                hint: " (--manage-cgroups=none and props join existing cgroups only)",
+            });
+        }
+        make(
+            top,
+            at,
+            name.split(',').any(|c| c == "cpuset"),
+            &mut self.joins.made,
+        )
+    }
+
+    /// Make or check cgroup `d` of hierarchy `name` (its path rewritten
+    /// to `path`), then write its properties and permissions where the
+    /// mode wants them.
+    fn dir(&mut self, name: &str, path: &str, d: &CgroupDirEntry) -> Result<()> {
+        let top = self.top(name, path)?;
+        let at = top.join(path.trim_start_matches('/'));
+        self.ensure(&top, &at, name)?;
+        let made = self.joins.made.contains(&at);
+        if !self.mode.writes_props(made) {
+            return Ok(());
+        }
+        if let Some(p) = &d.dir_perms
+            && made
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(p.mode & 0o7777))
+                .map_err(cg_err(&at, "setting its mode", ""))?;
+            std::os::unix::fs::chown(&at, Some(p.uid), Some(p.gid)).map_err(cg_err(
+                &at,
+                "setting its owner",
+                "",
+            ))?;
+        }
+        for prop in &d.properties {
+            write_prop(&at, &prop.name, &prop.value)?;
+        }
+        Ok(())
+    }
+
     /// `cgroup.procs` of cgroup `path` of hierarchy `name`, made if
     /// missing and kept open at an fd from `first` up; none when it is the
     /// engine's own (the tasks inherit it).
     fn open(&mut self, name: &str, path: &str) -> Result<Option<RawFd>> {
-        let me = nix::unistd::getpid();
         if self.mine.iter().any(|(n, p)| n == name && p == path) {
             return Ok(None);
         }
-        let shown = if name.is_empty() { "cgroup2" } else { name };
-        let top = mount_of(&self.mounts, name).ok_or_else(|| Error::Unsupported {
-            pid: me,
-            what: format!(
-                "cgroup {path} of hierarchy {shown}, which is not mounted here (mount it, \
-                 or restore with --manage-cgroups=ignore)"
-            ),
-        })?;
-        let top = Path::new(top);
+        let top = self.top(name, path)?;
         let at = top.join(path.trim_start_matches('/'));
         if let Some(&fd) = self.opened.get(&at) {
             return Ok(Some(fd));
         }
-        if !at.is_dir() {
-            make(
-                top,
-                &at,
-                name.split(',').any(|c| c == "cpuset"),
-                &mut self.joins.made,
-            )?;
-        }
+        self.ensure(&top, &at, name)?;
         let procs = at.join("cgroup.procs");
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -505,6 +760,39 @@ impl Opener<'_> {
         self.opened.insert(at, raw);
         self.joins.fds.push(fd);
         Ok(Some(raw))
+    }
+}
+
+/// Write property `name` of cgroup `at` with `value` as dumped. A property
+/// this kernel does not have is reported and left.
+fn write_prop(at: &Path, name: &str, value: &str) -> Result<()> {
+    let v = match name {
+        // Controllers are enabled one by one.
+        "cgroup.subtree_control" => value
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => value.to_owned(),
+    };
+    if v.is_empty() {
+        return Ok(());
+    }
+    let file = at.join(name);
+    if std::fs::read_to_string(&file).is_ok_and(|now| prop_value(name, &now) == value) {
+        return Ok(());
+    }
+    match std::fs::write(&file, &v) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(cgroup = %at.display(), property = name, "cgroup property not restored: this kernel has none");
+            Ok(())
+        }
+        r => r.map_err(|err| Error::Cgroup {
+            path: at.display().to_string(),
+            what: "writing a property",
+            err: std::io::Error::new(err.kind(), format!("{name} = {v}: {err}")),
+            hint: "",
+        }),
     }
 }
 
@@ -546,6 +834,7 @@ pub fn prepare(
     }
     let me = nix::unistd::getpid();
     let mut at = Opener {
+        mode,
         mine: read_set(me, "/proc/self/cgroup")?,
         mounts: crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?,
         opened: HashMap::new(),
@@ -558,6 +847,14 @@ pub fn prepare(
             .find(|r| r.name == name)
             .map_or("/".to_owned(), |r| r.path.clone())
     };
+    // The saved cgroups, parents first, with their properties.
+    for c in &entry.controllers {
+        let name = c.cnames.join(",");
+        for d in &c.dirs {
+            let path = rewrite(&d.dir_name, &name, &base_of(&name), roots);
+            at.dir(&name, &path, d)?;
+        }
+    }
     let mut ns_root = Vec::new();
     for m in &root_members {
         if let Some(r) = ns_root_of(m) {
@@ -603,6 +900,21 @@ mod tests {
             ]
         );
         assert!(parse("4:memory\n").is_none());
+    }
+
+    #[test]
+    fn properties_and_modes_follow_criu() {
+        assert_eq!(
+            prop_value("memory.oom_control", "oom_kill_disable 1\nunder_oom 0\n"),
+            "1"
+        );
+        assert_eq!(prop_value("pids.max", "77\n"), "77");
+        assert!(props_of("").contains(&"memory.max"));
+        assert!(props_of("cpu,cpuacct").contains(&"cpu.cfs_quota_us"));
+        assert_eq!(Mode::from_criu("none"), Ok(Mode::Existing));
+        assert!(Mode::Soft.writes_props(true) && !Mode::Soft.writes_props(false));
+        assert!(Mode::Full.writes_props(false) && !Mode::Existing.writes_props(true));
+        assert!(Mode::Strict.makes() && !Mode::Props.makes());
     }
 
     #[test]
