@@ -459,7 +459,7 @@ impl<'a> Case<'a> {
     }
 
     /// One dump (and restore, unless norst), with the visible-state check.
-    fn cr(&self, pid: i32, iter: u32) -> Result<CrEnd, String> {
+    fn cr(&mut self, pid: i32, iter: u32) -> Result<CrEnd, String> {
         let Some(engine) = &self.opts.engine else {
             return Err("no engine given (use --engine, or --nocr)".into());
         };
@@ -547,6 +547,9 @@ impl<'a> Case<'a> {
                     }
                 }
             }
+            // From here the restored test is the one to clean up, whatever
+            // the checks say (in the ns flavors its init has another PID).
+            self.pid = Some(now);
             if !alive(now) {
                 return Err(format!("pid {now} is not running after restore"));
             }
