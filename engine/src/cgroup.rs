@@ -130,7 +130,7 @@ impl Sets {
                     let set = &s.sets[id];
                     for (name, path) in set {
                         let base = roots.get(name).map_or("/", String::as_str);
-                        if base != "/" && !under_root(path, base) {
+                        if !under_root(path, base) {
                             return Err(Error::Unsupported {
                                 pid: *pid,
                                 what: format!(
@@ -152,7 +152,7 @@ impl Sets {
     fn dirs(&self, names: &[&str]) -> Result<HashMap<String, Vec<CgroupDirEntry>>> {
         let me = nix::unistd::getpid();
         let mounts = crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
-        let mine = self.sets.first().cloned().unwrap_or_default();
+        let mine: &[(String, String)] = self.sets.first().map_or(&[], Vec::as_slice);
         let mut out = HashMap::new();
         for &name in names {
             let Some(top) = mount_of(&mounts, name) else {
@@ -214,7 +214,7 @@ impl Sets {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let dirs = self.dirs(&names)?;
+        let mut dirs = self.dirs(&names)?;
         let entry = CgroupEntry {
             sets: self
                 .sets
@@ -236,7 +236,7 @@ impl Sets {
                 .into_iter()
                 .map(|n| CgControllerEntry {
                     cnames: n.split(',').map(str::to_owned).collect(),
-                    dirs: dirs.get(n).cloned().unwrap_or_default(),
+                    dirs: dirs.remove(n).unwrap_or_default(),
                     // Every v1 hierarchy has a tasks file.
                     is_threaded: Some(!n.is_empty()),
                 })
@@ -430,9 +430,20 @@ impl Remap {
             }
         });
         match hierarchy {
-            Some((name, base)) => rewrite(root, name, base, &self.roots),
+            Some((name, _)) => self.path(name, root),
             None => root.to_owned(),
         }
+    }
+
+    /// Where cgroup `path` of hierarchy `name` goes: the part below the
+    /// root task's cgroup moves under `--cgroup-root`.
+    pub fn path(&self, name: &str, path: &str) -> String {
+        let base = self
+            .bases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("/", |(_, b)| b.as_str());
+        rewrite(path, name, base, &self.roots)
     }
 }
 
@@ -804,12 +815,13 @@ fn ns_root_of(m: &CgMemberEntry) -> Option<&str> {
 }
 
 /// Prepare the tasks' joins: each set's cgroups made where missing and
-/// their `cgroup.procs` opened at fds from `first` up. `tasks` are the set
-/// ids of the live tasks; `root_set` the root task's.
+/// their `cgroup.procs` opened at fds from `first` up, where `remap` puts
+/// them. `tasks` are the set ids of the live tasks; `root_set` the root
+/// task's.
 pub fn prepare(
     dir: &Dir,
     mode: Mode,
-    roots: &[CgRoot],
+    remap: &Remap,
     root_set: Option<u32>,
     tasks: &[u32],
     first: RawFd,
@@ -841,24 +853,18 @@ pub fn prepare(
         joins: &mut joins,
         first,
     };
-    let base_of = |name: &str| {
-        root_members
-            .iter()
-            .find(|r| r.name == name)
-            .map_or("/".to_owned(), |r| r.path.clone())
-    };
     // The saved cgroups, parents first, with their properties.
     for c in &entry.controllers {
         let name = c.cnames.join(",");
         for d in &c.dirs {
-            let path = rewrite(&d.dir_name, &name, &base_of(&name), roots);
+            let path = remap.path(&name, &d.dir_name);
             at.dir(&name, &path, d)?;
         }
     }
     let mut ns_root = Vec::new();
     for m in &root_members {
         if let Some(r) = ns_root_of(m) {
-            let path = rewrite(r, &m.name, &base_of(&m.name), roots);
+            let path = remap.path(&m.name, r);
             ns_root.extend(at.open(&m.name, &path)?);
         }
     }
@@ -874,7 +880,7 @@ pub fn prepare(
         })?;
         let mut fds = Vec::new();
         for m in &set.ctls {
-            let path = rewrite(&m.path, &m.name, &base_of(&m.name), roots);
+            let path = remap.path(&m.name, &m.path);
             fds.extend(at.open(&m.name, &path)?);
         }
         by_set.insert(id, fds);

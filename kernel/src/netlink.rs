@@ -319,6 +319,30 @@ pub mod nft {
     pub const NFT_MSG_NEWSET: u16 = 9;
     /// Message type NFT_MSG_GETSET.
     pub const NFT_MSG_GETSET: u16 = 10;
+    /// Message type NFT_MSG_GETCHAIN.
+    pub const NFT_MSG_GETCHAIN: u16 = 4;
+    /// Message type NFT_MSG_GETRULE.
+    pub const NFT_MSG_GETRULE: u16 = 7;
+    /// Message type NFT_MSG_NEWSETELEM.
+    pub const NFT_MSG_NEWSETELEM: u16 = 12;
+    /// Message type NFT_MSG_GETSETELEM.
+    pub const NFT_MSG_GETSETELEM: u16 = 13;
+    /// Message type NFT_MSG_NEWOBJ.
+    pub const NFT_MSG_NEWOBJ: u16 = 18;
+    /// Message type NFT_MSG_GETOBJ.
+    pub const NFT_MSG_GETOBJ: u16 = 19;
+    /// Message type NFT_MSG_NEWFLOWTABLE.
+    pub const NFT_MSG_NEWFLOWTABLE: u16 = 22;
+    /// Message type NFT_MSG_GETFLOWTABLE.
+    pub const NFT_MSG_GETFLOWTABLE: u16 = 23;
+    /// A chain's table (NFTA_CHAIN_TABLE).
+    pub const NFTA_CHAIN_TABLE: u16 = 1;
+    /// A chain's name (NFTA_CHAIN_NAME).
+    pub const NFTA_CHAIN_NAME: u16 = 3;
+    /// A rule's table (NFTA_RULE_TABLE).
+    pub const NFTA_RULE_TABLE: u16 = 1;
+    /// A rule's chain (NFTA_RULE_CHAIN).
+    pub const NFTA_RULE_CHAIN: u16 = 2;
     /// The `inet` family: one table sees IPv4 and IPv6.
     pub const NFPROTO_INET: u8 = 1;
 

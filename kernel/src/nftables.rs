@@ -9,25 +9,16 @@
 use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 
-use crate::netlink::nft::{self, NFT_MSG_NEWSET};
+use crate::netlink::nft::{
+    self, NFT_MSG_GETCHAIN, NFT_MSG_GETFLOWTABLE, NFT_MSG_GETOBJ, NFT_MSG_GETRULE, NFT_MSG_GETSET,
+    NFT_MSG_GETSETELEM, NFT_MSG_GETTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWFLOWTABLE, NFT_MSG_NEWOBJ,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NFTA_CHAIN_NAME,
+    NFTA_CHAIN_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_TABLE,
+};
 use crate::netlink::{
     self as nl, Builder, Msg, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
     Socket,
 };
-
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFT_MSG_GETSET: u16 = 10;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWOBJ: u16 = 18;
-const NFT_MSG_GETOBJ: u16 = 19;
-const NFT_MSG_NEWFLOWTABLE: u16 = 22;
-const NFT_MSG_GETFLOWTABLE: u16 = 23;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_FLAGS: u16 = 2;
@@ -49,8 +40,12 @@ const NFTA_SET_TYPE: u16 = 19;
 const NFTA_SET_COUNT: u16 = 20;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 3;
 const NFTA_OBJ_USE: u16 = 5;
 const NFTA_OBJ_HANDLE: u16 = 6;
+const NFTA_FLOWTABLE_TABLE: u16 = 1;
+const NFTA_FLOWTABLE_NAME: u16 = 2;
 const NFTA_FLOWTABLE_USE: u16 = 4;
 const NFTA_FLOWTABLE_HANDLE: u16 = 5;
 
@@ -73,6 +68,12 @@ fn list(s: &Socket, ty: u16, family: u8, attrs: &[(u16, &str)]) -> Result<Vec<Ms
         b = b.str(*t, v);
     }
     s.request(b.finish())
+}
+
+/// The nf_tables message type of message `m` (with its header).
+fn sub(m: &[u8]) -> u16 {
+    m.get(4..6)
+        .map_or(u16::MAX, |t| u16::from_ne_bytes([t[0], t[1]]) & 0xff)
 }
 
 fn str_of(payload: &[u8], ty: u16) -> Option<String> {
@@ -133,7 +134,7 @@ fn kernel_only(ty: u16) -> &'static [u16] {
 /// the sets of the transaction (the kernel wants one for each new set).
 fn request(m: &[u8], id: u32) -> Option<Vec<u8>> {
     let ty = u16::from_ne_bytes([*m.get(4)?, *m.get(5)?]);
-    let sub = ty & 0xff;
+    let sub = sub(m);
     let nfgen = m.get(16..20)?;
     let mut flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
     if sub == NFT_MSG_NEWRULE {
@@ -164,9 +165,8 @@ fn request(m: &[u8], id: u32) -> Option<Vec<u8>> {
 
 /// Whether a listed message is one [`restore`] makes again.
 fn wanted(m: &[u8]) -> bool {
-    let ty = u16::from_ne_bytes([m[4], m[5]]) & 0xff;
     matches!(
-        ty,
+        sub(m),
         NFT_MSG_NEWTABLE
             | NFT_MSG_NEWCHAIN
             | NFT_MSG_NEWSET
@@ -180,7 +180,7 @@ fn wanted(m: &[u8]) -> bool {
 /// The names of the tables in listed messages `msgs` (with headers).
 pub fn tables(msgs: &[&[u8]]) -> Vec<String> {
     msgs.iter()
-        .filter(|m| m.len() >= 20 && u16::from_ne_bytes([m[4], m[5]]) & 0xff == NFT_MSG_NEWTABLE)
+        .filter(|m| m.len() >= 20 && sub(m) == NFT_MSG_NEWTABLE)
         .filter_map(|m| str_of(&m[16..], NFTA_TABLE_NAME))
         .collect()
 }
@@ -190,20 +190,28 @@ pub fn describe(m: &[u8]) -> String {
     let Some(p) = m.get(16..) else {
         return "a cut message".into();
     };
-    let ty = u16::from_ne_bytes([m[4], m[5]]) & 0xff;
+    let ty = sub(m);
     let name = |t| str_of(p, t).unwrap_or_default();
     let (kind, own, table) = match ty {
         NFT_MSG_NEWTABLE => ("table", name(NFTA_TABLE_NAME), None),
-        NFT_MSG_NEWCHAIN => ("chain", name(3), Some(name(1))),
-        NFT_MSG_NEWRULE => ("a rule of chain", name(2), Some(name(1))),
+        NFT_MSG_NEWCHAIN => ("chain", name(NFTA_CHAIN_NAME), Some(name(NFTA_CHAIN_TABLE))),
+        NFT_MSG_NEWRULE => (
+            "a rule of chain",
+            name(NFTA_RULE_CHAIN),
+            Some(name(NFTA_RULE_TABLE)),
+        ),
         NFT_MSG_NEWSET => ("set", name(NFTA_SET_NAME), Some(name(NFTA_SET_TABLE))),
         NFT_MSG_NEWSETELEM => (
             "elements of set",
             name(NFTA_SET_ELEM_LIST_SET),
             Some(name(NFTA_SET_ELEM_LIST_TABLE)),
         ),
-        NFT_MSG_NEWOBJ => ("object", name(3), Some(name(1))),
-        NFT_MSG_NEWFLOWTABLE => ("flowtable", name(2), Some(name(1))),
+        NFT_MSG_NEWOBJ => ("object", name(NFTA_OBJ_NAME), Some(name(NFTA_OBJ_TABLE))),
+        NFT_MSG_NEWFLOWTABLE => (
+            "flowtable",
+            name(NFTA_FLOWTABLE_NAME),
+            Some(name(NFTA_FLOWTABLE_TABLE)),
+        ),
         _ => ("message", ty.to_string(), None),
     };
     match table {

@@ -304,38 +304,25 @@ pub fn replay(s: &Socket, msg: &[u8]) -> Result<(), Errno> {
     }
 }
 
-/// `msg` (an RTM_NEWADDR message) with `set` added to its flags.
+/// `msg` (an RTM_NEWADDR message) with `set` added to its flags, in the
+/// header's byte and in the u32 attribute the kernel reads first.
 pub fn addr_with_flags(msg: &[u8], set: u32) -> Vec<u8> {
-    let mut m = msg.to_vec();
-    let Some(hdr) = m.get(16..24) else {
-        return m;
+    let (Some((_, flags)), Some(hdr), Some(attrs)) =
+        (addr_family_flags(msg), msg.get(16..24), msg.get(24..))
+    else {
+        return msg.to_vec();
     };
-    let mut flags = u32::from(hdr[2]);
-    // The u32 attribute, when present, is the one the kernel reads.
-    let mut at = 24;
-    while at + 4 <= m.len() {
-        let len = usize::from(u16::from_ne_bytes([m[at], m[at + 1]]));
-        let ty = u16::from_ne_bytes([m[at + 2], m[at + 3]]) & 0x3fff;
-        if len < 4 || at + len > m.len() {
-            break;
+    let flags = flags | set;
+    let mut hdr = hdr.to_vec();
+    hdr[2] = u8::try_from(flags & 0xff).unwrap_or(0);
+    let ty = u16::from_ne_bytes([msg[4], msg[5]]);
+    let mut b = Builder::new(ty, u16::from_ne_bytes([msg[6], msg[7]]), &hdr);
+    for (raw, v) in nl::raw_attrs(attrs) {
+        if raw & 0x3fff != IFA_FLAGS {
+            b = b.attr(raw, v);
         }
-        if ty == IFA_FLAGS && len >= 8 {
-            flags = u32_at(&m, at + 4).unwrap_or(0) | set;
-            m[at + 4..at + 8].copy_from_slice(&flags.to_ne_bytes());
-            return m;
-        }
-        at += (len + 3) & !3;
     }
-    let low = u8::try_from((flags | set) & 0xff).unwrap_or(0);
-    m[18] = low;
-    let mut out = m;
-    let extra = Builder::new(0, 0, &[])
-        .attr(IFA_FLAGS, &(flags | set).to_ne_bytes())
-        .finish();
-    out.extend_from_slice(&extra[16..]);
-    let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
-    out[0..4].copy_from_slice(&len.to_ne_bytes());
-    out
+    b.attr(IFA_FLAGS, &flags.to_ne_bytes()).finish()
 }
 
 /// The family and flags of an RTM_NEWADDR message.
@@ -381,17 +368,20 @@ impl NewLink<'_> {
     }
 }
 
-/// Make a veth pair: `me` and its `peer`.
-pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), Errno> {
+/// A request making link `me` of `kind`, its IFLA_LINKINFO left open
+/// for the kind's data.
+fn new_link_msg(me: &NewLink<'_>, kind: &str) -> Builder {
     let b = Builder::new(
         RTM_NEWLINK,
         nl::NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         &ifinfomsg(me.index, 0, 0),
     );
-    let b = me
-        .attrs(b)
-        .nest(IFLA_LINKINFO)
-        .str(IFLA_INFO_KIND, "veth")
+    me.attrs(b).nest(IFLA_LINKINFO).str(IFLA_INFO_KIND, kind)
+}
+
+/// Make a veth pair: `me` and its `peer`.
+pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), Errno> {
+    let b = new_link_msg(me, "veth")
         .nest(IFLA_INFO_DATA)
         .nest(VETH_INFO_PEER)
         .attr_raw(&ifinfomsg(peer.index, 0, 0));
@@ -401,17 +391,7 @@ pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), 
 
 /// Make a link of `kind` ("bridge", ...) with no peer: `me`.
 pub fn new_link(s: &Socket, kind: &str, me: &NewLink<'_>) -> Result<(), Errno> {
-    let b = Builder::new(
-        RTM_NEWLINK,
-        nl::NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        &ifinfomsg(me.index, 0, 0),
-    );
-    let b = me
-        .attrs(b)
-        .nest(IFLA_LINKINFO)
-        .str(IFLA_INFO_KIND, kind)
-        .end();
-    s.request(b.finish()).map(drop)
+    s.request(new_link_msg(me, kind).end().finish()).map(drop)
 }
 
 /// Enslave link `index` to `master` (a bridge's index).

@@ -14,7 +14,10 @@ use std::net::{IpAddr, SocketAddr};
 use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 use nix::unistd::Pid;
-use stasis_kernel::netlink::nft::{self, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE};
+use stasis_kernel::netlink::nft::{
+    self, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE,
+    NFTA_RULE_CHAIN, NFTA_RULE_TABLE,
+};
 use stasis_kernel::netlink::{Builder, NLM_F_APPEND, NLM_F_CREATE, Socket};
 
 /// Packets with this mark pass the lock: the restore's own, which hand a
@@ -25,15 +28,11 @@ pub const MARK: u32 = 0x57a5_15c0;
 pub const METHOD_NFTABLES: u32 = 2;
 
 // nf_tables attributes and values (linux/netfilter/nf_tables.h).
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;

@@ -24,6 +24,10 @@ use super::{NS_ID, inside};
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
 
+/// The index of a network namespace's loopback device (the kernel's
+/// LOOPBACK_IFINDEX).
+const LOOPBACK_IFINDEX: i32 = 1;
+
 /// The id `peer_nsid` gives the tree's network namespace ([`NS_ID`]).
 const NETNS_ID: u32 = 1;
 
@@ -449,17 +453,19 @@ fn write_sysctls(conf: &NetnsEntry) {
     }
 }
 
-fn read_raw(dir: &Dir, name: &str, magic: u32, fixed: usize) -> Result<Option<Vec<u8>>> {
+/// The messages of raw image `name` (iproute2's save format under
+/// `magic`, each at least `fixed` bytes past its header); none when the
+/// dump wrote no such image.
+fn read_raw(dir: &Dir, name: &str, magic: u32, fixed: usize) -> Result<Vec<Vec<u8>>> {
     let path = dir.raw_file(name);
     match std::fs::read(&path) {
-        Ok(b) => {
-            rtnl::load(magic, &b, fixed).map_err(|e| Error::BadImage {
+        Ok(b) => rtnl::load(magic, &b, fixed)
+            .map(|msgs| msgs.into_iter().map(<[u8]>::to_vec).collect())
+            .map_err(|e| Error::BadImage {
                 path: name.to_owned(),
                 what: e.to_string(),
-            })?;
-            Ok(Some(b))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(err) => Err(Error::ImagesDir {
             path: path.display().to_string(),
             err,
@@ -471,15 +477,12 @@ fn read_raw(dir: &Dir, name: &str, magic: u32, fixed: usize) -> Result<Option<Ve
 /// passed duplicate address detection is added without it, so that it is
 /// usable at once, as it was.
 fn add_addresses(s: &Socket, dir: &Dir) -> Result<()> {
-    let Some(bytes) = read_raw(dir, &addr_image(), rtnl::ADDR_MAGIC, 8)? else {
-        return Ok(());
-    };
-    for m in rtnl::load(rtnl::ADDR_MAGIC, &bytes, 8).unwrap_or_default() {
-        let (family, flags) = rtnl::addr_family_flags(m).unwrap_or((0, 0));
+    for m in read_raw(dir, &addr_image(), rtnl::ADDR_MAGIC, 8)? {
+        let (family, flags) = rtnl::addr_family_flags(&m).unwrap_or((0, 0));
         let m = if family == rtnl::AF_INET6 && flags & rtnl::IFA_F_TENTATIVE == 0 {
-            rtnl::addr_with_flags(m, rtnl::IFA_F_NODAD)
+            rtnl::addr_with_flags(&m, rtnl::IFA_F_NODAD)
         } else {
-            m.to_vec()
+            m
         };
         let index = u32::from_ne_bytes([m[20], m[21], m[22], m[23]]);
         rtnl::replay(s, &m).map_err(net_err(
@@ -494,10 +497,7 @@ fn add_addresses(s: &Socket, dir: &Dir) -> Result<()> {
 /// `ip route restore` takes.
 fn add_routes(s: &Socket, dir: &Dir) -> Result<()> {
     for family in [rtnl::AF_INET, rtnl::AF_INET6] {
-        let Some(bytes) = read_raw(dir, &route_image(family), rtnl::ROUTE_MAGIC, 12)? else {
-            continue;
-        };
-        let msgs = rtnl::load(rtnl::ROUTE_MAGIC, &bytes, 12).unwrap_or_default();
+        let msgs = read_raw(dir, &route_image(family), rtnl::ROUTE_MAGIC, 12)?;
         for stage in 0..3 {
             for m in msgs.iter().filter(|m| rtnl::route_stage(m) == stage) {
                 rtnl::replay(s, m).map_err(net_err(
@@ -514,15 +514,16 @@ fn add_routes(s: &Socket, dir: &Dir) -> Result<()> {
 /// namespace has already (its defaults): a rule is added again even when
 /// an equal one exists.
 fn add_rules(s: &Socket, dir: &Dir) -> Result<()> {
-    let Some(bytes) = read_raw(dir, &rule_image(), rtnl::RULE_MAGIC, 12)? else {
+    let saved = read_raw(dir, &rule_image(), rtnl::RULE_MAGIC, 12)?;
+    if saved.is_empty() {
         return Ok(());
-    };
+    }
     let have: Vec<Vec<u8>> = rtnl::rules(s)
         .map_err(net_err("reading the routing rules".into(), ""))?
         .iter()
         .map(Msg::bytes)
         .collect();
-    for m in rtnl::load(rtnl::RULE_MAGIC, &bytes, 12).unwrap_or_default() {
+    for m in &saved {
         if have.iter().any(|h| rtnl::same_rule(h, m)) {
             continue;
         }
@@ -537,10 +538,11 @@ fn add_rules(s: &Socket, dir: &Dir) -> Result<()> {
 /// Make the nf_tables ruleset of `nftables-netlink-1.img` again, in one
 /// transaction.
 fn add_ruleset(dir: &Dir) -> Result<()> {
-    let Some(bytes) = read_raw(dir, &nft_image(), nftables::MAGIC, 4)? else {
+    let saved = read_raw(dir, &nft_image(), nftables::MAGIC, 4)?;
+    if saved.is_empty() {
         return Ok(());
-    };
-    let msgs = rtnl::load(nftables::MAGIC, &bytes, 4).unwrap_or_default();
+    }
+    let msgs: Vec<&[u8]> = saved.iter().map(Vec::as_slice).collect();
     let what = || {
         format!(
             "making its nftables ruleset again (tables {})",
@@ -560,8 +562,8 @@ fn add_ruleset(dir: &Dir) -> Result<()> {
 
 /// Restore the tree's network namespace into the current one, new and
 /// empty (the engine just made it): devices, sysctls, addresses, device
-/// state, routes. `outer` is the engine's own namespace, where veth peers
-/// outside the tree go.
+/// state, routes, routing rules, the nftables ruleset. `outer` is the
+/// engine's own namespace, where veth peers outside the tree go.
 pub(super) fn restore(dir: &Dir, outer: &Outside, veths: &[(String, String)]) -> Result<()> {
     let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
     let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
@@ -580,13 +582,10 @@ pub(super) fn restore(dir: &Dir, outer: &Outside, veths: &[(String, String)]) ->
     }
     make_devices(&s, &devs, outer, veths)?;
     write_sysctls(&conf);
-    let links = rtnl::links(&s).map_err(net_err("reading the devices made".into(), ""))?;
     let set = |d: &NetDeviceEntry| {
+        // A namespace's loopback device is always its first.
         let index = if d.r#type == NdType::Loopback as i32 {
-            links
-                .iter()
-                .find(|l| l.hw_type == rtnl::ARPHRD_LOOPBACK)
-                .map_or(1, |l| l.index)
+            LOOPBACK_IFINDEX
         } else {
             d.ifindex.cast_signed()
         };

@@ -397,7 +397,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
     // Held until every task joined its cgroups; the cgroups made go again
     // if the restore fails.
-    let cgroups = join_cgroups(&mut plans, &dir, opts, ready_w.as_raw_fd() + 1)?;
+    let cgroups = join_cgroups(&mut plans, &dir, opts, &remap, ready_w.as_raw_fd() + 1)?;
     let (tramp, _tramp_map) = map_trampoline(&plans)?;
 
     let mask = sys::engine_mask();
@@ -498,6 +498,7 @@ fn join_cgroups(
     plans: &mut [Plan],
     dir: &Dir,
     opts: &Opts,
+    remap: &crate::cgroup::Remap,
     first: RawFd,
 ) -> Result<crate::cgroup::Joins> {
     let set = |p: &Plan| p.core.tc.as_ref().and_then(|t| t.cg_set);
@@ -523,14 +524,7 @@ fn join_cgroups(
         .filter_map(set)
         .collect();
     let root_set = plans.first().and_then(set);
-    let joins = crate::cgroup::prepare(
-        dir,
-        opts.cgroups,
-        &opts.cgroup_roots,
-        root_set,
-        &live,
-        first,
-    )?;
+    let joins = crate::cgroup::prepare(dir, opts.cgroups, remap, root_set, &live, first)?;
     for p in plans.iter_mut().filter(|p| p.zombie.is_none()) {
         p.cgroup_fds = joins.of(set(p));
     }
