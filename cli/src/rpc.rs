@@ -63,13 +63,32 @@ pub fn service(
             None,
         )
         .context("cannot make the service socket")?;
+        // Bound under a temporary name and renamed once it listens: a
+        // client that waits for the path to appear never finds it refusing
+        // (where the longer name still fits a socket address).
+        let mut tmp = address.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let bound = if UnixAddr::new(&tmp).is_ok() {
+            tmp.as_path()
+        } else {
+            address
+        };
         // A socket file left by an earlier service.
-        let _ = std::fs::remove_file(address);
-        let addr = UnixAddr::new(address)
+        let _ = std::fs::remove_file(bound);
+        let addr = UnixAddr::new(bound)
             .with_context(|| format!("{} is not a socket address", address.display()))?;
         bind(s.as_raw_fd(), &addr)
             .with_context(|| format!("cannot bind the service socket to {}", address.display()))?;
         listen(&s, Backlog::new(16).unwrap_or(Backlog::MAXCONN)).context("cannot listen")?;
+        if bound != address
+            && let Err(e) = std::fs::rename(bound, address)
+        {
+            let _ = std::fs::remove_file(bound);
+            return Err(e).with_context(|| {
+                format!("cannot put the service socket at {}", address.display())
+            });
+        }
         s
     };
     if daemon {
