@@ -1525,6 +1525,47 @@ fn tail_follows_its_file_after_restore() {
     );
 }
 
+/// Run where its session and group leaders are out of sight (stasis in a
+/// container, or under a supervisor whose session began in an outer PID
+/// namespace: /proc says session 0), a task comes back in the restore's
+/// session and group and keeps counting. The PID namespace ends with its
+/// init, the shell, on every path.
+#[test]
+fn a_task_whose_session_leader_is_out_of_sight_comes_back() {
+    need_root();
+    let tmp = tmpdir();
+    let img = images(tmp.path(), "img");
+    let count = tmp.path().join("count");
+    let script = format!(
+        "set -e\n\
+         i=0; (while :; do i=$((i+1)); echo $i > {count}; sleep 0.05; done) &\n\
+         p=$!\n\
+         while [ ! -s {count} ]; do sleep 0.05; done\n\
+         grep -q ') S [0-9]* 0 0 ' /proc/$p/stat || {{ echo leaders in sight; exit 3; }}\n\
+         {stasis} dump -t $p -D {img}\n\
+         wait $p || true\n\
+         {stasis} restore -d -D {img}\n\
+         a=$(cat {count}); sleep 0.5; b=$(cat {count})\n\
+         [ \"$b\" -gt \"$a\" ] || {{ echo not counting: $a $b; exit 4; }}\n\
+         kill -9 $p\n",
+        count = count.display(),
+        stasis = stasis(),
+        img = img.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The children of `pid`.
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

@@ -197,8 +197,9 @@ fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     }
     let mut files = Table::load(dir)?;
     files.make_memfds(dir)?;
-    let pstree: Vec<PstreeEntry> = dir.read_all(img::PSTREE, 0)?;
+    let mut pstree: Vec<PstreeEntry> = dir.read_all(img::PSTREE, 0)?;
     check_pstree(&pstree)?;
+    inherit_unseen_leaders(&mut pstree);
     let mut plans = Vec::new();
     for pst in pstree {
         let id = u64::from(pst.pid);
@@ -785,12 +786,9 @@ fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
         return Err(bad("no task".into()));
     }
     let mut seen = std::collections::HashSet::new();
-    // In a PID namespace of its own (its root is PID 1), group and session
-    // 0 are ones whose leader is outside it, inherited from the restore.
-    let own = pstree.first().is_some_and(|p| p.pid == 1);
     for (i, p) in pstree.iter().enumerate() {
         let limit = u32::try_from(i32::MAX).unwrap_or(u32::MAX);
-        if p.pid == 0 || p.pid > limit || (!own && (p.pgid == 0 || p.sid == 0)) {
+        if p.pid == 0 || p.pid > limit || p.pgid > limit || p.sid > limit {
             return Err(bad(format!(
                 "task {} has pid {}, group {}, session {}",
                 i, p.pid, p.pgid, p.sid
@@ -818,6 +816,35 @@ fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Group and session 0 are ones whose leader the dump could not see (in an
+/// outer PID namespace: the dump ran in a container, or under a supervisor
+/// whose session began there). No task can make them again, so the tree
+/// takes the restore's own, as its children would; in a PID namespace of its
+/// own (root PID 1) that already is what the restore's init inherits.
+fn inherit_unseen_leaders(pstree: &mut [PstreeEntry]) {
+    if pstree.first().is_some_and(|p| p.pid == 1) {
+        return;
+    }
+    let sid = nix::unistd::getsid(None).map_or(0, |s| s.as_raw().cast_unsigned());
+    let pgid = nix::unistd::getpgrp().as_raw().cast_unsigned();
+    for p in pstree.iter_mut() {
+        if p.sid == 0 {
+            tracing::info!(
+                "task {}: its session's leader was out of sight; it joins ours",
+                p.pid
+            );
+            p.sid = sid;
+        }
+        if p.pgid == 0 {
+            tracing::info!(
+                "task {}: its group's leader was out of sight; it joins ours",
+                p.pid
+            );
+            p.pgid = pgid;
+        }
+    }
 }
 
 /// The VMAs of `mm-ID.img` are mappings a task can have: page-aligned,
