@@ -142,21 +142,23 @@ impl CrArgs {
             return None;
         }
         let (scripts, dir) = (self.action_script.clone(), self.images_dir.clone());
-        Some(stasis_engine::notify::Notify::new(move |point, pid| {
-            for s in &scripts {
-                let st = std::process::Command::new(s)
-                    .env("CRTOOLS_SCRIPT_ACTION", point)
-                    .env("CRTOOLS_IMAGE_DIR", &dir)
-                    .env("CRTOOLS_INIT_PID", pid.to_string())
-                    .stdin(std::process::Stdio::null())
-                    .status()
-                    .map_err(|e| format!("cannot run action script {}: {e}", s.display()))?;
-                if !st.success() {
-                    return Err(format!("action script {} failed ({st})", s.display()));
+        Some(stasis_engine::notify::Notify::new(
+            move |point, pid, _fd| {
+                for s in &scripts {
+                    let st = std::process::Command::new(s)
+                        .env("CRTOOLS_SCRIPT_ACTION", point)
+                        .env("CRTOOLS_IMAGE_DIR", &dir)
+                        .env("CRTOOLS_INIT_PID", pid.to_string())
+                        .stdin(std::process::Stdio::null())
+                        .status()
+                        .map_err(|e| format!("cannot run action script {}: {e}", s.display()))?;
+                    if !st.success() {
+                        return Err(format!("action script {} failed ({st})", s.display()));
+                    }
                 }
-            }
-            Ok(())
-        }))
+                Ok(())
+            },
+        ))
     }
 
     /// The log file: CRIU resolves a relative one against the images directory.
@@ -458,6 +460,8 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         dir: a.cr.images_dir.clone(),
         leave_running: a.leave_running,
         shell_job: a.shell_job,
+        // RPC only, as in CRIU: runtimes hold the console's master.
+        orphan_pts_master: false,
         timeout: std::time::Duration::from_secs(a.timeout.max(1)),
         ghost_limit: a.ghost_limit,
         file_locks: a.file_locks,
@@ -493,6 +497,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         progress: bar.progress(),
         dir: a.cr.images_dir.clone(),
         shell_job: a.shell_job,
+        orphan_pts_master: false,
         detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
         sibling: false,

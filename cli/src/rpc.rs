@@ -532,18 +532,34 @@ fn notifier(
         .try_clone()
         .map_err(|e| format!("cannot keep the socket for notifications: {e}"))?;
     Ok(Some(stasis_engine::notify::Notify::new(
-        move |script, pid| {
+        move |script, pid, fd| {
             let resp = CriuResp {
                 r#type: CriuReqType::Notify as i32,
                 success: true,
                 notify: Some(stasis_proto::rpc::CriuNotify {
                     script: Some(script.to_owned()),
-                    pid: Some(pid),
+                    // A point with an fd carries no PID, as in CRIU.
+                    pid: fd.is_none().then_some(pid),
                 }),
                 ..CriuResp::default()
             };
-            send(sock.as_raw_fd(), &resp.encode_to_vec(), MsgFlags::empty())
-                .map_err(|e| format!("cannot send the notification: {e}"))?;
+            let bytes = resp.encode_to_vec();
+            match fd {
+                // The fd rides with the message (SCM_RIGHTS).
+                Some(fd) => {
+                    let fds = [fd.as_raw_fd()];
+                    nix::sys::socket::sendmsg::<()>(
+                        sock.as_raw_fd(),
+                        &[std::io::IoSlice::new(&bytes)],
+                        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                        MsgFlags::empty(),
+                        None,
+                    )
+                    .map(drop)
+                }
+                None => send(sock.as_raw_fd(), &bytes, MsgFlags::empty()).map(drop),
+            }
+            .map_err(|e| format!("cannot send the notification: {e}"))?;
             match receive(&sock) {
                 Ok(Some(req)) if req.r#type == CriuReqType::Notify as i32 => {
                     if req.notify_success == Some(true) {
@@ -628,6 +644,7 @@ fn dump(
             dir: dir.clone(),
             leave_running: o.leave_running.unwrap_or(false),
             shell_job: o.shell_job.unwrap_or(false),
+            orphan_pts_master: o.orphan_pts_master.unwrap_or(false),
             timeout: std::time::Duration::from_secs(u64::from(o.timeout.unwrap_or(10)).max(1)),
             ghost_limit: u64::from(o.ghost_limit.unwrap_or(1 << 20)),
             file_locks: o.file_locks.unwrap_or(false),
@@ -655,14 +672,10 @@ fn restore(
     let dir = images_dir(o, peer)?;
     with_log(o, &dir, peer, "restore", || {
         refuse_unknown(o)?;
-        // The pty master of a tree's terminal that is outside it, handed
-        // to the caller: a tree without ptys has none.
-        if o.orphan_pts_master == Some(true) && dir.join("tty-info.img").exists() {
-            return Err("orphan_pts_master with a tree that has ptys is not supported yet".into());
-        }
         let opts = stasis_engine::restore::Opts {
             dir: dir.clone(),
             shell_job: o.shell_job.unwrap_or(false),
+            orphan_pts_master: o.orphan_pts_master.unwrap_or(false),
             // The caller waits for the tree, not stasis.
             detached: true,
             sibling: o.rst_sibling.unwrap_or(false),

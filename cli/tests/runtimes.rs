@@ -92,8 +92,11 @@ impl Drop for Ctr {
     }
 }
 
-#[test]
-fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
+/// A busybox bundle in `tmp` whose container runs `script` (with a cgroup
+/// namespace too, as podman and docker give on cgroup v2, and a terminal
+/// if asked), and runc set up to find stasis as `criu` on PATH, as a user
+/// would; the container is `stasis-test-PID-NAME`.
+fn busybox_bundle(tmp: &Path, name: &str, script: &str, terminal: bool) -> (Ctr, String) {
     need(
         nix::unistd::geteuid().is_root(),
         "root: runc makes containers",
@@ -109,24 +112,21 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
         busybox.is_some(),
         "a static busybox (Debian's busybox-static)",
     );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let bundle = tmp.path().join("bundle");
+    let bundle = tmp.join("bundle");
     let root = bundle.join("rootfs");
     for d in ["bin", "proc", "sys", "dev", "tmp", "www"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
     std::fs::copy(busybox.unwrap_or_default(), root.join("bin/busybox")).expect("busybox");
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
-    std::fs::write(root.join("www/index.html"), "served by a restored httpd\n").expect("www");
-    // `criu` on PATH is stasis, as a user would set it up.
-    let bin = tmp.path().join("bin");
+    let bin = tmp.join("bin");
     std::fs::create_dir(&bin).expect("mkdir bin");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
     let mut path = bin.into_os_string();
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
-    let id = format!("stasis-test-{}", std::process::id());
-    let mut ctr = Ctr {
+    let id = format!("stasis-test-{}-{name}", std::process::id());
+    let ctr = Ctr {
         ids: vec![id.clone()],
         path,
         bundle: bundle.clone(),
@@ -135,23 +135,34 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     ctr.ok(&["spec"]);
     let spec = bundle.join("config.json");
     let text = std::fs::read_to_string(&spec).expect("config.json");
+    let quoted = format!("{script:?}");
     let text = text
-        .replace("\"terminal\": true", "\"terminal\": false")
+        .replace("\"terminal\": true", &format!("\"terminal\": {terminal}"))
         .replace("\"readonly\": true", "\"readonly\": false")
-        // A cgroup namespace too, as podman and docker give on cgroup v2.
         .replace(
             "\"type\": \"mount\"\n\t\t\t}",
             "\"type\": \"mount\"\n\t\t\t},\n\t\t\t{\n\t\t\t\t\"type\": \"cgroup\"\n\t\t\t}",
         )
-        .replace(
-            "\"sh\"\n\t\t]",
-            "\"sh\", \"-c\", \"/bin/busybox httpd -p 127.0.0.1:8080 -h /www; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; /bin/busybox sleep 0.1; done\"\n\t\t]",
-        );
+        .replace("\"sh\"\n\t\t]", &format!("\"sh\", \"-c\", {quoted}\n\t\t]"));
     assert!(
-        text.contains("httpd") && text.contains("\"cgroup\""),
+        text.contains(&quoted) && text.contains("\"cgroup\""),
         "runc spec changed its layout: {text}"
     );
     std::fs::write(&spec, text).expect("config.json");
+    (ctr, id)
+}
+
+#[test]
+fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut ctr, id) = busybox_bundle(
+        tmp.path(),
+        "web",
+        "/bin/busybox httpd -p 127.0.0.1:8080 -h /www; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; /bin/busybox sleep 0.1; done",
+        false,
+    );
+    let root = ctr.bundle.join("rootfs");
+    std::fs::write(root.join("www/index.html"), "served by a restored httpd\n").expect("www");
     ctr.ok(&["run", "-d", &id]);
     let count = root.join("tmp/count");
     wait_counter(&count, 2);
@@ -239,4 +250,159 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     let now = wait_counter(&count, before);
     wait_counter(&count, now + 2);
     assert_eq!(http(&ctr, &new_id), "served by a restored httpd\n");
+}
+
+/// A console socket as `runc --console-socket` wants one: each pty master
+/// sent to it (with the message's text: runc's pty name at create,
+/// "orphan-pts-master" from a restore) comes out of the returned channel.
+fn console_socket(path: &Path) -> std::sync::mpsc::Receiver<(String, std::os::fd::OwnedFd)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind the console socket");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut buf = [0u8; 256];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+            let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let Ok(msg) = rustix::net::recvmsg(&conn, &mut iov, &mut cmsg, RecvFlags::empty())
+            else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+            for m in cmsg.drain() {
+                if let RecvAncillaryMessage::ScmRights(fds) = m {
+                    for fd in fds {
+                        if tx.send((text.clone(), fd)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Write `line` to the pty master and read until `want` comes back (the
+/// container echoes what it reads); all that was read.
+fn converse(master: &std::os::fd::OwnedFd, line: &str, want: &str) -> String {
+    use std::os::fd::AsFd;
+    nix::unistd::write(master, format!("{line}\n").as_bytes()).expect("write to the console");
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&got).contains(want) && t.elapsed() < Duration::from_secs(10) {
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) > 0 {
+            let mut b = [0u8; 1024];
+            match nix::unistd::read(master, &mut b) {
+                Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+                _ => break,
+            }
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `runc run -t` with a console socket: the container's stdio is a pty of
+/// its own devpts, /dev/console a bind of it, the master runc's caller's.
+/// Checkpointed and restored twice, the new master comes to the console
+/// socket each time ("orphan-pts-master"), the shell answers through it,
+/// holds the terminal as its controlling one in the foreground, with the
+/// window size it had, and counts on.
+#[test]
+fn runc_checkpoints_and_restores_a_terminal_container_through_its_console_socket() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ctr, id) = busybox_bundle(
+        tmp.path(),
+        "tty",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; read -t 0.1 l && echo \"got:$l\"; done",
+        true,
+    );
+    let sock = tmp.path().join("console.sock");
+    let masters = console_socket(&sock);
+    let sock_s = sock.to_str().expect("utf8");
+    ctr.ok(&["run", "-d", "--console-socket", sock_s, &id]);
+    let (_, mut master) = masters
+        .recv_timeout(Duration::from_secs(10))
+        .expect("runc sent no pty master");
+    let count = ctr.bundle.join("rootfs/tmp/count");
+    wait_counter(&count, 2);
+    let got = converse(&master, "zero", "got:zero");
+    assert!(got.contains("got:zero"), "before the checkpoint: {got:?}");
+    let mut ws = rustix::termios::tcgetwinsize(&master).expect("TIOCGWINSZ");
+    (ws.ws_row, ws.ws_col) = (33, 111);
+    rustix::termios::tcsetwinsize(&master, ws).expect("TIOCSWINSZ");
+    for cycle in 0..2 {
+        let img = tmp.path().join(format!("img{cycle}"));
+        let img_s = img.to_str().expect("utf8");
+        ctr.ok(&["checkpoint", "--image-path", img_s, &id]);
+        assert_ne!(ctr.status(&id), "running", "checkpoint {cycle}");
+        if cycle == 0 {
+            // From the command line nobody would hold the new master: the
+            // restore says so before it makes anything.
+            let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
+                .args(["restore", "-d", "-D", img_s])
+                .output()
+                .expect("run stasis");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("pty 0") && err.contains("orphan_pts_master"),
+                "a command-line restore of the terminal container: {err}"
+            );
+        }
+        let before = read_counter(&count);
+        ctr.ok(&[
+            "restore",
+            "-d",
+            "--console-socket",
+            sock_s,
+            "--image-path",
+            img_s,
+            &id,
+        ]);
+        assert_eq!(ctr.status(&id), "running", "after restore {cycle}");
+        let (text, m) = masters
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the restore sent no pty master to the console socket");
+        assert_eq!(text, "orphan-pts-master", "restore {cycle}");
+        master = m;
+        let now = wait_counter(&count, before);
+        wait_counter(&count, now + 2);
+        let word = format!("cycle{cycle}");
+        let got = converse(&master, &word, &format!("got:{word}"));
+        assert!(
+            got.contains(&format!("got:{word}")),
+            "after restore {cycle}, the console gave {got:?}"
+        );
+        let now_ws = rustix::termios::tcgetwinsize(&master).expect("TIOCGWINSZ");
+        assert_eq!(
+            (now_ws.ws_row, now_ws.ws_col),
+            (33, 111),
+            "window size after restore {cycle}"
+        );
+        // The shell's session has the pty as its controlling terminal, with
+        // the shell in the foreground (what ^C reaches).
+        let state = String::from_utf8_lossy(&ctr.runc(&["state", &id]).stdout).into_owned();
+        let pid: i32 = state
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("\"pid\": "))
+            .and_then(|p| p.trim_end_matches(',').parse().ok())
+            .expect("runc state gives the pid");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split(' ').collect())
+            .unwrap_or_default();
+        assert!(
+            f.get(5).is_some_and(|t| *t != "0") && f.get(6) == Some(&pid.to_string().as_str()),
+            "after restore {cycle}: tty_nr {:?}, foreground group {:?} (the shell is {pid})",
+            f.get(5),
+            f.get(6)
+        );
+    }
 }

@@ -132,6 +132,12 @@ pub enum EngineError {
     Timeout { secs: u64, step: &'static str },
     #[error("{what}")]
     Arch { what: String },
+    #[error(
+        "pty {index}: its master was outside the tree (a container's console) and the restore \
+         has no caller to hand a new one to; restore it through RPC with orphan_pts_master and \
+         notify_scripts, as runc restore --console-socket does"
+    )]
+    OrphanPty { index: u32 },
     #[error("the caller refused the {script} point: {what}")]
     Notify { script: &'static str, what: String },
 }

@@ -32,6 +32,10 @@ pub struct Opts {
     pub leave_running: bool,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// RPC `orphan_pts_master`: a pty slave whose master is outside the
+    /// tree (a container's console) is dumped; the restore makes a new
+    /// master and hands it to the caller.
+    pub orphan_pts_master: bool,
     /// `--timeout`: how long freezing may take.
     pub timeout: std::time::Duration,
     /// `--ghost-limit`: largest deleted-while-open file saved, in bytes.
@@ -207,6 +211,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut stats = Stats::default();
     let fopts = files::Opts {
         shell_job: opts.shell_job,
+        orphan_pts_master: opts.orphan_pts_master,
         ghost_limit: opts.ghost_limit,
         leave_running: opts.leave_running,
         file_locks: opts.file_locks,
@@ -426,7 +431,14 @@ fn dump_task(
     }
     // Read once: the task is frozen.
     let st = proc::stat(pid, None)?;
-    if let Some(ctty) = crate::files::tty::dump_ctty(pid, &st, &fds) {
+    if let Some(mut ctty) = crate::files::tty::dump_ctty(pid, &st, &fds) {
+        // The session and foreground group as the tree sees them (its own
+        // PID namespace's numbers, which the restore's TIOCSPGRP takes).
+        ctty.sid = out.pids.image(pid);
+        ctty.pgrp = match u32::try_from(st.tpgid) {
+            Ok(g) if g > 0 => out.pids.image(Pid::from_raw(st.tpgid)),
+            _ => 0,
+        };
         files.add_ctty(ctty);
     }
     let mem = rx.recv().map_err(|_| Error::Unexpected {

@@ -46,6 +46,9 @@ use crate::{sys, task::proc};
 pub struct Opts {
     /// `--shell-job`: terminals are outside the tree and reopened by path.
     pub shell_job: bool,
+    /// RPC `orphan_pts_master`: a pty slave whose master is outside the
+    /// tree is dumped on its own (see [`tty`]).
+    pub orphan_pts_master: bool,
     /// `--ghost-limit`: the largest file deleted while open whose contents
     /// go into the images.
     pub ghost_limit: u64,
@@ -516,6 +519,9 @@ pub struct Table {
     pub(crate) inherited: HashMap<String, OwnedFd>,
     /// Dump: the options of the dump (for files found in flight).
     pub(crate) opts: Opts,
+    /// Restore: ptys the mount restore made (bind sources in a devpts of
+    /// the tree's), their masters by index.
+    premade_ptys: HashMap<u32, OwnedFd>,
     /// POSIX message queues the tree has open.
     mqueues: crate::ipc::mqueue::Queues,
     /// Dump: whether each device (a filesystem) seen is the mqueue one.
@@ -698,9 +704,16 @@ impl Table {
                 FdTypes::Tty
             } else if opts.shell_job {
                 FdTypes::Reg
+            } else if opts.orphan_pts_master
+                && crate::files::tty::pty_end(meta.rdev(), || None).is_some()
+            {
+                // A slave whose master the caller holds (a container's
+                // console): it gets a new master at the restore.
+                FdTypes::Tty
             } else {
                 return Err(unsupported(format!(
-                    "terminal {}; dump a job started from a shell with --shell-job",
+                    "terminal {}; dump a job started from a shell with --shell-job (a container's \
+                     console is dumped through RPC with orphan_pts_master, as runc does)",
                     fd.target
                 )));
             }
@@ -853,6 +866,31 @@ impl Table {
     }
 
     /// A copy of the master of pty `index`, if a task of the tree has it.
+    /// Restore: the ptys the mount restore made, by index (see
+    /// [`crate::ns::mnt`]).
+    pub fn give_ptys(&mut self, ptys: Vec<(u32, OwnedFd)>) {
+        self.premade_ptys.extend(ptys);
+    }
+
+    pub(crate) fn premade_pty(&self, index: u32) -> Option<&OwnedFd> {
+        self.premade_ptys.get(&index)
+    }
+
+    /// Restore: the indices of ptys whose master was outside the tree (a
+    /// slave entry without a master entry).
+    pub fn orphan_ptys(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .ttys
+            .iter()
+            .filter(|t| t.r#type == stasis_proto::images::TtyType::Pty as i32 && t.id % 2 == 0)
+            .filter_map(|t| t.pty.as_ref().map(|p| p.index))
+            .filter(|&i| !self.has_tty_info(tty::end_id(i, true)))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     pub(crate) fn pty_master(&self, index: u32) -> Option<OwnedFd> {
         for &pid in &self.tree {
             let Ok(fds) = proc::fds(pid) else { continue };
@@ -1404,9 +1442,15 @@ impl Table {
         }
     }
 
-    /// Open every file in `ids` again, once per open file description.
-    /// Errors name `pid`/`fd`, the first task using the file.
-    pub fn open_all(&self, uses: &[(Pid, i32, u32)]) -> Result<HashMap<u32, OwnedFd>> {
+    /// Open every file in `ids` again, once per open file description,
+    /// and the new masters of the ptys whose master was outside the tree,
+    /// by index (the caller hands them over). Errors name `pid`/`fd`, the
+    /// first task using the file.
+    #[allow(clippy::type_complexity)]
+    pub fn open_all(
+        &self,
+        uses: &[(Pid, i32, u32)],
+    ) -> Result<(HashMap<u32, OwnedFd>, Vec<(u32, OwnedFd)>)> {
         let mut cx = OpenCtx {
             pid: Pid::from_raw(0),
             fd: -1,
@@ -1429,6 +1473,11 @@ impl Table {
             let opened = self.open_entry(id, &mut cx)?;
             cx.opened.insert(id, opened);
         }
+        let orphans = self
+            .orphan_ptys()
+            .into_iter()
+            .filter_map(|i| cx.ptys.remove(&i).map(|(m, _, _)| (i, m)))
+            .collect();
         let mut out = std::mem::take(&mut cx.opened);
         let fifos = std::mem::take(&mut cx.fifos);
         // A FIFO's queued bytes live while it is open: the keepers stay in the
@@ -1436,7 +1485,7 @@ impl Table {
         for (k, keeper) in fifos.into_values().enumerate() {
             out.insert(u32::MAX - u32::try_from(k).unwrap_or(0), keeper);
         }
-        Ok(out)
+        Ok((out, orphans))
     }
 
     /// Make file `id` again, for the task and fd in `cx`.

@@ -75,13 +75,15 @@ pub fn restore_ctty(
     r: &Remote,
     t: &Trampoline,
     files: &Table,
+    pst: &stasis_proto::images::PstreeEntry,
     fdinfo: &[stasis_proto::images::FdinfoEntry],
 ) -> Result<()> {
     let pid = r.tid;
+    // By the session's number in the images (the tree's own PID namespace).
     let Some(info) = files
         .ttys()
         .iter()
-        .find(|i| i.sid == pid.as_raw().cast_unsigned())
+        .find(|i| i.sid == pst.pid && i.id & 0x8000_0000 != 0)
     else {
         return Ok(());
     };
@@ -372,7 +374,13 @@ impl FileKind for Tty {
             } else {
                 table.pty_master(index)
             };
-            let m = m.ok_or_else(|| cx.format_err("pty master"))?;
+            let Some(m) = m else {
+                if !table.opts.orphan_pts_master {
+                    return Err(cx.format_err("pty master"));
+                }
+                table.add_tty_info(orphan_slave(cx, &dup, index)?);
+                return Ok(file_entry(cx, id));
+            };
             let mut locked = 0;
             sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
                 .map_err(fail("TIOCGPTLCK"))?;
@@ -446,13 +454,7 @@ impl FileKind for Tty {
                 table.add_tty_data(TtyDataEntry { tty_id, data: d });
             }
         }
-        Ok(Kind::Tty(TtyFileEntry {
-            id: 0,
-            tty_info_id: id,
-            flags: cx.flags(),
-            fown: FownEntry::default(),
-            regf_id: None,
-        }))
+        Ok(file_entry(cx, id))
     }
 
     fn open(e: &TtyFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
@@ -509,38 +511,75 @@ impl FileKind for Tty {
     }
 }
 
+fn file_entry(cx: &FdCtx<'_>, tty_info_id: u32) -> Kind {
+    Kind::Tty(TtyFileEntry {
+        id: 0,
+        tty_info_id,
+        flags: cx.flags(),
+        fown: FownEntry::default(),
+        regf_id: None,
+    })
+}
+
+/// The state of slave `index` whose master is outside the tree, read
+/// through the slave (`fd`): its termios, window size and owner. What is
+/// queued between it and the master is the caller's (its master is), so
+/// nothing of it is taken; there is no master entry, which is how the
+/// restore knows to make one and hand it over.
+fn orphan_slave(cx: &FdCtx<'_>, fd: &OwnedFd, index: u32) -> Result<TtyInfoEntry> {
+    let what = format!(
+        "fd {} ({}, a pty whose master is outside the tree)",
+        cx.fd.fd, cx.fd.target
+    );
+    let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
+    let termios = nix::sys::termios::tcgetattr(fd).map_err(fail("tcgetattr"))?;
+    let ws = sys::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+    Ok(TtyInfoEntry {
+        id: end_id(index, false),
+        r#type: TtyType::Pty as i32,
+        locked: false,
+        exclusive: false,
+        packet_mode: false,
+        sid: 0,
+        pgrp: 0,
+        rdev: u32::try_from(cx.meta.rdev()).unwrap_or(0),
+        termios: Some(termios_entry(&termios.into())),
+        termios_locked: None,
+        winsize: Some(WinsizeEntry {
+            ws_row: u32::from(ws[0]),
+            ws_col: u32::from(ws[1]),
+            ws_xpixel: u32::from(ws[2]),
+            ws_ypixel: u32::from(ws[3]),
+        }),
+        pty: Some(TtyPtyEntry { index }),
+        dev: u32::try_from(cx.meta.dev()).ok(),
+        uid: Some(cx.meta.uid()),
+        gid: Some(cx.meta.gid()),
+    })
+}
+
 /// Open a new pty for `index` (the same index if free), with the dumped
-/// state and queued bytes; (master, slave unless locked, slave path).
+/// state and queued bytes; (master, slave unless locked, slave path). A
+/// pty the mount restore made already (the bind source of a container's
+/// /dev/console) is taken as it is. Paths are the tree's: under --root they
+/// are looked up from there.
 fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, String)> {
     let infos = cx.table.ttys();
     let mi = infos.iter().find(|i| i.id == end_id(index, true));
     let si = infos.iter().find(|i| i.id == end_id(index, false));
     let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
-    // ptys get the lowest free index: open until it is ours.
-    let mut extra = Vec::new();
-    let master = loop {
-        let m = nix::fcntl::open(
-            "/dev/ptmx",
-            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(err("open /dev/ptmx"))?;
-        let mut n = 0;
-        sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if n >= index || extra.len() > 4096 {
-            if n != index {
-                tracing::warn!(
-                    index,
-                    got = n,
-                    "pty index taken; the restored pty has another"
-                );
-            }
-            break m;
-        }
-        extra.push(m);
+    let in_root = |f: &dyn Fn() -> std::result::Result<OwnedFd, Errno>| match &cx.table.root {
+        Some(r) => crate::ns::mnt::within_root(r, f).and_then(|r| r),
+        None => f(),
     };
-    drop(extra);
+    let master = match cx.table.premade_pty(index) {
+        Some(m) => m.try_clone().map_err(|e| Error::Proc {
+            pid: cx.pid,
+            path: format!("the master of pty {index}"),
+            err: e,
+        })?,
+        None => in_root(&|| open_ptmx_index(index)).map_err(err("open /dev/ptmx"))?,
+    };
     let mut n = 0;
     sys::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
     let path = format!("/dev/pts/{n}");
@@ -548,18 +587,25 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock).map_err(err("unlock"))?;
     // By path, as the task opened it (open(2) adds O_LARGEFILE, which
     // fcntl cannot).
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(&path)
-        .map(OwnedFd::from)
-        .map_err(|e| Error::OpenFile {
-            pid: cx.pid,
-            fd: cx.fd,
-            path: path.clone(),
-            err: e,
-        })?;
+    let slave = in_root(&|| {
+        nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOCTTY,
+            nix::sys::stat::Mode::empty(),
+        )
+    })
+    .map_err(|e| Error::OpenFile {
+        pid: cx.pid,
+        fd: cx.fd,
+        path: path.clone(),
+        err: e.into(),
+    })?;
+    if let (Some(uid), Some(gid)) = (si.and_then(|i| i.uid), si.and_then(|i| i.gid)) {
+        // The owner the container's runtime gave its console.
+        if let Err(e) = nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into())) {
+            tracing::warn!(index, uid, gid, "pty: its owner is not set again: {e}");
+        }
+    }
     let data = |id: u32| {
         cx.table
             .tty_data()
@@ -591,4 +637,40 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
         sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut on).map_err(err("lock"))?;
     }
     Ok((master, (!locked).then_some(slave), path))
+}
+
+/// A new pty from /dev/ptmx with index `index` if it is free: ptys get
+/// the lowest free index, so open until it is ours (no ioctl picks one).
+fn open_ptmx_index(index: u32) -> std::result::Result<OwnedFd, Errno> {
+    open_ptmx_at(None, index)
+}
+
+/// [`open_ptmx_index`] through `ptmx` of the devpts superblock `dir` (a
+/// detached mount), or /dev/ptmx.
+pub(crate) fn open_ptmx_at(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    index: u32,
+) -> std::result::Result<OwnedFd, Errno> {
+    let mut extra = Vec::new();
+    loop {
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let m = match dir {
+            Some(d) => nix::fcntl::openat(d, "ptmx", flags, nix::sys::stat::Mode::empty())?,
+            None => nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())?,
+        };
+        let mut n = 0;
+        sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)?;
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n >= index || extra.len() > 4096 {
+            if n != index {
+                tracing::warn!(
+                    index,
+                    got = n,
+                    "pty index taken; the restored pty has another"
+                );
+            }
+            return Ok(m);
+        }
+        extra.push(m);
+    }
 }

@@ -675,6 +675,9 @@ pub struct Restored {
     /// With --root: the directory the tree's mounts are under, made the
     /// namespace's root (pivot_root) once the tasks no longer look up paths.
     pub root: Option<std::path::PathBuf>,
+    /// ptys made in a devpts of the tree's so that binds of them (a
+    /// container's /dev/console) have a source: their masters by index.
+    pub ptys: Vec<(u32, OwnedFd)>,
 }
 
 /// The ids of the mounts of the tree's own namespace (none if it has
@@ -939,6 +942,7 @@ pub fn restore(
         None => nix::sched::unshare(CloneFlags::CLONE_NEWNS)
             .map_err(Error::restore(me, "a mount namespace"))?,
     }
+    let mut ptys = Vec::new();
     let inside = build(
         &want,
         want_root,
@@ -946,6 +950,7 @@ pub fn restore(
         &groups,
         rooted.as_deref(),
         ext_mounts,
+        &mut ptys,
     )
     .and_then(|procs| {
         let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
@@ -964,6 +969,7 @@ pub fn restore(
             cwd,
             procs,
             root: rooted,
+            ptys,
         })),
         Err(e) => {
             // The copy goes with the engine's leaving it (nothing holds it).
@@ -1013,6 +1019,7 @@ fn build(
     groups: &Outside,
     rooted: Option<&Path>,
     ext_mounts: &[(String, String)],
+    ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<Vec<ProcMount>> {
     let me = nix::unistd::getpid();
     make_private().map_err(mount_err("/", "making the copied namespace private"))?;
@@ -1157,7 +1164,7 @@ fn build(
             let fd = match made.entry(w.dev) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(new_superblock(want, w, dir)?)
+                    v.insert(new_superblock(want, w, dir, ptys)?)
                 }
             };
             clone_at(fd, w.root.trim_start_matches('/'), &w.point)?
@@ -1265,8 +1272,14 @@ fn remount(w: &Mount) -> Result<()> {
 }
 
 /// A new superblock for `w`, detached, filled from its archive if it is a
-/// tmpfs the dump saved.
-fn new_superblock(want: &[Mount], w: &Mount, dir: &Dir) -> Result<OwnedFd> {
+/// tmpfs the dump saved; in a devpts, the ptys other mounts bind (`ptys`
+/// gets their masters).
+fn new_superblock(
+    want: &[Mount],
+    w: &Mount,
+    dir: &Dir,
+    ptys: &mut Vec<(u32, OwnedFd)>,
+) -> Result<OwnedFd> {
     use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
     let err = |what: &str| {
         let what = what.to_owned();
@@ -1314,11 +1327,51 @@ fn new_superblock(want: &[Mount], w: &Mount, dir: &Dir) -> Result<OwnedFd> {
     if w.fstype == "tmpfs" && image.exists() {
         super::tmpfs::load(&image, mnt.as_fd(), &w.shown())?;
     }
+    if w.fstype == "devpts" {
+        bound_ptys(want, w, &mnt, ptys)?;
+    }
     if w.sb_flags & libc::MS_RDONLY != 0 {
         rustix::mount::fsconfig_set_flag(&fs, "ro").map_err(err("making it read-only"))?;
         rustix::mount::fsconfig_reconfigure(&fs).map_err(err("making it read-only"))?;
     }
     Ok(mnt)
+}
+
+/// A devpts node exists while its pty does: for each bind of `/N` of the
+/// devpts superblock `mnt` (a container's /dev/console is `/0` of its own
+/// instance), pty N is made through the instance's ptmx, so the bind has
+/// its source; the tty restore takes it as it is.
+fn bound_ptys(
+    want: &[Mount],
+    w: &Mount,
+    mnt: &OwnedFd,
+    ptys: &mut Vec<(u32, OwnedFd)>,
+) -> Result<()> {
+    for o in want.iter().filter(|o| o.dev == w.dev) {
+        let Some(index) = o.root.strip_prefix('/').and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ptys.iter().any(|p| p.0 == index) {
+            continue;
+        }
+        let m = crate::files::tty::open_ptmx_at(Some(mnt.as_fd()), index).map_err(mount_err(
+            &o.point,
+            &format!("making pty {index} of its devpts"),
+        ))?;
+        let mut n = 0;
+        crate::sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)
+            .map_err(mount_err(&o.point, "reading the index of its pty"))?;
+        if u32::try_from(n) != Ok(index) {
+            return Err(Error::Mount {
+                path: o.point.clone(),
+                what: format!("making pty {index} of its devpts (got {n})"),
+                errno: Errno::EBUSY,
+                hint: "",
+            });
+        }
+        ptys.push((index, m));
+    }
+    Ok(())
 }
 
 /// Peer groups and masters as the dump saw them, then unbindable mounts.

@@ -38,6 +38,10 @@ pub struct Opts {
     pub dir: PathBuf,
     /// `--shell-job`.
     pub shell_job: bool,
+    /// RPC `orphan_pts_master`: the new master of each pty whose master
+    /// was outside the tree goes to the caller through the notification
+    /// hook (`orphan-pts-master`); without it such a tree is refused.
+    pub orphan_pts_master: bool,
     /// `-d`: the restore does not wait for the tree, so a shell job does
     /// not take the terminal.
     pub detached: bool,
@@ -275,6 +279,12 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::notify::point(opts.notify.as_ref(), "pre-restore", nix::unistd::getpid())?;
     tracing::debug!("reading the images");
     let (mut plans, mut files, inv) = load(&dir)?;
+    if let Some(&index) = files.orphan_ptys().first()
+        && !(opts.orphan_pts_master && opts.notify.is_some())
+    {
+        // Refused before anything is made: nobody would hold its master.
+        return Err(Error::OrphanPty { index });
+    }
     tracing::debug!(tasks = plans.len(), "images read");
     let given = opts
         .inherit_fds
@@ -352,10 +362,13 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         },
     )?;
     let mut pivot: Option<PathBuf> = None;
+    if let Some(m) = ns_done.mnt.as_mut() {
+        files.give_ptys(std::mem::take(&mut m.ptys));
+    }
 
     let (pool, next) = (|| {
         files.make_ghosts()?;
-        let (pool, next) = open_pool(&files, &uses, max_fd, high)?;
+        let (pool, next) = open_pool(&files, &uses, max_fd, high, opts.notify.as_ref())?;
         take_file_locks(&plans, &files, &pool)?;
         Ok::<_, Error>((pool, next))
     })()
@@ -716,8 +729,15 @@ fn open_pool(
     uses: &[(Pid, i32, u32)],
     max_fd: i32,
     high: bool,
+    notify: Option<&crate::notify::Notify>,
 ) -> Result<(HashMap<u32, OwnedFd>, i32)> {
-    let opened = files.open_all(uses)?;
+    let (opened, orphans) = files.open_all(uses)?;
+    // The new masters of ptys whose master was outside the tree go to the
+    // caller now, as CRIU hands them over while it opens the tree's files.
+    for (index, m) in &orphans {
+        let hook = notify.ok_or(Error::OrphanPty { index: *index })?;
+        crate::notify::point_with_fd(hook, "orphan-pts-master", m.as_fd())?;
+    }
     let mut next = max_fd + 16;
     if !high {
         next = next.max(opened.values().map(|f| f.as_raw_fd()).max().unwrap_or(0) + 16);
@@ -1219,7 +1239,7 @@ impl Work<'_> {
             .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
             .collect();
         crate::files::file_lock::take_in_task(&r, t, &locks)?;
-        crate::files::tty::restore_ctty(&r, t, files, &p.fdinfo)?;
+        crate::files::tty::restore_ctty(&r, t, files, &p.pst, &p.fdinfo)?;
         let cx = crate::files::InTask { r: &r, t };
         for &(fd, id) in &p.settle {
             if let Some(k) = files.get(id).and_then(|e| e.kind.as_ref()) {
