@@ -35,11 +35,25 @@ const IGNORED: &[(&str, bool, &str)] = &[
     ("evasive-devices", false, "a device is opened by its path"),
     ("cpu-cap", true, "the CPU is checked by stasis' own rules"),
     ("libdir", true, "stasis has no plugins"),
+    (
+        "link-remap",
+        false,
+        "files deleted while open are kept as ghost copies in the images; the file system is never changed",
+    ),
+    (
+        "enable-external-sharing",
+        false,
+        "peer groups outside the tree are always joined again where the restore's namespace has them",
+    ),
+    (
+        "enable-external-masters",
+        false,
+        "masters outside the tree are always joined again where the restore's namespace has them",
+    ),
 ];
 
 /// (option, whether it takes a value, what is missing)
 const REFUSED: &[(&str, bool, &str)] = &[
-    ("link-remap", false, "link remaps of deleted files"),
     ("track-mem", false, "memory tracking (pre-dumps)"),
     ("prev-images-dir", true, "memory tracking (pre-dumps)"),
     ("pre-dump-mode", true, "memory tracking (pre-dumps)"),
@@ -56,7 +70,6 @@ const REFUSED: &[(&str, bool, &str)] = &[
     ("cgroup-dump-controller", true, "cgroup properties"),
     ("cgroup-yard", true, "a cgroup yard"),
     ("tcp-close", false, "restoring connections closed"),
-    ("skip-in-flight", false, "connections being set up"),
     ("lsm-profile", true, "LSM profiles"),
     ("lsm-mount-context", true, "LSM mount contexts"),
     ("exec-cmd", false, "running a command after the restore"),
@@ -69,17 +82,6 @@ const REFUSED: &[(&str, bool, &str)] = &[
     ("tls-key", true, "TLS for the page server"),
     ("tls-no-cn-verify", false, "TLS for the page server"),
     ("leave-stopped", false, "leaving the tree stopped"),
-    ("veth-pair", true, "veth devices"),
-    (
-        "enable-external-sharing",
-        false,
-        "external peer groups of mounts",
-    ),
-    (
-        "enable-external-masters",
-        false,
-        "external masters of mounts",
-    ),
     (
         "orphan-pts-master",
         false,
@@ -145,8 +147,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(got, args(&["stasis", "dump", "-t", "1"]));
-        let e = filter(args(&["stasis", "dump", "--link-remap", "-t", "1"])).unwrap_err();
-        assert!(e.to_string().contains("--link-remap"), "{e}");
+        let e = filter(args(&["stasis", "dump", "--lazy-pages", "-t", "1"])).unwrap_err();
+        assert!(e.to_string().contains("--lazy-pages"), "{e}");
         let e = filter(args(&["stasis", "dump", "--page-server=1"])).unwrap_err();
         assert!(e.to_string().contains("page server"), "{e}");
     }

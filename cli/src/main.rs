@@ -197,6 +197,10 @@ struct DumpArgs {
     /// Dump established TCP connections (TCP repair; without it, one is refused)
     #[arg(long)]
     tcp_established: bool,
+    /// Drop the connections a TCP listener has not accepted yet (without
+    /// it, a listener with such connections is refused: they would be lost)
+    #[arg(long)]
+    skip_in_flight: bool,
     /// Allow datagram unix sockets connected to a named socket outside the
     /// tree: the restore connects them to that name again (CRIU's optional
     /// inode list is accepted and all such sockets are allowed)
@@ -222,6 +226,10 @@ struct DumpArgs {
     /// caller's (set up again by it after the restore), not saved
     #[arg(long, value_name = "net", value_parser = ["net"])]
     empty_ns: Option<String>,
+    /// Save the cgroups from PATH down (a container's cgroup above its
+    /// tasks'), for the hierarchy with CONTROLLER only, or all; repeatable
+    #[arg(long, value_name = "[CONTROLLER:]PATH")]
+    cgroup_root: Vec<stasis_engine::cgroup::CgRoot>,
 }
 
 /// One of CRIU's `--external` forms stasis takes.
@@ -234,14 +242,34 @@ pub(crate) enum External {
     /// of veth INNER is made again in stasis' network namespace, named
     /// OUTER (and added to BRIDGE there, up).
     Veth(String, String),
+    /// `tty[RDEV:DEV]` (dump): the terminal with that device number (hex)
+    /// on that device is the caller's (a container's console); the
+    /// restore takes it from `--inherit-fd fd[N]:tty[RDEV:DEV]`.
+    Tty(String),
+    /// `KEY:VALUE` without a kind: CRIU keeps such strings for plugins to
+    /// look up; none of stasis' objects does (LXC passes its console so).
+    Other(String),
 }
 
 /// Parse CRIU's `--external KIND[A]:B`; kinds stasis does not take are
 /// refused by name.
 pub(crate) fn parse_external(s: &str) -> std::result::Result<External, String> {
-    let (kind, rest) = s
-        .split_once('[')
-        .ok_or_else(|| format!("--external {s}: write KIND[A]:B"))?;
+    let Some((kind, rest)) = s.split_once('[') else {
+        return s
+            .split_once(':')
+            .map(|_| External::Other(s.to_owned()))
+            .ok_or_else(|| format!("--external {s}: write KIND[A]:B"));
+    };
+    if kind == "tty" {
+        return rest
+            .strip_suffix(']')
+            .and_then(|k| k.split_once(':'))
+            .filter(|(r, d)| {
+                u64::from_str_radix(r, 16).is_ok() && u64::from_str_radix(d, 16).is_ok()
+            })
+            .map(|_| External::Tty(s.to_owned()))
+            .ok_or_else(|| format!("--external {s}: write tty[RDEV:DEV], both in hex"));
+    }
     let (a, b) = rest
         .split_once("]:")
         .ok_or_else(|| format!("--external {s}: write {kind}[A]:B"))?;
@@ -260,9 +288,11 @@ fn mounts_of(ext: &[External], map: &[(String, String)]) -> Vec<(String, String)
     ext.iter()
         .filter_map(|e| match e {
             External::Mnt(a, b) => Some((a.clone(), b.clone())),
-            External::Veth(..) => None,
+            External::Veth(..) | External::Tty(..) | External::Other(..) => None,
         })
-        .chain(map.iter().cloned())
+        // `auto`: CRIU finds binds from outside by itself; stasis saves
+        // a bind of the engine's file systems as such and needs no key.
+        .chain(map.iter().filter(|m| m.0 != "auto").cloned())
         .collect()
 }
 
@@ -271,7 +301,7 @@ fn veths_of(ext: &[External], pairs: &[(String, String)]) -> Vec<(String, String
     ext.iter()
         .filter_map(|e| match e {
             External::Veth(a, b) => Some((a.clone(), b.clone())),
-            External::Mnt(..) => None,
+            External::Mnt(..) | External::Tty(..) | External::Other(..) => None,
         })
         .chain(pairs.iter().cloned())
         .collect()
@@ -287,7 +317,7 @@ fn parse_veth_pair(s: &str) -> std::result::Result<(String, String), String> {
 /// CRIU's older `--ext-mount-map A:B`, the same as `--external mnt[A]:B`.
 fn parse_ext_mount_map(s: &str) -> std::result::Result<(String, String), String> {
     if s == "auto" {
-        return Err("--ext-mount-map auto is not supported yet: name each mount".into());
+        return Ok(("auto".into(), String::new()));
     }
     s.split_once(':')
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
@@ -353,10 +383,14 @@ struct RestoreArgs {
     #[arg(long, value_name = "KEY:PATH", value_parser = parse_ext_mount_map)]
     ext_mount_map: Vec<(String, String)>,
     /// fd[N]:pipe:[INO]: stasis' fd N takes the place of the tree's pipe
-    /// INO (whose other end was outside the tree: a runtime's stdio);
-    /// repeatable
+    /// INO (whose other end was outside the tree: a runtime's stdio), or
+    /// fd[N]:tty[RDEV:DEV] of a terminal dumped as external; repeatable
     #[arg(long, value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
     inherit_fd: Vec<(String, i32)>,
+    /// The restored root becomes a sibling of stasis (a child of its
+    /// parent, as LXC wants it), not its child
+    #[arg(long)]
+    restore_sibling: bool,
 }
 
 /// `fd[N]:KEY` as (KEY, N).
@@ -466,12 +500,22 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
         ghost_limit: a.ghost_limit,
         file_locks: a.file_locks,
         tcp_established: a.tcp_established,
+        skip_in_flight: a.skip_in_flight,
         ext_unix_sk: a.ext_unix_sk.is_some(),
         network_lock: a.cr.network_lock(),
         notify: a.cr.scripts(),
         freeze_cgroup: a.freeze_cgroup.clone(),
         ext_mounts: mounts_of(&a.external, &a.ext_mount_map),
+        ext_ttys: a
+            .external
+            .iter()
+            .filter_map(|e| match e {
+                External::Tty(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect(),
         empty_net: a.empty_ns.as_deref() == Some("net"),
+        cgroup_roots: a.cgroup_root.clone(),
     };
     let stats = dump::dump(&opts)?;
     drop(bar);
@@ -500,7 +544,7 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         orphan_pts_master: false,
         detached: a.restore_detached,
         network_lock: a.cr.network_lock(),
-        sibling: false,
+        sibling: a.restore_sibling,
         notify: a.cr.scripts(),
         cgroups: a.manage_cgroups.unwrap_or_default(),
         cgroup_roots: a.cgroup_root.clone(),

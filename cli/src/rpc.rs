@@ -412,11 +412,8 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("parent_img", o.parent_img.is_some());
     flag("track_mem", o.track_mem == Some(true));
     flag("auto_dedup", o.auto_dedup == Some(true));
-    flag("link_remap", o.link_remap == Some(true));
     flag("exec_cmd", !o.exec_cmd.is_empty());
     flag("auto_ext_mnt", o.auto_ext_mnt == Some(true));
-    flag("ext_sharing", o.ext_sharing == Some(true));
-    flag("ext_masters", o.ext_masters == Some(true));
     flag("skip_mnt", !o.skip_mnt.is_empty());
     flag("enable_fs", !o.enable_fs.is_empty());
     flag("unix_sk_ino", !o.unix_sk_ino.is_empty());
@@ -442,7 +439,6 @@ fn refuse_unknown(o: &CriuOpts) -> std::result::Result<(), String> {
     flag("lsm_mount_context", o.lsm_mount_context.is_some());
     flag("unprivileged", o.unprivileged == Some(true));
     flag("leave_stopped", o.leave_stopped == Some(true));
-    flag("tcp_skip_in_flight", o.tcp_skip_in_flight == Some(true));
     flag(
         "cpu_cap",
         o.cpu_cap.is_some_and(|c| c != 0xffff_ffff && c != 0),
@@ -649,6 +645,7 @@ fn dump(
             ghost_limit: u64::from(o.ghost_limit.unwrap_or(1 << 20)),
             file_locks: o.file_locks.unwrap_or(false),
             tcp_established: o.tcp_established.unwrap_or(false),
+            skip_in_flight: o.tcp_skip_in_flight.unwrap_or(false),
             ext_unix_sk: o.ext_unix_sk.unwrap_or(false),
             network_lock: o.network_lock
                 != Some(stasis_proto::rpc::CriuNetworkLockMethod::Skip as i32),
@@ -656,6 +653,20 @@ fn dump(
             notify,
             freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
+            ext_ttys: o
+                .external
+                .iter()
+                .filter(|e| e.starts_with("tty["))
+                .cloned()
+                .collect(),
+            cgroup_roots: o
+                .cg_root
+                .iter()
+                .map(|r| stasis_engine::cgroup::CgRoot {
+                    ctrl: r.ctrl.clone(),
+                    path: r.path.clone(),
+                })
+                .collect(),
             empty_net: o.empty_ns.is_some_and(|v| v & CLONE_NEWNET != 0),
         };
         stasis_engine::dump::dump(&opts)

@@ -1,10 +1,12 @@
 #![allow(clippy::tests_outside_test_module)]
-//! Container runtimes driving stasis as they drive CRIU: Debian's runc
-//! finds `criu` on PATH (a symlink to stasis here) and talks CRIU's RPC
-//! through `criu swrk`. A busybox container with a counter and httpd is
+//! Container runtimes driving stasis as they drive CRIU, finding `criu`
+//! on PATH (a symlink to stasis here): Debian's runc talks CRIU's RPC
+//! through `criu swrk`; a busybox container with a counter and httpd is
 //! checkpointed and restored twice, checkpointed with --leave-running, and
-//! restored under a new container id. Needs root, runc and a static
-//! busybox (ci/setup installs them): fails without them.
+//! restored under a new container id, and a terminal container comes back
+//! on a new console handed to runc. LXC runs `criu dump` and `criu
+//! restore`. Needs root, runc, LXC and a static busybox (ci/setup installs
+//! them): fails without them.
 
 mod common;
 
@@ -404,5 +406,161 @@ fn runc_checkpoints_and_restores_a_terminal_container_through_its_console_socket
             f.get(5),
             f.get(6)
         );
+    }
+}
+
+/// An LXC container of this test, in a directory of its own (`-P`):
+/// stopped and destroyed on every path.
+struct Lxc {
+    dir: PathBuf,
+    name: String,
+    path: std::ffi::OsString,
+}
+
+impl Lxc {
+    /// Output goes to a file: a daemonized monitor (`-d`) inherits it and
+    /// would hold a pipe open for good.
+    fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let log = self.dir.join(format!("{tool}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let status = Command::new(tool)
+            .args(["-P", self.dir.to_str().expect("utf8"), "-n", &self.name])
+            .args(args)
+            .env("PATH", &self.path)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .status()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        Output {
+            status,
+            stdout: std::fs::read(&log).unwrap_or_default(),
+            stderr: Vec::new(),
+        }
+    }
+
+    fn ok(&self, tool: &str, args: &[&str]) {
+        let out = self.run(tool, args);
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn state(&self) -> String {
+        String::from_utf8_lossy(&self.run("lxc-info", &["-s", "-H"]).stdout)
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Lxc {
+    fn drop(&mut self) {
+        let _ = self.run("lxc-stop", &["-k"]);
+        let _ = self.run("lxc-destroy", &["-f"]);
+    }
+}
+
+/// LXC 5 drives CRIU through its command line (`lxc-checkpoint` runs
+/// `criu dump` and `criu restore` with its own options: the console as an
+/// external terminal and inherited fd, --restore-sibling, --link-remap,
+/// --ext-mount-map auto, --cgroup-root at the dump, --skip-in-flight). A
+/// busybox container (no network of its own beyond lo, no getty ttys,
+/// whose masters LXC keeps) with a counting shell is checkpointed and
+/// restored twice with stasis as `criu`: the counter resumes, with the
+/// same PIDs inside, and init is back on its console.
+#[test]
+fn lxc_checkpoints_and_restores_a_busybox_container_through_stasis() {
+    need(
+        nix::unistd::geteuid().is_root(),
+        "root: LXC makes containers",
+    );
+    need(
+        Command::new("lxc-checkpoint")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "LXC (Debian's lxc package)",
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
+    let mut path = bin.into_os_string();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let conf = tmp.path().join("lxc.conf");
+    std::fs::write(&conf, "lxc.net.0.type = empty\n").expect("lxc.conf");
+    let lxc = Lxc {
+        dir: tmp.path().join("ctrs"),
+        name: format!("stasis-{}", std::process::id()),
+        path,
+    };
+    std::fs::create_dir(&lxc.dir).expect("mkdir");
+    lxc.ok(
+        "lxc-create",
+        &["-t", "busybox", "-f", conf.to_str().expect("utf8")],
+    );
+    let root = lxc.dir.join(&lxc.name).join("rootfs");
+    let config = lxc.dir.join(&lxc.name).join("config");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.lines()
+            .filter(|l| !l.starts_with("lxc.tty.max"))
+            .chain(["lxc.tty.max = 0"])
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("config");
+    let inittab = root.join("etc/inittab");
+    let text = std::fs::read_to_string(&inittab).expect("inittab");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.contains("getty"))
+        .chain([
+            "::once:/bin/sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'",
+        ])
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&inittab, text).expect("inittab");
+    lxc.ok("lxc-start", &["-d"]);
+    let count = root.join("tmp/count");
+    wait_counter(&count, 2);
+    let pids = |lxc: &Lxc| {
+        let out = lxc.run("lxc-attach", &["--", "/bin/ps", "-o", "pid,args"]);
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            // Not the short-lived: ps itself and the counter's sleeps.
+            .filter(|l| !l.contains("ps -o") && !l.contains("PID") && !l.ends_with("sleep 0.1"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        v.sort();
+        v
+    };
+    let before_pids = pids(&lxc);
+    assert!(
+        before_pids.iter().any(|l| l.contains("i=$((i+1))")),
+        "the counting shell is not in the container: {before_pids:?}"
+    );
+    for cycle in 0..2 {
+        let img = tmp.path().join(format!("img{cycle}"));
+        let img_s = img.to_str().expect("utf8");
+        lxc.ok("lxc-checkpoint", &["-s", "-D", img_s]);
+        assert_eq!(lxc.state(), "STOPPED", "checkpoint {cycle}");
+        let before = read_counter(&count);
+        lxc.ok("lxc-checkpoint", &["-r", "-d", "-D", img_s]);
+        assert_eq!(lxc.state(), "RUNNING", "restore {cycle}");
+        let now = wait_counter(&count, before);
+        wait_counter(&count, now + 2);
+        assert_eq!(
+            pids(&lxc),
+            before_pids,
+            "the PIDs inside after restore {cycle}"
+        );
+        let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
+        assert!(!log.contains("ERROR"), "restore {cycle}: {log}");
     }
 }

@@ -63,6 +63,9 @@ pub struct Sets {
     /// The root of the tree's own cgroup namespace in each hierarchy, by
     /// name; none when it has none.
     ns_roots: Option<HashMap<String, String>>,
+    /// `--cgroup-root` at the dump: where the walk of the saved cgroups
+    /// begins when it is above the tasks' cgroups.
+    walk_roots: Vec<CgRoot>,
 }
 
 /// The root of `root`'s cgroup namespace in each hierarchy: its paths seen
@@ -114,6 +117,7 @@ impl Sets {
             } else {
                 None
             },
+            walk_roots: Vec::new(),
         };
         for (pid, tids) in tasks {
             for tid in tids {
@@ -165,6 +169,12 @@ impl Sets {
                 .flat_map(|s| s.iter().filter(|(n, _)| n == name).map(|(_, p)| p.as_str()))
                 .filter(|p| *p != "/" && !mine.iter().any(|(n, q)| n == name && q == p))
                 .collect();
+            if let Some(r) = root_of(&self.walk_roots, name)
+                && r.path != "/"
+                && paths.iter().any(|p| under_root(p, &r.path))
+            {
+                paths.push(&r.path);
+            }
             paths.sort_unstable();
             paths.dedup();
             // A cgroup below another one listed is walked with it.
@@ -185,6 +195,13 @@ impl Sets {
             out.insert(name.to_owned(), dirs);
         }
         Ok(out)
+    }
+
+    /// `--cgroup-root` at the dump: the cgroups saved begin at `roots`
+    /// where those hold the tasks' cgroups (empty cgroups between a
+    /// container's and its tasks' come back with their properties).
+    pub fn walk_from(&mut self, roots: &[CgRoot]) {
+        self.walk_roots = roots.to_vec();
     }
 
     /// The set id of task or thread `tid`.
@@ -596,8 +613,10 @@ fn mount_of<'a>(mounts: &'a [crate::ns::mnt::Mount], name: &str) -> Option<&'a s
 
 /// `path` (of hierarchy `name`) under `--cgroup-root`: the part below the
 /// root task's path `base` goes under the new root.
-fn rewrite(path: &str, name: &str, base: &str, roots: &[CgRoot]) -> String {
-    let Some(r) = roots
+/// The `--cgroup-root` for hierarchy `name`: the one naming a controller
+/// of it, else the one for all.
+fn root_of<'a>(roots: &'a [CgRoot], name: &str) -> Option<&'a CgRoot> {
+    roots
         .iter()
         .find(|r| {
             r.ctrl
@@ -605,7 +624,10 @@ fn rewrite(path: &str, name: &str, base: &str, roots: &[CgRoot]) -> String {
                 .is_some_and(|c| name.split(',').any(|n| n == c))
         })
         .or_else(|| roots.iter().find(|r| r.ctrl.is_none()))
-    else {
+}
+
+fn rewrite(path: &str, name: &str, base: &str, roots: &[CgRoot]) -> String {
+    let Some(r) = root_of(roots, name) else {
         return path.to_owned();
     };
     let rest = if base == "/" {

@@ -1469,8 +1469,13 @@ pub fn unpin_thread() {
 /// `pivot_root(".", ".")` then a lazy unmount of the old root), from a
 /// child process, since a multi-threaded caller cannot join a mount
 /// namespace. Every process of the namespace whose root was the old root
-/// gets `dir`.
-pub fn pivot_in(ns: std::os::fd::BorrowedFd<'_>, dir: &std::ffi::CStr) -> Result<(), Errno> {
+/// gets `dir`. pivot_root refuses a shared mount: `dir`'s is private for
+/// the call, and shared again after it if `shared`.
+pub fn pivot_in(
+    ns: std::os::fd::BorrowedFd<'_>,
+    dir: &std::ffi::CStr,
+    shared: bool,
+) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     let (ns, dir) = (ns.as_raw_fd(), dir.as_ptr());
     // SAFETY: the child makes raw syscalls on values prepared before the
@@ -1481,7 +1486,7 @@ pub fn pivot_in(ns: std::os::fd::BorrowedFd<'_>, dir: &std::ffi::CStr) -> Result
         return Err(Errno::last());
     }
     if pid == 0 {
-        pivot_child(ns, dir);
+        pivot_child(ns, dir, shared);
     }
     let status = nix::sys::wait::waitpid(Pid::from_raw(pid), None)?;
     match status {
@@ -1494,7 +1499,7 @@ pub fn pivot_in(ns: std::os::fd::BorrowedFd<'_>, dir: &std::ffi::CStr) -> Result
 /// The child of [`pivot_in`]: raw syscalls only (it was forked from a
 /// multi-threaded process), its exit status the errno of the call that
 /// failed.
-fn pivot_child(ns: RawFd, dir: *const libc::c_char) -> ! {
+fn pivot_child(ns: RawFd, dir: *const libc::c_char, shared: bool) -> ! {
     let step = |r: libc::c_long| {
         if r < 0 {
             // SAFETY: _exit ends the child at once; nothing is left to run.
@@ -1509,12 +1514,31 @@ fn pivot_child(ns: RawFd, dir: *const libc::c_char) -> ! {
     // parent's memory, alive for the call.
     step(libc::c_long::from(unsafe { libc::chdir(dir) }));
     let dot = c".".as_ptr();
+    let change = |flags: libc::c_ulong| {
+        // SAFETY: static C strings and null pointers, as mount(2) takes for
+        // a change of propagation.
+        step(libc::c_long::from(unsafe {
+            libc::mount(
+                std::ptr::null(),
+                dot,
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        }));
+    };
+    if shared {
+        change(libc::MS_PRIVATE);
+    }
     // SAFETY: two pointers to a static C string.
     step(unsafe { libc::syscall(libc::SYS_pivot_root, dot, dot) });
     // SAFETY: a pointer to a static C string.
     step(libc::c_long::from(unsafe {
         libc::umount2(dot, libc::MNT_DETACH)
     }));
+    if shared {
+        change(libc::MS_SHARED);
+    }
     // SAFETY: _exit ends the child at once.
     unsafe { libc::_exit(0) }
 }

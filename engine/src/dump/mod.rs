@@ -44,6 +44,14 @@ pub struct Opts {
     pub file_locks: bool,
     /// `--tcp-established`: dump established TCP connections (TCP repair).
     pub tcp_established: bool,
+    /// `--external tty[RDEV:DEV]`: terminals that are the caller's.
+    pub ext_ttys: Vec<String>,
+    /// `--cgroup-root`: the cgroups saved begin there (a container's
+    /// cgroup, above its tasks' own), not at the tasks' cgroups.
+    pub cgroup_roots: Vec<crate::cgroup::CgRoot>,
+    /// `--skip-in-flight`: connections a listener has not accepted are
+    /// dropped (else such a listener is refused).
+    pub skip_in_flight: bool,
     /// `--ext-unix-sk`: datagram sockets connected outside the tree.
     pub ext_unix_sk: bool,
     /// `--network-lock`: drop the packets of the established TCP
@@ -182,6 +190,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut files = Table::default();
     files.ghost_limit = opts.ghost_limit;
     files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
+    files.set_ext_ttys(opts.ext_ttys.clone());
     let root = tree.root().map_or(opts.pid, |t| t.pid);
     let pids = crate::ns::pid::Ids::read(
         &tree
@@ -191,7 +200,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .collect::<Vec<_>>(),
     )?;
     let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net)?;
-    let cgroups = crate::cgroup::Sets::read(
+    let mut cgroups = crate::cgroup::Sets::read(
         root,
         &tree
             .tasks
@@ -200,6 +209,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
             .collect::<Vec<_>>(),
     )?;
+    cgroups.walk_from(&opts.cgroup_roots);
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
@@ -216,6 +226,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         leave_running: opts.leave_running,
         file_locks: opts.file_locks,
         tcp_established: opts.tcp_established,
+        skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
     };
     crate::progress::report(

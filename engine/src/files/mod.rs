@@ -56,6 +56,9 @@ pub struct Opts {
     pub file_locks: bool,
     /// `--tcp-established`: dump established TCP connections.
     pub tcp_established: bool,
+    /// `--skip-in-flight`: drop the connections listeners have not
+    /// accepted.
+    pub skip_in_flight: bool,
     /// `--ext-unix-sk`: a datagram socket connected to a named socket
     /// outside the tree is connected to that name again on restore.
     pub ext_unix_sk: bool,
@@ -522,6 +525,9 @@ pub struct Table {
     /// Restore: ptys the mount restore made (bind sources in a devpts of
     /// the tree's), their masters by index.
     premade_ptys: HashMap<u32, OwnedFd>,
+    /// Dump: the terminals that are the caller's (`--external
+    /// tty[RDEV:DEV]`).
+    pub(crate) ext_ttys: Vec<String>,
     /// POSIX message queues the tree has open.
     mqueues: crate::ipc::mqueue::Queues,
     /// Dump: whether each device (a filesystem) seen is the mqueue one.
@@ -700,7 +706,8 @@ impl Table {
             // A pty whose master is in the tree comes back as a new pair.
             let pty = crate::files::tty::pty_end(meta.rdev(), || Some(0))
                 .is_some_and(|(i, master)| master || self.pty_master(i).is_some());
-            if pty {
+            let key = crate::files::tty::key_of(meta.rdev(), meta.dev());
+            if pty || self.ext_ttys.contains(&key) {
                 FdTypes::Tty
             } else if opts.shell_job {
                 FdTypes::Reg
@@ -853,6 +860,12 @@ impl Table {
 
     pub(crate) fn tty_data(&self) -> &[TtyDataEntry] {
         &self.tty_data
+    }
+
+    /// Dump: the terminals that are the caller's, by key
+    /// (`tty[RDEV:DEV]`).
+    pub fn set_ext_ttys(&mut self, keys: Vec<String>) {
+        self.ext_ttys = keys;
     }
 
     /// Dump: the tasks of the tree.
@@ -1411,16 +1424,34 @@ impl Table {
             let known = self
                 .entries
                 .iter()
-                .any(|e| matches!(&e.kind, Some(Kind::Pipe(p)) if key == pipe_key(p.pipe_id)));
+                .any(|e| matches!(&e.kind, Some(Kind::Pipe(p)) if key == pipe_key(p.pipe_id)))
+                || self
+                    .ttys
+                    .iter()
+                    .any(|t| tty::ext_key(t).as_deref() == Some(key.as_str()));
             if !known {
                 return Err(Error::BadImage {
                     path: crate::images::img::FILES.file_name(0),
                     what: format!(
-                        "--inherit-fd names {key}, which no fd of the images is (only pipe:[INO] keys are taken)"
+                        "--inherit-fd names {key}, which no fd of the images is (pipe:[INO] and tty[RDEV:DEV] keys are taken)"
                     ),
                 });
             }
             self.inherited.insert(key, fd);
+        }
+        // Checked before anything is made.
+        if let Some(key) = self
+            .ttys
+            .iter()
+            .filter_map(tty::ext_key)
+            .find(|k| !self.inherited.contains_key(k))
+        {
+            return Err(Error::BadImage {
+                path: crate::images::img::TTY_INFO.file_name(0),
+                what: format!(
+                    "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
+                ),
+            });
         }
         Ok(())
     }

@@ -356,6 +356,15 @@ impl FileKind for Tty {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
         let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
         let dup = cx.dup().map_err(fail("a copy of it"))?;
+        if table
+            .ext_ttys
+            .contains(&key_of(cx.meta.rdev(), cx.meta.dev()))
+        {
+            let info = ext_tty(cx, &dup)?;
+            let id = info.id;
+            table.add_tty_info(info);
+            return Ok(file_entry(cx, id));
+        }
         let (index, master) = pty_end(cx.meta.rdev(), || {
             let mut n = 0;
             sys::tty_ioctl_int(dup.as_fd(), libc::TIOCGPTN, &mut n).ok()?;
@@ -467,6 +476,20 @@ impl FileKind for Tty {
                 path: crate::images::img::TTY_INFO.file_name(0),
                 what: format!("tty {} of file {} is missing", e.tty_info_id, e.id),
             })?;
+        if let Some(key) = ext_key(info) {
+            // The caller's terminal, as it gave it.
+            let given = cx.table.inherited.get(&key).ok_or(Error::BadImage {
+                path: crate::images::img::TTY_INFO.file_name(0),
+                what: format!(
+                    "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
+                ),
+            })?;
+            return given.try_clone().map_err(|err| Error::Proc {
+                pid: cx.pid,
+                path: key,
+                err,
+            });
+        }
         let index = info.pty.as_ref().map_or(0, |p| p.index);
         let master = e.tty_info_id % 2 == 1;
         if !cx.ptys.contains_key(&index) {
@@ -509,6 +532,47 @@ impl FileKind for Tty {
         fcntl(fd.as_fd(), FcntlArg::F_SETFL(fl)).map_err(cx.err("tty flags"))?;
         Ok(fd)
     }
+}
+
+/// The key of a terminal the caller gives (`--external` at the dump,
+/// `--inherit-fd` at the restore), as CRIU writes it: device number and
+/// device, in hex.
+pub fn key_of(rdev: u64, dev: u64) -> String {
+    format!("tty[{rdev:x}:{dev:x}]")
+}
+
+/// The key of an external terminal of the images, if `t` is one.
+pub fn ext_key(t: &TtyInfoEntry) -> Option<String> {
+    (t.r#type == TtyType::ExtTty as i32 && t.id & EXT_ID != 0)
+        .then(|| key_of(u64::from(t.rdev), u64::from(t.dev.unwrap_or(0))))
+}
+
+/// Ids of external terminals' entries (apart from pty ends and the
+/// controlling terminals' records).
+const EXT_ID: u32 = 0x4000_0000;
+
+/// A terminal that is the caller's (`--external tty[RDEV:DEV]`): its
+/// termios and window size, read through it; nothing else of it is taken.
+fn ext_tty(cx: &FdCtx<'_>, fd: &OwnedFd) -> Result<TtyInfoEntry> {
+    let what = format!("fd {} ({}, an external terminal)", cx.fd.fd, cx.fd.target);
+    let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
+    let termios = nix::sys::termios::tcgetattr(fd).map_err(fail("tcgetattr"))?;
+    let ws = sys::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+    let rdev = u32::try_from(cx.meta.rdev()).unwrap_or(0);
+    Ok(TtyInfoEntry {
+        id: EXT_ID | (rdev & (EXT_ID - 1)),
+        r#type: TtyType::ExtTty as i32,
+        rdev,
+        dev: u32::try_from(cx.meta.dev()).ok(),
+        termios: Some(termios_entry(&termios.into())),
+        winsize: Some(WinsizeEntry {
+            ws_row: u32::from(ws[0]),
+            ws_col: u32::from(ws[1]),
+            ws_xpixel: u32::from(ws[2]),
+            ws_ypixel: u32::from(ws[3]),
+        }),
+        ..TtyInfoEntry::default()
+    })
 }
 
 fn file_entry(cx: &FdCtx<'_>, tty_info_id: u32) -> Kind {

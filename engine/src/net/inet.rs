@@ -99,9 +99,10 @@ fn parse_raw(raw: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// The backlog of TCP listener `ino` (sock_diag gives a listener's
-/// backlog as its send queue), asked in the current thread's namespace.
-fn listen_backlog(family: u32, ino: u32) -> Option<u32> {
+/// The backlog of TCP listener `ino` and the connections waiting in its
+/// accept queue (sock_diag gives them as its send and receive queues),
+/// asked in the current thread's namespace.
+fn listen_backlog(family: u32, ino: u32) -> Option<(u32, u32)> {
     use netlink_packet_sock_diag::SockDiagMessage;
     use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
     let v6 = family == libc::AF_INET6.cast_unsigned();
@@ -118,7 +119,9 @@ fn listen_backlog(family: u32, ino: u32) -> Option<u32> {
     }))
     .ok()?;
     answers.into_iter().find_map(|a| match a {
-        SockDiagMessage::InetResponse(r) if r.header.inode == ino => Some(r.header.send_queue),
+        SockDiagMessage::InetResponse(r) if r.header.inode == ino => {
+            Some((r.header.send_queue, r.header.recv_queue))
+        }
         _ => None,
     })
 }
@@ -351,7 +354,23 @@ impl FileKind for InetSk {
                 }
                 None => ask(),
             };
-            got.ok_or_else(|| cx.format_err("listen backlog (sock_diag)"))?
+            let (backlog, waiting) =
+                got.ok_or_else(|| cx.format_err("listen backlog (sock_diag)"))?;
+            // Connections not accepted yet go with the killed listener.
+            if waiting > 0 && !table.opts.leave_running {
+                if !table.opts.skip_in_flight {
+                    return Err(Error::Unsupported {
+                        pid: cx.pid,
+                        what: format!(
+                            "{what}: a listener with {waiting} connection(s) not accepted yet \
+                             (they would be lost; dump again once they are accepted, or pass \
+                             --skip-in-flight to drop them),"
+                        ),
+                    });
+                }
+                tracing::warn!(pid = %cx.pid, "{what}: {waiting} connection(s) not accepted yet are dropped (--skip-in-flight)");
+            }
+            backlog
         } else {
             0
         };

@@ -675,6 +675,9 @@ pub struct Restored {
     /// With --root: the directory the tree's mounts are under, made the
     /// namespace's root (pivot_root) once the tasks no longer look up paths.
     pub root: Option<std::path::PathBuf>,
+    /// Whether the tree's root mount was shared (made so after the pivot,
+    /// which refuses a shared mount).
+    pub root_shared: bool,
     /// ptys made in a devpts of the tree's so that binds of them (a
     /// container's /dev/console) have a source: their masters by index.
     pub ptys: Vec<(u32, OwnedFd)>,
@@ -968,6 +971,7 @@ pub fn restore(
             engine,
             cwd,
             procs,
+            root_shared: rooted.is_some() && want_root.shared.is_some(),
             root: rooted,
             ptys,
         })),
@@ -1179,7 +1183,7 @@ fn build(
         .map_err(|e| mount_err(&w.point, "moving it into place")(rx(e)))?;
         remount(w)?;
     }
-    propagation(want, groups)?;
+    propagation(want, groups, &deferred)?;
     Ok(procs)
 }
 
@@ -1375,7 +1379,9 @@ fn bound_ptys(
 }
 
 /// Peer groups and masters as the dump saw them, then unbindable mounts.
-fn propagation(want: &[Mount], outside: &Outside) -> Result<()> {
+/// Mounts the root task makes later (procfs and what is on it: `late`)
+/// stay private.
+fn propagation(want: &[Mount], outside: &Outside, late: &HashSet<u32>) -> Result<()> {
     let set_group = |from: &OwnedFd, w: &Mount| {
         rustix::mount::move_mount(
             from.as_fd(),
@@ -1406,7 +1412,12 @@ fn propagation(want: &[Mount], outside: &Outside) -> Result<()> {
     let mut order: Vec<usize> = (0..want.len()).collect();
     order.sort_by_key(|&i| want[i].root.len());
     let mut leaders: HashMap<u32, OwnedFd> = HashMap::new();
-    let mut done = vec![false; want.len()];
+    let mut done: Vec<bool> = want.iter().map(|w| late.contains(&w.id)).collect();
+    for w in want.iter().filter(|w| late.contains(&w.id)) {
+        if w.shared.is_some() || w.master.is_some() {
+            tracing::info!(mount = %w.point, "a procfs mount (made by the root task) is private after the restore");
+        }
+    }
     loop {
         let mut progress = false;
         for &i in &order {
@@ -1475,7 +1486,10 @@ fn propagation(want: &[Mount], outside: &Outside) -> Result<()> {
             hint: "",
         });
     }
-    for w in want.iter().filter(|w| w.unbindable) {
+    for w in want
+        .iter()
+        .filter(|w| w.unbindable && !late.contains(&w.id))
+    {
         change(w, MsFlags::MS_UNBINDABLE, "making it unbindable")?;
     }
     Ok(())

@@ -362,6 +362,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         },
     )?;
     let mut pivot: Option<PathBuf> = None;
+    let mut root_shared = false;
     if let Some(m) = ns_done.mnt.as_mut() {
         files.give_ptys(std::mem::take(&mut m.ptys));
     }
@@ -378,6 +379,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         if let Some(m) = ns_done.mnt.take() {
             m.leave()?;
             pivot = m.root.clone();
+            root_shared = m.root_shared;
             if let Some(root) = plans.first_mut() {
                 root.mnt_ns = Some(m.ns);
                 root.proc_mounts = m.procs;
@@ -453,7 +455,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         tramp: &tramp,
         progress: opts.progress.as_ref(),
         mask: mask.as_ref(),
-        pivot: pivot_c.as_deref(),
+        pivot: pivot_c.as_deref().map(|p| (p, root_shared)),
     };
     let hook = opts.notify.as_ref();
     let result = crate::notify::point(hook, "setup-namespaces", root_host)
@@ -945,8 +947,9 @@ struct Made<'a> {
     progress: Option<&'a crate::progress::Progress>,
     mask: Option<&'a nix::sched::CpuSet>,
     /// With --root: the directory made the root of the tree's mount
-    /// namespace once every task is restored.
-    pivot: Option<&'a std::ffi::CStr>,
+    /// namespace once every task is restored, and whether that mount was
+    /// shared.
+    pivot: Option<(&'a std::ffi::CStr, bool)>,
 }
 
 /// Wait until every forked task has set itself up (its report on
@@ -1030,7 +1033,10 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
         barrier: &barrier,
         failed: &failed,
         done: &done,
-        pivot: m.pivot.zip(m.plans.first().and_then(|p| p.mnt_ns.as_ref())),
+        pivot: m
+            .pivot
+            .zip(m.plans.first().and_then(|p| p.mnt_ns.as_ref()))
+            .map(|((dir, shared), ns)| (dir, shared, ns)),
     };
     let jobs: Vec<_> = groups
         .iter()
@@ -1146,8 +1152,8 @@ struct Work<'a> {
     failed: &'a std::sync::atomic::AtomicBool,
     done: &'a std::sync::atomic::AtomicUsize,
     /// With --root: the directory made the root of the tree's mount
-    /// namespace, and that namespace.
-    pivot: Option<(&'a std::ffi::CStr, &'a OwnedFd)>,
+    /// namespace, whether it was shared, and that namespace.
+    pivot: Option<(&'a std::ffi::CStr, bool, &'a OwnedFd)>,
 }
 
 impl Work<'_> {
@@ -1412,9 +1418,9 @@ impl Work<'_> {
         let lead = self.barrier.wait().is_leader();
         // Every path looked up: the tree's root becomes its namespace's.
         let mut pivoted = Ok(());
-        if let Some((root, ns)) = self.pivot {
+        if let Some((root, shared, ns)) = self.pivot {
             if lead && !self.failed.load(Ordering::SeqCst) {
-                pivoted = sys::pivot_in(ns.as_fd(), root).map_err(|errno| Error::Restore {
+                pivoted = sys::pivot_in(ns.as_fd(), root, shared).map_err(|errno| Error::Restore {
                     pid: Pid::from_raw(0),
                     what: format!(
                         "making {} the root of the tree's mount namespace (pivot_root)",
