@@ -1566,6 +1566,60 @@ fn a_task_whose_session_leader_is_out_of_sight_comes_back() {
     );
 }
 
+/// A TCP listener holding a connection it has not accepted yet: the dump
+/// refuses it by default (the connection would be lost) and leaves the
+/// task running; with --skip-in-flight it drops the connection, and the
+/// restored listener accepts new ones. In a network namespace of the
+/// test's own.
+#[test]
+fn a_listener_with_a_connection_not_accepted_is_refused_unless_skip_in_flight() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("answer");
+    let script = tmp.path().join("listen.py");
+    std::fs::write(
+        &script,
+        "import os, socket, sys, time\n\
+         out = sys.argv[1]\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 7400)); l.listen(8)\n\
+         c = socket.create_connection(('127.0.0.1', 7400))\n\
+         open(out, 'w').write('ready')\n\
+         while not os.path.exists(out + '.go'): time.sleep(0.05)\n\
+         d = socket.create_connection(('127.0.0.1', 7400))\n\
+         l.settimeout(10); a, _ = l.accept(); a.sendall(b'x')\n\
+         open(out, 'w').write('ok' if d.recv(1) == b'x' else 'bad')\n\
+         time.sleep(60)\n",
+    )
+    .expect("write script");
+    let mut job = Job::start(&format!(
+        "exec unshare -n sh -c 'ip link set lo up && exec python3 {} {}'",
+        script.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 20);
+    let img = images(tmp.path(), "img");
+    let pid = job.pgid.to_string();
+    let img_s = img.to_str().expect("utf8");
+    let refused = run(&["dump", "-t", &pid, "-D", img_s, "--tcp-established"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("not accepted yet")
+            && err.contains("--skip-in-flight"),
+        "a dump of a listener with a connection waiting: {err}"
+    );
+    assert!(
+        kill(Pid::from_raw(job.pgid), None).is_ok(),
+        "the refused dump did not leave the task running"
+    );
+    dump_ok_with(job.pgid, &img, &["--tcp-established", "--skip-in-flight"]);
+    job.reap();
+    std::fs::remove_file(&out).expect("remove ready file");
+    restore_ok(&img);
+    std::fs::write(tmp.path().join("answer.go"), "").expect("go");
+    assert_eq!(wait_file(&out, &["ok", "bad"], 20), "ok");
+}
+
 /// The children of `pid`.
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
