@@ -354,6 +354,10 @@ pub struct Joins {
     /// `cgroup.procs` of the root of the tree's cgroup namespace in each
     /// hierarchy (where that is not the engine's cgroup).
     pub ns_root: Vec<RawFd>,
+    /// The files a thread of each set is moved in by its TID (v1 `tasks`,
+    /// v2 `cgroup.threads`), for threads in other cgroups than their
+    /// process.
+    thread_files: HashMap<u32, Vec<PathBuf>>,
     /// The cgroups made, parents first: removed again unless the restore
     /// [keeps](Joins::keep) them.
     made: Vec<PathBuf>,
@@ -366,6 +370,19 @@ impl Joins {
         id.and_then(|i| self.by_set.get(&i))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Move thread `tid` (the engine's number) into the cgroups of set
+    /// `id`, one hierarchy after the other.
+    pub fn move_thread(&self, tid: Pid, id: u32) -> Result<()> {
+        for f in self.thread_files.get(&id).map_or(&[][..], Vec::as_slice) {
+            std::fs::write(f, tid.as_raw().to_string()).map_err(cg_err(
+                f,
+                "moving a thread into it",
+                " (a v2 cgroup takes threads only when threaded: cgroup.type)",
+            ))?;
+        }
+        Ok(())
     }
 
     /// The highest fd held, if any.
@@ -470,6 +487,9 @@ impl Remap {
 fn props_of(name: &str) -> Vec<&'static str> {
     if name.is_empty() {
         return vec![
+            // First: a threaded cgroup (its threads' own) is made so
+            // before anything else of it.
+            "cgroup.type",
             "cgroup.subtree_control",
             "cgroup.max.descendants",
             "cgroup.max.depth",
@@ -799,6 +819,10 @@ impl Opener<'_> {
 /// Write property `name` of cgroup `at` with `value` as dumped. A property
 /// this kernel does not have is reported and left.
 fn write_prop(at: &Path, name: &str, value: &str) -> Result<()> {
+    if name == "cgroup.type" && value != "threaded" {
+        // "domain threaded" and the rest follow from the children.
+        return Ok(());
+    }
     let v = match name {
         // Controllers are enabled one by one.
         "cgroup.subtree_control" => value
@@ -846,6 +870,7 @@ pub fn prepare(
     remap: &Remap,
     root_set: Option<u32>,
     tasks: &[u32],
+    threads: &[u32],
     first: RawFd,
 ) -> Result<Joins> {
     let mut joins = Joins::default();
@@ -907,8 +932,30 @@ pub fn prepare(
         }
         by_set.insert(id, fds);
     }
+    let mut thread_files = HashMap::new();
+    for &id in threads {
+        let set = set_of(id).ok_or_else(|| {
+            bad(format!(
+                "a thread is in cgroup set {id}, which it does not list"
+            ))
+        })?;
+        let mut files = Vec::new();
+        for m in &set.ctls {
+            let path = remap.path(&m.name, &m.path);
+            let top = at.top(&m.name, &path)?;
+            let dir = top.join(path.trim_start_matches('/'));
+            at.ensure(&top, &dir, &m.name)?;
+            files.push(dir.join(if m.name.is_empty() {
+                "cgroup.threads"
+            } else {
+                "tasks"
+            }));
+        }
+        thread_files.insert(id, files);
+    }
     joins.ns_root = ns_root;
     joins.by_set = by_set;
+    joins.thread_files = thread_files;
     Ok(joins)
 }
 

@@ -456,6 +456,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         progress: opts.progress.as_ref(),
         mask: mask.as_ref(),
         pivot: pivot_c.as_deref().map(|p| (p, root_shared)),
+        cgroups: &cgroups,
     };
     let hook = opts.notify.as_ref();
     let result = crate::notify::point(hook, "setup-namespaces", root_host)
@@ -518,29 +519,25 @@ fn join_cgroups(
     first: RawFd,
 ) -> Result<crate::cgroup::Joins> {
     let set = |p: &Plan| p.core.tc.as_ref().and_then(|t| t.cg_set);
-    for p in plans.iter().filter(|p| p.zombie.is_none()) {
-        let other = p.thread_cores.iter().find(|c| {
-            c.thread_core
-                .as_ref()
-                .and_then(|t| t.cg_set)
-                .is_some_and(|s| Some(s) != set(p))
-        });
-        if other.is_some() && opts.cgroups != crate::cgroup::Mode::Ignore {
-            return Err(Error::Unsupported {
-                pid: pid_of(p.pst.pid),
-                what: "threads in other cgroups than their process (restore with \
-                       --manage-cgroups=ignore to leave every task where stasis is)"
-                    .into(),
-            });
-        }
-    }
+    // Threads in other cgroups than their process are moved there by TID
+    // once made.
+    let threads: Vec<u32> = plans
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .flat_map(|p| {
+            p.thread_cores
+                .iter()
+                .filter_map(|c| c.thread_core.as_ref().and_then(|t| t.cg_set))
+                .filter(move |&s| Some(s) != set(p))
+        })
+        .collect();
     let live: Vec<u32> = plans
         .iter()
         .filter(|p| p.zombie.is_none())
         .filter_map(set)
         .collect();
     let root_set = plans.first().and_then(set);
-    let joins = crate::cgroup::prepare(dir, opts.cgroups, remap, root_set, &live, first)?;
+    let joins = crate::cgroup::prepare(dir, opts.cgroups, remap, root_set, &live, &threads, first)?;
     for p in plans.iter_mut().filter(|p| p.zombie.is_none()) {
         p.cgroup_fds = joins.of(set(p));
     }
@@ -950,6 +947,8 @@ struct Made<'a> {
     /// namespace once every task is restored, and whether that mount was
     /// shared.
     pivot: Option<(&'a std::ffi::CStr, bool)>,
+    /// The cgroups the tasks join.
+    cgroups: &'a crate::cgroup::Joins,
 }
 
 /// Wait until every forked task has set itself up (its report on
@@ -1037,6 +1036,7 @@ fn finish(m: &Made<'_>, ready_r: OwnedFd, ready_fd: RawFd, t0: Instant) -> Resul
             .pivot
             .zip(m.plans.first().and_then(|p| p.mnt_ns.as_ref()))
             .map(|((dir, shared), ns)| (dir, shared, ns)),
+        cgroups: m.cgroups,
     };
     let jobs: Vec<_> = groups
         .iter()
@@ -1154,6 +1154,8 @@ struct Work<'a> {
     /// With --root: the directory made the root of the tree's mount
     /// namespace, whether it was shared, and that namespace.
     pivot: Option<(&'a std::ffi::CStr, bool, &'a OwnedFd)>,
+    /// The cgroups the tasks join, and threads in others are moved to.
+    cgroups: &'a crate::cgroup::Joins,
 }
 
 impl Work<'_> {
@@ -1286,6 +1288,11 @@ impl Work<'_> {
                 }
             })?;
             threads.push(tid);
+            if let Some(s) = core.thread_core.as_ref().and_then(|c| c.cg_set)
+                && Some(s) != tc.cg_set
+            {
+                self.cgroups.move_thread(tid, s)?;
+            }
             let mut calls = task::thread_calls(pid, core, t.data)?;
             if let Some(comm) = core.thread_core.as_ref().and_then(|c| c.comm.as_ref()) {
                 calls.push(comm_call(&tr, t, comm)?);

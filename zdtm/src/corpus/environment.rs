@@ -73,6 +73,13 @@ pub(crate) const TESTS: &[Test] = &[
     )
     .flavors(&[Flavor::H, Flavor::Ns]),
     Test::new(
+        "cgroup-threads",
+        Environment,
+        "a thread in a cgroup of its own below its process's (v2 threaded, v1 pids)",
+        cgroup_threads,
+    )
+    .flavors(&[Flavor::H, Flavor::Ns]),
+    Test::new(
         "cgroupns",
         Environment,
         "a cgroup namespace of its own rooted at a cgroup of the test's, a child in a cgroup below (v2 and v1 pids): both see the same paths after restore",
@@ -416,6 +423,78 @@ fn cgroup_member(t: &mut Ctx) -> Res {
     let kids = t.check_kids();
     drop(cg);
     mine.and(kids)
+}
+
+/// The cgroup of thread `tid` of this process in hierarchy `name`.
+fn thread_cgroup(tid: i32, name: &str) -> Res<String> {
+    let text = slurp(format!("/proc/self/task/{tid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, n, p) = (f.next()?, f.next()?, f.next()?);
+            (n == name).then(|| p.to_owned())
+        })
+        .ok_or_else(|| Fail::Sys(format!("no {name:?} line for thread {tid}")))
+}
+
+/// Move thread `tid` into cgroup `dir` of hierarchy `name` ("" for v2).
+fn move_thread(name: &str, dir: &str, tid: i32) -> Res {
+    let file = if name.is_empty() {
+        "cgroup.threads"
+    } else {
+        "tasks"
+    };
+    std::fs::write(format!("{dir}/{file}"), tid.to_string())
+        .or_fail(&format!("move thread {tid} to {dir}"))
+}
+
+fn cgroup_threads(t: &mut Ctx) -> Res {
+    let me = nix::unistd::getpid();
+    let mut cg = Cgroups { made: Vec::new() };
+    for (name, point) in cgroup_hierarchies()? {
+        let home = format!("{point}{}", my_cgroup(&name)?).replace("//", "/");
+        let dir = format!("{home}/zdtm-cgt-{me}").replace("//", "/");
+        let sub = format!("{dir}/thr");
+        std::fs::create_dir_all(&sub).or_fail(&format!("mkdir {sub}"))?;
+        if name.is_empty() {
+            std::fs::write(format!("{sub}/cgroup.type"), "threaded")
+                .or_fail(&format!("make {sub} threaded"))?;
+        }
+        cg.made.push((name, point, home, dir, sub));
+    }
+    for (_, _, _, dir, _) in &cg.made {
+        join(dir)?;
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<i32>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let th = std::thread::spawn(move || {
+        let _ = tx.send(nix::unistd::gettid().as_raw());
+        let _ = stop_rx.recv();
+    });
+    let tid = rx.recv().or_fail("the thread's id")?;
+    for (name, _, _, _, sub) in &cg.made {
+        move_thread(name, sub, tid)?;
+    }
+    let made = cg.made.clone();
+    let sabotage = move || {
+        let (name, _, _, dir, _) = made.first().ok_or_else(|| Fail::Sys("no cgroup".into()))?;
+        move_thread(name, dir, tid)
+    };
+    let res = t.wait("moved the thread to its process's cgroup", sabotage);
+    let checked = res.and_then(|()| {
+        for (name, point, _, dir, sub) in &cg.made {
+            let at = |tid: i32| -> Res<String> {
+                Ok(format!("{point}{}", thread_cgroup(tid, name)?).replace("//", "/"))
+            };
+            ensure_eq!("the thread's cgroup", at(tid)?, *sub);
+            ensure_eq!("the process's cgroup", at(me.as_raw())?, *dir);
+        }
+        Ok(())
+    });
+    let _ = stop_tx.send(());
+    let _ = th.join();
+    drop(cg);
+    checked
 }
 
 fn cgroupns(t: &mut Ctx) -> Res {
