@@ -1620,6 +1620,44 @@ fn a_listener_with_a_connection_not_accepted_is_refused_unless_skip_in_flight() 
     assert_eq!(wait_file(&out, &["ok", "bad"], 20), "ok");
 }
 
+/// A socket made in another network namespace than its task's (the task
+/// moved after making it) would come back in the task's: the dump refuses
+/// it by name and leaves the task running.
+#[test]
+fn a_socket_of_another_network_namespace_is_refused() {
+    need_root();
+    let tmp = tmpdir();
+    let out = tmp.path().join("ready");
+    let script = tmp.path().join("moved.py");
+    std::fs::write(
+        &script,
+        "import ctypes, socket, sys, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0: sys.exit(3)\n\
+         open(sys.argv[1], 'w').write('ready')\n\
+         time.sleep(60)\n",
+    )
+    .expect("write script");
+    let job = Job::start(&format!(
+        "exec python3 {} {}",
+        script.display(),
+        out.display()
+    ));
+    wait_file(&out, &["ready"], 20);
+    let img = images(tmp.path(), "img");
+    let pid = job.pgid.to_string();
+    let res = run(&["dump", "-t", &pid, "-D", img.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && err.contains("another network namespace"),
+        "a dump of a socket from another network namespace: {err}"
+    );
+    assert!(
+        kill(Pid::from_raw(job.pgid), None).is_ok(),
+        "the refused dump did not leave the task running"
+    );
+}
+
 /// The children of `pid`.
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

@@ -752,6 +752,16 @@ pub fn pty_peer(fd: std::os::fd::BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, 
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
 
+/// The network namespace socket `fd` was made in (SIOCGSKNS).
+pub fn socket_netns(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+    let ret = Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSKNS as _) })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
 /// The values of SysV semaphore set `id` (`n` semaphores).
 pub fn sem_getall(id: i32, n: usize) -> Result<Vec<u16>, Errno> {
     let mut v = vec![0u16; n];

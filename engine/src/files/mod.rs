@@ -67,6 +67,30 @@ pub struct Opts {
     pub leave_running: bool,
 }
 
+/// An inet, netlink or packet socket is made again in its task's network
+/// namespace: one made in another (before the task moved, or passed to
+/// it) is refused, as the restore would put it elsewhere. Err: what to
+/// name in the refusal.
+fn same_netns(pid: Pid, fd: &proc::Fd) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = sys::pidfd_open(pid)
+        .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
+        .and_then(|s| sys::socket_netns(s.as_fd()))
+    else {
+        // Kernels without SIOCGSKNS: nothing to compare.
+        return Ok(());
+    };
+    let theirs = nix::sys::stat::fstat(&ns).map(|s| s.st_ino);
+    let task = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+    match (theirs, task) {
+        (Ok(a), Ok(b)) if a != b => Err(format!(
+            "{}, a socket of another network namespace than its task's",
+            fd.target
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A ghost file: its metadata and data chunks (offset, bytes).
 #[derive(Debug, Default)]
 struct Ghost {
@@ -660,6 +684,8 @@ impl Table {
             if self.unix.is_unix(u32::try_from(meta.ino()).unwrap_or(0)) {
                 FdTypes::Unixsk
             } else {
+                // (A unix socket's path names do not depend on it.)
+                same_netns(pid, fd).map_err(unsupported)?;
                 let domain = sys::pidfd_open(pid)
                     .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
                     .and_then(|d| {
