@@ -246,6 +246,10 @@ pub(crate) enum External {
     /// on that device is the caller's (a container's console); the
     /// restore takes it from `--inherit-fd fd[N]:tty[RDEV:DEV]`.
     Tty(String),
+    /// `net[INO]:KEY` (dump): the network namespace with inode INO is the
+    /// caller's; the restore joins the one given by `--inherit-fd
+    /// fd[N]:KEY`.
+    Net(u64, String),
     /// `KEY:VALUE` without a kind: CRIU keeps such strings for plugins to
     /// look up; none of stasis' objects does (LXC passes its console so).
     Other(String),
@@ -277,6 +281,10 @@ pub(crate) fn parse_external(s: &str) -> std::result::Result<External, String> {
     match kind {
         "mnt" => Ok(External::Mnt(a, b)),
         "veth" => Ok(External::Veth(a, b)),
+        "net" => a
+            .parse()
+            .map(|ino| External::Net(ino, b))
+            .map_err(|_| format!("--external {s}: write net[INODE]:KEY")),
         _ => Err(format!(
             "--external {s}: only mnt[...] and veth[...] are supported yet"
         )),
@@ -288,7 +296,9 @@ fn mounts_of(ext: &[External], map: &[(String, String)]) -> Vec<(String, String)
     ext.iter()
         .filter_map(|e| match e {
             External::Mnt(a, b) => Some((a.clone(), b.clone())),
-            External::Veth(..) | External::Tty(..) | External::Other(..) => None,
+            External::Veth(..) | External::Tty(..) | External::Net(..) | External::Other(..) => {
+                None
+            }
         })
         // `auto`: CRIU finds binds from outside by itself; stasis saves
         // a bind of the engine's file systems as such and needs no key.
@@ -301,7 +311,7 @@ fn veths_of(ext: &[External], pairs: &[(String, String)]) -> Vec<(String, String
     ext.iter()
         .filter_map(|e| match e {
             External::Veth(a, b) => Some((a.clone(), b.clone())),
-            External::Mnt(..) | External::Tty(..) | External::Other(..) => None,
+            External::Mnt(..) | External::Tty(..) | External::Net(..) | External::Other(..) => None,
         })
         .chain(pairs.iter().cloned())
         .collect()
@@ -515,6 +525,14 @@ fn run_dump(a: &DumpArgs) -> Result<ExitCode> {
             })
             .collect(),
         empty_net: a.empty_ns.as_deref() == Some("net"),
+        ext_netns: a
+            .external
+            .iter()
+            .filter_map(|e| match e {
+                External::Net(i, k) => Some((*i, k.clone())),
+                _ => None,
+            })
+            .collect(),
         cgroup_roots: a.cgroup_root.clone(),
     };
     let stats = dump::dump(&opts)?;

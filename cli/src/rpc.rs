@@ -659,6 +659,14 @@ fn dump(
                 .filter(|e| e.starts_with("tty["))
                 .cloned()
                 .collect(),
+            ext_netns: o
+                .external
+                .iter()
+                .filter_map(|e| match crate::parse_external(e) {
+                    Ok(crate::External::Net(i, k)) => Some((i, k)),
+                    _ => None,
+                })
+                .collect(),
             cgroup_roots: o
                 .cg_root
                 .iter()

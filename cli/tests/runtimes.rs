@@ -4,9 +4,9 @@
 //! through `criu swrk`; a busybox container with a counter and httpd is
 //! checkpointed and restored twice, checkpointed with --leave-running, and
 //! restored under a new container id, and a terminal container comes back
-//! on a new console handed to runc. LXC runs `criu dump` and `criu
-//! restore`. Needs root, runc, LXC and a static busybox (ci/setup installs
-//! them): fails without them.
+//! on a new console handed to runc. Podman drives runc; LXC runs `criu
+//! dump` and `criu restore`. Needs root, runc, podman, LXC and a static
+//! busybox (ci/setup installs them): fails without them.
 
 mod common;
 
@@ -18,6 +18,40 @@ use std::time::{Duration, Instant};
 
 fn need(cond: bool, what: &str) {
     assert!(cond, "this test needs {what}");
+}
+
+/// Run `cmd` with stdin from /dev/null and its output in files named
+/// from `base` (.out, .err), read back once it exits: a daemon it leaves
+/// (a detached container's monitor) inherits them, and would hold a pipe
+/// open for good.
+fn logged(mut cmd: Command, base: &Path) -> Output {
+    let log = |k: &str| {
+        std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(base.with_extension(k))
+            .expect("log file")
+    };
+    let (out, err) = (log("out"), log("err"));
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"))
+        .status()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        let _ = f.rewind().and_then(|()| f.read_to_end(&mut v));
+        v
+    };
+    Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
 }
 
 /// A runc container of this test: deleted (killed) on every path.
@@ -34,36 +68,11 @@ impl Ctr {
     /// would give it).
     fn runc(&self, args: &[&str]) -> Output {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = |k: &str| {
-            std::fs::File::options()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(self.bundle.with_file_name(format!("runc-{n}.{k}")))
-                .expect("runc log")
-        };
-        let (out, err) = (log("out"), log("err"));
-        let status = Command::new("runc")
-            .args(args)
+        let mut cmd = Command::new("runc");
+        cmd.args(args)
             .env("PATH", &self.path)
-            .current_dir(&self.bundle)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(err.try_clone().expect("dup"))
-            .status()
-            .expect("run runc");
-        let read = |mut f: std::fs::File| {
-            use std::io::{Read, Seek};
-            let mut v = Vec::new();
-            let _ = f.rewind().and_then(|()| f.read_to_end(&mut v));
-            v
-        };
-        Output {
-            status,
-            stdout: read(out),
-            stderr: read(err),
-        }
+            .current_dir(&self.bundle);
+        logged(cmd, &self.bundle.with_file_name(format!("runc-{n}")))
     }
 
     fn ok(&self, args: &[&str]) {
@@ -418,25 +427,12 @@ struct Lxc {
 }
 
 impl Lxc {
-    /// Output goes to a file: a daemonized monitor (`-d`) inherits it and
-    /// would hold a pipe open for good.
     fn run(&self, tool: &str, args: &[&str]) -> Output {
-        let log = self.dir.join(format!("{tool}.log"));
-        let f = std::fs::File::create(&log).expect("log file");
-        let status = Command::new(tool)
-            .args(["-P", self.dir.to_str().expect("utf8"), "-n", &self.name])
+        let mut cmd = Command::new(tool);
+        cmd.args(["-P", self.dir.to_str().expect("utf8"), "-n", &self.name])
             .args(args)
-            .env("PATH", &self.path)
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().expect("dup"))
-            .stderr(f)
-            .status()
-            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
-        Output {
-            status,
-            stdout: std::fs::read(&log).unwrap_or_default(),
-            stderr: Vec::new(),
-        }
+            .env("PATH", &self.path);
+        logged(cmd, &self.dir.join(tool))
     }
 
     fn ok(&self, tool: &str, args: &[&str]) {
@@ -563,4 +559,163 @@ fn lxc_checkpoints_and_restores_a_busybox_container_through_stasis() {
         let log = std::fs::read_to_string(img.join("restore.log")).unwrap_or_default();
         assert!(!log.contains("ERROR"), "restore {cycle}: {log}");
     }
+}
+
+/// Podman containers and the image of this test: removed on every path.
+struct Podman {
+    names: Vec<String>,
+    image: String,
+    path: std::ffi::OsString,
+    logs: PathBuf,
+}
+
+impl Podman {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("podman");
+        cmd.args(args).env("PATH", &self.path);
+        logged(cmd, &self.logs.join("podman"))
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn count(&self, name: &str) -> u64 {
+        let out = self.run(&["exec", name, "/bin/busybox", "cat", "/tmp/count"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Wait (up to 10 s) until the counter of `name` is above `above`.
+    fn counts_past(&self, name: &str, above: u64) -> u64 {
+        let t = Instant::now();
+        loop {
+            let v = self.count(name);
+            if v > above {
+                return v;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{name}: counter stuck at {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = self.run(&["rm", "-f", "-t", "0", n]);
+        }
+        let _ = self.run(&["rmi", "-f", &self.image]);
+    }
+}
+
+/// Podman 4 drives runc, which drives stasis as `criu`: a container made
+/// from an imported busybox root file system (no network: podman's default
+/// one would change the host's) is checkpointed and restored twice, then
+/// checkpointed with --export to a tarball and restored from it with
+/// --import as a new container; its counter resumes each time. podman's
+/// network namespace is the caller's (`--external net[INO]:KEY`, joined
+/// again from `--inherit-fd`). The rlimits are this sandbox's: podman's
+/// defaults are above what root may set here.
+#[test]
+fn podman_checkpoints_restores_and_exports_a_container_through_stasis() {
+    need(
+        nix::unistd::geteuid().is_root(),
+        "root: podman makes containers",
+    );
+    need(
+        Command::new("podman").arg("--version").output().is_ok(),
+        "podman (Debian's podman package)",
+    );
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|b| Path::new(b).exists());
+    need(
+        busybox.is_some(),
+        "a static busybox (Debian's busybox-static)",
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox.unwrap_or_default(), root.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
+    let tar = tmp.path().join("rootfs.tar");
+    let made = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(made.success(), "tar of the root file system");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
+    let mut path = bin.into_os_string();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let id = format!("stasis-test-{}", std::process::id());
+    let mut pm = Podman {
+        names: vec![id.clone()],
+        image: format!("localhost/{id}:1"),
+        path,
+        logs: tmp.path().to_owned(),
+    };
+    pm.ok(&["import", tar.to_str().expect("utf8"), &pm.image]);
+    pm.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &id,
+        "--network",
+        "none",
+        "--runtime",
+        "runc",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1000:1000",
+        &pm.image,
+        "/bin/sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+    ]);
+    pm.counts_past(&id, 2);
+    for cycle in 0..2 {
+        pm.ok(&["container", "checkpoint", &id]);
+        let before = pm.count(&id);
+        assert_eq!(before, 0, "checkpoint {cycle} left the container running");
+        pm.ok(&["container", "restore", &id]);
+        let now = pm.counts_past(&id, 0);
+        pm.counts_past(&id, now + 2);
+    }
+    let export = tmp.path().join("export.tar.gz");
+    let export_s = export.to_str().expect("utf8");
+    pm.ok(&["container", "checkpoint", "--export", export_s, &id]);
+    let copy = format!("{id}-copy");
+    pm.names.push(copy.clone());
+    pm.ok(&[
+        "container",
+        "restore",
+        "--import",
+        export_s,
+        "--name",
+        &copy,
+    ]);
+    let now = pm.counts_past(&copy, 0);
+    pm.counts_past(&copy, now + 2);
 }

@@ -46,6 +46,9 @@ pub struct Opts {
     pub tcp_established: bool,
     /// `--external tty[RDEV:DEV]`: terminals that are the caller's.
     pub ext_ttys: Vec<String>,
+    /// `--external net[INO]:KEY`: network namespaces that are the
+    /// caller's, by inode, with the key the restore gets them by.
+    pub ext_netns: Vec<(u64, String)>,
     /// `--cgroup-root`: the cgroups saved begin there (a container's
     /// cgroup, above its tasks' own), not at the tasks' cgroups.
     pub cgroup_roots: Vec<crate::cgroup::CgRoot>,
@@ -199,7 +202,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
             .collect::<Vec<_>>(),
     )?;
-    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net)?;
+    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net, &opts.ext_netns)?;
     let mut cgroups = crate::cgroup::Sets::read(
         root,
         &tree

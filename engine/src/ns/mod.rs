@@ -190,6 +190,7 @@ pub fn dump(
     dir: &Dir,
     ext_mounts: &[(String, String)],
     empty_net: bool,
+    ext_netns: &[(u64, String)],
 ) -> Result<Option<user::Maps>> {
     let maps = if own(root, "user") {
         Some(user::dump(root, dir)?)
@@ -201,7 +202,26 @@ pub fn dump(
     }
 
     if own(root, "net") {
-        net::dump(root, dir, empty_net)?;
+        // The caller's (`--external net[INO]:KEY`, runtimes that made
+        // it): nothing of it is saved, the restore joins theirs.
+        let ino = std::fs::metadata(format!("/proc/{root}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|err| Error::Proc {
+                pid: root,
+                path: format!("/proc/{root}/ns/net"),
+                err,
+            })?;
+        match ext_netns.iter().find(|(i, _)| *i == ino) {
+            Some((_, key)) => dir.write_all(
+                img::NETNS,
+                NS_ID,
+                &[stasis_proto::images::NetnsEntry {
+                    ext_key: Some(key.clone()),
+                    ..Default::default()
+                }],
+            )?,
+            None => net::dump(root, dir, empty_net)?,
+        }
     }
     if own(root, "uts") {
         let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
@@ -286,6 +306,18 @@ pub struct Given<'a> {
     pub veths: &'a [(String, String)],
     /// Where the tree's cgroups go (for its cgroup mounts).
     pub cgroups: &'a crate::cgroup::Remap,
+    /// The caller's network namespaces, by key (`--inherit-fd
+    /// fd[N]:KEY` for a namespace dumped as `--external net[INO]:KEY`).
+    pub netns: &'a [(String, std::os::fd::OwnedFd)],
+}
+
+/// The key of the network namespace of the images if it was the caller's.
+pub fn ext_netns_key(dir: &Dir) -> Result<Option<String>> {
+    if !dir.exists(img::NETNS, NS_ID) {
+        return Ok(None);
+    }
+    let e: stasis_proto::images::NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
+    Ok(e.ext_key)
 }
 
 /// Make the tree's namespaces again in the engine (which then forks the
@@ -296,8 +328,9 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     // In a user namespace of the tree's own, the other namespaces are made
     // inside it (owned by it) by its helper, and joined here.
     let mut inner = CloneFlags::empty();
+    let own_net = dir.exists(img::NETNS, NS_ID) && ext_netns_key(dir)?.is_none();
     for (has, flag) in [
-        (dir.exists(img::NETNS, NS_ID), CloneFlags::CLONE_NEWNET),
+        (own_net, CloneFlags::CLONE_NEWNET),
         (dir.exists(img::UTSNS, NS_ID), CloneFlags::CLONE_NEWUTS),
         (dir.exists(img::IPC_VAR, NS_ID), CloneFlags::CLONE_NEWIPC),
         (dir.exists(img::MNTS, NS_ID), CloneFlags::CLONE_NEWNS),
@@ -317,10 +350,28 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     // engine's user namespace; the root mounts its procfs before it joins
     // the tree's).
     if dir.exists(img::NETNS, NS_ID) {
-        // Veth peers outside the tree go to the engine's own namespace.
-        let outer = net::outside()?;
-        enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
-        net::restore(dir, &outer, given.veths)?;
+        let e: stasis_proto::images::NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
+        if let Some(key) = &e.ext_key {
+            // The caller's: joined as it is.
+            let fd = given
+                .netns
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, fd)| fd)
+                .ok_or_else(|| Error::BadImage {
+                    path: img::NETNS.file_name(NS_ID),
+                    what: format!(
+                        "the network namespace was the caller's ({key}); give it with --inherit-fd fd[N]:{key}"
+                    ),
+                })?;
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
+                .map_err(Error::restore(me, "joining the caller's network namespace"))?;
+        } else {
+            // Veth peers outside the tree go to the engine's own namespace.
+            let outer = net::outside()?;
+            enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
+            net::restore(dir, &outer, given.veths)?;
+        }
     }
     if dir.exists(img::UTSNS, NS_ID) {
         let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;

@@ -213,6 +213,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
         let conf = NetnsEntry {
             stasis_sysctls: sysctls(&names),
+            ext_key: None,
         };
         if empty {
             return Ok(Saved {

@@ -299,6 +299,21 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
                 })
         })
         .collect::<Result<Vec<_>>>()?;
+    // The caller's network namespace, if the dump left it to the caller.
+    let net_key = crate::ns::ext_netns_key(&dir)?;
+    let (netns, given): (Vec<_>, Vec<_>) = given
+        .into_iter()
+        .partition(|(k, _)| Some(k) == net_key.as_ref());
+    if let Some(key) = &net_key
+        && netns.is_empty()
+    {
+        return Err(Error::BadImage {
+            path: img::NETNS.file_name(crate::ns::NS_ID),
+            what: format!(
+                "the network namespace was the caller's ({key}); give it with --inherit-fd fd[N]:{key}"
+            ),
+        });
+    }
     files.take_inherited(given)?;
     if let Some(root) = &opts.root {
         // Paths are as the tree saw them: looked up under --root until the
@@ -359,6 +374,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             ext_mounts: &opts.ext_mounts,
             veths: &opts.ext_veths,
             cgroups: &remap,
+            netns: &netns,
         },
     )?;
     let mut pivot: Option<PathBuf> = None;
