@@ -592,6 +592,17 @@ fn cg_mode(o: &CriuOpts) -> std::result::Result<stasis_engine::cgroup::Mode, Str
     }
 }
 
+/// `cg_root`, as the engine takes it.
+fn cg_roots(o: &CriuOpts) -> Vec<stasis_engine::cgroup::CgRoot> {
+    o.cg_root
+        .iter()
+        .map(|r| stasis_engine::cgroup::CgRoot {
+            ctrl: r.ctrl.clone(),
+            path: r.path.clone(),
+        })
+        .collect()
+}
+
 /// `ext_mnt` and the `mnt[...]` strings of `external`, as (A, B).
 fn ext_mounts(o: &CriuOpts) -> std::result::Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = o
@@ -667,14 +678,7 @@ fn dump(
                     _ => None,
                 })
                 .collect(),
-            cgroup_roots: o
-                .cg_root
-                .iter()
-                .map(|r| stasis_engine::cgroup::CgRoot {
-                    ctrl: r.ctrl.clone(),
-                    path: r.path.clone(),
-                })
-                .collect(),
+            cgroup_roots: cg_roots(o),
             empty_net: o.empty_ns.is_some_and(|v| v & CLONE_NEWNET != 0),
         };
         stasis_engine::dump::dump(&opts)
@@ -703,14 +707,7 @@ fn restore(
             progress: None,
             notify,
             cgroups: cg_mode(o)?,
-            cgroup_roots: o
-                .cg_root
-                .iter()
-                .map(|r| stasis_engine::cgroup::CgRoot {
-                    ctrl: r.ctrl.clone(),
-                    path: r.path.clone(),
-                })
-                .collect(),
+            cgroup_roots: cg_roots(o),
             root: o.root.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
             ext_veths: ext_veths(o)?,

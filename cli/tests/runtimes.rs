@@ -103,6 +103,35 @@ impl Drop for Ctr {
     }
 }
 
+/// A root file system of a static busybox (and sh) with the directories
+/// a container needs.
+fn busybox_rootfs(root: &Path) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|b| Path::new(b).exists());
+    need(
+        busybox.is_some(),
+        "a static busybox (Debian's busybox-static)",
+    );
+    for d in ["bin", "proc", "sys", "dev", "tmp", "www"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox.unwrap_or_default(), root.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
+}
+
+/// A PATH whose `criu` is stasis (a symlink in `tmp/bin`), as a user
+/// would set it up.
+fn criu_on_path(tmp: &Path) -> std::ffi::OsString {
+    let bin = tmp.join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
+    let mut path = bin.into_os_string();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
 /// A busybox bundle in `tmp` whose container runs `script` (with a cgroup
 /// namespace too, as podman and docker give on cgroup v2, and a terminal
 /// if asked), and runc set up to find stasis as `criu` on PATH, as a user
@@ -116,26 +145,9 @@ fn busybox_bundle(tmp: &Path, name: &str, script: &str, terminal: bool) -> (Ctr,
         Command::new("runc").arg("--version").output().is_ok(),
         "runc (Debian's runc package)",
     );
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|b| Path::new(b).exists());
-    need(
-        busybox.is_some(),
-        "a static busybox (Debian's busybox-static)",
-    );
     let bundle = tmp.join("bundle");
-    let root = bundle.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "www"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir");
-    }
-    std::fs::copy(busybox.unwrap_or_default(), root.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
-    let bin = tmp.join("bin");
-    std::fs::create_dir(&bin).expect("mkdir bin");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
-    let mut path = bin.into_os_string();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
+    busybox_rootfs(&bundle.join("rootfs"));
+    let path = criu_on_path(tmp);
     let id = format!("stasis-test-{}-{name}", std::process::id());
     let ctr = Ctr {
         ids: vec![id.clone()],
@@ -481,12 +493,7 @@ fn lxc_checkpoints_and_restores_a_busybox_container_through_stasis() {
         "LXC (Debian's lxc package)",
     );
     let tmp = tempfile::tempdir().expect("tempdir");
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir bin");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
-    let mut path = bin.into_os_string();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let path = criu_on_path(tmp.path());
     let conf = tmp.path().join("lxc.conf");
     std::fs::write(&conf, "lxc.net.0.type = empty\n").expect("lxc.conf");
     let lxc = Lxc {
@@ -638,20 +645,9 @@ fn podman_checkpoints_restores_and_exports_a_container_through_stasis() {
         Command::new("podman").arg("--version").output().is_ok(),
         "podman (Debian's podman package)",
     );
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|b| Path::new(b).exists());
-    need(
-        busybox.is_some(),
-        "a static busybox (Debian's busybox-static)",
-    );
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir");
-    }
-    std::fs::copy(busybox.unwrap_or_default(), root.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("symlink sh");
+    busybox_rootfs(&root);
     let tar = tmp.path().join("rootfs.tar");
     let made = Command::new("tar")
         .arg("-C")
@@ -662,12 +658,7 @@ fn podman_checkpoints_restores_and_exports_a_container_through_stasis() {
         .status()
         .expect("run tar");
     assert!(made.success(), "tar of the root file system");
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir bin");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stasis"), bin.join("criu")).expect("symlink");
-    let mut path = bin.into_os_string();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let path = criu_on_path(tmp.path());
     let id = format!("stasis-test-{}", std::process::id());
     let mut pm = Podman {
         names: vec![id.clone()],

@@ -253,6 +253,15 @@ pub fn end_id(index: u32, master: bool) -> u32 {
     index * 2 + if master { 1 } else { 2 }
 }
 
+fn winsize_entry(ws: [u16; 4]) -> WinsizeEntry {
+    WinsizeEntry {
+        ws_row: u32::from(ws[0]),
+        ws_col: u32::from(ws[1]),
+        ws_xpixel: u32::from(ws[2]),
+        ws_ypixel: u32::from(ws[3]),
+    }
+}
+
 fn termios_entry(t: &libc::termios) -> TermiosEntry {
     TermiosEntry {
         c_iflag: t.c_iflag,
@@ -441,12 +450,7 @@ impl FileKind for Tty {
                 rdev: u32::try_from(rdev).unwrap_or(0),
                 termios: termios.as_ref().map(|t| termios_entry(&t.clone().into())),
                 termios_locked: None,
-                winsize: Some(WinsizeEntry {
-                    ws_row: u32::from(ws[0]),
-                    ws_col: u32::from(ws[1]),
-                    ws_xpixel: u32::from(ws[2]),
-                    ws_ypixel: u32::from(ws[3]),
-                }),
+                winsize: Some(winsize_entry(ws)),
                 pty: Some(TtyPtyEntry { index }),
                 dev: None,
                 uid: None,
@@ -565,12 +569,7 @@ fn ext_tty(cx: &FdCtx<'_>, fd: &OwnedFd) -> Result<TtyInfoEntry> {
         rdev,
         dev: u32::try_from(cx.meta.dev()).ok(),
         termios: Some(termios_entry(&termios.into())),
-        winsize: Some(WinsizeEntry {
-            ws_row: u32::from(ws[0]),
-            ws_col: u32::from(ws[1]),
-            ws_xpixel: u32::from(ws[2]),
-            ws_ypixel: u32::from(ws[3]),
-        }),
+        winsize: Some(winsize_entry(ws)),
         ..TtyInfoEntry::default()
     })
 }
@@ -609,12 +608,7 @@ fn orphan_slave(cx: &FdCtx<'_>, fd: &OwnedFd, index: u32) -> Result<TtyInfoEntry
         rdev: u32::try_from(cx.meta.rdev()).unwrap_or(0),
         termios: Some(termios_entry(&termios.into())),
         termios_locked: None,
-        winsize: Some(WinsizeEntry {
-            ws_row: u32::from(ws[0]),
-            ws_col: u32::from(ws[1]),
-            ws_xpixel: u32::from(ws[2]),
-            ws_ypixel: u32::from(ws[3]),
-        }),
+        winsize: Some(winsize_entry(ws)),
         pty: Some(TtyPtyEntry { index }),
         dev: u32::try_from(cx.meta.dev()).ok(),
         uid: Some(cx.meta.uid()),
