@@ -275,6 +275,75 @@ fn runc_checkpoints_and_restores_a_busybox_container_through_stasis() {
     assert_eq!(http(&ctr, &new_id), "served by a restored httpd\n");
 }
 
+/// `runc checkpoint --tcp-established` of a container whose processes
+/// talk over TCP inside it: a client sends a numbered line every 50 ms to a
+/// server that writes what it gets to a file. After the restore the same
+/// connection carries the lines on, in order, none lost or doubled.
+#[test]
+fn runc_checkpoints_and_restores_a_tcp_connection_inside_the_container() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ctr, id) = busybox_bundle(
+        tmp.path(),
+        "tcp",
+        "(/bin/busybox sleep 1000000 | /bin/busybox nc -l -p 9000 > /tmp/got) & sleep 0.3; \
+         i=0; while true; do i=$((i+1)); echo $i; echo $i > /tmp/count; /bin/busybox sleep 0.05; done \
+         | /bin/busybox nc 127.0.0.1 9000",
+        false,
+    );
+    ctr.ok(&["run", "-d", &id]);
+    let root = ctr.bundle.join("rootfs");
+    let got = root.join("tmp/got");
+    // Complete lines only: the server may be writing the last one.
+    let lines = || {
+        let text = std::fs::read_to_string(&got).unwrap_or_default();
+        let end = text.rfind('\n').map_or(0, |i| i + 1);
+        text[..end]
+            .lines()
+            .filter_map(|l| l.parse::<u64>().ok())
+            .collect::<Vec<u64>>()
+    };
+    let t = Instant::now();
+    while lines().len() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the server got no lines"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for cycle in 0..2 {
+        let img = tmp.path().join(format!("img{cycle}"));
+        let img_s = img.to_str().expect("utf8");
+        ctr.ok(&[
+            "checkpoint",
+            "--tcp-established",
+            "--image-path",
+            img_s,
+            &id,
+        ]);
+        let before = lines().len();
+        ctr.ok(&[
+            "restore",
+            "-d",
+            "--tcp-established",
+            "--image-path",
+            img_s,
+            &id,
+        ]);
+        let t = Instant::now();
+        while lines().len() < before + 10 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "after restore {cycle} the connection carries nothing: {} lines",
+                lines().len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let all = lines();
+    let want: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(all, want, "the lines the server got");
+}
+
 /// A console socket as `runc --console-socket` wants one: each pty master
 /// sent to it (with the message's text: runc's pty name at create,
 /// "orphan-pts-master" from a restore) comes out of the returned channel.
