@@ -246,6 +246,9 @@ pub(crate) enum External {
     /// on that device is the caller's (a container's console); the
     /// restore takes it from `--inherit-fd fd[N]:tty[RDEV:DEV]`.
     Tty(String),
+    /// `macvlan[INNER]:OUTER` (restore): macvlan INNER of the tree's
+    /// network namespace is made on device OUTER of stasis'.
+    Macvlan(String, String),
     /// `net[INO]:KEY` (dump): the network namespace with inode INO is the
     /// caller's; the restore joins the one given by `--inherit-fd
     /// fd[N]:KEY`.
@@ -281,12 +284,13 @@ pub(crate) fn parse_external(s: &str) -> std::result::Result<External, String> {
     match kind {
         "mnt" => Ok(External::Mnt(a, b)),
         "veth" => Ok(External::Veth(a, b)),
+        "macvlan" => Ok(External::Macvlan(a, b)),
         "net" => a
             .parse()
             .map(|ino| External::Net(ino, b))
             .map_err(|_| format!("--external {s}: write net[INODE]:KEY")),
         _ => Err(format!(
-            "--external {s}: only mnt[...] and veth[...] are supported yet"
+            "--external {s}: mnt[...], veth[...], macvlan[...], net[...] and tty[...] are taken"
         )),
     }
 }
@@ -296,9 +300,7 @@ fn mounts_of(ext: &[External], map: &[(String, String)]) -> Vec<(String, String)
     ext.iter()
         .filter_map(|e| match e {
             External::Mnt(a, b) => Some((a.clone(), b.clone())),
-            External::Veth(..) | External::Tty(..) | External::Net(..) | External::Other(..) => {
-                None
-            }
+            _ => None,
         })
         // `auto`: CRIU finds binds from outside by itself; stasis saves
         // a bind of the engine's file systems as such and needs no key.
@@ -311,7 +313,7 @@ fn veths_of(ext: &[External], pairs: &[(String, String)]) -> Vec<(String, String
     ext.iter()
         .filter_map(|e| match e {
             External::Veth(a, b) => Some((a.clone(), b.clone())),
-            External::Mnt(..) | External::Tty(..) | External::Net(..) | External::Other(..) => None,
+            _ => None,
         })
         .chain(pairs.iter().cloned())
         .collect()
@@ -569,6 +571,14 @@ fn run_restore(a: &RestoreArgs) -> Result<ExitCode> {
         root: a.root.clone(),
         ext_mounts: mounts_of(&a.external, &a.ext_mount_map),
         ext_veths: veths_of(&a.external, &a.veth_pair),
+        ext_macvlans: a
+            .external
+            .iter()
+            .filter_map(|e| match e {
+                External::Macvlan(a, b) => Some((a.clone(), b.clone())),
+                _ => None,
+            })
+            .collect(),
         inherit_fds: a.inherit_fd.clone(),
     };
     let t = std::time::Instant::now();

@@ -711,6 +711,14 @@ fn restore(
             root: o.root.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
             ext_veths: ext_veths(o)?,
+            ext_macvlans: o
+                .external
+                .iter()
+                .filter_map(|e| match crate::parse_external(e) {
+                    Ok(crate::External::Macvlan(a, b)) => Some((a, b)),
+                    _ => None,
+                })
+                .collect(),
             // The caller passes them to this process (runc's ExtraFiles).
             inherit_fds: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
         };

@@ -162,12 +162,15 @@ fn dump_container(ctr: &mut Container, pid: i32, img: &Path) {
 }
 
 /// The mount points of `pid`'s namespace, sorted (a mount made anew comes
-/// later in the table than it did; stacking shows in the parents).
+/// later in the table than it did; stacking shows in the parents); not
+/// the named network namespaces, which `ip netns add` (other tests,
+/// running meanwhile) propagates into every namespace sharing /run/netns.
 fn mount_points(pid: i32) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|p| !p.starts_with("/run/netns/"))
         .collect();
     v.sort();
     v
@@ -757,4 +760,139 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
         !tables.contains("kept"),
         "the tree's table is outside: {tables}"
     );
+}
+
+/// A tree in a network namespace of its own whose device is a macvlan on
+/// a device outside it (a veth end in a namespace the test made, where
+/// stasis runs too): restored with `--external macvlan[mv0]:lower0`, the
+/// macvlan comes back on that device with its mode and MAC address, and a
+/// server in the tree answers a client outside through it.
+#[test]
+fn a_macvlan_on_a_device_outside_comes_back_on_it() {
+    need_root();
+    let ns = Netns(format!("stasis-mv-{}", std::process::id()));
+    let ok = |args: &[&str]| {
+        let out = in_netns(&ns.0, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .expect("ip netns add")
+            .success(),
+        "ip netns add {}",
+        ns.0
+    );
+    ok(&[
+        "sh",
+        "-c",
+        "ip link set lo up && ip link add lower0 type veth peer name lower1 && \
+         ip link set lower0 up && ip link set lower1 up && \
+         ip link add mvh link lower0 type macvlan mode bridge && \
+         ip addr add 10.9.0.1/24 dev mvh && ip link set mvh up",
+    ]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path().join("ctr");
+    std::fs::create_dir(&d).expect("mkdir");
+    let img = tmp.path().join("img");
+    std::fs::create_dir(&img).expect("mkdir");
+    let marker = format!("stasis-mv-{}", std::process::id());
+    let script = format!(
+        "import os, socket, subprocess, sys, time\n\
+         d = sys.argv[1]\n\
+         open(d + '/ready', 'w').write('{marker}')\n\
+         while subprocess.call(['ip', 'link', 'show', 'mv0'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):\n    time.sleep(0.05)\n\
+         subprocess.check_call(['ip', 'link', 'set', 'lo', 'up'])\n\
+         subprocess.check_call(['ip', 'addr', 'add', '10.9.0.2/24', 'dev', 'mv0'])\n\
+         subprocess.check_call(['ip', 'link', 'set', 'mv0', 'up'])\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('10.9.0.2', 8000)); l.listen(8)\n\
+         open(d + '/serving', 'w').write('yes')\n\
+         while True:\n    c, _ = l.accept(); c.sendall(b'pong'); c.close()\n"
+    );
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", &ns.0, "unshare", "--fork", "--net", "python3", "-c",
+    ]);
+    let mut ctr = start_tree(cmd, &script, &d, &marker);
+    let init = ctr.init.expect("init");
+    ok(&[
+        "ip", "link", "add", "mv0", "link", "lower0", "type", "macvlan", "mode", "bridge",
+    ]);
+    ok(&["ip", "link", "set", "mv0", "netns", &init.to_string()]);
+    wait_for(&d.join("serving"), 20);
+    let ask = || {
+        in_netns(
+            &ns.0,
+            &[
+                "python3",
+                "-c",
+                "import socket; s = socket.create_connection(('10.9.0.2', 8000), timeout=5); print(s.recv(10).decode())",
+            ],
+        )
+    };
+    assert_eq!(String::from_utf8_lossy(&ask().stdout).trim(), "pong");
+    let link = |pid: i32| {
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "-d",
+                "-o",
+                "link",
+                "show",
+                "mv0",
+            ])
+            .output()
+            .expect("nsenter (util-linux)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = link(init);
+    let mac = before
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !mac.is_empty() && before.contains("macvlan mode bridge"),
+        "{before}"
+    );
+    let stasis = env!("CARGO_BIN_EXE_stasis");
+    let img_s = img.to_str().expect("utf8");
+    ok(&[stasis, "dump", "-t", &init.to_string(), "-D", img_s]);
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    let out = in_netns(&ns.0, &[stasis, "restore", "-d", "-D", img_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("macvlan[NAME]:OUTER"),
+        "a restore not told where the macvlan goes: {err}"
+    );
+    ok(&[
+        stasis,
+        "restore",
+        "-d",
+        "-D",
+        img_s,
+        "--external",
+        "macvlan[mv0]:lower0",
+    ]);
+    ctr.init = Some(init);
+    let after = link(init);
+    assert!(
+        after.contains(&mac) && after.contains("macvlan mode bridge"),
+        "before: {before}\nafter: {after}"
+    );
+    assert_eq!(String::from_utf8_lossy(&ask().stdout).trim(), "pong");
 }

@@ -35,6 +35,8 @@ const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
+const IFLA_MACVLAN_MODE: u16 = 1;
+const IFLA_MACVLAN_FLAGS: u16 = 2;
 
 const IFA_FLAGS: u16 = 8;
 /// The address needs no duplicate address detection (IPv6).
@@ -123,6 +125,8 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     /// The index of its master (a bridge).
     pub master: Option<i32>,
+    /// A macvlan's mode (`MACVLAN_MODE_*`) and flags.
+    pub macvlan: Option<(u32, u16)>,
 }
 
 impl Link {
@@ -140,6 +144,7 @@ impl Link {
             link: None,
             link_netnsid: None,
             master: None,
+            macvlan: None,
         };
         for (ty, v) in nl::attrs(&payload[16..]) {
             match ty {
@@ -149,7 +154,17 @@ impl Link {
                 IFLA_LINK => l.link = i32_attr(v),
                 IFLA_LINK_NETNSID => l.link_netnsid = i32_attr(v),
                 IFLA_MASTER => l.master = i32_attr(v),
-                IFLA_LINKINFO => l.kind = nl::find(v, IFLA_INFO_KIND).map(str_attr),
+                IFLA_LINKINFO => {
+                    l.kind = nl::find(v, IFLA_INFO_KIND).map(str_attr);
+                    if l.kind.as_deref() == Some("macvlan") {
+                        let data = nl::find(v, IFLA_INFO_DATA).unwrap_or(&[]);
+                        let mode = nl::find(data, IFLA_MACVLAN_MODE).and_then(|m| u32_at(m, 0));
+                        let flags = nl::find(data, IFLA_MACVLAN_FLAGS)
+                            .and_then(|f| f.get(..2))
+                            .map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
+                        l.macvlan = mode.map(|m| (m, flags));
+                    }
+                }
                 _ => {}
             }
         }
@@ -386,6 +401,25 @@ pub fn new_veth(s: &Socket, me: &NewLink<'_>, peer: &NewLink<'_>) -> Result<(), 
         .nest(VETH_INFO_PEER)
         .attr_raw(&ifinfomsg(peer.index, 0, 0));
     let b = peer.attrs(b).end().end().end();
+    s.request(b.finish()).map(drop)
+}
+
+/// Make macvlan `me` on link `lower` of the caller's namespace, with
+/// `mode` and `flags` (`me.netns` moves it where it belongs).
+pub fn new_macvlan(
+    s: &Socket,
+    me: &NewLink<'_>,
+    lower: i32,
+    mode: u32,
+    flags: u16,
+) -> Result<(), Errno> {
+    let b = new_link_msg(me, "macvlan")
+        .nest(IFLA_INFO_DATA)
+        .attr(IFLA_MACVLAN_MODE, &mode.to_ne_bytes())
+        .attr(IFLA_MACVLAN_FLAGS, &flags.to_ne_bytes())
+        .end()
+        .end()
+        .attr(IFLA_LINK, &lower.to_ne_bytes());
     s.request(b.finish()).map(drop)
 }
 

@@ -304,6 +304,8 @@ pub struct Given<'a> {
     pub ext_mounts: &'a [(String, String)],
     /// `--external veth[IN]:OUT`, as (inner, outer).
     pub veths: &'a [(String, String)],
+    /// `--external macvlan[IN]:OUT`, as (inner, outer lower device).
+    pub macvlans: &'a [(String, String)],
     /// Where the tree's cgroups go (for its cgroup mounts).
     pub cgroups: &'a crate::cgroup::Remap,
     /// The caller's network namespaces, by key (`--inherit-fd
@@ -370,7 +372,7 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
             // Veth peers outside the tree go to the engine's own namespace.
             let outer = net::outside()?;
             enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
-            net::restore(dir, &outer, given.veths)?;
+            net::restore(dir, &outer, given.veths, given.macvlans)?;
         }
     }
     if dir.exists(img::UTSNS, NS_ID) {

@@ -135,11 +135,24 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntr
             e.r#type = NdType::Bridge as i32;
             Ok(Some(e))
         }
+        // Its lower device is outside (the caller names it at the restore).
+        Some("macvlan") => {
+            e.r#type = NdType::Macvlan as i32;
+            let (mode, flags) = l.macvlan.ok_or_else(|| Error::Unsupported {
+                pid: root,
+                what: format!("macvlan {} without its mode", l.name),
+            })?;
+            e.macvlan = Some(stasis_proto::images::MacvlanLinkEntry {
+                mode,
+                flags: Some(u32::from(flags)),
+            });
+            Ok(Some(e))
+        }
         kind => Err(Error::Unsupported {
             pid: root,
             what: format!(
-                "network device {} ({}) in its network namespace: loopback, veth and bridge \
-                 devices are restored; with --empty-ns net the others are left to the caller",
+                "network device {} ({}) in its network namespace: loopback, veth, bridge and \
+                 macvlan devices are restored; with --empty-ns net the others are left to the caller",
                 l.name,
                 kind.unwrap_or("a device of the host's kind")
             ),
@@ -394,6 +407,50 @@ fn veth_out(
     Ok(())
 }
 
+/// Make macvlan `d` in the current network namespace (the tree's) on the
+/// device outside (in `out`) that `macvlans` names for it.
+fn macvlan_on(d: &NetDeviceEntry, out: &Outside, macvlans: &[(String, String)]) -> Result<()> {
+    let what = format!("making macvlan {}", d.name);
+    let lower = macvlans
+        .iter()
+        .find(|(inner, _)| *inner == d.name)
+        .map(|(_, o)| o.as_str())
+        .ok_or_else(|| Error::Net {
+            what: what.clone(),
+            errno: Errno::ENODEV,
+            hint: " (its lower device was outside the tree: name it with --external \
+                   macvlan[NAME]:OUTER)",
+        })?;
+    let index = rtnl::index_of(&out.rtnl, lower)
+        .map_err(net_err(what.clone(), ""))?
+        .ok_or_else(|| Error::Net {
+            what: format!("{what} on {lower}"),
+            errno: Errno::ENODEV,
+            hint: " (no such device outside)",
+        })?;
+    let here = std::fs::File::open("/proc/thread-self/ns/net").map_err(|err| Error::Proc {
+        pid: nix::unistd::getpid(),
+        path: "/proc/thread-self/ns/net".into(),
+        err,
+    })?;
+    let me = NewLink {
+        netns: Some(here.as_fd()),
+        ..new_link(d)
+    };
+    let (mode, flags) = d
+        .macvlan
+        .as_ref()
+        .map_or((0, 0), |m| (m.mode, m.flags.unwrap_or(0)));
+    rtnl::new_macvlan(
+        &out.rtnl,
+        &me,
+        index,
+        mode,
+        u16::try_from(flags).unwrap_or(0),
+    )
+    .map_err(net_err(format!("{what} on {lower}"), ""))
+}
+
 /// Make the devices of `devs` in the current network namespace (a new
 /// one): bridges, veth pairs (peers outside go to `out`), then the ports
 /// of each bridge.
@@ -565,23 +622,36 @@ fn add_ruleset(dir: &Dir) -> Result<()> {
 /// empty (the engine just made it): devices, sysctls, addresses, device
 /// state, routes, routing rules, the nftables ruleset. `outer` is the
 /// engine's own namespace, where veth peers outside the tree go.
-pub(super) fn restore(dir: &Dir, outer: &Outside, veths: &[(String, String)]) -> Result<()> {
+pub(super) fn restore(
+    dir: &Dir,
+    outer: &Outside,
+    veths: &[(String, String)],
+    macvlans: &[(String, String)],
+) -> Result<()> {
     let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
     let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
     let s = rtnl::open().map_err(net_err("a route netlink socket".into(), ""))?;
     for d in &devs {
-        let known = [NdType::Loopback, NdType::Veth, NdType::Bridge];
+        let known = [
+            NdType::Loopback,
+            NdType::Veth,
+            NdType::Bridge,
+            NdType::Macvlan,
+        ];
         if !known.iter().any(|&t| d.r#type == t as i32) {
             return Err(Error::BadImage {
                 path: img::NETDEV.file_name(NS_ID),
                 what: format!(
-                    "device {} is of type {}: loopback, veth and bridge devices are restored",
+                    "device {} is of type {}: loopback, veth, bridge and macvlan devices are restored",
                     d.name, d.r#type
                 ),
             });
         }
     }
     make_devices(&s, &devs, outer, veths)?;
+    for d in devs.iter().filter(|d| d.r#type == NdType::Macvlan as i32) {
+        macvlan_on(d, outer, macvlans)?;
+    }
     write_sysctls(&conf);
     let set = |d: &NetDeviceEntry| {
         // A namespace's loopback device is always its first.

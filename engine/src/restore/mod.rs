@@ -71,6 +71,9 @@ pub struct Opts {
     /// peer was outside gets for that peer, made again in the engine's
     /// network namespace, as (inner, outer).
     pub ext_veths: Vec<(String, String)>,
+    /// `--external macvlan[IN]:OUT`: the device outside each macvlan of
+    /// the tree's network namespace is made on, as (inner, outer).
+    pub ext_macvlans: Vec<(String, String)>,
     /// `--inherit-fd fd[N]:KEY`: fd N of the engine stands for the object
     /// KEY of the images (`pipe:[INO]`), as (KEY, N).
     pub inherit_fds: Vec<(String, RawFd)>,
@@ -373,6 +376,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             root: opts.root.as_deref(),
             ext_mounts: &opts.ext_mounts,
             veths: &opts.ext_veths,
+            macvlans: &opts.ext_macvlans,
             cgroups: &remap,
             netns: &netns,
         },
