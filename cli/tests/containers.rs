@@ -873,6 +873,19 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
         let _ = c.wait();
     }
     ctr.init = None;
+    // CRIU's crit reads the device as a macvlan in bridge mode (4).
+    let crit = Command::new("/usr/bin/crit")
+        .args(["show"])
+        .arg(img.join("netdev-1.img"))
+        .output()
+        .expect("crit (Debian's criu package)");
+    let shown: String = String::from_utf8_lossy(&crit.stdout)
+        .split_whitespace()
+        .collect();
+    assert!(
+        shown.contains("\"type\":\"MACVLAN\"") && shown.contains("\"macvlan\":{\"mode\":4"),
+        "crit show netdev-1.img: {shown}"
+    );
     let out = in_netns(&ns.0, &[stasis, "restore", "-d", "-D", img_s]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
