@@ -592,6 +592,15 @@ fn cg_mode(o: &CriuOpts) -> std::result::Result<stasis_engine::cgroup::Mode, Str
     }
 }
 
+/// What `pick` takes of the `external` strings (those it cannot parse are
+/// for the other readers to refuse).
+fn externals<T>(o: &CriuOpts, pick: impl Fn(crate::External) -> Option<T>) -> Vec<T> {
+    o.external
+        .iter()
+        .filter_map(|e| crate::parse_external(e).ok().and_then(&pick))
+        .collect()
+}
+
 /// `cg_root`, as the engine takes it.
 fn cg_roots(o: &CriuOpts) -> Vec<stasis_engine::cgroup::CgRoot> {
     o.cg_root
@@ -670,14 +679,10 @@ fn dump(
                 .filter(|e| e.starts_with("tty["))
                 .cloned()
                 .collect(),
-            ext_netns: o
-                .external
-                .iter()
-                .filter_map(|e| match crate::parse_external(e) {
-                    Ok(crate::External::Net(i, k)) => Some((i, k)),
-                    _ => None,
-                })
-                .collect(),
+            ext_netns: externals(o, |e| match e {
+                crate::External::Net(i, k) => Some((i, k)),
+                _ => None,
+            }),
             cgroup_roots: cg_roots(o),
             empty_net: o.empty_ns.is_some_and(|v| v & CLONE_NEWNET != 0),
         };
@@ -711,14 +716,10 @@ fn restore(
             root: o.root.as_ref().map(PathBuf::from),
             ext_mounts: ext_mounts(o)?,
             ext_veths: ext_veths(o)?,
-            ext_macvlans: o
-                .external
-                .iter()
-                .filter_map(|e| match crate::parse_external(e) {
-                    Ok(crate::External::Macvlan(a, b)) => Some((a, b)),
-                    _ => None,
-                })
-                .collect(),
+            ext_macvlans: externals(o, |e| match e {
+                crate::External::Macvlan(a, b) => Some((a, b)),
+                _ => None,
+            }),
             // The caller passes them to this process (runc's ExtraFiles).
             inherit_fds: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
         };

@@ -622,6 +622,22 @@ fn a_pivot_root_container_comes_back_under_root() {
 /// path.
 struct Netns(String);
 
+impl Netns {
+    /// `ip netns add NAME`; deleted again on every path.
+    fn add(name: &str) -> Netns {
+        let ns = Netns(name.to_owned());
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", name])
+                .status()
+                .expect("ip netns add")
+                .success(),
+            "ip netns add {name}"
+        );
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -643,16 +659,7 @@ fn in_netns(ns: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
     need_root();
-    let ns = Netns(format!("stasis-failnet-{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .expect("ip netns add")
-            .success(),
-        "ip netns add {}",
-        ns.0
-    );
+    let ns = Netns::add(&format!("stasis-failnet-{}", std::process::id()));
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("ctr");
     std::fs::create_dir(&d).expect("mkdir");
@@ -770,7 +777,7 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
 #[test]
 fn a_macvlan_on_a_device_outside_comes_back_on_it() {
     need_root();
-    let ns = Netns(format!("stasis-mv-{}", std::process::id()));
+    let ns = Netns::add(&format!("stasis-mv-{}", std::process::id()));
     let ok = |args: &[&str]| {
         let out = in_netns(&ns.0, args);
         assert!(
@@ -780,15 +787,6 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .expect("ip netns add")
-            .success(),
-        "ip netns add {}",
-        ns.0
-    );
     ok(&[
         "sh",
         "-c",
