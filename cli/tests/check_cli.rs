@@ -182,6 +182,7 @@ fn criu_options_are_taken_or_refused_by_name() {
         "--log-pid",
         "--irmap-scan-path",
         "/",
+        "--link-remap",
         "-t",
         "999999999",
     ]);
@@ -189,12 +190,13 @@ fn criu_options_are_taken_or_refused_by_name() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("task 999999999 does not exist"), "{err}");
     for (opt, what) in [
-        ("--link-remap", "link remaps"),
+        ("--auto-dedup", "deduplication"),
         ("--track-mem", "memory tracking"),
         ("--lazy-pages", "lazy restore"),
         ("--page-server", "page server"),
     ] {
-        let out = stasis(&["dump", opt, "-t", "1"]);
+        // A PID no task has: a refusal comes before anything is done.
+        let out = stasis(&["dump", opt, "-t", "999999999"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(opt) && err.contains(what), "{err}");
