@@ -4,7 +4,7 @@
 //! Needs root, util-linux (unshare, mount, ipcmk, ipcs), iproute2,
 //! python3 and crit (Debian's criu): fails without them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,16 @@ with open(d + "/answer", "w") as f:
 while True:
     time.sleep(1)
 "#;
+
+/// A temporary directory with `ctr` (the container's files) and `img`
+/// (its images) in it.
+fn workdirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, img) = (tmp.path().join("ctr"), tmp.path().join("img"));
+    std::fs::create_dir(&d).expect("mkdir");
+    std::fs::create_dir(&img).expect("mkdir");
+    (tmp, d, img)
+}
 
 fn wait_for(file: &Path, secs: u64) -> String {
     let t = Instant::now();
@@ -179,11 +189,7 @@ fn mount_points(pid: i32) -> Vec<String> {
 #[test]
 fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
     need_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let d = tmp.path().join("ctr");
-    std::fs::create_dir(&d).expect("mkdir");
-    let img = tmp.path().join("img");
-    std::fs::create_dir(&img).expect("mkdir");
+    let (_tmp, d, img) = workdirs();
     let unshare = Command::new("unshare")
         .args([
             "--fork",
@@ -380,11 +386,7 @@ fn with_marker(marker: &str) -> Vec<i32> {
 #[test]
 fn a_failed_restore_of_a_tree_with_namespaces_leaves_nothing_behind() {
     need_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let d = tmp.path().join("ctr");
-    std::fs::create_dir(&d).expect("mkdir");
-    let img = tmp.path().join("img");
-    std::fs::create_dir(&img).expect("mkdir");
+    let (_tmp, d, img) = workdirs();
     let marker = format!("stasis-failsafe-{}", std::process::id());
     let script = format!(
         "import os, subprocess, sys, time\n\
@@ -660,11 +662,7 @@ fn in_netns(ns: &str, args: &[&str]) -> std::process::Output {
 fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
     need_root();
     let ns = Netns::add(&format!("stasis-failnet-{}", std::process::id()));
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let d = tmp.path().join("ctr");
-    std::fs::create_dir(&d).expect("mkdir");
-    let img = tmp.path().join("img");
-    std::fs::create_dir(&img).expect("mkdir");
+    let (_tmp, d, img) = workdirs();
     let marker = format!("stasis-failnet-{}", std::process::id());
     let script = format!(
         "import os, subprocess, sys, time\n\
@@ -795,11 +793,7 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
          ip link add mvh link lower0 type macvlan mode bridge && \
          ip addr add 10.9.0.1/24 dev mvh && ip link set mvh up",
     ]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let d = tmp.path().join("ctr");
-    std::fs::create_dir(&d).expect("mkdir");
-    let img = tmp.path().join("img");
-    std::fs::create_dir(&img).expect("mkdir");
+    let (_tmp, d, img) = workdirs();
     let marker = format!("stasis-mv-{}", std::process::id());
     let script = format!(
         "import os, socket, subprocess, sys, time\n\

@@ -759,9 +759,7 @@ impl Opener<'_> {
     /// to `path`), then write its properties and permissions where the
     /// mode wants them.
     fn dir(&mut self, name: &str, path: &str, d: &CgroupDirEntry) -> Result<()> {
-        let top = self.top(name, path)?;
-        let at = top.join(path.trim_start_matches('/'));
-        self.ensure(&top, &at, name)?;
+        let at = self.place(name, path)?;
         let made = self.joins.made.contains(&at);
         if !self.mode.writes_props(made) {
             return Ok(());
@@ -787,16 +785,23 @@ impl Opener<'_> {
     /// `cgroup.procs` of cgroup `path` of hierarchy `name`, made if
     /// missing and kept open at an fd from `first` up; none when it is the
     /// engine's own (the tasks inherit it).
+    /// Where cgroup `path` of hierarchy `name` is here, made if the mode
+    /// makes missing ones.
+    fn place(&mut self, name: &str, path: &str) -> Result<PathBuf> {
+        let top = self.top(name, path)?;
+        let at = top.join(path.trim_start_matches('/'));
+        self.ensure(&top, &at, name)?;
+        Ok(at)
+    }
+
     fn open(&mut self, name: &str, path: &str) -> Result<Option<RawFd>> {
         if self.mine.iter().any(|(n, p)| n == name && p == path) {
             return Ok(None);
         }
-        let top = self.top(name, path)?;
-        let at = top.join(path.trim_start_matches('/'));
+        let at = self.place(name, path)?;
         if let Some(&fd) = self.opened.get(&at) {
             return Ok(Some(fd));
         }
-        self.ensure(&top, &at, name)?;
         let procs = at.join("cgroup.procs");
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -932,8 +937,11 @@ pub fn prepare(
         }
         by_set.insert(id, fds);
     }
+    let mut threads: Vec<u32> = threads.to_vec();
+    threads.sort_unstable();
+    threads.dedup();
     let mut thread_files = HashMap::new();
-    for &id in threads {
+    for id in threads {
         let set = set_of(id).ok_or_else(|| {
             bad(format!(
                 "a thread is in cgroup set {id}, which it does not list"
@@ -941,10 +949,7 @@ pub fn prepare(
         })?;
         let mut files = Vec::new();
         for m in &set.ctls {
-            let path = remap.path(&m.name, &m.path);
-            let top = at.top(&m.name, &path)?;
-            let dir = top.join(path.trim_start_matches('/'));
-            at.ensure(&top, &dir, &m.name)?;
+            let dir = at.place(&m.name, &remap.path(&m.name, &m.path))?;
             files.push(dir.join(if m.name.is_empty() {
                 "cgroup.threads"
             } else {

@@ -1472,12 +1472,7 @@ impl Table {
             .filter_map(tty::ext_key)
             .find(|k| !self.inherited.contains_key(k))
         {
-            return Err(Error::BadImage {
-                path: crate::images::img::TTY_INFO.file_name(0),
-                what: format!(
-                    "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
-                ),
-            });
+            return Err(tty::not_given(&key));
         }
         Ok(())
     }

@@ -482,12 +482,11 @@ impl FileKind for Tty {
             })?;
         if let Some(key) = ext_key(info) {
             // The caller's terminal, as it gave it.
-            let given = cx.table.inherited.get(&key).ok_or(Error::BadImage {
-                path: crate::images::img::TTY_INFO.file_name(0),
-                what: format!(
-                    "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
-                ),
-            })?;
+            let given = cx
+                .table
+                .inherited
+                .get(&key)
+                .ok_or_else(|| not_given(&key))?;
             return given.try_clone().map_err(|err| Error::Proc {
                 pid: cx.pid,
                 path: key,
@@ -549,6 +548,17 @@ pub fn key_of(rdev: u64, dev: u64) -> String {
 pub fn ext_key(t: &TtyInfoEntry) -> Option<String> {
     (t.r#type == TtyType::ExtTty as i32 && t.id & EXT_ID != 0)
         .then(|| key_of(u64::from(t.rdev), u64::from(t.dev.unwrap_or(0))))
+}
+
+/// The images have external terminal `key` and the restore was not given
+/// it.
+pub fn not_given(key: &str) -> Error {
+    Error::BadImage {
+        path: crate::images::img::TTY_INFO.file_name(0),
+        what: format!(
+            "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
+        ),
+    }
 }
 
 /// Ids of external terminals' entries (apart from pty ends and the
@@ -636,7 +646,7 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
             path: format!("the master of pty {index}"),
             err: e,
         })?,
-        None => in_root(&|| open_ptmx_index(index)).map_err(err("open /dev/ptmx"))?,
+        None => in_root(&|| open_ptmx_at(None, index)).map_err(err("open /dev/ptmx"))?,
     };
     let mut n = 0;
     sys::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
@@ -697,14 +707,9 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     Ok((master, (!locked).then_some(slave), path))
 }
 
-/// A new pty from /dev/ptmx with index `index` if it is free: ptys get
-/// the lowest free index, so open until it is ours (no ioctl picks one).
-fn open_ptmx_index(index: u32) -> std::result::Result<OwnedFd, Errno> {
-    open_ptmx_at(None, index)
-}
-
-/// [`open_ptmx_index`] through `ptmx` of the devpts superblock `dir` (a
-/// detached mount), or /dev/ptmx.
+/// A new pty with index `index` if it is free, through `ptmx` of the
+/// devpts superblock `dir` (a detached mount), or /dev/ptmx: ptys get the
+/// lowest free index, so open until it is ours (no ioctl picks one).
 pub(crate) fn open_ptmx_at(
     dir: Option<std::os::fd::BorrowedFd<'_>>,
     index: u32,

@@ -308,9 +308,10 @@ pub struct Given<'a> {
     pub macvlans: &'a [(String, String)],
     /// Where the tree's cgroups go (for its cgroup mounts).
     pub cgroups: &'a crate::cgroup::Remap,
-    /// The caller's network namespaces, by key (`--inherit-fd
-    /// fd[N]:KEY` for a namespace dumped as `--external net[INO]:KEY`).
-    pub netns: &'a [(String, std::os::fd::OwnedFd)],
+    /// The caller's network namespace, when the images say the tree's was
+    /// the caller's (`--external net[INO]:KEY` at the dump): the one it
+    /// gave by `--inherit-fd fd[N]:KEY`, which the restore made sure of.
+    pub netns: Option<&'a std::os::fd::OwnedFd>,
 }
 
 /// The key of the network namespace of the images if it was the caller's.
@@ -330,7 +331,7 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     // In a user namespace of the tree's own, the other namespaces are made
     // inside it (owned by it) by its helper, and joined here.
     let mut inner = CloneFlags::empty();
-    let own_net = dir.exists(img::NETNS, NS_ID) && ext_netns_key(dir)?.is_none();
+    let own_net = dir.exists(img::NETNS, NS_ID) && given.netns.is_none();
     for (has, flag) in [
         (own_net, CloneFlags::CLONE_NEWNET),
         (dir.exists(img::UTSNS, NS_ID), CloneFlags::CLONE_NEWUTS),
@@ -352,20 +353,8 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     // engine's user namespace; the root mounts its procfs before it joins
     // the tree's).
     if dir.exists(img::NETNS, NS_ID) {
-        let e: stasis_proto::images::NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
-        if let Some(key) = &e.ext_key {
+        if let Some(fd) = given.netns {
             // The caller's: joined as it is.
-            let fd = given
-                .netns
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, fd)| fd)
-                .ok_or_else(|| Error::BadImage {
-                    path: img::NETNS.file_name(NS_ID),
-                    what: format!(
-                        "the network namespace was the caller's ({key}); give it with --inherit-fd fd[N]:{key}"
-                    ),
-                })?;
             nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
                 .map_err(Error::restore(me, "joining the caller's network namespace"))?;
         } else {

@@ -378,7 +378,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             veths: &opts.ext_veths,
             macvlans: &opts.ext_macvlans,
             cgroups: &remap,
-            netns: &netns,
+            netns: netns.first().map(|(_, fd)| fd),
         },
     )?;
     let mut pivot: Option<PathBuf> = None;
