@@ -119,7 +119,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
             } else {
                 tree.kill();
                 // The connections die in repair mode: no FIN, no RST.
-                files.keep_tcp_repair();
+                files.tcp.keep();
                 // Data of connections nobody accepted can be read only now.
                 files.after_kill()?;
             }
@@ -191,9 +191,7 @@ fn syscall_insn(pid: Pid, vdso: Option<(u64, u64)>) -> Result<u64> {
 
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let mut files = Table::default();
-    files.ghost_limit = opts.ghost_limit;
-    files.set_tree(tree.tasks.iter().map(|t| t.pid).collect());
-    files.set_ext_ttys(opts.ext_ttys.clone());
+    files.ttys.set_external(opts.ext_ttys.clone());
     let root = tree.root().map_or(opts.pid, |t| t.pid);
     let pids = crate::ns::pid::Ids::read(
         &tree
@@ -217,7 +215,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
         // Peers outside the tree share this namespace with it.
-        files.netlock = Some(crate::net::netlock::Lock::new(root));
+        files.tcp.set_lock(crate::net::netlock::Lock::new(root));
     }
     let mut filters = seccomp::Table::default();
     let mut pstree = Vec::new();
@@ -232,6 +230,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         skip_in_flight: opts.skip_in_flight,
         ext_unix_sk: opts.ext_unix_sk,
     };
+    files.start(fopts, tree.tasks.iter().map(|t| t.pid).collect());
     crate::progress::report(
         opts.progress.as_ref(),
         Step::Tasks {
@@ -275,7 +274,6 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             files: &mut files,
             filters: &mut filters,
             stats: &mut stats,
-            fopts,
             pids: &pids,
             userns: userns.as_ref(),
             cgroups: &cgroups,
@@ -308,11 +306,8 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
             lsmtype: Some(Lsmtype::NoLsm as i32),
             dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
             // The restore lifts a lock the killed tree's connections left.
-            network_lock_method: files
-                .netlock
-                .as_ref()
-                .filter(|l| l.held() && !opts.leave_running)
-                .map(|_| crate::net::netlock::METHOD_NFTABLES),
+            network_lock_method: (files.tcp.lock_held() && !opts.leave_running)
+                .then_some(crate::net::netlock::METHOD_NFTABLES),
             ..InventoryEntry::default()
         }],
     )?;
@@ -349,7 +344,6 @@ struct Out<'a> {
     files: &'a mut Table,
     filters: &'a mut seccomp::Table,
     stats: &'a mut Stats,
-    fopts: files::Opts,
     /// The tasks' IDs in the images.
     pids: &'a crate::ns::pid::Ids,
     /// The maps of the tree's user namespace: credentials in its terms.
@@ -407,10 +401,10 @@ fn dump_tasks(
         }
         dump_task(t, &namespaces, rx, out)?;
         if i == 0
-            && out.fopts.shell_job
+            && out.files.opts().shell_job
             && let Some(ext) = crate::files::tty::dump_shell_job(t.pid, &proc::stat(t.pid, None)?)
         {
-            out.files.add_ctty(ext);
+            out.files.ttys.add_ctty(ext);
         }
         out.stats.tasks += 1;
         crate::progress::report(
@@ -431,7 +425,7 @@ fn dump_task(
     out: &mut Out<'_>,
 ) -> Result<()> {
     let pid = t.pid;
-    let (files, stats, fopts) = (&mut *out.files, &mut *out.stats, out.fopts);
+    let (files, stats) = (&mut *out.files, &mut *out.stats);
     crate::ns::check_task(pid, namespaces)?;
     // Objects first, so an unsupported one fails the dump before the task
     // is touched (its pages are being copied by the memory thread).
@@ -441,7 +435,7 @@ fn dump_task(
     }
     let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
     for fd in &fds {
-        fdinfo.push(files.dump_fd(pid, fd, fopts)?);
+        fdinfo.push(files.dump_fd(pid, fd)?);
     }
     // Read once: the task is frozen.
     let st = proc::stat(pid, None)?;
@@ -453,7 +447,7 @@ fn dump_task(
             Ok(g) if g > 0 => out.pids.image(Pid::from_raw(st.tpgid)),
             _ => 0,
         };
-        files.add_ctty(ctty);
+        files.ttys.add_ctty(ctty);
     }
     let mem = rx.recv().map_err(|_| Error::Unexpected {
         tid: pid,

@@ -17,9 +17,68 @@ use stasis_arch::native::nr;
 use stasis_proto::images::FileLockEntry;
 
 use crate::error::{EngineError as Error, Result};
+use crate::images::{Dir, img};
 use crate::mm::{self, Trampoline};
 use crate::sys;
 use crate::task::remote::Remote;
+
+/// The file locks of a dump or a restore (`filelocks.img`).
+#[derive(Debug, Default)]
+pub struct Locks {
+    list: Vec<FileLockEntry>,
+    /// Dump: the keys that keep each lock once.
+    keys: Vec<(u32, String, i64, i64, u32)>,
+}
+
+impl Locks {
+    /// Dump: note the locks fdinfo showed on an fd of file `id` (with the
+    /// dev:ino of their file), each once: a POSIX lock shows on every fd
+    /// its process has on the file, a flock or OFD lock on every fd of its
+    /// description.
+    pub(crate) fn note(&mut self, id: u32, locks: Vec<(FileLockEntry, String)>) {
+        for (e, dev_ino) in locks {
+            let owner = if e.flag == POSIX {
+                e.pid.cast_unsigned()
+            } else {
+                id
+            };
+            let key = (e.flag, dev_ino, e.start, e.len, owner);
+            if !self.keys.contains(&key) {
+                self.keys.push(key);
+                self.list.push(e);
+            }
+        }
+    }
+
+    /// The locks.
+    pub fn list(&self) -> &[FileLockEntry] {
+        &self.list
+    }
+
+    /// Dump: give the lock owners' PIDs as the images number them.
+    pub(crate) fn number_pids(&mut self, image: &impl Fn(i32) -> i32) {
+        for l in &mut self.list {
+            l.pid = image(l.pid);
+        }
+    }
+
+    /// Write `filelocks.img` (where there is a lock).
+    pub(crate) fn write(&self, dir: &Dir) -> Result<()> {
+        if !self.list.is_empty() {
+            dir.write_all(img::FILE_LOCKS, 0, &self.list)?;
+        }
+        Ok(())
+    }
+
+    /// Load `filelocks.img`, where it is.
+    pub(crate) fn load(dir: &Dir) -> Result<Locks> {
+        let mut l = Locks::default();
+        if dir.exists(img::FILE_LOCKS, 0) {
+            l.list = dir.read_all(img::FILE_LOCKS, 0)?;
+        }
+        Ok(l)
+    }
+}
 
 /// fcntl (process-owned) lock.
 pub const POSIX: u32 = 1;

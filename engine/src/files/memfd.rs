@@ -8,16 +8,21 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::unistd::Pid;
-use stasis_proto::images::{MemfdInodeEntry, PagemapEntry, PagemapHead};
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{
+    FdTypes, FownEntry, MemfdFileEntry, MemfdInodeEntry, PagemapEntry, PagemapHead, RegFileEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
+
+use super::{FdCtx, FileKind, OpenCtx, Table};
 
 /// `pagemap_entry.flags`: the pages are in the pages image.
 const PE_PRESENT: u32 = 1 << 2;
@@ -27,10 +32,147 @@ const PAGES_BASE: u32 = 1 << 20;
 const CHUNK: usize = 4 << 20;
 const PAGE: u64 = 4096;
 
+/// memfd files: the description (flags, offset) of an inode `memfd.img`
+/// holds.
+#[derive(Debug)]
+pub struct Memfd;
+
+/// The memfds of a dump or a restore.
+#[derive(Debug, Default)]
+pub(crate) struct Memfds {
+    /// Dump: the inodes, and the file entries made for mappings:
+    /// (inode, flags) -> file id.
+    inodes: Inodes,
+    maps: HashMap<(u32, u32), u32>,
+    /// Restore: the remade inodes, and a path to each the tasks can open.
+    fds: HashMap<u32, OwnedFd>,
+    paths: HashMap<u32, String>,
+}
+
+impl FileKind for Memfd {
+    type Entry = MemfdFileEntry;
+    const NAME: &'static str = "memfd";
+
+    fn set_id(e: &mut MemfdFileEntry, id: u32) {
+        e.id = id;
+    }
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let link = format!("/proc/{}/fd/{}", cx.pid, cx.fd.fd);
+        let file = File::open(&link).map_err(|e| Error::Proc {
+            pid: cx.pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let inode_id = table.memfds.inodes.id(cx.pid, &cx.fd.target, file)?;
+        Ok(Kind::Memfd(MemfdFileEntry {
+            id: 0,
+            flags: cx.fd.flags & !(libc::O_CLOEXEC.cast_unsigned()),
+            pos: cx.fd.pos,
+            fown: FownEntry::default(),
+            inode_id,
+        }))
+    }
+
+    /// A new open description of the remade memfd, at its offset.
+    fn open(m: &MemfdFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
+        let (pid, fd) = (cx.pid, cx.fd);
+        let path = cx.table.memfds.path(m.inode_id).ok_or_else(|| {
+            img::MEMFD_INODE.bad(
+                0,
+                format!("task {pid} fd {fd}: memfd inode {} is missing", m.inode_id),
+            )
+        })?;
+        let reg = RegFileEntry {
+            id: m.id,
+            flags: m.flags,
+            pos: m.pos,
+            name: path.to_owned(),
+            ..RegFileEntry::default()
+        };
+        super::reg::open(pid, fd, &reg)
+    }
+}
+
+impl Table {
+    /// The file id for a memfd mapping `start-end` of `pid` (`name` as maps
+    /// shows it), opened with `flags`.
+    pub fn memfd_map_id(
+        &mut self,
+        pid: Pid,
+        start: u64,
+        end: u64,
+        name: &str,
+        flags: u32,
+    ) -> Result<u32> {
+        let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+        let file = File::open(&link).map_err(|e| Error::Proc {
+            pid,
+            path: link.clone(),
+            err: e,
+        })?;
+        let inode_id = self.memfds.inodes.id(pid, name, file)?;
+        if let Some(&id) = self.memfds.maps.get(&(inode_id, flags)) {
+            return Ok(id);
+        }
+        let id = self.add_entry(
+            |id| {
+                Kind::Memfd(MemfdFileEntry {
+                    id,
+                    flags,
+                    pos: 0,
+                    fown: FownEntry::default(),
+                    inode_id,
+                })
+            },
+            FdTypes::Memfd,
+        );
+        self.memfds.maps.insert((inode_id, flags), id);
+        Ok(id)
+    }
+}
+
+impl Memfds {
+    /// Write `memfd.img` and each inode's contents; the pages written.
+    pub(crate) fn write(&self, dir: &Dir) -> Result<u64> {
+        self.inodes.write(dir)
+    }
+
+    /// Restore: make the memfd inodes again (before anything opens them).
+    pub(crate) fn make(&mut self, dir: &Dir) -> Result<()> {
+        self.fds = restore_all(dir)?;
+        let me = std::process::id();
+        self.paths = self
+            .fds
+            .iter()
+            .map(|(&id, fd)| (id, format!("/proc/{me}/fd/{}", fd.as_raw_fd())))
+            .collect();
+        Ok(())
+    }
+
+    /// Restore: hand each remade inode to `moved`, which gives it a new fd
+    /// and the path tasks open it by.
+    pub(crate) fn move_fds(
+        &mut self,
+        mut moved: impl FnMut(&mut OwnedFd) -> Result<String>,
+    ) -> Result<()> {
+        for (id, fd) in &mut self.fds {
+            let path = moved(fd)?;
+            self.paths.insert(*id, path);
+        }
+        Ok(())
+    }
+
+    /// Restore: the path tasks open inode `id` by.
+    pub(crate) fn path(&self, id: u32) -> Option<&str> {
+        self.paths.get(&id).map(String::as_str)
+    }
+}
+
 /// The memfd inodes of a dump: key (dev, ino) -> inode id, entries, and the
 /// open file their contents are read from.
 #[derive(Debug, Default)]
-pub struct Inodes {
+struct Inodes {
     ids: HashMap<(u64, u64), u32>,
     entries: Vec<(MemfdInodeEntry, File)>,
 }
@@ -45,7 +187,7 @@ pub fn name_of(target: &str) -> &str {
 impl Inodes {
     /// The inode id of the memfd open as `file` (via /proc), recording it
     /// the first time.
-    pub fn id(&mut self, pid: Pid, target: &str, file: File) -> Result<u32> {
+    fn id(&mut self, pid: Pid, target: &str, file: File) -> Result<u32> {
         let meta = file.metadata().map_err(|e| Error::Proc {
             pid,
             path: target.to_owned(),
@@ -76,7 +218,7 @@ impl Inodes {
     }
 
     /// Write `memfd.img` and each inode's contents; the pages written.
-    pub fn write(&self, dir: &Dir) -> Result<u64> {
+    fn write(&self, dir: &Dir) -> Result<u64> {
         if self.entries.is_empty() {
             return Ok(0);
         }
@@ -136,7 +278,7 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
 }
 
 /// Make every memfd inode of the images again; fds by inode id.
-pub fn restore_all(dir: &Dir) -> Result<HashMap<u32, OwnedFd>> {
+fn restore_all(dir: &Dir) -> Result<HashMap<u32, OwnedFd>> {
     let mut out = HashMap::new();
     if !dir.exists(img::MEMFD_INODE, 0) {
         return Ok(out);

@@ -22,7 +22,7 @@ macro_rules! kinds {
         pub(super) fn dump(ty: FdTypes, cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
             match ty {
                 $(FdTypes::$ty => <$kind as FileKind>::dump(cx, table),)*
-                _ => <super::Reg as FileKind>::dump(cx, table),
+                _ => <super::reg::Reg as FileKind>::dump(cx, table),
             }
         }
 
@@ -94,10 +94,10 @@ macro_rules! kinds {
 }
 
 kinds! {
-    Reg / Reg => super::Reg,
-    Pipe / Pipe => super::Pipe,
-    Fifo / Fifo => super::Fifo,
-    Memfd / Memfd => super::Memfd,
+    Reg / Reg => super::reg::Reg,
+    Pipe / Pipe => super::pipe::Pipe,
+    Fifo / Fifo => super::pipe::Fifo,
+    Memfd / Memfd => super::memfd::Memfd,
     Tty / Tty => super::tty::Tty,
     Eventfd / Efd => super::eventfd::Eventfd,
     Eventpoll / Epfd => super::eventpoll::Eventpoll,

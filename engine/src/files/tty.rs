@@ -5,6 +5,7 @@
 //! that terminal and sets the foreground group (TIOCSPGRP), so ^C and job
 //! control reach the restored tree.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
@@ -20,12 +21,141 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::images::{Dir, img};
 use crate::mm::{self, Trampoline};
 use crate::task::remote::Remote;
 use crate::{sys, task::proc};
 
 /// Where the foreground group's number goes in the trampoline's data area.
 const PGRP_AT: u64 = 21 << 10;
+
+/// The terminals of a dump or a restore (`tty-info.img`, `tty-data.img`).
+#[derive(Debug, Default)]
+pub struct Ttys {
+    /// Controlling terminals of the sessions, and ends of ptys.
+    infos: Vec<TtyInfoEntry>,
+    data: Vec<TtyDataEntry>,
+    /// Dump: the terminals that are the caller's (`--external
+    /// tty[RDEV:DEV]`), by key.
+    external: Vec<String>,
+    /// Restore: ptys the mount restore made (bind sources in a devpts of
+    /// the tree's), their masters by index.
+    premade: HashMap<u32, OwnedFd>,
+}
+
+impl Ttys {
+    /// Note the controlling terminal of a session.
+    pub fn add_ctty(&mut self, e: TtyInfoEntry) {
+        self.infos.push(e);
+    }
+
+    /// The terminals of the images.
+    pub fn infos(&self) -> &[TtyInfoEntry] {
+        &self.infos
+    }
+
+    fn has_info(&self, id: u32) -> bool {
+        self.infos.iter().any(|t| t.id == id)
+    }
+
+    fn add_info(&mut self, e: TtyInfoEntry) {
+        if !self.has_info(e.id) {
+            self.infos.push(e);
+        }
+    }
+
+    /// Dump: the terminals that are the caller's, by key
+    /// (`tty[RDEV:DEV]`).
+    pub fn set_external(&mut self, keys: Vec<String>) {
+        self.external = keys;
+    }
+
+    /// Dump: whether the terminal with key `key` is the caller's.
+    pub(crate) fn is_external(&self, key: &str) -> bool {
+        self.external.iter().any(|k| k == key)
+    }
+
+    /// Restore: the ptys the mount restore made, by index (see
+    /// [`crate::ns::mnt`]).
+    pub fn give_ptys(&mut self, ptys: Vec<(u32, OwnedFd)>) {
+        self.premade.extend(ptys);
+    }
+
+    /// Restore: the indices of ptys whose master was outside the tree (a
+    /// slave entry without a master entry).
+    pub fn orphan_ptys(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .infos
+            .iter()
+            .filter(|t| t.r#type == TtyType::Pty as i32 && t.id % 2 == 0)
+            .filter_map(|t| t.pty.as_ref().map(|p| p.index))
+            .filter(|&i| !self.has_info(end_id(i, true)))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Restore: the keys of the terminals the caller must give
+    /// (`--inherit-fd fd[N]:tty[RDEV:DEV]`).
+    pub(crate) fn external_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.infos.iter().filter_map(ext_key)
+    }
+
+    /// Write `tty-info.img` and `tty-data.img` (where there is anything).
+    pub(crate) fn write(&self, dir: &Dir) -> Result<()> {
+        if !self.infos.is_empty() {
+            dir.write_all(img::TTY_INFO, 0, &self.infos)?;
+        }
+        if !self.data.is_empty() {
+            dir.write_all(img::TTY_DATA, 0, &self.data)?;
+        }
+        Ok(())
+    }
+
+    /// Load `tty-info.img` and `tty-data.img`, where they are.
+    pub(crate) fn load(dir: &Dir) -> Result<Ttys> {
+        let mut t = Ttys::default();
+        if dir.exists(img::TTY_INFO, 0) {
+            t.infos = dir.read_all(img::TTY_INFO, 0)?;
+        }
+        if dir.exists(img::TTY_DATA, 0) {
+            t.data = dir.read_all(img::TTY_DATA, 0)?;
+        }
+        Ok(t)
+    }
+}
+
+impl Table {
+    /// Dump: a copy of the master of pty `index`, if a task of the tree
+    /// has it.
+    pub(crate) fn pty_master(&self, index: u32) -> Option<OwnedFd> {
+        for &pid in &self.tree {
+            let Ok(fds) = proc::fds(pid) else { continue };
+            for f in fds
+                .iter()
+                .filter(|f| f.target == "/dev/ptmx" || f.target == "/dev/pts/ptmx")
+            {
+                let Ok(m) = sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, f.fd)) else {
+                    continue;
+                };
+                let mut n = -1;
+                if sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).is_ok()
+                    && u32::try_from(n).ok() == Some(index)
+                {
+                    return Some(m);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether `major` is a terminal's: a console, a virtual terminal or
+/// serial line, or a pty (BSD or Unix 98 slave).
+pub(crate) fn is_tty_major(major: u32) -> bool {
+    matches!(major, 4 | 5 | 136..=143)
+}
 
 /// A device number as stat reports it, from the kernel's encoding in
 /// /proc/PID/stat (major in bits 8-19, minor in bits 0-7 and 20-31).
@@ -81,7 +211,8 @@ pub fn restore_ctty(
     let pid = r.tid;
     // By the session's number in the images (the tree's own PID namespace).
     let Some(info) = files
-        .ttys()
+        .ttys
+        .infos()
         .iter()
         .find(|i| i.sid == pst.pid && i.id & 0x8000_0000 != 0)
     else {
@@ -138,10 +269,10 @@ pub fn shell_job_terminal(
     files: &Table,
     root: &stasis_proto::images::PstreeEntry,
 ) -> Option<OwnedFd> {
-    let dumped = files
-        .ttys()
-        .iter()
-        .find(|i| i.r#type == TtyType::ExtTty as i32 && i.sid == root.sid && i.pgrp == root.pgid)?;
+    let dumped =
+        files.ttys.infos().iter().find(|i| {
+            i.r#type == TtyType::ExtTty as i32 && i.sid == root.sid && i.pgrp == root.pgid
+        })?;
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -366,12 +497,12 @@ impl FileKind for Tty {
         let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
         let dup = cx.dup().map_err(fail("a copy of it"))?;
         if table
-            .ext_ttys
-            .contains(&key_of(cx.meta.rdev(), cx.meta.dev()))
+            .ttys
+            .is_external(&key_of(cx.meta.rdev(), cx.meta.dev()))
         {
             let info = ext_tty(cx, &dup)?;
             let id = info.id;
-            table.add_tty_info(info);
+            table.ttys.add_info(info);
             return Ok(file_entry(cx, id));
         }
         let (index, master) = pty_end(cx.meta.rdev(), || {
@@ -381,7 +512,7 @@ impl FileKind for Tty {
         })
         .ok_or_else(|| cx.format_err("pty index"))?;
         let id = end_id(index, master);
-        if !table.has_tty_info(id) {
+        if !table.ttys.has_info(id) {
             // Both ends' state, read through the master (and its peer).
             let m = if master {
                 Some(dup.try_clone().map_err(|e| Error::Proc {
@@ -396,7 +527,7 @@ impl FileKind for Tty {
                 if !table.opts.orphan_pts_master {
                     return Err(cx.format_err("pty master"));
                 }
-                table.add_tty_info(orphan_slave(cx, &dup, index)?);
+                table.ttys.add_info(orphan_slave(cx, &dup, index)?);
                 return Ok(file_entry(cx, id));
             };
             let mut locked = 0;
@@ -458,13 +589,13 @@ impl FileKind for Tty {
             };
             let slave_rdev =
                 nix::sys::stat::makedev(136 + u64::from(index) / 256, u64::from(index) % 256);
-            table.add_tty_info(info(
+            table.ttys.add_info(info(
                 end_id(index, true),
                 nix::sys::stat::makedev(PTMX.0, PTMX.1),
             ));
-            table.add_tty_info(info(end_id(index, false), slave_rdev));
+            table.ttys.add_info(info(end_id(index, false), slave_rdev));
             for (tty_id, d) in data.into_iter().filter(|d| !d.1.is_empty()) {
-                table.add_tty_data(TtyDataEntry { tty_id, data: d });
+                table.ttys.data.push(TtyDataEntry { tty_id, data: d });
             }
         }
         Ok(file_entry(cx, id))
@@ -473,7 +604,8 @@ impl FileKind for Tty {
     fn open(e: &TtyFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let info = cx
             .table
-            .ttys()
+            .ttys
+            .infos()
             .iter()
             .find(|i| i.id == e.tty_info_id)
             .ok_or_else(|| Error::BadImage {
@@ -632,7 +764,7 @@ fn orphan_slave(cx: &FdCtx<'_>, fd: &OwnedFd, index: u32) -> Result<TtyInfoEntry
 /// /dev/console) is taken as it is. Paths are the tree's: under --root they
 /// are looked up from there.
 fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, String)> {
-    let infos = cx.table.ttys();
+    let infos = cx.table.ttys.infos();
     let mi = infos.iter().find(|i| i.id == end_id(index, true));
     let si = infos.iter().find(|i| i.id == end_id(index, false));
     let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
@@ -640,7 +772,7 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
         Some(r) => crate::ns::mnt::within_root(r, f).and_then(|r| r),
         None => f(),
     };
-    let master = match cx.table.premade_pty(index) {
+    let master = match cx.table.ttys.premade.get(&index) {
         Some(m) => m.try_clone().map_err(|e| Error::Proc {
             pid: cx.pid,
             path: format!("the master of pty {index}"),
@@ -676,7 +808,8 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     }
     let data = |id: u32| {
         cx.table
-            .tty_data()
+            .ttys
+            .data
             .iter()
             .filter(move |d| d.tty_id == id)
             .flat_map(|d| d.data.iter().copied())

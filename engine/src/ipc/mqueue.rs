@@ -22,15 +22,6 @@ use crate::sys;
 /// statfs f_type of the mqueue filesystem.
 const MQUEUE_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x1980_0202);
 
-/// Whether fd `fd` of `pid`, a file on device `dev`, is a POSIX message
-/// queue; the answer is kept per device (one filesystem each) in `seen`.
-pub fn is_mqueue(pid: Pid, fd: i32, dev: u64, seen: &mut HashMap<u64, bool>) -> bool {
-    *seen.entry(dev).or_insert_with(|| {
-        nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
-            .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
-    })
-}
-
 /// The process registered with mq_notify on queue `q`, if any: reading the
 /// queue as a file gives "QSIZE:.. NOTIFY:.. SIGNO:.. NOTIFY_PID:..".
 fn notify_pid(q: &nix::mqueue::MqdT) -> Option<i32> {
@@ -55,9 +46,20 @@ fn cname(name: &str) -> Result<std::ffi::CString> {
 #[derive(Debug, Default)]
 pub struct Queues {
     by_name: HashMap<String, PosixMqueueEntry>,
+    /// Dump: whether each device (a filesystem) seen is the mqueue one.
+    devs: HashMap<u64, bool>,
 }
 
 impl Queues {
+    /// Dump: whether fd `fd` of `pid`, a file on device `dev`, is a POSIX
+    /// message queue; the answer is kept per device (one filesystem each).
+    pub fn is_mqueue(&mut self, pid: Pid, fd: i32, dev: u64) -> bool {
+        *self.devs.entry(dev).or_insert_with(|| {
+            nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+                .is_ok_and(|s| s.filesystem_type() == MQUEUE_MAGIC)
+        })
+    }
+
     /// Dump: note file `id` (fd `fd` of `pid`) on queue `name`, reading the
     /// queue the first time.
     pub fn note(&mut self, pid: Pid, fd: i32, name: &str, id: u32) -> Result<()> {

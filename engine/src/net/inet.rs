@@ -278,7 +278,7 @@ impl FileKind for InetSk {
         };
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
         if ty == libc::SOCK_STREAM && crate::net::tcp::connected(state) {
-            if !table.opts.tcp_established {
+            if !table.opts().tcp_established {
                 return Err(Error::Unsupported {
                     pid: cx.pid,
                     what: format!(
@@ -293,7 +293,7 @@ impl FileKind for InetSk {
             })?;
             // Locked first: nothing the peer sends from now on is taken in
             // (and acknowledged) after the queues are read.
-            if let (Some(lock), Some(l), Some(p)) = (table.netlock.as_mut(), local, peer) {
+            if let (Some(lock), Some(l), Some(p)) = (table.tcp.lock_mut(), local, peer) {
                 lock.add(l, p).map_err(Error::dump(
                     cx.pid,
                     format!(
@@ -304,12 +304,12 @@ impl FileKind for InetSk {
             }
             crate::net::tcp::repair_on(dup.as_fd())
                 .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
-            table.tcp_repaired.fds.push(keep);
+            table.tcp.repairing(keep);
             let (e, inq, outq) = crate::net::tcp::dump(&dup, state).map_err(Error::dump(
                 cx.pid,
                 format!("{what}: the connection's state"),
             ))?;
-            table.tcp_streams.push((ino, e, inq, outq));
+            table.tcp.push(ino, e, inq, outq);
         }
         let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
         let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
@@ -357,8 +357,8 @@ impl FileKind for InetSk {
             let (backlog, waiting) =
                 got.ok_or_else(|| cx.format_err("listen backlog (sock_diag)"))?;
             // Connections not accepted yet go with the killed listener.
-            if waiting > 0 && !table.opts.leave_running {
-                if !table.opts.skip_in_flight {
+            if waiting > 0 && !table.opts().leave_running {
+                if !table.opts().skip_in_flight {
                     return Err(Error::Unsupported {
                         pid: cx.pid,
                         what: format!(
@@ -475,9 +475,9 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
         let set = |r: nix::Result<()>, step: &str| r.map_err(fail(step));
         let stream = cx
             .table
-            .tcp_streams
-            .iter()
-            .find(|t| t.0 == u.ino && crate::net::tcp::connected(u.state));
+            .tcp
+            .of(u.ino)
+            .filter(|_| crate::net::tcp::connected(u.state));
         if o.reuseaddr == Some(true) {
             set(
                 nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
@@ -595,9 +595,9 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
     for u in &all {
         if let Some((_, e, _, _)) = cx
             .table
-            .tcp_streams
-            .iter()
-            .find(|t| t.0 == u.ino && crate::net::tcp::connected(u.state))
+            .tcp
+            .of(u.ino)
+            .filter(|_| crate::net::tcp::connected(u.state))
             && let Some(s) = made.get(&u.id)
         {
             crate::net::tcp::repair_done(s.as_fd()).map_err(Error::restore(

@@ -16,8 +16,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
-use stasis_proto::images::TcpStreamEntry;
+use stasis_proto::images::file_entry::Kind;
+use stasis_proto::images::{FileEntry, TcpStreamEntry};
 
+use crate::images::{Dir, img};
 use crate::sys;
 
 use libc::{
@@ -111,14 +113,108 @@ fn get(fd: BorrowedFd<'_>, name: i32) -> Result<i32, Errno> {
     sys::getsockopt_int(fd, SOL_TCP, name)
 }
 
+/// A connection's state and its receive and send queues, by socket inode.
+type Stream = (u32, TcpStreamEntry, Vec<u8>, Vec<u8>);
+
+/// The established connections of a dump or a restore, and on the dump
+/// side the sockets in repair mode meanwhile and the network lock of
+/// their tree.
+#[derive(Debug, Default)]
+pub struct Streams {
+    streams: Vec<Stream>,
+    repaired: Repaired,
+    /// Dropped after `repaired`: lifted once the connections are out of
+    /// repair mode.
+    lock: Option<crate::net::netlock::Lock>,
+}
+
+impl Streams {
+    /// Dump: connections are locked with `lock` before they are taken.
+    pub(crate) fn set_lock(&mut self, lock: crate::net::netlock::Lock) {
+        self.lock = Some(lock);
+    }
+
+    /// Dump: the network lock, if the dump takes one.
+    pub(crate) fn lock_mut(&mut self) -> Option<&mut crate::net::netlock::Lock> {
+        self.lock.as_mut()
+    }
+
+    /// Dump: whether a lock is held (the restore must lift it).
+    pub(crate) fn lock_held(&self) -> bool {
+        self.lock
+            .as_ref()
+            .is_some_and(crate::net::netlock::Lock::held)
+    }
+
+    /// Dump: socket `fd` is in repair mode until the dump ends.
+    pub(crate) fn repairing(&mut self, fd: OwnedFd) {
+        self.repaired.fds.push(fd);
+    }
+
+    /// Dump: connection `ino` as taken.
+    pub(crate) fn push(&mut self, ino: u32, e: TcpStreamEntry, inq: Vec<u8>, outq: Vec<u8>) {
+        self.streams.push((ino, e, inq, outq));
+    }
+
+    /// Dump: the tree was killed; the connections taken in repair mode die
+    /// in it, and the lock stays for the restore to lift.
+    pub fn keep(&mut self) {
+        self.repaired.keep = true;
+        if let Some(l) = self.lock.as_mut() {
+            l.keep();
+        }
+    }
+
+    /// Restore: connection `ino`, if it was taken.
+    pub(crate) fn of(&self, ino: u32) -> Option<&Stream> {
+        self.streams.iter().find(|t| t.0 == ino)
+    }
+
+    /// Write a `tcp-stream-INO.img` per connection.
+    pub(crate) fn write(&self, dir: &Dir) -> crate::error::Result<()> {
+        for (ino, e, inq, outq) in &self.streams {
+            let mut w = dir.create(img::TCP_STREAM, u64::from(*ino))?;
+            w.write(e)?;
+            w.write_payload(inq)?;
+            w.write_payload(outq)?;
+            w.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Load the connections of the established TCP sockets of `entries`.
+    pub(crate) fn load(dir: &Dir, entries: &[FileEntry]) -> crate::error::Result<Streams> {
+        let mut t = Streams::default();
+        for e in entries {
+            if let Some(Kind::Isk(s)) = &e.kind
+                && connected(s.state)
+                && s.r#type == libc::SOCK_STREAM.cast_unsigned()
+            {
+                let mut r = dir.open_image(img::TCP_STREAM, u64::from(s.ino))?;
+                let path = r.path().to_owned();
+                let entry: TcpStreamEntry =
+                    r.read_entry()?
+                        .ok_or_else(|| crate::error::EngineError::BadImage {
+                            path,
+                            what: "empty".into(),
+                        })?;
+                let inq = r.read_payload(u64::from(entry.inq_len))?;
+                let outq = r.read_payload(u64::from(entry.outq_len))?;
+                t.streams.push((s.ino, entry, inq, outq));
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// Sockets a dump put in repair mode: taken out of it when dropped, unless
 /// the tree was killed (`keep`), so a dump that gives up or leaves the tree
 /// running leaves its connections working.
 #[derive(Debug, Default)]
-pub struct Repaired {
-    pub(crate) fds: Vec<OwnedFd>,
+struct Repaired {
+    fds: Vec<OwnedFd>,
     /// The tree is dead: let the sockets die in repair mode.
-    pub keep: bool,
+    keep: bool,
 }
 
 impl Drop for Repaired {

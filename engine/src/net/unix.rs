@@ -444,7 +444,7 @@ impl FileKind for UnixSk {
                     .unwrap_or_default();
                 if !name.is_empty() {
                     let sent = d.rqlen.1;
-                    if sent > 0 && table.opts.leave_running {
+                    if sent > 0 && table.opts().leave_running {
                         return Err(Error::Unsupported {
                             pid: cx.pid,
                             what: format!(
@@ -535,8 +535,7 @@ fn in_flight(table: &mut Table, fds: Vec<OwnedFd>) -> Result<Vec<u32>> {
     let mut ids = Vec::new();
     for fd in fds {
         let pfd = proc::fd(me, fd.as_raw_fd())?;
-        let opts = table.opts;
-        ids.push(table.dump_fd(me, &pfd, opts)?.id);
+        ids.push(table.dump_fd(me, &pfd)?.id);
         table.unix.inflight.push(fd);
     }
     Ok(ids)
@@ -614,7 +613,7 @@ impl Table {
                     "fd {fd} (unix socket {ino}) is connected to socket {peer}, which is outside the dumped tree ({why})"
                 ),
             };
-            if !self.opts.ext_unix_sk {
+            if !self.opts().ext_unix_sk {
                 return Err(refuse(
                     "dump with --ext-unix-sk to connect it to the same name again on restore",
                 ));

@@ -282,7 +282,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     crate::notify::point(opts.notify.as_ref(), "pre-restore", nix::unistd::getpid())?;
     tracing::debug!("reading the images");
     let (mut plans, mut files, inv) = load(&dir)?;
-    if let Some(&index) = files.orphan_ptys().first()
+    if let Some(&index) = files.ttys.orphan_ptys().first()
         && !(opts.orphan_pts_master && opts.notify.is_some())
     {
         // Refused before anything is made: nobody would hold its master.
@@ -384,7 +384,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let mut pivot: Option<PathBuf> = None;
     let mut root_shared = false;
     if let Some(m) = ns_done.mnt.as_mut() {
-        files.give_ptys(std::mem::take(&mut m.ptys));
+        files.ttys.give_ptys(std::mem::take(&mut m.ptys));
     }
 
     let (pool, next) = (|| {
@@ -775,7 +775,7 @@ fn open_pool(
 /// flock and OFD locks belong to the open file: taken on the pool's copy,
 /// which the tasks inherit.
 fn take_file_locks(plans: &[Plan], files: &Table, pool: &HashMap<u32, OwnedFd>) -> Result<()> {
-    for l in files.locks() {
+    for l in files.locks.list() {
         let id = plans
             .iter()
             .find(|p| p.pst.pid.cast_signed() == l.pid)
@@ -1262,7 +1262,8 @@ impl Work<'_> {
             r.call_all(&calls)?;
         }
         let locks: Vec<_> = files
-            .locks()
+            .locks
+            .list()
             .iter()
             .filter(|l| l.pid.cast_unsigned() == p.pst.pid)
             .collect();

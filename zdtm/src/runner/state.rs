@@ -109,13 +109,14 @@ pub fn snapshot(root: i32, shape_only: bool) -> Snapshot {
         if shape_only {
             // The test library reads /proc/self/status before each fork
             // (it forks single-threaded only): a test that forks on its own
-            // has that fd open now and then, at a dump or not.
-            let own_status = format!("/proc/{pid}/status");
+            // has that fd open now and then, at a dump or not. In a PID
+            // namespace of its own the link names it by its PID there.
+            let own = [pid, map(pid)].map(|p| format!("/proc/{p}/status"));
             p = ProcState {
                 fds: p
                     .fds
                     .into_iter()
-                    .filter(|(_, (t, _, _))| *t != own_status)
+                    .filter(|(_, (t, _, _))| !own.contains(t))
                     .map(|(n, (t, _, _))| (n, (t, String::new(), String::new())))
                     .collect(),
                 ..ProcState::default()
