@@ -833,59 +833,15 @@ pub fn restore(
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
-    let shown_img = img::MNTS.file_name(super::NS_ID);
-    let mut want: Vec<Mount> = dir
-        .read_all(img::MNTS, super::NS_ID)?
-        .iter()
-        .map(Mount::from_entry)
-        .collect();
-    // The tree's mounts of its own cgroups follow them (--cgroup-root).
-    for m in want
-        .iter_mut()
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-    {
-        m.root = cgroups.mount_root(&m.fstype, &m.options, &m.root);
-    }
-    let bad = |what: String| Error::BadImage {
-        path: shown_img.clone(),
-        what,
-    };
+    let want = load_table(dir, cgroups)?;
     let Some(want_root) = table_root(&want) else {
-        return Err(bad("no single root mount".into()));
+        return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
     };
-    if tree_order(&want).len() != want.len() {
-        return Err(bad("mounts whose parents are not in the table".into()));
-    }
     let me = nix::unistd::getpid();
     // With --root, the tree's mounts are made under that directory (the
     // root mount a bind of it), which becomes the namespace's root once
     // the tasks are restored ([`Restored::root`]).
-    let rooted = match new_root {
-        Some(r) => Some(
-            std::fs::canonicalize(r).map_err(|err| Error::MountContents {
-                path: r.display().to_string(),
-                what: "the --root directory",
-                err,
-            })?,
-        ),
-        None => {
-            let mine = read_table("/proc/thread-self/mountinfo", me)?;
-            if table_root(&mine).is_some_and(|m| m.dev != want_root.dev || m.root != want_root.root)
-            {
-                return Err(Error::Mount {
-                    path: "/".into(),
-                    what: format!(
-                        "giving the tree its own root ({} {})",
-                        want_root.fstype, want_root.root
-                    ),
-                    errno: Errno::EINVAL,
-                    hint: ": the tree was pivot_root'ed (a container); restore with --root DIR, \
-                           DIR holding its root file system",
-                });
-            }
-            None
-        }
-    };
+    let rooted = rooted_dir(new_root, want_root, me)?;
     let want: Vec<Mount> = match &rooted {
         Some(r) => want
             .into_iter()
@@ -897,7 +853,7 @@ pub fn restore(
         None => want,
     };
     let Some(want_root) = table_root(&want) else {
-        return Err(bad("no single root mount".into()));
+        return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
     };
     let engine = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map(OwnedFd::from)
@@ -912,32 +868,8 @@ pub fn restore(
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| Error::restore(me, "the engine's directory")(rx(e)))?;
-    // Peer groups of the engine's namespace the tree's mounts were in:
-    // held by an O_PATH fd on one member each (the widest), taken before
-    // the namespace is copied.
-    let outside = read_table("/proc/thread-self/mountinfo", me)?;
-    let mut groups = Outside::default();
-    for id in want.iter().flat_map(|m| [m.shared, m.master]).flatten() {
-        for (slave, map) in [(false, &mut groups.peers), (true, &mut groups.slaves)] {
-            if map.contains_key(&id) {
-                continue;
-            }
-            let mut members: Vec<&Mount> = outside
-                .iter()
-                .filter(|m| {
-                    if slave {
-                        m.master == Some(id) && m.shared.is_none()
-                    } else {
-                        m.shared == Some(id)
-                    }
-                })
-                .collect();
-            members.sort_by_key(|m| m.root.len());
-            if let Some(fd) = members.into_iter().find_map(|m| open_mount(m).ok()) {
-                map.insert(id, fd);
-            }
-        }
-    }
+    // Taken before the namespace is copied.
+    let groups = Outside::hold(&want, me)?;
     // In a user namespace of the tree's own, the copy its helper made
     // (owned by it, as the tree's was).
     match user {
@@ -946,16 +878,14 @@ pub fn restore(
             .map_err(Error::restore(me, "a mount namespace"))?,
     }
     let mut ptys = Vec::new();
-    let inside = build(
-        &want,
+    let mk = Making {
+        want: &want,
         want_root,
         dir,
-        &groups,
-        rooted.as_deref(),
+        rooted: rooted.as_deref(),
         ext_mounts,
-        &mut ptys,
-    )
-    .and_then(|procs| {
+    };
+    let inside = build(&mk, &groups, &mut ptys).and_then(|procs| {
         let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
             .map(OwnedFd::from)
             .map_err(|err| Error::Proc {
@@ -984,6 +914,64 @@ pub fn restore(
     }
 }
 
+/// The tree's mount table from `mountpoints-ID.img`, its cgroup mounts
+/// following the tree's cgroups (--cgroup-root); refused unless it is one
+/// tree.
+fn load_table(dir: &Dir, cgroups: &crate::cgroup::Remap) -> Result<Vec<Mount>> {
+    let mut want: Vec<Mount> = dir
+        .read_all(img::MNTS, super::NS_ID)?
+        .iter()
+        .map(Mount::from_entry)
+        .collect();
+    for m in want
+        .iter_mut()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+    {
+        m.root = cgroups.mount_root(&m.fstype, &m.options, &m.root);
+    }
+    if table_root(&want).is_none() {
+        return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
+    }
+    if tree_order(&want).len() != want.len() {
+        return Err(img::MNTS.bad(super::NS_ID, "mounts whose parents are not in the table"));
+    }
+    Ok(want)
+}
+
+/// With --root, the tree's mounts are made under that directory (the
+/// root mount a bind of it), which becomes the namespace's root once the
+/// tasks are restored ([`Restored::root`]). Without it, a tree whose root
+/// is not the engine's is refused.
+fn rooted_dir(
+    new_root: Option<&Path>,
+    want_root: &Mount,
+    me: Pid,
+) -> Result<Option<std::path::PathBuf>> {
+    if let Some(r) = new_root {
+        return std::fs::canonicalize(r)
+            .map(Some)
+            .map_err(|err| Error::MountContents {
+                path: r.display().to_string(),
+                what: "the --root directory",
+                err,
+            });
+    }
+    let mine = read_table("/proc/thread-self/mountinfo", me)?;
+    if table_root(&mine).is_some_and(|m| m.dev != want_root.dev || m.root != want_root.root) {
+        return Err(Error::Mount {
+            path: "/".into(),
+            what: format!(
+                "giving the tree its own root ({} {})",
+                want_root.fstype, want_root.root
+            ),
+            errno: Errno::EINVAL,
+            hint: ": the tree was pivot_root'ed (a container); restore with --root DIR, \
+                   DIR holding its root file system",
+        });
+    }
+    Ok(None)
+}
+
 /// Peer groups of the engine's namespace, each held by an O_PATH fd on
 /// its widest member (`peers`) or on a mount that is only a slave of it
 /// (`slaves`: joining that one's group makes a slave of the same master).
@@ -991,6 +979,37 @@ pub fn restore(
 struct Outside {
     peers: HashMap<u32, OwnedFd>,
     slaves: HashMap<u32, OwnedFd>,
+}
+
+impl Outside {
+    /// The peer groups of the engine's namespace the mounts of `want` were
+    /// in (shared or slave), each held by one member (the widest).
+    fn hold(want: &[Mount], me: Pid) -> Result<Outside> {
+        let outside = read_table("/proc/thread-self/mountinfo", me)?;
+        let mut groups = Outside::default();
+        for id in want.iter().flat_map(|m| [m.shared, m.master]).flatten() {
+            for (slave, map) in [(false, &mut groups.peers), (true, &mut groups.slaves)] {
+                if map.contains_key(&id) {
+                    continue;
+                }
+                let mut members: Vec<&Mount> = outside
+                    .iter()
+                    .filter(|m| {
+                        if slave {
+                            m.master == Some(id) && m.shared.is_none()
+                        } else {
+                            m.shared == Some(id)
+                        }
+                    })
+                    .collect();
+                members.sort_by_key(|m| m.root.len());
+                if let Some(fd) = members.into_iter().find_map(|m| open_mount(m).ok()) {
+                    map.insert(id, fd);
+                }
+            }
+        }
+        Ok(groups)
+    }
 }
 
 /// An O_PATH fd on mount `m` of the current namespace, checked to be that
@@ -1015,16 +1034,25 @@ fn open_mount(m: &Mount) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
-/// In the fresh copy of the engine's namespace: make the table `want`.
+/// What making the tree's table needs to know.
+struct Making<'a> {
+    want: &'a [Mount],
+    want_root: &'a Mount,
+    dir: &'a Dir,
+    /// The --root directory everything is made under.
+    rooted: Option<&'a Path>,
+    ext_mounts: &'a [(String, String)],
+}
+
+/// In the fresh copy of the engine's namespace: make the table `want`
+/// (the ptys its devpts binds need go to `ptys`); the mounts the root task
+/// makes on its procfs.
 fn build(
-    want: &[Mount],
-    want_root: &Mount,
-    dir: &Dir,
+    mk: &Making<'_>,
     groups: &Outside,
-    rooted: Option<&Path>,
-    ext_mounts: &[(String, String)],
     ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<Vec<ProcMount>> {
+    let (want, want_root, rooted) = (mk.want, mk.want_root, mk.rooted);
     let me = nix::unistd::getpid();
     make_private().map_err(mount_err("/", "making the copied namespace private"))?;
     let have = read_table("/proc/thread-self/mountinfo", me)?;
@@ -1046,10 +1074,63 @@ fn build(
             hint: "; a pivot_root'ed tree needs --root",
         });
     }
-    // Bind sources among the mounts here, cloned before anything is
-    // unmounted: (device, root of the source, detached clone).
+    let sources = bind_sources(want, &have, &matched);
     let kept: HashSet<usize> = matched.iter().flatten().copied().collect();
-    let mut sources: Vec<(u32, String, OwnedFd)> = Vec::new();
+    if rooted.is_none() {
+        unmount_extra(&have, &kept)?;
+    }
+    // Make the missing ones, parents first.
+    let mut made: HashMap<u32, OwnedFd> = HashMap::new();
+    let mut procs = Vec::new();
+    let mut deferred: HashSet<u32> = HashSet::new();
+    for i in tree_order(want) {
+        let w = &want[i];
+        if let Some(h) = matched[i] {
+            if have[h].flags != w.flags {
+                remount(w)?;
+            }
+            continue;
+        }
+        let on_proc = deferred.contains(&w.parent);
+        if on_proc || (w.fstype == "proc" && w.root == "/") {
+            // A procfs of the tree, or on one: made by the root task.
+            let kind = if on_proc {
+                late_kind(want, w, &have, mk.ext_mounts, rooted.is_some(), mk.dir)?
+            } else {
+                LateKind::Proc
+            };
+            deferred.insert(w.id);
+            procs.push(ProcMount {
+                point: w.point.clone(),
+                flags: w.flags,
+                options: w.options.clone(),
+                kind,
+            });
+            continue;
+        }
+        let src = mk.source(w, &sources, &mut made, ptys)?;
+        rustix::mount::move_mount(
+            src.as_fd(),
+            "",
+            rustix::fs::CWD,
+            w.point.as_str(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| mount_err(&w.point, "moving it into place")(rx(e)))?;
+        remount(w)?;
+    }
+    propagation(want, groups, &deferred)?;
+    Ok(procs)
+}
+
+/// A bind source.
+type Source = (u32, String, OwnedFd);
+
+/// Bind sources among the mounts `have` here for the mounts of `want` not
+/// kept, cloned before anything is unmounted: (device, root of the source,
+/// detached clone).
+fn bind_sources(want: &[Mount], have: &[Mount], matched: &[Option<usize>]) -> Vec<Source> {
+    let mut sources: Vec<Source> = Vec::new();
     for (i, w) in want.iter().enumerate() {
         if matched[i].is_some()
             || sources
@@ -1082,14 +1163,18 @@ fn build(
             }
         }
     }
-    // Unmount what the tree did not have, upper mounts first; a mount
-    // under one that went already went with it.
+    sources
+}
+
+/// Unmount what the tree did not have (all but `kept`), upper mounts
+/// first; a mount under one that went already went with it.
+fn unmount_extra(have: &[Mount], kept: &HashSet<usize>) -> Result<()> {
     for (k, h) in have.iter().enumerate().rev() {
-        if kept.contains(&k) || rooted.is_some() {
+        if kept.contains(&k) {
             continue;
         }
         let res = nix::mount::umount2(h.point.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        let parent_kept = parent_index(&have, h).is_some_and(|p| kept.contains(&p));
+        let parent_kept = parent_index(have, h).is_some_and(|p| kept.contains(&p));
         if parent_kept {
             res.map_err(mount_err(
                 &h.point,
@@ -1097,94 +1182,60 @@ fn build(
             ))?;
         }
     }
-    // Make the missing ones, parents first.
-    let mut made: HashMap<u32, OwnedFd> = HashMap::new();
-    let mut procs = Vec::new();
-    let mut deferred: HashSet<u32> = HashSet::new();
-    for i in tree_order(want) {
-        let w = &want[i];
-        if let Some(h) = matched[i] {
-            if have[h].flags != w.flags {
-                remount(w)?;
-            }
-            continue;
-        }
-        if deferred.contains(&w.parent) {
-            // On a procfs of the tree: made by the root task after it.
-            let kind = late_kind(want, w, &have, ext_mounts, rooted.is_some(), dir)?;
-            deferred.insert(w.id);
-            procs.push(ProcMount {
-                point: w.point.clone(),
-                flags: w.flags,
-                options: w.options.clone(),
-                kind,
-            });
-            continue;
-        }
-        if w.fstype == "proc" && w.root == "/" {
-            deferred.insert(w.id);
-            procs.push(ProcMount {
-                point: w.point.clone(),
-                flags: w.flags,
-                options: w.options.clone(),
-                kind: LateKind::Proc,
-            });
-            continue;
-        }
-        let src = if let Some(key) = &w.ext_key {
-            // External: a bind of what the caller names by its key.
-            let (_, path) = ext_mounts.iter().find(|(k, _)| k == key).ok_or_else(|| Error::Mount {
-                path: w.point.clone(),
-                what: format!("binding external mount {key}"),
-                errno: Errno::ENOENT,
-                hint: ": it was dumped as external; name what to bind with --external mnt[KEY]:PATH",
-            })?;
-            rustix::mount::open_tree(
-                rustix::fs::CWD,
-                path.as_str(),
-                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-            )
-            .map_err(|e| {
+    Ok(())
+}
+
+impl Making<'_> {
+    /// A detached mount to move to `w`'s place: a bind of what the caller
+    /// names for an external mount, of the --root directory for the root,
+    /// of a bind source here, or of a new superblock (one per device,
+    /// kept in `made`).
+    fn source(
+        &self,
+        w: &Mount,
+        sources: &[Source],
+        made: &mut HashMap<u32, OwnedFd>,
+        ptys: &mut Vec<(u32, OwnedFd)>,
+    ) -> Result<OwnedFd> {
+        let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+        if let Some(key) = &w.ext_key {
+            let (_, path) = self
+                .ext_mounts
+                .iter()
+                .find(|(k, _)| k == key)
+                .ok_or_else(|| Error::Mount {
+                    path: w.point.clone(),
+                    what: format!("binding external mount {key}"),
+                    errno: Errno::ENOENT,
+                    hint: ": it was dumped as external; name what to bind with --external mnt[KEY]:PATH",
+                })?;
+            return rustix::mount::open_tree(rustix::fs::CWD, path.as_str(), clone).map_err(|e| {
                 mount_err(
                     &w.point,
                     &format!("cloning {path} for external mount {key}"),
                 )(rx(e))
-            })?
-        } else if let (Some(r), true) = (rooted, w.id == want_root.id) {
+            });
+        }
+        if let (Some(r), true) = (self.rooted, w.id == self.want_root.id) {
             // The root: a bind of the --root directory, on itself.
-            rustix::mount::open_tree(
-                rustix::fs::CWD,
-                r,
-                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-            )
-            .map_err(|e| mount_err(&w.point, "cloning the --root directory")(rx(e)))?
-        } else if let Some((base, fd)) = sources.iter().find_map(|s| {
+            return rustix::mount::open_tree(rustix::fs::CWD, r, clone)
+                .map_err(|e| mount_err(&w.point, "cloning the --root directory")(rx(e)));
+        }
+        if let Some((base, fd)) = sources.iter().find_map(|s| {
             (s.0 == w.dev)
                 .then(|| rel(&w.root, &s.1).map(|r| (r, &s.2)))
                 .flatten()
         }) {
-            clone_at(fd, base, &w.point)?
-        } else {
-            let fd = match made.entry(w.dev) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(new_superblock(want, w, dir, ptys)?)
-                }
-            };
-            clone_at(fd, w.root.trim_start_matches('/'), &w.point)?
+            return clone_at(fd, base, &w.point);
+        }
+        let fd = match made.entry(w.dev) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(new_superblock(self.want, w, self.dir, ptys)?)
+            }
         };
-        rustix::mount::move_mount(
-            src.as_fd(),
-            "",
-            rustix::fs::CWD,
-            w.point.as_str(),
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(|e| mount_err(&w.point, "moving it into place")(rx(e)))?;
-        remount(w)?;
+        clone_at(fd, w.root.trim_start_matches('/'), &w.point)
     }
-    propagation(want, groups, &deferred)?;
-    Ok(procs)
 }
 
 /// How the root task makes mount `w`, which is on a procfs of the tree: a
@@ -1382,31 +1433,6 @@ fn bound_ptys(
 /// Mounts the root task makes later (procfs and what is on it: `late`)
 /// stay private.
 fn propagation(want: &[Mount], outside: &Outside, late: &HashSet<u32>) -> Result<()> {
-    let set_group = |from: &OwnedFd, w: &Mount| {
-        rustix::mount::move_mount(
-            from.as_fd(),
-            "",
-            rustix::fs::CWD,
-            w.point.as_str(),
-            MoveMountFlags::MOVE_MOUNT_SET_GROUP | MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(|e| Error::Mount {
-            path: w.point.clone(),
-            what: "joining its peer group (MOVE_MOUNT_SET_GROUP)".into(),
-            errno: rx(e),
-            hint: "",
-        })
-    };
-    let change = |w: &Mount, f: MsFlags, what: &str| {
-        nix::mount::mount(
-            None::<&str>,
-            w.point.as_str(),
-            None::<&str>,
-            f,
-            None::<&str>,
-        )
-        .map_err(mount_err(&w.point, what))
-    };
     // The widest member of each group first, so that its root holds the
     // others'; a slave after the group it is a slave of.
     let mut order: Vec<usize> = (0..want.len()).collect();
@@ -1425,52 +1451,10 @@ fn propagation(want: &[Mount], outside: &Outside, late: &HashSet<u32>) -> Result
             if done[i] || (w.shared.is_none() && w.master.is_none()) {
                 continue;
             }
-            if let Some(m) = w.master {
-                let from = outside
-                    .peers
-                    .get(&m)
-                    .or_else(|| leaders.get(&m))
-                    .or_else(|| outside.slaves.get(&m));
-                let Some(from) = from else {
-                    if want.iter().any(|o| o.shared == Some(m)) {
-                        continue; // its master group is not made yet
-                    }
-                    tracing::warn!(mount = %w.point, master = m, "the peer group this mount was a slave of is gone: it is private");
-                    done[i] = true;
-                    progress = true;
-                    continue;
-                };
-                if let Some(g) = w.shared
-                    && let Some(l) = leaders.get(&g).or_else(|| outside.peers.get(&g))
-                {
-                    set_group(l, w)?;
-                } else {
-                    set_group(from, w)?;
-                    change(w, MsFlags::MS_SLAVE, "making it a slave")?;
-                    if w.shared.is_some() {
-                        change(w, MsFlags::MS_SHARED, "making it shared")?;
-                    }
-                }
-            } else if let Some(g) = w.shared {
-                if let Some(l) = leaders.get(&g).or_else(|| outside.peers.get(&g)) {
-                    set_group(l, w)?;
-                } else {
-                    change(w, MsFlags::MS_SHARED, "making it shared")?;
-                }
+            if join_groups(w, want, outside, &mut leaders)? {
+                done[i] = true;
+                progress = true;
             }
-            if let Some(g) = w.shared
-                && !leaders.contains_key(&g)
-            {
-                let fd = rustix::mount::open_tree(
-                    rustix::fs::CWD,
-                    w.point.as_str(),
-                    OpenTreeFlags::OPEN_TREE_CLOEXEC,
-                )
-                .map_err(|e| mount_err(&w.point, "opening it")(rx(e)))?;
-                leaders.insert(g, fd);
-            }
-            done[i] = true;
-            progress = true;
         }
         if !progress {
             break;
@@ -1490,9 +1474,92 @@ fn propagation(want: &[Mount], outside: &Outside, late: &HashSet<u32>) -> Result
         .iter()
         .filter(|w| w.unbindable && !late.contains(&w.id))
     {
-        change(w, MsFlags::MS_UNBINDABLE, "making it unbindable")?;
+        change_propagation(w, MsFlags::MS_UNBINDABLE, "making it unbindable")?;
     }
     Ok(())
+}
+
+/// Put mount `w` in its peer group and under its master: joined to the
+/// group's first member made (`leaders`) or held outside, else made a
+/// slave of its master's group and shared anew. False when its master's
+/// group is not made yet (try again after the others).
+fn join_groups(
+    w: &Mount,
+    want: &[Mount],
+    outside: &Outside,
+    leaders: &mut HashMap<u32, OwnedFd>,
+) -> Result<bool> {
+    let peer = |g: u32| leaders.get(&g).or_else(|| outside.peers.get(&g));
+    if let Some(m) = w.master {
+        let from = outside
+            .peers
+            .get(&m)
+            .or_else(|| leaders.get(&m))
+            .or_else(|| outside.slaves.get(&m));
+        let Some(from) = from else {
+            if want.iter().any(|o| o.shared == Some(m)) {
+                return Ok(false);
+            }
+            tracing::warn!(mount = %w.point, master = m, "the peer group this mount was a slave of is gone: it is private");
+            return Ok(true);
+        };
+        if let Some(l) = w.shared.and_then(peer) {
+            set_group(l, w)?;
+        } else {
+            set_group(from, w)?;
+            change_propagation(w, MsFlags::MS_SLAVE, "making it a slave")?;
+            if w.shared.is_some() {
+                change_propagation(w, MsFlags::MS_SHARED, "making it shared")?;
+            }
+        }
+    } else if let Some(g) = w.shared {
+        if let Some(l) = peer(g) {
+            set_group(l, w)?;
+        } else {
+            change_propagation(w, MsFlags::MS_SHARED, "making it shared")?;
+        }
+    }
+    if let Some(g) = w.shared
+        && !leaders.contains_key(&g)
+    {
+        let fd = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            w.point.as_str(),
+            OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| mount_err(&w.point, "opening it")(rx(e)))?;
+        leaders.insert(g, fd);
+    }
+    Ok(true)
+}
+
+/// Mount `w` joins the peer group of `from` (MOVE_MOUNT_SET_GROUP).
+fn set_group(from: &OwnedFd, w: &Mount) -> Result<()> {
+    rustix::mount::move_mount(
+        from.as_fd(),
+        "",
+        rustix::fs::CWD,
+        w.point.as_str(),
+        MoveMountFlags::MOVE_MOUNT_SET_GROUP | MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| Error::Mount {
+        path: w.point.clone(),
+        what: "joining its peer group (MOVE_MOUNT_SET_GROUP)".into(),
+        errno: rx(e),
+        hint: "",
+    })
+}
+
+/// Change the propagation of mount `w` (`f`: MS_SHARED, MS_SLAVE, ...).
+fn change_propagation(w: &Mount, f: MsFlags, what: &str) -> Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        w.point.as_str(),
+        None::<&str>,
+        f,
+        None::<&str>,
+    )
+    .map_err(mount_err(&w.point, what))
 }
 
 /// In the root task, inside its pid namespace: mount the tree's procfs,

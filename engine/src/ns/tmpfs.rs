@@ -124,110 +124,139 @@ pub(crate) fn load(img: &Path, root: BorrowedFd<'_>, shown: &str) -> Result<()> 
     let file = File::open(img).map_err(contents_err(shown, "opening its contents image"))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let io = |what: &'static str| contents_err(shown, what);
-    let rx = |what: &'static str| {
-        move |e: rustix::io::Errno| contents_err(shown, what)(std::io::Error::from(e))
-    };
     let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
     for entry in tar.entries().map_err(io("reading its contents image"))? {
         let mut entry = entry.map_err(io("reading its contents image"))?;
-        let rel = clean(&entry.path().map_err(io("reading its contents image"))?)
-            .map_err(io("unpacking its contents image"))?;
-        let h = entry.header();
-        let at = Attrs {
-            mode: h.mode().unwrap_or(0o755) & 0o7777,
-            uid: h.uid().ok().and_then(|v| u32::try_from(v).ok()),
-            gid: h.gid().ok().and_then(|v| u32::try_from(v).ok()),
-            mtime: h.mtime().unwrap_or(0),
-        };
-        let ty = h.entry_type();
-        let link = h
-            .link_name()
-            .map_err(io("reading its contents image"))?
-            .map(std::borrow::Cow::into_owned);
-        let dev = rustix::fs::makedev(
-            h.device_major().ok().flatten().unwrap_or(0),
-            h.device_minor().ok().flatten().unwrap_or(0),
-        );
-        let Some(name) = rel.file_name().map(std::ffi::OsStr::to_owned) else {
-            // The root itself.
-            if ty == EntryType::Directory {
-                dirs.push((rel, at));
-            }
-            continue;
-        };
-        let parent = beneath(root, rel.parent().unwrap_or(Path::new("")))
-            .map_err(rx("resolving a directory"))?;
-        let p = parent.as_fd();
-        let perm = rustix::fs::Mode::from_raw_mode(at.mode);
-        match ty {
-            EntryType::Directory => {
-                match rustix::fs::mkdirat(p, &name, rustix::fs::Mode::RWXU) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(rx("making a directory")(e)),
-                }
-                dirs.push((rel, at));
-                continue;
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                let fd = rustix::fs::openat(
-                    p,
-                    &name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::TRUNC
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-                )
-                .map_err(rx("creating a file"))?;
-                let mut f = File::from(fd);
-                std::io::copy(&mut entry, &mut f).map_err(io("writing a file"))?;
-            }
-            EntryType::Symlink => {
-                let target = link.ok_or_else(|| bad(shown, "a symlink without a target"))?;
-                rustix::fs::symlinkat(target.as_path(), p, &name)
-                    .map_err(rx("making a symlink"))?;
-            }
-            EntryType::Link => {
-                let target =
-                    clean(&link.ok_or_else(|| bad(shown, "a hard link without a target"))?)
-                        .map_err(io("unpacking its contents image"))?;
-                let (tdir, tname) = (
-                    beneath(root, target.parent().unwrap_or(Path::new("")))
-                        .map_err(rx("resolving a directory"))?,
-                    target
-                        .file_name()
-                        .ok_or_else(|| bad(shown, "a hard link to the root"))?,
-                );
-                rustix::fs::linkat(tdir.as_fd(), tname, p, &name, AtFlags::empty())
-                    .map_err(rx("making a hard link"))?;
-                // A link shares its target's owner, mode and times.
-                continue;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let ft = match ty {
-                    EntryType::Char => rustix::fs::FileType::CharacterDevice,
-                    EntryType::Block => rustix::fs::FileType::BlockDevice,
-                    _ => rustix::fs::FileType::Fifo,
-                };
-                rustix::fs::mknodat(p, &name, ft, perm, dev)
-                    .map_err(rx("making a special file"))?;
-            }
-            _ => {
-                tracing::warn!(mount = shown, file = %rel.display(), "an archive entry of an unknown type is skipped");
-                continue;
-            }
+        if let Some(dir) = unpack(&mut entry, root, shown)? {
+            dirs.push(dir);
         }
-        at.set(p, &name, ty == EntryType::Symlink)
-            .map_err(rx("setting a file's owner, mode and times"))?;
     }
     // Deepest first, so setting a directory's time is the last change in it.
     for (rel, at) in dirs.into_iter().rev() {
-        let d = beneath(root, &rel).map_err(rx("resolving a directory"))?;
+        let d = beneath(root, &rel).map_err(rx(shown, "resolving a directory"))?;
         at.set(d.as_fd(), "", false)
-            .map_err(rx("setting a directory's owner, mode and times"))?;
+            .map_err(rx(shown, "setting a directory's owner, mode and times"))?;
     }
     Ok(())
+}
+
+/// A failed step on the contents of mount `shown`, from rustix.
+fn rx<'a>(shown: &'a str, what: &'static str) -> impl Fn(rustix::io::Errno) -> Error + 'a {
+    move |e| contents_err(shown, what)(std::io::Error::from(e))
+}
+
+/// Make the file of archive entry `entry` beneath `root`, with its owner,
+/// mode and times; a directory is made and returned with its attributes,
+/// which are set once it is filled.
+fn unpack<R: std::io::Read>(
+    entry: &mut tar::Entry<'_, R>,
+    root: BorrowedFd<'_>,
+    shown: &str,
+) -> Result<Option<(PathBuf, Attrs)>> {
+    let io = |what: &'static str| contents_err(shown, what);
+    let rel = clean(&entry.path().map_err(io("reading its contents image"))?)
+        .map_err(io("unpacking its contents image"))?;
+    let h = entry.header();
+    let at = Attrs {
+        mode: h.mode().unwrap_or(0o755) & 0o7777,
+        uid: h.uid().ok().and_then(|v| u32::try_from(v).ok()),
+        gid: h.gid().ok().and_then(|v| u32::try_from(v).ok()),
+        mtime: h.mtime().unwrap_or(0),
+    };
+    let ty = h.entry_type();
+    let Some(name) = rel.file_name().map(std::ffi::OsStr::to_owned) else {
+        // The root itself.
+        return Ok((ty == EntryType::Directory).then_some((rel, at)));
+    };
+    let parent = beneath(root, rel.parent().unwrap_or(Path::new("")))
+        .map_err(rx(shown, "resolving a directory"))?;
+    let p = parent.as_fd();
+    match ty {
+        EntryType::Directory => {
+            match rustix::fs::mkdirat(p, &name, rustix::fs::Mode::RWXU) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(rx(shown, "making a directory")(e)),
+            }
+            return Ok(Some((rel, at)));
+        }
+        EntryType::Regular | EntryType::Continuous => {
+            let fd = rustix::fs::openat(
+                p,
+                &name,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::TRUNC
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC,
+                rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            )
+            .map_err(rx(shown, "creating a file"))?;
+            let mut f = File::from(fd);
+            std::io::copy(entry, &mut f).map_err(io("writing a file"))?;
+        }
+        EntryType::Symlink | EntryType::Link => {
+            let link = entry
+                .header()
+                .link_name()
+                .map_err(io("reading its contents image"))?
+                .map(std::borrow::Cow::into_owned)
+                .ok_or_else(|| {
+                    let what = if ty == EntryType::Link {
+                        "a hard link without a target"
+                    } else {
+                        "a symlink without a target"
+                    };
+                    bad(shown, what)
+                })?;
+            if ty == EntryType::Link {
+                hard_link(root, &link, p, &name, shown)?;
+                // A link shares its target's owner, mode and times.
+                return Ok(None);
+            }
+            rustix::fs::symlinkat(link.as_path(), p, &name)
+                .map_err(rx(shown, "making a symlink"))?;
+        }
+        EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            let ft = match ty {
+                EntryType::Char => rustix::fs::FileType::CharacterDevice,
+                EntryType::Block => rustix::fs::FileType::BlockDevice,
+                _ => rustix::fs::FileType::Fifo,
+            };
+            let h = entry.header();
+            let dev = rustix::fs::makedev(
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            );
+            rustix::fs::mknodat(p, &name, ft, rustix::fs::Mode::from_raw_mode(at.mode), dev)
+                .map_err(rx(shown, "making a special file"))?;
+        }
+        _ => {
+            tracing::warn!(mount = shown, file = %rel.display(), "an archive entry of an unknown type is skipped");
+            return Ok(None);
+        }
+    }
+    at.set(p, &name, ty == EntryType::Symlink)
+        .map_err(rx(shown, "setting a file's owner, mode and times"))?;
+    Ok(None)
+}
+
+/// Hard link `name` in directory `p` to `target` (a path of the archive),
+/// both beneath `root`.
+fn hard_link(
+    root: BorrowedFd<'_>,
+    target: &Path,
+    p: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    shown: &str,
+) -> Result<()> {
+    let target = clean(target).map_err(contents_err(shown, "unpacking its contents image"))?;
+    let tdir = beneath(root, target.parent().unwrap_or(Path::new("")))
+        .map_err(rx(shown, "resolving a directory"))?;
+    let tname = target
+        .file_name()
+        .ok_or_else(|| bad(shown, "a hard link to the root"))?;
+    rustix::fs::linkat(tdir.as_fd(), tname, p, name, AtFlags::empty())
+        .map_err(rx(shown, "making a hard link"))
 }
 
 fn bad(shown: &str, what: &str) -> Error {
