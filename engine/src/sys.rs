@@ -2,9 +2,7 @@
 //! of the system-call wrappers in `stasis-kernel` (where the `unsafe` is),
 //! grouped by the kernel module that holds them (see `kernel-map.txt`).
 
-pub(crate) use stasis_kernel::clone::{
-    Forked, fork_single_threaded, fork_single_threaded_ids,
-};
+pub(crate) use stasis_kernel::clone::{Forked, fork_single_threaded, fork_single_threaded_ids};
 pub(crate) use stasis_kernel::fd::{
     close_except, dup_above, dup_at_least, dup_inherited, dup_to, flock, kcmp_epoll_tfd,
     kcmp_file_order, open_by_handle, pidfd_getfd, pidfd_open, set_cloexec, write_raw,
@@ -19,8 +17,8 @@ pub(crate) use stasis_kernel::mount::pivot_in;
 pub(crate) use stasis_kernel::mqueue::mq_fd;
 pub(crate) use stasis_kernel::process::{exit_now, set_comm, set_pdeathsig};
 pub(crate) use stasis_kernel::ptrace::{
-    get_sigmask, getregs, getregset, peek_siginfo, robust_list,
-    rseq_config, seccomp_filter, set_sigmask, setregs, setregset,
+    get_sigmask, getregs, getregset, peek_siginfo, robust_list, rseq_config, seccomp_filter,
+    set_sigmask, setregs, setregset,
 };
 pub(crate) use stasis_kernel::sched::{engine_cpus, engine_mask, unpin_thread};
 pub(crate) use stasis_kernel::signal::{set_disposition, signalfd};

@@ -17,9 +17,9 @@
 // crates above it forbid `unsafe` altogether.
 #![allow(unsafe_code)]
 
-pub mod io;
 pub mod clone;
 pub mod fd;
+pub mod io;
 pub mod ioctl;
 pub mod ipc;
 pub mod mm;

@@ -128,15 +128,13 @@ impl Mapping {
         }
         // SAFETY: the first len bytes are this mapping's, owned by this
         // value; the slice lives for this statement only, before mprotect.
-        clear_icache(unsafe { std::slice::from_raw_parts_mut(self.addr.as_ptr().cast::<u8>(), len) });
+        clear_icache(unsafe {
+            std::slice::from_raw_parts_mut(self.addr.as_ptr().cast::<u8>(), len)
+        });
         // SAFETY: mprotect over a leading part of this process' own mapping,
         // which no reference points into any more.
         Errno::result(unsafe {
-            libc::mprotect(
-                self.addr.as_ptr(),
-                len,
-                libc::PROT_READ | libc::PROT_EXEC,
-            )
+            libc::mprotect(self.addr.as_ptr(), len, libc::PROT_READ | libc::PROT_EXEC)
         })?;
         self.sealed = len;
         Ok(())
@@ -195,14 +193,12 @@ impl Drop for Mapping {
     }
 }
 
-
 /// The system page size.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(v).unwrap_or(4096)
 }
-
 
 /// Make instruction fetches see what was just written to `code` as data
 /// (libgcc's `__clear_cache`: cache maintenance on arm64 and POWER, nothing
@@ -222,7 +218,6 @@ fn clear_icache(code: &mut [u8]) {
     let _ = code;
 }
 
-
 /// A read-only private mapping of part of a file (an image the engine
 /// copies from without reading it into a buffer); unmapped on drop.
 #[derive(Debug)]
@@ -230,7 +225,6 @@ pub struct FileWindow {
     ptr: std::ptr::NonNull<libc::c_void>,
     len: usize,
 }
-
 
 impl FileWindow {
     /// Map `len` bytes of `file` from `off` (page aligned), every page
@@ -270,15 +264,11 @@ impl Drop for FileWindow {
     }
 }
 
-
-
-
 /// `memfd_secret(2)`.
 pub fn memfd_secret() -> Result<OwnedFd, Errno> {
     // SAFETY: integer arguments only.
     unsafe { syscall_fd(nr::MEMFD_SECRET, [libc::O_CLOEXEC.into(), 0, 0, 0, 0]) }
 }
-
 
 /// `mseal(2)` on a mapping the caller owns.
 ///
@@ -288,7 +278,6 @@ pub unsafe fn mseal(addr: *mut libc::c_void, len: usize) -> Result<(), Errno> {
     // SAFETY: forwarded to the caller.
     unsafe { syscall(nr::MSEAL, [addr as libc::c_long, long(len), 0, 0, 0]) }.map(drop)
 }
-
 
 /// `struct pm_scan_arg` for PAGEMAP_SCAN.
 #[repr(C)]
@@ -320,7 +309,6 @@ pub struct PmScanArg {
     pub return_mask: u64,
 }
 
-
 /// `struct page_region`.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
@@ -332,7 +320,6 @@ pub struct PageRegion {
     /// Category bits.
     pub categories: u64,
 }
-
 
 /// PAGEMAP_SCAN over `[start, end)` on an open `/proc/.../pagemap`.
 pub fn pagemap_scan(
@@ -360,7 +347,6 @@ pub fn pagemap_scan(
     usize::try_from(n).map_err(|_| Errno::EINVAL)
 }
 
-
 /// `mremap(old, len, len, MREMAP_MAYMOVE|MREMAP_FIXED, new)`.
 ///
 /// # Safety
@@ -384,7 +370,6 @@ pub unsafe fn mremap_fixed(old: u64, len: u64, new: u64) -> Result<u64, Errno> {
     }
 }
 
-
 /// PROCMAP_QUERY on an open /proc/PID/maps: the VMA covering `addr`.
 pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> Result<(u64, u64), Errno> {
     // struct procmap_query (104 bytes): size, query_flags, query_addr,
@@ -400,14 +385,12 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> Result<(u64, u64), Errn
     Ok((q[3], q[4]))
 }
 
-
 /// The current program break (`brk(0)`).
 pub fn current_brk() -> u64 {
     // SAFETY: brk(0) only queries the current break.
     let b = unsafe { libc::syscall(libc::SYS_brk, 0) };
     u64::try_from(b).unwrap_or(0)
 }
-
 
 /// `munmap` of an area no Rust object refers to.
 ///
@@ -427,7 +410,6 @@ pub unsafe fn munmap(addr: u64, len: u64) -> Result<(), Errno> {
     )
     .map(drop)
 }
-
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)`: the size of `struct prctl_mm_map`.
 pub fn mm_map_size() -> Result<u32, Errno> {

@@ -187,3 +187,16 @@ pub fn int80(nr: u32, a: [u32; 5]) -> i64 {
     }
     i64::from(i32::from_ne_bytes(ret.to_ne_bytes()))
 }
+
+/// Wait for child `pid` to end (wait4): its raw wait status and the
+/// resources it used (`struct rusage`: peak RSS, CPU times...).
+pub fn wait4(pid: Pid) -> Result<(i32, libc::rusage), Errno> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: status and rusage are live out-pointers of the types wait4
+    // writes.
+    let r = unsafe { libc::wait4(pid.as_raw(), &raw mut status, 0, &raw mut ru) };
+    Errno::result(r)?;
+    Ok((status, ru))
+}

@@ -149,12 +149,14 @@ pub fn getregset(tid: Pid, nt: u32) -> Result<Vec<u8>, Errno> {
         iov_len: buf.len(),
     };
     // SAFETY: iov describes `buf`, live and writable for its whole length.
-    unsafe { ptrace_raw(
-        PTRACE_GETREGSET,
-        tid,
-        u64::from(nt),
-        std::ptr::from_mut(&mut iov) as u64,
-    ) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_GETREGSET,
+            tid,
+            u64::from(nt),
+            std::ptr::from_mut(&mut iov) as u64,
+        )
+    }?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
@@ -167,12 +169,14 @@ pub fn setregset(tid: Pid, nt: u32, data: &[u8]) -> Result<(), Errno> {
         iov_len: copy.len(),
     };
     // SAFETY: iov describes `copy`, live for the call; the kernel only reads it.
-    unsafe { ptrace_raw(
-        PTRACE_SETREGSET,
-        tid,
-        u64::from(nt),
-        std::ptr::from_mut(&mut iov) as u64,
-    ) }
+    unsafe {
+        ptrace_raw(
+            PTRACE_SETREGSET,
+            tid,
+            u64::from(nt),
+            std::ptr::from_mut(&mut iov) as u64,
+        )
+    }
     .map(drop)
 }
 
@@ -180,12 +184,14 @@ pub fn setregset(tid: Pid, nt: u32, data: &[u8]) -> Result<(), Errno> {
 pub fn get_sigmask(tid: Pid) -> Result<u64, Errno> {
     let mut mask = 0u64;
     // SAFETY: addr is the sigset size and data a live u64 of that size.
-    unsafe { ptrace_raw(
-        PTRACE_GETSIGMASK,
-        tid,
-        8,
-        std::ptr::from_mut(&mut mask) as u64,
-    ) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_GETSIGMASK,
+            tid,
+            8,
+            std::ptr::from_mut(&mut mask) as u64,
+        )
+    }?;
     Ok(mask)
 }
 
@@ -202,20 +208,24 @@ pub fn seccomp_filter(tid: Pid, index: u64) -> Result<(Vec<u8>, u64), Errno> {
     let n = ptrace_seccomp_filter_len(tid, index)?;
     let mut buf = vec![0u8; usize::try_from(n).map_err(|_| Errno::EINVAL)? * 8];
     // SAFETY: `buf` has room for the `n` 8-byte instructions the filter has.
-    unsafe { ptrace_raw(
-        PTRACE_SECCOMP_GET_FILTER,
-        tid,
-        index,
-        buf.as_mut_ptr() as u64,
-    ) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_SECCOMP_GET_FILTER,
+            tid,
+            index,
+            buf.as_mut_ptr() as u64,
+        )
+    }?;
     let mut meta = [index, 0u64];
     // SAFETY: addr is the size of `meta`, a live struct seccomp_metadata.
-    unsafe { ptrace_raw(
-        PTRACE_SECCOMP_GET_METADATA,
-        tid,
-        16,
-        meta.as_mut_ptr() as u64,
-    ) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_SECCOMP_GET_METADATA,
+            tid,
+            16,
+            meta.as_mut_ptr() as u64,
+        )
+    }?;
     Ok((buf, meta[1]))
 }
 
@@ -240,12 +250,14 @@ pub fn peek_siginfo(tid: Pid, shared: bool) -> Result<Vec<Vec<u8>>, Errno> {
             nr: 32,
         };
         // SAFETY: `args` is a live ptrace_peeksiginfo_args asking for 32 entries, and `buf` holds 32 siginfo_t.
-        let n = unsafe { ptrace_raw(
-            PTRACE_PEEKSIGINFO,
-            tid,
-            std::ptr::from_mut(&mut args) as u64,
-            buf.as_mut_ptr() as u64,
-        ) }?;
+        let n = unsafe {
+            ptrace_raw(
+                PTRACE_PEEKSIGINFO,
+                tid,
+                std::ptr::from_mut(&mut args) as u64,
+                buf.as_mut_ptr() as u64,
+            )
+        }?;
         let n = usize::try_from(n).map_err(|_| Errno::EINVAL)?;
         if n == 0 {
             return Ok(out);
@@ -278,12 +290,14 @@ pub fn rseq_config(tid: Pid) -> Result<RseqConf, Errno> {
     }
     let mut c = Conf::default();
     // SAFETY: addr is the size of `c`, a live ptrace_rseq_configuration.
-    unsafe { ptrace_raw(
-        PTRACE_GET_RSEQ_CONFIGURATION,
-        tid,
-        std::mem::size_of::<Conf>() as u64,
-        std::ptr::from_mut(&mut c) as u64,
-    ) }?;
+    unsafe {
+        ptrace_raw(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            tid,
+            std::mem::size_of::<Conf>() as u64,
+            std::ptr::from_mut(&mut c) as u64,
+        )
+    }?;
     Ok(RseqConf {
         abi_pointer: c.abi_pointer,
         abi_size: c.abi_size,

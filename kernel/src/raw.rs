@@ -31,7 +31,10 @@ pub(crate) fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
 /// # Safety
 /// The numbered call must not take pointers, or `args` must hold pointers
 /// valid for what that call reads and writes.
-pub(crate) unsafe fn syscall(nr: libc::c_long, args: [libc::c_long; 5]) -> Result<libc::c_long, Errno> {
+pub(crate) unsafe fn syscall(
+    nr: libc::c_long,
+    args: [libc::c_long; 5],
+) -> Result<libc::c_long, Errno> {
     // SAFETY: forwarded to the caller, see above.
     check(unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]) })
 }
@@ -57,8 +60,12 @@ pub(crate) fn long<T: TryInto<libc::c_long>>(v: T) -> libc::c_long {
 /// # Safety
 /// As for [`syscall`]; besides, the numbered call must return a new
 /// descriptor (nothing else owns) when it succeeds.
-pub(crate) unsafe fn syscall_fd(nr: libc::c_long, args: [libc::c_long; 5]) -> Result<OwnedFd, Errno> {
-    // SAFETY: forwarded to the caller, who vouches for the arguments and for
-    // the call returning a new descriptor.
-    unsafe { owned(syscall(nr, args)?) }
+pub(crate) unsafe fn syscall_fd(
+    nr: libc::c_long,
+    args: [libc::c_long; 5],
+) -> Result<OwnedFd, Errno> {
+    // SAFETY: forwarded to the caller, who vouches for the arguments.
+    let fd = unsafe { syscall(nr, args) }?;
+    // SAFETY: the caller vouches that the call returns a new descriptor.
+    unsafe { owned(fd) }
 }

@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
-
 /// One recvmsg on a socket: bytes read, fds received (SCM_RIGHTS,
 /// close-on-exec) and the sender's raw sockaddr, empty when it has none
 /// (raw, as nix panics on the empty names datagrams from unbound unix
@@ -75,7 +74,6 @@ pub fn recv_msg(
     Ok((usize::try_from(n).unwrap_or(0), fds, raw))
 }
 
-
 /// The network namespace socket `fd` was made in (SIOCGSKNS).
 pub fn socket_netns(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
@@ -86,7 +84,6 @@ pub fn socket_netns(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
 
-
 /// A new close-on-exec socket of any protocol (nix names only some).
 pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: socket() takes no pointers; it returns a new fd or -1.
@@ -94,7 +91,6 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: socket() just made this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
-
 
 /// Bind packet socket `fd` to device `ifindex` for protocol `proto_be`
 /// (network byte order).
@@ -114,7 +110,6 @@ pub fn bind_packet(
     let ret = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) };
     Errno::result(ret).map(drop)
 }
-
 
 /// The classic BPF filter attached to socket `fd` (SO_GET_FILTER), as raw
 /// `struct sock_filter` bytes, 8 per instruction; empty when none is.
@@ -153,7 +148,6 @@ pub fn socket_filter(fd: std::os::fd::BorrowedFd<'_>) -> Result<Vec<u8>, Errno> 
     Ok(buf)
 }
 
-
 /// Attach the classic BPF program `insns` (raw `struct sock_filter`s) to
 /// socket `fd` (SO_ATTACH_FILTER).
 pub fn attach_socket_filter(fd: std::os::fd::BorrowedFd<'_>, insns: &[u8]) -> Result<(), Errno> {
@@ -176,7 +170,6 @@ pub fn attach_socket_filter(fd: std::os::fd::BorrowedFd<'_>, insns: &[u8]) -> Re
     Errno::result(ret).map(drop)
 }
 
-
 /// An int socket option (for options the nix crate does not name).
 pub fn getsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,
@@ -198,7 +191,6 @@ pub fn getsockopt_int(
     };
     Errno::result(ret).map(|_| v)
 }
-
 
 /// A socket option read as bytes (at most `len`).
 pub fn getsockopt_bytes(
@@ -225,7 +217,6 @@ pub fn getsockopt_bytes(
     Ok(buf)
 }
 
-
 /// Set a socket option from bytes.
 pub fn setsockopt_bytes(
     fd: std::os::fd::BorrowedFd<'_>,
@@ -240,7 +231,6 @@ pub fn setsockopt_bytes(
     Errno::result(ret).map(drop)
 }
 
-
 /// Set an int socket option.
 pub fn setsockopt_int(
     fd: std::os::fd::BorrowedFd<'_>,
@@ -254,7 +244,6 @@ pub fn setsockopt_int(
     let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const v).cast(), len) };
     Errno::result(ret).map(drop)
 }
-
 
 /// accept4(2) on listener `l`: the connection's socket.
 pub fn accept(

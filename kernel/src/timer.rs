@@ -13,7 +13,13 @@ use crate::raw::{long, syscall};
 /// Set the expirations a timerfd reports (TFD_IOC_SET_TICKS).
 pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> Result<(), Errno> {
     // SAFETY: the ioctl reads a u64 through the pointer during the call.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), ioc::TFD_IOC_SET_TICKS as _, &raw const ticks) };
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            ioc::TFD_IOC_SET_TICKS as _,
+            &raw const ticks,
+        )
+    };
     Errno::result(ret).map(drop)
 }
 

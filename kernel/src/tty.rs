@@ -21,7 +21,6 @@ pub fn tty_ioctl_int(
     ioctl_int_ptr(fd, req, v).map(drop)
 }
 
-
 /// The window size of a tty (rows, cols, xpixel, ypixel).
 pub fn tty_winsize(fd: std::os::fd::BorrowedFd<'_>) -> Result<[u16; 4], Errno> {
     use std::os::fd::AsRawFd;
@@ -36,7 +35,6 @@ pub fn tty_winsize(fd: std::os::fd::BorrowedFd<'_>) -> Result<[u16; 4], Errno> {
     Ok([ws.ws_row, ws.ws_col, ws.ws_xpixel, ws.ws_ypixel])
 }
 
-
 /// Set the window size of a tty.
 pub fn tty_set_winsize(fd: std::os::fd::BorrowedFd<'_>, w: [u16; 4]) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
@@ -49,7 +47,6 @@ pub fn tty_set_winsize(fd: std::os::fd::BorrowedFd<'_>, w: [u16; 4]) -> Result<(
     // SAFETY: TIOCSWINSZ reads the valid struct.
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &raw const ws) }).map(drop)
 }
-
 
 /// A new fd on the slave of pty master `fd` (TIOCGPTPEER; no path lookup).
 pub fn pty_peer(fd: std::os::fd::BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, Errno> {

@@ -85,7 +85,6 @@ pub fn userfaultfd(flags: i32) -> Result<OwnedFd, Errno> {
     unsafe { syscall_fd(libc::SYS_userfaultfd, [long(flags), 0, 0, 0, 0]) }
 }
 
-
 /// `struct uffdio_api`.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -97,7 +96,6 @@ pub struct UffdioApi {
     /// Supported ioctls (out).
     pub ioctls: u64,
 }
-
 
 /// UFFDIO_API: negotiates `features`, returns the granted (or, for 0, the offered) set.
 pub fn uffdio_api(fd: BorrowedFd<'_>, features: u64) -> Result<u64, Errno> {

@@ -542,8 +542,7 @@ fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str,
 /// the clone comes back over a socket pair.
 fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
     use nix::sys::socket::{
-        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-        sendmsg, socketpair,
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
     };
     let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
     let open = |ns: &str| {
