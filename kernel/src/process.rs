@@ -8,7 +8,7 @@
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::raw::{check, long, nr, syscall};
+use crate::raw::{check, nr, syscall};
 
 /// `_exit`: leave a forked child without running the parent's destructors.
 pub fn exit_now(code: i32) -> ! {
@@ -46,7 +46,7 @@ pub fn arch_map_vdso(addr: u64) -> Result<i64, Errno> {
     unsafe {
         syscall(
             libc::SYS_arch_prctl,
-            [ARCH_MAP_VDSO_64, long(addr), 0, 0, 0],
+            [ARCH_MAP_VDSO_64, crate::raw::long(addr), 0, 0, 0],
         )
     }
 }
