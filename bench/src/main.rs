@@ -4,7 +4,7 @@
 //! second engine speaking CRIU's command line (`--vs`), runs alternating.
 //! Reports medians and min–max of wall time, dump throughput, frozen time
 //! (from `stats-dump`) and the engine's peak RSS, as a markdown table and JSON.
-#![allow(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod workload;
 
@@ -179,26 +179,24 @@ fn timed(cmd: &mut Command) -> Result<(Duration, i64)> {
         .stderr(Stdio::piped())
         .spawn()?;
     let pid = i32::try_from(child.id())?;
-    let mut status = 0;
-    // SAFETY: plain old data, filled by wait4.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child, not yet waited for; status and rusage are
-    // valid out-pointers.
-    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut ru) };
+    let waited = stasis_kernel::process::wait4(nix::unistd::Pid::from_raw(pid));
     let took = t.elapsed();
     let mut err = String::new();
     if let Some(mut e) = child.stderr {
         use std::io::Read;
         let _ = e.read_to_string(&mut err);
     }
-    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+    let (status, max_rss) = waited
+        .as_ref()
+        .map_or((-1, 0), |(status, ru)| (*status, ru.ru_maxrss));
+    if waited.is_err() || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!(
             "{:?} failed ({status:#x}): {}",
             cmd.get_program(),
             err.trim()
         );
     }
-    Ok((took, ru.ru_maxrss))
+    Ok((took, max_rss))
 }
 
 fn wait_text(file: &Path, prefixes: &[&str], limit: Duration) -> Result<String> {

@@ -11,6 +11,7 @@
 //!
 //! [`run`] executes a selection on a few threads with a per-probe timeout;
 //! [`report`] renders the result as a table or as JSON.
+#![forbid(unsafe_code)]
 
 pub mod probes;
 pub mod report;

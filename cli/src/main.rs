@@ -1,5 +1,6 @@
 //! The `stasis` command line: CRIU-compatible verbs and options, and the image
 //! inspector (`stasis image ...`, the equivalent of CRIU's `crit`).
+#![forbid(unsafe_code)]
 
 mod compat;
 mod config;

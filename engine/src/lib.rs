@@ -14,7 +14,9 @@
 //! - `ipc/`: SysV IPC and POSIX message queues;
 //! - `ns`: namespaces;
 //! - `cgroup`: the cgroups the tasks are in;
-//! - `sys`: the syscalls nix does not wrap (the only `unsafe` of the crate).
+//! - `sys`: re-exports of the system-call wrappers in `stasis-kernel` (the
+//!   crate has no `unsafe`).
+#![forbid(unsafe_code)]
 
 pub mod cgroup;
 pub mod dump;

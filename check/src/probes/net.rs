@@ -229,7 +229,7 @@ pub fn net_diag_raw() -> R {
 
 pub fn so_peek_off() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
-    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4)
+    let v = sys::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4)
         .no("getsockopt(SO_PEEK_OFF)")?;
     let v = i32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
     if v != -1 {
@@ -242,7 +242,7 @@ pub fn so_peek_off() -> R {
 
 pub fn so_peek_off_stream() -> R {
     let (mut a, b) = UnixStream::pair().fail("socketpair")?;
-    sys::setsockopt_raw(
+    sys::setsockopt_bytes(
         b.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_PEEK_OFF,
@@ -277,11 +277,11 @@ fn tcp_pair() -> Result<(TcpStream, TcpStream), Outcome> {
 }
 
 fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> Result<(), nix::errno::Errno> {
-    sys::setsockopt_raw(fd, level, name, &v.to_ne_bytes())
+    sys::setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
 }
 
 fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32, nix::errno::Errno> {
-    let v = sys::getsockopt_raw(fd, level, name, 4)?;
+    let v = sys::getsockopt_bytes(fd, level, name, 4)?;
     Ok(i32::from_ne_bytes(
         v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
     ))
@@ -314,7 +314,7 @@ pub fn tcp_repair_window() -> R {
     in_netns(|| {
         let (c, _s) = tcp_pair()?;
         set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1).no("TCP_REPAIR")?;
-        let w = sys::getsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20)
+        let w = sys::getsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20)
             .no("getsockopt(TCP_REPAIR_WINDOW)")?;
         if w.len() != 20 {
             return Err(no(format!(
@@ -350,7 +350,7 @@ pub fn tcp_repair_options() -> R {
             opts.extend_from_slice(&code.to_ne_bytes());
             opts.extend_from_slice(&val.to_ne_bytes());
         }
-        sys::setsockopt_raw(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
+        sys::setsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
             .no("setsockopt(TCP_REPAIR_OPTIONS)")?;
         Ok(String::new())
     })
@@ -365,17 +365,17 @@ pub fn so_get_filter() -> R {
         prog.extend_from_slice(&1u16.to_ne_bytes());
         prog.extend_from_slice(&[0; 6]);
         prog.extend_from_slice(&(insn.as_ptr() as u64).to_ne_bytes());
-        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+        sys::setsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
             .fail("SO_ATTACH_FILTER")?;
-        let got = sys::getsockopt_filter(s.as_fd()).no("getsockopt(SO_GET_FILTER)")?;
+        let got = sys::socket_filter(s.as_fd()).no("getsockopt(SO_GET_FILTER)")?;
         if got != insn {
             return Err(no(format!(
                 "SO_GET_FILTER returned {got:?}, not the attached program"
             )));
         }
-        sys::setsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0")
+        sys::setsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0")
             .fail("SO_BINDTODEVICE lo")?;
-        let dev = sys::getsockopt_raw(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16)
+        let dev = sys::getsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16)
             .no("getsockopt(SO_BINDTODEVICE)")?;
         if !dev.starts_with(b"lo") {
             return Err(no(format!(
@@ -422,8 +422,7 @@ fn same_ns(fd: BorrowedFd<'_>, path: &str) -> Result<bool, Outcome> {
 }
 
 fn skns(fd: BorrowedFd<'_>) -> Result<OwnedFd, Outcome> {
-    let ns = sys::ioctl_int(fd, libc::SIOCGSKNS as libc::c_ulong, 0).no("ioctl(SIOCGSKNS)")?;
-    sys::owned_fd(ns).fail("SIOCGSKNS fd")
+    sys::socket_netns(fd).no("ioctl(SIOCGSKNS)")
 }
 
 pub fn sk_ns() -> R {
@@ -438,7 +437,7 @@ pub fn sk_ns() -> R {
 pub fn netns_cookie() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
     const SO_NETNS_COOKIE: i32 = 71;
-    let v = sys::getsockopt_raw(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    let v = sys::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8)
         .no("getsockopt(SO_NETNS_COOKIE)")?;
     if v.len() != 8 || v.iter().all(|b| *b == 0) {
         return Err(no("SO_NETNS_COOKIE returned no cookie"));
@@ -450,9 +449,7 @@ pub fn sk_unix_file() -> R {
     let dir = tempfile::tempdir().fail("temporary directory")?;
     let path = dir.path().join("sk");
     let l = UnixListener::bind(&path).fail("bind")?;
-    const SIOCUNIXFILE: libc::c_ulong = 0x89E0;
-    let fd = sys::ioctl_int(l.as_fd(), SIOCUNIXFILE, 0).no("ioctl(SIOCUNIXFILE)")?;
-    let fd = sys::owned_fd(fd).fail("SIOCUNIXFILE fd")?;
+    let fd = sys::unix_socket_file(l.as_fd()).no("ioctl(SIOCUNIXFILE)")?;
     let a = nix::sys::stat::fstat(fd.as_fd()).fail("fstat")?;
     let b = std::fs::metadata(&path).fail("stat")?;
     if a.st_ino != b.st_ino() {

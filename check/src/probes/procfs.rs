@@ -318,7 +318,7 @@ pub fn procmap_query() -> R {
 
 pub fn nsfs_ioctl() -> R {
     let f = std::fs::File::open("/proc/self/ns/net").fail("open /proc/self/ns/net")?;
-    let t = sys::ioctl_int(f.as_fd(), sys::ioc::NS_GET_NSTYPE, 0).no("ioctl(NS_GET_NSTYPE)")?;
+    let t = sys::ns_type(f.as_fd()).no("ioctl(NS_GET_NSTYPE)")?;
     if t != i64::from(libc::CLONE_NEWNET) {
         return Err(no(format!("NS_GET_NSTYPE returned {t:#x}")));
     }

@@ -80,15 +80,7 @@ pub fn kcmp_epoll() -> R {
 }
 
 pub fn prctl() -> R {
-    let mut addr: u64 = 0;
-    sys::prctl(
-        libc::PR_GET_TID_ADDRESS,
-        std::ptr::from_mut(&mut addr) as u64,
-        0,
-        0,
-        0,
-    )
-    .no("prctl(PR_GET_TID_ADDRESS)")?;
+    sys::get_tid_address().no("prctl(PR_GET_TID_ADDRESS)")?;
     prctl_mm_map_size()?;
     Ok(String::new())
 }
@@ -132,11 +124,9 @@ pub fn prctl_mm_map() -> R {
         0,
         u64::from(u32::MAX) << 32, // auxv_size 0 (keep), exe_fd -1 (keep)
     ];
-    let mut c = sys::fork_child(|_cx| {
-        match sys::prctl(libc::PR_SET_MM, 14, std::ptr::from_ref(&map) as u64, 104, 0) {
-            Ok(_) => 0,
-            Err(e) => e as i32,
-        }
+    let mut c = sys::fork_child(|_cx| match sys::set_mm_map(&map) {
+        Ok(_) => 0,
+        Err(e) => e as i32,
     })
     .fail("fork")?;
     match c.exit_code(CHILD_TIMEOUT) {
@@ -191,13 +181,17 @@ pub fn ptrace_peeksiginfo() -> R {
             true
         }
     })?;
-    let infos = sys::ptrace_peeksiginfo(c.pid(), false).no("ptrace(PTRACE_PEEKSIGINFO)")?;
+    let infos: Vec<(i32, i32)> = sys::peek_siginfo(c.pid(), false)
+        .no("ptrace(PTRACE_PEEKSIGINFO)")?
+        .iter()
+        .map(|i| (int_at(i, 0), int_at(i, 8)))
+        .collect();
     if infos.len() != 1 || infos[0].0 != libc::SIGUSR1 {
         return Err(no(format!(
             "PTRACE_PEEKSIGINFO returned {infos:?}, expected one SIGUSR1"
         )));
     }
-    let mask = sys::ptrace_getsigmask(c.pid()).no("ptrace(PTRACE_GETSIGMASK)")?;
+    let mask = sys::get_sigmask(c.pid()).no("ptrace(PTRACE_GETSIGMASK)")?;
     if mask & (1 << (libc::SIGUSR1 - 1)) == 0 {
         return Err(no(format!(
             "PTRACE_GETSIGMASK returned {mask:#x} without SIGUSR1"
@@ -220,12 +214,9 @@ pub fn seccomp_filters() -> R {
     let mut insn = [0u8; 8];
     insn[..2].copy_from_slice(&0x06u16.to_ne_bytes());
     insn[4..].copy_from_slice(&0x7fff_0000u32.to_ne_bytes());
-    let mut prog = [0u8; 16];
-    prog[..2].copy_from_slice(&1u16.to_ne_bytes());
-    prog[8..].copy_from_slice(&(insn.as_ptr() as u64).to_ne_bytes());
     let c = traced_child(|| {
         sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).is_ok()
-            && sys::prctl(libc::PR_SET_SECCOMP, 2, prog.as_ptr() as u64, 0, 0).is_ok()
+            && sys::set_seccomp_filter(&insn).is_ok()
     })?;
     let n = sys::ptrace_seccomp_filter_len(c.pid(), 0).no(
         "ptrace(PTRACE_SECCOMP_GET_FILTER) (CONFIG_SECCOMP_FILTER, CONFIG_CHECKPOINT_RESTORE)",
@@ -240,8 +231,8 @@ pub fn seccomp_filters() -> R {
 
 pub fn get_rseq_conf() -> R {
     let c = traced_child(|| true)?;
-    let (area, size) =
-        sys::ptrace_rseq_conf(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
+    let conf = sys::rseq_config(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
+    let (area, size) = (conf.abi_pointer, conf.abi_size);
     Ok(if area != 0 {
         format!("the child has a {size}-byte rseq area registered")
     } else {
@@ -550,11 +541,13 @@ pub fn ptrace_regsets() -> R {
     let c = seized()?;
     let mut sizes = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    let sets: [(u64, &str); 2] = [(1, "NT_PRSTATUS"), (0x202, "NT_X86_XSTATE")];
+    let sets: [(u32, &str); 2] = [(1, "NT_PRSTATUS"), (0x202, "NT_X86_XSTATE")];
     #[cfg(not(target_arch = "x86_64"))]
-    let sets: [(u64, &str); 2] = [(1, "NT_PRSTATUS"), (2, "NT_PRFPREG")];
+    let sets: [(u32, &str); 2] = [(1, "NT_PRSTATUS"), (2, "NT_PRFPREG")];
     for (nt, name) in sets {
-        let len = sys::ptrace_regset_len(c.pid(), nt).no(&format!("PTRACE_GETREGSET {name}"))?;
+        let len = sys::getregset(c.pid(), nt)
+            .no(&format!("PTRACE_GETREGSET {name}"))?
+            .len();
         sizes.push(format!("{name} {len} bytes"));
     }
     Ok(sizes.join(", "))
@@ -686,4 +679,13 @@ pub fn caps() -> R {
     } else {
         Err(no(format!("missing {}", missing.join("; "))))
     }
+}
+
+/// The int at byte `at` of a raw `siginfo_t` (si_signo at 0, si_code at 8).
+fn int_at(info: &[u8], at: usize) -> i32 {
+    let mut b = [0u8; 4];
+    if let Some(v) = info.get(at..at + 4) {
+        b.copy_from_slice(v);
+    }
+    i32::from_ne_bytes(b)
 }

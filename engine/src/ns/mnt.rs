@@ -542,8 +542,7 @@ fn uncover(point: &str, covers: usize) -> std::result::Result<(), (&'static str,
 /// the clone comes back over a socket pair.
 fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
     use nix::sys::socket::{
-        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-        sendmsg, socketpair,
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
     };
     let fail = |what: &str| Error::dump(pid, format!("{what} (a view of mount {point})"));
     let open = |ns: &str| {
@@ -596,25 +595,11 @@ fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd>
         crate::sys::Forked::Parent(helper) => {
             drop(there);
             let mut buf = [0u8; 4];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let got = {
-                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-                recvmsg::<()>(
-                    std::os::fd::AsRawFd::as_raw_fd(&here),
-                    &mut iov,
-                    Some(&mut space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                )
-                .map(|m| {
-                    m.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
-                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                        _ => None,
-                    })
-                })
-            };
+            let got = crate::sys::recv_msg(std::os::fd::AsRawFd::as_raw_fd(&here), &mut buf, 0)
+                .map(|(_, fds, _)| fds.into_iter().next());
             let _ = nix::sys::wait::waitpid(helper, None);
             match got {
-                Ok(Some(fd)) => Ok(crate::sys::own_received(fd)),
+                Ok(Some(fd)) => Ok(fd),
                 Ok(None) => Err(fail("cloning it in its user namespace")(Errno::from_raw(
                     i32::from_ne_bytes(buf),
                 ))),
