@@ -285,6 +285,28 @@ impl<'a> Probe<'a> {
         Ok(state)
     }
 
+    /// The state recorded, and whether the socket listens: TCP_LISTEN for
+    /// a listener, a connected stream's TCP state, else whether it has a
+    /// peer.
+    fn state(&self, has_peer: bool) -> Result<(u32, bool)> {
+        let tcp_state = if self.ty == libc::SOCK_STREAM {
+            self.tcp_state()?
+        } else {
+            0
+        };
+        let listening = self.int(libc::SO_ACCEPTCONN)? == 1;
+        let state = if listening {
+            TCP_LISTEN
+        } else if self.ty == libc::SOCK_STREAM && crate::net::tcp::connected(tcp_state) {
+            tcp_state
+        } else if has_peer {
+            TCP_ESTABLISHED
+        } else {
+            TCP_CLOSE
+        };
+        Ok((state, listening))
+    }
+
     /// Refuse a corked UDP socket with bytes not sent yet: they cannot be
     /// read back. Without any, the cork alone is dropped.
     fn check_cork(&self) -> Result<()> {
@@ -444,24 +466,10 @@ impl FileKind for InetSk {
         let (family, ty, p) = (sk.family, sk.ty, sk.proto.cast_signed());
         let udp = ty == libc::SOCK_DGRAM && matches!(p, libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE);
         let (local, peer) = sk.addresses();
-        let tcp_state = if ty == libc::SOCK_STREAM {
-            sk.tcp_state()?
-        } else {
-            0
-        };
         if udp {
             sk.check_cork()?;
         }
-        let listening = sk.int(libc::SO_ACCEPTCONN)? == 1;
-        let state = if listening {
-            TCP_LISTEN
-        } else if ty == libc::SOCK_STREAM && crate::net::tcp::connected(tcp_state) {
-            tcp_state
-        } else if peer.is_some() {
-            TCP_ESTABLISHED
-        } else {
-            TCP_CLOSE
-        };
+        let (state, listening) = sk.state(peer.is_some())?;
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
         if ty == libc::SOCK_STREAM && crate::net::tcp::connected(state) {
             sk.take_stream(table, ino, state, (local, peer))?;
