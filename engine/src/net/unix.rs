@@ -877,6 +877,7 @@ impl<'a> Making<'a> {
         Error::restore(self.pid, format!("unix socket {} ({step})", u.ino))
     }
 
+    /// The directory path names are under (`--root`), if any.
     fn root(&self) -> Option<&'a std::path::Path> {
         self.table.root.as_deref()
     }
