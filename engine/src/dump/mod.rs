@@ -123,7 +123,7 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
                 // Data of connections nobody accepted can be read only now.
                 files.after_kill()?;
             }
-            files.write_queues(&dir)?;
+            files.unix.write_socket_queues(files.entries(), &dir)?;
             stats.frozen_us = us(t1);
             write_stats(&dir, &stats)?;
             Ok(stats)

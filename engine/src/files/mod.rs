@@ -641,7 +641,7 @@ impl Table {
     /// Write `files.img` and the images of the files' contents and of
     /// each subsystem's state; the memfd pages written.
     pub fn write(&mut self, dir: &Dir) -> Result<u64> {
-        self.finish_unix()?;
+        self.unix.finish(self.opts.ext_unix_sk)?.add_to(self);
         dir.write_all(img::FILES, 0, &self.entries)?;
         self.queued.write(dir)?;
         self.ghosts.write(dir)?;

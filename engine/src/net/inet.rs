@@ -14,11 +14,15 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, Backlog, MsgFlags, SockFlag, SockType, SockaddrStorage, sockopt,
 };
+use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FownEntry, InetSkEntry, IpOptsEntry, IpOptsRawEntry, SkOptsEntry};
+use stasis_proto::images::{
+    FownEntry, InetSkEntry, IpOptsEntry, IpOptsRawEntry, SkOptsEntry, SkPacketEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -186,26 +190,54 @@ fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> ni
     Ok(())
 }
 
-impl FileKind for InetSk {
-    type Entry = InetSkEntry;
-    const NAME: &'static str = "inet socket";
+/// An inet socket being dumped: a copy of the task's fd, what errors call
+/// it, and its domain, type and protocol.
+struct Probe<'a> {
+    cx: &'a FdCtx<'a>,
+    dup: OwnedFd,
+    what: String,
+    family: u32,
+    ty: i32,
+    proto: u32,
+}
 
-    fn set_id(e: &mut InetSkEntry, id: u32) {
-        e.id = id;
-    }
-
-    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+impl<'a> Probe<'a> {
+    /// Copy the task's fd and ask it what socket it is.
+    fn new(cx: &'a FdCtx<'a>) -> Result<Probe<'a>> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
-        let int = |name| {
-            sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, name)
-                .map_err(Error::dump(cx.pid, what.clone()))
+        let mut sk = Probe {
+            cx,
+            dup,
+            what,
+            family: 0,
+            ty: 0,
+            proto: 0,
         };
-        let family = int(libc::SO_DOMAIN)?.cast_unsigned();
-        let ty = int(libc::SO_TYPE)?;
-        let proto = int(libc::SO_PROTOCOL)?.cast_unsigned();
-        let p = proto.cast_signed();
-        let known = match ty {
+        sk.family = sk.int(libc::SO_DOMAIN)?.cast_unsigned();
+        sk.ty = sk.int(libc::SO_TYPE)?;
+        sk.proto = sk.int(libc::SO_PROTOCOL)?.cast_unsigned();
+        Ok(sk)
+    }
+
+    /// A SOL_SOCKET option of the socket.
+    fn int(&self, name: i32) -> Result<i32> {
+        sys::getsockopt_int(self.dup.as_fd(), libc::SOL_SOCKET, name)
+            .map_err(Error::dump(self.cx.pid, self.what.clone()))
+    }
+
+    /// The socket cannot be dumped as it is: `what` says why.
+    fn unsupported(&self, what: String) -> Error {
+        Error::Unsupported {
+            pid: self.cx.pid,
+            what,
+        }
+    }
+
+    /// Refuse the types and protocols the restore cannot make again.
+    fn check_supported(&self) -> Result<()> {
+        let p = self.proto.cast_signed();
+        let known = match self.ty {
             libc::SOCK_STREAM => p == libc::IPPROTO_TCP,
             libc::SOCK_DGRAM => matches!(
                 p,
@@ -217,126 +249,145 @@ impl FileKind for InetSk {
             libc::SOCK_RAW => true,
             _ => false,
         };
-        if !known {
-            return Err(Error::Unsupported {
-                pid: cx.pid,
-                what: format!(
-                    "{what}: an inet socket of type {ty}, protocol {proto} (TCP, UDP, UDP-Lite, \
-                     ping and raw sockets are dumped; SCTP and others are not),"
-                ),
-            });
+        if known {
+            return Ok(());
         }
-        let udp = ty == libc::SOCK_DGRAM && matches!(p, libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE);
-        let local = nix::sys::socket::getsockname::<SockaddrStorage>(dup.as_raw_fd())
+        Err(self.unsupported(format!(
+            "{}: an inet socket of type {}, protocol {} (TCP, UDP, UDP-Lite, \
+             ping and raw sockets are dumped; SCTP and others are not),",
+            self.what, self.ty, self.proto
+        )))
+    }
+
+    /// The local and the peer address, where the socket has them.
+    fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let local = nix::sys::socket::getsockname::<SockaddrStorage>(self.dup.as_raw_fd())
             .ok()
             .and_then(|s| std_addr(&s));
-        let peer = nix::sys::socket::getpeername::<SockaddrStorage>(dup.as_raw_fd())
+        let peer = nix::sys::socket::getpeername::<SockaddrStorage>(self.dup.as_raw_fd())
             .ok()
             .and_then(|s| std_addr(&s));
-        let mut tcp_state = 0;
-        if ty == libc::SOCK_STREAM {
-            // Connections being set up cannot be put back.
-            tcp_state = crate::net::tcp::state(dup.as_fd())
-                .map_err(Error::dump(cx.pid, format!("{what}: TCP_INFO")))?;
-            if let Some(name) = crate::net::tcp::refused(tcp_state) {
-                return Err(Error::Unsupported {
-                    pid: cx.pid,
-                    what: format!(
-                        "{what}: a TCP connection in state {name} (connections being set up, \
-                         and TIME_WAIT, are not dumped),"
-                    ),
-                });
-            }
+        (local, peer)
+    }
+
+    /// The TCP state of a stream; connections being set up cannot be put
+    /// back.
+    fn tcp_state(&self) -> Result<u32> {
+        let state = crate::net::tcp::state(self.dup.as_fd())
+            .map_err(Error::dump(self.cx.pid, format!("{}: TCP_INFO", self.what)))?;
+        if let Some(name) = crate::net::tcp::refused(state) {
+            return Err(self.unsupported(format!(
+                "{}: a TCP connection in state {name} (connections being set up, \
+                 and TIME_WAIT, are not dumped),",
+                self.what
+            )));
         }
-        if udp {
-            let corked = sys::getsockopt_int(dup.as_fd(), libc::SOL_UDP, libc::UDP_CORK)
-                .map_err(Error::dump(cx.pid, format!("{what}: UDP_CORK")))?;
-            let pending = sys::ioctl_int_get(dup.as_fd(), libc::TIOCOUTQ)
-                .map_err(Error::dump(cx.pid, format!("{what}: SIOCOUTQ")))?;
-            if corked != 0 && pending > 0 {
-                return Err(Error::Unsupported {
-                    pid: cx.pid,
-                    what: format!(
-                        "{what}: a corked UDP socket holding {pending} bytes not yet \
-                         sent (they cannot be read back),"
-                    ),
-                });
-            }
-            if corked != 0 {
-                tracing::warn!(pid = %cx.pid, fd = cx.fd.fd, "UDP_CORK is not kept: the restored socket sends each datagram at once");
-            }
-        }
-        let listening = int(libc::SO_ACCEPTCONN)? == 1;
+        Ok(state)
+    }
+
+    /// The state recorded, and whether the socket listens: TCP_LISTEN for
+    /// a listener, a connected stream's TCP state, else whether it has a
+    /// peer.
+    fn state(&self, has_peer: bool) -> Result<(u32, bool)> {
+        let tcp_state = if self.ty == libc::SOCK_STREAM {
+            self.tcp_state()?
+        } else {
+            0
+        };
+        let listening = self.int(libc::SO_ACCEPTCONN)? == 1;
         let state = if listening {
             TCP_LISTEN
-        } else if ty == libc::SOCK_STREAM && crate::net::tcp::connected(tcp_state) {
+        } else if self.ty == libc::SOCK_STREAM && crate::net::tcp::connected(tcp_state) {
             tcp_state
-        } else if peer.is_some() {
+        } else if has_peer {
             TCP_ESTABLISHED
         } else {
             TCP_CLOSE
         };
-        let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
-        if ty == libc::SOCK_STREAM && crate::net::tcp::connected(state) {
-            if !table.opts().tcp_established {
-                return Err(Error::Unsupported {
-                    pid: cx.pid,
-                    what: format!(
-                        "{what}: an established TCP connection without --tcp-established,"
-                    ),
-                });
-            }
-            let keep = dup.try_clone().map_err(|err| Error::Proc {
-                pid: cx.pid,
-                path: what.clone(),
-                err,
-            })?;
-            // Locked first: nothing the peer sends from now on is taken in
-            // (and acknowledged) after the queues are read.
-            if let (Some(lock), Some(l), Some(p)) = (table.tcp.lock_mut(), local, peer) {
-                lock.add(l, p).map_err(Error::dump(
-                    cx.pid,
-                    format!(
-                        "{what}: locking the connection with nftables (CONFIG_NF_TABLES; \
-                         --network-lock skip dumps without the lock)"
-                    ),
-                ))?;
-            }
-            crate::net::tcp::repair_on(dup.as_fd())
-                .map_err(Error::dump(cx.pid, format!("{what}: TCP_REPAIR")))?;
-            table.tcp.repairing(keep);
-            let (e, inq, outq) = crate::net::tcp::dump(&dup, state).map_err(Error::dump(
-                cx.pid,
-                format!("{what}: the connection's state"),
-            ))?;
-            table.tcp.push(ino, e, inq, outq);
+        Ok((state, listening))
+    }
+
+    /// Refuse a corked UDP socket with bytes not sent yet: they cannot be
+    /// read back. Without any, the cork alone is dropped.
+    fn check_cork(&self) -> Result<()> {
+        let corked = sys::getsockopt_int(self.dup.as_fd(), libc::SOL_UDP, libc::UDP_CORK)
+            .map_err(Error::dump(self.cx.pid, format!("{}: UDP_CORK", self.what)))?;
+        let pending = sys::ioctl_int_get(self.dup.as_fd(), libc::TIOCOUTQ)
+            .map_err(Error::dump(self.cx.pid, format!("{}: SIOCOUTQ", self.what)))?;
+        if corked != 0 && pending > 0 {
+            return Err(self.unsupported(format!(
+                "{}: a corked UDP socket holding {pending} bytes not yet \
+                 sent (they cannot be read back),",
+                self.what
+            )));
         }
-        let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
-        let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
-        let opts = SkOptsEntry {
-            reuseaddr: opt_bool(&dup, sockopt::ReuseAddr),
-            so_reuseport: opt_bool(&dup, sockopt::ReusePort),
-            so_keepalive: opt_bool(&dup, sockopt::KeepAlive),
-            so_broadcast: opt_bool(&dup, sockopt::Broadcast),
-            so_linger: nix::sys::socket::getsockopt(&dup, sockopt::Linger)
+        if corked != 0 {
+            tracing::warn!(pid = %self.cx.pid, fd = self.cx.fd.fd, "UDP_CORK is not kept: the restored socket sends each datagram at once");
+        }
+        Ok(())
+    }
+
+    /// Take an established connection (`local` to `peer`) with TCP repair:
+    /// lock it, put it in repair mode for the rest of the dump, and keep its
+    /// state and queues in `table`.
+    fn take_stream(
+        &self,
+        table: &mut Table,
+        ino: u32,
+        state: u32,
+        (local, peer): (Option<SocketAddr>, Option<SocketAddr>),
+    ) -> Result<()> {
+        let (pid, what) = (self.cx.pid, &self.what);
+        if !table.opts().tcp_established {
+            return Err(self.unsupported(format!(
+                "{what}: an established TCP connection without --tcp-established,"
+            )));
+        }
+        let keep = self.dup.try_clone().map_err(|err| Error::Proc {
+            pid,
+            path: what.clone(),
+            err,
+        })?;
+        // Locked first: nothing the peer sends from now on is taken in
+        // (and acknowledged) after the queues are read.
+        if let (Some(lock), Some(l), Some(p)) = (table.tcp.lock_mut(), local, peer) {
+            lock.add(l, p).map_err(Error::dump(
+                pid,
+                format!(
+                    "{what}: locking the connection with nftables (CONFIG_NF_TABLES; \
+                     --network-lock skip dumps without the lock)"
+                ),
+            ))?;
+        }
+        crate::net::tcp::repair_on(self.dup.as_fd())
+            .map_err(Error::dump(pid, format!("{what}: TCP_REPAIR")))?;
+        table.tcp.repairing(keep);
+        let (e, inq, outq) = crate::net::tcp::dump(&self.dup, state)
+            .map_err(Error::dump(pid, format!("{what}: the connection's state")))?;
+        table.tcp.push(ino, e, inq, outq);
+        Ok(())
+    }
+
+    /// The socket options kept: the SOL_SOCKET ones, and the keepalive
+    /// timing of a stream that sends probes.
+    fn opts(&self) -> Result<SkOptsEntry> {
+        let dup = &self.dup;
+        let mut opts = SkOptsEntry {
+            reuseaddr: opt_bool(dup, sockopt::ReuseAddr),
+            so_reuseport: opt_bool(dup, sockopt::ReusePort),
+            so_keepalive: opt_bool(dup, sockopt::KeepAlive),
+            so_broadcast: opt_bool(dup, sockopt::Broadcast),
+            so_linger: nix::sys::socket::getsockopt(dup, sockopt::Linger)
                 .ok()
                 .filter(|l| l.l_onoff != 0)
                 .and_then(|l| u32::try_from(l.l_linger).ok()),
-            so_bound_dev: nix::sys::socket::getsockopt(&dup, sockopt::BindToDevice)
+            so_bound_dev: nix::sys::socket::getsockopt(dup, sockopt::BindToDevice)
                 .ok()
                 .map(|d| d.to_string_lossy().into_owned())
                 .filter(|d| !d.is_empty()),
-            ..crate::net::sk_opts::dump_common(cx, dup.as_fd())?
+            ..crate::net::sk_opts::dump_common(self.cx, dup.as_fd())?
         };
-        let freebind = if family == libc::AF_INET.cast_unsigned() {
-            opt_bool(&dup, sockopt::IpFreebind) == Some(true)
-        } else {
-            sys::getsockopt_int(dup.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND)
-                .is_ok_and(|v| v != 0)
-        };
-        // Keepalive timing, for a stream that sends probes.
-        let mut opts = opts;
-        if ty == libc::SOCK_STREAM && opts.so_keepalive == Some(true) {
+        if self.ty == libc::SOCK_STREAM && opts.so_keepalive == Some(true) {
             let tcp = |o| {
                 sys::getsockopt_int(dup.as_fd(), libc::SOL_TCP, o)
                     .ok()
@@ -346,54 +397,108 @@ impl FileKind for InetSk {
             opts.tcp_keepintvl = tcp(libc::TCP_KEEPINTVL);
             opts.tcp_keepcnt = tcp(libc::TCP_KEEPCNT);
         }
-        let backlog = if listening {
-            let ask = || listen_backlog(family, ino);
-            let got = match table.unix.netns_of {
-                Some(p) => {
-                    crate::ns::inside(p, "net", nix::sched::CloneFlags::CLONE_NEWNET, || Ok(ask()))?
-                }
-                None => ask(),
-            };
-            let (backlog, waiting) =
-                got.ok_or_else(|| cx.format_err("listen backlog (sock_diag)"))?;
-            // Connections not accepted yet go with the killed listener.
-            if waiting > 0 && !table.opts().leave_running {
-                if !table.opts().skip_in_flight {
-                    return Err(Error::Unsupported {
-                        pid: cx.pid,
-                        what: format!(
-                            "{what}: a listener with {waiting} connection(s) not accepted yet \
-                             (they would be lost; dump again once they are accepted, or pass \
-                             --skip-in-flight to drop them),"
-                        ),
-                    });
-                }
-                tracing::warn!(pid = %cx.pid, "{what}: {waiting} connection(s) not accepted yet are dropped (--skip-in-flight)");
+        Ok(opts)
+    }
+
+    /// Whether the socket may bind a non-local address (IP_FREEBIND, or
+    /// IPV6_FREEBIND).
+    fn freebind(&self) -> bool {
+        if self.family == libc::AF_INET.cast_unsigned() {
+            opt_bool(&self.dup, sockopt::IpFreebind) == Some(true)
+        } else {
+            sys::getsockopt_int(self.dup.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND)
+                .is_ok_and(|v| v != 0)
+        }
+    }
+
+    /// The backlog of listener `ino`, asked in the tree's network
+    /// namespace. Connections not accepted yet go with the killed listener:
+    /// refused unless --skip-in-flight drops them.
+    fn backlog(&self, table: &Table, ino: u32) -> Result<u32> {
+        let ask = || listen_backlog(self.family, ino);
+        let got = match table.unix.netns_of {
+            Some(p) => {
+                crate::ns::inside(p, "net", nix::sched::CloneFlags::CLONE_NEWNET, || Ok(ask()))?
             }
-            backlog
+            None => ask(),
+        };
+        let (backlog, waiting) =
+            got.ok_or_else(|| self.cx.format_err("listen backlog (sock_diag)"))?;
+        if waiting > 0 && !table.opts().leave_running {
+            if !table.opts().skip_in_flight {
+                return Err(self.unsupported(format!(
+                    "{}: a listener with {waiting} connection(s) not accepted yet \
+                     (they would be lost; dump again once they are accepted, or pass \
+                     --skip-in-flight to drop them),",
+                    self.what
+                )));
+            }
+            tracing::warn!(pid = %self.cx.pid, "{}: {waiting} connection(s) not accepted yet are dropped (--skip-in-flight)", self.what);
+        }
+        Ok(backlog)
+    }
+
+    /// Keep the datagrams queued on a UDP socket, with their senders, for
+    /// `sk-queues.img`.
+    fn queue_datagrams(&self, table: &mut Table, ino: u32) -> Result<()> {
+        let packets = crate::net::unix::peek_datagrams(&self.dup, table).map_err(Error::dump(
+            self.cx.pid,
+            format!("{}: its queued datagrams", self.what),
+        ))?;
+        for (data, from) in packets {
+            table.unix.push_queue(ino, data, from);
+        }
+        Ok(())
+    }
+}
+
+impl FileKind for InetSk {
+    type Entry = InetSkEntry;
+    const NAME: &'static str = "inet socket";
+
+    fn set_id(e: &mut InetSkEntry, id: u32) {
+        e.id = id;
+    }
+
+    fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
+        let sk = Probe::new(cx)?;
+        sk.check_supported()?;
+        let (family, ty, p) = (sk.family, sk.ty, sk.proto.cast_signed());
+        let udp = ty == libc::SOCK_DGRAM && matches!(p, libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE);
+        let (local, peer) = sk.addresses();
+        if udp {
+            sk.check_cork()?;
+        }
+        let (state, listening) = sk.state(peer.is_some())?;
+        let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
+        if ty == libc::SOCK_STREAM && crate::net::tcp::connected(state) {
+            sk.take_stream(table, ino, state, (local, peer))?;
+        }
+        let (src_addr, src_port) = local.as_ref().map(split).unwrap_or_default();
+        let (dst_addr, dst_port) = peer.as_ref().map(split).unwrap_or_default();
+        let opts = sk.opts()?;
+        let freebind = sk.freebind();
+        let backlog = if listening {
+            sk.backlog(table, ino)?
         } else {
             0
         };
         let raw = (ty == libc::SOCK_RAW)
-            .then(|| raw_opts(&dup, family, p))
+            .then(|| raw_opts(&sk.dup, family, p))
             .transpose()
             .map_err(Error::dump(
                 cx.pid,
-                format!("{what}: its raw socket options"),
+                format!("{}: its raw socket options", sk.what),
             ))?;
         if udp {
-            let packets = crate::net::unix::peek_datagrams(&dup, table)
-                .map_err(Error::dump(cx.pid, format!("{what}: its queued datagrams")))?;
-            for (data, from) in packets {
-                table.unix.push_queue(ino, data, from);
-            }
+            sk.queue_datagrams(table, ino)?;
         }
         Ok(Kind::Isk(InetSkEntry {
             id: 0,
             ino,
             family,
             r#type: ty.cast_unsigned(),
-            proto,
+            proto: sk.proto,
             state,
             src_port,
             dst_port,
@@ -405,7 +510,7 @@ impl FileKind for InetSk {
             opts,
             // Raw sockets have no IPV6_V6ONLY to set back.
             v6only: (family == libc::AF_INET6.cast_unsigned() && ty != libc::SOCK_RAW)
-                .then(|| opt_bool(&dup, sockopt::Ipv6V6Only))
+                .then(|| opt_bool(&sk.dup, sockopt::Ipv6V6Only))
                 .flatten(),
             ip_opts: (freebind || raw.is_some()).then_some(IpOptsEntry {
                 freebind: freebind.then_some(true),
@@ -438,8 +543,8 @@ impl FileKind for InetSk {
     }
 }
 
+/// Make every inet socket of the images (see the module comment).
 fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
-    let pid = cx.pid;
     let all: Vec<&InetSkEntry> = cx
         .table
         .entries()
@@ -449,76 +554,110 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             _ => None,
         })
         .collect();
-    let mut made = HashMap::new();
-    let mut bound: Vec<(SocketAddr, u32)> = Vec::new();
-    for u in &all {
-        let fail = |step: &str| Error::restore(pid, format!("inet socket {} ({step})", u.ino));
-        let domain = if u.family == libc::AF_INET6.cast_unsigned() {
-            libc::AF_INET6
-        } else {
-            libc::AF_INET
-        };
-        let raw_ty = u.r#type.cast_signed();
-        let ty = match raw_ty {
-            libc::SOCK_DGRAM => SockType::Datagram,
-            libc::SOCK_RAW => SockType::Raw,
-            _ => SockType::Stream,
-        };
-        let s = sys::socket(domain, raw_ty, u.proto.cast_signed()).map_err(fail("socket"))?;
+    let mut m = Making {
+        pid: cx.pid,
+        table: cx.table,
+        all,
+        made: HashMap::new(),
+        bound: Vec::new(),
+    };
+    for u in m.all.clone() {
+        let s = m.make(u)?;
+        m.made.insert(u.id, s);
+    }
+    m.leave_repair()?;
+    m.send_queued()?;
+    Ok(m.made)
+}
+
+/// The inet sockets of a restore, as they are made.
+struct Making<'a> {
+    pid: Pid,
+    table: &'a Table,
+    all: Vec<&'a InetSkEntry>,
+    /// The sockets made so far, by file id.
+    made: HashMap<u32, OwnedFd>,
+    /// The addresses bound, with the id of the socket bound to each: the
+    /// senders of queued datagrams.
+    bound: Vec<(SocketAddr, u32)>,
+}
+
+/// The socket domain of `u`.
+fn domain(u: &InetSkEntry) -> i32 {
+    if u.family == libc::AF_INET6.cast_unsigned() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    }
+}
+
+/// The socket type of `u` (a stream unless datagram or raw).
+fn sock_type(u: &InetSkEntry) -> SockType {
+    match u.r#type.cast_signed() {
+        libc::SOCK_DGRAM => SockType::Datagram,
+        libc::SOCK_RAW => SockType::Raw,
+        _ => SockType::Stream,
+    }
+}
+
+/// Set boolean option `opt` on `s` when the image has it on.
+fn set_on<O: nix::sys::socket::SetSockOpt<Val = bool>>(
+    s: &OwnedFd,
+    opt: O,
+    on: Option<bool>,
+) -> nix::Result<()> {
+    if on == Some(true) {
+        nix::sys::socket::setsockopt(s, opt, &true)
+    } else {
+        Ok(())
+    }
+}
+
+impl Making<'_> {
+    /// A failed step of making socket `u`.
+    fn fail(&self, u: &InetSkEntry, step: &str) -> impl FnOnce(Errno) -> Error + use<> {
+        Error::restore(self.pid, format!("inet socket {} ({step})", u.ino))
+    }
+
+    /// Make the socket of `u` with its options, bound, listening or
+    /// connected as it was, with its status flags.
+    fn make(&mut self, u: &InetSkEntry) -> Result<OwnedFd> {
+        let s = sys::socket(domain(u), u.r#type.cast_signed(), u.proto.cast_signed())
+            .map_err(self.fail(u, "socket"))?;
         crate::net::sk_opts::restore_common(s.as_fd(), &u.opts)
-            .map_err(|(step, err)| fail(step)(err))?;
+            .map_err(|(step, err)| self.fail(u, step)(err))?;
         if let Some(r) = u.ip_opts.as_ref().and_then(|o| o.raw.as_ref()) {
             set_raw_opts(&s, u.family, u.proto.cast_signed(), r)
-                .map_err(fail("raw socket options"))?;
+                .map_err(self.fail(u, "raw socket options"))?;
         }
+        self.set_options(&s, u)?;
+        self.place(&s, u)?;
+        let fl = nix::fcntl::OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
+        nix::fcntl::fcntl(s.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl))
+            .map_err(self.fail(u, "flags"))?;
+        Ok(s)
+    }
+
+    /// Set the socket options of `u` on `s`, all before bind: a non-local
+    /// address needs IP_FREEBIND, a device binding limits which addresses
+    /// and routes apply.
+    fn set_options(&self, s: &OwnedFd, u: &InetSkEntry) -> Result<()> {
         let o = &u.opts;
-        let set = |r: nix::Result<()>, step: &str| r.map_err(fail(step));
-        let stream = cx
-            .table
-            .tcp
-            .of(u.ino)
-            .filter(|_| crate::net::tcp::connected(u.state));
-        if o.reuseaddr == Some(true) {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::ReuseAddr, &true),
-                "SO_REUSEADDR",
-            )?;
-        }
-        if o.so_reuseport == Some(true) {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::ReusePort, &true),
-                "SO_REUSEPORT",
-            )?;
-        }
-        if o.so_keepalive == Some(true) {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::KeepAlive, &true),
-                "SO_KEEPALIVE",
-            )?;
-        }
-        if o.so_broadcast == Some(true) {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::Broadcast, &true),
-                "SO_BROADCAST",
-            )?;
-        }
+        set_on(s, sockopt::ReuseAddr, o.reuseaddr).map_err(self.fail(u, "SO_REUSEADDR"))?;
+        set_on(s, sockopt::ReusePort, o.so_reuseport).map_err(self.fail(u, "SO_REUSEPORT"))?;
+        set_on(s, sockopt::KeepAlive, o.so_keepalive).map_err(self.fail(u, "SO_KEEPALIVE"))?;
+        set_on(s, sockopt::Broadcast, o.so_broadcast).map_err(self.fail(u, "SO_BROADCAST"))?;
         if let Some(v6) = u.v6only {
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::Ipv6V6Only, &v6),
-                "IPV6_V6ONLY",
-            )?;
+            nix::sys::socket::setsockopt(s, sockopt::Ipv6V6Only, &v6)
+                .map_err(self.fail(u, "IPV6_V6ONLY"))?;
         }
-        // Before bind: a non-local address needs IP_FREEBIND, a device
-        // binding limits which addresses and routes apply.
         if u.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true) {
-            if domain == libc::AF_INET6 {
+            if domain(u) == libc::AF_INET6 {
                 sys::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)
-                    .map_err(fail("IPV6_FREEBIND"))?;
+                    .map_err(self.fail(u, "IPV6_FREEBIND"))?;
             } else {
-                set(
-                    nix::sys::socket::setsockopt(&s, sockopt::IpFreebind, &true),
-                    "IP_FREEBIND",
-                )?;
+                nix::sys::socket::setsockopt(s, sockopt::IpFreebind, &true)
+                    .map_err(self.fail(u, "IP_FREEBIND"))?;
             }
         }
         for (v, name, what) in [
@@ -526,47 +665,52 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             (o.tcp_keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
             (o.tcp_keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
         ] {
-            if let Some(v) = v.filter(|_| ty == SockType::Stream) {
+            if let Some(v) = v.filter(|_| sock_type(u) == SockType::Stream) {
                 sys::setsockopt_int(s.as_fd(), libc::SOL_TCP, name, v.cast_signed())
-                    .map_err(fail(what))?;
+                    .map_err(self.fail(u, what))?;
             }
         }
         if let Some(dev) = o.so_bound_dev.as_deref() {
-            set(
-                nix::sys::socket::setsockopt(
-                    &s,
-                    sockopt::BindToDevice,
-                    &std::ffi::OsString::from(dev),
-                ),
-                "SO_BINDTODEVICE",
-            )?;
+            let dev = std::ffi::OsString::from(dev);
+            nix::sys::socket::setsockopt(s, sockopt::BindToDevice, &dev)
+                .map_err(self.fail(u, "SO_BINDTODEVICE"))?;
         }
         if let Some(secs) = o.so_linger {
             let l = libc::linger {
                 l_onoff: 1,
                 l_linger: i32::try_from(secs).unwrap_or(i32::MAX),
             };
-            set(
-                nix::sys::socket::setsockopt(&s, sockopt::Linger, &l),
-                "SO_LINGER",
-            )?;
+            nix::sys::socket::setsockopt(s, sockopt::Linger, &l)
+                .map_err(self.fail(u, "SO_LINGER"))?;
         }
+        Ok(())
+    }
+
+    /// Bind `s`, make it listen or connect it, as `u` was. A connection
+    /// taken with TCP repair is connected in repair mode and given its
+    /// state and queues back.
+    fn place(&mut self, s: &OwnedFd, u: &InetSkEntry) -> Result<()> {
+        let table = self.table;
+        let stream = table
+            .tcp
+            .of(u.ino)
+            .filter(|_| crate::net::tcp::connected(u.state));
         // Repair mode, last before bind: it lets a connection share its port
         // with a listener (SO_REUSEADDR set later would undo that).
         if let Some((_, e, _, _)) = stream {
-            crate::net::tcp::prepare(&s, e).map_err(fail("TCP_REPAIR"))?;
+            crate::net::tcp::prepare(s, e).map_err(self.fail(u, "TCP_REPAIR"))?;
         }
         if u.src_port != 0
             && let Some(a) = join(u.family, &u.src_addr, u.src_port)
         {
             let st = SockaddrStorage::from(a);
-            nix::sys::socket::bind(s.as_raw_fd(), &st).map_err(fail("bind"))?;
-            bound.push((a, u.id));
+            nix::sys::socket::bind(s.as_raw_fd(), &st).map_err(self.fail(u, "bind"))?;
+            self.bound.push((a, u.id));
         }
         if u.state == TCP_LISTEN {
             let backlog = Backlog::new(i32::try_from(u.backlog.clamp(1, 4096)).unwrap_or(128))
                 .unwrap_or(Backlog::MAXCONN);
-            nix::sys::socket::listen(&s, backlog).map_err(fail("listen"))?;
+            nix::sys::socket::listen(s, backlog).map_err(self.fail(u, "listen"))?;
         }
         if let Some((_, e, inq, outq)) = stream {
             let a = join(u.family, &u.dst_addr, u.dst_port).ok_or_else(|| Error::BadImage {
@@ -574,10 +718,11 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 what: format!("inet socket {}: no peer address", u.ino),
             })?;
             nix::sys::socket::connect(s.as_raw_fd(), &SockaddrStorage::from(a))
-                .map_err(fail("connect (repair)"))?;
-            crate::net::tcp::finish(&s, e, inq, outq).map_err(fail("TCP repair"))?;
+                .map_err(self.fail(u, "connect (repair)"))?;
+            crate::net::tcp::finish(s, e, inq, outq).map_err(self.fail(u, "TCP repair"))?;
         }
         // Raw sockets have no ports: a peer address alone means connected.
+        let ty = sock_type(u);
         let connected =
             u.dst_port != 0 || (ty == SockType::Raw && u.dst_addr.iter().any(|&w| w != 0));
         if ty != SockType::Stream
@@ -585,72 +730,86 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             && let Some(a) = join(u.family, &u.dst_addr, u.dst_port)
         {
             let st = SockaddrStorage::from(a);
-            nix::sys::socket::connect(s.as_raw_fd(), &st).map_err(fail("connect"))?;
+            nix::sys::socket::connect(s.as_raw_fd(), &st).map_err(self.fail(u, "connect"))?;
         }
-        let fl = nix::fcntl::OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
-        nix::fcntl::fcntl(s.as_fd(), nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(fail("flags"))?;
-        made.insert(u.id, s);
+        Ok(())
     }
-    // Both ends of a connection exist now: out of repair mode.
-    for u in &all {
-        if let Some((_, e, _, _)) = cx
-            .table
-            .tcp
-            .of(u.ino)
-            .filter(|_| crate::net::tcp::connected(u.state))
-            && let Some(s) = made.get(&u.id)
-        {
-            crate::net::tcp::repair_done(s.as_fd()).map_err(Error::restore(
-                pid,
-                format!("inet socket {} (leaving TCP repair)", u.ino),
-            ))?;
-            // Leaving repair mode clears SO_REUSEADDR.
-            if u.opts.reuseaddr == Some(true) {
-                nix::sys::socket::setsockopt(s, sockopt::ReuseAddr, &true).map_err(
-                    Error::restore(pid, format!("inet socket {} (SO_REUSEADDR)", u.ino)),
-                )?;
-            }
-            if u.state != TCP_ESTABLISHED
-                && let (Some(l), Some(p)) = (
-                    join(u.family, &u.src_addr, u.src_port),
-                    join(u.family, &u.dst_addr, u.dst_port),
-                )
+
+    /// Both ends of each connection exist now: take them out of repair
+    /// mode, and close again the halves a half-closed connection had
+    /// closed.
+    fn leave_repair(&self) -> Result<()> {
+        for u in &self.all {
+            if let Some((_, e, _, _)) = self
+                .table
+                .tcp
+                .of(u.ino)
+                .filter(|_| crate::net::tcp::connected(u.state))
+                && let Some(s) = self.made.get(&u.id)
             {
-                crate::net::tcp::close_halves(s, e, u.state, l, p).map_err(Error::restore(
-                    pid,
-                    format!(
-                        "inet socket {} (closing its half-closed halves again, state {})",
-                        u.ino, u.state
-                    ),
-                ))?;
+                crate::net::tcp::repair_done(s.as_fd())
+                    .map_err(self.fail(u, "leaving TCP repair"))?;
+                // Leaving repair mode clears SO_REUSEADDR.
+                if u.opts.reuseaddr == Some(true) {
+                    nix::sys::socket::setsockopt(s, sockopt::ReuseAddr, &true)
+                        .map_err(self.fail(u, "SO_REUSEADDR"))?;
+                }
+                if u.state != TCP_ESTABLISHED
+                    && let (Some(l), Some(p)) = (
+                        join(u.family, &u.src_addr, u.src_port),
+                        join(u.family, &u.dst_addr, u.dst_port),
+                    )
+                {
+                    crate::net::tcp::close_halves(s, e, u.state, l, p).map_err(self.fail(
+                        u,
+                        &format!("closing its half-closed halves again, state {}", u.state),
+                    ))?;
+                }
             }
         }
+        Ok(())
     }
-    // Queued datagrams, from the socket that sent them when it is in the
-    // images, to the receiver's address.
-    for (id_for, e, data) in cx
-        .table
-        .unix
-        .queued_for(|id| all.iter().any(|u| u.id == id))
-    {
-        let Some(u) = all.iter().find(|u| u.id == id_for) else {
-            continue;
-        };
-        let Some(to) = join(u.family, &u.src_addr, u.src_port) else {
-            continue;
-        };
-        let to = match to {
-            SocketAddr::V4(v) if v.ip().is_unspecified() => {
-                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, v.port()))
-            }
-            other => other,
-        };
+
+    /// Queue the datagrams of the images again, each sent to the address
+    /// of the socket that held it.
+    fn send_queued(&self) -> Result<()> {
+        let table = self.table;
+        for (id_for, e, data) in table
+            .unix
+            .queued_for(|id| self.all.iter().any(|u| u.id == id))
+        {
+            let Some(u) = self.all.iter().find(|u| u.id == id_for) else {
+                continue;
+            };
+            let Some(to) = join(u.family, &u.src_addr, u.src_port) else {
+                continue;
+            };
+            let to = match to {
+                SocketAddr::V4(v) if v.ip().is_unspecified() => {
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, v.port()))
+                }
+                other => other,
+            };
+            self.send_datagram(u, &e, &data, to)?;
+        }
+        Ok(())
+    }
+
+    /// Send one queued datagram of `u` to `to`: from the socket that sent
+    /// it when it is in the images, else from a fresh unbound one.
+    fn send_datagram(
+        &self,
+        u: &InetSkEntry,
+        e: &SkPacketEntry,
+        data: &[u8],
+        to: SocketAddr,
+    ) -> Result<()> {
         let from = e
             .addr
             .as_deref()
             .and_then(parse_raw)
-            .and_then(|from| bound.iter().find(|(a, _)| *a == from))
-            .and_then(|(_, id)| made.get(id));
+            .and_then(|from| self.bound.iter().find(|(a, _)| *a == from))
+            .and_then(|(_, id)| self.made.get(id));
         let tmp;
         let sender = match from {
             Some(s) => s,
@@ -665,14 +824,13 @@ fn make_all(cx: &OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                     SockFlag::SOCK_CLOEXEC,
                     None,
                 )
-                .map_err(Error::restore(pid, "a socket for queued datagrams"))?;
+                .map_err(Error::restore(self.pid, "a socket for queued datagrams"))?;
                 &tmp
             }
         };
         let st = SockaddrStorage::from(to);
-        nix::sys::socket::sendto(sender.as_raw_fd(), &data, &st, MsgFlags::MSG_DONTWAIT).map_err(
-            Error::restore(pid, format!("inet socket {} (queued datagram)", u.ino)),
-        )?;
+        nix::sys::socket::sendto(sender.as_raw_fd(), data, &st, MsgFlags::MSG_DONTWAIT)
+            .map_err(self.fail(u, "queued datagram"))?;
+        Ok(())
     }
-    Ok(made)
 }

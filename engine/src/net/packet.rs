@@ -84,6 +84,24 @@ fn diag(ino: u32) -> std::result::Result<Option<Diag>, nix::errno::Errno> {
     }))
 }
 
+/// The multicast memberships in a PACKET_DIAG_MCLIST attribute (struct
+/// packet_diag_mclist: index, count, type, alen, addr[32]), one entry per
+/// time joined.
+fn mclist(raw: &[u8]) -> Vec<PacketMclist> {
+    raw.chunks_exact(44)
+        .flat_map(|m| {
+            let alen = usize::from(u16::from_ne_bytes([m[10], m[11]])).min(32);
+            let one = PacketMclist {
+                index: u32_at(m, 0),
+                r#type: u32::from(u16::from_ne_bytes([m[8], m[9]])),
+                addr: m[12..12 + alen].to_vec(),
+            };
+            // Joined `count` times: left as many times.
+            std::iter::repeat_n(one, usize::try_from(u32_at(m, 4)).unwrap_or(1))
+        })
+        .collect()
+}
+
 impl FileKind for PacketSk {
     type Entry = PacketSockEntry;
     const NAME: &'static str = "packet socket";
@@ -128,21 +146,7 @@ impl FileKind for PacketSk {
         }
         let info = attr(PACKET_DIAG_INFO).ok_or_else(|| cx.format_err("PACKET_DIAG_INFO"))?;
         let flags = u32_at(info, 20);
-        // struct packet_diag_mclist: index, count, type, alen, addr[32].
-        let mclist = attr(PACKET_DIAG_MCLIST)
-            .unwrap_or(&[])
-            .chunks_exact(44)
-            .flat_map(|m| {
-                let alen = usize::from(u16::from_ne_bytes([m[10], m[11]])).min(32);
-                let one = PacketMclist {
-                    index: u32_at(m, 0),
-                    r#type: u32::from(u16::from_ne_bytes([m[8], m[9]])),
-                    addr: m[12..12 + alen].to_vec(),
-                };
-                // Joined `count` times: left as many times.
-                std::iter::repeat_n(one, usize::try_from(u32_at(m, 4)).unwrap_or(1))
-            })
-            .collect();
+        let mclist = mclist(attr(PACKET_DIAG_MCLIST).unwrap_or(&[]));
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
         Ok(Kind::Psk(PacketSockEntry {
             id: 0,

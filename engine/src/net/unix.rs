@@ -33,7 +33,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
-use stasis_proto::images::{FdTypes, FownEntry, ScmEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry};
+use stasis_proto::images::{
+    FdTypes, FileEntry, FownEntry, ScmEntry, SkOptsEntry, SkPacketEntry, UnixSkEntry,
+};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
@@ -391,6 +393,96 @@ fn sk_opts(fd: &OwnedFd) -> std::result::Result<SkOptsEntry, Errno> {
     })
 }
 
+/// A unix socket being dumped: a copy of the task's fd, its inode, and
+/// what errors call it.
+struct Dumped<'a> {
+    cx: &'a FdCtx<'a>,
+    dup: OwnedFd,
+    ino: u32,
+    what: String,
+}
+
+impl Dumped<'_> {
+    /// Keep a copy of a listener with connections waiting, to read their
+    /// data once the tree is dead (`Table::after_kill`).
+    fn keep_listener(&self, table: &mut Table, d: &Diag) -> Result<()> {
+        let keep = self.dup.try_clone().map_err(|e| Error::Proc {
+            pid: self.cx.pid,
+            path: self.what.clone(),
+            err: e,
+        })?;
+        table.unix.listeners.push((self.ino, d.name.clone(), keep));
+        Ok(())
+    }
+
+    /// Peek the packets queued on the socket, with the fds in flight and
+    /// the senders' names, for `sk-queues.img`.
+    fn read_queue(&self, table: &mut Table) -> Result<()> {
+        let mut buf = std::mem::take(&mut table.unix.peek_buf);
+        let packets = read_queue(&self.dup, &mut buf, false, true);
+        table.unix.peek_buf = buf;
+        let packets = packets.map_err(Error::dump(
+            self.cx.pid,
+            format!("{}: its queued data", self.what),
+        ))?;
+        for (data, fds, from) in packets {
+            let scm = in_flight(table, fds)?;
+            let mut e = packet(0, &data, scm);
+            e.addr = from;
+            table.unix.queues.push((self.ino, e, data));
+        }
+        Ok(())
+    }
+
+    /// Connected, but to no socket with an inode: a connection not yet
+    /// accepted (it has the listener's name), or a dead peer. The first is
+    /// noted, to become a socket of its own when the dump ends.
+    fn note_pending(&self, table: &mut Table, d: &Diag) -> Result<()> {
+        if u32::from(d.state) != TCP_ESTABLISHED
+            || d.peer != 0
+            || u32::from(d.ty) == 2
+            || d.shutdown & 3 == 3
+        {
+            return Ok(());
+        }
+        let name = nix::sys::socket::getpeername::<UnixAddr>(self.dup.as_raw_fd())
+            .ok()
+            .and_then(|a| name_of(&a))
+            .unwrap_or_default();
+        if name.is_empty() {
+            return Ok(());
+        }
+        let sent = d.rqlen.1;
+        if sent > 0 && table.opts().leave_running {
+            return Err(Error::Unsupported {
+                pid: self.cx.pid,
+                what: format!(
+                    "{}: its connection waits to be accepted and holds {sent} unread bytes, which can be read only by accepting it; dump without --leave-running, or let the server accept it first",
+                    self.what
+                ),
+            });
+        }
+        table.unix.pending.push((self.ino, name, sent));
+        Ok(())
+    }
+}
+
+/// Whether the path a socket is bound to is gone (or is another file now).
+/// Looked up as the task sees it: from its root (a container's is not the
+/// engine's), a relative name from its directory.
+fn name_deleted(pid: Pid, d: &Diag) -> bool {
+    match d.name.first() {
+        Some(&c) if c != 0 => {
+            let base = if c == b'/' { "root" } else { "cwd/" };
+            let mut path = std::ffi::OsString::from(format!("/proc/{pid}/{base}"));
+            path.push(OsStr::from_bytes(&d.name));
+            std::fs::symlink_metadata(&path).map_or(true, |m| {
+                Some(u32::try_from(m.ino()).unwrap_or(0)) != d.vfs_ino
+            })
+        }
+        _ => false,
+    }
+}
 impl FileKind for UnixSk {
     type Entry = UnixSkEntry;
     const NAME: &'static str = "unix socket";
@@ -407,68 +499,20 @@ impl FileKind for UnixSk {
             .diag_of(ino)
             .ok_or_else(|| cx.format_err("unix socket missing from sock_diag"))?;
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
-        let mut opts = sk_opts(&dup).map_err(Error::dump(cx.pid, format!("{what}: options")))?;
-        opts.so_filter = crate::net::sk_opts::dump_fd(cx, dup.as_fd())?;
+        let sk = Dumped { cx, dup, ino, what };
+        let mut opts =
+            sk_opts(&sk.dup).map_err(Error::dump(cx.pid, format!("{}: options", sk.what)))?;
+        opts.so_filter = crate::net::sk_opts::dump_fd(cx, sk.dup.as_fd())?;
         let state = u32::from(d.state);
         if state == TCP_LISTEN {
             if !d.icons.is_empty() {
-                let keep = dup.try_clone().map_err(|e| Error::Proc {
-                    pid: cx.pid,
-                    path: what.clone(),
-                    err: e,
-                })?;
-                table.unix.listeners.push((ino, d.name.clone(), keep));
+                sk.keep_listener(table, &d)?;
             }
         } else {
-            let mut buf = std::mem::take(&mut table.unix.peek_buf);
-            let packets = read_queue(&dup, &mut buf, false, true);
-            table.unix.peek_buf = buf;
-            let packets =
-                packets.map_err(Error::dump(cx.pid, format!("{what}: its queued data")))?;
-            for (data, fds, from) in packets {
-                let scm = in_flight(table, fds)?;
-                let mut e = packet(0, &data, scm);
-                e.addr = from;
-                table.unix.queues.push((ino, e, data));
-            }
-            // Connected, but to no socket with an inode: a connection not
-            // yet accepted (it has the listener's name), or a dead peer.
-            if state == TCP_ESTABLISHED
-                && d.peer == 0
-                && u32::from(d.ty) != 2
-                && d.shutdown & 3 != 3
-            {
-                let name = nix::sys::socket::getpeername::<UnixAddr>(dup.as_raw_fd())
-                    .ok()
-                    .and_then(|a| name_of(&a))
-                    .unwrap_or_default();
-                if !name.is_empty() {
-                    let sent = d.rqlen.1;
-                    if sent > 0 && table.opts().leave_running {
-                        return Err(Error::Unsupported {
-                            pid: cx.pid,
-                            what: format!(
-                                "{what}: its connection waits to be accepted and holds {sent} unread bytes, which can be read only by accepting it; dump without --leave-running, or let the server accept it first"
-                            ),
-                        });
-                    }
-                    table.unix.pending.push((ino, name, sent));
-                }
-            }
+            sk.read_queue(table)?;
+            sk.note_pending(table, &d)?;
         }
-        // Looked up as the task sees it: from its root (a container's is
-        // not the engine's), a relative name from its directory.
-        let deleted = match d.name.first() {
-            Some(&c) if c != 0 => {
-                let base = if c == b'/' { "root" } else { "cwd/" };
-                let mut path = std::ffi::OsString::from(format!("/proc/{}/{base}", cx.pid));
-                path.push(OsStr::from_bytes(&d.name));
-                std::fs::symlink_metadata(&path).map_or(true, |m| {
-                    Some(u32::try_from(m.ino()).unwrap_or(0)) != d.vfs_ino
-                })
-            }
-            _ => false,
-        };
+        let deleted = name_deleted(cx.pid, &d);
         table.unix.seen.insert(ino, (cx.pid, cx.fd.fd));
         Ok(Kind::Usk(UnixSkEntry {
             id: 0,
@@ -551,19 +595,58 @@ fn without_fd() -> UnixSkEntry {
     }
 }
 
-impl Table {
-    /// Dump: add pending connections as sockets of their own, check that
-    /// every connected socket's peer is in the images.
-    pub(crate) fn finish_unix(&mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.unix.pending);
+/// Sockets no task has an fd of, found when the dump ends: connections
+/// waiting to be accepted, each with its client, and peers outside the
+/// tree. They go into `files.img` after every socket a task has.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Unheld {
+    /// The entries, and for a waiting connection the inode of its client.
+    sockets: Vec<(Option<u32>, UnixSkEntry)>,
+}
+
+impl Unheld {
+    /// Add the sockets to `table` in order, each waiting connection made
+    /// its client's peer.
+    pub(crate) fn add_to(self, table: &mut Table) {
+        for (client, e) in self.sockets {
+            let ino = e.ino;
+            table.add_entry(|id| Kind::Usk(UnixSkEntry { id, ..e }), FdTypes::Unixsk);
+            if let Some(client) = client {
+                table.set_unix_peer(client, ino);
+            }
+        }
+    }
+}
+
+impl State {
+    /// Dump: the sockets no task has (pending connections, as sockets of
+    /// their own, and with `ext_unix_sk` the outside peers), once every
+    /// connected socket's peer is checked to be in the images or allowed
+    /// outside.
+    pub(crate) fn finish(&mut self, ext_unix_sk: bool) -> Result<Unheld> {
+        let mut sockets = self.pending_connections()?;
+        sockets.extend(
+            self.external_peers(ext_unix_sk)?
+                .into_iter()
+                .map(|e| (None, e)),
+        );
+        Ok(Unheld { sockets })
+    }
+
+    /// The connections waiting to be accepted, each an entry of its own
+    /// with a made-up inode (`u32::MAX - n`), with its client. The data
+    /// sent into one is read at `after_kill`: one per listener only.
+    fn pending_connections(&mut self) -> Result<Vec<(Option<u32>, UnixSkEntry)>> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut out = Vec::new();
         for (k, (client, name, sent)) in pending.iter().enumerate() {
             let (pid, fd) = self
-                .unix
                 .seen
                 .get(client)
                 .copied()
                 .unwrap_or((Pid::from_raw(0), -1));
-            let Some((lino, _, _)) = self.unix.listeners.iter().find(|l| &l.1 == name) else {
+            let Some((lino, _, _)) = self.listeners.iter().find(|l| &l.1 == name) else {
                 return Err(Error::Unsupported {
                     pid,
                     what: format!(
@@ -573,7 +656,7 @@ impl Table {
             };
             let lino = *lino;
             let embryo = u32::MAX - u32::try_from(k).unwrap_or(0);
-            if *sent > 0 && self.unix.data_embryo.insert(lino, embryo).is_some() {
+            if *sent > 0 && self.data_embryo.insert(lino, embryo).is_some() {
                 return Err(Error::Unsupported {
                     pid,
                     what: format!(
@@ -581,30 +664,33 @@ impl Table {
                     ),
                 });
             }
-            let ty = self.unix.diag_of(*client).map_or(1, |d| u32::from(d.ty));
-            self.add_entry(
-                |id| {
-                    Kind::Usk(UnixSkEntry {
-                        id,
-                        ino: embryo,
-                        r#type: ty,
-                        state: TCP_ESTABLISHED,
-                        peer: *client,
-                        name: name.clone(),
-                        shutdown: Some(0),
-                        ..without_fd()
-                    })
+            let ty = self.diag_of(*client).map_or(1, |d| u32::from(d.ty));
+            out.push((
+                Some(*client),
+                UnixSkEntry {
+                    ino: embryo,
+                    r#type: ty,
+                    state: TCP_ESTABLISHED,
+                    peer: *client,
+                    name: name.clone(),
+                    shutdown: Some(0),
+                    ..without_fd()
                 },
-                FdTypes::Unixsk,
-            );
-            self.set_unix_peer(*client, embryo);
-            self.unix.embryos.insert(embryo);
+            ));
+            self.embryos.insert(embryo);
         }
+        Ok(out)
+    }
+
+    /// The peers outside the tree of sockets a task has, once each: named
+    /// datagram sockets only, with `ext_unix_sk`, and never made by the
+    /// restore (it connects to their names).
+    fn external_peers(&self, ext_unix_sk: bool) -> Result<Vec<UnixSkEntry>> {
         let mut external: Vec<(u32, Diag)> = Vec::new();
-        for (&ino, &(pid, fd)) in &self.unix.seen {
-            let diag = self.unix.diag.as_ref().and_then(|d| d.get(&ino));
+        for (&ino, &(pid, fd)) in &self.seen {
+            let diag = self.diag.as_ref().and_then(|d| d.get(&ino));
             let peer = diag.map_or(0, |d| d.peer);
-            if peer == 0 || self.unix.seen.contains_key(&peer) {
+            if peer == 0 || self.seen.contains_key(&peer) {
                 continue;
             }
             let refuse = |why: &str| Error::Unsupported {
@@ -613,7 +699,7 @@ impl Table {
                     "fd {fd} (unix socket {ino}) is connected to socket {peer}, which is outside the dumped tree ({why})"
                 ),
             };
-            if !self.opts().ext_unix_sk {
+            if !ext_unix_sk {
                 return Err(refuse(
                     "dump with --ext-unix-sk to connect it to the same name again on restore",
                 ));
@@ -624,7 +710,6 @@ impl Table {
                 ));
             }
             let Some(p) = self
-                .unix
                 .diag
                 .as_ref()
                 .and_then(|d| d.get(&peer))
@@ -635,28 +720,52 @@ impl Table {
             };
             external.push((peer, p));
         }
-        // The outside sockets, once each: named, never made by the restore.
         external.sort_by_key(|e| e.0);
         external.dedup_by_key(|e| e.0);
-        for (peer, d) in external {
-            self.add_entry(
-                |id| {
-                    Kind::Usk(UnixSkEntry {
-                        id,
-                        ino: peer,
-                        r#type: u32::from(d.ty),
-                        state: TCP_CLOSE,
-                        uflags: USK_EXTERN,
-                        name: d.name.clone(),
-                        ..without_fd()
-                    })
-                },
-                FdTypes::Unixsk,
-            );
-        }
-        Ok(())
+        Ok(external
+            .into_iter()
+            .map(|(peer, d)| UnixSkEntry {
+                ino: peer,
+                r#type: u32::from(d.ty),
+                state: TCP_CLOSE,
+                uflags: USK_EXTERN,
+                name: d.name,
+                ..without_fd()
+            })
+            .collect())
     }
 
+    /// Write `sk-queues.img`: the packets queued on unix and inet sockets,
+    /// each given the id of its socket's entry in `entries`.
+    pub fn write_socket_queues(
+        &self,
+        entries: &[FileEntry],
+        dir: &crate::images::Dir,
+    ) -> Result<()> {
+        if self.queues.is_empty() {
+            return Ok(());
+        }
+        let ids: HashMap<u32, u32> = entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(Kind::Usk(u)) => Some((u.ino, u.id)),
+                Some(Kind::Isk(u)) => Some((u.ino, u.id)),
+                _ => None,
+            })
+            .collect();
+        let mut w = dir.create(img::SK_QUEUES, 0)?;
+        for (ino, e, data) in &self.queues {
+            let mut e = e.clone();
+            e.id_for = ids.get(ino).copied().unwrap_or(0);
+            w.write(&e)?;
+            w.write_payload(data)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+}
+
+impl Table {
     /// After the tree was killed: read the data queued on a connection
     /// nobody accepted, by accepting from a kept copy of its listener.
     pub fn after_kill(&mut self) -> Result<()> {
@@ -682,31 +791,6 @@ impl Table {
         self.unix.peek_buf = buf;
         Ok(())
     }
-
-    /// Write `sk-queues.img`.
-    pub fn write_queues(&self, dir: &crate::images::Dir) -> Result<()> {
-        if self.unix.queues.is_empty() {
-            return Ok(());
-        }
-        let ids: HashMap<u32, u32> = self
-            .entries()
-            .iter()
-            .filter_map(|e| match &e.kind {
-                Some(Kind::Usk(u)) => Some((u.ino, u.id)),
-                Some(Kind::Isk(u)) => Some((u.ino, u.id)),
-                _ => None,
-            })
-            .collect();
-        let mut w = dir.create(img::SK_QUEUES, 0)?;
-        for (ino, e, data) in &self.unix.queues {
-            let mut e = e.clone();
-            e.id_for = ids.get(ino).copied().unwrap_or(0);
-            w.write(&e)?;
-            w.write_payload(data)?;
-        }
-        w.finish()?;
-        Ok(())
-    }
 }
 
 /// A unix socket entry by inode.
@@ -725,128 +809,221 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
             _ => None,
         })
         .collect();
-    let pid = cx.pid;
-    let fail = |u: &UnixSkEntry, step: &str| {
-        let what = format!("unix socket {} ({step})", u.ino);
-        move |errno: Errno| Error::Restore { pid, what, errno }
+    let embryos = embryos(cx, &all);
+    let mut m = Making {
+        pid: cx.pid,
+        table,
+        all,
+        embryos,
+        made: HashMap::new(),
+        gone_peers: HashMap::new(),
     };
-    let bad = |u: &UnixSkEntry, what: &str| Error::BadImage {
-        path: crate::images::img::FILES.file_name(0),
-        what: format!("unix socket {}: {what}", u.ino),
-    };
+    let connects = m.make_sockets()?;
+    m.connect_names(&connects)?;
+    for u in &m.all {
+        if let Some(s) = m.made.get(&u.id) {
+            set_opts(s, &u.opts).map_err(m.fail(u, "options"))?;
+        }
+    }
+    m.send_queued(cx)?;
+    // Closing a gone peer's end shuts both halves down.
+    let gone_peers = std::mem::take(&mut m.gone_peers);
+    let gone: HashSet<u32> = gone_peers.keys().copied().collect();
+    drop(gone_peers);
+    m.shut_down(&gone)?;
+    // Pending connections are kept alive by their client's end only.
+    Ok(m.made)
+}
+
+/// The pending connections among `all`, by inode: no task has them, and
+/// their name is a listener's.
+fn embryos(cx: &OpenCtx<'_>, all: &[&UnixSkEntry]) -> HashSet<u32> {
     let listener_named = |name: &[u8]| {
         all.iter()
-            .find(|l| l.state == TCP_LISTEN && !name.is_empty() && l.name == name)
-            .copied()
+            .any(|l| l.state == TCP_LISTEN && !name.is_empty() && l.name == name)
     };
-    // A pending connection: no task has it, and its name is a listener's.
-    let is_embryo = |u: &UnixSkEntry| {
-        u.state == TCP_ESTABLISHED && !cx.is_used(u.id) && listener_named(&u.name).is_some()
-    };
-    let embryos: HashSet<u32> = all.iter().filter(|u| is_embryo(u)).map(|u| u.ino).collect();
-    let mut made: HashMap<u32, OwnedFd> = HashMap::new();
-    let mut connects: Vec<(&UnixSkEntry, Vec<u8>)> = Vec::new();
-    let mut gone_peers: HashMap<u32, OwnedFd> = HashMap::new();
-    for u in &all {
-        if made.contains_key(&u.id) || embryos.contains(&u.ino) || u.uflags & USK_EXTERN != 0 {
-            continue;
+    all.iter()
+        .filter(|u| u.state == TCP_ESTABLISHED && !cx.is_used(u.id) && listener_named(&u.name))
+        .map(|u| u.ino)
+        .collect()
+}
+
+/// The image says something impossible of socket `u`.
+fn bad(u: &UnixSkEntry, what: &str) -> Error {
+    Error::BadImage {
+        path: crate::images::img::FILES.file_name(0),
+        what: format!("unix socket {}: {what}", u.ino),
+    }
+}
+
+/// The unix sockets of a restore, as they are made.
+struct Making<'a> {
+    pid: Pid,
+    table: &'a Table,
+    all: Vec<&'a UnixSkEntry>,
+    /// The pending connections, by inode: made by connecting their
+    /// client's end to the listener, never on their own.
+    embryos: HashSet<u32>,
+    /// The sockets made so far, by file id.
+    made: HashMap<u32, OwnedFd>,
+    /// The other end of sockets whose peer is gone, by the id of the
+    /// socket: the data queued is sent from it, then it is closed.
+    gone_peers: HashMap<u32, OwnedFd>,
+}
+
+impl<'a> Making<'a> {
+    /// A failed step of making socket `u`.
+    fn fail(&self, u: &UnixSkEntry, step: &str) -> impl FnOnce(Errno) -> Error + use<> {
+        Error::restore(self.pid, format!("unix socket {} ({step})", u.ino))
+    }
+
+    /// The directory path names are under (`--root`), if any.
+    fn root(&self) -> Option<&'a std::path::Path> {
+        self.table.root.as_deref()
+    }
+
+    /// Make the sockets of the images but pending connections and outside
+    /// peers; the ones to connect to a name, with that name.
+    fn make_sockets(&mut self) -> Result<Vec<(&'a UnixSkEntry, Vec<u8>)>> {
+        let mut connects = Vec::new();
+        for u in self.all.clone() {
+            if self.made.contains_key(&u.id)
+                || self.embryos.contains(&u.ino)
+                || u.uflags & USK_EXTERN != 0
+            {
+                continue;
+            }
+            if let Some(name) = self.make(u)? {
+                connects.push((u, name));
+            }
         }
+        Ok(connects)
+    }
+
+    /// Make the socket of `u` (and of its peer, for a pair); the name it
+    /// is to connect to, if any.
+    fn make(&mut self, u: &UnixSkEntry) -> Result<Option<Vec<u8>>> {
         let ty = sock_type(u.r#type).ok_or_else(|| bad(u, "unknown socket type"))?;
-        let peer = by_ino(&all, u.peer).filter(|p| u.peer != 0 && p.peer == u.ino);
+        let peer = by_ino(&self.all, u.peer).filter(|p| u.peer != 0 && p.peer == u.ino);
         // Both ends in the images, connected to each other: a socketpair
         // (named datagram sockets connect to each other's names instead).
         let paired = peer.filter(|p| {
-            !embryos.contains(&p.ino)
+            !self.embryos.contains(&p.ino)
                 && (ty != SockType::Datagram || u.name.is_empty() && p.name.is_empty())
         });
         let pair = || {
             nix::sys::socket::socketpair(AddressFamily::Unix, ty, None, SockFlag::SOCK_CLOEXEC)
-                .map_err(fail(u, "socketpair"))
+                .map_err(self.fail(u, "socketpair"))
         };
         match paired {
             Some(p) => {
                 let (a, b) = pair()?;
-                made.insert(u.id, a);
-                made.insert(p.id, b);
+                self.made.insert(u.id, a);
+                self.made.insert(p.id, b);
+                Ok(None)
             }
             // Connected to a peer that is gone: the other end of a pair,
             // closed once the data it sent is queued.
             None if u.state == TCP_ESTABLISHED && u.peer == 0 && ty != SockType::Datagram => {
                 let (a, b) = pair()?;
-                made.insert(u.id, a);
-                gone_peers.insert(u.id, b);
+                self.made.insert(u.id, a);
+                self.gone_peers.insert(u.id, b);
+                Ok(None)
             }
-            _ => {
-                let s =
-                    nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
-                        .map_err(fail(u, "socket"))?;
-                if !u.name.is_empty() {
-                    bind(&s, u, table.root.as_deref()).map_err(fail(u, "bind"))?;
-                }
-                if u.state == TCP_LISTEN {
-                    let backlog = Backlog::new(i32::try_from(u.backlog.min(4096)).unwrap_or(128))
-                        .unwrap_or(Backlog::MAXCONN);
-                    nix::sys::socket::listen(&s, backlog).map_err(fail(u, "listen"))?;
-                }
-                if u.peer != 0 {
-                    let target = by_ino(&all, u.peer)
-                        .ok_or_else(|| bad(u, "its peer is missing from the images"))?;
-                    connects.push((u, target.name.clone()));
-                }
-                made.insert(u.id, s);
-            }
+            _ => self.make_alone(u, ty),
         }
     }
-    // Connections to names, once every name is bound.
-    for (u, name) in &connects {
-        if name.is_empty() {
-            return Err(bad(u, "connected to a socket without a name"));
+
+    /// A socket of its own: bound to its name, listening, and if it has a
+    /// peer, its peer's name to connect to once every name is bound.
+    fn make_alone(&mut self, u: &UnixSkEntry, ty: SockType) -> Result<Option<Vec<u8>>> {
+        let s = nix::sys::socket::socket(AddressFamily::Unix, ty, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(self.fail(u, "socket"))?;
+        if !u.name.is_empty() {
+            bind(&s, u, self.root()).map_err(self.fail(u, "bind"))?;
         }
-        let s = made.get(&u.id).ok_or_else(|| bad(u, "not made"))?;
-        let addr = addr_of(name, table.root.as_deref()).map_err(fail(u, "peer address"))?;
-        nix::sys::socket::connect(s.as_raw_fd(), &addr).map_err(fail(u, "connect"))?;
+        if u.state == TCP_LISTEN {
+            let backlog = Backlog::new(i32::try_from(u.backlog.min(4096)).unwrap_or(128))
+                .unwrap_or(Backlog::MAXCONN);
+            nix::sys::socket::listen(&s, backlog).map_err(self.fail(u, "listen"))?;
+        }
+        let mut name = None;
+        if u.peer != 0 {
+            let target = by_ino(&self.all, u.peer)
+                .ok_or_else(|| bad(u, "its peer is missing from the images"))?;
+            name = Some(target.name.clone());
+        }
+        self.made.insert(u.id, s);
+        Ok(name)
     }
-    for u in &all {
-        if let Some(s) = made.get(&u.id) {
-            set_opts(s, &u.opts).map_err(fail(u, "options"))?;
-        }
-    }
-    // Queued data, sent by the peer (or to the name) of the socket holding it.
-    for (id_for, e, data) in &table.unix.queues {
-        // Datagrams of inet sockets are theirs to send.
-        if matches!(
-            table.get(*id_for).and_then(|f| f.kind.as_ref()),
-            Some(Kind::Isk(_))
-        ) {
-            continue;
-        }
-        let Some(u) = all.iter().find(|u| u.id == *id_for) else {
-            return Err(Error::BadImage {
-                path: crate::images::img::SK_QUEUES.file_name(0),
-                what: format!("data queued for file {id_for}, which is no unix socket"),
-            });
-        };
-        let mut fds = Vec::new();
-        for scm in &e.scm {
-            for &r in &scm.rights {
-                fds.push(cx.open_id(r)?);
+
+    /// Connect sockets to their peers' names, once every name is bound.
+    fn connect_names(&self, connects: &[(&UnixSkEntry, Vec<u8>)]) -> Result<()> {
+        for (u, name) in connects {
+            if name.is_empty() {
+                return Err(bad(u, "connected to a socket without a name"));
             }
+            let s = self.made.get(&u.id).ok_or_else(|| bad(u, "not made"))?;
+            let addr = addr_of(name, self.root()).map_err(self.fail(u, "peer address"))?;
+            nix::sys::socket::connect(s.as_raw_fd(), &addr).map_err(self.fail(u, "connect"))?;
         }
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        // A datagram goes from the bound socket that sent it, if there is
-        // one, to the receiver's name; other data from the receiver's peer.
+        Ok(())
+    }
+
+    /// Queue the data of the images again, fds in flight opened first.
+    fn send_queued(&self, cx: &mut OpenCtx<'_>) -> Result<()> {
+        for (id_for, e, data) in &self.table.unix.queues {
+            // Datagrams of inet sockets are theirs to send.
+            if matches!(
+                self.table.get(*id_for).and_then(|f| f.kind.as_ref()),
+                Some(Kind::Isk(_))
+            ) {
+                continue;
+            }
+            let Some(u) = self.all.iter().find(|u| u.id == *id_for) else {
+                return Err(Error::BadImage {
+                    path: crate::images::img::SK_QUEUES.file_name(0),
+                    what: format!("data queued for file {id_for}, which is no unix socket"),
+                });
+            };
+            let mut fds = Vec::new();
+            for scm in &e.scm {
+                for &r in &scm.rights {
+                    fds.push(cx.open_id(r)?);
+                }
+            }
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            self.send_packet(u, e, data, &raw)?;
+        }
+        Ok(())
+    }
+
+    /// Send one packet queued on `u`, with the fds `raw`: a datagram goes
+    /// from the bound socket that sent it, if there is one, to the
+    /// receiver's name; other data from the receiver's peer.
+    fn send_packet(
+        &self,
+        u: &UnixSkEntry,
+        e: &SkPacketEntry,
+        data: &[u8],
+        raw: &[RawFd],
+    ) -> Result<()> {
         let named_sender = e
             .addr
             .as_deref()
             .filter(|_| sock_type(u.r#type) == Some(SockType::Datagram) && !u.name.is_empty())
-            .and_then(|a| all.iter().find(|s| s.name == a && s.r#type == u.r#type))
-            .and_then(|s| made.get(&s.id));
+            .and_then(|a| {
+                self.all
+                    .iter()
+                    .find(|s| s.name == a && s.r#type == u.r#type)
+            })
+            .and_then(|s| self.made.get(&s.id));
         if let Some(s) = named_sender {
-            let addr = addr_of(&u.name, table.root.as_deref()).map_err(fail(u, "queued data"))?;
+            let addr = addr_of(&u.name, self.root()).map_err(self.fail(u, "queued data"))?;
             let cmsg: Vec<ControlMessage<'_>> = if raw.is_empty() {
                 Vec::new()
             } else {
-                vec![ControlMessage::ScmRights(&raw)]
+                vec![ControlMessage::ScmRights(raw)]
             };
             nix::sys::socket::sendmsg(
                 s.as_raw_fd(),
@@ -855,50 +1032,51 @@ fn make_all(cx: &mut OpenCtx<'_>) -> Result<HashMap<u32, OwnedFd>> {
                 MsgFlags::MSG_DONTWAIT,
                 Some(&addr),
             )
-            .map_err(fail(u, "queued data"))?;
-            continue;
+            .map_err(self.fail(u, "queued data"))?;
+            return Ok(());
         }
-        let sender = all
+        let sender = self
+            .all
             .iter()
-            .find(|p| p.peer == u.ino && (u.peer == p.ino || embryos.contains(&u.ino)))
-            .and_then(|p| made.get(&p.id))
-            .or_else(|| gone_peers.get(&u.id));
-        send(sender, u, data, &raw, table.root.as_deref()).map_err(fail(u, "queued data"))?;
+            .find(|p| p.peer == u.ino && (u.peer == p.ino || self.embryos.contains(&u.ino)))
+            .and_then(|p| self.made.get(&p.id))
+            .or_else(|| self.gone_peers.get(&u.id));
+        send(sender, u, data, raw, self.root()).map_err(self.fail(u, "queued data"))
     }
-    // Closing a gone peer's end shuts both halves down.
-    let gone: HashSet<u32> = gone_peers.keys().copied().collect();
-    drop(gone_peers);
-    // Shut-down halves last: data had to get through first.
-    for u in &all {
-        let Some(s) = made.get(&u.id) else { continue };
-        if gone.contains(&u.id) {
-            let fl = OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
-            fcntl(s.as_fd(), FcntlArg::F_SETFL(fl)).map_err(fail(u, "flags"))?;
-            continue;
-        }
-        let sd = u.shutdown.unwrap_or(0).cast_unsigned();
-        let peer_sent = by_ino(&all, u.peer)
-            .is_some_and(|p| p.shutdown.unwrap_or(0).cast_unsigned() & SEND_SHUTDOWN != 0);
-        let how = match (
-            sd & SEND_SHUTDOWN != 0,
-            sd & RCV_SHUTDOWN != 0 && !peer_sent,
-        ) {
-            (true, true) => Some(Shutdown::Both),
-            (true, false) => Some(Shutdown::Write),
-            (false, true) => Some(Shutdown::Read),
-            (false, false) => None,
-        };
-        if let Some(how) = how {
-            match nix::sys::socket::shutdown(s.as_raw_fd(), how) {
-                Ok(()) | Err(Errno::ENOTCONN) => {}
-                Err(e) => return Err(fail(u, "shutdown")(e)),
+
+    /// Shut down the halves shut down in the images, last (data had to get
+    /// through first), and give every socket its status flags. A socket
+    /// whose peer is `gone` is shut down by its closing.
+    fn shut_down(&self, gone: &HashSet<u32>) -> Result<()> {
+        for u in &self.all {
+            let Some(s) = self.made.get(&u.id) else {
+                continue;
+            };
+            if !gone.contains(&u.id) {
+                let sd = u.shutdown.unwrap_or(0).cast_unsigned();
+                let peer_sent = by_ino(&self.all, u.peer)
+                    .is_some_and(|p| p.shutdown.unwrap_or(0).cast_unsigned() & SEND_SHUTDOWN != 0);
+                let how = match (
+                    sd & SEND_SHUTDOWN != 0,
+                    sd & RCV_SHUTDOWN != 0 && !peer_sent,
+                ) {
+                    (true, true) => Some(Shutdown::Both),
+                    (true, false) => Some(Shutdown::Write),
+                    (false, true) => Some(Shutdown::Read),
+                    (false, false) => None,
+                };
+                if let Some(how) = how {
+                    match nix::sys::socket::shutdown(s.as_raw_fd(), how) {
+                        Ok(()) | Err(Errno::ENOTCONN) => {}
+                        Err(e) => return Err(self.fail(u, "shutdown")(e)),
+                    }
+                }
             }
+            let fl = OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
+            fcntl(s.as_fd(), FcntlArg::F_SETFL(fl)).map_err(self.fail(u, "flags"))?;
         }
-        let fl = OFlag::from_bits_truncate(u.flags.cast_signed() & libc::O_NONBLOCK);
-        fcntl(s.as_fd(), FcntlArg::F_SETFL(fl)).map_err(fail(u, "flags"))?;
+        Ok(())
     }
-    // Pending connections are kept alive by their client's end only.
-    Ok(made)
 }
 
 /// Bind `s` to `u`'s name; a socket file left at the path by the dumped
