@@ -16,7 +16,6 @@
 pub mod probes;
 pub mod report;
 mod run;
-mod sys;
 
 pub use probes::{PROBES, by_name};
 pub use run::{Finding, RunOptions, run};

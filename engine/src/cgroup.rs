@@ -19,6 +19,7 @@
 //! `cpu.max`, `memory.max`, `pids.max`, ...), written back as CRIU's modes
 //! say (`soft`: only on cgroups the restore made).
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -808,7 +809,7 @@ impl Opener<'_> {
             .open(&procs)
             .map_err(cg_err(&at, "opening cgroup.procs", ""))?;
         let low = self.first.max(self.joins.last().map_or(0, |l| l + 1));
-        let fd = crate::sys::dup_at_least(f.as_fd(), low).map_err(|e| Error::Cgroup {
+        let fd = kernel::fd::dup_at_least(f.as_fd(), low).map_err(|e| Error::Cgroup {
             path: at.display().to_string(),
             what: "keeping cgroup.procs open",
             err: e.into(),

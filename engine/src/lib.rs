@@ -14,8 +14,8 @@
 //! - `ipc/`: SysV IPC and POSIX message queues;
 //! - `ns`: namespaces;
 //! - `cgroup`: the cgroups the tasks are in;
-//! - `sys`: re-exports of the system-call wrappers in `stasis-kernel` (the
-//!   crate has no `unsafe`).
+//!
+//! System calls go through `stasis-kernel`; this crate has no `unsafe`.
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
@@ -31,19 +31,19 @@ pub mod notify;
 pub(crate) mod ns;
 pub mod progress;
 pub mod restore;
-pub(crate) mod sys;
 pub mod task;
 pub(crate) mod workers;
 
 pub use error::{EngineError, Result};
+use stasis_kernel as kernel;
 
 /// Fork a worker process (an RPC service serves each connection in one):
 /// `None` in the worker, the worker's PID in the caller. The caller must be
 /// single-threaded (EDEADLK otherwise): the worker may fork trees itself.
 pub fn fork_worker() -> std::result::Result<Option<nix::unistd::Pid>, nix::errno::Errno> {
-    match sys::fork_single_threaded_ids(&[], false, false)? {
-        sys::Forked::Child => Ok(None),
-        sys::Forked::Parent(p) => Ok(Some(p)),
+    match kernel::clone::fork_single_threaded_ids(&[], false, false)? {
+        kernel::clone::Forked::Child => Ok(None),
+        kernel::clone::Forked::Parent(p) => Ok(Some(p)),
     }
 }
 
@@ -56,5 +56,5 @@ pub fn inherited_fd(
     if fd < 0 {
         return Err(nix::errno::Errno::EBADF);
     }
-    sys::dup_inherited(fd)
+    kernel::fd::dup_inherited(fd)
 }

@@ -8,6 +8,7 @@
 //! the task's own `pread64`, and moves the vdso areas to their dumped
 //! addresses.
 
+use stasis_kernel as kernel;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -20,8 +21,8 @@ use crate::files::Table;
 use crate::images::Dir;
 use crate::images::img;
 use crate::progress::{Progress, Step};
+use crate::task::proc;
 use crate::task::remote::{self, Call, Remote};
-use crate::{sys, task::proc};
 
 /// shmat: replace whatever is mapped at the address.
 const SHM_REMAP: i32 = 0o40000;
@@ -306,7 +307,7 @@ pub struct PageStats {
 pub fn data_extents(f: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
     use nix::unistd::{Whence, lseek};
     use std::os::fd::AsFd;
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut off = from;
     while off < to {
@@ -414,7 +415,7 @@ pub fn dump_pages(
         .filter(|v| dumped(v))
         .map(|v| v.end - v.start)
         .sum();
-    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
+    let cpus = kernel::sched::engine_cpus().map_or(1, |c| c.len());
     let n = cpus
         .min(4)
         .min(usize::try_from(span / PART_MIN).unwrap_or(1))
@@ -432,7 +433,7 @@ pub fn dump_pages(
     let rx = std::sync::Mutex::new(rx);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let copier = || {
-        sys::unpin_thread();
+        kernel::sched::unpin_thread();
         let mut buf = Vec::new();
         loop {
             let next = match rx.lock() {
@@ -500,7 +501,7 @@ fn walk_pages(
     shared: &mut SharedPages,
     found: &mut dyn FnMut(Vec<Item>) -> Result<()>,
 ) -> Result<PageStats> {
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|e| Error::Proc {
         pid,
@@ -625,7 +626,7 @@ fn copy_pages(
     shown: &str,
     progress: Option<&Progress>,
 ) -> Result<()> {
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     // No bigger than needed: a small task's pages are a few KiB, and a
     // zeroed 4 MiB per task would cost more than copying them.
     let need: u64 = items.iter().map(|i| i.1).sum();
@@ -1349,7 +1350,7 @@ struct PagesPlan {
 }
 
 fn plan_pages(img_id: u64, dir: &Dir, vmas: &[&VmaEntry]) -> Result<PagesPlan> {
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     let mut pm = dir.open_image(img::PAGEMAP, img_id)?;
     let head: PagemapHead = pm.read_entry()?.ok_or_else(|| Error::BadImage {
         path: pm.path().to_owned(),
@@ -1438,7 +1439,7 @@ fn fill_fast(
 /// number of bytes, cutting an item where needed (at a page boundary).
 fn split_bytes(items: &[(u64, u64, u64)], n: usize) -> Vec<Vec<(u64, u64, u64)>> {
     let total: u64 = items.iter().map(|i| i.1).sum();
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     let per = ((total / n.max(1) as u64).div_ceil(ps) * ps).max(ps);
     let mut out = vec![Vec::new()];
     let mut room = per;
@@ -1470,11 +1471,12 @@ fn uffd_copy_all(
         let mut done = 0;
         while done < len {
             let n = (len - done).min(UFFD_WINDOW);
-            let Ok(win) = sys::FileWindow::map(file, off + done, usize::try_from(n).unwrap_or(0))
+            let Ok(win) =
+                kernel::mm::FileWindow::map(file, off + done, usize::try_from(n).unwrap_or(0))
             else {
                 break;
             };
-            match sys::uffd_copy(uffd, at + done, win.addr(0), n) {
+            match kernel::uffd::uffd_copy(uffd, at + done, win.addr(0), n) {
                 Ok(k) if k > 0 => done += k,
                 _ => break,
             }
@@ -1509,17 +1511,17 @@ fn fill_by_uffd(
         nr::USERFAULTFD,
         [flags.into(), 0, 0, 0, 0, 0],
     )?;
-    let got =
-        sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, i32::try_from(fd).unwrap_or(-1)));
+    let got = kernel::fd::pidfd_open(pid)
+        .and_then(|p| kernel::fd::pidfd_getfd(&p, i32::try_from(fd).unwrap_or(-1)));
     r.call("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0])?;
     let uffd = got.map_err(fail("its userfaultfd".into()))?;
-    sys::uffd_api(&uffd).map_err(fail("UFFDIO_API".into()))?;
+    kernel::uffd::uffd_api(&uffd).map_err(fail("UFFDIO_API".into()))?;
     let mut regs: Vec<(u64, u64)> = Vec::new();
     for &(at, _, _) in items {
         if let Some(v) = vmas.iter().find(|v| v.start <= at && at < v.end)
             && !regs.contains(&(v.start, v.end))
         {
-            sys::uffd_register(&uffd, v.start, v.end - v.start).map_err(fail(format!(
+            kernel::uffd::uffd_register(&uffd, v.start, v.end - v.start).map_err(fail(format!(
                 "UFFDIO_REGISTER of {:#x}-{:#x}",
                 v.start, v.end
             )))?;
@@ -1533,7 +1535,7 @@ fn fill_by_uffd(
     // Large copies on every CPU the engine has: UFFDIO_COPY calls on
     // disjoint ranges run side by side.
     let total: u64 = items.iter().map(|i| i.1).sum();
-    let cpus = sys::engine_cpus().map_or(1, |c| c.len());
+    let cpus = kernel::sched::engine_cpus().map_or(1, |c| c.len());
     let parts = split_bytes(
         items,
         cpus.min(4)
@@ -1549,7 +1551,7 @@ fn fill_by_uffd(
                 if k > 0 {
                     // Helpers may run anywhere the engine may (the
                     // restore worker that spawns them is pinned).
-                    sys::unpin_thread();
+                    kernel::sched::unpin_thread();
                 }
                 uffd_copy_all(uffd, file, part)
             }
@@ -1560,7 +1562,7 @@ fn fill_by_uffd(
         crate::workers::run(jobs, |k| parts.get(k).cloned().unwrap_or_default()).concat();
     // Closing the userfaultfd would unregister too; say so explicitly.
     for (start, end) in regs {
-        let _ = sys::uffd_unregister(&uffd, start, end - start);
+        let _ = kernel::uffd::uffd_unregister(&uffd, start, end - start);
     }
     Ok(left)
 }
@@ -1657,11 +1659,11 @@ fn finish_reads(
 
 #[cfg(test)]
 mod tests {
-    use super::split_bytes;
+    use super::{kernel, split_bytes};
 
     #[test]
     fn split_bytes_cuts_at_pages_and_keeps_every_byte() {
-        let ps = crate::sys::page_size();
+        let ps = kernel::mm::page_size();
         // Three runs: 10, 1 and 5 pages, back to back in the image.
         let items = [
             (0x10_0000, 10 * ps, 0),

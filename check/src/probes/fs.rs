@@ -3,6 +3,7 @@
 //! idmapped mounts), autofs and overlayfs as C/R sees them, the cgroup v2
 //! freezer and cgroup.kill, time namespace offsets, AppArmor stacking.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::fs::MetadataExt;
 use std::path::Path;
@@ -12,14 +13,15 @@ use nix::mount::{MsFlags, mount};
 use nix::sys::stat::Mode;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, in_mntns, no, read};
-use crate::{Outcome, sys};
+use crate::Outcome;
 
 pub fn ptmx_lock() -> R {
     let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .no("opening /dev/ptmx")?;
     let slave = nix::pty::ptsname_r(&m).fail("ptsname")?;
     let mut lock = 1i32;
-    sys::ioctl_int_ptr(m.as_fd(), sys::ioc::TIOCSPTLCK, &mut lock).no("ioctl(TIOCSPTLCK)")?;
+    kernel::ioctl::ioctl_int_ptr(m.as_fd(), kernel::ioctl::ioc::TIOCSPTLCK, &mut lock)
+        .no("ioctl(TIOCSPTLCK)")?;
     match nix::fcntl::open(
         slave.as_str(),
         OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
@@ -46,7 +48,7 @@ pub fn timerfd() -> R {
         TimerSetTimeFlags::empty(),
     )
     .fail("timerfd_settime")?;
-    sys::timerfd_set_ticks(t.as_fd(), 5)
+    kernel::timer::timerfd_set_ticks(t.as_fd(), 5)
         .no("ioctl(TFD_IOC_SET_TICKS) (CONFIG_CHECKPOINT_RESTORE)")?;
     let text = read(&format!("/proc/self/fdinfo/{}", t.as_fd().as_raw_fd()))?;
     if !text.lines().any(|l| l.trim() == "ticks: 5") {
@@ -56,12 +58,12 @@ pub fn timerfd() -> R {
 }
 
 pub fn openat2() -> R {
-    let how = sys::OpenHow {
+    let how = kernel::fd::OpenHow {
         flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: 0x04, /* RESOLVE_NO_SYMLINKS */
     };
-    sys::openat2(c"/proc", &how).no("openat2")?;
+    kernel::fd::openat2(c"/proc", &how).no("openat2")?;
     Ok(String::new())
 }
 
@@ -111,7 +113,7 @@ pub fn move_mount_set_group() -> R {
         )
         .fail("make /tmp/a shared")?;
         const MOVE_MOUNT_SET_GROUP: u32 = 0x100;
-        sys::move_mount(None, c"/tmp/a", None, c"/tmp/b", MOVE_MOUNT_SET_GROUP)
+        kernel::mount::move_mount(None, c"/tmp/a", None, c"/tmp/b", MOVE_MOUNT_SET_GROUP)
             .no("move_mount(MOVE_MOUNT_SET_GROUP)")?;
         let (a, b) = (mountinfo_line("/tmp/a")?, mountinfo_line("/tmp/b")?);
         match (shared_group(&a), shared_group(&b)) {
@@ -127,10 +129,10 @@ pub fn open_tree() -> R {
         std::fs::create_dir("/tmp/dst").fail("mkdir")?;
         std::fs::write("/tmp/src/marker", b"x").fail("write")?;
         const OPEN_TREE_CLONE: u32 = 1;
-        let t = sys::open_tree(c"/tmp/src", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+        let t = kernel::mount::open_tree(c"/tmp/src", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
             .no("open_tree(OPEN_TREE_CLONE)")?;
         const MOVE_MOUNT_F_EMPTY_PATH: u32 = 4;
-        sys::move_mount(
+        kernel::mount::move_mount(
             Some(t.as_fd()),
             c"",
             None,
@@ -147,9 +149,9 @@ pub fn open_tree() -> R {
 
 /// A child in a new user namespace mapping 0..1000 to 100000..; returns it
 /// (kept alive until dropped) and an fd of its user namespace.
-fn userns_child() -> Result<(sys::Child, std::fs::File), Outcome> {
+fn userns_child() -> Result<(kernel::clone::Child, std::fs::File), Outcome> {
     let (r, w) = nix::unistd::pipe().fail("pipe")?;
-    let c = sys::fork_child(|_cx| {
+    let c = kernel::clone::fork_child(|_cx| {
         if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_err() {
             return 1;
         }
@@ -177,14 +179,15 @@ pub fn idmapped_mounts() -> R {
     in_mntns(|| {
         std::fs::create_dir("/tmp/src").fail("mkdir")?;
         const OPEN_TREE_CLONE: u32 = 1;
-        let t =
-            sys::open_tree(c"/tmp", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32).no("open_tree")?;
-        let attr = sys::MountAttr {
+        let t = kernel::mount::open_tree(c"/tmp", OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+            .no("open_tree")?;
+        let attr = kernel::mount::MountAttr {
             attr_set: 0x0010_0000,
             userns_fd: u64::try_from(ns.as_raw_fd()).unwrap_or(0),
             ..Default::default()
         };
-        sys::mount_setattr(t.as_fd(), &attr).no("mount_setattr(MOUNT_ATTR_IDMAP) on tmpfs")?;
+        kernel::mount::mount_setattr(t.as_fd(), &attr)
+            .no("mount_setattr(MOUNT_ATTR_IDMAP) on tmpfs")?;
         Ok(String::new())
     })
 }
@@ -231,8 +234,8 @@ pub fn overlayfs_maps() -> R {
         .no("mounting overlayfs (CONFIG_OVERLAY_FS)")?;
         let f = std::fs::File::open("/tmp/merged/file").fail("open")?;
         let st = f.metadata().fail("fstat")?;
-        let m =
-            sys::Mapping::file(4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_fd()).fail("mmap")?;
+        let m = kernel::mm::Mapping::file(4096, libc::PROT_READ, libc::MAP_PRIVATE, f.as_fd())
+            .fail("mmap")?;
         let maps = read("/proc/self/maps")?;
         let start = format!("{:x}-", m.addr());
         let line = maps
@@ -276,16 +279,16 @@ fn cgroup2_root() -> Result<String, Outcome> {
 
 /// Creates a scratch cgroup with one sleeping child in it, runs `f`, and
 /// removes both.
-fn with_cgroup(f: impl FnOnce(&Path, &mut sys::Child) -> R) -> R {
+fn with_cgroup(f: impl FnOnce(&Path, &mut kernel::clone::Child) -> R) -> R {
     let root = cgroup2_root()?;
     let dir = Path::new(&root).join(format!(
         "stasis-probe-{}-{}",
         nix::unistd::getpid(),
-        sys::gettid()
+        kernel::process::gettid()
     ));
     std::fs::create_dir(&dir).no(&format!("creating a cgroup under {root}"))?;
     let r = (|| {
-        let mut c = sys::fork_child(|_cx| {
+        let mut c = kernel::clone::fork_child(|_cx| {
             loop {
                 nix::unistd::pause();
             }
@@ -338,7 +341,7 @@ pub fn cgroup2_kill() -> R {
 }
 
 pub fn timens_offsets() -> R {
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         if nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
             libc::CLONE_NEWTIME,
         ))

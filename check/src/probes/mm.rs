@@ -2,6 +2,7 @@
 //! ring, dirty-page tracking (soft-dirty, userfaultfd write-protect,
 //! PAGEMAP_SCAN), memfd flavours, mseal, guard regions, io_uring.
 
+use stasis_kernel as kernel;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +13,7 @@ use nix::unistd::pipe;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, no, read};
 use crate::Outcome;
-use crate::sys::{self, Mapping, PageRegion};
+use stasis_kernel::mm::{Mapping, PageRegion};
 
 const PAGE: usize = 4096;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -79,16 +80,16 @@ pub fn vdso_remap() -> R {
         return Err(no("no [vdso] in /proc/self/maps"));
     }
     let ranges: Vec<(u64, u64)> = areas.iter().map(|a| (a.0, a.1)).collect();
-    let mut c = sys::fork_child(|cx| {
+    let mut c = kernel::clone::fork_child(|cx| {
         for &(start, end) in &ranges {
             if cx.move_area(start, end - start).is_err() {
                 return 2;
             }
         }
-        if sys::set_handler(Signal::SIGUSR1, note_signal).is_err() {
+        if kernel::signal::set_handler(Signal::SIGUSR1, note_signal).is_err() {
             return 3;
         }
-        sys::raise(Signal::SIGUSR1);
+        kernel::signal::raise(Signal::SIGUSR1);
         if GOT_SIGNAL.load(Ordering::SeqCst) {
             0
         } else {
@@ -121,13 +122,13 @@ fn map_vdso_in_child() -> Result<i32, Outcome> {
         .min()
         .ok_or_else(|| no("no [vdso] in /proc/self/maps"))?;
     let ranges: Vec<(u64, u64)> = areas.iter().map(|a| (a.0, a.1)).collect();
-    let mut c = sys::fork_child(|cx| {
+    let mut c = kernel::clone::fork_child(|cx| {
         for &(s, e) in &ranges {
             if cx.unmap(s, e - s).is_err() {
                 return 1;
             }
         }
-        match sys::arch_map_vdso(base) {
+        match kernel::process::arch_map_vdso(base) {
             Ok(_) => 0,
             Err(_) => 2,
         }
@@ -157,13 +158,13 @@ pub fn can_map_vdso() -> R {
 #[cfg(target_arch = "x86_64")]
 pub fn compat_cr() -> R {
     can_map_vdso()?;
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         // getpid through the ia32 entry, then an ia32 mmap2, which must land below 4 GiB.
-        if sys::int80(20, [0; 5]) <= 0 {
+        if kernel::process::int80(20, [0; 5]) <= 0 {
             return 1;
         }
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
-        let addr = sys::int80(192, [0, 4096, RW as u32, flags, u32::MAX]);
+        let addr = kernel::process::int80(192, [0, 4096, RW as u32, flags, u32::MAX]);
         if addr < 0 && addr > -4096 {
             return 2;
         }
@@ -188,7 +189,7 @@ pub fn compat_cr() -> R {
 }
 
 pub fn aio_remap() -> R {
-    let mut ring = sys::aio::Ring::new(16).no("io_setup (CONFIG_AIO)")?;
+    let mut ring = kernel::io::aio::Ring::new(16).no("io_setup (CONFIG_AIO)")?;
     let ctx = ring.id();
     let maps = read("/proc/self/maps")?;
     let start = format!("{ctx:x}-");
@@ -206,14 +207,14 @@ pub fn aio_remap() -> R {
         .and_then(|(_, e)| u64::from_str_radix(e, 16).ok());
     let len = end.ok_or_else(|| error("parsing the ring mapping"))? - ctx;
     ring.remap(len).no("mremap of the aio ring")?;
-    sys::aio::getevents_nowait(ring.id()).no("io_getevents on the moved ring")?;
+    kernel::io::aio::getevents_nowait(ring.id()).no("io_getevents on the moved ring")?;
     Ok(String::new())
 }
 
 pub fn mem_dirty_track() -> R {
     let m = Mapping::anon(page(), RW, 0).fail("mmap")?;
     let (addr, pg) = (m.addr(), page());
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         let Ok(cr) = open(c"/proc/self/clear_refs", OFlag::O_WRONLY, Mode::empty()) else {
             return 1;
         };
@@ -251,7 +252,7 @@ pub fn mem_dirty_track() -> R {
 fn scan(m: &Mapping, flags: u64, mask: u64) -> Result<Vec<PageRegion>, nix::errno::Errno> {
     let pm = std::fs::File::open("/proc/self/pagemap").map_err(|_| nix::errno::Errno::ENOENT)?;
     let mut out = [PageRegion::default(); 8];
-    let n = sys::pagemap_scan(
+    let n = kernel::mm::pagemap_scan(
         pm.as_fd(),
         m.addr(),
         m.addr() + m.len() as u64,
@@ -298,11 +299,11 @@ pub fn pagemap_scan_guard_pages() -> R {
 pub fn madv_guard() -> R {
     let pg = page();
     let m = Mapping::anon(2 * pg, RW, 0).fail("mmap")?;
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         if m.madvise(pg, pg, MADV_GUARD_INSTALL).is_err() {
             return 1;
         }
-        sys::default_action(Signal::SIGSEGV);
+        kernel::signal::default_action(Signal::SIGSEGV);
         m.poke(pg, 1);
         0
     })
@@ -327,15 +328,15 @@ const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 fn uffd_open() -> Result<std::os::fd::OwnedFd, Outcome> {
-    sys::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .or_else(|_| sys::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | 1))
+    kernel::uffd::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .or_else(|_| kernel::uffd::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK | 1))
         .no("userfaultfd (CONFIG_USERFAULTFD, vm.unprivileged_userfaultfd)")
 }
 
 /// Opens a uffd and negotiates `features`; returns it and the granted set.
 fn uffd_api(features: u64) -> Result<(std::os::fd::OwnedFd, u64), Outcome> {
     let fd = uffd_open()?;
-    let granted = sys::uffdio_api(fd.as_fd(), features).no("ioctl(UFFDIO_API)")?;
+    let granted = kernel::uffd::uffdio_api(fd.as_fd(), features).no("ioctl(UFFDIO_API)")?;
     Ok((fd, granted))
 }
 
@@ -364,7 +365,7 @@ pub fn uffd_noncoop() -> R {
 
 fn uffd_register_wp(fd: std::os::fd::BorrowedFd<'_>, m: &Mapping) -> Result<(), Outcome> {
     // UFFDIO_REGISTER_MODE_WP
-    sys::uffdio_register(fd, m, 2).no("UFFDIO_REGISTER in write-protect mode")?;
+    kernel::uffd::uffdio_register(fd, m, 2).no("UFFDIO_REGISTER in write-protect mode")?;
     Ok(())
 }
 
@@ -375,7 +376,7 @@ pub fn uffd_wp() -> R {
     m.poke(0, 1);
     uffd_register_wp(fd.as_fd(), &m)?;
     // UFFDIO_WRITEPROTECT_MODE_WP
-    sys::uffdio_writeprotect(fd.as_fd(), &m, 1).no("UFFDIO_WRITEPROTECT")?;
+    kernel::uffd::uffdio_writeprotect(fd.as_fd(), &m, 1).no("UFFDIO_WRITEPROTECT")?;
     Ok(String::new())
 }
 
@@ -419,7 +420,7 @@ pub fn memfd_hugetlb() -> R {
 }
 
 pub fn memfd_secret() -> R {
-    let fd = sys::memfd_secret().no("memfd_secret (CONFIG_SECRETMEM, secretmem.enable)")?;
+    let fd = kernel::mm::memfd_secret().no("memfd_secret (CONFIG_SECRETMEM, secretmem.enable)")?;
     nix::unistd::ftruncate(&fd, i64::try_from(page()).unwrap_or(4096)).fail("ftruncate")?;
     let m = Mapping::file(page(), RW, libc::MAP_SHARED, fd.as_fd()).no("mmap of secret memory")?;
     m.poke(0, 42);
@@ -430,7 +431,7 @@ pub fn memfd_secret() -> R {
 }
 
 pub fn mseal() -> R {
-    let mut c = sys::fork_child(|cx| {
+    let mut c = kernel::clone::fork_child(|cx| {
         let Ok(m) = Mapping::anon(page(), RW, 0) else {
             return 1;
         };
@@ -453,7 +454,7 @@ pub fn mseal() -> R {
 
 pub fn io_uring() -> R {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
-    let ring = sys::io_uring_setup(4).no("io_uring_setup (CONFIG_IO_URING)")?;
+    let ring = kernel::io::io_uring_setup(4).no("io_uring_setup (CONFIG_IO_URING)")?;
     drop(ring);
     let extra = match disabled.as_deref().map(str::trim) {
         Some("1") => " (restricted to the io_uring_group)",

@@ -3,6 +3,7 @@
 //! (the network lock) over netlink. Everything that creates network state does
 //! it in a throw-away network namespace.
 
+use stasis_kernel as kernel;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -12,7 +13,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
 
 use super::common::{R, Step, error, in_netns, no};
-use crate::{Outcome, sys};
+use crate::Outcome;
 use stasis_kernel::netlink::{self as nl, Builder, nft};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -144,7 +145,8 @@ pub fn sock_diag() -> R {
         }
         // UDP-lite, packet and netlink diag are needed only by trees that use them.
         let mut missing = Vec::new();
-        let udplite = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE);
+        let udplite =
+            kernel::socket::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE);
         if let Ok(fd) = &udplite {
             let _ = nix::sys::socket::bind(
                 fd.as_raw_fd(),
@@ -229,7 +231,7 @@ pub fn net_diag_raw() -> R {
 
 pub fn so_peek_off() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
-    let v = sys::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4)
+    let v = kernel::socket::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4)
         .no("getsockopt(SO_PEEK_OFF)")?;
     let v = i32::from_ne_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
     if v != -1 {
@@ -242,7 +244,7 @@ pub fn so_peek_off() -> R {
 
 pub fn so_peek_off_stream() -> R {
     let (mut a, b) = UnixStream::pair().fail("socketpair")?;
-    sys::setsockopt_bytes(
+    kernel::socket::setsockopt_bytes(
         b.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_PEEK_OFF,
@@ -277,11 +279,11 @@ fn tcp_pair() -> Result<(TcpStream, TcpStream), Outcome> {
 }
 
 fn set_int(fd: BorrowedFd<'_>, level: i32, name: i32, v: i32) -> Result<(), nix::errno::Errno> {
-    sys::setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
+    kernel::socket::setsockopt_bytes(fd, level, name, &v.to_ne_bytes())
 }
 
 fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32, nix::errno::Errno> {
-    let v = sys::getsockopt_bytes(fd, level, name, 4)?;
+    let v = kernel::socket::getsockopt_bytes(fd, level, name, 4)?;
     Ok(i32::from_ne_bytes(
         v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
     ))
@@ -314,7 +316,7 @@ pub fn tcp_repair_window() -> R {
     in_netns(|| {
         let (c, _s) = tcp_pair()?;
         set_int(c.as_fd(), SOL_TCP, TCP_REPAIR, 1).no("TCP_REPAIR")?;
-        let w = sys::getsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20)
+        let w = kernel::socket::getsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_WINDOW, 20)
             .no("getsockopt(TCP_REPAIR_WINDOW)")?;
         if w.len() != 20 {
             return Err(no(format!(
@@ -350,7 +352,7 @@ pub fn tcp_repair_options() -> R {
             opts.extend_from_slice(&code.to_ne_bytes());
             opts.extend_from_slice(&val.to_ne_bytes());
         }
-        sys::setsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
+        kernel::socket::setsockopt_bytes(c.as_fd(), SOL_TCP, TCP_REPAIR_OPTIONS, &opts)
             .no("setsockopt(TCP_REPAIR_OPTIONS)")?;
         Ok(String::new())
     })
@@ -365,18 +367,33 @@ pub fn so_get_filter() -> R {
         prog.extend_from_slice(&1u16.to_ne_bytes());
         prog.extend_from_slice(&[0; 6]);
         prog.extend_from_slice(&(insn.as_ptr() as u64).to_ne_bytes());
-        sys::setsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
-            .fail("SO_ATTACH_FILTER")?;
-        let got = sys::socket_filter(s.as_fd()).no("getsockopt(SO_GET_FILTER)")?;
+        kernel::socket::setsockopt_bytes(
+            s.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog,
+        )
+        .fail("SO_ATTACH_FILTER")?;
+        let got = kernel::socket::socket_filter(s.as_fd()).no("getsockopt(SO_GET_FILTER)")?;
         if got != insn {
             return Err(no(format!(
                 "SO_GET_FILTER returned {got:?}, not the attached program"
             )));
         }
-        sys::setsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, b"lo\0")
-            .fail("SO_BINDTODEVICE lo")?;
-        let dev = sys::getsockopt_bytes(s.as_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, 16)
-            .no("getsockopt(SO_BINDTODEVICE)")?;
+        kernel::socket::setsockopt_bytes(
+            s.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            b"lo\0",
+        )
+        .fail("SO_BINDTODEVICE lo")?;
+        let dev = kernel::socket::getsockopt_bytes(
+            s.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            16,
+        )
+        .no("getsockopt(SO_BINDTODEVICE)")?;
         if !dev.starts_with(b"lo") {
             return Err(no(format!(
                 "SO_BINDTODEVICE read back {:?}",
@@ -422,7 +439,7 @@ fn same_ns(fd: BorrowedFd<'_>, path: &str) -> Result<bool, Outcome> {
 }
 
 fn skns(fd: BorrowedFd<'_>) -> Result<OwnedFd, Outcome> {
-    sys::socket_netns(fd).no("ioctl(SIOCGSKNS)")
+    kernel::socket::socket_netns(fd).no("ioctl(SIOCGSKNS)")
 }
 
 pub fn sk_ns() -> R {
@@ -437,7 +454,7 @@ pub fn sk_ns() -> R {
 pub fn netns_cookie() -> R {
     let (a, _b) = UnixDatagram::pair().fail("socketpair")?;
     const SO_NETNS_COOKIE: i32 = 71;
-    let v = sys::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    let v = kernel::socket::getsockopt_bytes(a.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, 8)
         .no("getsockopt(SO_NETNS_COOKIE)")?;
     if v.len() != 8 || v.iter().all(|b| *b == 0) {
         return Err(no("SO_NETNS_COOKIE returned no cookie"));
@@ -449,7 +466,7 @@ pub fn sk_unix_file() -> R {
     let dir = tempfile::tempdir().fail("temporary directory")?;
     let path = dir.path().join("sk");
     let l = UnixListener::bind(&path).fail("bind")?;
-    let fd = sys::unix_socket_file(l.as_fd()).no("ioctl(SIOCUNIXFILE)")?;
+    let fd = kernel::socket::unix_socket_file(l.as_fd()).no("ioctl(SIOCUNIXFILE)")?;
     let a = nix::sys::stat::fstat(fd.as_fd()).fail("fstat")?;
     let b = std::fs::metadata(&path).fail("stat")?;
     if a.st_ino != b.st_ino() {
@@ -612,7 +629,8 @@ fn open_tun() -> Result<std::fs::File, Outcome> {
 pub fn tun() -> R {
     let f = open_tun()?;
     let mut idx: i32 = 13;
-    sys::ioctl_int_ptr(f.as_fd(), sys::ioc::TUNSETIFINDEX, &mut idx).no("ioctl(TUNSETIFINDEX)")?;
+    kernel::ioctl::ioctl_int_ptr(f.as_fd(), kernel::ioctl::ioc::TUNSETIFINDEX, &mut idx)
+        .no("ioctl(TUNSETIFINDEX)")?;
     Ok(String::new())
 }
 

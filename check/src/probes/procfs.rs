@@ -1,6 +1,7 @@
 //! Probes of /proc and sysctl interfaces: map_files, stat, status, fdinfo of
 //! event objects, ns_last_pid and the IPC next-id knobs, loginuid, timers.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::fcntl::{FlockArg, OFlag, open};
@@ -13,7 +14,6 @@ use nix::sys::stat::Mode;
 use nix::unistd::getpid;
 
 use super::common::{CHILD_TIMEOUT, R, Step, error, field, no, read};
-use crate::sys;
 
 fn fdinfo(fd: &impl AsFd) -> Result<String, crate::Outcome> {
     read(&format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
@@ -184,7 +184,7 @@ pub fn timens() -> R {
 
 pub fn userns() -> R {
     std::fs::metadata("/proc/self/ns/user").no("/proc/self/ns/user")?;
-    sys::mm_map_size().no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
+    kernel::mm::mm_map_size().no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)")?;
     Ok(String::new())
 }
 
@@ -193,7 +193,7 @@ pub fn loginuid() -> R {
     let cur: u32 = cur.trim().parse().no("parsing /proc/self/loginuid")?;
     // Unset it in a child (loginuid is per process), read it back, set it again.
     let orig = cur.to_string();
-    let mut child = sys::fork_child(|_cx| {
+    let mut child = kernel::clone::fork_child(|_cx| {
         let set = |v: &[u8]| -> bool {
             match open(c"/proc/self/loginuid", OFlag::O_WRONLY, Mode::empty()) {
                 Ok(fd) => nix::unistd::write(&fd, v).is_ok(),
@@ -232,14 +232,17 @@ pub fn loginuid() -> R {
 pub fn posix_timers() -> R {
     // The child creates a timer with a known signal and stops; we read its
     // /proc/PID/timers from outside, as a dump does.
-    let mut child = sys::fork_child(|_cx| {
-        let Ok(id) =
-            sys::timer_create_raw(libc::CLOCK_MONOTONIC, libc::SIGRTMIN() + 3, 0x5eed, None)
-        else {
+    let mut child = kernel::clone::fork_child(|_cx| {
+        let Ok(id) = kernel::timer::timer_create_raw(
+            libc::CLOCK_MONOTONIC,
+            libc::SIGRTMIN() + 3,
+            0x5eed,
+            None,
+        ) else {
             return 1;
         };
         let _ = id;
-        sys::raise(Signal::SIGSTOP);
+        kernel::signal::raise(Signal::SIGSTOP);
         0
     })
     .fail("fork")?;
@@ -259,8 +262,12 @@ pub fn posix_timers() -> R {
 
 pub fn mqueue_state() -> R {
     use nix::mqueue::{MQ_OFlag, MqAttr, mq_close, mq_open, mq_send, mq_unlink};
-    let name = std::ffi::CString::new(format!("/stasis-probe-{}-{}", getpid(), sys::gettid()))
-        .fail("name")?;
+    let name = std::ffi::CString::new(format!(
+        "/stasis-probe-{}-{}",
+        getpid(),
+        kernel::process::gettid()
+    ))
+    .fail("name")?;
     let attr = MqAttr::new(0, 4, 64, 0);
     let mq = mq_open(
         name.as_c_str(),
@@ -291,7 +298,7 @@ pub fn mqueue_state() -> R {
 }
 
 pub fn pidfd_fdinfo() -> R {
-    let pidfd = sys::pidfd_open(getpid()).no("pidfd_open")?;
+    let pidfd = kernel::fd::pidfd_open(getpid()).no("pidfd_open")?;
     let text = fdinfo(&pidfd)?;
     let pid = field(&text, "Pid:").ok_or_else(|| no("no Pid: line in pidfd fdinfo"))?;
     if pid != getpid().as_raw().to_string() {
@@ -307,7 +314,7 @@ pub fn procmap_query() -> R {
     let maps = std::fs::File::open("/proc/self/maps").fail("open /proc/self/maps")?;
     let probe = 0u8;
     let addr = std::ptr::from_ref(&probe) as u64;
-    let (start, end) = sys::procmap_query(maps.as_fd(), addr).no("ioctl(PROCMAP_QUERY)")?;
+    let (start, end) = kernel::mm::procmap_query(maps.as_fd(), addr).no("ioctl(PROCMAP_QUERY)")?;
     if !(start <= addr && addr < end) {
         return Err(no(format!(
             "PROCMAP_QUERY returned {start:#x}-{end:#x}, not covering {addr:#x}"
@@ -318,7 +325,7 @@ pub fn procmap_query() -> R {
 
 pub fn nsfs_ioctl() -> R {
     let f = std::fs::File::open("/proc/self/ns/net").fail("open /proc/self/ns/net")?;
-    let t = sys::ns_type(f.as_fd()).no("ioctl(NS_GET_NSTYPE)")?;
+    let t = kernel::sched::ns_type(f.as_fd()).no("ioctl(NS_GET_NSTYPE)")?;
     if t != i64::from(libc::CLONE_NEWNET) {
         return Err(no(format!("NS_GET_NSTYPE returned {t:#x}")));
     }

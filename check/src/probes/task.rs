@@ -4,6 +4,7 @@
 //! clone3 with set_tid, pidfds, process_vm_readv/writev, POSIX timer ids,
 //! capabilities.
 
+use stasis_kernel as kernel;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -14,21 +15,21 @@ use nix::unistd::{Pid, getpid, pipe};
 
 use super::common::{CHILD_TIMEOUT, R, Step, cap_eff, error, has_cap, no, read};
 use crate::Outcome;
-use crate::sys::{self, Child};
+use stasis_kernel::clone::Child;
 
 const PTRACE_O_SUSPEND_SECCOMP: u64 = 1 << 21;
 
 /// Forks a child that asks to be traced, runs `setup`, then stops itself;
 /// returns it stopped.
 fn traced_child(setup: impl FnOnce() -> bool) -> Result<Child, Outcome> {
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         if nix::sys::ptrace::traceme().is_err() {
             return 10;
         }
         if !setup() {
             return 11;
         }
-        sys::raise(Signal::SIGSTOP);
+        kernel::signal::raise(Signal::SIGSTOP);
         0
     })
     .fail("fork")?;
@@ -49,12 +50,12 @@ pub fn kcmp() -> R {
     let g = f.try_clone().fail("dup")?;
     let fd = u64::try_from(f.as_raw_fd()).unwrap_or(0);
     let gd = u64::try_from(g.as_raw_fd()).unwrap_or(0);
-    let same = sys::kcmp(me, me, 0, fd, gd)
+    let same = kernel::fd::kcmp(me, me, 0, fd, gd)
         .no("kcmp(KCMP_FILE) (CONFIG_KCMP or CONFIG_CHECKPOINT_RESTORE)")?;
     if same != 0 {
         return Err(no("kcmp says a dup()ed fd is a different file"));
     }
-    let vm = sys::kcmp(me, me, 1, 0, 0).no("kcmp(KCMP_VM)")?;
+    let vm = kernel::fd::kcmp(me, me, 1, 0, 0).no("kcmp(KCMP_VM)")?;
     if vm != 0 {
         return Err(no("kcmp says our own VM differs"));
     }
@@ -67,12 +68,12 @@ pub fn kcmp_epoll() -> R {
     let (r, _w) = pipe().fail("pipe")?;
     ep.add(r.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))
         .fail("epoll_ctl")?;
-    let slot = sys::KcmpEpollSlot {
+    let slot = kernel::fd::KcmpEpollSlot {
         efd: u32::try_from(ep.0.as_raw_fd()).unwrap_or(0),
         tfd: u32::try_from(r.as_raw_fd()).unwrap_or(0),
         toff: 0,
     };
-    let v = sys::kcmp_epoll(getpid(), r.as_raw_fd(), &slot).no("kcmp(KCMP_EPOLL_TFD)")?;
+    let v = kernel::fd::kcmp_epoll(getpid(), r.as_raw_fd(), &slot).no("kcmp(KCMP_EPOLL_TFD)")?;
     if v != 0 {
         return Err(no("kcmp(KCMP_EPOLL_TFD) does not match the registered fd"));
     }
@@ -80,13 +81,13 @@ pub fn kcmp_epoll() -> R {
 }
 
 pub fn prctl() -> R {
-    sys::get_tid_address().no("prctl(PR_GET_TID_ADDRESS)")?;
+    kernel::process::get_tid_address().no("prctl(PR_GET_TID_ADDRESS)")?;
     prctl_mm_map_size()?;
     Ok(String::new())
 }
 
 pub fn prctl_mm_map_size() -> R {
-    let size = sys::mm_map_size()
+    let size = kernel::mm::mm_map_size()
         .no("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE) (CONFIG_CHECKPOINT_RESTORE)")?;
     if size != 104 {
         return Err(no(format!(
@@ -115,7 +116,7 @@ pub fn prctl_mm_map() -> R {
         at(45),
         at(46),
         at(47),
-        sys::current_brk(),
+        kernel::mm::current_brk(),
         at(28),
         at(48),
         at(49),
@@ -124,7 +125,7 @@ pub fn prctl_mm_map() -> R {
         0,
         u64::from(u32::MAX) << 32, // auxv_size 0 (keep), exe_fd -1 (keep)
     ];
-    let mut c = sys::fork_child(|_cx| match sys::set_mm_map(&map) {
+    let mut c = kernel::clone::fork_child(|_cx| match kernel::process::set_mm_map(&map) {
         Ok(_) => 0,
         Err(e) => e as i32,
     })
@@ -141,19 +142,19 @@ pub fn prctl_mm_map() -> R {
 
 pub fn fcntl_owner_uids() -> R {
     let (r, _w) = pipe().fail("pipe")?;
-    let uids = sys::fcntl_getowner_uids(r.as_fd()).no("fcntl(F_GETOWNER_UIDS)")?;
+    let uids = kernel::fd::fcntl_getowner_uids(r.as_fd()).no("fcntl(F_GETOWNER_UIDS)")?;
     Ok(format!("owner uids {} {}", uids[0], uids[1]))
 }
 
 pub fn rt_sigqueueinfo() -> R {
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         if SigSet::from(Signal::SIGUSR1).thread_block().is_err() {
             return 1;
         }
-        if sys::rt_sigqueueinfo(getpid(), libc::SIGUSR1, 1, 0x5151).is_err() {
+        if kernel::signal::rt_sigqueueinfo(getpid(), libc::SIGUSR1, 1, 0x5151).is_err() {
             return 2;
         }
-        match sys::sigtimedwait_now(Signal::SIGUSR1) {
+        match kernel::signal::sigtimedwait_now(Signal::SIGUSR1) {
             Ok((1, 0x5151)) => 0,
             Ok(_) => 3,
             Err(_) => 4,
@@ -177,11 +178,11 @@ pub fn rt_sigqueueinfo() -> R {
 pub fn ptrace_peeksiginfo() -> R {
     let c = traced_child(|| {
         SigSet::from(Signal::SIGUSR1).thread_block().is_ok() && {
-            sys::raise(Signal::SIGUSR1);
+            kernel::signal::raise(Signal::SIGUSR1);
             true
         }
     })?;
-    let infos: Vec<(i32, i32)> = sys::peek_siginfo(c.pid(), false)
+    let infos: Vec<(i32, i32)> = kernel::ptrace::peek_siginfo(c.pid(), false)
         .no("ptrace(PTRACE_PEEKSIGINFO)")?
         .iter()
         .map(|i| (int_at(i, 0), int_at(i, 8)))
@@ -191,7 +192,7 @@ pub fn ptrace_peeksiginfo() -> R {
             "PTRACE_PEEKSIGINFO returned {infos:?}, expected one SIGUSR1"
         )));
     }
-    let mask = sys::get_sigmask(c.pid()).no("ptrace(PTRACE_GETSIGMASK)")?;
+    let mask = kernel::ptrace::get_sigmask(c.pid()).no("ptrace(PTRACE_GETSIGMASK)")?;
     if mask & (1 << (libc::SIGUSR1 - 1)) == 0 {
         return Err(no(format!(
             "PTRACE_GETSIGMASK returned {mask:#x} without SIGUSR1"
@@ -202,7 +203,7 @@ pub fn ptrace_peeksiginfo() -> R {
 
 pub fn seccomp_suspend() -> R {
     let c = traced_child(|| true)?;
-    sys::ptrace_setoptions(c.pid(), PTRACE_O_SUSPEND_SECCOMP).no(
+    kernel::ptrace::ptrace_setoptions(c.pid(), PTRACE_O_SUSPEND_SECCOMP).no(
         "PTRACE_O_SUSPEND_SECCOMP (CONFIG_SECCOMP, CONFIG_CHECKPOINT_RESTORE, CAP_SYS_ADMIN)",
     )?;
     Ok(String::new())
@@ -215,10 +216,10 @@ pub fn seccomp_filters() -> R {
     insn[..2].copy_from_slice(&0x06u16.to_ne_bytes());
     insn[4..].copy_from_slice(&0x7fff_0000u32.to_ne_bytes());
     let c = traced_child(|| {
-        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).is_ok()
-            && sys::set_seccomp_filter(&insn).is_ok()
+        kernel::process::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).is_ok()
+            && kernel::process::set_seccomp_filter(&insn).is_ok()
     })?;
-    let n = sys::ptrace_seccomp_filter_len(c.pid(), 0).no(
+    let n = kernel::ptrace::ptrace_seccomp_filter_len(c.pid(), 0).no(
         "ptrace(PTRACE_SECCOMP_GET_FILTER) (CONFIG_SECCOMP_FILTER, CONFIG_CHECKPOINT_RESTORE)",
     )?;
     if n != 1 {
@@ -231,7 +232,7 @@ pub fn seccomp_filters() -> R {
 
 pub fn get_rseq_conf() -> R {
     let c = traced_child(|| true)?;
-    let conf = sys::rseq_config(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
+    let conf = kernel::ptrace::rseq_config(c.pid()).no("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)")?;
     let (area, size) = (conf.abi_pointer, conf.abi_size);
     Ok(if area != 0 {
         format!("the child has a {size}-byte rseq area registered")
@@ -247,11 +248,11 @@ fn breakpoint_target() -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 pub fn breakpoints() -> R {
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         if nix::sys::ptrace::traceme().is_err() {
             return 10;
         }
-        sys::raise(Signal::SIGSTOP);
+        kernel::signal::raise(Signal::SIGSTOP);
         std::hint::black_box(breakpoint_target as fn() -> i32)()
     })
     .fail("fork")?;
@@ -283,7 +284,7 @@ pub fn breakpoints() -> R {
 }
 
 pub fn clone3_set_tid() -> R {
-    match sys::clone3_probe_set_tid() {
+    match kernel::clone::clone3_probe_set_tid() {
         nix::errno::Errno::EINVAL => Ok(String::new()),
         nix::errno::Errno::ENOSYS => Err(no("clone3: ENOSYS (kernel older than 5.3)")),
         nix::errno::Errno::E2BIG => Err(no("clone3 does not know set_tid (kernel older than 5.5)")),
@@ -294,7 +295,8 @@ pub fn clone3_set_tid() -> R {
 }
 
 pub fn clone3() -> R {
-    let mut c = Child::adopt(sys::clone3_exit(0, libc::SIGCHLD as u64, &[], 7).no("clone3")?);
+    let mut c =
+        Child::adopt(kernel::clone::clone3_exit(0, libc::SIGCHLD as u64, &[], 7).no("clone3")?);
     match c.exit_code(CHILD_TIMEOUT) {
         Ok(7) => Ok(String::new()),
         other => Err(error(format!("the clone3 child ended with {other:?}"))),
@@ -319,7 +321,7 @@ pub fn set_tid() -> R {
             want += 37;
             continue;
         }
-        match sys::clone3_exit(0, libc::SIGCHLD as u64, &[want], 0).map(Child::adopt) {
+        match kernel::clone::clone3_exit(0, libc::SIGCHLD as u64, &[want], 0).map(Child::adopt) {
             Ok(mut c) => {
                 let got = c.pid().as_raw();
                 let _ = c.exit_code(CHILD_TIMEOUT);
@@ -342,7 +344,7 @@ pub fn set_tid() -> R {
 
 pub fn clone_newpid_parent() -> R {
     let (r, w) = pipe().fail("pipe")?;
-    let mut c = sys::fork_child(|cx| {
+    let mut c = kernel::clone::fork_child(|cx| {
         match cx.clone3_exit((libc::CLONE_PARENT | libc::CLONE_NEWPID) as u64, 0, 0) {
             Ok(gc) => {
                 let pid = gc.as_raw();
@@ -373,7 +375,7 @@ pub fn clone_newpid_parent() -> R {
 }
 
 fn sleeper() -> Result<Child, Outcome> {
-    sys::fork_child(|_cx| {
+    kernel::clone::fork_child(|_cx| {
         loop {
             nix::unistd::pause();
         }
@@ -382,9 +384,9 @@ fn sleeper() -> Result<Child, Outcome> {
 }
 
 pub fn pidfd_store() -> R {
-    let pidfd = sys::pidfd_open(getpid()).no("pidfd_open")?;
+    let pidfd = kernel::fd::pidfd_open(getpid()).no("pidfd_open")?;
     let (r, _w) = pipe().fail("pipe")?;
-    let dup = sys::pidfd_getfd(pidfd.as_fd(), r.as_raw_fd()).no("pidfd_getfd")?;
+    let dup = kernel::fd::pidfd_getfd(pidfd.as_fd(), r.as_raw_fd()).no("pidfd_getfd")?;
     let (a, b) = (
         nix::sys::stat::fstat(r.as_fd()).fail("fstat")?,
         nix::sys::stat::fstat(dup.as_fd()).fail("fstat")?,
@@ -397,7 +399,7 @@ pub fn pidfd_store() -> R {
 
 pub fn pidfd_open() -> R {
     let mut c = sleeper()?;
-    let pidfd = sys::pidfd_open(c.pid()).no("pidfd_open")?;
+    let pidfd = kernel::fd::pidfd_open(c.pid()).no("pidfd_open")?;
     kill(c.pid(), Signal::SIGKILL).fail("kill")?;
     let mut fds = [nix::poll::PollFd::new(
         pidfd.as_fd(),
@@ -415,8 +417,8 @@ pub fn pidfd_open() -> R {
 
 pub fn pidfd_send_signal() -> R {
     let mut c = sleeper()?;
-    let pidfd = sys::pidfd_open(c.pid()).no("pidfd_open")?;
-    sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).no("pidfd_send_signal")?;
+    let pidfd = kernel::fd::pidfd_open(c.pid()).no("pidfd_open")?;
+    kernel::fd::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).no("pidfd_send_signal")?;
     match c.exit_code(CHILD_TIMEOUT) {
         Err(s) if s.contains("SIGTERM") => Ok(String::new()),
         other => Err(no(format!("the signal did not arrive: {other:?}"))),
@@ -425,7 +427,7 @@ pub fn pidfd_send_signal() -> R {
 
 pub fn pidfd_getfd() -> R {
     let (r, w) = pipe().fail("pipe")?;
-    let _c = sys::fork_child(|_cx| {
+    let _c = kernel::clone::fork_child(|_cx| {
         // A pipe only the child has, with data in it; tell the parent its fd number.
         let Ok((pr, pw)) = pipe() else { return 1 };
         if nix::unistd::write(&pw, b"from child").is_err() {
@@ -444,8 +446,8 @@ pub fn pidfd_getfd() -> R {
     std::fs::File::from(r)
         .read_exact(&mut b)
         .fail("reading the child's fd number")?;
-    let pidfd = sys::pidfd_open(_c.pid()).no("pidfd_open")?;
-    let fd = sys::pidfd_getfd(pidfd.as_fd(), i32::from_ne_bytes(b))
+    let pidfd = kernel::fd::pidfd_open(_c.pid()).no("pidfd_open")?;
+    let fd = kernel::fd::pidfd_getfd(pidfd.as_fd(), i32::from_ne_bytes(b))
         .no("pidfd_getfd (CAP_SYS_PTRACE)")?;
     let mut buf = [0u8; 10];
     std::fs::File::from(fd)
@@ -460,9 +462,9 @@ pub fn pidfd_getfd() -> R {
 pub fn process_vm_readv() -> R {
     let cell = Box::new(std::cell::Cell::new(0u64));
     let addr = std::ptr::from_ref(&*cell) as usize;
-    let mut c = sys::fork_child(|_cx| {
+    let mut c = kernel::clone::fork_child(|_cx| {
         cell.set(0xfeed_f00d);
-        sys::raise(Signal::SIGSTOP);
+        kernel::signal::raise(Signal::SIGSTOP);
         0
     })
     .fail("fork")?;
@@ -484,8 +486,8 @@ pub fn process_vm_readv() -> R {
 pub fn process_vm_writev() -> R {
     let cell = Box::new(std::cell::Cell::new(0u64));
     let addr = std::ptr::from_ref(&*cell) as usize;
-    let mut c = sys::fork_child(|_cx| {
-        sys::raise(Signal::SIGSTOP);
+    let mut c = kernel::clone::fork_child(|_cx| {
+        kernel::signal::raise(Signal::SIGSTOP);
         if cell.get() == 0xbeef { 0 } else { 1 }
     })
     .fail("fork")?;
@@ -545,7 +547,7 @@ pub fn ptrace_regsets() -> R {
     #[cfg(not(target_arch = "x86_64"))]
     let sets: [(u32, &str); 2] = [(1, "NT_PRSTATUS"), (2, "NT_PRFPREG")];
     for (nt, name) in sets {
-        let len = sys::getregset(c.pid(), nt)
+        let len = kernel::ptrace::getregset(c.pid(), nt)
             .no(&format!("PTRACE_GETREGSET {name}"))?
             .len();
         sizes.push(format!("{name} {len} bytes"));
@@ -555,11 +557,11 @@ pub fn ptrace_regsets() -> R {
 
 pub fn timer_cr_ids() -> R {
     const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
-    let mut c = sys::fork_child(|_cx| {
-        if sys::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0).is_err() {
+    let mut c = kernel::clone::fork_child(|_cx| {
+        if kernel::process::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0).is_err() {
             return 1;
         }
-        match sys::timer_create_raw(libc::CLOCK_MONOTONIC, libc::SIGUSR1, 0, Some(4242)) {
+        match kernel::timer::timer_create_raw(libc::CLOCK_MONOTONIC, libc::SIGUSR1, 0, Some(4242)) {
             Ok(4242) => 0,
             Ok(_) => 2,
             Err(_) => 3,
@@ -578,10 +580,10 @@ pub fn timer_cr_ids() -> R {
 }
 
 pub fn rseq() -> R {
-    match sys::rseq_probe() {
+    match kernel::process::rseq_probe() {
         nix::errno::Errno::ENOSYS => Err(no("rseq: ENOSYS (CONFIG_RSEQ)")),
         _ => {
-            let size = sys::auxv(27);
+            let size = kernel::process::auxv(27);
             Ok(if size > 0 {
                 format!("rseq feature size {size}")
             } else {
@@ -592,7 +594,7 @@ pub fn rseq() -> R {
 }
 
 pub fn landlock() -> R {
-    let v = sys::landlock_abi_version()
+    let v = kernel::process::landlock_abi_version()
         .no("landlock_create_ruleset (CONFIG_SECURITY_LANDLOCK, lsm=landlock)")?;
     Ok(format!(
         "ABI version {v}; processes inside a Landlock domain cannot be dumped"

@@ -2,6 +2,7 @@
 //! objects into the images directory, then kill the tree (or let it run on
 //! with `--leave-running`). Any failure releases the tree exactly as it was.
 
+use stasis_kernel as kernel;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::images::img;
 use crate::progress::{Progress, Step};
 use crate::task::remote::{self, Remote};
 use crate::task::seize::{self, State, Task, Tree};
-use crate::{mm, sys, task, task::proc, task::seccomp};
+use crate::{mm, task, task::proc, task::seccomp};
 
 /// What `stasis dump` was asked to do.
 #[derive(Debug, Clone)]
@@ -98,7 +99,7 @@ fn us(since: Instant) -> u32 {
 pub fn dump(opts: &Opts) -> Result<Stats> {
     crate::task::cpu::host_supported()?;
     // The engine's CPUs, noted before any thread is pinned.
-    sys::engine_mask();
+    kernel::sched::engine_mask();
     let dir = Dir::open(&opts.dir)?;
     let before = dir.entries();
     crate::notify::point(opts.notify.as_ref(), "pre-dump", opts.pid)?;
@@ -259,7 +260,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Memory>>(4);
         s.spawn(move || {
             // Off the engine's pinned CPU.
-            sys::unpin_thread();
+            kernel::sched::unpin_thread();
             let mut shared = mm::SharedPages::default();
             for (pid, img_id, id) in live {
                 let m = memory_of((pid, img_id), dir, id, &mut shared, progress);
@@ -464,8 +465,9 @@ fn dump_task(
     let r = Remote::new(leader.tid, leader.regs, insn);
     leader.touched.set(true);
     leader.pin();
-    sys::set_sigmask(leader.tid, u64::MAX).map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
-    let page = sys::page_size();
+    kernel::ptrace::set_sigmask(leader.tid, u64::MAX)
+        .map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
+    let page = kernel::mm::page_size();
     // Scratch: two pages for answers, a batch table, then the code (the
     // batch runner, and `syscall; int3` at the very end), so that the
     // remaining calls cost one stop each, or one stop per batch.

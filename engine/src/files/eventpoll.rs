@@ -4,6 +4,7 @@
 //! makes the epoll file in the engine and registers the targets from inside
 //! the task, once its fds carry their numbers again.
 
+use stasis_kernel as kernel;
 use std::os::fd::OwnedFd;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags};
@@ -15,8 +16,8 @@ use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FownEntry};
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, InTask, OpenCtx, Table};
 use crate::mm::{self, Trampoline};
+use crate::task::proc;
 use crate::task::remote::{BATCH_MAX, Remote};
-use crate::{sys, task::proc};
 
 /// epoll files.
 #[derive(Debug)]
@@ -36,7 +37,7 @@ fn tfd_entry(cx: &FdCtx<'_>, line: &str) -> Result<EventpollTfdEntry> {
     let tfd = u32::try_from(get("tfd", 10)?).map_err(|_| cx.format_err("epoll tfd"))?;
     // The registration names an fd number of the task that made it; it must
     // still be the registered file, as the restore registers by number.
-    let same = sys::kcmp_epoll_tfd(cx.pid, tfd.cast_signed(), cx.fd.fd, tfd.cast_signed())
+    let same = kernel::fd::kcmp_epoll_tfd(cx.pid, tfd.cast_signed(), cx.fd.fd, tfd.cast_signed())
         .unwrap_or(false);
     if !same {
         return Err(Error::Unsupported {

@@ -9,6 +9,7 @@
 //! again by an open that does not wait. fdinfo lists, for an fd, the locks
 //! its file or its task holds.
 
+use stasis_kernel as kernel;
 use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
@@ -19,7 +20,6 @@ use stasis_proto::images::FileLockEntry;
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
 use crate::mm::{self, Trampoline};
-use crate::sys;
 use crate::task::remote::Remote;
 
 /// The file locks of a dump or a restore (`filelocks.img`).
@@ -180,7 +180,7 @@ pub fn take_on_file(file: BorrowedFd<'_>, e: &FileLockEntry) -> Result<()> {
             } else {
                 libc::LOCK_SH
             };
-            sys::flock(file, how | libc::LOCK_NB).map_err(fail)?;
+            kernel::fd::flock(file, how | libc::LOCK_NB).map_err(fail)?;
         }
         OFD => {
             let fl = libc::flock {

@@ -4,6 +4,7 @@
 //! (open_by_handle_at on the inode's mount) and the restore watches that path
 //! again, under the same watch descriptor.
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,7 +17,7 @@ use stasis_proto::images::{FhEntry, FownEntry, InotifyFileEntry, InotifyWdEntry}
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::{sys, task::proc};
+use crate::task::proc;
 
 /// inotify files.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ fn path_of(cx: &FdCtx<'_>, kind: &str, sdev: u64, ty: i32, handle: &[u8]) -> Res
         .ok_or_else(|| fail(format!("is on device {sdev:#x}, which no mount shows")))?;
     let mfd = fs::File::open(&mnt)
         .map_err(|e| fail(format!("is on {mnt}, which cannot be opened: {e}")))?;
-    let fd = sys::open_by_handle(mfd.as_fd(), ty, handle, libc::O_PATH)
+    let fd = kernel::fd::open_by_handle(mfd.as_fd(), ty, handle, libc::O_PATH)
         .map_err(|e| fail(format!("on {mnt} cannot be opened by its handle: {e}")))?;
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     let path = fs::read_link(&link)

@@ -24,6 +24,7 @@ pub(crate) mod signalfd;
 pub(crate) mod timerfd;
 pub(crate) mod tty;
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -38,7 +39,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
-use crate::{sys, task::proc};
+use crate::task::proc;
 
 /// Options that change which fds a dump accepts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,9 +73,9 @@ pub struct Opts {
 /// name in the refusal.
 fn same_netns(pid: Pid, fd: &proc::Fd) -> std::result::Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(ns) = sys::pidfd_open(pid)
-        .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
-        .and_then(|s| sys::socket_netns(s.as_fd()))
+    let Ok(ns) = kernel::fd::pidfd_open(pid)
+        .and_then(|p| kernel::fd::pidfd_getfd(&p, fd.fd))
+        .and_then(|s| kernel::socket::socket_netns(s.as_fd()))
     else {
         // Kernels without SIOCGSKNS: nothing to compare.
         return Ok(());
@@ -115,7 +116,7 @@ impl FdCtx<'_> {
     /// A copy of the task's fd (pidfd_getfd): the same open file, to ask
     /// things of without running code in the task.
     pub fn dup(&self) -> nix::Result<OwnedFd> {
-        sys::pidfd_open(self.pid).and_then(|p| sys::pidfd_getfd(&p, self.fd.fd))
+        kernel::fd::pidfd_open(self.pid).and_then(|p| kernel::fd::pidfd_getfd(&p, self.fd.fd))
     }
 
     /// A failed step of dumping the file (`what` names the step).
@@ -517,9 +518,11 @@ impl Table {
         }
         // (A unix socket's path names do not depend on it.)
         same_netns(pid, fd)?;
-        let domain = sys::pidfd_open(pid)
-            .and_then(|p| sys::pidfd_getfd(&p, fd.fd))
-            .and_then(|d| sys::getsockopt_int(d.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN));
+        let domain = kernel::fd::pidfd_open(pid)
+            .and_then(|p| kernel::fd::pidfd_getfd(&p, fd.fd))
+            .and_then(|d| {
+                kernel::socket::getsockopt_int(d.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN)
+            });
         match domain {
             Ok(libc::AF_INET | libc::AF_INET6) => Ok(FdTypes::Inetsk),
             Ok(libc::AF_NETLINK) => Ok(FdTypes::Netlinksk),
@@ -570,7 +573,7 @@ impl Table {
             let Some(&(opid, ofd, _)) = list.get(mid) else {
                 break;
             };
-            match sys::kcmp_file_order(opid, ofd, pid, fd) {
+            match kernel::fd::kcmp_file_order(opid, ofd, pid, fd) {
                 Ok(Some(std::cmp::Ordering::Equal)) => return Ok(mid),
                 Ok(Some(std::cmp::Ordering::Less)) => lo = mid + 1,
                 Ok(Some(std::cmp::Ordering::Greater)) => hi = mid,
@@ -578,7 +581,7 @@ impl Table {
                     return list
                         .iter()
                         .position(|&(opid, ofd, _)| {
-                            sys::kcmp_file_order(opid, ofd, pid, fd)
+                            kernel::fd::kcmp_file_order(opid, ofd, pid, fd)
                                 .is_ok_and(|o| o == Some(std::cmp::Ordering::Equal))
                         })
                         .ok_or(list.len());
@@ -620,7 +623,7 @@ impl Table {
         let mut out = Vec::new();
         let mut at = next;
         let mut moved = |fd: &mut OwnedFd| -> Result<String> {
-            let new = sys::dup_at_least(fd.as_fd(), at)
+            let new = kernel::fd::dup_at_least(fd.as_fd(), at)
                 .map_err(Error::restore(me, "an fd the tasks inherit"))?;
             nix::fcntl::fcntl(
                 &new,

@@ -2,6 +2,7 @@
 //! `files.img`), from fdinfo's `sigmask`. A signalfd reads the signals of
 //! whichever task reads it, so one made by the engine serves the task.
 
+use stasis_kernel as kernel;
 use std::os::fd::OwnedFd;
 
 use stasis_proto::images::file_entry::Kind;
@@ -9,7 +10,6 @@ use stasis_proto::images::{FownEntry, SignalfdEntry};
 
 use crate::error::Result;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// signalfd files.
 #[derive(Debug)]
@@ -37,6 +37,6 @@ impl FileKind for Signalfd {
 
     fn open(e: &SignalfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let flags = (e.flags.cast_signed() & libc::O_NONBLOCK) | libc::O_CLOEXEC;
-        sys::signalfd(e.sigmask, flags).map_err(cx.err("signalfd"))
+        kernel::signal::signalfd(e.sigmask, flags).map_err(cx.err("signalfd"))
     }
 }

@@ -3,6 +3,7 @@
 //! restore arms a new timerfd with the time left (absolute timers at now plus
 //! the time left) and puts the ticks back with TFD_IOC_SET_TICKS.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::time::TimeSpec;
@@ -12,7 +13,6 @@ use stasis_proto::images::{FownEntry, TimerfdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// timerfd files.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl FileKind for Timerfd {
         let info = cx
             .dup()
             .and_then(|f| {
-                sys::timerfd_gettime(f.as_fd())?;
+                kernel::timer::timerfd_gettime(f.as_fd())?;
                 Ok(f)
             })
             .map_err(Error::dump(
@@ -138,7 +138,7 @@ impl FileKind for Timerfd {
             tfd.set(exp, set_flags).map_err(cx.err("timerfd_settime"))?;
         }
         if e.ticks > 0 {
-            sys::timerfd_set_ticks(tfd.as_fd(), e.ticks)
+            kernel::timer::timerfd_set_ticks(tfd.as_fd(), e.ticks)
                 .map_err(cx.err("timerfd expirations (TFD_IOC_SET_TICKS)"))?;
         }
         Ok(OwnedFd::from(tfd))

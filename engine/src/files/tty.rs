@@ -5,6 +5,7 @@
 //! that terminal and sets the foreground group (TIOCSPGRP), so ^C and job
 //! control reach the restored tree.
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -23,8 +24,8 @@ use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::images::{Dir, img};
 use crate::mm::{self, Trampoline};
+use crate::task::proc;
 use crate::task::remote::Remote;
-use crate::{sys, task::proc};
 
 /// Where the foreground group's number goes in the trampoline's data area.
 const PGRP_AT: u64 = 21 << 10;
@@ -136,11 +137,13 @@ impl Table {
                 .iter()
                 .filter(|f| f.target == "/dev/ptmx" || f.target == "/dev/pts/ptmx")
             {
-                let Ok(m) = sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, f.fd)) else {
+                let Ok(m) =
+                    kernel::fd::pidfd_open(pid).and_then(|p| kernel::fd::pidfd_getfd(&p, f.fd))
+                else {
                     continue;
                 };
                 let mut n = -1;
-                if sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).is_ok()
+                if kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n).is_ok()
                     && u32::try_from(n).ok() == Some(index)
                 {
                     return Some(m);
@@ -458,7 +461,7 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
     let quiet = nix::sys::termios::Termios::from(quiet);
     nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &quiet)?;
     let mut before = 0;
-    sys::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut before)?;
+    kernel::tty::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut before)?;
     let res = nix::unistd::write(to, data).and_then(|n| {
         if n == data.len() {
             Ok(())
@@ -473,7 +476,7 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
         let want = before.saturating_add(i32::try_from(data.len()).unwrap_or(i32::MAX));
         for _ in 0..2000 {
             let mut now = 0;
-            sys::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut now)?;
+            kernel::tty::tty_ioctl_int(slave.as_fd(), libc::FIONREAD, &mut now)?;
             if now >= want {
                 break;
             }
@@ -507,7 +510,7 @@ impl FileKind for Tty {
         }
         let (index, master) = pty_end(cx.meta.rdev(), || {
             let mut n = 0;
-            sys::tty_ioctl_int(dup.as_fd(), libc::TIOCGPTN, &mut n).ok()?;
+            kernel::tty::tty_ioctl_int(dup.as_fd(), libc::TIOCGPTN, &mut n).ok()?;
             u32::try_from(n).ok()
         })
         .ok_or_else(|| cx.format_err("pty index"))?;
@@ -531,14 +534,15 @@ impl FileKind for Tty {
                 return Ok(file_entry(cx, id));
             };
             let mut locked = 0;
-            sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
+            kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
                 .map_err(fail("TIOCGPTLCK"))?;
             let mut pkt = 0;
-            sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPKT, &mut pkt).map_err(fail("TIOCGPKT"))?;
-            let ws = sys::tty_winsize(m.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+            kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPKT, &mut pkt)
+                .map_err(fail("TIOCGPKT"))?;
+            let ws = kernel::tty::tty_winsize(m.as_fd()).map_err(fail("TIOCGWINSZ"))?;
             let peer = if locked == 0 {
                 Some(
-                    sys::pty_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY)
+                    kernel::tty::pty_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY)
                         .map_err(fail("TIOCGPTPEER"))?,
                 )
             } else {
@@ -554,7 +558,7 @@ impl FileKind for Tty {
                 // at once (the tree keeps them whatever the dump's fate).
                 let for_slave = drain(s).map_err(fail("input queued for the slave"))?;
                 let mut left = 0;
-                sys::tty_ioctl_int(s.as_fd(), libc::FIONREAD, &mut left)
+                kernel::tty::tty_ioctl_int(s.as_fd(), libc::FIONREAD, &mut left)
                     .map_err(fail("FIONREAD"))?;
                 let for_master = drain(&m).map_err(fail("output queued for the master"))?;
                 requeue(&m, s, &for_slave).map_err(fail("putting its input back"))?;
@@ -703,7 +707,7 @@ fn ext_tty(cx: &FdCtx<'_>, fd: &OwnedFd) -> Result<TtyInfoEntry> {
     let what = format!("fd {} ({}, an external terminal)", cx.fd.fd, cx.fd.target);
     let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
     let termios = nix::sys::termios::tcgetattr(fd).map_err(fail("tcgetattr"))?;
-    let ws = sys::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+    let ws = kernel::tty::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
     let rdev = u32::try_from(cx.meta.rdev()).unwrap_or(0);
     Ok(TtyInfoEntry {
         id: EXT_ID | (rdev & (EXT_ID - 1)),
@@ -738,7 +742,7 @@ fn orphan_slave(cx: &FdCtx<'_>, fd: &OwnedFd, index: u32) -> Result<TtyInfoEntry
     );
     let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
     let termios = nix::sys::termios::tcgetattr(fd).map_err(fail("tcgetattr"))?;
-    let ws = sys::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+    let ws = kernel::tty::tty_winsize(fd.as_fd()).map_err(fail("TIOCGWINSZ"))?;
     Ok(TtyInfoEntry {
         id: end_id(index, false),
         r#type: TtyType::Pty as i32,
@@ -781,10 +785,11 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
         None => in_root(&|| open_ptmx_at(None, index)).map_err(err("open /dev/ptmx"))?,
     };
     let mut n = 0;
-    sys::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
+    kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
     let path = format!("/dev/pts/{n}");
     let mut unlock = 0;
-    sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock).map_err(err("unlock"))?;
+    kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock)
+        .map_err(err("unlock"))?;
     // By path, as the task opened it (open(2) adds O_LARGEFILE, which
     // fcntl cannot).
     let slave = in_root(&|| {
@@ -826,16 +831,18 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     if let Some(w) = info.and_then(|i| i.winsize.as_ref()) {
         let ws =
             [w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel].map(|v| u16::try_from(v).unwrap_or(0));
-        sys::tty_set_winsize(master.as_fd(), ws).map_err(err("window size"))?;
+        kernel::tty::tty_set_winsize(master.as_fd(), ws).map_err(err("window size"))?;
     }
     if info.is_some_and(|i| i.packet_mode) {
         let mut on = 1;
-        sys::tty_ioctl_int(master.as_fd(), libc::TIOCPKT, &mut on).map_err(err("packet mode"))?;
+        kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCPKT, &mut on)
+            .map_err(err("packet mode"))?;
     }
     let locked = info.is_some_and(|i| i.locked);
     if locked {
         let mut on = 1;
-        sys::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut on).map_err(err("lock"))?;
+        kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut on)
+            .map_err(err("lock"))?;
     }
     Ok((master, (!locked).then_some(slave), path))
 }
@@ -855,7 +862,7 @@ pub(crate) fn open_ptmx_at(
             None => nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())?,
         };
         let mut n = 0;
-        sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)?;
+        kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)?;
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         if n >= index || extra.len() > 4096 {
             if n != index {

@@ -5,6 +5,7 @@
 //! (the tree is frozen meanwhile); the restore makes the queue with its
 //! messages in the namespace it recreated, then opens each file on it.
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -17,7 +18,6 @@ use stasis_proto::images::{PosixMqueueEntry, PosixMqueueMsg};
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
-use crate::sys;
 
 /// statfs f_type of the mqueue filesystem.
 const MQUEUE_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x1980_0202);
@@ -187,7 +187,7 @@ pub fn open(
         for msg in &q.msgs {
             mq_send(&m, &msg.data, msg.prio).map_err(Error::restore(pid, what.clone()))?;
         }
-        let owned = sys::mq_fd(m);
+        let owned = kernel::mqueue::mq_fd(m);
         nix::unistd::fchown(&owned, Some(q.uid.into()), Some(q.gid.into()))
             .map_err(Error::restore(pid, what.clone()))?;
         made.insert(q.name.clone(), owned);
@@ -202,5 +202,5 @@ pub fn open(
         f |= MQ_OFlag::O_NONBLOCK;
     }
     let d = mq_open(c.as_c_str(), f, Mode::empty(), None).map_err(Error::restore(pid, what))?;
-    Ok(sys::mq_fd(d))
+    Ok(kernel::mqueue::mq_fd(d))
 }

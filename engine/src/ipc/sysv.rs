@@ -6,12 +6,12 @@
 //! `kernel.{sem,msg}_next_id` before each object is made.
 
 use nix::unistd::Pid;
+use stasis_kernel as kernel;
 use stasis_proto::images::{IpcDescEntry, IpcMsg, IpcMsgEntry, IpcSemEntry, IpcShmEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
-use crate::sys;
 
 /// A message: its type and bytes.
 type Message = (i64, Vec<u8>);
@@ -95,7 +95,7 @@ pub fn dump(pid: Pid) -> Result<Objects> {
         }
         let size: u64 = row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
         let id = d.id.cast_signed();
-        let data = sys::shm_read(id, usize::try_from(size).unwrap_or(0))
+        let data = kernel::ipc::shm_read(id, usize::try_from(size).unwrap_or(0))
             .map_err(Error::dump(pid, format!("SysV shared memory {id}")))?;
         o.shms.push((
             IpcShmEntry {
@@ -112,7 +112,7 @@ pub fn dump(pid: Pid) -> Result<Objects> {
         let d = desc(pid, "sem", &row, 4)?;
         let nsems: u32 = row.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
         let id = d.id.cast_signed();
-        let values = sys::sem_getall(id, nsems as usize)
+        let values = kernel::ipc::sem_getall(id, nsems as usize)
             .map_err(Error::dump(pid, format!("SysV semaphore set {id}")))?;
         o.sems.push((IpcSemEntry { desc: d, nsems }, values));
     }
@@ -122,11 +122,11 @@ pub fn dump(pid: Pid) -> Result<Objects> {
         let id = d.id.cast_signed();
         let qnum: u32 = row.get(4).and_then(|v| v.parse().ok()).unwrap_or(0);
         let fail = Error::dump(pid, format!("SysV message queue {id}"));
-        let qbytes =
-            sys::msg_qbytes(id).map_err(Error::dump(pid, format!("SysV message queue {id}")))?;
+        let qbytes = kernel::ipc::msg_qbytes(id)
+            .map_err(Error::dump(pid, format!("SysV message queue {id}")))?;
         let mut msgs = Vec::new();
         for i in 0..i64::from(qnum) {
-            match sys::msg_copy(id, i) {
+            match kernel::ipc::msg_copy(id, i) {
                 Ok(Some(m)) => msgs.push(m),
                 Ok(None) => break,
                 Err(e) => return Err(fail(e)),
@@ -203,7 +203,7 @@ fn next_id(kind: &str, id: u32) -> Result<()> {
 /// restored tasks hold them attached again.
 pub fn remove_again(ids: &[i32]) -> Result<()> {
     for &id in ids {
-        sys::shm_remove(id).map_err(Error::restore(
+        kernel::ipc::shm_remove(id).map_err(Error::restore(
             nix::unistd::getpid(),
             format!("SysV shared memory {id} (removing it again)"),
         ))?;
@@ -245,7 +245,7 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             let what = format!("SysV shared memory {}", d.id);
             next_id("shm", d.id)?;
             let size = usize::try_from(e.size).unwrap_or(0);
-            let id = sys::shm_create(
+            let id = kernel::ipc::shm_create(
                 d.key.cast_signed(),
                 size,
                 (d.mode & 0o777).cast_signed(),
@@ -253,7 +253,8 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             )
             .map_err(Error::restore(me, what.clone()))?;
             check("shared memory", d.id, id)?;
-            sys::shm_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+            kernel::ipc::shm_set_owner(id, d.uid, d.gid, d.mode)
+                .map_err(Error::restore(me, what))?;
             if d.mode & SHM_DEST != 0 {
                 removed.push(id);
             }
@@ -271,15 +272,16 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             let d = &e.desc;
             let what = format!("SysV semaphore set {}", d.id);
             next_id("sem", d.id)?;
-            let id = sys::sem_create(
+            let id = kernel::ipc::sem_create(
                 d.key.cast_signed(),
                 e.nsems.cast_signed(),
                 (d.mode & 0o777).cast_signed(),
             )
             .map_err(Error::restore(me, what.clone()))?;
             check("semaphore set", d.id, id)?;
-            sys::sem_setall(id, &values).map_err(Error::restore(me, what.clone()))?;
-            sys::sem_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+            kernel::ipc::sem_setall(id, &values).map_err(Error::restore(me, what.clone()))?;
+            kernel::ipc::sem_set_owner(id, d.uid, d.gid, d.mode)
+                .map_err(Error::restore(me, what))?;
         }
     }
     if dir.exists(img::IPCNS_MSG, ns_id) {
@@ -288,11 +290,11 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             let d = &e.desc;
             let what = format!("SysV message queue {}", d.id);
             next_id("msg", d.id)?;
-            let id = sys::msg_create(d.key.cast_signed(), (d.mode & 0o777).cast_signed())
+            let id = kernel::ipc::msg_create(d.key.cast_signed(), (d.mode & 0o777).cast_signed())
                 .map_err(Error::restore(me, what.clone()))?;
             check("message queue", d.id, id)?;
             // Room for every message first, then the dumped limit.
-            sys::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
+            kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
             for _ in 0..e.qnum {
                 let Some(m) = r.read_entry::<IpcMsg>()? else {
                     return Err(Error::BadImage {
@@ -302,10 +304,10 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
                 };
                 let mut data = r.read_payload(stasis_proto::json::padded(u64::from(m.msize)))?;
                 data.truncate(m.msize as usize);
-                sys::msg_send(id, m.mtype.cast_signed(), &data)
+                kernel::ipc::msg_send(id, m.mtype.cast_signed(), &data)
                     .map_err(Error::restore(me, what.clone()))?;
             }
-            sys::msg_set(id, d.uid, d.gid, d.mode, u64::from(e.qbytes))
+            kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::from(e.qbytes))
                 .map_err(Error::restore(me, what))?;
         }
     }

@@ -10,6 +10,7 @@
 //! recreated, so queued datagrams can be sent again from the socket that
 //! sent them.
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -26,7 +27,6 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// IPv4 and IPv6 sockets.
 #[derive(Debug)]
@@ -146,18 +146,24 @@ const ICMPV6_FILTER: i32 = 1;
 fn raw_opts(fd: &OwnedFd, family: u32, proto: i32) -> nix::Result<IpOptsRawEntry> {
     let mut e = IpOptsRawEntry::default();
     if family == libc::AF_INET.cast_unsigned() {
-        e.hdrincl = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL)? != 0);
-        e.nodefrag = Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG)? != 0);
+        e.hdrincl = Some(
+            kernel::socket::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL)? != 0,
+        );
+        e.nodefrag =
+            Some(kernel::socket::getsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG)? != 0);
         if proto == libc::IPPROTO_ICMP {
-            let f = sys::getsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, 4)?;
+            let f = kernel::socket::getsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, 4)?;
             e.icmpv_filter = crate::net::sk_opts::words(&f);
         }
     } else if proto == libc::IPPROTO_ICMPV6 {
-        let f = sys::getsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32)?;
+        let f =
+            kernel::socket::getsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32)?;
         e.icmpv_filter = crate::net::sk_opts::words(&f);
     } else {
-        e.hdrincl =
-            Some(sys::getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)? != 0);
+        e.hdrincl = Some(
+            kernel::socket::getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL)?
+                != 0,
+        );
     }
     Ok(e)
 }
@@ -167,13 +173,13 @@ fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> ni
     let v4 = family == libc::AF_INET.cast_unsigned();
     if e.hdrincl == Some(true) {
         if v4 {
-            sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+            kernel::socket::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
         } else {
-            sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, 1)?;
+            kernel::socket::setsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, 1)?;
         }
     }
     if e.nodefrag == Some(true) && v4 {
-        sys::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG, 1)?;
+        kernel::socket::setsockopt_int(fd.as_fd(), libc::IPPROTO_IP, IP_NODEFRAG, 1)?;
     }
     if !e.icmpv_filter.is_empty() {
         let bytes: Vec<u8> = e
@@ -182,9 +188,14 @@ fn set_raw_opts(fd: &OwnedFd, family: u32, proto: i32, e: &IpOptsRawEntry) -> ni
             .flat_map(|w| w.to_ne_bytes())
             .collect();
         if v4 && proto == libc::IPPROTO_ICMP {
-            sys::setsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, &bytes)?;
+            kernel::socket::setsockopt_bytes(fd.as_fd(), SOL_RAW, ICMP_FILTER, &bytes)?;
         } else if !v4 && proto == libc::IPPROTO_ICMPV6 {
-            sys::setsockopt_bytes(fd.as_fd(), libc::IPPROTO_ICMPV6, ICMPV6_FILTER, &bytes)?;
+            kernel::socket::setsockopt_bytes(
+                fd.as_fd(),
+                libc::IPPROTO_ICMPV6,
+                ICMPV6_FILTER,
+                &bytes,
+            )?;
         }
     }
     Ok(())
@@ -222,7 +233,7 @@ impl<'a> Probe<'a> {
 
     /// A SOL_SOCKET option of the socket.
     fn int(&self, name: i32) -> Result<i32> {
-        sys::getsockopt_int(self.dup.as_fd(), libc::SOL_SOCKET, name)
+        kernel::socket::getsockopt_int(self.dup.as_fd(), libc::SOL_SOCKET, name)
             .map_err(Error::dump(self.cx.pid, self.what.clone()))
     }
 
@@ -310,9 +321,10 @@ impl<'a> Probe<'a> {
     /// Refuse a corked UDP socket with bytes not sent yet: they cannot be
     /// read back. Without any, the cork alone is dropped.
     fn check_cork(&self) -> Result<()> {
-        let corked = sys::getsockopt_int(self.dup.as_fd(), libc::SOL_UDP, libc::UDP_CORK)
-            .map_err(Error::dump(self.cx.pid, format!("{}: UDP_CORK", self.what)))?;
-        let pending = sys::ioctl_int_get(self.dup.as_fd(), libc::TIOCOUTQ)
+        let corked =
+            kernel::socket::getsockopt_int(self.dup.as_fd(), libc::SOL_UDP, libc::UDP_CORK)
+                .map_err(Error::dump(self.cx.pid, format!("{}: UDP_CORK", self.what)))?;
+        let pending = kernel::ioctl::ioctl_int_get(self.dup.as_fd(), libc::TIOCOUTQ)
             .map_err(Error::dump(self.cx.pid, format!("{}: SIOCOUTQ", self.what)))?;
         if corked != 0 && pending > 0 {
             return Err(self.unsupported(format!(
@@ -389,7 +401,7 @@ impl<'a> Probe<'a> {
         };
         if self.ty == libc::SOCK_STREAM && opts.so_keepalive == Some(true) {
             let tcp = |o| {
-                sys::getsockopt_int(dup.as_fd(), libc::SOL_TCP, o)
+                kernel::socket::getsockopt_int(dup.as_fd(), libc::SOL_TCP, o)
                     .ok()
                     .map(i32::cast_unsigned)
             };
@@ -406,7 +418,7 @@ impl<'a> Probe<'a> {
         if self.family == libc::AF_INET.cast_unsigned() {
             opt_bool(&self.dup, sockopt::IpFreebind) == Some(true)
         } else {
-            sys::getsockopt_int(self.dup.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND)
+            kernel::socket::getsockopt_int(self.dup.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND)
                 .is_ok_and(|v| v != 0)
         }
     }
@@ -622,7 +634,7 @@ impl Making<'_> {
     /// Make the socket of `u` with its options, bound, listening or
     /// connected as it was, with its status flags.
     fn make(&mut self, u: &InetSkEntry) -> Result<OwnedFd> {
-        let s = sys::socket(domain(u), u.r#type.cast_signed(), u.proto.cast_signed())
+        let s = kernel::socket::socket(domain(u), u.r#type.cast_signed(), u.proto.cast_signed())
             .map_err(self.fail(u, "socket"))?;
         crate::net::sk_opts::restore_common(s.as_fd(), &u.opts)
             .map_err(|(step, err)| self.fail(u, step)(err))?;
@@ -653,7 +665,7 @@ impl Making<'_> {
         }
         if u.ip_opts.as_ref().and_then(|o| o.freebind) == Some(true) {
             if domain(u) == libc::AF_INET6 {
-                sys::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                kernel::socket::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, IPV6_FREEBIND, 1)
                     .map_err(self.fail(u, "IPV6_FREEBIND"))?;
             } else {
                 nix::sys::socket::setsockopt(s, sockopt::IpFreebind, &true)
@@ -666,7 +678,7 @@ impl Making<'_> {
             (o.tcp_keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
         ] {
             if let Some(v) = v.filter(|_| sock_type(u) == SockType::Stream) {
-                sys::setsockopt_int(s.as_fd(), libc::SOL_TCP, name, v.cast_signed())
+                kernel::socket::setsockopt_int(s.as_fd(), libc::SOL_TCP, name, v.cast_signed())
                     .map_err(self.fail(u, what))?;
             }
         }

@@ -5,6 +5,7 @@
 //! addresses the task by it still reaches it. Messages queued on the socket
 //! (answers and events of the past) are not kept, as CRIU does not.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::NetlinkAddr;
@@ -13,7 +14,6 @@ use stasis_proto::images::{FownEntry, NetlinkSkEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// Netlink sockets.
 #[derive(Debug)]
@@ -48,16 +48,21 @@ impl FileKind for NetlinkSk {
     fn dump(cx: &FdCtx<'_>, _table: &mut Table) -> Result<Kind> {
         let what = format!("fd {} ({})", cx.fd.fd, cx.fd.target);
         let dup = cx.dup().map_err(Error::dump(cx.pid, what.clone()))?;
-        let protocol = sys::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
-            .map_err(Error::dump(cx.pid, format!("{what}: SO_PROTOCOL")))?;
+        let protocol =
+            kernel::socket::getsockopt_int(dup.as_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL)
+                .map_err(Error::dump(cx.pid, format!("{what}: SO_PROTOCOL")))?;
         let me = nix::sys::socket::getsockname::<NetlinkAddr>(dup.as_raw_fd())
             .map_err(Error::dump(cx.pid, format!("{what}: its address")))?;
         // Every group; older kernels only tell the first 32.
-        let mut groups =
-            match sys::getsockopt_bytes(dup.as_fd(), SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 1024) {
-                Ok(b) => crate::net::sk_opts::words(&b),
-                Err(_) => vec![me.groups()],
-            };
+        let mut groups = match kernel::socket::getsockopt_bytes(
+            dup.as_fd(),
+            SOL_NETLINK,
+            NETLINK_LIST_MEMBERSHIPS,
+            1024,
+        ) {
+            Ok(b) => crate::net::sk_opts::words(&b),
+            Err(_) => vec![me.groups()],
+        };
         while groups.last() == Some(&0) {
             groups.pop();
         }
@@ -81,7 +86,7 @@ impl FileKind for NetlinkSk {
 
     fn open(e: &NetlinkSkEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let fail = |step: &str| cx.err(&format!("netlink socket {}: {step}", e.ino));
-        let s = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, e.protocol.cast_signed())
+        let s = kernel::socket::socket(libc::AF_NETLINK, libc::SOCK_RAW, e.protocol.cast_signed())
             .map_err(fail("socket"))?;
         crate::net::sk_opts::restore_common(s.as_fd(), &e.opts)
             .map_err(|(step, err)| fail(step)(err))?;
@@ -94,7 +99,7 @@ impl FileKind for NetlinkSk {
         // bound: joining a group does not bind it).
         let skip = if e.portid != 0 { 32 } else { 0 };
         for g in groups_of(&e.groups).into_iter().filter(|&g| g > skip) {
-            sys::setsockopt_int(
+            kernel::socket::setsockopt_int(
                 s.as_fd(),
                 SOL_NETLINK,
                 NETLINK_ADD_MEMBERSHIP,

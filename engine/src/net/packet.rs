@@ -5,6 +5,7 @@
 //! socket's network namespace. Packets queued on the socket are not kept
 //! (they came from the wire); mmap'ed rings are refused.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::socket::SockProtocol;
@@ -14,7 +15,6 @@ use stasis_proto::images::{FownEntry, PacketMclist, PacketSockEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::sys;
 
 /// Packet sockets.
 #[derive(Debug)]
@@ -174,10 +174,11 @@ impl FileKind for PacketSk {
     fn open(e: &PacketSockEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
         let fail = |step: &str| cx.err(&format!("packet socket: {step}"));
         let proto = u16::try_from(e.protocol).unwrap_or(0).to_be();
-        let s = sys::socket(libc::AF_PACKET, e.r#type.cast_signed(), i32::from(proto))
+        let s = kernel::socket::socket(libc::AF_PACKET, e.r#type.cast_signed(), i32::from(proto))
             .map_err(fail("socket"))?;
         let int = |name: i32, v: u32, step: &str| {
-            sys::setsockopt_int(s.as_fd(), SOL_PACKET, name, v.cast_signed()).map_err(fail(step))
+            kernel::socket::setsockopt_int(s.as_fd(), SOL_PACKET, name, v.cast_signed())
+                .map_err(fail(step))
         };
         // Defaults are left alone: TPACKET_V1, no reserve, no flags.
         for (name, v, step) in [
@@ -197,7 +198,7 @@ impl FileKind for PacketSk {
         crate::net::sk_opts::restore_common(s.as_fd(), &e.opts)
             .map_err(|(step, err)| fail(step)(err))?;
         if e.ifindex != 0 {
-            sys::bind_packet(s.as_fd(), proto, e.ifindex.cast_signed())
+            kernel::socket::bind_packet(s.as_fd(), proto, e.ifindex.cast_signed())
                 .map_err(fail(&format!("bind to device {}", e.ifindex)))?;
         }
         for m in &e.mclist {
@@ -210,7 +211,7 @@ impl FileKind for PacketSk {
             let mut addr = [0u8; 8];
             addr[..alen].copy_from_slice(&m.addr[..alen]);
             mreq.extend_from_slice(&addr);
-            sys::setsockopt_bytes(s.as_fd(), SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq)
+            kernel::socket::setsockopt_bytes(s.as_fd(), SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq)
                 .map_err(fail("PACKET_ADD_MEMBERSHIP"))?;
         }
         if let Some(f) = e.fanout.filter(|&f| f != NO_FANOUT) {

@@ -6,13 +6,12 @@
 //! keeps it). The dump reads the filter back with SO_GET_FILTER; an eBPF
 //! program (SO_ATTACH_BPF) cannot be read back and is refused.
 
+use stasis_kernel as kernel;
 use std::os::fd::BorrowedFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::sockopt;
 use stasis_proto::images::SkOptsEntry;
-
-use crate::sys;
 
 /// A socket option's bytes as native-endian 32-bit words (ICMP filters,
 /// netlink group bitmaps).
@@ -28,7 +27,7 @@ const SO_BUF_LOCK: i32 = 72;
 /// Which of `fd`'s buffer sizes are locked (SOCK_SNDBUF_LOCK 1,
 /// SOCK_RCVBUF_LOCK 2); `None` where the kernel cannot tell.
 pub fn buf_lock(fd: BorrowedFd<'_>) -> Option<u32> {
-    sys::getsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK)
+    kernel::socket::getsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK)
         .ok()
         .map(i32::cast_unsigned)
 }
@@ -36,7 +35,7 @@ pub fn buf_lock(fd: BorrowedFd<'_>) -> Option<u32> {
 /// SO_SNDBUF and SO_RCVBUF of `fd` (as the kernel reports them: doubled).
 pub fn buffers(fd: BorrowedFd<'_>) -> (u32, u32) {
     let get = |o| {
-        sys::getsockopt_int(fd, libc::SOL_SOCKET, o)
+        kernel::socket::getsockopt_int(fd, libc::SOL_SOCKET, o)
             .map(i32::cast_unsigned)
             .unwrap_or(0)
     };
@@ -74,7 +73,7 @@ pub fn restore_common(fd: BorrowedFd<'_>, o: &SkOptsEntry) -> Result<(), (&'stat
     // again (else the socket, and every one a listener accepts, keeps the
     // size it had at the dump: an 8 MiB send took 4 s instead of 30 ms).
     if let Some(lock) = o.so_buf_lock {
-        sys::setsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK, lock.cast_signed())
+        kernel::socket::setsockopt_int(fd, libc::SOL_SOCKET, SO_BUF_LOCK, lock.cast_signed())
             .map_err(|e| ("SO_BUF_LOCK", e))?;
     }
     restore(fd, &o.so_filter).map_err(|e| ("SO_ATTACH_FILTER", e))
@@ -83,7 +82,7 @@ pub fn restore_common(fd: BorrowedFd<'_>, o: &SkOptsEntry) -> Result<(), (&'stat
 /// The filter of `fd`, one word per instruction (none: empty). EACCES from
 /// the kernel means an eBPF program, which has no classic form to keep.
 pub fn dump(fd: BorrowedFd<'_>) -> Result<Vec<u64>, Errno> {
-    Ok(sys::socket_filter(fd)?
+    Ok(kernel::socket::socket_filter(fd)?
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect())
@@ -95,7 +94,7 @@ pub fn restore(fd: BorrowedFd<'_>, words: &[u64]) -> Result<(), Errno> {
         return Ok(());
     }
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    sys::attach_socket_filter(fd, &bytes)
+    kernel::socket::attach_socket_filter(fd, &bytes)
 }
 
 /// [`dump`] for fd `cx`, with the errors a user can act on.

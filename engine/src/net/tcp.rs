@@ -12,6 +12,7 @@
 //! it received is handed to it again as a packet from the peer, written on
 //! a raw socket with the lock's mark so the network lock lets it in.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -20,7 +21,6 @@ use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{FileEntry, TcpStreamEntry};
 
 use crate::images::{Dir, img};
-use crate::sys;
 
 use libc::{
     SOL_TCP, TCP_CORK, TCP_INFO, TCP_MAXSEG, TCP_NODELAY, TCP_QUEUE_SEQ, TCP_REPAIR,
@@ -63,7 +63,7 @@ const TCP_CLOSING: u32 = 11;
 
 /// The TCP state of socket `fd`.
 pub fn state(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
-    let info = sys::getsockopt_bytes(fd, SOL_TCP, TCP_INFO, 8)?;
+    let info = kernel::socket::getsockopt_bytes(fd, SOL_TCP, TCP_INFO, 8)?;
     Ok(u32::from(info.first().copied().unwrap_or(0)))
 }
 
@@ -106,11 +106,11 @@ fn got_fin(state: u32) -> bool {
 }
 
 fn set(fd: BorrowedFd<'_>, name: i32, v: i32) -> Result<(), Errno> {
-    sys::setsockopt_int(fd, SOL_TCP, name, v)
+    kernel::socket::setsockopt_int(fd, SOL_TCP, name, v)
 }
 
 fn get(fd: BorrowedFd<'_>, name: i32) -> Result<i32, Errno> {
-    sys::getsockopt_int(fd, SOL_TCP, name)
+    kernel::socket::getsockopt_int(fd, SOL_TCP, name)
 }
 
 /// A connection's state and its receive and send queues, by socket inode.
@@ -256,21 +256,21 @@ fn peek(fd: &OwnedFd, len: usize) -> Result<Vec<u8>, Errno> {
 /// receive and send queues.
 pub fn dump(fd: &OwnedFd, state: u32) -> Result<(TcpStreamEntry, Vec<u8>, Vec<u8>), Errno> {
     let b = fd.as_fd();
-    let inq_len = sys::ioctl_int_get(b, SIOCINQ)?;
-    let outq_len = sys::ioctl_int_get(b, SIOCOUTQ)?;
-    let unsq_len = sys::ioctl_int_get(b, SIOCOUTQNSD)?;
+    let inq_len = kernel::ioctl::ioctl_int_get(b, SIOCINQ)?;
+    let outq_len = kernel::ioctl::ioctl_int_get(b, SIOCOUTQ)?;
+    let unsq_len = kernel::ioctl::ioctl_int_get(b, SIOCOUTQNSD)?;
     set(b, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
     let inq_seq = get(b, TCP_QUEUE_SEQ)?.cast_unsigned();
     let inq = peek(fd, usize::try_from(inq_len).unwrap_or(0))?;
     set(b, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
     let outq_seq = get(b, TCP_QUEUE_SEQ)?.cast_unsigned();
     let outq = peek(fd, usize::try_from(outq_len).unwrap_or(0))?;
-    let info = sys::getsockopt_bytes(b, SOL_TCP, TCP_INFO, 104)?;
+    let info = kernel::socket::getsockopt_bytes(b, SOL_TCP, TCP_INFO, 104)?;
     // struct tcp_info: state, ca_state, retransmits, probes, backoff,
     // options, then snd_wscale:4 | rcv_wscale:4.
     let opts = u32::from(*info.get(5).unwrap_or(&0));
     let ws = *info.get(6).unwrap_or(&0);
-    let win = sys::getsockopt_bytes(b, SOL_TCP, TCP_REPAIR_WINDOW, 20)?;
+    let win = kernel::socket::getsockopt_bytes(b, SOL_TCP, TCP_REPAIR_WINDOW, 20)?;
     let w =
         |i: usize| u32::from_ne_bytes([win[4 * i], win[4 * i + 1], win[4 * i + 2], win[4 * i + 3]]);
     // A FIN takes a sequence number of its own; it is not data.
@@ -349,7 +349,7 @@ pub fn finish(fd: &OwnedFd, e: &TcpStreamEntry, inq: &[u8], outq: &[u8]) -> Resu
     if e.opt_mask & TCPI_OPT_TIMESTAMPS != 0 {
         push(TCPOPT_TIMESTAMP, 0);
     }
-    sys::setsockopt_bytes(b, SOL_TCP, TCP_REPAIR_OPTIONS, &opts)?;
+    kernel::socket::setsockopt_bytes(b, SOL_TCP, TCP_REPAIR_OPTIONS, &opts)?;
     if let Some(ts) = e.timestamp {
         set(b, TCP_TIMESTAMP, ts.cast_signed())?;
     }
@@ -364,7 +364,7 @@ pub fn finish(fd: &OwnedFd, e: &TcpStreamEntry, inq: &[u8], outq: &[u8]) -> Resu
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect();
-        sys::setsockopt_bytes(b, SOL_TCP, TCP_REPAIR_WINDOW, &win)?;
+        kernel::socket::setsockopt_bytes(b, SOL_TCP, TCP_REPAIR_WINDOW, &win)?;
     }
     if e.nodelay == Some(true) {
         set(b, TCP_NODELAY, 1)?;
@@ -514,9 +514,9 @@ fn send_fin(pkt: &[u8], to: std::net::SocketAddr) -> Result<(), Errno> {
     } else {
         (libc::AF_INET, libc::IPPROTO_IP, libc::IP_HDRINCL)
     };
-    let raw = sys::socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-    sys::setsockopt_int(raw.as_fd(), level, opt, 1)?;
-    sys::setsockopt_int(
+    let raw = kernel::socket::socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    kernel::socket::setsockopt_int(raw.as_fd(), level, opt, 1)?;
+    kernel::socket::setsockopt_int(
         raw.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_MARK,

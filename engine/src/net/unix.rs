@@ -13,6 +13,7 @@
 //! connect to their peer's name; then queued data is sent from each socket's
 //! peer (or to its name), then halves are shut down.
 
+use stasis_kernel as kernel;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::IoSlice;
@@ -39,7 +40,7 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::{sys, task::proc};
+use crate::task::proc;
 
 /// Unix sockets.
 #[derive(Debug)]
@@ -335,8 +336,8 @@ fn read_queue(
     let old_off = if consume {
         None
     } else {
-        let old = sys::getsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
-        sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+        let old = kernel::socket::getsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
+        kernel::socket::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
         Some(old)
     };
     let mut flags = libc::MSG_DONTWAIT;
@@ -345,7 +346,7 @@ fn read_queue(
     }
     let mut out = Vec::new();
     let result = loop {
-        match sys::recv_msg(raw, buf, flags) {
+        match kernel::socket::recv_msg(raw, buf, flags) {
             Ok((n, fds, from)) => {
                 if n == 0 && fds.is_empty() {
                     break Ok(());
@@ -361,7 +362,7 @@ fn read_queue(
         }
     };
     if let Some(old) = old_off {
-        sys::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
+        kernel::socket::setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF, old)?;
     }
     result.map(|()| out)
 }
@@ -776,7 +777,7 @@ impl Table {
                 continue;
             };
             while let Ok(conn) =
-                sys::accept(l.as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+                kernel::socket::accept(l.as_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
             {
                 let packets = read_queue(&conn, &mut buf, true, true).map_err(Error::dump(
                     me,

@@ -15,6 +15,7 @@
 //! task mounts those ([`ProcMount`]). A tree whose root is not the root of
 //! the engine's namespace (pivot_root'ed, a container) is refused.
 
+use stasis_kernel as kernel;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -557,10 +558,10 @@ fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd>
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(fail("a socket pair"))?;
-    match crate::sys::fork_single_threaded_ids(&[], false, false)
+    match kernel::clone::fork_single_threaded_ids(&[], false, false)
         .map_err(fail("a helper in its user namespace"))?
     {
-        crate::sys::Forked::Child => {
+        kernel::clone::Forked::Child => {
             drop(here);
             let res = nix::sched::setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
                 .and_then(|()| nix::sched::setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS))
@@ -590,12 +591,12 @@ fn clean_view_in_userns(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd>
                     1
                 }
             };
-            crate::sys::exit_now(code)
+            kernel::process::exit_now(code)
         }
-        crate::sys::Forked::Parent(helper) => {
+        kernel::clone::Forked::Parent(helper) => {
             drop(there);
             let mut buf = [0u8; 4];
-            let got = crate::sys::recv_msg(std::os::fd::AsRawFd::as_raw_fd(&here), &mut buf, 0)
+            let got = kernel::socket::recv_msg(std::os::fd::AsRawFd::as_raw_fd(&here), &mut buf, 0)
                 .map(|(_, fds, _)| fds.into_iter().next());
             let _ = nix::sys::wait::waitpid(helper, None);
             match got {
@@ -1399,7 +1400,7 @@ fn bound_ptys(
             &format!("making pty {index} of its devpts"),
         ))?;
         let mut n = 0;
-        crate::sys::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)
+        kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)
             .map_err(mount_err(&o.point, "reading the index of its pty"))?;
         if u32::try_from(n) != Ok(index) {
             return Err(Error::Mount {

@@ -7,6 +7,7 @@
 //! thing. Credentials read from /proc (in the engine's terms) are put in
 //! the namespace's terms at the dump.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sched::CloneFlags;
@@ -15,7 +16,6 @@ use stasis_proto::images::{UidGidExtent, UsernsEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
-use crate::sys;
 
 fn parse_map(text: &str) -> Vec<UidGidExtent> {
     text.lines()
@@ -128,14 +128,14 @@ pub(crate) fn restore(dir: &Dir, inner: CloneFlags) -> Result<Option<Helper>> {
     let (to_r, to_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail("a pipe"))?;
     let (from_r, from_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(fail("a pipe"))?;
-    let pid = match sys::fork_single_threaded_ids(&[], false, false)
+    let pid = match kernel::clone::fork_single_threaded_ids(&[], false, false)
         .map_err(fail("a helper for the user namespace"))?
     {
-        sys::Forked::Child => {
+        kernel::clone::Forked::Child => {
             // The helper: a user namespace, the maps from the engine, then
             // the other namespaces inside it; then it waits to be killed.
             drop((to_w, from_r));
-            sys::set_pdeathsig(libc::SIGKILL);
+            kernel::process::set_pdeathsig(libc::SIGKILL);
             let step = |ok: bool| {
                 let _ = nix::unistd::write(&from_w, if ok { b"1" } else { b"0" });
             };
@@ -143,14 +143,14 @@ pub(crate) fn restore(dir: &Dir, inner: CloneFlags) -> Result<Option<Helper>> {
             step(user);
             let mut b = [0u8; 1];
             if !user || nix::unistd::read(&to_r, &mut b) != Ok(1) {
-                sys::exit_now(1);
+                kernel::process::exit_now(1);
             }
             step(nix::sched::unshare(inner).is_ok());
             loop {
                 nix::unistd::pause();
             }
         }
-        sys::Forked::Parent(p) => p,
+        kernel::clone::Forked::Parent(p) => p,
     };
     drop((to_r, from_w));
     let mut b = [0u8; 1];

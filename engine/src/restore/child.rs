@@ -3,13 +3,13 @@
 //! children with their PIDs, install its fds from the engine's file pool,
 //! change directory, report to the engine, and wait to be taken over.
 
+use stasis_kernel as kernel;
 use std::os::fd::{AsFd, RawFd};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use super::{Plan, pid_of};
-use crate::sys;
 
 const STEPS: [&str; 13] = [
     "its session",
@@ -42,13 +42,13 @@ fn report(ready: RawFd, pid: i32, errno: i32, step: i32) {
     msg[4..8].copy_from_slice(&errno.to_ne_bytes());
     msg[8..].copy_from_slice(&step.to_ne_bytes());
     // `ready` is the pipe's write end, inherited and open until exit.
-    let _ = sys::write_raw(ready, &msg);
+    let _ = kernel::fd::write_raw(ready, &msg);
 }
 
 /// Run task `idx` of `plans`; never returns.
 pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
     let Some(p) = plans.get(idx) else {
-        sys::exit_now(1)
+        kernel::process::exit_now(1)
     };
     let pid = p.pst.pid.cast_signed();
     if let Some(code) = p.zombie {
@@ -61,10 +61,10 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
                 // The signal it died of must kill it again.
                 let dies = s == sig.cast_signed();
                 let catch = sa.sigaction >= crate::task::ZOMBIE_HANDLER && !dies;
-                sys::set_disposition(s, sa.sigaction == 1 && !dies, catch);
+                kernel::signal::set_disposition(s, sa.sigaction == 1 && !dies, catch);
             }
             if !tc.comm.is_empty() {
-                sys::set_comm(&tc.comm);
+                kernel::process::set_comm(&tc.comm);
             }
             // The mask it died with, but the signal that kills it again.
             let mut blocked = nix::sys::signal::SigSet::empty();
@@ -90,13 +90,13 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
                     .unwrap_or(nix::sys::signal::Signal::SIGKILL),
             );
         }
-        sys::exit_now(((code >> 8) & 0xff).cast_signed());
+        kernel::process::exit_now(((code >> 8) & 0xff).cast_signed());
     }
     match setup(plans, idx, ready) {
         Ok(()) => report(ready, pid, 0, 0),
         Err((errno, step)) => {
             report(ready, pid, errno as i32, step);
-            sys::exit_now(1);
+            kernel::process::exit_now(1);
         }
     }
     loop {
@@ -108,17 +108,17 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let p = &plans[idx];
     let pid = p.pst.pid;
     // Die with the engine while the restore is in progress.
-    sys::set_pdeathsig(libc::SIGKILL);
+    kernel::process::set_pdeathsig(libc::SIGKILL);
     // Its cgroups before anything is charged or forked; a cgroup namespace
     // is made in the cgroup that was its root.
     if let Some(fds) = &p.cgroup_ns {
         for &fd in fds {
-            sys::write_raw(fd, b"0").map_err(|e| (e, 12))?;
+            kernel::fd::write_raw(fd, b"0").map_err(|e| (e, 12))?;
         }
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| (e, 12))?;
     }
     for &fd in &p.cgroup_fds {
-        sys::write_raw(fd, b"0").map_err(|e| (e, 11))?;
+        kernel::fd::write_raw(fd, b"0").map_err(|e| (e, 11))?;
     }
     if let Some(ns) = &p.mnt_ns {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
@@ -160,13 +160,13 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         if deeper && !init {
             enter_sibling_pidns(plans, c, &kids).map_err(|e| (e, 10))?;
         }
-        let forked = sys::fork_single_threaded_ids(&ids, init, false);
+        let forked = kernel::clone::fork_single_threaded_ids(&ids, init, false);
         if deeper && !init {
             leave_sibling_pidns().map_err(|e| (e, 10))?;
         }
         match forked {
-            Ok(sys::Forked::Child) => run(plans, ci, ready),
-            Ok(sys::Forked::Parent(kid)) => {
+            Ok(kernel::clone::Forked::Child) => run(plans, ci, ready),
+            Ok(kernel::clone::Forked::Parent(kid)) => {
                 kids.push((c.pst.pid, kid));
                 // A group leader's group exists before its siblings try to
                 // join it: the parent makes it too (as shells do).
@@ -205,11 +205,11 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
     keep.push(ready);
     keep.extend(&p.inherited);
-    sys::close_except(0, u32::MAX >> 1, &keep).map_err(|e| (e, 6))?;
+    kernel::fd::close_except(0, u32::MAX >> 1, &keep).map_err(|e| (e, 6))?;
     // Its name and umask from inside: no remote call needed for them. The
     // name first, before any thread: a thread starts with its leader's.
     if let Some(tc) = &p.core.tc {
-        sys::set_comm(&tc.comm);
+        kernel::process::set_comm(&tc.comm);
     }
     if let Some(mask) = p.fs.as_ref().and_then(|f| f.umask) {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
@@ -220,7 +220,7 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
 /// Make the next child of this task go into the PID namespace of `kid`
 /// (a child of this task, by its PID here).
 fn join_pidns_of(kid: Pid) -> Result<(), Errno> {
-    let fd = sys::pidfd_open(kid)?;
+    let fd = kernel::fd::pidfd_open(kid)?;
     nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
 }
 
@@ -259,7 +259,7 @@ fn place_fds(moves: &[(RawFd, RawFd, bool)], spare: RawFd) -> Result<(), Errno> 
     let mut done = vec![false; moves.len()];
     for (i, &(target, src, cloexec)) in moves.iter().enumerate() {
         if target == src {
-            sys::set_cloexec(target, cloexec)?;
+            kernel::fd::set_cloexec(target, cloexec)?;
             done[i] = true;
         } else {
             readers.entry(src).or_default().push(i);
@@ -281,7 +281,7 @@ fn place_fds(moves: &[(RawFd, RawFd, bool)], spare: RawFd) -> Result<(), Errno> 
             }
             let (target, _, cloexec) = moves[i];
             let src = from[i];
-            sys::dup_to(src, target, cloexec)?;
+            kernel::fd::dup_to(src, target, cloexec)?;
             done[i] = true;
             left -= 1;
             if let Some(r) = readers.get_mut(&src) {
@@ -302,7 +302,7 @@ fn place_fds(moves: &[(RawFd, RawFd, bool)], spare: RawFd) -> Result<(), Errno> 
             break;
         };
         let target = moves[i].0;
-        let aside = sys::dup_above(target, spare)?;
+        let aside = kernel::fd::dup_above(target, spare)?;
         spare = aside + 1;
         for k in readers.remove(&target).unwrap_or_default() {
             from[k] = aside;
@@ -338,23 +338,23 @@ fn fork_through_helper(
     session: bool,
 ) -> Result<(), (Errno, i32)> {
     let c = &plans[ci];
-    match sys::fork_single_threaded(pid_of(leader), false) {
-        Ok(sys::Forked::Child) => {
+    match kernel::clone::fork_single_threaded(pid_of(leader), false) {
+        Ok(kernel::clone::Forked::Child) => {
             let made = if session {
                 nix::unistd::setsid().map(drop)
             } else {
                 nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
             };
             if made.is_err() {
-                sys::exit_now(2);
+                kernel::process::exit_now(2);
             }
-            match sys::fork_single_threaded(pid_of(c.pst.pid), true) {
-                Ok(sys::Forked::Child) => run(plans, ci, ready),
-                Ok(sys::Forked::Parent(_)) => sys::exit_now(0),
-                Err(_) => sys::exit_now(3),
+            match kernel::clone::fork_single_threaded(pid_of(c.pst.pid), true) {
+                Ok(kernel::clone::Forked::Child) => run(plans, ci, ready),
+                Ok(kernel::clone::Forked::Parent(_)) => kernel::process::exit_now(0),
+                Err(_) => kernel::process::exit_now(3),
             }
         }
-        Ok(sys::Forked::Parent(h)) => {
+        Ok(kernel::clone::Forked::Parent(h)) => {
             let step = i32::from(!session);
             match nix::sys::wait::waitpid(h, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),

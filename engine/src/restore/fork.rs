@@ -3,6 +3,7 @@
 //! and, when the restore fails, the kill that leaves no task behind.
 
 use super::*;
+use stasis_kernel as kernel;
 
 /// Fork the root with its PIDs (in a user namespace of the tree's through
 /// its helper); the child never returns into the engine. Its PID here.
@@ -25,11 +26,11 @@ pub(super) fn fork_root(
         Some(u) => {
             fork_in_userns(plans, &root_ids, u, ready_fd).map_err(|errno| fork_error(root, errno))
         }
-        None => match sys::fork_single_threaded_ids(&root_ids, own_pidns(plans), sibling)
+        None => match kernel::clone::fork_single_threaded_ids(&root_ids, own_pidns(plans), sibling)
             .map_err(|errno| fork_error(root, errno))?
         {
-            sys::Forked::Child => child::run(plans, 0, ready_fd),
-            sys::Forked::Parent(p) => Ok(p),
+            kernel::clone::Forked::Child => child::run(plans, 0, ready_fd),
+            kernel::clone::Forked::Parent(p) => Ok(p),
         },
     }
 }
@@ -114,24 +115,26 @@ pub(super) fn fork_in_userns(
     ready: RawFd,
 ) -> Result<Pid, nix::errno::Errno> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    match sys::fork_single_threaded_ids(&[], false, false)? {
-        sys::Forked::Child => {
+    match kernel::clone::fork_single_threaded_ids(&[], false, false)? {
+        kernel::clone::Forked::Child => {
             drop(r);
             let res = nix::sched::setns(user.ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER)
-                .and_then(|()| sys::fork_single_threaded_ids(ids, own_pidns(plans), true));
+                .and_then(|()| {
+                    kernel::clone::fork_single_threaded_ids(ids, own_pidns(plans), true)
+                });
             match res {
-                Ok(sys::Forked::Child) => child::run(plans, 0, ready),
-                Ok(sys::Forked::Parent(p)) => {
+                Ok(kernel::clone::Forked::Child) => child::run(plans, 0, ready),
+                Ok(kernel::clone::Forked::Parent(p)) => {
                     let _ = nix::unistd::write(&w, &p.as_raw().to_ne_bytes());
-                    sys::exit_now(0)
+                    kernel::process::exit_now(0)
                 }
                 Err(e) => {
                     let _ = nix::unistd::write(&w, &(-(e as i32)).to_ne_bytes());
-                    sys::exit_now(1)
+                    kernel::process::exit_now(1)
                 }
             }
         }
-        sys::Forked::Parent(helper) => {
+        kernel::clone::Forked::Parent(helper) => {
             drop(w);
             let mut f = std::fs::File::from(r);
             let mut b = [0u8; 4];

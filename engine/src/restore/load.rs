@@ -5,6 +5,7 @@
 //! that would fail later (PIDs in use, a pty master nobody would hold).
 
 use super::*;
+use stasis_kernel as kernel;
 
 pub(super) fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     if !dir.exists(img::INVENTORY, 0) {
@@ -253,7 +254,7 @@ pub(super) fn inherit_unseen_leaders(pstree: &mut [PstreeEntry]) {
 /// The VMAs of `mm-ID.img` are mappings a task can have: page-aligned,
 /// not empty, in address order without overlap.
 pub(super) fn check_vmas(id: u64, mm: &MmEntry) -> Result<()> {
-    let ps = sys::page_size();
+    let ps = kernel::mm::page_size();
     let mut prev_end = 0;
     for v in &mm.vmas {
         let what = if v.start % ps != 0 || v.end % ps != 0 || v.pgoff % ps != 0 {

@@ -16,6 +16,7 @@ use fork::*;
 use load::*;
 use pool::*;
 use rebuild::*;
+use stasis_kernel as kernel;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -40,7 +41,7 @@ use crate::images::Dir;
 use crate::images::img;
 use crate::mm::{self, Trampoline};
 use crate::task::remote::{self, Remote};
-use crate::{sys, task, task::creds, task::proc, task::seccomp};
+use crate::{task, task::creds, task::proc, task::seccomp};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]
@@ -238,7 +239,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     let cgroups = join_cgroups(&mut plans, &dir, opts, &remap, ready_w.as_raw_fd() + 1)?;
     let (tramp, _tramp_map) = map_trampoline(&plans)?;
 
-    let mask = sys::engine_mask();
+    let mask = kernel::sched::engine_mask();
     tracing::debug!("forking the tree");
     let t0 = Instant::now();
     let root_host = fork_root(
@@ -306,7 +307,7 @@ fn inherit_above(plans: &mut [Plan], files: &mut Table, next: RawFd) -> Result<(
     }
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
-    let ready_w = sys::dup_at_least(ready_w.as_fd(), next)
+    let ready_w = kernel::fd::dup_at_least(ready_w.as_fd(), next)
         .map_err(Error::restore(nix::unistd::getpid(), "a pipe"))?;
     Ok((ready_r, ready_w))
 }

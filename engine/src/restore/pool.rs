@@ -4,6 +4,7 @@
 //! locks taken on it.
 
 use super::*;
+use stasis_kernel as kernel;
 
 /// Which fd of each task comes from where: files of the tree's own /proc
 /// are opened by their tasks, every other file once into the pool; the
@@ -186,7 +187,7 @@ pub(super) fn open_pool(
     }
     let mut pool = HashMap::new();
     for (id, fd) in opened {
-        let copy = sys::dup_at_least(fd.as_fd(), next)
+        let copy = kernel::fd::dup_at_least(fd.as_fd(), next)
             .map_err(Error::restore(nix::unistd::getpid(), "the file pool"))?;
         next = copy.as_raw_fd() + 1;
         pool.insert(id, copy);

@@ -4,6 +4,7 @@
 //! trampoline page.
 
 use super::*;
+use stasis_kernel as kernel;
 
 /// The trampoline: one code page, then data pages (a seccomp program of up
 /// to 32 KiB and its header among the largest things put there).
@@ -43,11 +44,11 @@ pub(super) fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
 /// Map the trampoline in the engine (the tasks inherit it): the syscall
 /// and batch code on its first page, data pages after it. The mapping is
 /// the engine's until the restore ends.
-pub(super) fn map_trampoline(plans: &[Plan]) -> Result<(Trampoline, sys::Mapping)> {
-    let ps = sys::page_size();
+pub(super) fn map_trampoline(plans: &[Plan]) -> Result<(Trampoline, kernel::mm::Mapping)> {
+    let ps = kernel::mm::page_size();
     let tstart = pick_trampoline(plans)?;
     let err = || Error::restore(nix::unistd::getpid(), "the trampoline");
-    let mut map = sys::Mapping::fixed_anon(
+    let mut map = kernel::mm::Mapping::fixed_anon(
         tstart,
         usize::try_from(TRAMPOLINE_PAGES * ps).unwrap_or(65536),
     )
@@ -159,7 +160,8 @@ impl Work<'_> {
             let fd = u64::from(self.ready_fd.cast_unsigned());
             first.push(("close", nr::CLOSE, [fd, 0, 0, 0, 0, 0]));
         }
-        let rs = sys::rseq_config(pid).map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
+        let rs = kernel::ptrace::rseq_config(pid)
+            .map_err(Error::ptrace(pid, "GET_RSEQ_CONFIGURATION"))?;
         if rs.abi_pointer != 0 {
             first.push((
                 "rseq(unregister)",
@@ -430,14 +432,15 @@ impl Work<'_> {
         let Some((root, shared, ns)) = self.pivot else {
             return Ok(());
         };
-        let pivoted = sys::pivot_in(ns.as_fd(), root, shared).map_err(|errno| Error::Restore {
-            pid: Pid::from_raw(0),
-            what: format!(
-                "making {} the root of the tree's mount namespace (pivot_root)",
-                root.to_string_lossy()
-            ),
-            errno,
-        });
+        let pivoted =
+            kernel::mount::pivot_in(ns.as_fd(), root, shared).map_err(|errno| Error::Restore {
+                pid: Pid::from_raw(0),
+                what: format!(
+                    "making {} the root of the tree's mount namespace (pivot_root)",
+                    root.to_string_lossy()
+                ),
+                errno,
+            });
         if pivoted.is_err() {
             self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
             self.kill_all();
@@ -510,8 +513,8 @@ pub(super) fn seize(tid: Pid) -> Result<arch::Regs> {
             _ => {}
         }
     }
-    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
-    sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))
+    kernel::ptrace::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    kernel::ptrace::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))
 }
 
 /// Create thread `tid` from the leader under `r` (clone3 with set_tid) and
@@ -551,8 +554,8 @@ pub(super) fn clone_thread(
             });
         }
     }
-    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
-    let tregs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+    kernel::ptrace::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    let tregs = kernel::ptrace::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
     Ok((
         Remote::with_trap(tid, tregs, t.start)
             .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE),

@@ -7,10 +7,10 @@
 
 use nix::unistd::Pid;
 use stasis_arch::native::Regs;
+use stasis_kernel as kernel;
 use stasis_proto::images::CoreEntry;
 
 use crate::error::{EngineError as Error, Result};
-use crate::sys;
 
 #[cfg(not(any(
     target_arch = "aarch64",
@@ -43,12 +43,13 @@ pub fn host_supported() -> Result<()> {
 
 /// Write regset `nt` of thread `tid`.
 fn set_regset(tid: Pid, nt: u32, b: &[u8]) -> Result<()> {
-    sys::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"))
+    kernel::ptrace::setregset(tid, nt, b).map_err(Error::ptrace(tid, "SETREGSET"))
 }
 
 /// The general registers last, with an interrupted syscall set to restart.
 fn set_regs(tid: Pid, regs: &Regs) -> Result<()> {
-    sys::setregs(tid, &regs.with_syscall_restarted()).map_err(Error::ptrace(tid, "SETREGS"))
+    kernel::ptrace::setregs(tid, &regs.with_syscall_restarted())
+        .map_err(Error::ptrace(tid, "SETREGS"))
 }
 
 fn no_regs(tid: Pid, arch: &str) -> Error {
@@ -74,8 +75,8 @@ mod x86 {
 
     /// Thread `tid`'s CPU state; `regs` were read at the freeze.
     pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
-        let xstate =
-            sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let xstate = kernel::ptrace::getregset(tid, x86::NT_X86_XSTATE)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         Ok(ThreadInfoX86 {
             clear_tid_addr,
             gpregs: regs.to_proto(),
@@ -90,8 +91,8 @@ mod x86 {
             .thread_info
             .as_ref()
             .ok_or_else(|| no_regs(tid, "x86-64"))?;
-        let mut xs =
-            sys::getregset(tid, x86::NT_X86_XSTATE).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let mut xs = kernel::ptrace::getregset(tid, x86::NT_X86_XSTATE)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         x86::fpregs_into_xsave(&ti.fpregs, &mut xs);
         set_regset(tid, x86::NT_X86_XSTATE, &xs)?;
         set_regs(tid, &Regs::from_proto(&ti.gpregs))
@@ -121,17 +122,19 @@ mod aarch64 {
 
     /// Thread `tid`'s CPU state; `regs` were read at the freeze.
     pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
-        let fp = sys::getregset(tid, a64::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let fp = kernel::ptrace::getregset(tid, a64::NT_PRFPREG)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         let fp = Fpsimd::from_regset(&fp).ok_or(Error::Ptrace {
             tid,
             op: "GETREGSET(NT_PRFPREG) gave a short buffer",
             errno: nix::errno::Errno::EIO,
         })?;
-        let tls = sys::getregset(tid, a64::NT_ARM_TLS).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let tls = kernel::ptrace::getregset(tid, a64::NT_ARM_TLS)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         // Without pointer authentication the regsets are absent (EINVAL).
         let pac_keys = match (
-            sys::getregset(tid, a64::NT_ARM_PACA_KEYS),
-            sys::getregset(tid, a64::NT_ARM_PACG_KEYS),
+            kernel::ptrace::getregset(tid, a64::NT_ARM_PACA_KEYS),
+            kernel::ptrace::getregset(tid, a64::NT_ARM_PACG_KEYS),
         ) {
             (Ok(a), Ok(g)) => a64::pac_keys_from_regsets(&a, &g),
             _ => None,
@@ -194,10 +197,11 @@ mod ppc64 {
     /// Thread `tid`'s CPU state; `regs` were read at the freeze (the TLS
     /// pointer is r13, among them).
     pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
-        let fp = sys::getregset(tid, p64::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let fp = kernel::ptrace::getregset(tid, p64::NT_PRFPREG)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         // Absent (ENODEV) on CPUs without Altivec or VSX.
-        let vmx = sys::getregset(tid, p64::NT_PPC_VMX).unwrap_or_default();
-        let vsx = sys::getregset(tid, p64::NT_PPC_VSX).unwrap_or_default();
+        let vmx = kernel::ptrace::getregset(tid, p64::NT_PPC_VMX).unwrap_or_default();
+        let vsx = kernel::ptrace::getregset(tid, p64::NT_PPC_VSX).unwrap_or_default();
         let (fpstate, vrstate, vsxstate) = Fpu::from_regsets(&fp, &vmx, &vsx).to_proto();
         Ok(ThreadInfoPpc64 {
             clear_tid_addr,
@@ -255,10 +259,11 @@ mod s390 {
     /// Thread `tid`'s CPU state; `regs` were read at the freeze (the TLS
     /// pointer is in access registers 0 and 1, among them).
     pub fn dump(tid: Pid, regs: &Regs, clear_tid_addr: u64) -> Result<ThreadInfo> {
-        let fp = sys::getregset(tid, z::NT_PRFPREG).map_err(Error::ptrace(tid, "GETREGSET"))?;
+        let fp = kernel::ptrace::getregset(tid, z::NT_PRFPREG)
+            .map_err(Error::ptrace(tid, "GETREGSET"))?;
         // Absent (ENODEV) without the vector facility.
-        let low = sys::getregset(tid, z::NT_S390_VXRS_LOW).unwrap_or_default();
-        let high = sys::getregset(tid, z::NT_S390_VXRS_HIGH).unwrap_or_default();
+        let low = kernel::ptrace::getregset(tid, z::NT_S390_VXRS_LOW).unwrap_or_default();
+        let high = kernel::ptrace::getregset(tid, z::NT_S390_VXRS_HIGH).unwrap_or_default();
         let (fpregs, vxrs_low, vxrs_high) = Fpu::from_regsets(&fp, &low, &high).to_proto();
         Ok(ThreadInfoS390 {
             clear_tid_addr,

@@ -13,6 +13,7 @@ pub(crate) mod seccomp;
 pub(crate) mod seize;
 pub(crate) mod timers;
 
+use stasis_kernel as kernel;
 use std::collections::BTreeMap;
 
 use nix::unistd::Pid;
@@ -23,7 +24,6 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
-use crate::sys;
 use crate::task::remote::{Call, Remote, read_words, words};
 use crate::task::seize::{State, Task, Thread};
 
@@ -77,7 +77,7 @@ pub fn dump_thread(
     th.touched.set(true);
     th.pin();
     // Nothing may interrupt the remote calls; the mask is put back on release.
-    sys::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    kernel::ptrace::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let got = r.call_all(&[
         ("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0]),
         (
@@ -105,9 +105,12 @@ pub fn dump_thread(
         }
     };
     let creds = creds::dump(status, u32::try_from(secbits).unwrap_or(0));
-    let rseq = sys::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
-    let (rla, rla_len) = sys::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
-    let pending = sys::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
+    let rseq =
+        kernel::ptrace::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
+    let (rla, rla_len) =
+        kernel::ptrace::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
+    let pending =
+        kernel::ptrace::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
     let ti = cpu::dump(tid, &th.regs, tid_addr)?;
     let tc = ThreadCoreEntry {
         futex_rla: rla,
@@ -199,7 +202,8 @@ pub fn dump_task(
     let itimers = timers::itimers_at(pid, at)?;
     let [subreaper] = read_words::<1>(pid, at + 96)?;
     let mut timers = timers::dump(pid, r, scratch, itimers)?;
-    let shared = sys::peek_siginfo(r.tid, true).map_err(Error::ptrace(r.tid, "PEEKSIGINFO"))?;
+    let shared =
+        kernel::ptrace::peek_siginfo(r.tid, true).map_err(Error::ptrace(r.tid, "PEEKSIGINFO"))?;
     let shared = timers::absorb_pending(&mut timers, shared);
     let rlimits = proc::limits(pid)?
         .into_iter()
@@ -502,7 +506,7 @@ pub fn restore_regs(tid: Pid, core: &CoreEntry) -> Result<()> {
         .and_then(|t| t.blk_sigset)
         .or_else(|| core.tc.as_ref().map(|t| t.blk_sigset))
         .unwrap_or(0);
-    sys::set_sigmask(tid, mask).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
+    kernel::ptrace::set_sigmask(tid, mask).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     Ok(())
 }
 

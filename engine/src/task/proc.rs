@@ -2,6 +2,7 @@
 //! memory maps, fd targets and fdinfo, limits and auxv. Parsing only; the
 //! object modules decide what the values mean for an image.
 
+use stasis_kernel as kernel;
 use std::collections::BTreeMap;
 use std::fs;
 
@@ -144,7 +145,7 @@ pub fn resident(pid: Pid) -> Result<u64> {
             pid,
             file: "statm".into(),
         })?;
-    Ok(pages * crate::sys::page_size())
+    Ok(pages * kernel::mm::page_size())
 }
 
 /// `/proc/PID/status` as key -> value.

@@ -3,6 +3,7 @@
 //! syscall-exit stop with `PTRACE_SYSCALL`, so the instruction after it never
 //! runs and no signal is involved), and reading and writing its memory.
 
+use stasis_kernel as kernel;
 use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
@@ -15,7 +16,6 @@ use nix::unistd::Pid;
 use stasis_arch::native::{Regs, nr};
 
 use crate::error::{EngineError as Error, Result};
-use crate::sys;
 
 /// One remote system call: a name for messages, its number, its arguments.
 pub type Call = (&'static str, u64, [u64; 6]);
@@ -138,7 +138,7 @@ impl Remote {
             words.extend_from_slice(&args_words);
             write_mem(self.tid, table, &self::words(&words))?;
             let tid = self.tid;
-            sys::setregs(
+            kernel::ptrace::setregs(
                 tid,
                 &stasis_arch::native::for_batch(&self.base, code, table),
             )
@@ -229,7 +229,7 @@ impl Remote {
             write_mem(tid, at, &words(&args))?;
             args = [at, 0, 0, 0, 0, 0];
         }
-        sys::setregs(tid, &self.base.for_syscall(self.insn, nr, args))
+        kernel::ptrace::setregs(tid, &self.base.for_syscall(self.insn, nr, args))
             .map_err(Error::ptrace(tid, "SETREGS"))?;
         if self.trap {
             self.run_to_trap(name)?;
@@ -237,7 +237,7 @@ impl Remote {
             self.step(name, true)?;
             self.step(name, false)?;
         }
-        let r = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+        let r = kernel::ptrace::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
         Ok(r.retval())
     }
 

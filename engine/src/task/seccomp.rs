@@ -9,13 +9,14 @@ use nix::errno::Errno;
 use nix::sys::ptrace::{self, Options};
 use nix::unistd::Pid;
 use stasis_arch::native::nr;
+use stasis_kernel as kernel;
 use stasis_proto::images::{SeccompEntry, SeccompFilter};
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
+use crate::task::proc;
 use crate::task::remote::{self, Remote};
-use crate::{sys, task::proc};
 
 /// `seccomp_mode` values.
 pub mod mode {
@@ -65,7 +66,7 @@ impl Table {
         }
         let mut chain = Vec::new();
         for i in 0.. {
-            match sys::seccomp_filter(tid, i) {
+            match kernel::ptrace::seccomp_filter(tid, i) {
                 Ok(f) => chain.push(f),
                 Err(Errno::ENOENT) => break,
                 Err(errno) => return Err(Error::ptrace(tid, "SECCOMP_GET_FILTER")(errno)),

@@ -3,6 +3,7 @@
 //! Releasing puts back each thread's registers and signal mask exactly as they
 //! were (a failed or `--leave-running` dump) or kills the tree.
 
+use stasis_kernel as kernel;
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use nix::unistd::Pid;
 use stasis_arch::native::Regs;
 
 use crate::error::{EngineError as Error, Result};
-use crate::{sys, task::proc};
+use crate::task::proc;
 
 /// What a process was doing when frozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +201,8 @@ fn seize_thread(
             Err(e) => return Err(e),
         }
     }
-    let regs = sys::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
-    let sigmask = sys::get_sigmask(tid).map_err(Error::ptrace(tid, "GETSIGMASK"))?;
+    let regs = kernel::ptrace::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
+    let sigmask = kernel::ptrace::get_sigmask(tid).map_err(Error::ptrace(tid, "GETSIGMASK"))?;
     Ok(Some(Thread {
         tid,
         regs,
@@ -390,9 +391,9 @@ impl Tree {
         for t in &self.tasks {
             for th in &t.threads {
                 if th.touched.get() {
-                    let _ = sys::setregs(th.tid, &th.regs.with_syscall_restarted());
+                    let _ = kernel::ptrace::setregs(th.tid, &th.regs.with_syscall_restarted());
                 }
-                let _ = sys::set_sigmask(th.tid, th.sigmask);
+                let _ = kernel::ptrace::set_sigmask(th.tid, th.sigmask);
                 if let Some(m) = th.affinity.borrow().as_ref() {
                     let _ = nix::sched::sched_setaffinity(th.tid, m);
                 }
