@@ -688,7 +688,7 @@ fn dump(
         };
         stasis_engine::dump::dump(&opts)
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.chain())
     })
 }
 
@@ -725,6 +725,6 @@ fn restore(
         };
         stasis_engine::restore::restore(&opts)
             .map(|r| r.root.as_raw())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.chain())
     })
 }

@@ -884,10 +884,7 @@ pub fn prepare(
         return Ok(joins);
     }
     let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
-    let bad = |what: String| Error::BadImage {
-        path: crate::images::img::CGROUP.file_name(0),
-        what,
-    };
+    let bad = |what: String| img::CGROUP.bad(0, what);
     let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);
     let root_members = root_set
         .and_then(set_of)

@@ -8,14 +8,17 @@ use stasis_proto::ImageError;
 /// Result with the engine's error.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// Everything dump and restore can fail at.
+/// Everything dump and restore can fail at. A variant wrapping an error
+/// (an errno, an I/O error) gives it as its `source`, not in its message:
+/// print the whole chain with [`EngineError::chain`] (or anyhow's `{:#}`).
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
 pub enum EngineError {
-    #[error("task {pid}: cannot read {path}: {err}")]
+    #[error("task {pid}: cannot read {path}")]
     Proc {
         pid: Pid,
         path: String,
+        #[source]
         err: std::io::Error,
     },
     #[error("task {pid}: unexpected format of /proc/{pid}/{file}")]
@@ -30,10 +33,11 @@ pub enum EngineError {
     InsideTree { pid: Pid },
     #[error("task {pid}: cannot freeze it with ptrace ({errno}); is it traced by a debugger?")]
     Seize { pid: Pid, errno: Errno },
-    #[error("thread {tid}: ptrace {op} failed: {errno}")]
+    #[error("thread {tid}: ptrace {op} failed")]
     Ptrace {
         tid: Pid,
         op: &'static str,
+        #[source]
         errno: Errno,
     },
     #[error("thread {tid}: stopped unexpectedly while running {op} ({what})")]
@@ -42,42 +46,62 @@ pub enum EngineError {
         op: &'static str,
         what: String,
     },
-    #[error("thread {tid}: {syscall} inside the task failed: {errno}")]
+    #[error("thread {tid}: {syscall} inside the task failed")]
     Remote {
         tid: Pid,
         syscall: &'static str,
+        #[source]
         errno: Errno,
     },
     #[error(
         "task {pid}: {what} is not supported yet; nothing was dumped and the task keeps running"
     )]
     Unsupported { pid: Pid, what: String },
-    #[error("task {pid}: reading memory at {addr:#x}: {errno}")]
-    MemRead { pid: Pid, addr: u64, errno: Errno },
-    #[error("task {pid}: writing memory at {addr:#x}: {errno}")]
-    MemWrite { pid: Pid, addr: u64, errno: Errno },
+    #[error("task {pid}: reading memory at {addr:#x}")]
+    MemRead {
+        pid: Pid,
+        addr: u64,
+        #[source]
+        errno: Errno,
+    },
+    #[error("task {pid}: writing memory at {addr:#x}")]
+    MemWrite {
+        pid: Pid,
+        addr: u64,
+        #[source]
+        errno: Errno,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
-    #[error("images directory {path}: {err}")]
-    ImagesDir { path: String, err: std::io::Error },
+    #[error("images directory {path}")]
+    ImagesDir {
+        path: String,
+        #[source]
+        err: std::io::Error,
+    },
     #[error("image {path}: {what}")]
     BadImage { path: String, what: String },
     #[error(
         "PID {pid} is in use by another process; stop it or restore elsewhere (another PID namespace)"
     )]
     PidTaken { pid: Pid },
-    #[error("task {pid}: cannot create it with its PID: {errno}")]
-    Fork { pid: Pid, errno: Errno },
+    #[error("task {pid}: cannot create it with its PID")]
+    Fork {
+        pid: Pid,
+        #[source]
+        errno: Errno,
+    },
     #[error("task {pid}: reading {what} failed: {errno}; the task keeps running")]
     Dump {
         pid: Pid,
         what: String,
         errno: Errno,
     },
-    #[error("task {pid}: restoring {what} failed: {errno}")]
+    #[error("task {pid}: restoring {what} failed")]
     Restore {
         pid: Pid,
         what: String,
+        #[source]
         errno: Errno,
     },
     #[error("mount {path}: {what} failed: {errno}{hint}")]
@@ -102,17 +126,19 @@ pub enum EngineError {
         err: std::io::Error,
         hint: &'static str,
     },
-    #[error("mount {path}: {what}: {err}")]
+    #[error("mount {path}: {what}")]
     MountContents {
         path: String,
         what: &'static str,
+        #[source]
         err: std::io::Error,
     },
-    #[error("task {pid}: fd {fd}: cannot open {path}: {err}")]
+    #[error("task {pid}: fd {fd}: cannot open {path}")]
     OpenFile {
         pid: Pid,
         fd: i32,
         path: String,
+        #[source]
         err: std::io::Error,
     },
     #[error("task {pid}: fd {fd}: {path} changed since the dump ({what})")]
@@ -143,6 +169,18 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The message and the errors under it, as `message: source: ...`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut at: Option<&dyn std::error::Error> = std::error::Error::source(self);
+        while let Some(e) = at {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            at = e.source();
+        }
+        out
+    }
+
     /// A ptrace failure on a thread.
     pub fn ptrace(tid: Pid, op: &'static str) -> impl FnOnce(Errno) -> EngineError {
         move |errno| EngineError::Ptrace { tid, op, errno }
@@ -158,5 +196,24 @@ impl EngineError {
     pub fn restore(pid: Pid, what: impl Into<String>) -> impl FnOnce(Errno) -> EngineError {
         let what = what.into();
         move |errno| EngineError::Restore { pid, what, errno }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_the_step_then_the_errno() {
+        let e = EngineError::Restore {
+            pid: Pid::from_raw(7),
+            what: "a pipe".into(),
+            errno: Errno::EMFILE,
+        };
+        assert_eq!(e.to_string(), "task 7: restoring a pipe failed");
+        assert_eq!(
+            e.chain(),
+            format!("task 7: restoring a pipe failed: {}", Errno::EMFILE)
+        );
     }
 }

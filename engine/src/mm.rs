@@ -1076,12 +1076,14 @@ impl MapCtx<'_> {
         let len = v.end - v.start;
         let fixed = libc::MAP_FIXED.cast_unsigned();
         let id = u32::try_from(v.shmid).unwrap_or(0);
-        let path = files.path_of(id).ok_or_else(|| Error::BadImage {
-            path: crate::images::img::MM.file_name(pid),
-            what: format!(
-                "mapping at {:#x} names file id {id}, which is not in files.img",
-                v.start
-            ),
+        let path = files.path_of(id).ok_or_else(|| {
+            img::MM.bad(
+                pid,
+                format!(
+                    "mapping at {:#x} names file id {id}, which is not in files.img",
+                    v.start
+                ),
+            )
         })?;
         let oflags = if v.status & status::FILE_SHARED != 0
             && v.prot & libc::PROT_WRITE.cast_unsigned() != 0

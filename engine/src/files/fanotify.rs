@@ -18,6 +18,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::files::inotify::Fields;
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::images::img;
 
 /// fanotify groups.
 #[derive(Debug)]
@@ -131,12 +132,14 @@ impl FileKind for FanotifyGroup {
                 (None, Some(mm)) => (mm.path.as_deref(), MarkFlags::FAN_MARK_MOUNT),
                 (None, None) => (None, MarkFlags::empty()),
             };
-            let path = path.ok_or_else(|| Error::BadImage {
-                path: crate::images::img::FILES.file_name(0),
-                what: format!(
-                    "task {} fd {}: fanotify mark {} has no path",
-                    cx.pid, cx.fd, m.id
-                ),
+            let path = path.ok_or_else(|| {
+                img::FILES.bad(
+                    0,
+                    format!(
+                        "task {} fd {}: fanotify mark {} has no path",
+                        cx.pid, cx.fd, m.id
+                    ),
+                )
             })?;
             let what = format!("fanotify mark on {path}");
             let add = MarkFlags::FAN_MARK_ADD | base;

@@ -17,6 +17,7 @@ use stasis_proto::images::{FhEntry, FownEntry, InotifyFileEntry, InotifyWdEntry}
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::images::img;
 use crate::task::proc;
 
 /// inotify files.
@@ -204,12 +205,14 @@ impl FileKind for Inotify {
 /// Watch `w`'s path under its old descriptor: descriptors are handed out in
 /// increasing order, so watches made and removed move the counter up to it.
 fn add_watch(ino: &Instance, w: &InotifyWdEntry, cx: &OpenCtx<'_>) -> Result<()> {
-    let path = w.f_handle.path.as_deref().ok_or_else(|| Error::BadImage {
-        path: crate::images::img::FILES.file_name(0),
-        what: format!(
-            "task {} fd {}: inotify watch {} has no path",
-            cx.pid, cx.fd, w.wd
-        ),
+    let path = w.f_handle.path.as_deref().ok_or_else(|| {
+        img::FILES.bad(
+            0,
+            format!(
+                "task {} fd {}: inotify watch {} has no path",
+                cx.pid, cx.fd, w.wd
+            ),
+        )
     })?;
     let mask = AddWatchFlags::from_bits_retain(w.mask & WATCH_BITS);
     let what = format!("inotify watch {} on {path}", w.wd);

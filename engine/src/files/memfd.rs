@@ -287,10 +287,8 @@ fn restore_all(dir: &Dir) -> Result<HashMap<u32, OwnedFd>> {
     let list: Vec<MemfdInodeEntry> = dir.read_all(img::MEMFD_INODE, 0)?;
     for e in list {
         let what = format!("memfd {:?}", e.name);
-        let name = std::ffi::CString::new(e.name.clone()).map_err(|_| Error::BadImage {
-            path: crate::images::img::MEMFD_INODE.file_name(0),
-            what: format!("{what}: a NUL in the name"),
-        })?;
+        let name = std::ffi::CString::new(e.name.clone())
+            .map_err(|_| img::MEMFD_INODE.bad(0, format!("{what}: a NUL in the name")))?;
         // F_SEAL_SEAL alone is what a memfd without MFD_ALLOW_SEALING has.
         let sealing = e.seals != SealFlag::F_SEAL_SEAL.bits().cast_unsigned();
         let mut flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;

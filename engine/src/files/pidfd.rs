@@ -10,6 +10,7 @@ use stasis_proto::images::{FownEntry, PidfdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, InTask, OpenCtx, Table};
+use crate::images::img;
 use crate::task::remote::Remote;
 
 /// pidfd files.
@@ -64,13 +65,13 @@ impl FileKind for Pidfd {
     }
 
     fn open(e: &PidfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
-        Err(Error::BadImage {
-            path: crate::images::img::FILES.file_name(0),
-            what: format!(
+        Err(img::FILES.bad(
+            0,
+            format!(
                 "task {} fd {}: pidfd {} is opened by the task itself",
                 cx.pid, cx.fd, e.id
             ),
-        })
+        ))
     }
 }
 

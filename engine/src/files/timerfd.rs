@@ -13,6 +13,7 @@ use stasis_proto::images::{FownEntry, TimerfdEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::images::img;
 
 /// timerfd files.
 #[derive(Debug)]
@@ -107,12 +108,14 @@ impl FileKind for Timerfd {
     }
 
     fn open(e: &TimerfdEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {
-        let clk = clock(e.clockid).ok_or_else(|| Error::BadImage {
-            path: crate::images::img::FILES.file_name(0),
-            what: format!(
-                "task {} fd {}: timerfd clock {} is not one timerfd_create accepts",
-                cx.pid, cx.fd, e.clockid
-            ),
+        let clk = clock(e.clockid).ok_or_else(|| {
+            img::FILES.bad(
+                0,
+                format!(
+                    "task {} fd {}: timerfd clock {} is not one timerfd_create accepts",
+                    cx.pid, cx.fd, e.clockid
+                ),
+            )
         })?;
         let mut flags = TimerFlags::TFD_CLOEXEC;
         if e.flags & libc::O_NONBLOCK.cast_unsigned() != 0 {

@@ -612,9 +612,11 @@ impl FileKind for Tty {
             .infos()
             .iter()
             .find(|i| i.id == e.tty_info_id)
-            .ok_or_else(|| Error::BadImage {
-                path: crate::images::img::TTY_INFO.file_name(0),
-                what: format!("tty {} of file {} is missing", e.tty_info_id, e.id),
+            .ok_or_else(|| {
+                img::TTY_INFO.bad(
+                    0,
+                    format!("tty {} of file {} is missing", e.tty_info_id, e.id),
+                )
             })?;
         if let Some(key) = ext_key(info) {
             // The caller's terminal, as it gave it.
@@ -636,10 +638,10 @@ impl FileKind for Tty {
             cx.ptys.insert(index, pair);
         }
         let first_slave = !master && !cx.slave_taken(index);
-        let (m, s, path) = cx.ptys.get(&index).ok_or_else(|| Error::BadImage {
-            path: crate::images::img::TTY_INFO.file_name(0),
-            what: format!("pty {index} was not made"),
-        })?;
+        let (m, s, path) = cx
+            .ptys
+            .get(&index)
+            .ok_or_else(|| img::TTY_INFO.bad(0, format!("pty {index} was not made")))?;
         let fd = if master {
             m.try_clone().map_err(|err| Error::Proc {
                 pid: cx.pid,
@@ -689,12 +691,12 @@ pub fn ext_key(t: &TtyInfoEntry) -> Option<String> {
 /// The images have external terminal `key` and the restore was not given
 /// it.
 pub fn not_given(key: &str) -> Error {
-    Error::BadImage {
-        path: crate::images::img::TTY_INFO.file_name(0),
-        what: format!(
+    img::TTY_INFO.bad(
+        0,
+        format!(
             "terminal {key} was the caller's at the dump; give it with --inherit-fd fd[N]:{key}"
         ),
-    }
+    )
 }
 
 /// Ids of external terminals' entries (apart from pty ends and the

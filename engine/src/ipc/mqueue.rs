@@ -36,10 +36,8 @@ fn notify_pid(q: &nix::mqueue::MqdT) -> Option<i32> {
 }
 
 fn cname(name: &str) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(name).map_err(|_| Error::BadImage {
-        path: crate::images::img::POSIX_MQUEUE.file_name(0),
-        what: format!("queue name {name:?} holds a NUL"),
-    })
+    std::ffi::CString::new(name)
+        .map_err(|_| img::POSIX_MQUEUE.bad(0, format!("queue name {name:?} holds a NUL")))
 }
 
 /// The queues of a dump or restore, by name.

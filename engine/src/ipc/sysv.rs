@@ -232,13 +232,13 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
         while let Some(e) = r.read_entry::<IpcShmEntry>()? {
             let d = &e.desc;
             if e.in_pagemaps == Some(true) {
-                return Err(Error::BadImage {
-                    path: img::IPCNS_SHM.file_name(ns_id),
-                    what: format!(
+                return Err(img::IPCNS_SHM.bad(
+                    ns_id,
+                    format!(
                         "segment {} keeps its contents in pagemaps, which stasis does not read",
                         d.id
                     ),
-                });
+                ));
             }
             let mut data = r.read_payload(e.size.div_ceil(4) * 4)?;
             data.truncate(usize::try_from(e.size).unwrap_or(0));
@@ -297,10 +297,10 @@ pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
             kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
             for _ in 0..e.qnum {
                 let Some(m) = r.read_entry::<IpcMsg>()? else {
-                    return Err(Error::BadImage {
-                        path: img::IPCNS_MSG.file_name(ns_id),
-                        what: format!("queue {} ends before its {} messages", d.id, e.qnum),
-                    });
+                    return Err(img::IPCNS_MSG.bad(
+                        ns_id,
+                        format!("queue {} ends before its {} messages", d.id, e.qnum),
+                    ));
                 };
                 let mut data = r.read_payload(stasis_proto::json::padded(u64::from(m.msize)))?;
                 data.truncate(m.msize as usize);

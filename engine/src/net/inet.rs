@@ -27,6 +27,7 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
+use crate::images::img;
 
 /// IPv4 and IPv6 sockets.
 #[derive(Debug)]
@@ -543,10 +544,7 @@ impl FileKind for InetSk {
             .inet_made
             .as_ref()
             .and_then(|m| m.get(&e.id))
-            .ok_or_else(|| Error::BadImage {
-                path: crate::images::img::FILES.file_name(0),
-                what: format!("inet socket {} was not made", e.ino),
-            })?;
+            .ok_or_else(|| img::FILES.bad(0, format!("inet socket {} was not made", e.ino)))?;
         fd.try_clone().map_err(|err| Error::Proc {
             pid: cx.pid,
             path: format!("fd {} (inet socket)", cx.fd),
@@ -725,9 +723,8 @@ impl Making<'_> {
             nix::sys::socket::listen(s, backlog).map_err(self.fail(u, "listen"))?;
         }
         if let Some((_, e, inq, outq)) = stream {
-            let a = join(u.family, &u.dst_addr, u.dst_port).ok_or_else(|| Error::BadImage {
-                path: crate::images::img::FILES.file_name(0),
-                what: format!("inet socket {}: no peer address", u.ino),
+            let a = join(u.family, &u.dst_addr, u.dst_port).ok_or_else(|| {
+                img::FILES.bad(0, format!("inet socket {}: no peer address", u.ino))
             })?;
             nix::sys::socket::connect(s.as_raw_fd(), &SockaddrStorage::from(a))
                 .map_err(self.fail(u, "connect (repair)"))?;

@@ -545,10 +545,7 @@ impl FileKind for UnixSk {
             .unix_made
             .as_ref()
             .and_then(|m| m.get(&e.id))
-            .ok_or_else(|| Error::BadImage {
-                path: crate::images::img::FILES.file_name(0),
-                what: format!("unix socket {} was not made", e.ino),
-            })?;
+            .ok_or_else(|| img::FILES.bad(0, format!("unix socket {} was not made", e.ino)))?;
         fd.try_clone().map_err(|err| Error::Proc {
             pid: cx.pid,
             path: format!("fd {} (unix socket)", cx.fd),
@@ -851,10 +848,7 @@ fn embryos(cx: &OpenCtx<'_>, all: &[&UnixSkEntry]) -> HashSet<u32> {
 
 /// The image says something impossible of socket `u`.
 fn bad(u: &UnixSkEntry, what: &str) -> Error {
-    Error::BadImage {
-        path: crate::images::img::FILES.file_name(0),
-        what: format!("unix socket {}: {what}", u.ino),
-    }
+    img::FILES.bad(0, format!("unix socket {}: {what}", u.ino))
 }
 
 /// The unix sockets of a restore, as they are made.
@@ -982,10 +976,10 @@ impl<'a> Making<'a> {
                 continue;
             }
             let Some(u) = self.all.iter().find(|u| u.id == *id_for) else {
-                return Err(Error::BadImage {
-                    path: crate::images::img::SK_QUEUES.file_name(0),
-                    what: format!("data queued for file {id_for}, which is no unix socket"),
-                });
+                return Err(img::SK_QUEUES.bad(
+                    0,
+                    format!("data queued for file {id_for}, which is no unix socket"),
+                ));
             };
             let mut fds = Vec::new();
             for scm in &e.scm {

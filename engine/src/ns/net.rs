@@ -639,13 +639,10 @@ pub(super) fn restore(
             NdType::Macvlan,
         ];
         if !known.iter().any(|&t| d.r#type == t as i32) {
-            return Err(Error::BadImage {
-                path: img::NETDEV.file_name(NS_ID),
-                what: format!(
+            return Err(img::NETDEV.bad(NS_ID, format!(
                     "device {} is of type {}: loopback, veth, bridge and macvlan devices are restored",
                     d.name, d.r#type
-                ),
-            });
+                )));
         }
     }
     make_devices(&s, &devs, outer, veths)?;

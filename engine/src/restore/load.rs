@@ -5,6 +5,7 @@
 //! that would fail later (PIDs in use, a pty master nobody would hold).
 
 use super::*;
+use crate::images::img;
 use stasis_kernel as kernel;
 
 pub(super) fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
@@ -17,10 +18,9 @@ pub(super) fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     }
     let inv: InventoryEntry = dir.read_one(img::INVENTORY, 0)?;
     if inv.img_version != stasis_proto::kind::IMAGES_VERSION {
-        return Err(Error::BadImage {
-            path: crate::images::img::INVENTORY.file_name(0),
-            what: format!("image version {} (expected 2)", inv.img_version),
-        });
+        return Err(
+            img::INVENTORY.bad(0, format!("image version {} (expected 2)", inv.img_version))
+        );
     }
     let mut files = Table::load(dir)?;
     files.make_memfds(dir)?;
@@ -31,10 +31,10 @@ pub(super) fn load(dir: &Dir) -> Result<(Vec<Plan>, Table, InventoryEntry)> {
     for pst in pstree {
         let id = u64::from(pst.pid);
         let core: CoreEntry = dir.read_one(img::CORE, id)?;
-        let tc = core.tc.as_ref().ok_or_else(|| Error::BadImage {
-            path: img::CORE.file_name(id),
-            what: "no task_core_entry".into(),
-        })?;
+        let tc = core
+            .tc
+            .as_ref()
+            .ok_or_else(|| img::CORE.bad(id, "no task_core_entry"))?;
         let host = stasis_arch::Arch::host().unwrap_or(stasis_arch::Arch::X86_64);
         if core.mtype != host.march() as i32 {
             let arch = stasis_proto::images::core_entry::March::try_from(core.mtype)
@@ -182,10 +182,7 @@ pub(super) fn check_pids_free(plans: &[Plan]) -> Result<()> {
 /// once, every task's first thread itself, parents in the tree before
 /// their children (the root's parent is outside).
 pub(super) fn check_pstree(pstree: &[PstreeEntry]) -> Result<()> {
-    let bad = |what: String| Error::BadImage {
-        path: crate::images::img::PSTREE.file_name(0),
-        what,
-    };
+    let bad = |what: String| img::PSTREE.bad(0, what);
     if pstree.is_empty() {
         return Err(bad("no task".into()));
     }
@@ -267,13 +264,13 @@ pub(super) fn check_vmas(id: u64, mm: &MmEntry) -> Result<()> {
             prev_end = v.end;
             continue;
         };
-        return Err(Error::BadImage {
-            path: img::MM.file_name(id),
-            what: format!(
+        return Err(img::MM.bad(
+            id,
+            format!(
                 "mapping {:#x}-{:#x} (offset {:#x}) {what}",
                 v.start, v.end, v.pgoff
             ),
-        });
+        ));
     }
     Ok(())
 }

@@ -320,7 +320,7 @@ fn released(
     unlock: Option<&stasis_kernel::netlink::Socket>,
 ) {
     if let Err(e) = crate::notify::point(hook, "post-resume", root) {
-        tracing::warn!("{e}");
+        tracing::warn!("{}", e.chain());
     }
     if let Some(s) = unlock
         && let Err(e) = crate::net::netlock::unlock(s, root)

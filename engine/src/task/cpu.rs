@@ -11,6 +11,7 @@ use stasis_kernel as kernel;
 use stasis_proto::images::CoreEntry;
 
 use crate::error::{EngineError as Error, Result};
+use crate::images::img;
 
 #[cfg(not(any(
     target_arch = "aarch64",
@@ -53,10 +54,7 @@ fn set_regs(tid: Pid, regs: &Regs) -> Result<()> {
 }
 
 fn no_regs(tid: Pid, arch: &str) -> Error {
-    Error::BadImage {
-        path: crate::images::img::CORE.file_name(tid),
-        what: format!("no {arch} registers"),
-    }
+    img::CORE.bad(tid, format!("no {arch} registers"))
 }
 
 #[cfg(not(any(

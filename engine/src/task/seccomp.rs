@@ -125,9 +125,8 @@ impl Table {
                 .ok()
                 .and_then(|i| self.filters.get(i))
                 .filter(|_| out.len() <= self.filters.len())
-                .ok_or_else(|| Error::BadImage {
-                    path: crate::images::img::SECCOMP.file_name(0),
-                    what: format!("filter {i} is missing or its chain loops"),
+                .ok_or_else(|| {
+                    img::SECCOMP.bad(0, format!("filter {i} is missing or its chain loops"))
                 })?;
             out.push(f);
             at = f.prev;
@@ -165,17 +164,13 @@ impl Table {
             )?;
             return Ok(());
         }
-        let newest = newest.ok_or_else(|| Error::BadImage {
-            path: crate::images::img::CORE.file_name(tid),
-            what: "seccomp filter mode without a filter".into(),
-        })?;
+        let newest =
+            newest.ok_or_else(|| img::CORE.bad(tid, "seccomp filter mode without a filter"))?;
         for f in self.chain(newest)? {
             let prog = data + 40 * 1024;
             remote::write_mem(tid, data, &f.filter)?;
-            let len = u16::try_from(f.filter.len() / 8).map_err(|_| Error::BadImage {
-                path: crate::images::img::SECCOMP.file_name(0),
-                what: "a filter longer than BPF allows".into(),
-            })?;
+            let len = u16::try_from(f.filter.len() / 8)
+                .map_err(|_| img::SECCOMP.bad(0, "a filter longer than BPF allows"))?;
             let mut fprog = [0u8; 16];
             fprog[..2].copy_from_slice(&len.to_ne_bytes());
             fprog[8..].copy_from_slice(&data.to_ne_bytes());
