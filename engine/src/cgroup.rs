@@ -700,6 +700,68 @@ fn make(top: &Path, dir: &Path, cpuset: bool, made: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
+/// The cgroup sets of the images, and where their cgroups go.
+struct SavedSets<'a> {
+    entry: &'a CgroupEntry,
+    remap: &'a Remap,
+}
+
+impl SavedSets<'_> {
+    /// Set `id`, which a task or thread (`who`) is in.
+    fn get(&self, id: u32, who: &str) -> Result<&CgSetEntry> {
+        self.entry.sets.iter().find(|s| s.id == id).ok_or_else(|| {
+            img::CGROUP.bad(
+                0,
+                format!("a {who} is in cgroup set {id}, which it does not list"),
+            )
+        })
+    }
+
+    /// For each set the `tasks` are in, the `cgroup.procs` of its cgroups,
+    /// opened at fds the tasks inherit.
+    fn task_fds(&self, at: &mut Opener<'_>, tasks: &[u32]) -> Result<HashMap<u32, Vec<RawFd>>> {
+        let mut wanted: Vec<u32> = tasks.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut by_set = HashMap::new();
+        for id in wanted {
+            let mut fds = Vec::new();
+            for m in &self.get(id, "task")?.ctls {
+                let path = self.remap.path(&m.name, &m.path);
+                fds.extend(at.open(&m.name, &path)?);
+            }
+            by_set.insert(id, fds);
+        }
+        Ok(by_set)
+    }
+
+    /// For each set the `threads` are in, the files a thread is moved to
+    /// its cgroups by (`cgroup.threads` in v2, `tasks` in v1).
+    fn thread_files(
+        &self,
+        at: &mut Opener<'_>,
+        threads: &[u32],
+    ) -> Result<HashMap<u32, Vec<PathBuf>>> {
+        let mut threads: Vec<u32> = threads.to_vec();
+        threads.sort_unstable();
+        threads.dedup();
+        let mut out = HashMap::new();
+        for id in threads {
+            let mut files = Vec::new();
+            for m in &self.get(id, "thread")?.ctls {
+                let dir = at.place(&m.name, &self.remap.path(&m.name, &m.path))?;
+                files.push(dir.join(if m.name.is_empty() {
+                    "cgroup.threads"
+                } else {
+                    "tasks"
+                }));
+            }
+            out.insert(id, files);
+        }
+        Ok(out)
+    }
+}
+
 /// What [`prepare`] needs to open a cgroup's `cgroup.procs`.
 struct Opener<'a> {
     mode: Mode,
@@ -884,7 +946,6 @@ pub fn prepare(
         return Ok(joins);
     }
     let entry: CgroupEntry = dir.read_one(img::CGROUP, 0)?;
-    let bad = |what: String| img::CGROUP.bad(0, what);
     let set_of = |id: u32| entry.sets.iter().find(|s| s.id == id);
     let root_members = root_set
         .and_then(set_of)
@@ -918,44 +979,12 @@ pub fn prepare(
             ns_root.extend(at.open(&m.name, &path)?);
         }
     }
-    let mut wanted: Vec<u32> = tasks.to_vec();
-    wanted.sort_unstable();
-    wanted.dedup();
-    let mut by_set = HashMap::new();
-    for id in wanted {
-        let set = set_of(id).ok_or_else(|| {
-            bad(format!(
-                "a task is in cgroup set {id}, which it does not list"
-            ))
-        })?;
-        let mut fds = Vec::new();
-        for m in &set.ctls {
-            let path = remap.path(&m.name, &m.path);
-            fds.extend(at.open(&m.name, &path)?);
-        }
-        by_set.insert(id, fds);
-    }
-    let mut threads: Vec<u32> = threads.to_vec();
-    threads.sort_unstable();
-    threads.dedup();
-    let mut thread_files = HashMap::new();
-    for id in threads {
-        let set = set_of(id).ok_or_else(|| {
-            bad(format!(
-                "a thread is in cgroup set {id}, which it does not list"
-            ))
-        })?;
-        let mut files = Vec::new();
-        for m in &set.ctls {
-            let dir = at.place(&m.name, &remap.path(&m.name, &m.path))?;
-            files.push(dir.join(if m.name.is_empty() {
-                "cgroup.threads"
-            } else {
-                "tasks"
-            }));
-        }
-        thread_files.insert(id, files);
-    }
+    let sets = SavedSets {
+        entry: &entry,
+        remap,
+    };
+    let by_set = sets.task_fds(&mut at, tasks)?;
+    let thread_files = sets.thread_files(&mut at, threads)?;
     joins.ns_root = ns_root;
     joins.by_set = by_set;
     joins.thread_files = thread_files;

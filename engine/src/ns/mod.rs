@@ -1,17 +1,20 @@
-//! Namespaces of the tree's own: UTS (host and domain name, `utsns-1.img`),
-//! IPC (its sysctls, `ipcns-var-1.img`, and objects, see `ipc`) and network
-//! (devices, addresses, routes and sysctls: [`net`]). The dump reads them from a
+//! Namespaces of the tree's own: which ones a task has, and the order the
+//! dump reads and the restore makes them in. UTS (host and domain name:
+//! `uts`), IPC (its sysctls and objects: `ipc`), network (devices,
+//! addresses, routes and sysctls: `net`). The dump reads them from a
 //! thread that joins the namespace (setns affects that thread only); the
 //! restore unshares them in the engine before it forks the tree, so every
 //! task starts inside. The mount namespace and its mounts: [`mnt`]. Other
 //! namespaces must be the engine's.
 
+mod ipc;
 pub mod mnt;
 mod net;
 pub mod pid;
 mod time;
 mod tmpfs;
 pub mod user;
+mod uts;
 
 use std::os::fd::AsFd;
 
@@ -202,75 +205,13 @@ pub fn dump(
     }
 
     if own(root, "net") {
-        // The caller's (`--external net[INO]:KEY`, runtimes that made
-        // it): nothing of it is saved, the restore joins theirs.
-        let ino = std::fs::metadata(format!("/proc/{root}/ns/net"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|err| Error::Proc {
-                pid: root,
-                path: format!("/proc/{root}/ns/net"),
-                err,
-            })?;
-        match ext_netns.iter().find(|(i, _)| *i == ino) {
-            Some((_, key)) => dir.write_all(
-                img::NETNS,
-                NS_ID,
-                &[stasis_proto::images::NetnsEntry {
-                    ext_key: Some(key.clone()),
-                    ..Default::default()
-                }],
-            )?,
-            None => net::dump(root, dir, empty_net)?,
-        }
+        net::dump_or_key(root, dir, empty_net, ext_netns)?;
     }
     if own(root, "uts") {
-        let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
-            let u = nix::sys::utsname::uname().map_err(Error::dump(root, "uname"))?;
-            Ok(UtsnsEntry {
-                nodename: u.nodename().to_string_lossy().into_owned(),
-                domainname: u.domainname().to_string_lossy().into_owned(),
-            })
-        })?;
-        dir.write_all(img::UTSNS, NS_ID, &[e])?;
+        uts::dump(root, dir)?;
     }
     if own(root, "ipc") {
-        let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
-            let objects = crate::ipc::sysv::dump(root)?;
-            let k = |n: &str| format!("{KERNEL}/{n}");
-            let q = |n: &str| format!("{MQUEUE}/{n}");
-            let sem = read_sys(root, &k("sem"))?;
-            let var = IpcVarEntry {
-                sem_ctls: sem
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect(),
-                msg_ctlmax: num(root, &k("msgmax"))?,
-                msg_ctlmnb: num(root, &k("msgmnb"))?,
-                msg_ctlmni: num(root, &k("msgmni"))?,
-                auto_msgmni: num(root, &k("auto_msgmni")).unwrap_or(0),
-                shm_ctlmax: num(root, &k("shmmax"))?,
-                shm_ctlall: num(root, &k("shmall"))?,
-                shm_ctlmni: num(root, &k("shmmni"))?,
-                shm_rmid_forced: num(root, &k("shm_rmid_forced"))?,
-                mq_queues_max: num(root, &q("queues_max"))?,
-                mq_msg_max: num(root, &q("msg_max"))?,
-                mq_msgsize_max: num(root, &q("msgsize_max"))?,
-                mq_msg_default: num(root, &q("msg_default")).ok(),
-                mq_msgsize_default: num(root, &q("msgsize_default")).ok(),
-                msg_next_id: num::<i64>(root, &k("msg_next_id"))
-                    .ok()
-                    .and_then(|v| u32::try_from(v).ok()),
-                sem_next_id: num::<i64>(root, &k("sem_next_id"))
-                    .ok()
-                    .and_then(|v| u32::try_from(v).ok()),
-                shm_next_id: num::<i64>(root, &k("shm_next_id"))
-                    .ok()
-                    .and_then(|v| u32::try_from(v).ok()),
-            };
-            Ok((var, objects))
-        })?;
-        dir.write_all(img::IPC_VAR, NS_ID, &[e.0])?;
-        crate::ipc::sysv::write(&e.1, dir, NS_ID)?;
+        ipc::dump(root, dir)?;
     }
     Ok(maps)
 }
@@ -367,44 +308,12 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
     if dir.exists(img::UTSNS, NS_ID) {
         let e: UtsnsEntry = dir.read_one(img::UTSNS, NS_ID)?;
         enter("uts", CloneFlags::CLONE_NEWUTS, "a UTS namespace")?;
-        nix::unistd::sethostname(&e.nodename).map_err(Error::restore(me, "the host name"))?;
-        write_sys(&format!("{KERNEL}/domainname"), &e.domainname)?;
+        uts::restore(&e)?;
     }
     if dir.exists(img::IPC_VAR, NS_ID) {
         let e: IpcVarEntry = dir.read_one(img::IPC_VAR, NS_ID)?;
         enter("ipc", CloneFlags::CLONE_NEWIPC, "an IPC namespace")?;
-        let k = |n: &str| format!("{KERNEL}/{n}");
-        let q = |n: &str| format!("{MQUEUE}/{n}");
-        if !e.sem_ctls.is_empty() {
-            let sem: Vec<String> = e.sem_ctls.iter().map(u32::to_string).collect();
-            write_sys(&k("sem"), &sem.join(" "))?;
-        }
-        write_sys(&k("msgmax"), &e.msg_ctlmax.to_string())?;
-        write_sys(&k("msgmnb"), &e.msg_ctlmnb.to_string())?;
-        write_sys(&k("msgmni"), &e.msg_ctlmni.to_string())?;
-        write_sys(&k("shmmax"), &e.shm_ctlmax.to_string())?;
-        write_sys(&k("shmall"), &e.shm_ctlall.to_string())?;
-        write_sys(&k("shmmni"), &e.shm_ctlmni.to_string())?;
-        write_sys(&k("shm_rmid_forced"), &e.shm_rmid_forced.to_string())?;
-        write_sys(&q("queues_max"), &e.mq_queues_max.to_string())?;
-        write_sys(&q("msg_max"), &e.mq_msg_max.to_string())?;
-        write_sys(&q("msgsize_max"), &e.mq_msgsize_max.to_string())?;
-        if let Some(v) = e.mq_msg_default {
-            write_sys(&q("msg_default"), &v.to_string())?;
-        }
-        if let Some(v) = e.mq_msgsize_default {
-            write_sys(&q("msgsize_default"), &v.to_string())?;
-        }
-        out.shm_removed = crate::ipc::sysv::restore(dir, NS_ID)?;
-        for (name, v) in [
-            ("msg_next_id", e.msg_next_id),
-            ("sem_next_id", e.sem_next_id),
-            ("shm_next_id", e.shm_next_id),
-        ] {
-            if let Some(v) = v {
-                write_sys(&k(name), &v.cast_signed().to_string())?;
-            }
-        }
+        out.shm_removed = ipc::restore(dir, &e)?;
     }
     time::restore(dir)?;
     // Last: sysfs shows the network namespace of whoever mounts it.

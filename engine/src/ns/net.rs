@@ -209,6 +209,35 @@ fn check_legacy_tables(root: Pid) -> Result<()> {
     })
 }
 
+/// The network namespace of `root`: the caller's (`--external
+/// net[INO]:KEY`, runtimes that made it) is saved as its key alone, as the
+/// restore joins it again; any other is dumped whole.
+pub(super) fn dump_or_key(
+    root: Pid,
+    dir: &Dir,
+    empty_net: bool,
+    ext_netns: &[(u64, String)],
+) -> Result<()> {
+    let ino = std::fs::metadata(format!("/proc/{root}/ns/net"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|err| Error::Proc {
+            pid: root,
+            path: format!("/proc/{root}/ns/net"),
+            err,
+        })?;
+    match ext_netns.iter().find(|(i, _)| *i == ino) {
+        Some((_, key)) => dir.write_all(
+            img::NETNS,
+            super::NS_ID,
+            &[NetnsEntry {
+                ext_key: Some(key.clone()),
+                ..Default::default()
+            }],
+        ),
+        None => dump(root, dir, empty_net),
+    }
+}
+
 /// Dump the tree's network namespace (that of `root`). With `empty`
 /// (CRIU's `empty_ns` for the network), devices other than loopback,
 /// addresses and routes are the caller's, who sets them up again after the
