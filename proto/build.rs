@@ -36,6 +36,7 @@ const IMAGE_FILES: &[&str] = &[
     "remap-file-path.proto",
     "memfd.proto",
     "pidfd.proto",
+    "ns.proto",
     "eventfd.proto",
     "eventpoll.proto",
     "signalfd.proto",

@@ -182,6 +182,7 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
             let name = String::from_utf8_lossy(&u.name).replace('\0', "@");
             format!("socket:[{}] unix {name}", u.ino)
         }
+        Some(k) => format!("{} {:#x}", crate::files::registry::name(k), f.id),
         None => {
             let name = FdTypes::try_from(f.r#type)
                 .map(|t| t.as_str_name().to_owned())

@@ -16,6 +16,7 @@ pub(crate) mod file_lock;
 pub(crate) mod ghost;
 pub(crate) mod inotify;
 pub(crate) mod memfd;
+pub(crate) mod nsfile;
 pub(crate) mod pidfd;
 pub(crate) mod pipe;
 pub(crate) mod reg;
@@ -206,6 +207,11 @@ pub trait FileKind {
     const NAME: &'static str;
     /// Its fd's link in /proc (`anon_inode:NAME`), for an anonymous inode.
     const ANON_LINK: Option<&'static str> = None;
+    /// Whether an fd whose /proc link is `link` is of this kind (by default:
+    /// its anonymous inode's link, [`FileKind::ANON_LINK`]).
+    fn by_link(link: &str) -> bool {
+        Self::ANON_LINK.is_some_and(|a| link.strip_prefix("anon_inode:") == Some(a))
+    }
     /// Describe the open file `cx` (the entry's id is filled in by the caller).
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind>;
     /// Give the entry its id in `files.img` (and its parts, where they
@@ -236,6 +242,9 @@ pub trait FileKind {
     fn settle(_e: &Self::Entry, _cx: &InTask<'_>, _fd: std::os::fd::RawFd) -> Result<()> {
         Ok(())
     }
+    /// Dump: give the PIDs the entry holds (as the engine's /proc shows
+    /// them) as the images number them (`image`).
+    fn number_pids(_e: &mut Self::Entry, _image: &dyn Fn(i32) -> i32) {}
 }
 
 /// A task being restored, stopped under the engine: what a file kind's
@@ -338,10 +347,8 @@ impl Table {
     /// engine's /proc shows them) as the images number them.
     pub fn number_pids(&mut self, image: impl Fn(i32) -> i32) {
         self.locks.number_pids(&image);
-        for e in &mut self.entries {
-            if let Some(Kind::Pidfd(p)) = &mut e.kind {
-                p.nspid = image(p.nspid);
-            }
+        for kind in self.entries.iter_mut().filter_map(|e| e.kind.as_mut()) {
+            registry::number_pids(kind, &image);
         }
     }
 
@@ -481,7 +488,7 @@ impl Table {
         let ft = meta.file_type();
         if fd.target.starts_with("pipe:[") {
             Ok(FdTypes::Pipe)
-        } else if let Some(ty) = registry::by_anon_link(&fd.target) {
+        } else if let Some(ty) = registry::by_link(&fd.target) {
             Ok(ty)
         } else if fd.target.starts_with("/memfd:") && ft.is_file() {
             Ok(FdTypes::Memfd)

@@ -35,6 +35,10 @@ impl FileKind for Pidfd {
         e.id = id;
     }
 
+    fn number_pids(e: &mut PidfdEntry, image: &dyn Fn(i32) -> i32) {
+        e.nspid = image(e.nspid);
+    }
+
     fn dump(cx: &FdCtx<'_>, table: &mut Table) -> Result<Kind> {
         let pid: i32 = cx
             .field("Pid")?

@@ -2,8 +2,8 @@
 //! and `file_entry` variant (fdinfo.proto) to the type that dumps and opens
 //! it ([`FileKind`]). Dump and open dispatch (in the engine, or in the task
 //! once the tree exists), the in-task last step, the entry's id, the kind's
-//! name in messages and the recognition of anonymous-inode fds by their
-//! /proc link all come from here; a `file_entry` variant missing from the
+//! name in messages, the numbering of the PIDs it holds and the recognition
+//! of fds by their /proc link all come from here; a `file_entry` variant missing from the
 //! list does not compile.
 //!
 //! Adding a kind: its module with an `impl FileKind`, and one line below.
@@ -75,20 +75,26 @@ macro_rules! kinds {
         }
 
         /// The kind's name in messages.
-        pub(super) fn name(kind: &Kind) -> &'static str {
+        pub(crate) fn name(kind: &Kind) -> &'static str {
             match kind {
                 $(Kind::$variant(_) => <$kind as FileKind>::NAME,)*
             }
         }
 
-        /// The kind of an anonymous-inode fd, by its /proc link
-        /// (`anon_inode:[eventfd]`, ...).
-        pub(super) fn by_anon_link(target: &str) -> Option<FdTypes> {
-            let link = target.strip_prefix("anon_inode:")?;
-            $(if <$kind as FileKind>::ANON_LINK == Some(link) {
+        /// The kind of an fd recognised by its /proc link
+        /// (`anon_inode:[eventfd]`, `net:[4026531840]`, ...).
+        pub(super) fn by_link(target: &str) -> Option<FdTypes> {
+            $(if <$kind as FileKind>::by_link(target) {
                 return Some(FdTypes::$ty);
             })*
             None
+        }
+
+        /// Give the PIDs `kind` holds as the images number them.
+        pub(super) fn number_pids(kind: &mut Kind, image: &dyn Fn(i32) -> i32) {
+            match kind {
+                $(Kind::$variant(e) => <$kind as FileKind>::number_pids(e, image),)*
+            }
         }
     };
 }
@@ -106,6 +112,7 @@ kinds! {
     Inotify / Ify => super::inotify::Inotify,
     Fanotify / Ffy => super::fanotify::FanotifyGroup,
     Pidfd / Pidfd => super::pidfd::Pidfd,
+    Ns / Nsf => super::nsfile::NsFile,
     Unixsk / Usk => crate::net::unix::UnixSk,
     Inetsk / Isk => crate::net::inet::InetSk,
     Netlinksk / Nlsk => crate::net::netlink_sk::NetlinkSk,

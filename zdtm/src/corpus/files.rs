@@ -144,6 +144,19 @@ pub(crate) const TESTS: &[Test] = &[
         file_read,
     )
     .transition(),
+    Test::new(
+        "nsfd-own",
+        Files,
+        "fds on its own namespaces (net, uts, ipc, mnt, pid, cgroup, user, time, and the pid namespace for children): each names the same namespace after restore",
+        nsfd_own,
+    ),
+    Test::new(
+        "nsfd-orphan",
+        Files,
+        "an fd on a UTS namespace no process is in any more: C/R must refuse it by name",
+        nsfd_orphan,
+    )
+    .crfail(),
 ];
 
 fn rw_file(t: &Ctx, data: &[u8]) -> Res<File> {
@@ -728,5 +741,70 @@ fn file_lease(t: &mut Ctx) -> Res {
         lease(&f, libc::F_SETLEASE, libc::F_UNLCK).map(drop)
     })?;
     ensure_eq!("lease", lease(&f, libc::F_GETLEASE, 0)?, libc::F_RDLCK);
+    Ok(())
+}
+
+/// The /proc/self/ns files an fd is opened on (those this kernel has).
+const NS_FILES: &[&str] = &[
+    "net",
+    "uts",
+    "ipc",
+    "mnt",
+    "pid",
+    "pid_for_children",
+    "cgroup",
+    "user",
+    "time",
+];
+
+fn nsfd_own(t: &mut Ctx) -> Res {
+    let mut held = Vec::new();
+    for name in NS_FILES {
+        let path = format!("/proc/self/ns/{name}");
+        if std::fs::metadata(&path).is_err() {
+            continue;
+        }
+        held.push((*name, File::open(&path).or_fail(&path)?));
+    }
+    ensure!(held.len() >= 6, "only {} namespace files here", held.len());
+    t.wait(
+        "replaced the fd on the network namespace by one on the UTS one",
+        || {
+            let find = |want: &str| {
+                held.iter()
+                    .find(|(n, _)| *n == want)
+                    .ok_or_else(|| Fail::Sys(format!("no fd on ns/{want}")))
+            };
+            dup_over(&find("uts")?.1, &find("net")?.1)
+        },
+    )?;
+    for (name, f) in &held {
+        let now = std::fs::metadata(format!("/proc/self/ns/{name}"))
+            .or_fail("stat ns file")?
+            .ino();
+        let got = f.metadata().or_fail("fstat ns fd")?.ino();
+        ensure_eq!(format!("inode of the fd on ns/{name}"), got, now);
+    }
+    Ok(())
+}
+
+fn nsfd_orphan(t: &mut Ctx) -> Res {
+    // A thread of its own makes the namespace and leaves it to the fd.
+    let held = std::thread::spawn(|| -> Res<File> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).or_fail("unshare(UTS)")?;
+        nix::unistd::sethostname("nsfd-orphan").or_fail("sethostname")?;
+        File::open("/proc/thread-self/ns/uts").or_fail("open ns/uts")
+    })
+    .join()
+    .map_err(|_| Fail::Sys("the thread panicked".into()))??;
+    let mine = std::fs::metadata("/proc/self/ns/uts")
+        .or_fail("stat ns/uts")?
+        .ino();
+    t.wait("closed the fd on the orphan namespace", || {
+        let own = File::open("/proc/self/ns/uts").or_fail("open own ns/uts")?;
+        dup_over(&own, &held)
+    })?;
+    let got = held.metadata().or_fail("fstat")?.ino();
+    ensure!(got != mine, "the fd names the task's own UTS namespace");
     Ok(())
 }
