@@ -125,12 +125,10 @@ impl Queues {
             })?;
         let what = format!("fd {fd} (POSIX message queue {name})");
         let c = cname(name)?;
-        let (attr, msgs) = crate::ns::inside(
-            pid,
-            "ipc",
-            nix::sched::CloneFlags::CLONE_NEWIPC,
-            || read_queue(pid, &what, &c),
-        )?;
+        let (attr, msgs) =
+            crate::ns::inside(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
+                read_queue(pid, &what, &c)
+            })?;
         self.by_name.insert(
             name.to_owned(),
             PosixMqueueEntry {
