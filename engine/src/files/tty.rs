@@ -50,6 +50,27 @@ impl Ttys {
         self.infos.push(e);
     }
 
+    /// Dump: note the controlling terminal of `pid` if it leads a session
+    /// and holds it (see [`dump_ctty`]), with the session and foreground
+    /// group as the tree sees them: its own PID namespace's numbers, given
+    /// by `image`, which the restore's TIOCSPGRP takes.
+    pub fn dump_ctty_of(
+        &mut self,
+        pid: Pid,
+        st: &proc::Stat,
+        fds: &[proc::Fd],
+        image: impl Fn(Pid) -> u32,
+    ) {
+        if let Some(mut ctty) = dump_ctty(pid, st, fds) {
+            ctty.sid = image(pid);
+            ctty.pgrp = match u32::try_from(st.tpgid) {
+                Ok(g) if g > 0 => image(Pid::from_raw(st.tpgid)),
+                _ => 0,
+            };
+            self.add_ctty(ctty);
+        }
+    }
+
     /// The terminals of the images.
     pub fn infos(&self) -> &[TtyInfoEntry] {
         &self.infos
