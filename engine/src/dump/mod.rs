@@ -9,8 +9,8 @@ use std::time::Instant;
 use nix::unistd::Pid;
 use stasis_arch::native::nr;
 use stasis_proto::images::{
-    DumpStatsEntry, FdinfoEntry, FsEntry, InventoryEntry, Lsmtype, MmEntry, PstreeEntry,
-    StatsEntry, TaskKobjIdsEntry,
+    DumpStatsEntry, FdinfoEntry, InventoryEntry, Lsmtype, MmEntry, PstreeEntry, StatsEntry,
+    TaskCoreEntry, TaskKobjIdsEntry, VmaEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -18,7 +18,7 @@ use crate::files::{self, Table};
 use crate::images::Dir;
 use crate::images::img;
 use crate::progress::{Progress, Step};
-use crate::task::remote::{self, Remote};
+use crate::task::remote::Remote;
 use crate::task::seize::{self, State, Task, Tree};
 use crate::{mm, task, task::proc, task::seccomp};
 
@@ -170,57 +170,60 @@ fn ids(id: u32) -> TaskKobjIdsEntry {
     }
 }
 
-/// Address of a `syscall` instruction in the task's vdso (start, end).
-fn syscall_insn(pid: Pid, vdso: Option<(u64, u64)>) -> Result<u64> {
-    let (start, end) = vdso.ok_or_else(|| Error::Unsupported {
-        pid,
-        what: "a task without a vdso".into(),
-    })?;
-    let mut code = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-    remote::read_mem(pid, start, &mut code)?;
-    use stasis_arch::native::{INSN_ALIGN, SYSCALL_INSN, SYSCALL_INSN_LEN};
-    let len = usize::try_from(SYSCALL_INSN_LEN).unwrap_or(2);
-    code.windows(len)
-        .step_by(INSN_ALIGN)
-        .position(|w| *w == SYSCALL_INSN[..len])
-        .map(|i| start + (i * INSN_ALIGN) as u64)
-        .ok_or_else(|| Error::Unsupported {
-            pid,
-            what: "a vdso without a syscall instruction".into(),
-        })
+/// The tree's tasks with their threads' IDs, zombies too unless `live`.
+fn threads_of(tree: &Tree, live: bool) -> Vec<(Pid, Vec<Pid>)> {
+    tree.tasks
+        .iter()
+        .filter(|t| !live || !matches!(t.state, State::Zombie(_)))
+        .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
+        .collect()
 }
 
+/// Namespaces, cgroups and the tables every task adds to, then every task,
+/// then the images that take all tasks into account.
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
+    let root = tree.root().map_or(opts.pid, |t| t.pid);
+    let pids = crate::ns::pid::Ids::read(&threads_of(tree, false))?;
+    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net, &opts.ext_netns)?;
+    let mut cgroups = crate::cgroup::Sets::read(root, &threads_of(tree, true))?;
+    cgroups.walk_from(&opts.cgroup_roots);
+    let mut files = files_table(tree, opts, root);
+    let mut filters = seccomp::Table::default();
+    let mut stats = Stats::default();
+    crate::progress::report(
+        opts.progress.as_ref(),
+        Step::Tasks {
+            done: 0,
+            total: tree.tasks.len(),
+        },
+    );
+    let mut out = Out {
+        dir,
+        files: &mut files,
+        filters: &mut filters,
+        stats: &mut stats,
+        pids: &pids,
+        userns: userns.as_ref(),
+        cgroups: &cgroups,
+        foreign: None,
+        pstree: Vec::new(),
+    };
+    dump_all_tasks(tree, opts, root, &mut out)?;
+    write_tree(&mut out, root, opts)?;
+    Ok((stats, files))
+}
+
+/// The table of open files, with the options fds are described with and
+/// where the tree's sockets and connections are.
+fn files_table(tree: &Tree, opts: &Opts, root: Pid) -> Table {
     let mut files = Table::default();
     files.ttys.set_external(opts.ext_ttys.clone());
-    let root = tree.root().map_or(opts.pid, |t| t.pid);
-    let pids = crate::ns::pid::Ids::read(
-        &tree
-            .tasks
-            .iter()
-            .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
-            .collect::<Vec<_>>(),
-    )?;
-    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net, &opts.ext_netns)?;
-    let mut cgroups = crate::cgroup::Sets::read(
-        root,
-        &tree
-            .tasks
-            .iter()
-            .filter(|t| !matches!(t.state, State::Zombie(_)))
-            .map(|t| (t.pid, t.threads.iter().map(|th| th.tid).collect()))
-            .collect::<Vec<_>>(),
-    )?;
-    cgroups.walk_from(&opts.cgroup_roots);
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
     } else if opts.network_lock && opts.tcp_established {
         // Peers outside the tree share this namespace with it.
         files.tcp.set_lock(crate::net::netlock::Lock::new(root));
     }
-    let mut filters = seccomp::Table::default();
-    let mut pstree = Vec::new();
-    let mut stats = Stats::default();
     let fopts = files::Opts {
         shell_job: opts.shell_job,
         orphan_pts_master: opts.orphan_pts_master,
@@ -232,16 +235,15 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         ext_unix_sk: opts.ext_unix_sk,
     };
     files.start(fopts, tree.tasks.iter().map(|t| t.pid).collect());
-    crate::progress::report(
-        opts.progress.as_ref(),
-        Step::Tasks {
-            done: 0,
-            total: tree.tasks.len(),
-        },
-    );
-    // A helper thread reads each live task's VMAs and copies its pages
-    // (no ptrace needed) ahead of this thread, which describes the task's
-    // files and asks the task itself for the rest: the two halves overlap.
+    files
+}
+
+/// Every task of the tree. A helper thread reads each live task's VMAs and
+/// copies its pages (no ptrace needed) ahead of this thread, which
+/// describes the task's files and asks the task itself for the rest: the
+/// two halves overlap.
+fn dump_all_tasks(tree: &Tree, opts: &Opts, root: Pid, out: &mut Out<'_>) -> Result<()> {
+    // (pid, its ID in the images, the ID of its pages).
     let live: Vec<(Pid, u64, u32)> = tree
         .tasks
         .iter()
@@ -250,12 +252,12 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
         .map(|(i, t)| {
             (
                 t.pid,
-                u64::from(pids.image(t.pid)),
+                u64::from(out.pids.image(t.pid)),
                 u32::try_from(i + 1).unwrap_or(u32::MAX),
             )
         })
         .collect();
-    let progress = opts.progress.as_ref();
+    let (dir, progress) = (out.dir, opts.progress.as_ref());
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Memory>>(4);
         s.spawn(move || {
@@ -270,49 +272,47 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
                 }
             }
         });
-        let mut out = Out {
-            dir,
-            files: &mut files,
-            filters: &mut filters,
-            stats: &mut stats,
-            pids: &pids,
-            userns: userns.as_ref(),
-            cgroups: &cgroups,
-            foreign: crate::ns::own_mnt(root)
-                .then(|| crate::ns::mnt::Foreign::new(root))
-                .transpose()?,
-        };
-        let res = dump_tasks(tree, opts, &rx, &mut out, &mut pstree, root);
+        out.foreign = crate::ns::own_mnt(root)
+            .then(|| crate::ns::mnt::Foreign::new(root))
+            .transpose()?;
+        let res = dump_tasks(tree, opts, &rx, out, root);
         // A helper blocked on a full channel gives up once it is gone.
         drop(rx);
         res
-    })?;
-    files.number_pids(|p| pids.image(Pid::from_raw(p)).cast_signed());
+    })
+}
+
+/// The images that take every task into account: the files, seccomp
+/// filters and cgroups they share, the process tree and the inventory.
+fn write_tree(out: &mut Out<'_>, root: Pid, opts: &Opts) -> Result<()> {
+    let (dir, pids) = (out.dir, out.pids);
+    out.files
+        .number_pids(|p| pids.image(Pid::from_raw(p)).cast_signed());
     crate::ns::dump_clocks(root, dir)?;
     // memfd contents are pages of the images too.
-    stats.pages.written += files.write(dir)?;
-    filters.write(dir)?;
-    cgroups.write(dir)?;
-    dir.write_all(img::PSTREE, 0, &pstree)?;
-    dir.write_all(
-        img::INVENTORY,
-        0,
-        &[InventoryEntry {
-            img_version: stasis_proto::kind::IMAGES_VERSION,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(ids(pids.image(root))),
-            ns_per_id: Some(true),
-            // The engine's own cgroups are set 1 (see crate::cgroup).
-            root_cg_set: Some(1),
-            lsmtype: Some(Lsmtype::NoLsm as i32),
-            dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
-            // The restore lifts a lock the killed tree's connections left.
-            network_lock_method: (files.tcp.lock_held() && !opts.leave_running)
-                .then_some(crate::net::netlock::METHOD_NFTABLES),
-            ..InventoryEntry::default()
-        }],
-    )?;
-    Ok((stats, files))
+    out.stats.pages.written += out.files.write(dir)?;
+    out.filters.write(dir)?;
+    out.cgroups.write(dir)?;
+    dir.write_all(img::PSTREE, 0, &out.pstree)?;
+    dir.write_all(img::INVENTORY, 0, &[inventory(out, root, opts)])
+}
+
+/// The inventory of the images.
+fn inventory(out: &Out<'_>, root: Pid, opts: &Opts) -> InventoryEntry {
+    InventoryEntry {
+        img_version: stasis_proto::kind::IMAGES_VERSION,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(ids(out.pids.image(root))),
+        ns_per_id: Some(true),
+        // The engine's own cgroups are set 1 (see crate::cgroup).
+        root_cg_set: Some(1),
+        lsmtype: Some(Lsmtype::NoLsm as i32),
+        dump_criu_run_id: Some(format!("stasis-{}-{}", std::process::id(), root)),
+        // The restore lifts a lock the killed tree's connections left.
+        network_lock_method: (out.files.tcp.lock_held() && !opts.leave_running)
+            .then_some(crate::net::netlock::METHOD_NFTABLES),
+        ..InventoryEntry::default()
+    }
 }
 
 /// A task's memory, as the helper thread found and dumped it.
@@ -338,8 +338,18 @@ fn memory_of(
     })
 }
 
+impl Stats {
+    /// Count the memory of one task.
+    fn add_memory(&mut self, mem: &Memory) {
+        self.memdump_us = self.memdump_us.saturating_add(mem.us);
+        self.pages.scanned += mem.pages.scanned;
+        self.pages.written += mem.pages.written;
+    }
+}
+
 /// Where the dump of each task goes: the images directory, the tables
-/// every task adds to (open files, seccomp filters) and the figures.
+/// every task adds to (open files, seccomp filters, the process tree) and
+/// the figures.
 struct Out<'a> {
     dir: &'a Dir,
     files: &'a mut Table,
@@ -353,6 +363,8 @@ struct Out<'a> {
     cgroups: &'a crate::cgroup::Sets,
     /// Files open on mounts the tree's own namespace does not have.
     foreign: Option<crate::ns::mnt::Foreign>,
+    /// The entries of `pstree.img`, in the tree's order.
+    pstree: Vec<PstreeEntry>,
 }
 
 /// Every task of the tree in order, each live one with its [`Memory`] from
@@ -362,37 +374,12 @@ fn dump_tasks(
     opts: &Opts,
     rx: &std::sync::mpsc::Receiver<Result<Memory>>,
     out: &mut Out<'_>,
-    pstree: &mut Vec<PstreeEntry>,
     root: Pid,
 ) -> Result<()> {
     let namespaces = crate::ns::expected(root);
     let px = out.pids;
     for (i, t) in tree.tasks.iter().enumerate() {
-        let tids: Vec<Pid> = if t.threads.is_empty() {
-            vec![t.pid]
-        } else {
-            t.threads.iter().map(|th| th.tid).collect()
-        };
-        pstree.push(PstreeEntry {
-            pid: px.image(t.pid),
-            // The root's parent is outside the tree.
-            ppid: if i == 0 {
-                t.ppid.as_raw().cast_unsigned()
-            } else {
-                px.image(t.ppid)
-            },
-            pgid: px.group(t.pid).map_or_else(|| px.image(t.pgid), |g| g.0),
-            sid: px.group(t.pid).map_or_else(|| px.image(t.sid), |g| g.1),
-            threads: tids.iter().map(|&th| px.image(th)).collect(),
-            stasis_nested: if px.has_nested() {
-                tids.iter()
-                    .map(|&th| stasis_proto::images::StasisNsIds { ids: px.nested(th) })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            stasis_pidns_for_children: px.for_children(t.pid),
-        });
+        out.pstree.push(pstree_entry(px, t, i == 0));
         if let State::Zombie(code) = t.state {
             let mut core = task::zombie_core(t.pid, code);
             core.ids = Some(ids(px.image(t.pid)));
@@ -419,6 +406,49 @@ fn dump_tasks(
     Ok(())
 }
 
+/// The `pstree.img` entry of task `t`, in the images' IDs; the root's
+/// parent is outside the tree and keeps its own.
+fn pstree_entry(px: &crate::ns::pid::Ids, t: &Task, is_root: bool) -> PstreeEntry {
+    let tids: Vec<Pid> = if t.threads.is_empty() {
+        vec![t.pid]
+    } else {
+        t.threads.iter().map(|th| th.tid).collect()
+    };
+    PstreeEntry {
+        pid: px.image(t.pid),
+        ppid: if is_root {
+            t.ppid.as_raw().cast_unsigned()
+        } else {
+            px.image(t.ppid)
+        },
+        pgid: px.group(t.pid).map_or_else(|| px.image(t.pgid), |g| g.0),
+        sid: px.group(t.pid).map_or_else(|| px.image(t.sid), |g| g.1),
+        threads: tids.iter().map(|&th| px.image(th)).collect(),
+        stasis_nested: if px.has_nested() {
+            tids.iter()
+                .map(|&th| stasis_proto::images::StasisNsIds { ids: px.nested(th) })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        stasis_pidns_for_children: px.for_children(t.pid),
+    }
+}
+
+/// A live task whose objects and memory are described: what the steps
+/// that ask the task itself need.
+struct Described<'t> {
+    t: &'t Task,
+    /// Its /proc/PID/stat, read once: the task is frozen.
+    st: proc::Stat,
+    vmas: Vec<VmaEntry>,
+    fdinfo: Vec<FdinfoEntry>,
+}
+
+/// One live task: its objects first, so an unsupported one fails the dump
+/// before the task is touched (its pages are being copied by the memory
+/// thread meanwhile), then its memory, then what the task is asked with
+/// remote calls through scratch memory mapped in it for the time.
 fn dump_task(
     t: &Task,
     namespaces: &crate::ns::Expected,
@@ -426,88 +456,71 @@ fn dump_task(
     out: &mut Out<'_>,
 ) -> Result<()> {
     let pid = t.pid;
-    let (files, stats) = (&mut *out.files, &mut *out.stats);
     crate::ns::check_task(pid, namespaces)?;
-    // Objects first, so an unsupported one fails the dump before the task
-    // is touched (its pages are being copied by the memory thread).
     let mut fds = proc::fds(pid)?;
     if let Some(f) = &out.foreign {
         fds.iter_mut().for_each(|fd| f.fix(pid, fd));
     }
-    let mut fdinfo: Vec<FdinfoEntry> = Vec::with_capacity(fds.len());
-    for fd in &fds {
-        fdinfo.push(files.dump_fd(pid, fd)?);
-    }
-    // Read once: the task is frozen.
+    let fdinfo = out.files.dump_fds(pid, &fds)?;
     let st = proc::stat(pid, None)?;
-    if let Some(mut ctty) = crate::files::tty::dump_ctty(pid, &st, &fds) {
-        // The session and foreground group as the tree sees them (its own
-        // PID namespace's numbers, which the restore's TIOCSPGRP takes).
-        ctty.sid = out.pids.image(pid);
-        ctty.pgrp = match u32::try_from(st.tpgid) {
-            Ok(g) if g > 0 => out.pids.image(Pid::from_raw(st.tpgid)),
-            _ => 0,
-        };
-        files.ttys.add_ctty(ctty);
-    }
+    let px = out.pids;
+    out.files.ttys.dump_ctty_of(pid, &st, &fds, |p| px.image(p));
     let mem = rx.recv().map_err(|_| Error::Unexpected {
         tid: pid,
         op: "dumping memory",
         what: "the memory thread stopped".into(),
     })??;
-    let vmas = mm::dump_vmas(pid, &mem.raw, Some(files))?;
-    stats.memdump_us = stats.memdump_us.saturating_add(mem.us);
-    stats.pages.scanned += mem.pages.scanned;
-    stats.pages.written += mem.pages.written;
+    let vmas = mm::dump_vmas(pid, &mem.raw, Some(out.files))?;
+    out.stats.add_memory(&mem);
 
     let leader = t.threads.first().ok_or(Error::NoSuchTask { pid })?;
-    let insn = syscall_insn(pid, mem.raw.named("[vdso]"))?;
+    let insn = task::syscall_insn(pid, mem.raw.named("[vdso]"))?;
     let r = Remote::new(leader.tid, leader.regs, insn);
     leader.touched.set(true);
     leader.pin();
     kernel::ptrace::set_sigmask(leader.tid, u64::MAX)
         .map_err(Error::ptrace(leader.tid, "SETSIGMASK"))?;
-    let page = kernel::mm::page_size();
-    // Scratch: two pages for answers, a batch table, then the code (the
-    // batch runner, and `syscall; int3` at the very end), so that the
-    // remaining calls cost one stop each, or one stop per batch.
-    let len = 4 * page;
-    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC).cast_unsigned();
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).cast_unsigned();
-    let scratch = r.call(
-        "mmap",
-        nr::MMAP,
-        [0, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
-    )?;
-    let sc = task::Scratch {
-        data: scratch,
-        table: scratch + 2 * page,
-        code: scratch + 3 * page,
-        trap: scratch + len - 8,
-    };
-    remote::write_code(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
-    remote::write_code(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
+    let sc = task::Scratch::map(&r, pid)?;
     let fast = sc.remote(leader.tid, leader.regs);
-    let res = dump_task_state(t, &st, &fast, sc, out, &vmas, fdinfo);
-    r.call("munmap", nr::MUNMAP, [scratch, len, 0, 0, 0, 0])?;
+    let task = Described {
+        t,
+        st,
+        vmas,
+        fdinfo,
+    };
+    let res = dump_task_state(&task, &fast, sc, out);
+    sc.unmap(&r)?;
     res
 }
 
+/// What the task is asked, through `r` and the scratch memory `sc`: the
+/// task-wide core, its mm, fs and fd table images, and each thread's core.
 fn dump_task_state(
-    t: &Task,
-    st: &proc::Stat,
+    task: &Described<'_>,
     r: &Remote,
     sc: task::Scratch,
     out: &mut Out<'_>,
-    vmas: &[stasis_proto::images::VmaEntry],
-    fdinfo: Vec<FdinfoEntry>,
 ) -> Result<()> {
-    let px = out.pids;
-    let id = u64::from(px.image(t.pid));
-    let (dir, files, filters) = (out.dir, &mut *out.files, &mut *out.filters);
-    let pid = t.pid;
+    let (t, pid) = (task.t, task.t.pid);
+    let id = u64::from(out.pids.image(pid));
     let status = proc::status(pid, None)?;
-    let tc = task::dump_task(t, r, sc.data, st, &status)?;
+    let tc = task::dump_task(t, r, sc.data, &task.st, &status)?;
+    let mm = mm_entry(task, r, out.files)?;
+    out.dir.write_all(img::MM, id, &[mm])?;
+    let umask = status
+        .get("Umask")
+        .and_then(|u| u32::from_str_radix(u, 8).ok());
+    let fs = out.files.dump_fs(pid, umask)?;
+    out.dir.write_all(img::FS, id, &[fs])?;
+    out.dir.write_all(img::FDINFO, id, &task.fdinfo)?;
+    dump_threads(task, &status, sc, tc, out)
+}
+
+/// The task's `mm` entry: the layout /proc/PID/stat gives, the brk,
+/// dumpable and THP flags it is asked through `r`, its executable and
+/// auxiliary vector, and its VMAs.
+fn mm_entry(task: &Described<'_>, r: &Remote, files: &mut Table) -> Result<MmEntry> {
+    let (pid, st) = (task.t.pid, &task.st);
     let got = r.call_all(&[
         ("brk", nr::BRK, [0; 6]),
         ("prctl(PR_GET_DUMPABLE)", nr::PRCTL, [3, 0, 0, 0, 0, 0]),
@@ -531,7 +544,7 @@ fn dump_task_state(
         })?
         .to_string_lossy()
         .into_owned();
-    let mm = MmEntry {
+    Ok(MmEntry {
         mm_start_code: st.start_code,
         mm_end_code: st.end_code,
         mm_start_data: st.start_data,
@@ -543,34 +556,34 @@ fn dump_task_state(
         mm_arg_end: st.arg_end,
         mm_env_start: st.env_start,
         mm_env_end: st.env_end,
-        exe_file_id: exe_id(pid, &exe, vmas, files)?,
+        exe_file_id: exe_id(pid, &exe, &task.vmas, files)?,
         mm_saved_auxv: proc::auxv(pid)?,
-        vmas: vmas.to_vec(),
+        vmas: task.vmas.clone(),
         dumpable: Some(i32::try_from(dumpable).unwrap_or(1)),
         aios: Vec::new(),
         thp_disabled: Some(thp != 0),
-    };
-    dir.write_all(img::MM, id, &[mm])?;
-    let cwd = link(pid, "cwd")?;
-    let root = link(pid, "root")?;
-    let fs = FsEntry {
-        cwd_id: files.path_id(&cwd, libc::O_RDONLY.cast_unsigned()),
-        root_id: files.path_id(&root, libc::O_RDONLY.cast_unsigned()),
-        umask: status
-            .get("Umask")
-            .and_then(|u| u32::from_str_radix(u, 8).ok()),
-    };
-    dir.write_all(img::FS, id, &[fs])?;
-    dir.write_all(img::FDINFO, id, &fdinfo)?;
+    })
+}
+
+/// Each thread's core, the leader's with the task-wide part `tc`:
+/// credentials in the tree's user namespace, seccomp filters and cgroups.
+fn dump_threads(
+    task: &Described<'_>,
+    status: &std::collections::BTreeMap<String, String>,
+    sc: task::Scratch,
+    tc: TaskCoreEntry,
+    out: &mut Out<'_>,
+) -> Result<()> {
+    let (t, pid, px) = (task.t, task.t.pid, out.pids);
     let mut tc = Some(tc);
     for th in &t.threads {
         // The leader's /proc/PID/stat and status are its thread's.
-        let known = (th.tid == pid).then_some((st, &status));
+        let known = (th.tid == pid).then_some((&task.st, status));
         let (ti, mut thc) = task::dump_thread(pid, th, sc, known)?;
         if let (Some(m), Some(c)) = (out.userns, thc.creds.as_mut()) {
             m.creds(c);
         }
-        let (mode, newest) = filters.dump_thread(th.tid, th.seccomp)?;
+        let (mode, newest) = out.filters.dump_thread(th.tid, th.seccomp)?;
         thc.seccomp_mode = Some(mode);
         thc.seccomp_filter = newest;
         thc.cg_set = out.cgroups.of(th.tid);
@@ -582,19 +595,15 @@ fn dump_task_state(
         if leader {
             core.ids = Some(ids(px.image(pid)));
         }
-        dir.write_all(img::CORE, u64::from(px.image(th.tid)), &[core])?;
+        out.dir
+            .write_all(img::CORE, u64::from(px.image(th.tid)), &[core])?;
     }
     Ok(())
 }
 
 /// The file id of the executable: by path, or, when it was deleted since,
 /// the ghost file its mappings were saved as.
-fn exe_id(
-    pid: Pid,
-    exe: &str,
-    vmas: &[stasis_proto::images::VmaEntry],
-    files: &mut Table,
-) -> Result<u32> {
+fn exe_id(pid: Pid, exe: &str, vmas: &[VmaEntry], files: &mut Table) -> Result<u32> {
     if !exe.ends_with(" (deleted)") {
         return Ok(files.path_id(exe, libc::O_RDONLY.cast_unsigned()));
     }
@@ -607,12 +616,4 @@ fn exe_id(
             pid,
             what: format!("an executable deleted while running and not mapped ({exe})"),
         })
-}
-
-fn link(pid: Pid, what: &str) -> Result<String> {
-    let path = format!("/proc/{pid}/{what}");
-    Ok(std::fs::read_link(&path)
-        .map_err(|e| Error::Proc { pid, path, err: e })?
-        .to_string_lossy()
-        .into_owned())
 }

@@ -1,5 +1,6 @@
-//! Open files: the fd table of each task (`fdinfo-ID.img`) and the open file
-//! descriptions behind it (`files.img`).
+//! Open files: the fd table of each task (`fdinfo-ID.img`), its working and
+//! root directories (`fs-ID.img`) and the open file descriptions behind
+//! them (`files.img`).
 //! Each kind is one [`FileKind`] with a dump half (from the dumper's view of
 //! the task's fd) and a restore half (open it again in the engine, before the
 //! tasks are forked, so that tasks sharing a description inherit one), in a
@@ -34,7 +35,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use nix::unistd::Pid;
 use stasis_proto::images::file_entry::Kind;
 use stasis_proto::images::{
-    FdTypes, FdinfoEntry, FileEntry, FileLockEntry, FownEntry, RegFileEntry, SkPacketEntry,
+    FdTypes, FdinfoEntry, FileEntry, FileLockEntry, FownEntry, FsEntry, RegFileEntry, SkPacketEntry,
 };
 
 use crate::error::{EngineError as Error, Result};
@@ -410,6 +411,28 @@ impl Table {
         let what = format!("memory mapping {start:#x}-{end:#x} of {name}");
         self.ghosts.save_mapping(pid, &link, &what, &meta, id)?;
         Ok(id)
+    }
+
+    /// Describe every fd of `pid` (its fd table, in order): the
+    /// `fdinfo-ID.img` entries.
+    pub fn dump_fds(&mut self, pid: Pid, fds: &[proc::Fd]) -> Result<Vec<FdinfoEntry>> {
+        let mut fdinfo = Vec::with_capacity(fds.len());
+        for fd in fds {
+            fdinfo.push(self.dump_fd(pid, fd)?);
+        }
+        Ok(fdinfo)
+    }
+
+    /// The `fs-ID.img` entry of `pid`: its working and root directories
+    /// (files by path), and `umask` from its /proc status.
+    pub fn dump_fs(&mut self, pid: Pid, umask: Option<u32>) -> Result<FsEntry> {
+        let cwd = link(pid, "cwd")?;
+        let root = link(pid, "root")?;
+        Ok(FsEntry {
+            cwd_id: self.path_id(&cwd, libc::O_RDONLY.cast_unsigned()),
+            root_id: self.path_id(&root, libc::O_RDONLY.cast_unsigned()),
+            umask,
+        })
     }
 
     /// Describe fd `fd` of `pid`; errors name the fd and its kind when the
@@ -862,4 +885,13 @@ fn fdinfo(id: u32, ty: FdTypes, fd: &proc::Fd) -> FdinfoEntry {
         fd: fd.fd.cast_unsigned(),
         xattr_security_selinux: None,
     }
+}
+
+/// Where /proc/PID/`what` (a symlink) points.
+fn link(pid: Pid, what: &str) -> Result<String> {
+    let path = format!("/proc/{pid}/{what}");
+    Ok(fs::read_link(&path)
+        .map_err(|e| Error::Proc { pid, path, err: e })?
+        .to_string_lossy()
+        .into_owned())
 }

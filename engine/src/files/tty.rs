@@ -50,6 +50,27 @@ impl Ttys {
         self.infos.push(e);
     }
 
+    /// Dump: note the controlling terminal of `pid` if it leads a session
+    /// and holds it (see [`dump_ctty`]), with the session and foreground
+    /// group as the tree sees them: its own PID namespace's numbers, given
+    /// by `image`, which the restore's TIOCSPGRP takes.
+    pub fn dump_ctty_of(
+        &mut self,
+        pid: Pid,
+        st: &proc::Stat,
+        fds: &[proc::Fd],
+        image: impl Fn(Pid) -> u32,
+    ) {
+        if let Some(mut ctty) = dump_ctty(pid, st, fds) {
+            ctty.sid = image(pid);
+            ctty.pgrp = match u32::try_from(st.tpgid) {
+                Ok(g) if g > 0 => image(Pid::from_raw(st.tpgid)),
+                _ => 0,
+            };
+            self.add_ctty(ctty);
+        }
+    }
+
     /// The terminals of the images.
     pub fn infos(&self) -> &[TtyInfoEntry] {
         &self.infos
@@ -487,6 +508,117 @@ fn requeue(to: &OwnedFd, slave: &OwnedFd, data: &[u8]) -> std::result::Result<()
     res
 }
 
+/// The state of both ends of pty `index`, read through its master at
+/// dump: what its two `tty_info_entry`s and its queued bytes are made of.
+struct PtyState {
+    locked: bool,
+    packet_mode: bool,
+    winsize: WinsizeEntry,
+    /// The slave's, when it is unlocked (read through the peer).
+    termios: Option<TermiosEntry>,
+    /// Bytes queued for each end, by end id.
+    data: Vec<(u32, Vec<u8>)>,
+}
+
+impl PtyState {
+    /// Read the state through master `m`; `what` names the fd in errors.
+    fn read(cx: &FdCtx<'_>, what: &str, m: &OwnedFd, index: u32) -> Result<Self> {
+        let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
+        let mut locked = 0;
+        kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
+            .map_err(fail("TIOCGPTLCK"))?;
+        let mut pkt = 0;
+        kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPKT, &mut pkt)
+            .map_err(fail("TIOCGPKT"))?;
+        let ws = kernel::tty::tty_winsize(m.as_fd()).map_err(fail("TIOCGWINSZ"))?;
+        let peer = if locked == 0 {
+            Some(
+                kernel::tty::pty_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY)
+                    .map_err(fail("TIOCGPTPEER"))?,
+            )
+        } else {
+            None
+        };
+        let termios = match &peer {
+            Some(s) => Some(nix::sys::termios::tcgetattr(s).map_err(fail("tcgetattr"))?),
+            None => None,
+        };
+        let data = match &peer {
+            Some(s) => queued(cx, what, m, s, index)?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            locked: locked != 0,
+            packet_mode: pkt != 0,
+            winsize: winsize_entry(ws),
+            termios: termios.map(|t| termios_entry(&t.into())),
+            data,
+        })
+    }
+
+    /// Add both ends' entries and their queued bytes to the table.
+    fn add_to(self, table: &mut Table, index: u32) {
+        let info = |id: u32, rdev: u64| TtyInfoEntry {
+            id,
+            r#type: TtyType::Pty as i32,
+            locked: self.locked,
+            exclusive: false,
+            packet_mode: self.packet_mode,
+            sid: 0,
+            pgrp: 0,
+            rdev: u32::try_from(rdev).unwrap_or(0),
+            termios: self.termios.clone(),
+            termios_locked: None,
+            winsize: Some(self.winsize),
+            pty: Some(TtyPtyEntry { index }),
+            dev: None,
+            uid: None,
+            gid: None,
+        };
+        let slave_rdev =
+            nix::sys::stat::makedev(136 + u64::from(index) / 256, u64::from(index) % 256);
+        table.ttys.add_info(info(
+            end_id(index, true),
+            nix::sys::stat::makedev(PTMX.0, PTMX.1),
+        ));
+        table.ttys.add_info(info(end_id(index, false), slave_rdev));
+        for (tty_id, d) in self.data.into_iter().filter(|d| !d.1.is_empty()) {
+            table.ttys.data.push(TtyDataEntry { tty_id, data: d });
+        }
+    }
+}
+
+/// The bytes queued between master `m` and slave `s` of pty `index`: for
+/// the slave to read, and for the master; put back at once (the tree keeps
+/// them whatever the dump's fate). A partial canonical line is refused.
+fn queued(
+    cx: &FdCtx<'_>,
+    what: &str,
+    m: &OwnedFd,
+    s: &OwnedFd,
+    index: u32,
+) -> Result<Vec<(u32, Vec<u8>)>> {
+    let fail = |step: &str| Error::dump(cx.pid, format!("{what}: {step}"));
+    let for_slave = drain(s).map_err(fail("input queued for the slave"))?;
+    let mut left = 0;
+    kernel::tty::tty_ioctl_int(s.as_fd(), libc::FIONREAD, &mut left).map_err(fail("FIONREAD"))?;
+    let for_master = drain(m).map_err(fail("output queued for the master"))?;
+    requeue(m, s, &for_slave).map_err(fail("putting its input back"))?;
+    requeue(s, s, &for_master).map_err(fail("putting its output back"))?;
+    if left > 0 {
+        return Err(Error::Unsupported {
+            pid: cx.pid,
+            what: format!(
+                "{what}: a partial line of input (canonical mode) that cannot be read without taking it,"
+            ),
+        });
+    }
+    Ok(vec![
+        (end_id(index, false), for_slave),
+        (end_id(index, true), for_master),
+    ])
+}
+
 impl FileKind for Tty {
     type Entry = TtyFileEntry;
     const NAME: &'static str = "tty";
@@ -515,93 +647,27 @@ impl FileKind for Tty {
         })
         .ok_or_else(|| cx.format_err("pty index"))?;
         let id = end_id(index, master);
-        if !table.ttys.has_info(id) {
-            // Both ends' state, read through the master (and its peer).
-            let m = if master {
-                Some(dup.try_clone().map_err(|e| Error::Proc {
-                    pid: cx.pid,
-                    path: what.clone(),
-                    err: e,
-                })?)
-            } else {
-                table.pty_master(index)
-            };
-            let Some(m) = m else {
-                if !table.opts.orphan_pts_master {
-                    return Err(cx.format_err("pty master"));
-                }
-                table.ttys.add_info(orphan_slave(cx, &dup, index)?);
-                return Ok(file_entry(cx, id));
-            };
-            let mut locked = 0;
-            kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTLCK, &mut locked)
-                .map_err(fail("TIOCGPTLCK"))?;
-            let mut pkt = 0;
-            kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPKT, &mut pkt)
-                .map_err(fail("TIOCGPKT"))?;
-            let ws = kernel::tty::tty_winsize(m.as_fd()).map_err(fail("TIOCGWINSZ"))?;
-            let peer = if locked == 0 {
-                Some(
-                    kernel::tty::pty_peer(m.as_fd(), libc::O_RDWR | libc::O_NOCTTY)
-                        .map_err(fail("TIOCGPTPEER"))?,
-                )
-            } else {
-                None
-            };
-            let termios = match &peer {
-                Some(s) => Some(nix::sys::termios::tcgetattr(s).map_err(fail("tcgetattr"))?),
-                None => None,
-            };
-            let mut data = Vec::new();
-            if let Some(s) = &peer {
-                // Bytes for the slave to read, and for the master; put back
-                // at once (the tree keeps them whatever the dump's fate).
-                let for_slave = drain(s).map_err(fail("input queued for the slave"))?;
-                let mut left = 0;
-                kernel::tty::tty_ioctl_int(s.as_fd(), libc::FIONREAD, &mut left)
-                    .map_err(fail("FIONREAD"))?;
-                let for_master = drain(&m).map_err(fail("output queued for the master"))?;
-                requeue(&m, s, &for_slave).map_err(fail("putting its input back"))?;
-                requeue(s, s, &for_master).map_err(fail("putting its output back"))?;
-                if left > 0 {
-                    return Err(Error::Unsupported {
-                        pid: cx.pid,
-                        what: format!(
-                            "{what}: a partial line of input (canonical mode) that cannot be read without taking it,"
-                        ),
-                    });
-                }
-                data.push((end_id(index, false), for_slave));
-                data.push((end_id(index, true), for_master));
-            }
-            let info = |id: u32, rdev: u64| TtyInfoEntry {
-                id,
-                r#type: TtyType::Pty as i32,
-                locked: locked != 0,
-                exclusive: false,
-                packet_mode: pkt != 0,
-                sid: 0,
-                pgrp: 0,
-                rdev: u32::try_from(rdev).unwrap_or(0),
-                termios: termios.as_ref().map(|t| termios_entry(&t.clone().into())),
-                termios_locked: None,
-                winsize: Some(winsize_entry(ws)),
-                pty: Some(TtyPtyEntry { index }),
-                dev: None,
-                uid: None,
-                gid: None,
-            };
-            let slave_rdev =
-                nix::sys::stat::makedev(136 + u64::from(index) / 256, u64::from(index) % 256);
-            table.ttys.add_info(info(
-                end_id(index, true),
-                nix::sys::stat::makedev(PTMX.0, PTMX.1),
-            ));
-            table.ttys.add_info(info(end_id(index, false), slave_rdev));
-            for (tty_id, d) in data.into_iter().filter(|d| !d.1.is_empty()) {
-                table.ttys.data.push(TtyDataEntry { tty_id, data: d });
-            }
+        if table.ttys.has_info(id) {
+            return Ok(file_entry(cx, id));
         }
+        // Both ends' state, read through the master (and its peer).
+        let m = if master {
+            Some(dup.try_clone().map_err(|e| Error::Proc {
+                pid: cx.pid,
+                path: what.clone(),
+                err: e,
+            })?)
+        } else {
+            table.pty_master(index)
+        };
+        let Some(m) = m else {
+            if !table.opts.orphan_pts_master {
+                return Err(cx.format_err("pty master"));
+            }
+            table.ttys.add_info(orphan_slave(cx, &dup, index)?);
+            return Ok(file_entry(cx, id));
+        };
+        PtyState::read(cx, &what, &m, index)?.add_to(table, index);
         Ok(file_entry(cx, id))
     }
 
@@ -774,17 +840,13 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     let mi = infos.iter().find(|i| i.id == end_id(index, true));
     let si = infos.iter().find(|i| i.id == end_id(index, false));
     let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
-    let in_root = |f: &dyn Fn() -> std::result::Result<OwnedFd, Errno>| match &cx.table.root {
-        Some(r) => crate::ns::mnt::within_root(r, f).and_then(|r| r),
-        None => f(),
-    };
     let master = match cx.table.ttys.premade.get(&index) {
         Some(m) => m.try_clone().map_err(|e| Error::Proc {
             pid: cx.pid,
             path: format!("the master of pty {index}"),
             err: e,
         })?,
-        None => in_root(&|| open_ptmx_at(None, index)).map_err(err("open /dev/ptmx"))?,
+        None => in_root(cx, &|| open_ptmx_at(None, index)).map_err(err("open /dev/ptmx"))?,
     };
     let mut n = 0;
     kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
@@ -792,11 +854,36 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     let mut unlock = 0;
     kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock)
         .map_err(err("unlock"))?;
-    // By path, as the task opened it (open(2) adds O_LARGEFILE, which
-    // fcntl cannot).
-    let slave = in_root(&|| {
+    let slave = open_slave(cx, &path)?;
+    if let (Some(uid), Some(gid)) = (si.and_then(|i| i.uid), si.and_then(|i| i.gid)) {
+        // The owner the container's runtime gave its console.
+        if let Err(e) = nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into())) {
+            tracing::warn!(index, uid, gid, "pty: its owner is not set again: {e}");
+        }
+    }
+    refill(cx, index, &master, &slave)?;
+    let locked = set_state(cx, index, &master, &slave, mi.or(si), si)?;
+    Ok((master, (!locked).then_some(slave), path))
+}
+
+/// Run `f` with the tree's root as the root under --root, so that the
+/// paths it opens are the tree's.
+fn in_root(
+    cx: &OpenCtx<'_>,
+    f: &dyn Fn() -> std::result::Result<OwnedFd, Errno>,
+) -> std::result::Result<OwnedFd, Errno> {
+    match &cx.table.root {
+        Some(r) => crate::ns::mnt::within_root(r, f).and_then(|r| r),
+        None => f(),
+    }
+}
+
+/// The slave at `path`, opened by path as the task opened it (open(2) adds
+/// O_LARGEFILE, which fcntl cannot).
+fn open_slave(cx: &OpenCtx<'_>, path: &str) -> Result<OwnedFd> {
+    in_root(cx, &|| {
         nix::fcntl::open(
-            path.as_str(),
+            path,
             OFlag::O_RDWR | OFlag::O_NOCTTY,
             nix::sys::stat::Mode::empty(),
         )
@@ -804,15 +891,14 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
     .map_err(|e| Error::OpenFile {
         pid: cx.pid,
         fd: cx.fd,
-        path: path.clone(),
+        path: path.to_owned(),
         err: e.into(),
-    })?;
-    if let (Some(uid), Some(gid)) = (si.and_then(|i| i.uid), si.and_then(|i| i.gid)) {
-        // The owner the container's runtime gave its console.
-        if let Err(e) = nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into())) {
-            tracing::warn!(index, uid, gid, "pty: its owner is not set again: {e}");
-        }
-    }
+    })
+}
+
+/// Put back the bytes queued for each end of pty `index` at dump.
+fn refill(cx: &OpenCtx<'_>, index: u32, master: &OwnedFd, slave: &OwnedFd) -> Result<()> {
+    let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
     let data = |id: u32| {
         cx.table
             .ttys
@@ -822,14 +908,28 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
             .flat_map(|d| d.data.iter().copied())
             .collect::<Vec<u8>>()
     };
-    requeue(&master, &slave, &data(end_id(index, false))).map_err(err("input for the slave"))?;
-    requeue(&slave, &slave, &data(end_id(index, true))).map_err(err("output for the master"))?;
+    requeue(master, slave, &data(end_id(index, false))).map_err(err("input for the slave"))?;
+    requeue(slave, slave, &data(end_id(index, true))).map_err(err("output for the master"))?;
+    Ok(())
+}
+
+/// Set the dumped termios (the slave's, from `si`), then the window size,
+/// packet mode and lock of `info` (the master's entry, else the slave's);
+/// whether the pty is locked again.
+fn set_state(
+    cx: &OpenCtx<'_>,
+    index: u32,
+    master: &OwnedFd,
+    slave: &OwnedFd,
+    info: Option<&TtyInfoEntry>,
+    si: Option<&TtyInfoEntry>,
+) -> Result<bool> {
+    let err = |step: &str| cx.err(&format!("pty {index}: {step}"));
     if let Some(t) = si.and_then(|i| i.termios.as_ref()) {
         let t = nix::sys::termios::Termios::from(termios_of(t));
-        nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &t)
+        nix::sys::termios::tcsetattr(slave, nix::sys::termios::SetArg::TCSANOW, &t)
             .map_err(err("termios"))?;
     }
-    let info = mi.or(si);
     if let Some(w) = info.and_then(|i| i.winsize.as_ref()) {
         let ws =
             [w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel].map(|v| u16::try_from(v).unwrap_or(0));
@@ -846,7 +946,7 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
         kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut on)
             .map_err(err("lock"))?;
     }
-    Ok((master, (!locked).then_some(slave), path))
+    Ok(locked)
 }
 
 /// A new pty with index `index` if it is free, through `ptmx` of the

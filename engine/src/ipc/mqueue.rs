@@ -40,6 +40,58 @@ fn cname(name: &str) -> Result<std::ffi::CString> {
         .map_err(|_| img::POSIX_MQUEUE.bad(0, format!("queue name {name:?} holds a NUL")))
 }
 
+/// Open queue `c` (run inside the tree's IPC namespace) and read its
+/// attributes and messages, leaving it as it was.
+fn read_queue(pid: Pid, what: &str, c: &std::ffi::CStr) -> Result<(MqAttr, Vec<PosixMqueueMsg>)> {
+    let q = mq_open(
+        c,
+        MQ_OFlag::O_RDWR | MQ_OFlag::O_NONBLOCK,
+        Mode::empty(),
+        None,
+    )
+    .map_err(Error::dump(pid, what))?;
+    // A registered process would be told (and unregistered) when the
+    // messages are put back: refuse before taking them.
+    if let Some(who) = notify_pid(&q) {
+        return Err(Error::Unsupported {
+            pid,
+            what: format!(
+                "{what}: an mq_notify registration (process {who}), whose signal value cannot be read back,"
+            ),
+        });
+    }
+    let attr = mq_getattr(&q).map_err(Error::dump(pid, what))?;
+    let msgs = take_all(&q, &attr, pid, what)?;
+    // Put them back, highest priority first, so the order is kept.
+    for m in &msgs {
+        mq_send(&q, &m.data, m.prio).map_err(Error::dump(pid, what))?;
+    }
+    Ok((attr, msgs))
+}
+
+/// Every message queued on `q`, highest priority first (the order
+/// mq_receive gives them in); the queue is empty afterwards.
+fn take_all(
+    q: &nix::mqueue::MqdT,
+    attr: &MqAttr,
+    pid: Pid,
+    what: &str,
+) -> Result<Vec<PosixMqueueMsg>> {
+    let mut msgs = Vec::new();
+    let mut buf = vec![0u8; usize::try_from(attr.msgsize()).unwrap_or(8192)];
+    loop {
+        let mut prio = 0;
+        match mq_receive(q, &mut buf, &mut prio) {
+            Ok(n) => msgs.push(PosixMqueueMsg {
+                prio,
+                data: buf[..n].to_vec(),
+            }),
+            Err(nix::errno::Errno::EAGAIN) => return Ok(msgs),
+            Err(e) => return Err(Error::dump(pid, what)(e)),
+        }
+    }
+}
+
 /// The queues of a dump or restore, by name.
 #[derive(Debug, Default)]
 pub struct Queues {
@@ -73,50 +125,10 @@ impl Queues {
             })?;
         let what = format!("fd {fd} (POSIX message queue {name})");
         let c = cname(name)?;
-        let (attr, msgs) = crate::ns::inside(
-            pid,
-            "ipc",
-            nix::sched::CloneFlags::CLONE_NEWIPC,
-            || {
-                let fail = Error::dump(pid, what.clone());
-                let q = mq_open(
-                    c.as_c_str(),
-                    MQ_OFlag::O_RDWR | MQ_OFlag::O_NONBLOCK,
-                    Mode::empty(),
-                    None,
-                )
-                .map_err(Error::dump(pid, what.clone()))?;
-                // A registered process would be told (and unregistered)
-                // when the messages are put back: refuse before taking them.
-                if let Some(who) = notify_pid(&q) {
-                    return Err(Error::Unsupported {
-                        pid,
-                        what: format!(
-                            "{what}: an mq_notify registration (process {who}), whose signal value cannot be read back,"
-                        ),
-                    });
-                }
-                let attr = mq_getattr(&q).map_err(Error::dump(pid, what.clone()))?;
-                let mut msgs = Vec::new();
-                let mut buf = vec![0u8; usize::try_from(attr.msgsize()).unwrap_or(8192)];
-                loop {
-                    let mut prio = 0;
-                    match mq_receive(&q, &mut buf, &mut prio) {
-                        Ok(n) => msgs.push(PosixMqueueMsg {
-                            prio,
-                            data: buf[..n].to_vec(),
-                        }),
-                        Err(nix::errno::Errno::EAGAIN) => break,
-                        Err(e) => return Err(fail(e)),
-                    }
-                }
-                // Put them back, highest priority first, so the order is kept.
-                for m in &msgs {
-                    mq_send(&q, &m.data, m.prio).map_err(Error::dump(pid, what.clone()))?;
-                }
-                Ok((attr, msgs))
-            },
-        )?;
+        let (attr, msgs) =
+            crate::ns::inside(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
+                read_queue(pid, &what, &c)
+            })?;
         self.by_name.insert(
             name.to_owned(),
             PosixMqueueEntry {

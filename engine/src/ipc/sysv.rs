@@ -214,106 +214,129 @@ pub fn remove_again(ids: &[i32]) -> Result<()> {
 /// Make the objects of the images in the current IPC namespace; the ids of
 /// segments to remove again once the tasks attached them.
 pub fn restore(dir: &Dir, ns_id: u64) -> Result<Vec<i32>> {
-    let mut removed = Vec::new();
     let me = nix::unistd::getpid();
-    let check = |kind: &str, want: u32, got: i32| {
-        if got.cast_unsigned() == want {
-            Ok(())
-        } else {
-            Err(Error::Restore {
-                pid: me,
-                what: format!("SysV {kind} {want} (the kernel gave id {got})"),
-                errno: nix::errno::Errno::EEXIST,
-            })
-        }
-    };
-    if dir.exists(img::IPCNS_SHM, ns_id) {
-        let mut r = dir.open_image(img::IPCNS_SHM, ns_id)?;
-        while let Some(e) = r.read_entry::<IpcShmEntry>()? {
-            let d = &e.desc;
-            if e.in_pagemaps == Some(true) {
-                return Err(img::IPCNS_SHM.bad(
-                    ns_id,
-                    format!(
-                        "segment {} keeps its contents in pagemaps, which stasis does not read",
-                        d.id
-                    ),
-                ));
-            }
-            let mut data = r.read_payload(e.size.div_ceil(4) * 4)?;
-            data.truncate(usize::try_from(e.size).unwrap_or(0));
-            let what = format!("SysV shared memory {}", d.id);
-            next_id("shm", d.id)?;
-            let size = usize::try_from(e.size).unwrap_or(0);
-            let id = kernel::ipc::shm_create(
-                d.key.cast_signed(),
-                size,
-                (d.mode & 0o777).cast_signed(),
-                &data,
-            )
-            .map_err(Error::restore(me, what.clone()))?;
-            check("shared memory", d.id, id)?;
-            kernel::ipc::shm_set_owner(id, d.uid, d.gid, d.mode)
-                .map_err(Error::restore(me, what))?;
-            if d.mode & SHM_DEST != 0 {
-                removed.push(id);
-            }
-        }
-    }
-    if dir.exists(img::IPCNS_SEM, ns_id) {
-        let mut r = dir.open_image(img::IPCNS_SEM, ns_id)?;
-        while let Some(e) = r.read_entry::<IpcSemEntry>()? {
-            let raw = r.read_payload(stasis_proto::json::padded(u64::from(e.nsems) * 2))?;
-            let values: Vec<u16> = raw
-                .chunks_exact(2)
-                .take(e.nsems as usize)
-                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
-                .collect();
-            let d = &e.desc;
-            let what = format!("SysV semaphore set {}", d.id);
-            next_id("sem", d.id)?;
-            let id = kernel::ipc::sem_create(
-                d.key.cast_signed(),
-                e.nsems.cast_signed(),
-                (d.mode & 0o777).cast_signed(),
-            )
-            .map_err(Error::restore(me, what.clone()))?;
-            check("semaphore set", d.id, id)?;
-            kernel::ipc::sem_setall(id, &values).map_err(Error::restore(me, what.clone()))?;
-            kernel::ipc::sem_set_owner(id, d.uid, d.gid, d.mode)
-                .map_err(Error::restore(me, what))?;
-        }
-    }
-    if dir.exists(img::IPCNS_MSG, ns_id) {
-        let mut r = dir.open_image(img::IPCNS_MSG, ns_id)?;
-        while let Some(e) = r.read_entry::<IpcMsgEntry>()? {
-            let d = &e.desc;
-            let what = format!("SysV message queue {}", d.id);
-            next_id("msg", d.id)?;
-            let id = kernel::ipc::msg_create(d.key.cast_signed(), (d.mode & 0o777).cast_signed())
-                .map_err(Error::restore(me, what.clone()))?;
-            check("message queue", d.id, id)?;
-            // Room for every message first, then the dumped limit.
-            kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
-            for _ in 0..e.qnum {
-                let Some(m) = r.read_entry::<IpcMsg>()? else {
-                    return Err(img::IPCNS_MSG.bad(
-                        ns_id,
-                        format!("queue {} ends before its {} messages", d.id, e.qnum),
-                    ));
-                };
-                let mut data = r.read_payload(stasis_proto::json::padded(u64::from(m.msize)))?;
-                data.truncate(m.msize as usize);
-                kernel::ipc::msg_send(id, m.mtype.cast_signed(), &data)
-                    .map_err(Error::restore(me, what.clone()))?;
-            }
-            kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::from(e.qbytes))
-                .map_err(Error::restore(me, what))?;
-        }
-    }
+    let removed = restore_shm(dir, ns_id, me)?;
+    restore_sem(dir, ns_id, me)?;
+    restore_msg(dir, ns_id, me)?;
     // Later objects get the ids the kernel picks.
     let _ = next_id("sem", u32::MAX);
     let _ = next_id("msg", u32::MAX);
     let _ = next_id("shm", u32::MAX);
     Ok(removed)
+}
+
+/// The kernel gave object `want` the id `got`: anything but `want` means
+/// the id was taken.
+fn check(me: Pid, kind: &str, want: u32, got: i32) -> Result<()> {
+    if got.cast_unsigned() == want {
+        Ok(())
+    } else {
+        Err(Error::Restore {
+            pid: me,
+            what: format!("SysV {kind} {want} (the kernel gave id {got})"),
+            errno: nix::errno::Errno::EEXIST,
+        })
+    }
+}
+
+/// The shared memory segments, with their contents; the ids of those that
+/// were removed at dump time.
+fn restore_shm(dir: &Dir, ns_id: u64, me: Pid) -> Result<Vec<i32>> {
+    let mut removed = Vec::new();
+    if !dir.exists(img::IPCNS_SHM, ns_id) {
+        return Ok(removed);
+    }
+    let mut r = dir.open_image(img::IPCNS_SHM, ns_id)?;
+    while let Some(e) = r.read_entry::<IpcShmEntry>()? {
+        let d = &e.desc;
+        if e.in_pagemaps == Some(true) {
+            return Err(img::IPCNS_SHM.bad(
+                ns_id,
+                format!(
+                    "segment {} keeps its contents in pagemaps, which stasis does not read",
+                    d.id
+                ),
+            ));
+        }
+        let mut data = r.read_payload(e.size.div_ceil(4) * 4)?;
+        data.truncate(usize::try_from(e.size).unwrap_or(0));
+        let what = format!("SysV shared memory {}", d.id);
+        next_id("shm", d.id)?;
+        let size = usize::try_from(e.size).unwrap_or(0);
+        let id = kernel::ipc::shm_create(
+            d.key.cast_signed(),
+            size,
+            (d.mode & 0o777).cast_signed(),
+            &data,
+        )
+        .map_err(Error::restore(me, what.clone()))?;
+        check(me, "shared memory", d.id, id)?;
+        kernel::ipc::shm_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+        if d.mode & SHM_DEST != 0 {
+            removed.push(id);
+        }
+    }
+    Ok(removed)
+}
+
+/// The semaphore sets, with their values.
+fn restore_sem(dir: &Dir, ns_id: u64, me: Pid) -> Result<()> {
+    if !dir.exists(img::IPCNS_SEM, ns_id) {
+        return Ok(());
+    }
+    let mut r = dir.open_image(img::IPCNS_SEM, ns_id)?;
+    while let Some(e) = r.read_entry::<IpcSemEntry>()? {
+        let raw = r.read_payload(stasis_proto::json::padded(u64::from(e.nsems) * 2))?;
+        let values: Vec<u16> = raw
+            .chunks_exact(2)
+            .take(e.nsems as usize)
+            .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+            .collect();
+        let d = &e.desc;
+        let what = format!("SysV semaphore set {}", d.id);
+        next_id("sem", d.id)?;
+        let id = kernel::ipc::sem_create(
+            d.key.cast_signed(),
+            e.nsems.cast_signed(),
+            (d.mode & 0o777).cast_signed(),
+        )
+        .map_err(Error::restore(me, what.clone()))?;
+        check(me, "semaphore set", d.id, id)?;
+        kernel::ipc::sem_setall(id, &values).map_err(Error::restore(me, what.clone()))?;
+        kernel::ipc::sem_set_owner(id, d.uid, d.gid, d.mode).map_err(Error::restore(me, what))?;
+    }
+    Ok(())
+}
+
+/// The message queues, with their messages in order.
+fn restore_msg(dir: &Dir, ns_id: u64, me: Pid) -> Result<()> {
+    if !dir.exists(img::IPCNS_MSG, ns_id) {
+        return Ok(());
+    }
+    let mut r = dir.open_image(img::IPCNS_MSG, ns_id)?;
+    while let Some(e) = r.read_entry::<IpcMsgEntry>()? {
+        let d = &e.desc;
+        let what = format!("SysV message queue {}", d.id);
+        next_id("msg", d.id)?;
+        let id = kernel::ipc::msg_create(d.key.cast_signed(), (d.mode & 0o777).cast_signed())
+            .map_err(Error::restore(me, what.clone()))?;
+        check(me, "message queue", d.id, id)?;
+        // Room for every message first, then the dumped limit.
+        kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::MAX >> 1).ok();
+        for _ in 0..e.qnum {
+            let Some(m) = r.read_entry::<IpcMsg>()? else {
+                return Err(img::IPCNS_MSG.bad(
+                    ns_id,
+                    format!("queue {} ends before its {} messages", d.id, e.qnum),
+                ));
+            };
+            let mut data = r.read_payload(stasis_proto::json::padded(u64::from(m.msize)))?;
+            data.truncate(m.msize as usize);
+            kernel::ipc::msg_send(id, m.mtype.cast_signed(), &data)
+                .map_err(Error::restore(me, what.clone()))?;
+        }
+        kernel::ipc::msg_set(id, d.uid, d.gid, d.mode, u64::from(e.qbytes))
+            .map_err(Error::restore(me, what))?;
+    }
+    Ok(())
 }

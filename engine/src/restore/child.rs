@@ -104,13 +104,42 @@ pub fn run(plans: &[Plan], idx: usize, ready: RawFd) -> ! {
     }
 }
 
-fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
+/// A failed step of the setup: the errno and the index of the step in
+/// [`STEPS`], as reported to the engine.
+type Step<T = ()> = Result<T, (Errno, i32)>;
+
+fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Step {
     let p = &plans[idx];
-    let pid = p.pst.pid;
     // Die with the engine while the restore is in progress.
     kernel::process::set_pdeathsig(libc::SIGKILL);
-    // Its cgroups before anything is charged or forked; a cgroup namespace
-    // is made in the cgroup that was its root.
+    join_cgroups(p)?;
+    if let Some(ns) = &p.mnt_ns {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
+        crate::ns::mnt::mount_procs(&p.proc_mounts).map_err(|e| (e, 9))?;
+    }
+    join_session(plans, p)?;
+    let kids = fork_children(plans, idx, ready)?;
+    pidns_for_children(p, &kids)?;
+    // The root directory is changed by the engine once it no longer opens
+    // files by path in the task.
+    if let Some(cwd) = &p.cwd {
+        nix::unistd::chdir(cwd.as_str()).map_err(|e| (e, 5))?;
+    }
+    install_fds(p, ready)?;
+    // Its name and umask from inside: no remote call needed for them. The
+    // name first, before any thread: a thread starts with its leader's.
+    if let Some(tc) = &p.core.tc {
+        kernel::process::set_comm(&tc.comm);
+    }
+    if let Some(mask) = p.fs.as_ref().and_then(|f| f.umask) {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    Ok(())
+}
+
+/// Its cgroups before anything is charged or forked; a cgroup namespace
+/// is made in the cgroup that was its root.
+fn join_cgroups(p: &Plan) -> Step {
     if let Some(fds) = &p.cgroup_ns {
         for &fd in fds {
             kernel::fd::write_raw(fd, b"0").map_err(|e| (e, 12))?;
@@ -120,11 +149,13 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
     for &fd in &p.cgroup_fds {
         kernel::fd::write_raw(fd, b"0").map_err(|e| (e, 11))?;
     }
-    if let Some(ns) = &p.mnt_ns {
-        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| (e, 8))?;
-        crate::ns::mnt::mount_procs(&p.proc_mounts).map_err(|e| (e, 9))?;
-    }
+    Ok(())
+}
 
+/// Its session and process group (and, for a group leader, the foreground
+/// of its terminal).
+fn join_session(plans: &[Plan], p: &Plan) -> Step {
+    let pid = p.pst.pid;
     if p.pst.sid == pid {
         nix::unistd::setsid().map_err(|e| (e, 0))?;
     } else if p.pst.pgid == pid {
@@ -142,6 +173,14 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         // a nested PID namespace may not see).
         join_group(pid_of(p.pst.pgid)).map_err(|e| (e, 1))?;
     }
+    Ok(())
+}
+
+/// Fork the children of task `idx` with their PIDs, in the order of the
+/// plans; each runs its own setup. Their (PID in the images, PID here).
+fn fork_children(plans: &[Plan], idx: usize, ready: RawFd) -> Step<Vec<(u32, Pid)>> {
+    let p = &plans[idx];
+    let pid = p.pst.pid;
     let depth = p.chain(0).len();
     let mut kids: Vec<(u32, Pid)> = Vec::new();
     for (ci, c) in plans.iter().enumerate() {
@@ -177,7 +216,11 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
             Err(e) => return Err((e, 2)),
         }
     }
-    // It had called unshare(CLONE_NEWPID): its next children go there.
+    Ok(kids)
+}
+
+/// It had called unshare(CLONE_NEWPID): its next children go there.
+fn pidns_for_children(p: &Plan, kids: &[(u32, Pid)]) -> Step {
     match p.pst.stasis_pidns_for_children {
         Some(0) => {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| (e, 10))?
@@ -192,28 +235,18 @@ fn setup(plans: &[Plan], idx: usize, ready: RawFd) -> Result<(), (Errno, i32)> {
         }
         None => {}
     }
-    // The root directory is changed by the engine once it no longer opens
-    // files by path in the task.
-    if let Some(cwd) = &p.cwd {
-        nix::unistd::chdir(cwd.as_str()).map_err(|e| (e, 5))?;
-    }
-    // The fd table: everything inherited goes, except the pool and the
-    // report pipe (both above every target), then the targets go in.
-    // Pool fds onto their targets, then everything else inherited goes but
-    // the report pipe (closed by the engine once it took over).
+    Ok(())
+}
+
+/// The fd table: pool fds onto their targets, then everything else
+/// inherited goes but the report pipe (closed by the engine once it took
+/// over) and the remade memfds and ghost files its memory maps.
+fn install_fds(p: &Plan, ready: RawFd) -> Step {
     place_fds(&p.fds, ready + 1).map_err(|e| (e, 3))?;
     let mut keep: Vec<RawFd> = p.fds.iter().map(|f| f.0).collect();
     keep.push(ready);
     keep.extend(&p.inherited);
     kernel::fd::close_except(0, u32::MAX >> 1, &keep).map_err(|e| (e, 6))?;
-    // Its name and umask from inside: no remote call needed for them. The
-    // name first, before any thread: a thread starts with its leader's.
-    if let Some(tc) = &p.core.tc {
-        kernel::process::set_comm(&tc.comm);
-    }
-    if let Some(mask) = p.fs.as_ref().and_then(|f| f.umask) {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-    }
     Ok(())
 }
 
@@ -336,7 +369,7 @@ fn fork_through_helper(
     ready: RawFd,
     leader: u32,
     session: bool,
-) -> Result<(), (Errno, i32)> {
+) -> Step {
     let c = &plans[ci];
     match kernel::clone::fork_single_threaded(pid_of(leader), false) {
         Ok(kernel::clone::Forked::Child) => {

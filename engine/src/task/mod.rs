@@ -53,13 +53,68 @@ pub struct Scratch {
     pub code: u64,
     /// A `syscall` followed by `int3`.
     pub trap: u64,
+    /// Length of the whole mapping.
+    len: u64,
 }
 
 impl Scratch {
+    /// Map the scratch memory in the task of remote `r` (whose pid is
+    /// `pid`) with one remote mmap, and write the code: two pages for
+    /// answers, a batch table, then the code (the batch runner, and
+    /// `syscall; int3` at the very end), so that the remaining calls cost
+    /// one stop each, or one stop per batch.
+    pub fn map(r: &Remote, pid: Pid) -> Result<Self> {
+        let page = kernel::mm::page_size();
+        let len = 4 * page;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC).cast_unsigned();
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS).cast_unsigned();
+        let scratch = r.call(
+            "mmap",
+            nr::MMAP,
+            [0, len, u64::from(prot), u64::from(flags), u64::MAX, 0],
+        )?;
+        let sc = Self {
+            data: scratch,
+            table: scratch + 2 * page,
+            code: scratch + 3 * page,
+            trap: scratch + len - 8,
+            len,
+        };
+        remote::write_code(pid, sc.code, &stasis_arch::native::SYSCALL_BATCH)?;
+        remote::write_code(pid, sc.trap, &stasis_arch::native::SYSCALL_INSN)?;
+        Ok(sc)
+    }
+
+    /// Unmap it again through `r`, once the task's state is read.
+    pub fn unmap(&self, r: &Remote) -> Result<()> {
+        r.call("munmap", nr::MUNMAP, [self.data, self.len, 0, 0, 0, 0])
+            .map(drop)
+    }
+
     /// A remote for thread `tid` whose registers are `regs`.
     pub fn remote(&self, tid: Pid, regs: Regs) -> Remote {
         Remote::with_trap(tid, regs, self.trap).with_batch(self.code, self.table)
     }
+}
+
+/// Address of a `syscall` instruction in the task's vdso (start, end).
+pub fn syscall_insn(pid: Pid, vdso: Option<(u64, u64)>) -> Result<u64> {
+    let (start, end) = vdso.ok_or_else(|| Error::Unsupported {
+        pid,
+        what: "a task without a vdso".into(),
+    })?;
+    let mut code = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+    remote::read_mem(pid, start, &mut code)?;
+    use stasis_arch::native::{INSN_ALIGN, SYSCALL_INSN, SYSCALL_INSN_LEN};
+    let len = usize::try_from(SYSCALL_INSN_LEN).unwrap_or(2);
+    code.windows(len)
+        .step_by(INSN_ALIGN)
+        .position(|w| *w == SYSCALL_INSN[..len])
+        .map(|i| start + (i * INSN_ALIGN) as u64)
+        .ok_or_else(|| Error::Unsupported {
+            pid,
+            what: "a vdso without a syscall instruction".into(),
+        })
 }
 
 /// The per-thread part of the dump, asked inside `thread` through the
@@ -72,30 +127,12 @@ pub fn dump_thread(
     known: Option<(&proc::Stat, &BTreeMap<String, String>)>,
 ) -> Result<(cpu::ThreadInfo, ThreadCoreEntry)> {
     let tid = th.tid;
-    let scratch = sc.data;
     let r = sc.remote(tid, th.regs);
     th.touched.set(true);
     th.pin();
     // Nothing may interrupt the remote calls; the mask is put back on release.
     kernel::ptrace::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
-    let got = r.call_all(&[
-        ("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0]),
-        (
-            "prctl(PR_GET_TID_ADDRESS)",
-            nr::PRCTL,
-            [PR_GET_TID_ADDRESS, scratch + 32, 0, 0, 0, 0],
-        ),
-        (
-            "prctl(PR_GET_PDEATHSIG)",
-            nr::PRCTL,
-            [2, scratch + 40, 0, 0, 0, 0],
-        ),
-        ("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0]),
-        ("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, [30, 0, 0, 0, 0, 0]),
-    ])?;
-    let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
-    let secbits = got.get(3).copied().unwrap_or(0);
-    let slack = got.get(4).copied();
+    let asked = Asked::ask(&r, tid, sc.data)?;
     let read;
     let (st, status) = match known {
         Some(k) => k,
@@ -104,28 +141,28 @@ pub fn dump_thread(
             (&read.0, &read.1)
         }
     };
-    let creds = creds::dump(status, u32::try_from(secbits).unwrap_or(0));
+    let creds = creds::dump(status, u32::try_from(asked.secbits).unwrap_or(0));
     let rseq =
         kernel::ptrace::rseq_config(tid).map_err(Error::ptrace(tid, "GET_RSEQ_CONFIGURATION"))?;
     let (rla, rla_len) =
         kernel::ptrace::robust_list(tid).map_err(Error::ptrace(tid, "get_robust_list"))?;
     let pending =
         kernel::ptrace::peek_siginfo(tid, false).map_err(Error::ptrace(tid, "PEEKSIGINFO"))?;
-    let ti = cpu::dump(tid, &th.regs, tid_addr)?;
+    let ti = cpu::dump(tid, &th.regs, asked.tid_addr)?;
     let tc = ThreadCoreEntry {
         futex_rla: rla,
         futex_rla_len: u32::try_from(rla_len).unwrap_or(0),
         sched_nice: Some(st.nice),
-        pdeath_sig: Some(remote::int_in_word(pdeath)).filter(|&s| s != 0),
+        pdeath_sig: Some(remote::int_in_word(asked.pdeath)).filter(|&s| s != 0),
         blk_sigset: Some(th.sigmask),
         sas: Some(ThreadSasEntry {
-            ss_sp,
-            ss_size,
-            ss_flags: remote::int_in_word(ss_flags),
+            ss_sp: asked.ss_sp,
+            ss_size: asked.ss_size,
+            ss_flags: remote::int_in_word(asked.ss_flags),
         }),
         signals_p: Some(queue(pending)),
         comm: Some(st.comm.clone()),
-        timer_slack_ns: slack,
+        timer_slack_ns: asked.slack,
         creds: Some(creds),
         rseq_entry: (rseq.abi_pointer != 0).then_some(RseqEntry {
             rseq_abi_pointer: rseq.abi_pointer,
@@ -136,6 +173,51 @@ pub fn dump_thread(
         ..ThreadCoreEntry::default()
     };
     Ok((ti, tc))
+}
+
+/// What a thread is asked with remote calls (one batch): its alternate
+/// signal stack, tid address, parent-death signal, securebits and timer
+/// slack.
+struct Asked {
+    ss_sp: u64,
+    ss_flags: u64,
+    ss_size: u64,
+    tid_addr: u64,
+    pdeath: u64,
+    secbits: u64,
+    slack: Option<u64>,
+}
+
+impl Asked {
+    /// Ask thread `tid` through `r`; the answers written to memory land at
+    /// `scratch`.
+    fn ask(r: &Remote, tid: Pid, scratch: u64) -> Result<Self> {
+        let got = r.call_all(&[
+            ("sigaltstack", nr::SIGALTSTACK, [0, scratch, 0, 0, 0, 0]),
+            (
+                "prctl(PR_GET_TID_ADDRESS)",
+                nr::PRCTL,
+                [PR_GET_TID_ADDRESS, scratch + 32, 0, 0, 0, 0],
+            ),
+            (
+                "prctl(PR_GET_PDEATHSIG)",
+                nr::PRCTL,
+                [2, scratch + 40, 0, 0, 0, 0],
+            ),
+            ("prctl(PR_GET_SECUREBITS)", nr::PRCTL, [27, 0, 0, 0, 0, 0]),
+            ("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, [30, 0, 0, 0, 0, 0]),
+        ])?;
+        let [ss_sp, ss_flags, ss_size, _, tid_addr, pdeath] = read_words::<6>(tid, scratch)?;
+        Ok(Self {
+            ss_sp,
+            ss_flags,
+            ss_size,
+            tid_addr,
+            pdeath,
+            secbits: got.get(3).copied().unwrap_or(0),
+            slack: got.get(4).copied(),
+        })
+    }
 }
 
 fn queue(sigs: Vec<Vec<u8>>) -> SignalQueueEntry {
@@ -157,41 +239,10 @@ pub fn dump_task(
     status: &BTreeMap<String, String>,
 ) -> Result<TaskCoreEntry> {
     let pid = task.pid;
-    let mut sigactions = Vec::new();
-    // All in one batch, each answer 32 bytes apart.
-    let sigs: Vec<u64> = sigaction_signals().collect();
-    let calls: Vec<Call> = sigs
-        .iter()
-        .enumerate()
-        .map(|(i, &sig)| {
-            (
-                "rt_sigaction",
-                nr::RT_SIGACTION,
-                [sig, 0, scratch + 32 * i as u64, 8, 0, 0],
-            )
-        })
-        .collect();
-    r.call_all(&calls)?;
-    let mut raw = vec![0u8; 32 * sigs.len()];
-    remote::read_mem(pid, scratch, &mut raw)?;
-    for e in raw.chunks_exact(32) {
-        let w = |k: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&e[8 * k..8 * k + 8]);
-            u64::from_ne_bytes(b)
-        };
-        sigactions.push(SaEntry {
-            sigaction: w(0),
-            flags: w(1),
-            restorer: w(2),
-            mask: w(3),
-            compat_sigaction: None,
-            mask_extended: None,
-        });
-    }
+    let sigactions = dump_sigactions(pid, r, scratch)?;
     // itimers and the subreaper flag: one more batch, answers after the
     // sigactions'.
-    let at = scratch + 32 * sigs.len() as u64;
+    let at = scratch + 32 * sigactions.len() as u64;
     let mut more = timers::itimer_calls(at).to_vec();
     more.push((
         "prctl(PR_GET_CHILD_SUBREAPER)",
@@ -209,11 +260,7 @@ pub fn dump_task(
         .into_iter()
         .map(|(cur, max)| RlimitEntry { cur, max })
         .collect();
-    let (task_state, exit_code, stop_signo) = match task.state {
-        State::Alive => (state::ALIVE, 0, None),
-        State::Stopped(s) => (state::STOPPED, 0, u32::try_from(s).ok()),
-        State::Zombie(c) => (state::ZOMBIE, c, None),
-    };
+    let (task_state, exit_code, stop_signo) = state_of(task.state);
     Ok(TaskCoreEntry {
         task_state,
         exit_code,
@@ -233,6 +280,53 @@ pub fn dump_task(
         loginuid: status.get("loginuid").and_then(|s| s.parse().ok()),
         ..TaskCoreEntry::default()
     })
+}
+
+/// The sigactions of every signal but SIGKILL and SIGSTOP, asked in one
+/// batch whose answers land 32 bytes apart from `scratch`.
+fn dump_sigactions(pid: Pid, r: &Remote, scratch: u64) -> Result<Vec<SaEntry>> {
+    let sigs: Vec<u64> = sigaction_signals().collect();
+    let calls: Vec<Call> = sigs
+        .iter()
+        .enumerate()
+        .map(|(i, &sig)| {
+            (
+                "rt_sigaction",
+                nr::RT_SIGACTION,
+                [sig, 0, scratch + 32 * i as u64, 8, 0, 0],
+            )
+        })
+        .collect();
+    r.call_all(&calls)?;
+    let mut raw = vec![0u8; 32 * sigs.len()];
+    remote::read_mem(pid, scratch, &mut raw)?;
+    Ok(raw
+        .chunks_exact(32)
+        .map(|e| {
+            let w = |k: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&e[8 * k..8 * k + 8]);
+                u64::from_ne_bytes(b)
+            };
+            SaEntry {
+                sigaction: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+                compat_sigaction: None,
+                mask_extended: None,
+            }
+        })
+        .collect())
+}
+
+/// `task_state`, `exit_code` and `stop_signo` of a task in state `s`.
+fn state_of(s: State) -> (u32, u32, Option<u32>) {
+    match s {
+        State::Alive => (state::ALIVE, 0, None),
+        State::Stopped(sig) => (state::STOPPED, 0, u32::try_from(sig).ok()),
+        State::Zombie(c) => (state::ZOMBIE, c, None),
+    }
 }
 
 fn personality(pid: Pid) -> u32 {
