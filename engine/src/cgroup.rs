@@ -34,10 +34,10 @@ use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
 
 /// A membership list: (hierarchy name as /proc shows it, path), by name.
-pub type Set = Vec<(String, String)>;
+pub(crate) type Set = Vec<(String, String)>;
 
 /// The set of `/proc/.../cgroup` text; `None` if a line is malformed.
-pub fn parse(text: &str) -> Option<Set> {
+pub(crate) fn parse(text: &str) -> Option<Set> {
     let mut set: Set = text
         .lines()
         .filter(|l| !l.is_empty())
@@ -58,7 +58,7 @@ fn read_set(pid: Pid, path: &str) -> Result<Set> {
 
 /// The tree's sets: set `i` has id `i + 1`, and id 1 is the engine's own.
 #[derive(Debug, Default)]
-pub struct Sets {
+pub(crate) struct Sets {
     sets: Vec<Set>,
     of: HashMap<Pid, u32>,
     /// The root of the tree's own cgroup namespace in each hierarchy, by
@@ -108,7 +108,7 @@ fn ns_roots(root: Pid) -> Result<HashMap<String, String>> {
 impl Sets {
     /// The sets of `tasks` (each a PID and its thread IDs; zombies have
     /// none and are left out) of the tree under `root`.
-    pub fn read(root: Pid, tasks: &[(Pid, Vec<Pid>)]) -> Result<Sets> {
+    pub(crate) fn read(root: Pid, tasks: &[(Pid, Vec<Pid>)]) -> Result<Sets> {
         let me = nix::unistd::getpid();
         let mut s = Sets {
             sets: vec![read_set(me, "/proc/self/cgroup")?],
@@ -201,18 +201,18 @@ impl Sets {
     /// `--cgroup-root` at the dump: the cgroups saved begin at `roots`
     /// where those hold the tasks' cgroups (empty cgroups between a
     /// container's and its tasks' come back with their properties).
-    pub fn walk_from(&mut self, roots: &[CgRoot]) {
+    pub(crate) fn walk_from(&mut self, roots: &[CgRoot]) {
         self.walk_roots = roots.to_vec();
     }
 
     /// The set id of task or thread `tid`.
-    pub fn of(&self, tid: Pid) -> Option<u32> {
+    pub(crate) fn of(&self, tid: Pid) -> Option<u32> {
         self.of.get(&tid).copied()
     }
 
     /// Write `cgroup.img`, unless every task is in the engine's set and
     /// the tree has no cgroup namespace of its own.
-    pub fn write(&self, dir: &Dir) -> Result<()> {
+    pub(crate) fn write(&self, dir: &Dir) -> Result<()> {
         if self.of.values().all(|&id| id == 1) && self.ns_roots.is_none() {
             return Ok(());
         }
@@ -346,7 +346,7 @@ impl std::str::FromStr for CgRoot {
 
 /// The `cgroup.procs` files each set's tasks write themselves into.
 #[derive(Debug, Default)]
-pub struct Joins {
+pub(crate) struct Joins {
     fds: Vec<OwnedFd>,
     by_set: HashMap<u32, Vec<RawFd>>,
     /// The tree had a cgroup namespace of its own: its root task makes one
@@ -367,7 +367,7 @@ pub struct Joins {
 
 impl Joins {
     /// The fds a task of set `id` writes "0" to.
-    pub fn of(&self, id: Option<u32>) -> Vec<RawFd> {
+    pub(crate) fn of(&self, id: Option<u32>) -> Vec<RawFd> {
         id.and_then(|i| self.by_set.get(&i))
             .cloned()
             .unwrap_or_default()
@@ -375,7 +375,7 @@ impl Joins {
 
     /// Move thread `tid` (the engine's number) into the cgroups of set
     /// `id`, one hierarchy after the other.
-    pub fn move_thread(&self, tid: Pid, id: u32) -> Result<()> {
+    pub(crate) fn move_thread(&self, tid: Pid, id: u32) -> Result<()> {
         for f in self.thread_files.get(&id).map_or(&[][..], Vec::as_slice) {
             std::fs::write(f, tid.as_raw().to_string()).map_err(cg_err(
                 f,
@@ -387,12 +387,12 @@ impl Joins {
     }
 
     /// The highest fd held, if any.
-    pub fn last(&self) -> Option<RawFd> {
+    pub(crate) fn last(&self) -> Option<RawFd> {
         self.fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).max()
     }
 
     /// The restore succeeded: the cgroups made stay.
-    pub fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.kept = true;
     }
 }
@@ -422,7 +422,7 @@ impl Drop for Joins {
 /// cgroups show what the runtime made for it, which a restore under a new
 /// name puts elsewhere.
 #[derive(Debug, Default)]
-pub struct Remap {
+pub(crate) struct Remap {
     /// The root task's cgroup in each hierarchy: (name, path).
     bases: Vec<(String, String)>,
     roots: Vec<CgRoot>,
@@ -431,7 +431,7 @@ pub struct Remap {
 impl Remap {
     /// The remapping of the tree in `dir` whose root task is in set
     /// `root_set`, under `roots` (none: nothing moves).
-    pub fn new(dir: &Dir, mode: Mode, roots: &[CgRoot], root_set: Option<u32>) -> Result<Remap> {
+    pub(crate) fn new(dir: &Dir, mode: Mode, roots: &[CgRoot], root_set: Option<u32>) -> Result<Remap> {
         if mode == Mode::Ignore || roots.is_empty() || !dir.exists(img::CGROUP, 0) {
             return Ok(Remap::default());
         }
@@ -455,7 +455,7 @@ impl Remap {
 
     /// The root a mount of type `fstype` (cgroup or cgroup2) with options
     /// `options` has after the restore, for `root` at the dump.
-    pub fn mount_root(&self, fstype: &str, options: &str, root: &str) -> String {
+    pub(crate) fn mount_root(&self, fstype: &str, options: &str, root: &str) -> String {
         let opts: Vec<&str> = options.split(',').collect();
         let hierarchy = self.bases.iter().find(|(n, _)| {
             if fstype == "cgroup2" {
@@ -472,7 +472,7 @@ impl Remap {
 
     /// Where cgroup `path` of hierarchy `name` goes: the part below the
     /// root task's cgroup moves under `--cgroup-root`.
-    pub fn path(&self, name: &str, path: &str) -> String {
+    pub(crate) fn path(&self, name: &str, path: &str) -> String {
         let base = self
             .bases
             .iter()
@@ -932,7 +932,7 @@ fn ns_root_of(m: &CgMemberEntry) -> Option<&str> {
 /// their `cgroup.procs` opened at fds from `first` up, where `remap` puts
 /// them. `tasks` are the set ids of the live tasks; `root_set` the root
 /// task's.
-pub fn prepare(
+pub(crate) fn prepare(
     dir: &Dir,
     mode: Mode,
     remap: &Remap,

@@ -27,11 +27,6 @@ impl<M> Image<M> {
         }
     }
 
-    /// The kind's name (`"FILES"`), as `stasis_proto::kind` knows it.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The file name of this kind for object `id` (`core-42.img`), as an
     /// images directory holds it.
     pub fn file_name(&self, id: impl std::fmt::Display) -> String {
@@ -119,38 +114,38 @@ pub mod img {
     pub(super) fn all() -> Vec<(&'static str, &'static str)> {
         use prost::Name;
         vec![
-            (INVENTORY.name(), InventoryEntry::NAME),
-            (PSTREE.name(), PstreeEntry::NAME),
-            (CORE.name(), CoreEntry::NAME),
-            (MM.name(), MmEntry::NAME),
-            (PAGEMAP.name(), PagemapHead::NAME),
-            (FDINFO.name(), FdinfoEntry::NAME),
-            (FILES.name(), FileEntry::NAME),
-            (FS.name(), FsEntry::NAME),
-            (PIPES_DATA.name(), PipeDataEntry::NAME),
-            (FIFO_DATA.name(), PipeDataEntry::NAME),
-            (GHOST_FILE.name(), GhostFileEntry::NAME),
-            (REMAP_FPATH.name(), RemapFilePathEntry::NAME),
-            (SK_QUEUES.name(), SkPacketEntry::NAME),
-            (FILE_LOCKS.name(), FileLockEntry::NAME),
-            (TCP_STREAM.name(), TcpStreamEntry::NAME),
-            (TTY_INFO.name(), TtyInfoEntry::NAME),
-            (TTY_DATA.name(), TtyDataEntry::NAME),
-            (MEMFD_INODE.name(), MemfdInodeEntry::NAME),
-            (SECCOMP.name(), SeccompEntry::NAME),
-            (UTSNS.name(), UtsnsEntry::NAME),
-            (NETNS.name(), NetnsEntry::NAME),
-            (NETDEV.name(), NetDeviceEntry::NAME),
-            (MNTS.name(), MntEntry::NAME),
-            (TIMENS.name(), TimensEntry::NAME),
-            (CGROUP.name(), CgroupEntry::NAME),
-            (USERNS.name(), UsernsEntry::NAME),
-            (IPC_VAR.name(), IpcVarEntry::NAME),
-            (IPCNS_SHM.name(), IpcShmEntry::NAME),
-            (IPCNS_SEM.name(), IpcSemEntry::NAME),
-            (IPCNS_MSG.name(), IpcMsgEntry::NAME),
-            (POSIX_MQUEUE.name(), PosixMqueueEntry::NAME),
-            (STATS.name(), StatsEntry::NAME),
+            (INVENTORY.name, InventoryEntry::NAME),
+            (PSTREE.name, PstreeEntry::NAME),
+            (CORE.name, CoreEntry::NAME),
+            (MM.name, MmEntry::NAME),
+            (PAGEMAP.name, PagemapHead::NAME),
+            (FDINFO.name, FdinfoEntry::NAME),
+            (FILES.name, FileEntry::NAME),
+            (FS.name, FsEntry::NAME),
+            (PIPES_DATA.name, PipeDataEntry::NAME),
+            (FIFO_DATA.name, PipeDataEntry::NAME),
+            (GHOST_FILE.name, GhostFileEntry::NAME),
+            (REMAP_FPATH.name, RemapFilePathEntry::NAME),
+            (SK_QUEUES.name, SkPacketEntry::NAME),
+            (FILE_LOCKS.name, FileLockEntry::NAME),
+            (TCP_STREAM.name, TcpStreamEntry::NAME),
+            (TTY_INFO.name, TtyInfoEntry::NAME),
+            (TTY_DATA.name, TtyDataEntry::NAME),
+            (MEMFD_INODE.name, MemfdInodeEntry::NAME),
+            (SECCOMP.name, SeccompEntry::NAME),
+            (UTSNS.name, UtsnsEntry::NAME),
+            (NETNS.name, NetnsEntry::NAME),
+            (NETDEV.name, NetDeviceEntry::NAME),
+            (MNTS.name, MntEntry::NAME),
+            (TIMENS.name, TimensEntry::NAME),
+            (CGROUP.name, CgroupEntry::NAME),
+            (USERNS.name, UsernsEntry::NAME),
+            (IPC_VAR.name, IpcVarEntry::NAME),
+            (IPCNS_SHM.name, IpcShmEntry::NAME),
+            (IPCNS_SEM.name, IpcSemEntry::NAME),
+            (IPCNS_MSG.name, IpcMsgEntry::NAME),
+            (POSIX_MQUEUE.name, PosixMqueueEntry::NAME),
+            (STATS.name, StatsEntry::NAME),
         ]
     }
 }

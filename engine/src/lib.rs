@@ -22,7 +22,7 @@ pub mod cgroup;
 pub mod dump;
 pub mod error;
 pub(crate) mod files;
-pub mod images;
+pub(crate) mod images;
 pub mod inspect;
 pub(crate) mod ipc;
 pub(crate) mod mm;
@@ -31,11 +31,21 @@ pub mod notify;
 pub(crate) mod ns;
 pub mod progress;
 pub mod restore;
-pub mod task;
+pub(crate) mod task;
 pub(crate) mod workers;
 
 pub use error::{EngineError, Result};
 use stasis_kernel as kernel;
+
+/// Copy `buf.len()` bytes of task `pid`'s memory at `addr` the way the dump
+/// copies pages (for the engine's benchmarks).
+pub fn read_task_memory(
+    pid: nix::unistd::Pid,
+    addr: u64,
+    buf: &mut [u8],
+) -> std::result::Result<(), EngineError> {
+    task::remote::read_mem(pid, addr, buf)
+}
 
 /// Fork a worker process (an RPC service serves each connection in one):
 /// `None` in the worker, the worker's PID in the caller. The caller must be
