@@ -23,9 +23,6 @@ use crate::task::remote::{BATCH_MAX, Remote};
 #[derive(Debug)]
 pub struct Eventpoll;
 
-/// Offset in the trampoline's data area for the `epoll_event`s.
-const EVENTS_AT: u64 = 16 << 10;
-
 fn tfd_entry(cx: &FdCtx<'_>, line: &str) -> Result<EventpollTfdEntry> {
     let kv = proc::pairs(line);
     let get = |k: &str, radix: u32| {
@@ -117,10 +114,10 @@ fn register(r: &Remote, t: &Trampoline, epfd: i32, e: &EventpollFileEntry) -> Re
         let mut bytes = Vec::new();
         let mut at = Vec::new();
         for tfd in chunk {
-            at.push(t.data + EVENTS_AT + bytes.len() as u64);
+            at.push(t.data + mm::layout::EVENTS + bytes.len() as u64);
             bytes.extend(event_bytes(tfd.events, tfd.data));
         }
-        mm::put(pid, t, EVENTS_AT, &bytes)?;
+        mm::put(pid, t, mm::layout::EVENTS, &bytes)?;
         let calls: Vec<_> = chunk
             .iter()
             .zip(at)

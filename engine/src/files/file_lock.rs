@@ -92,9 +92,6 @@ pub const LEASE: u32 = 8;
 /// was being broken to).
 pub const LEASE_BREAKING: u32 = 4;
 
-/// Where in the trampoline's data area the `struct flock` goes.
-const FLOCK_AT: u64 = 20 << 10;
-
 /// A lock of an fdinfo `lock:` line, or `None` for a waiter (`->`). `Err`
 /// carries the kind for the message. Types are CRIU's: F_RDLCK or F_WRLCK
 /// for every kind (flock's shared and exclusive too).
@@ -283,7 +280,7 @@ pub fn take_in_task(r: &Remote, t: &Trampoline, locks: &[&FileLockEntry]) -> Res
         take_lease(r, e)?;
     }
     for e in locks.iter().filter(|e| e.flag == POSIX) {
-        let at = mm::put(r.tid, t, FLOCK_AT, &flock_bytes(e))?;
+        let at = mm::put(r.tid, t, mm::layout::FLOCK, &flock_bytes(e))?;
         r.call(
             "fcntl(F_SETLK)",
             nr::FCNTL,

@@ -27,9 +27,6 @@ use crate::mm::{self, Trampoline};
 use crate::task::proc;
 use crate::task::remote::Remote;
 
-/// Where the foreground group's number goes in the trampoline's data area.
-const PGRP_AT: u64 = 21 << 10;
-
 /// The terminals of a dump or a restore (`tty-info.img`, `tty-data.img`).
 #[derive(Debug, Default)]
 pub struct Ttys {
@@ -257,7 +254,7 @@ pub fn restore_ctty(
         [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
     )?;
     if info.pgrp != 0 {
-        let at = mm::put(pid, t, PGRP_AT, &info.pgrp.to_ne_bytes())?;
+        let at = mm::put(pid, t, mm::layout::PGRP, &info.pgrp.to_ne_bytes())?;
         r.call(
             "ioctl(TIOCSPGRP)",
             nr::IOCTL,

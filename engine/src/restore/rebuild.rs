@@ -13,9 +13,6 @@ pub(super) const TRAMPOLINE_PAGES: u64 = 16;
 /// Offset of the batch runner in the trampoline's code page.
 pub(super) const BATCH_CODE: usize = 64;
 
-/// Offset of the batch table in the trampoline's data pages (page 13 of 15).
-pub(super) const BATCH_TABLE: u64 = 48 << 10;
-
 /// Find a free 4 MiB hole for the trampoline, outside every dumped VMA and
 /// every mapping of this process.
 pub(super) fn pick_trampoline(plans: &[Plan]) -> Result<u64> {
@@ -103,8 +100,10 @@ impl Work<'_> {
         let base = seize(pid)?;
         threads.push(pid);
         // The trampoline's `syscall` is followed by breakpoints.
-        let r = Remote::with_trap(pid, base, t.start)
-            .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE);
+        let r = Remote::with_trap(pid, base, t.start).with_batch(
+            t.start + BATCH_CODE as u64,
+            t.data + mm::layout::BATCH_TABLE,
+        );
         let mm = p.mm.as_ref().ok_or_else(|| img::MM.bad(pid, "missing"))?;
         let pages = self.memory(&r, p, mm, shared)?;
         self.files_in_task(&r, p)?;
@@ -184,7 +183,7 @@ impl Work<'_> {
         first.push(mm::open_call(
             pid,
             t,
-            mm::FIRST_PATH_AT,
+            mm::layout::FIRST_PATH,
             "openat(exe)",
             exe.as_bytes(),
             libc::O_RDONLY | libc::O_CLOEXEC,
@@ -242,7 +241,7 @@ impl Work<'_> {
         if let Some(root) = p.root_dir.as_deref().filter(|r| *r != "/") {
             let mut b = root.as_bytes().to_vec();
             b.push(0);
-            let at = mm::put(r.tid, t, 8192, &b)?;
+            let at = mm::put(r.tid, t, mm::layout::PATHS, &b)?;
             r.call("chroot", nr::CHROOT, [at, 0, 0, 0, 0, 0])?;
         }
         Ok(())
@@ -535,13 +534,13 @@ pub(super) fn clone_thread(
         .cast_unsigned()
         .into();
     let tid_bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let set_tid = mm::put(pid, t, 4096, &tid_bytes)?;
+    let set_tid = mm::put(pid, t, mm::layout::ARRAY, &tid_bytes)?;
     let mut args = [0u64; 11];
     args[0] = flags;
     args[8] = set_tid;
     args[9] = ids.len() as u64;
     let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let a = mm::put(pid, t, 0, &bytes)?;
+    let a = mm::put(pid, t, mm::layout::ARGS, &bytes)?;
     let made = r.call("clone3", nr::CLONE3, [a, 88, 0, 0, 0, 0])?;
     let tid = host(Pid::from_raw(i32::try_from(made).unwrap_or(0)))?;
     match remote::wait(tid, "creating a thread")? {
@@ -557,8 +556,10 @@ pub(super) fn clone_thread(
     kernel::ptrace::set_sigmask(tid, u64::MAX).map_err(Error::ptrace(tid, "SETSIGMASK"))?;
     let tregs = kernel::ptrace::getregs(tid).map_err(Error::ptrace(tid, "GETREGS"))?;
     Ok((
-        Remote::with_trap(tid, tregs, t.start)
-            .with_batch(t.start + BATCH_CODE as u64, t.data + BATCH_TABLE),
+        Remote::with_trap(tid, tregs, t.start).with_batch(
+            t.start + BATCH_CODE as u64,
+            t.data + mm::layout::BATCH_TABLE,
+        ),
         tid,
     ))
 }
@@ -569,7 +570,7 @@ pub(super) fn comm_call(r: &Remote, t: &Trampoline, comm: &str) -> Result<remote
     let mut b = comm.as_bytes().to_vec();
     b.truncate(15);
     b.push(0);
-    let at = mm::put(r.tid, t, 8192, &b)?;
+    let at = mm::put(r.tid, t, mm::layout::PATHS, &b)?;
     Ok(("prctl(PR_SET_NAME)", nr::PRCTL, [15, at, 0, 0, 0, 0]))
 }
 
@@ -582,7 +583,7 @@ pub(super) fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, fd: u64) -> R
         .iter()
         .flat_map(|w| w.to_ne_bytes())
         .collect();
-    let auxv_at = mm::put(pid, t, 4096, &auxv)?;
+    let auxv_at = mm::put(pid, t, mm::layout::ARRAY, &auxv)?;
     let auxv_len = u64::try_from(auxv.len()).unwrap_or(0);
     let words = [
         mm.mm_start_code,
@@ -602,7 +603,7 @@ pub(super) fn set_mm_map(r: &Remote, t: &Trampoline, mm: &MmEntry, fd: u64) -> R
     let mut map: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
     map.extend_from_slice(&u32::try_from(auxv_len).unwrap_or(0).to_ne_bytes());
     map.extend_from_slice(&u32::try_from(fd).unwrap_or(u32::MAX).to_ne_bytes());
-    let at = mm::put(pid, t, 0, &map)?;
+    let at = mm::put(pid, t, mm::layout::ARGS, &map)?;
     let res = r.call_many(&[
         (
             "prctl(PR_SET_MM_MAP)",

@@ -167,7 +167,7 @@ impl Table {
         let newest =
             newest.ok_or_else(|| img::CORE.bad(tid, "seccomp filter mode without a filter"))?;
         for f in self.chain(newest)? {
-            let prog = data + 40 * 1024;
+            let prog = data + crate::mm::layout::SECCOMP_PROG;
             remote::write_mem(tid, data, &f.filter)?;
             let len = u16::try_from(f.filter.len() / 8)
                 .map_err(|_| img::SECCOMP.bad(0, "a filter longer than BPF allows"))?;
