@@ -27,8 +27,7 @@ mod bench {
         g.bench_function("process_vm_readv, 4 MiB chunks", |b| {
             b.iter(|| {
                 for off in (0..LEN).step_by(CHUNK) {
-                    stasis_engine::read_task_memory(me, addr + off as u64, &mut buf)
-                        .expect("read");
+                    stasis_engine::read_task_memory(me, addr + off as u64, &mut buf).expect("read");
                 }
                 black_box(&buf);
             });

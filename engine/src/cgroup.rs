@@ -431,7 +431,12 @@ pub(crate) struct Remap {
 impl Remap {
     /// The remapping of the tree in `dir` whose root task is in set
     /// `root_set`, under `roots` (none: nothing moves).
-    pub(crate) fn new(dir: &Dir, mode: Mode, roots: &[CgRoot], root_set: Option<u32>) -> Result<Remap> {
+    pub(crate) fn new(
+        dir: &Dir,
+        mode: Mode,
+        roots: &[CgRoot],
+        root_set: Option<u32>,
+    ) -> Result<Remap> {
         if mode == Mode::Ignore || roots.is_empty() || !dir.exists(img::CGROUP, 0) {
             return Ok(Remap::default());
         }
