@@ -296,3 +296,54 @@ pub fn take_in_task(r: &Remote, t: &Trampoline, locks: &[&FileLockEntry]) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(line: &str) -> std::result::Result<Option<(FileLockEntry, String)>, String> {
+        parse(Pid::from_raw(42), 5, line)
+    }
+
+    #[test]
+    fn posix_range_and_flock_to_eof() {
+        let (e, key) = lock("lock:\t1: POSIX  ADVISORY  WRITE 42 08:02:5678 100 199")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.flag, e.start, e.len, e.fd, e.pid),
+            (POSIX, 100, 100, 5, 42)
+        );
+        assert_eq!(e.r#type, libc::F_WRLCK.cast_unsigned());
+        assert_eq!(key, "08:02:5678");
+        let (e, _) = lock("lock:\t2: FLOCK  ADVISORY  READ 42 00:1f:99 0 EOF")
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.flag, e.len), (FLOCK, 0));
+        assert_eq!(e.r#type, libc::F_RDLCK.cast_unsigned());
+    }
+
+    #[test]
+    fn a_lease_being_broken_and_a_waiter() {
+        let (e, _) = lock("lock:\t1: LEASE  BREAKING  UNLCK 42 00:1f:99 0 EOF")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.flag, LEASE);
+        assert_eq!(e.r#type, libc::F_UNLCK.cast_unsigned() | LEASE_BREAKING);
+        // A task waiting for the lock, not holding it: nothing to keep.
+        assert!(
+            lock("lock:\t1: -> POSIX  ADVISORY  WRITE 43 08:02:5678 0 EOF")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unknown_classes_and_short_lines_are_refused_by_name() {
+        assert_eq!(
+            lock("lock:\t1: DELEG  ADVISORY  READ 42 00:1f:99 0 EOF").unwrap_err(),
+            "a DELEG file lock"
+        );
+        assert!(lock("lock:\t1: POSIX").unwrap_err().contains("cannot read"));
+    }
+}

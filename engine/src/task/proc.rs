@@ -418,58 +418,65 @@ fn fds_of(pid: Pid, nums: Vec<i32>) -> Result<Vec<Fd>> {
         if read.is_err() {
             continue;
         }
-        let mut f = Fd {
-            fd,
-            target,
-            pos: 0,
-            flags: 0,
-            mnt_id: -1,
-            extra: Vec::new(),
-        };
-        for line in info.lines() {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            let v = v.trim();
-            match k {
-                "pos" => f.pos = v.parse().unwrap_or(0),
-                "flags" => f.flags = u32::from_str_radix(v, 8).unwrap_or(0),
-                "mnt_id" => f.mnt_id = v.parse().unwrap_or(-1),
-                _ => f.extra.push(line.to_owned()),
-            }
-        }
+        let f = parse_fdinfo(fd, target, &info);
         out.push(f);
     }
     Ok(out)
 }
 
+/// Fd `fd` (its link reads `target`) from its fdinfo `text`: offset,
+/// flags (octal), mount id, and every other line as it is.
+fn parse_fdinfo(fd: i32, target: String, text: &str) -> Fd {
+    let mut f = Fd {
+        fd,
+        target,
+        pos: 0,
+        flags: 0,
+        mnt_id: -1,
+        extra: Vec::new(),
+    };
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "pos" => f.pos = v.parse().unwrap_or(0),
+            "flags" => f.flags = u32::from_str_radix(v, 8).unwrap_or(0),
+            "mnt_id" => f.mnt_id = v.parse().unwrap_or(-1),
+            _ => f.extra.push(line.to_owned()),
+        }
+    }
+    f
+}
+
 /// `/proc/PID/limits` as (soft, hard) per RLIMIT_* number; `u64::MAX` is
 /// unlimited. Readable without CAP_SYS_RESOURCE, unlike prlimit().
 pub fn limits(pid: Pid) -> Result<Vec<(u64, u64)>> {
-    // The file lists limits in RLIMIT_* order, one per line after a header.
-    let text = read(pid, "limits")?;
-    let bad = || Error::ProcFormat {
+    parse_limits(&read(pid, "limits")?).ok_or(Error::ProcFormat {
         pid,
         file: "limits".into(),
-    };
-    let parse = |v: &str| -> Result<u64> {
+    })
+}
+
+/// The (soft, hard) pairs of a limits file, which lists them in RLIMIT_*
+/// order, one per line after a header.
+fn parse_limits(text: &str) -> Option<Vec<(u64, u64)>> {
+    let parse = |v: &str| {
         if v == "unlimited" {
-            Ok(u64::MAX)
+            Some(u64::MAX)
         } else {
-            v.parse().map_err(|_| bad())
+            v.parse().ok()
         }
     };
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         // Columns: name (may contain spaces, padded to 26), soft, hard, units.
-        let cols = line.get(26..).ok_or_else(bad)?;
-        let mut it = cols.split_whitespace();
-        let (Some(soft), Some(hard)) = (it.next(), it.next()) else {
-            return Err(bad());
-        };
+        let mut it = line.get(26..)?.split_whitespace();
+        let (soft, hard) = (it.next()?, it.next()?);
         out.push((parse(soft)?, parse(hard)?));
     }
-    Ok(out)
+    Some(out)
 }
 
 /// `/proc/PID/auxv` as native-endian words.
@@ -484,6 +491,69 @@ pub fn auxv(pid: Pid) -> Result<Vec<u64>> {
 
 #[cfg(test)]
 mod tests {
+    use super::{pairs, parse_fdinfo, parse_limits};
+
+    #[test]
+    fn fdinfo_of_a_locked_file_keeps_its_lock_lines() {
+        let text = "pos:\t4096\nflags:\t0100002\nmnt_id:\t31\nino:\t1234\n\
+                    lock:\t1: FLOCK  ADVISORY  WRITE 4242 00:1f:1234 0 EOF\n";
+        let f = parse_fdinfo(7, "/tmp/f".into(), text);
+        assert_eq!((f.fd, f.pos, f.mnt_id), (7, 4096, 31));
+        assert_eq!(f.flags, 0o100_002, "flags are octal");
+        assert_eq!(
+            f.extra,
+            [
+                "ino:\t1234",
+                "lock:\t1: FLOCK  ADVISORY  WRITE 4242 00:1f:1234 0 EOF"
+            ]
+        );
+    }
+
+    #[test]
+    fn fdinfo_without_a_mount_id_or_with_garbage_has_defaults() {
+        let f = parse_fdinfo(
+            3,
+            "anon_inode:[eventfd]".into(),
+            "pos: x\neventfd-count: 2a\n",
+        );
+        assert_eq!((f.pos, f.flags, f.mnt_id), (0, 0, -1));
+        assert_eq!(f.extra, ["eventfd-count: 2a"]);
+    }
+
+    #[test]
+    fn epoll_fdinfo_pairs_with_spaces_after_keys() {
+        let line = "tfd:        5 events:       19 data:         1111  pos:0 ino:61 sdev:f";
+        assert_eq!(
+            pairs(line),
+            [
+                ("tfd", "5"),
+                ("events", "19"),
+                ("data", "1111"),
+                ("pos", "0"),
+                ("ino", "61"),
+                ("sdev", "f")
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_with_unlimited_and_names_with_spaces() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(
+            parse_limits(text),
+            Some(vec![(u64::MAX, u64::MAX), (1024, 524_288)])
+        );
+        assert_eq!(parse_limits("header\nshort line\n"), None);
+        assert_eq!(
+            parse_limits(
+                "h\nMax open files            lots                 1                    files\n"
+            ),
+            None
+        );
+    }
+
     use super::*;
 
     /// A stat line whose name holds spaces and parentheses, as a program
