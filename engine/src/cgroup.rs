@@ -53,7 +53,7 @@ pub(crate) fn parse(text: &str) -> Option<Set> {
 }
 
 fn read_set(pid: Pid, path: &str) -> Result<Set> {
-    crate::task::proc::parsed(pid, path, parse)
+    crate::proc::parsed(pid, path, parse)
 }
 
 /// The tree's sets: set `i` has id `i + 1`, and id 1 is the engine's own.
@@ -73,7 +73,7 @@ pub(crate) struct Sets {
 /// from outside, less the same paths seen from inside.
 fn ns_roots(root: Pid) -> Result<HashMap<String, String>> {
     let outer = read_set(root, &format!("/proc/{root}/cgroup"))?;
-    let inner = crate::ns::inside(
+    let inner = crate::task::in_namespace_of(
         root,
         "cgroup",
         nix::sched::CloneFlags::CLONE_NEWCGROUP,
@@ -156,7 +156,7 @@ impl Sets {
     /// a hierarchy's root (the host's).
     fn dirs(&self, names: &[&str]) -> Result<HashMap<String, Vec<CgroupDirEntry>>> {
         let me = nix::unistd::getpid();
-        let mounts = crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
+        let mounts = crate::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?;
         let mine: &[(String, String)] = self.sets.first().map_or(&[], Vec::as_slice);
         let mut out = HashMap::new();
         for &name in names {
@@ -964,7 +964,7 @@ pub(crate) fn prepare(
     let mut at = Opener {
         mode,
         mine: read_set(me, "/proc/self/cgroup")?,
-        mounts: crate::task::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?,
+        mounts: crate::proc::parsed(me, "/proc/self/mountinfo", crate::ns::mnt::parse)?,
         opened: HashMap::new(),
         joins: &mut joins,
         first,
@@ -1178,4 +1178,34 @@ impl Drop for Frozen {
             let _ = self.request(false);
         }
     }
+}
+
+/// Freeze cgroup `dir`, seize and interrupt every thread in it, thaw it:
+/// the threads seized, each stopping as soon as it runs.
+pub(crate) fn seize_frozen(
+    dir: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeSet<Pid>> {
+    let frozen = Frozen::freeze(dir, timeout)?;
+    let mut pre = std::collections::BTreeSet::new();
+    let res = frozen.threads().and_then(|tids| {
+        for tid in tids {
+            let tgid = crate::proc::status(tid, None)
+                .ok()
+                .and_then(|s| s.get("Tgid").and_then(|v| v.parse().ok()))
+                .map_or(tid, Pid::from_raw);
+            let seccomp = crate::task::seccomp::mode_of(tgid, tid).unwrap_or(0);
+            if crate::task::seize::seize_only(tgid, tid, seccomp)? {
+                pre.insert(tid);
+            }
+        }
+        Ok(())
+    });
+    // Thawed either way (dropped on failure); the seized ones stop at once.
+    let res = res.and_then(|()| frozen.thaw());
+    if let Err(e) = res {
+        crate::task::seize::let_go(&pre);
+        return Err(e);
+    }
+    Ok(pre)
 }

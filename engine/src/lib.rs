@@ -29,6 +29,7 @@ pub(crate) mod mm;
 pub(crate) mod net;
 pub mod notify;
 pub(crate) mod ns;
+pub(crate) mod proc;
 pub mod progress;
 pub mod restore;
 pub(crate) mod task;

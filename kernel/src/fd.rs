@@ -300,3 +300,42 @@ pub fn fcntl_getowner_uids(fd: BorrowedFd<'_>) -> Result<[u32; 2], Errno> {
     check(ret.into())?;
     Ok(uids)
 }
+
+/// The stretches `[start, end)` of offsets of file `f` between `from` and
+/// `to` that hold data (SEEK_DATA / SEEK_HOLE), widened to multiples of
+/// `granule` (1: exact; a page: for shmem, pages in memory and swapped out
+/// alike). Holes stay out.
+pub fn data_extents(
+    f: BorrowedFd<'_>,
+    from: u64,
+    to: u64,
+    granule: u64,
+) -> Result<Vec<(u64, u64)>, Errno> {
+    use nix::unistd::{Whence, lseek};
+    let g = granule.max(1);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut off = from;
+    while off < to {
+        let data = match lseek(f, i64::try_from(off).unwrap_or(i64::MAX), Whence::SeekData) {
+            Ok(d) => d.cast_unsigned() / g * g,
+            // ENXIO: no data past `off`.
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(e),
+        };
+        if data >= to {
+            break;
+        }
+        let hole = match lseek(f, i64::try_from(data).unwrap_or(i64::MAX), Whence::SeekHole) {
+            Ok(h) => h.cast_unsigned().div_ceil(g) * g,
+            Err(Errno::ENXIO) => to,
+            Err(e) => return Err(e),
+        }
+        .min(to);
+        if hole <= data.max(off) {
+            break;
+        }
+        out.push((data.max(off), hole));
+        off = hole;
+    }
+    Ok(out)
+}

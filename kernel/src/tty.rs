@@ -56,3 +56,26 @@ pub fn pty_peer(fd: std::os::fd::BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, 
     // SAFETY: the kernel just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
+
+/// A new pty with index `index` if it is free, through `ptmx` of the devpts
+/// superblock `dir` (a detached mount), or /dev/ptmx: ptys get the lowest
+/// free index, so open until it is ours (no ioctl picks one). Past it (it
+/// is taken), the next one: the caller reads which it got (TIOCGPTN).
+pub fn open_pty(dir: Option<std::os::fd::BorrowedFd<'_>>, index: u32) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsFd;
+    let mut extra = Vec::new();
+    loop {
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let m = match dir {
+            Some(d) => nix::fcntl::openat(d, "ptmx", flags, nix::sys::stat::Mode::empty())?,
+            None => nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())?,
+        };
+        let mut n = 0;
+        tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)?;
+        if u32::try_from(n).unwrap_or(u32::MAX) >= index || extra.len() > 4096 {
+            return Ok(m);
+        }
+        extra.push(m);
+    }
+}

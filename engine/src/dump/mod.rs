@@ -20,7 +20,7 @@ use crate::images::img;
 use crate::progress::{Progress, Step};
 use crate::task::remote::Remote;
 use crate::task::seize::{self, State, Task, Tree};
-use crate::{mm, task, task::proc, task::seccomp};
+use crate::{mm, proc, task, task::seccomp};
 
 /// What `stasis dump` was asked to do.
 #[derive(Debug, Clone)]
@@ -104,7 +104,10 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
     let before = dir.entries();
     crate::notify::point(opts.notify.as_ref(), "pre-dump", opts.pid)?;
     let t0 = Instant::now();
-    let tree = seize::freeze(opts.pid, opts.timeout, opts.freeze_cgroup.as_deref())?;
+    let tree = seize::freeze(opts.pid, opts.timeout, || match &opts.freeze_cgroup {
+        Some(dir) => crate::cgroup::seize_frozen(dir, opts.timeout),
+        None => Ok(std::collections::BTreeSet::new()),
+    })?;
     let engine_mask = seize::pin_engine();
     let freezing_us = us(t0);
     let t1 = Instant::now();
@@ -119,12 +122,8 @@ pub fn dump(opts: &Opts) -> Result<Stats> {
                 tree.release();
             } else {
                 tree.kill();
-                // The connections die in repair mode: no FIN, no RST.
-                files.tcp.keep();
-                // Data of connections nobody accepted can be read only now.
-                files.after_kill()?;
             }
-            files.unix.write_socket_queues(files.entries(), &dir)?;
+            files.finish(&dir, !opts.leave_running)?;
             stats.frozen_us = us(t1);
             write_stats(&dir, &stats)?;
             Ok(stats)

@@ -15,9 +15,9 @@ use stasis_proto::images::{EventpollFileEntry, EventpollTfdEntry, FownEntry};
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, InTask, OpenCtx, Table};
-use crate::mm::{self, Trampoline};
-use crate::task::proc;
+use crate::proc;
 use crate::task::remote::{BATCH_MAX, Remote};
+use crate::task::trampoline::{self, Trampoline};
 
 /// epoll files.
 #[derive(Debug)]
@@ -114,10 +114,10 @@ fn register(r: &Remote, t: &Trampoline, epfd: i32, e: &EventpollFileEntry) -> Re
         let mut bytes = Vec::new();
         let mut at = Vec::new();
         for tfd in chunk {
-            at.push(t.data + mm::layout::EVENTS + bytes.len() as u64);
+            at.push(t.data + trampoline::layout::EVENTS + bytes.len() as u64);
             bytes.extend(event_bytes(tfd.events, tfd.data));
         }
-        mm::put(pid, t, mm::layout::EVENTS, &bytes)?;
+        trampoline::put(pid, t, trampoline::layout::EVENTS, &bytes)?;
         let calls: Vec<_> = chunk
             .iter()
             .zip(at)

@@ -19,8 +19,8 @@ use stasis_proto::images::FileLockEntry;
 
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
-use crate::mm::{self, Trampoline};
 use crate::task::remote::Remote;
+use crate::task::trampoline::{self, Trampoline};
 
 /// The file locks of a dump or a restore (`filelocks.img`).
 #[derive(Debug, Default)]
@@ -280,7 +280,7 @@ pub fn take_in_task(r: &Remote, t: &Trampoline, locks: &[&FileLockEntry]) -> Res
         take_lease(r, e)?;
     }
     for e in locks.iter().filter(|e| e.flag == POSIX) {
-        let at = mm::put(r.tid, t, mm::layout::FLOCK, &flock_bytes(e))?;
+        let at = trampoline::put(r.tid, t, trampoline::layout::FLOCK, &flock_bytes(e))?;
         r.call(
             "fcntl(F_SETLK)",
             nr::FCNTL,

@@ -251,31 +251,10 @@ impl Ghosts {
 /// The data segments of `f` up to `size` (holes stay holes).
 fn data_chunks(f: &File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
     let mut chunks = Vec::new();
-    let mut off: u64 = 0;
-    while off < size {
-        let data = match nix::unistd::lseek(
-            f.as_fd(),
-            i64::try_from(off).unwrap_or(i64::MAX),
-            nix::unistd::Whence::SeekData,
-        ) {
-            Ok(d) => d.cast_unsigned(),
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        if data >= size {
-            break;
-        }
-        let hole = nix::unistd::lseek(
-            f.as_fd(),
-            i64::try_from(data).unwrap_or(i64::MAX),
-            nix::unistd::Whence::SeekHole,
-        )
-        .map_or(size, i64::cast_unsigned)
-        .min(size);
-        let mut buf = vec![0u8; usize::try_from(hole - data).unwrap_or(0)];
-        std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, data)?;
-        chunks.push((data, buf));
-        off = hole;
+    for (start, end) in stasis_kernel::fd::data_extents(f.as_fd(), 0, size, 1)? {
+        let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, start)?;
+        chunks.push((start, buf));
     }
     Ok(chunks)
 }

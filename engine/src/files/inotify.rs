@@ -18,7 +18,7 @@ use stasis_proto::images::{FhEntry, FownEntry, InotifyFileEntry, InotifyWdEntry}
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::images::img;
-use crate::task::proc;
+use crate::proc;
 
 /// inotify files.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! makes every inode again in the engine (memfd_create, contents, then
 //! seals); tasks get their own descriptions of it, fds and mappings alike.
 
+use stasis_kernel as kernel;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -246,7 +247,9 @@ fn write_contents(dir: &Dir, e: &MemfdInodeEntry, f: &File) -> Result<u64> {
     let mut written = 0;
     let mut buf = vec![0u8; CHUNK];
     let end = e.size.div_ceil(PAGE) * PAGE;
-    for (data, hole) in crate::mm::data_extents(f, 0, end).map_err(io)? {
+    for (data, hole) in kernel::fd::data_extents(f.as_fd(), 0, end, kernel::mm::page_size())
+        .map_err(|e| io(e.into()))?
+    {
         pm.write(&PagemapEntry {
             vaddr: data,
             compat_nr_pages: u32::try_from((hole - data) / PAGE).unwrap_or(u32::MAX),

@@ -41,7 +41,7 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
-use crate::task::proc;
+use crate::proc;
 
 /// Options that change which fds a dump accepts.
 #[derive(Debug, Clone, Copy, Default)]
@@ -255,7 +255,7 @@ pub struct InTask<'a> {
     /// The task's remote-call channel.
     pub r: &'a crate::task::remote::Remote,
     /// The trampoline its calls use (and its data area).
-    pub t: &'a crate::mm::Trampoline,
+    pub t: &'a crate::task::trampoline::Trampoline,
 }
 
 /// A described fd: the task, its fd number and the file id given.
@@ -619,6 +619,18 @@ impl Table {
             }
         }
         Err(lo)
+    }
+
+    /// Dump: the last step, once the tree is dead (`killed`) or running
+    /// again: connections killed in repair mode stay so (no FIN, no RST),
+    /// the data of connections nobody accepted is read (only possible
+    /// now), and the socket queues are written.
+    pub fn finish(&mut self, dir: &Dir, killed: bool) -> Result<()> {
+        if killed {
+            self.tcp.keep();
+            self.after_kill()?;
+        }
+        self.unix.write_socket_queues(&self.entries, dir)
     }
 
     /// Restore: make the memfd inodes again (before anything opens them).

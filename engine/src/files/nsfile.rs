@@ -111,7 +111,12 @@ impl FileKind for NsFile {
         let r = cx.r;
         let mut path = format!("/proc/{pid}/ns/{file}").into_bytes();
         path.push(0);
-        let at = crate::mm::put(r.tid, cx.t, crate::mm::layout::PATHS, &path)?;
+        let at = crate::task::trampoline::put(
+            r.tid,
+            cx.t,
+            crate::task::trampoline::layout::PATHS,
+            &path,
+        )?;
         let mut flags = libc::O_RDONLY;
         if cloexec {
             flags |= libc::O_CLOEXEC;

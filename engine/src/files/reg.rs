@@ -44,7 +44,12 @@ impl FileKind for Reg {
         let r = cx.r;
         let mut path = e.name.as_bytes().to_vec();
         path.push(0);
-        let at = crate::mm::put(r.tid, cx.t, crate::mm::layout::PATHS, &path)?;
+        let at = crate::task::trampoline::put(
+            r.tid,
+            cx.t,
+            crate::task::trampoline::layout::PATHS,
+            &path,
+        )?;
         let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
         let mut flags = e.flags.cast_signed() & !strip;
         if cloexec {

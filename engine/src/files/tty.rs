@@ -23,9 +23,9 @@ use stasis_proto::images::{
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
 use crate::images::{Dir, img};
-use crate::mm::{self, Trampoline};
-use crate::task::proc;
+use crate::proc;
 use crate::task::remote::Remote;
+use crate::task::trampoline::{self, Trampoline};
 
 /// The terminals of a dump or a restore (`tty-info.img`, `tty-data.img`).
 #[derive(Debug, Default)]
@@ -254,7 +254,7 @@ pub fn restore_ctty(
         [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
     )?;
     if info.pgrp != 0 {
-        let at = mm::put(pid, t, mm::layout::PGRP, &info.pgrp.to_ne_bytes())?;
+        let at = trampoline::put(pid, t, trampoline::layout::PGRP, &info.pgrp.to_ne_bytes())?;
         r.call(
             "ioctl(TIOCSPGRP)",
             nr::IOCTL,
@@ -843,10 +843,19 @@ fn make_pair(cx: &OpenCtx<'_>, index: u32) -> Result<(OwnedFd, Option<OwnedFd>, 
             path: format!("the master of pty {index}"),
             err: e,
         })?,
-        None => in_root(cx, &|| open_ptmx_at(None, index)).map_err(err("open /dev/ptmx"))?,
+        None => {
+            in_root(cx, &|| kernel::tty::open_pty(None, index)).map_err(err("open /dev/ptmx"))?
+        }
     };
     let mut n = 0;
     kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCGPTN, &mut n).map_err(err("TIOCGPTN"))?;
+    if u32::try_from(n).ok() != Some(index) {
+        tracing::warn!(
+            index,
+            got = n,
+            "pty index taken; the restored pty has another"
+        );
+    }
     let path = format!("/dev/pts/{n}");
     let mut unlock = 0;
     kernel::tty::tty_ioctl_int(master.as_fd(), libc::TIOCSPTLCK, &mut unlock)
@@ -944,35 +953,4 @@ fn set_state(
             .map_err(err("lock"))?;
     }
     Ok(locked)
-}
-
-/// A new pty with index `index` if it is free, through `ptmx` of the
-/// devpts superblock `dir` (a detached mount), or /dev/ptmx: ptys get the
-/// lowest free index, so open until it is ours (no ioctl picks one).
-pub(crate) fn open_ptmx_at(
-    dir: Option<std::os::fd::BorrowedFd<'_>>,
-    index: u32,
-) -> std::result::Result<OwnedFd, Errno> {
-    let mut extra = Vec::new();
-    loop {
-        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-        let m = match dir {
-            Some(d) => nix::fcntl::openat(d, "ptmx", flags, nix::sys::stat::Mode::empty())?,
-            None => nix::fcntl::open("/dev/ptmx", flags, nix::sys::stat::Mode::empty())?,
-        };
-        let mut n = 0;
-        kernel::tty::tty_ioctl_int(m.as_fd(), libc::TIOCGPTN, &mut n)?;
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        if n >= index || extra.len() > 4096 {
-            if n != index {
-                tracing::warn!(
-                    index,
-                    got = n,
-                    "pty index taken; the restored pty has another"
-                );
-            }
-            return Ok(m);
-        }
-        extra.push(m);
-    }
 }

@@ -126,7 +126,7 @@ impl Queues {
         let what = format!("fd {fd} (POSIX message queue {name})");
         let c = cname(name)?;
         let (attr, msgs) =
-            crate::ns::inside(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
+            crate::task::in_namespace_of(pid, "ipc", nix::sched::CloneFlags::CLONE_NEWIPC, || {
                 read_queue(pid, &what, &c)
             })?;
         self.by_name.insert(

@@ -71,7 +71,7 @@ const SHM_DEST: u32 = 0o1000;
 /// its mappings ("/SYSV%08x") in the maps of a task that attached it.
 fn key_before_removal(id: u32, pids: &[&String]) -> Option<u32> {
     pids.iter().find_map(|p| {
-        let maps = crate::task::proc::maps(Pid::from_raw(p.parse().ok()?)).ok()?;
+        let maps = crate::proc::maps(Pid::from_raw(p.parse().ok()?)).ok()?;
         maps.iter().find_map(|m| {
             let name = m.name.strip_prefix("/SYSV")?;
             let key = name.split(' ').next()?;

@@ -7,9 +7,9 @@
 use nix::unistd::Pid;
 use stasis_arch::native::nr;
 
-use super::trampoline::{PATHS_ROOM, Trampoline, layout};
 use crate::error::{EngineError as Error, Result};
 use crate::task::remote::{self, Call, Remote};
+use crate::task::trampoline::{PATHS_ROOM, Trampoline, layout};
 
 /// Consecutive VMAs mapped in two stops: every distinct file opened once,
 /// then every mmap (and the moves some need) and the closes.

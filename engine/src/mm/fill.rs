@@ -11,12 +11,12 @@ use stasis_kernel as kernel;
 use stasis_proto::images::{PagemapEntry, PagemapHead, VmaEntry};
 use std::fs::File;
 
-use super::trampoline::{Trampoline, layout, open_call};
 use super::{Item, PE_GUARD, PE_PRESENT, copy_threads, status};
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
 use crate::task::remote::{Call, Remote};
+use crate::task::trampoline::{Trampoline, layout, open_call};
 
 /// Runs of at least this many bytes in anonymous private memory are filled
 /// with UFFDIO_COPY, when they add up to [`UFFD_TOTAL`].

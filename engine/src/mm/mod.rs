@@ -10,10 +10,11 @@
 //!
 //! One file per concern: `vma` (the VMAs /proc shows), `pages` (the
 //! pagemap walk and the pages images), `shared` (shared anonymous memory),
-//! `trampoline` (the restore trampoline and its data area), `batch`
+//! `batch`
 //! (batched remote mapping), `restore` (rebuilding the address space) and
 //! `fill` (putting the pages back). This file holds what they share and
-//! re-exports what the rest of the engine uses.
+//! re-exports what the rest of the engine uses (the restore trampoline and
+//! its data area are the remote-call layer's: [`crate::task::trampoline`]).
 
 use stasis_kernel as kernel;
 use stasis_proto::images::VmaEntry;
@@ -23,13 +24,14 @@ mod fill;
 mod pages;
 mod restore;
 mod shared;
-mod trampoline;
 mod vma;
 
+pub(crate) use crate::task::trampoline::{
+    LOWEST_FREE, TRAMPOLINE_HOLE, Trampoline, layout, open_call, put,
+};
 pub(crate) use pages::{PageStats, dump_memory};
 pub(crate) use restore::restore;
-pub(crate) use shared::{SharedAnon, SharedPages, data_extents};
-pub(crate) use trampoline::{LOWEST_FREE, TRAMPOLINE_HOLE, Trampoline, layout, open_call, put};
+pub(crate) use shared::{SharedAnon, SharedPages};
 pub(crate) use vma::{RawVmas, dump_vmas};
 
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_FILE_* / VMA_ANON_*).

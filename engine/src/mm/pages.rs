@@ -17,8 +17,8 @@ use super::{Item, PE_GUARD, PE_PRESENT, copy_threads, is_special, status};
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
+use crate::proc;
 use crate::progress::{Progress, Step};
-use crate::task::proc;
 use crate::task::remote;
 
 const PM_PRESENT: u64 = 1 << 63;

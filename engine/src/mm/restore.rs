@@ -12,14 +12,14 @@ use stasis_proto::images::VmaEntry;
 use super::batch::MapBatch;
 use super::fill::{PagesPlan, fill_fast, finish_reads, plan_pages, pread_calls};
 use super::shared::SharedAnon;
-use super::trampoline::{Trampoline, free_gap, layout, move_call, open_call};
 use super::{is_special, is_special_name, status};
 use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
 use crate::images::Dir;
 use crate::images::img;
-use crate::task::proc;
+use crate::proc;
 use crate::task::remote::{self, Call, Remote};
+use crate::task::trampoline::{LOWEST_FREE, TRAMPOLINE_HOLE, Trampoline, layout, open_call};
 
 /// shmat: replace whatever is mapped at the address.
 const SHM_REMAP: i32 = 0o40000;
@@ -505,4 +505,30 @@ fn move_special_calls(
             .map(|(from, len, to)| move_call(from, len, to)),
     );
     Ok(calls)
+}
+
+/// The lowest free place for `len` bytes in the task once `vmas` are
+/// mapped, away from the trampoline's hole.
+fn free_gap(vmas: &[VmaEntry], t: &Trampoline, len: u64) -> Option<u64> {
+    let mut busy: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.push((t.start, t.start + TRAMPOLINE_HOLE));
+    busy.sort_unstable();
+    let mut at = LOWEST_FREE;
+    for (start, end) in busy {
+        if start >= at.checked_add(len)? {
+            break;
+        }
+        at = at.max(end);
+    }
+    Some(at)
+}
+
+/// The call moving a mapping of `len` bytes from `from` to `to`.
+fn move_call(from: u64, len: u64, to: u64) -> Call {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned();
+    (
+        "mremap",
+        nr::MREMAP,
+        [from, len, len, u64::from(flags), to, 0],
+    )
 }

@@ -13,45 +13,16 @@ use std::fs::File;
 use crate::error::{EngineError as Error, Result};
 
 /// The page-aligned stretches `[from, to)` of file offsets of `f` that hold
-/// data (SEEK_DATA / SEEK_HOLE): for shmem, pages in memory and pages
-/// swapped out alike, whether or not any task maps them.
+/// data: for shmem, pages in memory and pages swapped out alike, whether or
+/// not any task maps them.
 pub fn data_extents(f: &File, from: u64, to: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use nix::unistd::{Whence, lseek};
     use std::os::fd::AsFd;
-    let ps = kernel::mm::page_size();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut off = from;
-    while off < to {
-        let data = match lseek(
-            f.as_fd(),
-            i64::try_from(off).unwrap_or(i64::MAX),
-            Whence::SeekData,
-        ) {
-            Ok(d) => d.cast_unsigned() / ps * ps,
-            // ENXIO: no data past `off`.
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        if data >= to {
-            break;
-        }
-        let hole = match lseek(
-            f.as_fd(),
-            i64::try_from(data).unwrap_or(i64::MAX),
-            Whence::SeekHole,
-        ) {
-            Ok(h) => h.cast_unsigned().div_ceil(ps) * ps,
-            Err(nix::errno::Errno::ENXIO) => to,
-            Err(e) => return Err(e.into()),
-        }
-        .min(to);
-        if hole <= data.max(off) {
-            break;
-        }
-        out.push((data.max(off), hole));
-        off = hole;
-    }
-    Ok(out)
+    Ok(kernel::fd::data_extents(
+        f.as_fd(),
+        from,
+        to,
+        kernel::mm::page_size(),
+    )?)
 }
 
 /// Pages of shared anonymous memory objects (by inode) already in the

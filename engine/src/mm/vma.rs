@@ -10,7 +10,7 @@ use stasis_proto::images::VmaEntry;
 use super::{is_special_name, status};
 use crate::error::{EngineError as Error, Result};
 use crate::files::Table;
-use crate::task::proc;
+use crate::proc;
 
 /// smaps VmFlags set by madvise(), and the advice that sets each.
 const MADV_FLAGS: [(&str, u32); 8] = [

@@ -430,9 +430,12 @@ impl<'a> Probe<'a> {
     fn backlog(&self, table: &Table, ino: u32) -> Result<u32> {
         let ask = || listen_backlog(self.family, ino);
         let got = match table.unix.netns_of {
-            Some(p) => {
-                crate::ns::inside(p, "net", nix::sched::CloneFlags::CLONE_NEWNET, || Ok(ask()))?
-            }
+            Some(p) => crate::task::in_namespace_of(
+                p,
+                "net",
+                nix::sched::CloneFlags::CLONE_NEWNET,
+                || Ok(ask()),
+            )?,
             None => ask(),
         };
         let (backlog, waiting) =

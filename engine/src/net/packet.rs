@@ -115,9 +115,12 @@ impl FileKind for PacketSk {
         let ino = u32::try_from(std::os::unix::fs::MetadataExt::ino(cx.meta)).unwrap_or(0);
         let ask = || diag(ino);
         let got = match table.unix.netns_of {
-            Some(p) => {
-                crate::ns::inside(p, "net", nix::sched::CloneFlags::CLONE_NEWNET, || Ok(ask()))?
-            }
+            Some(p) => crate::task::in_namespace_of(
+                p,
+                "net",
+                nix::sched::CloneFlags::CLONE_NEWNET,
+                || Ok(ask()),
+            )?,
             None => ask(),
         };
         let Diag {

@@ -40,7 +40,7 @@ use stasis_proto::images::{
 
 use crate::error::{EngineError as Error, Result};
 use crate::files::{FdCtx, FileKind, OpenCtx, Table};
-use crate::task::proc;
+use crate::proc;
 
 /// Unix sockets.
 #[derive(Debug)]
@@ -107,12 +107,13 @@ impl State {
     fn diag_of(&mut self, ino: u32) -> Option<Diag> {
         if self.diag.is_none() {
             let all = match self.netns_of {
-                Some(pid) => {
-                    crate::ns::inside(pid, "net", nix::sched::CloneFlags::CLONE_NEWNET, || {
-                        Ok(diag_all().unwrap_or_default())
-                    })
-                    .unwrap_or_default()
-                }
+                Some(pid) => crate::task::in_namespace_of(
+                    pid,
+                    "net",
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                    || Ok(diag_all().unwrap_or_default()),
+                )
+                .unwrap_or_default(),
                 None => diag_all().unwrap_or_default(),
             };
             self.diag = Some(all);

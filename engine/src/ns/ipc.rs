@@ -7,13 +7,13 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use stasis_proto::images::IpcVarEntry;
 
-use super::{KERNEL, MQUEUE, NS_ID, inside, num, read_sys, write_sys};
+use super::{KERNEL, MQUEUE, NS_ID, num, read_sys, write_sys};
 use crate::error::Result;
 use crate::images::{Dir, img};
 
 /// Read the sysctls and objects from inside the namespace of `root`.
 pub(super) fn dump(root: Pid, dir: &Dir) -> Result<()> {
-    let e = inside(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
+    let e = crate::task::in_namespace_of(root, "ipc", CloneFlags::CLONE_NEWIPC, || {
         let objects = crate::ipc::sysv::dump(root)?;
         let k = |n: &str| format!("{KERNEL}/{n}");
         let q = |n: &str| format!("{MQUEUE}/{n}");

@@ -268,7 +268,7 @@ fn dev_shown(dev: u32) -> String {
 }
 
 fn read_table(path: &str, pid: Pid) -> Result<Vec<Mount>> {
-    crate::task::proc::parsed(pid, path, parse)
+    crate::proc::parsed(pid, path, parse)
 }
 
 /// The mount a table's tree hangs from: the one whose parent is not in it.
@@ -318,7 +318,7 @@ impl Foreign {
 
     /// Rename fd `fd` of `pid` if it is open on a mount its namespace does
     /// not have.
-    pub fn fix(&self, pid: Pid, fd: &mut crate::task::proc::Fd) {
+    pub fn fix(&self, pid: Pid, fd: &mut crate::proc::Fd) {
         use std::os::unix::fs::MetadataExt;
         let Ok(id) = u32::try_from(fd.mnt_id) else {
             return;
@@ -379,7 +379,7 @@ fn ns_table(pid: Pid) -> Result<Vec<Mount>> {
         path: "/proc".into(),
         err,
     })?;
-    let text = super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
+    let text = crate::task::in_namespace_of(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
         let fd = rustix::fs::openat(
             &proc,
             "thread-self/mountinfo",
@@ -504,7 +504,7 @@ fn clean_view(pid: Pid, point: &str, covers: usize) -> Result<OwnedFd> {
     if covers > 0 && userns {
         return clean_view_in_userns(pid, point, covers);
     }
-    super::inside(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
+    crate::task::in_namespace_of(pid, "mnt", CloneFlags::CLONE_NEWNS, || {
         if covers > 0 {
             uncover(point, covers).map_err(|(what, e)| fail(what)(e))?;
         }
@@ -1395,7 +1395,7 @@ fn bound_ptys(
         if ptys.iter().any(|p| p.0 == index) {
             continue;
         }
-        let m = crate::files::tty::open_ptmx_at(Some(mnt.as_fd()), index).map_err(mount_err(
+        let m = kernel::tty::open_pty(Some(mnt.as_fd()), index).map_err(mount_err(
             &o.point,
             &format!("making pty {index} of its devpts"),
         ))?;

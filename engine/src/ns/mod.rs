@@ -16,9 +16,7 @@ mod tmpfs;
 pub mod user;
 mod uts;
 
-use std::os::fd::AsFd;
-
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::{CloneFlags, unshare};
 use nix::unistd::Pid;
 use stasis_proto::images::{IpcVarEntry, UtsnsEntry};
 
@@ -76,7 +74,7 @@ pub fn expected(root: Pid) -> Expected {
 /// Refuse a task whose namespaces cannot come back (see [`Expected`]).
 pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
     // One directory lookup, then a link each.
-    let dir = crate::task::proc::dir(pid, "ns")?;
+    let dir = crate::proc::dir(pid, "ns")?;
     for (ns, expected) in &want.0 {
         if *ns == "pid" {
             continue;
@@ -100,41 +98,6 @@ pub fn check_task(pid: Pid, want: &Expected) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Run `f` in a thread that joined namespace `ns` of `pid`.
-pub(crate) fn inside<T: Send>(
-    pid: Pid,
-    ns: &str,
-    kind: CloneFlags,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
-    let path = format!("/proc/{pid}/ns/{ns}");
-    let file = std::fs::File::open(&path).map_err(|err| Error::Proc {
-        pid,
-        path: path.clone(),
-        err,
-    })?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // A thread shares its process' root and cwd, which a mount
-            // namespace change would move: it gets copies of its own.
-            if kind == CloneFlags::CLONE_NEWNS {
-                unshare(CloneFlags::CLONE_FS).map_err(Error::dump(pid, "a thread of its own"))?;
-            }
-            setns(file.as_fd(), kind)
-                .map_err(Error::dump(pid, format!("joining its {ns} namespace")))?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(Error::Unexpected {
-                tid: pid,
-                op: "reading a namespace",
-                what: "the reading thread panicked".into(),
-            })
-        })
-    })
 }
 
 fn read_sys(pid: Pid, path: &str) -> Result<String> {

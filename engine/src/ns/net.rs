@@ -20,7 +20,7 @@ use stasis_kernel::nftables;
 use stasis_kernel::rtnl::{self, NewLink};
 use stasis_proto::images::{NdType, NetDeviceEntry, NetSysctlEntry, NetnsEntry};
 
-use super::{NS_ID, inside};
+use super::NS_ID;
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
 
@@ -243,7 +243,7 @@ pub(super) fn dump_or_key(
 /// addresses and routes are the caller's, who sets them up again after the
 /// restore: left out.
 pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
-    let saved = inside(root, "net", CloneFlags::CLONE_NEWNET, || {
+    let saved = crate::task::in_namespace_of(root, "net", CloneFlags::CLONE_NEWNET, || {
         let what = |w: &str| Error::dump(root, format!("{w} of its network namespace"));
         let s = rtnl::open().map_err(what("a route netlink socket"))?;
         let links = rtnl::links(&s).map_err(what("the devices"))?;

@@ -28,7 +28,7 @@ fn link(pid: Pid, tid: Option<Pid>, ns: &str) -> Option<std::path::PathBuf> {
 
 /// `NSpid` of thread `tid` of `pid` as the engine's /proc shows it.
 pub fn nspid(pid: Pid, tid: Pid) -> Result<Vec<u32>> {
-    let st = crate::task::proc::status(pid, Some(tid))?;
+    let st = crate::proc::status(pid, Some(tid))?;
     let ids: Option<Vec<u32>> = st
         .get("NSpid")
         .map(|v| v.split_whitespace().map(|x| x.parse().ok()).collect())
@@ -81,7 +81,7 @@ impl Ids {
             } else {
                 tids
             };
-            let st = crate::task::proc::status(*pid, None)?;
+            let st = crate::proc::status(*pid, None)?;
             let at_level =
                 |k: &str| -> Option<u32> { st.get(k)?.split_whitespace().nth(level)?.parse().ok() };
             if let (Some(g), Some(s)) = (at_level("NSpgid"), at_level("NSsid")) {
@@ -187,7 +187,7 @@ impl HostIds {
             if let Some(&id) = ids.get(level) {
                 found.insert(id, p);
             }
-            for t in crate::task::proc::threads(p)? {
+            for t in crate::proc::threads(p)? {
                 let path = format!("/proc/{p}/task/{t}/children");
                 if let Ok(s) = std::fs::read_to_string(&path) {
                     todo.extend(
@@ -208,7 +208,7 @@ impl HostIds {
     /// task whose engine PID is `pid`.
     pub fn learn_thread(&self, pid: Pid, id: u32) -> Result<Pid> {
         let level = self.root_level.load(std::sync::atomic::Ordering::Relaxed);
-        for t in crate::task::proc::threads(pid)? {
+        for t in crate::proc::threads(pid)? {
             if nspid(pid, t)?.get(level) == Some(&id) {
                 if let Ok(mut m) = self.map.write() {
                     m.insert(id, t);

@@ -4,13 +4,13 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use stasis_proto::images::UtsnsEntry;
 
-use super::{KERNEL, NS_ID, inside, write_sys};
+use super::{KERNEL, NS_ID, write_sys};
 use crate::error::{EngineError as Error, Result};
 use crate::images::{Dir, img};
 
 /// Read the names from inside the namespace of `root`.
 pub(super) fn dump(root: Pid, dir: &Dir) -> Result<()> {
-    let e = inside(root, "uts", CloneFlags::CLONE_NEWUTS, || {
+    let e = crate::task::in_namespace_of(root, "uts", CloneFlags::CLONE_NEWUTS, || {
         let u = nix::sys::utsname::uname().map_err(Error::dump(root, "uname"))?;
         Ok(UtsnsEntry {
             nodename: u.nodename().to_string_lossy().into_owned(),

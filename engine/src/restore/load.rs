@@ -160,7 +160,7 @@ pub(super) fn check_pids_free(plans: &[Plan]) -> Result<()> {
     for p in plans {
         for &t in &p.pst.threads {
             loop {
-                let dying = match crate::task::proc::stat(pid_of(t), None) {
+                let dying = match crate::proc::stat(pid_of(t), None) {
                     Ok(st) => matches!(st.state, 'Z' | 'X'),
                     // Gone (or going) meanwhile.
                     Err(_) => !std::path::Path::new(&format!("/proc/{t}")).exists(),

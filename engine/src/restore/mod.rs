@@ -41,7 +41,7 @@ use crate::images::Dir;
 use crate::images::img;
 use crate::mm::{self, Trampoline};
 use crate::task::remote::{self, Remote};
-use crate::{task, task::creds, task::proc, task::seccomp};
+use crate::{proc, task, task::creds, task::seccomp};
 
 /// What `stasis restore` was asked to do.
 #[derive(Debug, Clone)]

@@ -104,7 +104,7 @@ fn last_cap() -> u32 {
 /// engine: uid 0 with the engine's capabilities). `data` is scratch memory
 /// in the task. Nothing is done when the thread already has them.
 pub fn restore(r: &Remote, pid: Pid, c: &CredsEntry, data: u64) -> Result<()> {
-    let now = crate::task::proc::status(pid, Some(r.tid))?;
+    let now = crate::proc::status(pid, Some(r.tid))?;
     if dump(&now, 0)
         == (CredsEntry {
             secbits: 0,

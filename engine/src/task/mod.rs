@@ -6,12 +6,12 @@
 
 pub(crate) mod cpu;
 pub(crate) mod creds;
-pub(crate) mod proc;
-/// Remote syscalls and memory access (public for the benchmarks).
-pub mod remote;
+
+pub(crate) mod remote;
 pub(crate) mod seccomp;
 pub(crate) mod seize;
 pub(crate) mod timers;
+pub(crate) mod trampoline;
 
 use stasis_kernel as kernel;
 use std::collections::BTreeMap;
@@ -24,6 +24,7 @@ use stasis_proto::images::{
 };
 
 use crate::error::{EngineError as Error, Result};
+use crate::proc;
 use crate::task::remote::{Call, Remote, read_words, words};
 use crate::task::seize::{State, Task, Thread};
 
@@ -617,4 +618,40 @@ pub fn core_entry(
     };
     cpu::set(&mut core, ti);
     core
+}
+
+/// Run `f` in a thread that joined namespace `ns` of `pid`.
+pub(crate) fn in_namespace_of<T: Send>(
+    pid: Pid,
+    ns: &str,
+    kind: nix::sched::CloneFlags,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|err| Error::Proc {
+        pid,
+        path: path.clone(),
+        err,
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // A thread shares its process' root and cwd, which a mount
+            // namespace change would move: it gets copies of its own.
+            if kind == nix::sched::CloneFlags::CLONE_NEWNS {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .map_err(Error::dump(pid, "a thread of its own"))?;
+            }
+            nix::sched::setns(std::os::fd::AsFd::as_fd(&file), kind)
+                .map_err(Error::dump(pid, format!("joining its {ns} namespace")))?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Unexpected {
+                tid: pid,
+                op: "reading a namespace",
+                what: "the reading thread panicked".into(),
+            })
+        })
+    })
 }

@@ -15,7 +15,7 @@ use stasis_proto::images::{SeccompEntry, SeccompFilter};
 use crate::error::{EngineError as Error, Result};
 use crate::images::Dir;
 use crate::images::img;
-use crate::task::proc;
+use crate::proc;
 use crate::task::remote::{self, Remote};
 
 /// `seccomp_mode` values.
@@ -167,7 +167,7 @@ impl Table {
         let newest =
             newest.ok_or_else(|| img::CORE.bad(tid, "seccomp filter mode without a filter"))?;
         for f in self.chain(newest)? {
-            let prog = data + crate::mm::layout::SECCOMP_PROG;
+            let prog = data + super::trampoline::layout::SECCOMP_PROG;
             remote::write_mem(tid, data, &f.filter)?;
             let len = u16::try_from(f.filter.len() / 8)
                 .map_err(|_| img::SECCOMP.bad(0, "a filter longer than BPF allows"))?;

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use stasis_arch::native::Regs;
 
 use crate::error::{EngineError as Error, Result};
-use crate::task::proc;
+use crate::proc;
 
 /// What a process was doing when frozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ fn wait_until(tid: Pid, deadline: Instant, secs: u64) -> Result<WaitStatus> {
 
 /// PTRACE_SEIZE and INTERRUPT thread `tid` of `pid` (in seccomp mode
 /// `seccomp`), not waiting for it to stop; `false` if it is gone.
-fn seize_only(pid: Pid, tid: Pid, seccomp: i32) -> Result<bool> {
+pub(crate) fn seize_only(pid: Pid, tid: Pid, seccomp: i32) -> Result<bool> {
     // Filters suspended: the engine's remote calls must not be filtered.
     match ptrace::seize(
         tid,
@@ -213,10 +213,16 @@ fn seize_thread(
     }))
 }
 
-/// Freeze the tree under `root` within `timeout`; with `cgroup`, seize
-/// its tasks while that freezer cgroup holds them frozen, so that none
-/// forks or exits meanwhile. On failure every seized thread is released.
-pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) -> Result<Tree> {
+/// Freeze the tree under `root` within `timeout`. `seized_first` seizes
+/// threads before the tree is walked (its tasks while their freezer cgroup
+/// holds them frozen, so that none forks or exits meanwhile: see
+/// [`crate::cgroup::seize_frozen`]); they must all be the tree's. On
+/// failure every seized thread is released.
+pub fn freeze(
+    root: Pid,
+    timeout: Duration,
+    seized_first: impl FnOnce() -> Result<BTreeSet<Pid>>,
+) -> Result<Tree> {
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(Error::NoSuchTask { pid: root });
     }
@@ -234,10 +240,7 @@ pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) ->
     let mut tree = Tree::default();
     let deadline = Instant::now() + timeout;
     let secs = timeout.as_secs();
-    let pre = match cgroup {
-        Some(dir) => seize_frozen(dir, timeout)?,
-        None => BTreeSet::new(),
-    };
+    let pre = seized_first()?;
     let res = freeze_into(root, &mut tree, deadline, secs, &pre).and_then(|()| {
         // A task of the cgroup is part of the tree, or the dump would
         // miss it.
@@ -264,37 +267,10 @@ pub fn freeze(root: Pid, timeout: Duration, cgroup: Option<&std::path::Path>) ->
     }
 }
 
-/// Freeze cgroup `dir`, seize and interrupt every thread in it, thaw it:
-/// the threads seized, each stopping as soon as it runs.
-fn seize_frozen(dir: &std::path::Path, timeout: Duration) -> Result<BTreeSet<Pid>> {
-    let frozen = crate::cgroup::Frozen::freeze(dir, timeout)?;
-    let mut pre = BTreeSet::new();
-    let res = frozen.threads().and_then(|tids| {
-        for tid in tids {
-            let tgid = proc::status(tid, None)
-                .ok()
-                .and_then(|s| s.get("Tgid").and_then(|v| v.parse().ok()))
-                .map_or(tid, Pid::from_raw);
-            let seccomp = crate::task::seccomp::mode_of(tgid, tid).unwrap_or(0);
-            if seize_only(tgid, tid, seccomp)? {
-                pre.insert(tid);
-            }
-        }
-        Ok(())
-    });
-    // Thawed either way (dropped on failure); the seized ones stop at once.
-    let res = res.and_then(|()| frozen.thaw());
-    if let Err(e) = res {
-        let_go(&pre);
-        return Err(e);
-    }
-    Ok(pre)
-}
-
 /// Release threads seized while their cgroup was frozen that the tree
 /// does not hold: each stops first (only a stopped tracee can be
 /// detached).
-fn let_go<'a>(tids: impl IntoIterator<Item = &'a Pid>) {
+pub(crate) fn let_go<'a>(tids: impl IntoIterator<Item = &'a Pid>) {
     for &t in tids {
         let _ = wait_until(t, Instant::now() + Duration::from_secs(1), 1);
         let _ = ptrace::detach(t, None);

@@ -7,7 +7,6 @@
 
 use nix::unistd::Pid;
 use stasis_arch::native::nr;
-use stasis_proto::images::VmaEntry;
 
 use crate::error::Result;
 use crate::task::remote::{self, Call};
@@ -61,7 +60,7 @@ pub mod layout {
 
 /// Bytes of paths a mapping batch may write at [`layout::PATHS`], up to
 /// [`layout::BATCH_TABLE`].
-pub(super) const PATHS_ROOM: usize = 40 << 10;
+pub(crate) const PATHS_ROOM: usize = 40 << 10;
 
 /// Write `bytes` into the trampoline's data area at `off` and return the address.
 pub fn put(pid: Pid, t: &Trampoline, off: u64, bytes: &[u8]) -> Result<u64> {
@@ -94,30 +93,4 @@ pub fn open_call(
         nr::OPENAT,
         [dirfd, at, flags.cast_unsigned().into(), 0, 0, 0],
     ))
-}
-
-/// The lowest free place for `len` bytes in the task once `vmas` are
-/// mapped, away from the trampoline's hole.
-pub(super) fn free_gap(vmas: &[VmaEntry], t: &Trampoline, len: u64) -> Option<u64> {
-    let mut busy: Vec<(u64, u64)> = vmas.iter().map(|v| (v.start, v.end)).collect();
-    busy.push((t.start, t.start + TRAMPOLINE_HOLE));
-    busy.sort_unstable();
-    let mut at = LOWEST_FREE;
-    for (start, end) in busy {
-        if start >= at.checked_add(len)? {
-            break;
-        }
-        at = at.max(end);
-    }
-    Some(at)
-}
-
-/// The call moving a mapping of `len` bytes from `from` to `to`.
-pub(super) fn move_call(from: u64, len: u64, to: u64) -> Call {
-    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED).cast_unsigned();
-    (
-        "mremap",
-        nr::MREMAP,
-        [from, len, len, u64::from(flags), to, 0],
-    )
 }
