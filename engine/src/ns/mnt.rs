@@ -407,16 +407,7 @@ fn ns_table(pid: Pid) -> Result<Vec<Mount>> {
 pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Result<()> {
     let mine = read_table("/proc/thread-self/mountinfo", nix::unistd::getpid())?;
     let mut theirs = ns_table(root)?;
-    // External mounts (`--external mnt[POINT]:KEY`): the caller's, bound
-    // again from what it names by KEY at the restore; nothing of them is
-    // saved. A map entry without a mount is passed over, as in CRIU
-    // (runtimes list every device they might have bound).
-    for (point, key) in ext_mounts {
-        match theirs.iter_mut().rev().find(|m| m.point == *point) {
-            Some(m) => m.ext_key = Some(key.clone()),
-            None => tracing::debug!("external mount {point} ({key}): the tree has no mount there"),
-        }
-    }
+    mark_external(&mut theirs, ext_mounts);
     let unsupported = |what: String| Error::Unsupported { pid: root, what };
     let (Some(r), Some(_)) = (table_root(&theirs), table_root(&mine)) else {
         return Err(unsupported("a mount table without one root".into()));
@@ -430,6 +421,28 @@ pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Res
         )));
     }
     let my_devs: HashSet<u32> = mine.iter().map(|m| m.dev).collect();
+    check_makeable(root, &theirs, &my_devs)?;
+    save_tmpfs(root, dir, &theirs, &my_devs)?;
+    let entries: Vec<MntEntry> = theirs.iter().map(Mount::to_entry).collect();
+    dir.write_all(img::MNTS, super::NS_ID, &entries)
+}
+
+/// External mounts (`--external mnt[POINT]:KEY`): the caller's, bound
+/// again from what it names by KEY at the restore; nothing of them is
+/// saved. A map entry without a mount is passed over, as in CRIU
+/// (runtimes list every device they might have bound).
+fn mark_external(theirs: &mut [Mount], ext_mounts: &[(String, String)]) {
+    for (point, key) in ext_mounts {
+        match theirs.iter_mut().rev().find(|m| m.point == *point) {
+            Some(m) => m.ext_key = Some(key.clone()),
+            None => tracing::debug!("external mount {point} ({key}): the tree has no mount there"),
+        }
+    }
+}
+
+/// Every mount of the tree is one the restore can make: of a device the
+/// engine sees (`my_devs`) or of a filesystem made anew.
+fn check_makeable(root: Pid, theirs: &[Mount], my_devs: &HashSet<u32>) -> Result<()> {
     for m in theirs.iter().filter(|m| m.ext_key.is_none()) {
         let fresh = FRESH.iter().any(|(n, _)| *n == m.fstype) && m.root == "/";
         if !fresh
@@ -438,17 +451,37 @@ pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Res
                 o.dev == m.dev && o.root == "/" && FRESH.iter().any(|(n, _)| *n == o.fstype)
             })
         {
-            return Err(unsupported(format!(
-                "mount {} of device {} ({}), which stasis' mount namespace does not show and \
-                 which cannot be made anew; mount it outside the tree too",
-                m.shown(),
-                dev_shown(m.dev),
-                m.fstype
-            )));
+            return Err(Error::Unsupported {
+                pid: root,
+                what: format!(
+                    "mount {} of device {} ({}), which stasis' mount namespace does not show \
+                     and which cannot be made anew; mount it outside the tree too",
+                    m.shown(),
+                    dev_shown(m.dev),
+                    m.fstype
+                ),
+            });
         }
     }
-    // Each tmpfs only the tree sees, once per superblock, through an
-    // uncovered mount of its root.
+    Ok(())
+}
+
+/// The contents of each tmpfs only the tree sees, once per superblock,
+/// through an uncovered mount of its root (the one with the fewest mounts
+/// stacked on it).
+fn save_tmpfs(root: Pid, dir: &Dir, theirs: &[Mount], my_devs: &HashSet<u32>) -> Result<()> {
+    let covers = |v: &Mount| {
+        let mut n = 0;
+        let mut top = v.id;
+        while let Some(o) = theirs
+            .iter()
+            .find(|o| o.parent == top && o.point == v.point)
+        {
+            n += 1;
+            top = o.id;
+        }
+        n
+    };
     let mut saved = HashSet::new();
     for m in theirs
         .iter()
@@ -457,28 +490,18 @@ pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Res
         if !saved.insert(m.dev) {
             continue;
         }
-        // The mount of its root with the fewest mounts stacked on it.
-        let covers = |v: &Mount| {
-            let mut n = 0;
-            let mut top = v.id;
-            while let Some(o) = theirs
-                .iter()
-                .find(|o| o.parent == top && o.point == v.point)
-            {
-                n += 1;
-                top = o.id;
-            }
-            n
-        };
         let Some(view) = theirs
             .iter()
             .filter(|v| v.dev == m.dev && v.root == "/")
             .min_by_key(|v| covers(v))
         else {
-            return Err(unsupported(format!(
-                "tmpfs {} whose root is mounted nowhere: its contents cannot be read",
-                m.shown()
-            )));
+            return Err(Error::Unsupported {
+                pid: root,
+                what: format!(
+                    "tmpfs {} whose root is mounted nowhere: its contents cannot be read",
+                    m.shown()
+                ),
+            });
         };
         let clone = clean_view(root, &view.point, covers(view))?;
         let base = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&clone));
@@ -488,8 +511,7 @@ pub(crate) fn dump(root: Pid, dir: &Dir, ext_mounts: &[(String, String)]) -> Res
         }
         super::tmpfs::save(Path::new(&base), &dir.tmpfs_file(m.dev), &view.shown())?;
     }
-    let entries: Vec<MntEntry> = theirs.iter().map(Mount::to_entry).collect();
-    dir.write_all(img::MNTS, super::NS_ID, &entries)
+    Ok(())
 }
 
 /// A detached copy of the mount at `point` in the mount namespace of
@@ -819,7 +841,7 @@ pub fn restore(
     if !dir.exists(img::MNTS, super::NS_ID) {
         return Ok(None);
     }
-    let want = load_table(dir, cgroups)?;
+    let mut want = load_table(dir, cgroups)?;
     let Some(want_root) = table_root(&want) else {
         return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
     };
@@ -828,26 +850,13 @@ pub fn restore(
     // root mount a bind of it), which becomes the namespace's root once
     // the tasks are restored ([`Restored::root`]).
     let rooted = rooted_dir(new_root, want_root, me)?;
-    let want: Vec<Mount> = match &rooted {
-        Some(r) => want
-            .into_iter()
-            .map(|mut m| {
-                m.point = under(r, &m.point);
-                m
-            })
-            .collect(),
-        None => want,
-    };
+    if let Some(r) = &rooted {
+        want.iter_mut().for_each(|m| m.point = under(r, &m.point));
+    }
     let Some(want_root) = table_root(&want) else {
         return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
     };
-    let engine = std::fs::File::open("/proc/thread-self/ns/mnt")
-        .map(OwnedFd::from)
-        .map_err(|err| Error::Proc {
-            pid: me,
-            path: "/proc/thread-self/ns/mnt".into(),
-            err,
-        })?;
+    let engine = own_mnt_ns(me)?;
     let cwd = rustix::fs::open(
         ".",
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -871,16 +880,7 @@ pub fn restore(
         rooted: rooted.as_deref(),
         ext_mounts,
     };
-    let inside = build(&mk, &groups, &mut ptys).and_then(|procs| {
-        let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
-            .map(OwnedFd::from)
-            .map_err(|err| Error::Proc {
-                pid: me,
-                path: "/proc/thread-self/ns/mnt".into(),
-                err,
-            })?;
-        Ok((ns, procs))
-    });
+    let inside = build(&mk, &groups, &mut ptys).and_then(|procs| Ok((own_mnt_ns(me)?, procs)));
     match inside {
         Ok((ns, procs)) => Ok(Some(Restored {
             ns,
@@ -898,6 +898,17 @@ pub fn restore(
             Err(e)
         }
     }
+}
+
+/// The mount namespace the calling thread is in, held by an fd.
+fn own_mnt_ns(me: Pid) -> Result<OwnedFd> {
+    std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map(OwnedFd::from)
+        .map_err(|err| Error::Proc {
+            pid: me,
+            path: "/proc/thread-self/ns/mnt".into(),
+            err,
+        })
 }
 
 /// The tree's mount table from `mountpoints-ID.img`, its cgroup mounts

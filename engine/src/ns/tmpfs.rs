@@ -35,9 +35,37 @@ pub(crate) fn save(base: &Path, out: &Path, shown: &str) -> Result<()> {
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Complete);
     tar.follow_symlinks(false);
-    let mut links: HashMap<u64, PathBuf> = HashMap::new();
+    let mut p = Packer {
+        tar,
+        links: HashMap::new(),
+        shown,
+    };
     let mut stack = vec![PathBuf::from(".")];
     while let Some(rel) = stack.pop() {
+        stack.extend(p.pack(base, rel)?);
+    }
+    let gz = p
+        .tar
+        .into_inner()
+        .map_err(contents_err(shown, "writing its contents image"))?;
+    gz.finish()
+        .map_err(contents_err(shown, "writing its contents image"))?;
+    Ok(())
+}
+
+/// The archive being written, and the first name of each file with more
+/// than one link (by inode), so the others are archived as links to it.
+struct Packer<'a> {
+    tar: tar::Builder<flate2::write::GzEncoder<File>>,
+    links: HashMap<u64, PathBuf>,
+    shown: &'a str,
+}
+
+impl Packer<'_> {
+    /// Archive file `rel` under `base`; a directory's entries to archive
+    /// next, popped in name order.
+    fn pack(&mut self, base: &Path, rel: PathBuf) -> Result<Vec<PathBuf>> {
+        let shown = self.shown;
         let path = base.join(&rel);
         let meta =
             std::fs::symlink_metadata(&path).map_err(contents_err(shown, "reading its files"))?;
@@ -50,6 +78,7 @@ pub(crate) fn save(base: &Path, out: &Path, shown: &str) -> Result<()> {
         } else {
             rel.clone()
         };
+        let tar = &mut self.tar;
         if ft.is_dir() {
             h.set_entry_type(EntryType::Directory);
             tar.append_data(&mut h, &name, std::io::empty())
@@ -59,12 +88,11 @@ pub(crate) fn save(base: &Path, out: &Path, shown: &str) -> Result<()> {
                 .flatten()
                 .map(|e| e.file_name())
                 .collect();
-            // Popped in name order.
             names.sort_unstable_by(|a, b| b.cmp(a));
-            stack.extend(names.into_iter().map(|n| rel.join(n)));
-        } else if meta.nlink() > 1
-            && !ft.is_dir()
-            && let Some(first) = links.get(&meta.ino())
+            return Ok(names.into_iter().map(|n| rel.join(n)).collect());
+        }
+        if meta.nlink() > 1
+            && let Some(first) = self.links.get(&meta.ino())
         {
             h.set_entry_type(EntryType::Link);
             tar.append_link(&mut h, &name, first)
@@ -81,38 +109,41 @@ pub(crate) fn save(base: &Path, out: &Path, shown: &str) -> Result<()> {
             h.set_size(meta.len());
             tar.append_data(&mut h, &name, f)
                 .map_err(contents_err(shown, "archiving a file"))?;
-            if meta.nlink() > 1 {
-                links.insert(meta.ino(), name);
-            }
+            self.note_link(&meta, name);
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            h.set_entry_type(if ft.is_char_device() {
-                EntryType::Char
-            } else if ft.is_block_device() {
-                EntryType::Block
-            } else {
-                EntryType::Fifo
-            });
-            let rdev = meta.rdev();
-            let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-            h.set_device_major(u32::try_from(major).unwrap_or(0))
-                .map_err(contents_err(shown, "archiving a device node"))?;
-            h.set_device_minor(u32::try_from(minor).unwrap_or(0))
+            special_header(&mut h, &meta)
                 .map_err(contents_err(shown, "archiving a device node"))?;
             tar.append_data(&mut h, &name, std::io::empty())
                 .map_err(contents_err(shown, "archiving a special file"))?;
-            if meta.nlink() > 1 {
-                links.insert(meta.ino(), name);
-            }
+            self.note_link(&meta, name);
         } else {
             tracing::warn!(mount = shown, file = %rel.display(), "a socket in a tmpfs is not kept");
         }
+        Ok(Vec::new())
     }
-    let gz = tar
-        .into_inner()
-        .map_err(contents_err(shown, "writing its contents image"))?;
-    gz.finish()
-        .map_err(contents_err(shown, "writing its contents image"))?;
-    Ok(())
+
+    /// A file with more links is archived by `name` first.
+    fn note_link(&mut self, meta: &std::fs::Metadata, name: PathBuf) {
+        if meta.nlink() > 1 {
+            self.links.insert(meta.ino(), name);
+        }
+    }
+}
+
+/// The type and device numbers of a device node or FIFO in its header.
+fn special_header(h: &mut Header, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let ft = meta.file_type();
+    h.set_entry_type(if ft.is_char_device() {
+        EntryType::Char
+    } else if ft.is_block_device() {
+        EntryType::Block
+    } else {
+        EntryType::Fifo
+    });
+    let rdev = meta.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    h.set_device_major(u32::try_from(major).unwrap_or(0))?;
+    h.set_device_minor(u32::try_from(minor).unwrap_or(0))
 }
 
 /// Fill the filesystem whose root is `root` (a directory fd: the root of a
@@ -179,21 +210,7 @@ fn unpack<R: std::io::Read>(
             }
             return Ok(Some((rel, at)));
         }
-        EntryType::Regular | EntryType::Continuous => {
-            let fd = rustix::fs::openat(
-                p,
-                &name,
-                OFlags::WRONLY
-                    | OFlags::CREATE
-                    | OFlags::TRUNC
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC,
-                rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-            )
-            .map_err(rx(shown, "creating a file"))?;
-            let mut f = File::from(fd);
-            std::io::copy(entry, &mut f).map_err(io("writing a file"))?;
-        }
+        EntryType::Regular | EntryType::Continuous => write_file(entry, p, &name, shown)?,
         EntryType::Symlink | EntryType::Link => {
             let link = entry
                 .header()
@@ -217,17 +234,7 @@ fn unpack<R: std::io::Read>(
                 .map_err(rx(shown, "making a symlink"))?;
         }
         EntryType::Char | EntryType::Block | EntryType::Fifo => {
-            let ft = match ty {
-                EntryType::Char => rustix::fs::FileType::CharacterDevice,
-                EntryType::Block => rustix::fs::FileType::BlockDevice,
-                _ => rustix::fs::FileType::Fifo,
-            };
-            let h = entry.header();
-            let dev = rustix::fs::makedev(
-                h.device_major().ok().flatten().unwrap_or(0),
-                h.device_minor().ok().flatten().unwrap_or(0),
-            );
-            rustix::fs::mknodat(p, &name, ft, rustix::fs::Mode::from_raw_mode(at.mode), dev)
+            make_node(entry.header(), p, &name, at.mode)
                 .map_err(rx(shown, "making a special file"))?;
         }
         _ => {
@@ -238,6 +245,45 @@ fn unpack<R: std::io::Read>(
     at.set(p, &name, ty == EntryType::Symlink)
         .map_err(rx(shown, "setting a file's owner, mode and times"))?;
     Ok(None)
+}
+
+/// Make the regular file `name` in `p` with the contents of `entry`
+/// (owner-only until its attributes are set).
+fn write_file<R: std::io::Read>(
+    entry: &mut tar::Entry<'_, R>,
+    p: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    shown: &str,
+) -> Result<()> {
+    let fd = rustix::fs::openat(
+        p,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+    )
+    .map_err(rx(shown, "creating a file"))?;
+    let mut f = File::from(fd);
+    std::io::copy(entry, &mut f).map_err(contents_err(shown, "writing a file"))?;
+    Ok(())
+}
+
+/// Make the device node or FIFO of header `h` as `name` in `p`.
+fn make_node(
+    h: &Header,
+    p: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    mode: u32,
+) -> std::result::Result<(), rustix::io::Errno> {
+    let ft = match h.entry_type() {
+        EntryType::Char => rustix::fs::FileType::CharacterDevice,
+        EntryType::Block => rustix::fs::FileType::BlockDevice,
+        _ => rustix::fs::FileType::Fifo,
+    };
+    let dev = rustix::fs::makedev(
+        h.device_major().ok().flatten().unwrap_or(0),
+        h.device_minor().ok().flatten().unwrap_or(0),
+    );
+    rustix::fs::mknodat(p, name, ft, rustix::fs::Mode::from_raw_mode(mode), dev)
 }
 
 /// Hard link `name` in directory `p` to `target` (a path of the archive),

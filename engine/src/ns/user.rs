@@ -132,23 +132,8 @@ pub(crate) fn restore(dir: &Dir, inner: CloneFlags) -> Result<Option<Helper>> {
         .map_err(fail("a helper for the user namespace"))?
     {
         kernel::clone::Forked::Child => {
-            // The helper: a user namespace, the maps from the engine, then
-            // the other namespaces inside it; then it waits to be killed.
             drop((to_w, from_r));
-            kernel::process::set_pdeathsig(libc::SIGKILL);
-            let step = |ok: bool| {
-                let _ = nix::unistd::write(&from_w, if ok { b"1" } else { b"0" });
-            };
-            let user = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            step(user);
-            let mut b = [0u8; 1];
-            if !user || nix::unistd::read(&to_r, &mut b) != Ok(1) {
-                kernel::process::exit_now(1);
-            }
-            step(nix::sched::unshare(inner).is_ok());
-            loop {
-                nix::unistd::pause();
-            }
+            helper_main(&to_r, &from_w, inner)
         }
         kernel::clone::Forked::Parent(p) => p,
     };
@@ -183,6 +168,36 @@ pub(crate) fn restore(dir: &Dir, inner: CloneFlags) -> Result<Option<Helper>> {
     }
     let mut guard = Guard(pid);
     step("a user namespace")?;
+    write_maps(pid, &e)?;
+    nix::unistd::write(&to_w, b"g").map_err(fail("starting the helper"))?;
+    step("the tree's namespaces inside its user namespace")?;
+    let helper = held(pid)?;
+    guard.0 = Pid::from_raw(0);
+    Ok(Some(helper))
+}
+
+/// The helper of [`restore`]: a user namespace, the maps from the engine
+/// (it waits for them on `to_r`), then the other namespaces (`inner`)
+/// inside it; each step reported on `from_w`; then it waits to be killed.
+fn helper_main(to_r: &OwnedFd, from_w: &OwnedFd, inner: CloneFlags) -> ! {
+    kernel::process::set_pdeathsig(libc::SIGKILL);
+    let step = |ok: bool| {
+        let _ = nix::unistd::write(from_w, if ok { b"1" } else { b"0" });
+    };
+    let user = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+    step(user);
+    let mut b = [0u8; 1];
+    if !user || nix::unistd::read(to_r, &mut b) != Ok(1) {
+        kernel::process::exit_now(1);
+    }
+    step(nix::sched::unshare(inner).is_ok());
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+/// Write the tree's uid and gid maps for the helper `pid`'s namespace.
+fn write_maps(pid: Pid, e: &UsernsEntry) -> Result<()> {
     let line = |m: &[UidGidExtent]| {
         m.iter()
             .map(|x| format!("{} {} {}\n", x.first, x.lower_first, x.count))
@@ -196,11 +211,7 @@ pub(crate) fn restore(dir: &Dir, inner: CloneFlags) -> Result<Option<Helper>> {
             err,
         })?;
     }
-    nix::unistd::write(&to_w, b"g").map_err(fail("starting the helper"))?;
-    step("the tree's namespaces inside its user namespace")?;
-    let helper = held(pid)?;
-    guard.0 = Pid::from_raw(0);
-    Ok(Some(helper))
+    Ok(())
 }
 
 #[cfg(test)]
