@@ -5,9 +5,10 @@
 //! steps; the kernel objects live in subsystem folders, one module per kind
 //! (see ARCHITECTURE.md at the top of the repository):
 //!
-//! - `task/`: a process and its threads: freezing (`seize`), `/proc`
-//!   (`proc`), remote syscalls (`remote`), registers (`cpu`), credentials,
-//!   seccomp, timers;
+//! - `proc`: the /proc parsers every kind reads through;
+//! - `task/`: a process and its threads: freezing (`seize`), remote
+//!   syscalls (`remote`) and their trampoline, registers (`cpu`),
+//!   credentials, seccomp, timers;
 //! - `mm`: the address space and its pages;
 //! - `files/`: the fd table and each kind of open file;
 //! - `net/`: sockets and the network lock;
