@@ -231,13 +231,9 @@ impl Ghosts {
     /// and the path tasks open it by.
     pub(crate) fn move_fds(
         &mut self,
-        mut moved: impl FnMut(&mut OwnedFd) -> Result<String>,
+        moved: impl FnMut(&mut OwnedFd) -> Result<String>,
     ) -> Result<()> {
-        for (id, fd) in &mut self.fds {
-            let path = moved(fd)?;
-            self.paths.insert(*id, path);
-        }
-        Ok(())
+        super::move_remade(&mut self.fds, &mut self.paths, moved)
     }
 
     /// Whether file `id` is a ghost; then the path its remade file is

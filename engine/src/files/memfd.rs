@@ -155,13 +155,9 @@ impl Memfds {
     /// and the path tasks open it by.
     pub(crate) fn move_fds(
         &mut self,
-        mut moved: impl FnMut(&mut OwnedFd) -> Result<String>,
+        moved: impl FnMut(&mut OwnedFd) -> Result<String>,
     ) -> Result<()> {
-        for (id, fd) in &mut self.fds {
-            let path = moved(fd)?;
-            self.paths.insert(*id, path);
-        }
-        Ok(())
+        super::move_remade(&mut self.fds, &mut self.paths, moved)
     }
 
     /// Restore: the path tasks open inode `id` by.

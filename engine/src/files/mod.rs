@@ -258,6 +258,65 @@ pub struct InTask<'a> {
     pub t: &'a crate::task::trampoline::Trampoline,
 }
 
+impl InTask<'_> {
+    /// Open `path` with `flags` inside the task (`what` names the step),
+    /// as its fd `target`; that fd.
+    pub(crate) fn open_as(
+        &self,
+        what: &'static str,
+        path: &str,
+        flags: i32,
+        target: i32,
+        cloexec: bool,
+    ) -> Result<u64> {
+        use stasis_arch::native::nr;
+        let r = self.r;
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        let at = crate::task::trampoline::put(
+            r.tid,
+            self.t,
+            crate::task::trampoline::layout::PATHS,
+            &bytes,
+        )?;
+        let flags = if cloexec {
+            flags | libc::O_CLOEXEC
+        } else {
+            flags
+        };
+        let fd = r.call(
+            what,
+            nr::OPENAT,
+            [
+                libc::AT_FDCWD.cast_unsigned().into(),
+                at,
+                flags.cast_unsigned().into(),
+                0,
+                0,
+                0,
+            ],
+        )?;
+        let target = u64::from(target.cast_unsigned());
+        r.move_fd(fd, target, cloexec)?;
+        Ok(target)
+    }
+}
+
+/// Restore: hand each remade file of `fds` (memfd inodes, ghost files) to
+/// `moved`, which gives it a new fd and the path tasks open it by, kept in
+/// `paths` under the same id.
+fn move_remade(
+    fds: &mut HashMap<u32, OwnedFd>,
+    paths: &mut HashMap<u32, String>,
+    mut moved: impl FnMut(&mut OwnedFd) -> Result<String>,
+) -> Result<()> {
+    for (id, fd) in fds {
+        let path = moved(fd)?;
+        paths.insert(*id, path);
+    }
+    Ok(())
+}
+
 /// A described fd: the task, its fd number and the file id given.
 type Described = (Pid, i32, u32);
 

@@ -11,7 +11,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 use nix::unistd::Pid;
-use stasis_arch::native::nr;
 use stasis_proto::images::NsFileEntry;
 use stasis_proto::images::file_entry::Kind;
 
@@ -108,32 +107,15 @@ impl FileKind for NsFile {
 
     fn open_in_task(e: &NsFileEntry, cx: &InTask<'_>, target: i32, cloexec: bool) -> Result<()> {
         let (pid, file) = where_(e)?;
-        let r = cx.r;
-        let mut path = format!("/proc/{pid}/ns/{file}").into_bytes();
-        path.push(0);
-        let at = crate::task::trampoline::put(
-            r.tid,
-            cx.t,
-            crate::task::trampoline::layout::PATHS,
-            &path,
-        )?;
-        let mut flags = libc::O_RDONLY;
-        if cloexec {
-            flags |= libc::O_CLOEXEC;
-        }
-        let fd = r.call(
+        let path = format!("/proc/{pid}/ns/{file}");
+        cx.open_as(
             "openat(a namespace file)",
-            nr::OPENAT,
-            [
-                libc::AT_FDCWD.cast_unsigned().into(),
-                at,
-                flags.cast_unsigned().into(),
-                0,
-                0,
-                0,
-            ],
-        )?;
-        r.move_fd(fd, u64::from(target.cast_unsigned()), cloexec)
+            &path,
+            libc::O_RDONLY,
+            target,
+            cloexec,
+        )
+        .map(drop)
     }
 
     fn open(e: &NsFileEntry, cx: &mut OpenCtx<'_>) -> Result<OwnedFd> {

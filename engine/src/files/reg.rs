@@ -40,37 +40,18 @@ impl FileKind for Reg {
     }
 
     fn open_in_task(e: &RegFileEntry, cx: &InTask<'_>, target: i32, cloexec: bool) -> Result<()> {
-        use stasis_arch::native::nr;
-        let r = cx.r;
-        let mut path = e.name.as_bytes().to_vec();
-        path.push(0);
-        let at = crate::task::trampoline::put(
-            r.tid,
-            cx.t,
-            crate::task::trampoline::layout::PATHS,
-            &path,
-        )?;
         let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC;
-        let mut flags = e.flags.cast_signed() & !strip;
-        if cloexec {
-            flags |= libc::O_CLOEXEC;
-        }
-        let fd = r.call(
+        let flags = e.flags.cast_signed() & !strip;
+        let fd = cx.open_as(
             "openat(/proc file of the tree)",
-            nr::OPENAT,
-            [
-                libc::AT_FDCWD.cast_unsigned().into(),
-                at,
-                flags.cast_unsigned().into(),
-                0,
-                0,
-                0,
-            ],
+            &e.name,
+            flags,
+            target,
+            cloexec,
         )?;
-        let target = u64::from(target.cast_unsigned());
-        r.move_fd(fd, target, cloexec)?;
         if e.pos != 0 {
-            r.call("lseek", nr::LSEEK, [target, e.pos, 0, 0, 0, 0])?;
+            let lseek = stasis_arch::native::nr::LSEEK;
+            cx.r.call("lseek", lseek, [fd, e.pos, 0, 0, 0, 0])?;
         }
         Ok(())
     }
