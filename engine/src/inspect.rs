@@ -288,30 +288,24 @@ fn prot_string(prot: u32, flags: u32) -> String {
 }
 
 fn vma_target(files: &HashMap<u32, FileEntry>, vma: &stasis_proto::images::VmaEntry) -> String {
-    const AREA_STACK: u32 = 1 << 1;
-    const AREA_VSYSCALL: u32 = 1 << 2;
-    const AREA_VDSO: u32 = 1 << 3;
-    const AREA_HEAP: u32 = 1 << 5;
-    const FILE_PRIVATE: u32 = 1 << 6;
-    const FILE_SHARED: u32 = 1 << 7;
-    const ANON_SHARED: u32 = 1 << 8;
-    const AREA_SYSVIPC: u32 = 1 << 10;
-    const AREA_VVAR: u32 = 1 << 12;
+    use crate::mm::status::{
+        ANON_SHARED, FILE_PRIVATE, FILE_SHARED, HEAP, STACK, SYSVIPC, VDSO, VSYSCALL, VVAR,
+    };
     let s = vma.status;
-    if s & AREA_VDSO != 0 {
+    if s & VDSO != 0 {
         "[vdso]".into()
-    } else if s & AREA_VVAR != 0 {
+    } else if s & VVAR != 0 {
         "[vvar]".into()
-    } else if s & AREA_VSYSCALL != 0 {
+    } else if s & VSYSCALL != 0 {
         "[vsyscall]".into()
-    } else if s & AREA_HEAP != 0 {
+    } else if s & HEAP != 0 {
         "[heap]".into()
-    } else if s & AREA_STACK != 0 {
+    } else if s & STACK != 0 {
         "[stack]".into()
     } else if s & (FILE_PRIVATE | FILE_SHARED) != 0 {
         let id = u32::try_from(vma.shmid).unwrap_or(u32::MAX);
         format!("{} +{:#x}", describe(files, id), vma.pgoff)
-    } else if s & AREA_SYSVIPC != 0 {
+    } else if s & SYSVIPC != 0 {
         format!("[sysv shm {}]", vma.shmid)
     } else if s & ANON_SHARED != 0 {
         format!("[shared anon {:#x}]", vma.shmid)

@@ -856,7 +856,7 @@ pub fn restore(
     let Some(want_root) = table_root(&want) else {
         return Err(img::MNTS.bad(super::NS_ID, "no single root mount"));
     };
-    let engine = own_mnt_ns(me)?;
+    let engine = super::this_thread("mnt")?;
     let cwd = rustix::fs::open(
         ".",
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -880,7 +880,8 @@ pub fn restore(
         rooted: rooted.as_deref(),
         ext_mounts,
     };
-    let inside = build(&mk, &groups, &mut ptys).and_then(|procs| Ok((own_mnt_ns(me)?, procs)));
+    let inside =
+        build(&mk, &groups, &mut ptys).and_then(|procs| Ok((super::this_thread("mnt")?, procs)));
     match inside {
         Ok((ns, procs)) => Ok(Some(Restored {
             ns,
@@ -898,17 +899,6 @@ pub fn restore(
             Err(e)
         }
     }
-}
-
-/// The mount namespace the calling thread is in, held by an fd.
-fn own_mnt_ns(me: Pid) -> Result<OwnedFd> {
-    std::fs::File::open("/proc/thread-self/ns/mnt")
-        .map(OwnedFd::from)
-        .map_err(|err| Error::Proc {
-            pid: me,
-            path: "/proc/thread-self/ns/mnt".into(),
-            err,
-        })
 }
 
 /// The tree's mount table from `mountpoints-ID.img`, its cgroup mounts

@@ -32,6 +32,19 @@ fn link(pid: Option<Pid>, ns: &str) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok()
 }
 
+/// The namespace `ns` (`net`, `mnt`, ...) the calling thread is in, held
+/// by an fd.
+fn this_thread(ns: &str) -> Result<std::os::fd::OwnedFd> {
+    let path = format!("/proc/thread-self/ns/{ns}");
+    std::fs::File::open(&path)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|err| Error::Proc {
+            pid: nix::unistd::getpid(),
+            path,
+            err,
+        })
+}
+
 /// Whether the tree under `root` has a namespace `ns` of its own.
 fn own(root: Pid, ns: &str) -> bool {
     link(Some(root), ns) != link(None, ns)

@@ -342,14 +342,7 @@ pub(super) struct Outside {
 
 /// The engine's network namespace, now.
 pub(super) fn outside() -> Result<Outside> {
-    let me = nix::unistd::getpid();
-    let ns = std::fs::File::open("/proc/thread-self/ns/net")
-        .map_err(|err| Error::Proc {
-            pid: me,
-            path: "/proc/thread-self/ns/net".into(),
-            err,
-        })?
-        .into();
+    let ns = super::this_thread("net")?;
     let rtnl = rtnl::open().map_err(net_err("a route netlink socket outside".into(), ""))?;
     Ok(Outside { ns, rtnl })
 }
@@ -457,11 +450,7 @@ fn macvlan_on(d: &NetDeviceEntry, out: &Outside, macvlans: &[(String, String)]) 
             errno: Errno::ENODEV,
             hint: " (no such device outside)",
         })?;
-    let here = std::fs::File::open("/proc/thread-self/ns/net").map_err(|err| Error::Proc {
-        pid: nix::unistd::getpid(),
-        path: "/proc/thread-self/ns/net".into(),
-        err,
-    })?;
+    let here = super::this_thread("net")?;
     let me = NewLink {
         netns: Some(here.as_fd()),
         ..new_link(d)
