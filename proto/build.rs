@@ -55,6 +55,7 @@ const IMAGE_FILES: &[&str] = &[
     "ipc-var.proto",
     "ipc.proto",
     "mqueue.proto",
+    "tun.proto",
     "netdev.proto",
     "mnt.proto",
     "timens.proto",

@@ -901,3 +901,102 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
     );
     assert_eq!(String::from_utf8_lossy(&ask().stdout).trim(), "pong");
 }
+
+/// A process whose network namespace is the engine's (both run in a
+/// namespace the test made) and which holds a file on a tun device of it:
+/// the file of a persistent tap is attached to that tap again at the
+/// restore; one on a device that is not persistent (it would be gone) is
+/// refused by name, and its process keeps running.
+#[test]
+fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
+    need_root();
+    let ns = Netns::add(&format!("stasis-tun-{}", std::process::id()));
+    let ok = |args: &[&str]| {
+        let out = in_netns(&ns.0, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&[
+        "sh",
+        "-c",
+        "ip link set lo up && ip tuntap add ptap0 mode tap && ip link set ptap0 up",
+    ]);
+    let stasis = env!("CARGO_BIN_EXE_stasis");
+    // A process attached to device `dev` (made when missing, then not
+    // persistent), in a PID namespace of its own.
+    let start = |dev: &str, d: &Path, marker: &str| {
+        let script = format!(
+            "import fcntl, os, struct, sys, time\n\
+             f = os.open('/dev/net/tun', os.O_RDWR | os.O_NONBLOCK)\n\
+             fcntl.ioctl(f, 0x400454ca, struct.pack('16sh22x', b'{dev}', 0x1002))\n\
+             open(sys.argv[1] + '/ready', 'w').write(str(f))\n\
+             while True:\n    time.sleep(1)\n"
+        );
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.0,
+            "unshare",
+            "--fork",
+            "--pid",
+            "--mount-proc",
+            "python3",
+            "-c",
+        ]);
+        start_tree(cmd, &script, d, marker)
+    };
+    // Not persistent: refused, and the process goes on.
+    let (_tmp, d, img) = workdirs();
+    let marker = format!("stasis-vtun-{}", std::process::id());
+    let ctr = start(&format!("vtun{}", std::process::id() % 1000), &d, &marker);
+    let init = ctr.init.expect("init");
+    let img_s = img.to_str().expect("utf8");
+    let out = in_netns(
+        &ns.0,
+        &[stasis, "dump", "-t", &init.to_string(), "-D", img_s],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not persistent"),
+        "a tun file on a device that is not persistent: {err}"
+    );
+    assert!(
+        kill(Pid::from_raw(init), None).is_ok(),
+        "the refused dump did not leave the task running"
+    );
+    drop(ctr);
+    // Persistent: attached to it again.
+    let (_tmp, d, img) = workdirs();
+    let marker = format!("stasis-ptap-{}", std::process::id());
+    let mut ctr = start("ptap0", &d, &marker);
+    let init = ctr.init.expect("init");
+    let fd = std::fs::read_to_string(d.join("ready")).expect("ready");
+    let img_s = img.to_str().expect("utf8");
+    ok(&[stasis, "dump", "-t", &init.to_string(), "-D", img_s]);
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    let link = || ok(&["ip", "-o", "link", "show", "ptap0"]);
+    assert!(link().contains("NO-CARRIER"), "ptap0 still has a file");
+    ok(&[stasis, "restore", "-d", "-D", img_s]);
+    let restored = with_marker(&marker);
+    let _guard = Container {
+        unshare: None,
+        init: restored.first().copied(),
+    };
+    assert_eq!(restored.len(), 1, "restored: {restored:?}");
+    let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", restored[0], fd.trim()))
+        .expect("the restored fdinfo");
+    assert!(fdinfo.contains("iff:\tptap0"), "{fdinfo}");
+    assert!(
+        !link().contains("NO-CARRIER"),
+        "ptap0 has no file: {}",
+        link()
+    );
+}

@@ -125,7 +125,13 @@ impl Dump {
         let p = self.path("files.img");
         if p.exists() {
             for f in read_all::<FileEntry>(&p, "FILES")? {
-                map.insert(f.id, f);
+                // A tun file's open flags are in a regular-file twin of the
+                // same id: the file is the other one.
+                let twin = matches!(f.kind, Some(file_entry::Kind::Reg(_)))
+                    && map.contains_key(&f.id);
+                if !twin {
+                    map.insert(f.id, f);
+                }
             }
         }
         // Images older than files.img keep regular files in reg-files.img.
@@ -178,6 +184,11 @@ fn describe(files: &HashMap<u32, FileEntry>, id: u32) -> String {
             p.r#type, p.protocol, p.ifindex
         ),
         Some(file_entry::Kind::Ffy(e)) => format!("fanotify {} marks", e.mark.len()),
+        Some(file_entry::Kind::Tunf(t)) => match &t.netdev {
+            Some(dev) if t.detached == Some(true) => format!("tun {dev} (queue detached)"),
+            Some(dev) => format!("tun {dev}"),
+            None => "tun (attached to no device)".to_owned(),
+        },
         Some(file_entry::Kind::Usk(u)) => {
             let name = String::from_utf8_lossy(&u.name).replace('\0', "@");
             format!("socket:[{}] unix {name}", u.ino)

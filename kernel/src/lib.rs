@@ -8,7 +8,7 @@
 //! - the system-call wrappers `nix` and `rustix` do not offer safely:
 //!   [`ptrace`], [`clone`], [`process`], [`fd`], [`socket`], [`ipc`],
 //!   [`mqueue`], [`uffd`], [`mm`], [`tty`], [`signal`], [`timer`],
-//!   [`mount`], [`sched`], [`io`] and [`ioctl`].
+//!   [`mount`], [`sched`], [`io`], [`ioctl`] and [`tun`].
 //!
 //! Wrappers return `Errno` without context: callers say what failed.
 // This crate is the one place of stasis' own code (with `stasis-arch` and
@@ -36,4 +36,5 @@ pub mod signal;
 pub mod socket;
 pub mod timer;
 pub mod tty;
+pub mod tun;
 pub mod uffd;

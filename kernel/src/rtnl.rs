@@ -37,6 +37,14 @@ const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
 const IFLA_MACVLAN_MODE: u16 = 1;
 const IFLA_MACVLAN_FLAGS: u16 = 2;
+const IFLA_TUN_OWNER: u16 = 1;
+const IFLA_TUN_GROUP: u16 = 2;
+const IFLA_TUN_TYPE: u16 = 3;
+const IFLA_TUN_PI: u16 = 4;
+const IFLA_TUN_VNET_HDR: u16 = 5;
+const IFLA_TUN_PERSIST: u16 = 6;
+const IFLA_TUN_MULTI_QUEUE: u16 = 7;
+const IFLA_TUN_NUM_QUEUES: u16 = 8;
 
 const IFA_FLAGS: u16 = 8;
 /// The address needs no duplicate address detection (IPv6).
@@ -127,6 +135,48 @@ pub struct Link {
     pub master: Option<i32>,
     /// A macvlan's mode (`MACVLAN_MODE_*`) and flags.
     pub macvlan: Option<(u32, u16)>,
+    /// A tun or tap device's settings.
+    pub tun: Option<TunInfo>,
+}
+
+/// What route netlink tells of a tun or tap device (`IFLA_TUN_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunInfo {
+    /// Its flags as TUNGETIFF gives them ([`crate::tun`]'s `IFF_TUN` or
+    /// `IFF_TAP`, `IFF_NO_PI`, `IFF_VNET_HDR`, `IFF_MULTI_QUEUE`,
+    /// `IFF_PERSIST`), but the NAPI ones, which only a file can tell.
+    pub flags: u32,
+    /// The user allowed to attach to it, if one is.
+    pub owner: Option<u32>,
+    /// The group allowed to attach to it, if one is.
+    pub group: Option<u32>,
+    /// How many files are attached to it with their queue enabled.
+    pub queues: u32,
+}
+
+impl TunInfo {
+    fn parse(data: &[u8]) -> TunInfo {
+        use crate::tun::{IFF_MULTI_QUEUE, IFF_NO_PI, IFF_PERSIST, IFF_VNET_HDR};
+        let byte = |ty| nl::find(data, ty).and_then(|v| v.first().copied());
+        let on = |ty, flag| if byte(ty).unwrap_or(0) != 0 { flag } else { 0 };
+        let u32_of = |ty| nl::find(data, ty).and_then(|v| u32_at(v, 0));
+        TunInfo {
+            // IFLA_TUN_PI is set when packets carry the information
+            // header, that is without IFF_NO_PI.
+            flags: u32::from(byte(IFLA_TUN_TYPE).unwrap_or(0))
+                | (if byte(IFLA_TUN_PI).unwrap_or(1) == 0 {
+                    IFF_NO_PI
+                } else {
+                    0
+                })
+                | on(IFLA_TUN_VNET_HDR, IFF_VNET_HDR)
+                | on(IFLA_TUN_PERSIST, IFF_PERSIST)
+                | on(IFLA_TUN_MULTI_QUEUE, IFF_MULTI_QUEUE),
+            owner: u32_of(IFLA_TUN_OWNER),
+            group: u32_of(IFLA_TUN_GROUP),
+            queues: u32_of(IFLA_TUN_NUM_QUEUES).unwrap_or(0),
+        }
+    }
 }
 
 impl Link {
@@ -145,6 +195,7 @@ impl Link {
             link_netnsid: None,
             master: None,
             macvlan: None,
+            tun: None,
         };
         for (ty, v) in nl::attrs(&payload[16..]) {
             match ty {
@@ -163,6 +214,10 @@ impl Link {
                             .and_then(|f| f.get(..2))
                             .map_or(0, |f| u16::from_ne_bytes([f[0], f[1]]));
                         l.macvlan = mode.map(|m| (m, flags));
+                    }
+                    if l.kind.as_deref() == Some("tun") {
+                        let data = nl::find(v, IFLA_INFO_DATA).unwrap_or(&[]);
+                        l.tun = Some(TunInfo::parse(data));
                     }
                 }
                 _ => {}
@@ -445,6 +500,17 @@ pub fn index_of(s: &Socket, name: &str) -> Result<Option<i32>, Errno> {
         .into_iter()
         .find(|l| l.name == name)
         .map(|l| l.index))
+}
+
+/// Set the hardware address of link `index`.
+pub fn set_address(s: &Socket, index: i32, address: &[u8]) -> Result<(), Errno> {
+    let b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK,
+        &ifinfomsg(index, 0, 0),
+    )
+    .attr(IFLA_ADDRESS, address);
+    s.request(b.finish()).map(drop)
 }
 
 /// Set the settable flags of link `index` to those of `flags`, and its

@@ -183,7 +183,15 @@ fn threads_of(tree: &Tree, live: bool) -> Vec<(Pid, Vec<Pid>)> {
 fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     let root = tree.root().map_or(opts.pid, |t| t.pid);
     let pids = crate::ns::pid::Ids::read(&threads_of(tree, false))?;
-    let userns = crate::ns::dump(root, dir, &opts.ext_mounts, opts.empty_net, &opts.ext_netns)?;
+    let tasks: Vec<Pid> = tree.tasks.iter().map(|t| t.pid).collect();
+    let userns = crate::ns::dump(
+        root,
+        dir,
+        &opts.ext_mounts,
+        opts.empty_net,
+        &opts.ext_netns,
+        &tasks,
+    )?;
     let mut cgroups = crate::cgroup::Sets::read(root, &threads_of(tree, true))?;
     cgroups.walk_from(&opts.cgroup_roots);
     let mut files = files_table(tree, opts, root);

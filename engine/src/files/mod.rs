@@ -351,6 +351,8 @@ pub struct Table {
     pub tcp: crate::net::tcp::Streams,
     /// Unix sockets, and sock_diag's view of every socket.
     pub(crate) unix: crate::net::unix::State,
+    /// The tun files' open flags, and the tun devices they attach to.
+    pub(crate) tuns: crate::net::tun::Tuns,
 }
 
 impl Table {
@@ -576,6 +578,8 @@ impl Table {
             Ok(FdTypes::Memfd)
         } else if ft.is_socket() {
             self.socket_kind(pid, fd, meta)
+        } else if crate::net::tun::is_tun(meta) {
+            Ok(FdTypes::Tunf)
         } else if !fd.target.starts_with('/') {
             Err(fd.target.clone())
         } else if fd.target.ends_with(" (deleted)")
@@ -746,6 +750,15 @@ impl Table {
     /// each subsystem's state; the memfd pages written.
     pub fn write(&mut self, dir: &Dir) -> Result<u64> {
         self.unix.finish(self.opts.ext_unix_sk)?.add_to(self);
+        let described = &self.described;
+        let twins = self.tuns.twins(|pid, fd| {
+            described
+                .values()
+                .flatten()
+                .find(|d| d.0 == pid && d.1 == fd)
+                .map(|d| d.2)
+        });
+        self.entries.extend(twins);
         dir.write_all(img::FILES, 0, &self.entries)?;
         self.queued.write(dir)?;
         self.ghosts.write(dir)?;
@@ -758,8 +771,10 @@ impl Table {
 
     /// Load `files.img` and the state of each subsystem.
     pub fn load(dir: &Dir) -> Result<Table> {
-        let entries: Vec<FileEntry> = dir.read_all(img::FILES, 0)?;
+        let mut entries: Vec<FileEntry> = dir.read_all(img::FILES, 0)?;
+        let tuns = crate::net::tun::Tuns::load(dir, &mut entries)?;
         let mut t = Table {
+            tuns,
             tcp: crate::net::tcp::Streams::load(dir, &entries)?,
             entries,
             queued: pipe::Queued::load(dir)?,

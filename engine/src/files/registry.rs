@@ -117,4 +117,5 @@ kinds! {
     Inetsk / Isk => crate::net::inet::InetSk,
     Netlinksk / Nlsk => crate::net::netlink_sk::NetlinkSk,
     Packetsk / Psk => crate::net::packet::PacketSk,
+    Tunf / Tunf => crate::net::tun::TunFile,
 }

@@ -9,4 +9,5 @@ pub(crate) mod netlock;
 pub(crate) mod packet;
 pub(crate) mod sk_opts;
 pub(crate) mod tcp;
+pub(crate) mod tun;
 pub(crate) mod unix;

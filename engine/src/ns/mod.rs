@@ -170,6 +170,7 @@ pub fn dump(
     ext_mounts: &[(String, String)],
     empty_net: bool,
     ext_netns: &[(u64, String)],
+    tasks: &[Pid],
 ) -> Result<Option<user::Maps>> {
     let maps = if own(root, "user") {
         Some(user::dump(root, dir)?)
@@ -181,7 +182,7 @@ pub fn dump(
     }
 
     if own(root, "net") {
-        net::dump_or_key(root, dir, empty_net, ext_netns)?;
+        net::dump_or_key(root, dir, empty_net, ext_netns, tasks)?;
     }
     if own(root, "uts") {
         uts::dump(root, dir)?;

@@ -1,6 +1,7 @@
 //! A network namespace of the tree's own: its devices (`netdev-1.img`,
 //! CRIU's `net_device_entry`: loopback and veth pairs, both ends inside or
-//! the peer outside in the caller's namespace); its addresses, routes and
+//! the peer outside in the caller's namespace, bridges, macvlans, tun and
+//! tap devices, see `crate::net::tun`); its addresses, routes and
 //! routing rules (`ifaddr-1.img`, `route-1.img`, `route6-1.img`,
 //! `rule-1.img`: iproute2's save format, as CRIU keeps them, so `ip addr
 //! showdump` reads them); its nf_tables ruleset (`nftables-netlink-1.img`:
@@ -106,7 +107,7 @@ struct Saved {
     nft: Vec<Msg>,
 }
 
-fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntry>> {
+fn device(root: Pid, l: &rtnl::Link, empty: bool, tasks: &[Pid]) -> Result<Option<NetDeviceEntry>> {
     let mut e = NetDeviceEntry {
         r#type: NdType::Loopback as i32,
         ifindex: l.index.cast_unsigned(),
@@ -135,6 +136,11 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntr
             e.r#type = NdType::Bridge as i32;
             Ok(Some(e))
         }
+        Some("tun") => {
+            e.r#type = NdType::Tun as i32;
+            e.tun = Some(crate::net::tun::link_entry(root, l, tasks)?);
+            Ok(Some(e))
+        }
         // Its lower device is outside (the caller names it at the restore).
         Some("macvlan") => {
             e.r#type = NdType::Macvlan as i32;
@@ -151,8 +157,9 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool) -> Result<Option<NetDeviceEntr
         kind => Err(Error::Unsupported {
             pid: root,
             what: format!(
-                "network device {} ({}) in its network namespace: loopback, veth, bridge and \
-                 macvlan devices are restored; with --empty-ns net the others are left to the caller",
+                "network device {} ({}) in its network namespace: loopback, veth, bridge, \
+                 macvlan, tun and tap devices are restored; with --empty-ns net the others are \
+                 left to the caller",
                 l.name,
                 kind.unwrap_or("a device of the host's kind")
             ),
@@ -167,12 +174,13 @@ fn check_masters(root: Pid, devices: &[NetDeviceEntry]) -> Result<()> {
         let bridge = devices
             .iter()
             .any(|b| b.ifindex == m && b.r#type == NdType::Bridge as i32);
-        if !bridge || d.r#type != NdType::Veth as i32 {
+        let port = d.r#type == NdType::Veth as i32 || d.r#type == NdType::Tun as i32;
+        if !bridge || !port {
             return Err(Error::Unsupported {
                 pid: root,
                 what: format!(
-                    "network device {} enslaved to device {m} of its network namespace (veths \
-                     on bridges are restored)",
+                    "network device {} enslaved to device {m} of its network namespace (veth \
+                     and tap devices on bridges are restored)",
                     d.name
                 ),
             });
@@ -217,6 +225,7 @@ pub(super) fn dump_or_key(
     dir: &Dir,
     empty_net: bool,
     ext_netns: &[(u64, String)],
+    tasks: &[Pid],
 ) -> Result<()> {
     let ino = std::fs::metadata(format!("/proc/{root}/ns/net"))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
@@ -234,7 +243,7 @@ pub(super) fn dump_or_key(
                 ..Default::default()
             }],
         ),
-        None => dump(root, dir, empty_net),
+        None => dump(root, dir, empty_net, tasks),
     }
 }
 
@@ -242,14 +251,14 @@ pub(super) fn dump_or_key(
 /// (CRIU's `empty_ns` for the network), devices other than loopback,
 /// addresses and routes are the caller's, who sets them up again after the
 /// restore: left out.
-pub(super) fn dump(root: Pid, dir: &Dir, empty: bool) -> Result<()> {
+pub(super) fn dump(root: Pid, dir: &Dir, empty: bool, tasks: &[Pid]) -> Result<()> {
     let saved = crate::task::in_namespace_of(root, "net", CloneFlags::CLONE_NEWNET, || {
         let what = |w: &str| Error::dump(root, format!("{w} of its network namespace"));
         let s = rtnl::open().map_err(what("a route netlink socket"))?;
         let links = rtnl::links(&s).map_err(what("the devices"))?;
         let mut devices = Vec::new();
         for l in &links {
-            devices.extend(device(root, l, empty)?);
+            devices.extend(device(root, l, empty, tasks)?);
         }
         check_masters(root, &devices)?;
         let names: Vec<&str> = devices.iter().map(|d| d.name.as_str()).collect();
@@ -483,6 +492,13 @@ fn make_devices(
         rtnl::new_link(s, "bridge", &new_link(d))
             .map_err(net_err(format!("making bridge {}", d.name), ""))?;
     }
+    for d in devs.iter().filter(|d| is(d, NdType::Tun)) {
+        crate::net::tun::make_device(d)?;
+        if let Some(mac) = &d.address {
+            rtnl::set_address(s, d.ifindex.cast_signed(), mac)
+                .map_err(net_err(format!("setting the address of {}", d.name), ""))?;
+        }
+    }
     let mut made: Vec<u32> = Vec::new();
     for d in devs.iter().filter(|d| is(d, NdType::Veth)) {
         if made.contains(&d.ifindex) {
@@ -517,7 +533,16 @@ fn make_devices(
 /// Only what differs from a fresh namespace's value is written; a sysctl
 /// this kernel lacks or refuses is reported and left.
 fn write_sysctls(conf: &NetnsEntry) {
-    for c in &conf.stasis_sysctls {
+    // A device's stable_secret first: writing it switches its addr_gen_mode
+    // to stable privacy, which the saved addr_gen_mode then sets as it was
+    // (a tun's random mode has a secret of its own).
+    let secret = |c: &&NetSysctlEntry| c.name.ends_with("/stable_secret");
+    let all = &conf.stasis_sysctls;
+    for c in all
+        .iter()
+        .filter(secret)
+        .chain(all.iter().filter(|c| !secret(c)))
+    {
         let path = format!("/proc/sys/net/{}", c.name);
         let now = std::fs::read_to_string(&path).unwrap_or_default();
         if now.trim_end() == c.value {
@@ -655,10 +680,11 @@ pub(super) fn restore(
             NdType::Veth,
             NdType::Bridge,
             NdType::Macvlan,
+            NdType::Tun,
         ];
         if !known.iter().any(|&t| d.r#type == t as i32) {
             return Err(img::NETDEV.bad(NS_ID, format!(
-                    "device {} is of type {}: loopback, veth, bridge and macvlan devices are restored",
+                    "device {} is of type {}: loopback, veth, bridge, macvlan and tun devices are restored",
                     d.name, d.r#type
                 )));
         }

@@ -34,6 +34,14 @@ pub(crate) const TESTS: &[Test] = &[
     )
     .tools(&["ip"]),
     Test::new(
+        "netns-tun",
+        Namespaces,
+        "tun and tap devices in a new netns: a tun held by a non-blocking file with its send buffer, address and MTU; a multi-queue tap with a virtio header size, a MAC and one queue detached; a persistent tap on a bridge with an owner and no file; a file attached to nothing; packets routed to the tun still reach its file",
+        netns_tun,
+    )
+    .tools(&["ip"])
+    .features(&["tun"]),
+    Test::new(
         "netns-nft",
         Namespaces,
         "an nftables ruleset in a new netns: inet, ip and ip6 tables, base and regular chains, a named interval set, an anonymous set, a verdict map, a named counter, NAT, rule counters; a packet it drops is still dropped",
@@ -283,6 +291,181 @@ fn netns_veth(t: &mut Ctx) -> Res {
     let (s, _) = tcp.accept().or_fail("accept")?;
     ensure_eq!("peer", s.peer_addr().ok(), c.local_addr().ok());
     Ok(())
+}
+
+/// `struct ifreq` as the tun ioctls use it.
+#[repr(C)]
+struct TunReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn tun_req(name: &str, flags: i32) -> TunReq {
+    let mut r = TunReq {
+        name: [0; 16],
+        flags: libc::c_short::try_from(flags).unwrap_or(0),
+        _pad: [0; 22],
+    };
+    r.name[..name.len()].copy_from_slice(name.as_bytes());
+    r
+}
+
+/// Open /dev/net/tun and, with `name`, attach it to that device (made
+/// when missing) with `flags`.
+fn tun_open(name: Option<&str>, flags: i32) -> Res<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .or_fail("open /dev/net/tun")?;
+    if let Some(name) = name {
+        let mut r = tun_req(name, flags);
+        // SAFETY: TUNSETIFF reads and writes the valid ifreq.
+        nix::errno::Errno::result(unsafe {
+            libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &raw mut r)
+        })
+        .or_fail(&format!("TUNSETIFF {name}"))?;
+    }
+    Ok(f)
+}
+
+/// A tun ioctl taking an int by value (TUNSETPERSIST, TUNSETOWNER).
+fn tun_ioctl_val(f: &std::fs::File, req: libc::Ioctl, v: libc::c_ulong, what: &str) -> Res {
+    // SAFETY: these requests take their value as the argument itself.
+    nix::errno::Errno::result(unsafe { libc::ioctl(f.as_raw_fd(), req, v) })
+        .map(drop)
+        .or_fail(what)
+}
+
+/// A tun ioctl reading or writing an int through its pointer.
+fn tun_ioctl_int(f: &std::fs::File, req: libc::Ioctl, v: i32, what: &str) -> Res<i32> {
+    let mut v = v;
+    // SAFETY: these requests read or write one int through the pointer.
+    nix::errno::Errno::result(unsafe { libc::ioctl(f.as_raw_fd(), req, &raw mut v) })
+        .or_fail(what)?;
+    Ok(v)
+}
+
+/// What a user checks of a tun file: the device it is attached to and its
+/// flags (TUNGETIFF), with the device's send buffer and virtio header
+/// size, and the file's status flags; "none" when attached to nothing.
+fn tun_file_state(f: &std::fs::File) -> Res<String> {
+    let mut r = tun_req("", 0);
+    let fl = nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_GETFL).or_fail("F_GETFL")?;
+    // SAFETY: TUNGETIFF writes the valid ifreq.
+    let got = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNGETIFF, &raw mut r) };
+    if got < 0 {
+        return Ok(format!("none ({}) fl {fl:o}", nix::errno::Errno::last()));
+    }
+    let end = r.name.iter().position(|&b| b == 0).unwrap_or(16);
+    Ok(format!(
+        "{} flags {:#x} sndbuf {} vnethdr {} fl {fl:o}",
+        String::from_utf8_lossy(&r.name[..end]),
+        r.flags,
+        tun_ioctl_int(f, libc::TUNGETSNDBUF, 0, "TUNGETSNDBUF")?,
+        tun_ioctl_int(f, libc::TUNGETVNETHDRSZ, 0, "TUNGETVNETHDRSZ")?,
+    ))
+}
+
+fn netns_tun(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    let tun0 = tun_open(Some("tun0"), libc::IFF_TUN | libc::IFF_NO_PI)?;
+    tun_ioctl_int(&tun0, libc::TUNSETSNDBUF, 65536, "TUNSETSNDBUF")?;
+    let mq = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR;
+    let tap0a = tun_open(Some("tap0"), mq)?;
+    let tap0b = tun_open(Some("tap0"), mq)?;
+    tun_ioctl_int(&tap0a, libc::TUNSETVNETHDRSZ, 12, "TUNSETVNETHDRSZ")?;
+    let mut detach = tun_req("", libc::IFF_DETACH_QUEUE);
+    // SAFETY: TUNSETQUEUE reads the valid ifreq.
+    nix::errno::Errno::result(unsafe {
+        libc::ioctl(tap0b.as_raw_fd(), libc::TUNSETQUEUE, &raw mut detach)
+    })
+    .or_fail("TUNSETQUEUE detach")?;
+    {
+        let tap1 = tun_open(Some("tap1"), libc::IFF_TAP)?;
+        let me = libc::c_ulong::from(nix::unistd::geteuid().as_raw());
+        tun_ioctl_val(&tap1, libc::TUNSETOWNER, me, "TUNSETOWNER")?;
+        tun_ioctl_val(&tap1, libc::TUNSETPERSIST, 1, "TUNSETPERSIST")?;
+    }
+    let loose = tun_open(None, 0)?;
+    for cmd in [
+        "link set tun0 mtu 1300 up",
+        "addr add 10.12.0.1/24 dev tun0",
+        "link set tap0 address 02:00:00:00:00:22 up",
+        "link add br0 type bridge",
+        "link set tap1 master br0",
+        "link set br0 up",
+        "link set tap1 up",
+    ] {
+        ip(cmd)?;
+    }
+    let files = [&tun0, &tap0a, &tap0b, &loose];
+    let state = || -> Res<Vec<String>> {
+        let mut out = net_links()?;
+        for f in files {
+            out.push(tun_file_state(f)?);
+        }
+        Ok(out)
+    };
+    let before = state()?;
+    t.wait("changed the send buffer of tun0", || {
+        tun_ioctl_int(&tun0, libc::TUNSETSNDBUF, 4096, "TUNSETSNDBUF").map(drop)
+    })?;
+    ensure_eq!("tun devices and files", state()?, before);
+    // A datagram routed to the tun's network comes out of its file.
+    let mut buf = [0u8; 2048];
+    while nix::unistd::read(&tun0, &mut buf).is_ok() {}
+    let udp = std::net::UdpSocket::bind("10.12.0.1:0").or_fail("bind UDP to 10.12.0.1")?;
+    udp.send_to(b"through the tun", "10.12.0.2:9")
+        .or_fail("send to 10.12.0.2")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match nix::unistd::read(&tun0, &mut buf) {
+            // IPv4, to 10.12.0.2, carrying the payload.
+            Ok(n) if n > 28 && buf[0] >> 4 == 4 && buf[16..20] == [10, 12, 0, 2] => {
+                ensure_eq!("payload", &buf[28..n], b"through the tun");
+                return Ok(());
+            }
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(Fail::Sys(format!("read the tun: {e}"))),
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no packet to 10.12.0.2 came out of tun0's file in 5 s"
+        );
+        crate::testlib::nap(20);
+    }
+}
+
+/// Each tun, tap and bridge link of the namespace as `ip -d link` shows
+/// it, with its addresses.
+fn net_links() -> Res<Vec<String>> {
+    let mut out = Vec::new();
+    for dev in ["tun0", "tap0", "tap1", "br0"] {
+        let l = ip(&format!("-d -o link show dev {dev}"))?;
+        // The bridge's own timers and ids change as it runs.
+        let mut l = match l.find(" bridge forward_delay") {
+            Some(at) if dev == "br0" => l[..at].to_owned(),
+            _ => l,
+        };
+        // The operational state follows the carrier's changes: a device
+        // that was up when its file attached says UP, one brought up after
+        // UNKNOWN (the restore brings devices up before their files are
+        // attached).
+        for st in [" state UP ", " state UNKNOWN "] {
+            l = l.replace(st, " state UP|UNKNOWN ");
+        }
+        out.push(l.trim().to_owned());
+        out.push(
+            ip(&format!("-o addr show dev {dev} scope global"))?
+                .trim()
+                .to_owned(),
+        );
+    }
+    Ok(out)
 }
 
 /// Run `nft ARGS` (nftables), feeding it `input`, and return its output.
