@@ -127,8 +127,8 @@ impl Dump {
             for f in read_all::<FileEntry>(&p, "FILES")? {
                 // A tun file's open flags are in a regular-file twin of the
                 // same id: the file is the other one.
-                let twin = matches!(f.kind, Some(file_entry::Kind::Reg(_)))
-                    && map.contains_key(&f.id);
+                let twin =
+                    matches!(f.kind, Some(file_entry::Kind::Reg(_))) && map.contains_key(&f.id);
                 if !twin {
                     map.insert(f.id, f);
                 }

@@ -6,10 +6,12 @@
 //! `rule-1.img`: iproute2's save format, as CRIU keeps them, so `ip addr
 //! showdump` reads them); its nf_tables ruleset (`nftables-netlink-1.img`:
 //! the kernel's own listing, stasis' format, where CRIU keeps `nft list
-//! ruleset` text); its sysctls under /proc/sys/net, per device too
-//! (`netns-1.img`). Other device kinds are refused by name. Everything is
-//! read and made over netlink (`stasis_kernel::rtnl`, `::nftables`), from
-//! inside the namespace.
+//! ruleset` text); its iptables-legacy rules (`iptables-1.img`,
+//! `ip6tables-1.img`: `iptables-legacy-save` text, as CRIU keeps them, made
+//! again with `iptables-legacy-restore`); its sysctls under /proc/sys/net, per device too
+//! (`netns-1.img`). Other device kinds are refused by name. Everything but
+//! the iptables-legacy rules is read and made over netlink
+//! (`stasis_kernel::rtnl`, `::nftables`), from inside the namespace.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -105,6 +107,7 @@ struct Saved {
     routes: [Vec<Msg>; 2],
     rules: Vec<Msg>,
     nft: Vec<Msg>,
+    legacy: Legacy,
 }
 
 fn device(root: Pid, l: &rtnl::Link, empty: bool, tasks: &[Pid]) -> Result<Option<NetDeviceEntry>> {
@@ -189,32 +192,138 @@ fn check_masters(root: Pid, devices: &[NetDeviceEntry]) -> Result<()> {
     Ok(())
 }
 
-/// Refuse a namespace with iptables-legacy (x_tables) tables: their rules
-/// are not saved, and a restore without them would let through what they
-/// dropped. Rules made with iptables-nft are in the nftables ruleset.
-fn check_legacy_tables(root: Pid) -> Result<()> {
-    let mut found = Vec::new();
-    for (family, file) in [
-        ("ip", "ip_tables_names"),
-        ("ip6", "ip6_tables_names"),
-        ("arp", "arp_tables_names"),
-    ] {
-        let names =
-            std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
-        found.extend(names.split_whitespace().map(|t| format!("{family} {t}")));
+/// The iptables-legacy (x_tables) rules of a namespace, as
+/// `iptables-legacy-save` and `ip6tables-legacy-save` print them
+/// (`iptables-1.img`, `ip6tables-1.img`, CRIU's raw text images). Rules
+/// made with iptables-nft are in the nftables ruleset.
+#[derive(Debug, Default)]
+struct Legacy {
+    v4: Option<Vec<u8>>,
+    v6: Option<Vec<u8>>,
+}
+
+/// The legacy tables of each family: the file under /proc/net listing
+/// them, the command saving them, the one making them again, the image.
+const LEGACY: [(&str, &str, &str, &str); 2] = [
+    (
+        "ip_tables_names",
+        "iptables-legacy-save",
+        "iptables-legacy-restore",
+        "iptables",
+    ),
+    (
+        "ip6_tables_names",
+        "ip6tables-legacy-save",
+        "ip6tables-legacy-restore",
+        "ip6tables",
+    ),
+];
+
+fn legacy_image(name: &str) -> String {
+    format!("{name}-{NS_ID}.img")
+}
+
+/// Run `prog`, feeding it `input` (a restore, then, which waits for the
+/// xtables lock: `-w`); its output, or why it failed.
+fn run_xtables(prog: &str, input: Option<&[u8]>) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(prog)
+        .args(input.map(|_| "-w"))
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{prog} could not be run: {e}"))?;
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(bytes)
+            .map_err(|e| format!("writing to {prog}: {e}"))?;
     }
-    if found.is_empty() {
-        return Ok(());
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{prog}: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "{prog} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
-    Err(Error::Unsupported {
+}
+
+/// Save the namespace's iptables-legacy rules (run by a thread in it: the
+/// commands it starts are in it too). arptables-legacy tables, which no
+/// CRIU image holds, are refused.
+fn save_legacy(root: Pid) -> Result<Legacy> {
+    let names = |file: &str| {
+        std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default()
+    };
+    let refuse = |what: String| Error::Unsupported {
         pid: root,
         what: format!(
-            "iptables-legacy tables in its network namespace ({}), whose rules stasis does \
-             not save (rules made with iptables-nft or nft are saved; --empty-ns net leaves \
-             the namespace's setup to the caller),",
-            found.join(", ")
+            "{what} in its network namespace (--empty-ns net leaves the namespace's setup to \
+             the caller),"
         ),
-    })
+    };
+    let arp = names("arp_tables_names");
+    if !arp.trim().is_empty() {
+        return Err(refuse(format!(
+            "arptables-legacy tables ({}), whose rules stasis does not save",
+            arp.split_whitespace().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut out = Legacy::default();
+    for (i, (file, save, _, _)) in LEGACY.iter().enumerate() {
+        if names(file).trim().is_empty() {
+            continue;
+        }
+        let text = run_xtables(save, None).map_err(|why| {
+            refuse(format!(
+                "iptables-legacy tables, which {save} saves, but {why}"
+            ))
+        })?;
+        if i == 0 {
+            out.v4 = Some(text);
+        } else {
+            out.v6 = Some(text);
+        }
+    }
+    Ok(out)
+}
+
+/// Make the iptables-legacy rules of the images again in the current
+/// network namespace (a new one).
+fn restore_legacy(dir: &Dir) -> Result<()> {
+    for (_, _, restore, image) in LEGACY {
+        let path = dir.raw_file(&legacy_image(image));
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(Error::ImagesDir {
+                    path: path.display().to_string(),
+                    err,
+                });
+            }
+        };
+        run_xtables(restore, Some(&text)).map_err(|why| Error::Net {
+            what: format!(
+                "making the {image} rules of {} again: {why}",
+                path.display()
+            ),
+            errno: Errno::EINVAL,
+            hint: " (the rules were saved with iptables-legacy, which this machine needs to \
+                   make them again)",
+        })?;
+    }
+    Ok(())
 }
 
 /// The network namespace of `root`: the caller's (`--external
@@ -274,9 +383,10 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool, tasks: &[Pid]) -> Result<(
                 routes: [Vec::new(), Vec::new()],
                 rules: Vec::new(),
                 nft: Vec::new(),
+                legacy: Legacy::default(),
             });
         }
-        check_legacy_tables(root)?;
+        let legacy = save_legacy(root)?;
         let addresses = rtnl::addresses(&s).map_err(what("the addresses"))?;
         let v4 = rtnl::routes(&s, rtnl::AF_INET).map_err(what("the IPv4 routes"))?;
         // A kernel without IPv6 has no IPv6 routes to keep.
@@ -297,6 +407,7 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool, tasks: &[Pid]) -> Result<(
             routes: [v4, v6],
             rules,
             nft,
+            legacy,
         })
     })?;
     dir.write_all(img::NETDEV, NS_ID, &saved.devices)?;
@@ -324,6 +435,12 @@ pub(super) fn dump(root: Pid, dir: &Dir, empty: bool, tasks: &[Pid]) -> Result<(
         )?;
         if !saved.nft.is_empty() {
             write_raw(dir, &nft_image(), &rtnl::save(nftables::MAGIC, &saved.nft))?;
+        }
+        for (text, (_, _, _, image)) in [&saved.legacy.v4, &saved.legacy.v6].into_iter().zip(LEGACY)
+        {
+            if let Some(t) = text {
+                write_raw(dir, &legacy_image(image), t)?;
+            }
         }
     }
     Ok(())
@@ -718,5 +835,6 @@ pub(super) fn restore(
     add_routes(&s, dir)?;
     add_rules(&s, dir)?;
     add_ruleset(dir)?;
+    restore_legacy(dir)?;
     Ok(())
 }

@@ -51,11 +51,10 @@ pub(crate) const TESTS: &[Test] = &[
     Test::new(
         "netns-iptables-legacy",
         Namespaces,
-        "a rule made with iptables-legacy in a new netns: refused (its x_tables rules are not saved), the test left running as it was",
+        "iptables-legacy and ip6tables-legacy rules in a new netns: a user chain, rules in the filter and nat tables, a policy; saved and made again with the legacy tools",
         netns_iptables_legacy,
     )
-    .tools(&["iptables-legacy"])
-    .crfail(),
+    .tools(&["iptables-legacy", "ip6tables-legacy"]),
     Test::new(
         "ipcns-sysctl",
         Namespaces,
@@ -543,11 +542,34 @@ fn netns_nft(t: &mut Ctx) -> Res {
 
 fn netns_iptables_legacy(t: &mut Ctx) -> Res {
     super::util::new_netns()?;
-    let run = |args: &[&str]| tool("iptables-legacy", args, "");
-    run(&["-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP"])?;
-    let before = run(&["-S", "INPUT"])?;
-    t.wait("flushed INPUT", || run(&["-F", "INPUT"]).map(drop))?;
-    ensure_eq!("iptables-legacy -S INPUT", run(&["-S", "INPUT"])?, before);
+    let v4 = |args: &str| {
+        tool(
+            "iptables-legacy",
+            &args.split_whitespace().collect::<Vec<_>>(),
+            "",
+        )
+    };
+    let v6 = |args: &str| {
+        tool(
+            "ip6tables-legacy",
+            &args.split_whitespace().collect::<Vec<_>>(),
+            "",
+        )
+    };
+    for r in [
+        "-N ZDTM",
+        "-A ZDTM -p tcp --dport 9 -j DROP",
+        "-A INPUT -j ZDTM",
+        "-P FORWARD DROP",
+        "-t nat -A POSTROUTING -s 10.13.0.0/24 -j MASQUERADE",
+    ] {
+        v4(r)?;
+    }
+    v6("-A INPUT -p udp --dport 9 -j REJECT")?;
+    let state = || -> Res<Vec<String>> { Ok(vec![v4("-S")?, v4("-t nat -S")?, v6("-S")?]) };
+    let before = state()?;
+    t.wait("flushed ZDTM", || v4("-F ZDTM").map(drop))?;
+    ensure_eq!("iptables-legacy rules", state()?, before);
     Ok(())
 }
 
