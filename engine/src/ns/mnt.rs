@@ -17,7 +17,7 @@
 
 use stasis_kernel as kernel;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -1067,6 +1067,7 @@ fn build(
         unmount_extra(&have, &kept)?;
     }
     // Make the missing ones, parents first.
+    let mut stage = Stage::default();
     let mut made: HashMap<u32, OwnedFd> = HashMap::new();
     let mut procs = Vec::new();
     let mut deferred: HashSet<u32> = HashSet::new();
@@ -1095,7 +1096,7 @@ fn build(
             });
             continue;
         }
-        let src = mk.source(w, &sources, &mut made, ptys)?;
+        let src = mk.source(w, &sources, &mut made, ptys, &mut stage)?;
         rustix::mount::move_mount(
             src.as_fd(),
             "",
@@ -1183,6 +1184,7 @@ impl Making<'_> {
         sources: &[Source],
         made: &mut HashMap<u32, OwnedFd>,
         ptys: &mut Vec<(u32, OwnedFd)>,
+        stage: &mut Stage,
     ) -> Result<OwnedFd> {
         let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
         if let Some(key) = &w.ext_key {
@@ -1213,7 +1215,7 @@ impl Making<'_> {
                 .then(|| rel(&w.root, &s.1).map(|r| (r, &s.2)))
                 .flatten()
         }) {
-            return clone_at(fd, base, &w.point);
+            return clone_at(fd, base, &w.point, stage);
         }
         let fd = match made.entry(w.dev) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -1221,7 +1223,7 @@ impl Making<'_> {
                 v.insert(new_superblock(self.want, w, self.dir, ptys)?)
             }
         };
-        clone_at(fd, w.root.trim_start_matches('/'), &w.point)
+        clone_at(fd, w.root.trim_start_matches('/'), &w.point, stage)
     }
 }
 
@@ -1287,8 +1289,9 @@ fn parent_index(t: &[Mount], m: &Mount) -> Option<usize> {
     t.iter().position(|p| p.id == m.parent && p.id != m.id)
 }
 
-/// A detached clone of `sub` under the detached mount `fd`.
-fn clone_at(fd: &OwnedFd, sub: &str, shown: &str) -> Result<OwnedFd> {
+/// A detached clone of `sub` under the detached mount `fd` (staged first
+/// where the kernel clones only mounts of the caller's namespace).
+fn clone_at(fd: &OwnedFd, sub: &str, shown: &str, stage: &mut Stage) -> Result<OwnedFd> {
     let flags = OpenTreeFlags::OPEN_TREE_CLONE
         | OpenTreeFlags::OPEN_TREE_CLOEXEC
         | if sub.is_empty() {
@@ -1296,8 +1299,76 @@ fn clone_at(fd: &OwnedFd, sub: &str, shown: &str) -> Result<OwnedFd> {
         } else {
             OpenTreeFlags::empty()
         };
-    rustix::mount::open_tree(fd.as_fd(), sub, flags)
-        .map_err(|e| mount_err(shown, "cloning its source")(rx(e)))
+    let clone = || rustix::mount::open_tree(fd.as_fd(), sub, flags).map_err(rx);
+    let res = match clone() {
+        Err(Errno::EINVAL) if !stage.has(fd) => {
+            stage.attach(fd, shown)?;
+            clone()
+        }
+        r => r,
+    };
+    res.map_err(mount_err(shown, "cloning its source"))
+}
+
+/// Kernels before 6.15 clone (OPEN_TREE_CLONE) only mounts of the
+/// caller's namespace, not detached ones such as a new superblock's or a
+/// clone's: there such a source is attached under a staging directory of
+/// the engine's private copy first (private: nothing propagates out), and
+/// cloned from there. The stage goes once the table is made.
+#[derive(Debug, Default)]
+struct Stage {
+    dir: Option<std::path::PathBuf>,
+    points: Vec<std::path::PathBuf>,
+    staged: Vec<std::os::fd::RawFd>,
+}
+
+impl Stage {
+    fn has(&self, fd: &OwnedFd) -> bool {
+        self.staged.contains(&fd.as_raw_fd())
+    }
+
+    /// Attach the detached mount `fd` (a source of `shown`) under the stage.
+    fn attach(&mut self, fd: &OwnedFd, shown: &str) -> Result<()> {
+        let contents = |what: &'static str, path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |err| Error::MountContents { path, what, err }
+        };
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => {
+                let d =
+                    std::env::temp_dir().join(format!(".stasis-stage-{}", nix::unistd::getpid()));
+                std::fs::create_dir(&d).map_err(contents("the mounts' staging directory", &d))?;
+                self.dir = Some(d.clone());
+                d
+            }
+        };
+        let point = dir.join(self.points.len().to_string());
+        std::fs::create_dir(&point).map_err(contents("a staging directory", &point))?;
+        self.points.push(point.clone());
+        rustix::mount::move_mount(
+            fd.as_fd(),
+            "",
+            rustix::fs::CWD,
+            point.as_path(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| mount_err(shown, "staging its source")(rx(e)))?;
+        self.staged.push(fd.as_raw_fd());
+        Ok(())
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        for p in self.points.iter().rev() {
+            let _ = nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(p);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// The per-mount flags of `w` on its mount.
