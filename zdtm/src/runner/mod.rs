@@ -210,6 +210,12 @@ pub fn skip_reason(t: &Test, flavor: Flavor, opts: &Options) -> Option<String> {
     if let Some(tool) = t.tools.iter().find(|tool| !on_path(tool)) {
         return Some(format!("tool: the test runs {tool}, which is not on PATH"));
     }
+    // busybox's ip makes no veth, tun or bridge and prints less.
+    if t.tools.contains(&"ip") && !is_iproute2() {
+        return Some(
+            "tool: the test runs iproute2's ip; the ip on PATH is another (busybox's?)".into(),
+        );
+    }
     if !opts.nocr
         && let Some(e) = &opts.engine
     {
@@ -235,6 +241,14 @@ fn on_path(tool: &str) -> bool {
             })
         })
     })
+}
+
+/// Whether the `ip` on PATH is iproute2's.
+fn is_iproute2() -> bool {
+    std::process::Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("iproute2"))
 }
 
 fn cpu_has(flag: &str) -> bool {
