@@ -3,7 +3,7 @@
 //! `ready` to OUT, and once `OUT.go` exists checks its state from inside and
 //! writes `ok ...` or `bad ...` to OUT. `container` is a container-shaped
 //! tree: namespaces of its own, 30 mounts, a veth pair, an init and its
-//! processes.
+//! processes; the tree dumped is the init's, named in `OUT.root`.
 
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
@@ -69,7 +69,7 @@ pub fn run(kind: &str, n: u64, out: &Path, dir: Option<&Path>) -> Result<()> {
         "ctrnode" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
-        "ctrinit" => ctr_init(n),
+        "ctrinit" => ctr_init(n, out, dir.context("ctrinit needs a directory")?),
         other => bail!("unknown workload {other:?}"),
     }
 }
@@ -239,8 +239,11 @@ fn ip(args: &str) -> Result<()> {
 
 /// A container-shaped tree: mount, UTS, IPC, network and PID namespaces of
 /// its own, 30 tmpfs mounts holding a file each, lo up and a veth pair with
-/// addresses, a host name, and `n` processes (this one and `n - 1` in the
-/// PID namespace, the first its init).
+/// addresses, a host name, and `n` processes in the PID namespace: its init
+/// (a session leader, as a runtime's container init is) and `n - 1`
+/// children. This process, which made the namespaces, stays outside: the
+/// tree dumped is the init's (its PID outside is in `OUT.root`), as runtimes
+/// dump a container.
 fn container(n: u64, out: &Path, dir: &Path) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     use nix::sched::{CloneFlags, unshare};
@@ -257,17 +260,17 @@ fn container(n: u64, out: &Path, dir: &Path) -> Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )?;
-    let at = |i: u64| dir.join(format!("m{i}"));
     for i in 0..CTR_MOUNTS {
-        std::fs::create_dir_all(at(i))?;
+        let at = ctr_mount(dir, i);
+        std::fs::create_dir_all(&at)?;
         mount(
             Some("ctr"),
-            &at(i),
+            &at,
             Some("tmpfs"),
             MsFlags::empty(),
             Some("size=1m"),
         )?;
-        std::fs::write(at(i).join("data"), format!("mount {i}"))?;
+        std::fs::write(at.join("data"), format!("mount {i}"))?;
     }
     nix::unistd::sethostname("bench-ctr")?;
     for cmd in [
@@ -281,44 +284,46 @@ fn container(n: u64, out: &Path, dir: &Path) -> Result<()> {
         ip(cmd)?;
     }
     unshare(CloneFlags::CLONE_NEWPID)?;
-    // Its init, whose children the other processes are (as in a container,
-    // where the init reaps what dies inside).
+    // What this process inherited is not the container's (a runtime closes
+    // it too): files opened on mounts of the namespace left behind.
+    for fd in std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&fd| fd > 2)
+    {
+        let _ = stasis_kernel::fd::set_cloexec(fd, true);
+    }
     let init = std::process::Command::new(std::env::current_exe()?)
-        .args(["workload", "ctrinit", &n.saturating_sub(2).to_string()])
+        .args(["workload", "ctrinit", &n.saturating_sub(1).to_string()])
         .arg(out)
+        .arg(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
     add_pid(out, init.id())?;
-    let kids_of = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .map(|s| s.split_whitespace().count() as u64)
-            .unwrap_or(0)
-    };
-    while kids_of(init.id()) < n.saturating_sub(2) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    say(out, "ready")?;
-    wait_go(out, Duration::from_millis(5));
-    let gone = n.saturating_sub(2) - kids_of(init.id()).min(n.saturating_sub(2))
-        + u64::from(!Path::new(&format!("/proc/{}", init.id())).exists());
-    let lost = (0..CTR_MOUNTS)
-        .filter(|&i| std::fs::read_to_string(at(i).join("data")).ok() != Some(format!("mount {i}")))
-        .count();
-    let host = nix::unistd::gethostname()?;
-    if gone == 0 && lost == 0 && host == "bench-ctr" {
-        say(out, &format!("ok {n} processes, {CTR_MOUNTS} mounts"))
-    } else {
-        say(
-            out,
-            &format!("bad: {gone} processes gone, {lost} mounts lost, host {host:?}"),
-        )
+    std::fs::write(root_file(out), init.id().to_string())?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
-/// The init of the container workload's PID namespace: `n` children.
-fn ctr_init(n: u64) -> Result<()> {
+/// Mount `i` of the container workload.
+fn ctr_mount(dir: &Path, i: u64) -> PathBuf {
+    dir.join(format!("m{i}"))
+}
+
+/// The file naming the PID (outside) of the tree a workload has dumped,
+/// when it is not the workload's first process.
+pub fn root_file(out: &Path) -> PathBuf {
+    out.with_extension("root")
+}
+
+/// The init of the container workload's PID namespace: a session of its
+/// own, `n` children; after the restore it checks the container: its
+/// children, its mounts, its host name.
+fn ctr_init(n: u64, out: &Path, dir: &Path) -> Result<()> {
+    nix::unistd::setsid()?;
     let me = std::env::current_exe()?;
     let mut kids = Vec::new();
     for _ in 0..n {
@@ -331,7 +336,30 @@ fn ctr_init(n: u64) -> Result<()> {
                 .spawn()?,
         );
     }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    say(out, "ready")?;
+    wait_go(out, Duration::from_millis(5));
+    // The /proc here is the host's: this process is its own PID there.
+    let me = std::fs::read_link("/proc/self")?;
+    let me = me.display();
+    let alive = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+        .map(|s| s.split_whitespace().count() as u64)
+        .unwrap_or(0);
+    let lost = (0..CTR_MOUNTS)
+        .filter(|&i| {
+            std::fs::read_to_string(ctr_mount(dir, i).join("data")).ok()
+                != Some(format!("mount {i}"))
+        })
+        .count();
+    let host = nix::unistd::gethostname()?;
+    if alive == n && lost == 0 && host == "bench-ctr" {
+        say(out, &format!("ok {} processes, {CTR_MOUNTS} mounts", n + 1))
+    } else {
+        say(
+            out,
+            &format!(
+                "bad: {} of {n} children, {lost} mounts lost, host {host:?}",
+                alive
+            ),
+        )
     }
 }

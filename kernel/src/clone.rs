@@ -80,16 +80,25 @@ pub fn fork_single_threaded_ids(
     new_pidns: bool,
     sibling: bool,
 ) -> Result<Forked, Errno> {
-    let threads = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned()))
-        })
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(0);
-    if threads != 1 {
-        return Err(Errno::EDEADLK);
+    let threads = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned()))
+            })
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    // A thread just joined is counted until the kernel has released it, a
+    // little after the join returns (long enough to see under emulation).
+    let mut tries = 0;
+    while threads() != 1 {
+        if tries == 200 {
+            return Err(Errno::EDEADLK);
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     // A sibling takes the caller's exit signal (SIGCHLD); clone3 wants 0 then.
     let exit_signal = if sibling { 0 } else { libc::SIGCHLD };
