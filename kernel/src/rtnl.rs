@@ -34,6 +34,8 @@ const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
 const VETH_INFO_PEER: u16 = 1;
 const IFLA_MACVLAN_MODE: u16 = 1;
 const IFLA_MACVLAN_FLAGS: u16 = 2;
@@ -137,6 +139,11 @@ pub struct Link {
     pub macvlan: Option<(u32, u16)>,
     /// A tun or tap device's settings.
     pub tun: Option<TunInfo>,
+    /// Its kind's settings (`IFLA_INFO_DATA`), raw.
+    pub info_data: Option<Vec<u8>>,
+    /// The kind of its master (`IFLA_INFO_SLAVE_KIND`: "bridge", ...) and
+    /// its settings as a port of it (`IFLA_INFO_SLAVE_DATA`), raw.
+    pub slave: Option<(String, Vec<u8>)>,
 }
 
 /// What route netlink tells of a tun or tap device (`IFLA_TUN_*`).
@@ -196,6 +203,8 @@ impl Link {
             master: None,
             macvlan: None,
             tun: None,
+            info_data: None,
+            slave: None,
         };
         for (ty, v) in nl::attrs(&payload[16..]) {
             match ty {
@@ -207,6 +216,10 @@ impl Link {
                 IFLA_MASTER => l.master = i32_attr(v),
                 IFLA_LINKINFO => {
                     l.kind = nl::find(v, IFLA_INFO_KIND).map(str_attr);
+                    l.info_data = nl::find(v, IFLA_INFO_DATA).map(<[u8]>::to_vec);
+                    l.slave = nl::find(v, IFLA_INFO_SLAVE_KIND)
+                        .map(str_attr)
+                        .zip(nl::find(v, IFLA_INFO_SLAVE_DATA).map(<[u8]>::to_vec));
                     if l.kind.as_deref() == Some("macvlan") {
                         let data = nl::find(v, IFLA_INFO_DATA).unwrap_or(&[]);
                         let mode = nl::find(data, IFLA_MACVLAN_MODE).and_then(|m| u32_at(m, 0));
@@ -475,6 +488,50 @@ pub fn new_macvlan(
         .end()
         .end()
         .attr(IFLA_LINK, &lower.to_ne_bytes());
+    s.request(b.finish()).map(drop)
+}
+
+/// The attributes of `data` (a nest's contents) whose type is in `keep`,
+/// encoded again, in their order.
+pub fn keep_attrs(data: &[u8], keep: &[u16]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ty, v) in nl::attrs(data) {
+        if !keep.contains(&ty) {
+            continue;
+        }
+        let len = u16::try_from(4 + v.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(v);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    out
+}
+
+/// Make a link of `kind` with its kind's settings `data` (attributes of
+/// `IFLA_INFO_DATA`, encoded).
+pub fn new_link_with(s: &Socket, kind: &str, me: &NewLink<'_>, data: &[u8]) -> Result<(), Errno> {
+    let b = new_link_msg(me, kind)
+        .nest(IFLA_INFO_DATA)
+        .attr_raw(data)
+        .end()
+        .end();
+    s.request(b.finish()).map(drop)
+}
+
+/// Set the settings of link `index` as a port of its master
+/// (`IFLA_INFO_SLAVE_DATA` attributes, encoded).
+pub fn set_port(s: &Socket, index: i32, data: &[u8]) -> Result<(), Errno> {
+    let b = Builder::new(
+        RTM_NEWLINK,
+        nl::NLM_F_REQUEST | NLM_F_ACK,
+        &ifinfomsg(index, 0, 0),
+    )
+    .nest(IFLA_LINKINFO)
+    .nest(IFLA_INFO_SLAVE_DATA)
+    .attr_raw(data)
+    .end()
+    .end();
     s.request(b.finish()).map(drop)
 }
 

@@ -1,6 +1,7 @@
 //! A network namespace of the tree's own: its devices (`netdev-1.img`,
 //! CRIU's `net_device_entry`: loopback and veth pairs, both ends inside or
-//! the peer outside in the caller's namespace, bridges, macvlans, tun and
+//! the peer outside in the caller's namespace, bridges with their settings
+//! and their ports', macvlans, tun and
 //! tap devices, see `crate::net::tun`); its addresses, routes and
 //! routing rules (`ifaddr-1.img`, `route-1.img`, `route6-1.img`,
 //! `rule-1.img`: iproute2's save format, as CRIU keeps them, so `ip addr
@@ -99,6 +100,78 @@ fn sysctls(devices: &[&str]) -> Vec<NetSysctlEntry> {
     out
 }
 
+/// The settings of a bridge (`IFLA_BR_*`) a new one can be given: all but
+/// the timers, ids and counters the kernel keeps, and the FDB flush.
+const BRIDGE_SETTABLE: &[u16] = &[
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 22, 23, 24, 25, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38,
+    39, 41, 42, 43, 44, 45, 46, 49,
+];
+
+/// The settings of a bridge port (`IFLA_BRPORT_*`) that can be set: all
+/// but its STP state (the bridge's STP keeps it), the ids, timers and
+/// counters, the flush and the backup port.
+const PORT_SETTABLE: &[u16] = &[
+    2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 25, 27, 28, 29, 30, 31, 32, 33, 37, 39, 40, 42, 43,
+];
+
+/// A bridge's VLAN settings (`IFLA_BR_VLAN_*`): a kernel without VLAN
+/// filtering refuses them, even off; kept only when filtering is on.
+const BRIDGE_VLAN: &[u16] = &[7, 8, 39, 41, 45];
+
+/// A port's settings a kernel may lack (VLAN tunnel, neighbour VLAN
+/// suppression, MAB, locked): kept only when on.
+const PORT_OPTIONAL: &[u16] = &[29, 39, 40, 43];
+
+/// The attributes of `data` but those of `drop` whose value is all zeros.
+fn without_zero(data: &[u8], drop: &[u16]) -> Vec<u8> {
+    let keep: Vec<u16> = stasis_kernel::netlink::attrs(data)
+        .into_iter()
+        .filter(|(ty, v)| !drop.contains(ty) || v.iter().any(|&b| b != 0))
+        .map(|(ty, _)| ty)
+        .collect();
+    rtnl::keep_attrs(data, &keep)
+}
+
+/// A bridge's settings to make it again with.
+fn bridge_settings(data: &[u8]) -> Vec<u8> {
+    // The boolean options (IFLA_BR_MULTI_BOOLOPT: a value and a mask of
+    // every option): only those on are set, as some (VLAN snooping, MST)
+    // are refused even off by a kernel without VLAN filtering.
+    let mut owned;
+    let mut data = data;
+    if let Some(opts) = stasis_kernel::netlink::find(data, 46).filter(|v| v.len() >= 8) {
+        let on = [opts[0], opts[1], opts[2], opts[3]];
+        let keep: Vec<u16> = BRIDGE_SETTABLE
+            .iter()
+            .copied()
+            .filter(|&t| t != 46)
+            .collect();
+        owned = rtnl::keep_attrs(data, &keep);
+        if on != [0; 4] {
+            let mut multi = Vec::new();
+            multi.extend_from_slice(&12u16.to_ne_bytes());
+            multi.extend_from_slice(&46u16.to_ne_bytes());
+            multi.extend_from_slice(&on);
+            multi.extend_from_slice(&on);
+            owned.extend_from_slice(&multi);
+        }
+        data = &owned;
+    }
+    let kept = rtnl::keep_attrs(data, BRIDGE_SETTABLE);
+    let filtering =
+        stasis_kernel::netlink::find(&kept, 7).is_some_and(|v| v.iter().any(|&b| b != 0));
+    if filtering {
+        kept
+    } else {
+        let keep: Vec<u16> = BRIDGE_SETTABLE
+            .iter()
+            .copied()
+            .filter(|t| !BRIDGE_VLAN.contains(t))
+            .collect();
+        rtnl::keep_attrs(&kept, &keep)
+    }
+}
+
 /// What the dump reads inside the namespace.
 struct Saved {
     devices: Vec<NetDeviceEntry>,
@@ -127,6 +200,11 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool, tasks: &[Pid]) -> Result<Optio
     }
     e.address.clone_from(&l.address);
     e.master = l.master.map(i32::cast_unsigned);
+    e.stasis_port_data = l
+        .slave
+        .as_ref()
+        .filter(|(kind, _)| kind == "bridge")
+        .map(|(_, data)| without_zero(&rtnl::keep_attrs(data, PORT_SETTABLE), PORT_OPTIONAL));
     match l.kind.as_deref() {
         Some("veth") => {
             e.r#type = NdType::Veth as i32;
@@ -137,6 +215,7 @@ fn device(root: Pid, l: &rtnl::Link, empty: bool, tasks: &[Pid]) -> Result<Optio
         }
         Some("bridge") => {
             e.r#type = NdType::Bridge as i32;
+            e.stasis_info_data = l.info_data.as_deref().map(bridge_settings);
             Ok(Some(e))
         }
         Some("tun") => {
@@ -606,7 +685,8 @@ fn make_devices(
 ) -> Result<()> {
     let is = |d: &NetDeviceEntry, t: NdType| d.r#type == t as i32;
     for d in devs.iter().filter(|d| is(d, NdType::Bridge)) {
-        rtnl::new_link(s, "bridge", &new_link(d))
+        let data = d.stasis_info_data.as_deref().unwrap_or_default();
+        rtnl::new_link_with(s, "bridge", &new_link(d), data)
             .map_err(net_err(format!("making bridge {}", d.name), ""))?;
     }
     for d in devs.iter().filter(|d| is(d, NdType::Tun)) {
@@ -642,6 +722,12 @@ fn make_devices(
         if let Some(m) = d.master {
             rtnl::set_master(s, d.ifindex.cast_signed(), m.cast_signed())
                 .map_err(net_err(format!("adding {} to its bridge", d.name), ""))?;
+        }
+        if let Some(data) = d.stasis_port_data.as_deref().filter(|p| !p.is_empty()) {
+            rtnl::set_port(s, d.ifindex.cast_signed(), data).map_err(net_err(
+                format!("setting {} as a port of its bridge", d.name),
+                "",
+            ))?;
         }
     }
     Ok(())

@@ -42,6 +42,13 @@ pub(crate) const TESTS: &[Test] = &[
     .tools(&["ip"])
     .features(&["tun"]),
     Test::new(
+        "netns-bridge",
+        Namespaces,
+        "a bridge with its settings (STP, forward delay, hello time, ageing time, priority, multicast snooping, group forward mask) and a port with its own (cost, priority, hairpin, learning, flooding, isolation)",
+        netns_bridge,
+    )
+    .tools(&["ip"]),
+    Test::new(
         "netns-nft",
         Namespaces,
         "an nftables ruleset in a new netns: inet, ip and ip6 tables, base and regular chains, a named interval set, an anonymous set, a verdict map, a named counter, NAT, rule counters; a packet it drops is still dropped",
@@ -437,6 +444,74 @@ fn netns_tun(t: &mut Ctx) -> Res {
         );
         crate::testlib::nap(20);
     }
+}
+
+/// The settings `ip -d link` shows of `dev` after its `kind` word
+/// ("bridge", "bridge_slave"): the timers, learned counts and STP's
+/// changing state left out.
+fn link_settings(dev: &str, kind: &str) -> Res<Vec<String>> {
+    let l = ip(&format!("-d -o link show dev {dev}"))?;
+    let words: Vec<&str> = l.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == kind)
+        .ok_or_else(|| Fail::Sys(format!("no {kind} settings in: {l}")))?;
+    let mut out = Vec::new();
+    let mut rest = words[at + 1..].iter();
+    while let (Some(k), Some(v)) = (rest.next(), rest.next()) {
+        // STP's own state moves on with time (listening, learning, ...).
+        let stp = [
+            "state",
+            "topology_change",
+            "topology_change_detected",
+            "topology_change_ack",
+            "config_pending",
+        ];
+        if k.contains("timer") || k.ends_with("n_learned") || *k == "addrgenmode" || stp.contains(k)
+        {
+            continue;
+        }
+        if k.starts_with("num")
+            || k.starts_with("gso_")
+            || k.starts_with("tso_")
+            || k.starts_with("gro_")
+        {
+            break;
+        }
+        out.push(format!("{dev} {k} {v}"));
+    }
+    Ok(out)
+}
+
+fn netns_bridge(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    for cmd in [
+        "link add br0 type bridge stp_state 1 forward_delay 800 hello_time 300 ageing_time 12000 \
+         mcast_snooping 0 mcast_last_member_count 3 group_fwd_mask 0x8 priority 4096",
+        "link add v0 type veth peer name v1",
+        "link set v0 master br0",
+        "link set v0 type bridge_slave cost 7 priority 12 hairpin on learning off flood off isolated on",
+        "link set br0 up",
+        "link set v0 up",
+        "link set v1 up",
+    ] {
+        ip(cmd)?;
+    }
+    let state = || -> Res<Vec<String>> {
+        let mut s = link_settings("br0", "bridge")?;
+        s.extend(link_settings("v0", "bridge_slave")?);
+        Ok(s)
+    };
+    let before = state()?;
+    ensure!(
+        before.iter().any(|l| l == "br0 stp_state 1") && before.iter().any(|l| l == "v0 cost 7"),
+        "the settings were not made: {before:?}"
+    );
+    t.wait("changed the port's cost", || {
+        ip("link set v0 type bridge_slave cost 9").map(drop)
+    })?;
+    ensure_eq!("bridge and port settings", state()?, before);
+    Ok(())
 }
 
 /// Each tun, tap and bridge link of the namespace as `ip -d link` shows
