@@ -1000,3 +1000,194 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
         link()
     );
 }
+
+/// A tree in a network namespace of its own with a veth pair to the
+/// outside (a namespace the test made, where stasis and the client run)
+/// and an established TCP connection with a client outside: dumped and
+/// restored with `--tcp-established`, the connection is locked inside the
+/// tree's namespace from the dump until the restored tree runs, so a line
+/// the client sends in between is taken once and answered after the
+/// restore, and no lock is left.
+#[test]
+fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept() {
+    need_root();
+    let ns = Netns::add(&format!("stasis-lock-{}", std::process::id()));
+    let ok = |args: &[&str]| {
+        let out = in_netns(&ns.0, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["ip", "link", "set", "lo", "up"]);
+    let (_tmp, d, img) = workdirs();
+    let marker = format!("stasis-lock-{}", std::process::id());
+    // An upper-casing echo server on the tree's end of the veth.
+    let script = "import socket, sys, time\n\
+         d = sys.argv[1]\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       l = socket.socket(); l.bind(('10.77.0.2', 7777)); break\n\
+         \x20   except OSError:\n\
+         \x20       time.sleep(0.05)\n\
+         l.listen(1)\n\
+         open(d + '/ready', 'w').write('x')\n\
+         c, _ = l.accept()\n\
+         while True:\n\
+         \x20   b = c.recv(100)\n\
+         \x20   if not b: break\n\
+         \x20   c.sendall(b.upper())\n";
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.0,
+        "unshare",
+        "--fork",
+        "--pid",
+        "--mount-proc",
+        "--net",
+        "python3",
+        "-c",
+    ]);
+    // The server binds once its address is there (made below).
+    let unshare = cmd
+        .arg(script)
+        .arg(&d)
+        .arg(&marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let mut ctr = Container {
+        init: Some(init_of(unshare.id())),
+        unshare: Some(unshare),
+    };
+    let init = ctr.init.expect("init").to_string();
+    ok(&[
+        "ip", "link", "add", "hostend", "type", "veth", "peer", "name", "eth0", "netns", &init,
+    ]);
+    ok(&[
+        "sh",
+        "-c",
+        "ip addr add 10.77.0.1/24 dev hostend && ip link set hostend up",
+    ]);
+    let inside = |cmd: &str| {
+        let out = Command::new("nsenter")
+            .args(["-t", &init, "-n", "sh", "-c", cmd])
+            .output()
+            .expect("nsenter (util-linux)");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    inside("ip link set lo up && ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up");
+    wait_for(&d.join("ready"), 20);
+    // The client outside: one line before the dump, one while the tree is
+    // dumped and gone, each answer written to a file.
+    let client = "import socket, sys, time\n\
+         d = sys.argv[1]\n\
+         s = socket.create_connection(('10.77.0.2', 7777), timeout=60)\n\
+         s.sendall(b'before\\n'); a = s.recv(100)\n\
+         open(d + '/a1', 'w').write(a.decode())\n\
+         while not __import__('os').path.exists(d + '/dumped'): time.sleep(0.01)\n\
+         s.sendall(b'during\\n'); a = s.recv(100)\n\
+         open(d + '/a2', 'w').write(a.decode())\n";
+    let mut cl = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", client])
+        .arg(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    struct Reap<'a>(&'a mut Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _reap = Reap(&mut cl);
+    assert_eq!(wait_for(&d.join("a1"), 20), "BEFORE\n");
+    let stasis = env!("CARGO_BIN_EXE_stasis");
+    let img_s = img.to_str().expect("utf8");
+    ok(&[
+        stasis,
+        "dump",
+        "-t",
+        &init,
+        "-D",
+        img_s,
+        "--tcp-established",
+    ]);
+    if let Some(mut c) = ctr.unshare.take() {
+        let _ = c.wait();
+    }
+    ctr.init = None;
+    // The dump locked it (CRIU's crit reads the lock's method: nftables).
+    let crit = Command::new("/usr/bin/crit")
+        .args(["show"])
+        .arg(img.join("inventory.img"))
+        .output()
+        .expect("crit (Debian's criu package)");
+    let inv: String = String::from_utf8_lossy(&crit.stdout)
+        .split_whitespace()
+        .collect();
+    assert!(
+        inv.contains("\"network_lock_method\":2"),
+        "inventory: {inv}"
+    );
+    // The client sends now, to a tree that is gone.
+    std::fs::write(d.join("dumped"), "").expect("dumped");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = in_netns(
+        &ns.0,
+        &[
+            stasis,
+            "restore",
+            "-d",
+            "-D",
+            img_s,
+            "--tcp-established",
+            "--external",
+            "veth[eth0]:hostend",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = with_marker(&marker);
+    let _guard = Container {
+        unshare: None,
+        init: restored.first().copied(),
+    };
+    assert_eq!(restored.len(), 1, "restored: {restored:?}");
+    // The outer end is the caller's to set up again, as a runtime does.
+    ok(&[
+        "sh",
+        "-c",
+        "ip addr add 10.77.0.1/24 dev hostend && ip link set hostend up",
+    ]);
+    assert_eq!(wait_for(&d.join("a2"), 30), "DURING\n");
+    let tables = Command::new("nsenter")
+        .args([
+            "-t",
+            &restored[0].to_string(),
+            "-n",
+            "nft",
+            "list",
+            "tables",
+        ])
+        .output()
+        .expect("nsenter");
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(!tables.contains("stasis"), "a lock is left: {tables}");
+}

@@ -194,7 +194,7 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
     )?;
     let mut cgroups = crate::cgroup::Sets::read(root, &threads_of(tree, true))?;
     cgroups.walk_from(&opts.cgroup_roots);
-    let mut files = files_table(tree, opts, root);
+    let mut files = files_table(tree, opts, root)?;
     let mut filters = seccomp::Table::default();
     let mut stats = Stats::default();
     crate::progress::report(
@@ -222,11 +222,25 @@ fn dump_frozen(tree: &Tree, dir: &Dir, opts: &Opts) -> Result<(Stats, Table)> {
 
 /// The table of open files, with the options fds are described with and
 /// where the tree's sockets and connections are.
-fn files_table(tree: &Tree, opts: &Opts, root: Pid) -> Table {
+fn files_table(tree: &Tree, opts: &Opts, root: Pid) -> Result<Table> {
     let mut files = Table::default();
     files.ttys.set_external(opts.ext_ttys.clone());
     if crate::ns::own_net(root) {
         files.unix.netns_of = Some(root);
+        if opts.network_lock && opts.tcp_established {
+            // Its peers outside reach it over its devices: locked in it.
+            let net = nix::sched::CloneFlags::CLONE_NEWNET;
+            let sock = crate::task::in_namespace_of(root, "net", net, || {
+                crate::net::netlock::socket().map_err(Error::dump(
+                    root,
+                    "a netfilter socket in its network namespace, for the network lock \
+                     (--network-lock skip dumps without it)",
+                ))
+            })?;
+            files
+                .tcp
+                .set_lock(crate::net::netlock::Lock::in_namespace_of(root, sock));
+        }
     } else if opts.network_lock && opts.tcp_established {
         // Peers outside the tree share this namespace with it.
         files.tcp.set_lock(crate::net::netlock::Lock::new(root));
@@ -242,7 +256,7 @@ fn files_table(tree: &Tree, opts: &Opts, root: Pid) -> Table {
         ext_unix_sk: opts.ext_unix_sk,
     };
     files.start(fopts, tree.tasks.iter().map(|t| t.pid).collect());
-    files
+    Ok(files)
 }
 
 /// Every task of the tree. A helper thread reads each live task's VMAs and

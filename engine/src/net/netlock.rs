@@ -6,8 +6,12 @@
 //! kernel that no longer knows the connection. `inventory.img`'s
 //! `network_lock_method` tells the restore there is a lock to lift.
 //!
-//! Only connections in the engine's own namespace are locked: a tree with a
-//! network namespace of its own takes every peer it can have with it.
+//! A tree with a network namespace of its own (a container, whose peers
+//! reach it over a veth or macvlan) is locked inside that namespace: the
+//! same table there, made through a socket opened in it. Its restore locks
+//! every TCP packet of the new namespace ([`lock_all_tcp`]) from before its
+//! devices and addresses exist until the tree runs, when a peer would
+//! otherwise get a reset from a namespace whose sockets are not back yet.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -202,14 +206,28 @@ impl Lock {
         }
     }
 
+    /// A lock in the network namespace `sock` was opened in (the tree's
+    /// own), rather than the engine's.
+    pub fn in_namespace_of(root: Pid, sock: Socket) -> Self {
+        Self {
+            table: table_name(root),
+            sock: Some(sock),
+            locked: Vec::new(),
+            keep: false,
+        }
+    }
+
     /// Drop every packet of the connection between `local` and `peer`.
     pub fn add(&mut self, local: SocketAddr, peer: SocketAddr) -> Result<(), Errno> {
         if self.locked.contains(&(local, peer)) {
             return Ok(());
         }
         let mut msgs = Vec::new();
-        if self.sock.is_none() {
-            let s = socket()?;
+        if self.locked.is_empty() {
+            let s = match self.sock.take() {
+                Some(s) => s,
+                None => socket()?,
+            };
             // A table left by an earlier dump of the same PID goes first:
             // its connections are not this tree's.
             let _ = nft::batch(&s, vec![nft::table_msg(NFT_MSG_DELTABLE, &self.table)]);
@@ -245,7 +263,7 @@ impl Drop for Lock {
         if self.keep {
             return;
         }
-        if let Some(s) = &self.sock
+        if let Some(s) = self.sock.as_ref().filter(|_| self.held())
             && let Err(e) = nft::batch(s, vec![nft::table_msg(NFT_MSG_DELTABLE, &self.table)])
         {
             tracing::warn!(table = %self.table, %e, "could not lift the network lock");
@@ -261,6 +279,43 @@ pub fn unlock(sock: &Socket, root: Pid) -> Result<(), Errno> {
         sock,
         vec![nft::table_msg(NFT_MSG_DELTABLE, &table_name(root))],
     ) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The table locking a restored network namespace of the tree's own.
+pub const NETNS_TABLE: &str = "stasis-restore-lock";
+
+/// Drop every TCP packet but the restore's own ([`MARK`]) in the network
+/// namespace `sock` was opened in, until [`unlock_all_tcp`].
+pub fn lock_all_tcp(sock: &Socket) -> Result<(), Errno> {
+    let rule = |chain: &str| {
+        let mut b = nft::inet(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+            .str(NFTA_RULE_TABLE, NETNS_TABLE)
+            .str(NFTA_RULE_CHAIN, chain)
+            .nest(NFTA_RULE_EXPRESSIONS);
+        b = meta_is(b, NFT_META_L4PROTO, &[IPPROTO_TCP]);
+        b = verdict(b, NF_DROP);
+        b.end().finish()
+    };
+    nft::batch(
+        sock,
+        vec![
+            nft::table_msg(nft::NFT_MSG_NEWTABLE, NETNS_TABLE),
+            chain(NETNS_TABLE, "input", NF_INET_LOCAL_IN),
+            chain(NETNS_TABLE, "output", NF_INET_LOCAL_OUT),
+            mark_accept(NETNS_TABLE, "input"),
+            mark_accept(NETNS_TABLE, "output"),
+            rule("input"),
+            rule("output"),
+        ],
+    )
+}
+
+/// Lift [`lock_all_tcp`].
+pub fn unlock_all_tcp(sock: &Socket) -> Result<(), Errno> {
+    match nft::batch(sock, vec![nft::table_msg(NFT_MSG_DELTABLE, NETNS_TABLE)]) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e),
     }

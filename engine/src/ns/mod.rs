@@ -226,6 +226,9 @@ pub struct Given<'a> {
     pub macvlans: &'a [(String, String)],
     /// Where the tree's cgroups go (for its cgroup mounts).
     pub cgroups: &'a crate::cgroup::Remap,
+    /// Its connections were locked at the dump: a new network namespace
+    /// of the tree's drops TCP until the restore lifts the lock.
+    pub lock_tcp: bool,
     /// The caller's network namespace, when the images say the tree's was
     /// the caller's (`--external net[INO]:KEY` at the dump): the one it
     /// gave by `--inherit-fd fd[N]:KEY`, which the restore made sure of.
@@ -279,7 +282,7 @@ pub fn restore(dir: &Dir, given: &Given<'_>) -> Result<Restored> {
             // Veth peers outside the tree go to the engine's own namespace.
             let outer = net::outside()?;
             enter("net", CloneFlags::CLONE_NEWNET, "a network namespace")?;
-            net::restore(dir, &outer, given.veths, given.macvlans)?;
+            net::restore(dir, &outer, given.veths, given.macvlans, given.lock_tcp)?;
         }
     }
     if dir.exists(img::UTSNS, NS_ID) {

@@ -867,13 +867,25 @@ fn add_ruleset(dir: &Dir) -> Result<()> {
 /// Restore the tree's network namespace into the current one, new and
 /// empty (the engine just made it): devices, sysctls, addresses, device
 /// state, routes, routing rules, the nftables ruleset. `outer` is the
-/// engine's own namespace, where veth peers outside the tree go.
+/// engine's own namespace, where veth peers outside the tree go. With
+/// `lock_tcp` (its connections were locked at the dump), TCP is dropped
+/// in it from the start until the restore lifts the lock.
 pub(super) fn restore(
     dir: &Dir,
     outer: &Outside,
     veths: &[(String, String)],
     macvlans: &[(String, String)],
+    lock_tcp: bool,
 ) -> Result<()> {
+    if lock_tcp {
+        // Before any device or address lets a peer's packet in.
+        crate::net::netlock::socket()
+            .and_then(|s| crate::net::netlock::lock_all_tcp(&s))
+            .map_err(net_err(
+                "locking its TCP packets until the tree runs".into(),
+                " (does this kernel have nf_tables? --network-lock skip restores without the lock)",
+            ))?;
+    }
     let devs: Vec<NetDeviceEntry> = dir.read_all(img::NETDEV, NS_ID)?;
     let conf: NetnsEntry = dir.read_one(img::NETNS, NS_ID)?;
     let s = rtnl::open().map_err(net_err("a route netlink socket".into(), ""))?;

@@ -203,16 +203,23 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
         netns,
     } = prepare(opts, &dir)?;
     let uses = plan_files(&mut plans, &files);
-    // The dump locked the connections in this namespace: the socket that
-    // lifts the lock is opened before the engine enters the tree's own.
-    let unlock = match inv.network_lock_method {
-        Some(crate::net::netlock::METHOD_NFTABLES) if opts.network_lock => {
-            Some(crate::net::netlock::socket().map_err(Error::restore(
-                pid_of(plans.first().map_or(0, |p| p.pst.pid)),
-                "a netfilter socket to lift the network lock (--network-lock skip leaves it)",
-            ))?)
-        }
-        _ => None,
+    let image_root = pid_of(plans.first().map_or(0, |p| p.pst.pid));
+    let locked =
+        inv.network_lock_method == Some(crate::net::netlock::METHOD_NFTABLES) && opts.network_lock;
+    // The dump locked the connections in the namespace they were in: the
+    // engine's, or the tree's own (then the socket that lifts the lock is
+    // opened in it, below).
+    let tree_net = dir.exists(img::NETNS, crate::ns::NS_ID);
+    let unlock_socket = || {
+        crate::net::netlock::socket().map_err(Error::restore(
+            image_root,
+            "a netfilter socket to lift the network lock (--network-lock skip leaves it)",
+        ))
+    };
+    let mut unlock = if locked && !tree_net {
+        Some(unlock_socket()?)
+    } else {
+        None
     };
     // The tree's own namespaces, which the engine enters and the tasks
     // inherit; files are opened inside them.
@@ -230,8 +237,13 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
             macvlans: &opts.ext_macvlans,
             cgroups: &remap,
             netns: netns.as_ref(),
+            lock_tcp: locked && netns.is_none(),
         },
     )?;
+    // The engine is in the tree's network namespace now.
+    if locked && tree_net {
+        unlock = Some(unlock_socket()?);
+    }
     let (pool, next, pivot) = open_files(&mut plans, &mut files, &uses, &mut ns_done, opts)?;
     let (ready_r, ready_w) = inherit_above(&mut plans, &mut files, next)?;
     // Held until every task joined its cgroups; the cgroups made go again
@@ -281,7 +293,7 @@ pub fn restore(opts: &Opts) -> Result<Restored> {
     match result {
         Ok(pages) => {
             cgroups.keep();
-            released(hook, root_host, unlock.as_ref());
+            released(hook, root_host, image_root, unlock.as_ref());
             let terminal = plans.first_mut().and_then(|p| p.terminal.take());
             Ok(Restored {
                 root: root_host,
@@ -317,19 +329,24 @@ fn inherit_above(plans: &mut [Plan], files: &mut Table, next: RawFd) -> Result<(
 fn released(
     hook: Option<&crate::notify::Notify>,
     root: Pid,
+    image_root: Pid,
     unlock: Option<&stasis_kernel::netlink::Socket>,
 ) {
     if let Err(e) = crate::notify::point(hook, "post-resume", root) {
         tracing::warn!("{}", e.chain());
     }
+    // The dump's table is named after the root's PID in the images (the
+    // tree's own namespace may give it another outside).
     if let Some(s) = unlock
-        && let Err(e) = crate::net::netlock::unlock(s, root)
+        && let Err(e) = crate::net::netlock::unlock(s, image_root)
+            .and_then(|()| crate::net::netlock::unlock_all_tcp(s))
     {
         // Only its connections wait.
         tracing::warn!(
-            "could not lift the network lock ({e}): delete table inet {} to let \
-             the restored connections through",
-            crate::net::netlock::table_name(root)
+            "could not lift the network lock ({e}): delete tables inet {} and inet {} in \
+             the tree's network namespace to let the restored connections through",
+            crate::net::netlock::table_name(image_root),
+            crate::net::netlock::NETNS_TABLE
         );
     }
 }
