@@ -44,11 +44,14 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_META_MARK: u32 = 3;
+const NFT_META_IIF: u32 = 4;
+const NFT_META_OIF: u32 = 5;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NF_INET_LOCAL_IN: u32 = 1;
@@ -287,15 +290,28 @@ pub fn unlock(sock: &Socket, root: Pid) -> Result<(), Errno> {
 /// The table locking a restored network namespace of the tree's own.
 pub const NETNS_TABLE: &str = "stasis-restore-lock";
 
-/// Drop every TCP packet but the restore's own ([`MARK`]) in the network
-/// namespace `sock` was opened in, until [`unlock_all_tcp`].
+/// Drop every TCP packet to or from a device other than loopback, but the
+/// restore's own ([`MARK`]), in the network namespace `sock` was opened
+/// in, until [`unlock_all_tcp`].
 pub fn lock_all_tcp(sock: &Socket) -> Result<(), Errno> {
-    let rule = |chain: &str| {
+    // Only packets through devices other than loopback (index 1 in every
+    // namespace): a connection between two of the tree's sockets goes over
+    // loopback, and the restore's own steps on it (a FIN sent again) must
+    // go through at once.
+    let rule = |chain: &str, dev_key: u32| {
         let mut b = nft::inet(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
             .str(NFTA_RULE_TABLE, NETNS_TABLE)
             .str(NFTA_RULE_CHAIN, chain)
             .nest(NFTA_RULE_EXPRESSIONS);
         b = meta_is(b, NFT_META_L4PROTO, &[IPPROTO_TCP]);
+        b = expr(b, "meta", |d| d.be32(1, NFT_REG_1).be32(2, dev_key));
+        b = expr(b, "cmp", |d| {
+            d.be32(1, NFT_REG_1)
+                .be32(2, NFT_CMP_NEQ)
+                .nest(3)
+                .attr(1, &1u32.to_ne_bytes())
+                .end()
+        });
         b = verdict(b, NF_DROP);
         b.end().finish()
     };
@@ -307,8 +323,8 @@ pub fn lock_all_tcp(sock: &Socket) -> Result<(), Errno> {
             chain(NETNS_TABLE, "output", NF_INET_LOCAL_OUT),
             mark_accept(NETNS_TABLE, "input"),
             mark_accept(NETNS_TABLE, "output"),
-            rule("input"),
-            rule("output"),
+            rule("input", NFT_META_IIF),
+            rule("output", NFT_META_OIF),
         ],
     )
 }
