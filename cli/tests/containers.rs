@@ -640,6 +640,19 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Run `args` in the namespace; its output, or a panic with its errors.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = in_netns(&self.0, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -776,15 +789,7 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
 fn a_macvlan_on_a_device_outside_comes_back_on_it() {
     need_root();
     let ns = Netns::add(&format!("stasis-mv-{}", std::process::id()));
-    let ok = |args: &[&str]| {
-        let out = in_netns(&ns.0, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| ns.ok(args);
     ok(&[
         "sh",
         "-c",
@@ -911,21 +916,33 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
 fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
     need_root();
     let ns = Netns::add(&format!("stasis-tun-{}", std::process::id()));
-    let ok = |args: &[&str]| {
-        let out = in_netns(&ns.0, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| ns.ok(args);
     ok(&[
         "sh",
         "-c",
         "ip link set lo up && ip tuntap add ptap0 mode tap && ip link set ptap0 up",
     ]);
     let stasis = env!("CARGO_BIN_EXE_stasis");
+    // Joined with nsenter, not `ip netns exec`: the trees and stasis share
+    // the test's mount namespace, so no copy of it (with the mounts other
+    // tests add and remove under /run/netns) is the tree's.
+    let netns_file = format!("--net=/run/netns/{}", ns.0);
+    let engine = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(&netns_file)
+            .arg(stasis)
+            .args(args)
+            .output()
+            .expect("nsenter (util-linux)")
+    };
+    let engine_ok = |args: &[&str]| {
+        let out = engine(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     // A process attached to device `dev` (made when missing, then not
     // persistent), in a PID namespace of its own.
     let start = |dev: &str, d: &Path, marker: &str| {
@@ -936,15 +953,12 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
              open(sys.argv[1] + '/ready', 'w').write(str(f))\n\
              while True:\n    time.sleep(1)\n"
         );
-        let mut cmd = Command::new("ip");
+        let mut cmd = Command::new("nsenter");
         cmd.args([
-            "netns",
-            "exec",
-            &ns.0,
+            netns_file.as_str(),
             "unshare",
             "--fork",
             "--pid",
-            "--mount-proc",
             "python3",
             "-c",
         ]);
@@ -956,10 +970,7 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
     let ctr = start(&format!("vtun{}", std::process::id() % 1000), &d, &marker);
     let init = ctr.init.expect("init");
     let img_s = img.to_str().expect("utf8");
-    let out = in_netns(
-        &ns.0,
-        &[stasis, "dump", "-t", &init.to_string(), "-D", img_s],
-    );
+    let out = engine(&["dump", "-t", &init.to_string(), "-D", img_s]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("not persistent"),
@@ -977,14 +988,14 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
     let init = ctr.init.expect("init");
     let fd = std::fs::read_to_string(d.join("ready")).expect("ready");
     let img_s = img.to_str().expect("utf8");
-    ok(&[stasis, "dump", "-t", &init.to_string(), "-D", img_s]);
+    engine_ok(&["dump", "-t", &init.to_string(), "-D", img_s]);
     if let Some(mut c) = ctr.unshare.take() {
         let _ = c.wait();
     }
     ctr.init = None;
     let link = || ok(&["ip", "-o", "link", "show", "ptap0"]);
     assert!(link().contains("NO-CARRIER"), "ptap0 still has a file");
-    ok(&[stasis, "restore", "-d", "-D", img_s]);
+    engine_ok(&["restore", "-d", "-D", img_s]);
     let restored = with_marker(&marker);
     let _guard = Container {
         unshare: None,
@@ -1012,15 +1023,7 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
 fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept() {
     need_root();
     let ns = Netns::add(&format!("stasis-lock-{}", std::process::id()));
-    let ok = |args: &[&str]| {
-        let out = in_netns(&ns.0, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| ns.ok(args);
     ok(&["ip", "link", "set", "lo", "up"]);
     let (_tmp, d, img) = workdirs();
     let marker = format!("stasis-lock-{}", std::process::id());
@@ -1039,15 +1042,16 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
          \x20   b = c.recv(100)\n\
          \x20   if not b: break\n\
          \x20   c.sendall(b.upper())\n";
-    let mut cmd = Command::new("ip");
+    // Joined with nsenter, not `ip netns exec`: the tree, stasis and the
+    // client share the test's mount namespace, so no copy of it (with the
+    // mounts other tests add and remove under /run/netns) is the tree's.
+    let netns_file = format!("--net=/run/netns/{}", ns.0);
+    let mut cmd = Command::new("nsenter");
     cmd.args([
-        "netns",
-        "exec",
-        &ns.0,
+        netns_file.as_str(),
         "unshare",
         "--fork",
         "--pid",
-        "--mount-proc",
         "--net",
         "python3",
         "-c",
@@ -1098,8 +1102,8 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
          while not __import__('os').path.exists(d + '/dumped'): time.sleep(0.01)\n\
          s.sendall(b'during\\n'); a = s.recv(100)\n\
          open(d + '/a2', 'w').write(a.decode())\n";
-    let mut cl = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3", "-c", client])
+    let mut cl = Command::new("nsenter")
+        .args([netns_file.as_str(), "python3", "-c", client])
         .arg(&d)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1117,15 +1121,20 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
     assert_eq!(wait_for(&d.join("a1"), 20), "BEFORE\n");
     let stasis = env!("CARGO_BIN_EXE_stasis");
     let img_s = img.to_str().expect("utf8");
-    ok(&[
-        stasis,
-        "dump",
-        "-t",
-        &init,
-        "-D",
-        img_s,
-        "--tcp-established",
-    ]);
+    let engine = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(&netns_file)
+            .arg(stasis)
+            .args(args)
+            .output()
+            .expect("nsenter (util-linux)")
+    };
+    let out = engine(&["dump", "-t", &init, "-D", img_s, "--tcp-established"]);
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if let Some(mut c) = ctr.unshare.take() {
         let _ = c.wait();
     }
@@ -1146,19 +1155,15 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
     // The client sends now, to a tree that is gone.
     std::fs::write(d.join("dumped"), "").expect("dumped");
     std::thread::sleep(Duration::from_millis(300));
-    let out = in_netns(
-        &ns.0,
-        &[
-            stasis,
-            "restore",
-            "-d",
-            "-D",
-            img_s,
-            "--tcp-established",
-            "--external",
-            "veth[eth0]:hostend",
-        ],
-    );
+    let out = engine(&[
+        "restore",
+        "-d",
+        "-D",
+        img_s,
+        "--tcp-established",
+        "--external",
+        "veth[eth0]:hostend",
+    ]);
     assert!(
         out.status.success(),
         "restore: {}",
