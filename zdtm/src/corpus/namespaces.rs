@@ -27,6 +27,12 @@ pub(crate) const TESTS: &[Test] = &[
         netns_dev,
     ),
     Test::new(
+        "netns-sysctl",
+        Namespaces,
+        "per-namespace network sysctls in a new netns: core somaxconn, TCP keepalive and local port range, ping group range, unix datagram queue length, IPv6 default hop limit",
+        netns_sysctl,
+    ),
+    Test::new(
         "netns-veth",
         Namespaces,
         "veth pairs and a bridge in a new netns: MTU, MAC, bridge ports, IPv4 and IPv6 addresses, routes in two tables, routing rules, a per-device sysctl, sockets bound to the addresses",
@@ -162,6 +168,31 @@ fn netns_dev(t: &mut Ctx) -> Res {
         slurp("/proc/sys/net/ipv4/ip_default_ttl")?.trim(),
         "33"
     );
+    Ok(())
+}
+
+/// The network sysctls netns-sysctl sets, with their values.
+const NET_SYSCTLS: &[(&str, &str)] = &[
+    ("core/somaxconn", "777"),
+    ("ipv4/tcp_keepalive_time", "1234"),
+    ("ipv4/ip_local_port_range", "20000\t30000"),
+    ("ipv4/ping_group_range", "0\t1000"),
+    ("unix/max_dgram_qlen", "77"),
+    ("ipv6/conf/default/hop_limit", "33"),
+];
+
+fn netns_sysctl(t: &mut Ctx) -> Res {
+    super::util::new_netns()?;
+    let path = |name: &str| format!("/proc/sys/net/{name}");
+    for (name, value) in NET_SYSCTLS {
+        std::fs::write(path(name), value.replace('\t', " ")).or_fail(&format!("set {name}"))?;
+    }
+    t.wait("changed somaxconn", || {
+        std::fs::write(path("core/somaxconn"), "4096").or_fail("set somaxconn")
+    })?;
+    for (name, value) in NET_SYSCTLS {
+        ensure_eq!(*name, slurp(path(name))?.trim_end(), *value);
+    }
     Ok(())
 }
 
