@@ -1541,7 +1541,7 @@ fn a_task_whose_session_leader_is_out_of_sight_comes_back() {
          i=0; (while :; do i=$((i+1)); echo $i > {count}; sleep 0.05; done) &\n\
          p=$!\n\
          while [ ! -s {count} ]; do sleep 0.05; done\n\
-         grep -q ') S [0-9]* 0 0 ' /proc/$p/stat || {{ echo leaders in sight; exit 3; }}\n\
+         grep -q ') [A-Z] [0-9]* 0 0 ' /proc/$p/stat || {{ echo leaders in sight; exit 3; }}\n\
          {stasis} dump -t $p -D {img}\n\
          wait $p || true\n\
          {stasis} restore -d -D {img}\n\

@@ -316,6 +316,10 @@ pub struct Fd {
     pub mnt_id: i32,
     /// The other fdinfo lines.
     pub extra: Vec<String>,
+    /// Its mount was detached from every namespace (/proc showed its path
+    /// from the mount's root): the point of the tree's mount it was found
+    /// through (see `ns::mnt::Foreign`).
+    pub detached_at: Option<String>,
 }
 
 impl Fd {
@@ -434,6 +438,7 @@ fn parse_fdinfo(fd: i32, target: String, text: &str) -> Fd {
         flags: 0,
         mnt_id: -1,
         extra: Vec::new(),
+        detached_at: None,
     };
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {

@@ -812,6 +812,9 @@ impl Table {
                     .is_none_or(|m| m <= 0 || tree_mounts.contains(&m.cast_unsigned()))
             {
                 r.name = crate::ns::mnt::under(root, &r.name);
+                if let Some(at) = r.stasis_detached_at.as_mut() {
+                    *at = crate::ns::mnt::under(root, at);
+                }
             }
         }
     }

@@ -70,6 +70,7 @@ impl FileKind for Reg {
             mnt_id: Some(cx.fd.mnt_id),
             size: Some(cx.meta.size()),
             mode: Some(cx.meta.mode()),
+            stasis_detached_at: cx.fd.detached_at.clone(),
             ..RegFileEntry::default()
         }))
     }
@@ -98,16 +99,54 @@ impl FileKind for Reg {
     }
 }
 
+/// The mount point a file whose mount was detached is found through, and
+/// its path below it.
+fn detached(r: &RegFileEntry) -> Option<(&str, &str)> {
+    let point = r.stasis_detached_at.as_deref()?;
+    let rest = r.name.strip_prefix(point)?;
+    (rest.is_empty() || rest.starts_with('/') || point == "/")
+        .then(|| (point, rest.trim_start_matches('/')))
+}
+
+/// Open `rest` below mount point `point` through a detached clone of its
+/// mount, with open(2) `flags`: as on a mount gone from every namespace.
+/// A failure leaves the caller to open the same file by its path.
+fn open_detached(point: &str, rest: &str, flags: i32) -> std::io::Result<std::fs::File> {
+    use rustix::mount::OpenTreeFlags;
+    let flags_clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    // A mount with mounts locked under it (in a user namespace's copy) is
+    // cloned with them.
+    let clone = rustix::mount::open_tree(rustix::fs::CWD, point, flags_clone).or_else(|_| {
+        rustix::mount::open_tree(
+            rustix::fs::CWD,
+            point,
+            flags_clone | OpenTreeFlags::AT_RECURSIVE,
+        )
+    })?;
+    let path = if rest.is_empty() { "." } else { rest };
+    let oflags = rustix::fs::OFlags::from_bits_retain(
+        u32::try_from(flags | libc::O_NOCTTY | libc::O_CLOEXEC).unwrap_or(0),
+    );
+    let fd = rustix::fs::openat(&clone, path, oflags, rustix::fs::Mode::empty())?;
+    Ok(std::fs::File::from(fd))
+}
+
 /// Open `r` by its path for fd `fd` of `pid`, at its offset.
 pub(crate) fn open(pid: Pid, fd: i32, r: &RegFileEntry) -> Result<OwnedFd> {
     let strip = libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOCTTY;
     let flags = r.flags.cast_signed() & !strip;
     let acc = flags & libc::O_ACCMODE;
-    let file = OpenOptions::new()
-        .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
-        .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
-        .custom_flags(flags & !libc::O_ACCMODE | libc::O_NOCTTY)
-        .open(&r.name)
+    let by_path = || {
+        OpenOptions::new()
+            .read(acc == libc::O_RDONLY || acc == libc::O_RDWR)
+            .write(acc == libc::O_WRONLY || acc == libc::O_RDWR)
+            .custom_flags(flags & !libc::O_ACCMODE | libc::O_NOCTTY)
+            .open(&r.name)
+    };
+    // Where no clone of the mount can be had, the same file by its path.
+    let file = detached(r)
+        .and_then(|(point, rest)| open_detached(point, rest, flags).ok())
+        .map_or_else(by_path, Ok)
         .map_err(|e| open_err(pid, fd, &r.name, e))?;
     if flags & libc::O_PATH == 0 {
         let meta = file.metadata().map_err(|e| open_err(pid, fd, &r.name, e))?;

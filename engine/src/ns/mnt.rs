@@ -296,7 +296,8 @@ fn rx(e: rustix::io::Errno) -> Errno {
 /// namespace does not have (opened before it unshared: mounts of the
 /// engine's namespace, or of one gone since, detached): /proc shows their
 /// paths from the mount's root only. They are named through a mount of the
-/// tree's own of the same filesystem where the same file is found.
+/// tree's own of the same filesystem where the same file is found, and
+/// opened again through a detached clone of it (so /proc shows the same).
 #[derive(Debug)]
 pub struct Foreign {
     root: Pid,
@@ -348,6 +349,7 @@ impl Foreign {
             if same {
                 fd.target = path;
                 fd.mnt_id = i32::try_from(m.id).unwrap_or(-1);
+                fd.detached_at = Some(m.point.clone());
                 return;
             }
         }
