@@ -152,6 +152,28 @@ impl Drop for Container {
     }
 }
 
+impl Container {
+    /// The dump ended the tree: `unshare` is reaped, nothing is left to kill.
+    fn ended(&mut self) {
+        if let Some(mut c) = self.unshare.take() {
+            let _ = c.wait();
+        }
+        self.init = None;
+    }
+}
+
+/// `crit show IMAGE` (Debian's criu package), its whitespace left out.
+fn crit_show(image: &Path) -> String {
+    let crit = Command::new("/usr/bin/crit")
+        .args(["show"])
+        .arg(image)
+        .output()
+        .expect("crit (Debian's criu package)");
+    String::from_utf8_lossy(&crit.stdout)
+        .split_whitespace()
+        .collect()
+}
+
 /// Dump the container's tree (its init `pid`) into `img`; the dump ends
 /// it: `unshare` is reaped and nothing is left to kill.
 fn dump_container(ctr: &mut Container, pid: i32, img: &Path) {
@@ -165,10 +187,7 @@ fn dump_container(ctr: &mut Container, pid: i32, img: &Path) {
         "dump failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
 }
 
 /// The mount points of `pid`'s namespace, sorted (a mount made anew comes
@@ -292,10 +311,7 @@ fn a_tree_in_its_own_pid_mount_net_uts_and_ipc_namespaces_comes_back() {
         out.status.success() && text.contains("\"VETH\"") && text.contains("\"v0\""),
         "crit decode netdev-1.img: {text}"
     );
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
     let pidfile = img.join("restored.pid");
     let out = Command::new(env!("CARGO_BIN_EXE_stasis"))
         .args([
@@ -352,7 +368,14 @@ fn cut_pages(img: &Path) {
 /// Start `cmd` (which ends with `python3 -c`) on `script` with arguments
 /// `d` and `marker`, as a container whose init is unshare's child; wait
 /// until the script wrote `d/ready`.
-fn start_tree(mut cmd: Command, script: &str, d: &Path, marker: &str) -> Container {
+fn start_tree(cmd: Command, script: &str, d: &Path, marker: &str) -> Container {
+    let ctr = spawn_tree(cmd, script, d, marker);
+    wait_for(&d.join("ready"), 20);
+    ctr
+}
+
+/// [`start_tree`] without waiting for it to be ready.
+fn spawn_tree(mut cmd: Command, script: &str, d: &Path, marker: &str) -> Container {
     let unshare = cmd
         .arg(script)
         .arg(d)
@@ -362,12 +385,10 @@ fn start_tree(mut cmd: Command, script: &str, d: &Path, marker: &str) -> Contain
         .stderr(Stdio::null())
         .spawn()
         .expect("run unshare (util-linux)");
-    let ctr = Container {
+    Container {
         init: Some(init_of(unshare.id())),
         unshare: Some(unshare),
-    };
-    wait_for(&d.join("ready"), 20);
-    ctr
+    }
 }
 
 /// Processes whose command line holds `marker`.
@@ -724,10 +745,7 @@ fn a_failed_restore_of_a_network_namespace_leaves_no_device_outside() {
         "dump: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
     for name in ["netdev-1.img", "nftables-netlink-1.img"] {
         assert!(img.join(name).exists(), "no {name}");
     }
@@ -866,19 +884,9 @@ fn a_macvlan_on_a_device_outside_comes_back_on_it() {
     let stasis = env!("CARGO_BIN_EXE_stasis");
     let img_s = img.to_str().expect("utf8");
     ok(&[stasis, "dump", "-t", &init.to_string(), "-D", img_s]);
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
     // CRIU's crit reads the device as a macvlan in bridge mode (4).
-    let crit = Command::new("/usr/bin/crit")
-        .args(["show"])
-        .arg(img.join("netdev-1.img"))
-        .output()
-        .expect("crit (Debian's criu package)");
-    let shown: String = String::from_utf8_lossy(&crit.stdout)
-        .split_whitespace()
-        .collect();
+    let shown = crit_show(&img.join("netdev-1.img"));
     assert!(
         shown.contains("\"type\":\"MACVLAN\"") && shown.contains("\"macvlan\":{\"mode\":4"),
         "crit show netdev-1.img: {shown}"
@@ -989,10 +997,7 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
     let fd = std::fs::read_to_string(d.join("ready")).expect("ready");
     let img_s = img.to_str().expect("utf8");
     engine_ok(&["dump", "-t", &init.to_string(), "-D", img_s]);
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
     let link = || ok(&["ip", "-o", "link", "show", "ptap0"]);
     assert!(link().contains("NO-CARRIER"), "ptap0 still has a file");
     engine_ok(&["restore", "-d", "-D", img_s]);
@@ -1057,19 +1062,7 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
         "-c",
     ]);
     // The server binds once its address is there (made below).
-    let unshare = cmd
-        .arg(script)
-        .arg(&d)
-        .arg(&marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run unshare (util-linux)");
-    let mut ctr = Container {
-        init: Some(init_of(unshare.id())),
-        unshare: Some(unshare),
-    };
+    let mut ctr = spawn_tree(cmd, script, &d, &marker);
     let init = ctr.init.expect("init").to_string();
     ok(&[
         "ip", "link", "add", "hostend", "type", "veth", "peer", "name", "eth0", "netns", &init,
@@ -1135,19 +1128,9 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
         "dump: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    if let Some(mut c) = ctr.unshare.take() {
-        let _ = c.wait();
-    }
-    ctr.init = None;
+    ctr.ended();
     // The dump locked it (CRIU's crit reads the lock's method: nftables).
-    let crit = Command::new("/usr/bin/crit")
-        .args(["show"])
-        .arg(img.join("inventory.img"))
-        .output()
-        .expect("crit (Debian's criu package)");
-    let inv: String = String::from_utf8_lossy(&crit.stdout)
-        .split_whitespace()
-        .collect();
+    let inv = crit_show(&img.join("inventory.img"));
     assert!(
         inv.contains("\"network_lock_method\":2"),
         "inventory: {inv}"
