@@ -662,6 +662,17 @@ impl Netns {
 }
 
 impl Netns {
+    /// Run stasis with `args` in the namespace, joined with nsenter (not
+    /// `ip netns exec`, which gives it a copy of the mount namespace).
+    fn stasis(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .arg(env!("CARGO_BIN_EXE_stasis"))
+            .args(args)
+            .output()
+            .expect("nsenter (util-linux)")
+    }
+
     /// Run `args` in the namespace; its output, or a panic with its errors.
     fn ok(&self, args: &[&str]) -> String {
         let out = in_netns(&self.0, args);
@@ -930,19 +941,11 @@ fn a_tun_file_on_a_persistent_device_outside_the_tree_is_attached_again() {
         "-c",
         "ip link set lo up && ip tuntap add ptap0 mode tap && ip link set ptap0 up",
     ]);
-    let stasis = env!("CARGO_BIN_EXE_stasis");
     // Joined with nsenter, not `ip netns exec`: the trees and stasis share
     // the test's mount namespace, so no copy of it (with the mounts other
     // tests add and remove under /run/netns) is the tree's.
     let netns_file = format!("--net=/run/netns/{}", ns.0);
-    let engine = |args: &[&str]| {
-        Command::new("nsenter")
-            .arg(&netns_file)
-            .arg(stasis)
-            .args(args)
-            .output()
-            .expect("nsenter (util-linux)")
-    };
+    let engine = |args: &[&str]| ns.stasis(args);
     let engine_ok = |args: &[&str]| {
         let out = engine(args);
         assert!(
@@ -1112,16 +1115,8 @@ fn a_connection_to_a_peer_outside_the_trees_network_namespace_is_locked_and_kept
     }
     let _reap = Reap(&mut cl);
     assert_eq!(wait_for(&d.join("a1"), 20), "BEFORE\n");
-    let stasis = env!("CARGO_BIN_EXE_stasis");
     let img_s = img.to_str().expect("utf8");
-    let engine = |args: &[&str]| {
-        Command::new("nsenter")
-            .arg(&netns_file)
-            .arg(stasis)
-            .args(args)
-            .output()
-            .expect("nsenter (util-linux)")
-    };
+    let engine = |args: &[&str]| ns.stasis(args);
     let out = engine(&["dump", "-t", &init, "-D", img_s, "--tcp-established"]);
     assert!(
         out.status.success(),

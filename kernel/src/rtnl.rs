@@ -495,17 +495,22 @@ pub fn new_macvlan(
 /// encoded again, in their order.
 pub fn keep_attrs(data: &[u8], keep: &[u16]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (ty, v) in nl::attrs(data) {
-        if !keep.contains(&ty) {
-            continue;
-        }
-        let len = u16::try_from(4 + v.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&len.to_ne_bytes());
-        out.extend_from_slice(&ty.to_ne_bytes());
-        out.extend_from_slice(v);
-        out.resize(out.len().next_multiple_of(4), 0);
+    for (ty, v) in nl::attrs(data)
+        .into_iter()
+        .filter(|(ty, _)| keep.contains(ty))
+    {
+        push_attr(&mut out, ty, v);
     }
     out
+}
+
+/// Append attribute `ty` with value `v` to `out`, encoded (padded to 4).
+pub fn push_attr(out: &mut Vec<u8>, ty: u16, v: &[u8]) {
+    let len = u16::try_from(4 + v.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(v);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// Make a link of `kind` with its kind's settings `data` (attributes of

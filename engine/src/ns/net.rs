@@ -134,42 +134,28 @@ fn without_zero(data: &[u8], drop: &[u16]) -> Vec<u8> {
 
 /// A bridge's settings to make it again with.
 fn bridge_settings(data: &[u8]) -> Vec<u8> {
-    // The boolean options (IFLA_BR_MULTI_BOOLOPT: a value and a mask of
-    // every option): only those on are set, as some (VLAN snooping, MST)
-    // are refused even off by a kernel without VLAN filtering.
-    let mut owned;
-    let mut data = data;
-    if let Some(opts) = stasis_kernel::netlink::find(data, 46).filter(|v| v.len() >= 8) {
-        let on = [opts[0], opts[1], opts[2], opts[3]];
-        let keep: Vec<u16> = BRIDGE_SETTABLE
-            .iter()
-            .copied()
-            .filter(|&t| t != 46)
-            .collect();
-        owned = rtnl::keep_attrs(data, &keep);
-        if on != [0; 4] {
-            let mut multi = Vec::new();
-            multi.extend_from_slice(&12u16.to_ne_bytes());
-            multi.extend_from_slice(&46u16.to_ne_bytes());
-            multi.extend_from_slice(&on);
-            multi.extend_from_slice(&on);
-            owned.extend_from_slice(&multi);
-        }
-        data = &owned;
+    use stasis_kernel::netlink::find;
+    const VLAN_FILTERING: u16 = 7;
+    const MULTI_BOOLOPT: u16 = 46;
+    let filtering = find(data, VLAN_FILTERING).is_some_and(|v| v.iter().any(|&b| b != 0));
+    // The boolean options (a value and a mask of every option, 8 bytes):
+    // only those on are set, as some (VLAN snooping, MST) are refused even
+    // off by a kernel without VLAN filtering.
+    let boolopts = find(data, MULTI_BOOLOPT).and_then(|v| v.get(..8));
+    let keep: Vec<u16> = BRIDGE_SETTABLE
+        .iter()
+        .copied()
+        .filter(|t| filtering || !BRIDGE_VLAN.contains(t))
+        .filter(|&t| t != MULTI_BOOLOPT || boolopts.is_none())
+        .collect();
+    let mut out = rtnl::keep_attrs(data, &keep);
+    if let Some(on) = boolopts
+        .map(|v| &v[..4])
+        .filter(|on| on.iter().any(|&b| b != 0))
+    {
+        rtnl::push_attr(&mut out, MULTI_BOOLOPT, &[on, on].concat());
     }
-    let kept = rtnl::keep_attrs(data, BRIDGE_SETTABLE);
-    let filtering =
-        stasis_kernel::netlink::find(&kept, 7).is_some_and(|v| v.iter().any(|&b| b != 0));
-    if filtering {
-        kept
-    } else {
-        let keep: Vec<u16> = BRIDGE_SETTABLE
-            .iter()
-            .copied()
-            .filter(|t| !BRIDGE_VLAN.contains(t))
-            .collect();
-        rtnl::keep_attrs(&kept, &keep)
-    }
+    out
 }
 
 /// What the dump reads inside the namespace.
